@@ -1,0 +1,156 @@
+"""The ``dpolab`` command line: thin wrappers that parse, call the library and print.
+
+    dpolab train --config my.yaml train.lr=1e-5 loss='[{name: dpo}, {name: sft, weight: 0.2}]'
+    dpolab eval --model runs/x/final --data pairs.jsonl
+    dpolab demo
+    dpolab losses
+    dpolab config            # every option with its default and help
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+def _expected_errors() -> tuple:
+    from .config import ConfigError
+    from .data.types import DataError
+    from .engine.trainer import TrainError
+    from .losses import LossConfigError
+    from .models.load import ModelLoadError
+
+    return (ConfigError, DataError, LossConfigError, TrainError, ModelLoadError, FileNotFoundError, ImportError)
+
+
+def _cmd_train(args) -> int:
+    from .config import load_config
+    from .engine import train
+
+    cfg = load_config(args.config, args.overrides)
+    summary = train(cfg, resume=args.resume)
+    _print_summary(summary, cfg.output.dir)
+    return 0
+
+
+def _print_summary(summary: dict, run_dir: str) -> None:
+    final = summary.get("final_eval") or {}
+    keys = [k for k in ("eval/loss", "eval/reward_accuracy", "eval/margin", "eval/logratio/chosen", "eval/logratio/rejected") if k in final]
+    shown = ", ".join(f"{k.split('/', 1)[1]}={final[k]:.4f}" for k in keys)
+    print(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB"
+          + (f"; eval {shown}" if shown else "") + f"\nrun folder: {run_dir}")
+
+
+def _cmd_eval(args) -> int:
+    from .evaluation.preference import evaluate_preference_file
+
+    result = evaluate_preference_file(
+        args.model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
+        max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
+    )
+    text = json.dumps(result, indent=1)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
+def _parse_columns(items: Optional[List[str]]) -> Optional[dict]:
+    if not items:
+        return None
+    out = {}
+    for it in items:
+        if "=" not in it:
+            raise SystemExit(f"error: --column must look like field=column, got '{it}'")
+        k, v = it.split("=", 1)
+        out[k] = v
+    return out
+
+
+def _cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    report = run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
+    print(f"report: {report}")
+    return 0
+
+
+def _cmd_losses(args) -> int:
+    from .losses import list_losses
+
+    for info in list_losses():
+        needs = [x for x, on in (("reference", info.needs_reference), ("token log-probs", info.needs_token_logps)) if on]
+        needs += [f"column {c}" for c in info.needs_extras]
+        params = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items())
+        print(f"{info.name:12s} {info.summary}\n{'':12s} params: {params or '-'}; needs: {', '.join(needs) or '-'}; {info.paper}")
+    return 0
+
+
+def _cmd_config(args) -> int:
+    from .config import describe_config
+
+    print(describe_config())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dpolab", description="Train and study language models with preference optimization.")
+    p.add_argument("--traceback", action="store_true", help="show full tracebacks for errors (for bug reports)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (SFT or preference) from a YAML config plus overrides",
+                       description="Train from a YAML config. Any option can be overridden as section.key=value "
+                                   "(run `dpolab config` for the full list).")
+    t.add_argument("--config", "-c", help="YAML config file (optional: defaults + overrides also work)")
+    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=1e-5 model.name_or_path=gpt2")
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("eval", help="preference accuracy, rewards and log-probs of a model on a preference set")
+    e.add_argument("--model", required=True, help="model name/path or a dpolab run's final/ folder")
+    e.add_argument("--data", required=True, help="preference data (jsonl/json/csv/tsv/parquet/HF dataset)")
+    e.add_argument("--reference", help="reference model (default: none; rewards are then plain log-prob differences)")
+    e.add_argument("--tokenizer", help="tokenizer (default: the model's)")
+    e.add_argument("--beta", type=float, default=0.1, help="beta for implicit rewards (default 0.1)")
+    e.add_argument("--batch-size", type=int, default=16)
+    e.add_argument("--max-length", type=int, default=512)
+    e.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    e.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
+    e.add_argument("--out", help="also write the JSON result here")
+    e.set_defaults(func=_cmd_eval)
+
+    d = sub.add_parser("demo", help="SFT then DPO, DPOP and Gate-DPO on the built-in arithmetic task; writes a report")
+    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
+    d.add_argument("--quick", action="store_true", help="a much shorter run (seconds), for smoke tests")
+    d.add_argument("--seed", type=int, default=0)
+    d.set_defaults(func=_cmd_demo)
+
+    ls = sub.add_parser("losses", help="list every loss with its parameters and paper")
+    ls.set_defaults(func=_cmd_losses)
+    c = sub.add_parser("config", help="print every config option with its default and help")
+    c.set_defaults(func=_cmd_config)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001
+        if args.traceback or not isinstance(e, _expected_errors()):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

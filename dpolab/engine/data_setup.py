@@ -1,0 +1,73 @@
+"""From ``cfg.data`` to tokenised train and eval sets (files or a built-in task)."""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from ..config import DataConfig
+from ..data.types import DataError, SkipCounter
+
+
+def task_rows(data: DataConfig, mode: str, seed: int) -> Tuple[List[dict], List[dict]]:
+    """Rows of a built-in task: (train, eval). Eval problems never share a prompt with train."""
+    if data.task == "arithmetic":
+        from ..data.tasks import arithmetic as A
+
+        args = dict(data.task_args)
+        n_train = int(args.pop("n_train", 512))
+        n_eval = int(args.pop("n_eval", 64))
+        miss = args.pop("miss", "mixed")
+        label_noise = float(args.pop("label_noise", 0.0))
+        problem_args = {k: args.pop(k) for k in list(args) if k in ("n_terms", "max_value")}
+        if args:
+            raise DataError(f"unknown data.task_args {sorted(args)} for task 'arithmetic'; valid: n_train, n_eval, miss, label_noise, n_terms, max_value")
+        problems = A.make_problems(n_train + n_eval * 3, seed=seed, **problem_args)
+        seen, train_p, eval_p = set(), [], []
+        for p in problems:  # unique prompts, first n_train for training, the next n_eval for evaluation
+            key = A.sft_rows([p])[0]["prompt"]
+            if key in seen:
+                continue
+            seen.add(key)
+            (train_p if len(train_p) < n_train else eval_p).append(p)
+        eval_p = eval_p[:n_eval]
+        if mode == "sft":
+            return A.sft_rows(train_p), A.sft_rows(eval_p)
+        return (A.preference_rows(train_p, miss=miss, label_noise=label_noise, seed=seed),
+                A.preference_rows(eval_p, miss=miss, label_noise=0.0, seed=seed + 1))
+    raise DataError(f"unknown built-in task '{data.task}'; valid: arithmetic")
+
+
+def prepare_data(data: DataConfig, tokenizer, mode: str, seed: int, log: Callable[[str], None] = print):
+    """Tokenised (train, eval) lists for ``mode`` ('sft' or 'preference')."""
+    from ..data.dataset import load_preference_data, load_sft_data
+
+    loader = load_sft_data if mode == "sft" else load_preference_data
+    common: Dict[str, Any] = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
+                                  truncation_mode=data.truncation_mode, on_error=data.on_error, log=log)
+    if mode != "sft":
+        common["extras"] = tuple(data.extras)
+    if data.task:
+        if data.train:
+            raise DataError("set either data.task or data.train, not both")
+        train_rows, eval_rows = task_rows(data, mode, seed)
+        train, _ = loader(train_rows, tokenizer, limit=data.limit, **common)
+        evals, _ = loader(eval_rows, tokenizer, **common)
+        return train, evals
+    if not data.train:
+        raise DataError("no training data: set data.train (a file, folder or dataset name) or data.task (e.g. arithmetic)")
+    train, _ = loader(data.train, tokenizer, columns=data.columns or None, limit=data.limit, **common)
+    if not train:
+        raise DataError("no usable training rows", source=data.train)
+    if data.eval:
+        evals, _ = loader(data.eval, tokenizer, columns=data.columns or None, **common)
+    elif data.eval_fraction > 0 and len(train) > 1:
+        order = list(range(len(train)))
+        random.Random(seed).shuffle(order)
+        n_eval = max(1, int(len(train) * data.eval_fraction))
+        held = set(order[:n_eval])
+        evals = [train[i] for i in sorted(held)]
+        train = [t for i, t in enumerate(train) if i not in held]
+        log(f"held out {len(evals)} of {len(train) + len(evals)} training rows for evaluation (data.eval_fraction={data.eval_fraction})")
+    else:
+        evals = []
+    return train, evals

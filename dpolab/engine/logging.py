@@ -1,0 +1,106 @@
+"""Metrics: one JSON row per logged step in ``metrics.jsonl``, plus optional TensorBoard / W&B."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional
+
+import torch
+
+
+def to_float(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        v = v.detach().float()
+        return v.item() if v.numel() == 1 else v.mean().item()
+    if isinstance(v, (int, float, bool, str)) or v is None:
+        return v
+    return float(v)
+
+
+def clean(row: Mapping[str, Any]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in row.items():
+        f = to_float(v)
+        if isinstance(f, float) and not math.isfinite(f):
+            f = str(f)  # JSON has no NaN/inf; keep it visible as text
+        out[k] = f
+    return out
+
+
+class MetricsLogger:
+    """Appends rows to ``metrics.jsonl``; on resume, rows after the checkpoint's step are dropped first."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = False, wandb: bool = False,
+                 config: Optional[dict] = None, resume_step: Optional[int] = None):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.tb = None
+        self.wandb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():
+            self._truncate_after(resume_step)
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise ImportError("output.tensorboard needs the tensorboard package: pip install tensorboard") from e
+            self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        if wandb:
+            try:
+                import wandb as _wandb
+            except ImportError as e:
+                raise ImportError("output.wandb needs the wandb package: pip install wandb") from e
+            self.wandb = _wandb.init(project=os.environ.get("WANDB_PROJECT", "dpolab"), config=config,
+                                     dir=str(run_dir), resume="allow")
+
+    def _truncate_after(self, step: int) -> None:
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line from a kill
+            if row.get("step", 0) <= step:
+                keep.append(line)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def log(self, row: Mapping[str, Any]) -> Dict[str, Any]:
+        row = clean(row)
+        if not self.enabled:
+            return row
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        step = int(row.get("step", 0))
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+        return row
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    p = Path(path)
+    if p.is_dir():
+        p = p / "metrics.jsonl"
+    for line in p.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return rows

@@ -1,0 +1,410 @@
+"""One training loop for SFT and preference optimisation, on Hugging Face Accelerate.
+
+Read top to bottom: ``Trainer.__init__`` sets up (data, model, reference, loss, optimiser, resume) and
+``Trainer.fit`` runs the loop: for each optimiser step, its micro-batches are forwarded and back-propagated
+(each scaled by its share of the step's examples or tokens, so accumulation equals one big batch), the
+gradient is clipped, checked and applied, metrics are logged, and evaluation and checkpoints happen on schedule.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from ..config import RunConfig, save_config
+from ..data.collate import collate_preference, collate_sft
+from ..losses import CompositeLoss
+from ..models.load import count_parameters, load_policy, load_tokenizer, save_model
+from ..models.reference import Reference, data_fingerprint, weights_fingerprint
+from .batching import BatchPlan, iterate_in_batches
+from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint, set_rng_state
+from .data_setup import prepare_data
+from .logging import MetricsLogger, to_float
+from .optim import build_optimizer, build_scheduler
+from .steps import preference_step, sft_step
+
+DONE_MARKER = "DONE"
+EvalHook = Callable[[Any, Any, int], Dict[str, float]]
+
+
+class TrainError(RuntimeError):
+    """Training cannot go on (non-finite loss, unusable output folder, out of memory); the message says why."""
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
+    if (run_dir / DONE_MARKER).exists() and not (overwrite or resume):
+        raise TrainError(f"{run_dir} already holds a finished run; set output.overwrite=true or choose another output.dir")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"output folder {run_dir} is not writable: {e.strerror or e}") from None
+    if overwrite and not resume:
+        for name in ("checkpoints", "final", DONE_MARKER, "metrics.jsonl", "summary.json"):
+            p = run_dir / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+
+
+def _load_weights(model, folder: Path) -> None:
+    """Restore trainable weights saved by ``save_pretrained`` (full model or LoRA adapter)."""
+    from safetensors.torch import load_file
+
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise TrainError(f"checkpoint {folder} has no .safetensors weights")
+    state: Dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    if (folder / "adapter_config.json").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {n for n in missing if "lm_head" in n}  # tied to the input embeddings, not saved separately
+        if set(missing) - tied or unexpected:
+            raise TrainError(f"checkpoint {folder} does not match the model (missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]})")
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, train_data: Optional[list] = None, eval_data: Optional[list] = None,
+                 eval_hooks: Sequence[EvalHook] = (), resume: bool = False, log: Optional[Callable[[str], None]] = None):
+        from accelerate import Accelerator
+
+        self.cfg = cfg
+        self.mode = cfg.train.mode
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.train.bf16 else "no")
+        self.is_main = self.accelerator.is_main_process
+        self._log = log or (lambda s: print(s, file=sys.stderr))
+        self.run_dir = Path(cfg.output.dir)
+        self.eval_hooks = list(eval_hooks)
+
+        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        if resume and ckpt is None:
+            self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from the beginning")
+        if self.is_main:
+            _check_output_dir(self.run_dir, cfg.output.overwrite, resume=ckpt is not None)
+        self.accelerator.wait_for_everyone()
+        torch.manual_seed(cfg.train.seed)
+
+        # data
+        self.tokenizer = load_tokenizer(cfg.model)
+        if train_data is None:
+            train_data, prepared_eval = prepare_data(cfg.data, self.tokenizer, self.mode, cfg.train.seed, log=self.log)
+            eval_data = prepared_eval if eval_data is None else eval_data
+        if not train_data:
+            raise TrainError("no training examples")
+        self.train_data = train_data
+        self.eval_data = (eval_data or [])[: cfg.eval.max_examples] if cfg.eval.max_examples else (eval_data or [])
+        max_len = max(self._length(x) for x in list(self.train_data) + list(self.eval_data))
+
+        # model, reference, loss
+        self.policy = load_policy(cfg.model, cfg.lora, self.tokenizer, seed=cfg.train.seed, max_positions=max(1024, max_len))
+        if ckpt is not None:
+            _load_weights(self.policy, ckpt / "model")
+        self.params = count_parameters(self.policy)
+        self.loss = CompositeLoss(cfg.loss) if self.mode == "preference" else None
+        self.reference = self._build_reference(ckpt) if self.mode == "preference" else None
+
+        # optimisation
+        self.plan = BatchPlan(len(self.train_data), cfg.train.batch_size, cfg.train.grad_accum,
+                              self.accelerator.num_processes, cfg.train.seed, cfg.train.shuffle)
+        self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * self.plan.steps_per_epoch))
+        self.optimizer = build_optimizer(self.policy.parameters(), cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train, self.total_steps)
+        self.step = 0
+        self.skipped_steps = 0
+        self.elapsed = 0.0
+        if ckpt is not None:
+            st = load_training_state(ckpt)
+            self.optimizer.load_state_dict(st["optimizer"])
+            self.scheduler.load_state_dict(st["scheduler"])
+            set_rng_state(st["rng"])
+            if self.loss is not None:
+                self.loss.load_state_dict(st["loss_state"])
+            self.step = st["state"]["step"]
+            self.skipped_steps = st["state"].get("skipped_steps", 0)
+            self.elapsed = st["state"].get("elapsed_s", 0.0)
+            self.log(f"resumed from {ckpt} at step {self.step}")
+        self.model, self.optimizer = self.accelerator.prepare(self.policy, self.optimizer)
+        if self.loss is not None:
+            for _, _, info, fn, _ in self.loss.components:
+                if info.stateful and hasattr(fn, "all_gather") and self.accelerator.num_processes > 1:
+                    fn.all_gather = self.accelerator.gather
+        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.output.tensorboard,
+                                     wandb=cfg.output.wandb, config=cfg.to_dict(), resume_step=self.step if ckpt else None)
+        if self.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+
+    # -- set-up helpers -----------------------------------------------------------------------------
+    def log(self, msg: str) -> None:
+        if getattr(self, "is_main", True):
+            self._log(msg)
+
+    def _length(self, x) -> int:
+        if self.mode == "sft":
+            return len(x.prompt_ids) + len(x.completion_ids)
+        return len(x.prompt_ids) + max(len(x.chosen_ids), len(x.rejected_ids))
+
+    def _build_reference(self, ckpt) -> Optional[Reference]:
+        cfg = self.cfg
+        if not self.loss.needs_reference:
+            return None
+        mode = cfg.reference.mode
+        if mode == "none":
+            raise TrainError("reference.mode is 'none' but the loss needs a reference model")
+        if cfg.reference.name_or_path:
+            from ..config import ModelConfig
+            from ..models.load import load_base_model
+
+            sep = load_base_model(ModelConfig(name_or_path=cfg.reference.name_or_path, dtype=cfg.model.dtype), self.tokenizer)
+            return Reference("copy", self.policy, separate_model=sep)
+        live_mode = "adapter" if cfg.lora.enabled else "copy"
+        if mode == "auto":
+            mode = live_mode
+        if mode != "precomputed":
+            if ckpt is not None and mode == "copy":
+                # the policy already holds trained weights: rebuild the starting weights for the reference
+                start = load_policy(cfg.model, cfg.lora.__class__(enabled=False), self.tokenizer, seed=cfg.train.seed)
+                return Reference("copy", self.policy, separate_model=start)
+            return Reference(mode, self.policy)
+        ref = Reference("precomputed", self.policy)
+        everything = list(self.train_data) + list(self.eval_data)
+        key = "-".join([weights_fingerprint(self.policy) if ckpt is None else "resume", data_fingerprint(everything)])
+        cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else self.run_dir / "ref_cache"
+        cache_file = cache_dir / f"ref-{key}.pt"
+        if ckpt is not None:
+            found = sorted(cache_dir.glob(f"ref-*-{data_fingerprint(everything)}.pt"))
+            if not found:
+                raise TrainError(f"resuming a precomputed-reference run needs its cache in {cache_dir}, which is gone")
+            cache_file = found[-1]
+        batches = (self._collate(list(range(i, min(i + cfg.eval.batch_size, len(everything)))), everything)
+                   for i in range(0, len(everything), cfg.eval.batch_size))
+        ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress)
+        self._ref_offset_eval = len(self.train_data)
+        return ref
+
+    def _progress(self, it, **kw):
+        from tqdm.auto import tqdm
+
+        return tqdm(it, disable=not (self.cfg.output.progress and self.is_main), leave=False, **kw)
+
+    def _collate(self, indices: List[int], data: list, offset: int = 0) -> Dict[str, Any]:
+        items = [data[i] for i in indices]
+        pad = self.tokenizer.pad_token_id
+        batch = collate_sft(items, pad) if self.mode == "sft" else collate_preference(items, pad)
+        batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
+        dev = self.accelerator.device
+        return {k: (v.to(dev) if isinstance(v, torch.Tensor) else
+                    {kk: vv.to(dev) for kk, vv in v.items()} if isinstance(v, dict) else v)
+                for k, v in batch.items()}
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def _units(self, indices: List[int]) -> int:
+        """What one step averages over: pairs (preference) or completion tokens incl. EOS (SFT)."""
+        if self.mode == "sft":
+            return sum(len(self.train_data[i].completion_ids) for i in indices)
+        return len(indices)
+
+    def _micro_step(self, micro: List[int], step_units: int, last: bool) -> Dict[str, Any]:
+        batch = self._collate(micro, self.train_data)
+        world = self.accelerator.num_processes
+        sync = nullcontext() if last else self.accelerator.no_sync(self.model)
+        with sync:
+            if self.mode == "sft":
+                nll_sum, tokens, metrics = sft_step(self.model, batch, self.accelerator.autocast)
+                objective = nll_sum * world / step_units
+                metrics["loss"] = metrics["nll"]
+                weight = float(tokens)
+            else:
+                mean_obj, metrics = preference_step(self.model, self.reference, self.loss, batch, self.accelerator.autocast)
+                objective = mean_obj * len(micro) * world / step_units
+                weight = float(len(micro))
+            self.accelerator.backward(objective)
+        metrics["_tokens"] = int(batch["attention_mask"].sum())
+        metrics["_weight"] = weight
+        return metrics
+
+    def _train_step(self) -> Optional[Dict[str, Any]]:
+        t0 = time.perf_counter()
+        rank = self.accelerator.process_index
+        step_units = self._units(self.plan.step_indices(self.step))
+        micros = self.plan.micro_batches(self.step, rank)
+        rows = [self._micro_step(m, step_units, last=(j == len(micros) - 1)) for j, m in enumerate(micros)]
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.cfg.train.max_grad_norm
+        grad_norm = self.accelerator.clip_grad_norm_(params, max_norm if max_norm else float("inf"))
+        grad_norm = float(grad_norm)
+        loss_value = sum(float(to_float(r["loss"])) * r["_weight"] for r in rows) / max(1e-12, sum(r["_weight"] for r in rows))
+        if not (math.isfinite(grad_norm) and math.isfinite(loss_value)):
+            self.optimizer.zero_grad(set_to_none=True)
+            what = f"loss {loss_value}, grad norm {grad_norm}"
+            if self.cfg.train.on_nonfinite == "skip":
+                self.skipped_steps += 1
+                self.log(f"step {self.step + 1}: non-finite ({what}); step skipped ({self.skipped_steps} so far)")
+                self.step += 1
+                return None
+            raise TrainError(
+                f"step {self.step + 1}: non-finite {what}. The last good checkpoint is kept. Try a lower train.lr, "
+                f"train.max_grad_norm, fp32 (train.bf16=false), or train.on_nonfinite=skip"
+            )
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        dt = time.perf_counter() - t0
+        self.elapsed += dt
+        return self._aggregate(rows, grad_norm=grad_norm, lr=lr, dt=dt)
+
+    def _aggregate(self, rows: List[Dict[str, Any]], **extra: float) -> Dict[str, Any]:
+        total_w = sum(r["_weight"] for r in rows)
+        keys = [k for k in rows[0] if not k.startswith("_")]
+        out: Dict[str, Any] = {}
+        for k in keys:
+            vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
+            if all(isinstance(v, (int, float)) for v, _ in vals):
+                out[k] = sum(v * w for v, w in vals) / max(1e-12, sum(w for _, w in vals))
+        tokens = sum(r["_tokens"] for r in rows)
+        if self.accelerator.num_processes > 1:
+            names = sorted(out)
+            t = torch.tensor([out[n] for n in names] + [float(tokens)], device=self.accelerator.device)
+            t = self.accelerator.reduce(t, reduction="mean")
+            out = {n: float(v) for n, v in zip(names, t[:-1].tolist())}
+            tokens = float(t[-1]) * self.accelerator.num_processes
+        out.update({"step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 4),
+                    "grad_norm": extra["grad_norm"], "lr": extra["lr"], "tokens_per_s": tokens / max(extra["dt"], 1e-9),
+                    "time/step_s": extra["dt"], "time/elapsed_s": self.elapsed, "mem/peak_mb": peak_memory_mb()})
+        return out
+
+    @torch.no_grad()
+    def evaluate(self) -> Dict[str, Any]:
+        """Metrics on the eval set (the training objective plus loss-independent log-prob metrics)."""
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        out: Dict[str, Any] = {"step": self.step}
+        if self.eval_data:
+            rows = []
+            state = self.loss.state_dict() if self.loss is not None else None
+            offset = getattr(self, "_ref_offset_eval", 0)
+            for idx in iterate_in_batches(list(range(len(self.eval_data))), self.cfg.eval.batch_size):
+                batch = self._collate(idx, self.eval_data, offset=offset)
+                if self.mode == "sft":
+                    nll_sum, tokens, m = sft_step(model, batch, self.accelerator.autocast)
+                    m = {"loss": m["nll"], "_weight": float(tokens)}
+                else:
+                    _, m = preference_step(model, self.reference, self.loss, batch, self.accelerator.autocast)
+                    m["_weight"] = float(len(idx))
+                rows.append(m)
+            if state is not None:
+                self.loss.load_state_dict(state)  # evaluation must not move beta-DPO's statistics
+            total_w = sum(r["_weight"] for r in rows)
+            for k in rows[0]:
+                if k.startswith("_"):
+                    continue
+                vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
+                if all(isinstance(v, (int, float)) for v, _ in vals):
+                    out[f"eval/{k}"] = sum(v * w for v, w in vals) / max(1e-12, total_w)
+        if self.is_main:
+            for hook in self.eval_hooks:
+                out.update({f"eval/{k}": v for k, v in hook(model, self.tokenizer, self.step).items()})
+        model.train(was_training)
+        return out
+
+    def _checkpoint(self) -> None:
+        self.accelerator.wait_for_everyone()
+        if self.is_main:
+            model = self.accelerator.unwrap_model(self.model)
+            save_checkpoint(
+                self.run_dir, self.step,
+                save_model=lambda p: save_model(model, self.tokenizer, p, self.cfg.model, self.cfg.train.seed),
+                optimizer=self.optimizer, scheduler=self.scheduler,
+                loss_state=self.loss.state_dict() if self.loss is not None else {},
+                state={"skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed, "total_steps": self.total_steps},
+                keep_last=self.cfg.output.keep_last,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def fit(self) -> Dict[str, Any]:
+        """Train to ``total_steps``; returns the summary (also written to ``summary.json``)."""
+        cfg = self.cfg
+        self.log(f"{self.mode} training: {len(self.train_data)} examples, {self.total_steps} steps, "
+                 f"{self.params['trainable']:,} of {self.params['total']:,} parameters trainable -> {self.run_dir}")
+        self.model.train()
+        first_eval = last_eval = None
+        if cfg.eval.at_start and self.step == 0:
+            first_eval = last_eval = self.metrics.log(self.evaluate())
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode}", unit="step",
+                   disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True)
+        try:
+            while self.step < self.total_steps:
+                row = self._train_step()
+                bar.update(1)
+                if row is not None and (self.step % cfg.train.log_every == 0 or self.step == self.total_steps):
+                    self.metrics.log(row)
+                    bar.set_postfix(loss=f"{row['loss']:.4f}", **({"acc": f"{row['reward_accuracy']:.2f}"} if "reward_accuracy" in row else {}))
+                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
+                    last_eval = self.metrics.log(self.evaluate())
+                if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
+                    self._checkpoint()
+        except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU
+            raise TrainError("out of memory: lower train.batch_size (raise train.grad_accum to keep the batch), "
+                             "data.max_length, use lora.enabled=true or train.bf16=true") from None
+        finally:
+            bar.close()
+        last_eval = self.metrics.log(self.evaluate())
+        self._checkpoint()
+        summary = self._finish(first_eval, last_eval)
+        self.metrics.close()
+        return summary
+
+    def _finish(self, first_eval, last_eval) -> Dict[str, Any]:
+        summary = {
+            "mode": self.mode, "steps": self.step, "skipped_steps": self.skipped_steps,
+            "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
+            "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
+            "parameters": self.params, "first_eval": first_eval, "final_eval": last_eval,
+        }
+        if self.is_main:
+            if self.cfg.output.save_final:
+                model = self.accelerator.unwrap_model(self.model)
+                tmp = self.run_dir / ".final-tmp"
+                if tmp.exists():
+                    shutil.rmtree(tmp)
+                save_model(model, self.tokenizer, tmp, self.cfg.model, self.cfg.train.seed)
+                final = self.run_dir / "final"
+                if final.exists():
+                    shutil.rmtree(final)
+                os.rename(tmp, final)
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+            (self.run_dir / DONE_MARKER).write_text("ok\n")
+        self.accelerator.wait_for_everyone()
+        return summary
+
+
+def train(cfg: RunConfig, **kwargs: Any) -> Dict[str, Any]:
+    """Build a :class:`Trainer` and run it."""
+    return Trainer(cfg, **kwargs).fit()

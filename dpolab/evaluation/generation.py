@@ -1,0 +1,57 @@
+"""Batched, seeded generation (greedy or temperature / top-p sampling) from prompts given as text or token ids."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[Union[str, List[int]]], *, max_new_tokens: int = 32,
+             batch_size: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int = 0, add_bos: bool = True) -> List[str]:
+    """Continuations of ``prompts`` (decoded text, special tokens removed, stopped at EOS).
+
+    Prompts are left-padded so a batch generates together; a prompt given as text is tokenised the way
+    training tokenises it (BOS first when the tokenizer has one and ``add_bos``).
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    outs: List[str] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    for start in range(0, len(prompts), batch_size):
+        chunk = [_ids(tokenizer, p, add_bos) for p in prompts[start:start + batch_size]]
+        width = max(len(c) for c in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        attn = torch.zeros((len(chunk), width), dtype=torch.long)
+        for i, c in enumerate(chunk):
+            input_ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
+            attn[i, width - len(c):] = 1
+        if do_sample:  # seed torch's global generator from ours so each batch is reproducible
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
+                      eos_token_id=tokenizer.eos_token_id)
+        if do_sample:
+            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
+        for row in out[:, width:]:
+            outs.append(tokenizer.decode(_until_eos(row.tolist(), tokenizer.eos_token_id), skip_special_tokens=True))
+    model.train(was_training)
+    return outs
+
+
+def _ids(tokenizer, prompt, add_bos: bool) -> List[int]:
+    if not isinstance(prompt, str):
+        return list(prompt)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if add_bos and tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
+        ids = [tokenizer.bos_token_id] + ids
+    return ids
+
+
+def _until_eos(ids: List[int], eos: Optional[int]) -> List[int]:
+    if eos is not None and eos in ids:
+        return ids[: ids.index(eos)]
+    return ids

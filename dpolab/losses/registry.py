@@ -1,0 +1,213 @@
+"""Loss registry and the weighted-list combination.
+
+Every loss module registers its function with :func:`register`. Users combine losses as a list of
+specs, e.g. ``[{"name": "dpo", "weight": 1.0}, {"name": "sft", "weight": 0.2}]``; a spec may carry
+``params`` (the loss's keyword arguments) and ``gate`` (Gate-DPO's gradient transform, which wraps
+any reference-based loss).
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
+
+_REGISTRY: Dict[str, LossInfo] = {}
+
+
+def register(
+    name: str,
+    *,
+    paper: str,
+    summary: str,
+    needs_reference: bool = True,
+    needs_token_logps: bool = False,
+    needs_extras: Sequence[str] = (),
+    stateful: bool = False,
+):
+    """Decorator: add a loss function (or, for stateful losses, a class) to the registry."""
+
+    def deco(fn):
+        if name in _REGISTRY:
+            raise RuntimeError(f"loss '{name}' registered twice")
+        target = fn.__init__ if stateful else fn
+        sig = inspect.signature(target)
+        defaults = {
+            k: p.default
+            for k, p in sig.parameters.items()
+            if p.default is not inspect.Parameter.empty and k not in ("self", "outputs")
+        }
+        _REGISTRY[name] = LossInfo(
+            name=name,
+            fn=fn,
+            paper=paper,
+            summary=summary,
+            needs_reference=needs_reference,
+            needs_token_logps=needs_token_logps,
+            needs_extras=tuple(needs_extras),
+            stateful=stateful,
+            defaults=defaults,
+        )
+        return fn
+
+    return deco
+
+
+def _ensure_loaded() -> None:
+    # Importing the package registers every loss module.
+    from . import _all  # noqa: F401
+
+
+def list_losses() -> List[LossInfo]:
+    """All registered losses, sorted by name."""
+    _ensure_loaded()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
+
+
+def get_loss(name: str) -> LossInfo:
+    _ensure_loaded()
+    key = name.strip().lower().replace("_", "-")
+    if key in _REGISTRY:
+        return _REGISTRY[key]
+    close = difflib.get_close_matches(key, list(_REGISTRY), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise LossConfigError(f"unknown loss '{name}'{hint}; valid losses: {', '.join(sorted(_REGISTRY))}")
+
+
+def _check_params(info: LossInfo, params: Mapping[str, Any]) -> None:
+    unknown = [k for k in params if k not in info.defaults]
+    if unknown:
+        valid = ", ".join(sorted(info.defaults)) or "(none)"
+        raise LossConfigError(f"loss '{info.name}' has no parameter {', '.join(map(repr, unknown))}; valid: {valid}")
+
+
+@dataclass
+class LossSpec:
+    """One entry of the weighted list."""
+
+    name: str
+    weight: float = 1.0
+    params: Dict[str, Any] = field(default_factory=dict)
+    gate: Optional[Dict[str, Any]] = None
+
+    @classmethod
+    def parse(cls, raw: Union[str, Mapping[str, Any], "LossSpec"]) -> "LossSpec":
+        if isinstance(raw, LossSpec):
+            return raw
+        if isinstance(raw, str):
+            return cls(name=raw)
+        if not isinstance(raw, Mapping):
+            raise LossConfigError(f"a loss spec must be a name or a mapping, got {type(raw).__name__}")
+        allowed = {"name", "weight", "params", "gate"}
+        extra = set(raw) - allowed
+        if extra:
+            raise LossConfigError(f"loss spec has unknown key(s) {sorted(extra)}; valid: {sorted(allowed)}")
+        if "name" not in raw:
+            raise LossConfigError("loss spec is missing 'name'")
+        weight = raw.get("weight", 1.0)
+        try:
+            weight = float(weight)
+        except (TypeError, ValueError):
+            raise LossConfigError(f"loss '{raw['name']}': weight must be a number, got {weight!r}") from None
+        return cls(name=str(raw["name"]), weight=weight, params=dict(raw.get("params") or {}), gate=raw.get("gate"))
+
+
+class CompositeLoss:
+    """A weighted sum of registered losses, each optionally gated (Gate-DPO).
+
+    Holds the state of stateful losses (beta-DPO) so the engine can checkpoint it via
+    :meth:`state_dict` / :meth:`load_state_dict`.
+    """
+
+    def __init__(self, specs: Sequence[Union[str, Mapping[str, Any], LossSpec]]):
+        from .gate import GateConfig  # local import: gate registers nothing, it wraps
+
+        if not specs:
+            raise LossConfigError("at least one loss is required")
+        self.specs = [LossSpec.parse(s) for s in specs]
+        self.components: List[tuple[str, LossSpec, LossInfo, Any, Optional[GateConfig]]] = []
+        seen: Dict[str, int] = {}
+        for spec in self.specs:
+            info = get_loss(spec.name)
+            _check_params(info, spec.params)
+            gate = GateConfig.parse(spec.gate, info) if spec.gate else None
+            fn = info.fn(**spec.params) if info.stateful else info.fn
+            label = info.name if info.name not in seen else f"{info.name}_{seen[info.name]}"
+            seen[info.name] = seen.get(info.name, 0) + 1
+            self.components.append((label, spec, info, fn, gate))
+
+    @property
+    def needs_reference(self) -> bool:
+        return any(info.needs_reference for _, _, info, _, _ in self.components)
+
+    @property
+    def needs_token_logps(self) -> bool:
+        return any(info.needs_token_logps or gate is not None for _, _, info, _, gate in self.components)
+
+    @property
+    def needs_extras(self) -> tuple[str, ...]:
+        out: List[str] = []
+        for _, _, info, _, _ in self.components:
+            out.extend(x for x in info.needs_extras if x not in out)
+        return tuple(out)
+
+    def __call__(self, outputs: PreferenceOutputs) -> tuple[Tensor, Dict[str, Any], List[LossOutput]]:
+        """Returns (scalar objective, metrics, per-component outputs)."""
+        total: Optional[Tensor] = None
+        metrics: Dict[str, Any] = {}
+        parts: List[LossOutput] = []
+        for label, spec, info, fn, gate in self.components:
+            inp = outputs
+            if gate is not None:
+                inp, gate_metrics = gate.apply(outputs)
+                metrics.update({f"{label}/{k}": v for k, v in gate_metrics.items()})
+            out = fn(inp) if info.stateful else fn(inp, **spec.params)
+            parts.append(out)
+            value = out.reduced()
+            total = spec.weight * value if total is None else total + spec.weight * value
+            metrics[f"loss/{label}"] = value.detach()
+            metrics.update({f"{label}/{k}": v for k, v in out.metrics.items()})
+        assert total is not None
+        metrics["loss"] = total.detach()
+        return total, metrics, parts
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {label: fn.state_dict() for label, _, info, fn, _ in self.components if info.stateful}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for label, _, info, fn, _ in self.components:
+            if info.stateful and label in state:
+                fn.load_state_dict(state[label])
+
+
+def compute_loss(
+    loss: Union[str, Mapping[str, Any], Sequence[Union[str, Mapping[str, Any]]]],
+    outputs: PreferenceOutputs,
+    **params: Any,
+) -> LossOutput:
+    """Functional entry point: ``compute_loss("dpo", outputs, beta=0.1)`` -> per-example losses + metrics.
+
+    ``loss`` may be one name (with ``params`` as keyword arguments) or a weighted list of specs, in which
+    case the per-example losses are the weighted sum of each component's (masked) per-example losses.
+    """
+    if isinstance(loss, str):
+        specs = [LossSpec(name=loss, params=params)]
+    elif isinstance(loss, Mapping):
+        specs = [LossSpec.parse(loss)]
+    else:
+        if params:
+            raise LossConfigError("keyword parameters apply to a single named loss; put them in each spec's 'params'")
+        specs = [LossSpec.parse(s) for s in loss]
+    comp = CompositeLoss(specs)
+    _, metrics, parts = comp(outputs)
+    if len(parts) == 1:
+        out = parts[0]
+        out.metrics = {**metrics, **out.metrics}
+        return out
+    per_ex = sum(spec.weight * (p.losses if p.mask is None else p.losses * p.mask.to(p.losses.dtype)) for spec, p in zip(comp.specs, parts))
+    return LossOutput(losses=per_ex, metrics=metrics)

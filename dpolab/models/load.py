@@ -1,0 +1,183 @@
+"""Loading the policy: ``from_pretrained`` by name or path (what a user does), a tiny model built from a
+config (tests and the demo), a checkpoint of an earlier dpolab run, and LoRA adapters through peft."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..config import LoraConfig, ModelConfig
+
+TINY_PRESETS = ("tiny-gpt2", "tiny-llama")
+MODEL_META = "dpolab_model.json"  # written beside a saved model/adapter: how to rebuild its base
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded (bad path, no network, missing file)."""
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer named by ``cfg.tokenizer`` (default: the model's own; 'char' for tiny presets)."""
+    from .tokenizer import build_char_tokenizer, gpt2_tokenizer_offline
+
+    name = cfg.tokenizer
+    if name is None:
+        src = cfg.init_from or cfg.name_or_path
+        if src in TINY_PRESETS:
+            name = "char"
+        else:
+            name = src
+    if name == "char":
+        return build_char_tokenizer()
+    if name == "gpt2-offline":
+        return gpt2_tokenizer_offline()
+    from transformers import AutoTokenizer
+
+    kwargs: Dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
+    if cfg.gguf_file and name == cfg.name_or_path:
+        kwargs["gguf_file"] = cfg.gguf_file
+    try:
+        tok = AutoTokenizer.from_pretrained(name, **kwargs)
+    except Exception as e:  # noqa: BLE001 - turn any loader failure into one clear line
+        raise ModelLoadError(f"could not load tokenizer '{name}': {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
+    return tok
+
+
+def tiny_config(preset: str, tokenizer, overrides: Optional[Dict[str, Any]] = None, max_positions: int = 1024):
+    """A small transformers config for ``tiny-gpt2`` or ``tiny-llama`` sized to the tokenizer."""
+    from transformers import GPT2Config, LlamaConfig
+
+    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+               pad_token_id=tokenizer.pad_token_id)
+    overrides = dict(overrides or {})
+    if preset == "tiny-gpt2":
+        base = dict(n_layer=2, n_embd=64, n_head=4, n_positions=max_positions, **ids)
+        base.update(overrides)
+        return GPT2Config(**base)
+    if preset == "tiny-llama":
+        base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
+        base.update(overrides)
+        return LlamaConfig(**base)
+    raise ModelLoadError(f"unknown tiny preset '{preset}'; valid: {', '.join(TINY_PRESETS)}")
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (modules and the float attributes attention code reads)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        for attr in ("attention_dropout", "dropout_p", "attn_dropout_p"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, 0.0)
+
+
+def _from_pretrained(path: str, cfg: ModelConfig):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: Dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    if cfg.gguf_file and path == cfg.name_or_path:
+        kwargs["gguf_file"] = cfg.gguf_file
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except TypeError:  # older transformers call it torch_dtype
+        kwargs["torch_dtype"] = kwargs.pop("dtype")
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except Exception as e:  # noqa: BLE001
+        raise ModelLoadError(f"could not load model '{path}': {str(e).splitlines()[0]}") from None
+
+
+def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
+    """The starting weights: a dpolab checkpoint (``init_from``), a tiny preset, or ``from_pretrained``."""
+    if cfg.init_from:
+        model = load_saved_model(cfg.init_from, tokenizer, dtype=cfg.dtype)
+    elif cfg.name_or_path in TINY_PRESETS:
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(cfg.name_or_path, tokenizer, cfg.tiny, max_positions))
+        model.to(_DTYPES[cfg.dtype])
+    else:
+        model = _from_pretrained(cfg.name_or_path, cfg)
+    if not cfg.dropout:
+        disable_dropout(model)
+    if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def apply_lora(model, lora: LoraConfig):
+    """Wrap ``model`` with fresh LoRA adapters; only adapter weights are trainable."""
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
+    target = lora.target_modules
+    if target == "all-linear" and _is_gpt2_like(model):
+        target = ["c_attn", "c_proj", "c_fc"]  # GPT-2 uses Conv1D, which 'all-linear' would skip
+    pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
+                          task_type="CAUSAL_LM", fan_in_fan_out=_is_gpt2_like(model))
+    return get_peft_model(model, pcfg)
+
+
+def _is_gpt2_like(model) -> bool:
+    return getattr(model.config, "model_type", "") == "gpt2"
+
+
+def load_policy(cfg: ModelConfig, lora: LoraConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
+    model = load_base_model(cfg, tokenizer, seed=seed, max_positions=max_positions)
+    if lora.enabled:
+        model = apply_lora(model, lora)
+    return model
+
+
+def count_parameters(model) -> Dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+# -- saving and reloading dpolab outputs ------------------------------------------------------------
+
+
+def save_model(model, tokenizer, path: os.PathLike, model_cfg: Optional[ModelConfig] = None, seed: int = 0) -> None:
+    """HF format: the full model, or (LoRA) the adapter plus ``dpolab_model.json`` naming its base."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    if model_cfg is not None:
+        meta = {"model": {k: getattr(model_cfg, k) for k in ("name_or_path", "tokenizer", "dtype", "gguf_file", "tiny", "init_from")},
+                "seed": seed, "max_positions": _max_positions(model)}
+        (path / MODEL_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+def _max_positions(model) -> Optional[int]:
+    c = model.config
+    return getattr(c, "n_positions", None) or getattr(c, "max_position_embeddings", None)
+
+
+def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
+    """Reload a model saved by dpolab: a full HF model, or an adapter merged into its recorded base."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"checkpoint folder not found: {path}")
+    if (path / "adapter_config.json").exists():
+        from peft import PeftModel
+
+        meta_file = path / MODEL_META
+        if not meta_file.exists():
+            raise ModelLoadError(f"{path} holds a LoRA adapter but no {MODEL_META} naming its base model")
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        base_cfg = ModelConfig(**meta["model"])
+        tok = tokenizer if tokenizer is not None else load_tokenizer(base_cfg)
+        base = load_base_model(base_cfg, tok, seed=meta.get("seed", 0), max_positions=meta.get("max_positions") or 1024)
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    return _from_pretrained(str(path), ModelConfig(name_or_path=str(path), dtype=dtype))

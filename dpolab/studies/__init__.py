@@ -1,0 +1,1 @@
+"""Studies: grids of runs, aggregation and reports (tables + plots)."""
