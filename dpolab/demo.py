@@ -35,7 +35,7 @@ def _base(out: Path, s: Dict[str, Any], seed: int) -> Dict[str, Any]:
     return {
         "model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": s["layers"], "n_embd": s["width"], "n_head": 4}},
         "data": {"task": "arithmetic", "task_args": {"n_train": s["n_train"], "n_eval": s["n_eval"], "miss": "mixed",
-                                                      "n_terms": [2, 3], "max_value": 30}, "max_length": 96},
+                                                      "n_terms": [2, 3], "max_value": 20}, "max_length": 96},
         "eval": {"every": s["eval_every"], "batch_size": 64, "max_examples": s["n_eval"]},
         "train": {"seed": seed, "log_every": 5},
         "output": {"overwrite": True},

@@ -21,15 +21,13 @@ def task_rows(data: DataConfig, mode: str, seed: int) -> Tuple[List[dict], List[
         problem_args = {k: args.pop(k) for k in list(args) if k in ("n_terms", "max_value")}
         if args:
             raise DataError(f"unknown data.task_args {sorted(args)} for task 'arithmetic'; valid: n_train, n_eval, miss, label_noise, n_terms, max_value")
-        problems = A.make_problems(n_train + n_eval * 3, seed=seed, **problem_args)
-        seen, train_p, eval_p = set(), [], []
-        for p in problems:  # unique prompts, first n_train for training, the next n_eval for evaluation
-            key = A.sft_rows([p])[0]["prompt"]
-            if key in seen:
-                continue
-            seen.add(key)
-            (train_p if len(train_p) < n_train else eval_p).append(p)
-        eval_p = eval_p[:n_eval]
+        want = n_train + n_eval
+        problems = A.make_problems(want * 4, seed=seed, **problem_args)
+        unique = list({p.prompt: p for p in reversed(problems)}.values())[::-1]  # first occurrence, in order
+        if len(unique) < want:
+            raise DataError(f"task 'arithmetic' has only {len(unique)} distinct problems for these settings "
+                            f"({problem_args or 'defaults'}), fewer than n_train + n_eval = {want}; raise max_value or n_terms")
+        eval_p, train_p = unique[:n_eval], unique[n_eval:want]  # evaluation prompts never appear in training
         if mode == "sft":
             return A.sft_rows(train_p), A.sft_rows(eval_p)
         return (A.preference_rows(train_p, miss=miss, label_noise=label_noise, seed=seed),

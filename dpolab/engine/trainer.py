@@ -46,6 +46,11 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _bar_interval() -> float:
+    """Refresh often on a terminal; rarely when the output goes to a log file."""
+    return 0.1 if sys.stderr.isatty() else 10.0
+
+
 def _check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if (run_dir / DONE_MARKER).exists() and not (overwrite or resume):
         raise TrainError(f"{run_dir} already holds a finished run; set output.overwrite=true or choose another output.dir")
@@ -90,7 +95,9 @@ class Trainer:
     def __init__(self, cfg: RunConfig, *, train_data: Optional[list] = None, eval_data: Optional[list] = None,
                  eval_hooks: Sequence[EvalHook] = (), resume: bool = False, log: Optional[Callable[[str], None]] = None):
         from accelerate import Accelerator
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # our own bar is enough; HF's save/load bars would interleave with it
         self.cfg = cfg
         self.mode = cfg.train.mode
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.train.bf16 else "no")
@@ -207,7 +214,8 @@ class Trainer:
     def _progress(self, it, **kw):
         from tqdm.auto import tqdm
 
-        return tqdm(it, disable=not (self.cfg.output.progress and self.is_main), leave=False, **kw)
+        return tqdm(it, disable=not (self.cfg.output.progress and self.is_main), leave=False,
+                    mininterval=_bar_interval(), **kw)
 
     def _collate(self, indices: List[int], data: list, offset: int = 0) -> Dict[str, Any]:
         items = [data[i] for i in indices]
@@ -358,7 +366,7 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode}", unit="step",
-                   disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True)
+                   disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True, mininterval=_bar_interval())
         try:
             while self.step < self.total_steps:
                 row = self._train_step()

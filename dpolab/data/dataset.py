@@ -1,0 +1,103 @@
+"""Top-level loaders: source -> records -> validated rows -> token ids, with one skip summary.
+
+``load_preference_data`` / ``load_sft_data`` read ``source`` (a path, a saved dataset folder, a hub
+name, or an in-memory list of dicts named ``<memory>``), optionally pass each raw record through
+``transform`` (a function record -> record that may raise :class:`DataError` for a bad row, e.g. to
+build preference pairs from a labelled dataset), validate it (:mod:`dpolab.data.formats`) and tokenise it
+(:mod:`dpolab.data.tokenize`).
+
+``on_error="raise"`` (default) raises the first bad row's one-line :class:`DataError`
+(``path: row 17: field 'chosen': expected text or chat messages, got int``). ``on_error="skip"`` counts
+each bad row in the :class:`SkipCounter` under ``"invalid row (field 'x')"`` and logs the first few
+messages. Rows skipped by design (identical responses, empty responses, empty after truncation) are
+always counted, never raised. The summary is logged once, at the end.
+
+``limit`` stops reading once that many examples were kept (later rows are not read, nor checked).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
+
+from dpolab.data.formats import to_preference_row, to_sft_row
+from dpolab.data.sources import Source, iter_records, source_name
+from dpolab.data.tokenize import tokenize_preference, tokenize_sft
+from dpolab.data.types import DataError, SkipCounter, TokenizedPair, TokenizedSFT
+
+ON_ERROR = ("raise", "skip")
+MAX_LOGGED_ERRORS = 3
+
+
+def invalid_reason(err: DataError) -> str:
+    """The SkipCounter reason for a bad row under ``on_error='skip'``."""
+    return f"invalid row (field '{err.field}')" if err.field else "invalid row"
+
+
+def _located(err: DataError, name: str, row: int) -> DataError:
+    """``err`` with the source and row filled in (a ``transform`` raises without knowing them)."""
+    if err.source is not None and err.row is not None:
+        return err
+    return DataError(err.reason, source=err.source or name, row=err.row or row, field=err.field)
+
+
+def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callable, split: Optional[str], transform: Optional[Callable],
+          limit: Optional[int], on_error: str, log: Callable[[str], Any], kind: str) -> Tuple[list, SkipCounter]:
+    if on_error not in ON_ERROR:
+        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+    name, skips, out, logged = source_name(source), SkipCounter(), [], 0
+    for row, rec in iter_records(source, split=split):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            if isinstance(rec, DataError):
+                raise rec
+            if transform is not None:
+                rec = transform(rec)
+            item = convert(rec, source=name, row=row, skips=skips)
+        except DataError as e:
+            err = _located(e, name, row)
+            if on_error == "raise":
+                raise err from None
+            skips.add(invalid_reason(err))
+            if logged < MAX_LOGGED_ERRORS:
+                log(f"skipping bad row: {err}")
+                logged += 1
+            continue
+        if item is not None:
+            tok = tokenize(item, tokenizer, skips=skips)
+            if tok is not None:
+                out.append(tok)
+    log(f"{name}: {len(out)} {kind} loaded; {skips.summary()}")
+    return out, skips
+
+
+def load_preference_data(
+    source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None, extras: Iterable[str] = (),
+    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
+    add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
+    transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print,
+) -> Tuple[List[TokenizedPair], SkipCounter]:
+    """Load, validate and tokenise preference pairs; returns the pairs and the skip counts."""
+    extras = tuple(extras)
+    convert = lambda rec, **kw: to_preference_row(rec, columns=columns, extras=extras, **kw)  # noqa: E731
+    tokenize = lambda row, tok, skips: tokenize_preference(  # noqa: E731
+        row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+        add_bos=add_bos, add_eos=add_eos, skips=skips,
+    )
+    return _load(source, tokenizer, convert=convert, tokenize=tokenize, split=split, transform=transform,
+                 limit=limit, on_error=on_error, log=log, kind="pairs")
+
+
+def load_sft_data(
+    source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None,
+    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
+    add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
+    transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print,
+) -> Tuple[List[TokenizedSFT], SkipCounter]:
+    """Load, validate and tokenise SFT rows; returns the rows and the skip counts."""
+    convert = lambda rec, **kw: to_sft_row(rec, columns=columns, **kw)  # noqa: E731
+    tokenize = lambda row, tok, skips: tokenize_sft(  # noqa: E731
+        row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+        add_bos=add_bos, add_eos=add_eos, skips=skips,
+    )
+    return _load(source, tokenizer, convert=convert, tokenize=tokenize, split=split, transform=transform,
+                 limit=limit, on_error=on_error, log=log, kind="rows")

@@ -1,0 +1,218 @@
+"""Validate raw records and normalise them to :class:`PreferenceRow` / :class:`SFTRow`.
+
+Accepted preference records (field names can be remapped with ``columns``, e.g.
+``{"prompt": "question", "chosen": "good"}``):
+
+- ``prompt`` / ``chosen`` / ``rejected`` as strings;
+- the same as chat messages (lists of ``{"role", "content"}`` with role in system/user/assistant/tool);
+  if any of the three is a message list, text fields are lifted to messages (a text prompt becomes one
+  user message, a text response one assistant message);
+- only ``chosen`` / ``rejected`` (Anthropic-HH style): the prompt is their common beginning. For text it
+  ends right after the last ``"\\n\\nAssistant:"`` of the common prefix if there is one, else just before
+  the last whitespace run of the common prefix (so a word is never split and BPE keeps the leading space
+  on the response); for messages it is the common leading messages.
+
+Accepted SFT records: ``prompt`` / ``completion``; ``text`` (prompt ''); chat ``messages`` (the last
+message must be the assistant's: it is the completion, everything before it is the prompt).
+
+``extras`` names numeric columns copied to ``PreferenceRow.extras`` as floats (e.g. ``rm_margin``).
+Remaining scalar columns go to ``meta`` untouched, with the source row number under ``"row"``.
+
+A malformed record raises :class:`DataError` naming source, row and field. Rows skipped by design
+(identical chosen and rejected, an empty response) are not errors: the functions return ``None`` and
+count the reason in ``skips``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from dpolab.data.types import DataError, Messages, PreferenceRow, SFTRow, SkipCounter, Text
+
+ROLES = ("system", "user", "assistant", "tool")
+HH_ASSISTANT = "\n\nAssistant:"
+SKIP_IDENTICAL = "identical chosen and rejected"
+SKIP_EMPTY = "empty response"
+
+
+class _Ctx:
+    """Where a record came from, so every error names source, row and field."""
+
+    def __init__(self, source: Optional[str], row: Optional[int], columns: Optional[Mapping[str, str]]):
+        self.source, self.row, self.columns = source, row, dict(columns or {})
+
+    def col(self, name: str) -> str:
+        return self.columns.get(name, name)
+
+    def error(self, name: str, message: str) -> DataError:
+        return DataError(message, source=self.source, row=self.row, field=self.col(name))
+
+
+def _type_name(value: Any) -> str:
+    return "None" if value is None else type(value).__name__
+
+
+def _messages(value: list, name: str, ctx: _Ctx) -> Messages:
+    out = []
+    for i, m in enumerate(value):
+        if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
+            raise ctx.error(name, f"message {i}: expected a dict with 'role' and 'content', got {_type_name(m)}")
+        if m["role"] not in ROLES:
+            raise ctx.error(name, f"message {i}: unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(m["content"], str):
+            raise ctx.error(name, f"message {i}: content must be text, got {_type_name(m['content'])}")
+        out.append(dict(m))
+    return out
+
+
+def _text(record: Mapping, name: str, ctx: _Ctx) -> Text:
+    """The field as a string or validated chat messages."""
+    col = ctx.col(name)
+    if col not in record:
+        raise ctx.error(name, f"missing (columns present: {', '.join(map(str, record)) or 'none'})")
+    value = record[col]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return _messages(value, name, ctx)
+    raise ctx.error(name, f"expected text or chat messages, got {_type_name(value)}")
+
+
+def _is_empty(value: Text) -> bool:
+    return value == "" or (isinstance(value, list) and all(m["content"] == "" for m in value))
+
+
+def _as_messages(value: Text, role: str) -> Messages:
+    if isinstance(value, list):
+        return value
+    return [{"role": role, "content": value}] if value else []
+
+
+def split_common_prefix(chosen: Text, rejected: Text) -> Tuple[Text, Text, Text]:
+    """Split an implicit prompt off two responses: ``(prompt, chosen_rest, rejected_rest)``."""
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        n = 0
+        while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+            n += 1
+        return chosen[:n], chosen[n:], rejected[n:]
+    if isinstance(chosen, list) or isinstance(rejected, list):
+        return "", chosen, rejected
+    n = 0
+    while n < min(len(chosen), len(rejected)) and chosen[n] == rejected[n]:
+        n += 1
+    common = chosen[:n]
+    cut = common.rfind(HH_ASSISTANT)
+    if cut >= 0:
+        cut += len(HH_ASSISTANT)
+    else:
+        cut = n
+        while cut > 0 and not common[cut - 1].isspace():  # back to the end of the last whitespace run
+            cut -= 1
+        while cut > 0 and common[cut - 1].isspace():  # ... and to its start: the space goes to the response
+            cut -= 1
+    return chosen[:cut], chosen[cut:], rejected[cut:]
+
+
+def _number(record: Mapping, name: str, ctx: _Ctx) -> float:
+    col = ctx.col(name)
+    if col not in record:
+        raise ctx.error(name, "missing (requested as an extra)")
+    value = record[col]
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ValueError
+        out = float(value)
+    except ValueError:
+        raise ctx.error(name, f"expected a number, got {_type_name(value)} {value!r:.40}") from None
+    if not math.isfinite(out):
+        raise ctx.error(name, f"expected a finite number, got {value!r}")
+    return out
+
+
+def _meta(record: Mapping, used: Iterable[str], row: Optional[int]) -> Dict[str, Any]:
+    used = set(used)
+    meta = {k: v for k, v in record.items() if k not in used and (v is None or isinstance(v, (str, int, float, bool)))}
+    meta.setdefault("row", row)
+    return meta
+
+
+def _skip(skips: Optional[SkipCounter], reason: str) -> None:
+    if skips is not None:
+        skips.add(reason)
+
+
+def to_preference_row(
+    record: Mapping,
+    *,
+    source: Optional[str] = None,
+    row: Optional[int] = None,
+    columns: Optional[Mapping[str, str]] = None,
+    extras: Iterable[str] = (),
+    skips: Optional[SkipCounter] = None,
+) -> Optional[PreferenceRow]:
+    """Validate one preference record; ``None`` (reason counted in ``skips``) if skipped by design."""
+    ctx = _Ctx(source, row, columns)
+    if not isinstance(record, Mapping):
+        raise DataError(f"expected a record (dict), got {_type_name(record)}", source=source, row=row)
+    chosen, rejected = _text(record, "chosen", ctx), _text(record, "rejected", ctx)
+    explicit_prompt = "prompt" in ctx.columns or "prompt" in record
+    if explicit_prompt:
+        prompt = _text(record, "prompt", ctx)
+    else:
+        prompt, chosen, rejected = split_common_prefix(chosen, rejected)
+    if any(isinstance(v, list) for v in (prompt, chosen, rejected)):
+        prompt = _as_messages(prompt, "user")
+        chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")
+    if chosen == rejected:
+        return _skip(skips, SKIP_IDENTICAL)
+    if _is_empty(chosen) or _is_empty(rejected):
+        return _skip(skips, SKIP_EMPTY)
+    extra_values = {name: _number(record, name, ctx) for name in extras}
+    used = [ctx.col(n) for n in ("prompt", "chosen", "rejected", *extras)]
+    return PreferenceRow(prompt, chosen, rejected, extras=extra_values, meta=_meta(record, used, row))
+
+
+def _split_messages(messages: Messages, ctx: _Ctx) -> Tuple[Messages, Messages]:
+    if not messages:
+        raise ctx.error("messages", "no messages")
+    if messages[-1]["role"] != "assistant":
+        raise ctx.error("messages", f"the last message must be the assistant's (the completion), got role {messages[-1]['role']!r}")
+    return messages[:-1], messages[-1:]
+
+
+def to_sft_row(
+    record: Mapping,
+    *,
+    source: Optional[str] = None,
+    row: Optional[int] = None,
+    columns: Optional[Mapping[str, str]] = None,
+    skips: Optional[SkipCounter] = None,
+) -> Optional[SFTRow]:
+    """Validate one SFT record (prompt/completion, text, or messages); ``None`` if skipped by design."""
+    ctx = _Ctx(source, row, columns)
+    if not isinstance(record, Mapping):
+        raise DataError(f"expected a record (dict), got {_type_name(record)}", source=source, row=row)
+    has = lambda name: name in ctx.columns or name in record  # noqa: E731
+    if has("completion"):
+        prompt: Text = _text(record, "prompt", ctx) if has("prompt") else ""
+        completion = _text(record, "completion", ctx)
+        used = ("prompt", "completion")
+    elif has("messages"):
+        msgs = _text(record, "messages", ctx)
+        if not isinstance(msgs, list):
+            raise ctx.error("messages", "expected chat messages (a list), got str")
+        prompt, completion = _split_messages(msgs, ctx)
+        used = ("messages",)
+    elif has("text"):
+        prompt, completion = "", _text(record, "text", ctx)
+        used = ("text",)
+    else:
+        raise DataError(
+            f"no SFT fields: expected 'prompt'+'completion', 'text' or 'messages' (columns present: {', '.join(map(str, record))})",
+            source=source, row=row, field=ctx.col("completion"),
+        )
+    if isinstance(prompt, list) or isinstance(completion, list):
+        prompt, completion = _as_messages(prompt, "user"), _as_messages(completion, "assistant")
+    if _is_empty(completion):
+        return _skip(skips, SKIP_EMPTY)
+    return SFTRow(prompt, completion, meta=_meta(record, [ctx.col(n) for n in used], row))

@@ -1,0 +1,27 @@
+"""Preference losses for dpolab.
+
+Every loss is a pure function of a :class:`PreferenceOutputs` record (or, for beta-DPO, a small
+stateful object), registered by name. Use :func:`compute_loss` for one-off calls, :class:`CompositeLoss`
+for a weighted list (``[{"name": "dpo"}, {"name": "sft", "weight": 0.2}]``), and :func:`list_losses`
+to see what exists.
+"""
+from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
+from .registry import CompositeLoss, LossSpec, compute_loss, get_loss, list_losses, register
+from . import _all  # noqa: F401  (registers every loss)
+from .madpo import madpo_weight
+from .gate import GateConfig
+
+__all__ = [
+    "PreferenceOutputs",
+    "LossOutput",
+    "LossInfo",
+    "LossConfigError",
+    "CompositeLoss",
+    "LossSpec",
+    "compute_loss",
+    "get_loss",
+    "list_losses",
+    "register",
+    "madpo_weight",
+    "GateConfig",
+]
