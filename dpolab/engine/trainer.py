@@ -46,6 +46,15 @@ def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def _autocast_factory(bf16: bool, device: torch.device):
+    """A zero-argument context factory: bf16 autocast on the run's device, or nothing."""
+    if not bf16:
+        return nullcontext
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise TrainError("train.bf16=true but this GPU has no bf16 support; set train.bf16=false")
+    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
 def _bar_interval() -> float:
     """Refresh often on a terminal; rarely when the output goes to a log file."""
     return 0.1 if sys.stderr.isatty() else 10.0
@@ -100,7 +109,10 @@ class Trainer:
         hf_logging.disable_progress_bar()  # our own bar is enough; HF's save/load bars would interleave with it
         self.cfg = cfg
         self.mode = cfg.train.mode
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if cfg.train.bf16 else "no")
+        # Mixed precision is our own autocast (not Accelerator's, whose process-wide state would pin the first
+        # run's choice for every later run in the same process, e.g. a study grid).
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available())
+        self.autocast = _autocast_factory(cfg.train.bf16, self.accelerator.device)
         self.is_main = self.accelerator.is_main_process
         self._log = log or (lambda s: print(s, file=sys.stderr))
         self.run_dir = Path(cfg.output.dir)
@@ -157,7 +169,8 @@ class Trainer:
         if self.loss is not None:
             for _, _, info, fn, _ in self.loss.components:
                 if info.stateful and hasattr(fn, "all_gather") and self.accelerator.num_processes > 1:
-                    fn.all_gather = self.accelerator.gather
+                    fn.all_gather = self.accelerator.gather  # statistics over the global batch
+                    fn.rank = self.accelerator.process_index
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.output.tensorboard,
                                      wandb=cfg.output.wandb, config=cfg.to_dict(), resume_step=self.step if ckpt else None)
         if self.is_main:
@@ -207,7 +220,7 @@ class Trainer:
             cache_file = found[-1]
         batches = (self._collate(list(range(i, min(i + cfg.eval.batch_size, len(everything)))), everything)
                    for i in range(0, len(everything), cfg.eval.batch_size))
-        ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress)
+        ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress, autocast=self.autocast)
         self._ref_offset_eval = len(self.train_data)
         return ref
 
@@ -240,12 +253,12 @@ class Trainer:
         sync = nullcontext() if last else self.accelerator.no_sync(self.model)
         with sync:
             if self.mode == "sft":
-                nll_sum, tokens, metrics = sft_step(self.model, batch, self.accelerator.autocast)
+                nll_sum, tokens, metrics = sft_step(self.model, batch, self.autocast)
                 objective = nll_sum * world / step_units
                 metrics["loss"] = metrics["nll"]
                 weight = float(tokens)
             else:
-                mean_obj, metrics = preference_step(self.model, self.reference, self.loss, batch, self.accelerator.autocast)
+                mean_obj, metrics = preference_step(self.model, self.reference, self.loss, batch, self.autocast)
                 objective = mean_obj * len(micro) * world / step_units
                 weight = float(len(micro))
             self.accelerator.backward(objective)
@@ -319,10 +332,10 @@ class Trainer:
             for idx in iterate_in_batches(list(range(len(self.eval_data))), self.cfg.eval.batch_size):
                 batch = self._collate(idx, self.eval_data, offset=offset)
                 if self.mode == "sft":
-                    nll_sum, tokens, m = sft_step(model, batch, self.accelerator.autocast)
+                    nll_sum, tokens, m = sft_step(model, batch, self.autocast)
                     m = {"loss": m["nll"], "_weight": float(tokens)}
                 else:
-                    _, m = preference_step(model, self.reference, self.loss, batch, self.accelerator.autocast)
+                    _, m = preference_step(model, self.reference, self.loss, batch, self.autocast)
                     m["_weight"] = float(len(idx))
                 rows.append(m)
             if state is not None:

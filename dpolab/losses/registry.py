@@ -209,5 +209,14 @@ def compute_loss(
         out = parts[0]
         out.metrics = {**metrics, **out.metrics}
         return out
-    per_ex = sum(spec.weight * (p.losses if p.mask is None else p.losses * p.mask.to(p.losses.dtype)) for spec, p in zip(comp.specs, parts))
+    # Per-example losses whose plain mean equals the composite objective: a masked component (beta-DPO)
+    # averages over its kept pairs, so its kept losses are scaled by B / kept and its dropped ones are 0.
+    per_ex = sum(spec.weight * _mean_preserving(p) for spec, p in zip(comp.specs, parts))
     return LossOutput(losses=per_ex, metrics=metrics)
+
+
+def _mean_preserving(out: LossOutput) -> Tensor:
+    if out.mask is None:
+        return out.losses
+    m = out.mask.to(out.losses.dtype)
+    return out.losses * m * (m.numel() / m.sum().clamp_min(1.0))
