@@ -21,7 +21,7 @@ def _expected_errors() -> tuple:
     from .losses import LossConfigError
     from .models.load import ModelLoadError
 
-    return (ConfigError, DataError, LossConfigError, TrainError, ModelLoadError, FileNotFoundError, ImportError)
+    return (ConfigError, DataError, LossConfigError, TrainError, ModelLoadError, FileNotFoundError, ImportError, ValueError)
 
 
 def _cmd_train(args) -> int:
@@ -77,6 +77,13 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_study(args) -> int:
+    from .studies.run import run_study
+
+    run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out)
+    return 0
+
+
 def _cmd_losses(args) -> int:
     from .losses import list_losses
 
@@ -126,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a much shorter run (seconds), for smoke tests")
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
+
+    st = sub.add_parser("study", help="run a packaged study (grid of runs, resumable) and write its report",
+                        description="Studies: squeeze (S4: squeezing and Gate-DPO). Re-running skips finished runs.")
+    st.add_argument("name", help="study name: squeeze")
+    st.add_argument("--size", default="cpu", choices=["cpu", "paper"], help="cpu: tiny models, minutes on a CPU; paper: the paper's scale (GPU, hub)")
+    st.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 1 with --smoke)")
+    st.add_argument("--smoke", action="store_true", help="a few steps per run, to check the pipeline")
+    st.add_argument("--out", help="output folder (default runs/study-NAME-SIZE)")
+    st.set_defaults(func=_cmd_study)
 
     ls = sub.add_parser("losses", help="list every loss with its parameters and paper")
     ls.set_defaults(func=_cmd_losses)

@@ -62,6 +62,8 @@ class DataConfig:
     limit: Optional[int] = _f(None, "use at most this many rows")
     eval_fraction: float = _f(0.1, "fraction of train held out for evaluation when no eval set is given")
     on_error: Literal["raise", "skip"] = _f("raise", "a malformed row stops the run (raise) or is counted and skipped")
+    sft_from_pairs: Optional[Literal["chosen", "both"]] = _f(
+        None, "SFT mode on preference data: train on the chosen responses, or on both (the 'extended SFT' before DPO)")
 
 
 @dataclass
@@ -100,6 +102,9 @@ class EvalConfig:
     batch_size: int = _f(16, "pairs per evaluation batch")
     max_examples: Optional[int] = _f(256, "evaluate on at most this many examples")
     at_start: bool = _f(True, "evaluate before the first step (the reference point for deltas)")
+    probes: bool = _f(False, "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation")
+    probe_examples: int = _f(64, "eval pairs used as probes")
+    probe_greedy_tokens: int = _f(32, "length budget of the starting model's greedy responses in the probe set")
 
 
 @dataclass

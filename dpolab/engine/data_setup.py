@@ -16,11 +16,12 @@ def task_rows(data: DataConfig, mode: str, seed: int) -> Tuple[List[dict], List[
         args = dict(data.task_args)
         n_train = int(args.pop("n_train", 512))
         n_eval = int(args.pop("n_eval", 64))
+        seed = int(args.pop("seed", seed))  # the problems' own seed (default: train.seed), so studies can fix the data
         miss = args.pop("miss", "mixed")
         label_noise = float(args.pop("label_noise", 0.0))
         problem_args = {k: args.pop(k) for k in list(args) if k in ("n_terms", "max_value")}
         if args:
-            raise DataError(f"unknown data.task_args {sorted(args)} for task 'arithmetic'; valid: n_train, n_eval, miss, label_noise, n_terms, max_value")
+            raise DataError(f"unknown data.task_args {sorted(args)} for task 'arithmetic'; valid: n_train, n_eval, miss, label_noise, n_terms, max_value, seed")
         want = n_train + n_eval
         problems = A.make_problems(want * 4, seed=seed, **problem_args)
         unique = list({p.prompt: p for p in reversed(problems)}.values())[::-1]  # first occurrence, in order
@@ -39,6 +40,9 @@ def prepare_data(data: DataConfig, tokenizer, mode: str, seed: int, log: Callabl
     """Tokenised (train, eval) lists for ``mode`` ('sft' or 'preference')."""
     from ..data.dataset import load_preference_data, load_sft_data
 
+    if mode == "sft" and data.sft_from_pairs:  # SFT on the responses of preference data (extended SFT: both)
+        train, evals = prepare_data(data, tokenizer, "preference", seed, log)
+        return pairs_to_sft(train, data.sft_from_pairs), pairs_to_sft(evals, "chosen")
     loader = load_sft_data if mode == "sft" else load_preference_data
     common: Dict[str, Any] = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
                                   truncation_mode=data.truncation_mode, on_error=data.on_error, log=log)
@@ -69,3 +73,13 @@ def prepare_data(data: DataConfig, tokenizer, mode: str, seed: int, log: Callabl
     else:
         evals = []
     return train, evals
+
+
+def pairs_to_sft(pairs, which: str):
+    """SFT rows from tokenised pairs: the chosen responses, or ('both') chosen and rejected, each after its prompt."""
+    from ..data.types import TokenizedSFT
+
+    rows = [TokenizedSFT(p.prompt_ids, p.chosen_ids, dict(p.meta)) for p in pairs]
+    if which == "both":
+        rows += [TokenizedSFT(p.prompt_ids, p.rejected_ids, dict(p.meta)) for p in pairs]
+    return rows

@@ -40,10 +40,30 @@ class TrainError(RuntimeError):
     """Training cannot go on (non-finite loss, unusable output folder, out of memory); the message says why."""
 
 
-def peak_memory_mb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def current_rss_mb() -> float:
+    """Resident memory of this process now (Linux /proc; the lifetime peak elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class PeakMemory:
+    """Peak memory of one run: GPU allocator peak, or the largest RSS sampled at each step and evaluation.
+
+    Sampling (rather than the process's lifetime maximum) keeps runs apart when a study runs many in one process.
+    """
+
+    def __init__(self) -> None:
+        self.peak = 0.0
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+    def sample(self) -> float:
+        now = torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else current_rss_mb()
+        self.peak = max(self.peak, now)
+        return self.peak
 
 
 def _autocast_factory(bf16: bool, device: torch.device):
@@ -108,6 +128,7 @@ class Trainer:
 
         hf_logging.disable_progress_bar()  # our own bar is enough; HF's save/load bars would interleave with it
         self.cfg = cfg
+        self.memory = PeakMemory()
         self.mode = cfg.train.mode
         # Mixed precision is our own autocast (not Accelerator's, whose process-wide state would pin the first
         # run's choice for every later run in the same process, e.g. a study grid).
@@ -171,6 +192,7 @@ class Trainer:
                 if info.stateful and hasattr(fn, "all_gather") and self.accelerator.num_processes > 1:
                     fn.all_gather = self.accelerator.gather  # statistics over the global batch
                     fn.rank = self.accelerator.process_index
+        self.probes, self.probe_baseline = self._build_probes(ckpt) if cfg.eval.probes else (None, None)
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.output.tensorboard,
                                      wandb=cfg.output.wandb, config=cfg.to_dict(), resume_step=self.step if ckpt else None)
         if self.is_main:
@@ -223,6 +245,29 @@ class Trainer:
         ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress, autocast=self.autocast)
         self._ref_offset_eval = len(self.train_data)
         return ref
+
+    def _build_probes(self, ckpt):
+        """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""
+        from ..diagnostics.probes import build_probe_set, score_probes
+
+        path = self.run_dir / "probes.pt"
+        if ckpt is not None and path.exists():
+            saved = torch.load(path, weights_only=False)
+            return saved["probes"], saved["baseline"]
+        if ckpt is not None:
+            raise TrainError(f"resuming a run with eval.probes needs {path}, which is gone")
+        source = self.eval_data or self.train_data
+        if self.mode == "sft":
+            raise TrainError("eval.probes needs preference pairs; it is not available in train.mode=sft")
+        model = self.accelerator.unwrap_model(self.model)
+        probes = build_probe_set(source, self.tokenizer, n=self.cfg.eval.probe_examples, seed=self.cfg.train.seed,
+                                 model=model, greedy_tokens=self.cfg.eval.probe_greedy_tokens, batch_size=self.cfg.eval.batch_size)
+        baseline = score_probes(model, probes, self.tokenizer.pad_token_id, batch_size=self.cfg.eval.batch_size, autocast=self.autocast)
+        if self.is_main:
+            tmp = path.with_suffix(".tmp")
+            torch.save({"probes": probes, "baseline": baseline}, tmp)
+            os.replace(tmp, path)
+        return probes, baseline
 
     def _progress(self, it, **kw):
         from tqdm.auto import tqdm
@@ -315,7 +360,7 @@ class Trainer:
             tokens = float(t[-1]) * self.accelerator.num_processes
         out.update({"step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 4),
                     "grad_norm": extra["grad_norm"], "lr": extra["lr"], "tokens_per_s": tokens / max(extra["dt"], 1e-9),
-                    "time/step_s": extra["dt"], "time/elapsed_s": self.elapsed, "mem/peak_mb": peak_memory_mb()})
+                    "time/step_s": extra["dt"], "time/elapsed_s": self.elapsed, "mem/peak_mb": self.memory.sample()})
         return out
 
     @torch.no_grad()
@@ -324,6 +369,7 @@ class Trainer:
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
+        self.memory.sample()
         out: Dict[str, Any] = {"step": self.step}
         if self.eval_data:
             rows = []
@@ -347,6 +393,12 @@ class Trainer:
                 vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
                 if all(isinstance(v, (int, float)) for v, _ in vals):
                     out[f"eval/{k}"] = sum(v * w for v, w in vals) / max(1e-12, total_w)
+        if self.probes is not None:
+            from ..diagnostics.probes import probe_metrics, score_probes
+
+            scores = score_probes(model, self.probes, self.tokenizer.pad_token_id, batch_size=self.cfg.eval.batch_size,
+                                  autocast=self.autocast)
+            out.update(probe_metrics(scores, self.probe_baseline, self.probes.buckets))
         if self.is_main:
             for hook in self.eval_hooks:
                 out.update({f"eval/{k}": v for k, v in hook(model, self.tokenizer, self.step).items()})
@@ -406,7 +458,7 @@ class Trainer:
         summary = {
             "mode": self.mode, "steps": self.step, "skipped_steps": self.skipped_steps,
             "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
-            "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(peak_memory_mb(), 1),
+            "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(self.memory.sample(), 1),
             "parameters": self.params, "first_eval": first_eval, "final_eval": last_eval,
         }
         if self.is_main:

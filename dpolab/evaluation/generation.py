@@ -7,22 +7,21 @@ import torch
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: Sequence[Union[str, List[int]]], *, max_new_tokens: int = 32,
-             batch_size: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-             seed: int = 0, add_bos: bool = True) -> List[str]:
-    """Continuations of ``prompts`` (decoded text, special tokens removed, stopped at EOS).
+def generate_ids(model, prompts: Sequence[List[int]], *, max_new_tokens: int = 32, batch_size: int = 32,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+                 pad_id: Optional[int] = None, eos_id: Optional[int] = None) -> List[List[int]]:
+    """New token ids for each prompt (stopped before EOS, or after ``max_new_tokens``).
 
-    Prompts are left-padded so a batch generates together; a prompt given as text is tokenised the way
-    training tokenises it (BOS first when the tokenizer has one and ``add_bos``).
+    Prompts are left-padded so a batch generates together; sampling is reproducible for a ``seed``.
     """
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    outs: List[str] = []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    outs: List[List[int]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [_ids(tokenizer, p, add_bos) for p in prompts[start:start + batch_size]]
+        chunk = [list(c) for c in prompts[start:start + batch_size]]
         width = max(len(c) for c in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attn = torch.zeros((len(chunk), width), dtype=torch.long)
@@ -31,15 +30,27 @@ def generate(model, tokenizer, prompts: Sequence[Union[str, List[int]]], *, max_
             attn[i, width - len(c):] = 1
         if do_sample:  # seed torch's global generator from ours so each batch is reproducible
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad,
-                      eos_token_id=tokenizer.eos_token_id)
+        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, eos_token_id=eos_id)
         if do_sample:
             kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
         out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
-        for row in out[:, width:]:
-            outs.append(tokenizer.decode(_until_eos(row.tolist(), tokenizer.eos_token_id), skip_special_tokens=True))
+        outs.extend(_until_eos(row.tolist(), eos_id) for row in out[:, width:])
     model.train(was_training)
     return outs
+
+
+def generate(model, tokenizer, prompts: Sequence[Union[str, List[int]]], *, max_new_tokens: int = 32,
+             batch_size: int = 32, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+             seed: int = 0, add_bos: bool = True) -> List[str]:
+    """Decoded continuations of ``prompts`` (special tokens removed, stopped at EOS).
+
+    A prompt given as text is tokenised the way training tokenises it (BOS first when the tokenizer has one
+    and ``add_bos``).
+    """
+    ids = generate_ids(model, [_ids(tokenizer, p, add_bos) for p in prompts], max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+                       pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id)
+    return [tokenizer.decode(o, skip_special_tokens=True) for o in ids]
 
 
 def _ids(tokenizer, prompt, add_bos: bool) -> List[int]:

@@ -1,1 +1,15 @@
-"""Studies: grids of runs, aggregation and reports (tables + plots)."""
+"""Studies: grids of runs, aggregation with confidence intervals, and reports (markdown + PNG).
+
+``dpolab study NAME --size cpu|paper`` runs one; see :data:`STUDIES` for the names.
+"""
+from __future__ import annotations
+
+import importlib
+
+STUDIES = {"squeeze": "dpolab.studies.squeeze"}
+
+
+def get_study(name: str):
+    if name not in STUDIES:
+        raise ValueError(f"unknown study '{name}'; valid: {', '.join(sorted(STUDIES))}")
+    return importlib.import_module(STUDIES[name])

@@ -1,0 +1,138 @@
+"""Likelihood probes: what preference training does to the probability of fixed responses.
+
+A :class:`ProbeSet` is built once from evaluation pairs, before training. For each probe prompt it holds
+five responses, scored (summed response log-prob) at every evaluation:
+
+- ``chosen`` and ``rejected``: the pair's own responses;
+- ``others``: the chosen response of a *different* probe prompt (an unrelated but fluent response);
+- ``random``: uniformly random tokens, as long as the chosen response;
+- ``greedy``: the starting model's greedy (argmax) continuation of the prompt, generated once.
+
+Along the chosen response it also records ``argmax_mass``: the summed log-prob of the most likely token at
+each response position (the squeezing effect, Ren & Sutherland 2025, arXiv 2407.10490, shows up as this
+rising while chosen, rejected and others fall).
+
+Deltas are against the start of training (the first evaluation, which with policy == reference is also the
+reference's value). Everything runs in eval mode, batched, without gradients.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from ..data.types import TokenizedPair
+from ..models.logprobs import gather_logps
+
+CATEGORIES = ("chosen", "rejected", "others", "random", "greedy")
+
+
+@dataclass
+class ProbeSet:
+    prompts: List[List[int]]
+    responses: Dict[str, List[List[int]]]
+    buckets: List[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+
+def _bucket(pair: TokenizedPair) -> str:
+    meta = pair.meta or {}
+    return str(meta.get("edit_bucket") or meta.get("edit_bucket_tokens") or "all")
+
+
+def build_probe_set(pairs: Sequence[TokenizedPair], tokenizer, *, n: int = 64, seed: int = 0, model=None,
+                    greedy_tokens: int = 32, batch_size: int = 32) -> ProbeSet:
+    """Probe set from the first ``n`` pairs; ``model`` (the starting policy) supplies the greedy responses."""
+    pairs = list(pairs)[:n]
+    if not pairs:
+        raise ValueError("no pairs to build probes from")
+    rng = random.Random(seed)
+    special = {i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) if i is not None}
+    vocab = [i for i in range(len(tokenizer)) if i not in special]
+    k = len(pairs)
+    responses: Dict[str, List[List[int]]] = {
+        "chosen": [p.chosen_ids for p in pairs],
+        "rejected": [p.rejected_ids for p in pairs],
+        # another prompt's response; with a single pair there is no other prompt, so it is its own rejected
+        "others": [pairs[(i + 1) % k].chosen_ids if k > 1 else pairs[0].rejected_ids for i in range(k)],
+        "random": [[rng.choice(vocab) for _ in p.chosen_ids] for p in pairs],
+    }
+    if model is not None:
+        responses["greedy"] = greedy_responses(model, [p.prompt_ids for p in pairs], tokenizer.eos_token_id,
+                                               max_new_tokens=greedy_tokens, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
+    return ProbeSet(prompts=[p.prompt_ids for p in pairs], responses=responses, buckets=[_bucket(p) for p in pairs])
+
+
+@torch.no_grad()
+def greedy_responses(model, prompts: List[List[int]], eos_id: Optional[int], *, max_new_tokens: int, batch_size: int,
+                     pad_id: Optional[int]) -> List[List[int]]:
+    """Greedy continuations (token ids, EOS kept when produced; never empty)."""
+    from ..evaluation.generation import generate_ids
+
+    outs = generate_ids(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, pad_id=pad_id, eos_id=eos_id)
+    # generate_ids stops *before* EOS: a response shorter than the budget ended with EOS, which we score too
+    return [o + [eos_id] if eos_id is not None and len(o) < max_new_tokens else o for o in outs]
+
+
+def _batch(prompts: List[List[int]], responses: List[List[int]], pad_id: int, device) -> Dict[str, Tensor]:
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(seqs), width), dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.bool)
+    for i, (p, s) in enumerate(zip(prompts, seqs)):
+        ids[i, : len(s)] = torch.tensor(s)
+        attn[i, : len(s)] = 1
+        mask[i, len(p): len(s)] = True
+    return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": mask.to(device)}
+
+
+@torch.no_grad()
+def score_probes(model, probes: ProbeSet, pad_id: int, *, batch_size: int = 32, autocast=nullcontext) -> Dict[str, Tensor]:
+    """Per-probe summed log-probs [n] for each category, plus ``argmax_mass`` along the chosen response."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out: Dict[str, List[Tensor]] = {}
+    for cat, resp in probes.responses.items():
+        for start in range(0, len(probes), batch_size):
+            b = _batch(probes.prompts[start:start + batch_size], resp[start:start + batch_size], pad_id, device)
+            with autocast():
+                logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
+            lp = gather_logps(logits, b["input_ids"], b["loss_mask"])
+            out.setdefault(cat, []).append(lp.sums.float().cpu())
+            if cat == "chosen":
+                top = logits[:, :-1].float().log_softmax(-1).max(-1).values
+                out.setdefault("argmax_mass", []).append((top * b["loss_mask"][:, 1:]).sum(-1).cpu())
+    model.train(was_training)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def probe_metrics(scores: Dict[str, Tensor], baseline: Optional[Dict[str, Tensor]], buckets: Sequence[str],
+                  prefix: str = "probe/") -> Dict[str, float]:
+    """Means per category, deltas against ``baseline``, margin and reward accuracy, overall and per bucket."""
+    metrics: Dict[str, float] = {}
+    groups = {"": list(range(len(buckets)))}
+    names = sorted(set(buckets))
+    if len(names) > 1:
+        groups.update({f"{b}/": [i for i, x in enumerate(buckets) if x == b] for b in names})
+    for g, idx in groups.items():
+        ix = torch.tensor(idx, dtype=torch.long)
+        for cat, v in scores.items():
+            metrics[f"{prefix}{g}logp/{cat}"] = float(v[ix].mean())
+        if baseline is None:
+            continue
+        delta = {cat: scores[cat][ix] - baseline[cat][ix] for cat in scores if cat in baseline}
+        for cat, d in delta.items():
+            metrics[f"{prefix}{g}delta/{cat}"] = float(d.mean())
+        if "chosen" in delta and "rejected" in delta:
+            m = delta["chosen"] - delta["rejected"]
+            metrics[f"{prefix}{g}margin"] = float(m.mean())
+            metrics[f"{prefix}{g}reward_accuracy"] = float((m > 0).float().mean())
+    return metrics

@@ -1,0 +1,129 @@
+"""Study runner: a grid of runs (stages x methods x settings x seeds), resumable, then a report.
+
+A study is a list of :class:`RunSpec` built for a size (``cpu`` or ``paper``). Each run is an ordinary
+``dpolab train`` run in ``<out>/runs/<run_id>``; a run whose folder holds a finished run with the same
+config is skipped, an unfinished one resumes from its newest checkpoint. A run may start from another
+run's final model (``init_from``), e.g. DPO from an SFT warm-up. After the grid, the study's ``report``
+function turns the runs' summaries and metrics into markdown + PNG.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import yaml
+
+from ..config import build_config
+from ..engine.logging import read_metrics
+
+# two-sided 95 % Student t quantiles by degrees of freedom (normal beyond 30)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
+
+
+def t95(df: int) -> float:
+    if df <= 0:
+        return float("nan")
+    keys = sorted(k for k in _T95 if k <= df)
+    return _T95[keys[-1]] if df <= 30 else 1.96
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % confidence interval (t distribution; nan for one value)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return float("nan"), float("nan")
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, float("nan")
+    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+    return m, t95(len(vals) - 1) * sd / math.sqrt(len(vals))
+
+
+def fmt_ci(values: Sequence[float], digits: int = 2) -> str:
+    m, h = mean_ci(values)
+    if math.isnan(m):
+        return "-"
+    return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+@dataclass
+class RunSpec:
+    run_id: str
+    config: Dict[str, Any]
+    labels: Dict[str, Any] = field(default_factory=dict)  # method, data, seed, ... for grouping in reports
+    init_from: Optional[str] = None  # run_id whose final model this run starts from
+    hooks: Sequence[Callable] = ()
+
+
+@dataclass
+class RunResult:
+    spec: RunSpec
+    dir: Path
+    summary: Dict[str, Any]
+    metrics: List[Dict[str, Any]]
+    skipped: bool
+
+    def evals(self) -> List[Dict[str, Any]]:
+        return [r for r in self.metrics if any(k.startswith("eval/") or k.startswith("probe/") for k in r)]
+
+    def final(self, key: str) -> Optional[float]:
+        v = (self.summary.get("final_eval") or {}).get(key)
+        return float(v) if isinstance(v, (int, float)) else None
+
+    def series(self, key: str) -> tuple[List[float], List[float]]:
+        rows = [r for r in self.metrics if isinstance(r.get(key), (int, float))]
+        return [r["step"] for r in rows], [r[key] for r in rows]
+
+
+def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        return False
+    return yaml.safe_load(saved.read_text(encoding="utf-8")) == cfg_dict
+
+
+def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] = print) -> Dict[str, RunResult]:
+    """Run (or skip, or resume) every spec in order; returns results by run_id."""
+    from ..engine import train
+    from ..engine.checkpoint import latest_checkpoint
+    from ..engine.trainer import DONE_MARKER
+
+    results: Dict[str, RunResult] = {}
+    for i, spec in enumerate(specs, start=1):
+        run_dir = out / "runs" / spec.run_id
+        overrides = [f"output.dir={run_dir}"]
+        if spec.init_from:
+            overrides.append(f"model.init_from={out / 'runs' / spec.init_from / 'final'}")
+        cfg = build_config(spec.config, overrides)
+        cfg_dict = cfg.to_dict()
+        done = (run_dir / DONE_MARKER).exists() and _same_config(run_dir, cfg_dict)
+        if done:
+            log(f"[{i}/{len(specs)}] {spec.run_id}: finished earlier, skipped")
+        else:
+            resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg_dict)
+            cfg.output.overwrite = not resume
+            log(f"[{i}/{len(specs)}] {spec.run_id}: {'resuming' if resume else 'training'}")
+            t0 = time.perf_counter()
+            train(cfg, resume=resume, eval_hooks=list(spec.hooks), log=lambda s: None)
+            log(f"[{i}/{len(specs)}] {spec.run_id}: done in {time.perf_counter() - t0:.0f}s")
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        results[spec.run_id] = RunResult(spec, run_dir, summary, read_metrics(run_dir), skipped=done)
+    return results
+
+
+def runs_table(results: Dict[str, RunResult]) -> List[List[Any]]:
+    """One row per run: id, labels, steps, wall-clock, peak memory, trainable parameters."""
+    rows = []
+    for rid, r in results.items():
+        s = r.summary
+        rows.append([f"`{rid}`", s.get("mode"), s.get("steps"), f"{s.get('wall_clock_s', 0):.1f}",
+                     f"{s.get('peak_memory_mb', 0):.0f}", f"{(s.get('parameters') or {}).get('trainable', 0):,}"])
+    return rows
+
+
+RUNS_HEADERS = ["run", "mode", "steps", "train s", "peak RSS MB", "trainable params"]

@@ -1,0 +1,24 @@
+"""Smoke slices of the packaged studies: every stage runs, the report and plots are written, a re-run reuses runs."""
+import pytest
+
+from dpolab.studies.run import run_study
+from dpolab.studies.runner import fmt_ci, mean_ci
+
+pytestmark = pytest.mark.slow
+
+
+def test_mean_ci():
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / 3 ** 0.5, rel=1e-3)
+    assert fmt_ci([1.0]) == "1.00" and fmt_ci([]) == "-"
+
+
+def test_squeeze_smoke(tmp_path):
+    report = run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=lambda s: None)
+    text = report.read_text()
+    for method in ("| DPO |", "| Gate-DPO seq |", "| gated Cal-DPO |", "| ext-SFT -> DPO |"):
+        assert method in text
+    assert (tmp_path / "s4" / "squeeze_deltas.png").exists()
+    msgs = []
+    run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=msgs.append)
+    assert sum("finished earlier, skipped" in m for m in msgs) == 11
