@@ -9,7 +9,9 @@ Per step, with M_i = r_w - r_l (detached, gathered over processes):
 2. filtering: weights w_i = exp(-0.5 ((M_i - M_0)/s)^2); keep k = max(1, floor(N (1-rho))) pairs drawn
    without replacement with probability proportional to w (torch.multinomial with our own generator);
 3. beta_batch = beta_0 (1 + alpha (mean_{kept} M_i - M_0)), clamped at >= 1e-3, detached;
-4. L_i = -log sigma(beta_batch h_i), averaged over the kept pairs (the returned mask).
+4. L_i = -log sigma(beta_batch h_i), averaged over the kept pairs (the returned mask). Under several
+   processes each returns its slice of the global mask and scales its losses so that the average over
+   processes of the local masked means is the global masked mean; ``kept`` is the global count.
 
 Robustness beyond the official code (which NaNs/crashes in these cases): with one pair the batch std is
 taken as 0; a running std below 1e-12 means uniform weights; weights are floored at 1e-12 x their
@@ -102,5 +104,10 @@ class BetaDPO:
         beta_batch = max(self.beta * (1.0 + self.alpha * (float(gaps[idx].mean()) - self.M0)), 1e-3)
         mask = global_mask[self.rank * b:(self.rank + 1) * b].to(device=h.device, dtype=h.dtype)
         losses = sigmoid_pair_loss(beta_batch * h)
-        metrics = {"beta": beta_batch, "M0": self.M0, "std": self.std, "kept": float(mask.sum())}
+        if n != b:
+            # Several processes: the objective is the mean over the k pairs kept in the *global* batch, but
+            # each process reduces over its own kept pairs and the engine averages over processes. Scaling
+            # this process's losses by (kept here) * (n / b) / k makes that average equal the global mean.
+            losses = losses * (float(mask.sum()) * (n / b) / k)
+        metrics = {"beta": beta_batch, "M0": self.M0, "std": self.std, "kept": float(k)}
         return preference_output(losses, r_w, r_l, self.beta, metrics=metrics, mask=mask)

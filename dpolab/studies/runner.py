@@ -81,10 +81,13 @@ class RunResult:
 
 
 def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:
+    """Whether the run folder holds a run of this config (``output.overwrite`` aside, which the runner sets)."""
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return False
-    return yaml.safe_load(saved.read_text(encoding="utf-8")) == cfg_dict
+    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    strip = lambda d: {**d, "output": {k: v for k, v in d.get("output", {}).items() if k != "overwrite"}}  # noqa: E731
+    return strip(old) == strip(cfg_dict)
 
 
 def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] = print) -> Dict[str, RunResult]:
