@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -30,7 +31,8 @@ def _cmd_train(args) -> int:
 
     cfg = load_config(args.config, args.overrides)
     summary = train(cfg, resume=args.resume)
-    _print_summary(summary, cfg.output.dir)
+    if int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`, one summary, not one per process
+        _print_summary(summary, cfg.output.dir)
     return 0
 
 
@@ -48,6 +50,7 @@ def _cmd_eval(args) -> int:
     result = evaluate_preference_file(
         args.model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
         max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
+        probes=args.probes,
     )
     text = json.dumps(result, indent=1)
     if args.out:
@@ -125,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-length", type=int, default=512)
     e.add_argument("--limit", type=int, help="evaluate at most this many rows")
     e.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
+    e.add_argument("--probes", type=int, default=0, metavar="N",
+                   help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")
     e.add_argument("--out", help="also write the JSON result here")
     e.set_defaults(func=_cmd_eval)
 

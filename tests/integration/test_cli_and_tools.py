@@ -57,10 +57,11 @@ def test_eval_command_on_a_trained_model(tmp_path, capsys):
     data.write_text("".join(json.dumps({"prompt": "Q: 1+2\nA: ", "chosen": "1+2=3", "rejected": "1+2=4"}) + "\n" for _ in range(3)))
     capsys.readouterr()
     final = str(tmp_path / "run" / "final")
-    rc = main(["eval", "--model", final, "--reference", final, "--data", str(data), "--out", str(tmp_path / "e.json")])
+    rc = main(["eval", "--model", final, "--reference", final, "--data", str(data), "--probes", "3", "--out", str(tmp_path / "e.json")])
     assert rc == 0
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["pairs"] == 3 and res["margin"] == 0.0 and res["rewards/chosen"] == 0.0  # model == reference
+    assert res["probe/delta/chosen"] == 0.0 and res["probe/delta/greedy"] == 0.0 and res["probe/logp/others"] < 0
     assert res["logps/chosen"] < 0
 
 

@@ -94,15 +94,16 @@ def test_gradient_accumulation_equals_big_batch(tmp_path, mode):
 @pytest.mark.parametrize("ref_mode", ["copy", "precomputed"])
 def test_resumed_run_matches_uninterrupted(tmp_path, ref_mode):
     loss = [{"name": "beta-dpo"}]  # stateful: its statistics must survive the resume too
-    full = cfg(tmp_path, "train.max_steps=6", f"reference.mode={ref_mode}", loss=loss, name="full")
-    train(full)
-    part = cfg(tmp_path, "train.max_steps=6", "output.save_every=3", f"reference.mode={ref_mode}", loss=loss, name="part")
+    probes = ["eval.probes=true", "eval.probe_examples=4"]  # the probe set and its baseline must survive too
+    full = cfg(tmp_path, "train.max_steps=6", f"reference.mode={ref_mode}", *probes, loss=loss, name="full")
+    s_full = train(full)
+    part = cfg(tmp_path, "train.max_steps=6", "output.save_every=3", f"reference.mode={ref_mode}", *probes, loss=loss, name="part")
     t = Trainer(part)
     t.total_steps = 3  # simulate a run stopped right after the step-3 checkpoint
     t.fit()
     (tmp_path / "part" / "DONE").unlink()
-    Trainer(part, resume=True).fit()
-    a = torch.load(tmp_path / "full" / "final" / "model.safetensors") if False else None  # noqa: F841
+    s_part = Trainer(part, resume=True).fit()
+    assert s_part["final_eval"]["probe/delta/chosen"] == s_full["final_eval"]["probe/delta/chosen"]
     from safetensors.torch import load_file
 
     wa = load_file(str(tmp_path / "full" / "final" / "model.safetensors"))
