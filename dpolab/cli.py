@@ -83,7 +83,7 @@ def _cmd_demo(args) -> int:
 def _cmd_study(args) -> int:
     from .studies.run import run_study
 
-    run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out)
+    run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir)
     return 0
 
 
@@ -140,12 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     st = sub.add_parser("study", help="run a packaged study (grid of runs, resumable) and write its report",
-                        description="Studies: squeeze (S4: squeezing and Gate-DPO). Re-running skips finished runs.")
-    st.add_argument("name", help="study name: squeeze")
+                        description="Studies: dpop (S3: DPOP vs DPO by edit distance), squeeze (S4: squeezing and "
+                                    "Gate-DPO). Re-running skips finished runs and resumes unfinished ones.")
+    st.add_argument("name", help="study name: dpop | squeeze")
     st.add_argument("--size", default="cpu", choices=["cpu", "paper"], help="cpu: tiny models, minutes on a CPU; paper: the paper's scale (GPU, hub)")
     st.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 1 with --smoke)")
     st.add_argument("--smoke", action="store_true", help="a few steps per run, to check the pipeline")
     st.add_argument("--out", help="output folder (default runs/study-NAME-SIZE)")
+    st.add_argument("--data-dir", help="folder with the real data sets (default ../shared/data); studies skip sets they cannot find")
     st.set_defaults(func=_cmd_study)
 
     ls = sub.add_parser("losses", help="list every loss with its parameters and paper")

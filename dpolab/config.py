@@ -51,7 +51,7 @@ class LoraConfig:
 class DataConfig:
     train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv/.parquet file, a saved HF dataset folder, or a hub name")
     eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
-    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic")
+    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad (needs task_args.path)")
     task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
     split: Optional[str] = _f(None, "split name for hub datasets")
     columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages)")
@@ -94,6 +94,13 @@ class TrainConfig:
     shuffle: bool = _f(True, "shuffle the training data each epoch")
     log_every: int = _f(1, "write a metrics row every N optimiser steps")
     on_nonfinite: Literal["stop", "skip"] = _f("stop", "a NaN/inf loss or gradient stops the run, or skips the step and counts it")
+    layout: Literal["prefix", "packed", "padded"] = _f(
+        "prefix", "forward layout (same log-probs, different speed): prefix = prompt computed once for chosen and "
+        "rejected, packed into rows; packed = padding-free packing of sequences; padded = one padded row per sequence")
+    logits: Literal["response", "response-recompute", "full"] = _f(
+        "response", "LM head only at response positions, in chunks (response), also recomputed in backward for least "
+        "memory (response-recompute), or full [N, T, V] logits (full). layout=padded logits=full is the plain path")
+    length_grouped: bool = _f(False, "group examples of similar length into batches (less padding; changes which pairs share a batch)")
 
 
 @dataclass

@@ -33,7 +33,47 @@ def task_rows(data: DataConfig, mode: str, seed: int) -> Tuple[List[dict], List[
             return A.sft_rows(train_p), A.sft_rows(eval_p)
         return (A.preference_rows(train_p, miss=miss, label_noise=label_noise, seed=seed),
                 A.preference_rows(eval_p, miss=miss, label_noise=0.0, seed=seed + 1))
-    raise DataError(f"unknown built-in task '{data.task}'; valid: arithmetic")
+    if data.task == "imdb-cad":
+        return _imdb_cad_rows(dict(data.task_args), mode, seed)
+    raise DataError(f"unknown built-in task '{data.task}'; valid: {', '.join(TASKS)}")
+
+
+TASKS = ("arithmetic", "imdb-cad")
+
+
+def _imdb_cad_rows(args: Dict[str, Any], mode: str, seed: int) -> Tuple[List[dict], List[dict]]:
+    """IMDb counterfactual pairs: ``path`` = the imdb-cad-sentiment folder (train from paired/train_paired.tsv,
+    eval from paired/dev_paired.tsv); ``kind`` = low (minimal human edits) or high (another review's span)."""
+    from pathlib import Path
+
+    from ..data.tasks import imdb_cad as C
+
+    valid = ("path", "kind", "n_train", "n_eval", "context_chars", "response_chars", "max_chars", "seed")
+    extra = sorted(set(args) - set(valid))
+    if extra:
+        raise DataError(f"unknown data.task_args {extra} for task 'imdb-cad'; valid: {', '.join(valid)}")
+    if "path" not in args:
+        raise DataError("task 'imdb-cad' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment)")
+    root = Path(args["path"]).expanduser()
+    files = {split: root / "paired" / f"{split}_paired.tsv" for split in ("train", "dev")}
+    for f in files.values():
+        if not f.exists():
+            raise DataError("file not found (expected the imdb-cad-sentiment folder layout paired/{train,dev}_paired.tsv)", source=str(f))
+    quiet = lambda s: None  # noqa: E731 - the loaders below report counts themselves
+    n_train, n_eval = args.get("n_train"), int(args.get("n_eval", 64))
+    data_seed = int(args.get("seed", seed))
+    if mode == "sft":
+        max_chars = int(args.get("max_chars", C.SFT_MAX_CHARS))
+        return (C.sft_rows(str(files["train"]), max_chars=max_chars, chunks=True, log=quiet)[: n_train or None],
+                C.sft_rows(str(files["dev"]), max_chars=max_chars, log=quiet)[:n_eval])
+    kind = args.get("kind", "low")
+    if kind not in ("low", "high"):
+        raise DataError(f"data.task_args.kind must be low or high, got {kind!r}")
+    make = C.minimal_edit_rows if kind == "low" else C.high_distance_rows
+    knobs = {k: int(args[k]) for k in ("context_chars", "response_chars") if k in args}
+    train = make(str(files["train"]), max_rows=n_train, seed=data_seed, log=quiet, **knobs)
+    evals = make(str(files["dev"]), max_rows=n_eval, seed=data_seed, log=quiet, **knobs)
+    return train, evals
 
 
 def prepare_data(data: DataConfig, tokenizer, mode: str, seed: int, log: Callable[[str], None] = print):

@@ -55,3 +55,14 @@ def curves(path: Path, groups: Dict[str, List[RunResult]], panels: Sequence[tupl
     """One PNG: a panel per (metric key, panel title), a line per group (mean over its seeds)."""
     return plot_lines(path, [(ptitle, "nats" if "delta" in key or "logp" in key else "", {g: mean_series(rs, key) for g, rs in groups.items()})
                              for key, ptitle in panels], title=title)
+
+
+def arithmetic_sft_spec(run_id: str, base: Dict[str, Any], s: Dict[str, Any], smoke: bool, hook) -> "RunSpec":
+    """The SFT warm-up on arithmetic chains that preference stages start from (checkpointed, so it resumes)."""
+    from .runner import RunSpec
+
+    return RunSpec(run_id, deep_merge(base, {
+        "data": arithmetic_data(3000 if not smoke else 32, 128 if not smoke else 8),
+        "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": 32 if not smoke else 8, "lr": s["sft_lr"],
+                  "warmup_steps": 50 if not smoke else 0, "schedule": "cosine"},
+        "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 250}}), {"stage": "sft"}, hooks=[hook])

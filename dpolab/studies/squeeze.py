@@ -12,9 +12,9 @@ start of the preference stage, which is also the reference model.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
-from .common import CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, curves, deep_merge
+from .common import CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, curves, deep_merge
 from .report import markdown_table
 from .runner import RunResult, RunSpec, fmt_ci
 
@@ -49,17 +49,13 @@ def _with_beta(loss: List[Dict[str, Any]], beta: float) -> List[Dict[str, Any]]:
     return [deep_merge(c, {"params": {"beta": beta}}) for c in loss]
 
 
-def specs(size: str, seeds: int, smoke: bool = False) -> List[RunSpec]:
+def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None) -> List[RunSpec]:
     s = SMOKE if smoke else SIZES[size]
     pref_data = arithmetic_data(s["n_pairs"], s["n_eval"], "mixed")
     hook = arithmetic_accuracy_hook(pref_data, limit=s["n_eval"])
     base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
             "eval": {"batch_size": 64, "max_examples": s["n_eval"]}, "output": {"progress": False}}
-    out = [RunSpec("sft", deep_merge(base, {
-        "data": arithmetic_data(3000 if not smoke else 32, 128 if not smoke else 8),
-        "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": 32 if not smoke else 8, "lr": s["sft_lr"],
-                  "warmup_steps": 50 if not smoke else 0, "schedule": "cosine"},
-        "eval": {"every": max(1, s["sft_steps"] // 4)}}), {"stage": "sft"}, hooks=[hook])]
+    out = [arithmetic_sft_spec("sft", base, s, smoke, hook)]
     ext_steps = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
     out.append(RunSpec("ext-sft", deep_merge(base, {
         "data": deep_merge(pref_data, {"sft_from_pairs": "both"}),

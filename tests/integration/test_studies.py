@@ -22,3 +22,18 @@ def test_squeeze_smoke(tmp_path):
     msgs = []
     run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=msgs.append)
     assert sum("finished earlier, skipped" in m for m in msgs) == 11
+
+
+def test_dpop_smoke_without_real_data(tmp_path):
+    report = run_study("dpop", smoke=True, out=str(tmp_path / "s3"), data_dir=str(tmp_path / "nowhere"), log=lambda s: None)
+    text = report.read_text()
+    assert "### arith-near (low edit distance" in text and "### arith-far (high edit distance" in text
+    assert "IMDb pair sets were skipped" in text
+    assert (tmp_path / "s3" / "dpop_arith-near.png").exists()
+
+
+@pytest.mark.realdata
+def test_dpop_smoke_with_imdb_pairs(tmp_path, shared_data):
+    report = run_study("dpop", smoke=True, out=str(tmp_path / "s3"), data_dir=str(shared_data), log=lambda s: None)
+    text = report.read_text()
+    assert "### imdb-low (low edit distance" in text and "### imdb-high (high edit distance" in text
