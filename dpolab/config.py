@@ -112,6 +112,9 @@ class EvalConfig:
     probes: bool = _f(False, "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation")
     probe_examples: int = _f(64, "eval pairs used as probes")
     probe_greedy_tokens: int = _f(32, "length budget of the starting model's greedy responses in the probe set")
+    edit_buckets: Optional[List[int]] = _f(
+        lambda: [4, 16], "token edit-distance edges for per-bucket probe metrics when the data sets no edit_bucket "
+        "(default: low <= 4 < mid <= 16 < high; null: no buckets)")
 
 
 @dataclass

@@ -41,13 +41,21 @@ class ProbeSet:
         return len(self.prompts)
 
 
-def _bucket(pair: TokenizedPair) -> str:
+def _bucket(pair: TokenizedPair, edges: Optional[Sequence[int]]) -> str:
+    """The pair's edit-distance bucket: set by the data (``meta['edit_bucket']``), else from the token edit
+    distance of chosen and rejected with ``edges`` (None: one bucket, 'all')."""
     meta = pair.meta or {}
-    return str(meta.get("edit_bucket") or meta.get("edit_bucket_tokens") or "all")
+    if meta.get("edit_bucket"):
+        return str(meta["edit_bucket"])
+    if edges is None:
+        return "all"
+    from .edit_distance import edit_bucket, token_edit_distance
+
+    return edit_bucket(token_edit_distance(pair.chosen_ids, pair.rejected_ids), tuple(edges))
 
 
 def build_probe_set(pairs: Sequence[TokenizedPair], tokenizer, *, n: int = 64, seed: int = 0, model=None,
-                    greedy_tokens: int = 32, batch_size: int = 32) -> ProbeSet:
+                    greedy_tokens: int = 32, batch_size: int = 32, edges: Optional[Sequence[int]] = (4, 16)) -> ProbeSet:
     """Probe set from the first ``n`` pairs; ``model`` (the starting policy) supplies the greedy responses."""
     pairs = list(pairs)[:n]
     if not pairs:
@@ -66,7 +74,7 @@ def build_probe_set(pairs: Sequence[TokenizedPair], tokenizer, *, n: int = 64, s
     if model is not None:
         responses["greedy"] = greedy_responses(model, [p.prompt_ids for p in pairs], tokenizer.eos_token_id,
                                                max_new_tokens=greedy_tokens, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
-    return ProbeSet(prompts=[p.prompt_ids for p in pairs], responses=responses, buckets=[_bucket(p) for p in pairs])
+    return ProbeSet(prompts=[p.prompt_ids for p in pairs], responses=responses, buckets=[_bucket(p, edges) for p in pairs])
 
 
 @torch.no_grad()

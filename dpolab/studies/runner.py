@@ -85,7 +85,10 @@ def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:
     saved = run_dir / "config.yaml"
     if not saved.exists():
         return False
-    old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+    try:  # through build_config, so options added to dpolab since the run was made take their defaults
+        old = build_config(yaml.safe_load(saved.read_text(encoding="utf-8"))).to_dict()
+    except Exception:  # noqa: BLE001 - an unreadable or outdated config is simply not the same config
+        return False
     strip = lambda d: {**d, "output": {k: v for k, v in d.get("output", {}).items() if k != "overwrite"}}  # noqa: E731
     return strip(old) == strip(cfg_dict)
 
