@@ -39,11 +39,28 @@ def _located(err: DataError, name: str, row: int) -> DataError:
     return DataError(err.reason, source=err.source or name, row=err.row or row, field=err.field)
 
 
-def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callable, split: Optional[str], transform: Optional[Callable],
+def _check_options(max_length: int, max_prompt_length: Optional[int], truncation_mode: str) -> None:
+    from dpolab.data.tokenize import TRUNCATION_MODES, _check_lengths
+
+    _check_lengths(max_length, max_prompt_length)
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+
+
+def _one_line(err: DataError) -> DataError:
+    """Error messages are one line, whatever the data put in a column name or value."""
+    if "\n" not in str(err) and "\r" not in str(err):
+        return err
+    fix = lambda t: None if t is None else str(t).replace("\r", "\\r").replace("\n", "\\n")  # noqa: E731
+    return DataError(fix(err.reason), source=fix(err.source), row=err.row, field=fix(err.field))
+
+
+def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callable, check_options: Callable, split: Optional[str], transform: Optional[Callable],
           limit: Optional[int], on_error: str, log: Callable[[str], Any], kind: str) -> Tuple[list, SkipCounter]:
     if on_error not in ON_ERROR:
         raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     name, skips, out, logged = source_name(source), SkipCounter(), [], 0
+    check_options()  # bad settings are errors of the call, not of every row
     for row, rec in iter_records(source, split=split):
         if limit is not None and len(out) >= limit:
             break
@@ -53,8 +70,12 @@ def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callab
             if transform is not None:
                 rec = transform(rec)
             item = convert(rec, source=name, row=row, skips=skips)
+            try:
+                tok = tokenize(item, tokenizer, skips=skips) if item is not None else None
+            except (ValueError, TypeError) as e:  # the tokenizer (or chat template) rejecting a row: a bad row too
+                raise DataError(f"cannot tokenise: {type(e).__name__}: {e}", source=name, row=row) from None
         except DataError as e:
-            err = _located(e, name, row)
+            err = _one_line(_located(e, name, row))
             if on_error == "raise":
                 raise err from None
             skips.add(invalid_reason(err))
@@ -62,10 +83,8 @@ def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callab
                 log(f"skipping bad row: {err}")
                 logged += 1
             continue
-        if item is not None:
-            tok = tokenize(item, tokenizer, skips=skips)
-            if tok is not None:
-                out.append(tok)
+        if tok is not None:
+            out.append(tok)
     log(f"{name}: {len(out)} {kind} loaded; {skips.summary()}")
     return out, skips
 
@@ -83,7 +102,8 @@ def load_preference_data(
         row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
         add_bos=add_bos, add_eos=add_eos, skips=skips,
     )
-    return _load(source, tokenizer, convert=convert, tokenize=tokenize, split=split, transform=transform,
+    check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
+    return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
                  limit=limit, on_error=on_error, log=log, kind="pairs")
 
 
@@ -99,5 +119,6 @@ def load_sft_data(
         row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
         add_bos=add_bos, add_eos=add_eos, skips=skips,
     )
-    return _load(source, tokenizer, convert=convert, tokenize=tokenize, split=split, transform=transform,
+    check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
+    return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
                  limit=limit, on_error=on_error, log=log, kind="rows")

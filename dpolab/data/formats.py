@@ -52,15 +52,25 @@ def _type_name(value: Any) -> str:
     return "None" if value is None else type(value).__name__
 
 
+def _valid_unicode(text: str, name: str, ctx: _Ctx, where: str = "") -> str:
+    """Reject lone surrogates (e.g. JSON "\\ud800"): they are not text and no tokenizer can encode them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ctx.error(name, f"{where}invalid Unicode: lone surrogate {text[e.start]!r} at character {e.start + 1}") from None
+    return text
+
+
 def _messages(value: list, name: str, ctx: _Ctx) -> Messages:
     out = []
     for i, m in enumerate(value):
         if not isinstance(m, Mapping) or "role" not in m or "content" not in m:
             raise ctx.error(name, f"message {i}: expected a dict with 'role' and 'content', got {_type_name(m)}")
-        if m["role"] not in ROLES:
-            raise ctx.error(name, f"message {i}: unknown role {m['role']!r} (expected one of {', '.join(ROLES)})")
+        if not isinstance(m["role"], str) or m["role"] not in ROLES:
+            raise ctx.error(name, f"message {i}: unknown role {m['role']!r:.60} (expected one of {', '.join(ROLES)})")
         if not isinstance(m["content"], str):
             raise ctx.error(name, f"message {i}: content must be text, got {_type_name(m['content'])}")
+        _valid_unicode(m["content"], name, ctx, f"message {i}: ")
         out.append(dict(m))
     return out
 
@@ -72,7 +82,7 @@ def _text(record: Mapping, name: str, ctx: _Ctx) -> Text:
         raise ctx.error(name, f"missing (columns present: {', '.join(map(str, record)) or 'none'})")
     value = record[col]
     if isinstance(value, str):
-        return value
+        return _valid_unicode(value, name, ctx)
     if isinstance(value, list):
         return _messages(value, name, ctx)
     raise ctx.error(name, f"expected text or chat messages, got {_type_name(value)}")
@@ -122,7 +132,7 @@ def _number(record: Mapping, name: str, ctx: _Ctx) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError
         out = float(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise ctx.error(name, f"expected a number, got {_type_name(value)} {value!r:.40}") from None
     if not math.isfinite(out):
         raise ctx.error(name, f"expected a finite number, got {value!r}")

@@ -19,6 +19,7 @@ import io
 import json
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Tuple, Union
 
@@ -95,6 +96,9 @@ def _iter_jsonl(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataEr
             except json.JSONDecodeError as e:
                 yield row, DataError(f"invalid JSON: {e.msg} (column {e.colno})", source=name, row=row)
                 continue
+            except RecursionError:
+                yield row, DataError("invalid JSON: nested too deeply", source=name, row=row)
+                continue
             yield row, rec if isinstance(rec, dict) else DataError(f"expected a JSON object, got {type(rec).__name__}", source=name, row=row)
 
 
@@ -109,6 +113,8 @@ def _iter_json(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataErr
         data = json.loads(text.lstrip("\ufeff"))
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", source=name) from None
+    except RecursionError:
+        raise DataError("invalid JSON: nested too deeply", source=name) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
@@ -134,15 +140,28 @@ def _iter_csv(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataErro
     check_utf8 = bool(_SURROGATE.search(text))
     default = "\t" if path.suffix.lower() == ".tsv" else ","
     delim = sniff_delimiter(text.split("\n", 1)[0], default)
+    _raise_csv_field_limit()
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
-    header = next(reader, None)
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        raise DataError(f"unreadable header line: {e}", source=name) from None
     if header is None:
         return
     if check_utf8 and any(_SURROGATE.search(h) for h in header):
         raise DataError("invalid UTF-8 in the header line", source=name)
     if len(set(header)) != len(header):
         raise DataError(f"duplicate column names in the header: {header}", source=name)
-    for row, fields in enumerate(reader, 1):
+    row = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:  # the reader cannot go on after this: report the row, then stop
+            yield row + 1, DataError(f"malformed CSV: {e}", source=name, row=row + 1)
+            return
+        row += 1
         if not fields:  # a blank line
             continue
         if check_utf8 and any(_SURROGATE.search(v) for v in fields):
@@ -151,6 +170,17 @@ def _iter_csv(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataErro
             yield row, DataError(f"expected {len(header)} fields, got {len(fields)} (delimiter {delim!r})", source=name, row=row)
         else:
             yield row, dict(zip(header, fields))
+
+
+def _raise_csv_field_limit() -> None:
+    """Python's csv module refuses fields over 128 KiB by default; long documents are legitimate data."""
+    limit = sys.maxsize
+    while limit > 2**20:
+        try:
+            csv.field_size_limit(limit)
+            return
+        except OverflowError:  # the limit must fit a C long
+            limit //= 2
 
 
 def _iter_parquet(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataError]]]:

@@ -71,15 +71,19 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_model(tmp / "model")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    torch.save(loss_state, tmp / "loss_state.pt")
-    (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
-    (tmp / COMPLETE).write_text("ok\n")
-    _fsync_tree(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        save_model(tmp / "model")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        torch.save(loss_state, tmp / "loss_state.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+        (tmp / COMPLETE).write_text("ok\n")
+        _fsync_tree(tmp)
+    except Exception:  # e.g. disk full: drop the partial folder (a kill leaves it; the next save removes it)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():  # a re-run of the same step: replace it only once the new one is complete
         old = final.parent / f".old-{final.name}-{os.getpid()}"
         os.rename(final, old)

@@ -1,0 +1,136 @@
+"""Two processes through `accelerate launch` (CPU, gloo) against one process with the same global batch.
+
+One process runs train.batch_size=8; two run batch_size=4 each (global batch = batch_size * grad_accum *
+num_processes = 8 in both). Tolerance: per-step training loss, final eval loss and final weights within
+1e-5 absolute (observed ~1e-7: only the order of float additions differs, in the all-reduce of gradients).
+Also checked: beta-DPO's statistics (beta, kept) are global, MADPO's per-pair margins follow their pairs, the
+precomputed reference cache is written once, and metrics, checkpoints and the summary are written once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dpolab.cli import main
+from dpolab.engine.logging import read_metrics
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = Path(__file__).resolve().parents[2] / "dpolab" / "configs" / "accelerate"
+COMMON = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "eval.batch_size=8", "output.progress=false",
+          "data.max_length=48", "train.lr=1e-3", "train.schedule=constant", "output.save_every=2"]
+TASK = ["data.task=arithmetic", "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}"]
+TOL = 1e-5
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(args, *, config_file=None) -> subprocess.CompletedProcess:
+    """`accelerate launch` two CPU processes running `dpolab train` (never a home-made launcher)."""
+    how = ["--config_file", str(config_file)] if config_file else ["--multi_gpu", "--num_processes", "2"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--main_process_port", str(_free_port()),
+           "-m", "dpolab.cli", "train", *args]
+    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
+               CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _train_rows(run):
+    return [r for r in read_metrics(run) if "grad_norm" in r]
+
+
+def _weights(run):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(run) / "final" / "model.safetensors"))
+
+
+def _compare(one, two, keys=("loss",)):
+    a, b = _train_rows(one), _train_rows(two)
+    assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, len(a) + 1))  # each step logged once
+    for ra, rb in zip(a, b):
+        for k in keys:
+            assert rb[k] == pytest.approx(ra[k], abs=TOL), (k, ra["step"], ra[k], rb[k])
+    ea = [r for r in read_metrics(one) if "eval/loss" in r][-1]
+    eb = [r for r in read_metrics(two) if "eval/loss" in r][-1]
+    assert eb["eval/loss"] == pytest.approx(ea["eval/loss"], abs=TOL)
+    wa, wb = _weights(one), _weights(two)
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=TOL, rtol=0), k
+    return a, b
+
+
+def _written_once(run, proc):
+    assert proc.stdout.count("done:") == 1, proc.stdout  # one summary, not one per process
+    assert [p.name for p in sorted((Path(run) / "checkpoints").iterdir())] == ["step-0000002", "step-0000004"]
+    assert not list(Path(run).rglob(".tmp*")) and not list(Path(run).rglob("*.tmp*"))
+    assert (Path(run) / "DONE").exists() and (Path(run) / "summary.json").exists()
+
+
+def test_two_processes_match_one_beta_dpo(tmp_path):
+    """beta-DPO: batch statistics over the gathered global batch, the same pairs drawn as one process."""
+    args = [*COMMON, *TASK, "train.max_steps=4", "loss=[{name: beta-dpo, params: {rho: 0.25}}]"]
+    assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
+    proc = _launch([*args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"])
+    a, b = _compare(tmp_path / "one", tmp_path / "two", keys=("loss", "beta-dpo/beta", "beta-dpo/kept", "beta-dpo/M0"))
+    assert all(r["beta-dpo/kept"] == 6 for r in b)  # floor(8 * 0.75) of the global batch, not per process
+    assert len({round(r["beta-dpo/beta"], 6) for r in b}) > 1  # beta really moved, and identically
+    _written_once(tmp_path / "two", proc)
+
+
+def test_two_processes_match_one_madpo_precomputed_reference(tmp_path):
+    """MADPO's rm_margin travels with its pair; the precomputed reference cache is computed and written once.
+    Launched with the packaged DDP config."""
+    data = tmp_path / "pairs.jsonl"
+    rows = []
+    for i in range(16):
+        a, b = i % 7 + 1, (3 * i) % 5 + 1
+        rows.append({"prompt": f"Q: {a}+{b}\nA: ", "chosen": f"{a}+{b}={a + b}", "rejected": f"{a}+{b}={a + b + 1 + i % 3}",
+                     "rm_margin": (i - 8) / 2.0})
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = [*COMMON, f"data.train={data}", "data.eval_fraction=0.25", "data.extras=[rm_margin]", "train.max_steps=4",
+            "reference.mode=precomputed", "loss=[{name: madpo}]"]
+    assert main(["train", *args, "train.batch_size=4", f"output.dir={tmp_path / 'one'}"]) == 0
+    proc = _launch([*args, "train.batch_size=2", f"output.dir={tmp_path / 'two'}"], config_file=CONFIGS / "ddp.yaml")
+    _compare(tmp_path / "one", tmp_path / "two", keys=("loss", "madpo/weight/mean", "madpo/weight/min", "madpo/weight/max"))
+    _written_once(tmp_path / "two", proc)
+    caches = list((tmp_path / "two" / "ref_cache").iterdir())
+    assert len(caches) == 1 and caches[0].suffix == ".pt"
+
+
+def test_two_processes_match_one_sft(tmp_path):
+    """SFT: the token-mean over the global batch, whatever the split of tokens between processes."""
+    args = [*COMMON, *TASK, "train.mode=sft", "train.max_steps=4"]
+    assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
+    proc = _launch([*args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"])
+    _compare(tmp_path / "one", tmp_path / "two")
+    _written_once(tmp_path / "two", proc)
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3"])
+def test_packaged_accelerate_configs_load(name):
+    """Every packaged config parses with Accelerate's own loader (FSDP and DeepSpeed need GPUs to run)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
+    assert cfg.num_processes == 2 and cfg.num_machines == 1
+    assert str(cfg.mixed_precision) == "no"  # dpolab's own autocast (train.bf16) handles precision
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}[name]
+    assert cfg.distributed_type.value == expected
+    if name.startswith("deepspeed"):
+        assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
+    if name == "fsdp":
+        assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
