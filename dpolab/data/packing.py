@@ -37,6 +37,7 @@ from typing import List, Sequence
 import torch
 
 LAYOUTS = ("padded", "packed", "prefix")
+ROW_TOKENS = 512  # default row length of packed layouts
 
 
 @dataclass
@@ -84,13 +85,14 @@ def prefix_units(prompts, chosen, rejected) -> List[_Unit]:
 def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0) -> dict:
     """Place units into rows (first-fit, longest first) and build the layout dict described above.
 
-    ``capacity`` is the row length; 0 (default) uses the longest unit, so no row is longer than the padded
-    batch's longest item and attention cost per row does not grow.
+    ``capacity`` is the row length (at least the longest unit); 0 (default) means ``ROW_TOKENS``: on short
+    sequences several share a row (fewer rows, almost no padding), long ones get a row each so the quadratic
+    attention over a row never exceeds that of the longest sequence by much.
     """
     if not units:
         raise ValueError("cannot pack an empty list")
     longest = max(len(u.tokens) for u in units)
-    cap = max(capacity or 0, longest)
+    cap = max(capacity or ROW_TOKENS, longest)
     order = sorted(range(len(units)), key=lambda j: -len(units[j].tokens))
     rows: List[List[int]] = []
     fill: List[int] = []

@@ -2,14 +2,16 @@
 
 The order of epoch ``e`` is a permutation seeded by (seed, e), so a resumed run only needs the optimiser
 step it stopped at to continue with exactly the batches it would have seen. An optimiser step consumes one
-global batch of ``batch_size * grad_accum * num_processes`` examples; process ``rank`` takes every
-``num_processes``-th example of each micro-batch slice.
+global batch of ``batch_size * grad_accum * num_processes`` examples; of each micro-batch slice of
+``batch_size * num_processes`` examples, process ``rank`` takes the ``rank``-th run of ``batch_size``
+consecutive ones, so gathering all processes' micro-batches in rank order gives the one-process
+micro-batch in its order (beta-DPO relies on this to draw the same pairs as one process).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, List
+from typing import Iterator, List, Optional
 
 import torch
 
@@ -22,6 +24,8 @@ class BatchPlan:
     num_processes: int = 1
     seed: int = 0
     shuffle: bool = True
+    lengths: Optional[List[int]] = None  # per-example lengths, for length_grouped
+    length_grouped: bool = False  # micro-batches of similar lengths (dpolab.data.collate.length_grouped_indices)
 
     @property
     def global_batch(self) -> int:
@@ -39,6 +43,14 @@ class BatchPlan:
         return max(1, math.ceil(self.n_examples / self.global_batch))
 
     def order(self, epoch: int) -> List[int]:
+        if self.length_grouped:
+            if self.lengths is None or len(self.lengths) != self.n_examples:
+                raise ValueError("length_grouped batching needs one length per example")
+            from ..data.collate import length_grouped_indices
+
+            # seeded by (seed, epoch) like the shuffled order, so a resumed run sees the same batches
+            seed = self.seed * 1_000_003 + epoch if self.shuffle else self.seed
+            return length_grouped_indices(self.lengths, self.batch_size * self.num_processes, seed)
         if not self.shuffle:
             return list(range(self.n_examples))
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
@@ -57,7 +69,7 @@ class BatchPlan:
         out = []
         for a in range(self.grad_accum):
             chunk = idx[a * per_micro: (a + 1) * per_micro]
-            out.append(chunk[rank:: self.num_processes])
+            out.append(chunk[rank * self.batch_size: (rank + 1) * self.batch_size])
         return [m for m in out if m]
 
 

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 
 from ..losses import CompositeLoss, LossConfigError, PreferenceOutputs
-from ..models.logprobs import response_logps, split_pairs
+from ..models.fastpath import logps_for_batch
+from ..models.logprobs import split_pairs
 from ..models.reference import Reference
 
 
@@ -20,7 +21,7 @@ def preference_outputs(policy, reference: Optional[Reference], batch: Dict[str, 
     """Policy (with grad) and reference (without) log-probs of a concatenated chosen+rejected batch."""
     n = batch["num_pairs"]
     with autocast():
-        lp = response_logps(policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        lp = logps_for_batch(policy, batch)  # fastest exact path for the batch layout (models/fastpath.py)
     ref = reference.logps(batch, autocast) if reference is not None else None
     pc, pr = split_pairs(lp.sums, n)
     cc, cr = split_pairs(lp.counts, n)
@@ -80,7 +81,7 @@ def preference_step(policy, reference, loss: CompositeLoss, batch, autocast=null
 def sft_step(policy, batch, autocast=nullcontext):
     """Token-mean NLL of the completion tokens; returns (summed NLL, token count, metrics)."""
     with autocast():
-        lp = response_logps(policy, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+        lp = logps_for_batch(policy, batch)  # fastest exact path for the batch layout (models/fastpath.py)
     nll_sum = -lp.sums.sum()
     tokens = lp.counts.sum()
     return nll_sum, tokens, {"nll": (nll_sum / tokens.clamp_min(1)).detach()}

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..config import RunConfig, save_config
-from ..data.collate import collate_preference, collate_sft
+from ..data.collate import collate_preference_fast, collate_sft_fast
 from ..losses import CompositeLoss
 from ..models.load import count_parameters, load_policy, load_tokenizer, save_model
 from ..models.reference import Reference, data_fingerprint, weights_fingerprint
@@ -99,6 +99,37 @@ def _check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
                 p.unlink()
 
 
+def _checkpoint_bytes(model, cfg: RunConfig) -> int:
+    """About how much one checkpoint takes: the saved weights (all, or the LoRA adapter) and the optimiser state."""
+    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    weights = trainable if cfg.lora.enabled else sum(p.numel() * p.element_size() for p in model.parameters())
+    states = {"adamw": 2, "rmsprop": 1, "sgd": 1}.get(cfg.train.optimizer, 2)
+    return weights + states * sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+
+
+def _check_free_space(run_dir: Path, ckpt_bytes: int, keep_last: int) -> None:
+    """Fail before training when the disk cannot hold the checkpoints (kept ones + the one being written) and the
+    final model, rather than after hours of training."""
+    need = ckpt_bytes * (max(1, keep_last) + 1) + ckpt_bytes + 16 * 2**20
+    free = shutil.disk_usage(run_dir).free
+    if free < need:
+        raise TrainError(f"output folder {run_dir} has {free / 2**20:.0f} MB free but this run needs about "
+                         f"{need / 2**20:.0f} MB ({keep_last} kept checkpoint(s) of ~{ckpt_bytes / 2**20:.0f} MB, one being "
+                         f"written, the final model); free some space, lower output.keep_last, or choose another output.dir")
+
+
+def _is_oom(e: BaseException) -> bool:
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return True
+    text = str(e)
+    return "out of memory" in text.lower() or "can't allocate" in text or "cannot allocate memory" in text.lower()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return (lines[0] if lines else type(e).__name__)[:160]
+
+
 def _load_weights(model, folder: Path) -> None:
     """Restore trainable weights saved by ``save_pretrained`` (full model or LoRA adapter)."""
     from safetensors.torch import load_file
@@ -163,12 +194,16 @@ class Trainer:
         if ckpt is not None:
             _load_weights(self.policy, ckpt / "model")
         self.params = count_parameters(self.policy)
+        if self.is_main:
+            _check_free_space(self.run_dir, _checkpoint_bytes(self.policy, cfg), cfg.output.keep_last)
         self.loss = CompositeLoss(cfg.loss) if self.mode == "preference" else None
         self.reference = self._build_reference(ckpt) if self.mode == "preference" else None
 
         # optimisation
         self.plan = BatchPlan(len(self.train_data), cfg.train.batch_size, cfg.train.grad_accum,
-                              self.accelerator.num_processes, cfg.train.seed, cfg.train.shuffle)
+                              self.accelerator.num_processes, cfg.train.seed, cfg.train.shuffle,
+                              lengths=[self._length(x) for x in self.train_data] if cfg.train.length_grouped else None,
+                              length_grouped=cfg.train.length_grouped)
         self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * self.plan.steps_per_epoch))
         self.optimizer = build_optimizer(self.policy.parameters(), cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.total_steps)
@@ -242,7 +277,8 @@ class Trainer:
             cache_file = found[-1]
         batches = (self._collate(list(range(i, min(i + cfg.eval.batch_size, len(everything)))), everything)
                    for i in range(0, len(everything), cfg.eval.batch_size))
-        ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress, autocast=self.autocast)
+        with self.accelerator.main_process_first():  # the main process writes the cache; the others then load it
+            ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress, autocast=self.autocast)
         self._ref_offset_eval = len(self.train_data)
         return ref
 
@@ -261,7 +297,8 @@ class Trainer:
             raise TrainError("eval.probes needs preference pairs; it is not available in train.mode=sft")
         model = self.accelerator.unwrap_model(self.model)
         probes = build_probe_set(source, self.tokenizer, n=self.cfg.eval.probe_examples, seed=self.cfg.train.seed,
-                                 model=model, greedy_tokens=self.cfg.eval.probe_greedy_tokens, batch_size=self.cfg.eval.batch_size)
+                                 model=model, greedy_tokens=self.cfg.eval.probe_greedy_tokens, batch_size=self.cfg.eval.batch_size,
+                                 edges=self.cfg.eval.edit_buckets)
         baseline = score_probes(model, probes, self.tokenizer.pad_token_id, batch_size=self.cfg.eval.batch_size, autocast=self.autocast)
         if self.is_main:
             tmp = path.with_suffix(".tmp")
@@ -278,7 +315,9 @@ class Trainer:
     def _collate(self, indices: List[int], data: list, offset: int = 0) -> Dict[str, Any]:
         items = [data[i] for i in indices]
         pad = self.tokenizer.pad_token_id
-        batch = collate_sft(items, pad) if self.mode == "sft" else collate_preference(items, pad)
+        layout = self.cfg.train.layout  # same log-probs in every layout; see dpolab/models/fastpath.py
+        batch = (collate_sft_fast(items, pad, layout) if self.mode == "sft" else collate_preference_fast(items, pad, layout))
+        batch["logits"] = self.cfg.train.logits
         batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
         dev = self.accelerator.device
         return {k: (v.to(dev) if isinstance(v, torch.Tensor) else
@@ -351,17 +390,35 @@ class Trainer:
             vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
             if all(isinstance(v, (int, float)) for v, _ in vals):
                 out[k] = sum(v * w for v, w in vals) / max(1e-12, sum(w for _, w in vals))
+        # ".../min" and ".../max" metrics (MADPO's weights) are extremes over the step, not means
+        extremes = sorted(k for k in out if k.endswith(("/min", "/max")))
+        for k in extremes:
+            out[k] = (min if k.endswith("/min") else max)(to_float(r[k]) for r in rows if k in r)
         tokens = sum(r["_tokens"] for r in rows)
-        if self.accelerator.num_processes > 1:
+        if self.accelerator.num_processes > 1:  # weighted by each process's pairs / tokens, like one process
             names = sorted(out)
-            t = torch.tensor([out[n] for n in names] + [float(tokens)], device=self.accelerator.device)
-            t = self.accelerator.reduce(t, reduction="mean")
-            out = {n: float(v) for n, v in zip(names, t[:-1].tolist())}
-            tokens = float(t[-1]) * self.accelerator.num_processes
+            local_ext = torch.tensor([[out[k] for k in extremes]], dtype=torch.float64)
+            t = torch.tensor([out[n] * total_w for n in names] + [total_w, float(tokens)], dtype=torch.float64)
+            t = self.accelerator.reduce(t.to(self.accelerator.device), reduction="sum").cpu()
+            out = {n: float(v) / max(1e-12, float(t[-2])) for n, v in zip(names, t[:-2].tolist())}
+            tokens = float(t[-1])
+            if extremes:
+                ext = self.accelerator.gather(local_ext.to(self.accelerator.device)).cpu()  # [processes, len(extremes)]
+                for j, k in enumerate(extremes):
+                    out[k] = float(ext[:, j].min() if k.endswith("/min") else ext[:, j].max())
         out.update({"step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 4),
                     "grad_norm": extra["grad_norm"], "lr": extra["lr"], "tokens_per_s": tokens / max(extra["dt"], 1e-9),
                     "time/step_s": extra["dt"], "time/elapsed_s": self.elapsed, "mem/peak_mb": self.memory.sample()})
         return out
+
+    def _local_statistics(self) -> list:
+        """Point stateful losses' gather hooks at this process only; returns what to restore."""
+        saved = []
+        for _, _, info, fn, _ in self.loss.components:
+            if info.stateful and hasattr(fn, "all_gather"):
+                saved.append((fn, fn.all_gather, fn.rank))
+                fn.all_gather, fn.rank = (lambda t: t), 0
+        return saved
 
     @torch.no_grad()
     def evaluate(self) -> Dict[str, Any]:
@@ -374,6 +431,8 @@ class Trainer:
         if self.eval_data:
             rows = []
             state = self.loss.state_dict() if self.loss is not None else None
+            # every process evaluates the whole set: no collective calls (beta-DPO's gather) during evaluation
+            gathers = self._local_statistics() if self.loss is not None else []
             offset = getattr(self, "_ref_offset_eval", 0)
             for idx in iterate_in_batches(list(range(len(self.eval_data))), self.cfg.eval.batch_size):
                 batch = self._collate(idx, self.eval_data, offset=offset)
@@ -386,6 +445,8 @@ class Trainer:
                 rows.append(m)
             if state is not None:
                 self.loss.load_state_dict(state)  # evaluation must not move beta-DPO's statistics
+            for fn, gather, rank in gathers:
+                fn.all_gather, fn.rank = gather, rank
             total_w = sum(r["_weight"] for r in rows)
             for k in rows[0]:
                 if k.startswith("_"):
@@ -409,14 +470,18 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         if self.is_main:
             model = self.accelerator.unwrap_model(self.model)
-            save_checkpoint(
-                self.run_dir, self.step,
-                save_model=lambda p: save_model(model, self.tokenizer, p, self.cfg.model, self.cfg.train.seed),
-                optimizer=self.optimizer, scheduler=self.scheduler,
-                loss_state=self.loss.state_dict() if self.loss is not None else {},
-                state={"skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed, "total_steps": self.total_steps},
-                keep_last=self.cfg.output.keep_last,
-            )
+            try:
+                save_checkpoint(
+                    self.run_dir, self.step,
+                    save_model=lambda p: save_model(model, self.tokenizer, p, self.cfg.model, self.cfg.train.seed),
+                    optimizer=self.optimizer, scheduler=self.scheduler,
+                    loss_state=self.loss.state_dict() if self.loss is not None else {},
+                    state={"skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed, "total_steps": self.total_steps},
+                    keep_last=self.cfg.output.keep_last,
+                )
+            except OSError as e:  # disk full, folder removed or made read-only mid-run
+                raise TrainError(f"could not write the step-{self.step} checkpoint in {self.run_dir}: {e.strerror or e}; "
+                                 f"the previous checkpoint is kept (--resume continues from it)") from None
         self.accelerator.wait_for_everyone()
 
     def fit(self) -> Dict[str, Any]:
@@ -426,13 +491,13 @@ class Trainer:
                  f"{self.params['trainable']:,} of {self.params['total']:,} parameters trainable -> {self.run_dir}")
         self.model.train()
         first_eval = last_eval = None
-        if cfg.eval.at_start and self.step == 0:
-            first_eval = last_eval = self.metrics.log(self.evaluate())
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc=f"{self.mode}", unit="step",
                    disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True, mininterval=_bar_interval())
         try:
+            if cfg.eval.at_start and self.step == 0:
+                first_eval = last_eval = self.metrics.log(self.evaluate())
             while self.step < self.total_steps:
                 row = self._train_step()
                 bar.update(1)
@@ -443,12 +508,15 @@ class Trainer:
                     last_eval = self.metrics.log(self.evaluate())
                 if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
                     self._checkpoint()
-        except torch.cuda.OutOfMemoryError:  # pragma: no cover - needs a GPU
-            raise TrainError("out of memory: lower train.batch_size (raise train.grad_accum to keep the batch), "
-                             "data.max_length, use lora.enabled=true or train.bf16=true") from None
+            last_eval = self.metrics.log(self.evaluate())
+        except (RuntimeError, MemoryError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if not _is_oom(e):
+                raise
+            raise TrainError(f"out of memory at step {self.step + 1} ({_first_line(e)}): lower train.batch_size (raise "
+                             "train.grad_accum to keep the global batch), data.max_length or eval.batch_size, or use "
+                             "lora.enabled=true or train.bf16=true. The last checkpoint is kept (--resume)") from None
         finally:
             bar.close()
-        last_eval = self.metrics.log(self.evaluate())
         self._checkpoint()
         summary = self._finish(first_eval, last_eval)
         self.metrics.close()

@@ -19,7 +19,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import torch
 from torch import Tensor
 
-from .logprobs import response_logps, split_pairs
+from .fastpath import logps_for_batch
+from .logprobs import split_pairs
 
 
 def weights_fingerprint(model) -> str:
@@ -68,10 +69,10 @@ class Reference:
                 was_training = pol.training
                 pol.eval()
                 with pol.disable_adapter():
-                    lp = response_logps(pol, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+                    lp = logps_for_batch(pol, batch)
                 pol.train(was_training)
             else:
-                lp = response_logps(self.model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+                lp = logps_for_batch(self.model, batch)
         return split_pairs(lp.sums, n)
 
     def logps(self, batch, autocast=nullcontext) -> Optional[tuple[Tensor, Tensor]]:
@@ -106,7 +107,7 @@ class Reference:
         with torch.no_grad(), adapter_off():
             for batch in progress(batches, desc="reference log-probs"):
                 with autocast():
-                    lp = response_logps(pol, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+                    lp = logps_for_batch(pol, batch)
                 c, r = split_pairs(lp.sums, batch["num_pairs"])
                 table["chosen"][batch["index"].cpu()] = c.float().cpu()
                 table["rejected"][batch["index"].cpu()] = r.float().cpu()

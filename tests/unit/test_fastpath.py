@@ -1,0 +1,161 @@
+"""Every fast path gives the plain path's per-sequence log-probs and gradients (fp32, 1e-5), on tiny GPT-2 and Llama,
+with varied lengths, and through LoRA (Liger-Kernel style: each fast path against a plain reference)."""
+import random
+import warnings
+
+import pytest
+import torch
+
+from dpolab.data.collate import collate_preference, collate_preference_fast, collate_sft_fast
+from dpolab.data.packing import preference_layout
+from dpolab.data.types import TokenizedPair, TokenizedSFT
+from dpolab.engine.batching import BatchPlan
+from dpolab.models.fastpath import batch_logps, fast_path_report
+from dpolab.models.logprobs import response_logps
+from dpolab.models.load import disable_dropout, tiny_config
+from dpolab.models.tokenizer import build_char_tokenizer
+
+TOK = build_char_tokenizer()
+PATHS = [(lay, lg) for lay in ("padded", "packed", "prefix") for lg in ("response", "response-recompute", "full")]
+
+
+def _pairs(seed=0, n=5):
+    rng = random.Random(seed)
+    ids = lambda k: [rng.randrange(4, 60) for _ in range(k)]  # noqa: E731
+    lens = [(1, 7, 3), (12, 2, 9), (4, 4, 4), (20, 11, 1), (6, 3, 15), (9, 1, 1)][:n]
+    return [TokenizedPair(prompt_ids=[1] + ids(a), chosen_ids=ids(b) + [2], rejected_ids=ids(c) + [2]) for a, b, c in lens]
+
+
+def _model(preset, attn="sdpa", lora=False):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(tiny_config(preset, TOK), attn_implementation=attn)
+    disable_dropout(m)
+    if lora:
+        from dpolab.config import LoraConfig
+        from dpolab.models.load import apply_lora
+
+        m = apply_lora(m, LoraConfig(enabled=True, r=4, alpha=8))
+        for n, p in m.named_parameters():  # non-zero B so the adapters matter
+            if "lora_B" in n:
+                torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
+def _grads(model, lp, w):
+    model.zero_grad(set_to_none=True)
+    (lp.sums * w).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _compare(model, batch, layout, logits, chunk_rows=5):
+    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    w = torch.linspace(-1.0, 1.5, plain.sums.shape[0])
+    g0 = _grads(model, plain, w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a silent fallback to the plain path would make this test vacuous
+        fast = batch_logps(model, batch, layout=layout, logits=logits, chunk_rows=chunk_rows)
+    g1 = _grads(model, fast, w)
+    assert fast.sums.shape == plain.sums.shape and fast.token_logps.shape == plain.token_logps.shape
+    assert torch.equal(fast.counts, plain.counts) and torch.equal(fast.token_mask, plain.token_mask)
+    assert torch.allclose(fast.sums, plain.sums, atol=1e-5, rtol=0)
+    assert torch.allclose(fast.token_logps, plain.token_logps, atol=1e-5, rtol=0)
+    assert g0.keys() == g1.keys() and g0
+    for n in g0:
+        assert torch.allclose(g1[n], g0[n], atol=1e-5, rtol=1e-4), n
+    assert fast_path_report(model).get((layout, logits)) is None
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("layout,logits", PATHS)
+def test_fast_paths_equal_plain(preset, layout, logits):
+    model = _model(preset)
+    batch = collate_preference_fast(_pairs(), TOK.pad_token_id, layout, capacity=24)  # several rows, packing
+    _compare(model, batch, layout, logits)
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+def test_eager_attention_and_one_row(preset):
+    model = _model(preset, attn="eager")
+    _compare(model, collate_preference_fast(_pairs(1), TOK.pad_token_id, "prefix"), "prefix", "response")
+
+
+@pytest.mark.parametrize("preset", ["tiny-gpt2", "tiny-llama"])
+@pytest.mark.parametrize("layout", ["packed", "prefix"])
+def test_through_lora(preset, layout):
+    model = _model(preset, lora=True)
+    _compare(model, collate_preference_fast(_pairs(2), TOK.pad_token_id, layout), layout, "response")
+    with model.disable_adapter():  # the reference under LoRA: adapters off
+        with torch.no_grad():
+            b = collate_preference_fast(_pairs(2), TOK.pad_token_id, layout)
+            a = batch_logps(model, b, layout=layout)
+            p = response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"])
+            assert torch.allclose(a.sums, p.sums, atol=1e-5)
+
+
+def test_lora_on_lm_head_untied():
+    from dpolab.config import LoraConfig
+    from dpolab.models.load import apply_lora
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(tiny_config("tiny-llama", TOK, {"tie_word_embeddings": False}))
+    m = apply_lora(m, LoraConfig(enabled=True, r=4, alpha=8, target_modules=["q_proj", "lm_head"]))
+    for n, p in m.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)
+    _compare(m, collate_preference_fast(_pairs(3), TOK.pad_token_id, "prefix"), "prefix", "response")
+
+
+def test_softcap_falls_back_to_plain():
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    m = AutoModelForCausalLM.from_config(tiny_config("tiny-gpt2", TOK))
+    disable_dropout(m)
+    m.config.final_logit_softcapping = 30.0  # we cannot reproduce it from hidden states: must refuse
+    b = collate_preference_fast(_pairs(), TOK.pad_token_id, "prefix")
+    with pytest.warns(UserWarning, match="post-processes the logits"):
+        got = batch_logps(m, b)
+    want = response_logps(m, b["input_ids"], b["attention_mask"], b["loss_mask"])
+    assert torch.allclose(got.sums, want.sums, atol=1e-5)
+
+
+def test_sft_packed_equals_plain():
+    model = _model("tiny-llama")
+    rows = [TokenizedSFT(prompt_ids=[1] + [5] * k, completion_ids=list(range(6, 6 + j)) + [2]) for k, j in [(3, 5), (0, 9), (7, 2)]]
+    _compare(model, collate_sft_fast(rows, TOK.pad_token_id, "packed", capacity=16), "packed", "response")
+
+
+def test_prefix_layout_structure():
+    pairs = _pairs(n=2)
+    lay = preference_layout(pairs, 0, "prefix", capacity=1000)
+    assert lay["input_ids"].shape[0] == 1  # both pairs share one row
+    n_tokens = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+    assert int((lay["position_ids"] >= 0).sum()) >= n_tokens
+    m = lay["attn_mask"][0, 0]
+    p0, c0 = len(pairs[0].prompt_ids), len(pairs[0].chosen_ids)
+    r_first = p0 + c0  # the first rejected token of pair 0 sits after its chosen tokens (order inside the row may vary)
+    # whichever unit comes first, a rejected token never sees a chosen token of its own pair
+    ids = lay["input_ids"][0].tolist()
+    assert lay["score_seq"].tolist().count(0) == len(pairs[0].chosen_ids)
+    assert m.diagonal().all() and not m.triu(1).any()
+    assert r_first > 0 and len(ids) == m.shape[0]
+
+
+def test_collate_fast_keeps_padded_batch():
+    pairs = _pairs()
+    a, b = collate_preference(pairs, 0), collate_preference_fast(pairs, 0, "prefix")
+    for k in ("input_ids", "attention_mask", "loss_mask"):
+        assert torch.equal(a[k], b[k])
+    assert "packed" not in collate_preference_fast(pairs, 0, "padded")
+
+
+def test_length_grouped_plan_is_deterministic_and_a_permutation():
+    lengths = [random.Random(i).randrange(5, 100) for i in range(40)]
+    plan = BatchPlan(40, 4, 1, seed=3, lengths=lengths, length_grouped=True)
+    assert plan.order(0) == BatchPlan(40, 4, 1, seed=3, lengths=lengths, length_grouped=True).order(0)
+    assert sorted(plan.order(1)) == list(range(40)) and plan.order(0) != plan.order(1)
+    spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plan.micro_batches(0, 0)]
+    assert max(spread) < max(lengths) - min(lengths)
