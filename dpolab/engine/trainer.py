@@ -190,7 +190,8 @@ class Trainer:
         max_len = max(self._length(x) for x in list(self.train_data) + list(self.eval_data))
 
         # model, reference, loss
-        self.policy = load_policy(cfg.model, cfg.lora, self.tokenizer, seed=cfg.train.seed, max_positions=max(1024, max_len))
+        self.max_positions = max(1024, max_len)  # tiny presets: room for the longest example
+        self.policy = load_policy(cfg.model, cfg.lora, self.tokenizer, seed=cfg.train.seed, max_positions=self.max_positions)
         if ckpt is not None:
             _load_weights(self.policy, ckpt / "model")
         self.params = count_parameters(self.policy)
@@ -262,7 +263,8 @@ class Trainer:
         if mode != "precomputed":
             if ckpt is not None and mode == "copy":
                 # the policy already holds trained weights: rebuild the starting weights for the reference
-                start = load_policy(cfg.model, cfg.lora.__class__(enabled=False), self.tokenizer, seed=cfg.train.seed)
+                start = load_policy(cfg.model, cfg.lora.__class__(enabled=False), self.tokenizer, seed=cfg.train.seed,
+                                    max_positions=self.max_positions)
                 return Reference("copy", self.policy, separate_model=start)
             return Reference(mode, self.policy)
         ref = Reference("precomputed", self.policy)
