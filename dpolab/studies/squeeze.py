@@ -102,7 +102,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
                                                       ("probe/delta/greedy", "Δ log p(greedy response)"),
                                                       ("eval/answer_accuracy", "answer accuracy")])
     sweep = [r for r in results.values() if r.spec.labels.get("sweep")]
-    sweep_rows = [[r.spec.labels["alpha"], r.spec.labels["tau"]] + [fmt_ci([r.final(k)]) for k, _ in KEYS[:4]] +
+    sweep_rows = [[f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"] + [fmt_ci([r.final(k)]) for k, _ in KEYS[:4]] +
                   [fmt_ci([r.final("eval/gate/mean") or r.final("eval/dpo/gate/mean")])] for r in sweep]
     d = {m: [r.final("probe/delta/chosen") for r in rs] for m, rs in groups.items()}
     o = {m: [r.final("probe/delta/others") for r in rs] for m, rs in groups.items()}
