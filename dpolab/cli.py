@@ -2,6 +2,8 @@
 
     dpolab train --config my.yaml train.lr=1e-5 loss='[{name: dpo}, {name: sft, weight: 0.2}]'
     dpolab eval --model runs/x/final --data pairs.jsonl
+    dpolab rm train --config rm.yaml                 # reward model (Bradley-Terry) -> runs/x/final
+    dpolab rm score --model runs/x/final --data pairs.jsonl --out scored.jsonl
     dpolab demo
     dpolab losses
     dpolab config            # every option with its default and help
@@ -72,6 +74,32 @@ def _parse_columns(items: Optional[List[str]]) -> Optional[dict]:
     return out
 
 
+def _cmd_rm_train(args) -> int:
+    from .config import load_config
+    from .engine import train
+
+    cfg = load_config(args.config, [*args.overrides, "train.mode=rm"])
+    summary = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        final = summary.get("final_eval") or {}
+        stats = [("pairwise accuracy", "eval/reward_accuracy"), ("margin", "eval/margin"), ("margin std", "eval/margin/std"),
+                 ("reward mean", "eval/rewards/mean"), ("reward std", "eval/rewards/std")]
+        shown = ", ".join(f"{name} {final[k]:.4f}" for name, k in stats if k in final)
+        print(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s" + (f"; eval {shown}" if shown else "")
+              + f"\nreward model: {os.path.join(cfg.output.dir, 'final')}")
+    return 0
+
+
+def _cmd_rm_score(args) -> int:
+    from .rewards.score import score_file
+
+    summary = score_file(args.model, args.data, args.out, batch_size=args.batch_size, max_length=args.max_length,
+                         columns=_parse_columns(args.columns), tokenizer=args.tokenizer, progress=not args.no_progress,
+                         log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(summary))
+    return 0
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -132,6 +160,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")
     e.add_argument("--out", help="also write the JSON result here")
     e.set_defaults(func=_cmd_eval)
+
+    rm = sub.add_parser("rm", help="reward models: train one (Bradley-Terry), score a preference set with it",
+                        description="Reward models for MADPO: `rm train` then `rm score`, then `dpolab train` with "
+                                    "loss=[{name: madpo}] data.extras=[rm_margin] on the scored data.")
+    rm_sub = rm.add_subparsers(dest="rm_command", metavar="RM_COMMAND", required=True)
+    rt = rm_sub.add_parser("train", help="train a scalar-head reward model (train.mode=rm); saved to <output.dir>/final",
+                           description="Train a reward model with the Bradley-Terry loss on preference pairs. Same config "
+                                       "and overrides as `dpolab train` (train.mode is set to rm); rm.center_weight adds "
+                                       "reward centring.")
+    rt.add_argument("--config", "-c", help="YAML config file (optional: defaults + overrides also work)")
+    rt.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    rt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.name_or_path=gpt2 lora.enabled=true")
+    rt.set_defaults(func=_cmd_rm_train)
+    rs = rm_sub.add_parser("score", help="add reward_chosen, reward_rejected and rm_margin columns to a preference set")
+    rs.add_argument("--model", required=True, help="reward model folder (an `rm train` run's final/)")
+    rs.add_argument("--data", required=True, help="preference data (jsonl/json/csv/tsv/parquet/HF dataset)")
+    rs.add_argument("--out", required=True, help="output file: .jsonl or .parquet (may be the input file)")
+    rs.add_argument("--batch-size", type=int, default=16)
+    rs.add_argument("--max-length", type=int, default=1024, help="maximum tokens of prompt + response (default 1024)")
+    rs.add_argument("--tokenizer", help="tokenizer (default: the model's)")
+    rs.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
+    rs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rs.set_defaults(func=_cmd_rm_score)
 
     d = sub.add_parser("demo", help="SFT then DPO, DPOP and Gate-DPO on the built-in arithmetic task; writes a report")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")

@@ -78,7 +78,7 @@ class ReferenceConfig:
 
 @dataclass
 class TrainConfig:
-    mode: Literal["sft", "preference"] = _f("preference", "sft trains on completions; preference trains with the loss list")
+    mode: Literal["sft", "preference", "rm"] = _f("preference", "sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`)")
     epochs: float = _f(1.0, "passes over the training data")
     max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
     batch_size: int = _f(8, "examples (pairs) per micro-batch")
@@ -129,6 +129,11 @@ class OutputConfig:
     progress: bool = _f(True, "show progress bars")
 
 
+@dataclass
+class RewardModelConfig:
+    center_weight: float = _f(0.0, "train.mode=rm: add center_weight * (r_chosen + r_rejected)^2 to the Bradley-Terry loss (TRL's center_rewards_coefficient, e.g. 0.01)")
+
+
 def _default_loss() -> List[Dict[str, Any]]:
     return [{"name": "dpo", "weight": 1.0}]
 
@@ -143,6 +148,7 @@ class RunConfig:
     train: TrainConfig = _f(TrainConfig, "optimisation")
     eval: EvalConfig = _f(EvalConfig, "evaluation")
     output: OutputConfig = _f(OutputConfig, "outputs")
+    rm: RewardModelConfig = _f(RewardModelConfig, "reward-model training (train.mode=rm)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -245,6 +251,8 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{key}: must be >= 1, got {v}")
         if f.name in ("lr", "epochs") and isinstance(v, float) and v <= 0:
             raise ConfigError(f"{key}: must be > 0, got {v}")
+        if f.name == "center_weight" and v < 0:
+            raise ConfigError(f"{key}: must be >= 0, got {v}")
         if f.name == "eval_fraction" and not (0.0 <= v < 1.0):
             raise ConfigError(f"{key}: must be in [0, 1), got {v}")
 

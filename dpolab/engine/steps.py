@@ -85,3 +85,23 @@ def sft_step(policy, batch, autocast=nullcontext):
     nll_sum = -lp.sums.sum()
     tokens = lp.counts.sum()
     return nll_sum, tokens, {"nll": (nll_sum / tokens.clamp_min(1)).detach()}
+
+
+def rm_step(model, batch, autocast=nullcontext, center_weight: float = 0.0):
+    """Reward-model training: Bradley-Terry loss -log sigma(r_w - r_l) on the chosen rows then the rejected rows of
+    the batch, plus ``center_weight * (r_w + r_l)^2`` (TRL's center_rewards_coefficient); returns (mean, metrics)."""
+    from ..rewards.model import reward_metrics, sequence_rewards
+
+    n = batch["num_pairs"]
+    with autocast():
+        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+    r_w, r_l = split_pairs(rewards, n)
+    bt = -torch.nn.functional.logsigmoid(r_w - r_l)
+    losses = bt + center_weight * (r_w + r_l) ** 2 if center_weight else bt
+    objective = losses.mean()
+    metrics: Dict[str, Any] = {"loss": objective.detach(), "rm/bt_loss": bt.detach().mean()}
+    if center_weight:
+        metrics["rm/center_loss"] = ((r_w + r_l) ** 2).detach().mean()
+    metrics.update(reward_metrics(r_w, r_l))
+    metrics["_rewards"] = (r_w.detach(), r_l.detach())  # for exact set-level statistics (the trainer's evaluation)
+    return objective, metrics

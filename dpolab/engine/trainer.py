@@ -30,7 +30,7 @@ from .checkpoint import latest_checkpoint, load_training_state, save_checkpoint,
 from .data_setup import prepare_data
 from .logging import MetricsLogger, to_float
 from .optim import build_optimizer, build_scheduler
-from .steps import preference_step, sft_step
+from .steps import preference_step, rm_step, sft_step
 
 DONE_MARKER = "DONE"
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
@@ -191,7 +191,10 @@ class Trainer:
 
         # model, reference, loss
         self.max_positions = max(1024, max_len)  # tiny presets: room for the longest example
-        self.policy = load_policy(cfg.model, cfg.lora, self.tokenizer, seed=cfg.train.seed, max_positions=self.max_positions)
+        load_model = load_policy
+        if self.mode == "rm":  # a scalar-head reward model on the same backbone (dpolab/rewards/model.py)
+            from ..rewards.model import load_reward_model as load_model
+        self.policy = load_model(cfg.model, cfg.lora, self.tokenizer, seed=cfg.train.seed, max_positions=self.max_positions)
         if ckpt is not None:
             _load_weights(self.policy, ckpt / "model")
         self.params = count_parameters(self.policy)
@@ -295,8 +298,8 @@ class Trainer:
         if ckpt is not None:
             raise TrainError(f"resuming a run with eval.probes needs {path}, which is gone")
         source = self.eval_data or self.train_data
-        if self.mode == "sft":
-            raise TrainError("eval.probes needs preference pairs; it is not available in train.mode=sft")
+        if self.mode != "preference":
+            raise TrainError(f"eval.probes needs a policy trained on preference pairs; it is not available in train.mode={self.mode}")
         model = self.accelerator.unwrap_model(self.model)
         probes = build_probe_set(source, self.tokenizer, n=self.cfg.eval.probe_examples, seed=self.cfg.train.seed,
                                  model=model, greedy_tokens=self.cfg.eval.probe_greedy_tokens, batch_size=self.cfg.eval.batch_size,
@@ -317,7 +320,7 @@ class Trainer:
     def _collate(self, indices: List[int], data: list, offset: int = 0) -> Dict[str, Any]:
         items = [data[i] for i in indices]
         pad = self.tokenizer.pad_token_id
-        layout = self.cfg.train.layout  # same log-probs in every layout; see dpolab/models/fastpath.py
+        layout = "padded" if self.mode == "rm" else self.cfg.train.layout  # same log-probs in every layout; see dpolab/models/fastpath.py
         batch = (collate_sft_fast(items, pad, layout) if self.mode == "sft" else collate_preference_fast(items, pad, layout))
         batch["logits"] = self.cfg.train.logits
         batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
@@ -344,7 +347,8 @@ class Trainer:
                 metrics["loss"] = metrics["nll"]
                 weight = float(tokens)
             else:
-                mean_obj, metrics = preference_step(self.model, self.reference, self.loss, batch, self.autocast)
+                mean_obj, metrics = (rm_step(self.model, batch, self.autocast, self.cfg.rm.center_weight) if self.mode == "rm"
+                                     else preference_step(self.model, self.reference, self.loss, batch, self.autocast))
                 objective = mean_obj * len(micro) * world / step_units
                 weight = float(len(micro))
             self.accelerator.backward(objective)
@@ -396,6 +400,8 @@ class Trainer:
         extremes = sorted(k for k in out if k.endswith(("/min", "/max")))
         for k in extremes:
             out[k] = (min if k.endswith("/min") else max)(to_float(r[k]) for r in rows if k in r)
+        if self.mode == "rm":  # exact statistics over the step's pairs, not means of micro-batch statistics
+            out.update({k: float(v) for k, v in self._rm_stats(rows).items()})
         tokens = sum(r["_tokens"] for r in rows)
         if self.accelerator.num_processes > 1:  # weighted by each process's pairs / tokens, like one process
             names = sorted(out)
@@ -412,6 +418,12 @@ class Trainer:
                     "grad_norm": extra["grad_norm"], "lr": extra["lr"], "tokens_per_s": tokens / max(extra["dt"], 1e-9),
                     "time/step_s": extra["dt"], "time/elapsed_s": self.elapsed, "mem/peak_mb": self.memory.sample()})
         return out
+
+    @staticmethod
+    def _rm_stats(rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+        from ..rewards.model import reward_metrics
+
+        return reward_metrics(torch.cat([r["_rewards"][0] for r in rows]), torch.cat([r["_rewards"][1] for r in rows]))
 
     def _local_statistics(self) -> list:
         """Point stateful losses' gather hooks at this process only; returns what to restore."""
@@ -441,6 +453,9 @@ class Trainer:
                 if self.mode == "sft":
                     nll_sum, tokens, m = sft_step(model, batch, self.autocast)
                     m = {"loss": m["nll"], "_weight": float(tokens)}
+                elif self.mode == "rm":
+                    _, m = rm_step(model, batch, self.autocast, self.cfg.rm.center_weight)
+                    m["_weight"] = float(len(idx))
                 else:
                     _, m = preference_step(model, self.reference, self.loss, batch, self.autocast)
                     m["_weight"] = float(len(idx))
@@ -456,6 +471,8 @@ class Trainer:
                 vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
                 if all(isinstance(v, (int, float)) for v, _ in vals):
                     out[f"eval/{k}"] = sum(v * w for v, w in vals) / max(1e-12, total_w)
+            if self.mode == "rm":
+                out.update({f"eval/{k}": float(v) for k, v in self._rm_stats(rows).items()})
         if self.probes is not None:
             from ..diagnostics.probes import probe_metrics, score_probes
 
@@ -537,6 +554,10 @@ class Trainer:
                 tmp = self.run_dir / ".final-tmp"
                 if tmp.exists():
                     shutil.rmtree(tmp)
+                if self.mode == "rm":  # a plain *ForSequenceClassification model: LoRA adapters merged
+                    from ..rewards.model import merged_for_saving
+
+                    model = merged_for_saving(model)
                 save_model(model, self.tokenizer, tmp, self.cfg.model, self.cfg.train.seed)
                 final = self.run_dir / "final"
                 if final.exists():
