@@ -51,7 +51,7 @@ class LoraConfig:
 class DataConfig:
     train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv/.parquet file, a saved HF dataset folder, or a hub name")
     eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
-    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad (needs task_args.path)")
+    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/engine/data_setup.py)")
     task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
     split: Optional[str] = _f(None, "split name for hub datasets")
     columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages)")
