@@ -134,9 +134,9 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         if "DPO" in groups:
             mean = lambda rs, k: sum(r.final(k) or 0.0 for r in rs) / len(rs)  # noqa: E731
             dc, dm = mean(groups["DPO"], "probe/delta/chosen"), mean(groups["DPO"], "probe/margin")
-            dpop = ", ".join(f"{m}: {mean(rs, 'probe/delta/chosen'):+.2f}" for m, rs in groups.items() if m != "DPO")
+            dpop = ", ".join(f"{m.split()[-1]}: {mean(rs, 'probe/delta/chosen'):+.2f}" for m, rs in groups.items() if m != "DPO")
             findings.append(f"- **{dname}** ({bucket}): DPO Δ chosen {dc:+.2f} with margin {dm:+.2f} — "
                             + ("the chosen likelihood fell while the margin grew" if dc < 0 < dm else "no fall of the chosen likelihood with a growing margin")
-                            + f"; DPOP Δ chosen {dpop}.")
+                            + f"; DPOP Δ chosen by λ: {dpop}.")
     lines += ["### What the measurement says against the claim", "", *findings]
     return lines
