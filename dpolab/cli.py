@@ -133,6 +133,13 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _add_run_args(p: argparse.ArgumentParser, example: str) -> None:
+    """The options every training command shares: a YAML config, --resume and key=value overrides."""
+    p.add_argument("--config", "-c", help="YAML config file (optional: defaults + overrides also work)")
+    p.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=example)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpolab", description="Train and study language models with preference optimization.")
     p.add_argument("--traceback", action="store_true", help="show full tracebacks for errors (for bug reports)")
@@ -141,9 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model (SFT or preference) from a YAML config plus overrides",
                        description="Train from a YAML config. Any option can be overridden as section.key=value "
                                    "(run `dpolab config` for the full list).")
-    t.add_argument("--config", "-c", help="YAML config file (optional: defaults + overrides also work)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
-    t.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. train.lr=1e-5 model.name_or_path=gpt2")
+    _add_run_args(t, "e.g. train.lr=1e-5 model.name_or_path=gpt2")
     t.set_defaults(func=_cmd_train)
 
     e = sub.add_parser("eval", help="preference accuracy, rewards and log-probs of a model on a preference set")
@@ -169,9 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Train a reward model with the Bradley-Terry loss on preference pairs. Same config "
                                        "and overrides as `dpolab train` (train.mode is set to rm); rm.center_weight adds "
                                        "reward centring.")
-    rt.add_argument("--config", "-c", help="YAML config file (optional: defaults + overrides also work)")
-    rt.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in output.dir")
-    rt.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="e.g. model.name_or_path=gpt2 lora.enabled=true")
+    _add_run_args(rt, "e.g. model.name_or_path=gpt2 lora.enabled=true")
     rt.set_defaults(func=_cmd_rm_train)
     rs = rm_sub.add_parser("score", help="add reward_chosen, reward_rejected and rm_margin columns to a preference set")
     rs.add_argument("--model", required=True, help="reward model folder (an `rm train` run's final/)")
