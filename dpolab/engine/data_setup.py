@@ -148,7 +148,7 @@ def prepare_data(data: DataConfig, tokenizer, mode: str, seed: int, log: Callabl
         return train, evals
     if not data.train:
         raise DataError("no training data: set data.train (a file, folder or dataset name) or data.task (e.g. arithmetic)")
-    train, _ = loader(data.train, tokenizer, columns=data.columns or None, limit=data.limit, **common)
+    train, _ = loader(data.train, tokenizer, columns=data.columns or None, limit=data.limit, split=data.split, **common)
     if not train:
         raise DataError("no usable training rows", source=data.train)
     if data.eval:

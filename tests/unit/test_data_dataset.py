@@ -69,3 +69,19 @@ def test_load_sft_from_csv(tmp_path):
 def test_bad_on_error():
     with pytest.raises(ValueError, match="on_error"):
         load_preference_data([], TOK, on_error="ignore")
+
+
+def test_data_split_reaches_the_loader(tmp_path):
+    """data.split picks the split of a saved Hugging Face DatasetDict (it used to be accepted and ignored)."""
+    import datasets
+
+    from dpolab.config import build_config
+    from dpolab.engine.data_setup import prepare_data
+    from dpolab.models.tokenizer import build_char_tokenizer
+
+    row = lambda c: {"prompt": "Q: ", "chosen": c, "rejected": "zz"}  # noqa: E731
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([row("a")] * 3),
+                          "other": datasets.Dataset.from_list([row("b")] * 5)}).save_to_disk(str(tmp_path / "ds"))
+    cfg = build_config({"data": {"train": str(tmp_path / "ds"), "split": "other", "eval_fraction": 0}})
+    train, _ = prepare_data(cfg.data, build_char_tokenizer(), "preference", 0, log=lambda s: None)
+    assert len(train) == 5

@@ -131,12 +131,7 @@ def prompt_rows(reviews: Union[Source, Sequence[Review]], prefix_words: int = PR
                 max_rows: Optional[int] = None, seed: int = 0) -> List[dict]:
     """``{prompt, review, sentiment, id}`` per review with at least ``min_rest_words`` words after the prefix
     (shorter ones are dropped). ``max_rows`` keeps a seeded random subset, in file order."""
-    rows = []
-    for r in _reviews(reviews):
-        prompt, rest = split_prefix(r.text, prefix_words)
-        if len(_WORD.findall(rest)) < min_rest_words:
-            continue
-        rows.append({"prompt": prompt, "review": _cut_rest(rest, review_chars), "sentiment": r.sentiment, "id": r.id})
+    rows = _prefix_rows(reviews, prefix_words, min_rest_words, "review", review_chars)
     if max_rows is not None and max_rows < len(rows):
         keep = sorted(random.Random(f"sentiment-prompts-{seed}").sample(range(len(rows)), max_rows))
         rows = [rows[i] for i in keep]
@@ -149,12 +144,17 @@ def sft_rows(reviews: Union[Source, Sequence[Review]], max_chars: int = SFT_MAX_
     of the review (leading whitespace kept) cut to ``max_chars`` at a word boundary."""
     if max_chars < 1:
         raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+    return _prefix_rows(reviews, prefix_words, min_rest_words, "completion", max_chars)
+
+
+def _prefix_rows(reviews, prefix_words: int, min_rest_words: int, rest_field: str, rest_chars: int) -> List[dict]:
+    """``{prompt, <rest_field>, sentiment, id}``: the first words as prompt, the rest cut to ``rest_chars``; reviews
+    with fewer than ``min_rest_words`` words after the prefix are dropped."""
     rows = []
     for r in _reviews(reviews):
         prompt, rest = split_prefix(r.text, prefix_words)
-        if len(_WORD.findall(rest)) < min_rest_words:
-            continue
-        rows.append({"prompt": prompt, "completion": _cut_rest(rest, max_chars), "sentiment": r.sentiment, "id": r.id})
+        if len(_WORD.findall(rest)) >= min_rest_words:
+            rows.append({"prompt": prompt, rest_field: _cut_rest(rest, rest_chars), "sentiment": r.sentiment, "id": r.id})
     return rows
 
 
