@@ -70,7 +70,9 @@ class DataConfig:
 class ReferenceConfig:
     mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = _f(
         "auto",
-        "auto = adapter-disabled base under LoRA, else a frozen copy; precomputed = reference log-probs computed once and cached on disk",
+        "auto = precomputed when the run scores at least as many examples as precomputing does (about one epoch or more), "
+        "else live: the adapter-disabled base under LoRA, a frozen copy otherwise; precomputed = reference log-probs "
+        "computed once before training and cached on disk (no reference model in memory); copy / adapter = live",
     )
     cache_dir: Optional[str] = _f(None, "where precomputed reference log-probs are cached (default <output.dir>/../.ref_cache)")
     name_or_path: Optional[str] = _f(None, "a different reference model (default: the policy's starting weights)")

@@ -201,7 +201,6 @@ class Trainer:
         if self.is_main:
             _check_free_space(self.run_dir, _checkpoint_bytes(self.policy, cfg), cfg.output.keep_last)
         self.loss = CompositeLoss(cfg.loss) if self.mode == "preference" else None
-        self.reference = self._build_reference(ckpt) if self.mode == "preference" else None
 
         # optimisation
         self.plan = BatchPlan(len(self.train_data), cfg.train.batch_size, cfg.train.grad_accum,
@@ -209,6 +208,7 @@ class Trainer:
                               lengths=[self._length(x) for x in self.train_data] if cfg.train.length_grouped else None,
                               length_grouped=cfg.train.length_grouped)
         self.total_steps = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * self.plan.steps_per_epoch))
+        self.reference = self._build_reference(ckpt) if self.mode == "preference" else None
         self.optimizer = build_optimizer(self.policy.parameters(), cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train, self.total_steps)
         self.step = 0
@@ -259,10 +259,14 @@ class Trainer:
             from ..models.load import load_base_model
 
             sep = load_base_model(ModelConfig(name_or_path=cfg.reference.name_or_path, dtype=cfg.model.dtype), self.tokenizer)
+            self.reference_mode = "separate"
             return Reference("copy", self.policy, separate_model=sep)
         live_mode = "adapter" if cfg.lora.enabled else "copy"
         if mode == "auto":
-            mode = live_mode
+            mode = self._auto_reference_mode(ckpt, live_mode)
+            self.log(f"reference: {'log-probs precomputed once' if mode == 'precomputed' else 'live ' + mode} "
+                     f"(reference.mode=auto; set reference.mode={live_mode} or precomputed to choose)")
+        self.reference_mode = mode
         if mode != "precomputed":
             if ckpt is not None and mode == "copy":
                 # the policy already holds trained weights: rebuild the starting weights for the reference
@@ -273,7 +277,7 @@ class Trainer:
         ref = Reference("precomputed", self.policy)
         everything = list(self.train_data) + list(self.eval_data)
         key = "-".join([weights_fingerprint(self.policy) if ckpt is None else "resume", data_fingerprint(everything)])
-        cache_dir = Path(cfg.reference.cache_dir) if cfg.reference.cache_dir else self.run_dir / "ref_cache"
+        cache_dir = self._ref_cache_dir()
         cache_file = cache_dir / f"ref-{key}.pt"
         if ckpt is not None:
             found = sorted(cache_dir.glob(f"ref-*-{data_fingerprint(everything)}.pt"))
@@ -285,7 +289,29 @@ class Trainer:
         with self.accelerator.main_process_first():  # the main process writes the cache; the others then load it
             ref.precompute(live_mode, batches, len(everything), cache_file, progress=self._progress, autocast=self.autocast)
         self._ref_offset_eval = len(self.train_data)
+        self._ref_eval_data = self.eval_data  # the table covers exactly these eval examples
         return ref
+
+    def _reference_passes(self) -> tuple[int, int]:
+        """(examples a live reference scores over the run, examples a precomputed one scores once)."""
+        cfg = self.cfg
+        seen = self.total_steps * cfg.train.batch_size * cfg.train.grad_accum * self.accelerator.num_processes
+        n_evals = (self.total_steps // cfg.eval.every if cfg.eval.every else 0) + int(cfg.eval.at_start) + 1
+        return seen + n_evals * len(self.eval_data), len(self.train_data) + len(self.eval_data)
+
+    def _auto_reference_mode(self, ckpt, live_mode: str) -> str:
+        """reference.mode=auto: precompute the reference log-probs when that scores no more examples than a live
+        reference would (a run of at least about one epoch), which also frees the reference's memory; else live.
+        Both give the same log-probs. A resumed run keeps a precomputed table only if its cache is still there."""
+        live, once = self._reference_passes()
+        if live < once:
+            return live_mode
+        if ckpt is not None and not any(self._ref_cache_dir().glob("ref-*.pt")):
+            return live_mode
+        return "precomputed"
+
+    def _ref_cache_dir(self) -> Path:
+        return Path(self.cfg.reference.cache_dir) if self.cfg.reference.cache_dir else self.run_dir / "ref_cache"
 
     def _build_probes(self, ckpt):
         """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""
@@ -448,6 +474,9 @@ class Trainer:
             # every process evaluates the whole set: no collective calls (beta-DPO's gather) during evaluation
             gathers = self._local_statistics() if self.loss is not None else []
             offset = getattr(self, "_ref_offset_eval", 0)
+            if self.reference is not None and self.reference.mode == "precomputed" and self.eval_data is not self._ref_eval_data:
+                raise TrainError("eval_data was replaced after the reference log-probs were precomputed; pass it to "
+                                 "Trainer(..., eval_data=...) or set reference.mode=copy (or adapter under LoRA)")
             for idx in iterate_in_batches(list(range(len(self.eval_data))), self.cfg.eval.batch_size):
                 batch = self._collate(idx, self.eval_data, offset=offset)
                 if self.mode == "sft":
@@ -547,6 +576,7 @@ class Trainer:
             "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
             "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(self.memory.sample(), 1),
             "parameters": self.params, "first_eval": first_eval, "final_eval": last_eval,
+            "reference_mode": getattr(self, "reference_mode", None) if self.reference is not None else None,
         }
         if self.is_main:
             if self.cfg.output.save_final:

@@ -49,9 +49,9 @@ def test_step0_invariant_through_the_model(tmp_path, model):
 
 
 def test_dpo_raises_reward_accuracy_on_training_pairs(tmp_path):
-    c = cfg(tmp_path, "train.max_steps=40", "train.lr=2e-3", "data.eval_fraction=0")
+    c = cfg(tmp_path, "train.max_steps=40", "train.lr=2e-3", "data.eval_fraction=0", "reference.mode=copy")
     t = Trainer(c)
-    t.eval_data = t.train_data  # measure on the training pairs themselves
+    t.eval_data = t.train_data  # measure on the training pairs themselves (a live reference scores any set)
     before = t.evaluate()["eval/reward_accuracy"]
     s = t.fit()
     after = s["final_eval"]["eval/reward_accuracy"]
@@ -60,10 +60,10 @@ def test_dpo_raises_reward_accuracy_on_training_pairs(tmp_path):
 
 
 def test_lora_trains_only_adapter_weights(tmp_path):
-    c = cfg(tmp_path, "lora.enabled=true", "lora.r=4", "train.max_steps=3", "train.lr=1e-2")
+    c = cfg(tmp_path, "lora.enabled=true", "lora.r=4", "train.max_steps=1", "train.lr=1e-2")
     t = Trainer(c)
     before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
-    assert t.reference.mode == "adapter"  # no second copy of the model
+    assert t.reference.mode == "adapter"  # a live reference without a second copy of the model (run too short to precompute)
     t.fit()
     changed = {n for n, p in t.policy.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed, "nothing trained"
@@ -162,3 +162,17 @@ def test_nonfinite_step_skipped_when_configured(tmp_path):
         next(t.policy.parameters()).fill_(float("nan"))
     s = t.fit()
     assert s["skipped_steps"] == 2
+
+
+def test_auto_reference_precomputes_for_an_epoch_and_stays_live_for_a_few_steps(tmp_path):
+    long = Trainer(cfg(tmp_path / "a", "train.epochs=1", "train.max_steps=null"))
+    assert long.reference.mode == "precomputed" and long.reference.model is None  # no second model in memory
+    short = Trainer(cfg(tmp_path / "b", "train.max_steps=1"))
+    assert short.reference.mode == "copy"
+    # both give the same step-0 loss (ln 2) and the same reference log-probs on the same batch
+    batch = long._collate([0, 1], long.train_data)
+    a, b = long.reference.logps(batch), short.reference.logps(short._collate([0, 1], short.train_data))
+    assert torch.allclose(a[0], b[0], atol=1e-4) and torch.allclose(a[1], b[1], atol=1e-4)
+    long.eval_data = list(long.eval_data)
+    with pytest.raises(TrainError, match="eval_data was replaced"):
+        long.evaluate()
