@@ -59,12 +59,18 @@ def reward_model_from_causal_lm(lm, seed: int = 0):
 def _seq_cls_from_pretrained(path: str, cfg: ModelConfig):
     from transformers import AutoModelForSequenceClassification
 
+    from transformers.utils import logging as hf_logging
+
     kwargs: Dict[str, Any] = {"num_labels": 1, "dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a causal LM has no score head: the "newly initialized" report is expected
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001 - one clear line
         raise ModelLoadError(f"could not load '{path}' as a reward model (sequence classification, 1 label): "
                              f"{str(e).splitlines()[0][:160]}") from None
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _lora_targets(model, lora: LoraConfig):

@@ -44,7 +44,7 @@ def _imdb_dir(data_dir: Optional[str]) -> Optional[Path]:
     return root if (root / "paired" / "train_paired.tsv").exists() else None
 
 
-def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None) -> List[RunSpec]:
+def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
     s = SMOKE if smoke else SIZES[size]
     base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
             "eval": {"batch_size": 64, "max_examples": s["n_eval"]}, "output": {"progress": False}}

@@ -47,7 +47,7 @@ def run_study(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smok
     out_dir = Path(out or f"runs/study-{name}-{size}{'-smoke' if smoke else ''}")
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    specs = study.specs(size, seeds, smoke, data_dir=data_dir)
+    specs = study.specs(size, seeds, smoke, data_dir=data_dir, out=out_dir)
     log(f"study {name} ({size}{', smoke' if smoke else ''}): {len(specs)} runs -> {out_dir}")
     results = run_grid(specs, out_dir, log=log)
     wall = time.perf_counter() - t0

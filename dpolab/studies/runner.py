@@ -58,6 +58,9 @@ class RunSpec:
     labels: Dict[str, Any] = field(default_factory=dict)  # method, data, seed, ... for grouping in reports
     init_from: Optional[str] = None  # run_id whose final model this run starts from
     hooks: Sequence[Callable] = ()
+    # work this run needs before it trains (e.g. build its data from an earlier run's model); called only when the
+    # run is not finished yet, so it must be idempotent and should reuse what it already wrote
+    prepare: Optional[Callable[[], None]] = None
 
 
 @dataclass
@@ -111,6 +114,8 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] 
         if done:
             log(f"[{i}/{len(specs)}] {spec.run_id}: finished earlier, skipped")
         else:
+            if spec.prepare is not None:
+                spec.prepare()
             resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg_dict)
             cfg.output.overwrite = not resume
             log(f"[{i}/{len(specs)}] {spec.run_id}: {'resuming' if resume else 'training'}")

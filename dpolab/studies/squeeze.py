@@ -49,7 +49,7 @@ def _with_beta(loss: List[Dict[str, Any]], beta: float) -> List[Dict[str, Any]]:
     return [deep_merge(c, {"params": {"beta": beta}}) for c in loss]
 
 
-def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None) -> List[RunSpec]:
+def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
     s = SMOKE if smoke else SIZES[size]
     pref_data = arithmetic_data(s["n_pairs"], s["n_eval"], "mixed")
     hook = arithmetic_accuracy_hook(pref_data, limit=s["n_eval"])

@@ -37,3 +37,31 @@ def test_dpop_smoke_with_imdb_pairs(tmp_path, shared_data):
     report = run_study("dpop", smoke=True, out=str(tmp_path / "s3"), data_dir=str(shared_data), log=lambda s: None)
     text = report.read_text()
     assert "### imdb-low (low edit distance" in text and "### imdb-high (high edit distance" in text
+
+
+@pytest.mark.realdata
+def test_madpo_smoke(tmp_path, shared_data):
+    out = tmp_path / "s2"
+    report = run_study("madpo", smoke=True, out=str(out), data_dir=str(shared_data), log=lambda s: None)
+    text = report.read_text()
+    for method in ("| DPO |", "| IPO |", "| beta-DPO |", "| MADPO |"):
+        assert method in text
+    assert "### Reward models (one per tier)" in text and "### Wall-clock of every stage" in text
+    for name in ("madpo_oracle_reward.png", "madpo_weights.png", "beta_dpo_trajectory.png"):
+        assert (out / name).exists()
+    for tier in ("high", "medium", "low"):  # every stage's output, and MADPO's margin column, is on disk
+        import json
+
+        rows = [json.loads(x) for x in (out / "data" / f"{tier}.scored.jsonl").read_text().splitlines()]
+        assert rows and all(isinstance(r["rm_margin"], float) for r in rows)
+        assert {r["tier"] for r in rows} == {tier}
+    msgs = []
+    run_study("madpo", smoke=True, out=str(out), data_dir=str(shared_data), log=msgs.append)
+    assert sum("finished earlier, skipped" in m for m in msgs) == 16
+
+
+def test_madpo_needs_the_reviews(tmp_path):
+    from dpolab.data.types import DataError
+
+    with pytest.raises(DataError, match="imdb-cad-sentiment"):
+        run_study("madpo", smoke=True, out=str(tmp_path / "s2"), data_dir=str(tmp_path / "nowhere"), log=lambda s: None)
