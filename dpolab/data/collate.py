@@ -100,23 +100,24 @@ def length_grouped_indices(lengths: Sequence[int], batch_size: int, seed: int, *
 
 
 def collate_preference_fast(pairs: Sequence[TokenizedPair], pad_id: int, layout: str = "prefix", *,
-                            capacity: int = 0, pad_to_multiple_of: Optional[int] = None) -> dict:
+                            capacity: int = 0, hidden_size: Optional[int] = None,
+                            pad_to_multiple_of: Optional[int] = None) -> dict:
     """``collate_preference`` plus, for ``layout`` 'packed' or 'prefix', ``batch["packed"]``: the same batch in a
     padding-free packed or prompt-prefix-shared layout (see ``dpolab.data.packing``). 'padded' adds nothing."""
     from dpolab.data.packing import preference_layout
 
     batch = collate_preference(pairs, pad_id, pad_to_multiple_of=pad_to_multiple_of)
     if layout != "padded":
-        batch["packed"] = preference_layout(pairs, pad_id, layout, capacity=capacity)
+        batch["packed"] = preference_layout(pairs, pad_id, layout, capacity=capacity, hidden_size=hidden_size)
     return batch
 
 
 def collate_sft_fast(rows: Sequence[TokenizedSFT], pad_id: int, layout: str = "packed", *, capacity: int = 0,
-                     pad_to_multiple_of: Optional[int] = None) -> dict:
+                     hidden_size: Optional[int] = None, pad_to_multiple_of: Optional[int] = None) -> dict:
     """``collate_sft`` plus ``batch["packed"]`` for layout 'packed' (or 'prefix', which for SFT means 'packed')."""
     from dpolab.data.packing import sft_layout
 
     batch = collate_sft(rows, pad_id, pad_to_multiple_of=pad_to_multiple_of)
     if layout != "padded":
-        batch["packed"] = sft_layout(rows, pad_id, capacity=capacity)
+        batch["packed"] = sft_layout(rows, pad_id, capacity=capacity, hidden_size=hidden_size)
     return batch

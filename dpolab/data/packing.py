@@ -32,12 +32,13 @@ padded batch, a response token at position 0 (no prompt, no BOS) is not scored.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
 LAYOUTS = ("padded", "packed", "prefix")
-ROW_TOKENS = 512  # default row length of packed layouts
+ROW_TOKENS = 512  # the longest row the automatic choice considers (unless one unit is longer)
+HIDDEN_SIZE = 768  # model width assumed by the row-length cost model when the caller does not give one
 
 
 @dataclass
@@ -82,22 +83,12 @@ def prefix_units(prompts, chosen, rejected) -> List[_Unit]:
     return units
 
 
-def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0) -> dict:
-    """Place units into rows (first-fit, longest first) and build the layout dict described above.
-
-    ``capacity`` is the row length (at least the longest unit); 0 (default) means ``ROW_TOKENS``: on short
-    sequences several share a row (fewer rows, almost no padding), long ones get a row each so the quadratic
-    attention over a row never exceeds that of the longest sequence by much.
-    """
-    if not units:
-        raise ValueError("cannot pack an empty list")
-    longest = max(len(u.tokens) for u in units)
-    cap = max(capacity or ROW_TOKENS, longest)
-    order = sorted(range(len(units)), key=lambda j: -len(units[j].tokens))
+def _first_fit(lengths: Sequence[int], cap: int) -> tuple:
+    """Rows (lists of unit indices) from first-fit, longest first, into rows of at most ``cap`` tokens; and fills."""
     rows: List[List[int]] = []
     fill: List[int] = []
-    for j in order:
-        n = len(units[j].tokens)
+    for j in sorted(range(len(lengths)), key=lambda j: -lengths[j]):
+        n = lengths[j]
         for r, used in enumerate(fill):
             if used + n <= cap:
                 rows[r].append(j)
@@ -106,6 +97,44 @@ def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0) -> dict:
         else:
             rows.append([j])
             fill.append(n)
+    return rows, fill
+
+
+def row_cost(n_rows: int, width: int, hidden_size: int) -> float:
+    """Relative cost of a forward over ``n_rows`` rows of ``width`` positions (padding included): per position,
+    the dense layers cost about 12 d^2 multiply-adds per layer and attention over the row 2 d * width, so the cost
+    is proportional to rows * width * (6 d + width)."""
+    return float(n_rows) * width * (6 * hidden_size + width)
+
+
+def choose_rows(lengths: Sequence[int], hidden_size: int = HIDDEN_SIZE) -> tuple:
+    """First-fit rows for the row length (from the longest unit up to ``ROW_TOKENS``) of least :func:`row_cost`:
+    short units share rows (little padding), long ones get a row each (attention, quadratic in the row length,
+    only over what a sequence needs)."""
+    longest = max(lengths)
+    caps = sorted({longest, *(k * longest for k in (2, 3, 4) if k * longest <= ROW_TOKENS), max(ROW_TOKENS, longest)})
+    best = None
+    for cap in caps:
+        rows, fill = _first_fit(lengths, cap)
+        cost = row_cost(len(rows), max(fill), hidden_size)
+        if best is None or cost < best[0]:
+            best = (cost, rows, fill)
+    return best[1], best[2]
+
+
+def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0, hidden_size: Optional[int] = None) -> dict:
+    """Place units into rows (first-fit, longest first) and build the layout dict described above.
+
+    ``capacity`` is the row length (at least the longest unit); 0 (default) picks it with :func:`choose_rows`
+    for a model of width ``hidden_size`` (default ``HIDDEN_SIZE``). The log-probs are the same for any row length.
+    """
+    if not units:
+        raise ValueError("cannot pack an empty list")
+    lengths = [len(u.tokens) for u in units]
+    if capacity:
+        rows, fill = _first_fit(lengths, max(capacity, max(lengths)))
+    else:
+        rows, fill = choose_rows(lengths, hidden_size or HIDDEN_SIZE)
     width = max(fill)
     n_rows = len(rows)
     ids = torch.full((n_rows, width), int(pad_id), dtype=torch.long)
@@ -140,7 +169,7 @@ def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0) -> dict:
     }
 
 
-def preference_layout(pairs, pad_id: int, layout: str, *, capacity: int = 0) -> dict:
+def preference_layout(pairs, pad_id: int, layout: str, *, capacity: int = 0, hidden_size: Optional[int] = None) -> dict:
     """The ``packed`` or ``prefix`` layout of B TokenizedPairs (sequence order as in ``collate_preference``)."""
     prompts = [p.prompt_ids for p in pairs]
     if layout == "prefix":
@@ -149,10 +178,10 @@ def preference_layout(pairs, pad_id: int, layout: str, *, capacity: int = 0) -> 
         units = sequence_units(prompts * 2, [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs])
     else:
         raise ValueError(f"unknown layout '{layout}'; valid: packed, prefix")
-    return pack_units(units, pad_id, capacity=capacity)
+    return pack_units(units, pad_id, capacity=capacity, hidden_size=hidden_size)
 
 
-def sft_layout(rows, pad_id: int, *, capacity: int = 0) -> dict:
+def sft_layout(rows, pad_id: int, *, capacity: int = 0, hidden_size: Optional[int] = None) -> dict:
     """The ``packed`` layout of B TokenizedSFT rows."""
     return pack_units(sequence_units([r.prompt_ids for r in rows], [r.completion_ids for r in rows]), pad_id,
-                      capacity=capacity)
+                      capacity=capacity, hidden_size=hidden_size)

@@ -343,11 +343,22 @@ class Trainer:
         return tqdm(it, disable=not (self.cfg.output.progress and self.is_main), leave=False,
                     mininterval=_bar_interval(), **kw)
 
+    def _hidden_size(self) -> Optional[int]:
+        if not hasattr(self, "_width"):
+            from ..models.fastpath import unwrap_hf
+
+            cfg = getattr(unwrap_hf(self.policy), "config", None)
+            text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+            self._width = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+        return self._width
+
     def _collate(self, indices: List[int], data: list, offset: int = 0) -> Dict[str, Any]:
         items = [data[i] for i in indices]
         pad = self.tokenizer.pad_token_id
         layout = "padded" if self.mode == "rm" else self.cfg.train.layout  # same log-probs in every layout; see dpolab/models/fastpath.py
-        batch = (collate_sft_fast(items, pad, layout) if self.mode == "sft" else collate_preference_fast(items, pad, layout))
+        width = self._hidden_size()  # sets the packed rows' length (dpolab/data/packing.py: choose_rows)
+        batch = (collate_sft_fast(items, pad, layout, hidden_size=width) if self.mode == "sft"
+                 else collate_preference_fast(items, pad, layout, hidden_size=width))
         batch["logits"] = self.cfg.train.logits
         batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
         dev = self.accelerator.device

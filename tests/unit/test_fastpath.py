@@ -159,3 +159,31 @@ def test_length_grouped_plan_is_deterministic_and_a_permutation():
     assert sorted(plan.order(1)) == list(range(40)) and plan.order(0) != plan.order(1)
     spread = [max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plan.micro_batches(0, 0)]
     assert max(spread) < max(lengths) - min(lengths)
+
+
+def test_row_length_choice_packs_short_units_and_gives_long_ones_a_row_each():
+    from dpolab.data.packing import choose_rows, row_cost
+
+    short = [30, 25, 40, 35, 20, 28, 33, 38]
+    rows, fill = choose_rows(short, hidden_size=384)
+    assert len(rows) < len(short) and max(fill) > max(short)  # shared rows: far less padding
+    long = [300, 290, 295, 280, 299, 285, 290, 300]  # long, similar lengths: nothing to gain, a row each
+    rows, fill = choose_rows(long, hidden_size=384)
+    assert len(rows) == len(long) and max(fill) == 300
+    # the choice is the cheapest of the candidates under the cost model (here: rows of 512 would cost more)
+    assert row_cost(len(rows), max(fill), 384) < row_cost(len(long), 512, 384)
+    mixed = [300, 200, 280, 220]  # 300 + 200 share a row of 500 more cheaply than padding 200 to 300
+    rows, fill = choose_rows(mixed, hidden_size=384)
+    assert len(rows) == 2
+    # every unit is placed exactly once
+    assert sorted(j for r in rows for j in r) == list(range(len(mixed)))
+
+
+def test_automatic_row_length_keeps_the_log_probs():
+    model = _model("tiny-gpt2")
+    shapes = set()
+    for hidden in (1, 4096):  # a narrow model: one unit per row; a wide one: several per row
+        batch = collate_preference_fast(_pairs(), TOK.pad_token_id, "prefix", hidden_size=hidden)
+        shapes.add(tuple(batch["packed"]["input_ids"].shape))
+        _compare(model, batch, "prefix", "response")
+    assert len(shapes) == 2  # the two widths really chose different rows
