@@ -4,7 +4,8 @@ Every arm trains the same model (loaded from the same saved folder) on the same 
 (no shuffling), batch size, AdamW lr 1e-5, linear schedule, gradient clipping 1.0, DPO (sigmoid, beta 0.1), fp32,
 dropout off, a live reference (a frozen copy; with LoRA the adapter-disabled base) unless the arm says otherwise.
 Step time = wall clock between the ends of consecutive optimiser steps (data collation, forward, backward, optimiser,
-logging: everything the trainer does per step).
+logging: everything the trainer does per step). Setup = from loading the data to the start of the first step (model
+loading, TRL's dataset processing, dpolab's reference precomputation); run total = setup + every step.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ DPOLAB_ARMS = {
     "dpolab-plain": ["train.layout=padded", "train.logits=full"],
     "dpolab-recompute": ["train.logits=response-recompute"],
     "dpolab-precomputed-ref": ["reference.mode=precomputed"],
+    "dpolab-live-ref": [],  # reference.mode=copy (adapter under LoRA): the reference forward inside every step
     "dpolab-bf16": ["train.bf16=true"],
 }
 ARMS = list(DPOLAB_ARMS) + ["trl-default", "trl-tuned", "bare"]
@@ -60,6 +62,8 @@ def run_dpolab(arm, w, ids, mdir, n_steps):
             "eval.at_start=false"]
     if w.lora:
         over += ["lora.enabled=true", "lora.r=16", "lora.alpha=32"]
+    if arm == "dpolab-live-ref":
+        over.append(f"reference.mode={'adapter' if w.lora else 'copy'}")
     cfg = build_config({"loss": [{"name": "dpo", "params": {"beta": BETA}}]}, over + DPOLAB_ARMS[arm])
     t = Trainer(cfg, train_data=pairs, eval_data=[], log=lambda s: None)
     base = rss_mb()
@@ -75,8 +79,8 @@ def run_dpolab(arm, w, ids, mdir, n_steps):
     t.fit()
     rows = [json.loads(l) for l in open(Path(out) / "metrics.jsonl") if '"loss"' in l]
     first = next(r for r in rows if r.get("step") == 1)
-    return dict(step_times=[b - a for a, b in zip(ends, ends[1:])], loss0=first["loss"],
-                logps_chosen0=first["logps/chosen"], base_rss_mb=base)
+    return dict(step_times=[b - a for a, b in zip(ends, ends[1:])], loss0=first["loss"], first_step_start=ends[0],
+                logps_chosen0=first["logps/chosen"], base_rss_mb=base, reference_mode=t.reference.mode)
 
 
 def run_trl(arm, w, texts, mdir, n_steps):
@@ -125,7 +129,7 @@ def run_trl(arm, w, texts, mdir, n_steps):
     base = rss_mb()
     trainer.train()
     first = log_rows[0]
-    return dict(step_times=[b - a for a, b in zip(ends, ends[1:])], loss0=first["loss"],
+    return dict(step_times=[b - a for a, b in zip(ends, ends[1:])], loss0=first["loss"], first_step_start=ends[0],
                 logps_chosen0=first.get("logps/chosen"), base_rss_mb=base,
                 gradient_checkpointing=bool(args.gradient_checkpointing))
 
@@ -189,7 +193,8 @@ def run_bare(arm, w, ids, mdir, n_steps):
         if step == 0:
             loss0, lp0 = float(loss), float(pol[:B].mean())
         ends.append(time.perf_counter())
-    return dict(step_times=[b - a for a, b in zip(ends, ends[1:])], loss0=loss0, logps_chosen0=lp0, base_rss_mb=base)
+    return dict(step_times=[b - a for a, b in zip(ends, ends[1:])], loss0=loss0, logps_chosen0=lp0, base_rss_mb=base,
+                first_step_start=ends[0])
 
 
 def main():
@@ -214,7 +219,7 @@ def main():
     else:
         raise SystemExit(f"unknown arm {arm}; valid: {', '.join(ARMS)}")
     res.update(arm=arm, workload=workload, warmup=warmup, steps=steps, batch_size=w.batch_size,
-               total_s=time.perf_counter() - t0, peak_rss_mb=peak_rss_mb(), torch_threads=torch.get_num_threads(),
+               total_s=time.perf_counter() - t0, setup_s=res.pop("first_step_start") - t0, peak_rss_mb=peak_rss_mb(), torch_threads=torch.get_num_threads(),
                tokens_per_step=[sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"])
                                     for r in ids[s * w.batch_size:(s + 1) * w.batch_size]) for s in range(n_steps)])
     assert len(res["step_times"]) == n_steps, (arm, len(res["step_times"]), n_steps)

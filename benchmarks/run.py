@@ -25,9 +25,9 @@ from arms import ARMS  # noqa: E402
 from workloads import WORKLOADS  # noqa: E402
 
 DEFAULT_ARMS = {
-    "imdb": ["dpolab", "trl-default", "trl-tuned", "bare", "dpolab-plain", "dpolab-precomputed-ref"],
-    "longprompt": ["dpolab", "dpolab-packed", "dpolab-padded", "dpolab-plain", "bare"],
-    "smollm": ["dpolab", "trl-tuned", "bare", "dpolab-plain"],
+    "imdb": ["dpolab", "trl-default", "trl-tuned", "bare", "dpolab-live-ref", "dpolab-plain"],
+    "longprompt": ["dpolab", "dpolab-packed", "dpolab-padded", "bare"],
+    "smollm": ["dpolab", "trl-default", "bare", "dpolab-live-ref"],
 }
 
 
@@ -77,30 +77,32 @@ def summarise(runs: list) -> dict:
     b = runs[0]["batch_size"]
     return dict(step_s=med, pairs_s=b / med, tokens_s=statistics.mean(toks) / med,
                 rss=statistics.median(r["peak_rss_mb"] for r in runs), loss0=runs[0]["loss0"],
+                setup_s=statistics.median(r["setup_s"] for r in runs), total_s=statistics.median(r["total_s"] for r in runs),
                 lp0=runs[0]["logps_chosen0"], n=len(times), all_steps=[round(t, 3) for t in times])
 
 
 def table(workload: str, results: dict, ref: str = "dpolab") -> str:
     base = results[ref]
-    lines = ["| arm | median step (s) | pairs/s | tokens/s | dpolab speed-up (x) | peak RSS (MB) | RSS / dpolab | step-0 loss | step-0 mean chosen log-p |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | median step (s) | pairs/s | tokens/s | dpolab speed-up (x) | peak RSS (MB) | RSS / dpolab | "
+             "setup (s) | run total (s) | step-0 loss | step-0 mean chosen log-p |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm, s in results.items():
         lines.append(f"| {arm} | {s['step_s']:.3f} | {s['pairs_s']:.2f} | {s['tokens_s']:.0f} | "
                      f"{s['step_s'] / base['step_s']:.2f} | {s['rss']:.0f} | {s['rss'] / base['rss']:.2f} | "
-                     f"{s['loss0']:.4f} | {s['lp0']:.3f} |")
+                     f"{s['setup_s']:.1f} | {s['total_s']:.1f} | {s['loss0']:.4f} | {s['lp0']:.3f} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--workload", default="imdb", help="imdb | longprompt | smollm | comma list | all (= imdb,longprompt)")
+    ap.add_argument("--workload", default="imdb", help="imdb | longprompt | smollm | comma list | all (= imdb,longprompt,smollm)")
     ap.add_argument("--arms", default=None, help=f"comma list of arms (default per workload); valid: {', '.join(ARMS)}")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (each arm once per round)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per arm run (default per workload)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per arm run, not measured")
     ap.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     a = ap.parse_args(argv)
-    wls = ["imdb", "longprompt"] if a.workload == "all" else a.workload.split(",")
+    wls = ["imdb", "longprompt", "smollm"] if a.workload == "all" else a.workload.split(",")
     env = dict(os.environ)
     if a.steps:
         env["BENCH_STEPS"] = str(a.steps)
@@ -108,7 +110,8 @@ def main(argv=None):
         env["BENCH_WARMUP"] = str(a.warmup)
     command = "python benchmarks/run.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     report = [f"\n## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — `{command}`\n",
-              f"- machine: {machine()}; shared with other jobs (timings are medians of interleaved runs)",
+              f"- machine: {machine()}; load average before the run {os.getloadavg()[0]:.2f} "
+              "(timings are medians of interleaved runs)",
               f"- versions: {versions()}"]
     for wl in wls:
         w = WORKLOADS[wl]
@@ -129,6 +132,7 @@ def main(argv=None):
                + "\n".join(f"- {arm}: {s['all_steps']}" for arm, s in results.items()) + "\n\n</details>")
         print(txt)
         report.append(txt)
+    report.append(f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}.")
     if not a.no_write:
         with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
             f.write("\n".join(report) + "\n")
