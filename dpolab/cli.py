@@ -4,6 +4,7 @@
     dpolab eval --model runs/x/final --data pairs.jsonl
     dpolab rm train --config rm.yaml                 # reward model (Bradley-Terry) -> runs/x/final
     dpolab rm score --model runs/x/final --data pairs.jsonl --out scored.jsonl
+    dpolab pretrain --text ../shared/data/tiny-shakespeare/input.txt   # cached tiny GPT-2 -> prints its final/ path
     dpolab demo
     dpolab losses
     dpolab config            # every option with its default and help
@@ -115,6 +116,25 @@ def _cmd_study(args) -> int:
     return 0
 
 
+def _cmd_pretrain(args) -> int:
+    from .models.pretrain import DEFAULT_TINY, PretrainSpec, pretrain
+
+    tiny = dict(DEFAULT_TINY) if args.preset == "tiny-gpt2" else {}
+    for item in args.tiny or []:
+        if "=" not in item:
+            raise ValueError(f"--tiny must look like key=value (e.g. n_layer=4), got '{item}'")
+        k, v = item.split("=", 1)
+        tiny[k] = int(v) if v.lstrip("-").isdigit() else v
+    spec = PretrainSpec(text=args.text, preset=args.preset, tiny=tiny, tokenizer=args.tokenizer, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr, chunk_chars=args.chunk_chars, seed=args.seed)
+    for name, v in (("--steps", spec.steps), ("--batch-size", spec.batch_size), ("--chunk-chars", spec.chunk_chars)):
+        if v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v}")
+    path = pretrain(spec, args.cache_dir, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    print(path)
+    return 0
+
+
 def _cmd_losses(args) -> int:
     from .losses import list_losses
 
@@ -187,6 +207,24 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     rs.set_defaults(func=_cmd_rm_score)
 
+    pt = sub.add_parser("pretrain", help="pretrain a tiny GPT-2 on a text file (cached); prints the model's final/ folder",
+                        description="Pretrain a tiny model (train.mode=sft on task pretrain-text) so it knows some English. "
+                                    "The result is cached under a key of the settings and the text's content; a second call "
+                                    "with the same settings prints the cached path and trains nothing. A killed run resumes. "
+                                    "Use the printed path as model.name_or_path or model.init_from.")
+    pt.add_argument("--text", required=True, help="UTF-8 text file, e.g. ../shared/data/tiny-shakespeare/input.txt")
+    pt.add_argument("--preset", default="tiny-gpt2", choices=["tiny-gpt2", "tiny-llama"], help="model preset (default tiny-gpt2)")
+    pt.add_argument("--tiny", action="append", metavar="KEY=VALUE", help="size override, repeatable (tiny-gpt2 default: n_layer=4 n_embd=128 n_head=4)")
+    pt.add_argument("--tokenizer", default="char", help="char (default) or gpt2-offline")
+    pt.add_argument("--steps", type=int, default=600, help="optimiser steps (default 600: about 4 passes over tiny-shakespeare)")
+    pt.add_argument("--batch-size", type=int, default=32)
+    pt.add_argument("--lr", type=float, default=2e-3)
+    pt.add_argument("--chunk-chars", type=int, default=256, help="characters per training window (default 256)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--cache-dir", help="cache folder (default $DPOLAB_CACHE/pretrained or ~/.cache/dpolab/pretrained)")
+    pt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pt.set_defaults(func=_cmd_pretrain)
+
     d = sub.add_parser("demo", help="SFT then DPO, DPOP and Gate-DPO on the built-in arithmetic task; writes a report")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     d.add_argument("--quick", action="store_true", help="a much shorter run (seconds), for smoke tests")
@@ -194,9 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_cmd_demo)
 
     st = sub.add_parser("study", help="run a packaged study (grid of runs, resumable) and write its report",
-                        description="Studies: dpop (S3: DPOP vs DPO by edit distance), squeeze (S4: squeezing and "
-                                    "Gate-DPO). Re-running skips finished runs and resumes unfinished ones.")
-    st.add_argument("name", help="study name: dpop | squeeze")
+                        description="Studies: sft-dpo (S1: SFT vs DPO vs SFT->DPO, full vs LoRA), dpop (S3: DPOP vs DPO "
+                                    "by edit distance), squeeze (S4: squeezing and Gate-DPO). Re-running skips finished runs and resumes unfinished ones.")
+    st.add_argument("name", help="study name: dpop | madpo | sft-dpo | squeeze")
     st.add_argument("--size", default="cpu", choices=["cpu", "paper"], help="cpu: tiny models, minutes on a CPU; paper: the paper's scale (GPU, hub)")
     st.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 1 with --smoke)")
     st.add_argument("--smoke", action="store_true", help="a few steps per run, to check the pipeline")

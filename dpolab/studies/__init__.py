@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import importlib
 
-STUDIES = {"dpop": "dpolab.studies.dpop", "madpo": "dpolab.studies.madpo", "squeeze": "dpolab.studies.squeeze"}
+STUDIES = {"dpop": "dpolab.studies.dpop", "madpo": "dpolab.studies.madpo", "sft-dpo": "dpolab.studies.sft_dpo", "squeeze": "dpolab.studies.squeeze"}
 
 
 def get_study(name: str):
