@@ -124,13 +124,19 @@ def _score_tier(out: Path, tier: str, max_length: int) -> None:
                   eval_accuracy=summaries[1]["pairwise_accuracy"])
 
 
-def eval_hook(root: Path, s: Dict[str, Any]):
+def eval_hook(root: Path, s: Dict[str, Any], every: int = 0):
+    """The oracle reward of sampled continuations of the held-out prompts; with ``every``, only at steps that are
+    positive multiples of it (sampling is the slow part of an evaluation; a policy's step 0 is the SFT model,
+    whose reward the SFT run already measured with the same prompts and seed)."""
     from ..data.tasks import sentiment as S
     from ..evaluation.oracle import oracle_reward_hook
 
     prompts = S.prompt_rows(str(S.local_files(root)["test"]), max_rows=s["n_eval"], review_chars=s["review_chars"])
-    return oracle_reward_hook(prompts, "vader", limit=s["n_eval"], n_samples=s["eval_samples"],
+    hook = oracle_reward_hook(prompts, "vader", limit=s["n_eval"], n_samples=s["eval_samples"],
                               max_new_tokens=s["max_new_tokens"], seed=EVAL_SEED, batch_size=64)
+    if not every:
+        return hook
+    return lambda model, tok, step: hook(model, tok, step) if step > 0 and step % every == 0 else {}
 
 
 def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
@@ -138,6 +144,8 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
     out = Path(out or f"runs/study-{NAME}-{size}")
     root = imdb_dir(data_dir)
     hook = eval_hook(root, s)
+    pref_steps = max(1, s["pref_epochs"] * s["n_prompts"] // s["batch"])
+    policy_hook = eval_hook(root, s, every=max(1, pref_steps // 2))  # oracle reward half-way and at the end
     base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
             "eval": {"batch_size": 64, "max_examples": s["n_pair_eval"]}, "output": {"progress": False}}
     specs_: List[RunSpec] = [RunSpec("sft", deep_merge(base, {
@@ -148,7 +156,6 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
         "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 200}}), {"stage": "sft"}, hooks=[hook])]
     pair_data = {"max_length": s["max_length"], "extras": ["rm_margin"]}
     rm_steps = max(1, s["rm_epochs"] * s["n_prompts"] // s["batch"])
-    pref_steps = max(1, s["pref_epochs"] * s["n_prompts"] // s["batch"])
     for tier in TIERS:
         train_f, eval_f = _tier_files(out, tier)
         specs_.append(RunSpec(f"rm-{tier}", deep_merge(base, {
@@ -168,7 +175,7 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
                     "train": {"mode": "preference", "max_steps": pref_steps, "lr": s["pref_lr"], "schedule": "constant",
                               "warmup_steps": min(10, pref_steps // 4), "seed": seed}})
                 specs_.append(RunSpec(f"{tier}/{method}/seed{seed}", cfg, {"tier": tier, "method": method, "seed": seed},
-                                      init_from="sft", hooks=[hook],
+                                      init_from="sft", hooks=[policy_hook],
                                       prepare=lambda tier=tier: _score_tier(out, tier, s["max_length"])))
     return specs_
 
@@ -316,9 +323,13 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     lines += ["Measured order (the paper's: MADPO > beta-DPO > DPO > IPO):", "", *order_lines, ""]
     groups = {f"{t}/{m}": rs for t, ms in by.items() for m, rs in ms.items()}
     if groups:
+        def series(rs):  # step 0 of every policy is the SFT model
+            xs, ys = _mean_series(rs, key)
+            return ([0] + xs, [sft_reward] + ys) if sft_reward is not None and (not xs or xs[0] != 0) else (xs, ys)
+
         png = plot_lines(out / "madpo_oracle_reward.png", [
-            (f"{t}: oracle reward", "VADER", {m: _mean_series(rs, key) for m, rs in by[t].items()}) for t in TIERS if t in by],
-            title="Oracle reward over training (mean over seeds)")
+            (f"{t}: oracle reward", "VADER", {m: series(rs) for m, rs in by[t].items()}) for t in TIERS if t in by],
+            title="Oracle reward over training (mean over seeds; step 0 = the SFT model)")
         lines += [f"![oracle reward over training]({png.name})", ""]
     lines += ["### Preference data by tier", "",
               "share replaced = pairs (best SFT sample, human review); human chosen = share whose chosen response is the "
