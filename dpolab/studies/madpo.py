@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Optional
 from ..data.types import DataError
 from .common import curves, deep_merge
 from .report import markdown_table, plot_lines
-from .runner import RunResult, RunSpec, fmt_ci, mean_ci
+from .runner import RunResult, RunSpec, fmt_ci, mark_stage, mean_ci, stage_is_current
 
 NAME = "madpo"
 TITLE = "S2: MADPO vs DPO, IPO and beta-DPO across data quality"
@@ -92,10 +92,13 @@ def _build_tiers(out: Path, root: Path, s: Dict[str, Any]) -> None:
     from ..data.tasks import sentiment as S
     from ..models.load import load_saved_model, load_tokenizer
 
-    if all(f.exists() for t in TIERS for f in _tier_files(out, t)):
+    sft = out / "runs" / "sft" / "final"
+    outputs = [f for t in TIERS for f in _tier_files(out, t)]
+    inputs = sorted(sft.glob("*.safetensors"))
+    settings = {k: s[k] for k in ("n_prompts", "n_pair_eval", "review_chars", "max_new_tokens")}
+    if stage_is_current(outputs, inputs, settings):
         return
     t0 = time.perf_counter()
-    sft = out / "runs" / "sft" / "final"
     tok = load_tokenizer(ModelConfig(name_or_path=str(sft)))
     model = load_saved_model(sft)
     files = S.local_files(root)
@@ -105,6 +108,7 @@ def _build_tiers(out: Path, root: Path, s: Dict[str, Any]) -> None:
     eval_prompts = S.prompt_rows(str(files["dev"]), max_rows=s["n_pair_eval"], **knobs)
     tiers = S.build_preference_tiers(model, tok, train_prompts, seed=0, out_dir=out / "data", **gen)
     S.build_preference_tiers(model, tok, eval_prompts, seed=1, out_dir=out / "data" / "eval", **gen)
+    mark_stage(outputs, inputs, settings)
     high = tiers["high"]
     _record_stage(out, "tiers", time.perf_counter() - t0, pairs=len(high), eval_pairs=len(eval_prompts),
                   sample_reward=sum(r["oracle_chosen"] + r["oracle_rejected"] for r in high) / (2 * len(high)))
@@ -115,11 +119,15 @@ def _score_tier(out: Path, tier: str, max_length: int) -> None:
     from ..rewards.score import score_file
 
     targets = list(zip(_tier_files(out, tier), _tier_files(out, tier, scored=True)))
-    if all(dst.exists() for _, dst in targets):
+    outputs = [dst for _, dst in targets]
+    rm = out / "runs" / f"rm-{tier}" / "final"
+    inputs = sorted(rm.glob("*.safetensors")) + [src for src, _ in targets]
+    if stage_is_current(outputs, inputs, {"max_length": max_length}):
         return
     t0 = time.perf_counter()
     summaries = [score_file(str(out / "runs" / f"rm-{tier}" / "final"), str(src), str(dst), max_length=max_length,
                             batch_size=32, progress=False, log=lambda m: None) for src, dst in targets]
+    mark_stage(outputs, inputs, {"max_length": max_length})
     _record_stage(out, f"score-{tier}", time.perf_counter() - t0, train_accuracy=summaries[0]["pairwise_accuracy"],
                   eval_accuracy=summaries[1]["pairwise_accuracy"])
 

@@ -83,6 +83,38 @@ class RunResult:
         return [r["step"] for r in rows], [r[key] for r in rows]
 
 
+def _stamp(inputs: Sequence[Path], settings: Any) -> str:
+    """What a cached stage was built from: its settings and each input file's path, size and modification time."""
+    files = []
+    for p in inputs:
+        p = Path(p)
+        st = p.stat() if p.exists() else None
+        files.append([str(p), st.st_size if st else None, st.st_mtime_ns if st else None])
+    return json.dumps({"settings": settings, "inputs": files}, sort_keys=True, default=str)
+
+
+def stage_is_current(outputs: Sequence[Path], inputs: Sequence[Path], settings: Any) -> bool:
+    """Whether a cached, non-training stage (data built from an earlier run's model) can be reused: every output
+    exists and was built from the same ``inputs`` (files) and ``settings``. Outputs from before stamps existed are
+    adopted as they are. Call :func:`mark_stage` after building."""
+    outputs = [Path(o) for o in outputs]
+    if not all(o.exists() for o in outputs):
+        return False
+    stamp = outputs[0].with_name(outputs[0].name + ".stamp")
+    if not stamp.exists():
+        stamp.write_text(_stamp(inputs, settings), encoding="utf-8")
+        return True
+    return stamp.read_text(encoding="utf-8") == _stamp(inputs, settings)
+
+
+def mark_stage(outputs: Sequence[Path], inputs: Sequence[Path], settings: Any) -> None:
+    first = Path(outputs[0])
+    stamp = first.with_name(first.name + ".stamp")
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(_stamp(inputs, settings), encoding="utf-8")
+    tmp.replace(stamp)
+
+
 def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:
     """Whether the run folder holds a run of this config (``output.overwrite`` aside, which the runner sets)."""
     saved = run_dir / "config.yaml"

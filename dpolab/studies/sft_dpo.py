@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ..data.types import DataError
 from .common import deep_merge
 from .report import markdown_table, plot_lines
-from .runner import RunResult, RunSpec, fmt_ci, mean_ci
+from .runner import RunResult, RunSpec, fmt_ci, mark_stage, mean_ci, stage_is_current
 
 NAME = "sft-dpo"
 TITLE = "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA"
@@ -145,7 +145,10 @@ def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], 
     from ..data.tasks import sonnets as S
 
     files = sonnet_pair_files(out)
-    if all(f.exists() for f in files):
+    base = Path(str(model_cfg.get("name_or_path", "")))
+    inputs = sorted(base.glob("*.safetensors")) + [sonnets_dir / "sonnets.txt"]
+    settings = {"model": model_cfg, "n_train": t["n_train"], "n_eval": t["n_eval"], "seed": SAMPLE_SEED}
+    if stage_is_current(files, inputs, settings):
         return
     model, tok = _load(model_cfg)
     train = S.sft_rows(S.parse_sonnets(sonnets_dir / "sonnets.txt"))[: t["n_train"] or None]
@@ -161,6 +164,7 @@ def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], 
         tmp = path.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in out_rows if r["rejected"].strip()), encoding="utf-8")
         tmp.replace(path)
+    mark_stage(files, inputs, settings)
 
 
 # -- hooks --------------------------------------------------------------------------------------------

@@ -65,3 +65,21 @@ def test_madpo_needs_the_reviews(tmp_path):
 
     with pytest.raises(DataError, match="imdb-cad-sentiment"):
         run_study("madpo", smoke=True, out=str(tmp_path / "s2"), data_dir=str(tmp_path / "nowhere"), log=lambda s: None)
+
+
+def test_cached_stage_is_rebuilt_when_its_inputs_or_settings_change(tmp_path):
+    from dpolab.studies.runner import mark_stage, stage_is_current
+
+    src, out = tmp_path / "model.safetensors", tmp_path / "pairs.jsonl"
+    src.write_text("weights v1")
+    assert not stage_is_current([out], [src], {"n": 1})  # nothing built yet
+    out.write_text("built")
+    assert stage_is_current([out], [src], {"n": 1})  # built before stamps existed: adopted
+    assert not stage_is_current([out], [src], {"n": 2})  # other settings
+    import os
+
+    src.write_text("weights v2, retrained")
+    os.utime(src, ns=(1, 1))
+    assert not stage_is_current([out], [src], {"n": 1})  # the model it was built from changed
+    mark_stage([out], [src], {"n": 1})
+    assert stage_is_current([out], [src], {"n": 1})
