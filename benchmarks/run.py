@@ -131,11 +131,11 @@ def main(argv=None):
                + "\n\n<details><summary>all measured step times (s)</summary>\n\n"
                + "\n".join(f"- {arm}: {s['all_steps']}" for arm, s in results.items()) + "\n\n</details>")
         print(txt)
-        report.append(txt)
-    report.append(f"\nLoad average (1 min) at the end: {os.getloadavg()[0]:.2f}.")
-    if not a.no_write:
-        with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write("\n".join(report) + "\n")
+        report.append(txt + f"\n\nLoad average (1 min) after this workload: {os.getloadavg()[0]:.2f}.")
+        if not a.no_write:  # each workload as it finishes: a later failure does not lose it
+            with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+                f.write("\n".join(report) + "\n")
+            report = []
 
 
 if __name__ == "__main__":

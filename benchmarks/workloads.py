@@ -145,7 +145,12 @@ def model_dir(model: str) -> Path:
         m = AutoModelForCausalLM.from_config(cfg)
     else:
         src, f = smollm_gguf()
-        m = AutoModelForCausalLM.from_pretrained(src, gguf_file=f, dtype=torch.float32)
+        q = AutoModelForCausalLM.from_pretrained(src, gguf_file=f, dtype=torch.float32)  # dequantised on load
+        cfg = q.config
+        if hasattr(cfg, "quantization_config"):  # a GGUF-loaded model refuses save_pretrained: copy into a plain one
+            del cfg.quantization_config
+        m = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+        m.load_state_dict(q.state_dict())
         m.config.pad_token_id = tok.pad_token_id
     d.mkdir(parents=True, exist_ok=True)
     m.save_pretrained(d)
