@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
-from .common import curves, deep_merge
+from .common import curves, deep_merge, mean_series
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, fmt_ci, mark_stage, mean_ci, stage_is_current
 
@@ -329,10 +329,9 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
             line += "; change over the SFT model: " + ", ".join(f"{m} {means[m] - sft_reward:+.3f}" for m in ranked)
         order_lines.append(line)
     lines += ["Measured order (the paper's: MADPO > beta-DPO > DPO > IPO):", "", *order_lines, ""]
-    groups = {f"{t}/{m}": rs for t, ms in by.items() for m, rs in ms.items()}
-    if groups:
+    if by:
         def series(rs):  # step 0 of every policy is the SFT model
-            xs, ys = _mean_series(rs, key)
+            xs, ys = mean_series(rs, key)
             return ([0] + xs, [sft_reward] + ys) if sft_reward is not None and (not xs or xs[0] != 0) else (xs, ys)
 
         png = plot_lines(out / "madpo_oracle_reward.png", [
@@ -374,12 +373,6 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
                   + ", ".join(f"{t} {v}" for t, v in kept.items()) + ".", ""]
     lines += ["### Wall-clock of every stage", "", markdown_table(["stage", "runs", "seconds"], _stage_table(out, results)), ""]
     return lines
-
-
-def _mean_series(rs: List[RunResult], key: str):
-    from .common import mean_series
-
-    return mean_series(rs, key)
 
 
 def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str,
