@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
+from ..errors import UserError
 
 Messages = List[Dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}, ...]
 Text = Union[str, Messages]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A bad input row or file. ``str(err)`` is one line naming the file, the row and the field."""
 
     def __init__(self, message: str, *, source: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None):

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from ..errors import UserError
 from ..config import RunConfig, save_config
 from ..data.collate import collate_preference_fast, collate_sft_fast
 from ..losses import CompositeLoss
@@ -36,7 +37,7 @@ DONE_MARKER = "DONE"
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """Training cannot go on (non-finite loss, unusable output folder, out of memory); the message says why."""
 
 

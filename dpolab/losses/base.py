@@ -14,9 +14,10 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor
+from ..errors import UserError
 
 
-class LossConfigError(ValueError):
+class LossConfigError(UserError, ValueError):
     """A loss was asked for with an unknown name, a bad parameter, or without the inputs it needs."""
 
 

@@ -10,13 +10,14 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..config import LoraConfig, ModelConfig
 
 TINY_PRESETS = ("tiny-gpt2", "tiny-llama")
 MODEL_META = "dpolab_model.json"  # written beside a saved model/adapter: how to rebuild its base
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(UserError, RuntimeError):
     """A model or tokenizer could not be loaded (bad path, no network, missing file)."""
 
 

@@ -1,0 +1,11 @@
+"""The project's own error type for mistakes a user can fix (bad config, bad data, unusable folder).
+
+The CLI prints a :class:`UserError` as one line (``error: ...``) and exits 2; any other exception is a bug or an
+environment failure and keeps its traceback. Each layer subclasses it (``ConfigError``, ``DataError``,
+``LossConfigError``, ``ModelLoadError``, ``TrainError``) so callers can still catch the narrow kind.
+"""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """Something the user can fix; its message says what and how."""
