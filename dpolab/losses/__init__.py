@@ -5,7 +5,7 @@ stateful object), registered by name. Use :func:`compute_loss` for one-off calls
 for a weighted list (``[{"name": "dpo"}, {"name": "sft", "weight": 0.2}]``), and :func:`list_losses`
 to see what exists.
 """
-from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
+from .base import LOCAL, DistContext, LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 from .registry import CompositeLoss, LossSpec, compute_loss, get_loss, list_losses, register
 from . import _all  # noqa: F401  (registers every loss)
 from .madpo import madpo_weight
@@ -13,6 +13,8 @@ from .gate import GateConfig
 
 __all__ = [
     "PreferenceOutputs",
+    "DistContext",
+    "LOCAL",
     "LossOutput",
     "LossInfo",
     "LossConfigError",

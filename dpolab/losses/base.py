@@ -14,11 +14,33 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 from torch import Tensor
+
 from ..errors import UserError
 
 
 class LossConfigError(UserError, ValueError):
     """A loss was asked for with an unknown name, a bad parameter, or without the inputs it needs."""
+
+
+def _identity(t: Tensor) -> Tensor:
+    return t
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where a batch-level loss's statistics come from: this process alone, or every process of a run.
+
+    ``all_gather`` concatenates a [B] tensor over processes in rank order (identity for one process); ``rank`` is this
+    process's index, so its own pairs are ``gathered[rank * B:(rank + 1) * B]`` (equal B per process). The engine
+    passes it as an argument to each call (:meth:`CompositeLoss.__call__`); evaluation passes :data:`LOCAL`.
+    """
+
+    all_gather: Callable[[Tensor], Tensor] = _identity
+    rank: int = 0
+    world_size: int = 1
+
+
+LOCAL = DistContext()  # one process, or statistics over this process's batch only
 
 
 @dataclass

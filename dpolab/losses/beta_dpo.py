@@ -21,17 +21,13 @@ non-negligible pair has been drawn). Implicit rewards use beta_0, as the officia
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict
+from typing import Any, Dict
 
 import torch
 
-from .base import LossOutput, PreferenceOutputs
+from .base import LOCAL, DistContext, LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
 from .registry import register
-
-
-def _identity(t: torch.Tensor) -> torch.Tensor:
-    return t
 
 
 @register(
@@ -43,10 +39,9 @@ def _identity(t: torch.Tensor) -> torch.Tensor:
 class BetaDPO:
     """Stateful beta-DPO loss. Call with a :class:`PreferenceOutputs`; checkpoint via ``state_dict``.
 
-    Attributes the engine may set:
-      ``all_gather``: Tensor -> Tensor, concatenates a [B] tensor over processes (default identity);
-      ``rank``: this process's index; its pairs are ``gathered[rank*B:(rank+1)*B]`` (equal B per process).
-    Every process must use the same ``seed`` so all draw the same global subset.
+    The statistics are taken over the batch that ``dist`` (a :class:`DistContext`, passed at each call) gathers:
+    this process's pairs by default, every process's pairs in a multi-process run. Every process must use the same
+    ``seed`` so all draw the same global subset.
     """
 
     def __init__(self, beta: float = 0.1, alpha: float = 0.6, rho: float = 0.2, momentum: float = 0.9, seed: int = 0):
@@ -59,8 +54,6 @@ class BetaDPO:
         self.steps = 0
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
-        self.all_gather: Callable[[torch.Tensor], torch.Tensor] = _identity
-        self.rank = 0
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -90,11 +83,11 @@ class BetaDPO:
             return torch.ones_like(gaps)
         return w.clamp_min(1e-12 * top)
 
-    def __call__(self, outputs: PreferenceOutputs) -> LossOutput:
+    def __call__(self, outputs: PreferenceOutputs, dist: DistContext = LOCAL) -> LossOutput:
         r_w, r_l = outputs.logratios("beta-dpo")
         h = r_w - r_l
         local = h.detach()
-        gaps = self.all_gather(local).detach().to(device="cpu", dtype=torch.float64)
+        gaps = dist.all_gather(local).detach().to(device="cpu", dtype=torch.float64)
         n, b = gaps.numel(), local.numel()
         self._update_stats(gaps)
         k = max(1, int(math.floor(n * (1.0 - self.rho) + 1e-9)))
@@ -102,7 +95,7 @@ class BetaDPO:
         global_mask = torch.zeros(n, dtype=torch.float64)
         global_mask[idx] = 1.0
         beta_batch = max(self.beta * (1.0 + self.alpha * (float(gaps[idx].mean()) - self.M0)), 1e-3)
-        mask = global_mask[self.rank * b:(self.rank + 1) * b].to(device=h.device, dtype=h.dtype)
+        mask = global_mask[dist.rank * b:(dist.rank + 1) * b].to(device=h.device, dtype=h.dtype)
         losses = sigmoid_pair_loss(beta_batch * h)
         if n != b:
             # Several processes: the objective is the mean over the k pairs kept in the *global* batch, but

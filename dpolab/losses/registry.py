@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
+from .base import LOCAL, DistContext, LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 
 _REGISTRY: Dict[str, LossInfo] = {}
 
@@ -156,8 +156,10 @@ class CompositeLoss:
             out.extend(x for x in info.needs_extras if x not in out)
         return tuple(out)
 
-    def __call__(self, outputs: PreferenceOutputs) -> tuple[Tensor, Dict[str, Any], List[LossOutput]]:
-        """Returns (scalar objective, metrics, per-component outputs)."""
+    def __call__(self, outputs: PreferenceOutputs, dist: DistContext = LOCAL) -> tuple[Tensor, Dict[str, Any], List[LossOutput]]:
+        """Returns (scalar objective, metrics, per-component outputs).
+
+        ``dist`` is the distributed context that batch-level (stateful) losses take their statistics over."""
         total: Optional[Tensor] = None
         metrics: Dict[str, Any] = {}
         parts: List[LossOutput] = []
@@ -166,7 +168,7 @@ class CompositeLoss:
             if gate is not None:
                 inp, gate_metrics = gate.apply(outputs)
                 metrics.update({f"{label}/{k}": v for k, v in gate_metrics.items()})
-            out = fn(inp) if info.stateful else fn(inp, **spec.params)
+            out = fn(inp, dist=dist) if info.stateful else fn(inp, **spec.params)
             parts.append(out)
             value = out.reduced()
             total = spec.weight * value if total is None else total + spec.weight * value

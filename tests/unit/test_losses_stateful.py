@@ -142,14 +142,23 @@ def test_beta_dpo_state_dict_round_trip_is_exact():
     assert t1.item() == t2.item() and m1["beta-dpo/beta"] == m2["beta-dpo/beta"]
 
 
-def test_beta_dpo_all_gather_hook_uses_global_stats_and_local_slice():
+def test_beta_dpo_dist_context_uses_global_stats_and_local_slice():
+    from dpolab.losses import DistContext
+
     h = [1.0, 2.0, 3.0]
     other = [10.0, 20.0, 30.0]
     loss = make_beta()
-    loss.all_gather = lambda t: torch.cat([torch.tensor(other, dtype=t.dtype), t])
-    loss.rank = 1
-    out = loss(batch(h))
+    dist = DistContext(all_gather=lambda t: torch.cat([torch.tensor(other, dtype=t.dtype), t]), rank=1, world_size=2)
+    out = loss(batch(h), dist=dist)
     assert out.mask.shape == (3,)
+    assert not hasattr(loss, "all_gather") and not hasattr(loss, "rank")  # context is an argument, not loss state
+    # the composite loss passes the same context through to its stateful components
+    comp = CompositeLoss(["beta-dpo"])
+    _, m_local, _ = comp(batch(h))
+    comp2 = CompositeLoss(["beta-dpo"])
+    _, m_dist, _ = comp2(batch(h), dist=dist)
+    assert m_local["beta-dpo/M0"] == pytest.approx(0.1 * statistics.mean(h))
+    assert m_dist["beta-dpo/M0"] == pytest.approx(0.1 * statistics.mean(other + h))
     assert out.metrics["M0"] == pytest.approx(0.1 * statistics.mean(other + h))
     assert out.metrics["std"] == pytest.approx(0.1 * statistics.stdev(other + h))
 
