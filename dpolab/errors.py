@@ -9,3 +9,11 @@ from __future__ import annotations
 
 class UserError(Exception):
     """Something the user can fix; its message says what and how."""
+
+
+class MissingPackageError(UserError, ImportError):
+    """An optional package a chosen option needs is not installed; the message names the ``pip install`` command."""
+
+
+class ConfigError(UserError, ValueError):
+    """A bad configuration: unknown key, wrong type or value out of range."""

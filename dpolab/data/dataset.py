@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
+from dpolab.errors import ConfigError
 from dpolab.data.formats import to_preference_row, to_sft_row
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.tokenize import tokenize_preference, tokenize_sft
@@ -44,7 +45,7 @@ def _check_options(max_length: int, max_prompt_length: Optional[int], truncation
 
     _check_lengths(max_length, max_prompt_length)
     if truncation_mode not in TRUNCATION_MODES:
-        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+        raise ConfigError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
 
 
 def _one_line(err: DataError) -> DataError:
@@ -58,7 +59,7 @@ def _one_line(err: DataError) -> DataError:
 def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callable, check_options: Callable, split: Optional[str], transform: Optional[Callable],
           limit: Optional[int], on_error: str, log: Callable[[str], Any], kind: str) -> Tuple[list, SkipCounter]:
     if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     name, skips, out, logged = source_name(source), SkipCounter(), [], 0
     check_options()  # bad settings are errors of the call, not of every row
     for row, rec in iter_records(source, split=split):
@@ -73,11 +74,11 @@ def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callab
             try:
                 tok = tokenize(item, tokenizer, skips=skips) if item is not None else None
             except (ValueError, TypeError) as e:  # the tokenizer (or chat template) rejecting a row: a bad row too
-                raise DataError(f"cannot tokenise: {type(e).__name__}: {e}", source=name, row=row) from None
+                raise DataError(f"cannot tokenise: {type(e).__name__}: {e}", source=name, row=row) from e
         except DataError as e:
             err = _one_line(_located(e, name, row))
             if on_error == "raise":
-                raise err from None
+                raise err from e.__cause__  # the root cause (a decode or tokenizer error), if any, not the copy
             skips.add(invalid_reason(err))
             if logged < MAX_LOGGED_ERRORS:
                 log(f"skipping bad row: {err}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Tuple
 
+from dpolab.errors import ConfigError
 from dpolab.data.types import Messages, PreferenceRow, SFTRow, SkipCounter, Text, TokenizedPair, TokenizedSFT
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
@@ -93,7 +94,7 @@ def truncate(
 ) -> Tuple[List[int], List[List[int]]]:
     """Apply the truncation rule of the module docstring; responses may come back empty (caller skips)."""
     if truncation_mode not in TRUNCATION_MODES:
-        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+        raise ConfigError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     if len(prompt) + max(len(r) for r in responses) <= max_length:
         return prompt, responses
     keep = max_length // 2 if max_prompt_length is None else max_prompt_length
@@ -104,9 +105,9 @@ def truncate(
 
 def _check_lengths(max_length: int, max_prompt_length: Optional[int]) -> None:
     if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
+        raise ConfigError(f"max_length must be >= 1, got {max_length}")
     if max_prompt_length is not None and not 0 <= max_prompt_length < max_length:
-        raise ValueError(f"max_prompt_length must be in [0, max_length), got {max_prompt_length} (max_length={max_length})")
+        raise ConfigError(f"max_prompt_length must be in [0, max_length), got {max_prompt_length} (max_length={max_length})")
 
 
 def _skip(skips: Optional[SkipCounter], reason: str) -> None:

@@ -28,8 +28,6 @@ from torch import Tensor
 from ..data.types import TokenizedPair
 from ..models.logprobs import gather_logps
 
-CATEGORIES = ("chosen", "rejected", "others", "random", "greedy")
-
 
 @dataclass
 class ProbeSet:
@@ -81,7 +79,7 @@ def build_probe_set(pairs: Sequence[TokenizedPair], tokenizer, *, n: int = 64, s
 def greedy_responses(model, prompts: List[List[int]], eos_id: Optional[int], *, max_new_tokens: int, batch_size: int,
                      pad_id: Optional[int]) -> List[List[int]]:
     """Greedy continuations (token ids, EOS kept when produced; never empty)."""
-    from ..evaluation.generation import generate_ids
+    from ..models.generation import generate_ids
 
     outs = generate_ids(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, pad_id=pad_id, eos_id=eos_id)
     # generate_ids stops *before* EOS: a response shorter than the budget ended with EOS, which we score too

@@ -1,42 +1,14 @@
-"""Batched, seeded generation (greedy or temperature / top-p sampling) from prompts given as text or token ids."""
+"""Batched, seeded generation (greedy or temperature / top-p sampling) from prompts given as text or token ids.
+
+The token-level primitive, :func:`generate_ids`, lives in :mod:`dpolab.models.generation` (the diagnostics use it
+too); :func:`generate` adds tokenisation and decoding."""
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Union
+from typing import List, Sequence, Union
 
-import torch
+from ..models.generation import generate_ids
 
-
-@torch.no_grad()
-def generate_ids(model, prompts: Sequence[List[int]], *, max_new_tokens: int = 32, batch_size: int = 32,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 pad_id: Optional[int] = None, eos_id: Optional[int] = None) -> List[List[int]]:
-    """New token ids for each prompt (stopped before EOS, or after ``max_new_tokens``).
-
-    Prompts are left-padded so a batch generates together; sampling is reproducible for a ``seed``.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
-    outs: List[List[int]] = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = [list(c) for c in prompts[start:start + batch_size]]
-        width = max(len(c) for c in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, c in enumerate(chunk):
-            input_ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
-            attn[i, width - len(c):] = 1
-        if do_sample:  # seed torch's global generator from ours so each batch is reproducible
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, eos_token_id=eos_id)
-        if do_sample:
-            kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
-        out = model.generate(input_ids=input_ids.to(device), attention_mask=attn.to(device), **kwargs)
-        outs.extend(_until_eos(row.tolist(), eos_id) for row in out[:, width:])
-    model.train(was_training)
-    return outs
+__all__ = ["generate", "generate_ids"]
 
 
 def generate(model, tokenizer, prompts: Sequence[Union[str, List[int]]], *, max_new_tokens: int = 32,
@@ -59,10 +31,4 @@ def _ids(tokenizer, prompt, add_bos: bool) -> List[int]:
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     if add_bos and tokenizer.bos_token_id is not None and (not ids or ids[0] != tokenizer.bos_token_id):
         ids = [tokenizer.bos_token_id] + ids
-    return ids
-
-
-def _until_eos(ids: List[int], eos: Optional[int]) -> List[int]:
-    if eos is not None and eos in ids:
-        return ids[: ids.index(eos)]
     return ids

@@ -42,7 +42,7 @@ def oracle_reward_eval(model, tokenizer, prompts: Sequence[str], oracle: Union[s
     (prompts).
     """
     from ..rewards.oracles import get_oracle
-    from ..studies.runner import mean_ci
+    from ..stats import mean_ci
 
     if n_samples < 1:
         raise ValueError(f"n_samples must be >= 1, got {n_samples}")

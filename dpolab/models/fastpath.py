@@ -158,24 +158,61 @@ def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_row
 
 
 def _probe_batch(vocab: int, device) -> Dict[str, Any]:
-    from ..data.collate import collate_preference_fast
-    from ..data.types import TokenizedPair
-
+    """Three short synthetic pairs as a padded [2B, T] batch (chosen rows, then rejected rows) plus, per layout, the
+    same sequences in the ``batch["packed"]`` format of ``dpolab.data.packing``, every unit in one row (so the probe
+    also covers several units sharing a row). Built here, from token lists, so the model layer does not depend on
+    the data layer; the data layer's own layouts are checked against the plain path by the fast-path tests."""
     g = torch.Generator().manual_seed(1234)
     hi = max(2, min(vocab, 200))
 
     def ids(n):
         return torch.randint(1, hi, (n,), generator=g).tolist()
 
-    pairs = [TokenizedPair(prompt_ids=ids(5), chosen_ids=ids(4), rejected_ids=ids(6)),
-             TokenizedPair(prompt_ids=ids(9), chosen_ids=ids(3), rejected_ids=ids(2)),
-             TokenizedPair(prompt_ids=ids(2), chosen_ids=ids(7), rejected_ids=ids(5))]
-    batch = {}
-    for layout in ("packed", "prefix"):
-        b = collate_preference_fast(pairs, 0, layout)
-        batch[layout] = b
-    batch["padded"] = batch["packed"]
+    pairs = [(ids(5), ids(4), ids(6)), (ids(9), ids(3), ids(2)), (ids(2), ids(7), ids(5))]
+    b = len(pairs)
+    seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    width = max(len(p) + len(x) for p, x in seqs)
+    padded = {"input_ids": torch.zeros((2 * b, width), dtype=torch.long),
+              "attention_mask": torch.zeros((2 * b, width), dtype=torch.long),
+              "loss_mask": torch.zeros((2 * b, width), dtype=torch.bool)}
+    for i, (p, x) in enumerate(seqs):
+        padded["input_ids"][i, : len(p) + len(x)] = torch.tensor(p + x)
+        padded["attention_mask"][i, : len(p) + len(x)] = 1
+        padded["loss_mask"][i, len(p): len(p) + len(x)] = True
+    units = {"packed": [(p, [(x, i)]) for i, (p, x) in enumerate(seqs)],
+             "prefix": [(p, [(c, i), (r, b + i)]) for i, (p, c, r) in enumerate(pairs)]}
+    batch = {layout: {**padded, "packed": _one_row(u)} for layout, u in units.items()}
+    batch["padded"] = padded
     return {k: _to(v, device) for k, v in batch.items()}
+
+
+def _one_row(units) -> Dict[str, Tensor]:
+    """Units ``(prompt, [(response, sequence index), ...])`` packed into one row: each response branch continues the
+    prompt's positions and sees the prompt and its own earlier tokens only."""
+    toks, pos, unit, seg = [], [], [], []
+    src, tgt, seq, col = [], [], [], []
+    for u, (prompt, branches) in enumerate(units):
+        base, n_p = len(toks), len(prompt)
+        toks += prompt
+        pos += range(n_p)
+        unit += [u] * n_p
+        seg += [0] * n_p
+        for branch, (resp, s) in enumerate(branches, start=1):
+            start = len(toks)
+            for k, t in enumerate(resp):
+                src.append(base + n_p - 1 if k == 0 else start + k - 1)
+                tgt.append(t)
+                seq.append(s)
+                col.append(n_p + k - 1)
+            toks += resp
+            pos += range(n_p, n_p + len(resp))
+            unit += [u] * len(resp)
+            seg += [branch] * len(resp)
+    q, un, sg = torch.arange(len(toks)), torch.tensor(unit), torch.tensor(seg)
+    mask = (un[:, None] == un[None, :]) & ((sg[None, :] == 0) | (sg[:, None] == sg[None, :])) & (q[None, :] <= q[:, None])
+    as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
+    return {"input_ids": as_long([toks]), "position_ids": as_long([pos]), "attn_mask": mask[None, None],
+            "score_src": as_long(src), "score_tgt": as_long(tgt), "score_seq": as_long(seq), "score_col": as_long(col)}
 
 
 def _to(batch, device):

@@ -21,7 +21,7 @@ class ModelLoadError(UserError, RuntimeError):
     """A model or tokenizer could not be loaded (bad path, no network, missing file)."""
 
 
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -47,7 +47,7 @@ def load_tokenizer(cfg: ModelConfig):
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as e:  # noqa: BLE001 - turn any loader failure into one clear line
-        raise ModelLoadError(f"could not load tokenizer '{name}': {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"could not load tokenizer '{name}': {str(e).splitlines()[0]}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -85,7 +85,7 @@ def disable_dropout(model: nn.Module) -> None:
 def _from_pretrained(path: str, cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
 
-    kwargs: Dict[str, Any] = {"dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    kwargs: Dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and path == cfg.name_or_path:
         kwargs["gguf_file"] = cfg.gguf_file
     try:
@@ -94,7 +94,7 @@ def _from_pretrained(path: str, cfg: ModelConfig):
         kwargs["torch_dtype"] = kwargs.pop("dtype")
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"could not load model '{path}': {str(e).splitlines()[0]}") from None
+        raise ModelLoadError(f"could not load model '{path}': {str(e).splitlines()[0]}") from e
 
 
 def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
@@ -106,7 +106,7 @@ def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions
 
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(cfg.name_or_path, tokenizer, cfg.tiny, max_positions))
-        model.to(_DTYPES[cfg.dtype])
+        model.to(DTYPES[cfg.dtype])
     else:
         model = _from_pretrained(cfg.name_or_path, cfg)
     if not cfg.dropout:
@@ -121,14 +121,15 @@ def apply_lora(model, lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
     target = lora.target_modules
-    if target == "all-linear" and _is_gpt2_like(model):
+    if target == "all-linear" and is_gpt2_like(model):
         target = ["c_attn", "c_proj", "c_fc"]  # GPT-2 uses Conv1D, which 'all-linear' would skip
     pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                          task_type="CAUSAL_LM", fan_in_fan_out=_is_gpt2_like(model))
+                          task_type="CAUSAL_LM", fan_in_fan_out=is_gpt2_like(model))
     return get_peft_model(model, pcfg)
 
 
-def _is_gpt2_like(model) -> bool:
+def is_gpt2_like(model) -> bool:
+    """GPT-2 stores its linear layers as Conv1D (transposed weights): LoRA needs ``fan_in_fan_out`` there."""
     return getattr(model.config, "model_type", "") == "gpt2"
 
 

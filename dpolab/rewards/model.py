@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LoraConfig, ModelConfig
-from ..models.load import (_DTYPES, MODEL_META, TINY_PRESETS, ModelLoadError, _is_gpt2_like, disable_dropout,
+from ..models.load import (DTYPES, MODEL_META, TINY_PRESETS, ModelLoadError, disable_dropout, is_gpt2_like,
                            load_base_model, load_tokenizer)
 
 SCORE_MODULE = "score"
@@ -43,7 +43,7 @@ def _seq_cls_from_config(config, seed: int):
     except ValueError as e:
         raise ModelLoadError(
             f"architecture '{getattr(config, 'model_type', '?')}' has no sequence-classification head in transformers, "
-            f"so it cannot be a dpolab reward model ({str(e).splitlines()[0][:120]})") from None
+            f"so it cannot be a dpolab reward model ({str(e).splitlines()[0][:120]})") from e
 
 
 def reward_model_from_causal_lm(lm, seed: int = 0):
@@ -61,14 +61,14 @@ def _seq_cls_from_pretrained(path: str, cfg: ModelConfig):
 
     from transformers.utils import logging as hf_logging
 
-    kwargs: Dict[str, Any] = {"num_labels": 1, "dtype": _DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
+    kwargs: Dict[str, Any] = {"num_labels": 1, "dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a causal LM has no score head: the "newly initialized" report is expected
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001 - one clear line
         raise ModelLoadError(f"could not load '{path}' as a reward model (sequence classification, 1 label): "
-                             f"{str(e).splitlines()[0][:160]}") from None
+                             f"{str(e).splitlines()[0][:160]}") from e
     finally:
         hf_logging.set_verbosity(level)
 
@@ -76,7 +76,7 @@ def _seq_cls_from_pretrained(path: str, cfg: ModelConfig):
 def _lora_targets(model, lora: LoraConfig):
     if lora.target_modules != "all-linear":
         return lora.target_modules
-    if _is_gpt2_like(model):
+    if is_gpt2_like(model):
         return ["c_attn", "c_proj", "c_fc"]  # GPT-2 uses Conv1D, which 'all-linear' would skip
     names = {n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     names.discard(SCORE_MODULE)  # the head is trained in full, not adapted
@@ -88,7 +88,7 @@ def apply_reward_lora(model, lora: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig, get_peft_model
 
     pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=_lora_targets(model, lora),
-                          task_type="SEQ_CLS", fan_in_fan_out=_is_gpt2_like(model), modules_to_save=[SCORE_MODULE])
+                          task_type="SEQ_CLS", fan_in_fan_out=is_gpt2_like(model), modules_to_save=[SCORE_MODULE])
     return get_peft_model(model, pcfg)
 
 

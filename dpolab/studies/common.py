@@ -5,8 +5,9 @@ import copy
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ..stats import mean_ci
 from .report import plot_lines
-from .runner import RunResult, mean_ci
+from .runner import RunResult
 
 # cpu size: a tiny GPT-2 with a character tokenizer (trains from scratch in about a minute)
 CPU_MODEL = {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4}}
@@ -35,13 +36,11 @@ def arithmetic_data(n_train: int, n_eval: int, miss: str = "mixed", *, seed: int
 def arithmetic_accuracy_hook(data_cfg: Dict[str, Any], limit: int = 64):
     """Greedy answer accuracy on the task's held-out prompts."""
     from ..config import build_config
-    from ..data.tasks.arithmetic import parse_answer
-    from ..engine.data_setup import task_rows
-    from ..evaluation.oracle import answer_accuracy_hook
+    from ..tasks import get_task, rows_for
 
-    cfg = build_config({"data": data_cfg})
-    _, eval_rows = task_rows(cfg.data, "preference", 0)
-    return answer_accuracy_hook(eval_rows, parse_answer, max_new_tokens=24, limit=limit)
+    data = build_config({"data": data_cfg}).data
+    _, eval_rows = rows_for(data.task, data.task_args, "preference", 0)
+    return get_task(data.task).metric_hook(eval_rows, "answer_accuracy", max_new_tokens=24, limit=limit)
 
 
 def mean_series(results: Sequence[RunResult], key: str):

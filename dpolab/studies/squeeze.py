@@ -14,9 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ..stats import fmt_ci
 from .common import CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, curves, deep_merge
 from .report import markdown_table
-from .runner import RunResult, RunSpec, fmt_ci
+from .runner import RunResult, RunSpec
 
 NAME = "squeeze"
 TITLE = "S4: squeezing and Gate-DPO"

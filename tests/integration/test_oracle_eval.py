@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from dpolab.data.tasks import sentiment as S
+from dpolab.tasks import sentiment as S
 from dpolab.evaluation.oracle import oracle_reward_eval, oracle_reward_hook
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import dpolab.engine
 from dpolab.cli import main
 from dpolab.config import ModelConfig
 from dpolab.models.load import load_saved_model, load_tokenizer
-from dpolab.models.pretrain import PretrainSpec, cache_key, cached_path, pretrain, text_identity
+from dpolab.engine.pretrain import PretrainSpec, cache_key, cached_path, pretrain, text_identity
 from dpolab.models.tokenizer import build_char_tokenizer
 
 pytestmark = pytest.mark.slow

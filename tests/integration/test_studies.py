@@ -2,7 +2,7 @@
 import pytest
 
 from dpolab.studies.run import run_study
-from dpolab.studies.runner import fmt_ci, mean_ci
+from dpolab.stats import fmt_ci, mean_ci
 
 pytestmark = pytest.mark.slow
 

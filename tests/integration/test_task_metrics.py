@@ -10,8 +10,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dpolab.config import build_config
-from dpolab.data.tasks import paraphrase as P
-from dpolab.data.tasks import sonnets as S
+from dpolab.tasks import paraphrase as P
+from dpolab.tasks import sonnets as S
 from dpolab.engine import train
 from dpolab.models.load import load_saved_model, tiny_config
 from dpolab.models.tokenizer import build_char_tokenizer

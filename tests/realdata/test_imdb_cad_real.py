@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from dpolab.data.dataset import load_preference_data
-from dpolab.data.tasks import imdb_cad as C
+from dpolab.tasks import imdb_cad as C
 from dpolab.data.types import SkipCounter
 from dpolab.diagnostics import bucket_pairs
 from dpolab.models.tokenizer import build_char_tokenizer

@@ -4,9 +4,9 @@ import pytest
 
 from dpolab.config import DataConfig
 from dpolab.data.dataset import load_preference_data
-from dpolab.data.tasks import paraphrase as P
-from dpolab.data.tasks import pretrain as T
-from dpolab.data.tasks import sonnets as S
+from dpolab.tasks import paraphrase as P
+from dpolab.tasks import pretrain_text as T
+from dpolab.tasks import sonnets as S
 from dpolab.engine.data_setup import task_rows
 from dpolab.models.tokenizer import build_char_tokenizer, gpt2_tokenizer_offline
 

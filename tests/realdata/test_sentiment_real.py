@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dpolab.data.tasks import sentiment as S
+from dpolab.tasks import sentiment as S
 
 pytestmark = pytest.mark.realdata
 

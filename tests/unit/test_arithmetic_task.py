@@ -2,7 +2,7 @@
 import pytest
 
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.data.tasks import arithmetic as A
+from dpolab.tasks import arithmetic as A
 from dpolab.models.tokenizer import build_char_tokenizer
 
 

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.data.tasks import imdb_cad as C
+from dpolab.tasks import imdb_cad as C
 from dpolab.data.types import DataError, SkipCounter
 from dpolab.diagnostics import bucket_pairs, token_edit_distance
 from dpolab.models.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer

@@ -4,7 +4,7 @@ import pytest
 
 from dpolab.config import DataConfig
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.data.tasks import paraphrase as P
+from dpolab.tasks import paraphrase as P
 from dpolab.data.types import DataError
 from dpolab.engine.data_setup import task_rows
 from dpolab.models.tokenizer import build_char_tokenizer, gpt2_tokenizer_offline

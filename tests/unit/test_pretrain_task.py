@@ -2,7 +2,7 @@
 import pytest
 
 from dpolab.config import DataConfig
-from dpolab.data.tasks import pretrain as T
+from dpolab.tasks import pretrain_text as T
 from dpolab.data.types import DataError
 from dpolab.engine.data_setup import task_rows
 

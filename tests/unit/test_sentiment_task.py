@@ -7,7 +7,7 @@ import math
 import pytest
 
 from dpolab.config import build_config
-from dpolab.data.tasks import sentiment as S
+from dpolab.tasks import sentiment as S
 from dpolab.data.types import DataError
 from dpolab.engine.data_setup import task_rows
 

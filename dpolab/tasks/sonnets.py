@@ -48,6 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 import torch
 
 from dpolab.data.types import DataError, SkipCounter
+from dpolab.tasks.registry import Task, register, require_path
 
 N_PROMPT_LINES = 3
 REJECTED_KINDS = ("shuffle", "other")
@@ -65,7 +66,7 @@ def parse_sonnets(path: Union[str, Path], *, text: Optional[str] = None) -> Dict
         try:
             text = p.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
-            raise DataError(f"invalid UTF-8 at byte {e.start}", source=name) from None
+            raise DataError(f"invalid UTF-8 at byte {e.start}", source=name) from e
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     sonnets: Dict[int, List[str]] = {}
     cur: Optional[int] = None
@@ -147,7 +148,7 @@ def shuffled_rejected_rows(rows: Sequence[dict], *, seed: int = 0) -> List[dict]
 def other_sonnet_rejected_rows(rows: Sequence[dict], *, seed: int = 0) -> List[dict]:
     """rejected = the continuation of a different sonnet (a seeded single-cycle derangement; needs 2+ rows)."""
     if len(rows) < 2:
-        raise ValueError("other_sonnet_rejected_rows needs at least 2 rows")
+        raise DataError("other_sonnet_rejected_rows needs at least 2 rows")
     rng = random.Random(f"sonnets-other-{seed}")
     cyc = list(range(len(rows)))
     for i in range(len(cyc) - 1, 0, -1):  # Sattolo: a uniformly random single cycle, so no row keeps its own
@@ -278,3 +279,28 @@ def sonnet_metrics_hook(rows: Sequence[dict], **chrf_kwargs) -> Callable[[Any, A
     """chrF and held-out NLL in one hook."""
     a, b = chrf_hook(rows, **chrf_kwargs), nll_hook(rows)
     return lambda model, tokenizer, step: {**a(model, tokenizer, step), **b(model, tokenizer, step)}
+
+
+# -- the task: ``data.task=sonnets`` -------------------------------------------------------------------
+
+
+def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None):
+    """``path`` = the shakespeare-sonnets folder (train sonnets.txt, eval sonnets_held_out_dev.txt +
+    TRUE_sonnets_held_out_dev.txt); preference mode uses the model-free construction ``rejected`` = shuffle (lines
+    of the true continuation shuffled, default) or other (another sonnet's continuation); sampled rejected
+    responses need a model: :func:`sampled_rejected_rows`."""
+    require_path("sonnets", args)
+    root = Path(str(args["path"])).expanduser()
+    k = int(args.get("n_prompt_lines", N_PROMPT_LINES))
+    train = sft_rows(parse_sonnets(root / "sonnets.txt"), n_prompt_lines=k)
+    evals = dev_rows(root / "sonnets_held_out_dev.txt", root / "TRUE_sonnets_held_out_dev.txt", n_prompt_lines=k)
+    train, evals = train[: args.get("n_train") or None], evals[: args.get("n_eval") or None]
+    if mode == "sft":
+        return train, evals
+    kind, data_seed = args.get("rejected", "shuffle"), int(args.get("seed", seed))
+    return model_free_rejected_rows(train, kind, seed=data_seed), model_free_rejected_rows(evals, kind, seed=data_seed + 1)
+
+
+register(Task("sonnets", "Shakespeare sonnet continuation (3 lines given); rejected = shuffled lines or another sonnet",
+              ("path", "n_prompt_lines", "rejected", "n_train", "n_eval", "seed"), task_rows,
+              {"sonnet": sonnet_metrics_hook, "chrf": chrf_hook, "nll": nll_hook}))

@@ -50,6 +50,7 @@ import torch
 from dpolab.data.dataset import invalid_reason
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.types import DataError, SkipCounter
+from dpolab.tasks.registry import Task, register
 
 PROMPT_TEMPLATE = "Question 1: {q1}\nQuestion 2: {q2}\nAre these two questions paraphrases? Answer:{prefix}"
 DEFAULT_LABELS = (" yes", " no")
@@ -156,7 +157,7 @@ def load_pairs(source: Union[Source, str], *, split: str = "train", skips: Optio
 def _groups(pairs: Sequence[QuestionPair], group: str) -> List[List[int]]:
     """Indices of ``pairs`` grouped so that each group must go to one split (in order of first appearance)."""
     if group not in GROUPS:
-        raise ValueError(f"group must be one of {GROUPS}, got {group!r}")
+        raise DataError(f"group must be one of {GROUPS}, got {group!r}")
     if group == "pair":
         by_key: Dict[Tuple[str, str], List[int]] = {}
         for i, p in enumerate(pairs):
@@ -186,7 +187,7 @@ def _count(size: Union[int, float], total: int, name: str) -> int:
         return int(round(size * total))
     if isinstance(size, (int, float)) and size >= 0 and float(size).is_integer():
         return int(size)
-    raise ValueError(f"{name} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
+    raise DataError(f"{name} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
 
 
 def split_pairs(pairs: Sequence[QuestionPair], *, seed: int = 0, dev: Union[int, float] = 0.1, test: Union[int, float] = 0.1,
@@ -199,7 +200,7 @@ def split_pairs(pairs: Sequence[QuestionPair], *, seed: int = 0, dev: Union[int,
     random.Random(f"paraphrase-split-{seed}").shuffle(order)
     want = {"dev": _count(dev, len(pairs), "dev"), "test": _count(test, len(pairs), "test")}
     if want["dev"] + want["test"] > len(pairs):
-        raise ValueError(f"dev + test = {want['dev'] + want['test']} pairs, more than the {len(pairs)} available")
+        raise DataError(f"dev + test = {want['dev'] + want['test']} pairs, more than the {len(pairs)} available")
     where: Dict[int, str] = {}
     filled = {"dev": 0, "test": 0}
     for g in order:
@@ -360,3 +361,37 @@ def label_metrics_hook(rows: Sequence[dict], *, labels: Sequence[str] = DEFAULT_
         return label_metrics(model, tokenizer, rows, labels=labels, batch_size=batch_size, max_prompt_length=max_prompt_length)
 
     return hook
+
+
+# -- the task: ``data.task=paraphrase`` ----------------------------------------------------------------
+
+DEFAULT_PATH = "../shared/data/quora-paraphrase/quora-dev.csv"
+
+
+def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None) -> Tuple[List[dict], List[dict]]:
+    """Quora Question Pairs: ``path`` = the TSV (default ../shared/data/quora-paraphrase/quora-dev.csv) or
+    ``glue/qqp`` (hub; ``hub_split``); a seeded grouped split (``dev``, ``test``: fractions or counts; ``group``:
+    pair | question); eval from ``eval_split`` (dev | test); ``labels`` (auto or [yes, no]) and ``answer_prefix``
+    are checked against the tokenizer (when given)."""
+    path = str(args.get("path", DEFAULT_PATH))
+    data_seed = int(args.get("seed", seed))
+    eval_split = args.get("eval_split", "dev")
+    if eval_split not in ("dev", "test"):
+        raise DataError(f"data.task_args.eval_split must be dev or test, got {eval_split!r}")
+    labels, prefix = args.get("labels", "auto"), args.get("answer_prefix")
+    if tokenizer is not None:
+        labels, prefix = resolve_labels(tokenizer, labels, prefix)
+    elif labels == "auto":
+        labels, prefix = DEFAULT_LABELS, prefix or ""
+    loaded = load_pairs(path, split=str(args.get("hub_split", "train")))  # logs the malformed rows and the count
+    splits = split_pairs(loaded.pairs, seed=data_seed, dev=args.get("dev", 0.1), test=args.get("test", 0.1),
+                         group=args.get("group", "pair"))
+    n_train, n_eval = args.get("n_train"), args.get("n_eval", 512)
+    train_p, eval_p = splits["train"][: n_train or None], splits[eval_split][: n_eval or None]
+    make = sft_rows if mode == "sft" else preference_rows
+    return (make(train_p, labels=labels, answer_prefix=prefix or ""), make(eval_p, labels=labels, answer_prefix=prefix or ""))
+
+
+register(Task("paraphrase", "Quora Question Pairs as a one-token yes/no cloze (labels checked against the tokenizer)",
+              ("path", "hub_split", "seed", "dev", "test", "group", "n_train", "n_eval", "eval_split", "labels", "answer_prefix"),
+              task_rows, {"labels": label_metrics_hook}))

@@ -11,9 +11,10 @@ training window overlaps evaluation text; training takes the first ``n_train`` w
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from dpolab.data.types import DataError
+from dpolab.tasks.registry import Task, register, require_path
 
 CHUNK_CHARS = 256
 
@@ -21,7 +22,7 @@ CHUNK_CHARS = 256
 def text_windows(text: str, chunk_chars: int = CHUNK_CHARS) -> List[str]:
     """Consecutive windows of at most ``chunk_chars`` characters, each starting at a line start (CRLF -> LF)."""
     if not isinstance(chunk_chars, int) or chunk_chars < 1:
-        raise ValueError(f"chunk_chars must be a positive integer, got {chunk_chars!r}")
+        raise DataError(f"chunk_chars must be a positive integer, got {chunk_chars!r}")
     text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     out: List[str] = []
     cur = ""
@@ -50,13 +51,30 @@ def pretrain_rows(path: Union[str, Path], *, chunk_chars: int = CHUNK_CHARS, n_t
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"invalid UTF-8 at byte {e.start}", source=str(path)) from None
+        raise DataError(f"invalid UTF-8 at byte {e.start}", source=str(path)) from e
     windows = text_windows(text, chunk_chars)
     if n_eval < 0 or (n_train is not None and n_train < 1):
-        raise ValueError(f"n_eval must be >= 0 and n_train >= 1 (or None), got n_eval={n_eval}, n_train={n_train}")
+        raise DataError(f"n_eval must be >= 0 and n_train >= 1 (or None), got n_eval={n_eval}, n_train={n_train}")
     if len(windows) <= n_eval:
         raise DataError(f"only {len(windows)} windows of {chunk_chars} characters, not more than n_eval = {n_eval}", source=str(path))
     rows = [{"text": w, "id": f"window-{i}"} for i, w in enumerate(windows)]
     cut = len(rows) - n_eval
     train, evals = rows[:cut], rows[cut:]
     return (train[:n_train] if n_train else train), evals
+
+
+# -- the task: ``data.task=pretrain-text`` (SFT only) --------------------------------------------------
+
+
+def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None) -> Tuple[List[dict], List[dict]]:
+    """Language-model pretraining windows of a text file; SFT mode only."""
+    require_path("pretrain-text", args)
+    if mode != "sft":
+        raise DataError("task 'pretrain-text' is plain language modelling: use train.mode=sft")
+    n_train = args.get("n_train")
+    return pretrain_rows(str(args["path"]), chunk_chars=int(args.get("chunk_chars", CHUNK_CHARS)),
+                         n_train=int(n_train) if n_train else None, n_eval=int(args.get("n_eval", 64)))
+
+
+register(Task("pretrain-text", "plain language-model pretraining windows of a text file (SFT)",
+              ("path", "chunk_chars", "n_train", "n_eval"), task_rows))

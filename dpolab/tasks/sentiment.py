@@ -5,7 +5,7 @@ Pipeline (what the study calls, in order):
 1. :func:`load_reviews` - reviews from a local file (the IMDb CAD ``orig/{train,dev,test}.tsv`` files,
    columns ``Sentiment<TAB>Text``) or, for users online, the Hugging Face ``imdb`` dataset by name (columns
    ``text`` and ``label``, 0 = negative, 1 = positive; ``split`` train / test). Texts go through
-   :func:`dpolab.data.tasks.imdb_cad.clean_text`.
+   :func:`dpolab.tasks.imdb_cad.clean_text`.
 2. :func:`prompt_rows` - the prompt is the review's first ``prefix_words`` words (default 8, a middle ground
    between the DPO paper's 2-8 GPT-2 tokens and the MADPO code's 20 Gemma tokens: long enough to set a topic and
    often a sentiment, short enough that the continuation decides the reward); ``review`` is the human
@@ -37,8 +37,8 @@ Pipeline (what the study calls, in order):
    ``chosen_source`` / ``rejected_source`` (``sample``, ``sft_best`` or ``human``).
 
 :func:`build_preference_tiers` runs steps 4-7 for a model and writes ``high.jsonl``, ``medium.jsonl`` and
-``low.jsonl``; train on them with ``data.train=<dir>/high.jsonl`` (the ``sentiment`` built-in task in
-``data_setup`` serves only the SFT stage, since the pairs need a model). Every preference row carries
+``low.jsonl``; train on them with ``data.train=<dir>/high.jsonl`` (the built-in task
+``data.task=sentiment``, :func:`task_rows`, serves only the SFT stage, since the pairs need a model). Every preference row carries
 ``prompt, chosen, rejected, oracle_chosen, oracle_rejected, oracle_margin, bt_p, tier, replaced,
 chosen_source, rejected_source, id`` (``bt_p`` = the Bradley-Terry probability of the label drawn).
 """
@@ -49,11 +49,12 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from dpolab.data.sources import Source, read_records, source_name
-from dpolab.data.tasks.imdb_cad import _cut_words, clean_text
 from dpolab.data.types import DataError
+from dpolab.tasks.imdb_cad import _cut_words, clean_text
+from dpolab.tasks.registry import Task, register
 
 PREFIX_WORDS = 8
 MIN_REST_WORDS = 4
@@ -106,7 +107,7 @@ def load_reviews(source: Source, *, split: Optional[str] = None, max_reviews: Op
 def split_prefix(text: str, prefix_words: int = PREFIX_WORDS) -> Tuple[str, str]:
     """(the first ``prefix_words`` words of ``text`` as they appear, the rest starting with its whitespace)."""
     if prefix_words < 1:
-        raise ValueError(f"prefix_words must be >= 1, got {prefix_words}")
+        raise DataError(f"prefix_words must be >= 1, got {prefix_words}")
     words = list(_WORD.finditer(text))
     if len(words) <= prefix_words:
         return text, ""
@@ -143,7 +144,7 @@ def sft_rows(reviews: Union[Source, Sequence[Review]], max_chars: int = SFT_MAX_
     """SFT on reviews: ``{prompt, completion, sentiment, id}`` with prompt = the prefix and completion = the rest
     of the review (leading whitespace kept) cut to ``max_chars`` at a word boundary."""
     if max_chars < 1:
-        raise ValueError(f"max_chars must be a positive integer, got {max_chars!r}")
+        raise DataError(f"max_chars must be a positive integer, got {max_chars!r}")
     return _prefix_rows(reviews, prefix_words, min_rest_words, "completion", max_chars)
 
 
@@ -294,3 +295,52 @@ def build_preference_tiers(model, tokenizer, prompts: Sequence[dict], *, oracle:
         for name, rows in tiers.items():
             write_rows(rows, Path(out_dir) / f"{name}.jsonl")
     return tiers
+
+
+# -- the task: ``data.task=sentiment`` (SFT only) ------------------------------------------------------
+
+
+def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None) -> Tuple[List[dict], List[dict]]:
+    """SFT rows of IMDb reviews (prompt = the first ``prefix_words`` words, completion = the rest cut to
+    ``max_chars``). ``path`` = the imdb-cad-sentiment folder (train from orig/train.tsv, eval from orig/dev.tsv)
+    or a Hugging Face dataset name such as ``imdb`` (train split, eval from the test split). Only for SFT: the
+    preference tiers need a model, see :func:`build_preference_tiers`."""
+    if mode != "sft":
+        raise DataError("task 'sentiment' serves SFT only (train.mode=sft); build the preference tiers with "
+                        "dpolab.tasks.sentiment.build_preference_tiers and train on the JSONL (data.train=...)")
+    if "path" not in args:
+        raise DataError("task 'sentiment' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment) or 'imdb'")
+    n_train, n_eval = args.get("n_train"), int(args.get("n_eval", 64))
+    knobs = dict(max_chars=int(args.get("max_chars", SFT_MAX_CHARS)), prefix_words=int(args.get("prefix_words", PREFIX_WORDS)))
+    root = Path(str(args["path"])).expanduser()
+    if root.is_dir() and (root / "orig").is_dir():
+        files = local_files(root)
+        for split in ("train", "dev"):
+            if not files[split].exists():
+                raise DataError("file not found (expected the imdb-cad-sentiment folder layout orig/{train,dev}.tsv)", source=str(files[split]))
+        train_src, eval_src = (str(files["train"]), None), (str(files["dev"]), None)
+    else:
+        train_src, eval_src = (str(args["path"]), "train"), (str(args["path"]), "test")
+    data_seed = int(args.get("seed", seed))
+
+    def subset(rows: List[Any], n: Optional[int]) -> List[Any]:  # seeded, in file order: the files are sorted by label
+        if n is None or int(n) >= len(rows):
+            return rows
+        return [rows[i] for i in sorted(random.Random(data_seed).sample(range(len(rows)), int(n)))]
+
+    train = subset(load_reviews(train_src[0], split=train_src[1]), n_train)
+    evals = subset(load_reviews(eval_src[0], split=eval_src[1]), n_eval)
+    return sft_rows(train, **knobs), sft_rows(evals, **knobs)
+
+
+def oracle_reward_hook(rows: Sequence[Union[str, dict]], **options: Any):
+    """Mean oracle (VADER) reward of sampled continuations of the prompts (``eval/oracle_reward``); options as
+    :func:`dpolab.evaluation.oracle.oracle_reward_hook`."""
+    from dpolab.evaluation.oracle import oracle_reward_hook as hook
+
+    return hook(rows, **options)
+
+
+register(Task("sentiment", "IMDb review continuation (SFT; preference tiers need a model: build_preference_tiers)",
+              ("path", "n_train", "n_eval", "prefix_words", "max_chars", "seed"), task_rows,
+              {"oracle_reward": oracle_reward_hook}))

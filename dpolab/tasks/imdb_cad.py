@@ -49,6 +49,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.types import DataError, SkipCounter
+from dpolab.tasks.registry import Task, register
 
 CONTEXT_CHARS = 96
 RESPONSE_CHARS = 96
@@ -196,7 +197,7 @@ def _responses(pos: str, neg: str, limit: int) -> Tuple[str, str]:
 def _check_sizes(**sizes: int) -> None:
     for name, v in sizes.items():
         if not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+            raise DataError(f"{name} must be a positive integer, got {v!r}")
 
 
 def _subsample(rows: List[dict], max_rows: Optional[int], seed: int) -> List[dict]:
@@ -265,9 +266,9 @@ def high_distance_rows(
     low = minimal_edit_rows(pairs, context_chars=context_chars, response_chars=response_chars, max_rows=max_rows, seed=seed,
                             empty_prompt=empty_prompt, skips=skips, log=log)
     if len(low) < 2:
-        raise ValueError(f"high_distance_rows needs at least 2 rows to take rejected responses from other reviews, got {len(low)}")
+        raise DataError(f"high_distance_rows needs at least 2 rows to take rejected responses from other reviews, got {len(low)}")
     if length_group < 2:
-        raise ValueError(f"length_group must be >= 2, got {length_group}")
+        raise DataError(f"length_group must be >= 2, got {length_group}")
     perm = _donors([len(r["rejected"]) for r in low], random.Random(f"imdb-cad-high-{seed}"), length_group)
     return [dict(r, rejected=low[j]["rejected"], edit_bucket="high", id=f"{r['batch_id']}:high", donor_batch_id=low[j]["batch_id"])
             for r, j in zip(low, perm)]
@@ -301,3 +302,39 @@ def sft_rows(pairs_or_path: Union[Source, Sequence[CadPair]], *, max_chars: int 
                     break
                 text, k = text[len(piece):].lstrip(), k + 1
     return rows
+
+
+# -- the task: ``data.task=imdb-cad`` ------------------------------------------------------------------
+
+
+def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None) -> Tuple[List[dict], List[dict]]:
+    """IMDb counterfactual pairs: ``path`` = the imdb-cad-sentiment folder (train from paired/train_paired.tsv,
+    eval from paired/dev_paired.tsv); ``kind`` = low (minimal human edits) or high (another review's span)."""
+    from pathlib import Path
+
+    if "path" not in args:
+        raise DataError("task 'imdb-cad' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment)")
+    root = Path(args["path"]).expanduser()
+    files = {split: root / "paired" / f"{split}_paired.tsv" for split in ("train", "dev")}
+    for f in files.values():
+        if not f.exists():
+            raise DataError("file not found (expected the imdb-cad-sentiment folder layout paired/{train,dev}_paired.tsv)", source=str(f))
+    quiet = lambda s: None  # noqa: E731 - the loaders below report counts themselves
+    n_train, n_eval = args.get("n_train"), int(args.get("n_eval", 64))
+    data_seed = int(args.get("seed", seed))
+    if mode == "sft":
+        max_chars = int(args.get("max_chars", SFT_MAX_CHARS))
+        return (sft_rows(str(files["train"]), max_chars=max_chars, chunks=True, log=quiet)[: n_train or None],
+                sft_rows(str(files["dev"]), max_chars=max_chars, log=quiet)[:n_eval])
+    kind = args.get("kind", "low")
+    if kind not in ("low", "high"):
+        raise DataError(f"data.task_args.kind must be low or high, got {kind!r}")
+    make = minimal_edit_rows if kind == "low" else high_distance_rows
+    knobs = {k: int(args[k]) for k in ("context_chars", "response_chars") if k in args}
+    train = make(str(files["train"]), max_rows=n_train, seed=data_seed, log=quiet, **knobs)
+    evals = make(str(files["dev"]), max_rows=n_eval, seed=data_seed, log=quiet, **knobs)
+    return train, evals
+
+
+register(Task("imdb-cad", "IMDb counterfactual review pairs: minimal human edits (low) or another review's span (high)",
+              ("path", "kind", "n_train", "n_eval", "context_chars", "response_chars", "max_chars", "seed"), task_rows))

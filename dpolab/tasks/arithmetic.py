@@ -25,7 +25,10 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from dpolab.data.types import DataError
+from dpolab.tasks.registry import Task, register
 
 ALPHABET = "0123456789+-=; QA:\n"  # every character of prompts and answers (negatives use '-')
 MISS_KINDS = ("near", "far", "mixed")
@@ -98,9 +101,9 @@ def _problem(rng: random.Random, n_terms: Tuple[int, int], max_value: int) -> Pr
 def make_problems(n: int, seed: int, n_terms: Tuple[int, int] = (2, 4), max_value: int = 50) -> List[Problem]:
     """``n`` random problems with ``n_terms[0]..n_terms[1]`` operands (inclusive) in [1, max_value]."""
     if n_terms[0] < 2 or n_terms[1] < n_terms[0]:
-        raise ValueError(f"n_terms must be (lo, hi) with 2 <= lo <= hi, got {n_terms}")
+        raise DataError(f"n_terms must be (lo, hi) with 2 <= lo <= hi, got {n_terms}")
     if max_value < 1:
-        raise ValueError(f"max_value must be >= 1, got {max_value}")
+        raise DataError(f"max_value must be >= 1, got {max_value}")
     rng = random.Random(seed)
     return [_problem(rng, n_terms, max_value) for _ in range(n)]
 
@@ -141,9 +144,9 @@ def preference_rows(
 ) -> List[dict]:
     """``{prompt, chosen, rejected, edit_bucket, flipped, answer, id}`` per problem (see module docstring)."""
     if miss not in MISS_KINDS:
-        raise ValueError(f"miss must be one of {MISS_KINDS}, got {miss!r}")
+        raise DataError(f"miss must be one of {MISS_KINDS}, got {miss!r}")
     if not 0.0 <= label_noise <= 1.0:
-        raise ValueError(f"label_noise must be in [0, 1], got {label_noise}")
+        raise DataError(f"label_noise must be in [0, 1], got {label_noise}")
     rng = random.Random(seed)
     top = max_value or max((t for p in problems for t in p.terms), default=50)
     rows = []
@@ -177,3 +180,40 @@ def is_correct(problem: Problem, text: str, *, strict: bool = False) -> bool:
     if strict:
         return text.strip().split("\n", 1)[0].strip() == problem.completion
     return parse_answer(text) == problem.value
+
+
+# -- the task: ``data.task=arithmetic`` ----------------------------------------------------------------
+
+
+def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None) -> Tuple[List[dict], List[dict]]:
+    """Distinct problems (the first ``n_eval`` for evaluation, the next ``n_train`` for training: evaluation prompts
+    never appear in training); ``seed`` = the problems' own seed (default: train.seed), so studies can fix the data."""
+    n_train = int(args.pop("n_train", 512))
+    n_eval = int(args.pop("n_eval", 64))
+    seed = int(args.pop("seed", seed))
+    miss = args.pop("miss", "mixed")
+    label_noise = float(args.pop("label_noise", 0.0))
+    problem_args = {k: args.pop(k) for k in list(args) if k in ("n_terms", "max_value")}
+    want = n_train + n_eval
+    problems = make_problems(want * 4, seed=seed, **problem_args)
+    unique = list({p.prompt: p for p in reversed(problems)}.values())[::-1]  # first occurrence, in order
+    if len(unique) < want:
+        raise DataError(f"task 'arithmetic' has only {len(unique)} distinct problems for these settings "
+                        f"({problem_args or 'defaults'}), fewer than n_train + n_eval = {want}; raise max_value or n_terms")
+    eval_p, train_p = unique[:n_eval], unique[n_eval:want]
+    if mode == "sft":
+        return sft_rows(train_p), sft_rows(eval_p)
+    return (preference_rows(train_p, miss=miss, label_noise=label_noise, seed=seed),
+            preference_rows(eval_p, miss=miss, label_noise=0.0, seed=seed + 1))
+
+
+def answer_accuracy_hook(rows: Sequence[dict], *, max_new_tokens: int = 24, limit: int = 128):
+    """Greedy answer accuracy (``eval/answer_accuracy``, ``eval/answer_parsed``) on rows with ``prompt`` and ``answer``."""
+    from dpolab.evaluation.oracle import answer_accuracy_hook as hook
+
+    return hook(rows, parse_answer, max_new_tokens=max_new_tokens, limit=limit)
+
+
+register(Task("arithmetic", "arithmetic chains with an exact oracle, generated offline (near / far miss pairs)",
+              ("n_train", "n_eval", "miss", "label_noise", "n_terms", "max_value", "seed"), task_rows,
+              {"answer_accuracy": answer_accuracy_hook}))

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
+from .. import atomic
 from ..data.types import DataError
 
 FORMAT = 1  # bump when the run recipe changes in a way the fields below do not capture
@@ -107,8 +108,8 @@ def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, pro
              log: Callable[[str], Any] = print) -> Path:
     """The ``final/`` folder of the pretrained model, training it first unless it is cached."""
     from ..config import build_config
-    from ..engine import train
-    from ..engine.checkpoint import latest_checkpoint
+    from . import train  # looked up on the package at call time (tests stub dpolab.engine.train)
+    from .checkpoint import latest_checkpoint
 
     final = cached_path(spec, cache_dir)
     done_dir = final.parent
@@ -127,12 +128,15 @@ def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, pro
             + (" (resuming)" if resume else "") + f" -> {done_dir}")
         summary = train(cfg, resume=resume, log=log)
         ident = text_identity(Path(spec.text).expanduser())
-        (partial / "pretrain.json").write_text(json.dumps({"spec": asdict(spec), "text": ident, "format": FORMAT}, indent=1),
-                                               encoding="utf-8")
+        atomic.write_text(partial / "pretrain.json", json.dumps({"spec": asdict(spec), "text": ident, "format": FORMAT}, indent=1))
         shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the final model is all a user needs
-        if done_dir.exists():  # a folder without a model (e.g. its final/ was deleted by hand) is not a cache hit
-            shutil.rmtree(done_dir)
-        os.rename(partial, done_dir)
+        if done_dir.exists():  # a folder without a model (e.g. its final/ was deleted by hand) is not a cache hit:
+            aside = done_dir.parent / f".old-{done_dir.name}-{os.getpid()}"  # swapped out only once the new one is in
+            os.rename(done_dir, aside)
+            os.rename(partial, done_dir)
+            shutil.rmtree(aside, ignore_errors=True)
+        else:
+            os.rename(partial, done_dir)
         ev = (summary.get("final_eval") or {}).get("eval/loss")
         log(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.0f}s"
             + (f", held-out loss {ev:.3f} nats/token" if isinstance(ev, (int, float)) else ""))
