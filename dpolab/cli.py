@@ -5,9 +5,14 @@
     dpolab rm train --config rm.yaml                 # reward model (Bradley-Terry) -> runs/x/final
     dpolab rm score --model runs/x/final --data pairs.jsonl --out scored.jsonl
     dpolab pretrain --text ../shared/data/tiny-shakespeare/input.txt   # cached tiny GPT-2 -> prints its final/ path
+    dpolab study sft-dpo --size cpu                    # a packaged study (`dpolab study --help` lists them)
     dpolab demo
     dpolab losses
     dpolab config            # every option with its default and help
+
+A mistake the user can fix (:class:`dpolab.errors.UserError`: bad config, bad data, missing package) is printed as
+one line, ``error: ...``, with exit code 2; anything else is a bug or an environment failure and keeps its
+traceback. ``--traceback`` shows the full traceback (with the chain of causes) for user errors too.
 """
 from __future__ import annotations
 
@@ -19,13 +24,10 @@ from typing import List, Optional
 
 
 def _expected_errors() -> tuple:
-    from .config import ConfigError
-    from .data.types import DataError
-    from .engine.trainer import TrainError
-    from .losses import LossConfigError
-    from .models.load import ModelLoadError
+    """The errors printed as one line: the user can fix them (every other exception keeps its traceback)."""
+    from .errors import UserError
 
-    return (ConfigError, DataError, LossConfigError, TrainError, ModelLoadError, FileNotFoundError, ImportError, ValueError)
+    return (UserError,)
 
 
 def _cmd_train(args) -> int:
@@ -47,9 +49,20 @@ def _print_summary(summary: dict, run_dir: str) -> None:
           + (f"; eval {shown}" if shown else "") + f"\nrun folder: {run_dir}")
 
 
+def _check_at_least(minimum: int, **options) -> None:
+    """A command-line number below ``minimum`` is a user error naming the option (None: not given)."""
+    from .config import ConfigError
+
+    for name, v in options.items():
+        if v is not None and v < minimum:
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= {minimum}, got {v}")
+
+
 def _cmd_eval(args) -> int:
     from .evaluation.preference import evaluate_preference_file
 
+    _check_at_least(1, batch_size=args.batch_size, max_length=args.max_length, limit=args.limit)
+    _check_at_least(0, probes=args.probes)
     result = evaluate_preference_file(
         args.model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
         max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
@@ -57,8 +70,9 @@ def _cmd_eval(args) -> int:
     )
     text = json.dumps(result, indent=1)
     if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            f.write(text + "\n")
+        from .atomic import write_text
+
+        write_text(args.out, text + "\n")
     print(text)
     return 0
 
@@ -66,10 +80,12 @@ def _cmd_eval(args) -> int:
 def _parse_columns(items: Optional[List[str]]) -> Optional[dict]:
     if not items:
         return None
+    from .config import ConfigError
+
     out = {}
     for it in items:
         if "=" not in it:
-            raise SystemExit(f"error: --column must look like field=column, got '{it}'")
+            raise ConfigError(f"--column must look like field=column, got '{it}'")
         k, v = it.split("=", 1)
         out[k] = v
     return out
@@ -94,6 +110,7 @@ def _cmd_rm_train(args) -> int:
 def _cmd_rm_score(args) -> int:
     from .rewards.score import score_file
 
+    _check_at_least(1, max_length=args.max_length)
     summary = score_file(args.model, args.data, args.out, batch_size=args.batch_size, max_length=args.max_length,
                          columns=_parse_columns(args.columns), tokenizer=args.tokenizer, progress=not args.no_progress,
                          log=lambda m: print(m, file=sys.stderr))
@@ -112,24 +129,26 @@ def _cmd_demo(args) -> int:
 def _cmd_study(args) -> int:
     from .studies.run import run_study
 
+    _check_at_least(1, seeds=args.seeds)
     run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir)
     return 0
 
 
 def _cmd_pretrain(args) -> int:
-    from .models.pretrain import DEFAULT_TINY, PretrainSpec, pretrain
+    from .config import ConfigError
+    from .engine.pretrain import DEFAULT_TINY, PretrainSpec, pretrain
 
     tiny = dict(DEFAULT_TINY) if args.preset == "tiny-gpt2" else {}
     for item in args.tiny or []:
         if "=" not in item:
-            raise ValueError(f"--tiny must look like key=value (e.g. n_layer=4), got '{item}'")
+            raise ConfigError(f"--tiny must look like key=value (e.g. n_layer=4), got '{item}'")
         k, v = item.split("=", 1)
         tiny[k] = int(v) if v.lstrip("-").isdigit() else v
     spec = PretrainSpec(text=args.text, preset=args.preset, tiny=tiny, tokenizer=args.tokenizer, steps=args.steps,
                         batch_size=args.batch_size, lr=args.lr, chunk_chars=args.chunk_chars, seed=args.seed)
     for name, v in (("--steps", spec.steps), ("--batch-size", spec.batch_size), ("--chunk-chars", spec.chunk_chars)):
         if v < 1:
-            raise ValueError(f"{name} must be a positive integer, got {v}")
+            raise ConfigError(f"{name} must be a positive integer, got {v}")
     path = pretrain(spec, args.cache_dir, progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     print(path)
     return 0
@@ -231,10 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     d.set_defaults(func=_cmd_demo)
 
-    st = sub.add_parser("study", help="run a packaged study (grid of runs, resumable) and write its report",
-                        description="Studies: sft-dpo (S1: SFT vs DPO vs SFT->DPO, full vs LoRA), dpop (S3: DPOP vs DPO "
-                                    "by edit distance), squeeze (S4: squeezing and Gate-DPO). Re-running skips finished runs and resumes unfinished ones.")
-    st.add_argument("name", help="study name: dpop | madpo | sft-dpo | squeeze")
+    from .studies import list_studies
+
+    studies = list_studies()
+    width = max(len(n) for n, _ in studies)
+    st = sub.add_parser("study", help=f"run a packaged study ({', '.join(n for n, _ in studies)}): a resumable grid of "
+                                      "runs, then its report",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        description="Run a packaged study: a grid of ordinary training runs, then its report (markdown\n"
+                                    "+ PNG). Re-running skips finished runs and resumes unfinished ones.\n\nstudies:\n"
+                                    + "\n".join(f"  {n:{width}s}  {summary}" for n, summary in studies))
+    st.add_argument("name", choices=[n for n, _ in studies], metavar="NAME",
+                    help="study name: " + " | ".join(n for n, _ in studies))
     st.add_argument("--size", default="cpu", choices=["cpu", "paper"], help="cpu: tiny models, minutes on a CPU; paper: the paper's scale (GPU, hub)")
     st.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 1 with --smoke)")
     st.add_argument("--smoke", action="store_true", help="a few steps per run, to check the pipeline")
@@ -246,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=_cmd_losses)
     c = sub.add_parser("config", help="print every config option with its default and help")
     c.set_defaults(func=_cmd_config)
+    for parser in [*sub.choices.values(), *rm_sub.choices.values()]:  # also accepted after the command
+        parser.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
@@ -261,8 +290,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001
-        if args.traceback or not isinstance(e, _expected_errors()):
-            raise
+        if not isinstance(e, _expected_errors()):
+            raise  # a bug or an environment failure: the traceback is the report
+        if args.traceback:  # the whole chain of causes (e.g. the OSError behind a DataError), same exit code
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -36,7 +36,6 @@ from typing import List, Optional, Sequence
 
 import torch
 
-LAYOUTS = ("padded", "packed", "prefix")
 ROW_TOKENS = 512  # the longest row the automatic choice considers (unless one unit is longer)
 HIDDEN_SIZE = 768  # model width assumed by the row-length cost model when the caller does not give one
 

@@ -108,11 +108,11 @@ def _iter_json(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataErr
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:  # one JSON document: name the line, there is no row yet
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"invalid UTF-8 at line {line}", source=name) from None
+        raise DataError(f"invalid UTF-8 at line {line}", source=name) from e
     try:
         data = json.loads(text.lstrip("\ufeff"))
     except json.JSONDecodeError as e:
-        raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", source=name) from None
+        raise DataError(f"invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}", source=name) from e
     except RecursionError:
         raise DataError("invalid JSON: nested too deeply", source=name) from None
     if isinstance(data, dict) and isinstance(data.get("data"), list):
@@ -145,7 +145,7 @@ def _iter_csv(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataErro
     try:
         header = next(reader, None)
     except csv.Error as e:
-        raise DataError(f"unreadable header line: {e}", source=name) from None
+        raise DataError(f"unreadable header line: {e}", source=name) from e
     if header is None:
         return
     if check_utf8 and any(_SURROGATE.search(h) for h in header):
@@ -189,7 +189,7 @@ def _iter_parquet(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, Data
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"cannot read parquet: {e}".replace("\n", " "), source=name) from None
+        raise DataError(f"cannot read parquet: {e}".replace("\n", " "), source=name) from e
     row = 0
     for batch in pf.iter_batches(batch_size=1024):
         for rec in batch.to_pylist():
@@ -212,7 +212,7 @@ def _load_saved(path: Path, split: Optional[str]) -> Any:
     try:
         ds = datasets.load_from_disk(str(path))
     except Exception as e:
-        raise DataError(f"not a saved Hugging Face dataset folder: {e}".replace("\n", " "), source=str(path)) from None
+        raise DataError(f"not a saved Hugging Face dataset folder: {e}".replace("\n", " "), source=str(path)) from e
     return _pick_split(ds, split, str(path)) if isinstance(ds, datasets.DatasetDict) else ds
 
 
@@ -226,7 +226,7 @@ def _load_hub(name: str, split: Optional[str]) -> Any:
         raise DataError(
             f"no such local file, and loading it as a Hugging Face hub dataset (split={split or 'train'!r}) failed: {msg}",
             source=name,
-        ) from None
+        ) from e
 
 
 def _iter_hf(ds: Any, name: str) -> Iterator[Tuple[int, dict]]:

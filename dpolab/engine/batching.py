@@ -10,8 +10,8 @@ micro-batch in its order (beta-DPO relies on this to draw the same pairs as one 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Iterator, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -26,6 +26,9 @@ class BatchPlan:
     shuffle: bool = True
     lengths: Optional[List[int]] = None  # per-example lengths, for length_grouped
     length_grouped: bool = False  # micro-batches of similar lengths (dpolab.data.collate.length_grouped_indices)
+    # the order of the epoch the last step fell in: each step reads it twice (its units, then this process's
+    # micro-batches), and consecutive steps share it; keyed by the epoch and the settings the order depends on
+    _cached: Optional[Tuple[Any, List[int]]] = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def global_batch(self) -> int:
@@ -43,6 +46,7 @@ class BatchPlan:
         return max(1, math.ceil(self.n_examples / self.global_batch))
 
     def order(self, epoch: int) -> List[int]:
+        """The example order of ``epoch`` (computed afresh; :meth:`step_indices` reuses it within an epoch)."""
         if self.length_grouped:
             if self.lengths is None or len(self.lengths) != self.n_examples:
                 raise ValueError("length_grouped batching needs one length per example")
@@ -59,8 +63,17 @@ class BatchPlan:
     def step_indices(self, step: int) -> List[int]:
         """All example indices of global optimiser step ``step`` (0-based, counted across epochs)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        order = self.order(epoch)
+        order = self._epoch_order(epoch)
         return order[k * self.global_batch: (k + 1) * self.global_batch]
+
+    def _epoch_order(self, epoch: int) -> List[int]:
+        """:meth:`order`, computed once per epoch (the plan's fields are not expected to change, but if they do the
+        order is recomputed)."""
+        key = (epoch, self.n_examples, self.batch_size, self.num_processes, self.seed, self.shuffle, self.length_grouped,
+               id(self.lengths))
+        if self._cached is None or self._cached[0] != key:
+            self._cached = (key, self.order(epoch))
+        return self._cached[1]
 
     def micro_batches(self, step: int, rank: int) -> List[List[int]]:
         """This process's micro-batches for ``step``: ``grad_accum`` lists (the last ones may be short or empty)."""
@@ -71,10 +84,6 @@ class BatchPlan:
             chunk = idx[a * per_micro: (a + 1) * per_micro]
             out.append(chunk[rank * self.batch_size: (rank + 1) * self.batch_size])
         return [m for m in out if m]
-
-
-def epoch_of(step: int, plan: BatchPlan) -> float:
-    return step / plan.steps_per_epoch
 
 
 def iterate_in_batches(indices: List[int], batch_size: int) -> Iterator[List[int]]:

@@ -9,6 +9,9 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
+from ..atomic import write_text
+from ..errors import MissingPackageError
+
 
 def to_float(v: Any) -> Any:
     if isinstance(v, torch.Tensor):
@@ -48,13 +51,13 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise ImportError("output.tensorboard needs the tensorboard package: pip install tensorboard") from e
+                raise MissingPackageError("output.tensorboard needs the tensorboard package: pip install tensorboard") from e
             self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         if wandb:
             try:
                 import wandb as _wandb
             except ImportError as e:
-                raise ImportError("output.wandb needs the wandb package: pip install wandb") from e
+                raise MissingPackageError("output.wandb needs the wandb package: pip install wandb") from e
             self.wandb = _wandb.init(project=os.environ.get("WANDB_PROJECT", "dpolab"), config=config,
                                      dir=str(run_dir), resume="allow")
 
@@ -67,9 +70,7 @@ class MetricsLogger:
                 continue  # a half-written last line from a kill
             if row.get("step", 0) <= step:
                 keep.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(l + "\n" for l in keep), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(l + "\n" for l in keep))
 
     def log(self, row: Mapping[str, Any]) -> Dict[str, Any]:
         row = clean(row)

@@ -5,20 +5,20 @@ import math
 
 import torch
 
-from ..config import TrainConfig
+from ..config import ConfigError, TrainConfig
 
 
 def build_optimizer(params, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if not params:
-        raise ValueError("the model has no trainable parameters")
+        raise ConfigError("the model has no trainable parameters")
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "rmsprop":  # the DPO paper's optimiser
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer '{cfg.optimizer}'; valid: adamw, rmsprop, sgd")
+    raise ConfigError(f"unknown optimizer '{cfg.optimizer}'; valid: adamw, rmsprop, sgd")
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -33,7 +33,7 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
         return max(0.0, 1.0 - progress)
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise ValueError(f"unknown schedule '{schedule}'; valid: constant, linear, cosine")
+    raise ConfigError(f"unknown schedule '{schedule}'; valid: constant, linear, cosine")
 
 
 def build_scheduler(optimizer, cfg: TrainConfig, total_steps: int):

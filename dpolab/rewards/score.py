@@ -17,6 +17,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
 
+from ..atomic import atomic_path
+from ..config import ConfigError
 from ..data.types import DataError, SkipCounter
 
 COLUMNS = ("reward_chosen", "reward_rejected", "rm_margin")
@@ -25,14 +27,12 @@ MAX_LOGGED = 3
 
 
 def write_rows(rows: List[dict], out: os.PathLike) -> None:
-    """Write rows as JSONL or Parquet (by extension), atomically (a temporary file, then a rename)."""
+    """Write rows as JSONL or Parquet (by extension), atomically (:func:`dpolab.atomic.atomic_path`)."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in OUT_SUFFIXES:
         raise DataError(f"unsupported output type '{suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(out) as tmp:
         if suffix == ".jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
                 for r in rows:
@@ -42,10 +42,6 @@ def write_rows(rows: List[dict], out: os.PathLike) -> None:
             import pyarrow.parquet as pq
 
             pq.write_table(pa.Table.from_pylist(rows), tmp)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progress: bool = True) -> List[tuple]:
@@ -86,7 +82,7 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
     from .model import load_trained_reward_model
 
     if batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if Path(out).suffix.lower() not in OUT_SUFFIXES:
         raise DataError(f"unsupported output type '{Path(out).suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out))
     rm, tok = load_trained_reward_model(model, tokenizer=tokenizer)

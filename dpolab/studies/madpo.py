@@ -6,7 +6,7 @@ study reuses them):
 1. ``sft``: SFT on IMDb reviews (prompt = the first words of a review, completion = the rest).
 2. tiers (before the first reward model): the SFT model samples two continuations per training prompt, VADER
    scores them, a seeded Bradley-Terry draw labels them, and the High / Medium / Low tiers are built
-   (:func:`dpolab.data.tasks.sentiment.build_preference_tiers`) for training prompts (``orig/train.tsv``) and,
+   (:func:`dpolab.tasks.sentiment.build_preference_tiers`) for training prompts (``orig/train.tsv``) and,
    separately, for held-out pairs (``orig/dev.tsv``). Written to ``<out>/data/{tier}.jsonl`` and
    ``<out>/data/eval/{tier}.jsonl``.
 3. ``rm-<tier>``: one Bradley-Terry reward model per tier (``train.mode=rm``), its backbone from the SFT model.
@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
+from ..stats import fmt_ci, mean_ci
 from .common import curves, deep_merge, mean_series
 from .report import markdown_table, plot_lines
-from .runner import RunResult, RunSpec, fmt_ci, mark_stage, mean_ci, stage_is_current
+from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 
 NAME = "madpo"
 TITLE = "S2: MADPO vs DPO, IPO and beta-DPO across data quality"
@@ -73,12 +74,12 @@ def imdb_dir(data_dir: Optional[str]) -> Path:
 
 
 def _record_stage(out: Path, name: str, seconds: float, **extra: Any) -> None:
+    from ..atomic import write_text
+
     path = out / "data" / STAGES_FILE
     stages = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     stages[name] = {"seconds": round(seconds, 2), **extra}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(stages, indent=1), encoding="utf-8")
-    tmp.replace(path)
+    write_text(path, json.dumps(stages, indent=1))
 
 
 def _tier_files(out: Path, tier: str, scored: bool = False) -> tuple[Path, Path]:
@@ -89,7 +90,7 @@ def _tier_files(out: Path, tier: str, scored: bool = False) -> tuple[Path, Path]
 def _build_tiers(out: Path, root: Path, s: Dict[str, Any]) -> None:
     """Stage 2 (cached): sample, score and label pairs with the SFT model; write the tiers."""
     from ..config import ModelConfig
-    from ..data.tasks import sentiment as S
+    from ..tasks import sentiment as S
     from ..models.load import load_saved_model, load_tokenizer
 
     sft = out / "runs" / "sft" / "final"
@@ -136,12 +137,11 @@ def eval_hook(root: Path, s: Dict[str, Any], every: int = 0):
     """The oracle reward of sampled continuations of the held-out prompts; with ``every``, only at steps that are
     positive multiples of it (sampling is the slow part of an evaluation; a policy's step 0 is the SFT model,
     whose reward the SFT run already measured with the same prompts and seed)."""
-    from ..data.tasks import sentiment as S
-    from ..evaluation.oracle import oracle_reward_hook
+    from ..tasks import get_task, sentiment as S
 
     prompts = S.prompt_rows(str(S.local_files(root)["test"]), max_rows=s["n_eval"], review_chars=s["review_chars"])
-    hook = oracle_reward_hook(prompts, "vader", limit=s["n_eval"], n_samples=s["eval_samples"],
-                              max_new_tokens=s["max_new_tokens"], seed=EVAL_SEED, batch_size=64)
+    hook = get_task("sentiment").metric_hook(prompts, "oracle_reward", oracle="vader", limit=s["n_eval"], n_samples=s["eval_samples"],
+                                             max_new_tokens=s["max_new_tokens"], seed=EVAL_SEED, batch_size=64)
     if not every:
         return hook
     return lambda model, tok, step: hook(model, tok, step) if step > 0 and step % every == 0 else {}

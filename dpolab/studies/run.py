@@ -42,7 +42,9 @@ def run_study(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smok
               out: Optional[str] = None, data_dir: Optional[str] = None, log=print) -> Path:
     study = get_study(name)
     if size not in study.SIZES:
-        raise ValueError(f"study '{name}' has sizes {', '.join(study.SIZES)}, not '{size}'")
+        from ..config import ConfigError
+
+        raise ConfigError(f"study '{name}' has sizes {', '.join(study.SIZES)}, not '{size}'")
     seeds = seeds if seeds is not None else (1 if smoke else 3)
     out_dir = Path(out or f"runs/study-{name}-{size}{'-smoke' if smoke else ''}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +76,9 @@ def run_study(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smok
         f"Versions: {json.dumps(versions())}",
         "",
     ]
+    from ..atomic import write_text
+
     report = out_dir / "report.md"
-    report.write_text("\n".join(lines), encoding="utf-8")
+    write_text(report, "\n".join(lines))
     log(f"report: {report}")
     return report

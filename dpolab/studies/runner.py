@@ -9,7 +9,6 @@ function turns the runs' summaries and metrics into markdown + PNG.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,37 +18,6 @@ import yaml
 
 from ..config import build_config
 from ..engine.logging import read_metrics
-
-# two-sided 95 % Student t quantiles by degrees of freedom (normal beyond 30)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
-
-
-def t95(df: int) -> float:
-    if df <= 0:
-        return float("nan")
-    keys = sorted(k for k in _T95 if k <= df)
-    return _T95[keys[-1]] if df <= 30 else 1.96
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % confidence interval (t distribution; nan for one value)."""
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return float("nan"), float("nan")
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, float("nan")
-    sd = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
-    return m, t95(len(vals) - 1) * sd / math.sqrt(len(vals))
-
-
-def fmt_ci(values: Sequence[float], digits: int = 2) -> str:
-    m, h = mean_ci(values)
-    if math.isnan(m):
-        return "-"
-    return f"{m:.{digits}f}" if math.isnan(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
-
 
 @dataclass
 class RunSpec:
@@ -102,17 +70,18 @@ def stage_is_current(outputs: Sequence[Path], inputs: Sequence[Path], settings: 
         return False
     stamp = outputs[0].with_name(outputs[0].name + ".stamp")
     if not stamp.exists():
-        stamp.write_text(_stamp(inputs, settings), encoding="utf-8")
+        from ..atomic import write_text
+
+        write_text(stamp, _stamp(inputs, settings))
         return True
     return stamp.read_text(encoding="utf-8") == _stamp(inputs, settings)
 
 
 def mark_stage(outputs: Sequence[Path], inputs: Sequence[Path], settings: Any) -> None:
     first = Path(outputs[0])
-    stamp = first.with_name(first.name + ".stamp")
-    tmp = stamp.with_suffix(".tmp")
-    tmp.write_text(_stamp(inputs, settings), encoding="utf-8")
-    tmp.replace(stamp)
+    from ..atomic import write_text
+
+    write_text(first.with_name(first.name + ".stamp"), _stamp(inputs, settings))
 
 
 def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:

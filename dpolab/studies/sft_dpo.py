@@ -1,7 +1,7 @@
 """Study S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA, on a small model (arXiv 2603.20100).
 
-Tasks: paraphrase detection (Quora Question Pairs as a one-token cloze, :mod:`dpolab.data.tasks.paraphrase`)
-and sonnet continuation (3 lines given, :mod:`dpolab.data.tasks.sonnets`).
+Tasks: paraphrase detection (Quora Question Pairs as a one-token cloze, :mod:`dpolab.tasks.paraphrase`)
+and sonnet continuation (3 lines given, :mod:`dpolab.tasks.sonnets`).
 
 Grid per (task, parameterisation, seed), five runs that share their SFT stages:
 
@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..data.types import DataError
+from ..stats import fmt_ci, mean_ci
 from .common import deep_merge
 from .report import markdown_table, plot_lines
-from .runner import RunResult, RunSpec, fmt_ci, mark_stage, mean_ci, stage_is_current
+from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 
 NAME = "sft-dpo"
 TITLE = "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA"
@@ -110,7 +111,7 @@ def data_paths(data_dir: Optional[str], need_text: bool = True) -> Dict[str, Pat
 
 
 def _pretrain_spec(s: Dict[str, Any], text: Path):
-    from ..models.pretrain import PretrainSpec
+    from ..engine.pretrain import PretrainSpec
 
     return PretrainSpec(text=str(text), **s["pretrain"])
 
@@ -119,7 +120,7 @@ def base_model(s: Dict[str, Any], paths: Dict[str, Path], out: Path, smoke: bool
     """(model config of the base, a prepare callable that makes sure it exists)."""
     if s["pretrain"] is None:
         return dict(s["model"]), lambda: None
-    from ..models.pretrain import cached_path, pretrain
+    from ..engine.pretrain import cached_path, pretrain
 
     spec = _pretrain_spec(s, paths["text"])
     cache = out / "pretrained" if smoke else None  # smoke runs keep their tiny base to themselves
@@ -142,7 +143,7 @@ def sonnet_pair_files(out: Path) -> Tuple[Path, Path]:
 
 def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], t: Dict[str, Any]) -> None:
     """Cached: rejected = one continuation per sonnet sampled from the base model (train and dev)."""
-    from ..data.tasks import sonnets as S
+    from ..tasks import sonnets as S
 
     files = sonnet_pair_files(out)
     base = Path(str(model_cfg.get("name_or_path", "")))
@@ -150,6 +151,8 @@ def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], 
     settings = {"model": model_cfg, "n_train": t["n_train"], "n_eval": t["n_eval"], "seed": SAMPLE_SEED}
     if stage_is_current(files, inputs, settings):
         return
+    from ..atomic import write_text
+
     model, tok = _load(model_cfg)
     train = S.sft_rows(S.parse_sonnets(sonnets_dir / "sonnets.txt"))[: t["n_train"] or None]
     dev = S.dev_rows(sonnets_dir / "sonnets_held_out_dev.txt", sonnets_dir / "TRUE_sonnets_held_out_dev.txt")[: t["n_eval"] or None]
@@ -160,10 +163,7 @@ def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], 
         # the truth (and a base model that never writes a newline costs no more compute)
         out_rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"][: len(p["chosen"])].rstrip(), "id": p["id"]}
                     for p in pairs]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in out_rows if r["rejected"].strip()), encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, "".join(json.dumps(r) + "\n" for r in out_rows if r["rejected"].strip()))
     mark_stage(files, inputs, settings)
 
 
@@ -173,8 +173,8 @@ def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], 
 def paraphrase_hook(quora: Path, t: Dict[str, Any]):
     """Accuracy / macro-F1 on the held-out pairs; labels resolved for the run's tokenizer at the first call."""
     from ..config import build_config
-    from ..data.tasks.paraphrase import label_metrics_hook, resolve_labels
-    from ..engine.data_setup import task_rows
+    from ..tasks import get_task, rows_for
+    from ..tasks.paraphrase import resolve_labels
 
     data = build_config({"data": _paraphrase_data(quora, t)}).data
     cache: Dict[Any, Any] = {}
@@ -182,8 +182,9 @@ def paraphrase_hook(quora: Path, t: Dict[str, Any]):
     def hook(model, tokenizer, step):
         key = resolve_labels(tokenizer)  # (labels, answer prefix): the rows are built once per labelling
         if key not in cache:
-            _, rows = task_rows(data, "sft", 0, tokenizer)
-            cache[key] = label_metrics_hook(rows, labels=key[0], limit=None, batch_size=64, max_prompt_length=t["max_prompt"])
+            _, rows = rows_for(data.task, data.task_args, "sft", 0, tokenizer)
+            cache[key] = get_task("paraphrase").metric_hook(rows, "labels", labels=key[0], limit=None, batch_size=64,
+                                                            max_prompt_length=t["max_prompt"])
         return cache[key](model, tokenizer, step)
 
     return hook
@@ -191,7 +192,7 @@ def paraphrase_hook(quora: Path, t: Dict[str, Any]):
 
 def sonnet_hooks(sonnets_dir: Path, t: Dict[str, Any], final_step: int) -> List[Callable]:
     """NLL at every evaluation; chrF only at ``final_step`` (sampling is slow)."""
-    from ..data.tasks import sonnets as S
+    from ..tasks import sonnets as S
 
     dev = S.dev_rows(sonnets_dir / "sonnets_held_out_dev.txt", sonnets_dir / "TRUE_sonnets_held_out_dev.txt")[: t["n_eval"] or None]
     chrf = S.chrf_hook(dev, seed=SAMPLE_SEED, batch_size=16)
@@ -214,7 +215,7 @@ def _steps(n_rows: int, batch: int, epochs: float) -> int:
 def _n_rows(task: str, t: Dict[str, Any], paths: Dict[str, Path]) -> int:
     if task == "paraphrase":
         return t["n_train"]
-    from ..data.tasks import sonnets as S
+    from ..tasks import sonnets as S
 
     return len(S.sft_rows(S.parse_sonnets(paths["sonnets"] / "sonnets.txt"))[: t["n_train"] or None])
 
@@ -429,11 +430,12 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
 def _majority_line(results: Dict[str, RunResult]) -> str:
     """The accuracy of always answering the more frequent label on the evaluation pairs (a tiny model often does)."""
     from ..config import build_config
-    from ..engine.data_setup import task_rows
+    from ..tasks import rows_for
 
     run = next(r for r in results.values() if r.spec.labels.get("task") == "paraphrase")
     try:
-        _, rows = task_rows(build_config(run.spec.config).data, "sft", 0)
+        data = build_config(run.spec.config).data
+        _, rows = rows_for(data.task, data.task_args, "sft", 0)
     except Exception as e:  # noqa: BLE001 - the report must not fail on a baseline line
         return f"(majority-class baseline unavailable: {e})"
     pos = sum(r["label"] for r in rows) / max(1, len(rows))

@@ -82,6 +82,86 @@ def test_help_documents_commands(capsys):
         assert cmd in out
 
 
+def test_study_help_lists_every_registered_study(capsys):
+    from dpolab.studies import STUDIES, list_studies
+
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [n for n, _ in list_studies()] == sorted(STUDIES)
+    for name, summary in list_studies():
+        assert summary and any(line.split() == [name, *summary.split()] for line in lines), name
+    with pytest.raises(SystemExit):
+        main(["study", "no-such-study"])
+    assert "invalid choice: 'no-such-study'" in capsys.readouterr().err
+
+
+# A user mistake (dpolab.errors.UserError) is one line and exit code 2; anything else is a bug and keeps its traceback.
+# The failure is injected into a library function the `losses` command calls.
+_FAIL = """
+import sys
+import dpolab.losses
+from dpolab.cli import main
+from dpolab.data.types import DataError
+
+def user_error():
+    try:
+        open("/nonexistent/dpolab-test-file")
+    except OSError as e:
+        raise DataError("cannot read the thing") from e
+
+def bug():
+    raise ValueError("a bug inside the library")
+
+dpolab.losses.list_losses = user_error if sys.argv[1] == "user" else bug
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _run_cli(*args):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _FAIL, *args], capture_output=True, text=True, timeout=300)
+    return p.returncode, p.stderr.strip().splitlines()
+
+
+def test_a_library_value_error_keeps_its_traceback(monkeypatch, capsys):
+    import dpolab.losses
+
+    monkeypatch.setattr(dpolab.losses, "list_losses", lambda: int("not a number"))
+    with pytest.raises(ValueError, match="not a number"):  # not turned into `error: ...`
+        main(["losses"])
+    assert "error:" not in capsys.readouterr().err
+    rc, err = _run_cli("bug", "losses")
+    assert rc == 1 and err[0].startswith("Traceback") and err[-1] == "ValueError: a bug inside the library"
+    assert not any(line.startswith("error:") for line in err)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["eval", "--model", "m", "--data", "d", "--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
+    (["eval", "--model", "m", "--data", "d", "--probes", "-1"], "error: --probes must be >= 0, got -1"),
+    (["eval", "--model", "m", "--data", "d", "--column", "prompt"], "error: --column must look like field=column"),
+    (["study", "dpop", "--seeds", "0"], "error: --seeds must be >= 1, got 0"),
+])
+def test_bad_command_line_numbers_are_one_line_errors(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(message)
+
+
+def test_a_user_error_is_one_line_and_traceback_shows_its_cause():
+    rc, err = _run_cli("user", "losses")
+    assert rc == 2 and err == ["error: cannot read the thing"]
+    for args in (["--traceback", "losses"], ["losses", "--traceback"]):  # before or after the command
+        rc, err = _run_cli("user", *args)
+        text = "\n".join(err)
+        assert rc == 2 and err[-1] == "error: cannot read the thing", args
+        assert "FileNotFoundError: [Errno 2] No such file or directory: '/nonexistent/dpolab-test-file'" in text
+        assert "The above exception was the direct cause of the following exception" in text
+        assert "dpolab.data.types.DataError: cannot read the thing" in text
+
+
 def test_demo_quick_writes_report_and_plot(tmp_path):
     assert main(["demo", "--quick", "--out", str(tmp_path / "demo")]) == 0
     report = (tmp_path / "demo" / "report.md").read_text()
