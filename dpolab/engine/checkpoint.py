@@ -2,13 +2,13 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNN`` holding the model (HF format: full weights or
 the LoRA adapter), the optimiser, the scheduler, the RNG states, the loss state (beta-DPO statistics) and
-``state.json`` (step, metrics position). It is written into a temporary folder, flushed, marked complete,
-and only then renamed into place, so a kill at any moment leaves the previous checkpoint intact.
+``state.json`` (step, metrics position). It is written into a temporary folder, marked complete, flushed,
+and only then renamed into place (:func:`dpolab.atomic.atomic_dir`), so a kill at any moment leaves the previous
+checkpoint intact.
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,18 +17,12 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import torch
 
+from ..atomic import atomic_dir
+
 COMPLETE = "COMPLETE"
-
-
-def _fsync_tree(path: Path) -> None:
-    for root, _, files in os.walk(path):
-        for f in files:
-            try:
-                fd = os.open(os.path.join(root, f), os.O_RDONLY)
-                os.fsync(fd)
-                os.close(fd)
-            except OSError:
-                pass
+# temporary folders of writers killed mid-write: atomic_dir's ``.step-N.tmp-PID``, and ``.tmp-step-N-PID`` from
+# dpolab versions before it (a run folder resumed with this version)
+_DEBRIS = (".step-*.tmp-*", ".tmp-step-*")
 
 
 def rng_state() -> Dict[str, Any]:
@@ -68,11 +62,10 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
                     state: Dict[str, Any], keep_last: int = 2) -> Path:
     """Write checkpoint ``step`` atomically. ``save_model(path)`` writes the model/adapter in HF format."""
     final = checkpoint_dir(run_dir, step)
-    tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
-        tmp.mkdir(parents=True)
+    # atomic_dir: files flushed, then renamed into place; an existing folder of the same step (a re-run) is replaced
+    # only once the new one is complete; on an error (e.g. disk full) the partial folder is dropped (a kill leaves
+    # it; the next save removes it)
+    with atomic_dir(final) as tmp:
         save_model(tmp / "model")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
@@ -80,21 +73,10 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
         torch.save(loss_state, tmp / "loss_state.pt")
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
         (tmp / COMPLETE).write_text("ok\n")
-        _fsync_tree(tmp)
-    except Exception:  # e.g. disk full: drop the partial folder (a kill leaves it; the next save removes it)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():  # a re-run of the same step: replace it only once the new one is complete
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
     for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
-    for leftover in final.parent.glob(".tmp-*"):  # debris from killed writers
-        if leftover != tmp:
+    for pattern in _DEBRIS:  # debris from killed writers
+        for leftover in final.parent.glob(pattern):
             shutil.rmtree(leftover, ignore_errors=True)
     return final
 
@@ -111,3 +93,27 @@ def load_training_state(ckpt: Path) -> Dict[str, Any]:
         "loss_state": load("loss_state.pt"),
         "state": json.loads((ckpt / "state.json").read_text(encoding="utf-8")),
     }
+
+
+def restore_weights(model, folder: Path) -> None:
+    """Restore trainable weights saved by ``save_pretrained`` (full model or LoRA adapter) into ``model``."""
+    from safetensors.torch import load_file
+
+    from .errors import TrainError
+
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        raise TrainError(f"checkpoint {folder} has no .safetensors weights")
+    state: Dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    if (Path(folder) / "adapter_config.json").exists():
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, state)
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        tied = {n for n in missing if "lm_head" in n}  # tied to the input embeddings, not saved separately
+        if set(missing) - tied or unexpected:
+            raise TrainError(f"checkpoint {folder} does not match the model (missing {sorted(set(missing) - tied)[:3]}, "
+                             f"unexpected {unexpected[:3]})")

@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional
 import torch
 
 from ..config import ModelConfig
-from ..engine.steps import generic_metrics, preference_outputs
+from ..models.preference_logps import generic_metrics, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.reference import Reference
 
@@ -34,7 +34,7 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     ref = None
     if reference:
         ref_model, _ = _load(reference, tokenizer)
-        ref = Reference("copy", policy, separate_model=ref_model)
+        ref = Reference("separate", model=ref_model)
     pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit)
     totals: Dict[str, float] = {}
     for start in range(0, len(pairs), batch_size):

@@ -1,126 +1,307 @@
-"""The reference model pi_ref, in one of four forms that give the same log-probs:
+"""The reference policy pi_ref: one provider owns every decision about it.
+
+Forms that give the same log-probs:
 
 - ``copy``: a frozen copy of the starting policy (full fine-tuning);
 - ``adapter``: the policy with its LoRA adapters disabled (no second copy in memory);
-- ``precomputed``: log-probs computed once before training and cached on disk under a key of the model's
-  starting weights and the tokenised data, then looked up by example index (the reference model is freed);
-- ``none``: for reference-free losses (SimPO, ORPO, SFT).
+- ``separate``: another model (``reference.name_or_path``);
+- ``precomputed``: log-probs computed once before training from one of the sources above and cached on disk under
+  a key of the source's weights (their raw bytes), dtype, autocast, attention implementation and the token ids, then
+  looked up by example index (no reference model stays in memory).
+
+:func:`build_reference` applies the ``auto`` rule, builds the live model or the table, and says how a resumed run
+gets exactly the same reference back (:meth:`Reference.record`, stored in each checkpoint). It is called after the
+policy has been placed on its device (``accelerator.prepare``) and places every model it holds, and every batch it
+scores, on that ``device``.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import json
-import os
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from .. import atomic
+from ..errors import UserError
 from .fastpath import logps_for_batch
 from .logprobs import split_pairs
 
+FULL_HASH_BYTES = 1 << 30  # models up to 1 GiB of weights are hashed in full; larger ones by an even stride
+CACHE_FORMAT = 2
 
-def weights_fingerprint(model) -> str:
-    """A cheap hash of a model's weights (per-tensor sums and shapes), stable across processes."""
-    h = hashlib.sha1()
+
+class ReferenceSetupError(UserError, ValueError):
+    """The reference cannot be built as configured (wrong mode for the model, a resumed run's table gone astray)."""
+
+
+# -- cache key --------------------------------------------------------------------------------------------------
+def _tensor_bytes(t: Tensor, stride: int) -> bytes:
+    flat = t.detach().reshape(-1)
+    if stride > 1:
+        flat = flat[::stride].clone(memory_format=torch.contiguous_format)
+    return flat.contiguous().view(torch.uint8).cpu().numpy().tobytes()
+
+
+def weights_fingerprint(model, *, skip: Callable[[str], bool] = lambda name: False) -> str:
+    """A hash of a model's weights: names, shapes, dtypes and raw bytes (not sums, which miss permutations and
+    rounding). Above :data:`FULL_HASH_BYTES` in all, every tensor is read at an even element stride so the hash
+    costs about that many bytes. Tensors on the ``meta`` device have no content; only their metadata is hashed."""
+    state = {k: v for k, v in _unwrap(model).state_dict().items() if not skip(k)}
+    total = sum(v.numel() * v.element_size() for v in state.values())
+    stride = max(1, -(-total // FULL_HASH_BYTES))
+    h = hashlib.blake2b(digest_size=16)
+    h.update(f"stride={stride}".encode())
     with torch.no_grad():
-        for name, p in model.state_dict().items():
-            h.update(name.encode())
-            h.update(str(tuple(p.shape)).encode())
-            h.update(f"{p.double().sum().item():.10e}".encode() if p.is_floating_point() else str(int(p.sum())).encode())
-    return h.hexdigest()[:16]
+        for name, t in state.items():
+            h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            if t.device.type != "meta" and t.numel():
+                h.update(_tensor_bytes(t, stride))
+    return h.hexdigest()
 
 
 def data_fingerprint(pairs: Sequence) -> str:
-    h = hashlib.sha1()
+    """A hash of the token ids of every pair, in order (the table is looked up by position)."""
+    h = hashlib.blake2b(digest_size=16)
     for p in pairs:
         h.update(json.dumps([p.prompt_ids, p.chosen_ids, p.rejected_ids]).encode())
-    return h.hexdigest()[:16]
+    return h.hexdigest()
 
 
+def _is_lora_weight(name: str) -> bool:
+    return "lora_" in name or "modules_to_save" in name
+
+
+def cache_key(source: str, model, data: Sequence, *, bf16: bool) -> Dict[str, str]:
+    """Everything the reference log-probs depend on, as strings (the cache file name is a hash of this dict)."""
+    inner = _unwrap(model)
+    base = getattr(inner, "get_base_model", lambda: inner)()
+    dtypes = sorted({str(p.dtype) for p in inner.parameters()})
+    return {
+        "format": str(CACHE_FORMAT),
+        "source": source,
+        "weights": weights_fingerprint(inner, skip=_is_lora_weight if source == "adapter" else (lambda n: False)),
+        "dtype": ",".join(dtypes),
+        "autocast": "bf16" if bf16 else "none",
+        "attention": str(getattr(getattr(base, "config", None), "_attn_implementation", None)),
+        "data": data_fingerprint(data),
+    }
+
+
+def _key_digest(key: Dict[str, str]) -> str:
+    return hashlib.blake2b(json.dumps(key, sort_keys=True).encode(), digest_size=12).hexdigest()
+
+
+# -- the reference ----------------------------------------------------------------------------------------------
 class Reference:
-    """Gives reference log-probs (per-sequence sums) for a collated preference batch."""
+    """Gives reference log-probs (per-sequence sums of response tokens) for a collated preference batch.
 
-    def __init__(self, mode: str, policy, *, separate_model=None):
+    ``mode`` is how they are produced: ``copy`` / ``separate`` (``model`` is a frozen model), ``adapter`` (the
+    policy with adapters disabled) or ``precomputed`` (``table`` looked up by ``batch['index']``)."""
+
+    def __init__(self, mode: str, *, model=None, policy=None, table: Optional[Dict[str, Tensor]] = None,
+                 cache_file: Optional[Path] = None, key: Optional[Dict[str, str]] = None):
         self.mode = mode
+        self.model = model
         self.policy = policy
-        self.model = None
-        self.table: Optional[Dict[str, Tensor]] = None  # precomputed: name -> [N]
-        if mode == "copy":
-            self.model = separate_model if separate_model is not None else copy.deepcopy(_unwrap(policy))
-            self.model.eval()
-            for p in self.model.parameters():
+        self.table = table
+        self.cache_file = cache_file
+        self.key = key
+        if model is not None:
+            model.eval()
+            for p in model.parameters():
                 p.requires_grad_(False)
-        elif mode == "adapter":
-            if not hasattr(_unwrap(policy), "disable_adapter"):
-                raise ValueError("reference.mode 'adapter' needs a LoRA policy (lora.enabled: true)")
-        elif mode not in ("precomputed", "none"):
-            raise ValueError(f"unknown reference mode '{mode}'")
+        if mode == "adapter" and not hasattr(_unwrap(policy), "disable_adapter"):
+            raise ReferenceSetupError("reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or precomputed")
 
-    # -- live computation --------------------------------------------------------------------
-    def _live_logps(self, batch, autocast=nullcontext) -> tuple[Tensor, Tensor]:
-        n = batch["num_pairs"]
+    def logps(self, batch: Dict[str, Any], autocast: Callable = nullcontext) -> tuple[Tensor, Tensor]:
+        if self.mode == "precomputed":
+            idx = batch["index"].cpu()
+            dev = batch["input_ids"].device
+            return self.table["chosen"][idx].to(dev), self.table["rejected"][idx].to(dev)
         with torch.no_grad(), autocast():
             if self.mode == "adapter":
-                pol = _unwrap(self.policy)
-                was_training = pol.training
-                pol.eval()
-                with pol.disable_adapter():
-                    lp = logps_for_batch(pol, batch)
-                pol.train(was_training)
+                lp = _adapter_off_logps(self.policy, batch)
             else:
                 lp = logps_for_batch(self.model, batch)
-        return split_pairs(lp.sums, n)
+        return split_pairs(lp.sums, batch["num_pairs"])
 
-    def logps(self, batch, autocast=nullcontext) -> Optional[tuple[Tensor, Tensor]]:
-        if self.mode == "none":
-            return None
+    def record(self) -> Dict[str, Any]:
+        """What a checkpoint stores so a resumed run gets exactly this reference back."""
+        rec: Dict[str, Any] = {"mode": self.mode}
         if self.mode == "precomputed":
-            if self.table is None:
-                raise RuntimeError("precomputed reference used before precompute()")
-            idx = batch["index"].cpu()
-            return self.table["chosen"][idx].to(batch["input_ids"].device), self.table["rejected"][idx].to(batch["input_ids"].device)
-        return self._live_logps(batch, autocast)
+            rec.update(cache_file=str(self.cache_file) if self.cache_file else None, key=self.key)
+        return rec
 
-    # -- precomputation ----------------------------------------------------------------------
-    def precompute(self, source_mode: str, batches: Iterable[dict], n: int, cache_file: Optional[Path],
-                   progress: Callable = lambda it, **kw: it, autocast=nullcontext) -> None:
-        """Fill the table by running the reference over every example, before any training step.
 
-        ``source_mode`` 'adapter' scores with the LoRA adapters disabled; otherwise the policy itself is scored
-        (at this point it still holds the starting weights, so no copy is made). ``batches`` must carry ``index``.
-        The table is saved to ``cache_file`` atomically and reused when present.
-        """
-        if cache_file is not None and cache_file.exists():
-            table = torch.load(cache_file)
-            if table["chosen"].shape[0] == n:
-                self.table = table
-                return
-        pol = _unwrap(self.policy)
-        was_training = pol.training
-        pol.eval()
-        adapter_off = pol.disable_adapter if source_mode == "adapter" else nullcontext
-        table = {"chosen": torch.full((n,), float("nan")), "rejected": torch.full((n,), float("nan"))}
-        with torch.no_grad(), adapter_off():
-            for batch in progress(batches, desc="reference log-probs"):
-                with autocast():
-                    lp = logps_for_batch(pol, batch)
-                c, r = split_pairs(lp.sums, batch["num_pairs"])
-                table["chosen"][batch["index"].cpu()] = c.float().cpu()
-                table["rejected"][batch["index"].cpu()] = r.float().cpu()
+def _adapter_off_logps(policy, batch):
+    pol = _unwrap(policy)
+    was_training = pol.training
+    pol.eval()
+    try:
+        with pol.disable_adapter():
+            return logps_for_batch(pol, batch)
+    finally:
         pol.train(was_training)
-        if torch.isnan(table["chosen"]).any():
-            raise RuntimeError("precomputed reference table has gaps: some examples were never scored")
-        self.table = table
-        if cache_file is not None:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-            torch.save(table, tmp)
-            os.replace(tmp, cache_file)
 
 
 def _unwrap(model):
     return getattr(model, "module", model)
+
+
+# -- building it ------------------------------------------------------------------------------------------------
+@dataclass
+class ReferenceRequest:
+    """What the engine knows when it asks for a reference.
+
+    ``mode``: auto | copy | adapter | precomputed (``reference.mode``); ``separate``: another model's path or None;
+    ``lora``: the policy has LoRA adapters; ``live_examples`` / ``once_examples``: how many examples a live reference
+    would score over the whole run, and how many precomputing scores (the ``auto`` rule compares them);
+    ``cache_dir``: where tables are kept; ``bf16``: bf16 autocast is on."""
+
+    mode: str
+    separate: Optional[str]
+    lora: bool
+    live_examples: int
+    once_examples: int
+    cache_dir: Path
+    bf16: bool = False
+
+
+@dataclass
+class ReferenceTools:
+    """How the provider reaches the rest of the run without depending on it.
+
+    ``collate(indices, data)`` makes a preference batch of ``data[i]`` (carrying ``index`` = position in ``data``),
+    already on ``device``; ``load_start()`` rebuilds the policy's starting weights (a resumed full fine-tuning run);
+    ``load_separate()`` loads ``reference.name_or_path``; ``main_first`` is a context in which the main process goes
+    first (it writes the cache, the others then read it)."""
+
+    device: torch.device
+    collate: Callable[[List[int], Sequence], Dict[str, Any]]
+    load_start: Callable[[], Any]
+    load_separate: Callable[[], Any]
+    batch_size: int = 16
+    autocast: Callable = nullcontext
+    log: Callable[[str], None] = lambda s: None
+    progress: Callable = lambda it, **kw: it
+    main_first: Callable = nullcontext
+
+
+def choose_mode(req: ReferenceRequest) -> str:
+    """The form of the reference. ``auto`` precomputes when that scores no more examples than a live reference would
+    over the run (about one epoch or more), which also frees the reference's memory; else it stays live."""
+    live = "separate" if req.separate else ("adapter" if req.lora else "copy")
+    if req.mode == "auto":
+        return "precomputed" if req.live_examples >= req.once_examples else live
+    if req.mode == "precomputed":
+        return "precomputed"
+    if req.mode == "adapter" and not req.lora:
+        raise ReferenceSetupError("reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or precomputed")
+    return "separate" if req.separate else req.mode
+
+
+def build_reference(req: ReferenceRequest, policy, data: Sequence, tools: ReferenceTools, *, resuming: bool = False,
+                    record: Optional[Dict[str, Any]] = None) -> Reference:
+    """The run's reference, every model of it on ``tools.device``.
+
+    ``policy`` is the prepared policy (on its device). ``data`` is every example the run will score (train then
+    eval), which a precomputed table covers. ``resuming``: the policy already holds a checkpoint's weights, so a
+    copy of the starting weights is rebuilt rather than copied. ``record`` is the :meth:`Reference.record` stored in
+    that checkpoint: the same form is kept, and a precomputed run loads exactly the table file recorded there (it is
+    recomputed from the starting weights, with a notice, if that file is gone or does not match its key)."""
+    mode = record["mode"] if record else choose_mode(req)
+    if req.mode == "auto" and not record:
+        tools.log(f"reference: {'log-probs precomputed once' if mode == 'precomputed' else 'live ' + mode} "
+                  f"(reference.mode=auto; set reference.mode=copy, adapter or precomputed to choose)")
+    if mode == "adapter":
+        return Reference("adapter", policy=policy)
+    if mode in ("copy", "separate"):
+        if mode == "separate":
+            model = tools.load_separate()
+        elif resuming:  # the policy already holds trained weights: rebuild the starting ones
+            model = tools.load_start()
+        else:
+            model = copy.deepcopy(_unwrap(policy))
+        return Reference(mode, model=model.to(tools.device))
+    if mode != "precomputed":
+        raise ReferenceSetupError(f"unknown reference mode '{mode}'")
+    return _precomputed(req, policy, data, tools, resuming, record or {})
+
+
+def _source(req: ReferenceRequest, policy, tools: ReferenceTools, resuming: bool):
+    """(source name, model to score with, whether adapters must be off). A resumed full fine-tuning run rebuilds
+    the starting weights (the policy has moved); an adapter run disables the adapters of the policy itself."""
+    if req.separate:
+        return "separate", tools.load_separate().to(tools.device), False
+    if req.lora:
+        return "adapter", policy, True
+    if resuming:
+        return "copy", tools.load_start().to(tools.device), False
+    return "copy", policy, False
+
+
+def _precomputed(req: ReferenceRequest, policy, data: Sequence, tools: ReferenceTools, resuming: bool,
+                 record: Dict[str, Any]) -> Reference:
+    recorded_file, recorded_key = record.get("cache_file"), record.get("key")
+    if recorded_file and recorded_key:
+        table = _load_table(Path(recorded_file), recorded_key)
+        if table is not None:
+            return Reference("precomputed", table=table, cache_file=Path(recorded_file), key=recorded_key)
+        tools.log(f"reference: the table recorded in the checkpoint ({recorded_file}) is missing or does not match "
+                  f"its key; recomputing it from the starting weights")
+    name, model, adapter_off = _source(req, policy, tools, resuming)
+    key = cache_key(name, model, data, bf16=req.bf16)
+    if recorded_key and key != recorded_key:
+        changed = sorted(k for k in key if key[k] != recorded_key.get(k))
+        raise ReferenceSetupError(f"cannot resume: the reference has changed since the run started ({', '.join(changed)} "
+                                  f"differ from the checkpoint's record); start a new run or restore the original files")
+    cache_file = Path(recorded_file) if recorded_file else req.cache_dir / f"ref-{_key_digest(key)}.pt"
+    with tools.main_first():  # the main process computes and writes the table; the others then read it
+        table = _load_table(cache_file, key)
+        if table is None:
+            table = _score_all(model, adapter_off, data, tools)
+            atomic.torch_save({"key": key, **table}, cache_file)
+    return Reference("precomputed", table=table, cache_file=cache_file, key=key)
+
+
+def _load_table(path: Path, key: Dict[str, str]) -> Optional[Dict[str, Tensor]]:
+    """The table in ``path`` if it was written under exactly ``key``; None if absent, unreadable or another key's."""
+    if not path.exists():
+        return None
+    try:
+        saved = torch.load(path, weights_only=True)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file is recomputed, not trusted
+        return None
+    if not isinstance(saved, dict) or saved.get("key") != key:
+        return None
+    return {"chosen": saved["chosen"], "rejected": saved["rejected"]}
+
+
+def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) -> Dict[str, Tensor]:
+    n = len(data)
+    table = {"chosen": torch.full((n,), float("nan")), "rejected": torch.full((n,), float("nan"))}
+    pol = _unwrap(model)
+    was_training = pol.training
+    pol.eval()
+    off = pol.disable_adapter if adapter_off else nullcontext
+    batches: Iterable = (tools.collate(list(range(i, min(i + tools.batch_size, n))), data) for i in range(0, n, tools.batch_size))
+    try:
+        with torch.no_grad(), off():
+            for batch in tools.progress(batches, desc="reference log-probs", total=-(-n // tools.batch_size)):
+                with tools.autocast():
+                    lp = logps_for_batch(pol, batch)
+                c, r = split_pairs(lp.sums, batch["num_pairs"])
+                idx = batch["index"].cpu()
+                table["chosen"][idx] = c.float().cpu()
+                table["rejected"][idx] = r.float().cpu()
+    finally:
+        pol.train(was_training)
+    if torch.isnan(table["chosen"]).any() or torch.isnan(table["rejected"]).any():
+        raise RuntimeError("precomputed reference table has gaps: some examples were never scored")
+    return table

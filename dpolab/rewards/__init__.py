@@ -4,7 +4,7 @@
     dpolab rm score --model RUN/final --data pairs.jsonl --out scored.jsonl   # + reward_chosen, reward_rejected, rm_margin
     dpolab train loss='[{name: madpo}]' data.train=scored.jsonl data.extras=[rm_margin]
 
-Training is the engine's ``train.mode=rm`` (:func:`dpolab.engine.steps.rm_step`); this package holds the model
+Training is the engine's ``train.mode=rm`` (:mod:`dpolab.engine.objectives.reward_model`); this package holds the model
 (:mod:`dpolab.rewards.model`) and the scoring of data sets (:mod:`dpolab.rewards.score`).
 """
 from .model import (load_reward_model, load_trained_reward_model, merged_for_saving, reward_metrics,

@@ -83,10 +83,7 @@ def test_gradient_accumulation_equals_big_batch(tmp_path, mode):
     small = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=2", "train.grad_accum=4", name="small"))
     grads = []
     for t in (big, small):
-        step_units = t._units(t.plan.step_indices(0))
-        micros = t.plan.micro_batches(0, 0)
-        for j, m in enumerate(micros):
-            t._micro_step(m, step_units, last=j == len(micros) - 1)
+        t._accumulate()  # forward + backward of every micro-batch of step 0
         grads.append(_flat_grads(t.model))
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
@@ -120,12 +117,12 @@ def test_reference_modes_agree(tmp_path):
     vals = {}
     for mode in ("copy", "precomputed"):
         t = Trainer(cfg(tmp_path, f"reference.mode={mode}", name=mode))
-        batch = t._collate([0, 1, 2, 3], t.train_data)
+        batch = t.collate([0, 1, 2, 3], t.train_data)
         vals[mode] = t.reference.logps(batch)
     for a, b in zip(vals["copy"], vals["precomputed"]):
         assert torch.allclose(a, b, atol=1e-5)
     t = Trainer(cfg(tmp_path, "lora.enabled=true", name="lora"))
-    batch = t._collate([0, 1, 2, 3], t.train_data)
+    batch = t.collate([0, 1, 2, 3], t.train_data)
     for a, b in zip(t.reference.logps(batch), vals["copy"]):
         assert torch.allclose(a, b, atol=1e-5)
 
@@ -170,8 +167,8 @@ def test_auto_reference_precomputes_for_an_epoch_and_stays_live_for_a_few_steps(
     short = Trainer(cfg(tmp_path / "b", "train.max_steps=1"))
     assert short.reference.mode == "copy"
     # both give the same step-0 loss (ln 2) and the same reference log-probs on the same batch
-    batch = long._collate([0, 1], long.train_data)
-    a, b = long.reference.logps(batch), short.reference.logps(short._collate([0, 1], short.train_data))
+    batch = long.collate([0, 1], long.train_data)
+    a, b = long.reference.logps(batch), short.reference.logps(short.collate([0, 1], short.train_data))
     assert torch.allclose(a[0], b[0], atol=1e-4) and torch.allclose(a[1], b[1], atol=1e-4)
     long.eval_data = list(long.eval_data)
     with pytest.raises(TrainError, match="eval_data was replaced"):

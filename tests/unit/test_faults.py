@@ -10,7 +10,8 @@ import collections
 import pytest
 import torch
 
-import dpolab.engine.trainer as trainer_mod
+import dpolab.engine.objectives.preference as preference_mod
+import dpolab.engine.run_folder as run_folder_mod
 from dpolab.cli import main
 from dpolab.config import build_config
 from dpolab.engine import Trainer, TrainError, train
@@ -34,11 +35,11 @@ def cfg(tmp_path, *overrides, name="run"):
 
 def _poison_step(monkeypatch, bad_steps, what="nan"):
     """Make the forward of the given (1-based) training steps return a non-finite objective, once each."""
-    real = trainer_mod.preference_step
+    real = preference_mod.preference_step
     calls = collections.Counter()
 
-    def step(model, reference, loss, batch, autocast):
-        obj, metrics = real(model, reference, loss, batch, autocast)
+    def step(model, reference, loss, batch, autocast, dist=None):
+        obj, metrics = real(model, reference, loss, batch, autocast, dist) if dist is not None else real(model, reference, loss, batch, autocast)
         t = _current[0]
         if model.training and t is not None and t.step + 1 in bad_steps and not calls[t.step + 1]:
             calls[t.step + 1] += 1
@@ -46,7 +47,7 @@ def _poison_step(monkeypatch, bad_steps, what="nan"):
         return obj, metrics
 
     _current = [None]
-    monkeypatch.setattr(trainer_mod, "preference_step", step)
+    monkeypatch.setattr(preference_mod, "preference_step", step)
     return _current
 
 
@@ -90,7 +91,7 @@ def test_nonfinite_step_skipped_and_counted(tmp_path, monkeypatch):
 
 def test_full_disk_detected_before_training(tmp_path, monkeypatch, capsys):
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(trainer_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
+    monkeypatch.setattr(run_folder_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
     rc = main(["train", "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "data.task=arithmetic",
                "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}", "output.progress=false",
                f"output.dir={tmp_path / 'run'}"])
@@ -120,7 +121,7 @@ def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch, exc):
     def boom(*a, **k):
         raise exc
 
-    monkeypatch.setattr(trainer_mod, "preference_step", boom)
+    monkeypatch.setattr(preference_mod, "preference_step", boom)
     with pytest.raises(TrainError) as info:
         t.fit()
     msg = str(info.value)
@@ -131,7 +132,7 @@ def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch, exc):
 
 def test_other_runtime_errors_are_not_called_oom(tmp_path, monkeypatch):
     t = Trainer(cfg(tmp_path, "eval.at_start=false"))
-    monkeypatch.setattr(trainer_mod, "preference_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(preference_mod, "preference_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
     with pytest.raises(RuntimeError, match="shape mismatch"):
         t.fit()
 
@@ -154,6 +155,6 @@ def test_disk_full_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, m
         t.fit()
     run = tmp_path / "run"
     assert [p.name for p in list_checkpoints(run)] == ["step-0000002"]
-    assert not list((run / "checkpoints").glob(".tmp-*"))  # the partial folder was removed
+    assert not list((run / "checkpoints").glob(".*tmp-*"))  # the partial folder was removed
     monkeypatch.undo()
     assert Trainer(cfg(tmp_path), resume=True).fit()["steps"] == 6

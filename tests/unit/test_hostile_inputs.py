@@ -161,7 +161,7 @@ def test_loaded_pairs_give_a_finite_loss(tok, tiny_model, recs):
     """Whatever survives loading trains: finite log-probs, DPO and MADPO losses (policy != reference)."""
     from dpolab.data.collate import collate_preference
     from dpolab.losses import CompositeLoss
-    from dpolab.engine.steps import preference_outputs
+    from dpolab.models.preference_logps import preference_outputs
 
     pairs, _ = _load("madpo", recs, tok, "skip")
     if not pairs:

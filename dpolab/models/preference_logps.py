@@ -1,22 +1,21 @@
-"""One forward pass: a collated batch -> log-probs -> loss inputs -> objective and metrics.
+"""A preference batch through the policy and the reference: per-sequence log-probs as the losses' input record,
+and the loss-independent metrics (log-probs, log-ratios, margin, reward accuracy).
 
-Shared by training and evaluation, so both see exactly the same math.
+Used by training (the preference objective) and by ``dpolab eval``, so both see exactly the same math.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from typing import Any, Dict, Optional, Sequence
 
-import torch
 from torch import Tensor
 
-from ..losses import CompositeLoss, LossConfigError, PreferenceOutputs
-from ..models.fastpath import logps_for_batch
-from ..models.logprobs import split_pairs
-from ..models.reference import Reference
+from ..losses import LossConfigError, PreferenceOutputs
+from .fastpath import logps_for_batch
+from .logprobs import split_pairs
 
 
-def preference_outputs(policy, reference: Optional[Reference], batch: Dict[str, Any], *, need_tokens: bool,
+def preference_outputs(policy, reference, batch: Dict[str, Any], *, need_tokens: bool,
                        extras: Sequence[str] = (), autocast=nullcontext) -> PreferenceOutputs:
     """Policy (with grad) and reference (without) log-probs of a concatenated chosen+rejected batch."""
     n = batch["num_pairs"]
@@ -63,45 +62,3 @@ def generic_metrics(out: PreferenceOutputs, prefix: str = "") -> Dict[str, Tenso
     else:
         m[f"{prefix}reward_accuracy"] = (out.policy_chosen_logps > out.policy_rejected_logps).float().detach().mean()
     return m
-
-
-def preference_step(policy, reference, loss: CompositeLoss, batch, autocast=nullcontext):
-    out = preference_outputs(policy, reference, batch, need_tokens=loss.needs_token_logps, extras=loss.needs_extras,
-                             autocast=autocast)
-    objective, metrics, parts = loss(out)
-    metrics.update(generic_metrics(out))
-    for p in parts:  # the first component with implicit rewards gives rewards/chosen and rewards/rejected
-        if p.chosen_rewards is not None:
-            metrics["rewards/chosen"] = p.chosen_rewards.mean()
-            metrics["rewards/rejected"] = p.rejected_rewards.mean()
-            break
-    return objective, metrics
-
-
-def sft_step(policy, batch, autocast=nullcontext):
-    """Token-mean NLL of the completion tokens; returns (summed NLL, token count, metrics)."""
-    with autocast():
-        lp = logps_for_batch(policy, batch)  # fastest exact path for the batch layout (models/fastpath.py)
-    nll_sum = -lp.sums.sum()
-    tokens = lp.counts.sum()
-    return nll_sum, tokens, {"nll": (nll_sum / tokens.clamp_min(1)).detach()}
-
-
-def rm_step(model, batch, autocast=nullcontext, center_weight: float = 0.0):
-    """Reward-model training: Bradley-Terry loss -log sigma(r_w - r_l) on the chosen rows then the rejected rows of
-    the batch, plus ``center_weight * (r_w + r_l)^2`` (TRL's center_rewards_coefficient); returns (mean, metrics)."""
-    from ..rewards.model import reward_metrics, sequence_rewards
-
-    n = batch["num_pairs"]
-    with autocast():
-        rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
-    r_w, r_l = split_pairs(rewards, n)
-    bt = -torch.nn.functional.logsigmoid(r_w - r_l)
-    losses = bt + center_weight * (r_w + r_l) ** 2 if center_weight else bt
-    objective = losses.mean()
-    metrics: Dict[str, Any] = {"loss": objective.detach(), "rm/bt_loss": bt.detach().mean()}
-    if center_weight:
-        metrics["rm/center_loss"] = ((r_w + r_l) ** 2).detach().mean()
-    metrics.update(reward_metrics(r_w, r_l))
-    metrics["_rewards"] = (r_w.detach(), r_l.detach())  # for exact set-level statistics (the trainer's evaluation)
-    return objective, metrics

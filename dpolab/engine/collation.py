@@ -1,0 +1,39 @@
+"""Batches for the loop: the objective's collator, the run's layout, and the move to the run's device."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import torch
+
+
+def model_width(model) -> Optional[int]:
+    """The hidden size of a (possibly wrapped) Hugging Face model, which sets the packed rows' length."""
+    from ..models.fastpath import unwrap_hf
+
+    cfg = getattr(unwrap_hf(model), "config", None)
+    text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    return getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+
+
+class Collator:
+    """``collator(indices, data, offset)`` -> the batch of ``data[i]`` on ``device``, carrying ``index`` (= i +
+    ``offset``, the position a precomputed reference table looks up) and the run's ``logits`` mode."""
+
+    def __init__(self, objective, pad_id: int, layout: str, logits: str, width: Optional[int], device: torch.device):
+        self.objective, self.pad_id, self.width, self.device = objective, pad_id, width, device
+        self.layout = objective.fixed_layout or layout  # same log-probs in every layout; see dpolab/models/fastpath.py
+        self.logits = logits
+
+    def __call__(self, indices: List[int], data: Sequence, offset: int = 0) -> Dict[str, Any]:
+        batch = self.objective.collate([data[i] for i in indices], self.pad_id, self.layout, self.width)
+        batch["logits"] = self.logits
+        batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
+        return {k: _to(v, self.device) for k, v in batch.items()}
+
+
+def _to(v: Any, device: torch.device) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.to(device)
+    if isinstance(v, dict):
+        return {k: x.to(device) if isinstance(x, torch.Tensor) else x for k, x in v.items()}
+    return v

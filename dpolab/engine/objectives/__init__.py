@@ -1,0 +1,32 @@
+"""Training objectives, registered by ``train.mode`` name. A new objective: a new file + one line here."""
+from __future__ import annotations
+
+from typing import Dict, Type
+
+from ...config import ConfigError
+from .base import MicroResult, Objective, RunContext
+from .preference import PreferenceObjective
+from .reward_model import RewardModelObjective
+from .sft import SFTObjective
+
+OBJECTIVES: Dict[str, Type[Objective]] = {}
+
+
+def register(cls: Type[Objective]) -> Type[Objective]:
+    """Make ``cls`` available as ``train.mode=<cls.name>``."""
+    OBJECTIVES[cls.name] = cls
+    return cls
+
+
+register(SFTObjective)
+register(PreferenceObjective)
+register(RewardModelObjective)
+
+
+def get_objective(name: str) -> Type[Objective]:
+    if name not in OBJECTIVES:
+        raise ConfigError(f"unknown train.mode '{name}'; valid: {', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]
+
+
+__all__ = ["Objective", "MicroResult", "RunContext", "OBJECTIVES", "register", "get_objective"]

@@ -1,0 +1,125 @@
+"""What the training loop asks of an objective (SFT, preference pairs, reward model, ...).
+
+The loop (:mod:`dpolab.engine.trainer`) never names an objective: it asks the one ``train.mode`` names for its
+model, its batches, the loss of a micro-batch and its statistics, what evaluation adds, what is checkpointed and
+what the final save is. A new objective is a new file with a subclass of :class:`Objective` plus one registration
+line in :mod:`dpolab.engine.objectives`.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+from torch import Tensor
+
+from ...config import RunConfig
+
+
+@dataclass
+class RunContext:
+    """What an objective may use once the model is placed on its device (``accelerator.prepare``).
+
+    ``collate(indices, data)`` gives a batch of ``data[i]`` on the device, with ``index`` = position in ``data``;
+    ``resuming`` says the model already holds a checkpoint's weights, and ``resumed`` is the objective's
+    :meth:`Objective.record` from that checkpoint (None for a fresh run or a checkpoint without one)."""
+
+    cfg: RunConfig
+    accelerator: Any
+    model: Any                     # as prepared (may be wrapped for DDP)
+    tokenizer: Any
+    train_data: Sequence
+    eval_data: Sequence
+    run_dir: Path
+    total_steps: int
+    max_positions: int
+    collate: Callable[..., Dict[str, Any]]
+    resuming: bool = False
+    autocast: Callable = nullcontext
+    log: Callable[[str], None] = print
+    progress: Callable = lambda it, **kw: it
+    resumed: Optional[Dict[str, Any]] = None
+    is_main: bool = True
+
+
+@dataclass
+class MicroResult:
+    """A micro-batch's contribution: ``objective`` is a sum over its ``weight`` units (pairs or tokens), so that
+    scaling by 1 / (units of the whole step) makes accumulation equal one big batch; ``metrics`` are its means."""
+
+    objective: Tensor
+    weight: float
+    metrics: Dict[str, Any] = field(default_factory=dict)
+
+
+class Objective:
+    """Base class: override what differs. ``data_kind`` is what the data pipeline loads ('sft' or 'preference')."""
+
+    name: str = ""
+    data_kind: str = "preference"
+    fixed_layout: Optional[str] = None  # a batch layout this objective always uses (else train.layout)
+    autocast: Callable = nullcontext    # the run's mixed-precision context, set by setup()
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+
+    # -- data ---------------------------------------------------------------------------------------------------
+    def length(self, example) -> int:
+        """Tokens of the longest sequence the example makes (for position budgets and length grouping)."""
+        return len(example.prompt_ids) + max(len(example.chosen_ids), len(example.rejected_ids))
+
+    def units(self, example) -> int:
+        """What a step averages over, per example (1 per pair; completion tokens for SFT)."""
+        return 1
+
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    # -- model --------------------------------------------------------------------------------------------------
+    def load_model(self, tokenizer, *, seed: int, max_positions: int):
+        from ...models.load import load_policy
+
+        return load_policy(self.cfg.model, self.cfg.lora, tokenizer, seed=seed, max_positions=max_positions)
+
+    def setup(self, run: RunContext) -> None:
+        """Called once the model is on its device (build a reference, probes...); overrides call it first."""
+        self.autocast = run.autocast
+
+    def model_to_save(self, model):
+        return model
+
+    # -- a micro-batch ------------------------------------------------------------------------------------------
+    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
+        raise NotImplementedError
+
+    def set_statistics(self, rows: List[Dict[str, Any]]) -> Dict[str, float]:
+        """Exact statistics over all rows of a step or an evaluation (beyond weighted means of the rows)."""
+        return {}
+
+    # -- evaluation ---------------------------------------------------------------------------------------------
+    eval_offset: int = 0  # added to eval batches' ``index`` (a precomputed table holds train then eval examples)
+
+    @contextmanager
+    def evaluation(self, eval_data: Sequence) -> Iterator[None]:
+        """Around an evaluation pass over ``eval_data`` (e.g. keep a stateful loss's statistics unchanged)."""
+        yield
+
+    def eval_extras(self, model) -> Dict[str, Any]:
+        """Metrics evaluation adds beyond the eval set's objective (e.g. probes)."""
+        return {}
+
+    # -- state --------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """Tensors and numbers a checkpoint keeps (a stateful loss's statistics)."""
+        return {}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        pass
+
+    def record(self) -> Dict[str, Any]:
+        """A JSON description a checkpoint keeps so that a resumed run rebuilds the same parts (the reference)."""
+        return {}
+
+    def summary(self) -> Dict[str, Any]:
+        return {}

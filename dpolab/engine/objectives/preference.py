@@ -1,0 +1,150 @@
+"""Preference optimisation on pairs: the configured loss list (DPO family), a reference policy, probes."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from ... import atomic
+from ...config import ModelConfig
+from ...data.collate import collate_preference_fast
+from ...losses import LOCAL, CompositeLoss, DistContext
+from ...models.load import load_base_model
+from ...models.preference_logps import generic_metrics, preference_outputs
+from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
+from ..errors import TrainError
+from .base import MicroResult, Objective, RunContext
+
+
+def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss, batch, autocast, dist: DistContext = LOCAL):
+    """Objective (mean over the batch's pairs) and metrics of one preference batch."""
+    out = preference_outputs(policy, reference, batch, need_tokens=loss.needs_token_logps, extras=loss.needs_extras,
+                             autocast=autocast)
+    objective, metrics, parts = loss(out, dist=dist)
+    metrics.update(generic_metrics(out))
+    for p in parts:  # the first component with implicit rewards gives rewards/chosen and rewards/rejected
+        if p.chosen_rewards is not None:
+            metrics["rewards/chosen"] = p.chosen_rewards.mean()
+            metrics["rewards/rejected"] = p.rejected_rewards.mean()
+            break
+    return objective, metrics
+
+
+class PreferenceObjective(Objective):
+    name = "preference"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.loss = CompositeLoss(cfg.loss)
+        self.reference: Optional[Reference] = None
+        self.probes = self.probe_baseline = None
+        self.dist = LOCAL
+        self._eval_data: Optional[Sequence] = None
+        self._tokenizer = None
+
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
+        return collate_preference_fast(items, pad_id, layout, hidden_size=hidden_size)
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        acc = run.accelerator
+        if acc.num_processes > 1:  # batch-level losses take their statistics over every process's pairs
+            self.dist = DistContext(all_gather=acc.gather, rank=acc.process_index, world_size=acc.num_processes)
+        self._tokenizer = run.tokenizer
+        self.reference = self._build_reference(run)
+        self._eval_data, self.eval_offset = run.eval_data, len(run.train_data)
+        if run.cfg.eval.probes:
+            self.probes, self.probe_baseline = self._build_probes(run)
+
+    def _build_reference(self, run: RunContext) -> Optional[Reference]:
+        cfg = self.cfg
+        if not self.loss.needs_reference:
+            return None
+        if cfg.reference.mode == "none":
+            raise TrainError("reference.mode is 'none' but the loss needs a reference model")
+        seen = run.total_steps * cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
+        n_evals = (run.total_steps // cfg.eval.every if cfg.eval.every else 0) + int(cfg.eval.at_start) + 1
+        everything = list(run.train_data) + list(run.eval_data)
+        req = ReferenceRequest(
+            mode=cfg.reference.mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled,
+            live_examples=seen + n_evals * len(run.eval_data), once_examples=len(everything), bf16=cfg.train.bf16,
+            cache_dir=run.run_dir / "ref_cache" if not cfg.reference.cache_dir else _path(cfg.reference.cache_dir))
+        separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
+        tools = ReferenceTools(
+            device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
+            load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
+            load_separate=lambda: load_base_model(separate, run.tokenizer),
+            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first)
+        record = (run.resumed or {}).get("reference")
+        return build_reference(req, run.accelerator.unwrap_model(run.model), everything, tools,
+                               resuming=run.resuming, record=record)
+
+    def _build_probes(self, run: RunContext):
+        """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""
+        from ...diagnostics.probes import build_probe_set, score_probes
+
+        path = run.run_dir / "probes.pt"
+        if run.resuming and path.exists():
+            saved = torch.load(path, weights_only=False)
+            return saved["probes"], saved["baseline"]
+        if run.resuming:
+            raise TrainError(f"resuming a run with eval.probes needs {path}, which is gone")
+        cfg = self.cfg
+        model = run.accelerator.unwrap_model(run.model)
+        probes = build_probe_set(run.eval_data or run.train_data, run.tokenizer, n=cfg.eval.probe_examples,
+                                 seed=cfg.train.seed, model=model, greedy_tokens=cfg.eval.probe_greedy_tokens,
+                                 batch_size=cfg.eval.batch_size, edges=cfg.eval.edit_buckets)
+        baseline = score_probes(model, probes, run.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size, autocast=self.autocast)
+        if run.is_main:
+            atomic.torch_save({"probes": probes, "baseline": baseline}, path)
+        return probes, baseline
+
+    # -- a micro-batch --------------------------------------------------------------------------------------------
+    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
+        # every process evaluates the whole eval set, so evaluation never gathers across processes
+        objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast,
+                                             dist=self.dist if training else LOCAL)
+        n = batch["num_pairs"]
+        return MicroResult(objective * n, float(n), metrics)
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @contextmanager
+    def evaluation(self, eval_data: Sequence) -> Iterator[None]:
+        if self.reference is not None and self.reference.mode == "precomputed" and eval_data is not self._eval_data:
+            raise TrainError("eval_data was replaced after the reference log-probs were precomputed; pass it to "
+                             "Trainer(..., eval_data=...) or set reference.mode=copy (or adapter under LoRA)")
+        state = self.loss.state_dict()
+        try:
+            yield
+        finally:
+            self.loss.load_state_dict(state)  # evaluation must not move beta-DPO's statistics
+
+    def eval_extras(self, model) -> Dict[str, Any]:
+        if self.probes is None:
+            return {}
+        from ...diagnostics.probes import probe_metrics, score_probes
+
+        scores = score_probes(model, self.probes, self._tokenizer.pad_token_id, batch_size=self.cfg.eval.batch_size,
+                              autocast=self.autocast)
+        return probe_metrics(scores, self.probe_baseline, self.probes.buckets)
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return self.loss.state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.loss.load_state_dict(state)
+
+    def record(self) -> Dict[str, Any]:
+        return {"reference": self.reference.record()} if self.reference is not None else {}
+
+    def summary(self) -> Dict[str, Any]:
+        return {"reference_mode": self.reference.mode if self.reference is not None else None}
+
+
+def _path(p: str):
+    from pathlib import Path
+
+    return Path(p).expanduser()

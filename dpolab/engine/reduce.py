@@ -1,0 +1,43 @@
+"""Metric reduction: micro-batch rows -> one row per optimiser step (or per evaluation), across processes.
+
+A row is a dict of metrics plus ``_weight`` (the pairs or tokens it averages over). Means are weighted by it, so
+accumulation and several processes report what one big batch would; ``.../min`` and ``.../max`` metrics (MADPO's
+weights) are extremes, not means. Keys starting with ``_`` are private to the objective (e.g. raw rewards).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from .logging import to_float
+
+
+def weighted_means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
+    """Weighted mean of every numeric public metric; extremes for ``/min`` and ``/max``."""
+    out: Dict[str, float] = {}
+    for k in [k for k in rows[0] if not k.startswith("_")]:
+        vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
+        if all(isinstance(v, (int, float)) for v, _ in vals):
+            out[k] = sum(v * w for v, w in vals) / max(1e-12, sum(w for _, w in vals))
+    for k in [k for k in out if k.endswith(("/min", "/max"))]:
+        out[k] = (min if k.endswith("/min") else max)(to_float(r[k]) for r in rows if k in r)
+    return out
+
+
+def across_processes(out: Dict[str, float], weight: float, tokens: float, accelerator) -> tuple[Dict[str, float], float]:
+    """Combine each process's step metrics as one process would have computed them (weighted by each process's
+    pairs or tokens; extremes over processes). Returns (metrics, total tokens)."""
+    if accelerator.num_processes == 1:
+        return out, tokens
+    names = sorted(out)
+    extremes = [k for k in names if k.endswith(("/min", "/max"))]
+    dev = accelerator.device
+    t = torch.tensor([out[n] * weight for n in names] + [weight, float(tokens)], dtype=torch.float64)
+    t = accelerator.reduce(t.to(dev), reduction="sum").cpu()
+    merged = {n: float(v) / max(1e-12, float(t[-2])) for n, v in zip(names, t[:-2].tolist())}
+    if extremes:
+        ext = accelerator.gather(torch.tensor([[out[k] for k in extremes]], dtype=torch.float64).to(dev)).cpu()
+        for j, k in enumerate(extremes):
+            merged[k] = float(ext[:, j].min() if k.endswith("/min") else ext[:, j].max())
+    return merged, float(t[-1])
