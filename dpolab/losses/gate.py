@@ -2,7 +2,7 @@
 
 The objective's value is unchanged; only the gradient through ``log pi(y_l)`` is scaled by a detached gate
 
-    g = sigma(alpha (p - tau)),     log pi(y_l) -> g log pi(y_l) + (1 - g) sg(log pi(y_l)),
+    g = sigma(alpha (p - tau)),     log pi(y_l) -> sg(log pi(y_l)) + g (log pi(y_l) - sg(log pi(y_l))),
 
 where p is the rejected response's probability level:
   * ``"seq"``: exp(mean token log-prob of y_l) (the geometric-mean token probability), from the per-token
@@ -126,7 +126,8 @@ class GateConfig:
         x = outputs.policy_rejected_logps
         p = self.level(outputs).to(device=x.device, dtype=x.dtype)
         g = torch.sigmoid(self.alpha * (p - self.tau)).detach()
-        gated = g * x + (1.0 - g) * x.detach()
+        frozen = x.detach()
+        gated = frozen + g * (x - frozen)  # value exactly x (x - sg(x) is exactly 0); gradient g
         metrics = {"gate/mean": g.mean(), "gate/min": g.min(), "gate/max": g.max(), "gate/p_mean": p.mean()}
         return outputs.replace(policy_rejected_logps=gated), metrics
 

@@ -87,12 +87,15 @@ def exo_pair(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: 
           summary="DiscoPOP log-ratio modulated loss: blend of logistic and exponential loss")
 def discopop(outputs: PreferenceOutputs, *, beta: float = 0.1, tau: float = 0.05) -> LossOutput:
     """DiscoPOP (Chris Lu et al. 2024, Eq. 5): with z = beta h and m = s(z / tau),
-    ``L = (1 - m) (-log s(z)) + m exp(-z)``. Default tau 0.05 (the paper's, TRL ``discopop_tau``)."""
+    ``L = (1 - m) (-log s(z)) + m exp(-z)``. Default tau 0.05 (the paper's, TRL ``discopop_tau``).
+
+    Computed as ``s(-z/tau) (-log s(z)) + exp(log s(z/tau) - z)``: the same value, but where m underflows to 0 while
+    exp(-z) overflows (z <= -88.7 in float32) the product is exp(log s(z/tau) - z), which for tau < 1 goes to 0
+    instead of 0 * inf = NaN."""
     positive("discopop", beta=beta, tau=tau)
     r_w, r_l = outputs.logratios("discopop")
     z = beta * (r_w - r_l)
-    mod = torch.sigmoid(z / tau)
-    losses = (1.0 - mod) * (-F.logsigmoid(z)) + mod * torch.exp(-z)
+    losses = torch.sigmoid(-z / tau) * (-F.logsigmoid(z)) + torch.exp(F.logsigmoid(z / tau) - z)
     return preference_output(losses, r_w, r_l, beta)
 
 

@@ -317,3 +317,16 @@ def test_compute_loss_single_and_list_forms():
     assert mixed.losses.tolist() == pytest.approx([-ls(0.1 * x) + 0.5 * (-(x - 10.0) / 5) for x in h])
     with pytest.raises(LossConfigError):
         compute_loss(["dpo"], o, beta=0.2)
+
+
+def test_gate_forward_value_is_exactly_the_wrapped_value_at_step_0():
+    """sg(x) + g (x - sg(x)) is x to the last bit; g x + (1 - g) sg(x) is not (METHODS.md: rejected reward 0 at step 0)."""
+    torch.manual_seed(0)
+    x = torch.rand(2000, dtype=torch.float64) * -80.0
+    n = torch.full((2000,), 7)
+    o = PreferenceOutputs(policy_chosen_logps=x.clone().requires_grad_(), policy_rejected_logps=x.clone().requires_grad_(),
+                          ref_chosen_logps=x.clone(), ref_rejected_logps=x.clone(), chosen_lengths=n, rejected_lengths=n)
+    gated, _ = GateConfig.build("seq", alpha=3.0, tau=0.3).apply(o)
+    assert torch.equal(gated.policy_rejected_logps, o.policy_rejected_logps)
+    out = compute_loss("gate-dpo", o, alpha=3.0, tau=0.3)
+    assert torch.equal(out.rejected_rewards, torch.zeros_like(x)) and torch.equal(out.chosen_rewards, torch.zeros_like(x))
