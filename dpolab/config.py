@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,15 +49,15 @@ class LoraConfig:
 
 @dataclass
 class DataConfig:
-    train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv/.parquet file, a saved HF dataset folder, or a hub name")
+    train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv (each also .gz)/.parquet file, a saved HF dataset folder, or a hub name")
     eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
     task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/tasks/)")
     task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
     split: Optional[str] = _f(None, "split of a hub dataset or saved DatasetDict folder for data.train (default: train)")
     columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages, or a data.extras name)")
     extras: List[str] = _f(list, "numeric columns passed to the loss per example, preference data only (MADPO reads rm_margin)")
-    max_length: int = _f(512, "maximum tokens of prompt + response")
-    max_prompt_length: Optional[int] = _f(None, "maximum prompt tokens (default max_length // 2)")
+    max_length: int = _f(512, "maximum tokens of prompt + response (>= 2)")
+    max_prompt_length: Optional[int] = _f(None, "maximum prompt tokens, in [1, max_length) (default max_length // 2)")
     truncation_mode: Literal["keep_end", "keep_start"] = _f("keep_end", "which end of a long prompt to keep")
     limit: Optional[int] = _f(None, "use at most this many training rows (the eval set is cut by eval.max_examples)")
     eval_fraction: float = _f(0.1, "fraction of train held out for evaluation when no eval set is given")
@@ -90,7 +92,7 @@ class TrainConfig:
     weight_decay: float = _f(0.0, "weight decay")
     warmup_steps: int = _f(0, "linear warm-up steps")
     schedule: Literal["constant", "linear", "cosine"] = _f("linear", "decay after warm-up")
-    max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null: no clipping)")
+    max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null or 0: no clipping)")
     bf16: bool = _f(False, "bf16 autocast for forward passes (CPU, or a GPU with bf16 support: an error otherwise)")
     seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")
     shuffle: bool = _f(True, "shuffle the training data each epoch")
@@ -148,7 +150,8 @@ class RunConfig:
     model: ModelConfig = _f(ModelConfig, "the policy model")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters")
     data: DataConfig = _f(DataConfig, "training and evaluation data")
-    loss: List[Any] = _f(_default_loss, "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]")
+    loss: List[Any] = _f(_default_loss, "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]; weights are finite and >= 0, "
+                               "at least one > 0 (a 0 weight logs that loss without training on it)")
     reference: ReferenceConfig = _f(ReferenceConfig, "the reference model")
     train: TrainConfig = _f(TrainConfig, "optimisation")
     eval: EvalConfig = _f(EvalConfig, "evaluation")
@@ -211,9 +214,12 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            out = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+        if not math.isfinite(out):  # inf/nan only surface later as a NaN loss, or never (eval_fraction)
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return out
     if tp is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(f"{key}: expected text, got {value!r}")
@@ -245,27 +251,118 @@ def _build(cls: Any, data: Any, prefix: str = "") -> Any:
     return obj
 
 
-_POSITIVE = {"batch_size", "grad_accum", "max_length", "r", "log_every", "keep_last"}
+@dataclass(frozen=True)
+class _Range:
+    """The valid values of a numeric field: ``lo`` / ``hi`` bounds (None: unbounded), open or closed, null allowed."""
+
+    lo: Optional[float] = None
+    lo_open: bool = False
+    hi: Optional[float] = None
+    hi_open: bool = True
+    nullable: bool = False
+
+    def ok(self, v: Any) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def text(self) -> str:
+        fmt = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
+        if self.lo is not None and self.hi is not None:
+            out = f"in {'(' if self.lo_open else '['}{fmt(self.lo)}, {fmt(self.hi)}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            out = f"{'>' if self.lo_open else '>='} {fmt(self.lo)}"
+        else:
+            out = f"{'<' if self.hi_open else '<='} {fmt(self.hi)}"
+        return out + (" or null" if self.nullable else "")
+
+
+_AT_LEAST_1, _AT_LEAST_0, _POSITIVE = _Range(1), _Range(0), _Range(0.0, lo_open=True)
+# Every numeric field's valid range (float fields are also checked to be finite, in _coerce). Checked when a config
+# is built, before any data or model is loaded; each error is one line naming the key and its valid range.
+_RANGES: Dict[tuple, _Range] = {
+    ("LoraConfig", "r"): _AT_LEAST_1,
+    ("LoraConfig", "alpha"): _POSITIVE,
+    ("LoraConfig", "dropout"): _Range(0.0, hi=1.0),
+    ("DataConfig", "max_length"): _Range(2),  # a prompt token (BOS) and one response token to score
+    ("DataConfig", "max_prompt_length"): _Range(1, nullable=True),  # and < max_length: checked in _validate
+    ("DataConfig", "limit"): _Range(1, nullable=True),
+    ("DataConfig", "eval_fraction"): _Range(0.0, hi=1.0),
+    ("TrainConfig", "epochs"): _POSITIVE,
+    ("TrainConfig", "max_steps"): _Range(1, nullable=True),
+    ("TrainConfig", "batch_size"): _AT_LEAST_1,
+    ("TrainConfig", "grad_accum"): _AT_LEAST_1,
+    ("TrainConfig", "lr"): _POSITIVE,
+    ("TrainConfig", "weight_decay"): _Range(0.0),
+    ("TrainConfig", "warmup_steps"): _AT_LEAST_0,
+    ("TrainConfig", "max_grad_norm"): _Range(0.0, nullable=True),  # null or 0: no clipping
+    ("TrainConfig", "seed"): _AT_LEAST_0,
+    ("TrainConfig", "log_every"): _AT_LEAST_1,
+    ("EvalConfig", "every"): _AT_LEAST_0,
+    ("EvalConfig", "batch_size"): _AT_LEAST_1,
+    ("EvalConfig", "max_examples"): _Range(1, nullable=True),
+    ("EvalConfig", "probe_examples"): _AT_LEAST_1,
+    ("EvalConfig", "probe_greedy_tokens"): _AT_LEAST_1,
+    ("OutputConfig", "save_every"): _AT_LEAST_0,
+    ("OutputConfig", "keep_last"): _AT_LEAST_1,
+    ("RewardModelConfig", "center_weight"): _Range(0.0),
+}
+_PATHS = {("OutputConfig", "dir"), ("ReferenceConfig", "cache_dir")}  # folders dpolab creates: names must fit the filesystem
 
 
 def _validate(obj: Any, prefix: str) -> None:
     for f in dataclasses.fields(obj):
         v = getattr(obj, f.name)
         key = f"{prefix}.{f.name}" if prefix else f.name
-        if f.name in _POSITIVE and isinstance(v, int) and v < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {v}")
-        if f.name in ("lr", "epochs") and isinstance(v, float) and v <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {v}")
-        if f.name == "center_weight" and v < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {v}")
-        if f.name == "eval_fraction" and not (0.0 <= v < 1.0):
-            raise ConfigError(f"{key}: must be in [0, 1), got {v}")
-        if f.name == "max_prompt_length" and v is not None and not (0 <= v < obj.max_length):
-            raise ConfigError(f"{key}: must be in [0, max_length) = [0, {obj.max_length}), got {v}")
+        rule = _RANGES.get((type(obj).__name__, f.name))
+        if rule is not None:
+            if v is None and not rule.nullable:
+                raise ConfigError(f"{key}: must be {rule.text()}, got null")
+            if v is not None and not rule.ok(v):
+                raise ConfigError(f"{key}: must be {rule.text()}, got {v!r}")
+        if (type(obj).__name__, f.name) in _PATHS and v is not None:
+            _check_path(key, v)
+        if f.name == "max_prompt_length" and isinstance(obj, DataConfig) and v is not None and v >= obj.max_length:
+            raise ConfigError(f"{key}: must be in [1, data.max_length) = [1, {obj.max_length}), got {v}")
         if f.name == "edit_buckets" and v is not None and (
                 len(v) not in (1, 2) or any(x < 0 for x in v) or any(x >= y for x, y in zip(v, v[1:]))):
             raise ConfigError(f"{key}: must be one or two strictly increasing edit distances >= 0 (low/high or "
                               f"low/mid/high buckets) or null, got {v}")
+
+
+def _name_max(path: Path) -> tuple[int, int]:
+    """(longest file name, longest path) of the filesystem holding ``path`` (its nearest existing folder)."""
+    probe = path
+    while not os.path.exists(probe) and probe != probe.parent:  # (Path.exists raises on a too-long name)
+        probe = probe.parent
+    limits = []
+    for name, default in (("PC_NAME_MAX", 255), ("PC_PATH_MAX", 4096)):
+        try:
+            limits.append(os.pathconf(str(probe), name) or default)
+        except (OSError, ValueError, AttributeError):  # not on this OS, or the folder is unreadable
+            limits.append(default)
+    return limits[0], limits[1]
+
+
+def _check_path(key: str, value: str) -> None:
+    """A folder dpolab will create: every component must fit the filesystem (else an OSError mid-run)."""
+    if not value:
+        raise ConfigError(f"{key}: must be a folder path, got an empty string")
+    if "\0" in value:
+        raise ConfigError(f"{key}: must not contain a NUL character")
+    path = Path(os.path.abspath(os.path.expanduser(value)))
+    try:
+        os.fsencode(str(path))
+    except UnicodeError:
+        raise ConfigError(f"{key}: {value!r} cannot be encoded as a file name on this system") from None
+    name_max, path_max = _name_max(path)
+    for part in path.parts:
+        n = len(os.fsencode(part))
+        if n > name_max:
+            raise ConfigError(f"{key}: the folder name {part[:40]!r}... is {n} bytes; this filesystem allows at most {name_max}")
+    n = len(os.fsencode(str(path)))
+    if n + 64 > path_max:  # room for checkpoints/step-N.tmp-.../model/... below it
+        raise ConfigError(f"{key}: the path is {n} bytes; this filesystem allows at most {path_max} (with room for the files below it)")
 
 
 def parse_override(text: str) -> tuple[List[str], Any]:
@@ -341,9 +438,17 @@ def _check_loss_list(cfg: RunConfig) -> None:
     if cfg.train.mode != "preference":
         return
     try:
-        CompositeLoss(cfg.loss)
+        comp = CompositeLoss(cfg.loss)
     except LossConfigError as e:
         raise ConfigError(f"loss: {e}") from None
+    # A weight is finite and >= 0 (a negative one is silent gradient ascent); 0 is allowed on some components (the
+    # loss is then logged as loss/<name> but not trained on), as long as at least one weight is > 0.
+    for i, spec in enumerate(comp.specs):
+        if not (math.isfinite(spec.weight) and spec.weight >= 0):
+            raise ConfigError(f"loss[{i}] ({spec.name}): weight must be a finite number >= 0, got {spec.weight!r}")
+    if not any(spec.weight > 0 for spec in comp.specs):
+        raise ConfigError(f"loss: at least one weight must be > 0 (got {', '.join(f'{s.name}: {s.weight:g}' for s in comp.specs)}); "
+                          "a run with every weight 0 trains nothing")
 
 
 def describe_config() -> str:

@@ -7,6 +7,10 @@ Every reader yields ``(row, record)`` pairs where ``row`` is the 1-based number 
   spanning several lines still counts as one row);
 - ``.json``, ``.parquet``, saved/hub datasets and in-memory lists: the 1-based index of the record.
 
+The text formats may be gzipped (``.jsonl.gz``, ``.json.gz``, ``.csv.gz``, ``.tsv.gz``, as Anthropic HH ships): they
+are decompressed while reading, with the same row numbers and messages (naming the ``.gz`` file). A corrupt or
+truncated gzip file is a file-level :class:`DataError`.
+
 Per-row problems (a bad JSON line, invalid UTF-8, a CSV row with the wrong number of fields) are
 reported as :class:`DataError` naming the file and row. :func:`read_records` raises them;
 :func:`iter_records` yields them in place of the record so a loader can count and skip them.
@@ -15,18 +19,22 @@ File-level problems (missing file, unreadable container) always raise.
 from __future__ import annotations
 
 import csv
+import gzip
 import io
 import json
 import os
 import re
 import sys
+import zlib
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional, Tuple, Union
 
 from dpolab.data.types import DataError
 
 Source = Union[str, os.PathLike, Iterable[dict]]
-FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+TEXT_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv")
+FILE_SUFFIXES = (*TEXT_SUFFIXES, ".parquet", *(s + ".gz" for s in TEXT_SUFFIXES))
+_GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)  # bad header or CRC, truncated stream, bad deflate data
 MEMORY = "<memory>"
 _SURROGATE = re.compile("[\udc80-\udcff]")  # what invalid UTF-8 bytes decode to under 'surrogateescape'
 
@@ -39,7 +47,7 @@ def source_name(source: Source) -> str:
 def read_records(source: Source, *, split: Optional[str] = None) -> Iterator[Tuple[int, dict]]:
     """Yield ``(row, record)`` from ``source``; raise :class:`DataError` at the first bad row.
 
-    ``source`` is a path (.jsonl, .json, .csv, .tsv, .parquet, or a folder written by
+    ``source`` is a path (.jsonl, .json, .csv, .tsv, each optionally .gz, .parquet, or a folder written by
     ``datasets.save_to_disk``), a Hugging Face hub dataset name, or an iterable of dicts.
     ``split`` picks the split of a hub dataset or a saved ``DatasetDict`` (default 'train').
     See the module docstring for what ``row`` means for each format.
@@ -55,17 +63,61 @@ def iter_records(source: Source, *, split: Optional[str] = None) -> Iterator[Tup
     if not isinstance(source, (str, os.PathLike)):
         return _iter_memory(source)
     path = Path(os.path.expanduser(str(source)))
-    suffix = path.suffix.lower()
-    if path.is_dir():
+    suffix, gz = _file_type(path)
+    kind = suffix + (".gz" if gz else "")
+    try:
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except OSError as e:  # e.g. a file name longer than the filesystem allows
+        raise DataError(f"cannot open: {e.strerror or e}", source=str(source)) from e
+    if is_dir:
         return _iter_hf(_load_saved(path, split), str(source))
-    if path.is_file():
+    if is_file:
         readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv, ".tsv": _iter_csv, ".parquet": _iter_parquet}
-        if suffix not in readers:
-            raise DataError(f"unsupported file type '{suffix}' (expected one of {', '.join(FILE_SUFFIXES)})", source=str(source))
-        return readers[suffix](path, str(source))
-    if suffix in FILE_SUFFIXES or str(source).startswith((".", "/", "~")):
+        if kind not in FILE_SUFFIXES:
+            raise DataError(f"unsupported file type '{kind}' (expected one of {', '.join(FILE_SUFFIXES)})", source=str(source))
+        return readers[suffix](path, str(source), gz) if gz else readers[suffix](path, str(source))
+    if kind in FILE_SUFFIXES or gz or str(source).startswith((".", "/", "~")):
         raise DataError("file not found", source=str(source))
     return _iter_hf(_load_hub(str(source), split), str(source))
+
+
+def _file_type(path: Path) -> Tuple[str, bool]:
+    """(format suffix, gzipped): ``d.jsonl.gz`` -> ('.jsonl', True), ``d.csv`` -> ('.csv', False)."""
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return Path(path.stem).suffix.lower(), True
+    return suffix, False
+
+
+def _gzip_error(e: BaseException, name: str, after_line: Optional[int] = None) -> DataError:
+    where = f" after line {after_line}" if after_line else ""  # (line 0: the header is already bad)
+    detail = str(e).replace("\n", " ") or type(e).__name__
+    return DataError(f"corrupt or truncated gzip file{where} ({detail})", source=name)
+
+
+def _read_bytes(path: Path, name: str, gz: bool) -> bytes:
+    """The whole file, decompressed if ``gz``; a corrupt gzip file is a file-level DataError."""
+    if not gz:
+        return path.read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except _GZIP_ERRORS as e:
+        raise _gzip_error(e, name) from e
+
+
+def _lines(f: Any, name: str) -> Iterator[bytes]:
+    """The lines of a (possibly gzip) binary file; corrupt compressed data stops with a DataError naming the file."""
+    it, line = iter(f), 0
+    while True:
+        try:
+            raw = next(it)
+        except StopIteration:
+            return
+        except _GZIP_ERRORS as e:
+            raise _gzip_error(e, name, after_line=line) from e
+        line += 1
+        yield raw
 
 
 def _iter_memory(records: Iterable[Any]) -> Iterator[Tuple[int, Union[dict, DataError]]]:
@@ -80,9 +132,9 @@ def _decode(raw: bytes, name: str, row: int) -> Union[str, DataError]:
         return DataError(f"invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", source=name, row=row)
 
 
-def _iter_jsonl(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataError]]]:
-    with open(path, "rb") as f:
-        for row, raw in enumerate(f, 1):
+def _iter_jsonl(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, Union[dict, DataError]]]:
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        for row, raw in enumerate(_lines(f, name), 1):
             text = _decode(raw, name, row)
             if isinstance(text, DataError):
                 yield row, text
@@ -102,8 +154,8 @@ def _iter_jsonl(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataEr
             yield row, rec if isinstance(rec, dict) else DataError(f"expected a JSON object, got {type(rec).__name__}", source=name, row=row)
 
 
-def _iter_json(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataError]]]:
-    raw = path.read_bytes()
+def _iter_json(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, Union[dict, DataError]]]:
+    raw = _read_bytes(path, name, gz)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:  # one JSON document: name the line, there is no row yet
@@ -134,11 +186,11 @@ def sniff_delimiter(header_line: str, default: str) -> str:
     return max(counts, key=counts.get)
 
 
-def _iter_csv(path: Path, name: str) -> Iterator[Tuple[int, Union[dict, DataError]]]:
+def _iter_csv(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, Union[dict, DataError]]]:
     # 'surrogateescape' keeps invalid bytes as lone surrogates so the bad row can be named, not the file.
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
+    text = _read_bytes(path, name, gz).decode("utf-8", errors="surrogateescape").lstrip("\ufeff")
     check_utf8 = bool(_SURROGATE.search(text))
-    default = "\t" if path.suffix.lower() == ".tsv" else ","
+    default = "\t" if _file_type(path)[0] == ".tsv" else ","
     delim = sniff_delimiter(text.split("\n", 1)[0], default)
     _raise_csv_field_limit()
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
