@@ -4,6 +4,7 @@
     dpolab eval --model runs/x/final --data pairs.jsonl
     dpolab rm train --config rm.yaml                 # reward model (Bradley-Terry) -> runs/x/final
     dpolab rm score --model runs/x/final --data pairs.jsonl --out scored.jsonl
+    dpolab inspect-data --data pairs.jsonl --model gpt2   # how rows are tokenised, prompt|response boundary marked
     dpolab pretrain --text ../shared/data/tiny-shakespeare/input.txt   # cached tiny GPT-2 -> prints its final/ path
     dpolab study sft-dpo --size cpu                    # a packaged study (`dpolab study --help` lists them)
     dpolab demo
@@ -20,7 +21,7 @@ import argparse
 import json
 import os
 import sys
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 
 def _expected_errors() -> tuple:
@@ -44,7 +45,8 @@ def _cmd_train(args) -> int:
 def _print_summary(summary: dict, run_dir: str) -> None:
     final = summary.get("final_eval") or {}
     keys = [k for k in ("eval/loss", "eval/reward_accuracy", "eval/margin", "eval/logratio/chosen", "eval/logratio/rejected") if k in final]
-    shown = ", ".join(f"{k.split('/', 1)[1]}={final[k]:.4f}" for k in keys)
+    shown = ", ".join(f"{k.split('/', 1)[1]}=" + (f"{final[k]:.4f}" if isinstance(final[k], (int, float)) else str(final[k]))
+                      for k in keys)
     print(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB"
           + (f"; eval {shown}" if shown else "") + f"\nrun folder: {run_dir}")
 
@@ -172,6 +174,48 @@ def _cmd_config(args) -> int:
     return 0
 
 
+def _cmd_inspect_data(args) -> int:
+    """Show how the first rows of a data file are tokenised: options from --config (the model's tokenizer and the
+    data section of a training config), overridden by the flags given."""
+    from .config import ConfigError, ModelConfig, load_config
+    from .data.inspection import format_inspection, inspect_data
+    from .models.load import load_tokenizer
+
+    _check_at_least(1, rows=args.rows, max_length=args.max_length)
+    _check_at_least(0, max_prompt_length=args.max_prompt_length, max_tokens=args.max_tokens)
+    cfg = load_config(args.config) if args.config else None
+    if args.model or args.tokenizer:
+        model_cfg = ModelConfig(name_or_path=args.model or ModelConfig().name_or_path, tokenizer=args.tokenizer)
+    elif cfg is not None:
+        model_cfg = cfg.model
+    else:
+        raise ConfigError("name the tokenizer: --model M (its tokenizer), --tokenizer T (e.g. char, gpt2-offline) or --config C")
+    data = cfg.data if cfg is not None else None
+    source = args.data or (data.train if data is not None else None)
+    if not source:
+        raise ConfigError("no data: give --data FILE (or --config with data.train set)")
+    pick = lambda flag, name, default: flag if flag is not None else (getattr(data, name) if data is not None else default)  # noqa: E731
+    mode = args.mode
+    if mode == "auto" and cfg is not None and args.data is None:  # the config's own data: its training mode decides
+        mode = "sft" if cfg.train.mode == "sft" and not cfg.data.sft_from_pairs else "preference"
+    columns = _parse_columns(args.columns) or (dict(data.columns) if data is not None and data.columns else None)
+    tokenizer = load_tokenizer(model_cfg)
+    result = inspect_data(
+        source, tokenizer, rows=args.rows, mode=mode, columns=columns,
+        max_length=pick(args.max_length, "max_length", 512), max_prompt_length=pick(args.max_prompt_length, "max_prompt_length", None),
+        truncation_mode=pick(args.truncation, "truncation_mode", "keep_end"), split=pick(args.split, "split", None),
+    )
+    try:  # token pieces are not ASCII (▁, Ġ): never fail on a console or pipe with a narrow encoding
+        sys.stdout.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError):
+        pass
+    try:
+        print(format_inspection(result, tokenizer, show_ids=args.ids, max_tokens=args.max_tokens), flush=True)
+    except BrokenPipeError:  # `dpolab inspect-data ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def _add_run_args(p: argparse.ArgumentParser, example: str) -> None:
     """The options every training command shares: a YAML config, --resume and key=value overrides."""
     p.add_argument("--config", "-c", help="YAML config file (optional: defaults + overrides also work)")
@@ -269,6 +313,30 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--data-dir", help="folder with the real data sets (default ../shared/data); studies skip sets they cannot find")
     st.set_defaults(func=_cmd_study)
 
+    ins = sub.add_parser("inspect-data", help="show how the first rows of a data file are tokenised, token by token, prompt | responses",
+                         description="Tokenise the first rows of a preference or SFT data file exactly as training does and "
+                                     "print each token as its vocabulary piece: the prompt, a boundary marker (after "
+                                     "the prompt's last tokens), then the chosen and rejected (or completion) tokens, with "
+                                     "lengths and what truncation cut. --config takes the tokenizer and the data options "
+                                     "from a training config; the flags override it.")
+    ins.add_argument("--data", help="data file or dataset (default: data.train of --config)")
+    ins.add_argument("--model", help="model name/path whose tokenizer to use (tiny presets: the char tokenizer)")
+    ins.add_argument("--tokenizer", help="tokenizer name/path, or char | gpt2-offline")
+    ins.add_argument("--config", "-c", help="a training config: its model's tokenizer and its data options")
+    ins.add_argument("--rows", type=int, default=3, help="rows to show (default 3)")
+    ins.add_argument("--mode", default="auto", choices=["auto", "preference", "sft"],
+                     help="row kind (default auto: preference if the rows have 'chosen', else sft)")
+    ins.add_argument("--column", "--columns", dest="columns", action="append", metavar="FIELD=COLUMN",
+                     help="column mapping, repeatable (as data.columns)")
+    ins.add_argument("--max-length", type=int, help="maximum tokens of prompt + response (default 512, or the config's)")
+    ins.add_argument("--max-prompt-length", type=int, help="maximum prompt tokens (default max_length // 2)")
+    ins.add_argument("--truncation", choices=["keep_end", "keep_start"], help="which end of a long prompt to keep (default keep_end)")
+    ins.add_argument("--split", help="split of a hub dataset or saved DatasetDict")
+    ins.add_argument("--ids", action="store_true", help="show each token's id too: [piece:id]")
+    ins.add_argument("--max-tokens", type=int, default=64,
+                     help="tokens shown per part before the middle is elided (default 64; 0 = all)")
+    ins.set_defaults(func=_cmd_inspect_data)
+
     ls = sub.add_parser("losses", help="list every loss with its parameters and paper")
     ls.set_defaults(func=_cmd_losses)
     c = sub.add_parser("config", help="print every config option with its default and help")
@@ -278,17 +346,77 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (what schedulers send before killing a job), raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM during the clean-up ends the process at once
+    raise Terminated()
+
+
+def _handle_sigterm() -> Callable[[], None]:
+    """Turn SIGTERM into :class:`Terminated` while a training command runs; returns the undo (a no-op outside the
+    main thread, where Python cannot set handlers)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _resume_hint(args, argv: List[str], terminated: bool) -> str:
+    """Two lines for an interrupted ``train`` / ``rm train``: the last complete checkpoint and the command that
+    continues from it (the same arguments plus ``--resume``)."""
+    import shlex
+    from pathlib import Path
+
+    what = "interrupted (SIGTERM)" if terminated else "interrupted (SIGINT)"
+    try:
+        from .config import load_config
+        from .engine.checkpoint import latest_checkpoint
+
+        extra = ["train.mode=rm"] if args.func is _cmd_rm_train else []
+        run_dir = Path(load_config(args.config, [*args.overrides, *extra]).output.dir)
+        ckpt = latest_checkpoint(run_dir)
+    except Exception:  # noqa: BLE001  (the hint must never hide the interruption itself)
+        return what
+    where = (f"last complete checkpoint: {ckpt}" if ckpt is not None
+             else f"no complete checkpoint yet in {run_dir} (--resume starts from the beginning)")
+    rest = list(argv)
+    if "--resume" not in rest:
+        rest.insert(rest.index("--") if "--" in rest else len(rest), "--resume")
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        cmd = "accelerate launch <the same launch options> -m dpolab.cli"
+    elif prog in ("cli.py", "__main__.py"):
+        cmd = "python -m dpolab.cli"
+    else:
+        cmd = "dpolab"
+    return f"{what}; {where}\nto continue: {cmd} {shlex.join(rest)}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    run_command = args.func in (_cmd_train, _cmd_rm_train)
+    undo_sigterm = _handle_sigterm() if run_command else (lambda: None)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C (SIGINT), or SIGTERM for a training command
+        terminated = isinstance(e, Terminated)
+        if not run_command:
+            print("interrupted", file=sys.stderr)
+        elif int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`: one message, not one per process
+            print(_resume_hint(args, sys.argv[1:] if argv is None else argv, terminated), file=sys.stderr)
+        return 143 if terminated else 130
     except Exception as e:  # noqa: BLE001
         if not isinstance(e, _expected_errors()):
             raise  # a bug or an environment failure: the traceback is the report
@@ -298,6 +426,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             traceback.print_exc()
         print(f"error: {e}", file=sys.stderr)
         return 2
+    finally:
+        undo_sigterm()
 
 
 if __name__ == "__main__":  # pragma: no cover

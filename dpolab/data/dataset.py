@@ -21,7 +21,7 @@ from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 from dpolab.errors import ConfigError
 from dpolab.data.formats import to_preference_row, to_sft_row
 from dpolab.data.sources import Source, iter_records, source_name
-from dpolab.data.tokenize import tokenize_preference, tokenize_sft
+from dpolab.data.tokenize import boundary_note, tokenize_preference, tokenize_sft
 from dpolab.data.types import DataError, SkipCounter, TokenizedPair, TokenizedSFT
 
 ON_ERROR = ("raise", "skip")
@@ -87,6 +87,9 @@ def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callab
         if tok is not None:
             out.append(tok)
     log(f"{name}: {len(out)} {kind} loaded; {skips.summary()}")
+    note = boundary_note(out)  # rows whose response could not be split off the joint tokenisation
+    if note:
+        log(f"{name}: {note}")
     return out, skips
 
 

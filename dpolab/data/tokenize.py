@@ -2,20 +2,37 @@
 
 Invariants of every :class:`TokenizedPair` / :class:`TokenizedSFT` produced here:
 
-- the prompt is a token prefix of every full sequence (``prompt_ids + chosen_ids``), because the parts
-  are tokenised separately with ``add_special_tokens=False`` and concatenated;
+- the prompt is a token prefix of every full sequence (``prompt_ids + chosen_ids``): ``prompt_ids`` is the
+  prompt tokenised alone (``add_special_tokens=False``, plus BOS), exactly what generation is fed;
+- the response ids are what the model produces after ``prompt_ids`` (see "The boundary" below);
 - at most one BOS, at the start of the prompt (only if the tokenizer has one, ``add_bos`` is set and
-  the rendered prompt does not already start with it);
-- each response ends with EOS (if the tokenizer has one, ``add_eos`` is set and it is not already the
-  last token) unless the response was cut by truncation;
-- no response is ever empty: rows whose response has no token (before EOS) or loses all its tokens to
-  truncation are skipped, with the reason counted in ``skips``.
+  the rendered prompt does not already start with it); a response never gets one;
+- each response ends with EOS, once (if the tokenizer has one and ``add_eos`` is set; not added when it is
+  already the last token, nor when a chat template's rendering of the turn already holds it, e.g. ChatML's
+  ``<|im_end|>`` or Mistral's ``</s>``) unless the response was cut by truncation;
+- every response has at least one token a model can score (a token with something before it: the prompt or
+  BOS): rows whose response has no token (before EOS), or only one token and no prompt token in front of it
+  (an empty prompt without BOS), or loses all its scorable tokens to truncation (e.g. a prompt cut to nothing
+  by ``max_prompt_length=0``) are skipped, with the reason counted in ``skips``. Such a row would otherwise give
+  a batch with no scored token, hence no gradient.
 
 Chat rows (message lists) are rendered with ``tokenizer.apply_chat_template``: the prompt with
 ``add_generation_prompt=True``; a response as ``render(prompt + response)`` minus ``render(prompt)``.
 If the template is not prefix-consistent (the full rendering does not start with the prompt rendering,
 e.g. templates that rewrite earlier turns), the response falls back to its message contents alone,
 joined by newlines, and ``meta["template_fallback"]`` is set to True.
+
+The boundary. The response is tokenised together with its prompt, ``tokenize(prompt + response)``, and split at
+the prompt's token count: when the prompt's own tokens are a prefix of those joint tokens (the usual case), the
+rest are the response ids, the canonical tokenisation of the whole text (so a SentencePiece dummy-prefix "▁" is
+neither added to a response glued to its prompt nor lost from one that starts with a space). When they are not a
+prefix, because the tokenizer merges across the boundary (a prompt ending in a space or "\n\n" whose last token
+joins the response's first word, e.g. GPT-2 ``["Hello", "Ġ"]`` vs ``["Hello", "Ġworld"]``, or SentencePiece
+``["▁Hello", "▁"]`` vs ``["▁Hello", "▁world"]``), the prompt keeps its own tokens (they are what generation is
+fed) and the response is tokenised alone *as a continuation*: without the dummy prefix a SentencePiece tokenizer
+puts at the start of a text, so ``decode(prompt_ids + response_ids) == prompt + response``. Such rows get
+``meta["boundary"] = "separate"``; a :class:`BoundaryWarning` is issued once per tokenizer and
+:func:`boundary_note` counts them for a load summary.
 
 Truncation (only when ``len(prompt) + len(longest response) > max_length``): the prompt is first cut to
 ``max_prompt_length`` (default ``max_length // 2``) tokens, keeping its end (``keep_end``: the tokens
@@ -24,7 +41,9 @@ right to fit ``max_length``.
 """
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+import warnings
+import weakref
+from typing import Any, Iterable, List, Optional, Tuple
 
 from dpolab.errors import ConfigError
 from dpolab.data.types import Messages, PreferenceRow, SFTRow, SkipCounter, Text, TokenizedPair, TokenizedSFT
@@ -32,6 +51,17 @@ from dpolab.data.types import Messages, PreferenceRow, SFTRow, SkipCounter, Text
 TRUNCATION_MODES = ("keep_end", "keep_start")
 SKIP_EMPTY_TOKENS = "empty response (no tokens)"
 SKIP_EMPTY_TRUNCATED = "empty response after truncation"
+BOUNDARY_SEPARATE = "separate"  # meta["boundary"] of a row whose response could not be split off the joint tokens
+_ANCHORS = ("\n", ".", "a")  # texts put before a response to tokenise it as a continuation (first that works)
+
+
+class BoundaryWarning(UserWarning):
+    """Some rows' prompt tokens are not a prefix of prompt+response tokenised together (issued once per tokenizer)."""
+
+
+_warned: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_dummy_prefix: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+SKIP_UNSCORABLE = "response with no token to score (one token, no prompt or BOS before it)"
 
 
 def _encode(tokenizer: Any, text: str) -> List[int]:
@@ -62,20 +92,89 @@ def render_texts(tokenizer: Any, prompt: Text, responses: List[Text]) -> Tuple[s
     return prompt_text, out, fallback
 
 
-def _prompt_ids(tokenizer: Any, text: str, add_bos: bool) -> List[int]:
-    ids = _encode(tokenizer, text)
+def _prompt_ids(tokenizer: Any, text: str, add_bos: bool, ids: Optional[List[int]] = None) -> List[int]:
+    ids = _encode(tokenizer, text) if ids is None else list(ids)
     bos = getattr(tokenizer, "bos_token_id", None)
     if add_bos and bos is not None and (not ids or ids[0] != bos):
         ids = [bos] + ids
     return ids
 
 
-def _response_ids(tokenizer: Any, text: str, add_eos: bool) -> List[int]:
-    ids = _encode(tokenizer, text)
+def _adds_dummy_prefix(tokenizer: Any) -> bool:
+    """True if the tokenizer marks the start of a text (SentencePiece's "▁" dummy prefix): "a" alone is tokenised
+    differently from "a" after a newline."""
+    try:
+        return _dummy_prefix[tokenizer]
+    except (KeyError, TypeError):
+        pass
+    nl, probe = _encode(tokenizer, "\n"), "a"
+    after = _encode(tokenizer, "\n" + probe)
+    out = after[: len(nl)] == nl and after[len(nl):] != _encode(tokenizer, probe)
+    try:
+        _dummy_prefix[tokenizer] = out
+    except TypeError:
+        pass
+    return out
+
+
+def encode_continuation(tokenizer: Any, text: str) -> List[int]:
+    """Token ids of ``text`` as it continues a sequence: no SentencePiece dummy-prefix "▁" at its start.
+
+    For a tokenizer without a dummy prefix (byte-level BPE: GPT-2, Qwen, Llama 3) this is plain tokenisation; otherwise
+    ``text`` is tokenised after an anchor (a newline) whose tokens are then dropped."""
+    plain = _encode(tokenizer, text)
+    if not plain or not _adds_dummy_prefix(tokenizer):
+        return plain
+    for anchor in _ANCHORS:
+        a, j = _encode(tokenizer, anchor), _encode(tokenizer, anchor + text)
+        if a and j[: len(a)] == a and len(j) > len(a):
+            return j[len(a):]
+    return plain
+
+
+def split_response(tokenizer: Any, prompt_text: str, prompt_tokens: List[int], text: str) -> Tuple[List[int], bool]:
+    """The response's ids after ``prompt_tokens`` (the prompt tokenised alone) and whether they came from the joint
+    tokenisation (True) or, the prompt's tokens not being a prefix of the joint ones, from the continuation (False)."""
+    if not text:
+        return [], True
+    joint = _encode(tokenizer, prompt_text + text)
+    n = len(prompt_tokens)
+    if joint[:n] == prompt_tokens and len(joint) > n:
+        return joint[n:], True
+    return encode_continuation(tokenizer, text), False
+
+
+def _with_eos(tokenizer: Any, ids: List[int], add_eos: bool, templated: bool) -> List[int]:
     eos = getattr(tokenizer, "eos_token_id", None)
-    if ids and add_eos and eos is not None and ids[-1] != eos:
-        ids = ids + [eos]
-    return ids
+    if not ids or not add_eos or eos is None or ids[-1] == eos or (templated and eos in ids):
+        return ids
+    return ids + [eos]
+
+
+def _warn_separate(tokenizer: Any) -> None:
+    try:
+        if tokenizer in _warned:
+            return
+        _warned.add(tokenizer)
+    except TypeError:
+        pass
+    warnings.warn(
+        f"{type(tokenizer).__name__}: for some rows the prompt's tokens are not a prefix of prompt+response tokenised "
+        "together (the tokenizer merges across the boundary, e.g. a prompt ending in a space); the prompt keeps its own "
+        "tokens and those responses are tokenised as a continuation (meta['boundary'] = 'separate'; `dpolab inspect-data` "
+        "shows them). This warning is issued once per tokenizer; ending prompts without a trailing space usually avoids it.",
+        BoundaryWarning, stacklevel=4,
+    )
+
+
+def boundary_note(items: Iterable[Any]) -> Optional[str]:
+    """One line counting the tokenised rows whose response was tokenised apart from its prompt; None if none."""
+    items = list(items)
+    n = sum(1 for t in items if getattr(t, "meta", {}).get("boundary") == BOUNDARY_SEPARATE)
+    if not n:
+        return None
+    return (f"{n} of {len(items)} rows: prompt tokens not a prefix of prompt+response tokens (boundary merge, e.g. a "
+            "trailing space); their responses were tokenised as a continuation of the prompt tokens")
 
 
 def _cut_prompt(ids: List[int], keep: int, mode: str, bos: Optional[int]) -> List[int]:
@@ -110,6 +209,12 @@ def _check_lengths(max_length: int, max_prompt_length: Optional[int]) -> None:
         raise ConfigError(f"max_prompt_length must be in [0, max_length), got {max_prompt_length} (max_length={max_length})")
 
 
+def _scorable(prompt: List[int], response: List[int]) -> bool:
+    """Whether ``prompt + response`` has a response token the model predicts (the first token of a sequence has
+    no position before it, so it is never scored)."""
+    return len(response) >= (1 if prompt else 2)
+
+
 def _skip(skips: Optional[SkipCounter], reason: str) -> None:
     if skips is not None:
         skips.add(reason)
@@ -118,17 +223,32 @@ def _skip(skips: Optional[SkipCounter], reason: str) -> None:
 def _tokenize(tokenizer, prompt, responses, *, max_length, max_prompt_length, truncation_mode, add_bos, add_eos, skips):
     _check_lengths(max_length, max_prompt_length)
     prompt_text, texts, fallback = render_texts(tokenizer, prompt, responses)
-    prompt_ids = _prompt_ids(tokenizer, prompt_text, add_bos)
-    resp_ids = [_response_ids(tokenizer, t, add_eos) for t in texts]
+    prompt_tokens = _encode(tokenizer, prompt_text)
+    prompt_ids = _prompt_ids(tokenizer, prompt_text, add_bos, prompt_tokens)
+    split = [split_response(tokenizer, prompt_text, prompt_tokens, t) for t in texts]
+    templated = isinstance(prompt, list) and not fallback
+    resp_ids = [_with_eos(tokenizer, ids, add_eos, templated) for ids, _ in split]
+    separate = not all(joint for _, joint in split)
     if any(not r for r in resp_ids):
         return _skip(skips, SKIP_EMPTY_TOKENS)
+    if not all(_scorable(prompt_ids, r) for r in resp_ids):
+        return _skip(skips, SKIP_UNSCORABLE)
     bos = getattr(tokenizer, "bos_token_id", None) if add_bos else None
     prompt_ids, resp_ids = truncate(
         prompt_ids, resp_ids, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode, bos=bos
     )
-    if any(not r for r in resp_ids):
+    if not all(_scorable(prompt_ids, r) for r in resp_ids):
         return _skip(skips, SKIP_EMPTY_TRUNCATED)
-    return prompt_ids, resp_ids, fallback
+    if separate:
+        _warn_separate(tokenizer)
+    return prompt_ids, resp_ids, _row_flags(fallback, separate)
+
+
+def _row_flags(fallback: bool, separate: bool) -> dict:
+    flags: dict = {"template_fallback": True} if fallback else {}
+    if separate:
+        flags["boundary"] = BOUNDARY_SEPARATE
+    return flags
 
 
 def tokenize_preference(
@@ -142,8 +262,8 @@ def tokenize_preference(
     )
     if out is None:
         return None
-    prompt_ids, (chosen_ids, rejected_ids), fallback = out
-    meta = dict(row.meta, template_fallback=True) if fallback else dict(row.meta)
+    prompt_ids, (chosen_ids, rejected_ids), flags = out
+    meta = dict(row.meta, **flags)
     return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, extras=dict(row.extras), meta=meta)
 
 
@@ -158,6 +278,6 @@ def tokenize_sft(
     )
     if out is None:
         return None
-    prompt_ids, (completion_ids,), fallback = out
-    meta = dict(row.meta, template_fallback=True) if fallback else dict(row.meta)
+    prompt_ids, (completion_ids,), flags = out
+    meta = dict(row.meta, **flags)
     return TokenizedSFT(prompt_ids, completion_ids, meta=meta)
