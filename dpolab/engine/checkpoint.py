@@ -2,17 +2,19 @@
 
 A checkpoint is a folder ``<run>/checkpoints/step-NNNNNNN`` holding the model (HF format: full weights or
 the LoRA adapter), the optimiser, the scheduler, the RNG states, the loss state (beta-DPO statistics) and
-``state.json`` (step, metrics position). It is written into a temporary folder, marked complete, flushed,
-and only then renamed into place (:func:`dpolab.atomic.atomic_dir`), so a kill at any moment leaves the previous
-checkpoint intact.
+``state.json`` (step, metrics position). It is written into a temporary folder, its files' checksums are recorded
+in ``checksums.json``, it is marked complete, flushed, and only then renamed into place
+(:func:`dpolab.atomic.atomic_dir`), so a kill at any moment leaves the previous checkpoint intact. Resuming verifies
+the checksums (:func:`latest_intact_checkpoint`) and falls back to the newest intact checkpoint.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -20,6 +22,7 @@ import torch
 from ..atomic import atomic_dir
 
 COMPLETE = "COMPLETE"
+CHECKSUMS = "checksums.json"
 # temporary folders of writers killed mid-write: atomic_dir's ``.step-N.tmp-PID``, and ``.tmp-step-N-PID`` from
 # dpolab versions before it (a run folder resumed with this version)
 _DEBRIS = (".step-*.tmp-*", ".tmp-step-*")
@@ -58,6 +61,55 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     return ckpts[-1] if ckpts else None
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def folder_checksums(folder: Path) -> Dict[str, str]:
+    """SHA-256 of every file below ``folder`` (relative POSIX paths), except the checksum file and the marker."""
+    return {f.relative_to(folder).as_posix(): file_sha256(f) for f in sorted(Path(folder).rglob("*"))
+            if f.is_file() and f.name not in (CHECKSUMS, COMPLETE)}
+
+
+def checkpoint_problem(ckpt: Path) -> Optional[str]:
+    """Why ``ckpt`` cannot be trusted (a file missing, changed or unexpected), or None when every file matches the
+    checksums recorded when it was written. A checkpoint from before checksums were recorded is checked for its
+    files only."""
+    needed = ["optimizer.pt", "scheduler.pt", "rng.pt", "loss_state.pt", "state.json"]
+    listed = Path(ckpt) / CHECKSUMS
+    if not listed.exists():
+        missing = [n for n in needed if not (Path(ckpt) / n).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    try:
+        recorded = json.loads(listed.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return f"{CHECKSUMS} is unreadable ({e})"
+    for name in needed:
+        if name not in recorded:
+            return f"{CHECKSUMS} does not list {name}"
+    for name, digest in recorded.items():
+        f = Path(ckpt) / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if file_sha256(f) != digest:
+            return f"{name} does not match its checksum (changed or truncated since it was written)"
+    return None
+
+
+def latest_intact_checkpoint(run_dir: Path, log: Callable[[str], None] = print) -> Optional[Path]:
+    """The newest checkpoint whose files match their checksums; each damaged newer one is named in a notice."""
+    for ckpt in reversed(list_checkpoints(run_dir)):
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt
+        log(f"checkpoint {ckpt} is damaged ({problem}); trying the one before it")
+    return None
+
+
 def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, scheduler, loss_state: Dict[str, Any],
                     state: Dict[str, Any], keep_last: int = 2) -> Path:
     """Write checkpoint ``step`` atomically. ``save_model(path)`` writes the model/adapter in HF format."""
@@ -65,14 +117,23 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
     # atomic_dir: files flushed, then renamed into place; an existing folder of the same step (a re-run) is replaced
     # only once the new one is complete; on an error (e.g. disk full) the partial folder is dropped (a kill leaves
     # it; the next save removes it)
-    with atomic_dir(final) as tmp:
-        save_model(tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        torch.save(loss_state, tmp / "loss_state.pt")
-        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
-        (tmp / COMPLETE).write_text("ok\n")
+    try:
+        with atomic_dir(final) as tmp:
+            save_model(tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save(rng_state(), tmp / "rng.pt")
+            torch.save(loss_state, tmp / "loss_state.pt")
+            (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+            (tmp / CHECKSUMS).write_text(json.dumps(folder_checksums(tmp), indent=1), encoding="utf-8")
+            (tmp / COMPLETE).write_text("ok\n")
+    except OSError:
+        raise
+    except Exception as e:  # torch's zip writer (RuntimeError) and safetensors (SafetensorError) report a failed write
+        text = str(e).lower()  # (disk full, file-size limit) in their own types
+        if not any(w in text for w in ("write", "i/o error", "os error")):
+            raise
+        raise OSError(f"writing failed ({str(e).strip().splitlines()[-1].strip()[:160]})") from e
     for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     for pattern in _DEBRIS:  # debris from killed writers

@@ -1,28 +1,32 @@
-"""The run folder: refuse to clobber a finished run, check it is writable and has room, clear it on request."""
+"""The run folder: one writer at a time, never clobber an earlier run unasked, writable with room, cleared on request."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any, Callable, Dict, Optional
 
+from .. import atomic
 from .errors import TrainError
 
 DONE_MARKER = "DONE"
-RUN_FILES = ("checkpoints", "final", DONE_MARKER, "metrics.jsonl", "summary.json", "probes.pt", "ref_cache")
+LOCK_FILE = ".lock"
+# what a run writes; any of them means the folder holds an earlier run (finished or not)
+RUN_FILES = ("checkpoints", "final", DONE_MARKER, "metrics.jsonl", "summary.json", "config.yaml", "probes.pt", "ref_cache")
 
 
 def check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Create ``run_dir`` (writable, or a clear error); with ``overwrite`` and no resume, clear the run's own files
-    (checkpoints, final model, metrics, probes and its own reference cache ``ref_cache/``)."""
-    if (run_dir / DONE_MARKER).exists() and not (overwrite or resume):
-        raise TrainError(f"{run_dir} already holds a finished run; set output.overwrite=true or choose another output.dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"0" * 4096)
-        probe.unlink()
-    except OSError as e:
-        raise TrainError(f"output folder {run_dir} is not writable: {e.strerror or e}") from e
+    """Refuse a folder that holds an earlier run unless the caller resumes it or overwrites it; with ``overwrite`` and
+    no resume, clear the run's own files (checkpoints, final model, metrics, probes, its own ``ref_cache/``)."""
+    if not (overwrite or resume):
+        earlier = [name for name in RUN_FILES if (run_dir / name).exists()]
+        if (run_dir / DONE_MARKER).exists():
+            raise TrainError(f"{run_dir} already holds a finished run; set output.overwrite=true to replace it or "
+                             f"choose another output.dir")
+        if earlier:
+            raise TrainError(f"{run_dir} holds an unfinished run ({', '.join(earlier)}); continue it with --resume, "
+                             f"or set output.overwrite=true to replace it, or choose another output.dir")
     if overwrite and not resume:
         for name in RUN_FILES:
             p = run_dir / name
@@ -30,6 +34,63 @@ def check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
                 shutil.rmtree(p)
             elif p.exists():
                 p.unlink()
+
+
+def make_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and check that files can be written in it (a clear error, not a failure hours later)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as e:
+        raise TrainError(f"output folder {run_dir} is not writable: {e.strerror or e}") from e
+
+
+_HELD: Dict[str, "RunLock"] = {}  # locks this process holds, by folder
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``flock`` on ``<run>/.lock``, which names the holder's pid).
+
+    The kernel releases it when the holder exits in any way, so a lock left by a dead process is never in the way.
+    Within one process, a new lock on a folder takes over from an earlier one (an abandoned trainer object)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_FILE
+        self._fd: Optional[int] = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        key = str(self.path.resolve())
+        if key in _HELD:
+            _HELD[key].release()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise TrainError(f"{self.path.parent} is in use by another dpolab process (pid {holder}); wait for it to "
+                             f"finish or stop it, or choose another output.dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        _HELD[key] = self
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        import fcntl
+
+        _HELD.pop(str(self.path.resolve()), None)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)
+            self._fd = None
 
 
 def checkpoint_bytes(model, lora: bool, optimizer: str) -> int:
@@ -49,3 +110,13 @@ def check_free_space(run_dir: Path, ckpt_bytes: int, keep_last: int) -> None:
         raise TrainError(f"output folder {run_dir} has {free / 2**20:.0f} MB free but this run needs about "
                          f"{need / 2**20:.0f} MB ({keep_last} kept checkpoint(s) of ~{ckpt_bytes / 2**20:.0f} MB, one being "
                          f"written, the final model); free some space, lower output.keep_last, or choose another output.dir")
+
+
+def publish(run_dir: Path, summary: Dict[str, Any], save_final: Optional[Callable[[Path], None]]) -> None:
+    """Finish a run: the final model (``save_final(folder)``, if given) into ``final/``, then ``summary.json``, then
+    the ``DONE`` marker, each written atomically and in that order, so ``DONE`` means everything is there."""
+    if save_final is not None:
+        with atomic.atomic_dir(run_dir / "final") as tmp:
+            save_final(tmp)
+    atomic.write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic.write_text(run_dir / DONE_MARKER, "ok\n")

@@ -8,48 +8,34 @@ metrics are logged, and evaluation and checkpoints happen on schedule.
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
+import warnings
+import weakref
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .. import atomic
 from ..config import RunConfig, save_config
 from ..models.load import count_parameters, load_tokenizer, save_model
 from .batching import BatchPlan, iterate_in_batches
-from .checkpoint import latest_checkpoint, load_training_state, restore_weights, save_checkpoint, set_rng_state
+from .checkpoint import latest_intact_checkpoint, load_training_state, restore_weights, save_checkpoint, set_rng_state
 from .collation import Collator, model_width
 from .data_setup import prepare_data
-from .errors import TrainError, first_line, is_oom
+from .errors import TrainError, check_finite, first_line, is_oom
 from .logging import MetricsLogger, to_float
 from .memory import PeakMemory
+from .precision import autocast_factory, bar_interval, progress_bar
 from .objectives import RunContext, get_objective
 from .optim import build_optimizer, build_scheduler
 from .reduce import across_processes, weighted_means
-from .run_folder import DONE_MARKER, check_free_space, check_output_dir, checkpoint_bytes
+from .run_folder import DONE_MARKER, RunLock, check_free_space, check_output_dir, checkpoint_bytes, make_writable, publish
 
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
 __all__ = ["Trainer", "TrainError", "train", "DONE_MARKER"]
-
-
-def _autocast_factory(bf16: bool, device: torch.device):
-    """A zero-argument context factory: bf16 autocast on the run's device, or nothing. (Our own, not Accelerator's,
-    whose process-wide state would pin the first run's choice for every later run in one process, e.g. a study.)"""
-    if not bf16:
-        return nullcontext
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise TrainError("train.bf16=true but this GPU has no bf16 support; set train.bf16=false")
-    return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _bar_interval() -> float:
-    """Refresh often on a terminal; rarely when the output goes to a log file."""
-    return 0.1 if sys.stderr.isatty() else 10.0
 
 
 class Trainer:
@@ -65,17 +51,30 @@ class Trainer:
             accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.cfg, self.accelerator, self.memory = cfg, accelerator, PeakMemory()
         self.objective = get_objective(cfg.train.mode)(cfg)
-        self.autocast = _autocast_factory(cfg.train.bf16, accelerator.device)
+        self.autocast = autocast_factory(cfg.train.bf16, accelerator.device)
         self.is_main = accelerator.is_main_process
         self._log = log or (lambda s: print(s, file=sys.stderr))
         self.run_dir = Path(cfg.output.dir)
         self.eval_hooks = list(eval_hooks)
 
-        ckpt = latest_checkpoint(self.run_dir) if resume else None
+        self.lock = None
+        if self.is_main:  # one writer per run folder
+            make_writable(self.run_dir)
+            self.lock = RunLock(self.run_dir).acquire()
+            weakref.finalize(self, self.lock.release)
+        try:
+            self._setup(cfg, train_data, eval_data, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, cfg: RunConfig, train_data, eval_data, resume: bool) -> None:
+        accelerator = self.accelerator
+        ckpt = latest_intact_checkpoint(self.run_dir, log=self.log) if resume else None
         if resume and ckpt is None:
-            self.log(f"--resume: no complete checkpoint in {self.run_dir}; starting from the beginning")
-        if self.is_main:
-            check_output_dir(self.run_dir, cfg.output.overwrite, resume=ckpt is not None)
+            self.log(f"--resume: no intact checkpoint in {self.run_dir}; starting from the beginning")
+        if self.is_main:  # an earlier run needs --resume or output.overwrite (a --resume with nothing to resume restarts)
+            check_output_dir(self.run_dir, cfg.output.overwrite or resume and ckpt is None, resume=ckpt is not None)
         accelerator.wait_for_everyone()
         torch.manual_seed(cfg.train.seed)
 
@@ -109,9 +108,8 @@ class Trainer:
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.step = state["state"]["step"]
-            self.skipped_steps = state["state"].get("skipped_steps", 0)
-            self.elapsed = state["state"].get("elapsed_s", 0.0)
+            st = state["state"]
+            self.step, self.skipped_steps, self.elapsed = st["step"], st.get("skipped_steps", 0), st.get("elapsed_s", 0.0)
         self.model, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
 
         # the objective's parts that need the model on its device (reference, probes)
@@ -131,6 +129,11 @@ class Trainer:
         if self.is_main:
             save_config(cfg, self.run_dir / "config.yaml")
 
+    def close(self) -> None:
+        """Release the run folder (done by :meth:`fit` when it ends, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+
     @property
     def reference(self):
         """The objective's reference policy, if it has one."""
@@ -141,9 +144,7 @@ class Trainer:
             self._log(msg)
 
     def _progress(self, it, **kw):
-        from tqdm.auto import tqdm
-
-        return tqdm(it, disable=not (self.cfg.output.progress and self.is_main), leave=False, mininterval=_bar_interval(), **kw)
+        return progress_bar(it, enabled=self.cfg.output.progress and self.is_main, **kw)
 
     # -- one optimiser step ---------------------------------------------------------------------------------------
     def _accumulate(self) -> List[Dict[str, Any]]:
@@ -174,6 +175,9 @@ class Trainer:
             if self.cfg.train.on_nonfinite == "skip":
                 self.skipped_steps += 1
                 self.log(f"step {self.step + 1}: non-finite ({what}); step skipped ({self.skipped_steps} so far)")
+                with warnings.catch_warnings():  # the schedule follows the loop's steps, taken or skipped
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()
                 self.step += 1
                 return None
             raise TrainError(f"step {self.step + 1}: non-finite {what}. The last good checkpoint is kept. Try a lower "
@@ -243,31 +247,34 @@ class Trainer:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.train.mode, unit="step",
-                   disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True, mininterval=_bar_interval())
+                   disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True, mininterval=bar_interval())
         try:
-            if cfg.eval.at_start and self.step == 0:
-                first_eval = last_eval = self.metrics.log(self.evaluate())
-            while self.step < self.total_steps:
-                row = self._train_step()
-                bar.update(1)
-                if row is not None and (self.step % cfg.train.log_every == 0 or self.step == self.total_steps):
-                    self.metrics.log(row)
-                    bar.set_postfix(loss=f"{row['loss']:.4f}", **({"acc": f"{row['reward_accuracy']:.2f}"} if "reward_accuracy" in row else {}))
-                if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
-                    last_eval = self.metrics.log(self.evaluate())
-                if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
-                    self._checkpoint()
-            last_eval = self.metrics.log(self.evaluate())
-        except (RuntimeError, MemoryError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
-            if not is_oom(e):
-                raise
-            raise TrainError(f"out of memory at step {self.step + 1} ({first_line(e)}): lower train.batch_size (raise "
-                             "train.grad_accum to keep the global batch), data.max_length or eval.batch_size, or use "
-                             "lora.enabled=true or train.bf16=true. The last checkpoint is kept (--resume)") from e
+            try:
+                if cfg.eval.at_start and self.step == 0:
+                    first_eval = last_eval = self.metrics.log(self.evaluate())
+                while self.step < self.total_steps:
+                    row = self._train_step()
+                    bar.update(1)
+                    if row is not None and (self.step % cfg.train.log_every == 0 or self.step == self.total_steps):
+                        self.metrics.log(row)
+                        bar.set_postfix(loss=f"{row['loss']:.4f}", **({"acc": f"{row['reward_accuracy']:.2f}"} if "reward_accuracy" in row else {}))
+                    if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
+                        last_eval = self.metrics.log(self.evaluate())
+                    if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
+                        self._checkpoint()
+                last_eval = self.metrics.log(self.evaluate())
+            except (RuntimeError, MemoryError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
+                if not is_oom(e):
+                    raise
+                raise TrainError(f"out of memory at step {self.step + 1} ({first_line(e)}): lower train.batch_size (raise "
+                                 "train.grad_accum to keep the global batch), data.max_length or eval.batch_size, or use "
+                                 "lora.enabled=true or train.bf16=true. The last checkpoint is kept (--resume)") from e
+            check_finite(self.accelerator.unwrap_model(self.model), last_eval, self.step)
+            self._checkpoint()
+            summary = self._finish(first_eval, last_eval)
         finally:
             bar.close()
-        self._checkpoint()
-        summary = self._finish(first_eval, last_eval)
+            self.close()
         self.metrics.close()
         return summary
 
@@ -280,12 +287,8 @@ class Trainer:
             "reference_mode": None, **self.objective.summary(),
         }
         if self.is_main:
-            if self.cfg.output.save_final:
-                model = self.objective.model_to_save(self.accelerator.unwrap_model(self.model))
-                with atomic.atomic_dir(self.run_dir / "final") as tmp:
-                    save_model(model, self.tokenizer, tmp, self.cfg.model, self.cfg.train.seed)
-            atomic.write_text(self.run_dir / "summary.json", json.dumps(summary, indent=1))
-            atomic.write_text(self.run_dir / DONE_MARKER, "ok\n")
+            final = self.objective.model_to_save(self.accelerator.unwrap_model(self.model)) if self.cfg.output.save_final else None
+            publish(self.run_dir, summary, final and (lambda p: save_model(final, self.tokenizer, p, self.cfg.model, self.cfg.train.seed)))
         self.accelerator.wait_for_everyone()
         return summary
 

@@ -33,7 +33,7 @@ from .fastpath import logps_for_batch
 from .logprobs import split_pairs
 
 FULL_HASH_BYTES = 1 << 30  # models up to 1 GiB of weights are hashed in full; larger ones by an even stride
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 class ReferenceSetupError(UserError, ValueError):
@@ -250,11 +250,12 @@ def _precomputed(req: ReferenceRequest, policy, data: Sequence, tools: Reference
                  record: Dict[str, Any]) -> Reference:
     recorded_file, recorded_key = record.get("cache_file"), record.get("key")
     if recorded_file and recorded_key:
-        table = _load_table(Path(recorded_file), recorded_key)
+        table = _load_table(Path(recorded_file), recorded_key, tools.log)
         if table is not None:
             return Reference("precomputed", table=table, cache_file=Path(recorded_file), key=recorded_key)
-        tools.log(f"reference: the table recorded in the checkpoint ({recorded_file}) is missing or does not match "
-                  f"its key; recomputing it from the starting weights")
+        if not Path(recorded_file).exists():
+            tools.log(f"reference: the table recorded in the checkpoint ({recorded_file}) is gone; recomputing it "
+                      f"from the starting weights")
     name, model, adapter_off = _source(req, policy, tools, resuming)
     key = cache_key(name, model, data, bf16=req.bf16)
     if recorded_key and key != recorded_key:
@@ -263,24 +264,40 @@ def _precomputed(req: ReferenceRequest, policy, data: Sequence, tools: Reference
                                   f"differ from the checkpoint's record); start a new run or restore the original files")
     cache_file = Path(recorded_file) if recorded_file else req.cache_dir / f"ref-{_key_digest(key)}.pt"
     with tools.main_first():  # the main process computes and writes the table; the others then read it
-        table = _load_table(cache_file, key)
+        table = _load_table(cache_file, key, tools.log if not recorded_file else (lambda m: None))  # said above
         if table is None:
             table = _score_all(model, adapter_off, data, tools)
-            atomic.torch_save({"key": key, **table}, cache_file)
+            _save_table(cache_file, key, table)
     return Reference("precomputed", table=table, cache_file=cache_file, key=key)
 
 
-def _load_table(path: Path, key: Dict[str, str]) -> Optional[Dict[str, Tensor]]:
-    """The table in ``path`` if it was written under exactly ``key``; None if absent, unreadable or another key's."""
+def _table_digest(table: Dict[str, Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in ("chosen", "rejected"):
+        h.update(table[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _save_table(path: Path, key: Dict[str, str], table: Dict[str, Tensor]) -> None:
+    atomic.torch_save({"key": key, "sha256": _table_digest(table), **table}, path)
+
+
+def _load_table(path: Path, key: Dict[str, str], log: Callable[[str], None] = lambda s: None) -> Optional[Dict[str, Tensor]]:
+    """The table in ``path`` if it was written under exactly ``key`` and its values match the checksum stored with
+    them; None (with a notice for a file that is there but unusable) otherwise."""
     if not path.exists():
         return None
     try:
         saved = torch.load(path, weights_only=True)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file is recomputed, not trusted
+        table = {"chosen": saved["chosen"], "rejected": saved["rejected"]}
+        problem = ("it was written for other weights, dtype, data or settings" if saved.get("key") != key else
+                   "its values do not match their checksum" if saved.get("sha256") != _table_digest(table) else None)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is recomputed, not trusted
+        problem = f"it cannot be read ({type(e).__name__})"
+    if problem:
+        log(f"reference: not using the cached table {path}: {problem}; recomputing it")
         return None
-    if not isinstance(saved, dict) or saved.get("key") != key:
-        return None
-    return {"chosen": saved["chosen"], "rejected": saved["rejected"]}
+    return table
 
 
 def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) -> Dict[str, Tensor]:

@@ -153,12 +153,16 @@ def test_nonfinite_loss_stops_with_a_clear_message(tmp_path):
         t.fit()
 
 
-def test_nonfinite_step_skipped_when_configured(tmp_path):
+def test_nonfinite_steps_skipped_but_a_nan_model_is_never_published(tmp_path):
+    """Skipping cannot rescue NaN weights: both steps are skipped, and the NaN model is not saved or marked done."""
     t = Trainer(cfg(tmp_path, "train.max_steps=2", "train.on_nonfinite=skip", "eval.at_start=false"))
     with torch.no_grad():
         next(t.policy.parameters()).fill_(float("nan"))
-    s = t.fit()
-    assert s["skipped_steps"] == 2
+    with pytest.raises(TrainError, match="non-finite weights .* not saved or marked done"):
+        t.fit()
+    assert t.skipped_steps == 2
+    for name in ("DONE", "final", "summary.json", "checkpoints"):
+        assert not (tmp_path / "run" / name).exists(), name
 
 
 def test_auto_reference_precomputes_for_an_epoch_and_stays_live_for_a_few_steps(tmp_path):

@@ -84,17 +84,24 @@ def test_changed_inputs_recompute_and_equal_inputs_reuse(tmp_path):
 
 
 def test_a_foreign_or_corrupt_table_is_recomputed_not_trusted(tmp_path):
-    t = Trainer(_cfg(tmp_path, "a"))
+    shared = f"reference.cache_dir={tmp_path / 'cache'}"  # outside the run folder, which overwrite would clear
+    t = Trainer(_cfg(tmp_path, "a", shared))
     f, good = t.reference.cache_file, t.reference.table["chosen"].clone()
     saved = torch.load(f)
-    saved["chosen"] = saved["chosen"] + 3.0
-    saved["key"] = {**saved["key"], "weights": "0" * 32}  # another key's table under this file name
-    torch.save(saved, f)
-    t2 = Trainer(_cfg(tmp_path, "a", "output.overwrite=true", f"reference.cache_dir={f.parent}"))
-    assert torch.equal(t2.reference.table["chosen"], good)
-    f.write_bytes(b"not a table")
-    t3 = Trainer(_cfg(tmp_path, "a", "output.overwrite=true", f"reference.cache_dir={f.parent}"))
-    assert torch.equal(t3.reference.table["chosen"], good)
+    cases = {
+        "do not match their checksum": {**saved, "chosen": saved["chosen"] + 3.0},  # same key, values changed
+        "written for other weights": {**saved, "chosen": saved["chosen"] + 3.0, "key": {**saved["key"], "weights": "0" * 32}},
+        "cannot be read": None,  # truncated
+    }
+    for why, content in cases.items():
+        if content is None:
+            f.write_bytes(f.read_bytes()[:100])
+        else:
+            torch.save(content, f)
+        notes = []
+        again = Trainer(_cfg(tmp_path, "a", shared, "output.overwrite=true"), log=notes.append)
+        assert again.reference.cache_file == f and torch.equal(again.reference.table["chosen"], good), why
+        assert any(why in n for n in notes), (why, notes)
 
 
 def test_resume_loads_the_table_its_checkpoint_recorded_in_a_shared_folder(tmp_path):

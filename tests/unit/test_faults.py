@@ -87,6 +87,16 @@ def test_nonfinite_step_skipped_and_counted(tmp_path, monkeypatch):
     rows = [r for r in read_metrics(tmp_path / "run") if "grad_norm" in r]
     assert [r["step"] for r in rows] == [1, 3, 5, 6]  # the skipped steps log nothing
     assert all(torch.isfinite(w).all() for w in _weights(tmp_path / "run").values())
+    # the learning-rate schedule follows the loop's steps, skipped or taken: each logged lr is the one an
+    # uninterrupted run uses at that step, and the schedule ends where it would
+    t2 = Trainer(cfg(tmp_path, name="plain"))
+    lrs = {}
+    for step in range(6):
+        lrs[step + 1] = t2.scheduler.get_last_lr()[0]
+        t2.scheduler.step()
+    assert {r["step"]: r["lr"] for r in rows} == {k: pytest.approx(lrs[k]) for k in (1, 3, 5, 6)}
+    assert t.scheduler.last_epoch == t.step == 6
+    t2.close()
 
 
 def test_full_disk_detected_before_training(tmp_path, monkeypatch, capsys):
