@@ -152,10 +152,11 @@ class Trainer:
         acc, world = self.accelerator, self.accelerator.num_processes
         step_units = sum(self.objective.units(self.train_data[i]) for i in self.plan.step_indices(self.step))
         micros = self.plan.micro_batches(self.step, acc.process_index)
+        batches = [self.collate(micro, self.train_data) for micro in micros]
+        self.objective.begin_step(self.model, batches, self.step)
         rows = []
-        for j, micro in enumerate(micros):
-            batch = self.collate(micro, self.train_data)
-            with nullcontext() if j == len(micros) - 1 else acc.no_sync(self.model):  # sync gradients once per step
+        for j, batch in enumerate(batches):
+            with nullcontext() if j == len(batches) - 1 else acc.no_sync(self.model):  # sync gradients once per step
                 r = self.objective.forward(self.model, batch, training=True)
                 acc.backward(r.objective * world / step_units)
             rows.append({**r.metrics, "_weight": r.weight, "_tokens": int(batch["attention_mask"].sum())})

@@ -28,16 +28,31 @@ def _identity(t: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class DistContext:
-    """Where a batch-level loss's statistics come from: this process alone, or every process of a run.
+    """The batch a batch-level loss takes its statistics over, when that is more than the pairs of one call.
 
-    ``all_gather`` concatenates a [B] tensor over processes in rank order (identity for one process); ``rank`` is this
-    process's index, so its own pairs are ``gathered[rank * B:(rank + 1) * B]`` (equal B per process). The engine
-    passes it as an argument to each call (:meth:`CompositeLoss.__call__`); evaluation passes :data:`LOCAL`.
+    A loss call sees one micro-batch of one process; beta-DPO's statistics and AOT's sorting are defined over the
+    whole optimiser step. Either ``step_outputs`` holds the detached outputs of the whole step (every micro-batch of
+    every process, in the step's order; the engine computes them in a no-grad pass first) and ``offset`` says where
+    this call's pairs sit in it, or ``all_gather`` concatenates a [B] tensor over processes in rank order (equal B
+    per process; identity for one) and ``rank`` places this call's pairs. ``step`` identifies the optimiser step, so
+    a stateful loss updates its statistics once per step however many calls the step makes. The engine passes it as
+    an argument to each call (:meth:`CompositeLoss.__call__`); evaluation passes :data:`LOCAL`.
     """
 
     all_gather: Callable[[Tensor], Tensor] = _identity
     rank: int = 0
     world_size: int = 1
+    step_outputs: Optional["PreferenceOutputs"] = None
+    offset: int = 0
+    step: Optional[int] = None
+
+    def global_values(self, local: Tensor, of: Callable[["PreferenceOutputs"], Tensor]) -> tuple[Tensor, slice]:
+        """(a per-pair quantity over the whole batch, detached; the slice of this call's pairs in it). ``local`` is
+        the quantity for this call's pairs, ``of`` computes it from a :class:`PreferenceOutputs`."""
+        b = local.shape[0]
+        if self.step_outputs is not None:
+            return of(self.step_outputs).detach(), slice(self.offset, self.offset + b)
+        return self.all_gather(local.detach()), slice(self.rank * b, (self.rank + 1) * b)
 
 
 LOCAL = DistContext()  # one process, or statistics over this process's batch only
@@ -129,4 +144,5 @@ class LossInfo:
     needs_token_logps: bool = False
     needs_extras: tuple[str, ...] = ()
     stateful: bool = False  # fn is then a class: instantiate with params, call with outputs
+    batch_level: bool = False  # its value for a pair depends on the other pairs of the step: called with ``dist``
     defaults: Dict[str, Any] = field(default_factory=dict)

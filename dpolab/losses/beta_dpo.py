@@ -21,7 +21,7 @@ non-negligible pair has been drawn). Implicit rewards use beta_0, as the officia
 from __future__ import annotations
 
 import math
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -54,6 +54,7 @@ class BetaDPO:
         self.steps = 0
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(self.seed)
+        self._step: Optional[tuple] = None  # (step, mask, beta, k) of the optimiser step under way
 
     # -- state -------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
@@ -86,21 +87,32 @@ class BetaDPO:
     def __call__(self, outputs: PreferenceOutputs, dist: DistContext = LOCAL) -> LossOutput:
         r_w, r_l = outputs.logratios("beta-dpo")
         h = r_w - r_l
-        local = h.detach()
-        gaps = dist.all_gather(local).detach().to(device="cpu", dtype=torch.float64)
-        n, b = gaps.numel(), local.numel()
-        self._update_stats(gaps)
-        k = max(1, int(math.floor(n * (1.0 - self.rho) + 1e-9)))
-        idx = torch.multinomial(self._weights(gaps), k, replacement=False, generator=self.generator)
-        global_mask = torch.zeros(n, dtype=torch.float64)
-        global_mask[idx] = 1.0
-        beta_batch = max(self.beta * (1.0 + self.alpha * (float(gaps[idx].mean()) - self.M0)), 1e-3)
-        mask = global_mask[dist.rank * b:(dist.rank + 1) * b].to(device=h.device, dtype=h.dtype)
+        gaps, own = dist.global_values(h, _gaps)
+        gaps = gaps.to(device="cpu", dtype=torch.float64)
+        n, b = gaps.numel(), h.numel()
+        if dist.step is None or self._step is None or self._step[0] != dist.step:
+            # once per optimiser step: statistics, the kept pairs and beta over the step's whole batch
+            self._update_stats(gaps)
+            k = max(1, int(math.floor(n * (1.0 - self.rho) + 1e-9)))
+            idx = torch.multinomial(self._weights(gaps), k, replacement=False, generator=self.generator)
+            global_mask = torch.zeros(n, dtype=torch.float64)
+            global_mask[idx] = 1.0
+            beta_batch = max(self.beta * (1.0 + self.alpha * (float(gaps[idx].mean()) - self.M0)), 1e-3)
+            self._step = (dist.step, global_mask, beta_batch, k) if dist.step is not None else None
+        else:
+            _, global_mask, beta_batch, k = self._step
+        mask = global_mask[own].to(device=h.device, dtype=h.dtype)
         losses = sigmoid_pair_loss(beta_batch * h)
         if n != b:
-            # Several processes: the objective is the mean over the k pairs kept in the *global* batch, but
-            # each process reduces over its own kept pairs and the engine averages over processes. Scaling
-            # this process's losses by (kept here) * (n / b) / k makes that average equal the global mean.
+            # Several calls make up the step (micro-batches, processes): the objective is the mean over the k pairs
+            # kept in the step's batch, but each call reduces over its own kept pairs and the engine weights each
+            # call by its pairs (b / n of the step). Scaling this call's losses by (kept here) * (n / b) / k makes
+            # that weighted sum equal the step's mean.
             losses = losses * (float(mask.sum()) * (n / b) / k)
         metrics = {"beta": beta_batch, "M0": self.M0, "std": self.std, "kept": float(k)}
         return preference_output(losses, r_w, r_l, self.beta, metrics=metrics, mask=mask)
+
+
+def _gaps(outputs: PreferenceOutputs) -> torch.Tensor:
+    r_w, r_l = outputs.logratios("beta-dpo")
+    return r_w - r_l

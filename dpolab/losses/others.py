@@ -10,7 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, PreferenceOutputs
+from torch import Tensor
+
+from .base import LOCAL, DistContext, LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
 from .registry import register
 
@@ -99,26 +101,55 @@ def discopop(outputs: PreferenceOutputs, *, beta: float = 0.1, tau: float = 0.05
     return preference_output(losses, r_w, r_l, beta)
 
 
-@register("aot", paper="https://arxiv.org/abs/2406.05882",
+def _ranks(values: Tensor) -> Tensor:
+    """The position of each value in ascending (stable) sorted order."""
+    order = torch.sort(values, dim=0, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(values.numel(), device=values.device)
+    return ranks
+
+
+@register("aot", paper="https://arxiv.org/abs/2406.05882", batch_level=True,
           summary="alignment via optimal transport, paired: DPO on sorted policy vs sorted reference log-ratios")
-def aot(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
+def aot(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0, dist: DistContext = LOCAL) -> LossOutput:
     """AOT, paired (Melnyk et al. 2024): with u = sort_batch(log pi(y_w) - log pi(y_l)) and
-    v = sort_batch(log pi_ref(y_w) - log pi_ref(y_l)), ``L_i = -(1-eps) log s(beta (u_i - v_i)) - eps log s(-beta (u_i - v_i))``.
-    Per-example losses are per *rank*, not per pair (only their mean is meaningful); batch-level loss."""
+    v = sort_batch(log pi_ref(y_w) - log pi_ref(y_l)), ``L_k = -(1-eps) log s(beta (u_k - v_k)) - eps log s(-...)``.
+    The sort runs over the whole optimiser step (``dist``: every micro-batch and process); this call's pair with
+    policy rank k gets term k, so the terms of all calls add up to the step's. Batch-level loss."""
     positive("aot", beta=beta)
     ref_w, ref_l = outputs.require_reference("aot")
-    u, _ = torch.sort(outputs.policy_chosen_logps - outputs.policy_rejected_logps, dim=0)
-    v, _ = torch.sort(ref_w - ref_l, dim=0)
+    u = outputs.policy_chosen_logps - outputs.policy_rejected_logps
+    big_u, own = dist.global_values(u, lambda o: o.policy_chosen_logps - o.policy_rejected_logps)
+    big_v, _ = dist.global_values(ref_w - ref_l, lambda o: o.ref_chosen_logps - o.ref_rejected_logps)
+    v_sorted = torch.sort(big_v.to(u.device, u.dtype), dim=0).values
+    v_k = v_sorted[_ranks(big_u.to(u.device))[own]]
     r_w, r_l = outputs.logratios("aot")
-    return preference_output(sigmoid_pair_loss(beta * (u - v), label_smoothing), r_w, r_l, beta)
+    return preference_output(sigmoid_pair_loss(beta * (u - v_k), label_smoothing), r_w, r_l, beta)
 
 
-@register("aot-unpaired", paper="https://arxiv.org/abs/2406.05882",
+@register("aot-unpaired", paper="https://arxiv.org/abs/2406.05882", batch_level=True,
           summary="alignment via optimal transport, unpaired: DPO on sorted r_w vs sorted r_l")
-def aot_unpaired(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0) -> LossOutput:
-    """AOT, unpaired: ``L_i = -(1-eps) log s(beta (sort(r_w)_i - sort(r_l)_i)) - eps log s(-...)``; batch-level."""
+def aot_unpaired(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0,
+                 dist: DistContext = LOCAL) -> LossOutput:
+    """AOT, unpaired: ``L_k = -(1-eps) log s(beta (sort(r_w)_k - sort(r_l)_k)) - eps log s(-...)`` over the whole
+    optimiser step (``dist``). Term k takes its r_w from one pair and its r_l from another, so each pair i (with r_w
+    rank a and r_l rank c) contributes ``f(r_w,i - sg(sl_a)) + f(sg(sw_c) - r_l,i) - sg(f(sw_c - sl_c))``: over the
+    step these add up to the sum of the terms, and each r_w, r_l gets exactly its term's gradient. Batch-level."""
     positive("aot-unpaired", beta=beta)
     r_w, r_l = outputs.logratios("aot-unpaired")
-    sw, _ = torch.sort(r_w, dim=0)
-    sl, _ = torch.sort(r_l, dim=0)
-    return preference_output(sigmoid_pair_loss(beta * (sw - sl), label_smoothing), r_w, r_l, beta)
+    big_w, own = dist.global_values(r_w, _logratio_w)
+    big_l, _ = dist.global_values(r_l, _logratio_l)
+    sw = torch.sort(big_w.to(r_w.device, r_w.dtype), dim=0).values
+    sl = torch.sort(big_l.to(r_l.device, r_l.dtype), dim=0).values
+    a, c = _ranks(big_w.to(r_w.device))[own], _ranks(big_l.to(r_l.device))[own]
+    f = lambda x: sigmoid_pair_loss(beta * x, label_smoothing)  # noqa: E731
+    losses = f(r_w - sl[a]) + f(sw[c] - r_l) - f(sw[c] - sl[c]).detach()
+    return preference_output(losses, r_w, r_l, beta)
+
+
+def _logratio_w(o: PreferenceOutputs) -> Tensor:
+    return o.logratios("aot-unpaired")[0]
+
+
+def _logratio_l(o: PreferenceOutputs) -> Tensor:
+    return o.logratios("aot-unpaired")[1]

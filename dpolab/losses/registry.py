@@ -29,8 +29,10 @@ def register(
     needs_token_logps: bool = False,
     needs_extras: Sequence[str] = (),
     stateful: bool = False,
+    batch_level: bool = False,
 ):
-    """Decorator: add a loss function (or, for stateful losses, a class) to the registry."""
+    """Decorator: add a loss function (or, for stateful losses, a class) to the registry. A ``batch_level`` loss (or a
+    stateful one) is called with a ``dist`` keyword: the :class:`DistContext` of the batch its statistics cover."""
 
     def deco(fn):
         if name in _REGISTRY:
@@ -40,7 +42,7 @@ def register(
         defaults = {
             k: p.default
             for k, p in sig.parameters.items()
-            if p.default is not inspect.Parameter.empty and k not in ("self", "outputs")
+            if p.default is not inspect.Parameter.empty and k not in ("self", "outputs", "dist")
         }
         _REGISTRY[name] = LossInfo(
             name=name,
@@ -51,6 +53,7 @@ def register(
             needs_token_logps=needs_token_logps,
             needs_extras=tuple(needs_extras),
             stateful=stateful,
+            batch_level=batch_level or stateful,
             defaults=defaults,
         )
         return fn
@@ -146,6 +149,11 @@ class CompositeLoss:
         return any(info.needs_reference for _, _, info, _, _ in self.components)
 
     @property
+    def batch_level(self) -> bool:
+        """Whether a component takes statistics over the whole optimiser step (beta-DPO, AOT)."""
+        return any(info.batch_level for _, _, info, _, _ in self.components)
+
+    @property
     def needs_token_logps(self) -> bool:
         return any(info.needs_token_logps or gate is not None for _, _, info, _, gate in self.components)
 
@@ -168,7 +176,10 @@ class CompositeLoss:
             if gate is not None:
                 inp, gate_metrics = gate.apply(outputs)
                 metrics.update({f"{label}/{k}": v for k, v in gate_metrics.items()})
-            out = fn(inp, dist=dist) if info.stateful else fn(inp, **spec.params)
+            if info.stateful:
+                out = fn(inp, dist=dist)
+            else:
+                out = fn(inp, dist=dist, **spec.params) if info.batch_level else fn(inp, **spec.params)
             parts.append(out)
             value = out.reduced()
             total = spec.weight * value if total is None else total + spec.weight * value

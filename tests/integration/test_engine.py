@@ -76,15 +76,25 @@ def _flat_grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("mode", ["preference", "sft"])
-def test_gradient_accumulation_equals_big_batch(tmp_path, mode):
-    """4 micro-batches of 2 give the same gradient as one batch of 8 (pair-mean / token-mean)."""
-    big = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=8", "train.grad_accum=1", name="big"))
-    small = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=2", "train.grad_accum=4", name="small"))
+@pytest.mark.parametrize("mode, loss", [("preference", None), ("sft", None), ("preference", "beta-dpo"),
+                                        ("preference", "aot"), ("preference", "aot-unpaired")])
+def test_gradient_accumulation_equals_big_batch(tmp_path, mode, loss):
+    """4 micro-batches of 2 give the same gradient as one batch of 8 (pair-mean / token-mean); batch-level losses
+    (beta-DPO's statistics and kept pairs, AOT's sorting) take them over the whole step, not per micro-batch."""
+    extra = [f"loss=[{{name: {loss}}}]", "reference.mode=copy"] if loss else []
+    big = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=8", "train.grad_accum=1", *extra, name="big"))
+    small = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=2", "train.grad_accum=4", *extra, name="small"))
     grads = []
     for t in (big, small):
-        t._accumulate()  # forward + backward of every micro-batch of step 0
+        if loss:  # a policy away from its reference, so the step's margins are real, not float noise around 0
+            g = torch.Generator().manual_seed(1)
+            with torch.no_grad():
+                for p in t.policy.parameters():
+                    p.add_(0.05 * torch.randn(p.shape, generator=g))
+        rows = t._accumulate()  # forward + backward of every micro-batch of step 0
         grads.append(_flat_grads(t.model))
+        if loss == "beta-dpo":  # one draw of kept pairs for the step: floor(8 * 0.8) = 6, in every micro-batch row
+            assert {r["beta-dpo/kept"] for r in rows} == {6.0}
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
 
 

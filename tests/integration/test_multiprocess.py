@@ -3,7 +3,7 @@
 One process runs train.batch_size=8; two run batch_size=4 each (global batch = batch_size * grad_accum *
 num_processes = 8 in both). Tolerance: per-step training loss, final eval loss and final weights within
 1e-5 absolute (observed ~1e-7: only the order of float additions differs, in the all-reduce of gradients).
-Also checked: beta-DPO's statistics (beta, kept) are global, MADPO's per-pair margins follow their pairs, the
+Also checked: beta-DPO's statistics (beta, kept) and AOT's sorting are global (over processes and micro-batches), MADPO's per-pair margins follow their pairs, the
 precomputed reference cache is written once, and metrics, checkpoints and the summary are written once.
 """
 from __future__ import annotations
@@ -80,14 +80,26 @@ def _written_once(run, proc):
     assert (Path(run) / "DONE").exists() and (Path(run) / "summary.json").exists()
 
 
-def test_two_processes_match_one_beta_dpo(tmp_path):
-    """beta-DPO: batch statistics over the gathered global batch, the same pairs drawn as one process."""
+@pytest.mark.parametrize("split", [["train.batch_size=4"], ["train.batch_size=2", "train.grad_accum=2"]],
+                         ids=["2x4", "2x2x2accum"])
+def test_two_processes_match_one_beta_dpo(tmp_path, split):
+    """beta-DPO: batch statistics over the whole step (every process, every micro-batch), the same pairs drawn as
+    one process with one batch of 8."""
     args = [*COMMON, *TASK, "train.max_steps=4", "loss=[{name: beta-dpo, params: {rho: 0.25}}]"]
     assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
-    proc = _launch([*args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"])
+    proc = _launch([*args, *split, f"output.dir={tmp_path / 'two'}"])
     a, b = _compare(tmp_path / "one", tmp_path / "two", keys=("loss", "beta-dpo/beta", "beta-dpo/kept", "beta-dpo/M0"))
     assert all(r["beta-dpo/kept"] == 6 for r in b)  # floor(8 * 0.75) of the global batch, not per process
     assert len({round(r["beta-dpo/beta"], 6) for r in b}) > 1  # beta really moved, and identically
+    _written_once(tmp_path / "two", proc)
+
+
+def test_two_processes_match_one_aot(tmp_path):
+    """AOT sorts over the whole step: two processes of 4 pairs give one process's batch of 8."""
+    args = [*COMMON, *TASK, "train.max_steps=4", "loss=[{name: aot}, {name: aot-unpaired, weight: 0.5}]"]
+    assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
+    proc = _launch([*args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"])
+    _compare(tmp_path / "one", tmp_path / "two", keys=("loss", "loss/aot", "loss/aot-unpaired"))
     _written_once(tmp_path / "two", proc)
 
 

@@ -90,6 +90,10 @@ class Objective:
         return model
 
     # -- a micro-batch ------------------------------------------------------------------------------------------
+    def begin_step(self, model, batches: List[Dict[str, Any]], step: int) -> None:
+        """Called with this process's micro-batches of an optimiser step before their forwards (a batch-level loss
+        takes its statistics over all of them first)."""
+
     def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from ... import atomic
 from ...config import ModelConfig
 from ...data.collate import collate_preference_fast
-from ...losses import LOCAL, CompositeLoss, DistContext
+from ...losses import LOCAL, CompositeLoss, DistContext, PreferenceOutputs
 from ...models.load import load_base_model
 from ...models.preference_logps import generic_metrics, preference_outputs
 from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
@@ -40,6 +41,8 @@ class PreferenceObjective(Objective):
         self.reference: Optional[Reference] = None
         self.probes = self.probe_baseline = None
         self.dist = LOCAL
+        self._gather = lambda t: t
+        self._contexts: Dict[int, DistContext] = {}  # the step's micro-batches (by id) -> their context
         self._eval_data: Optional[Sequence] = None
         self._tokenizer = None
 
@@ -52,6 +55,7 @@ class PreferenceObjective(Objective):
         acc = run.accelerator
         if acc.num_processes > 1:  # batch-level losses take their statistics over every process's pairs
             self.dist = DistContext(all_gather=acc.gather, rank=acc.process_index, world_size=acc.num_processes)
+            self._gather = acc.gather
         self._tokenizer = run.tokenizer
         self.reference = self._build_reference(run)
         self._eval_data, self.eval_offset = run.eval_data, len(run.train_data)
@@ -102,10 +106,32 @@ class PreferenceObjective(Objective):
         return probes, baseline
 
     # -- a micro-batch --------------------------------------------------------------------------------------------
+    def begin_step(self, model, batches: List[Dict[str, Any]], step: int) -> None:
+        """A batch-level loss (beta-DPO, AOT) takes its statistics over the whole optimiser step: when the step has
+        several micro-batches or processes, a no-grad pass over them first gives those statistics their inputs."""
+        self._contexts = {}
+        world = self.dist.world_size
+        if not self.loss.batch_level:
+            return
+        if len(batches) == 1 and world == 1:
+            self._contexts[id(batches[0])] = replace(self.dist, step=step)
+            return
+        with torch.no_grad():
+            parts = [preference_outputs(model, self.reference, b, need_tokens=False, extras=self.loss.needs_extras,
+                                        autocast=self.autocast) for b in batches]
+        # the step's order: micro-batch by micro-batch, each one's processes in rank order (dpolab/engine/batching.py)
+        gathered = [_gather_outputs(p, self._gather) for p in parts]
+        step_outputs = _concat_outputs(gathered)
+        start = 0
+        for b, g in zip(batches, gathered):
+            n = b["num_pairs"]
+            self._contexts[id(b)] = replace(self.dist, step_outputs=step_outputs, offset=start + self.dist.rank * n, step=step)
+            start += g.batch_size
+
     def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
         # every process evaluates the whole eval set, so evaluation never gathers across processes
-        objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast,
-                                             dist=self.dist if training else LOCAL)
+        dist = self._contexts.get(id(batch), self.dist) if training else LOCAL
+        objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast, dist=dist)
         n = batch["num_pairs"]
         return MicroResult(objective * n, float(n), metrics)
 
@@ -142,6 +168,17 @@ class PreferenceObjective(Objective):
 
     def summary(self) -> Dict[str, Any]:
         return {"reference_mode": self.reference.mode if self.reference is not None else None}
+
+
+def _gather_outputs(out: PreferenceOutputs, gather) -> PreferenceOutputs:
+    """Every process's per-pair values of one micro-batch, concatenated in rank order (detached)."""
+    fields = {k: gather(v.detach()) for k, v in vars(out).items() if isinstance(v, torch.Tensor)}
+    return PreferenceOutputs(**fields, extras={k: gather(v.detach()) for k, v in out.extras.items()})
+
+
+def _concat_outputs(parts: List[PreferenceOutputs]) -> PreferenceOutputs:
+    fields = {k: torch.cat([getattr(p, k) for p in parts]) for k, v in vars(parts[0]).items() if isinstance(v, torch.Tensor)}
+    return PreferenceOutputs(**fields, extras={k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras})
 
 
 def _path(p: str):
