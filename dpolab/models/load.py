@@ -13,7 +13,12 @@ from torch import nn
 from ..errors import UserError
 from ..config import LoraConfig, ModelConfig
 
-TINY_PRESETS = ("tiny-gpt2", "tiny-llama")
+# tiny models built from a config (tests, the demo); the families past gpt2/llama cover the fast paths' cases:
+# sliding windows (mistral, phi3: every layer; qwen2-sw, gemma2, gemma3: local and global layers), logit and attention
+# soft-capping (gemma2), learned/partial-rotary positions and untied heads (gpt-neox, opt)
+TINY_PRESETS = ("tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen2-sw", "tiny-gemma2", "tiny-gemma3",
+                "tiny-phi3", "tiny-gpt-neox", "tiny-opt")
+TINY_WINDOW = 16  # the sliding window of the tiny presets that have one: shorter than typical test sequences
 MODEL_META = "dpolab_model.json"  # written beside a saved model/adapter: how to rebuild its base
 
 
@@ -54,8 +59,9 @@ def load_tokenizer(cfg: ModelConfig):
 
 
 def tiny_config(preset: str, tokenizer, overrides: Optional[Dict[str, Any]] = None, max_positions: int = 1024):
-    """A small transformers config for ``tiny-gpt2`` or ``tiny-llama`` sized to the tokenizer."""
-    from transformers import GPT2Config, LlamaConfig
+    """A small transformers config for a tiny preset (``TINY_PRESETS``) sized to the tokenizer; ``overrides`` are
+    config fields (e.g. ``sliding_window``, ``num_hidden_layers``)."""
+    from transformers import AutoConfig, GPT2Config, LlamaConfig
 
     ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                pad_token_id=tokenizer.pad_token_id)
@@ -69,7 +75,32 @@ def tiny_config(preset: str, tokenizer, overrides: Optional[Dict[str, Any]] = No
                     num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
         base.update(overrides)
         return LlamaConfig(**base)
-    raise ModelLoadError(f"unknown tiny preset '{preset}'; valid: {', '.join(TINY_PRESETS)}")
+    if preset not in _FAMILY_PRESETS:
+        raise ModelLoadError(f"unknown tiny preset '{preset}'; valid: {', '.join(TINY_PRESETS)}")
+    model_type, extra = _FAMILY_PRESETS[preset]
+    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=max_positions, **ids)
+    base.update(extra)
+    base.update(overrides)
+    return AutoConfig.for_model(model_type, **base)
+
+
+_W = TINY_WINDOW
+_FAMILY_PRESETS: Dict[str, tuple] = {
+    "tiny-mistral": ("mistral", dict(num_key_value_heads=2, head_dim=16, sliding_window=_W, tie_word_embeddings=True)),
+    "tiny-qwen2": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True)),
+    # layer 0 full attention, layer 1 a sliding window (Qwen2 windows the layers from max_window_layers on)
+    "tiny-qwen2-sw": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=True,
+                                    sliding_window=_W, max_window_layers=1)),
+    # local (sliding) then global layer; logit soft-capping 30 and attention soft-capping 50 as in Gemma-2
+    "tiny-gemma2": ("gemma2", dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=_W,
+                                   layer_types=["sliding_attention", "full_attention"])),
+    "tiny-gemma3": ("gemma3_text", dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=_W,
+                                        layer_types=["sliding_attention", "full_attention"])),
+    "tiny-phi3": ("phi3", dict(num_key_value_heads=2, sliding_window=_W, tie_word_embeddings=False)),
+    "tiny-gpt-neox": ("gpt_neox", dict(rotary_pct=0.5, tie_word_embeddings=False)),
+    "tiny-opt": ("opt", dict(ffn_dim=128, word_embed_proj_dim=64, tie_word_embeddings=True)),
+}
 
 
 def disable_dropout(model: nn.Module) -> None:
@@ -77,7 +108,8 @@ def disable_dropout(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Dropout):
             m.p = 0.0
-        for attr in ("attention_dropout", "dropout_p", "attn_dropout_p"):
+        # float rates read by the forward (OPT's decoder layers: ``dropout``; its decoder: ``layerdrop``)
+        for attr in ("attention_dropout", "dropout_p", "attn_dropout_p", "dropout", "activation_dropout", "layerdrop"):
             if isinstance(getattr(m, attr, None), float):
                 setattr(m, attr, 0.0)
 

@@ -155,3 +155,11 @@ def test_a_file_size_limit_while_checkpointing_is_one_line_and_keeps_nothing_hal
     assert len(err) == 1 and "could not write the step-2 checkpoint" in err[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert not list_checkpoints(run) and not list((run / "checkpoints").glob(".*"))
+
+
+def test_resume_with_nothing_to_resume_says_so_and_starts_over(tmp_path):
+    notes = []
+    t = Trainer(_cfg(tmp_path, "train.max_steps=2"), resume=True, log=notes.append)
+    assert t.step == 0
+    assert any("--resume: no intact checkpoint" in n and "starting from the beginning" in n for n in notes), notes
+    assert t.fit()["steps"] == 2

@@ -42,8 +42,11 @@ def test_label_metrics_on_an_untrained_model():
     rows = P.sft_rows(toy_pairs(10), labels=LABELS, answer_prefix=PREFIX)
     m = P.label_metrics(model, CHAR, rows, labels=LABELS, batch_size=4)
     assert 0.0 <= m["accuracy"] <= 1.0 and 0.0 <= m["macro_f1"] <= 1.0 and m["n"] == 10
-    assert m["p_yes"] in (0.0, 1.0) or 0 < m["p_yes"] < 1
     lp = P.label_logps(model, CHAR, [r["prompt"] for r in rows], labels=LABELS, batch_size=3)
+    # the metrics are those of the prediction "the label token with the higher log-prob"
+    pred, gold = (lp[:, 0] > lp[:, 1]).float(), torch.tensor([float(r["label"]) for r in rows])
+    assert m["p_yes"] == pytest.approx(float(pred.mean())) and m["accuracy"] == pytest.approx(float((pred == gold).float().mean()))
+    assert m["label_margin"] == pytest.approx(float(((lp[:, 0] - lp[:, 1]) * (2 * gold - 1)).mean()), abs=1e-5)
     lp1 = P.label_logps(model, CHAR, [r["prompt"] for r in rows], labels=LABELS, batch_size=10)
     assert lp.shape == (10, 2) and torch.allclose(lp, lp1, atol=1e-5)  # batching (padding) does not change the scores
     # the score at the answer position equals the first-token log-prob the training pipeline would use

@@ -1,5 +1,6 @@
 """Every fast path gives the plain path's per-sequence log-probs and gradients (fp32, 1e-5), on tiny GPT-2 and Llama,
-with varied lengths, and through LoRA (Liger-Kernel style: each fast path against a plain reference)."""
+with varied lengths, and through LoRA (Liger-Kernel style: each fast path against a plain reference). Other model
+families, bf16 and the probe's limits: ``test_fastpath_families.py``."""
 import random
 import warnings
 
@@ -131,19 +132,27 @@ def test_sft_packed_equals_plain():
 
 
 def test_prefix_layout_structure():
-    pairs = _pairs(n=2)
+    # token ids that name their pair and part: pair i's prompt 1000 i + k, chosen 1000 i + 100 + k, rejected + 200
+    pairs = [TokenizedPair(prompt_ids=[1000 * i + k for k in range(a)], chosen_ids=[1000 * i + 100 + k for k in range(b)],
+                           rejected_ids=[1000 * i + 200 + k for k in range(c)]) for i, (a, b, c) in enumerate([(3, 4, 2), (5, 1, 3)])]
     lay = preference_layout(pairs, 0, "prefix", capacity=1000)
     assert lay["input_ids"].shape[0] == 1  # both pairs share one row
-    n_tokens = sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
-    assert int((lay["position_ids"] >= 0).sum()) >= n_tokens
-    m = lay["attn_mask"][0, 0]
-    p0, c0 = len(pairs[0].prompt_ids), len(pairs[0].chosen_ids)
-    r_first = p0 + c0  # the first rejected token of pair 0 sits after its chosen tokens (order inside the row may vary)
-    # whichever unit comes first, a rejected token never sees a chosen token of its own pair
-    ids = lay["input_ids"][0].tolist()
-    assert lay["score_seq"].tolist().count(0) == len(pairs[0].chosen_ids)
+    ids, pos, m = lay["input_ids"][0].tolist(), lay["position_ids"][0].tolist(), lay["attn_mask"][0, 0]
+    where = lambda i, part: [j for j, t in enumerate(ids) if t // 1000 == i and (t % 1000) // 100 == part]  # noqa: E731
+    for i, p in enumerate(pairs):
+        prompt, chosen, rejected = where(i, 0), where(i, 1), where(i, 2)
+        assert [ids[j] for j in prompt + chosen + rejected] == p.prompt_ids + p.chosen_ids + p.rejected_ids
+        n_p = len(prompt)  # both responses continue the prompt's positions
+        assert [pos[j] for j in prompt + chosen] == list(range(n_p + len(chosen)))
+        assert [pos[j] for j in rejected] == list(range(n_p, n_p + len(rejected)))
+        for branch in (chosen, rejected):  # a response token sees its prompt and its own branch up to itself
+            for q_at, q in enumerate(branch):
+                assert m[q, prompt].all() and m[q, branch[: q_at + 1]].all()
+        assert not m[rejected][:, chosen].any() and not m[chosen][:, rejected].any()  # the branches never meet
+        others = [j for j in range(len(ids)) if j not in prompt + chosen + rejected]
+        assert not m[prompt + chosen + rejected][:, others].any()  # nor another pair's tokens (or padding)
     assert m.diagonal().all() and not m.triu(1).any()
-    assert r_first > 0 and len(ids) == m.shape[0]
+    assert lay["score_seq"].tolist().count(0) == len(pairs[0].chosen_ids) and lay["score_seq"].tolist().count(2) == 2
 
 
 def test_collate_fast_keeps_padded_batch():
@@ -189,3 +198,4 @@ def test_automatic_row_length_keeps_the_log_probs():
         shapes.add(tuple(batch["packed"]["input_ids"].shape))
         _compare(model, batch, "prefix", "response")
     assert len(shapes) == 2  # the two widths really chose different rows
+
