@@ -10,6 +10,9 @@ from .registry import CompositeLoss, LossSpec, compute_loss, get_loss, list_loss
 from . import _all  # noqa: F401  (registers every loss)
 from .madpo import madpo_weight
 from .gate import GateConfig
+from .fdpo import FDivergence
+from .length import LDConfig
+from .wpo import WPOWeighting
 
 __all__ = [
     "PreferenceOutputs",
@@ -26,4 +29,7 @@ __all__ = [
     "register",
     "madpo_weight",
     "GateConfig",
+    "FDivergence",
+    "LDConfig",
+    "WPOWeighting",
 ]

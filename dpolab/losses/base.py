@@ -65,6 +65,16 @@ class PreferenceOutputs:
     Sequence log-probs are sums over response tokens (prompt and padding excluded).
     Per-token tensors are right-padded to a common length with ``*_token_mask`` marking real tokens.
     ``extras`` carries per-example columns from the data, e.g. ``rm_margin`` for MADPO.
+
+    Optional inputs of a few methods (each raises :class:`LossConfigError` naming the field when it is missing):
+
+    * ``policy_{chosen,rejected}_token_log_sum_sq_probs`` [B, T] (WPO weighting): at every response token,
+      ``log sum_v p_v^2`` of the policy's next-token distribution that predicts it (the same positions as
+      ``policy_*_token_logps``, same ``*_token_mask``; any value off-mask, no gradient needed).
+    * ``ref_{chosen,rejected}_token_logps`` [B, T] (LD-DPO): the reference's per-token log-probs, laid out and
+      masked like the policy's. Or, instead, ``ref_{chosen,rejected}_shared_logps`` [B]: the reference's log-prob
+      summed over the first ``min(|y_w|, |y_l|)`` response tokens of each response of the pair (what LD-DPO needs,
+      cacheable with precomputed reference log-probs).
     """
 
     policy_chosen_logps: Tensor
@@ -77,6 +87,12 @@ class PreferenceOutputs:
     chosen_token_mask: Optional[Tensor] = None
     policy_rejected_token_logps: Optional[Tensor] = None
     rejected_token_mask: Optional[Tensor] = None
+    policy_chosen_token_log_sum_sq_probs: Optional[Tensor] = None
+    policy_rejected_token_log_sum_sq_probs: Optional[Tensor] = None
+    ref_chosen_token_logps: Optional[Tensor] = None
+    ref_rejected_token_logps: Optional[Tensor] = None
+    ref_chosen_shared_logps: Optional[Tensor] = None
+    ref_rejected_shared_logps: Optional[Tensor] = None
     extras: Dict[str, Tensor] = field(default_factory=dict)
 
     @property
@@ -142,6 +158,8 @@ class LossInfo:
     summary: str
     needs_reference: bool = True
     needs_token_logps: bool = False
+    needs_token_log_sum_sq_probs: bool = False  # WPO: policy_*_token_log_sum_sq_probs
+    needs_ref_token_split: bool = False  # LD-DPO: ref_*_token_logps, or ref_*_shared_logps
     needs_extras: tuple[str, ...] = ()
     stateful: bool = False  # fn is then a class: instantiate with params, call with outputs
     batch_level: bool = False  # its value for a pair depends on the other pairs of the step: called with ``dist``

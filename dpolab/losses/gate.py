@@ -122,14 +122,22 @@ class GateConfig:
         return torch.stack(rows)
 
     def apply(self, outputs: PreferenceOutputs) -> Tuple[PreferenceOutputs, Dict[str, Any]]:
-        """Return outputs with the gated ``policy_rejected_logps`` (same values) and gate metrics."""
+        """Return outputs with the gated ``policy_rejected_logps`` (same values) and gate metrics.
+
+        The per-token ``policy_rejected_token_logps``, when present, is gated the same way (row i by g_i), so a
+        loss that builds its rejected log-prob from the tokens (``ld-dpo``) is gated too."""
         x = outputs.policy_rejected_logps
         p = self.level(outputs).to(device=x.device, dtype=x.dtype)
         g = torch.sigmoid(self.alpha * (p - self.tau)).detach()
         frozen = x.detach()
         gated = frozen + g * (x - frozen)  # value exactly x (x - sg(x) is exactly 0); gradient g
+        changes: Dict[str, Any] = {"policy_rejected_logps": gated}
+        tok = outputs.policy_rejected_token_logps
+        if tok is not None:
+            t_frozen = tok.detach()
+            changes["policy_rejected_token_logps"] = t_frozen + g.to(tok.dtype).unsqueeze(-1) * (tok - t_frozen)
         metrics = {"gate/mean": g.mean(), "gate/min": g.min(), "gate/max": g.max(), "gate/p_mean": p.mean()}
-        return outputs.replace(policy_rejected_logps=gated), metrics
+        return outputs.replace(**changes), metrics
 
 
 @register(

@@ -2,8 +2,14 @@
 
 Every loss module registers its function with :func:`register`. Users combine losses as a list of
 specs, e.g. ``[{"name": "dpo", "weight": 1.0}, {"name": "sft", "weight": 0.2}]``; a spec may carry
-``params`` (the loss's keyword arguments) and ``gate`` (Gate-DPO's gradient transform, which wraps
-any reference-based loss).
+``params`` (the loss's keyword arguments) and wrappers that act on any suitable loss:
+
+* ``ld_alpha`` (LD-DPO's length desensitisation of the policy and reference log-probs, :mod:`.length`),
+* ``gate`` (Gate-DPO's gradient transform on the rejected response, :mod:`.gate`),
+* ``divergence`` (f-DPO's f'(pi/pi_ref) in place of the log-ratios, :mod:`.fdpo`),
+* ``weighting`` (WPO's detached per-pair weight on the loss, :mod:`.wpo`),
+
+applied in that order: ld_alpha, gate and divergence transform the loss's inputs, weighting its per-pair losses.
 """
 from __future__ import annotations
 
@@ -27,6 +33,8 @@ def register(
     summary: str,
     needs_reference: bool = True,
     needs_token_logps: bool = False,
+    needs_token_log_sum_sq_probs: bool = False,
+    needs_ref_token_split: bool = False,
     needs_extras: Sequence[str] = (),
     stateful: bool = False,
     batch_level: bool = False,
@@ -51,6 +59,8 @@ def register(
             summary=summary,
             needs_reference=needs_reference,
             needs_token_logps=needs_token_logps,
+            needs_token_log_sum_sq_probs=needs_token_log_sum_sq_probs,
+            needs_ref_token_split=needs_ref_token_split,
             needs_extras=tuple(needs_extras),
             stateful=stateful,
             batch_level=batch_level or stateful,
@@ -97,6 +107,9 @@ class LossSpec:
     weight: float = 1.0
     params: Dict[str, Any] = field(default_factory=dict)
     gate: Optional[Dict[str, Any]] = None
+    weighting: Optional[Any] = None
+    divergence: Optional[Any] = None
+    ld_alpha: Optional[float] = None
 
     @classmethod
     def parse(cls, raw: Union[str, Mapping[str, Any], "LossSpec"]) -> "LossSpec":
@@ -106,7 +119,7 @@ class LossSpec:
             return cls(name=raw)
         if not isinstance(raw, Mapping):
             raise LossConfigError(f"a loss spec must be a name or a mapping, got {type(raw).__name__}")
-        allowed = {"name", "weight", "params", "gate"}
+        allowed = {"name", "weight", "params", "gate", "weighting", "divergence", "ld_alpha"}
         extra = set(raw) - allowed
         if extra:
             raise LossConfigError(f"loss spec has unknown key(s) {sorted(extra)}; valid: {sorted(allowed)}")
@@ -117,11 +130,33 @@ class LossSpec:
             weight = float(weight)
         except (TypeError, ValueError):
             raise LossConfigError(f"loss '{raw['name']}': weight must be a number, got {weight!r}") from None
-        return cls(name=str(raw["name"]), weight=weight, params=dict(raw.get("params") or {}), gate=raw.get("gate"))
+        return cls(name=str(raw["name"]), weight=weight, params=dict(raw.get("params") or {}), gate=raw.get("gate"),
+                   weighting=raw.get("weighting"), divergence=raw.get("divergence"), ld_alpha=raw.get("ld_alpha"))
+
+
+@dataclass(frozen=True)
+class Wrappers:
+    """A component's wrappers besides the gate (see the module docstring); None where the spec has none."""
+
+    ld: Any = None  # length.LDConfig
+    divergence: Any = None  # fdpo.FDivergence
+    weighting: Any = None  # wpo.WPOWeighting
+
+    @classmethod
+    def parse(cls, spec: LossSpec, info: LossInfo) -> "Wrappers":
+        from .fdpo import FDivergence
+        from .length import LDConfig
+        from .wpo import WPOWeighting
+
+        return cls(
+            ld=LDConfig.parse(spec.ld_alpha, info) if spec.ld_alpha is not None else None,
+            divergence=FDivergence.parse(spec.divergence, info) if spec.divergence is not None else None,
+            weighting=WPOWeighting.parse(spec.weighting, info) if spec.weighting not in (None, False) else None,
+        )
 
 
 class CompositeLoss:
-    """A weighted sum of registered losses, each optionally gated (Gate-DPO).
+    """A weighted sum of registered losses, each optionally wrapped (LD-DPO, Gate-DPO, f-divergence, WPO).
 
     Holds the state of stateful losses (beta-DPO) so the engine can checkpoint it via
     :meth:`state_dict` / :meth:`load_state_dict`.
@@ -134,11 +169,13 @@ class CompositeLoss:
             raise LossConfigError("at least one loss is required")
         self.specs = [LossSpec.parse(s) for s in specs]
         self.components: List[tuple[str, LossSpec, LossInfo, Any, Optional[GateConfig]]] = []
+        self.wrappers: List[Wrappers] = []  # parallel to components
         seen: Dict[str, int] = {}
         for spec in self.specs:
             info = get_loss(spec.name)
             _check_params(info, spec.params)
             gate = GateConfig.parse(spec.gate, info) if spec.gate else None
+            self.wrappers.append(Wrappers.parse(spec, info))
             fn = info.fn(**spec.params) if info.stateful else info.fn
             label = info.name if info.name not in seen else f"{info.name}_{seen[info.name]}"
             seen[info.name] = seen.get(info.name, 0) + 1
@@ -155,7 +192,21 @@ class CompositeLoss:
 
     @property
     def needs_token_logps(self) -> bool:
-        return any(info.needs_token_logps or gate is not None for _, _, info, _, gate in self.components)
+        """Per-token policy log-probs and masks (``policy_*_token_logps``, ``*_token_mask``)."""
+        return any(info.needs_token_logps or gate is not None or w.ld is not None or w.weighting is not None
+                   for (_, _, info, _, gate), w in zip(self.components, self.wrappers))
+
+    @property
+    def needs_token_log_sum_sq_probs(self) -> bool:
+        """WPO: per-token ``log sum_v p_v^2`` of the policy (``policy_*_token_log_sum_sq_probs``), with the token log-probs."""
+        return any(info.needs_token_log_sum_sq_probs or w.weighting is not None
+                   for (_, _, info, _, _), w in zip(self.components, self.wrappers))
+
+    @property
+    def needs_ref_token_split(self) -> bool:
+        """LD-DPO: the reference per token (``ref_*_token_logps``) or over each pair's shared length (``ref_*_shared_logps``)."""
+        return any(info.needs_ref_token_split or w.ld is not None
+                   for (_, _, info, _, _), w in zip(self.components, self.wrappers))
 
     @property
     def needs_extras(self) -> tuple[str, ...]:
@@ -171,15 +222,22 @@ class CompositeLoss:
         total: Optional[Tensor] = None
         metrics: Dict[str, Any] = {}
         parts: List[LossOutput] = []
-        for label, spec, info, fn, gate in self.components:
+        for (label, spec, info, fn, gate), wrap in zip(self.components, self.wrappers):
             inp = outputs
+            if wrap.ld is not None:
+                inp, ld_metrics = wrap.ld.apply(inp, f"loss '{label}' with ld_alpha")
+                metrics.update({f"{label}/{k}": v for k, v in ld_metrics.items()})
             if gate is not None:
-                inp, gate_metrics = gate.apply(outputs)
+                inp, gate_metrics = gate.apply(inp)
                 metrics.update({f"{label}/{k}": v for k, v in gate_metrics.items()})
+            if wrap.divergence is not None:
+                inp = wrap.divergence.apply(inp, label)
             if info.stateful:
                 out = fn(inp, dist=dist)
             else:
                 out = fn(inp, dist=dist, **spec.params) if info.batch_level else fn(inp, **spec.params)
+            if wrap.weighting is not None:
+                out = wrap.weighting.apply(outputs, out, f"loss '{label}' with weighting 'wpo'")
             parts.append(out)
             value = out.reduced()
             total = spec.weight * value if total is None else total + spec.weight * value

@@ -68,3 +68,13 @@ def test_the_loop_names_no_objective():
     for name in ("sft", "preference", "rm"):
         assert not re.search(rf"""["']{name}["']""", src), f"the loop names the '{name}' objective"
     assert len(src.splitlines()) < 300
+
+
+@pytest.mark.parametrize("spec", [{"name": "wpo"}, {"name": "ld-dpo"}, {"name": "dpo", "weighting": "wpo"}])
+def test_losses_whose_inputs_the_engine_lacks_are_refused_before_loading(tmp_path, spec):
+    from dpolab.engine import TrainError
+
+    cfg = build_config({"data": {"task": "arithmetic"}, "loss": [spec], "output": {"dir": str(tmp_path / "run")}})
+    with pytest.raises(TrainError, match="does not produce yet"):
+        Trainer(cfg)
+    assert not (tmp_path / "run").exists()  # nothing loaded or written

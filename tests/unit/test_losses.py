@@ -22,6 +22,26 @@ RW = [a - b for a, b in zip(PC, RC)]  # [0.5, -1, 1]
 RL = [a - b for a, b in zip(PR, RR)]  # [-1, 1, -2]
 H = [a - b for a, b in zip(RW, RL)]   # [1.5, -2, 3]
 
+# per-token log-probs (summing to PC, PR, RC, RR), laid out after one prompt column with junk off-mask
+TC = [[-1.0, -2.0, -3.0, -1.5, -2.5], [-4.0, -2.0, -3.0, -3.0], [-0.5, -1.0, -2.0, -1.5, -2.0, -1.0]]
+TR = [[-2.0, -1.0, -3.0, -1.0, -2.0, -2.0], [-3.0, -4.0, -2.0], [-1.0, -2.0, -3.0, -2.0, -2.0, -3.0, -1.0]]
+TRC = [[-1.5, -2.0, -2.5, -2.0, -2.5], [-3.0, -3.0, -2.0, -3.0], [-1.0, -1.0, -2.0, -1.5, -2.0, -1.5]]
+TRR = [[-2.0, -1.5, -2.0, -1.5, -1.0, -2.0], [-3.0, -3.0, -4.0], [-1.0, -2.0, -2.0, -2.0, -1.5, -2.0, -1.5]]
+# WPO: per-token log sum_v p_v^2 of the policy
+SQC = [[-0.5, -1.0, -0.7, -0.2, -1.1], [-2.0, -0.3, -0.9, -1.0], [-0.4, -0.6, -0.8, -1.0, -1.2, -0.5]]
+SQR = [[-1.0, -0.5, -1.5, -0.5, -1.0, -0.8], [-1.5, -2.0, -0.6], [-0.3, -0.9, -1.4, -1.0, -0.7, -1.6, -0.2]]
+T_COLS = 9
+
+
+def padded(rows, grad=False, junk=-99.0):
+    """[B, T_COLS] with row i's values at columns 1..len, junk elsewhere; and the mask."""
+    t = torch.full((len(rows), T_COLS), junk, dtype=torch.float64)
+    m = torch.zeros(len(rows), T_COLS, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        t[i, 1:1 + len(r)] = torch.tensor(r, dtype=torch.float64)
+        m[i, 1:1 + len(r)] = True
+    return t.requires_grad_(grad), m
+
 
 def ls(x):  # log sigmoid
     return -math.log1p(math.exp(-x)) if x >= 0 else x - math.log1p(math.exp(x))
@@ -35,14 +55,52 @@ def logodds(a):
     return a - math.log(1.0 - math.exp(a))
 
 
-def make(pc=PC, pr=PR, rc=RC, rr=RR, lc=LC, lr=LR, grad=False, rm=RM):
+def make(pc=PC, pr=PR, rc=RC, rr=RR, lc=LC, lr=LR, grad=False, rm=RM, tc=TC, tr=TR, trc=TRC, trr=TRR):
+    """The hand-made batch, with per-token tensors (``tc``/``tr`` etc. None to leave them out)."""
     t = lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=grad)
+    tok = {}
+    if tc is not None:
+        (ct, cm), (rt, rm_) = padded(tc), padded(tr)
+        tok.update(policy_chosen_token_logps=ct, chosen_token_mask=cm, policy_rejected_token_logps=rt, rejected_token_mask=rm_,
+                   policy_chosen_token_log_sum_sq_probs=padded(SQC)[0], policy_rejected_token_log_sum_sq_probs=padded(SQR)[0])
+    if trc is not None:
+        tok.update(ref_chosen_token_logps=padded(trc)[0], ref_rejected_token_logps=padded(trr)[0])
     return PreferenceOutputs(
         policy_chosen_logps=t(pc), policy_rejected_logps=t(pr),
         ref_chosen_logps=torch.tensor(rc, dtype=torch.float64), ref_rejected_logps=torch.tensor(rr, dtype=torch.float64),
         chosen_lengths=torch.tensor(lc), rejected_lengths=torch.tensor(lr),
-        extras={"rm_margin": torch.tensor(rm, dtype=torch.float64)},
+        extras={"rm_margin": torch.tensor(rm, dtype=torch.float64)}, **tok,
     )
+
+
+def ld_logp(tokens, other_len, alpha):
+    """LD-DPO by hand: the first min(len, other_len) tokens, plus alpha times the rest."""
+    m = min(len(tokens), other_len)
+    return sum(tokens[:m]) + alpha * sum(tokens[m:])
+
+
+def ld_h(alpha, tc=TC, tr=TR, trc=TRC, trr=TRR):
+    out = []
+    for c, r, rc, rr in zip(tc, tr, trc, trr):
+        r_w = ld_logp(c, len(r), alpha) - ld_logp(rc, len(rr), alpha)
+        r_l = ld_logp(r, len(c), alpha) - ld_logp(rr, len(rc), alpha)
+        out.append(r_w - r_l)
+    return out
+
+
+def wpo_weight(i, tc=TC, tr=TR):
+    mean = lambda lp, sq: sum(a - b for a, b in zip(lp, sq)) / len(lp)  # noqa: E731
+    return math.exp(mean(tc[i], SQC[i]) + mean(tr[i], SQR[i]))
+
+
+def f_score(r, divergence, alpha=0.5):
+    if divergence == "reverse_kl":
+        return r
+    if divergence == "forward_kl":
+        return 1.0 - math.exp(-r)
+    if divergence == "js_divergence":
+        return math.log(2.0) + ls(r)
+    return (1.0 - math.exp(-alpha * r)) / alpha
 
 
 def madpo_w(m, c_max=2.0, c_min=0.5, lam=1.0, tau=math.log(999.0)):
@@ -92,8 +150,24 @@ CASES = {
     "aot-unpaired": ({}, [-ls(b * d) for d in (1.0, 1.5, 0.0)]),
     "madpo": ({}, [madpo_w(m) * -ls(b * h) for m, h in zip(RM, H)]),
     "gate-dpo": ({}, [-ls(b * h) for h in H]),  # same value as DPO
+    "sigmoid-norm": ({}, [-ls(b * (w / lc - l / lr)) for w, l, lc, lr in zip(RW, RL, LC, LR)]),
+    "fdpo": ({}, [-ls(b * h) for h in H]),  # reverse KL by default: DPO
+    "fdpo-forward": ({"divergence": "forward_kl"}, [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)]),
+    "fdpo-js": ({"divergence": "js_divergence", "beta": 0.5},
+                [-ls(0.5 * (f_score(w, "js_divergence") - f_score(l, "js_divergence"))) for w, l in zip(RW, RL)]),
+    "fdpo-alpha": ({"divergence": "alpha_divergence", "alpha": 0.3},
+                   [-ls(b * (f_score(w, "alpha", 0.3) - f_score(l, "alpha", 0.3))) for w, l in zip(RW, RL)]),
+    "fdpo-alpha0": ({"divergence": "alpha_divergence", "alpha": 0.0}, [-ls(b * h) for h in H]),  # the reverse-KL limit
+    "fdpo-alpha1": ({"divergence": "alpha_divergence", "alpha": 1.0},  # = forward KL
+                    [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)]),
+    "ld-dpo": ({}, [-ls(b * h) for h in ld_h(0.5)]),
+    "ld-dpo-0": ({"ld_alpha": 0.0, "beta": 0.3}, [-ls(0.3 * h) for h in ld_h(0.0)]),
+    "ld-dpo-1": ({"ld_alpha": 1.0}, [-ls(b * h) for h in H]),  # alpha = 1: DPO
+    "wpo": ({}, [wpo_weight(i) * -ls(b * h) for i, h in enumerate(H)]),
 }
-ALIASES = {"dpo-smoothed": "dpo", "ipo-summed-param": "ipo", "dpop-lam2": "dpop", "cal-dpo-half": "cal-dpo"}
+ALIASES = {"dpo-smoothed": "dpo", "ipo-summed-param": "ipo", "dpop-lam2": "dpop", "cal-dpo-half": "cal-dpo",
+           "fdpo-forward": "fdpo", "fdpo-js": "fdpo", "fdpo-alpha": "fdpo", "fdpo-alpha0": "fdpo", "fdpo-alpha1": "fdpo",
+           "ld-dpo-0": "ld-dpo", "ld-dpo-1": "ld-dpo"}
 FUNCTIONAL = [i.name for i in list_losses() if not i.stateful]
 
 
@@ -117,9 +191,15 @@ def test_closed_form_value(case):
     assert out.reduced().item() == pytest.approx(sum(expected) / 3, rel=1e-10)
 
 
-@pytest.mark.parametrize("name", [n for n in FUNCTIONAL if n != "gate-dpo"])
+GRAD_PARAMS = {"hinge": {"beta": 0.5}, "fdpo-forward": {"divergence": "forward_kl"}, "fdpo-js": {"divergence": "js_divergence"},
+               "fdpo-alpha": {"divergence": "alpha_divergence", "alpha": 0.3}}
+
+
+# ld-dpo builds its log-probs from the per-token tensors: its gradient is checked in test_gradcheck_ld_dpo_tokens
+@pytest.mark.parametrize("name", [n for n in FUNCTIONAL if n not in ("gate-dpo", "ld-dpo")] + ["fdpo-forward", "fdpo-js", "fdpo-alpha"])
 def test_gradcheck_policy_logps(name):
-    params = {"beta": 0.5} if name == "hinge" else {}
+    params = GRAD_PARAMS.get(name, {})
+    name = ALIASES.get(name, name)
     fn = get_loss(name).fn
 
     def f(pc, pr):
@@ -133,6 +213,26 @@ def test_gradcheck_policy_logps(name):
     assert torch.autograd.gradcheck(f, (pc, pr), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.3, 1.0])
+def test_gradcheck_ld_dpo_tokens(ld_alpha):
+    fn = get_loss("ld-dpo").fn
+
+    def f(ct, rt):
+        return fn(make().replace(policy_chosen_token_logps=ct, policy_rejected_token_logps=rt), ld_alpha=ld_alpha).losses
+
+    ct, rt = padded(TC, grad=True)[0], padded(TR, grad=True)[0]
+    assert torch.autograd.gradcheck(f, (ct, rt), eps=1e-6, atol=1e-6, rtol=1e-5)
+    # by hand: d L / d token = -beta sigma(-beta h_LD) * (1 on the shared part, alpha on the tail, 0 off-mask)
+    o = make().replace(policy_chosen_token_logps=ct, policy_rejected_token_logps=rt)
+    fn(o, ld_alpha=ld_alpha).losses.sum().backward()
+    for i, h in enumerate(ld_h(ld_alpha)):
+        m = min(len(TC[i]), len(TR[i]))
+        g = -b * sig(-b * h)
+        want = [0.0] + [g] * m + [g * ld_alpha] * (len(TC[i]) - m)
+        assert ct.grad[i, :len(want)].tolist() == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert ct.grad[i, len(want):].abs().sum().item() == 0.0
+
+
 def _step0_value(name, beta=0.1, eps_exo=1e-3):
     ln2 = math.log(2)
     t = 1 / (2 * beta)
@@ -141,7 +241,8 @@ def _step0_value(name, beta=0.1, eps_exo=1e-3):
         "cal-dpo": ln2 + 2 * t * t, "nca-pair": 2 * ln2, "bco-pair": 2 * ln2, "apo-zero": 1.0, "apo-down": 1.0,
         "sppo-hard": 2 * t * t, "exo-pair": -ln2 - 0.5 * math.log(eps_exo * (1 - eps_exo)),
         "discopop": 0.5 * ln2 + 0.5, "aot": ln2, "aot-unpaired": ln2, "gate-dpo": ln2,
-        "madpo": None,  # w(m) * ln 2, checked below
+        "sigmoid-norm": ln2, "fdpo": ln2, "ld-dpo": ln2,
+        "madpo": None, "wpo": None,  # w * ln 2, checked below
     }[name]
 
 
@@ -150,10 +251,12 @@ REF_BASED = [i.name for i in list_losses() if i.needs_reference]
 
 @pytest.mark.parametrize("name", REF_BASED)
 def test_step0_policy_equals_reference(name):
-    o = make(rc=PC, rr=PR)
+    o = make(rc=PC, rr=PR, trc=TC, trr=TR)
     out = compute_loss(name, o)
     if name == "madpo":
         expected = [madpo_w(m) * math.log(2) for m in RM]
+    elif name == "wpo":
+        expected = [wpo_weight(i) * math.log(2) for i in range(3)]
     elif name == "beta-dpo":
         expected = [math.log(2)] * 3
     else:
@@ -171,6 +274,26 @@ def test_step0_depends_on_beta_as_documented(beta):
     assert compute_loss("ipo", o, beta=beta).losses[0].item() == pytest.approx(t * t)
     assert compute_loss("cal-dpo", o, beta=beta).losses[0].item() == pytest.approx(math.log(2) + 2 * t * t)
     assert compute_loss("dpo", o, beta=beta).losses[0].item() == pytest.approx(math.log(2))
+
+
+@pytest.mark.parametrize("divergence,alpha", [("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.3),
+                                              ("alpha_divergence", 0.0), ("alpha_divergence", 1.0)])
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_step0_fdpo_every_divergence(divergence, alpha, beta):
+    out = compute_loss("fdpo", make(rc=PC, rr=PR), beta=beta, divergence=divergence, alpha=alpha)
+    assert out.losses.tolist() == pytest.approx([math.log(2)] * 3, rel=1e-12)
+    assert torch.equal(out.chosen_rewards, torch.zeros(3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("ld_alpha", [0.0, 0.3, 1.0])
+def test_step0_ld_dpo_every_alpha_and_shared_sums(ld_alpha):
+    o = make(rc=PC, rr=PR, trc=TC, trr=TR)
+    assert compute_loss("ld-dpo", o, ld_alpha=ld_alpha).losses.tolist() == pytest.approx([math.log(2)] * 3, rel=1e-12)
+    # the same from the reference's shared-length sums instead of its per-token log-probs
+    shared = lambda rows, others: torch.tensor([sum(r[:min(len(r), len(o))]) for r, o in zip(rows, others)],  # noqa: E731
+                                               dtype=torch.float64)
+    o2 = make(rc=PC, rr=PR, trc=None).replace(ref_chosen_shared_logps=shared(TC, TR), ref_rejected_shared_logps=shared(TR, TC))
+    assert compute_loss("ld-dpo", o2, ld_alpha=ld_alpha).losses.tolist() == pytest.approx([math.log(2)] * 3, rel=1e-12)
 
 
 def test_rewards_and_metrics():

@@ -38,6 +38,13 @@ class PreferenceObjective(Objective):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.loss = CompositeLoss(cfg.loss)
+        missing = [what for flag, what in ((self.loss.needs_token_log_sum_sq_probs, "per-token log sum of squared "
+                                            "probabilities (WPO weighting)"),
+                                           (self.loss.needs_ref_token_split, "the reference's per-token log-probs (LD-DPO)"))
+                   if flag]
+        if missing:  # refused before any data or model loads, never silently ignored
+            raise TrainError(f"the loss list needs {' and '.join(missing)}, which dpolab train does not produce yet; "
+                             f"these losses are available through the Python API (dpolab.losses.compute_loss)")
         self.reference: Optional[Reference] = None
         self.probes = self.probe_baseline = None
         self.dist = LOCAL
