@@ -94,6 +94,8 @@ class TrainConfig:
     schedule: Literal["constant", "linear", "cosine"] = _f("linear", "decay after warm-up")
     max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null or 0: no clipping)")
     bf16: bool = _f(False, "bf16 autocast for forward passes (CPU, or a GPU with bf16 support: an error otherwise)")
+    gradient_checkpointing: bool = _f(False, "recompute the backbone's activations in backward instead of keeping them "
+                                      "(less memory, about one more forward of time); same gradients, every layout, LoRA")
     seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")
     shuffle: bool = _f(True, "shuffle the training data each epoch")
     log_every: int = _f(1, "write a metrics row every N optimiser steps")

@@ -91,7 +91,7 @@ class Trainer:
         max_positions = max(1024, max(lengths + [self.objective.length(x) for x in self.eval_data]))
 
         # model and optimisation
-        self.policy = self.objective.load_model(self.tokenizer, seed=cfg.train.seed, max_positions=max_positions)
+        self.policy = self.objective.build_model(self.tokenizer, seed=cfg.train.seed, max_positions=max_positions)
         if ckpt is not None:
             restore_weights(self.policy, ckpt / "model")
         self.params = count_parameters(self.policy)

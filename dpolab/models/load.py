@@ -215,3 +215,17 @@ def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
         base = load_base_model(base_cfg, tok, seed=meta.get("seed", 0), max_positions=meta.get("max_positions") or 1024)
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     return _from_pretrained(str(path), ModelConfig(name_or_path=str(path), dtype=dtype))
+
+
+def enable_gradient_checkpointing(model) -> None:
+    """Recompute each block's activations in backward (non-reentrant checkpointing: exact gradients, works with
+    frozen inputs such as LoRA's and with custom 4D masks). A wrapped model (PEFT) is switched on its base."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(inner, "supports_gradient_checkpointing", False):
+        raise ModelLoadError(f"train.gradient_checkpointing: {type(inner).__name__} does not support gradient "
+                             f"checkpointing in transformers; set train.gradient_checkpointing=false")
+    kwargs = {"use_reentrant": False}
+    if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 (the older name is deprecated there)
+        inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -77,6 +77,15 @@ class Objective:
         raise NotImplementedError
 
     # -- model --------------------------------------------------------------------------------------------------
+    def build_model(self, tokenizer, *, seed: int, max_positions: int):
+        """The trainable model: :meth:`load_model`, with the run's model-wide settings (gradient checkpointing)."""
+        model = self.load_model(tokenizer, seed=seed, max_positions=max_positions)
+        if self.cfg.train.gradient_checkpointing:
+            from ...models.load import enable_gradient_checkpointing
+
+            enable_gradient_checkpointing(model)
+        return model
+
     def load_model(self, tokenizer, *, seed: int, max_positions: int):
         from ...models.load import load_policy
 
