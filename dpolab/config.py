@@ -64,6 +64,8 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = _f("raise", "a malformed row stops the run (raise) or is counted and skipped")
     sft_from_pairs: Optional[Literal["chosen", "both"]] = _f(
         None, "SFT mode on preference data: train on the chosen responses, or on both (the 'extended SFT' before DPO)")
+    unpaired_from_pairs: bool = _f(False, "train.mode=kto on preference data: each pair gives two unpaired rows, chosen "
+                                   "(label true) and rejected (label false)")
 
 
 @dataclass
@@ -78,6 +80,11 @@ class ReferenceConfig:
     )
     cache_dir: Optional[str] = _f(None, "where precomputed reference log-probs are cached (default <output.dir>/ref_cache)")
     name_or_path: Optional[str] = _f(None, "a different reference model (default: the policy's starting weights)")
+    sync_every: int = _f(0, "TR-DPO (arXiv 2404.09656): every this many optimiser steps the reference moves toward the "
+                            "policy, ref <- alpha * policy + (1 - alpha) * ref (TRL ref_model_sync_steps); 0 = never. "
+                            "Needs a live frozen copy (reference.mode=copy)")
+    mixup_alpha: float = _f(0.6, "TR-DPO's alpha (TRL ref_model_mixup_alpha): 1 = hard sync (the reference becomes the "
+                                 "policy), below 1 = soft update")
 
 
 @dataclass
@@ -143,6 +150,14 @@ class RewardModelConfig:
     center_weight: float = _f(0.0, "train.mode=rm: add center_weight * (r_chosen + r_rejected)^2 to the Bradley-Terry loss (TRL's center_rewards_coefficient, e.g. 0.01)")
 
 
+@dataclass
+class KTOConfig:
+    beta: float = _f(0.1, "train.mode=kto: beta, the scale of the implicit reward beta * log(pi / pi_ref) (TRL's KTOConfig.beta)")
+    desirable_weight: float = _f(1.0, "train.mode=kto: weight of the loss on desirable rows (label true)")
+    undesirable_weight: float = _f(1.0, "train.mode=kto: weight of the loss on undesirable rows (label false); the KTO "
+                                   "paper suggests desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]")
+
+
 def _default_loss() -> List[Dict[str, Any]]:
     return [{"name": "dpo", "weight": 1.0}]
 
@@ -159,6 +174,7 @@ class RunConfig:
     eval: EvalConfig = _f(EvalConfig, "evaluation")
     output: OutputConfig = _f(OutputConfig, "outputs")
     rm: RewardModelConfig = _f(RewardModelConfig, "reward-model training (train.mode=rm)")
+    kto: KTOConfig = _f(KTOConfig, "KTO on unpaired data (train.mode=kto)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -308,6 +324,11 @@ _RANGES: Dict[tuple, _Range] = {
     ("OutputConfig", "save_every"): _AT_LEAST_0,
     ("OutputConfig", "keep_last"): _AT_LEAST_1,
     ("RewardModelConfig", "center_weight"): _Range(0.0),
+    ("KTOConfig", "beta"): _POSITIVE,
+    ("KTOConfig", "desirable_weight"): _Range(0.0),
+    ("KTOConfig", "undesirable_weight"): _Range(0.0),
+    ("ReferenceConfig", "sync_every"): _AT_LEAST_0,
+    ("ReferenceConfig", "mixup_alpha"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
 }
 _PATHS = {("OutputConfig", "dir"), ("ReferenceConfig", "cache_dir")}  # folders dpolab creates: names must fit the filesystem
 

@@ -14,6 +14,7 @@ import time
 import warnings
 import weakref
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -118,8 +119,9 @@ class Trainer:
         self.objective.setup(RunContext(
             cfg=cfg, accelerator=accelerator, model=self.model, tokenizer=self.tokenizer, train_data=self.train_data,
             eval_data=self.eval_data, run_dir=self.run_dir, total_steps=self.total_steps, max_positions=max_positions,
-            collate=self.collate, resuming=ckpt is not None, autocast=self.autocast, log=self.log,
-            progress=self._progress, resumed=state["state"].get("objective") if state else None, is_main=self.is_main))
+            collate=self.collate, resuming=ckpt is not None, autocast=self.autocast, log=self.log, is_main=self.is_main,
+            progress=partial(progress_bar, enabled=cfg.output.progress and self.is_main),
+            resumed=state["state"].get("objective") if state else None))
         if state is not None:
             self.objective.load_state_dict(state["loss_state"])
             set_rng_state(state["rng"])  # last: building the parts above may draw random numbers
@@ -142,9 +144,6 @@ class Trainer:
     def log(self, msg: str) -> None:
         if getattr(self, "is_main", True):
             self._log(msg)
-
-    def _progress(self, it, **kw):
-        return progress_bar(it, enabled=self.cfg.output.progress and self.is_main, **kw)
 
     # -- one optimiser step ---------------------------------------------------------------------------------------
     def _accumulate(self) -> List[Dict[str, Any]]:
@@ -188,6 +187,7 @@ class Trainer:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        self.objective.end_step(self.model, self.step)
         dt = time.perf_counter() - t0
         self.elapsed += dt
         out = {**weighted_means(rows), **self.objective.set_statistics(rows)}

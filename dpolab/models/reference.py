@@ -131,6 +131,19 @@ class Reference:
                 lp = logps_for_batch(self.model, batch)
         return split_pairs(lp.sums, batch["num_pairs"])
 
+    @torch.no_grad()
+    def mix_toward(self, policy, alpha: float) -> None:
+        """TR-DPO's update of a live frozen copy: ref <- alpha * policy + (1 - alpha) * ref, parameter by parameter
+        (alpha = 1: the reference becomes the policy)."""
+        if self.mode != "copy":
+            raise ReferenceSetupError(f"reference.sync_every (TR-DPO) needs a live frozen copy (reference.mode=copy); "
+                                      f"this run's reference is '{self.mode}'")
+        ref, pol = dict(self.model.named_parameters()), dict(_unwrap(policy).named_parameters())
+        if ref.keys() != pol.keys():
+            raise ReferenceSetupError("reference.sync_every: the reference and the policy have different parameters")
+        for name, p in ref.items():
+            p.mul_(1.0 - alpha).add_(pol[name].detach().to(p.dtype), alpha=alpha)
+
     def record(self) -> Dict[str, Any]:
         """What a checkpoint stores so a resumed run gets exactly this reference back."""
         rec: Dict[str, Any] = {"mode": self.mode}

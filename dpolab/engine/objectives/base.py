@@ -106,6 +106,9 @@ class Objective:
     def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
         raise NotImplementedError
 
+    def end_step(self, model, step: int) -> None:
+        """Called after each optimiser step that was taken, with the step count (e.g. a reference update)."""
+
     def set_statistics(self, rows: List[Dict[str, Any]]) -> Dict[str, float]:
         """Exact statistics over all rows of a step or an evaluation (beyond weighted means of the rows)."""
         return {}

@@ -66,6 +66,10 @@ class PreferenceObjective(Objective):
         self._tokenizer = run.tokenizer
         self.reference = self._build_reference(run)
         self._eval_data, self.eval_offset = run.eval_data, len(run.train_data)
+        if run.cfg.reference.sync_every and (self.reference is None or self.reference.mode != "copy"):
+            mode = self.reference.mode if self.reference is not None else "none (the loss needs no reference)"
+            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
+                             f"reference is {mode}; set reference.mode=copy (a precomputed table cannot follow the policy)")
         if run.cfg.eval.probes:
             self.probes, self.probe_baseline = self._build_probes(run)
 
@@ -163,12 +167,22 @@ class PreferenceObjective(Objective):
                               autocast=self.autocast)
         return probe_metrics(scores, self.probe_baseline, self.probes.buckets)
 
+    def end_step(self, model, step: int) -> None:
+        every = self.cfg.reference.sync_every
+        if every and step % every == 0:  # TR-DPO: the reference moves toward the policy
+            self.reference.mix_toward(model, self.cfg.reference.mixup_alpha)
+
     # -- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        return self.loss.state_dict()
+        state: Dict[str, Any] = {"loss": self.loss.state_dict()}
+        if self.cfg.reference.sync_every:  # the reference has moved: a resumed run needs its weights
+            state["reference_weights"] = {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}
+        return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.loss.load_state_dict(state)
+        self.loss.load_state_dict(state.get("loss", {}))
+        if "reference_weights" in state:
+            self.reference.model.load_state_dict(state["reference_weights"])
 
     def record(self) -> Dict[str, Any]:
         return {"reference": self.reference.record()} if self.reference is not None else {}
