@@ -180,7 +180,7 @@ class PreferenceObjective(Objective):
         return state
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        self.loss.load_state_dict(state.get("loss", {}))
+        self.loss.load_state_dict(state["loss"] if "loss" in state else state)  # checkpoints before TR-DPO: the loss's
         if "reference_weights" in state:
             self.reference.model.load_state_dict(state["reference_weights"])
 
