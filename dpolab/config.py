@@ -36,6 +36,10 @@ class ModelConfig:
     dropout: bool = _f(False, "keep the model's dropout on during training (default off in policy and reference)")
     trust_remote_code: bool = _f(False, "passed to from_pretrained")
     init_from: Optional[str] = _f(None, "start from this checkpoint directory (e.g. an SFT run's final/) instead of name_or_path")
+    load_in_4bit: bool = _f(False, "QLoRA: load the base weights quantised to 4 bits (NF4, double quantisation, compute in "
+                                   "model.dtype) with bitsandbytes; needs lora.enabled (the reference is the adapter-disabled "
+                                   "quantised base)")
+    load_in_8bit: bool = _f(False, "load the base weights quantised to 8 bits with bitsandbytes; needs lora.enabled")
 
 
 @dataclass

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ..errors import UserError
+from ..errors import MissingPackageError, UserError
 from ..config import LoraConfig, ModelConfig
 
 # tiny models built from a config (tests, the demo); the families past gpt2/llama cover the fast paths' cases:
@@ -114,12 +114,50 @@ def disable_dropout(model: nn.Module) -> None:
                 setattr(m, attr, 0.0)
 
 
+def quantization_config(cfg: ModelConfig):
+    """bitsandbytes settings for ``model.load_in_4bit`` / ``load_in_8bit`` (QLoRA's NF4 + double quantisation, compute
+    in ``model.dtype``), or None. A missing package is a one-line error naming the pip command."""
+    if not (cfg.load_in_4bit or cfg.load_in_8bit):
+        return None
+    if cfg.load_in_4bit and cfg.load_in_8bit:
+        raise ModelLoadError("model.load_in_4bit and model.load_in_8bit are exclusive; choose one")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as e:
+        raise MissingPackageError("model.load_in_4bit / load_in_8bit need bitsandbytes: pip install 'bitsandbytes>=0.46'") from e
+    from transformers import BitsAndBytesConfig
+
+    if cfg.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+
+
+def _quantized(load, cfg: ModelConfig):
+    """``load()`` with a quantisation config, naming bitsandbytes when it cannot run here (e.g. no backend for this
+    device in the installed version)."""
+    try:
+        return load()
+    except (ModelLoadError, MissingPackageError):
+        raise
+    except Exception as e:  # noqa: BLE001 - one clear line, the cause kept
+        import bitsandbytes
+
+        bits = 4 if cfg.load_in_4bit else 8
+        raise ModelLoadError(f"bitsandbytes {bitsandbytes.__version__} could not load the model in {bits} bits on this "
+                             f"device ({str(e).strip().splitlines()[0][:160]}); set model.load_in_{bits}bit=false") from e
+
+
 def _from_pretrained(path: str, cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
 
     kwargs: Dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and path == cfg.name_or_path:
         kwargs["gguf_file"] = cfg.gguf_file
+    quant = quantization_config(cfg)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        return _quantized(lambda: AutoModelForCausalLM.from_pretrained(path, **kwargs), cfg)
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except TypeError:  # older transformers call it torch_dtype
@@ -133,12 +171,16 @@ def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions
     """The starting weights: a dpolab checkpoint (``init_from``), a tiny preset, or ``from_pretrained``."""
     if cfg.init_from:
         model = load_saved_model(cfg.init_from, tokenizer, dtype=cfg.dtype)
+        if quantization_config(cfg) is not None:  # quantise the loaded weights through a saved copy
+            model = _quantize_via_folder(model, cfg)
     elif cfg.name_or_path in TINY_PRESETS:
         from transformers import AutoModelForCausalLM
 
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(tiny_config(cfg.name_or_path, tokenizer, cfg.tiny, max_positions))
         model.to(DTYPES[cfg.dtype])
+        if quantization_config(cfg) is not None:
+            model = _quantize_via_folder(model, cfg)
     else:
         model = _from_pretrained(cfg.name_or_path, cfg)
     if not cfg.dropout:
@@ -146,6 +188,16 @@ def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions
     if model.config.pad_token_id is None and tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def _quantize_via_folder(model, cfg: ModelConfig):
+    """A model built in memory (a tiny preset, a dpolab checkpoint), reloaded quantised from a temporary folder."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dpolab-quant-") as tmp:
+        model.save_pretrained(tmp)
+        return _from_pretrained(tmp, ModelConfig(name_or_path=tmp, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit,
+                                                 load_in_8bit=cfg.load_in_8bit))
 
 
 def apply_lora(model, lora: LoraConfig):
@@ -210,7 +262,8 @@ def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
         if not meta_file.exists():
             raise ModelLoadError(f"{path} holds a LoRA adapter but no {MODEL_META} naming its base model")
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        base_cfg = ModelConfig(**meta["model"])
+        # the adapter merges into full-precision base weights (a QLoRA run's base is reloaded unquantised)
+        base_cfg = ModelConfig(**{**meta["model"], "load_in_4bit": False, "load_in_8bit": False})
         tok = tokenizer if tokenizer is not None else load_tokenizer(base_cfg)
         base = load_base_model(base_cfg, tok, seed=meta.get("seed", 0), max_positions=meta.get("max_positions") or 1024)
         return PeftModel.from_pretrained(base, str(path)).merge_and_unload()

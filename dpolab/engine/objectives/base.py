@@ -63,6 +63,11 @@ class Objective:
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
+        if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cfg.lora.enabled:
+            from ...config import ConfigError
+
+            raise ConfigError("model.load_in_4bit / load_in_8bit: quantised weights cannot be trained; set "
+                              "lora.enabled=true (QLoRA trains adapters on the quantised base)")
 
     # -- data ---------------------------------------------------------------------------------------------------
     def length(self, example) -> int:

@@ -23,6 +23,10 @@ class RewardModelObjective(Objective):
         return collate_preference_fast(items, pad_id, layout, hidden_size=hidden_size)
 
     def load_model(self, tokenizer, *, seed: int, max_positions: int):
+        if self.cfg.model.load_in_4bit or self.cfg.model.load_in_8bit:
+            from ...config import ConfigError
+
+            raise ConfigError("model.load_in_4bit / load_in_8bit are not supported for reward models (train.mode=rm)")
         return load_reward_model(self.cfg.model, self.cfg.lora, tokenizer, seed=seed, max_positions=max_positions)
 
     def setup(self, run: RunContext) -> None:
