@@ -71,7 +71,7 @@ def _check_loadable(run: Path) -> int:
     assert ckpt is not None
     assert load_file(str(ckpt / "model" / "model.safetensors"))
     st = load_training_state(ckpt)
-    assert st["state"]["step"] == _step(ckpt) and "beta-dpo" in st["loss_state"]
+    assert st["state"]["step"] == _step(ckpt) and "beta-dpo" in st["loss_state"]["loss"]
     return _step(ckpt)
 
 
