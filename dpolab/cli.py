@@ -197,7 +197,9 @@ def _cmd_inspect_data(args) -> int:
     pick = lambda flag, name, default: flag if flag is not None else (getattr(data, name) if data is not None else default)  # noqa: E731
     mode = args.mode
     if mode == "auto" and cfg is not None and args.data is None:  # the config's own data: its training mode decides
-        mode = "sft" if cfg.train.mode == "sft" and not cfg.data.sft_from_pairs else "preference"
+        single = (cfg.train.mode == "sft" and not cfg.data.sft_from_pairs) or (
+            cfg.train.mode == "kto" and not cfg.data.unpaired_from_pairs)  # prompt + one completion per row
+        mode = "sft" if single else "preference"
     columns = _parse_columns(args.columns) or (dict(data.columns) if data is not None and data.columns else None)
     tokenizer = load_tokenizer(model_cfg)
     result = inspect_data(
@@ -228,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traceback", action="store_true", help="show full tracebacks for errors (for bug reports)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model (SFT or preference) from a YAML config plus overrides",
+    t = sub.add_parser("train", help="train a model (SFT, preference pairs, KTO on unpaired rows; train.mode) from a YAML config plus overrides",
                        description="Train from a YAML config. Any option can be overridden as section.key=value "
                                    "(run `dpolab config` for the full list).")
     _add_run_args(t, "e.g. train.lr=1e-5 model.name_or_path=gpt2")

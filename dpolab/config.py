@@ -93,7 +93,7 @@ class ReferenceConfig:
 
 @dataclass
 class TrainConfig:
-    mode: str = _f("preference", "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`)")
+    mode: str = _f("preference", "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`); kto trains on unpaired rows with a boolean label (KTO)")
     epochs: float = _f(1.0, "passes over the training data")
     max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
     batch_size: int = _f(8, "examples (pairs) per micro-batch, per process")

@@ -20,6 +20,8 @@ prompt, no BOS) therefore cannot be scored; with BOS on (the default) this never
 ``collate_sft(rows, pad_id, pad_to_multiple_of=None)`` returns ``input_ids``, ``attention_mask`` [B, T],
 ``loss_mask`` [B, T] (True on completion tokens, incl. EOS) and ``meta``.
 
+``collate_unpaired_fast(rows, pad_id, layout)`` (KTO) is ``collate_sft_fast`` plus ``label`` BoolTensor [B].
+
 ``length_grouped_indices(lengths, batch_size, seed)`` orders examples so that each batch holds similar
 lengths (less padding) while the batch order stays random.
 """
@@ -120,4 +122,13 @@ def collate_sft_fast(rows: Sequence[TokenizedSFT], pad_id: int, layout: str = "p
     batch = collate_sft(rows, pad_id, pad_to_multiple_of=pad_to_multiple_of)
     if layout != "padded":
         batch["packed"] = sft_layout(rows, pad_id, capacity=capacity, hidden_size=hidden_size)
+    return batch
+
+
+def collate_unpaired_fast(rows: Sequence, pad_id: int, layout: str = "packed", *, capacity: int = 0,
+                          hidden_size: Optional[int] = None, pad_to_multiple_of: Optional[int] = None) -> dict:
+    """Unpaired (KTO) rows: ``collate_sft_fast`` (loss mask on the completions) plus ``label`` BoolTensor [B]."""
+    batch = collate_sft_fast(rows, pad_id, layout, capacity=capacity, hidden_size=hidden_size,
+                             pad_to_multiple_of=pad_to_multiple_of)
+    batch["label"] = torch.tensor([bool(r.label) for r in rows], dtype=torch.bool)
     return batch

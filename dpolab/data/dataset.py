@@ -1,7 +1,7 @@
 """Top-level loaders: source -> records -> validated rows -> token ids, with one skip summary.
 
-``load_preference_data`` / ``load_sft_data`` read ``source`` (a path, a saved dataset folder, a hub
-name, or an in-memory list of dicts named ``<memory>``), optionally pass each raw record through
+``load_preference_data`` / ``load_sft_data`` / ``load_unpaired_data`` (KTO) read ``source`` (a path, a saved
+dataset folder, a hub name, or an in-memory list of dicts named ``<memory>``), optionally pass each raw record through
 ``transform`` (a function record -> record that may raise :class:`DataError` for a bad row, e.g. to
 build preference pairs from a labelled dataset), validate it (:mod:`dpolab.data.formats`) and tokenise it
 (:mod:`dpolab.data.tokenize`).
@@ -19,10 +19,10 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
 from dpolab.errors import ConfigError
-from dpolab.data.formats import to_preference_row, to_sft_row
+from dpolab.data.formats import to_preference_row, to_sft_row, to_unpaired_row
 from dpolab.data.sources import Source, iter_records, source_name
-from dpolab.data.tokenize import boundary_note, tokenize_preference, tokenize_sft
-from dpolab.data.types import DataError, SkipCounter, TokenizedPair, TokenizedSFT
+from dpolab.data.tokenize import boundary_note, tokenize_preference, tokenize_sft, tokenize_unpaired
+from dpolab.data.types import DataError, SkipCounter, TokenizedPair, TokenizedSFT, TokenizedUnpaired
 
 ON_ERROR = ("raise", "skip")
 MAX_LOGGED_ERRORS = 3
@@ -126,3 +126,20 @@ def load_sft_data(
     check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
     return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
                  limit=limit, on_error=on_error, log=log, kind="rows")
+
+
+def load_unpaired_data(
+    source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None,
+    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
+    add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
+    transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print,
+) -> Tuple[List[TokenizedUnpaired], SkipCounter]:
+    """Load, validate and tokenise unpaired (KTO) rows: SFT fields plus a boolean ``label``."""
+    convert = lambda rec, **kw: to_unpaired_row(rec, columns=columns, **kw)  # noqa: E731
+    tokenize = lambda row, tok, skips: tokenize_unpaired(  # noqa: E731
+        row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+        add_bos=add_bos, add_eos=add_eos, skips=skips,
+    )
+    check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
+    return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
+                 limit=limit, on_error=on_error, log=log, kind="unpaired rows")

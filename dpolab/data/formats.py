@@ -15,6 +15,9 @@ Accepted preference records (field names can be remapped with ``columns``, e.g.
 Accepted SFT records: ``prompt`` / ``completion``; ``text`` (prompt ''); chat ``messages`` (the last
 message must be the assistant's: it is the completion, everything before it is the prompt).
 
+Accepted unpaired records (KTO, TRL's unpaired format): any SFT record plus a boolean ``label`` (true: a desirable
+completion, false: an undesirable one); in CSV/TSV files, which have no types, the text ``true`` / ``false``.
+
 ``extras`` names numeric columns copied to ``PreferenceRow.extras`` as floats (e.g. ``rm_margin``).
 Remaining scalar columns go to ``meta`` untouched, with the source row number under ``"row"``.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from dpolab.data.types import DataError, Messages, PreferenceRow, SFTRow, SkipCounter, Text
+from dpolab.data.types import DataError, Messages, PreferenceRow, SFTRow, SkipCounter, Text, UnpairedRow
 
 ROLES = ("system", "user", "assistant", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -226,3 +229,41 @@ def to_sft_row(
     if _is_empty(completion):
         return _skip(skips, SKIP_EMPTY)
     return SFTRow(prompt, completion, meta=_meta(record, [ctx.col(n) for n in used], row))
+
+
+def _label(record: Mapping, ctx: _Ctx) -> bool:
+    """The boolean ``label`` of an unpaired row (a CSV/TSV cell holds the text true or false)."""
+    col = ctx.col("label")
+    if col not in record:
+        raise ctx.error("label", f"missing: an unpaired row needs a boolean label (true: desirable, false: undesirable) "
+                                 f"(columns present: {', '.join(map(str, record)) or 'none'})")
+    value = record[col]
+    if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python or NumPy boolean
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise ctx.error("label", f"expected true or false, got {_type_name(value)} {value!r:.40}")
+
+
+def to_unpaired_row(
+    record: Mapping,
+    *,
+    source: Optional[str] = None,
+    row: Optional[int] = None,
+    columns: Optional[Mapping[str, str]] = None,
+    skips: Optional[SkipCounter] = None,
+) -> Optional[UnpairedRow]:
+    """Validate one unpaired record (an SFT record plus a boolean ``label``); ``None`` if skipped by design."""
+    ctx = _Ctx(source, row, columns)
+    if not isinstance(record, Mapping):
+        raise DataError(f"expected a record (dict), got {_type_name(record)}", source=source, row=row)
+    has = lambda name: name in ctx.columns or name in record  # noqa: E731
+    if has("chosen") and has("rejected") and not (has("completion") or has("messages") or has("text")):
+        raise ctx.error("completion", "missing: this looks like preference pairs (chosen/rejected); set "
+                                      "data.unpaired_from_pairs=true to split each pair into two unpaired rows")
+    label = _label(record, ctx)
+    sft = to_sft_row(record, source=source, row=row, columns=columns, skips=skips)
+    if sft is None:
+        return None
+    meta = {k: v for k, v in sft.meta.items() if k != ctx.col("label")}
+    return UnpairedRow(sft.prompt, sft.completion, label, meta=meta)

@@ -46,7 +46,8 @@ import weakref
 from typing import Any, Iterable, List, Optional, Tuple
 
 from dpolab.errors import ConfigError
-from dpolab.data.types import Messages, PreferenceRow, SFTRow, SkipCounter, Text, TokenizedPair, TokenizedSFT
+from dpolab.data.types import (Messages, PreferenceRow, SFTRow, SkipCounter, Text, TokenizedPair, TokenizedSFT,
+                               TokenizedUnpaired, UnpairedRow)
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 SKIP_EMPTY_TOKENS = "empty response (no tokens)"
@@ -281,3 +282,15 @@ def tokenize_sft(
     prompt_ids, (completion_ids,), flags = out
     meta = dict(row.meta, **flags)
     return TokenizedSFT(prompt_ids, completion_ids, meta=meta)
+
+
+def tokenize_unpaired(
+    row: UnpairedRow, tokenizer: Any, *, max_length: int = 512, max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end", add_bos: bool = True, add_eos: bool = True, skips: Optional[SkipCounter] = None,
+) -> Optional[TokenizedUnpaired]:
+    """Tokenise one unpaired (KTO) row exactly as an SFT row, keeping its label; ``None`` if the completion ends up
+    empty."""
+    out = tokenize_sft(SFTRow(row.prompt, row.completion, meta=row.meta), tokenizer, max_length=max_length,
+                       max_prompt_length=max_prompt_length, truncation_mode=truncation_mode, add_bos=add_bos,
+                       add_eos=add_eos, skips=skips)
+    return None if out is None else TokenizedUnpaired(out.prompt_ids, out.completion_ids, bool(row.label), meta=out.meta)

@@ -45,6 +45,16 @@ class SFTRow:
 
 
 @dataclass
+class UnpairedRow:
+    """One unpaired row (KTO): a completion labelled desirable (``label`` True) or undesirable (False)."""
+
+    prompt: Text
+    completion: Text
+    label: bool
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class TokenizedPair:
     """Token ids; the full chosen sequence is prompt_ids + chosen_ids (prompt is a token prefix)."""
 
@@ -59,6 +69,16 @@ class TokenizedPair:
 class TokenizedSFT:
     prompt_ids: List[int]
     completion_ids: List[int]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TokenizedUnpaired:
+    """A tokenised unpaired row: ``prompt_ids + completion_ids`` as in :class:`TokenizedSFT`, plus its label."""
+
+    prompt_ids: List[int]
+    completion_ids: List[int]
+    label: bool
     meta: Dict[str, Any] = field(default_factory=dict)
 
 

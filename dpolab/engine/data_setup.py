@@ -17,20 +17,26 @@ def task_rows(data: DataConfig, mode: str, seed: int, tokenizer: Any = None) -> 
 
 
 def prepare_data(data: DataConfig, tokenizer, mode: str, seed: int, log: Callable[[str], None] = print):
-    """Tokenised (train, eval) lists for ``mode`` ('sft' or 'preference')."""
-    from ..data.dataset import load_preference_data, load_sft_data
+    """Tokenised (train, eval) lists for ``mode`` ('sft', 'preference' or 'unpaired')."""
+    from ..data.dataset import load_preference_data, load_sft_data, load_unpaired_data
 
     if mode == "sft" and data.sft_from_pairs:  # SFT on the responses of preference data (extended SFT: both)
         train, evals = prepare_data(data, tokenizer, "preference", seed, log)
         return pairs_to_sft(train, data.sft_from_pairs), pairs_to_sft(evals, "chosen")
-    loader = load_sft_data if mode == "sft" else load_preference_data
+    if mode == "unpaired" and data.unpaired_from_pairs:  # KTO on preference data: each pair gives two rows
+        train, evals = prepare_data(data, tokenizer, "preference", seed, log)
+        return pairs_to_unpaired(train), pairs_to_unpaired(evals)
+    loader = {"sft": load_sft_data, "unpaired": load_unpaired_data}.get(mode, load_preference_data)
     common: Dict[str, Any] = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
                                   truncation_mode=data.truncation_mode, on_error=data.on_error, log=log)
-    if mode != "sft":
+    if mode not in ("sft", "unpaired"):
         common["extras"] = tuple(data.extras)
     if data.task:
         if data.train:
             raise DataError("set either data.task or data.train, not both")
+        if mode == "unpaired":
+            raise DataError(f"built-in task '{data.task}' gives preference pairs; set data.unpaired_from_pairs=true to "
+                            f"split each pair into a desirable and an undesirable row")
         train_rows, eval_rows = task_rows(data, mode, seed, tokenizer=tokenizer)
         train, _ = loader(train_rows, tokenizer, limit=data.limit, **common)
         evals, _ = loader(eval_rows, tokenizer, **common)
@@ -63,3 +69,12 @@ def pairs_to_sft(pairs, which: str):
     if which == "both":
         rows += [TokenizedSFT(p.prompt_ids, p.rejected_ids, dict(p.meta)) for p in pairs]
     return rows
+
+
+def pairs_to_unpaired(pairs):
+    """Unpaired (KTO) rows from tokenised pairs: each pair's chosen response (label True), then its rejected one
+    (label False), after the same prompt."""
+    from ..data.types import TokenizedUnpaired
+
+    return [TokenizedUnpaired(p.prompt_ids, ids, label, dict(p.meta))
+            for p in pairs for ids, label in ((p.chosen_ids, True), (p.rejected_ids, False))]

@@ -5,6 +5,7 @@ from typing import Dict, Type
 
 from ...config import ConfigError
 from .base import MicroResult, Objective, RunContext
+from .kto import KTOObjective
 from .preference import PreferenceObjective
 from .reward_model import RewardModelObjective
 from .sft import SFTObjective
@@ -21,6 +22,7 @@ def register(cls: Type[Objective]) -> Type[Objective]:
 register(SFTObjective)
 register(PreferenceObjective)
 register(RewardModelObjective)
+register(KTOObjective)
 
 
 def get_objective(name: str) -> Type[Objective]:

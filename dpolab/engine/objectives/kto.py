@@ -1,0 +1,263 @@
+"""KTO on unpaired rows (``train.mode=kto``): prompt, completion and a boolean label, as TRL's ``KTOTrainer``.
+
+The loss is :func:`dpolab.losses.kto.kto_loss` (``kto.beta``, ``kto.desirable_weight``, ``kto.undesirable_weight``),
+its objective the mean over rows. Its KL estimate ``z0`` comes from mismatched pairs: each row's prompt followed by the
+completion of the row before it (the first row takes the last row's), TRL's rotation, the completion cut to fit
+``data.max_length`` after the prompt.
+
+Which rows: TRL rotates and averages within each device's micro-batch. Here the batch is the optimiser step, like
+every statistic in dpolab: :meth:`KTOObjective.begin_step` rotates over all the step's rows in the step's order
+(micro-batch by micro-batch, each one's processes in rank order; the processes exchange their completions' token ids),
+each process scores its own rows' mismatched pairs without gradients (policy and reference), and the (sum, count) of
+every process is gathered; each micro-batch's loss then uses that one ``z0``. The step's rows and their order do not
+depend on how they are split, so ``grad_accum`` micro-batches and several processes give exactly the gradient of one
+batch of all the rows. With one process and ``grad_accum=1`` this is TRL's estimate. Evaluation takes ``z0`` over the
+whole eval set (rotated in its order), so eval metrics do not depend on ``eval.batch_size``. Fewer than 2 rows have no
+mismatched pair: ``z0`` is then 0 (a step of fewer than 2 rows is refused at set-up; only an epoch's last, short step
+of one row can have one).
+
+The reference is live (a frozen copy, the adapter-disabled policy under LoRA, or ``reference.name_or_path``): a
+precomputed table is looked up per example, but a mismatched pair exists only in its step. ``reference.sync_every``
+(TR-DPO, TRL's ``sync_ref_model``) moves a frozen copy toward the policy, as in preference training. Probes do not
+apply.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+import torch
+
+from ...config import ModelConfig
+from ...data.collate import collate_unpaired_fast
+from ...data.types import TokenizedUnpaired
+from ...losses.kto import kto_kl, kto_loss
+from ...models.fastpath import logps_for_batch
+from ...models.load import load_base_model
+from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
+from ..errors import TrainError
+from .base import MicroResult, Objective, RunContext
+
+
+class KTOObjective(Objective):
+    name = "kto"
+    data_kind = "unpaired"
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        k = cfg.kto
+        problems = []  # refused before any data or model loads
+        if cfg.eval.probes:
+            problems.append("eval.probes needs a policy trained on preference pairs; it is not available in train.mode=kto")
+        if cfg.reference.mode in ("none", "precomputed"):
+            problems.append(f"reference.mode={cfg.reference.mode} is not available in train.mode=kto: KTO needs a live "
+                            f"reference (its KL estimate scores mismatched pairs that exist only within a step); use auto, "
+                            f"copy, or adapter under LoRA")
+        if k.desirable_weight == 0 and k.undesirable_weight == 0:
+            problems.append("kto.desirable_weight and kto.undesirable_weight are both 0: the run would train nothing")
+        if problems:
+            raise TrainError("; ".join(problems))
+        self.reference: Optional[Reference] = None
+        self._collate = None
+        self._gather = self._gather_object = None
+        self._rank = 0
+        self._device = torch.device("cpu")
+        self._max_len = cfg.data.max_length
+        self._step_kl: Optional[torch.Tensor] = None
+        self._step_batches: set = set()
+        self._eval_set: Optional[Sequence] = None
+        self._eval_kl: Optional[torch.Tensor] = None
+
+    # -- data -----------------------------------------------------------------------------------------------------
+    def length(self, example) -> int:
+        return len(example.prompt_ids) + len(example.completion_ids)
+
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
+        batch = collate_unpaired_fast(items, pad_id, layout, hidden_size=hidden_size)
+        batch["rows"] = list(items)  # the step's mismatched pairs are built from them (begin_step)
+        return batch
+
+    def mismatched(self, rows: Sequence, completions: Optional[Sequence] = None) -> List[TokenizedUnpaired]:
+        """Each row's prompt followed by ``completions[k]`` (default: the completion of the row before it in ``rows``,
+        row 0 taking the last row's), cut to fit ``data.max_length``."""
+        if completions is None:
+            completions = [rows[k - 1].completion_ids for k in range(len(rows))]
+        out = []
+        for row, other in zip(rows, completions):
+            room = max(1, self._max_len - len(row.prompt_ids))
+            out.append(TokenizedUnpaired(row.prompt_ids, list(other[:room]), row.label, dict(row.meta)))
+        return out
+
+    def _step_completions(self, batches: List[Dict[str, Any]]) -> Optional[List[Any]]:
+        """For each of this process's rows of the step, the completion of the row before it in the step's order
+        (micro-batch by micro-batch, each one's processes in rank order: dpolab/engine/batching.py), the first row
+        of the step taking the last row's; None when the step has fewer than 2 rows."""
+        mine = [[r.completion_ids for r in b["rows"]] for b in batches]
+        every = [mine] if self._gather_object is None else self._gather_object([mine])
+        rank = 0 if self._gather_object is None else self._rank
+        flat: List[Any] = []
+        where: Dict[tuple, int] = {}
+        for a in range(max(len(m) for m in every)):
+            for r, m in enumerate(every):
+                for i, c in enumerate(m[a] if a < len(m) else []):
+                    if r == rank:
+                        where[(a, i)] = len(flat)
+                    flat.append(c)
+        if len(flat) < 2:
+            return None
+        return [flat[where[(a, i)] - 1] for a, b in enumerate(batches) for i in range(len(b["rows"]))]
+
+    # -- set-up ---------------------------------------------------------------------------------------------------
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        acc = run.accelerator
+        t = self.cfg.train
+        if t.batch_size * t.grad_accum * acc.num_processes < 2:
+            raise TrainError("train.mode=kto estimates its KL term from mismatched pairs within each optimiser step: it "
+                             "needs train.batch_size * train.grad_accum * processes >= 2")
+        self._collate = run.collate
+        self._device = acc.device
+        self._gather = acc.gather if acc.num_processes > 1 else None
+        if acc.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            self._gather_object, self._rank = gather_object, acc.process_index
+        self._max_len = max(2, min(self.cfg.data.max_length, run.max_positions))
+        self.reference = self._build_reference(run)
+        if self.cfg.reference.sync_every and self.reference.mode != "copy":
+            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
+                             f"reference is {self.reference.mode}; set reference.mode=copy")
+        if run.is_main:
+            run.log(self._balance_note(run.train_data))
+
+    def _build_reference(self, run: RunContext) -> Reference:
+        cfg = self.cfg
+        mode = cfg.reference.mode
+        if mode == "auto":
+            mode = "adapter" if cfg.lora.enabled else "copy"  # "separate" when reference.name_or_path is set
+        req = ReferenceRequest(mode=mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, live_examples=0,
+                               once_examples=0, bf16=cfg.train.bf16, cache_dir=run.run_dir / "ref_cache")
+        separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
+        tools = ReferenceTools(
+            device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
+            load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
+            load_separate=lambda: load_base_model(separate, run.tokenizer),
+            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first)
+        record = (run.resumed or {}).get("reference")
+        return build_reference(req, run.accelerator.unwrap_model(run.model), [], tools, resuming=run.resuming, record=record)
+
+    def _balance_note(self, rows: Sequence) -> str:
+        n_d = sum(1 for r in rows if r.label)
+        n_u = len(rows) - n_d
+        k = self.cfg.kto
+        note = f"kto: {n_d} desirable and {n_u} undesirable training rows"
+        if not n_d or not n_u:
+            return note + f"; with no {'desirable' if not n_d else 'undesirable'} row only one side of the loss trains"
+        ratio = k.desirable_weight * n_d / max(1e-12, k.undesirable_weight * n_u)
+        if not 1.0 <= ratio <= 4 / 3:  # the range the KTO paper recommends (its Eq. 8)
+            note += (f"; desirable_weight * {n_d} / (undesirable_weight * {n_u}) = {ratio:.2f} is outside the KTO "
+                     f"paper's [1, 4/3]: e.g. kto.desirable_weight in [{k.undesirable_weight * n_u / n_d:.2f}, "
+                     f"{4 / 3 * k.undesirable_weight * n_u / n_d:.2f}] or kto.undesirable_weight in "
+                     f"[{0.75 * k.desirable_weight * n_d / n_u:.2f}, {k.desirable_weight * n_d / n_u:.2f}]")
+        return note
+
+    # -- log-probs --------------------------------------------------------------------------------------------------
+    def _ref_logps(self, batch: Dict[str, Any]) -> torch.Tensor:
+        # a live reference scores the batch's rows as the "chosen" half of a batch with no "rejected" half
+        return self.reference.logps({**batch, "num_pairs": len(batch["rows"])}, self.autocast)[0]
+
+    def kl_estimate(self, model, rows: Sequence, chunk: int) -> torch.Tensor:
+        """``z0`` over ``rows`` alone (rotated in their order), ``chunk`` rows at a time, without gradients."""
+        return self._score_kl(model, self.mismatched(rows) if len(rows) >= 2 else [], chunk)
+
+    def _score_kl(self, model, pairs: Sequence, chunk: int, gather=None) -> torch.Tensor:
+        """``z0``: the mismatched ``pairs`` scored by the policy and the reference (no gradients), their mean with
+        every process's (``gather``), clamped at 0."""
+        pol, ref = [], []
+        with torch.no_grad():
+            for s in range(0, len(pairs), chunk):
+                b = self._collate(list(range(s, min(s + chunk, len(pairs)))), pairs)
+                with self.autocast():
+                    pol.append(logps_for_batch(model, b).sums.float())
+                ref.append(self._ref_logps(b).float())
+        empty = torch.zeros(0, device=self._device)
+        return kto_kl(torch.cat(pol) if pol else empty, torch.cat(ref) if ref else empty, all_gather=gather)
+
+    # -- a micro-batch --------------------------------------------------------------------------------------------
+    def begin_step(self, model, batches: List[Dict[str, Any]], step: int) -> None:
+        """``z0`` of the whole step (every micro-batch, every process), before any of its forwards."""
+        completions = self._step_completions(batches)
+        rows = [r for b in batches for r in b["rows"]]
+        pairs = self.mismatched(rows, completions) if completions is not None else []
+        self._step_kl = self._score_kl(model, pairs, max(len(b["rows"]) for b in batches), self._gather)
+        self._step_batches = {id(b) for b in batches}
+
+    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
+        rows = batch["rows"]
+        if training and id(batch) in self._step_batches:
+            kl = self._step_kl
+        elif not training and self._eval_set is not None:
+            if self._eval_kl is None:  # once per evaluation, with the evaluated model
+                self._eval_kl = self.kl_estimate(model, self._eval_set, self.cfg.eval.batch_size)
+            kl = self._eval_kl
+        else:  # a batch on its own (outside the loop): its own rows
+            kl = self.kl_estimate(model, rows, len(rows))
+        with self.autocast():
+            lp = logps_for_batch(model, batch)
+        policy = lp.sums
+        ref = self._ref_logps(batch).to(policy.dtype)
+        k = self.cfg.kto
+        out = kto_loss(policy, ref, batch["label"], kl=kl, beta=k.beta, desirable_weight=k.desirable_weight,
+                       undesirable_weight=k.undesirable_weight)
+        labels = batch["label"]
+        metrics: Dict[str, Any] = {"loss": out.metrics["loss"], "kl": out.kl,
+                                   "_kto": (out.chosen_rewards, out.rejected_rewards, policy.detach()[labels],
+                                            policy.detach()[~labels])}
+        return MicroResult(out.losses.sum(), float(len(rows)), metrics)
+
+    def set_statistics(self, rows: List[Dict[str, Any]]) -> Dict[str, float]:
+        """Rewards and log-probs averaged over the desirable rows and over the undesirable rows of a step (every
+        process's) or of an evaluation, not over micro-batch means (which would weight them by micro-batch size).
+        Every process returns the same keys: the step's metrics are then reduced across processes key by key."""
+        rc, rr, lc, lr = (torch.cat([r["_kto"][j].double().cpu() for r in rows if "_kto" in r]) for j in range(4))
+        sums = torch.stack([rc.sum(), rc.new_tensor(rc.numel()), rr.sum(), rr.new_tensor(rr.numel()), lc.sum(), lr.sum()])
+        if self._gather is not None and self._eval_set is None:  # a training step: over every process's rows
+            sums = self._gather(sums.to(self._device)).reshape(-1, 6).sum(0).cpu()
+        out: Dict[str, float] = {}
+        for side, total, n, logps in (("chosen", sums[0], sums[1], sums[4]), ("rejected", sums[2], sums[3], sums[5])):
+            if n > 0:
+                out[f"rewards/{side}"] = float(total / n)
+                out[f"logps/{side}"] = float(logps / n)
+        if "rewards/chosen" in out and "rewards/rejected" in out:
+            out["rewards/margin"] = out["rewards/chosen"] - out["rewards/rejected"]
+        return out
+
+    # -- evaluation -----------------------------------------------------------------------------------------------
+    @contextmanager
+    def evaluation(self, eval_data: Sequence) -> Iterator[None]:
+        self._eval_set, self._eval_kl = eval_data, None
+        try:
+            yield
+        finally:
+            self._eval_set, self._eval_kl = None, None
+
+    # -- state ----------------------------------------------------------------------------------------------------
+    def end_step(self, model, step: int) -> None:
+        every = self.cfg.reference.sync_every
+        if every and step % every == 0:  # TR-DPO (TRL's sync_ref_model): the reference moves toward the policy
+            self.reference.mix_toward(model, self.cfg.reference.mixup_alpha)
+
+    def state_dict(self) -> Dict[str, Any]:
+        if not self.cfg.reference.sync_every:
+            return {}
+        return {"reference_weights": {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if "reference_weights" in state:
+            self.reference.model.load_state_dict(state["reference_weights"])
+
+    def record(self) -> Dict[str, Any]:
+        return {"reference": self.reference.record()} if self.reference is not None else {}
+
+    def summary(self) -> Dict[str, Any]:
+        return {"reference_mode": self.reference.mode if self.reference is not None else None}
