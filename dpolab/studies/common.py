@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from ..stats import mean_ci
+from ..stats import fmt_ci, mean_ci
 from .report import plot_lines
 from .runner import RunResult
 
@@ -65,3 +66,77 @@ def arithmetic_sft_spec(run_id: str, base: Dict[str, Any], s: Dict[str, Any], sm
         "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": 32 if not smoke else 8, "lr": s["sft_lr"],
                   "warmup_steps": 50 if not smoke else 0, "schedule": "cosine"},
         "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 250}}), {"stage": "sft"}, hooks=[hook])
+
+
+# -- facts for reports: per-seed values, table cells that show what is missing, the model that ran -----------------
+
+
+def by_seed(runs: Sequence[RunResult], key: str, scale: float = 1.0) -> Dict[Any, Optional[float]]:
+    """seed -> the final value of ``key`` (None where a run did not report it: missing, never 0)."""
+    out: Dict[Any, Optional[float]] = {}
+    for r in runs:
+        v = r.final(key)
+        out[r.spec.labels.get("seed", 0)] = None if v is None else v * scale
+    return out
+
+
+def fmt_cell(values: Sequence[Optional[float]], digits: int = 2) -> str:
+    """``mean ± CI`` of the values present, saying how many are missing when some (not all) are."""
+    present = [v for v in values if v is not None]
+    text = fmt_ci(present, digits)
+    if present and len(present) < len(values):
+        text += f" (n={len(present)} of {len(values)})"
+    return text
+
+
+_TOKENIZERS = {"char": "a character tokenizer", "gpt2-offline": "the GPT-2 BPE tokenizer"}
+
+
+def _dims(cfg: Mapping[str, Any]) -> str:
+    """``4 layers, width 128, 4 heads, vocabulary 100`` from a transformers config dict (what it has of them)."""
+    def pick(*keys):
+        return next((cfg[k] for k in keys if cfg.get(k) is not None), None)
+
+    layers, width = pick("n_layer", "num_hidden_layers"), pick("n_embd", "hidden_size")
+    heads, vocab = pick("n_head", "num_attention_heads"), pick("vocab_size")
+    parts = ([f"{layers} layer{'s' if layers != 1 else ''}"] if layers is not None else []) + \
+            ([f"width {width}"] if width is not None else []) + \
+            ([f"{heads} head{'s' if heads != 1 else ''}"] if heads is not None else []) + \
+            ([f"vocabulary {vocab:,}"] if isinstance(vocab, int) else [])
+    return ", ".join(parts)
+
+
+def _tokenizer(tok: Optional[str]) -> str:
+    return _TOKENIZERS.get(tok, "its own tokenizer") if tok in _TOKENIZERS or tok is None else f"the `{tok}` tokenizer"
+
+
+def describe_model(model: Mapping[str, Any]) -> str:
+    """The starting model of a run, in words, from its ``model`` config as run: a tiny preset is described by the
+    config it builds, a local folder by its saved config, anything else as a hub name."""
+    name = str(model.get("name_or_path", "?"))
+    tok = model.get("tokenizer")
+    try:
+        folder = Path(name)
+        if (folder / "config.json").exists():
+            cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            meta_file = folder / "dpolab_model.json"
+            origin = json.loads(meta_file.read_text(encoding="utf-8")).get("model", {}) if meta_file.exists() else {}
+            if tok is None:
+                tok = origin.get("tokenizer") or ("char" if str(origin.get("name_or_path", "")).startswith("tiny-") else None)
+            dims = _dims(cfg)
+            return f"a {cfg.get('model_type', 'transformer')} model ({dims + '; ' if dims else ''}saved at `{name}`), with {_tokenizer(tok)}"
+        from ..models.load import TINY_PRESETS
+
+        if name in TINY_PRESETS:
+            from ..config import ModelConfig
+            from ..models.load import load_tokenizer, tiny_config
+
+            tokenizer = load_tokenizer(ModelConfig(name_or_path=name, tokenizer=tok))
+            cfg = tiny_config(name, tokenizer, dict(model.get("tiny") or {})).to_dict()
+            dims = _dims(cfg)
+            return f"a tiny {cfg.get('model_type', name)} built from scratch (`{name}`{': ' + dims if dims else ''}), with {_tokenizer(tok or 'char')}"
+    except Exception:  # noqa: BLE001 - a description must never stop a report
+        pass
+    if name.startswith(("/", "./", "../", "~")):
+        return f"the model at `{name}` (not found when this report was written), with {_tokenizer(tok)}"
+    return f"`{name}` from the Hugging Face hub, with {_tokenizer(tok)}"

@@ -11,8 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..stats import fmt_ci
-from .common import CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, curves, deep_merge
+from ..stats import Verdict, VerdictTable, compare, none_of
+from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
+                     deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
 
@@ -83,24 +84,105 @@ KEYS = [("probe/delta/chosen", "Δ chosen"), ("probe/delta/rejected", "Δ reject
         ("probe/reward_accuracy", "reward acc."), ("probe/delta/others", "Δ others"), ("eval/answer_accuracy", "answer acc.")]
 
 
-def _edit_distances(results: Dict[str, RunResult]) -> Dict[str, str]:
-    """Median token edit distance of each dataset's held-out pairs (the probes), with the run's tokenizer."""
+def _edit_distances(results: Dict[str, RunResult]) -> Dict[str, Dict[str, Any]]:
+    """Per dataset, from its held-out pairs (the probes) with the run's tokenizer: the median token edit distance and
+    the chosen responses (to check that a family's low and high sets share them). Datasets whose pairs cannot be
+    rebuilt (e.g. a run folder that is gone) are left out."""
     from ..config import build_config
     from ..diagnostics.edit_distance import token_edit_distance
     from ..engine.data_setup import prepare_data
     from ..models.load import load_tokenizer
 
-    out: Dict[str, str] = {}
+    out: Dict[str, Dict[str, Any]] = {}
     for r in results.values():
         d = r.spec.labels.get("data")
         if d is None or d in out:
             continue
-        cfg = build_config(r.spec.config)
-        tok = load_tokenizer(build_config({"model": {"name_or_path": str(r.dir / "final")}}).model)
-        _, evals = prepare_data(cfg.data, tok, "preference", 0, log=lambda s: None)
+        try:
+            cfg = build_config(r.spec.config)
+            tok = load_tokenizer(build_config({"model": {"name_or_path": str(r.dir / "final")}}).model)
+            _, evals = prepare_data(cfg.data, tok, "preference", 0, log=lambda s: None)
+        except Exception:  # noqa: BLE001 - a descriptive column must not stop the report
+            continue
         dist = sorted(token_edit_distance(p.chosen_ids, p.rejected_ids) for p in evals)
-        out[d] = f"{dist[len(dist) // 2]}" if dist else "-"
+        out[d] = {"median": dist[len(dist) // 2] if dist else None,
+                  "chosen": [(tuple(p.prompt_ids), tuple(p.chosen_ids)) for p in evals]}
     return out
+
+
+# the pair sets of each family: (low edit distance, high edit distance)
+FAMILIES = {"arithmetic": ("arith-near", "arith-far"), "imdb": ("imdb-low", "imdb-high")}
+CHOSEN = "probe/delta/chosen"
+
+
+def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResult]]], size: str) -> str:
+    """The setting as run (model, warm-ups, data sizes, preference stage), from the runs' configs."""
+    sft = results.get("sft-arithmetic")
+    model = (sft or next(iter(results.values()))).spec.config.get("model", {}) if results else {}
+    warm = []
+    for rid, what in (("sft-arithmetic", "arithmetic chains"), ("sft-imdb", "IMDb review text")):
+        if rid in results:
+            warm.append(f"{what} ({results[rid].spec.config.get('train', {}).get('max_steps', '?')} steps)")
+    pref = next((rs[0] for groups in by.values() for rs in groups.values() if rs), None)
+    text = f"Setting ({size}): {describe_model(model)}, warmed up with SFT on " + (" and, separately, on ".join(warm) or "-")
+    lams = sorted({float(l['params']['lam']) for groups in by.values() for m, rs in groups.items() for r in rs[:1]
+                   for l in r.spec.config.get("loss", []) if l.get("name") == "dpop"})
+    text += "; then DPO and DPOP (λ in " + (", ".join(f"{x:g}" for x in lams) or "-") + ") on each pair set"
+    if pref is not None:
+        c = pref.spec.config
+        train = c.get("train", {})
+        beta = next((l.get("params", {}).get("beta") for l in c.get("loss", [])), None)
+        text += (f": {c.get('data', {}).get('task_args', {}).get('n_train', '?')} training pairs per set, "
+                 f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr {train.get('lr', '?')}, "
+                 f"β = {beta}, probes on {c.get('eval', {}).get('probe_examples', '?')} held-out pairs")
+    return (text + ". Δ = summed response log-prob on held-out pairs at the end minus at the start of preference training "
+            "(= the reference); margin = Δ chosen − Δ rejected; reward accuracy = share of held-out pairs with a positive "
+            "margin. Mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value).")
+
+
+def _dpo_sentence(dname: str, bucket: str, v_chosen: Verdict, v_margin: Verdict) -> str:
+    """What DPO did on one pair set, worded from the two intervals."""
+    if v_chosen.word == "lower" and v_margin.word == "higher":
+        head = "DPO lowered the chosen log-prob while the margin grew (both intervals exclude 0)"
+    elif v_chosen.word == "lower":
+        head = "DPO lowered the chosen log-prob; a growing margin is not shown"
+    elif v_margin.word == "higher":
+        head = "the margin grew, but a fall of the chosen log-prob is not shown"
+    else:
+        head = "neither a fall of the chosen log-prob nor a growing margin is shown"
+    return f"- **{dname}** ({bucket} edit distance): {head}. {v_chosen.sentence()} {v_margin.sentence()}"
+
+
+def _specificity(family: str, low: str, high: str, by, dist) -> tuple[List[str], List[Verdict]]:
+    """S3's own question for one family: is DPO's fall of the chosen log-prob specific to low edit-distance pairs?"""
+    if "DPO" not in by.get(low, {}) or "DPO" not in by.get(high, {}):
+        return [], []
+    lo, hi = by_seed(by[low]["DPO"], CHOSEN), by_seed(by[high]["DPO"], CHOSEN)
+    v_lo = compare(lo, 0.0, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{low} (low)", label_b="0")
+    v_hi = compare(hi, 0.0, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{high} (high)", label_b="0")
+    v_d = compare(lo, hi, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{low} (low)", label_b=f"{high} (high)")
+    if v_lo.word != "lower":
+        answer = ("Not shown: DPO's chosen log-prob did not demonstrably fall on the low edit-distance pairs, so there is no "
+                  "fall whose specificity could be tested")
+    elif v_hi.word == "lower":
+        answer = ("No: DPO lowered the chosen log-prob on both the low and the high edit-distance pairs; "
+                  + {"lower": "it fell further on the low ones", "higher": "it fell less on the low ones than on the high ones"}
+                  .get(v_d.word, "the difference between the two sets is inconclusive"))
+    elif v_d.word == "lower":
+        answer = ("Yes, in this measurement: the chosen log-prob fell on the low edit-distance pairs, did not demonstrably "
+                  "fall on the high ones, and the paired difference low − high lies below 0")
+    else:
+        answer = ("Not shown: the chosen log-prob fell on the low edit-distance pairs but not demonstrably on the high ones, "
+                  "and the paired difference between the sets is " + v_d.word + ", so specificity is not established")
+    same = None
+    if low in dist and high in dist:
+        same = dist[low]["chosen"] == dist[high]["chosen"]
+    note = ("" if same is None else " Both sets hold the same held-out prompts and chosen responses (checked), so the "
+            "comparison isolates the rejected responses." if same else " The two sets' held-out chosen responses differ, "
+            "so part of any difference may come from the responses themselves.")
+    lines = [f"- **{family}** ({low} vs {high}; paired by training seed): {answer}.{note}",
+             f"  - {v_lo.sentence()}", f"  - {v_hi.sentence()}", f"  - {v_d.sentence()}"]
+    return lines, [v_lo, v_hi, v_d]
 
 
 def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
@@ -114,30 +196,56 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "likelihood of the preferred response while the margin grows; DPOP, which penalises log π(y_w) falling below the "
         "reference, does not.",
         "",
-        f"Setting ({size}): a tiny GPT-2 with a character tokenizer, warmed up with SFT on arithmetic chains and, separately, "
-        "on IMDb review text; then DPO and DPOP (λ in " + ", ".join(f"{x:g}" for x in LAMBDAS) + ") on each pair set. Δ = summed "
-        "response log-prob on held-out pairs at the end minus at the start of preference training (= the reference); "
-        "margin = Δ chosen − Δ rejected; reward accuracy = share of held-out pairs with a positive margin. Mean ± 95 % CI over seeds.",
+        _setting(results, by, size),
         "",
     ]
     if not any(d.startswith("imdb") for d in by):
         lines += ["*The IMDb pair sets were skipped: `../shared/data/imdb-cad-sentiment` was not found (pass --data-dir).*", ""]
-    findings = []
+    table = VerdictTable(("pair set", "method", "question"))
+    dpo_lines, dpop_lines = [], []
+    dpop_vs0: List[Verdict] = []
     for dname, groups in by.items():
         bucket = DATASETS[dname][0]
-        rows = [[m] + [fmt_ci([r.final(k) for r in rs]) for k, _ in KEYS] for m, rs in groups.items()]
-        lines += [f"### {dname} ({bucket} edit distance; median token edit distance {dist.get(dname, '-')})", "",
+        med = (dist.get(dname) or {}).get("median")
+        rows = [[m] + [fmt_cell([r.final(k) for r in rs]) for k, _ in KEYS] for m, rs in groups.items()]
+        lines += [f"### {dname} ({bucket} edit distance; median token edit distance {'-' if med is None else med})", "",
                   markdown_table(["method"] + [h for _, h in KEYS], rows), ""]
         png = curves(out / f"dpop_{dname}.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),
                                                          ("probe/delta/rejected", "Δ log p(rejected)"),
                                                          ("probe/margin", "margin")], title=f"{dname}: over training (mean over seeds)")
         lines += [f"![{dname}]({png.name})", ""]
-        if "DPO" in groups:
-            mean = lambda rs, k: sum(r.final(k) or 0.0 for r in rs) / len(rs)  # noqa: E731
-            dc, dm = mean(groups["DPO"], "probe/delta/chosen"), mean(groups["DPO"], "probe/margin")
-            dpop = ", ".join(f"{m.split()[-1]}: {mean(rs, 'probe/delta/chosen'):+.2f}" for m, rs in groups.items() if m != "DPO")
-            findings.append(f"- **{dname}** ({bucket}): DPO Δ chosen {dc:+.2f} with margin {dm:+.2f} — "
-                            + ("the chosen likelihood fell while the margin grew" if dc < 0 < dm else "no fall of the chosen likelihood with a growing margin")
-                            + f"; DPOP Δ chosen by λ: {dpop}.")
-    lines += ["### What the measurement says against the claim", "", *findings]
+        if "DPO" not in groups:
+            continue
+        dpo_c, dpo_m = by_seed(groups["DPO"], CHOSEN), by_seed(groups["DPO"], "probe/margin")
+        vc = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=f"DPO on {dname}", label_b="0"),
+                       dname, "DPO", "does Δ chosen move from 0?")
+        vm = table.add(compare(dpo_m, 0.0, metric="margin", higher_is_better=None, label_a=f"DPO on {dname}", label_b="0"),
+                       dname, "DPO", "does the margin move from 0?")
+        dpo_lines.append(_dpo_sentence(dname, bucket, vc, vm))
+        for m, rs in groups.items():
+            if m == "DPO":
+                continue
+            c = by_seed(rs, CHOSEN)
+            v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=f"{m} on {dname}", label_b="0"),
+                           dname, m, "does Δ chosen move from 0?")
+            vd = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=f"{m} on {dname}", label_b="DPO"),
+                           dname, m, "Δ chosen against DPO")
+            dpop_lines.append(f"- {v0.sentence()} {vd.sentence()}")
+            dpop_vs0.append(v0)
+    spec_lines: List[str] = []
+    for family, (low, high) in FAMILIES.items():
+        fl, vs = _specificity(family, low, high, by, dist)
+        spec_lines += fl
+        if vs:  # its two "against 0" verdicts are already in the table (DPO on each pair set)
+            table.add(vs[2], family, "DPO", "Δ chosen: low − high edit distance")
+    lines += ["### What the measurement says against the claim", "",
+              "Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference); "
+              "'inconclusive' means the interval contains 0, and a missing value is listed as missing, never read as 0.", "",
+              "**Is DPO's fall of the chosen log-prob specific to low edit-distance pairs?** (DPO Δ chosen on the low set "
+              "against the high set of the same family, paired by training seed)", "",
+              *(spec_lines or ["- Not measured: no family has DPO runs on both its low and its high pair set."]), "",
+              "**DPO on each pair set** (the claim: the chosen likelihood falls while the margin grows):", "", *dpo_lines, "",
+              "**DPOP on each pair set** (the claim: DPOP does not lower the chosen likelihood):", "", *dpop_lines, "",
+              "- " + none_of(dpop_vs0, "lowered Δ chosen below 0", subject="DPOP run set", expect="lower"), "",
+              *table.lines()]
     return lines

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
-from ..stats import fmt_ci, mean_ci
-from .common import curves, deep_merge, mean_series
+from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
+from .common import by_seed, curves, deep_merge, describe_model, fmt_cell, mean_series
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 
@@ -161,7 +161,8 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
                  "task_args": {"path": str(root), "n_eval": s["n_eval"], "max_chars": s["sft_chars"]}},
         "train": {"mode": "sft", "max_steps": s["sft_steps"], "lr": s["sft_lr"], "warmup_steps": 0 if smoke else 50,
                   "schedule": "cosine"},
-        "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 200}}), {"stage": "sft"}, hooks=[hook])]
+        "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 200}}),
+        {"stage": "sft", "oracle_eval": {k: s[k] for k in ("n_eval", "eval_samples", "max_new_tokens")}}, hooks=[hook])]
     pair_data = {"max_length": s["max_length"], "extras": ["rm_margin"]}
     rm_steps = max(1, s["rm_epochs"] * s["n_prompts"] // s["batch"])
     for tier in TIERS:
@@ -285,6 +286,31 @@ def _stage_table(out: Path, results: Dict[str, RunResult]) -> List[List[Any]]:
     return rows
 
 
+def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResult]]], size: str) -> str:
+    """The setting as run (model, SFT data, pairs, policies, oracle evaluation), from the runs' configs and summaries."""
+    sft = results.get("sft")
+    text = f"Setting ({size}): "
+    if sft is not None:
+        c = sft.spec.config
+        n = sft.summary.get("train_examples")
+        text += (f"{describe_model(c.get('model', {}))}, SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
+                 f"reviews for {c.get('train', {}).get('max_steps', '?')} steps; ")
+    pref = next((rs[0] for ms in by.values() for rs in ms.values() if rs), None)
+    text += ("then the pipeline of the module docstring: tiers from two SFT samples per prompt labelled by a "
+             "Bradley-Terry draw (T = 0.25) on VADER scores; one reward model per tier; DPO, IPO, beta-DPO and MADPO ")
+    if pref is not None:
+        train = pref.spec.config.get("train", {})
+        beta = next((l.get("params", {}).get("beta") for l in pref.spec.config.get("loss", [])), None)
+        text += (f"(β = {beta}, MADPO's paper weights; {pref.summary.get('train_examples', '?')} training pairs per tier, "
+                 f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr {train.get('lr', '?')}) ")
+    text += "from the SFT model. Oracle reward = mean VADER compound score (in [-1, 1]) of sampled continuations of "
+    o = (sft.spec.labels.get("oracle_eval") if sft is not None else None) or {}
+    text += (f"{o['n_eval']} held-out prompts ({o['eval_samples']} sample(s) each, up to {o['max_new_tokens']} new tokens; "
+             if o else "held-out prompts (")
+    return text + ("IMDb CAD test reviews), the same prompts and sampling seed for every model. Mean ± 95 % CI over "
+                   "seeds ('n=k of m' when a run did not report a value).")
+
+
 def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     by: Dict[str, Dict[str, List[RunResult]]] = {}
     for r in results.values():
@@ -297,16 +323,10 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "Paper's claim (MADPO, arXiv 2510.05342): MADPO > beta-DPO > DPO >> IPO on every tier "
         "(mean oracle reward on High 2.23 vs 1.67 vs 1.62 vs 0.35).",
         "",
-        f"Setting ({size}): "
-        + ("a tiny GPT-2 (4 layers, width 128, the real GPT-2 tokenizer) trained from scratch on the 1,707 IMDb CAD training "
-           "reviews, " if size == "cpu" else "")
-        + "then the pipeline of the module docstring: tiers from two SFT samples per prompt labelled by a Bradley-Terry draw "
-        "(T = 0.25) on VADER scores; one reward model per tier; DPO, IPO, beta-DPO and MADPO (β = 0.1, MADPO's paper "
-        "weights) from the SFT model. Oracle reward = mean VADER compound score (in [-1, 1]) of sampled continuations "
-        "of held-out prompts (IMDb CAD test reviews), the same prompts and sampling seed for every model. Mean ± 95 % CI "
-        "over seeds.",
+        _setting(results, by, size),
         "",
-        f"The SFT model scores **{sft_reward:+.3f}**." if sft_reward is not None else "",
+        f"The SFT model scores **{sft_reward:+.3f}** (one model, one evaluation)." if sft_reward is not None else
+        "The SFT model's oracle reward was not measured.",
         "",
         "### Mean oracle reward (VADER) by method and tier",
         "",
@@ -314,21 +334,19 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     headers = ["method"] + [f"{t}" for t in TIERS if t in by] + ["paper (H / M / L)"]
     rows = []
     for method in METHODS:
-        row = [method] + [fmt_ci([r.final(key) for r in by[t].get(method, [])], 3) for t in TIERS if t in by]
+        row = [method] + [fmt_cell([r.final(key) for r in by[t].get(method, [])], 3) for t in TIERS if t in by]
         rows.append(row + [" / ".join(f"{x:.2f}" for x in PAPER[method])])
     lines += [markdown_table(headers, rows), ""]
-    # ranking per tier, against the paper's order
+    # the order of the means, which is not a test (the paired comparisons below are)
     order_lines = []
     for t in TIERS:
         if t not in by:
             continue
         means = {m: mean_ci([r.final(key) for r in rs])[0] for m, rs in by[t].items()}
         ranked = sorted((m for m in means if not math.isnan(means[m])), key=lambda m: -means[m])
-        line = f"- **{t}**: " + " > ".join(f"{m} ({means[m]:+.3f})" for m in ranked)
-        if sft_reward is not None:
-            line += "; change over the SFT model: " + ", ".join(f"{m} {means[m] - sft_reward:+.3f}" for m in ranked)
-        order_lines.append(line)
-    lines += ["Measured order (the paper's: MADPO > beta-DPO > DPO > IPO):", "", *order_lines, ""]
+        order_lines.append(f"- **{t}**: " + ", ".join(f"{m} {means[m]:+.3f}" for m in ranked))
+    lines += ["Methods by mean oracle reward, highest first (an order of means, not a test: the paired comparisons "
+              "under 'Reading against the paper' decide):", "", *order_lines, ""]
     if by:
         def series(rs):  # step 0 of every policy is the SFT model
             xs, ys = mean_series(rs, key)
@@ -375,40 +393,65 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     return lines
 
 
+# the paper's order, link by link (a > b), plus its headline comparison
+PAPER_LINKS = (("MADPO", "beta-DPO"), ("beta-DPO", "DPO"), ("DPO", "IPO"), ("MADPO", "DPO"))
+
+
 def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str,
              sft_reward: Optional[float]) -> List[str]:
-    """What the measurement says about the paper's claim, computed from the numbers (paired by seed)."""
-    out: List[str] = []
+    """What the measurement says about the paper's claim: every sentence from a paired verdict (dpolab.stats)."""
+    out: List[str] = ["Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference); "
+                      "'inconclusive' means the interval contains 0, and a missing value is listed as missing, never "
+                      "read as 0.", ""]
+    table = VerdictTable(("tier", "comparison"))
     for t in TIERS:
-        if t not in by or "MADPO" not in by[t]:
+        if t not in by:
             continue
-        finals = {m: {r.spec.labels["seed"]: r.final(key) for r in rs} for m, rs in by[t].items()}
-        cells = []
-        for other in ("DPO", "beta-DPO", "IPO"):
-            if other not in finals:
-                continue
-            d = [finals["MADPO"][k] - finals[other][k] for k in finals["MADPO"]
-                 if k in finals[other] and finals["MADPO"][k] is not None and finals[other][k] is not None]
-            m, h = mean_ci(d)
-            verdict = ("no data" if math.isnan(m) else "one seed" if math.isnan(h) else
-                       "higher" if m - h > 0 else "lower" if m + h < 0 else "no significant difference")
-            cells.append(f"MADPO − {other} {m:+.3f} ± {h:.3f} ({verdict})")
-        out.append(f"- **{t}**: " + "; ".join(cells) + ".")
-    rm_acc = [results[f"rm-{t}"].final("eval/reward_accuracy") for t in TIERS if f"rm-{t}" in results]
-    rm_acc = [a for a in rm_acc if a is not None]
-    gains = [r.final(key) - sft_reward for ms in by.values() for rs in ms.values() for r in rs
-             if sft_reward is not None and r.final(key) is not None]
-    if gains:
-        out.append(f"- Every method raised the oracle reward over the SFT model ({min(gains):+.3f} to {max(gains):+.3f} "
-                   "per run): the preference signal is learnt. Differences are seed-paired; a difference whose 95 % "
-                   "interval contains 0 is not evidence for either order.")
-    if rm_acc:
-        weak = max(rm_acc) < 0.65
-        out.append(f"- The reward models reach {', '.join(f'{a:.2f}' for a in rm_acc)} pairwise accuracy on the held-out "
-                   "pairs (High, Medium, Low)" + (
-                       ": barely above chance, so MADPO's weights carry little information about which pairs are "
-                       "clearly ordered, and MADPO cannot be expected to beat DPO here. MADPO's advantage in the paper "
-                       "rests on a reward model that ranks held-out pairs well." if weak else "."))
+        finals = {m: by_seed(rs, key) for m, rs in by[t].items()}
+        links = []
+        for a, b in PAPER_LINKS:
+            if a in finals and b in finals:
+                v = table.add(compare(finals[a], finals[b], metric="oracle reward", higher_is_better=True,
+                                      label_a=f"{a} ({t})", label_b=b, digits=3), t, f"{a} - {b}")
+                if (a, b) != ("MADPO", "DPO"):
+                    links.append(v)
+                out.append(f"- {v.sentence()}")
+        if links:
+            out.append(f"- **{t}**: " + every(links, "in the paper's order held (MADPO > beta-DPO > DPO > IPO)",
+                                               subject="link", name=lambda v: f"{v.label_a} > {v.label_b}"))
+    gains = []
+    if sft_reward is not None:
+        for t in TIERS:
+            for m, rs in by.get(t, {}).items():
+                gains.append(table.add(compare(by_seed(rs, key), sft_reward, metric="oracle reward", higher_is_better=True,
+                                               label_a=f"{m} ({t})", label_b="the SFT model", digits=3),
+                                       t, f"{m} - SFT model"))
+        out.append("- " + every(gains, "raised the oracle reward over the SFT model", subject="method on a tier")
+                   + " (Against the SFT model's single evaluation, whose own sampling noise the interval leaves out.)")
+    rm = []
+    for t in TIERS:
+        r = results.get(f"rm-{t}")
+        acc = r.final("eval/reward_accuracy") if r is not None else None
+        n = int(r.summary.get("eval_examples") or 0) if r is not None else 0
+        if acc is not None and n:
+            p, lo, hi = proportion_ci(round(acc * n), n)
+            rm.append((t, acc, lo, hi, n))
+    if rm:
+        chance = [t for t, _, lo, hi, _ in rm if lo <= 0.5 <= hi]
+        above = [t for t, _, lo, _, _ in rm if lo > 0.5]
+        below = [t for t, _, _, hi, _ in rm if hi < 0.5]
+        if len(chance) == len(rm):
+            reading = ("None is distinguishable from chance (0.5), so MADPO's weights carry little information about which "
+                       "pairs are clearly ordered, and MADPO cannot be expected to beat DPO here; its advantage in the paper "
+                       "rests on a reward model that ranks held-out pairs well.")
+        else:
+            reading = " ".join(x for x in (
+                f"Above chance (0.5): {', '.join(above)}." if above else "",
+                f"Indistinguishable from chance (0.5): {', '.join(chance)}." if chance else "",
+                f"Below chance (0.5): {', '.join(below)}." if below else "") if x)
+        out.append("- Reward models, pairwise accuracy on their held-out pairs (95 % Wilson interval): "
+                   + "; ".join(f"{t} {a:.2f} ({lo:.2f} to {hi:.2f}, {n} pairs)" for t, a, lo, hi, n in rm) + ". " + reading)
     out.append("- Scale: VADER compound scores lie in [-1, 1], the paper's classifier rewards around 0-2.5, so only the "
                "order of methods and the direction of changes are comparable, not the values.")
+    out += ["", *table.lines()]
     return out

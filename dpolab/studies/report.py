@@ -1,7 +1,6 @@
 """Small building blocks for markdown reports: tables, number formatting, line plots (PNG)."""
 from __future__ import annotations
 
-import platform
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -21,20 +20,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence]) -> str:
 
 
 def versions() -> Dict[str, str]:
-    import torch
-    import transformers
+    """python, dpolab, torch, transformers, peft and accelerate versions (see :mod:`dpolab.studies.provenance`)."""
+    from .provenance import versions as _versions
 
-    out = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-    try:
-        import peft
-
-        out["peft"] = peft.__version__
-    except ImportError:  # pragma: no cover
-        pass
-    from .. import __version__
-
-    out["dpolab"] = __version__
-    return out
+    return _versions()
 
 
 def plot_lines(path: Path, panels: Sequence[Tuple[str, str, Mapping[str, Tuple[List[float], List[float]]]]],

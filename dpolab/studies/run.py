@@ -9,8 +9,8 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from . import get_study
-from .report import markdown_table, versions
+from . import get_study, provenance
+from .report import markdown_table
 from .runner import RUNS_HEADERS, RunResult, run_grid, runs_table
 
 
@@ -73,7 +73,7 @@ def run_study(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smok
         "",
         *config_section(results),
         "",
-        f"Versions: {json.dumps(versions())}",
+        *provenance.section(results),
         "",
     ]
     from ..atomic import write_text

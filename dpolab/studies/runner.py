@@ -3,8 +3,9 @@
 A study is a list of :class:`RunSpec` built for a size (``cpu`` or ``paper``). Each run is an ordinary
 ``dpolab train`` run in ``<out>/runs/<run_id>``; a run whose folder holds a finished run with the same
 config is skipped, an unfinished one resumes from its newest checkpoint. A run may start from another
-run's final model (``init_from``), e.g. DPO from an SFT warm-up. After the grid, the study's ``report``
-function turns the runs' summaries and metrics into markdown + PNG.
+run's final model (``init_from``), e.g. DPO from an SFT warm-up. Each run it trains gets a ``provenance.json``
+(the dpolab commit and library versions that trained it, :mod:`dpolab.studies.provenance`). After the grid, the
+study's ``report`` function turns the runs' summaries and metrics into markdown + PNG.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import yaml
 
 from ..config import build_config
 from ..engine.logging import read_metrics
+from . import provenance
 
 @dataclass
 class RunSpec:
@@ -38,6 +40,7 @@ class RunResult:
     summary: Dict[str, Any]
     metrics: List[Dict[str, Any]]
     skipped: bool
+    provenance: Optional[Dict[str, Any]] = None  # provenance.json: commit and versions that trained it (None: unrecorded)
 
     def evals(self) -> List[Dict[str, Any]]:
         return [r for r in self.metrics if any(k.startswith("eval/") or k.startswith("probe/") for k in r)]
@@ -121,10 +124,13 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] 
             cfg.output.overwrite = not resume
             log(f"[{i}/{len(specs)}] {spec.run_id}: {'resuming' if resume else 'training'}")
             t0 = time.perf_counter()
+            provenance.begin(run_dir, resume=resume)
             train(cfg, resume=resume, eval_hooks=list(spec.hooks), log=lambda s: None)
+            provenance.finish(run_dir)
             log(f"[{i}/{len(specs)}] {spec.run_id}: done in {time.perf_counter() - t0:.0f}s")
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        results[spec.run_id] = RunResult(spec, run_dir, summary, read_metrics(run_dir), skipped=done)
+        results[spec.run_id] = RunResult(spec, run_dir, summary, read_metrics(run_dir), skipped=done,
+                                         provenance=provenance.read(run_dir))
     return results
 
 

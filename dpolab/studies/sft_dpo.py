@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..data.types import DataError
-from ..stats import fmt_ci, mean_ci
-from .common import deep_merge
+from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, none_of
+from .common import deep_merge, describe_model, fmt_cell
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 
@@ -345,32 +345,28 @@ def _curve(runs, key: str, scale: float) -> Tuple[List[float], List[float]]:
     return xs, ys
 
 
-def _paired(a_runs, b_runs, key, scale) -> List[float]:
-    """Per-seed differences a - b of the final metric (seeds present in both)."""
-    a = {seed: _value(run, key, scale) for seed, run, _ in a_runs}
-    b = {seed: _value(run, key, scale) for seed, run, _ in b_runs}
-    return [a[s] - b[s] for s in a if s in b and a[s] is not None and b[s] is not None]
+def _seed_values(runs, key: str, scale: float) -> Dict[Any, Optional[float]]:
+    """seed -> the final metric of each (seed, run, parent) (None when the run did not report it)."""
+    return {seed: _value(run, key, scale) for seed, run, _ in runs}
 
 
-def _verdict(diffs: List[float], higher_better: bool) -> str:
-    m, h = mean_ci(diffs)
-    if math.isnan(m):
-        return "no data"
-    if math.isnan(h):
-        return "one seed: no CI"
-    if abs(m) <= h:
-        return "no significant difference"
-    better = (m > 0) == higher_better
-    return "significantly better" if better else "significantly worse"
+def _seed_timings(runs) -> Dict[Any, Optional[float]]:
+    """seed -> training seconds per epoch of the schedule's last stage (None when unknown)."""
+    out: Dict[Any, Optional[float]] = {}
+    for seed, run, _ in runs:
+        v = _sec_per_epoch(run)
+        out[seed] = None if v is None or math.isnan(v) else v
+    return out
 
 
 def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     lines: List[str] = []
     params = [p for p in PARAMS if any(r.spec.labels.get("param") == p for r in results.values())]
-    model = next((r.spec.config.get("model", {}).get("name_or_path") for r in results.values()), "?")
+    model = next((r.spec.config.get("model", {}) for r in results.values()), {})
+    local = Path(str(model.get("name_or_path", ""))).is_absolute()  # the cpu sizes' base: `dpolab pretrain`'s cached model
     lines += ["## Set-up", "",
-              f"Base model: `{model}`" + (" (pretrained by `dpolab pretrain` on tiny-shakespeare, character tokenizer)"
-                                          if size != "paper" else "") + ". Schedules per (task, parameterisation, seed): SFT "
+              f"Base model: {describe_model(model)}" + (" (pretrained by `dpolab pretrain` on tiny-shakespeare)" if local else "")
+              + ". " + _data_sizes(results) + " Schedules per (task, parameterisation, seed): SFT "
               "for k1 and k2 epochs, DPO from the base, DPO from each SFT model. LoRA: alpha = 2 r, learning rate "
               f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning; a chained LoRA run merges the SFT adapter and trains a "
               "fresh one. Sonnet preference pairs: chosen = the true continuation, rejected = one continuation sampled "
@@ -378,12 +374,13 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
               "true continuation's line count and length in characters, so never longer than the truth (the paper "
               "samples from the current model; ours is off-policy for SFT-started DPO). Paraphrase pairs: chosen = "
               "the correct label token, rejected = the other. Metrics are at the end of each schedule; ± is the 95 % "
-              "CI over seeds (t distribution). Wall-clock is training steps only (evaluation excluded); s/epoch is of "
-              "the schedule's last stage; total s includes the SFT stage of a chained schedule. chrF samples every dev "
-              "sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
+              "CI over seeds (t distribution; 'n=k of m' when a run did not report a value). Wall-clock is training "
+              "steps only (evaluation excluded); s/epoch is of the schedule's last stage; total s includes the SFT "
+              "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
               "held-out NLL and the base model's chrF is not measured. In the plots, the SFT-only curve is hidden under "
               "the first part of the SFT k2 -> DPO curve (the same run).", ""]
     claims: List[str] = []
+    total = VerdictTable()
     for task in TASKS:
         scheds = _schedules(results, task)
         if not scheds:
@@ -398,7 +395,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
                     continue
                 totals = [run.summary.get("wall_clock_s", 0.0) + (par.summary.get("wall_clock_s", 0.0) if par else 0.0)
                           for _, run, par in runs]
-                rows.append([name, p, *[fmt_ci([_value(run, k, sc) for _, run, _ in runs]) for k, _, _, sc in mets],
+                rows.append([name, p, *[fmt_cell([_value(run, k, sc) for _, run, _ in runs]) for k, _, _, sc in mets],
                              fmt_ci(totals, 1), fmt_ci([_sec_per_epoch(run) for _, run, _ in runs], 2),
                              fmt_ci([run.summary.get("peak_memory_mb", float("nan")) for _, run, _ in runs], 0),
                              f"{(runs[0][1].summary.get('parameters') or {}).get('trainable', 0):,}"])
@@ -419,12 +416,31 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         png = plot_lines(out / f"sft_dpo_{task}.png", panels, xlabel="training seconds (cumulative over stages)",
                          title=f"S1 {task}: {lbl} against wall-clock (mean over seeds)")
         lines += [f"![{task}: {lbl} against wall-clock]({png.name})", ""]
-        claims += _claims(results, task, scheds, params, mets)
+        claims += _claims(results, task, scheds, params, mets, total)
     lines += ["## The paper's claims beside what we measured", "",
-              "Each verdict is computed from the paired per-seed differences (95 % CI); 'significant' means the CI "
-              "excludes zero. Small models, few seeds and short schedules: read the magnitudes, not only the verdicts.", "",
+              "Every verdict is a paired comparison by seed (95 % t-interval of the mean difference): better / worse only "
+              "when the interval excludes 0, inconclusive when it contains 0; a missing value is listed as missing, never "
+              "read as 0. Small models, few seeds and short schedules: read the magnitudes, not only the verdicts.", "",
               *claims]
+    if len(total):
+        lines += ["### All claims together", "", "In all: " + total.chance_line()]
     return lines
+
+
+def _data_sizes(results: Dict[str, RunResult]) -> str:
+    """Training rows of each task's SFT and DPO stages, as the runs report them."""
+    parts = []
+    for task in TASKS:
+        rows = {}
+        for stage in ("sft", "dpo"):
+            ns = {r.summary.get("train_examples") for r in results.values()
+                  if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage}
+            ns.discard(None)
+            if ns:
+                rows[stage] = "/".join(f"{n:,}" for n in sorted(ns))
+        if rows:
+            parts.append(f"{task}: {rows.get('sft', '-')} SFT rows and {rows.get('dpo', '-')} preference pairs")
+    return ("Training data as run: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _majority_line(results: Dict[str, RunResult]) -> str:
@@ -444,56 +460,50 @@ def _majority_line(results: Dict[str, RunResult]) -> str:
             f"{100 * max(pos, 1 - pos) / (1 + max(pos, 1 - pos)):.2f} %; a model above that accuracy uses the questions.")
 
 
-def _claims(results, task, scheds, params, mets) -> List[str]:
+def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[str]:
     key, lbl, hb, sc = mets[0]
     (sft_name, sft_suf, _), _, _, (late_name, late_suf, late_par) = scheds
     paper = PAPER[task]
     out = [f"### {task}", "",
            f"**Claim 1: DPO gives a small, task-dependent gain over a strong SFT** (paper, {paper[0]}: {paper[1]} -> {paper[2]}).", ""]
-    rows = []
+    t1 = VerdictTable(("params", "metric"))
     for p in params:
         for k, l, h, s in mets:
-            d = _paired(_config_runs(results, task, p, late_suf, late_par), _config_runs(results, task, p, sft_suf, None), k, s)
-            rows.append([p, l, fmt_ci(d), _verdict(d, h)])
-    up = sum(r[3] == "significantly better" for r in rows)
-    down = sum(r[3] == "significantly worse" for r in rows)
-    out += [markdown_table(["params", "metric", f"({late_name}) - ({sft_name})", "reading"], rows), "",
-            f"DPO after the longest SFT is significantly better in {up} and significantly worse in {down} of {len(rows)} "
-            f"(parameterisation, metric) cells (the paper's gain: {paper[2] - paper[1]:+.2f} {paper[0]}).", ""]
+            late = _seed_values(_config_runs(results, task, p, late_suf, late_par), k, s)
+            sft = _seed_values(_config_runs(results, task, p, sft_suf, None), k, s)
+            t1.add(compare(late, sft, metric=l, higher_is_better=h, label_a=f"{late_name} ({p})", label_b=f"{sft_name} ({p})"), p, l)
+    c = t1.counts()
+    out += [f"Difference ({late_name}) − ({sft_name}), per parameterisation and metric:", "", *t1.lines(), "",
+            f"DPO after the longest SFT is better in {c['better']}, worse in {c['worse']} and inconclusive in "
+            f"{len(t1) - c['better'] - c['worse']} of {len(t1)} (parameterisation, metric) cells (the paper's gain: "
+            f"{paper[2] - paper[1]:+.2f} {paper[0]}).", ""]
     out += [f"**Claim 2: full fine-tuning beats LoRA at matched depth** (same schedule, same epochs; {lbl}).", ""]
-    rows = []
+    t2 = VerdictTable(("schedule", "LoRA"))
     for name, suf, par in scheds:
-        full = _config_runs(results, task, "full", suf, par)
+        full = _seed_values(_config_runs(results, task, "full", suf, par), key, sc)
         for p in params:
-            if p == "full":
-                continue
-            d = _paired(full, _config_runs(results, task, p, suf, par), key, sc)
-            rows.append([name, p, fmt_ci(d), _verdict(d, hb)])
-    wins = sum(r[3] == "significantly better" for r in rows)
-    losses = sum(r[3] == "significantly worse" for r in rows)
-    out += [markdown_table(["schedule", "LoRA", "full - LoRA", "full is"], rows), "",
-            f"Full fine-tuning is significantly better in {wins} of {len(rows)} comparisons and significantly worse in {losses}.", ""]
-    out += ["**Claim 3: LoRA does not cut wall-clock for a small model** (seconds per training epoch, LoRA / full).", ""]
-    rows = []
+            if p != "full":
+                lora = _seed_values(_config_runs(results, task, p, suf, par), key, sc)
+                t2.add(compare(full, lora, metric=lbl, higher_is_better=hb, label_a=f"full ({name})", label_b=p), name, p)
+    out += ["Difference full − LoRA:", "", *t2.lines(), "",
+            every(t2.verdicts, f"had a better {lbl} with full fine-tuning than with LoRA", subject="(schedule, rank) comparison",
+                  name=lambda v: f"{v.label_a} vs {v.label_b}"), ""]
+    out += ["**Claim 3: LoRA does not cut wall-clock for a small model** (seconds per training epoch of the schedule's "
+            "last stage, LoRA − full, paired by seed; lower is faster).", ""]
+    t3 = VerdictTable(("schedule", "LoRA", "full s/epoch", "LoRA s/epoch"))
     for name, suf, par in scheds:
-        full = [_sec_per_epoch(run) for _, run, _ in _config_runs(results, task, "full", suf, par)]
-        fm = mean_ci(full)[0]
+        full = _seed_timings(_config_runs(results, task, "full", suf, par))
         for p in params:
-            if p == "full":
-                continue
-            lo = [_sec_per_epoch(run) for _, run, _ in _config_runs(results, task, p, suf, par)]
-            lm = mean_ci(lo)[0]
-            ratio = lm / fm if fm and not math.isnan(fm) and not math.isnan(lm) else float("nan")
-            rows.append([name, p, f"{fm:.2f}", f"{lm:.2f}", f"{ratio:.2f}"])
-    ratios = [float(r[4]) for r in rows if r[4] != "nan"]
-    mr = sum(ratios) / len(ratios) if ratios else float("nan")
-    if math.isnan(mr):
-        reading = "no timings"
-    elif mr >= 0.85:
-        how = "take about as long as full ones (within 15 %)" if mr <= 1.15 else f"are {(mr - 1) * 100:.0f} % slower than full ones"
-        reading = f"LoRA epochs {how}: LoRA does not cut wall-clock here, the claim holds"
-    else:
-        reading = f"LoRA epochs are {(1 - mr) * 100:.0f} % faster than full ones: the claim does not hold here"
-    out += [markdown_table(["schedule", "LoRA", "full s/epoch", "LoRA s/epoch", "ratio"], rows), "",
-            f"Mean ratio {mr:.2f}: {reading}. (Timings are of one process on a shared CPU; see the runs table.)", ""]
+            if p != "full":
+                lora = _seed_timings(_config_runs(results, task, p, suf, par))
+                t3.add(compare(lora, full, metric="s / epoch", higher_is_better=False, label_a=f"{p} ({name})", label_b="full"),
+                       name, p, fmt_cell(list(full.values())), fmt_cell(list(lora.values())))
+    faster = [v for v in t3.verdicts if v.word == "better"]
+    reading = (none_of(t3.verdicts, "cut the seconds per epoch below full fine-tuning's", subject="LoRA run set",
+                       expect="better")
+               + (" No comparison contradicts the claim; an inconclusive one cannot rule out a small cut." if not faster
+                  else " Where LoRA was faster the claim does not hold."))
+    out += [*t3.lines(), "", reading + " (Timings are of one process on a shared CPU; see the runs table.)", ""]
+    for t in (t1, t2, t3):
+        total.extend(t)
     return out

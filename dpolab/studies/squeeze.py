@@ -14,8 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..stats import fmt_ci
-from .common import CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, curves, deep_merge
+from ..stats import VerdictTable, compare, every, fmt_ci, none_of
+from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
+                     deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
 
@@ -87,14 +88,75 @@ KEYS = [("probe/delta/chosen", "Δ chosen"), ("probe/delta/rejected", "Δ reject
         ("eval/answer_accuracy", "answer acc.")]
 
 
+GATED = ("Gate-DPO seq", "Gate-DPO q10", "gated IPO", "gated Cal-DPO")
+CHOSEN, OTHERS = "probe/delta/chosen", "probe/delta/others"
+
+
+def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], size: str) -> str:
+    """The setting as run: the model, the data sizes and the preference stage, from the runs' configs."""
+    sft = results.get("sft")
+    sft_acc = sft.final("eval/answer_accuracy") if sft else None
+    any_pref = next((rs[0] for rs in groups.values() if rs), None)
+    seeds = sorted({r.spec.labels.get("seed") for rs in groups.values() for r in rs}, key=str)
+    text = f"Setting ({size}): "
+    if sft is not None:
+        args = sft.spec.config.get("data", {}).get("task_args", {})
+        text += (f"{describe_model(sft.spec.config.get('model', {}))}; one SFT warm-up on {args.get('n_train', '?')} "
+                 f"arithmetic chains for {sft.spec.config.get('train', {}).get('max_steps', '?')} steps (answer accuracy "
+                 f"{'-' if sft_acc is None else f'{sft_acc:.3f}'})")
+    if any_pref is not None:
+        c = any_pref.spec.config
+        args, train = c.get("data", {}).get("task_args", {}), c.get("train", {})
+        beta = next((l.get("params", {}).get("beta") for l in c.get("loss", []) if "params" in l), None)
+        text += (f"; then each method from it on {args.get('n_train', '?')} preference pairs (rejected = a near or far "
+                 f"miss, mixed), {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
+                 f"{train.get('lr', '?')}, β = {beta}; probes on {c.get('eval', {}).get('probe_examples', '?')} held-out "
+                 f"pairs")
+    return (text + f"; {len(seeds)} seed(s) vary the preference stage's data order. Probe deltas are summed response "
+            "log-probs (nats) on held-out pairs, final evaluation minus the start of preference training (= the "
+            "reference). 'Others' are other prompts' chosen responses; 'argmax mass' sums the most likely token's "
+            "log-prob at each position of the chosen response. Mean ± 95 % CI over seeds ('n=k of m' when a run did "
+            "not report a value).")
+
+
+def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str]]:
+    """The paired comparisons of the claim and the sentences that read them."""
+    table = VerdictTable(("method", "question"))
+    text: List[str] = []
+    if "DPO" not in groups:
+        return table, ["No DPO runs: nothing to compare the gated methods with."]
+    dpo_c, dpo_o = by_seed(groups["DPO"], CHOSEN), by_seed(groups["DPO"], OTHERS)
+    base = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0"),
+                     "DPO", "does Δ chosen move from 0?")
+    text.append(f"- {base.sentence()} (DPO's squeezing, which the gates should prevent.)")
+    above0, others = [], []
+    for m in (*GATED, "ext-SFT -> DPO"):
+        if m not in groups:
+            continue
+        c, o = by_seed(groups[m], CHOSEN), by_seed(groups[m], OTHERS)
+        v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=m, label_b="0"),
+                       m, "does Δ chosen move from 0?")
+        vc = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=m, label_b="DPO"),
+                       m, "Δ chosen against DPO")
+        vo = table.add(compare(o, dpo_o, metric="Δ others", higher_is_better=True, label_a=m, label_b="DPO"),
+                       m, "Δ others against DPO")
+        if m in GATED:
+            above0.append(v0)
+            others.append(vo)
+        text.append(f"- {v0.sentence()} {vc.sentence()} {vo.sentence()}")
+    text += ["", "The claim, tested run by run (each part true only where every paired interval says so):", "",
+             "- " + none_of(above0, "lowered Δ chosen below 0", subject="gated method", expect="lower")
+             + " (The paper's 'Δ chosen ≥ 0' is contradicted where an interval lies below 0.)",
+             "- " + every(others, "shrank the fall of Δ others compared with DPO", subject="gated method", expect="better")]
+    return table, text
+
+
 def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     groups: Dict[str, List[RunResult]] = {}
     for r in results.values():
         if "method" in r.spec.labels:
             groups.setdefault(r.spec.labels["method"], []).append(r)
-    seeds = max((len(v) for v in groups.values()), default=0)
-    rows = [[m] + [fmt_ci([r.final(k) for r in rs]) for k, _ in KEYS] for m, rs in groups.items()]
-    sft_acc = results["sft"].final("eval/answer_accuracy") if "sft" in results else None
+    rows = [[m] + [fmt_cell([r.final(k) for r in rs]) for k, _ in KEYS] for m, rs in groups.items()]
     plot1 = curves(out / "squeeze_deltas.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),
                                                       ("probe/delta/rejected", "Δ log p(rejected)"),
                                                       ("probe/delta/others", "Δ log p(others)")],
@@ -103,45 +165,37 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
                                                       ("probe/delta/greedy", "Δ log p(greedy response)"),
                                                       ("eval/answer_accuracy", "answer accuracy")])
     sweep = [r for r in results.values() if r.spec.labels.get("sweep")]
+
+    def gate_mean(r: RunResult) -> Optional[float]:
+        v = r.final("eval/gate/mean")
+        return v if v is not None else r.final("eval/dpo/gate/mean")
+
     sweep_rows = [[f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"] + [fmt_ci([r.final(k)]) for k, _ in KEYS[:4]] +
-                  [fmt_ci([r.final("eval/gate/mean") or r.final("eval/dpo/gate/mean")])] for r in sweep]
-    d = {m: [r.final("probe/delta/chosen") for r in rs] for m, rs in groups.items()}
-    o = {m: [r.final("probe/delta/others") for r in rs] for m, rs in groups.items()}
-
-    def mean(v):
-        v = [x for x in v if x is not None]
-        return sum(v) / len(v) if v else float("nan")
-
-    findings = []
-    for m in ("Gate-DPO seq", "Gate-DPO q10", "gated IPO", "gated Cal-DPO", "ext-SFT -> DPO"):
-        if m in d and "DPO" in d:
-            findings.append(
-                f"- **{m}**: Δ chosen {mean(d[m]):+.2f} (DPO {mean(d['DPO']):+.2f}) — "
-                + ("keeps Δ chosen ≥ 0" if mean(d[m]) >= 0 else "Δ chosen still falls")
-                + f"; Δ others {mean(o[m]):+.2f} (DPO {mean(o['DPO']):+.2f}) — "
-                + ("a smaller fall than DPO" if mean(o[m]) > mean(o["DPO"]) else "no smaller fall than DPO") + ".")
+                  [fmt_ci([gate_mean(r)])] for r in sweep]
+    table, findings = verdicts(groups)
     lines = [
         "Paper's claim (Gate-DPO, arXiv 2605.02626; Pythia-410M on Anthropic-HH): gated training keeps Δ chosen ≥ 0 and "
         "shrinks the fall of unrelated responses compared with DPO — DPO Δ chosen / Δ rejected / Δ others = -11.90 / -26.35 / "
         "-27.55; Gate-DPO (seq) +1.17 / -7.31 / -1.42.",
         "",
-        f"Setting ({size}): arithmetic chains, pairs with near- or far-miss rejected answers; one SFT warm-up "
-        f"(answer accuracy {sft_acc if sft_acc is None else f'{sft_acc:.3f}'}), then each method from it; {seeds} seed(s) "
-        "vary the preference stage's data order. Probe deltas are summed response log-probs (nats) on held-out pairs, "
-        "final evaluation minus the start of preference training (= the reference). 'Others' are other prompts' "
-        "chosen responses; 'argmax mass' sums the most likely token's log-prob at each position of the chosen response. "
-        "Mean ± 95 % CI over seeds.",
+        _setting(results, groups, size),
         "",
         markdown_table(["method"] + [h for _, h in KEYS], rows),
         "",
-        "What the measurement says against the claim:",
+        "### What the measurement says against the claim",
+        "",
+        "Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference); 'inconclusive' "
+        "means the interval contains 0, and a missing value is listed as missing, never read as 0.",
+        "",
         *findings,
+        "",
+        *table.lines(),
         "",
         f"![deltas]({plot1.name})",
         "",
         f"![argmax mass]({plot2.name})",
         "",
-        "### Gate sweep (Gate-DPO seq, one seed)",
+        "### Gate sweep (Gate-DPO seq, one seed: no intervals, no verdicts)",
         "",
         markdown_table(["alpha", "tau"] + [h for _, h in KEYS[:4]] + ["gate mean"], sweep_rows),
     ]

@@ -3,6 +3,7 @@ import pytest
 
 from dpolab.studies.run import run_study
 from dpolab.stats import fmt_ci, mean_ci
+from test_study_verdicts import assert_verdicts_match_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -19,9 +20,18 @@ def test_squeeze_smoke(tmp_path):
     for method in ("| DPO |", "| Gate-DPO seq |", "| gated Cal-DPO |", "| ext-SFT -> DPO |"):
         assert method in text
     assert (tmp_path / "s4" / "squeeze_deltas.png").exists()
+    assert assert_verdicts_match_numbers(text) >= 16  # one seed: every verdict is "inconclusive (one seed)"
+    assert "still falls" not in text and "| better |" not in text
+    import json
+
+    for rid in ("sft", "dpo/seed0", "gate-dpo-seq/seed0"):  # provenance of every run, written by the runner
+        rec = json.loads((tmp_path / "s4" / "runs" / rid / "provenance.json").read_text())
+        assert rec["finished"] is True and rec["commit"] and {"torch", "transformers", "peft", "accelerate", "python"} <= set(rec["versions"])
+    assert "## Provenance" in text and "dpolab commit of the runs:" in text and "(11 runs)" in text
     msgs = []
-    run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=msgs.append)
+    report = run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=msgs.append)
     assert sum("finished earlier, skipped" in m for m in msgs) == 11
+    assert "(11 runs)" in report.read_text()  # reused runs keep their provenance
 
 
 def test_dpop_smoke_without_real_data(tmp_path):
@@ -30,6 +40,10 @@ def test_dpop_smoke_without_real_data(tmp_path):
     assert "### arith-near (low edit distance" in text and "### arith-far (high edit distance" in text
     assert "IMDb pair sets were skipped" in text
     assert (tmp_path / "s3" / "dpop_arith-near.png").exists()
+    assert "**Is DPO's fall of the chosen log-prob specific to low edit-distance pairs?**" in text
+    assert "- **arithmetic** (arith-near vs arith-far" in text
+    assert "Both sets hold the same held-out prompts and chosen responses (checked)" in text
+    assert assert_verdicts_match_numbers(text) >= 17
 
 
 @pytest.mark.realdata
@@ -37,6 +51,7 @@ def test_dpop_smoke_with_imdb_pairs(tmp_path, shared_data):
     report = run_study("dpop", smoke=True, out=str(tmp_path / "s3"), data_dir=str(shared_data), log=lambda s: None)
     text = report.read_text()
     assert "### imdb-low (low edit distance" in text and "### imdb-high (high edit distance" in text
+    assert "- **imdb** (imdb-low vs imdb-high" in text and assert_verdicts_match_numbers(text) >= 34
 
 
 @pytest.mark.realdata
@@ -47,6 +62,7 @@ def test_madpo_smoke(tmp_path, shared_data):
     for method in ("| DPO |", "| IPO |", "| beta-DPO |", "| MADPO |"):
         assert method in text
     assert "### Reward models (one per tier)" in text and "### Wall-clock of every stage" in text
+    assert "Every method raised the oracle reward" not in text and assert_verdicts_match_numbers(text) >= 24
     for name in ("madpo_oracle_reward.png", "madpo_weights.png", "beta_dpo_trajectory.png"):
         assert (out / name).exists()
     for tier in ("high", "medium", "low"):  # every stage's output, and MADPO's margin column, is on disk

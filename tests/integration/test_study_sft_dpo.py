@@ -3,6 +3,7 @@ import pytest
 
 from dpolab.data.types import DataError
 from dpolab.studies.run import run_study
+from test_study_verdicts import assert_verdicts_match_numbers
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +21,8 @@ def test_sft_dpo_smoke(tmp_path, shared_data):
     for part in ("## paraphrase", "## sonnets", "| SFT only (2 ep) | full |", "| DPO only | lora-4 |", "| SFT 1 ep -> DPO |",
                  "Claim 1", "Claim 2", "Claim 3", "sampled from the **base** model"):
         assert part in text, part
+    assert "significantly" not in text and "Mean ratio" not in text and assert_verdicts_match_numbers(text) >= 24
+    assert "## Provenance" in text
     assert (out / "sft_dpo_paraphrase.png").exists() and (out / "sft_dpo_sonnets.png").exists()
     assert (out / "data" / "sonnets-pairs.jsonl").exists()
     msgs = []
