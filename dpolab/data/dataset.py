@@ -22,7 +22,7 @@ from dpolab.errors import ConfigError
 from dpolab.data.formats import to_preference_row, to_sft_row, to_unpaired_row
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.tokenize import boundary_note, tokenize_preference, tokenize_sft, tokenize_unpaired
-from dpolab.data.types import DataError, SkipCounter, TokenizedPair, TokenizedSFT, TokenizedUnpaired
+from dpolab.data.types import DataError, SkipCounter, TokenizedPair
 
 ON_ERROR = ("raise", "skip")
 MAX_LOGGED_ERRORS = 3
@@ -111,35 +111,30 @@ def load_preference_data(
                  limit=limit, on_error=on_error, log=log, kind="pairs")
 
 
-def load_sft_data(
-    source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None,
-    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
-    add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
-    transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print,
-) -> Tuple[List[TokenizedSFT], SkipCounter]:
-    """Load, validate and tokenise SFT rows; returns the rows and the skip counts."""
-    convert = lambda rec, **kw: to_sft_row(rec, columns=columns, **kw)  # noqa: E731
-    tokenize = lambda row, tok, skips: tokenize_sft(  # noqa: E731
-        row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-        add_bos=add_bos, add_eos=add_eos, skips=skips,
-    )
-    check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
-    return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
-                 limit=limit, on_error=on_error, log=log, kind="rows")
+def _completion_loader(to_row: Callable, tokenize_row: Callable, kind: str, doc: str):
+    """A loader of rows with one completion after the prompt (SFT rows, KTO's unpaired rows)."""
+
+    def load(source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None,
+             max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
+             add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
+             transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print):
+        convert = lambda rec, **kw: to_row(rec, columns=columns, **kw)  # noqa: E731
+        tokenize = lambda row, tok, skips: tokenize_row(  # noqa: E731
+            row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
+            add_bos=add_bos, add_eos=add_eos, skips=skips,
+        )
+        check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
+        return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split,
+                     transform=transform, limit=limit, on_error=on_error, log=log, kind=kind)
+
+    load.__doc__ = doc
+    return load
 
 
-def load_unpaired_data(
-    source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None,
-    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
-    add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
-    transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print,
-) -> Tuple[List[TokenizedUnpaired], SkipCounter]:
-    """Load, validate and tokenise unpaired (KTO) rows: SFT fields plus a boolean ``label``."""
-    convert = lambda rec, **kw: to_unpaired_row(rec, columns=columns, **kw)  # noqa: E731
-    tokenize = lambda row, tok, skips: tokenize_unpaired(  # noqa: E731
-        row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-        add_bos=add_bos, add_eos=add_eos, skips=skips,
-    )
-    check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
-    return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
-                 limit=limit, on_error=on_error, log=log, kind="unpaired rows")
+load_sft_data = _completion_loader(
+    to_sft_row, tokenize_sft, "rows",
+    "Load, validate and tokenise SFT rows; returns (list of TokenizedSFT, skip counts).")
+load_unpaired_data = _completion_loader(
+    to_unpaired_row, tokenize_unpaired, "unpaired rows",
+    "Load, validate and tokenise unpaired (KTO) rows: SFT fields plus a boolean ``label``; returns (list of "
+    "TokenizedUnpaired, skip counts).")

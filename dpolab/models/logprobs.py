@@ -8,7 +8,6 @@ with ``logits[:, :-1]`` where ``loss_mask[:, 1:]`` is True. Only the selected po
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor

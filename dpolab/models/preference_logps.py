@@ -6,7 +6,7 @@ Used by training (the preference objective) and by ``dpolab eval``, so both see 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 from torch import Tensor
 

@@ -28,18 +28,17 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
-from ...config import ModelConfig
 from ...data.collate import collate_unpaired_fast
 from ...data.types import TokenizedUnpaired
 from ...losses.kto import kto_kl, kto_loss
 from ...models.fastpath import logps_for_batch
-from ...models.load import load_base_model
-from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
+from ...models.reference import Reference
 from ..errors import TrainError
 from .base import MicroResult, Objective, RunContext
+from .with_reference import WithReference
 
 
-class KTOObjective(Objective):
+class KTOObjective(WithReference, Objective):
     name = "kto"
     data_kind = "unpaired"
 
@@ -124,27 +123,14 @@ class KTOObjective(Objective):
             self._gather_object, self._rank = gather_object, acc.process_index
         self._max_len = max(2, min(self.cfg.data.max_length, run.max_positions))
         self.reference = self._build_reference(run)
-        if self.cfg.reference.sync_every and self.reference.mode != "copy":
-            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
-                             f"reference is {self.reference.mode}; set reference.mode=copy")
         if run.is_main:
             run.log(self._balance_note(run.train_data))
 
     def _build_reference(self, run: RunContext) -> Reference:
-        cfg = self.cfg
-        mode = cfg.reference.mode
-        if mode == "auto":
-            mode = "adapter" if cfg.lora.enabled else "copy"  # "separate" when reference.name_or_path is set
-        req = ReferenceRequest(mode=mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, live_examples=0,
-                               once_examples=0, bf16=cfg.train.bf16, cache_dir=run.run_dir / "ref_cache")
-        separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
-        tools = ReferenceTools(
-            device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
-            load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
-            load_separate=lambda: load_base_model(separate, run.tokenizer),
-            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first)
-        record = (run.resumed or {}).get("reference")
-        return build_reference(req, run.accelerator.unwrap_model(run.model), [], tools, resuming=run.resuming, record=record)
+        mode = self.cfg.reference.mode
+        if mode == "auto":  # always live: a mismatched pair exists only within its step
+            mode = "adapter" if self.cfg.lora.enabled else "copy"  # "separate" when reference.name_or_path is set
+        return self.build_reference(run, mode=mode)
 
     def _balance_note(self, rows: Sequence) -> str:
         n_d = sum(1 for r in rows if r.label)
@@ -242,22 +228,8 @@ class KTOObjective(Objective):
             self._eval_set, self._eval_kl = None, None
 
     # -- state ----------------------------------------------------------------------------------------------------
-    def end_step(self, model, step: int) -> None:
-        every = self.cfg.reference.sync_every
-        if every and step % every == 0:  # TR-DPO (TRL's sync_ref_model): the reference moves toward the policy
-            self.reference.mix_toward(model, self.cfg.reference.mixup_alpha)
-
     def state_dict(self) -> Dict[str, Any]:
-        if not self.cfg.reference.sync_every:
-            return {}
-        return {"reference_weights": {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}}
+        return self.reference_state()
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
-        if "reference_weights" in state:
-            self.reference.model.load_state_dict(state["reference_weights"])
-
-    def record(self) -> Dict[str, Any]:
-        return {"reference": self.reference.record()} if self.reference is not None else {}
-
-    def summary(self) -> Dict[str, Any]:
-        return {"reference_mode": self.reference.mode if self.reference is not None else None}
+        self.load_reference_state(state)

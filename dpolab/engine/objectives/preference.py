@@ -8,14 +8,13 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from ... import atomic
-from ...config import ModelConfig
 from ...data.collate import collate_preference_fast
 from ...losses import LOCAL, CompositeLoss, DistContext, PreferenceOutputs
-from ...models.load import load_base_model
 from ...models.preference_logps import generic_metrics, preference_outputs
-from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
+from ...models.reference import Reference
 from ..errors import TrainError
 from .base import MicroResult, Objective, RunContext
+from .with_reference import WithReference
 
 
 def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss, batch, autocast, dist: DistContext = LOCAL):
@@ -32,7 +31,7 @@ def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss,
     return objective, metrics
 
 
-class PreferenceObjective(Objective):
+class PreferenceObjective(WithReference, Objective):
     name = "preference"
 
     def __init__(self, cfg):
@@ -66,35 +65,21 @@ class PreferenceObjective(Objective):
         self._tokenizer = run.tokenizer
         self.reference = self._build_reference(run)
         self._eval_data, self.eval_offset = run.eval_data, len(run.train_data)
-        if run.cfg.reference.sync_every and (self.reference is None or self.reference.mode != "copy"):
-            mode = self.reference.mode if self.reference is not None else "none (the loss needs no reference)"
-            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
-                             f"reference is {mode}; set reference.mode=copy (a precomputed table cannot follow the policy)")
         if run.cfg.eval.probes:
             self.probes, self.probe_baseline = self._build_probes(run)
 
     def _build_reference(self, run: RunContext) -> Optional[Reference]:
         cfg = self.cfg
         if not self.loss.needs_reference:
+            if cfg.reference.sync_every:
+                raise TrainError("reference.sync_every (TR-DPO) updates a reference, but this loss list needs none")
             return None
         if cfg.reference.mode == "none":
             raise TrainError("reference.mode is 'none' but the loss needs a reference model")
         seen = run.total_steps * cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
         n_evals = (run.total_steps // cfg.eval.every if cfg.eval.every else 0) + int(cfg.eval.at_start) + 1
-        everything = list(run.train_data) + list(run.eval_data)
-        req = ReferenceRequest(
-            mode=cfg.reference.mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled,
-            live_examples=seen + n_evals * len(run.eval_data), once_examples=len(everything), bf16=cfg.train.bf16,
-            cache_dir=run.run_dir / "ref_cache" if not cfg.reference.cache_dir else _path(cfg.reference.cache_dir))
-        separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
-        tools = ReferenceTools(
-            device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
-            load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
-            load_separate=lambda: load_base_model(separate, run.tokenizer),
-            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first)
-        record = (run.resumed or {}).get("reference")
-        return build_reference(req, run.accelerator.unwrap_model(run.model), everything, tools,
-                               resuming=run.resuming, record=record)
+        return self.build_reference(run, mode=cfg.reference.mode, data=list(run.train_data) + list(run.eval_data),
+                                    live_examples=seen + n_evals * len(run.eval_data))
 
     def _build_probes(self, run: RunContext):
         """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""
@@ -167,28 +152,13 @@ class PreferenceObjective(Objective):
                               autocast=self.autocast)
         return probe_metrics(scores, self.probe_baseline, self.probes.buckets)
 
-    def end_step(self, model, step: int) -> None:
-        every = self.cfg.reference.sync_every
-        if every and step % every == 0:  # TR-DPO: the reference moves toward the policy
-            self.reference.mix_toward(model, self.cfg.reference.mixup_alpha)
-
     # -- state ----------------------------------------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        state: Dict[str, Any] = {"loss": self.loss.state_dict()}
-        if self.cfg.reference.sync_every:  # the reference has moved: a resumed run needs its weights
-            state["reference_weights"] = {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}
-        return state
+        return {"loss": self.loss.state_dict(), **self.reference_state()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.loss.load_state_dict(state["loss"] if "loss" in state else state)  # checkpoints before TR-DPO: the loss's
-        if "reference_weights" in state:
-            self.reference.model.load_state_dict(state["reference_weights"])
-
-    def record(self) -> Dict[str, Any]:
-        return {"reference": self.reference.record()} if self.reference is not None else {}
-
-    def summary(self) -> Dict[str, Any]:
-        return {"reference_mode": self.reference.mode if self.reference is not None else None}
+        self.load_reference_state(state)
 
 
 def _gather_outputs(out: PreferenceOutputs, gather) -> PreferenceOutputs:
@@ -201,8 +171,3 @@ def _concat_outputs(parts: List[PreferenceOutputs]) -> PreferenceOutputs:
     fields = {k: torch.cat([getattr(p, k) for p in parts]) for k, v in vars(parts[0]).items() if isinstance(v, torch.Tensor)}
     return PreferenceOutputs(**fields, extras={k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras})
 
-
-def _path(p: str):
-    from pathlib import Path
-
-    return Path(p).expanduser()

@@ -1,0 +1,62 @@
+"""The reference-policy parts that objectives comparing a policy with its reference share (preference pairs, KTO):
+building it through the provider (:mod:`dpolab.models.reference`), TR-DPO's updates after optimiser steps, its
+moved weights in checkpoints, and the record a resumed run rebuilds it from."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+from ...config import ModelConfig
+from ...models.load import load_base_model
+from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
+from ..errors import TrainError
+from .base import RunContext
+
+
+class WithReference:
+    """Mixin for an :class:`~dpolab.engine.objectives.base.Objective` that holds ``self.reference``."""
+
+    reference: Optional[Reference] = None
+
+    def build_reference(self, run: RunContext, *, mode: str, data: Sequence = (), live_examples: int = 0) -> Reference:
+        """The run's reference (on the device), in ``mode`` (``reference.mode``, or one the objective forces);
+        ``data`` is what a precomputed table covers and ``live_examples`` how many examples a live one would score."""
+        cfg = run.cfg
+        req = ReferenceRequest(
+            mode=mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, live_examples=live_examples,
+            once_examples=len(data), bf16=cfg.train.bf16,
+            cache_dir=Path(cfg.reference.cache_dir).expanduser() if cfg.reference.cache_dir else run.run_dir / "ref_cache")
+        separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
+        tools = ReferenceTools(
+            device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
+            load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
+            load_separate=lambda: load_base_model(separate, run.tokenizer),
+            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first)
+        reference = build_reference(req, run.accelerator.unwrap_model(run.model), list(data), tools,
+                                    resuming=run.resuming, record=(run.resumed or {}).get("reference"))
+        if cfg.reference.sync_every and reference.mode != "copy":
+            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
+                             f"reference is {reference.mode}; set reference.mode=copy (a precomputed table cannot "
+                             f"follow the policy)")
+        return reference
+
+    def end_step(self, model, step: int) -> None:
+        every = self.cfg.reference.sync_every
+        if every and step % every == 0:  # TR-DPO: the reference moves toward the policy
+            self.reference.mix_toward(model, self.cfg.reference.mixup_alpha)
+
+    def reference_state(self) -> Dict[str, Any]:
+        """The moved reference's weights (TR-DPO), which a resumed run needs; nothing otherwise."""
+        if not self.cfg.reference.sync_every:
+            return {}
+        return {"reference_weights": {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}}
+
+    def load_reference_state(self, state: Dict[str, Any]) -> None:
+        if "reference_weights" in state:
+            self.reference.model.load_state_dict(state["reference_weights"])
+
+    def record(self) -> Dict[str, Any]:
+        return {"reference": self.reference.record()} if self.reference is not None else {}
+
+    def summary(self) -> Dict[str, Any]:
+        return {"reference_mode": self.reference.mode if self.reference is not None else None}
