@@ -37,12 +37,13 @@ class Workload:
     lora: bool = False
     warmup: int = 2
     steps: int = 6        # measured steps per arm run
+    check_lr: float = 1e-4  # peak lr of the same-math check runs: large enough that a few steps move the loss off ln 2
 
 
 WORKLOADS: Dict[str, Workload] = {
     "imdb": Workload("imdb", "gpt2-6x384", 8),
     "longprompt": Workload("longprompt", "gpt2-6x384", 8),
-    "smollm": Workload("smollm", "smollm2-135m", 4, lora=True, warmup=1, steps=4),
+    "smollm": Workload("smollm", "smollm2-135m", 4, lora=True, warmup=1, steps=4, check_lr=1e-3),  # LoRA: B starts at 0
 }
 
 
