@@ -139,7 +139,12 @@ def _number(record: Mapping, name: str, ctx: _Ctx) -> float:
         raise ctx.error(name, f"expected a number, got {_type_name(value)} {value!r:.40}") from None
     if not math.isfinite(out):
         raise ctx.error(name, f"expected a finite number, got {value!r}")
+    if abs(out) > _FLOAT32_MAX:  # finite here, but infinite once the engine holds it as float32
+        raise ctx.error(name, f"expected a number within float32 range (|x| <= {_FLOAT32_MAX:.4g}), got {value!r}")
     return out
+
+
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 def _meta(record: Mapping, used: Iterable[str], row: Optional[int]) -> Dict[str, Any]:

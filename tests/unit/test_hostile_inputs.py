@@ -190,6 +190,8 @@ def test_the_bugs_hypothesis_found_stay_fixed(tok, tmp_path):
     cases = {
         "surrogate.jsonl": b'{"prompt": "a", "chosen": "\\ud800x", "rejected": "c"}\n',
         "huge.jsonl": b'{"prompt": "a", "chosen": "b", "rejected": "c", "rm_margin": 1' + b"0" * 400 + b"}\n",
+        # finite as a Python float, infinite in the engine's float32: hypothesis found MADPO raising on it
+        "huge32.jsonl": b'{"prompt": "a", "chosen": "b", "rejected": "c", "rm_margin": 3.4028235677973366e+38}\n',
         "deep.jsonl": b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}\n",
         "deep.json": b"[" * 100000 + b"]" * 100000,
         "bigfield.csv": b"prompt,chosen,rejected\na," + b"x" * 200000 + b",c\n",
@@ -199,7 +201,7 @@ def test_the_bugs_hypothesis_found_stay_fixed(tok, tmp_path):
         (tmp_path / name).write_bytes(raw)
         src = str(tmp_path / name)
         try:
-            out, _ = load_preference_data(src, tok, extras=("rm_margin",) if "huge" in name else (), max_length=64,
+            out, _ = load_preference_data(src, tok, extras=("rm_margin",) if name.startswith("huge") else (), max_length=64,
                                           log=lambda s: None)
         except DataError as e:
             _check_error(e, src)
