@@ -82,7 +82,8 @@ def _text(record: Mapping, name: str, ctx: _Ctx) -> Text:
     """The field as a string or validated chat messages."""
     col = ctx.col(name)
     if col not in record:
-        raise ctx.error(name, f"missing (columns present: {', '.join(map(str, record)) or 'none'})")
+        raise ctx.error(name, f"missing (columns present: {', '.join(map(str, record)) or 'none'}; map yours with "
+                              f"data.columns, e.g. data.columns={{{name}: your_column}})")
     value = record[col]
     if isinstance(value, str):
         return _valid_unicode(value, name, ctx)

@@ -49,6 +49,7 @@ def load_tokenizer(cfg: ModelConfig):
     kwargs: Dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and name == cfg.name_or_path:
         kwargs["gguf_file"] = cfg.gguf_file
+    _check_folder(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as e:  # noqa: BLE001 - turn any loader failure into one clear line
@@ -148,8 +149,22 @@ def _quantized(load, cfg: ModelConfig):
                              f"device ({str(e).strip().splitlines()[0][:160]}); set model.load_in_{bits}bit=false") from e
 
 
+def _looks_local(path: str) -> bool:
+    """A path the user means as a folder: explicit (./, /, ~) or with more parts than a hub id (org/name) has."""
+    return path.startswith((".", "/", "~")) or path.count("/") >= 2 or "\\" in path
+
+
+def _check_folder(path: str) -> None:
+    """A missing folder is one clear line (transformers would call it an invalid hub id)."""
+    if _looks_local(path) and not Path(path).expanduser().exists():
+        raise ModelLoadError(f"model folder not found: {path} (a model is a local folder, a hub id such as org/name, "
+                             f"or a tiny preset: {', '.join(TINY_PRESETS)})")
+
+
 def _from_pretrained(path: str, cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
+
+    _check_folder(path)
 
     kwargs: Dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and path == cfg.name_or_path:

@@ -226,3 +226,15 @@ def test_bf16_autocast_runs_on_cpu(tmp_path):
     assert rc == 0
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert math.isfinite(s["final_eval"]["eval/loss"])
+
+
+@pytest.mark.parametrize("path", ["/no/such/model", "./missing-model", "runs/x/final"])
+def test_a_model_folder_that_does_not_exist_is_one_line(tmp_path, capsys, path):
+    """Not transformers' 'Repo id must be in the form ...' for a path the user meant as a folder."""
+    from dpolab.cli import main
+
+    rc = main(["train", f"model.name_or_path={path}", "data.task=arithmetic", f"output.dir={tmp_path / 'run'}",
+               "output.progress=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith(f"error: model folder not found: {path}"), err[-3:]
+    assert "Repo id" not in "\n".join(err)

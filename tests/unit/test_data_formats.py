@@ -109,3 +109,9 @@ def test_sft_errors_and_skips():
     skips = SkipCounter()
     assert to_sft_row({"prompt": "p", "completion": ""}, source="s", row=1, skips=skips) is None
     assert skips.counts == {"empty response": 1}
+
+
+def test_a_missing_column_points_at_data_columns():
+    with pytest.raises(DataError, match=r"field 'chosen': missing \(columns present: question, good, bad; map yours "
+                                        r"with data.columns, e.g. data.columns=\{chosen: your_column\}\)"):
+        pref({"question": "q", "good": "a", "bad": "b"})
