@@ -308,6 +308,9 @@ class VerdictTable:
         return [self.markdown(), "", self.chance_line()] if self.rows else []
 
 
+_OPPOSITE = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}
+
+
 def every(verdicts: Sequence[Verdict], claim: str, *, subject: str = "comparison", expect: str = "better",
           name=None) -> str:
     """A sentence for "every <subject> <claim>", true only when each verdict's interval says so (its word is
@@ -320,7 +323,7 @@ def every(verdicts: Sequence[Verdict], claim: str, *, subject: str = "comparison
     if n == 0:
         return f"No {subject} was measured, so nothing here says whether every {subject} {claim}."
     did = [v for v in verdicts if v.word == expect]
-    opposite = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}[expect]
+    opposite = _OPPOSITE[expect]
     other = [v for v in verdicts if v.word == opposite]
     unsure = [v for v in verdicts if v.word not in (expect, opposite)]
     if len(did) == n:
@@ -347,7 +350,7 @@ def none_of(verdicts: Sequence[Verdict], did: str, *, subject: str = "comparison
     if n == 0:
         return f"No {subject} was measured, so nothing here says whether any {subject} {did}."
     hits = [v for v in verdicts if v.word == expect]
-    opposite = {"better": "worse", "worse": "better", "higher": "lower", "lower": "higher"}[expect]
+    opposite = _OPPOSITE[expect]
     other = sum(v.word == opposite for v in verdicts)
     unsure = n - len(hits) - other
     rest = f"{other} went the other way, {unsure} {'are' if unsure != 1 else 'is'} inconclusive"
