@@ -6,7 +6,8 @@ For each tiny preset (``dpolab.models.load.TINY_PRESETS``, 16-token windows; plu
 the model itself) and each requested layout (prefix, packed; logits=response) in fp32, under bf16 autocast
 (``train.bf16=true``) and with bf16 weights: the (layout, logits) that ``dpolab.models.fastpath.resolve`` picks and the
 largest per-token |log-p| difference from the plain path (``train.layout=padded train.logits=full``) computed in the
-same precision, on 8 pairs of sequences of 9 to 45 tokens. Not a test (pytest does not collect it); a table for the
+same precision, and the same for WPO's per-token log sum_v p_v^2 (``with_sq``), on 8 pairs of sequences of 9 to 45
+tokens. Not a test (pytest does not collect it); a table for the
 README.
 """
 from __future__ import annotations
@@ -51,7 +52,7 @@ def main() -> None:
         return m.eval()
 
     modes = {"fp32": (torch.float32, False), "bf16 autocast": (torch.float32, True), "bf16 weights": (torch.bfloat16, False)}
-    print("| family | layout | " + " | ".join(f"{m}: used, max err" for m in modes) + " |")
+    print("| family | layout | " + " | ".join(f"{m}: used, max err (log-p; log sum p^2)" for m in modes) + " |")
     print("|---|---|" + "---|" * len(modes))
     for name in [*TINY_PRESETS, "gpt-neo (window_size 16)"]:
         for layout in ("prefix", "packed"):
@@ -60,11 +61,13 @@ def main() -> None:
                 model = build(name).to(dtype)
                 batch = collate_preference_fast(pairs, tok.pad_token_id, layout)
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                    fast = batch_logps(model, batch, layout=layout, logits="response")
+                    fast = batch_logps(model, batch, layout=layout, logits="response", with_sq=True)
                     used = resolve(model, batch, layout, "response")
-                    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+                    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                                           with_sq=True)
                 err = (fast.token_logps - plain.token_logps).abs().max().item()
-                cells.append(f"{used[0]}/{used[1]}, {err:.1e}")
+                sq_err = (fast.token_log_sum_sq - plain.token_log_sum_sq).abs().max().item()
+                cells.append(f"{used[0]}/{used[1]}, {err:.1e}; {sq_err:.1e}")
             print(f"| {name} | {layout} | " + " | ".join(cells) + " |")
 
 

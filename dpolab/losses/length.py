@@ -44,7 +44,7 @@ def sigmoid_norm(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput
     return preference_output(sigmoid_pair_loss(beta * delta), r_w, r_l, beta, metrics={"sigmoid-norm/delta": delta.mean()})
 
 
-def _shared_tail(tok: Tensor, mask: Tensor, shared: Tensor) -> Tuple[Tensor, Tensor]:
+def shared_tail(tok: Tensor, mask: Tensor, shared: Tensor) -> Tuple[Tensor, Tensor]:
     """(sum of ``tok`` over the first ``shared[i]`` real tokens of row i, sum over its remaining real tokens)."""
     mask = mask.bool()
     pos = mask.long().cumsum(-1)  # 1-based rank of each real token among its row's real tokens
@@ -94,8 +94,8 @@ class LDConfig:
         tc, mc, tr, mr = _policy_tokens(outputs, who)
         shared = torch.minimum(mc.bool().sum(-1), mr.bool().sum(-1))
         a = self.alpha
-        sc, tc_tail = _shared_tail(tc, mc, shared)
-        sr, tr_tail = _shared_tail(tr, mr, shared)
+        sc, tc_tail = shared_tail(tc, mc, shared)
+        sr, tr_tail = shared_tail(tr, mr, shared)
         dtype = outputs.policy_chosen_logps.dtype
         ref_c, ref_r = self._reference(outputs, mc, mr, shared, who)
         new = outputs.replace(
@@ -109,8 +109,8 @@ class LDConfig:
     def _reference(self, outputs: PreferenceOutputs, mc: Tensor, mr: Tensor, shared: Tensor, who: str) -> Tuple[Tensor, Tensor]:
         a = self.alpha
         if outputs.ref_chosen_token_logps is not None and outputs.ref_rejected_token_logps is not None:
-            sc, tc = _shared_tail(outputs.ref_chosen_token_logps, mc, shared)
-            sr, tr = _shared_tail(outputs.ref_rejected_token_logps, mr, shared)
+            sc, tc = shared_tail(outputs.ref_chosen_token_logps, mc, shared)
+            sr, tr = shared_tail(outputs.ref_rejected_token_logps, mr, shared)
             return sc + a * tc, sr + a * tr
         if outputs.ref_chosen_shared_logps is not None and outputs.ref_rejected_shared_logps is not None:
             total_c, total_r = outputs.require_reference(who)

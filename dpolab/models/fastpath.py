@@ -9,11 +9,18 @@ computed with less work:
   attention mask (sdpa: boolean; eager: additive float).
 - ``logits``: ``full`` asks the model for all logits [R, L, V] (the plain way); ``response`` runs the model with
   ``logits_to_keep=1`` and ``output_hidden_states=True``, takes the final hidden states and applies the model's
-  own output-embedding module (tied weights, bias and LoRA on lm_head included, because the module itself is
-  called) only at the positions that predict a response token, in chunks of ``chunk_rows``, each chunk going
-  through ``log_softmax`` in float32. The float32 [N, T, V] logits are never materialised.
-  ``response-recompute`` also checkpoints each chunk: autograd keeps only the chunk's hidden states, and the
-  chunk's logits are recomputed in the backward pass (least memory; one more head matmul).
+  own output-embedding module (tied weights, bias and LoRA on lm_head included) only at the positions that predict
+  a response token, in tiles of ``chunk_rows`` rows (default :func:`head_chunk_rows`, from the device's memory
+  budget), each tile going through ``log_softmax`` in float32. The float32 [N, T, V] logits are never
+  materialised. A plain ``nn.Linear`` head (tied or not, under autocast or not, with Gemma's soft-cap) goes through
+  a fused head (:class:`_FusedHeadLogp`): under ``response`` it keeps each tile's float32 exp for backward (the
+  fastest: [N, V] float32 in all); under ``response-recompute`` it keeps only the hidden states, targets and per-row
+  logsumexp and recomputes each tile's logits in backward, so one [rows, V] tile is alive at a time (one more head
+  matmul per tile). Any other head (LoRA on the head) is called as a module per tile; ``response-recompute``
+  checkpoints those tiles too (autograd keeps only the tile's hidden states; one more head matmul).
+
+With ``with_sq=True`` every path also returns, per scored token, ``log sum_v p_v^2`` of the next-token distribution
+(WPO's weight), from the same float32 tile, without gradient; nothing of it is computed otherwise.
 
 Attention windows are built into the 4D mask: with ``config.sliding_window`` set, a key is visible to a query only
 when their *positions* (not their indices in the packed row) are less than the window apart, as transformers'
@@ -45,7 +52,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .logprobs import SequenceLogps, gather_logps, response_logps
+from .logprobs import SequenceLogps, gather_logps, log_sum_sq, response_logps, scatter_tokens
 
 LOGITS_MODES = ("response", "response-recompute", "full")
 _SOFTCAP_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -157,68 +164,183 @@ def _score_indices(batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor, Tenso
     return rows * t + cols, ids[:, 1:][rows, cols], rows, cols
 
 
-class _LinearLogp(torch.autograd.Function):
-    """log_softmax(h @ W.T + b)[target] for one chunk, with the softmax kept (in place of the logits) for backward:
-    the same math as ``F.linear`` -> ``log_softmax`` -> ``gather``, with fewer passes over the [c, V] tensor."""
+# -- the LM head applied at the scored positions only ------------------------------------------------------------
+TILE_FLOATS = 3  # float32 [rows, V] buffers alive at once in a head tile (logits, exp / grad, the dtype copy)
+_TILE_BUDGET_CPU = 256 << 20  # bytes of a CPU tile: small next to a CPU run's RAM
+_TILE_BUDGET_MAX = 1 << 30  # bytes: the most an accelerator's tile takes
+_MIN_ROWS = 256  # the matmul-efficiency floor: fewer rows re-read the [V, H] weight too often per unit of arithmetic
+
+
+def head_chunk_rows(vocab: int, device: Union[torch.device, str, None] = None) -> int:
+    """Rows of one LM-head tile, from the memory budget: as many as fit ``TILE_FLOATS`` float32 [rows, vocab]
+    buffers in the device's tile budget (CPU: 256 MiB; an accelerator: 1/64 of its memory, at most 1 GiB), in
+    multiples of 64, and never fewer than ``_MIN_ROWS`` (256), below which re-reading the [V, H] weight for every tile
+    (four times per forward + backward) costs more than the tile's arithmetic (on CPU, 64-row tiles took 1.6x the
+    time of 256-row ones at GPT-2's vocabulary). GPT-2's vocabulary (50257): 384 rows on CPU, 1728 on a GPU with 64
+    GiB or more. Per-row results do not depend on it; the weight gradient is summed over tiles in float32."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    budget = _TILE_BUDGET_CPU
+    if dev.type == "cuda" and torch.cuda.is_available():
+        budget = min(_TILE_BUDGET_MAX, torch.cuda.get_device_properties(dev).total_memory // 64)
+    rows = budget // (TILE_FLOATS * 4 * max(1, vocab)) // 64 * 64
+    return max(_MIN_ROWS, rows)
+
+
+def _compute_dtype_of(h: Tensor) -> torch.dtype:
+    """What ``F.linear`` on ``h`` computes in here: the autocast dtype when autocast is on, else ``h``'s dtype."""
+    amp = _autocast_dtype(h.device)
+    return amp if amp is not None and h.is_floating_point() else h.dtype
+
+
+def _tile_logits(hc: Tensor, w: Tensor, b: Optional[Tensor], softcap: Optional[float]) -> Tuple[Tensor, Optional[Tensor]]:
+    """(the chunk's logits in float32, ``tanh`` of the soft-capped logits or None), computed as the model does:
+    ``F.linear`` in the compute dtype, then ``cap * tanh(logits / cap)`` in that dtype."""
+    y = torch.nn.functional.linear(hc, w, b)
+    if softcap is None:
+        return y.float(), None
+    t = torch.tanh(y / softcap)
+    return (t * softcap).float(), t
+
+
+def _accumulate(acc: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:
+    """``acc + a @ b`` in float32 (``acc`` None: start it); the product in ``a``'s dtype, as the plain path's."""
+    if acc is None:
+        return (a @ b).float()
+    if a.dtype == torch.float32:
+        return acc.addmm_(a, b)
+    return acc.add_((a @ b).float())
+
+
+class _FusedHeadLogp(torch.autograd.Function):
+    """``log_softmax(cap(h @ W.T + b))[target]`` for every row of ``h``, tile by tile (``chunk_rows`` rows), and with
+    ``with_sq`` the detached ``log sum_v p_v^2`` of each row from the same tile; the same math as ``F.linear`` ->
+    (soft-cap) -> ``log_softmax`` -> ``gather`` of the plain path.
+
+    ``keep`` (``train.logits=response``): each tile's exp is kept for backward (float32 [N, V] in all: the fastest,
+    three matmuls per tile). Otherwise (``response-recompute``), two-pass: only ``h``, the targets and each row's
+    logsumexp are kept; the backward recomputes each tile's logits and turns them into that tile's gradient
+    (``g * (onehot - softmax)``), so at most one [rows, V] tile is alive at a time, at the cost of a fourth matmul
+    per tile. A batch that fits in one tile keeps its exp either way (no more memory than the tile budget). The
+    weight (and bias) gradients are summed over tiles in float32."""
 
     @staticmethod
-    def forward(ctx, h, weight, bias, tgt):
-        z = torch.nn.functional.linear(h, weight, bias).float()
-        zt = z.gather(1, tgt[:, None]).squeeze(1)
-        m = z.amax(-1, keepdim=True)
-        z.sub_(m).exp_()
-        s = z.sum(-1, keepdim=True)
-        out = zt - (m + s.log()).squeeze(1)
+    def forward(ctx, h, weight, bias, tgt, chunk_rows, softcap, with_sq, keep_all=False):
+        cd = _compute_dtype_of(h)
+        w = weight.to(cd)
+        b = bias.to(cd) if bias is not None else None
+        n = h.shape[0]
+        out = torch.empty(n, dtype=torch.float32, device=h.device)
+        lse = torch.empty(n, dtype=torch.float32, device=h.device)
+        sq = torch.empty(n, dtype=torch.float32, device=h.device) if with_sq else None
+        kept = []
+        keep = keep_all or n <= chunk_rows
+        for s in range(0, n, chunk_rows):
+            hc, tc = h[s: s + chunk_rows].to(cd), tgt[s: s + chunk_rows]
+            z, t = _tile_logits(hc, w, b, softcap)
+            zt = z.gather(1, tc[:, None]).squeeze(1)
+            m = z.amax(-1, keepdim=True)
+            e = z.sub_(m).exp_()
+            tot = e.sum(-1, keepdim=True)
+            lse[s: s + chunk_rows] = (m + tot.log()).squeeze(1)
+            out[s: s + chunk_rows] = zt - lse[s: s + chunk_rows]
+            if keep:
+                kept += [e, tot, t]
+            if sq is not None:  # log sum_v (e_v / tot)^2, from the same tile, no gradient
+                sq[s: s + chunk_rows] = (torch.linalg.vector_norm(e, dim=-1).log() * 2 - 2 * tot.squeeze(1).log())
         if any(ctx.needs_input_grad[:3]):
-            ctx.save_for_backward(h, weight, bias, tgt, z, s)
-        return out
+            ctx.save_for_backward(h, weight, bias, tgt, lse, *kept)
+        ctx.chunk_rows, ctx.softcap, ctx.cd = chunk_rows, softcap, cd
+        if sq is None:
+            return out
+        ctx.mark_non_differentiable(sq)
+        return out, sq
 
     @staticmethod
-    def backward(ctx, g):
-        h, weight, bias, tgt, e, s = ctx.saved_tensors
-        grad = e.mul_((-g[:, None]) / s)  # -g * softmax, in place of the saved exp
-        grad.scatter_add_(1, tgt[:, None], g[:, None].to(grad.dtype))
-        grad = grad.to(h.dtype)
-        gh = grad @ weight.to(h.dtype) if ctx.needs_input_grad[0] else None
-        gw = (grad.t() @ h).to(weight.dtype) if ctx.needs_input_grad[1] else None
-        gb = grad.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
-        return gh, gw, gb, None
+    def backward(ctx, g, *_):
+        h, weight, bias, tgt, lse, *kept = ctx.saved_tensors
+        cd, rows, cap = ctx.cd, ctx.chunk_rows, ctx.softcap
+        w = weight.to(cd)
+        b = bias.to(cd) if bias is not None else None
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.empty_like(h) if need_h else None
+        gw = gb = None
+        for i, s in enumerate(range(0, h.shape[0], rows)):
+            hc, tc, gc = h[s: s + rows].to(cd), tgt[s: s + rows], g[s: s + rows].float()
+            if kept:  # the tile's exp, kept by forward: softmax = e / tot
+                e, tot, t = kept[3 * i: 3 * i + 3]
+                grad = e * ((-gc[:, None]) / tot)  # not in place: the saved exp may be used again (retain_graph)
+            else:  # recompute the tile: softmax = exp(z - lse)
+                z, t = _tile_logits(hc, w, b, cap)
+                grad = z.sub_(lse[s: s + rows, None]).exp_().mul_(-gc[:, None])
+            grad.scatter_add_(1, tc[:, None], gc[:, None])
+            if cap is not None:  # d/dy [cap tanh(y / cap)] = 1 - tanh^2
+                grad.mul_(1 - t.float().square())
+            grad = grad.to(cd)
+            if need_h:
+                gh[s: s + rows] = (grad @ w).to(h.dtype)
+            if need_w:
+                gw = _accumulate(gw, grad.t(), hc)
+            if need_b:
+                part = grad.sum(0, dtype=torch.float32)
+                gb = part if gb is None else gb.add_(part)
+        return (gh, gw.to(weight.dtype) if gw is not None else None,
+                gb.to(bias.dtype) if gb is not None else None, None, None, None, None, None)
 
 
-def _plain_linear(head, h: Tensor) -> bool:
-    return type(head) is torch.nn.Linear and not torch.is_autocast_enabled(h.device.type)
+def _fusable(head, h: Tensor) -> bool:
+    """A plain ``nn.Linear`` head (tied or not, with or without bias, under autocast or not): the fused head."""
+    return type(head) is torch.nn.Linear and h.is_floating_point()
 
 
-def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool, softcap: Optional[float] = None) -> Tensor:
-    def one(hc: Tensor, tc: Tensor) -> Tensor:
-        if softcap is None and _plain_linear(head, hc):  # a plain nn.Linear (tied or not): fused
-            return _LinearLogp.apply(hc, head.weight, head.bias, tc)
-        z = head(hc)  # anything else (LoRA, autocast, soft-capping): the module, then the model's own steps
+def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool, softcap: Optional[float] = None,
+                with_sq: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+    """(log-probs of ``tgt`` [N], and with ``with_sq`` the detached ``log sum_v p_v^2`` [N]) from hidden states
+    ``h`` [N, H] through the output embeddings ``head``, ``chunk_rows`` rows at a time."""
+    if _fusable(head, h):  # response: keep each tile's exp; response-recompute: recompute the tiles in backward
+        got = _FusedHeadLogp.apply(h, head.weight, head.bias, tgt, chunk_rows, softcap, with_sq, not recompute)
+        return (got[0], got[1]) if with_sq else (got, None)
+
+    def one(hc: Tensor, tc: Tensor):
+        z = head(hc)  # anything else (LoRA on the head): the module, then the model's own steps
         if softcap is not None:
             z = torch.tanh(z / softcap) * softcap
-        return z.float().log_softmax(-1).gather(1, tc[:, None]).squeeze(1)
+        lsm = z.float().log_softmax(-1)
+        picked = lsm.gather(1, tc[:, None]).squeeze(1)
+        return (picked, log_sum_sq(lsm)) if with_sq else (picked, None)
 
-    out = []
+    out, sqs = [], []
     for s in range(0, h.shape[0], chunk_rows):
         hc, tc = h[s: s + chunk_rows], tgt[s: s + chunk_rows]
         if recompute and torch.is_grad_enabled() and hc.requires_grad:
-            out.append(checkpoint(one, hc, tc, use_reentrant=False))
+            picked, sq = checkpoint(one, hc, tc, use_reentrant=False)
         else:
-            out.append(one(hc, tc))
-    return torch.cat(out) if out else h.new_zeros(0, dtype=torch.float32)
+            picked, sq = one(hc, tc)
+        out.append(picked)
+        sqs.append(sq)
+    if not out:
+        empty = h.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_sq else None)
+    return torch.cat(out), (torch.cat(sqs) if with_sq else None)
 
 
-def _gather_full(logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int) -> Tensor:
+def _gather_full(logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int,
+                 with_sq: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     flat = logits.reshape(-1, logits.shape[-1])
-    out = []
+    out, sqs = [], []
     for s in range(0, src.shape[0], chunk_rows):
-        sel = flat[src[s: s + chunk_rows]].float()
-        out.append(sel.log_softmax(-1).gather(1, tgt[s: s + chunk_rows, None]).squeeze(1))
-    return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+        lsm = flat[src[s: s + chunk_rows]].float().log_softmax(-1)
+        out.append(lsm.gather(1, tgt[s: s + chunk_rows, None]).squeeze(1))
+        if with_sq:
+            sqs.append(log_sum_sq(lsm))
+    if not out:
+        empty = logits.new_zeros(0, dtype=torch.float32)
+        return empty, (empty if with_sq else None)
+    return torch.cat(out), (torch.cat(sqs) if with_sq else None)
 
 
-def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_rows: int) -> SequenceLogps:
-    """The fast computation itself, without the support check."""
+def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_rows: Optional[int],
+               with_sq: bool = False) -> SequenceLogps:
+    """The fast computation itself, without the support check (``chunk_rows`` None: :func:`head_chunk_rows`)."""
     hf = unwrap_hf(model)
     ids, loss_mask = batch["input_ids"], batch["loss_mask"]
     if layout == "padded":
@@ -229,18 +351,20 @@ def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_row
         inputs = dict(input_ids=pk["input_ids"], position_ids=pk["position_ids"],
                       attention_mask=_attention_mask(hf, pk, _param_dtype(hf)))
         src, tgt, seq, col = pk["score_src"], pk["score_tgt"], pk["score_seq"], pk["score_col"]
+    rows = chunk_rows or head_chunk_rows(_text_config(hf).vocab_size, ids.device)
     if logits == "full":
         out = model(**inputs, use_cache=False)
-        picked = _gather_full(out.logits, src, tgt, chunk_rows)
+        picked, sq = _gather_full(out.logits, src, tgt, rows, with_sq)
     else:
         out = model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
-        picked = _head_logps(hf.get_output_embeddings(), h, tgt, chunk_rows, recompute=(logits == "response-recompute"),
-                             softcap=_logit_softcap(hf))
+        picked, sq = _head_logps(hf.get_output_embeddings(), h, tgt, rows, recompute=(logits == "response-recompute"),
+                                 softcap=_logit_softcap(hf), with_sq=with_sq)
     mask = loss_mask[:, 1:].bool()
-    token_logps = torch.zeros(mask.shape, dtype=torch.float32, device=ids.device).index_put((seq, col), picked)
-    return SequenceLogps(sums=token_logps.sum(-1), counts=mask.sum(-1), token_logps=token_logps, token_mask=mask)
+    token_logps = scatter_tokens(mask.shape, (seq, col), picked)
+    return SequenceLogps(sums=token_logps.sum(-1), counts=mask.sum(-1), token_logps=token_logps, token_mask=mask,
+                         token_log_sum_sq=scatter_tokens(mask.shape, (seq, col), sq) if sq is not None else None)
 
 
 # -- support check: each (model, layout, logits) is probed once ------------------------------------------------
@@ -493,19 +617,21 @@ def resolve(model, batch: Dict[str, Any], layout: str, logits: str) -> Tuple[str
 
 
 def batch_logps(model, batch: Dict[str, Any], *, layout: str = "prefix", logits: str = "response",
-                chunk_rows: int = 1024) -> SequenceLogps:
+                chunk_rows: Optional[int] = None, with_sq: bool = False) -> SequenceLogps:
     """Response log-probs of a collated batch, by the fastest exact path available (see the module docstring).
 
-    ``layout='padded', logits='full'`` is exactly the plain ``response_logps``.
+    ``layout='padded', logits='full'`` is exactly the plain ``response_logps``. ``chunk_rows``: rows per LM-head
+    tile (None: :func:`head_chunk_rows`). ``with_sq``: also the per-token ``log sum_v p_v^2`` (WPO), from the same
+    logits, without gradient (``SequenceLogps.token_log_sum_sq``); nothing of it is computed otherwise.
     """
     layout, logits = resolve(model, batch, layout, logits)
     if (layout, logits) == ("padded", "full"):
-        return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
-    return _raw_logps(model, batch, layout, logits, chunk_rows)
+        return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], with_sq=with_sq)
+    return _raw_logps(model, batch, layout, logits, chunk_rows, with_sq)
 
 
-def logps_for_batch(model, batch: Dict[str, Any]) -> SequenceLogps:
+def logps_for_batch(model, batch: Dict[str, Any], *, with_sq: bool = False) -> SequenceLogps:
     """``batch_logps`` with the path the batch was collated for: ``batch["layout"]`` (default: 'prefix' or 'packed'
     when ``batch["packed"]`` is present, else 'padded') and ``batch["logits"]`` (default 'response')."""
     layout = batch.get("layout") or ("prefix" if "packed" in batch else "padded")
-    return batch_logps(model, batch, layout=layout, logits=batch.get("logits") or "response")
+    return batch_logps(model, batch, layout=layout, logits=batch.get("logits") or "response", with_sq=with_sq)

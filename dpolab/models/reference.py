@@ -6,8 +6,12 @@ Forms that give the same log-probs:
 - ``adapter``: the policy with its LoRA adapters disabled (no second copy in memory);
 - ``separate``: another model (``reference.name_or_path``);
 - ``precomputed``: log-probs computed once before training from one of the sources above and cached on disk under
-  a key of the source's weights (their raw bytes), dtype, autocast, attention implementation and the token ids, then
-  looked up by example index (no reference model stays in memory).
+  a key of the source's weights (their raw bytes), dtype, autocast, attention implementation, the token ids and the
+  table's columns (``TABLE_COLUMNS``), then looked up by example index (no reference model stays in memory).
+
+LD-DPO (:mod:`dpolab.losses.length`) needs more than each response's sum: a live reference gives its per-token
+log-probs (:meth:`Reference.split_logps`); the table stores, for each response, the sum over the pair's first
+``min(|y_w|, |y_l|)`` response tokens (``chosen_shared`` / ``rejected_shared``; the rest is the sum minus it).
 
 :func:`build_reference` applies the ``auto`` rule, builds the live model or the table, and says how a resumed run
 gets exactly the same reference back (:meth:`Reference.record`, stored in each checkpoint). It is called after the
@@ -29,11 +33,13 @@ from torch import Tensor
 
 from .. import atomic
 from ..errors import UserError
+from ..losses.length import shared_tail
 from .fastpath import logps_for_batch
-from .logprobs import split_pairs
+from .logprobs import SequenceLogps, split_pairs
 
 FULL_HASH_BYTES = 1 << 30  # models up to 1 GiB of weights are hashed in full; larger ones by an even stride
-CACHE_FORMAT = 3
+CACHE_FORMAT = 4  # 4: the shared-length sums of LD-DPO are stored too
+TABLE_COLUMNS = ("chosen", "rejected", "chosen_shared", "rejected_shared")
 
 
 class ReferenceSetupError(UserError, ValueError):
@@ -90,6 +96,7 @@ def cache_key(source: str, model, data: Sequence, *, bf16: bool) -> Dict[str, st
         "autocast": "bf16" if bf16 else "none",
         "attention": str(getattr(getattr(base, "config", None), "_attn_implementation", None)),
         "data": data_fingerprint(data),
+        "columns": ",".join(TABLE_COLUMNS),
     }
 
 
@@ -120,16 +127,40 @@ class Reference:
             raise ReferenceSetupError("reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or precomputed")
 
     def logps(self, batch: Dict[str, Any], autocast: Callable = nullcontext) -> tuple[Tensor, Tensor]:
+        """(chosen, rejected) reference log-probs [B] of the batch's pairs."""
         if self.mode == "precomputed":
-            idx = batch["index"].cpu()
-            dev = batch["input_ids"].device
-            return self.table["chosen"][idx].to(dev), self.table["rejected"][idx].to(dev)
+            return self._lookup(batch, "chosen"), self._lookup(batch, "rejected")
+        return split_pairs(self._live(batch, autocast).sums, batch["num_pairs"])
+
+    def split_logps(self, batch: Dict[str, Any], autocast: Callable = nullcontext) -> Dict[str, Tensor]:
+        """What LD-DPO needs of the reference, as :class:`~dpolab.losses.PreferenceOutputs` fields: the sums
+        (``ref_{chosen,rejected}_logps``) and a live reference's per-token log-probs (``ref_*_token_logps``, laid out
+        like the policy's) or the table's shared-length sums (``ref_*_shared_logps``)."""
+        n = batch["num_pairs"]
+        if self.mode == "precomputed":
+            self.check_split()
+            return dict(ref_chosen_logps=self._lookup(batch, "chosen"), ref_rejected_logps=self._lookup(batch, "rejected"),
+                        ref_chosen_shared_logps=self._lookup(batch, "chosen_shared"),
+                        ref_rejected_shared_logps=self._lookup(batch, "rejected_shared"))
+        lp = self._live(batch, autocast)
+        (c, r), (tc, tr) = split_pairs(lp.sums, n), split_pairs(lp.token_logps, n)
+        return dict(ref_chosen_logps=c, ref_rejected_logps=r, ref_chosen_token_logps=tc, ref_rejected_token_logps=tr)
+
+    def check_split(self) -> None:
+        """Raise when this reference cannot give :meth:`split_logps` (a table written before it stored them)."""
+        missing = [c for c in TABLE_COLUMNS if self.mode == "precomputed" and c not in self.table]
+        if missing:
+            raise ReferenceSetupError(f"the precomputed reference table {self.cache_file} has no {', '.join(missing)} "
+                                      f"column (written by an older dpolab), which LD-DPO needs; start a new run")
+
+    def _lookup(self, batch: Dict[str, Any], column: str) -> Tensor:
+        return self.table[column][batch["index"].cpu()].to(batch["input_ids"].device)
+
+    def _live(self, batch: Dict[str, Any], autocast: Callable) -> SequenceLogps:
         with torch.no_grad(), autocast():
             if self.mode == "adapter":
-                lp = _adapter_off_logps(self.policy, batch)
-            else:
-                lp = logps_for_batch(self.model, batch)
-        return split_pairs(lp.sums, batch["num_pairs"])
+                return _adapter_off_logps(self.policy, batch)
+            return logps_for_batch(self.model, batch)
 
     @torch.no_grad()
     def mix_toward(self, policy, alpha: float) -> None:
@@ -286,8 +317,9 @@ def _precomputed(req: ReferenceRequest, policy, data: Sequence, tools: Reference
 
 def _table_digest(table: Dict[str, Tensor]) -> str:
     h = hashlib.sha256()
-    for name in ("chosen", "rejected"):
-        h.update(table[name].detach().to(torch.float32).contiguous().numpy().tobytes())
+    for name in TABLE_COLUMNS:
+        if name in table:  # a table of an older format has the first two only
+            h.update(table[name].detach().to(torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -303,6 +335,7 @@ def _load_table(path: Path, key: Dict[str, str], log: Callable[[str], None] = la
     try:
         saved = torch.load(path, weights_only=True)
         table = {"chosen": saved["chosen"], "rejected": saved["rejected"]}
+        table.update({c: saved[c] for c in TABLE_COLUMNS[2:] if c in saved})  # absent in a resumed older run's table
         problem = ("it was written for other weights, dtype, data or settings" if saved.get("key") != key else
                    "its values do not match their checksum" if saved.get("sha256") != _table_digest(table) else None)
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file is recomputed, not trusted
@@ -315,7 +348,7 @@ def _load_table(path: Path, key: Dict[str, str], log: Callable[[str], None] = la
 
 def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) -> Dict[str, Tensor]:
     n = len(data)
-    table = {"chosen": torch.full((n,), float("nan")), "rejected": torch.full((n,), float("nan"))}
+    table = {c: torch.full((n,), float("nan")) for c in TABLE_COLUMNS}
     pol = _unwrap(model)
     was_training = pol.training
     pol.eval()
@@ -326,12 +359,19 @@ def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) 
             for batch in tools.progress(batches, desc="reference log-probs", total=-(-n // tools.batch_size)):
                 with tools.autocast():
                     lp = logps_for_batch(pol, batch)
-                c, r = split_pairs(lp.sums, batch["num_pairs"])
                 idx = batch["index"].cpu()
-                table["chosen"][idx] = c.float().cpu()
-                table["rejected"][idx] = r.float().cpu()
+                for name, values in _table_rows(lp, batch["num_pairs"]).items():
+                    table[name][idx] = values.float().cpu()
     finally:
         pol.train(was_training)
-    if torch.isnan(table["chosen"]).any() or torch.isnan(table["rejected"]).any():
+    if any(torch.isnan(v).any() for v in table.values()):
         raise RuntimeError("precomputed reference table has gaps: some examples were never scored")
     return table
+
+
+def _table_rows(lp: SequenceLogps, n: int) -> Dict[str, Tensor]:
+    """A batch's table columns: each response's sum, and its sum over the pair's shared length min(|y_w|, |y_l|)."""
+    (c, r), (tc, tr), (mc, mr) = split_pairs(lp.sums, n), split_pairs(lp.token_logps, n), split_pairs(lp.token_mask, n)
+    shared = torch.minimum(mc.sum(-1), mr.sum(-1))
+    return {"chosen": c, "rejected": r, "chosen_shared": shared_tail(tc, mc, shared)[0],
+            "rejected_shared": shared_tail(tr, mr, shared)[0]}

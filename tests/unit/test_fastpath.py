@@ -51,13 +51,18 @@ def _grads(model, lp, w):
 
 
 def _compare(model, batch, layout, logits, chunk_rows=5):
-    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+    """Log-probs, gradients and WPO's per-token log sum p^2 (``with_sq``) of the fast path equal the plain path's."""
+    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], with_sq=True)
     w = torch.linspace(-1.0, 1.5, plain.sums.shape[0])
     g0 = _grads(model, plain, w)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a silent fallback to the plain path would make this test vacuous
-        fast = batch_logps(model, batch, layout=layout, logits=logits, chunk_rows=chunk_rows)
+        fast = batch_logps(model, batch, layout=layout, logits=logits, chunk_rows=chunk_rows, with_sq=True)
     g1 = _grads(model, fast, w)
+    m = plain.token_mask
+    assert not fast.token_log_sum_sq.requires_grad and (fast.token_log_sum_sq[~m] == 0).all()
+    assert torch.allclose(fast.token_log_sum_sq, plain.token_log_sum_sq, atol=1e-5, rtol=0)
+    assert (plain.token_log_sum_sq[m] < 0).all() and plain.token_log_sum_sq[m].std() > 1e-3  # real, varied values
     assert fast.sums.shape == plain.sums.shape and fast.token_logps.shape == plain.token_logps.shape
     assert torch.equal(fast.counts, plain.counts) and torch.equal(fast.token_mask, plain.token_mask)
     # per token: 1e-5 absolute; per sequence the sum of up to ~60 such tokens, added in another order, so fp32
@@ -109,6 +114,14 @@ def test_lora_on_lm_head_untied():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.05)
     _compare(m, collate_preference_fast(_pairs(3), TOK.pad_token_id, "prefix"), "prefix", "response")
+
+
+def test_sq_only_when_asked():
+    model = _model("tiny-llama")
+    batch = collate_preference_fast(_pairs(), TOK.pad_token_id, "prefix")
+    for layout, logits in PATHS:
+        assert batch_logps(model, batch, layout=layout, logits=logits).token_log_sum_sq is None
+    assert response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).token_log_sum_sq is None
 
 
 def test_softcap_falls_back_to_plain():

@@ -93,7 +93,8 @@ def test_family_fast_paths_equal_plain(family, lora):
     window = getattr(unwrap_hf(model).config, "sliding_window", None)
     assert window is None or window < _longest(pairs) - 10  # the window really cuts these sequences
     plain_batch = collate_preference(pairs, TOK.pad_token_id)
-    plain = response_logps(model, plain_batch["input_ids"], plain_batch["attention_mask"], plain_batch["loss_mask"])
+    plain = response_logps(model, plain_batch["input_ids"], plain_batch["attention_mask"], plain_batch["loss_mask"],
+                           with_sq=True)
     w = torch.linspace(-1.0, 1.5, plain.sums.shape[0])
     g0 = _grads(model, plain, w)
     assert g0
@@ -102,8 +103,10 @@ def test_family_fast_paths_equal_plain(family, lora):
         assert batch["packed"]["input_ids"].shape[0] < len(pairs) * (2 if layout == "packed" else 1)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a silent fallback to the plain path would make this test vacuous
-            fast = batch_logps(model, batch, layout=layout, logits="response", chunk_rows=7)
+            fast = batch_logps(model, batch, layout=layout, logits="response", chunk_rows=7, with_sq=True)
         g1 = _grads(model, fast, w)
+        # WPO's per-token log sum p^2 from the same pass (soft-capped and LoRA heads included)
+        assert torch.allclose(fast.token_log_sum_sq, plain.token_log_sum_sq, atol=1e-5, rtol=0), layout
         assert torch.equal(fast.counts, plain.counts) and torch.equal(fast.token_mask, plain.token_mask)
         # per token 1e-5; per sequence (sums of up to 44 tokens, added in another order) the same style as
         # test_fastpath.py; a missing window moves them by 0.05 to 0.5 here
@@ -210,12 +213,14 @@ def test_bf16_keeps_the_fast_path(family, weights):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights != "bf16"):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            fast = batch_logps(model, batch)
-        plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"])
+            fast = batch_logps(model, batch, with_sq=True)
+        plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], with_sq=True)
     key = ("prefix", "response") + (("bfloat16",) if weights != "bf16" else ())
     assert fast_path_report(model) == {key: None}  # the exactness probe (fp32 weights: without autocast) passed
     diff = (fast.token_logps - plain.token_logps).abs().max()
     assert diff < 8 * 2 ** -8 * (1 + plain.token_logps.abs().max())  # bf16 rounding apart (other shapes)
+    sq_diff = (fast.token_log_sum_sq - plain.token_log_sum_sq).abs().max()  # WPO's log sum p^2, the same way
+    assert sq_diff < 8 * 2 ** -8 * (1 + plain.token_log_sum_sq.abs().max())
 
 
 def test_low_precision_tolerance_still_catches_a_real_error():

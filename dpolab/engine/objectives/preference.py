@@ -20,7 +20,8 @@ from .with_reference import WithReference
 def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss, batch, autocast, dist: DistContext = LOCAL):
     """Objective (mean over the batch's pairs) and metrics of one preference batch."""
     out = preference_outputs(policy, reference, batch, need_tokens=loss.needs_token_logps, extras=loss.needs_extras,
-                             autocast=autocast)
+                             autocast=autocast, need_sq=loss.needs_token_log_sum_sq_probs,
+                             need_ref_split=loss.needs_ref_token_split)
     objective, metrics, parts = loss(out, dist=dist)
     metrics.update(generic_metrics(out))
     for p in parts:  # the first component with implicit rewards gives rewards/chosen and rewards/rejected
@@ -36,14 +37,7 @@ class PreferenceObjective(WithReference, Objective):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.loss = CompositeLoss(cfg.loss)
-        missing = [what for flag, what in ((self.loss.needs_token_log_sum_sq_probs, "per-token log sum of squared "
-                                            "probabilities (WPO weighting)"),
-                                           (self.loss.needs_ref_token_split, "the reference's per-token log-probs (LD-DPO)"))
-                   if flag]
-        if missing:  # refused before any data or model loads, never silently ignored
-            raise TrainError(f"the loss list needs {' and '.join(missing)}, which dpolab train does not produce yet; "
-                             f"these losses are available through the Python API (dpolab.losses.compute_loss)")
+        self.loss = CompositeLoss(cfg.loss)  # WPO's log sum p^2 and LD-DPO's reference split: preference_step
         self.reference: Optional[Reference] = None
         self.probes = self.probe_baseline = None
         self.dist = LOCAL
@@ -64,6 +58,8 @@ class PreferenceObjective(WithReference, Objective):
             self._gather = acc.gather
         self._tokenizer = run.tokenizer
         self.reference = self._build_reference(run)
+        if self.reference is not None and self.loss.needs_ref_token_split:
+            self.reference.check_split()  # a resumed run's older table may lack LD-DPO's shared-length sums
         self._eval_data, self.eval_offset = run.eval_data, len(run.train_data)
         if run.cfg.eval.probes:
             self.probes, self.probe_baseline = self._build_probes(run)
