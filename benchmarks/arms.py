@@ -231,7 +231,7 @@ def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: fl
     if check:
         last = rows[-1]
         res["check"] = dict(loss=float(last["loss"]), logps_chosen=float(last["logps/chosen"]),
-                            logps_rejected=float(last["logps/rejected"]), margin=float(last["margin"]),
+                            logps_rejected=float(last["logps/rejected"]), margin=float(last["logratio_margin"]),
                             **weight_checksum(t.policy, start))
     return res
 

@@ -12,6 +12,15 @@ Accepted preference records (field names can be remapped with ``columns``, e.g.
   the last whitespace run of the common prefix (so a word is never split and BPE keeps the leading space
   on the response); for messages it is the common leading messages.
 
+With ``data_format="hh"`` (``data.format=hh``), Anthropic-HH text (``"\n\nHuman: ... \n\nAssistant: ..."``) is
+parsed into chat messages (Human -> user, Assistant -> assistant; each turn's text stripped of surrounding
+whitespace): the prompt is the conversation before the final Assistant turn, which must be the same in chosen and
+rejected, and each response is that final Assistant turn, so the tokenizer's chat template renders them. Text that
+does not parse (no turn marker, text before the first turn, a last turn that is not the Assistant's, different
+conversations) is a :class:`DataError` naming source, row and field. With an explicit ``prompt`` column the prompt
+is parsed the same way (a trailing empty ``Assistant:`` turn dropped) and chosen / rejected are the Assistant's
+replies. A tokenizer without a chat template (``chat=False``) keeps the text as it is (after the same checks).
+
 Accepted SFT records: ``prompt`` / ``completion``; ``text`` (prompt ''); chat ``messages`` (the last
 message must be the assistant's: it is the completion, everything before it is the prompt).
 
@@ -28,12 +37,18 @@ count the reason in ``skips``.
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
+from dpolab.errors import ConfigError
 from dpolab.data.types import DataError, Messages, PreferenceRow, SFTRow, SkipCounter, Text, UnpairedRow
 
 ROLES = ("system", "user", "assistant", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
+FORMATS = ("auto", "hh")  # data.format
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+_HH_EXPECTED = "data.format=hh expects '\\n\\nHuman: ...\\n\\nAssistant: ...' text"
 SKIP_IDENTICAL = "identical chosen and rejected"
 SKIP_EMPTY = "empty response"
 
@@ -127,6 +142,55 @@ def split_common_prefix(chosen: Text, rejected: Text) -> Tuple[Text, Text, Text]
     return chosen[:cut], chosen[cut:], rejected[cut:]
 
 
+def parse_hh(text: str, name: str = "text", ctx: Optional[_Ctx] = None) -> Messages:
+    """Anthropic-HH text as chat messages: ``"\\n\\nHuman: hi\\n\\nAssistant: hello"`` ->
+    ``[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]`` (the blank lines before the
+    first turn may be missing). Raises :class:`DataError` (naming ``ctx``'s source and row, and ``name``) if it does
+    not parse."""
+    ctx = ctx or _Ctx(None, None, None)
+    body = text.lstrip(" \t\r\n")
+    parts = _HH_TURN.split("\n\n" + body if body.startswith(tuple(f"{r}:" for r in _HH_ROLES)) else text)
+    if len(parts) == 1:
+        raise ctx.error(name, f"no '\\n\\nHuman:' or '\\n\\nAssistant:' turn in {text[:40]!r} ({_HH_EXPECTED})")
+    if parts[0].strip():
+        raise ctx.error(name, f"text before the first turn: {parts[0][:40]!r} ({_HH_EXPECTED})")
+    return [{"role": _HH_ROLES[role], "content": content.strip()} for role, content in zip(parts[1::2], parts[2::2])]
+
+
+def _hh_text(record: Mapping, name: str, ctx: _Ctx) -> str:
+    value = _text(record, name, ctx)
+    if not isinstance(value, str):
+        raise ctx.error(name, f"{_HH_EXPECTED}, got chat messages (drop data.format=hh for message rows)")
+    return value
+
+
+def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool) -> Tuple[Text, Text, Text]:
+    """(prompt, chosen, rejected) of an HH record: chat messages, or (``chat`` False) the checked text as it is."""
+    chosen, rejected = _hh_text(record, "chosen", ctx), _hh_text(record, "rejected", ctx)
+    if explicit_prompt:
+        prompt_text = _hh_text(record, "prompt", ctx)
+        prompt = parse_hh(prompt_text, "prompt", ctx)
+        if prompt[-1]["role"] == "assistant" and not prompt[-1]["content"]:
+            prompt = prompt[:-1]  # the prompt ends with the "\n\nAssistant:" the responses follow
+        if not chat:
+            return prompt_text, chosen, rejected
+        return prompt, [{"role": "assistant", "content": chosen.strip()}], [{"role": "assistant", "content": rejected.strip()}]
+    convs = {}
+    for name, text in (("chosen", chosen), ("rejected", rejected)):
+        msgs = parse_hh(text, name, ctx)
+        if msgs[-1]["role"] != "assistant":
+            raise ctx.error(name, f"the last turn must be the Assistant's (the response), got a Human turn ({_HH_EXPECTED})")
+        convs[name] = msgs
+    (c_prompt, c_resp), (r_prompt, r_resp) = [(m[:-1], m[-1:]) for m in (convs["chosen"], convs["rejected"])]
+    if c_prompt != r_prompt:
+        turn = next((i for i, (a, b) in enumerate(zip(c_prompt, r_prompt)) if a != b), min(len(c_prompt), len(r_prompt)))
+        raise ctx.error("rejected", f"the conversation before the final Assistant turn differs from chosen's at turn "
+                                    f"{turn + 1} (data.format=hh needs one shared prompt)")
+    if not chat:
+        return split_common_prefix(chosen, rejected)
+    return c_prompt, c_resp, r_resp
+
+
 def _number(record: Mapping, name: str, ctx: _Ctx) -> float:
     col = ctx.col(name)
     if col not in record:
@@ -168,17 +232,25 @@ def to_preference_row(
     columns: Optional[Mapping[str, str]] = None,
     extras: Iterable[str] = (),
     skips: Optional[SkipCounter] = None,
+    data_format: str = "auto",
+    chat: bool = True,
 ) -> Optional[PreferenceRow]:
-    """Validate one preference record; ``None`` (reason counted in ``skips``) if skipped by design."""
+    """Validate one preference record; ``None`` (reason counted in ``skips``) if skipped by design. ``data_format``
+    "hh": parse Anthropic-HH text into chat messages (kept as text when ``chat`` is False: no chat template)."""
     ctx = _Ctx(source, row, columns)
     if not isinstance(record, Mapping):
         raise DataError(f"expected a record (dict), got {_type_name(record)}", source=source, row=row)
-    chosen, rejected = _text(record, "chosen", ctx), _text(record, "rejected", ctx)
     explicit_prompt = "prompt" in ctx.columns or "prompt" in record
-    if explicit_prompt:
-        prompt = _text(record, "prompt", ctx)
+    if data_format not in FORMATS:
+        raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {data_format!r}")
+    if data_format == "hh":
+        prompt, chosen, rejected = _hh_pair(record, ctx, explicit_prompt, chat)
     else:
-        prompt, chosen, rejected = split_common_prefix(chosen, rejected)
+        chosen, rejected = _text(record, "chosen", ctx), _text(record, "rejected", ctx)
+        if explicit_prompt:
+            prompt = _text(record, "prompt", ctx)
+        else:
+            prompt, chosen, rejected = split_common_prefix(chosen, rejected)
     if any(isinstance(v, list) for v in (prompt, chosen, rejected)):
         prompt = _as_messages(prompt, "user")
         chosen, rejected = _as_messages(chosen, "assistant"), _as_messages(rejected, "assistant")

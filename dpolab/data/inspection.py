@@ -16,7 +16,7 @@ from dpolab.data.tokenize import (
     BOUNDARY_SEPARATE, TRUNCATION_MODES, BoundaryWarning, _check_lengths, tokenize_preference, tokenize_sft,
 )
 from dpolab.data.types import DataError, SkipCounter
-from dpolab.errors import ConfigError
+from dpolab.errors import ConfigError, first_sentence
 
 MODES = ("auto", "preference", "sft")
 BOUNDARY = "‖"
@@ -94,7 +94,7 @@ def inspect_data(
                     t = tok(item, tokenizer, max_length=max_length, skips=skips, **opts)
                     full = tok(item, tokenizer, max_length=_UNLIMITED, **opts) if t is not None else None
             except (ValueError, TypeError) as e:
-                raise DataError(f"cannot tokenise: {type(e).__name__}: {e}", source=name, row=row) from e
+                raise DataError(f"cannot tokenise: {type(e).__name__}: {first_sentence(e)}", source=name, row=row) from e
         except DataError as e:
             skips.add(f"invalid row (field '{e.field}')" if e.field else "invalid row")
             if len(errors) < max_errors:

@@ -37,7 +37,9 @@ puts at the start of a text, so ``decode(prompt_ids + response_ids) == prompt + 
 Truncation (only when ``len(prompt) + len(longest response) > max_length``): the prompt is first cut to
 ``max_prompt_length`` (default ``max_length // 2``) tokens, keeping its end (``keep_end``: the tokens
 nearest the response, BOS kept in front) or its start (``keep_start``); then each response is cut from the
-right to fit ``max_length``.
+right to fit ``max_length``. A row that truncation cut records the tokens removed per part in
+``meta["truncated_tokens"]`` (e.g. ``{"prompt": 40, "chosen": 3}``; :mod:`dpolab.data.truncation_report` sums them up
+per split for the load log and the run summary).
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from dpolab.data.types import (Messages, PreferenceRow, SFTRow, SkipCounter, Tex
 TRUNCATION_MODES = ("keep_end", "keep_start")
 SKIP_EMPTY_TOKENS = "empty response (no tokens)"
 SKIP_EMPTY_TRUNCATED = "empty response after truncation"
+TRUNCATED_TOKENS = "truncated_tokens"  # meta key: {part: tokens truncation removed} of a row it cut
 BOUNDARY_SEPARATE = "separate"  # meta["boundary"] of a row whose response could not be split off the joint tokens
 _ANCHORS = ("\n", ".", "a")  # texts put before a response to tokenise it as a continuation (first that works)
 
@@ -235,6 +238,7 @@ def _tokenize(tokenizer, prompt, responses, *, max_length, max_prompt_length, tr
     if not all(_scorable(prompt_ids, r) for r in resp_ids):
         return _skip(skips, SKIP_UNSCORABLE)
     bos = getattr(tokenizer, "bos_token_id", None) if add_bos else None
+    before = [len(prompt_ids)] + [len(r) for r in resp_ids]
     prompt_ids, resp_ids = truncate(
         prompt_ids, resp_ids, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode, bos=bos
     )
@@ -242,7 +246,8 @@ def _tokenize(tokenizer, prompt, responses, *, max_length, max_prompt_length, tr
         return _skip(skips, SKIP_EMPTY_TRUNCATED)
     if separate:
         _warn_separate(tokenizer)
-    return prompt_ids, resp_ids, _row_flags(fallback, separate)
+    cut = [b - len(ids) for b, ids in zip(before, [prompt_ids, *resp_ids])]
+    return prompt_ids, resp_ids, _row_flags(fallback, separate), cut
 
 
 def _row_flags(fallback: bool, separate: bool) -> dict:
@@ -250,6 +255,12 @@ def _row_flags(fallback: bool, separate: bool) -> dict:
     if separate:
         flags["boundary"] = BOUNDARY_SEPARATE
     return flags
+
+
+def _cut_flags(names: Tuple[str, ...], cut: List[int]) -> dict:
+    """``{"truncated_tokens": {part: tokens removed}}`` for the parts truncation cut (empty when none was)."""
+    removed = {name: n for name, n in zip(names, cut) if n > 0}
+    return {TRUNCATED_TOKENS: removed} if removed else {}
 
 
 def tokenize_preference(
@@ -263,8 +274,8 @@ def tokenize_preference(
     )
     if out is None:
         return None
-    prompt_ids, (chosen_ids, rejected_ids), flags = out
-    meta = dict(row.meta, **flags)
+    prompt_ids, (chosen_ids, rejected_ids), flags, cut = out
+    meta = dict(row.meta, **flags, **_cut_flags(("prompt", "chosen", "rejected"), cut))
     return TokenizedPair(prompt_ids, chosen_ids, rejected_ids, extras=dict(row.extras), meta=meta)
 
 
@@ -279,8 +290,8 @@ def tokenize_sft(
     )
     if out is None:
         return None
-    prompt_ids, (completion_ids,), flags = out
-    meta = dict(row.meta, **flags)
+    prompt_ids, (completion_ids,), flags, cut = out
+    meta = dict(row.meta, **flags, **_cut_flags(("prompt", "completion"), cut))
     return TokenizedSFT(prompt_ids, completion_ids, meta=meta)
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
+from .quiet import known_warnings_silenced
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
@@ -119,7 +120,8 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
     # it; the next save removes it)
     try:
         with atomic_dir(final) as tmp:
-            save_model(tmp / "model")
+            with known_warnings_silenced():  # peft's note on every adapter save (dpolab/engine/quiet.py)
+                save_model(tmp / "model")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save(rng_state(), tmp / "rng.pt")

@@ -1,7 +1,23 @@
-"""``dpolab eval``: how a model ranks the pairs of a preference set (with or without a reference model)."""
+"""``dpolab eval``: how a model ranks the pairs of a preference set (with or without a reference model).
+
+Every scored pair is a win (chosen above rejected), a tie (exactly equal) or a loss. ``reward_accuracy`` is the
+share of strict wins over all scored pairs and ``reward_ties`` the share of exact ties (a model scored against
+itself ties every pair: accuracy 0, ties 1), the same definitions as training's metrics.
+
+With a reference, a pair's score is its log-ratio margin, ``(log p(chosen) - log ref(chosen)) - (log p(rejected) -
+log ref(rejected))`` (``logratio_margin``; the implicit reward margin ``rewards/margin`` is beta times it). Without
+one it is the plain log-prob difference ``log p(chosen) - log p(rejected)`` (``logp_margin``), summed over each
+response's tokens, which favours the shorter response: a warning says so, and the length-normalised variant (mean
+per-token log-probs) is reported beside it as ``length_normalised/...``.
+
+Intervals (95 %): Wilson's for accuracies (:func:`dpolab.stats.proportion_ci`), Student's t for mean margins
+(:func:`dpolab.stats.mean_ci`). ``per_pair`` writes one JSON line per scored pair.
+"""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+import json
+import sys
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
@@ -9,6 +25,9 @@ from ..config import ModelConfig
 from ..models.preference_logps import generic_metrics, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.reference import Reference
+
+LENGTH_BIAS_WARNING = ("warning: no --reference: accuracy compares summed log-probs, which favour the shorter response; "
+                       "length_normalised/* compares mean per-token log-probs (or give --reference)")
 
 
 def _load(path: str, tokenizer: Optional[str] = None):
@@ -18,15 +37,49 @@ def _load(path: str, tokenizer: Optional[str] = None):
     return model, tok
 
 
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def outcome(margin: float) -> str:
+    """A pair's result from its margin: ``win`` (> 0), ``tie`` (exactly 0) or ``loss``."""
+    return "win" if margin > 0 else "tie" if margin == 0 else "loss"
+
+
+def rank_summary(margins: List[float], name: str) -> Dict[str, Any]:
+    """Accuracy (strict wins over all pairs) with its Wilson interval, ties, and the mean margin with its t-interval,
+    as ``reward_accuracy``, ``reward_ties``, ``<name>`` (+ ``_ci95`` [low, high] for both)."""
+    from ..stats import mean_ci, proportion_ci
+
+    n = len(margins)
+    wins, ties = sum(m > 0 for m in margins), sum(m == 0 for m in margins)
+    acc, lo, hi = proportion_ci(wins, n)
+    mean, half = mean_ci(margins)
+    return {"reward_accuracy": acc, "reward_accuracy_ci95": [lo, hi], "reward_ties": ties / n if n else float("nan"),
+            name: mean, f"{name}_ci95": [mean - half, mean + half]}
+
+
+def _fmt(summary: Dict[str, Any], margin: str) -> str:
+    lo, hi = summary["reward_accuracy_ci95"]
+    mlo, mhi = summary[f"{margin}_ci95"]
+    return (f"accuracy {summary['reward_accuracy']:.3f} (95 % CI {lo:.3f} to {hi:.3f}), ties {summary['reward_ties']:.3f}; "
+            f"{margin} {summary[margin]:.4f} (95 % CI {mlo:.4f} to {mhi:.4f})")
+
+
 @torch.no_grad()
 def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] = None, beta: float = 0.1,
                              batch_size: int = 16, max_length: int = 512, limit: Optional[int] = None,
-                             columns: Optional[dict] = None, tokenizer: Optional[str] = None, probes: int = 0) -> Dict[str, Any]:
-    """Mean log-probs of chosen and rejected, reward accuracy and margin (with ``reference``: implicit rewards
-    beta * log-ratio; without: plain log-prob differences), over the rows of ``data``.
+                             columns: Optional[dict] = None, tokenizer: Optional[str] = None, probes: int = 0,
+                             per_pair: Optional[str] = None, data_format: str = "auto",
+                             log: Callable[[str], Any] = _stderr) -> Dict[str, Any]:
+    """Mean log-probs of chosen and rejected, reward accuracy and ties, margin (with ``reference``: implicit rewards
+    beta * log-ratio; without: plain log-prob differences, plus the length-normalised variant), with 95 % intervals,
+    over every usable row of ``data`` (``limit``: the first that many).
 
-    ``probes`` > 0 also scores that many pairs as a probe set (see :mod:`dpolab.diagnostics.probes`); with a
-    reference, the probe deltas are model minus reference (greedy responses come from the reference)."""
+    ``per_pair``: a .jsonl file that gets one line per scored pair (index, source row, log-probs, token counts,
+    margin, win / tie / loss). ``probes`` > 0 also scores that many pairs as a probe set (see
+    :mod:`dpolab.diagnostics.probes`); with a reference, the probe deltas are model minus reference (greedy responses
+    come from the reference)."""
     from ..data.collate import collate_preference
     from ..data.dataset import load_preference_data
 
@@ -35,24 +88,68 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     if reference:
         ref_model, _ = _load(reference, tokenizer)
         ref = Reference("separate", model=ref_model)
-    pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit)
+    pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit, log=log,
+                                        data_format=data_format)
     totals: Dict[str, float] = {}
+    records: List[Dict[str, Any]] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         batch = collate_preference(chunk, tok.pad_token_id)
         out = preference_outputs(policy, ref, batch, need_tokens=False)
         for k, v in generic_metrics(out).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
+        records += _pair_records(out, chunk, start)
     n = max(1, len(pairs))
     result: Dict[str, Any] = {k: v / n for k, v in totals.items()}
-    if probes:
-        result.update(_probe_deltas(policy, ref.model if ref is not None else None, pairs, tok, probes, batch_size))
-    if reference:
+    scored = (f"{len(pairs)} of {len(pairs) + skips.total} rows read scored"
+              + (f" (--limit {limit}: later rows not read)" if limit is not None and len(pairs) >= limit else ""))
+    if ref is not None:
+        result.update(rank_summary([r["margin"] for r in records], "logratio_margin"))
         result["rewards/chosen"] = beta * result["logratio/chosen"]
         result["rewards/rejected"] = beta * result["logratio/rejected"]
-        result["rewards/margin"] = beta * result["margin"]
-    result.update({"pairs": len(pairs), "skipped": skips.counts, "model": model, "reference": reference, "data": data})
+        result["rewards/margin"] = beta * result["logratio_margin"]
+        log(f"{scored}: {_fmt(result, 'logratio_margin')}")
+    else:
+        result.update(rank_summary([r["margin"] for r in records], "logp_margin"))
+        normalised = rank_summary([r["margin_per_token"] for r in records], "logp_margin")
+        result.update({f"length_normalised/{k}": v for k, v in normalised.items()})
+        log(LENGTH_BIAS_WARNING)
+        log(f"{scored}: summed log-probs: {_fmt(result, 'logp_margin')}; length-normalised: "
+            f"{_fmt(normalised, 'logp_margin')}")
+    if probes:
+        result.update(_probe_deltas(policy, ref.model if ref is not None else None, pairs, tok, probes, batch_size))
+    if per_pair:
+        from ..atomic import write_text
+
+        write_text(per_pair, "".join(json.dumps(r) + "\n" for r in records))
+    result.update({"pairs": len(pairs), "rows_read": len(pairs) + skips.total, "limit": limit, "skipped": skips.counts,
+                   "model": model, "reference": reference, "data": data})
     return result
+
+
+def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
+    """One record per pair of a scored batch (plain floats, for JSON); margins in the tensors' own arithmetic, so a
+    pair's win / tie is exactly what :func:`generic_metrics` counted."""
+    has_ref = out.ref_chosen_logps is not None
+    if has_ref:
+        margin = ((out.policy_chosen_logps - out.ref_chosen_logps) - (out.policy_rejected_logps - out.ref_rejected_logps)).tolist()
+    else:
+        margin = (out.policy_chosen_logps - out.policy_rejected_logps).tolist()
+    pc, pr = out.policy_chosen_logps.tolist(), out.policy_rejected_logps.tolist()
+    nc, nr = out.chosen_lengths.tolist(), out.rejected_lengths.tolist()
+    rc = out.ref_chosen_logps.tolist() if has_ref else None
+    rr = out.ref_rejected_logps.tolist() if has_ref else None
+    recs = []
+    for i, pair in enumerate(chunk):
+        rec: Dict[str, Any] = {"index": start + i, "row": pair.meta.get("row"), "logp_chosen": pc[i], "logp_rejected": pr[i],
+                               "tokens_chosen": int(nc[i]), "tokens_rejected": int(nr[i])}
+        if has_ref:
+            rec.update(ref_logp_chosen=rc[i], ref_logp_rejected=rr[i], margin=margin[i])
+        else:
+            rec.update(margin=margin[i], margin_per_token=pc[i] / max(1, nc[i]) - pr[i] / max(1, nr[i]))
+        rec["result"] = outcome(rec["margin"])
+        recs.append(rec)
+    return recs
 
 
 def _probe_deltas(model, reference, pairs, tok, n: int, batch_size: int) -> Dict[str, Any]:

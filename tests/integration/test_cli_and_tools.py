@@ -60,7 +60,8 @@ def test_eval_command_on_a_trained_model(tmp_path, capsys):
     rc = main(["eval", "--model", final, "--reference", final, "--data", str(data), "--probes", "3", "--out", str(tmp_path / "e.json")])
     assert rc == 0
     res = json.loads((tmp_path / "e.json").read_text())
-    assert res["pairs"] == 3 and res["margin"] == 0.0 and res["rewards/chosen"] == 0.0  # model == reference
+    assert res["pairs"] == 3 and res["logratio_margin"] == 0.0 and res["rewards/chosen"] == 0.0  # model == reference
+    assert res["reward_accuracy"] == 0.0 and res["reward_ties"] == 1.0  # every pair an exact tie, reported as such
     assert res["probe/delta/chosen"] == 0.0 and res["probe/delta/greedy"] == 0.0 and res["probe/logp/others"] < 0
     assert res["logps/chosen"] < 0
 

@@ -142,7 +142,7 @@ def test_metrics_logged_every_step(tmp_path):
     train(cfg(tmp_path, "train.max_steps=3", loss=loss))
     rows = [r for r in read_metrics(tmp_path / "run") if "grad_norm" in r]
     assert len(rows) == 3
-    for key in ("loss", "loss/dpo", "loss/sft", "rewards/chosen", "rewards/rejected", "margin", "reward_accuracy",
+    for key in ("loss", "loss/dpo", "loss/sft", "rewards/chosen", "rewards/rejected", "logratio_margin", "reward_accuracy", "reward_ties",
                 "logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected", "grad_norm", "lr", "tokens_per_s"):
         assert key in rows[0], key
     r = rows[0]

@@ -39,7 +39,7 @@ def test_qlora_trains_adapters_on_a_quantised_base(tmp_path, bits, ref):
     s = t.fit()
     first, last = s["first_eval"], s["final_eval"]
     assert first["eval/loss"] == pytest.approx(math.log(2), abs=1e-5)  # step 0: policy == reference
-    assert math.isfinite(last["eval/loss"]) and last["eval/margin"] != 0.0
+    assert math.isfinite(last["eval/loss"]) and last["eval/logratio_margin"] != 0.0
     assert (tmp_path / f"q{bits}" / "final" / "adapter_config.json").exists()
 
 

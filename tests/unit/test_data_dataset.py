@@ -24,7 +24,8 @@ def test_load_from_jsonl_with_extras_and_one_summary(tmp_path):
     pairs, skips = load_preference_data(str(p), TOK, extras=("rm_margin",), log=logs.append)
     assert len(pairs) == 2 and pairs[0].extras == {"rm_margin": 1.5}
     assert skips.counts == {"identical chosen and rejected": 1}
-    assert logs == [f"{p}: 2 pairs loaded; skipped 1 identical chosen and rejected"]
+    assert logs == [f"{p}: 2 pairs loaded; skipped 1 identical chosen and rejected; truncation cut no prompt or response "
+                    "of 2 rows (max_length 512, max_prompt_length 256)"]
 
 
 def test_first_bad_row_raises_one_line(tmp_path):

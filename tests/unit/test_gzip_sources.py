@@ -93,7 +93,8 @@ def test_load_preference_data_from_gzip(tmp_path):
     _, gz = _pair(tmp_path, "d.jsonl", PLAIN["d.jsonl"])
     logs = []
     pairs, skips = load_preference_data(str(gz), tok, log=logs.append)
-    assert len(pairs) == 2 and skips.total == 0 and logs == [f"{gz}: 2 pairs loaded; no rows skipped"]
+    assert len(pairs) == 2 and skips.total == 0 and logs == [f"{gz}: 2 pairs loaded; no rows skipped; truncation cut no "
+                                                      "prompt or response of 2 rows (max_length 512, max_prompt_length 256)"]
 
 
 def test_unsupported_and_missing_gz_files(tmp_path):

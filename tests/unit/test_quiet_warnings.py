@@ -1,0 +1,46 @@
+"""The known third-party warnings are silenced narrowly (message, category, module), only inside the block."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from dpolab.config import build_config
+from dpolab.engine.objectives import get_objective
+from dpolab.engine.quiet import known_warnings_silenced
+from dpolab.models.load import load_policy
+from dpolab.models.tokenizer import build_char_tokenizer
+
+PEFT = "Could not find a config file in /x - will assume that the vocabulary was not modified."
+
+
+def _raise(message, category, module):
+    warnings.warn_explicit(message, category, filename=module.replace(".", "/") + ".py", lineno=1, module=module)
+
+
+def test_only_the_known_messages_from_their_modules_are_silenced():
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with known_warnings_silenced():
+            _raise(PEFT, UserWarning, "peft.utils.save_and_load")
+            _raise("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
+                   "transformers.modeling_utils")
+            _raise(PEFT, UserWarning, "mypackage.module")  # same text, another module: kept
+            _raise("another peft warning", UserWarning, "peft.utils.save_and_load")  # another text: kept
+        _raise(PEFT, UserWarning, "peft.utils.save_and_load")  # outside the block: kept
+    assert [(str(w.message), w.category) for w in seen] == [
+        (PEFT, UserWarning), ("another peft warning", UserWarning), (PEFT, UserWarning)]
+
+
+@pytest.mark.slow
+def test_lora_setup_raises_no_deprecation_note():
+    cfg = build_config({}, ["lora.enabled=true"])
+    tok = build_char_tokenizer()
+    with warnings.catch_warnings(record=True) as raw:  # without the filter, transformers does warn here
+        warnings.simplefilter("always")
+        load_policy(cfg.model, cfg.lora, tok, seed=0)
+    with warnings.catch_warnings(record=True) as quiet:
+        warnings.simplefilter("always")
+        get_objective("preference")(cfg).load_model(tok, seed=0, max_positions=64)
+    note = lambda ws: [w for w in ws if "is_gradient_checkpointing" in str(w.message)]  # noqa: E731
+    assert note(raw) and not note(quiet)
