@@ -25,11 +25,12 @@ from ..models.load import count_parameters, load_tokenizer, save_model
 from .batching import BatchPlan, iterate_in_batches
 from .checkpoint import latest_intact_checkpoint, load_training_state, restore_weights, save_checkpoint, set_rng_state
 from .collation import Collator, model_width
-from .data_setup import prepare_data
+from .data_setup import cap_eval_data, prepare_data
 from .errors import TrainError, check_finite, first_line, is_oom
 from .logging import MetricsLogger, to_float
 from .memory import PeakMemory
-from .precision import autocast_factory, bar_interval, progress_bar
+from .precision import bar_interval, progress_bar
+from .runtime import configure_runtime
 from .objectives import RunContext, get_objective
 from .optim import build_optimizer, build_scheduler
 from .reduce import across_processes, weighted_means
@@ -52,11 +53,10 @@ class Trainer:
             accelerator = Accelerator(cpu=not torch.cuda.is_available())
         self.cfg, self.accelerator, self.memory = cfg, accelerator, PeakMemory()
         self.objective = get_objective(cfg.train.mode)(cfg)
-        self.autocast = autocast_factory(cfg.train.bf16, accelerator.device)
         self.is_main = accelerator.is_main_process
         self._log = log or (lambda s: print(s, file=sys.stderr))
-        self.run_dir = Path(cfg.output.dir)
-        self.eval_hooks = list(eval_hooks)
+        self.runtime = configure_runtime(cfg.train, accelerator.device, self.log)  # bf16, threads, compile: logged
+        self.run_dir, self.eval_hooks = Path(cfg.output.dir), list(eval_hooks)
 
         self.lock = None
         if self.is_main:  # one writer per run folder
@@ -80,14 +80,14 @@ class Trainer:
         torch.manual_seed(cfg.train.seed)
 
         # data
-        self.tokenizer = load_tokenizer(cfg.model)
+        self.tokenizer, self.data_stats = load_tokenizer(cfg.model), {}  # data_stats: what truncation cut, per split
         if train_data is None:
-            train_data, prepared_eval = prepare_data(cfg.data, self.tokenizer, self.objective.data_kind, cfg.train.seed, log=self.log)
+            train_data, prepared_eval = prepare_data(cfg.data, self.tokenizer, self.objective.data_kind, cfg.train.seed, log=self.log,
+                                                     stats=self.data_stats)
             eval_data = prepared_eval if eval_data is None else eval_data
         if not train_data:
             raise TrainError("no training examples")
-        self.train_data = train_data
-        self.eval_data = (eval_data or [])[: cfg.eval.max_examples] if cfg.eval.max_examples else (eval_data or [])
+        self.train_data, self.eval_data = train_data, cap_eval_data(eval_data, cfg.eval.max_examples, self.log)
         lengths = [self.objective.length(x) for x in self.train_data]
         max_positions = max(1024, max(lengths + [self.objective.length(x) for x in self.eval_data]))
 
@@ -119,8 +119,8 @@ class Trainer:
         self.objective.setup(RunContext(
             cfg=cfg, accelerator=accelerator, model=self.model, tokenizer=self.tokenizer, train_data=self.train_data,
             eval_data=self.eval_data, run_dir=self.run_dir, total_steps=self.total_steps, max_positions=max_positions,
-            collate=self.collate, resuming=ckpt is not None, autocast=self.autocast, log=self.log, is_main=self.is_main,
-            progress=partial(progress_bar, enabled=cfg.output.progress and self.is_main),
+            collate=self.collate, resuming=ckpt is not None, autocast=self.runtime.autocast, bf16=self.runtime.bf16,
+            log=self.log, is_main=self.is_main, progress=partial(progress_bar, enabled=cfg.output.progress and self.is_main),
             resumed=state["state"].get("objective") if state else None))
         if state is not None:
             self.objective.load_state_dict(state["loss_state"])
@@ -285,7 +285,7 @@ class Trainer:
             "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
             "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(self.memory.sample(), 1),
             "parameters": self.params, "first_eval": first_eval, "final_eval": last_eval,
-            "reference_mode": None, **self.objective.summary(),
+            "reference_mode": None, **self.objective.summary(), "runtime": self.runtime.record(), "data": self.data_stats,
         }
         if self.is_main:
             final = self.objective.model_to_save(self.accelerator.unwrap_model(self.model)) if self.cfg.output.save_final else None

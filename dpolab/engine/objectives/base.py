@@ -37,6 +37,7 @@ class RunContext:
     collate: Callable[..., Dict[str, Any]]
     resuming: bool = False
     autocast: Callable = nullcontext
+    bf16: bool = False             # bf16 autocast is on (train.bf16, with auto resolved for this hardware)
     log: Callable[[str], None] = print
     progress: Callable = lambda it, **kw: it
     resumed: Optional[Dict[str, Any]] = None
@@ -83,18 +84,25 @@ class Objective:
 
     # -- model --------------------------------------------------------------------------------------------------
     def build_model(self, tokenizer, *, seed: int, max_positions: int):
-        """The trainable model: :meth:`load_model`, with the run's model-wide settings (gradient checkpointing)."""
+        """The trainable model: :meth:`load_model`, with the run's model-wide settings (gradient checkpointing,
+        torch.compile)."""
         model = self.load_model(tokenizer, seed=seed, max_positions=max_positions)
         if self.cfg.train.gradient_checkpointing:
             from ...models.load import enable_gradient_checkpointing
 
             enable_gradient_checkpointing(model)
+        if self.cfg.train.compile:
+            from ..runtime import compile_mode, compile_model
+
+            compile_model(model, compile_mode(self.cfg.train.compile))
         return model
 
     def load_model(self, tokenizer, *, seed: int, max_positions: int):
         from ...models.load import load_policy
+        from ..quiet import known_warnings_silenced
 
-        return load_policy(self.cfg.model, self.cfg.lora, tokenizer, seed=seed, max_positions=max_positions)
+        with known_warnings_silenced():  # transformers' deprecation note when peft wraps the model
+            return load_policy(self.cfg.model, self.cfg.lora, tokenizer, seed=seed, max_positions=max_positions)
 
     def setup(self, run: RunContext) -> None:
         """Called once the model is on its device (build a reference, probes...); overrides call it first."""

@@ -24,7 +24,7 @@ class WithReference:
         cfg = run.cfg
         req = ReferenceRequest(
             mode=mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, live_examples=live_examples,
-            once_examples=len(data), bf16=cfg.train.bf16,
+            once_examples=len(data), bf16=run.bf16,
             cache_dir=Path(cfg.reference.cache_dir).expanduser() if cfg.reference.cache_dir else run.run_dir / "ref_cache")
         separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
         tools = ReferenceTools(
