@@ -10,8 +10,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from ..errors import MissingPackageError, UserError
+from ..errors import MissingPackageError, UserError, first_sentence
 from ..config import LoraConfig, ModelConfig
+from .presets import MODEL_PRESETS, is_model_preset, resolve_model_path
 
 # tiny models built from a config (tests, the demo); the families past gpt2/llama cover the fast paths' cases:
 # sliding windows (mistral, phi3: every layer; qwen2-sw, gemma2, gemma3: local and global layers), logit and attention
@@ -49,11 +50,12 @@ def load_tokenizer(cfg: ModelConfig):
     kwargs: Dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and name == cfg.name_or_path:
         kwargs["gguf_file"] = cfg.gguf_file
+    name = _resolve(name, cfg.gguf_file if "gguf_file" in kwargs else None)
     _check_folder(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
     except Exception as e:  # noqa: BLE001 - turn any loader failure into one clear line
-        raise ModelLoadError(f"could not load tokenizer '{name}': {str(e).splitlines()[0]}") from e
+        raise ModelLoadError(f"could not load tokenizer '{name}': {first_sentence(e)}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
@@ -158,17 +160,25 @@ def _check_folder(path: str) -> None:
     """A missing folder is one clear line (transformers would call it an invalid hub id)."""
     if _looks_local(path) and not Path(path).expanduser().exists():
         raise ModelLoadError(f"model folder not found: {path} (a model is a local folder, a hub id such as org/name, "
-                             f"or a tiny preset: {', '.join(TINY_PRESETS)})")
+                             f"a model preset: {', '.join(MODEL_PRESETS)}, or a tiny preset: {', '.join(TINY_PRESETS)})")
+
+
+def _resolve(name: str, gguf_file: Optional[str] = None) -> str:
+    """A model preset's cached folder (:func:`dpolab.models.presets.resolve_model_path`); other names unchanged."""
+    if gguf_file and is_model_preset(name):
+        raise ModelLoadError(f"model.gguf_file names a GGUF file inside a folder; '{name}' is a model preset "
+                             f"(already a GGUF file, converted once): unset model.gguf_file")
+    return resolve_model_path(name)
 
 
 def _from_pretrained(path: str, cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
 
-    _check_folder(path)
-
     kwargs: Dict[str, Any] = {"dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     if cfg.gguf_file and path == cfg.name_or_path:
         kwargs["gguf_file"] = cfg.gguf_file
+    path = _resolve(path, kwargs.get("gguf_file"))
+    _check_folder(path)
     quant = quantization_config(cfg)
     if quant is not None:
         kwargs["quantization_config"] = quant
@@ -179,7 +189,7 @@ def _from_pretrained(path: str, cfg: ModelConfig):
         kwargs["torch_dtype"] = kwargs.pop("dtype")
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001
-        raise ModelLoadError(f"could not load model '{path}': {str(e).splitlines()[0]}") from e
+        raise ModelLoadError(f"could not load model '{path}': {first_sentence(e)}") from e
 
 
 def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
@@ -266,8 +276,9 @@ def _max_positions(model) -> Optional[int]:
 
 
 def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
-    """Reload a model saved by dpolab: a full HF model, or an adapter merged into its recorded base."""
-    path = Path(path)
+    """Reload a model saved by dpolab: a full HF model, or an adapter merged into its recorded base (a model
+    preset name is its cached folder)."""
+    path = Path(_resolve(str(path)))
     if not path.exists():
         raise ModelLoadError(f"checkpoint folder not found: {path}")
     if (path / "adapter_config.json").exists():

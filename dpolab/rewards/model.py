@@ -61,6 +61,9 @@ def _seq_cls_from_pretrained(path: str, cfg: ModelConfig):
 
     from transformers.utils import logging as hf_logging
 
+    from ..models.presets import resolve_model_path
+
+    path = resolve_model_path(path)  # a model preset (smollm2-135m) is its cached folder
     kwargs: Dict[str, Any] = {"num_labels": 1, "dtype": DTYPES[cfg.dtype], "trust_remote_code": cfg.trust_remote_code}
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a causal LM has no score head: the "newly initialized" report is expected
