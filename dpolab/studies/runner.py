@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -31,6 +31,12 @@ class RunSpec:
     # work this run needs before it trains (e.g. build its data from an earlier run's model); called only when the
     # run is not finished yet, so it must be idempotent and should reuse what it already wrote
     prepare: Optional[Callable[[], None]] = None
+    # when set, the run's data is split with this seed instead of train.seed (every seed of a grid holds out the same
+    # pairs); hooks with a ``bind(cfg, eval_data)`` method are bound to the run's held-out data
+    data_seed: Optional[int] = None
+    # runs that must be finished before this one's ``prepare`` (e.g. the reward model whose scores its data needs)
+    # besides ``init_from``
+    after: Sequence[str] = ()
 
 
 @dataclass
@@ -100,38 +106,125 @@ def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:
     return strip(old) == strip(cfg_dict)
 
 
-def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] = print) -> Dict[str, RunResult]:
-    """Run (or skip, or resume) every spec in order; returns results by run_id."""
-    from ..engine import train
-    from ..engine.checkpoint import latest_checkpoint
-    from ..engine.trainer import DONE_MARKER
+def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] = print,
+             executor=None) -> Dict[str, RunResult]:
+    """Run (or skip, or resume) every spec; returns results by run_id. ``executor`` (:mod:`dpolab.studies.executors`;
+    default: in this process, one after another) runs them: a run waits for the run it starts from (``init_from``),
+    runs of one wave are independent. ``prepare`` steps run here, in order, before their wave is sent out."""
+    from .executors import LocalExecutor
 
-    results: Dict[str, RunResult] = {}
-    for i, spec in enumerate(specs, start=1):
-        run_dir = out / "runs" / spec.run_id
-        overrides = [f"output.dir={run_dir}"]
-        if spec.init_from:
-            overrides.append(f"model.init_from={out / 'runs' / spec.init_from / 'final'}")
-        cfg = build_config(spec.config, overrides)
-        cfg_dict = cfg.to_dict()
-        done = (run_dir / DONE_MARKER).exists() and _same_config(run_dir, cfg_dict)
-        if done:
-            log(f"[{i}/{len(specs)}] {spec.run_id}: finished earlier, skipped")
-        else:
+    executor = executor or LocalExecutor()
+    out = Path(out)
+    index = {spec.run_id: i for i, spec in enumerate(specs, start=1)}
+    skipped: Dict[str, bool] = {}
+    for wave in waves(specs):
+        todo = []
+        for spec in wave:
+            if run_is_finished(spec, out):
+                skipped[spec.run_id] = True
+                log(f"[{index[spec.run_id]}/{len(specs)}] {spec.run_id}: finished earlier, skipped")
+                continue
             if spec.prepare is not None:
                 spec.prepare()
-            resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg_dict)
-            cfg.output.overwrite = not resume
-            log(f"[{i}/{len(specs)}] {spec.run_id}: {'resuming' if resume else 'training'}")
-            t0 = time.perf_counter()
-            provenance.begin(run_dir, resume=resume)
-            train(cfg, resume=resume, eval_hooks=list(spec.hooks), log=lambda s: None)
-            provenance.finish(run_dir)
-            log(f"[{i}/{len(specs)}] {spec.run_id}: done in {time.perf_counter() - t0:.0f}s")
-        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-        results[spec.run_id] = RunResult(spec, run_dir, summary, read_metrics(run_dir), skipped=done,
-                                         provenance=provenance.read(run_dir))
-    return results
+            skipped[spec.run_id] = False
+            todo.append(replace(spec, prepare=None))  # what travels to a worker: no driver-side callables
+        if todo:
+            executor.map(RunJob(out, len(specs), {s.run_id: index[s.run_id] for s in todo}, executor.threads,
+                                log if executor.in_process else None), todo, names=[s.run_id for s in todo], log=log)
+    return {spec.run_id: collect(spec, out, skipped[spec.run_id]) for spec in specs}
+
+
+def waves(specs: Sequence[RunSpec]) -> List[List[RunSpec]]:
+    """The specs in groups that can run at the same time: a run comes in a later wave than the run it starts from."""
+    by_id = {s.run_id: s for s in specs}
+    depth: Dict[str, int] = {}
+
+    def level(spec: RunSpec, seen: tuple = ()) -> int:
+        if spec.run_id not in depth:
+            parent = by_id.get(spec.init_from) if spec.init_from else None
+            if spec.init_from and parent is None:
+                raise ValueError(f"run '{spec.run_id}' starts from '{spec.init_from}', which is not in the grid")
+            if spec.run_id in seen:
+                raise ValueError(f"runs start from each other in a cycle: {' -> '.join(seen)}")
+            # a run listed in ``after`` but not in the grid (a filtered grid) is finished or absent: no wait
+            parents = ([parent] if parent is not None else []) + [by_id[a] for a in spec.after if a in by_id]
+            depth[spec.run_id] = 1 + max((level(p, seen + (spec.run_id,)) for p in parents), default=-1)
+        return depth[spec.run_id]
+
+    out: Dict[int, List[RunSpec]] = {}
+    for spec in specs:
+        out.setdefault(level(spec), []).append(spec)
+    return [out[k] for k in sorted(out)]
+
+
+def _config_of(spec: RunSpec, out: Path):
+    run_dir = out / "runs" / spec.run_id
+    overrides = [f"output.dir={run_dir}"]
+    if spec.init_from:
+        overrides.append(f"model.init_from={out / 'runs' / spec.init_from / 'final'}")
+    return run_dir, build_config(spec.config, overrides)
+
+
+def run_is_finished(spec: RunSpec, out: Path) -> bool:
+    """Whether the spec's run folder holds a finished run of exactly this config."""
+    from ..engine.trainer import DONE_MARKER
+
+    run_dir, cfg = _config_of(spec, Path(out))
+    return (run_dir / DONE_MARKER).exists() and _same_config(run_dir, cfg.to_dict())
+
+
+@dataclass
+class RunJob:
+    """Train one spec (resuming from its newest checkpoint when it has one of the same config); picklable, so any
+    executor can call it in another process. ``threads``: torch's CPU threads in that process (None: its default)."""
+
+    out: Path
+    total: int
+    positions: Dict[str, int]
+    threads: Optional[int] = None
+    log: Optional[Callable[[str], None]] = None
+
+    @staticmethod
+    def data_of(cfg, data_seed: int) -> Dict[str, Any]:
+        """``train_data`` / ``eval_data`` of a run, split with ``data_seed`` (the same held-out pairs for every seed)."""
+        from ..engine.data_setup import prepare_data
+        from ..engine.objectives import get_objective
+        from ..models.load import load_tokenizer
+
+        kind = get_objective(cfg.train.mode).data_kind
+        train, evals = prepare_data(cfg.data, load_tokenizer(cfg.model), kind, data_seed, log=lambda s: None)
+        return {"train_data": train, "eval_data": evals}
+
+    def __call__(self, spec: RunSpec) -> Dict[str, Any]:
+        from ..engine import train
+        from ..engine.checkpoint import latest_checkpoint
+
+        log = self.log or (lambda s: print(s, flush=True))
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        run_dir, cfg = _config_of(spec, Path(self.out))
+        where = f"[{self.positions.get(spec.run_id, '?')}/{self.total}] {spec.run_id}"
+        resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg.to_dict())
+        cfg.output.overwrite = not resume
+        log(f"{where}: {'resuming' if resume else 'training'}")
+        t0 = time.perf_counter()
+        data = self.data_of(cfg, spec.data_seed) if spec.data_seed is not None else {}
+        hooks = [h.bind(cfg, data.get("eval_data")) if hasattr(h, "bind") else h for h in spec.hooks]
+        provenance.begin(run_dir, resume=resume)
+        train(cfg, resume=resume, eval_hooks=hooks, log=lambda s: None, **data)
+        provenance.finish(run_dir)
+        seconds = time.perf_counter() - t0
+        log(f"{where}: done in {seconds:.0f}s")
+        return {"run_id": spec.run_id, "resumed": resume, "seconds": seconds}
+
+
+def collect(spec: RunSpec, out: Path, skipped: bool) -> RunResult:
+    """The finished run of ``spec``, read from its folder."""
+    run_dir = Path(out) / "runs" / spec.run_id
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    return RunResult(spec, run_dir, summary, read_metrics(run_dir), skipped=skipped, provenance=provenance.read(run_dir))
 
 
 def runs_table(results: Dict[str, RunResult]) -> List[List[Any]]:

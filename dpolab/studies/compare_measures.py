@@ -1,0 +1,174 @@
+"""What ``dpolab compare`` measures on the held-out pairs besides the likelihood probes: an engine eval hook.
+
+At every evaluation, for the first ``n_prompts`` held-out prompts it samples one response from the policy (temperature
+1, top-p 1, a fixed sampling seed, so evaluations differ only by the model) and logs
+
+- ``compare/kl``: an estimate of KL(pi || pi_ref), the mean over the samples of log pi(y|x) - log pi_ref(y|x)
+  (summed over the response's tokens, its EOS included when it ended with one); pi_ref is the starting model (the
+  adapter-disabled policy under LoRA, else the starting weights loaded once beside the policy);
+- ``compare/sample_tokens``: the mean length of the sampled responses in tokens (EOS not counted);
+- ``compare/rm_reward`` (with a reward model, ``dpolab rm train``): its mean reward of prompt + sampled response,
+  scored like ``dpolab rm score`` (the reward model's own tokenizer, its BOS first, the last token's score);
+- ``compare/oracle`` (with ``module:function``): the mean of the user's ``function(prompt, response) -> float``.
+
+The hook is a picklable object (any executor can send it to another process); the runner binds it to the run's
+held-out pairs (``bind``).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from ..errors import ConfigError, UserError
+
+
+class OracleError(UserError):
+    """A user's oracle cannot be loaded, raises, or returns something other than a finite number."""
+
+
+def load_oracle(spec: str, search_dir: Optional[str] = None) -> Callable[[str, str], float]:
+    """``module:function`` -> the callable (``search_dir``, default the current folder, is tried for the module too)."""
+    if ":" not in spec:
+        raise OracleError(f"--oracle must look like module:function, got '{spec}'")
+    module, _, name = spec.partition(":")
+    folder = search_dir or os.getcwd()
+    if folder not in sys.path:
+        sys.path.append(folder)
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except ImportError as e:
+        raise OracleError(f"--oracle {spec}: cannot import module '{module}' ({e})") from e
+    except AttributeError:
+        raise OracleError(f"--oracle {spec}: module '{module}' has no '{name}'") from None
+    if not callable(fn):
+        raise OracleError(f"--oracle {spec}: '{name}' is not callable")
+    return fn
+
+
+def call_oracle(fn: Callable[[str, str], float], spec: str, prompt: str, response: str) -> float:
+    """One oracle score, or an :class:`OracleError` naming the oracle when it raises or is not a finite number."""
+    try:
+        value = fn(prompt, response)
+    except Exception as e:  # noqa: BLE001 - any failure of the user's code is reported as one line naming it
+        raise OracleError(f"--oracle {spec} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                          f" (on prompt {prompt[:40]!r})") from e
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise OracleError(f"--oracle {spec} returned {value!r}, not a number (on prompt {prompt[:40]!r})") from None
+    if not math.isfinite(out):
+        raise OracleError(f"--oracle {spec} returned {out}, not a finite number (on prompt {prompt[:40]!r})")
+    return out
+
+
+@dataclass
+class HeldOutMeasures:
+    """The eval hook (see the module docstring). ``n_prompts`` held-out prompts, ``max_new_tokens`` per sample."""
+
+    n_prompts: int = 32
+    max_new_tokens: int = 48
+    sample_seed: int = 0
+    batch_size: int = 16
+    reward_model: Optional[str] = None
+    oracle: Optional[str] = None
+    oracle_dir: Optional[str] = None
+    prompts: List[List[int]] = field(default_factory=list)
+    model_cfg: Any = None  # the run's ModelConfig (to load the starting weights as the reference)
+    train_seed: int = 0
+    _cache: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def bind(self, cfg, eval_data) -> "HeldOutMeasures":
+        if not eval_data:
+            raise ConfigError("dpolab compare: the run has no held-out pairs to measure on")
+        return replace(self, prompts=[list(p.prompt_ids) for p in eval_data[: self.n_prompts]], model_cfg=cfg.model,
+                       train_seed=cfg.train.seed, _cache={})
+
+    def __getstate__(self):  # loaded models stay in the process that loaded them
+        return {**self.__dict__, "_cache": {}}
+
+    def _reference_scores(self, model, probes, tokenizer) -> Dict[str, Any]:
+        from ..diagnostics.probes import score_probes
+
+        pad = tokenizer.pad_token_id
+        if hasattr(model, "disable_adapter"):  # LoRA: the reference is the policy with its adapters off
+            with model.disable_adapter():
+                return score_probes(model, probes, pad, batch_size=self.batch_size)
+        if "reference" not in self._cache:
+            from ..models.load import load_base_model
+
+            ref = load_base_model(self.model_cfg, tokenizer, seed=self.train_seed, max_positions=_positions(model))
+            self._cache["reference"] = ref.to(next(model.parameters()).device).eval()
+        return score_probes(self._cache["reference"], probes, pad, batch_size=self.batch_size)
+
+    def __call__(self, model, tokenizer, step: int) -> Dict[str, float]:
+        from ..diagnostics.probes import ProbeSet, score_probes
+        from ..models.generation import generate_ids
+
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        samples = generate_ids(model, self.prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                               do_sample=True, seed=self.sample_seed, pad_id=pad, eos_id=eos)
+        lengths = [len(s) for s in samples]
+        scored = [s + [eos] if eos is not None and len(s) < self.max_new_tokens else s for s in samples]
+        keep = [i for i, s in enumerate(scored) if s]  # a response of no tokens has no log-prob to compare
+        out: Dict[str, float] = {"compare/sample_tokens": sum(lengths) / len(lengths)}
+        if keep:
+            probes = ProbeSet([self.prompts[i] for i in keep], {"sample": [scored[i] for i in keep]}, ["all"] * len(keep))
+            pol = score_probes(model, probes, pad, batch_size=self.batch_size)["sample"]
+            ref = self._reference_scores(model, probes, tokenizer)["sample"]
+            out["compare/kl"] = float((pol - ref).mean())
+        texts = [(tokenizer.decode(p, skip_special_tokens=True), tokenizer.decode(s, skip_special_tokens=True))
+                 for p, s in zip(self.prompts, samples)]
+        if self.reward_model:
+            out["compare/rm_reward"] = self._rm_reward(texts, next(model.parameters()).device)
+        if self.oracle:
+            fn = self._cache.get("oracle") or load_oracle(self.oracle, self.oracle_dir)
+            self._cache["oracle"] = fn
+            out["compare/oracle"] = sum(call_oracle(fn, self.oracle, p, r) for p, r in texts) / len(texts)
+        return out
+
+    def _rm_reward(self, texts, device) -> float:
+        import torch
+
+        from ..rewards.model import load_trained_reward_model, sequence_rewards
+
+        if "rm" not in self._cache:
+            rm, tok = load_trained_reward_model(self.reward_model)
+            self._cache["rm"] = (rm.to(device).eval(), tok)
+        rm, tok = self._cache["rm"]
+        rewards: List[float] = []
+        for start in range(0, len(texts), self.batch_size):
+            rows = []
+            for prompt, response in texts[start:start + self.batch_size]:
+                ids = tok(prompt + response, add_special_tokens=False)["input_ids"][-1023:]
+                rows.append(([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids)
+            width = max(len(r) for r in rows)
+            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+            with torch.no_grad():
+                rewards += sequence_rewards(rm, ids, mask).cpu().tolist()
+        return sum(rewards) / len(rewards)
+
+
+def _positions(model) -> int:
+    cfg = getattr(model, "config", None)
+    return int(getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1024)
+
+
+def oracle_dir_for(spec: Optional[str]) -> Optional[str]:
+    """The folder the oracle's module was found in (workers in other processes add it to their path)."""
+    if not spec:
+        return None
+    name = spec.partition(":")[0]
+    file = getattr(sys.modules.get(name), "__file__", None)
+    if not file:
+        return os.getcwd()
+    folder = Path(file).resolve().parent
+    for _ in range(name.count(".") + (Path(file).name == "__init__.py")):  # a package's module: its top package's parent
+        folder = folder.parent
+    return str(folder)
