@@ -110,10 +110,24 @@ def _tokenizer(tok: Optional[str]) -> str:
     return _TOKENIZERS.get(tok, "its own tokenizer") if tok in _TOKENIZERS or tok is None else f"the `{tok}` tokenizer"
 
 
-def describe_model(model: Mapping[str, Any]) -> str:
+def describe_model(model: Mapping[str, Any], lora: Optional[Mapping[str, Any]] = None) -> str:
     """The starting model of a run, in words, from its ``model`` config as run: a tiny preset is described by the
-    config it builds, a local folder by its saved config, anything else as a hub name."""
+    config it builds, a model preset (``smollm2-135m``) by its name, a local folder by its saved config, anything else
+    as a hub name; with the run's ``lora`` config, how it was fine-tuned."""
+    text = _describe_base(model)
+    if lora and lora.get("enabled"):
+        text += f", fine-tuned with LoRA (r = {lora.get('r', 8)}, alpha = {lora.get('alpha', 16.0):g})"
+    return text
+
+
+def _describe_base(model: Mapping[str, Any]) -> str:
     name = str(model.get("name_or_path", "?"))
+    from ..models.presets import MODEL_PRESETS
+
+    if name in MODEL_PRESETS:
+        p = MODEL_PRESETS[name]
+        return (f"the pretrained {p.title} (model preset `{name}`: the {Path(p.file).name} file of the {p.dist} "
+                f"{p.version} package, de-quantised to float32), with its own tokenizer")
     tok = model.get("tokenizer")
     try:
         folder = Path(name)

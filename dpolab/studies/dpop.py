@@ -4,7 +4,8 @@ Pairs whose responses differ by a few tokens (arithmetic near misses; IMDb count
 pairs that differ a lot (arithmetic far misses; IMDb chosen spans paired with another review's negative span),
 each from a policy warmed up with SFT on the same kind of text; DPO and DPOP over a lambda sweep. Measured on
 a fixed probe set of held-out pairs: the change of the chosen and rejected log-probs against the reference,
-the margin and the reward accuracy, over training.
+the margin and the reward accuracy, over training. Size ``small`` (the pretrained SmolLM2-135M-Instruct with LoRA)
+runs the IMDb pair sets only (docs/results/SMALL_SIZES.md).
 """
 from __future__ import annotations
 
@@ -29,15 +30,33 @@ SIZES = {
 }
 SMOKE = dict(model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}}, sft_steps=4,
              imdb_sft_steps=2, sft_lr=1e-3, n_pairs=16, n_eval=8, pref_epochs=1, pref_lr=1e-4, batch=8, eval_every=1, beta=0.1)
+# small: the real SmolLM2-135M-Instruct with LoRA r=16 on the IMDb counterfactual pairs only, sized by the budget of
+# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores)
+SIZES["small"] = dict(model={"name_or_path": "smollm2-135m"}, lora={"enabled": True, "r": 16, "alpha": 32.0},
+                      arithmetic=False, lambdas=(50.0,), sft_steps=0, imdb_sft_steps=16, sft_lr=2e-4, sft_batch=8,
+                      imdb_max_length=96, n_pairs=128, n_eval=24, pref_epochs=1, pref_lr=1e-4, batch=8, eval_every=8, beta=0.1)
+SMOKE_SMALL = dict(SIZES["small"], probe_greedy_tokens=4, imdb_sft_steps=2, sft_batch=2, imdb_max_length=48, n_pairs=4, n_eval=2, batch=2,
+                   eval_every=1, imdb_n_train_sft=4)
+SMALL_CUTS = ("Cut at this size against `--size paper`: the arithmetic pair sets (whether SmolLM2 learns the chains within "
+              "this budget was not established; `--size cpu` runs them), DPOP λ = 5 and 500 (λ = 50, the paper's value, "
+              "kept), {n_pairs} training pairs per set instead of 1,700 and one epoch instead of three, a {imdb_sft_steps}-step "
+              "SFT warm-up, sequences cut to {imdb_max_length} tokens, probes on {n_eval} held-out pairs instead of 245.")
+
+
+def settings(size: str, smoke: bool) -> Dict[str, Any]:
+    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
+    if smoke:
+        return SMOKE_SMALL if size == "small" else SMOKE
+    return SIZES[size]
 
 # dataset name -> (edit-distance bucket, family)
 DATASETS = {"arith-near": ("low", "arithmetic"), "arith-far": ("high", "arithmetic"),
             "imdb-low": ("low", "imdb"), "imdb-high": ("high", "imdb")}
 
 
-def methods() -> Dict[str, List[Dict[str, Any]]]:
+def methods(lambdas=LAMBDAS) -> Dict[str, List[Dict[str, Any]]]:
     out: Dict[str, List[Dict[str, Any]]] = {"DPO": [{"name": "dpo"}]}
-    out.update({f"DPOP λ={lam:g}": [{"name": "dpop", "params": {"lam": lam}}] for lam in LAMBDAS})
+    out.update({f"DPOP λ={lam:g}": [{"name": "dpop", "params": {"lam": lam}}] for lam in lambdas})
     return out
 
 
@@ -47,20 +66,32 @@ def _imdb_dir(data_dir: Optional[str]) -> Optional[Path]:
 
 
 def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = SMOKE if smoke else SIZES[size]
+    s = settings(size, smoke)
     base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
             "eval": {"batch_size": 64, "max_examples": s["n_eval"]}, "output": {"progress": False}}
-    data = {"arith-near": arithmetic_data(s["n_pairs"], s["n_eval"], "near"),
-            "arith-far": arithmetic_data(s["n_pairs"], s["n_eval"], "far")}
-    hooks = {name: [arithmetic_accuracy_hook(d, limit=s["n_eval"])] for name, d in data.items()}
-    out = [arithmetic_sft_spec("sft-arithmetic", base, s, smoke, hooks["arith-near"][0])]
+    if s.get("lora"):
+        base["lora"] = dict(s["lora"])
+    data: Dict[str, Dict[str, Any]] = {}
+    hooks: Dict[str, list] = {}
+    out = []
+    if s.get("arithmetic", True):
+        data = {"arith-near": arithmetic_data(s["n_pairs"], s["n_eval"], "near"),
+                "arith-far": arithmetic_data(s["n_pairs"], s["n_eval"], "far")}
+        hooks = {name: [arithmetic_accuracy_hook(d, limit=s["n_eval"])] for name, d in data.items()}
+        out.append(arithmetic_sft_spec("sft-arithmetic", base, s, smoke, hooks["arith-near"][0]))
     imdb = _imdb_dir(data_dir)
+    if imdb is None and not data:
+        from ..data.types import DataError
+
+        raise DataError(f"study dpop at size {size} runs on the IMDb counterfactual pairs only; pass --data-dir with the "
+                        "folder that holds imdb-cad-sentiment/", source=str(Path(data_dir or "../shared/data")))
     if imdb is not None:
-        task = {"task": "imdb-cad", "max_length": 320, "task_args": {"path": str(imdb.resolve()), "n_eval": s["n_eval"]}}
+        task = {"task": "imdb-cad", "max_length": s.get("imdb_max_length", 320), "task_args": {"path": str(imdb.resolve()), "n_eval": s["n_eval"]}}
+        n_sft = s.get("imdb_n_train_sft", 32 if smoke else None)
         out.append(RunSpec("sft-imdb", deep_merge(base, {
-            "data": deep_merge(task, {"task_args": {"n_train": None if not smoke else 32}}),
-            "train": {"mode": "sft", "max_steps": s["imdb_sft_steps"], "lr": s["sft_lr"], "warmup_steps": 0 if smoke else 50,
-                      "schedule": "cosine"},
+            "data": deep_merge(task, {"task_args": {"n_train": n_sft}}),
+            "train": {"mode": "sft", "max_steps": s["imdb_sft_steps"], "lr": s["sft_lr"], "batch_size": s.get("sft_batch", s["batch"]),
+                      "warmup_steps": 0 if smoke or s["imdb_sft_steps"] < 100 else 50, "schedule": "cosine"},
             "eval": {"every": max(1, s["imdb_sft_steps"] // 4)}, "output": {"save_every": 200}}), {"stage": "sft"}))
         for kind in ("low", "high"):
             data[f"imdb-{kind}"] = deep_merge(task, {"task_args": {"kind": kind, "n_train": s["n_pairs"]}})
@@ -68,16 +99,33 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
     steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
     for seed in range(seeds):
         for dname, dcfg in data.items():
-            for method, loss in methods().items():
+            for method, loss in methods(s.get("lambdas", LAMBDAS)).items():
                 cfg = deep_merge(base, {
                     "data": dcfg, "loss": [deep_merge(c, {"params": {"beta": s["beta"]}}) for c in loss],
-                    "eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"]},
+                    "eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"],
+                             **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {})},
                     "train": {"mode": "preference", "max_steps": steps, "lr": s["pref_lr"], "schedule": "constant",
                               "warmup_steps": min(10, steps // 4), "seed": seed}})
                 start = "sft-arithmetic" if DATASETS[dname][1] == "arithmetic" else "sft-imdb"
                 out.append(RunSpec(f"{dname}/{method.replace(' ', '').replace('λ=', 'lam')}/seed{seed}", cfg,
                                    {"data": dname, "method": method, "seed": seed}, init_from=start, hooks=hooks[dname]))
     return out
+
+
+def budget(size: str, seeds: int = 3):
+    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
+    from .budget import MEASURED, Stage
+
+    if size != "small":
+        return None
+    s, m = SIZES[size], MEASURED["dpop"]
+    steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
+    runs = 2 * len(methods(s["lambdas"])) * seeds
+    evals = steps // s["eval_every"] + 1  # the start (= the reference) and every eval_every steps
+    return [Stage(f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {s['imdb_max_length']} tokens)", 1,
+                  s["imdb_sft_steps"], m["sft"] * s["sft_batch"]),
+            Stage(f"DPO / DPOP on imdb-low and imdb-high x {seeds} seeds (batch {s['batch']} pairs)", runs, steps, m["pref"] * s["batch"]),
+            Stage(f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)", runs, evals, m["probe_eval"] * s["n_eval"], "evals")]
 
 
 KEYS = [("probe/delta/chosen", "Δ chosen"), ("probe/delta/rejected", "Δ rejected"), ("probe/margin", "margin"),
@@ -124,7 +172,8 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
         if rid in results:
             warm.append(f"{what} ({results[rid].spec.config.get('train', {}).get('max_steps', '?')} steps)")
     pref = next((rs[0] for groups in by.values() for rs in groups.values() if rs), None)
-    text = f"Setting ({size}): {describe_model(model)}, warmed up with SFT on " + (" and, separately, on ".join(warm) or "-")
+    lora = (sft or next(iter(results.values()))).spec.config.get("lora") if results else None
+    text = f"Setting ({size}): {describe_model(model, lora)}, warmed up with SFT on " + (" and, separately, on ".join(warm) or "-")
     lams = sorted({float(l['params']['lam']) for groups in by.values() for m, rs in groups.items() for r in rs[:1]
                    for l in r.spec.config.get("loss", []) if l.get("name") == "dpop"})
     text += "; then DPO and DPOP (λ in " + (", ".join(f"{x:g}" for x in lams) or "-") + ") on each pair set"
@@ -198,6 +247,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         _setting(results, by, size),
         "",
+        *([SMALL_CUTS.format(**SIZES["small"]), ""] if size == "small" else []),
     ]
     if not any(d.startswith("imdb") for d in by):
         lines += ["*The IMDb pair sets were skipped: `../shared/data/imdb-cad-sentiment` was not found (pass --data-dir).*", ""]

@@ -18,6 +18,9 @@ study reuses them):
 
 Metric: mean VADER reward of sampled continuations (temperature 1, top-p 1) of held-out prompts
 (``orig/test.tsv``), the same prompts and sampling seed for every policy.
+
+Sizes: ``cpu`` (a tiny GPT-2 trained from scratch), ``small`` (the pretrained SmolLM2-135M-Instruct with LoRA r = 16,
+High and Low tiers, about 100 minutes on 2 CPU cores: docs/results/SMALL_SIZES.md), ``paper``.
 """
 from __future__ import annotations
 
@@ -57,10 +60,42 @@ SIZES = {
                   n_prompts=1700, n_pair_eval=245, n_eval=245, eval_samples=4, max_new_tokens=48, review_chars=200,
                   rm_epochs=2, rm_lr=1e-5, pref_epochs=3, pref_lr=1e-6, batch=32, beta=0.1, eval_every=25, max_length=128),
 }
+# small size: the real pretrained SmolLM2-135M-Instruct (preset smollm2-135m) with LoRA r=16, sized by the budget in
+# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores; `dpolab study madpo --size small --dry-run`).
+# Cut against the paper size: the Medium tier (High and Low kept, the two ends of data quality), pairs per tier,
+# policy steps (about one pass over part of the pairs), one oracle evaluation per policy (at its end), shorter
+# continuations. The instruct model continues the review prefixes as plain text (no chat template; see SMALL_SIZES.md)
+# and gets a short SFT on the reviews so that its samples read as reviews.
+SMALL_MODEL = {"name_or_path": "smollm2-135m"}
+SMALL_LORA = {"enabled": True, "r": 16, "alpha": 32.0}
+SIZES["small"] = dict(model=SMALL_MODEL, lora=SMALL_LORA, tiers=("high", "low"), sft_steps=16, sft_lr=2e-4, sft_chars=300,
+                      sft_max_length=96, sft_batch=8, n_prompts=160, n_pair_eval=128, n_eval=128, eval_samples=1,
+                      max_new_tokens=24, review_chars=160, rm_epochs=1, rm_lr=3e-4, pref_epochs=1, pref_lr=2e-4,
+                      pref_steps=7, batch=8, beta=0.1, eval_every=7, max_length=64, policy_evals=1,
+                      policy_eval_pairs=8, policy_at_start=False)
+# what the small size leaves out or shortens against the paper size (the report says it)
+SMALL_CUTS = ("Cut at this size against `--size paper`: the Medium tier (High and Low kept), {n_prompts} pairs per tier "
+              "instead of 1,700, a short SFT ({sft_steps} steps), one reward-model epoch, {pref_steps} policy steps of "
+              "{batch} pairs instead of 3 epochs of 32, continuations of at most {max_new_tokens} tokens, the policies' held-out "
+              "loss on {policy_eval_pairs} pairs at their end only, and one oracle evaluation per policy (at its end) on "
+              "{n_eval} prompts.")
 SMOKE = dict(model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "tokenizer": "gpt2-offline"},
              sft_steps=4, sft_lr=1e-3, sft_chars=200, sft_max_length=64, n_prompts=16, n_pair_eval=8, n_eval=8,
              eval_samples=1, max_new_tokens=12, review_chars=60, rm_epochs=1, rm_lr=1e-3, pref_epochs=1, pref_lr=1e-4,
              batch=8, beta=0.1, eval_every=1, max_length=64)
+# the small size's code path (its model, LoRA, tiers, evaluation schedule) at smoke scale: `--size small --smoke`
+SMOKE_SMALL = dict(SIZES["small"], sft_steps=2, sft_chars=120, sft_max_length=32, sft_batch=2, n_prompts=4, n_pair_eval=4,
+                   n_eval=2, max_new_tokens=6, review_chars=60, rm_epochs=1, pref_steps=2, batch=2, eval_every=1,
+                   max_length=32)
+
+
+def settings(size: str, smoke: bool) -> Dict[str, Any]:
+    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
+    if smoke:
+        return SMOKE_SMALL if size == "small" else SMOKE
+    return SIZES[size]
+
+
 EVAL_SEED = 1234  # the sampling seed of every oracle evaluation (so policies differ only by their weights)
 STAGES_FILE = "stages.json"
 
@@ -148,24 +183,29 @@ def eval_hook(root: Path, s: Dict[str, Any], every: int = 0):
 
 
 def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = SMOKE if smoke else SIZES[size]
+    s = settings(size, smoke)
     out = Path(out or f"runs/study-{NAME}-{size}")
     root = imdb_dir(data_dir)
     hook = eval_hook(root, s)
-    pref_steps = max(1, s["pref_epochs"] * s["n_prompts"] // s["batch"])
-    policy_hook = eval_hook(root, s, every=max(1, pref_steps // 2))  # oracle reward half-way and at the end
+    pref_steps = _pref_steps(s)
+    # oracle reward half-way and at the end (small size: at the end only, sampling is its slowest part)
+    policy_hook = eval_hook(root, s, every=max(1, pref_steps // s.get("policy_evals", 2)))
+    tiers = s.get("tiers", TIERS)
     base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
             "eval": {"batch_size": 64, "max_examples": s["n_pair_eval"]}, "output": {"progress": False}}
+    if s.get("lora"):
+        base["lora"] = dict(s["lora"])
+    sft_every = s["sft_steps"] if s.get("lora") else max(1, s["sft_steps"] // 4)  # small: the start (= the base) and the end
     specs_: List[RunSpec] = [RunSpec("sft", deep_merge(base, {
         "data": {"task": "sentiment", "max_length": s["sft_max_length"],
                  "task_args": {"path": str(root), "n_eval": s["n_eval"], "max_chars": s["sft_chars"]}},
-        "train": {"mode": "sft", "max_steps": s["sft_steps"], "lr": s["sft_lr"], "warmup_steps": 0 if smoke else 50,
-                  "schedule": "cosine"},
-        "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 200}}),
+        "train": {"mode": "sft", "max_steps": s["sft_steps"], "lr": s["sft_lr"], "batch_size": s.get("sft_batch", s["batch"]),
+                  "warmup_steps": 0 if smoke or s["sft_steps"] < 100 else 50, "schedule": "cosine"},
+        "eval": {"every": sft_every}, "output": {"save_every": 200}}),
         {"stage": "sft", "oracle_eval": {k: s[k] for k in ("n_eval", "eval_samples", "max_new_tokens")}}, hooks=[hook])]
     pair_data = {"max_length": s["max_length"], "extras": ["rm_margin"]}
-    rm_steps = max(1, s["rm_epochs"] * s["n_prompts"] // s["batch"])
-    for tier in TIERS:
+    rm_steps = _rm_steps(s)
+    for tier in tiers:
         train_f, eval_f = _tier_files(out, tier)
         specs_.append(RunSpec(f"rm-{tier}", deep_merge(base, {
             "data": {"train": str(train_f), "eval": str(eval_f), "max_length": s["max_length"]},
@@ -174,19 +214,54 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
             "eval": {"every": max(1, rm_steps // 4)}}), {"stage": "rm", "tier": tier}, init_from="sft",
             prepare=lambda: _build_tiers(out, root, s)))
     for seed in range(seeds):
-        for tier in TIERS:
+        for tier in tiers:
             train_f, eval_f = _tier_files(out, tier, scored=True)
             for method, loss in METHODS.items():
                 cfg = deep_merge(base, {
                     "data": {**pair_data, "train": str(train_f), "eval": str(eval_f)},
                     "loss": [deep_merge(c, {"params": {"beta": s["beta"]}}) for c in loss],
-                    "eval": {"every": s["eval_every"]},
+                    "eval": {"every": s["eval_every"], "max_examples": s.get("policy_eval_pairs", s["n_pair_eval"]),
+                             **({"at_start": False} if s.get("policy_at_start") is False else {})},
                     "train": {"mode": "preference", "max_steps": pref_steps, "lr": s["pref_lr"], "schedule": "constant",
                               "warmup_steps": min(10, pref_steps // 4), "seed": seed}})
                 specs_.append(RunSpec(f"{tier}/{method}/seed{seed}", cfg, {"tier": tier, "method": method, "seed": seed},
-                                      init_from="sft", hooks=[policy_hook],
+                                      init_from="sft", hooks=[policy_hook], after=(f"rm-{tier}",),
                                       prepare=lambda tier=tier: _score_tier(out, tier, s["max_length"])))
     return specs_
+
+
+def _pref_steps(s: Dict[str, Any]) -> int:
+    return s.get("pref_steps") or max(1, s["pref_epochs"] * s["n_prompts"] // s["batch"])
+
+
+def _rm_steps(s: Dict[str, Any]) -> int:
+    return max(1, s["rm_epochs"] * s["n_prompts"] // s["batch"])
+
+
+def budget(size: str, seeds: int = 3):
+    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
+    from .budget import MEASURED, Stage
+
+    if size != "small":
+        return None
+    s, m = SIZES[size], dict(MEASURED["madpo"])
+    m["sample"] = MEASURED["gen_token"] * s["max_new_tokens"]  # one sampled continuation
+    tiers, pref = s.get("tiers", TIERS), _pref_steps(s)
+    samples = 2 * (s["n_prompts"] + s["n_pair_eval"])
+    return [Stage(f"SFT on reviews (batch {s['sft_batch']}, <= {s['sft_max_length']} tokens)", 1, s["sft_steps"], m["sft"] * s["sft_batch"]),
+            Stage(f"oracle evaluations of the SFT run (start + end: {s['n_eval']} prompts x {s['eval_samples']})", 1,
+                  2 * s["n_eval"] * s["eval_samples"], m["sample"], "samples"),
+            Stage(f"sample two continuations per train and held-out prompt ({s['max_new_tokens']} tokens)", 1, samples,
+                  m["sample"], "samples"),
+            Stage(f"reward models ({', '.join(tiers)}; batch {s['batch']} pairs)", len(tiers), _rm_steps(s), m["rm"] * s["batch"]),
+            Stage("rm score (train + held-out pairs, forward only)", len(tiers), s["n_prompts"] + s["n_pair_eval"],
+                  m["score"], "pairs"),
+            Stage(f"policies: 4 methods x {len(tiers)} tiers x {seeds} seeds (batch {s['batch']} pairs)",
+                  4 * len(tiers) * seeds, pref, m["pref"] * s["batch"]),
+            Stage(f"held-out loss of each policy ({s['policy_eval_pairs']} pairs, at the end; policy + reference forward)",
+                  4 * len(tiers) * seeds, s["policy_eval_pairs"], m["pref"] / 2, "pairs"),
+            Stage(f"oracle evaluation of each policy ({s['n_eval']} prompts x {s['eval_samples']}, end only)",
+                  4 * len(tiers) * seeds, s["n_eval"] * s["eval_samples"] * s.get("policy_evals", 2), m["sample"], "samples")]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -293,7 +368,7 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
     if sft is not None:
         c = sft.spec.config
         n = sft.summary.get("train_examples")
-        text += (f"{describe_model(c.get('model', {}))}, SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
+        text += (f"{describe_model(c.get('model', {}), c.get('lora'))}, SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
                  f"reviews for {c.get('train', {}).get('max_steps', '?')} steps; ")
     pref = next((rs[0] for ms in by.values() for rs in ms.values() if rs), None)
     text += ("then the pipeline of the module docstring: tiers from two SFT samples per prompt labelled by a "
@@ -325,8 +400,9 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         _setting(results, by, size),
         "",
-        f"The SFT model scores **{sft_reward:+.3f}** (one model, one evaluation)." if sft_reward is not None else
-        "The SFT model's oracle reward was not measured.",
+        *([SMALL_CUTS.format(**SIZES["small"]), ""] if size == "small" else []),
+        (f"The SFT model scores **{sft_reward:+.3f}** (one model, one evaluation)." if sft_reward is not None else
+         "The SFT model's oracle reward was not measured.") + _base_line(sft),
         "",
         "### Mean oracle reward (VADER) by method and tier",
         "",
@@ -391,6 +467,13 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
                   + ", ".join(f"{t} {v}" for t, v in kept.items()) + ".", ""]
     lines += ["### Wall-clock of every stage", "", markdown_table(["stage", "runs", "seconds"], _stage_table(out, results)), ""]
     return lines
+
+
+def _base_line(sft: Optional[RunResult]) -> str:
+    """The pretrained model's oracle reward before SFT (the SFT run's evaluation at step 0), when it was measured."""
+    v = (sft.summary.get("first_eval") or {}).get("eval/oracle_reward") if sft is not None else None
+    return (f" Before SFT, the starting model scored {v:+.3f} on the same prompts and sampling seed (what the SFT stage "
+            "changed)." if isinstance(v, (int, float)) else "")
 
 
 # the paper's order, link by link (a > b), plus its headline comparison

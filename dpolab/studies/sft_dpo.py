@@ -16,7 +16,8 @@ adapter is merged into the weights and DPO trains a fresh adapter of the same ra
 
 Base model: ``cpu``: a tiny GPT-2 (character tokenizer) that ``dpolab pretrain`` trains on tiny-shakespeare
 (cached under ``$DPOLAB_CACHE`` / ``~/.cache/dpolab/pretrained`` and shared by every run and every study
-invocation); ``paper``: ``gpt2`` from the hub.
+invocation); ``small``: the pretrained SmolLM2-135M-Instruct (model preset ``smollm2-135m``), full fine-tuning against
+LoRA r = 16, SFT only and SFT -> DPO (docs/results/SMALL_SIZES.md); ``paper``: ``gpt2`` from the hub.
 
 Preference pairs: paraphrase, chosen = the correct label token, rejected = the other; sonnets, chosen = the true
 continuation, rejected = a continuation **sampled from the base model** (temperature 1, top-p 0.9, seeded; one
@@ -79,6 +80,21 @@ _TASK_SMOKE = {
     "sonnets": dict(n_train=8, n_eval=3, eval_loss_examples=None, k1=1, k2=2, dpo_epochs=1, batch=8,
                     max_prompt=48, max_length=128, evals_per_run=1),
 }
+# small: the real SmolLM2-135M-Instruct (BPE: a sonnet is ~170 tokens, a quora prompt ~45), sized by the budget of
+# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores). k1 = None: the early hand-over (SFT k1 ->
+# DPO) is cut, SFT k2 -> DPO is kept; dpo_only = False: the DPO-only schedule is cut (none of the paper's three claims
+# needs it); at_start = False: no evaluation before the first step (the base model is not measured)
+_TASK_SMALL = {
+    "paraphrase": dict(n_train=256, n_eval=128, eval_loss_examples=16, k1=None, k2=1, dpo_epochs=0.5, batch=16,
+                       max_prompt=64, max_length=66, evals_per_run=1, at_start=False, dpo_only=False),
+    "sonnets": dict(n_train=32, n_eval=8, eval_loss_examples=8, k1=None, k2=1, dpo_epochs=1, batch=8,
+                    max_prompt=64, max_length=224, evals_per_run=1, at_start=False, dpo_only=False),
+}
+_TASK_SMOKE_SMALL = {
+    "paraphrase": dict(_TASK_SMALL["paraphrase"], n_train=4, n_eval=4, eval_loss_examples=4, batch=2, max_prompt=24,
+                       max_length=26),
+    "sonnets": dict(_TASK_SMALL["sonnets"], n_train=2, n_eval=1, eval_loss_examples=1, batch=2, max_prompt=16, max_length=40),
+}
 _OPT = dict(lora_lr_factor=10.0, beta=0.1)
 SIZES = {
     # pretrain = the dpolab pretrain settings of the base (those of `dpolab pretrain --text .../input.txt`, so both
@@ -90,6 +106,28 @@ SIZES = {
 }
 SMOKE = dict(pretrain=dict(steps=4, batch_size=8, lr=2e-3, tiny={"n_layer": 1, "n_embd": 32, "n_head": 2}, chunk_chars=64),
              model=None, tasks=_TASK_SMOKE, sft_lr=1e-3, dpo_lr=1e-4, params=("full", "lora-4"), **_OPT)
+SIZES["small"] = dict(pretrain=None, model={"name_or_path": "smollm2-135m"}, tasks=_TASK_SMALL, sft_lr=2e-5, dpo_lr=5e-6,
+                      params=("full", "lora-16"), **_OPT)
+SMOKE_SMALL = dict(SIZES["small"], tasks=_TASK_SMOKE_SMALL)
+SMALL_CUTS = ("Cut at this size against `--size paper`: LoRA ranks 4 and 8 (full fine-tuning against LoRA r = 16 kept), "
+              "the DPO-only schedule and the early hand-over (SFT only and SFT -> DPO kept: the paper's three claims need "
+              "no more), {p_n} Quora training pairs instead of 16,000 and {p_e} held-out pairs instead of 2,000, {s_n} "
+              "training sonnets and {s_e} dev sonnets, one SFT epoch, DPO for {p_d:g} epoch (paraphrase) and {s_d:g} epoch "
+              "(sonnets), prompts cut to {p_p} (paraphrase) and {s_p} tokens (sonnets), one evaluation per run (at its end; "
+              "the base model is not evaluated).")
+
+
+def settings(size: str, smoke: bool) -> Dict[str, Any]:
+    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
+    if smoke:
+        return SMOKE_SMALL if size == "small" else SMOKE
+    return SIZES[size]
+
+
+def small_cuts() -> str:
+    p, s = _TASK_SMALL["paraphrase"], _TASK_SMALL["sonnets"]
+    return SMALL_CUTS.format(p_n=f"{p['n_train']:,}", p_e=p["n_eval"], s_n=s["n_train"], s_e=s["n_eval"], p_d=p["dpo_epochs"],
+                             s_d=s["dpo_epochs"], p_p=p["max_prompt"], s_p=s["max_prompt"])
 SAMPLE_SEED = 1234  # the sonnet rejected samples and the chrF samples use fixed seeds (models differ only by weights)
 
 
@@ -221,7 +259,7 @@ def _n_rows(task: str, t: Dict[str, Any], paths: Dict[str, Path]) -> int:
 
 
 def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = SMOKE if smoke else SIZES[size]
+    s = settings(size, smoke)
     out = Path(out or f"runs/study-{NAME}-{size}")
     paths = data_paths(data_dir, need_text=s["pretrain"] is not None)
     model, ensure_base = base_model(s, paths, out, smoke)
@@ -248,10 +286,12 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
                         "eval": {"batch_size": 32, "max_examples": t["eval_loss_examples"]}, "output": {"progress": False}}
                 prefix = f"{task}/{pname}/seed{seed}"
                 labels = {"task": task, "param": pname, "seed": seed}
-                for k in (t["k1"], t["k2"]):
+                ks = [k for k in (t["k1"], t["k2"]) if k]  # k1 None: the early hand-over is cut (small size)
+                later = {"at_start": False} if t.get("at_start") is False else {}
+                for k in ks:
                     steps = _steps(n, t["batch"], k)
                     cfg = deep_merge(base, {"data": sft_data, "train": {"mode": "sft", "max_steps": steps, "lr": s["sft_lr"] * factor},
-                                            "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"]))}})
+                                            "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"])), **later}})
                     hooks = [hook] if hook else sonnet_hooks(paths["sonnets"], t, steps)
                     result.append(RunSpec(f"{prefix}/sft-k{k}", cfg, {**labels, "stage": "sft", "k": k}, hooks=hooks, prepare=ensure_base))
                 steps = _steps(n, t["batch"], t["dpo_epochs"])
@@ -259,11 +299,41 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
                                         "train": {"mode": "preference", "max_steps": steps, "lr": s["dpo_lr"] * factor},
                                         "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"]))}})
                 hooks = [hook] if hook else sonnet_hooks(paths["sonnets"], t, steps)
-                result.append(RunSpec(f"{prefix}/dpo-base", dpo, {**labels, "stage": "dpo", "k": 0}, hooks=hooks, prepare=prepare))
-                for k in (t["k1"], t["k2"]):
-                    result.append(RunSpec(f"{prefix}/dpo-k{k}", dpo, {**labels, "stage": "dpo", "k": k}, init_from=f"{prefix}/sft-k{k}",
-                                          hooks=hooks, prepare=prepare))
+                if t.get("dpo_only", True):
+                    result.append(RunSpec(f"{prefix}/dpo-base", dpo, {**labels, "stage": "dpo", "k": 0}, hooks=hooks, prepare=prepare))
+                for k in ks:
+                    result.append(RunSpec(f"{prefix}/dpo-k{k}", deep_merge(dpo, {"eval": later}), {**labels, "stage": "dpo", "k": k},
+                                          init_from=f"{prefix}/sft-k{k}", hooks=hooks, prepare=prepare))
     return result
+
+
+def budget(size: str, seeds: int = 3):
+    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
+    from .budget import MEASURED, Stage
+
+    if size != "small":
+        return None
+    s = SIZES[size]
+    sample = MEASURED["gen_token"] * 150  # a sonnet continuation: ~11 lines, ~150 tokens
+    n_sonnets = 32  # training sonnets at this size (n_train); the file has more
+    out = []
+    for task in TASKS:
+        t, m = s["tasks"][task], MEASURED[NAME][task]
+        n = t["n_train"] if task == "paraphrase" else min(n_sonnets, t["n_train"])
+        sft, dpo = _steps(n, t["batch"], t["k2"]), _steps(n, t["batch"], t["dpo_epochs"])
+        for p in s["params"]:
+            kind = "full" if not PARAMS[p]["enabled"] else "lora"
+            out += [Stage(f"{task} {p}: SFT {t['k2']} ep (batch {t['batch']})", seeds, sft, m[f"sft-{kind}"] * t["batch"]),
+                    Stage(f"{task} {p}: SFT -> DPO, {t['dpo_epochs']:g} ep (batch {t['batch']})", seeds, dpo,
+                          m[f"dpo-{kind}"] * t["batch"])]
+        evals = 2 * len(s["params"]) * seeds  # the end of each run
+        if task == "paraphrase":
+            out.append(Stage(f"paraphrase evaluations ({t['n_eval']} held-out prompts)", evals, t["n_eval"], m["eval"], "prompts"))
+        else:
+            out += [Stage(f"sonnet held-out NLL ({t['n_eval']} dev sonnets)", evals, t["n_eval"], m["eval"], "sonnets"),
+                    Stage("sonnet chrF samples (end of each run)", evals, t["n_eval"], sample, "samples"),
+                    Stage("rejected sonnets sampled once from the base model", 1, n + t["n_eval"], sample, "samples")]
+    return out
 
 
 # -- report -------------------------------------------------------------------------------------------
@@ -277,11 +347,13 @@ METRICS = {  # task -> [(key, label, higher is better, scale)]
 def _schedules(results: Dict[str, RunResult], task: str) -> List[Tuple[str, str, Optional[str]]]:
     """(schedule name, run suffix, SFT parent suffix or None)."""
     ks = sorted({r.spec.labels["k"] for r in results.values() if r.spec.labels.get("task") == task and r.spec.labels["stage"] == "sft"})
-    if len(ks) < 2:
+    if not ks:
         return []
-    k1, k2 = ks[0], ks[-1]
-    return [(f"SFT only ({k2} ep)", f"sft-k{k2}", None), ("DPO only", "dpo-base", None),
-            (f"SFT {k1} ep -> DPO", f"dpo-k{k1}", f"sft-k{k1}"), (f"SFT {k2} ep -> DPO", f"dpo-k{k2}", f"sft-k{k2}")]
+    k1, k2 = ks[0], ks[-1]  # one k (the small size cuts the early hand-over): SFT only, DPO only, SFT -> DPO
+    early = [(f"SFT {k1} ep -> DPO", f"dpo-k{k1}", f"sft-k{k1}")] if len(ks) > 1 else []
+    dpo_only = [("DPO only", "dpo-base", None)] if any(r.spec.run_id.endswith("/dpo-base") for r in results.values()
+                                                       if r.spec.labels.get("task") == task) else []
+    return [(f"SFT only ({k2} ep)", f"sft-k{k2}", None), *dpo_only, *early, (f"SFT {k2} ep -> DPO", f"dpo-k{k2}", f"sft-k{k2}")]
 
 
 def _epochs(r: RunResult) -> float:
@@ -366,9 +438,10 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     local = Path(str(model.get("name_or_path", ""))).is_absolute()  # the cpu sizes' base: `dpolab pretrain`'s cached model
     lines += ["## Set-up", "",
               f"Base model: {describe_model(model)}" + (" (pretrained by `dpolab pretrain` on tiny-shakespeare)" if local else "")
-              + ". " + _data_sizes(results) + " Schedules per (task, parameterisation, seed): SFT "
-              "for k1 and k2 epochs, DPO from the base, DPO from each SFT model. LoRA: alpha = 2 r, learning rate "
-              f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning; a chained LoRA run merges the SFT adapter and trains a "
+              + ". " + _data_sizes(results) + " Schedules per (task, parameterisation, seed): " + _schedule_words(results)
+              + ". Parameterisations: full fine-tuning and "
+              "LoRA (alpha = 2 r), the LoRA learning rate "
+              f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning's; a chained LoRA run merges the SFT adapter and trains a "
               "fresh one. Sonnet preference pairs: chosen = the true continuation, rejected = one continuation sampled "
               "from the **base** model (temperature 1, top-p 0.9), drawn once and shared by every DPO run, cut to the "
               "true continuation's line count and length in characters, so never longer than the truth (the paper "
@@ -379,6 +452,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
               "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
               "held-out NLL and the base model's chrF is not measured. In the plots, the SFT-only curve is hidden under "
               "the first part of the SFT k2 -> DPO curve (the same run).", ""]
+    if size == "small":
+        lines += [small_cuts(), ""]
     claims: List[str] = []
     total = VerdictTable()
     for task in TASKS:
@@ -427,6 +502,15 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     return lines
 
 
+def _schedule_words(results: Dict[str, RunResult]) -> str:
+    """The schedules that ran, in words (the small size runs no DPO-only schedule and one SFT length)."""
+    ks = sorted({r.spec.labels["k"] for r in results.values() if r.spec.labels.get("stage") == "sft"})
+    base = any(r.spec.run_id.endswith("/dpo-base") for r in results.values())
+    sft = f"SFT for {' and '.join(f'{k}' for k in ks)} epoch{'s' if ks != [1] else ''}" if ks else "no SFT"
+    return sft + (", DPO from the base" if base else "") + (", DPO from each SFT model" if len(ks) > 1 else
+                                                            ", DPO from the SFT model" if ks else "")
+
+
 def _data_sizes(results: Dict[str, RunResult]) -> str:
     """Training rows of each task's SFT and DPO stages, as the runs report them."""
     parts = []
@@ -462,7 +546,7 @@ def _majority_line(results: Dict[str, RunResult]) -> str:
 
 def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[str]:
     key, lbl, hb, sc = mets[0]
-    (sft_name, sft_suf, _), _, _, (late_name, late_suf, late_par) = scheds
+    (sft_name, sft_suf, _), (late_name, late_suf, late_par) = scheds[0], scheds[-1]
     paper = PAPER[task]
     out = [f"### {task}", "",
            f"**Claim 1: DPO gives a small, task-dependent gain over a strong SFT** (paper, {paper[0]}: {paper[1]} -> {paper[2]}).", ""]

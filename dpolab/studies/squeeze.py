@@ -6,7 +6,8 @@ at every evaluation; then sweep the seq gate's alpha and tau. The report gives d
 margin / others / argmax mass with 95 % CIs over seeds, the curves over training and the gate sweep.
 
 Design choices (documented in the report): one SFT warm-up shared by all seeds (seeds vary the preference
-stage's data order); the arithmetic task's near/far misses as preference pairs; deltas are against the
+stage's data order); the arithmetic task's near/far misses as preference pairs (size ``small``: the IMDb
+counterfactual minimal edits, real text, on the pretrained SmolLM2-135M-Instruct with LoRA); deltas are against the
 start of the preference stage, which is also the reference model.
 """
 from __future__ import annotations
@@ -45,6 +46,39 @@ SIZES = {
 }
 SMOKE = dict(model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}}, sft_steps=4, sft_lr=1e-3,
              n_pairs=16, n_eval=8, pref_epochs=1, pref_lr=1e-4, batch=8, eval_every=1, ext_sft_epochs=1, beta=0.1)
+# small: the real SmolLM2-135M-Instruct with LoRA r=16 on real text pairs (the IMDb counterfactual minimal edits,
+# imdb-cad kind=low, where DPO's fall of the chosen likelihood is expected), sized by the budget of
+# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores)
+SIZES["small"] = dict(model={"name_or_path": "smollm2-135m"}, lora={"enabled": True, "r": 16, "alpha": 32.0},
+                      pairs="imdb-low", methods=("DPO", "Gate-DPO seq", "Gate-DPO q10"), sweep=False, sft_steps=16,
+                      sft_lr=2e-4, sft_batch=8, max_length=96, n_pairs=192, n_eval=24, pref_epochs=1, pref_lr=1e-4,
+                      batch=8, eval_every=12, ext_sft_epochs=1, beta=0.1)
+SMOKE_SMALL = dict(SIZES["small"], probe_greedy_tokens=4, sft_steps=2, sft_batch=2, max_length=48, n_pairs=4, n_eval=2, batch=2, eval_every=1,
+                   n_train_sft=4)
+SMALL_CUTS = ("Cut at this size against `--size paper`: IPO, Cal-DPO, their gated versions and extended SFT -> DPO "
+              "(DPO against the two Gate-DPO gates kept), the gate sweep, {n_pairs} IMDb counterfactual training pairs "
+              "(minimal human edits) instead of 4,096 and one epoch instead of three, a {sft_steps}-step SFT warm-up on "
+              "the review text, sequences cut to {max_length} tokens, probes on {n_eval} held-out pairs instead of 256.")
+
+
+def settings(size: str, smoke: bool) -> Dict[str, Any]:
+    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
+    if smoke:
+        return SMOKE_SMALL if size == "small" else SMOKE
+    return SIZES[size]
+
+
+def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, Any], Dict[str, Any]]:
+    """(preference data, SFT warm-up data) on the IMDb counterfactual pairs of ``s['pairs']`` (imdb-low / imdb-high)."""
+    from ..data.types import DataError
+
+    root = Path(data_dir or "../shared/data") / "imdb-cad-sentiment"
+    if not (root / "paired" / "train_paired.tsv").exists():
+        raise DataError("study squeeze at this size runs on the IMDb counterfactual pairs; pass --data-dir with the folder "
+                        "that holds imdb-cad-sentiment/", source=str(root))
+    task = {"task": "imdb-cad", "max_length": s["max_length"], "task_args": {"path": str(root.resolve()), "n_eval": s["n_eval"]}}
+    pref = deep_merge(task, {"task_args": {"kind": s["pairs"].split("-")[1], "n_train": s["n_pairs"]}})
+    return pref, deep_merge(task, {"task_args": {"n_train": s.get("n_train_sft")}})
 
 
 def _with_beta(loss: List[Dict[str, Any]], beta: float) -> List[Dict[str, Any]]:
@@ -52,31 +86,60 @@ def _with_beta(loss: List[Dict[str, Any]], beta: float) -> List[Dict[str, Any]]:
 
 
 def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = SMOKE if smoke else SIZES[size]
-    pref_data = arithmetic_data(s["n_pairs"], s["n_eval"], "mixed")
-    hook = arithmetic_accuracy_hook(pref_data, limit=s["n_eval"])
+    s = settings(size, smoke)
     base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
             "eval": {"batch_size": 64, "max_examples": s["n_eval"]}, "output": {"progress": False}}
-    out = [arithmetic_sft_spec("sft", base, s, smoke, hook)]
-    ext_steps = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
-    out.append(RunSpec("ext-sft", deep_merge(base, {
-        "data": deep_merge(pref_data, {"sft_from_pairs": "both"}),
-        "train": {"mode": "sft", "max_steps": ext_steps, "lr": s["pref_lr"] * 5, "schedule": "constant"}}),
-        {"stage": "ext-sft"}, init_from="sft", hooks=[hook]))
+    if s.get("lora"):
+        base["lora"] = dict(s["lora"])
+    methods = {m: METHODS[m] for m in s.get("methods", METHODS)}
+    if s.get("pairs"):  # real text pairs: no exact answer to score, so no accuracy hook
+        pref_data, sft_data = _imdb_pairs(s, data_dir)
+        hooks: list = []
+        out = [RunSpec("sft", deep_merge(base, {
+            "data": sft_data, "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": s.get("sft_batch", s["batch"]),
+                                        "lr": s["sft_lr"], "schedule": "cosine"},
+            "eval": {"every": max(1, s["sft_steps"] // 2)}}), {"stage": "sft"})]
+    else:
+        pref_data = arithmetic_data(s["n_pairs"], s["n_eval"], "mixed")
+        hooks = [arithmetic_accuracy_hook(pref_data, limit=s["n_eval"])]
+        out = [arithmetic_sft_spec("sft", base, s, smoke, hooks[0])]
+    if "ext-SFT -> DPO" in methods:
+        ext_steps = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
+        out.append(RunSpec("ext-sft", deep_merge(base, {
+            "data": deep_merge(pref_data, {"sft_from_pairs": "both"}),
+            "train": {"mode": "sft", "max_steps": ext_steps, "lr": s["pref_lr"] * 5, "schedule": "constant"}}),
+            {"stage": "ext-sft"}, init_from="sft", hooks=hooks))
     steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
-    pref = deep_merge(base, {"data": pref_data, "eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"]},
+    pref = deep_merge(base, {"data": pref_data, "eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"],
+                             **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {})},
                              "train": {"mode": "preference", "max_steps": steps, "lr": s["pref_lr"], "schedule": "constant",
                                        "warmup_steps": min(10, steps // 4)}})
     for seed in range(seeds):
-        for method, loss in METHODS.items():
+        for method, loss in methods.items():
             start = "ext-sft" if method.startswith("ext-SFT") else "sft"
             cfg = deep_merge(pref, {"loss": _with_beta(loss, s["beta"]), "train": {"seed": seed}})
-            out.append(RunSpec(f"{_slug(method)}/seed{seed}", cfg, {"method": method, "seed": seed}, init_from=start, hooks=[hook]))
-    sweep = [(a, t) for a in SWEEP_ALPHA for t in SWEEP_TAU] if not smoke else [(SWEEP_ALPHA[0], SWEEP_TAU[0])]
+            out.append(RunSpec(f"{_slug(method)}/seed{seed}", cfg, {"method": method, "seed": seed}, init_from=start, hooks=hooks))
+    sweep = [] if not s.get("sweep", True) else (
+        [(a, t) for a in SWEEP_ALPHA for t in SWEEP_TAU] if not smoke else [(SWEEP_ALPHA[0], SWEEP_TAU[0])])
     for a, t in sweep:
         cfg = deep_merge(pref, {"loss": _with_beta([{"name": "dpo", "gate": {"mode": "seq", "alpha": a, "tau": t}}], s["beta"])})
-        out.append(RunSpec(f"sweep/alpha{a:g}-tau{t:g}", cfg, {"sweep": True, "alpha": a, "tau": t}, init_from="sft", hooks=[hook]))
+        out.append(RunSpec(f"sweep/alpha{a:g}-tau{t:g}", cfg, {"sweep": True, "alpha": a, "tau": t}, init_from="sft", hooks=hooks))
     return out
+
+
+def budget(size: str, seeds: int = 3):
+    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
+    from .budget import MEASURED, Stage
+
+    if size != "small":
+        return None
+    s, m = SIZES[size], MEASURED["squeeze"]
+    steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
+    runs = len(s["methods"]) * seeds
+    evals = steps // s["eval_every"] + 1
+    return [Stage(f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {s['max_length']} tokens)", 1, s["sft_steps"], m["sft"] * s["sft_batch"]),
+            Stage(f"{', '.join(s['methods'])} x {seeds} seeds on {s['pairs']} (batch {s['batch']} pairs)", runs, steps, m["pref"] * s["batch"]),
+            Stage(f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)", runs, evals, m["probe_eval"] * s["n_eval"], "evals")]
 
 
 def _slug(name: str) -> str:
@@ -99,17 +162,21 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
     any_pref = next((rs[0] for rs in groups.values() if rs), None)
     seeds = sorted({r.spec.labels.get("seed") for rs in groups.values() for r in rs}, key=str)
     text = f"Setting ({size}): "
+    imdb = sft is not None and sft.spec.config.get("data", {}).get("task") == "imdb-cad"
     if sft is not None:
         args = sft.spec.config.get("data", {}).get("task_args", {})
-        text += (f"{describe_model(sft.spec.config.get('model', {}))}; one SFT warm-up on {args.get('n_train', '?')} "
-                 f"arithmetic chains for {sft.spec.config.get('train', {}).get('max_steps', '?')} steps (answer accuracy "
-                 f"{'-' if sft_acc is None else f'{sft_acc:.3f}'})")
+        what = (f"{'all' if args.get('n_train') is None else args['n_train']} IMDb review chunks" if imdb else
+                f"{args.get('n_train', '?')} arithmetic chains")
+        text += (f"{describe_model(sft.spec.config.get('model', {}), sft.spec.config.get('lora'))}; one SFT warm-up on {what} "
+                 f"for {sft.spec.config.get('train', {}).get('max_steps', '?')} steps"
+                 + ("" if imdb else f" (answer accuracy {'-' if sft_acc is None else f'{sft_acc:.3f}'})"))
     if any_pref is not None:
         c = any_pref.spec.config
         args, train = c.get("data", {}).get("task_args", {}), c.get("train", {})
         beta = next((l.get("params", {}).get("beta") for l in c.get("loss", []) if "params" in l), None)
-        text += (f"; then each method from it on {args.get('n_train', '?')} preference pairs (rejected = a near or far "
-                 f"miss, mixed), {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
+        pairs = ("IMDb counterfactual pairs (" + ("minimal human edits" if args.get("kind") == "low" else "another review's span")
+                 + ")") if imdb else "preference pairs (rejected = a near or far miss, mixed)"
+        text += (f"; then each method from it on {args.get('n_train', '?')} {pairs}, {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
                  f"{train.get('lr', '?')}, β = {beta}; probes on {c.get('eval', {}).get('probe_examples', '?')} held-out "
                  f"pairs")
     return (text + f"; {len(seeds)} seed(s) vary the preference stage's data order. Probe deltas are summed response "
@@ -180,6 +247,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         _setting(results, groups, size),
         "",
+        *([SMALL_CUTS.format(**SIZES["small"]), ""] if size == "small" else []),
         markdown_table(["method"] + [h for _, h in KEYS], rows),
         "",
         "### What the measurement says against the claim",

@@ -1,0 +1,92 @@
+"""Time budgets of study sizes: the stages a size runs, how many runs and steps each, the measured seconds per
+step, and the minutes that makes (``dpolab study NAME --size small --dry-run`` prints it).
+
+A study module that has budgets defines ``budget(size, seeds)`` returning :class:`Stage` rows built from its size
+definition (so the table follows the definition) and the measured costs in :data:`MEASURED`. The costs are
+measured, never assumed: :data:`MEASURED` records the command, the machine's load and what was timed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence
+
+# Seconds per unit on SmolLM2-135M-Instruct (preset smollm2-135m, float32, LoRA r=16 unless the key says full),
+# measured by benchmarks/small_sizes.py: a few real dpolab steps of each stage at a reduced batch (the first is warm-up),
+# timed as the process CPU seconds of one step with ONE torch thread, divided by the batch. On the shared machine the
+# measurement ran under a load of 14-20 on 2 cores, so wall-clock was meaningless (5-10x inflated) and 2-thread CPU time
+# was inflated too (waiting threads spin: 5x the 1-thread CPU time for the same step); 1-thread CPU time is not. The
+# budget uses it as the wall-clock of a step on 2 cores, i.e. it assumes no gain from the second core: that is the
+# margin (a second core typically saves 30-45 %). The raw records: benchmarks/results/small_sizes.jsonl; the tables: docs/results/SMALL_SIZES.md.
+MEASURED: Dict[str, Any] = {
+    # sampling (temperature 1, a batch of 16 review prompts, 48 new tokens): seconds per generated token of one sample
+    "gen_token": 1.256 / 48,
+    # sft: an IMDb review SFT sequence timed at <= 192 tokens (the sizes use <= 96: an over-estimate)
+    # score = forward only: a third of the reward model's forward + backward per pair (derived, not timed)
+    "madpo": {"sft": 5.19 / 2, "rm": 2.85 / 2, "pref": 3.58 / 2, "score": 2.85 / 2 / 3},
+    # S1 per example. Timed: SFT (full and LoRA) on quora prompts (<= 96 tokens) and on sonnets (<= 256 tokens), LoRA DPO
+    # on quora pairs. Derived, not timed: the other DPO costs (SFT x the timed LoRA DPO / SFT ratio on quora) and the
+    # evaluation forward passes (half a LoRA SFT example)
+    "sft-dpo": {"paraphrase": {"sft-full": 6.18 / 4, "sft-lora": 3.2 / 4, "dpo-lora": 4.79 / 4,
+                               "dpo-full": 6.18 / 4 * 4.79 / 3.2, "eval": 3.2 / 4 / 2},
+                "sonnets": {"sft-full": 7.32 / 2, "sft-lora": 5.76 / 2, "dpo-lora": 5.76 / 2 * 4.79 / 3.2,
+                            "dpo-full": 7.32 / 2 * 4.79 / 3.2, "eval": 5.76 / 2 / 2}},
+    # probe_eval per held-out pair (derived, not timed): 5 probe responses + chosen and rejected through the policy and
+    # the reference = 9 forwards of a pair's sequence; a DPO pair's step is 8 (2 sequences x forward + backward ~ 3,
+    # plus 2 reference forwards)
+    # pref: a DPO pair of imdb-cad kind=low (minimal edits; timed)
+    "dpop": {"sft": 5.19 / 2, "pref": 3.75 / 2, "probe_eval": 9 / 8 * 3.75 / 2},
+    "squeeze": {"sft": 5.19 / 2, "pref": 3.75 / 2, "probe_eval": 9 / 8 * 3.75 / 2},
+}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    runs: int
+    units: int  # optimiser steps per run (or generated samples, see ``unit``)
+    seconds_per_unit: float
+    unit: str = "steps"
+
+    @property
+    def minutes(self) -> float:
+        return self.runs * self.units * self.seconds_per_unit / 60.0
+
+
+def total_minutes(stages: Sequence[Stage]) -> float:
+    return sum(s.minutes for s in stages)
+
+
+def budget_lines(stages: Sequence[Stage], title: str = "") -> List[str]:
+    """A markdown table of the stages and their total."""
+    lines = [title, ""] if title else []
+    lines += ["| stage | runs | per run | s / unit | minutes |", "|---|---:|---:|---:|---:|"]
+    for s in stages:
+        lines.append(f"| {s.name} | {s.runs} | {s.units} {s.unit} | {s.seconds_per_unit:.2f} | {s.minutes:.1f} |")
+    lines.append(f"| **total** | {sum(s.runs for s in stages if s.unit == 'steps')} training runs | | | "
+                 f"**{total_minutes(stages):.0f}** |")
+    return lines
+
+
+def dry_run(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smoke: bool = False, out: Optional[str] = None,
+            data_dir: Optional[str] = None) -> str:
+    """What ``dpolab study NAME --dry-run`` prints: the runs the grid would train and the size's time budget."""
+    from pathlib import Path
+
+    from . import get_study
+    from ..config import ConfigError
+
+    study = get_study(name)
+    if size not in study.SIZES:
+        raise ConfigError(f"study '{name}' has sizes {', '.join(study.SIZES)}, not '{size}'")
+    seeds = seeds if seeds is not None else (1 if smoke else 3)
+    out_dir = Path(out or f"runs/study-{name}-{size}{'-smoke' if smoke else ''}")
+    specs = study.specs(size, seeds, smoke, data_dir=data_dir, out=out_dir)
+    lines = [f"study {name} ({size}{', smoke' if smoke else ''}, {seeds} seed(s)): {len(specs)} runs -> {out_dir}"]
+    lines += [f"  {s.run_id}" + (f"  (from {s.init_from})" if s.init_from else "") for s in specs]
+    stages = study.budget(size, seeds) if hasattr(study, "budget") and not smoke else None
+    if stages:
+        lines += ["", *budget_lines(stages, f"Time budget ({size}, {seeds} seeds; seconds measured on 2 CPU threads, "
+                                              "see docs/results/SMALL_SIZES.md):")]
+    else:
+        lines += ["", f"(no measured time budget for size '{size}'" + (" at smoke scale)" if smoke else ")")]
+    return "\n".join(lines)
