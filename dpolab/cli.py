@@ -2,11 +2,13 @@
 
     dpolab train --config my.yaml train.lr=1e-5 loss='[{name: dpo}, {name: sft, weight: 0.2}]'
     dpolab eval --model runs/x/final --data pairs.jsonl
+    dpolab generate --model runs/x/final "Write a haiku about rain."   # a reply (chat template applied); chat: a loop
     dpolab rm train --config rm.yaml                 # reward model (Bradley-Terry) -> runs/x/final
     dpolab rm score --model runs/x/final --data pairs.jsonl --out scored.jsonl
     dpolab inspect-data --data pairs.jsonl --model gpt2   # how rows are tokenised, prompt|response boundary marked
     dpolab pretrain --text ../shared/data/tiny-shakespeare/input.txt   # cached tiny GPT-2 -> prints its final/ path
     dpolab study sft-dpo --size cpu                    # a packaged study (`dpolab study --help` lists them)
+    dpolab compare --data pairs.jsonl --methods dpo,ipo,dpop:lam=50 --seeds 3   # which method does what on my data
     dpolab demo
     dpolab losses
     dpolab config            # every option with its default and help
@@ -44,7 +46,8 @@ def _cmd_train(args) -> int:
 
 def _print_summary(summary: dict, run_dir: str) -> None:
     final = summary.get("final_eval") or {}
-    keys = [k for k in ("eval/loss", "eval/reward_accuracy", "eval/margin", "eval/logratio/chosen", "eval/logratio/rejected") if k in final]
+    keys = [k for k in ("eval/loss", "eval/reward_accuracy", "eval/reward_ties", "eval/logratio_margin", "eval/logratio/chosen",
+                      "eval/logratio/rejected") if k in final]
     shown = ", ".join(f"{k.split('/', 1)[1]}=" + (f"{final[k]:.4f}" if isinstance(final[k], (int, float)) else str(final[k]))
                       for k in keys)
     print(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB"
@@ -65,10 +68,15 @@ def _cmd_eval(args) -> int:
 
     _check_at_least(1, batch_size=args.batch_size, max_length=args.max_length, limit=args.limit)
     _check_at_least(0, probes=args.probes)
+    model = args.model
+    if args.gguf_file:  # de-quantised once into a cached Hugging Face folder (dpolab/models/presets.py)
+        from .models.presets import gguf_model_folder
+
+        model = gguf_model_folder(args.model, args.gguf_file)
     result = evaluate_preference_file(
-        args.model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
+        model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
         max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
-        probes=args.probes,
+        probes=args.probes, per_pair=args.per_pair, data_format=args.format, log=lambda m: print(m, file=sys.stderr),
     )
     text = json.dumps(result, indent=1)
     if args.out:
@@ -76,6 +84,46 @@ def _cmd_eval(args) -> int:
 
         write_text(args.out, text + "\n")
     print(text)
+    return 0
+
+
+def _sampling_options(args):
+    from .evaluation.chat import SamplingOptions
+
+    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                           seed=args.seed, template=not args.no_chat_template, system=args.system).check()
+
+
+def _cmd_generate(args) -> int:
+    from .config import ConfigError
+    from .evaluation.chat import load_chat_model, reply
+
+    opts = _sampling_options(args)
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    if not prompt.strip():
+        raise ConfigError("no prompt: give it as an argument or on stdin")
+    model, tok = load_chat_model(args.model, tokenizer=args.tokenizer)
+    print(reply(model, tok, [{"role": "user", "content": prompt.strip()}], opts), flush=True)
+    return 0
+
+
+def _cmd_chat(args) -> int:
+    from .evaluation.chat import Conversation, load_chat_model
+
+    opts = _sampling_options(args)
+    model, tok = load_chat_model(args.model, tokenizer=args.tokenizer)
+    chat = Conversation(model, tok, opts)
+    interactive = sys.stdin.isatty()
+    if interactive:
+        print("chat with the model: one line per turn; an empty line, 'exit' or Ctrl-D ends", file=sys.stderr)
+    while True:
+        try:
+            line = input("> " if interactive else "")
+        except EOFError:
+            break
+        if not line.strip() or line.strip() in ("exit", "quit"):
+            break
+        print(chat.say(line.strip()), flush=True)
     return 0
 
 
@@ -132,8 +180,53 @@ def _cmd_study(args) -> int:
     from .studies.run import run_study
 
     _check_at_least(1, seeds=args.seeds)
-    run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir)
+    if args.dry_run:
+        from .studies.budget import dry_run
+
+        print(dry_run(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir))
+        return 0
+    run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir,
+              executor=_executor_options(args))
     return 0
+
+
+def _executor_options(args) -> dict:
+    from .studies.executors import Resources
+
+    return dict(name=args.executor, parallel=args.parallel or 1, address=args.address, partition=args.partition,
+                array=args.array, resources=Resources(cpus=args.cpus, gpus=args.gpus or 0, mem_gb=args.mem, time_min=args.time))
+
+
+def _cmd_compare(args) -> int:
+    from .studies.compare import CompareOptions, dry_run, run_compare
+
+    flags = {k: getattr(args, k) for k in ("model", "data", "task", "eval_data", "eval_fraction", "min_eval", "baseline",
+                                           "seeds", "lora", "budget", "evals", "samples", "max_new_tokens", "reward_model",
+                                           "oracle", "split_seed", "model_seed", "out", "executor", "parallel", "address",
+                                           "partition", "cpus", "gpus", "mem", "time")}
+    flags.update(methods=args.methods, set=args.set or None, array=args.array or None)
+    opts = CompareOptions.from_sources(args.config, flags)
+    if args.dry_run:
+        dry_run(opts)
+    else:
+        run_compare(opts)
+    return 0
+
+
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    """Where the runs train (dpolab/studies/executors.py): the executor and each run's resources."""
+    g = p.add_argument_group("executor (where the runs train)")
+    g.add_argument("--executor", choices=["local", "ray", "slurm"], help="local (default), ray (pip install ray) or slurm "
+                   "(through submitit: pip install submitit)")
+    g.add_argument("--parallel", type=int, help="local: this many runs at once, each in its own process (default 1)")
+    g.add_argument("--address", help="ray: the cluster to join (default: a local Ray cluster)")
+    g.add_argument("--partition", help="slurm: the partition")
+    g.add_argument("--array", action="store_true", help="slurm: one job array instead of one job per run")
+    g.add_argument("--cpus", type=int, help="per run: CPU threads (Ray num_cpus, Slurm cpus-per-task; pins torch's threads "
+                   "so every executor gives the same numbers)")
+    g.add_argument("--gpus", type=int, help="per run: GPUs (ray, slurm)")
+    g.add_argument("--mem", type=float, help="per run: memory in GB (ray, slurm)")
+    g.add_argument("--time", type=int, help="per run: time limit in minutes (slurm)")
 
 
 def _cmd_pretrain(args) -> int:
@@ -236,15 +329,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(t, "e.g. train.lr=1e-5 model.name_or_path=gpt2")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="preference accuracy, rewards and log-probs of a model on a preference set")
-    e.add_argument("--model", required=True, help="model name/path or a dpolab run's final/ folder")
+    e = sub.add_parser("eval", help="preference accuracy, rewards and log-probs of a model on a preference set",
+                       description="Score every pair of a preference set: reward accuracy (strict wins over all pairs) "
+                                   "and ties, the margin (log-ratio margin with --reference, else the log-prob "
+                                   "difference, plus its length-normalised variant), with 95 % intervals.")
+    e.add_argument("--model", required=True, help="model name/path, a model preset (smollm2-135m) or a dpolab run's final/ folder")
+    e.add_argument("--gguf-file", help="GGUF file name inside --model (a folder or hub repository); de-quantised once "
+                                       "into a cached Hugging Face folder")
     e.add_argument("--data", required=True, help="preference data (jsonl/json/csv/tsv/parquet/HF dataset)")
     e.add_argument("--reference", help="reference model (default: none; rewards are then plain log-prob differences)")
     e.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     e.add_argument("--beta", type=float, default=0.1, help="beta for implicit rewards (default 0.1)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-length", type=int, default=512)
-    e.add_argument("--limit", type=int, help="evaluate at most this many rows")
+    e.add_argument("--limit", type=int, help="evaluate at most the first this many pairs (default: all; the log says how many "
+                                             "were scored)")
+    e.add_argument("--format", default="auto", choices=["auto", "hh"],
+                   help="hh: parse Anthropic-HH text into chat messages for the tokenizer's chat template (as data.format)")
+    e.add_argument("--per-pair", metavar="FILE.jsonl", help="also write one JSON line per scored pair: index, source row, "
+                                                            "log-probs, token counts, margin, win / tie / loss")
     e.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
     e.add_argument("--probes", type=int, default=0, metavar="N",
                    help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")
@@ -308,12 +411,54 @@ def build_parser() -> argparse.ArgumentParser:
                                     + "\n".join(f"  {n:{width}s}  {summary}" for n, summary in studies))
     st.add_argument("name", choices=[n for n, _ in studies], metavar="NAME",
                     help="study name: " + " | ".join(n for n, _ in studies))
-    st.add_argument("--size", default="cpu", choices=["cpu", "paper"], help="cpu: tiny models, minutes on a CPU; paper: the paper's scale (GPU, hub)")
+    st.add_argument("--size", default="cpu", choices=["cpu", "small", "paper"],
+                    help="cpu: tiny models, minutes on a CPU; small: the pretrained SmolLM2-135M-Instruct with LoRA, "
+                         "about 100 minutes on 2 CPU cores (needs the smollm2-135m preset); paper: the paper's scale (GPU, hub)")
+    st.add_argument("--dry-run", action="store_true", help="list the runs and print the size's time budget (measured "
+                                                           "seconds per step), train nothing")
     st.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 1 with --smoke)")
     st.add_argument("--smoke", action="store_true", help="a few steps per run, to check the pipeline")
     st.add_argument("--out", help="output folder (default runs/study-NAME-SIZE)")
     st.add_argument("--data-dir", help="folder with the real data sets (default ../shared/data); studies skip sets they cannot find")
-    st.set_defaults(func=_cmd_study)
+    _add_executor_args(st)
+    st.set_defaults(func=_cmd_study, executor="local")
+
+    cp = sub.add_parser("compare", help="compare preference methods on your data: a resumable grid (methods x seeds), "
+                                        "then a report with paired verdicts against a baseline",
+                        description="Train every method on the same pairs from the same model, for several seeds, and "
+                                    "measure each on held-out pairs (reward accuracy, margin, log-prob changes, KL to the "
+                                    "reference, sampled length; optionally a reward model and your oracle). Writes "
+                                    "OUT/report.md and PNGs. Re-running skips finished runs and resumes unfinished ones. "
+                                    "Every option can also come from --config (same names as keys).")
+    cp.add_argument("--config", "-c", help="YAML file with the same keys as the flags (flags given here win)")
+    cp.add_argument("--model", help="model name/path or tiny preset (default tiny-gpt2)")
+    cp.add_argument("--data", help="training pairs: any format dpolab train reads (data.train)")
+    cp.add_argument("--task", help="a built-in task instead of --data (e.g. arithmetic)")
+    cp.add_argument("--eval-data", help="held-out pairs (default: a seeded split of --data, --eval-fraction)")
+    cp.add_argument("--eval-fraction", type=float, help="share of the rows held out when there is no --eval-data (default 0.1)")
+    cp.add_argument("--min-eval", type=int, help="fewest held-out pairs accepted (default 8)")
+    cp.add_argument("--methods", help="comma-separated: loss names with parameters and weights, e.g. "
+                                      "dpo,ipo,dpop:lam=50,dpo+0.1*sft (default dpo,ipo,dpop)")
+    cp.add_argument("--baseline", help="the method the others are judged against (default: the first)")
+    cp.add_argument("--seeds", type=int, help="seeds per method (default 3)")
+    lo = cp.add_mutually_exclusive_group()
+    lo.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (default, except for tiny presets)")
+    lo.add_argument("--full", dest="lora", action="store_false", help="full fine-tuning (default for tiny presets)")
+    cp.add_argument("--budget", help="per run: 200steps or 2epochs (default 1epochs)")
+    cp.add_argument("--evals", type=int, help="evaluations over a run, for the trajectories (default 8)")
+    cp.add_argument("--samples", type=int, help="held-out prompts sampled at each evaluation, for KL and length (default 32)")
+    cp.add_argument("--max-new-tokens", type=int, help="length budget of a sampled response (default 48)")
+    cp.add_argument("--reward-model", help="a reward model (dpolab rm train's final/) that scores the sampled responses")
+    cp.add_argument("--oracle", help="module:function(prompt, response) -> float that scores the sampled responses")
+    cp.add_argument("--split-seed", type=int, help="seed of the held-out split (default 0)")
+    cp.add_argument("--model-seed", type=int, help="seed of a tiny preset's starting weights (default 0)")
+    cp.add_argument("--out", help="output folder (default runs/compare)")
+    cp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training config key for every run, "
+                                                                        "repeatable (e.g. train.lr=1e-5)")
+    cp.add_argument("--dry-run", action="store_true", help="print the grid, the number of runs and a time estimate "
+                                                           "from a few timed real steps; train nothing")
+    _add_executor_args(cp)
+    cp.set_defaults(func=_cmd_compare)
 
     ins = sub.add_parser("inspect-data", help="show how the first rows of a data file are tokenised, token by token, prompt | responses",
                          description="Tokenise the first rows of a preference or SFT data file exactly as training does and "
@@ -338,6 +483,24 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--max-tokens", type=int, default=64,
                      help="tokens shown per part before the middle is elided (default 64; 0 = all)")
     ins.set_defaults(func=_cmd_inspect_data)
+
+    for name, what in (("generate", "a sampled reply to one prompt (argument or stdin)"),
+                       ("chat", "an interactive chat: one line per turn, replies printed")):
+        g = sub.add_parser(name, help=f"{what}, from a model preset, a model folder or a LoRA run's final/",
+                           description=f"{what[0].upper()}{what[1:]}. The model's chat template is applied when its "
+                                       "tokenizer has one (--no-chat-template: the text as is).")
+        if name == "generate":
+            g.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
+        g.add_argument("--model", default="smollm2-135m", help="model preset (default smollm2-135m), model folder or "
+                       "hub id, or a LoRA adapter folder written by dpolab train (its final/)")
+        g.add_argument("--tokenizer", help="tokenizer (default: the model's)")
+        g.add_argument("--max-new-tokens", type=int, default=256, help="most tokens in the reply (default 256)")
+        g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
+        g.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling (default 0.9)")
+        g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+        g.add_argument("--system", help="a system message first (chat template only)")
+        g.add_argument("--no-chat-template", action="store_true", help="feed the text as is, without the chat template")
+        g.set_defaults(func=_cmd_generate if name == "generate" else _cmd_chat)
 
     ls = sub.add_parser("losses", help="list every loss with its parameters and paper")
     ls.set_defaults(func=_cmd_losses)

