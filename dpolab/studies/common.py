@@ -16,6 +16,14 @@ CPU_MODEL = {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 4, "n_embd": 128, 
 PAPER_MODEL = {"name_or_path": "EleutherAI/pythia-410m"}
 
 
+def size_settings(sizes: Dict[str, Dict[str, Any]], smoke_cpu: Dict[str, Any], smoke_small: Dict[str, Any], size: str,
+                  smoke: bool) -> Dict[str, Any]:
+    """A study's settings for ``size``; ``smoke``: the size's code path at a few steps (``small`` keeps its model)."""
+    if smoke:
+        return smoke_small if size == "small" else smoke_cpu
+    return sizes[size]
+
+
 def deep_merge(base: Dict[str, Any], *updates: Dict[str, Any]) -> Dict[str, Any]:
     out = copy.deepcopy(base)
     for up in updates:

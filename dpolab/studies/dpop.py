@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import Verdict, VerdictTable, compare, none_of
-from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
+from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
                      deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
@@ -45,9 +45,7 @@ SMALL_CUTS = ("Cut at this size against `--size paper`: the arithmetic pair sets
 
 def settings(size: str, smoke: bool) -> Dict[str, Any]:
     """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    if smoke:
-        return SMOKE_SMALL if size == "small" else SMOKE
-    return SIZES[size]
+    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
 
 # dataset name -> (edit-distance bucket, family)
 DATASETS = {"arith-near": ("low", "arithmetic"), "arith-far": ("high", "arithmetic"),

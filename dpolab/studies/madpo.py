@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
 from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
-from .common import by_seed, curves, deep_merge, describe_model, fmt_cell, mean_series
+from .common import by_seed, curves, deep_merge, describe_model, fmt_cell, mean_series, size_settings
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 
@@ -91,9 +91,7 @@ SMOKE_SMALL = dict(SIZES["small"], sft_steps=2, sft_chars=120, sft_max_length=32
 
 def settings(size: str, smoke: bool) -> Dict[str, Any]:
     """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    if smoke:
-        return SMOKE_SMALL if size == "small" else SMOKE
-    return SIZES[size]
+    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
 
 
 EVAL_SEED = 1234  # the sampling seed of every oracle evaluation (so policies differ only by their weights)

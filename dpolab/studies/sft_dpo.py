@@ -40,7 +40,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..data.types import DataError
 from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, none_of
-from .common import deep_merge, describe_model, fmt_cell
+from .common import deep_merge, describe_model, fmt_cell, size_settings
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 
@@ -119,9 +119,7 @@ SMALL_CUTS = ("Cut at this size against `--size paper`: LoRA ranks 4 and 8 (full
 
 def settings(size: str, smoke: bool) -> Dict[str, Any]:
     """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    if smoke:
-        return SMOKE_SMALL if size == "small" else SMOKE
-    return SIZES[size]
+    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
 
 
 def small_cuts() -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import VerdictTable, compare, every, fmt_ci, none_of
-from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
+from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
                      deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
@@ -63,9 +63,7 @@ SMALL_CUTS = ("Cut at this size against `--size paper`: IPO, Cal-DPO, their gate
 
 def settings(size: str, smoke: bool) -> Dict[str, Any]:
     """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    if smoke:
-        return SMOKE_SMALL if size == "small" else SMOKE
-    return SIZES[size]
+    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
 
 
 def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, Any], Dict[str, Any]]:

