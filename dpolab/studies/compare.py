@@ -237,7 +237,7 @@ def prepare(opts: CompareOptions, out: Path, cfg: Dict[str, Any]) -> Prepared:
     from ..engine.data_setup import prepare_data
     from ..models.load import TINY_PRESETS, load_tokenizer
 
-    run = build_config(cfg)
+    run = build_config(deep_merge(cfg, {"train": parse_budget(opts.budget)}))  # the runs' steps (--budget)
     tok = load_tokenizer(run.model)
     train, evals = prepare_data(run.data, tok, "preference", opts.split_seed, log=lambda s: None)
     if not evals:
@@ -403,6 +403,14 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
                                                            "output": {"save_every": 0, "save_final": False}}),
                                  [f"output.dir={scratch / 'probe'}"])
         data = RunJob.data_of(probe_cfg, probe.data_seed)
+        # Time only what the probe needs: the pairs of its steps (so a reference table covers those alone) and a
+        # slice of the held-out pairs; the full costs are extrapolated per pair below.
+        n_train_all, n_eval_all = len(data["train_data"]), len(data["eval_data"] or [])
+        per_step = probe_cfg.train.batch_size * probe_cfg.train.grad_accum
+        data["train_data"] = data["train_data"][: probe_steps * per_step]
+        if data["eval_data"]:
+            data["eval_data"] = data["eval_data"][: max(1, min(n_eval_all, probe_cfg.eval.batch_size))]
+        n_train_probe, n_eval_probe = len(data["train_data"]), len(data["eval_data"] or [])
         t0 = time.perf_counter()
         trainer = Trainer(probe_cfg, log=lambda s: None, eval_hooks=[h.bind(probe_cfg, data["eval_data"]) for h in probe.hooks], **data)
         setup = time.perf_counter() - t0
@@ -413,13 +421,22 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
         step_s = summary["wall_clock_s"] / max(1, summary["steps"])
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    # Scale what grows with the pairs it touches: the probes of the set-up and every evaluation grow with the held-out
+    # pairs; the shared reference table is one forward pass over the training pairs, about a third of a training
+    # step's work per pair. Over-estimates where model loading and sampling (which do not grow) dominate.
+    eval_scale = max(1.0, n_eval_all / max(1, n_eval_probe))
+    table = step_s / 3 * math.ceil(n_train_all / max(1, per_step))
     n_evals = prep.steps // max(1, prep.steps // opts.evals) + 2
-    per_run = setup + prep.steps * step_s + n_evals * evaluation
-    total = per_run * len(grid)
-    log(f"timed probe ({probe_steps} real steps of '{probe.labels['method']}'): set-up {setup:.1f} s, {step_s:.2f} s/step, "
+    per_run = setup * eval_scale + prep.steps * step_s + n_evals * evaluation * eval_scale
+    total = table + per_run * len(grid)
+    log(f"timed probe ({probe_steps} real steps of '{probe.labels['method']}' on {n_train_probe} pairs, evaluation on "
+        f"{n_eval_probe} of {n_eval_all} held-out pairs): set-up {setup:.1f} s, {step_s:.2f} s/step, "
         f"{evaluation:.1f} s per evaluation (probes and samples)")
-    log(f"estimate: about {per_run:.0f} s per run, {total / 60:.1f} min for {len(grid)} runs one after another"
-        + (f" (about {total / 60 / opts.parallel:.1f} min with --parallel {opts.parallel})" if opts.parallel > 1 else ""))
+    log(f"estimate (scaled to {n_train_all} training and {n_eval_all} held-out pairs; rough): the shared reference "
+        f"table about {table:.0f} s once, then about {per_run:.0f} s per run ({n_evals} evaluations): "
+        f"{total / 60:.1f} min for {len(grid)} runs one after another"
+        + (f" (about {(table + per_run * math.ceil(len(grid) / opts.parallel)) / 60:.1f} min with --parallel "
+           f"{opts.parallel}, if the machine has the cores)" if opts.parallel > 1 else ""))
     return {"runs": len(grid), "per_run_s": per_run, "total_s": total, "steps": prep.steps}
 
 

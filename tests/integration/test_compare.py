@@ -239,5 +239,7 @@ def test_dry_run_prints_the_grid_and_an_estimate_and_trains_nothing(tmp_path, ca
                "--out", str(out), *[f"--set={s}" for s in TINY], "--dry-run"])
     text = capsys.readouterr().out
     assert rc == 0 and "2 method(s) x 2 seed(s) = 4 runs" in text and "simpo/seed1" in text
-    assert "timed probe (3 real steps of 'dpo')" in text and "estimate: about" in text
+    assert "timed probe (3 real steps of 'dpo' on " in text and "estimate (scaled to " in text
+    assert "then about" in text and "runs one after another" in text
+    assert "; 8 steps per run (8steps)" in text  # --budget sets the steps the estimate and the evaluations use
     assert not out.exists()
