@@ -90,7 +90,7 @@ def _reference_lines(reference: Dict[str, Any], n_ref_runs: int, results: Dict[s
     cold, warm = reference["setup_cold_s"], reference["setup_warm_s"]
     per_run = cold - warm
     total_train = sum(r.summary.get("wall_clock_s", 0.0) for r in results.values())
-    when = "" if reference.get("computed_now", True) else " (measured when the table was computed, in an earlier invocation)"
+    when = "" if reference.get("computed_now", True) else " when the table was computed, by an earlier invocation"
     return [f"The reference log-probs of all {reference['examples']} training and held-out pairs were computed once "
             f"(`{Path(reference['cache_file']).name}`) and shared by the {n_ref_runs} runs whose method needs a reference. "
             f"Measured{when}: a run's set-up took {cold:.2f} s with an empty cache (computing the table) and {warm:.2f} s "

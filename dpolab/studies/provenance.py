@@ -94,18 +94,20 @@ def begin(run_dir: Path, *, resume: bool) -> Dict[str, Any]:
 
 
 def finish(run_dir: Path) -> Dict[str, Any]:
-    """Record that training of ``run_dir`` ended with the code and versions of now."""
+    """Record that training of ``run_dir`` ended. The code that trained it is the code of its last attempt's start
+    (what the process loaded), not the checkout's state now: a commit made while a run trains did not train it."""
     record = read(run_dir) or {"attempts": []}
     now = current()
+    ran = record["attempts"][-1] if record.get("attempts") else now
     if record.get("attempts"):
-        record["attempts"][-1]["finished"] = now["at"]
-    record.update(finished=True, commit=now["commit"], dirty=now["dirty"], versions=now["versions"], finished_at=now["at"])
+        ran["finished"] = now["at"]
+    record.update(finished=True, commit=ran["commit"], dirty=ran["dirty"], versions=ran["versions"], finished_at=now["at"])
     _write(run_dir, record)
     return record
 
 
 def _commits(record: Optional[Mapping[str, Any]]) -> List[str]:
-    """Every commit that trained a run (its attempts and the one that finished it), in order, without repeats."""
+    """Every commit that trained a run (its attempts, and the record's own for older records), in order, once each."""
     if not record:
         return []
     seen = [a.get("commit", "unknown") for a in record.get("attempts") or []] + [record.get("commit", "unknown")]

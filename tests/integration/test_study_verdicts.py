@@ -227,8 +227,13 @@ def test_provenance_records_attempts_and_the_report_flags_mixed_commits(tmp_path
     provenance.begin(run, resume=True)
     done = provenance.finish(run)
     assert done["finished"] is True and len(done["attempts"]) == 2 and "finished_at" in done
+    assert done["commit"] == done["attempts"][-1]["commit"]  # the code the process loaded, not the checkout at the end
     assert provenance.begin(run, resume=False)["attempts"][-1]["resumed"] is False  # a fresh run drops old attempts
     assert len(provenance.read(run)["attempts"]) == 1
+    rec = provenance.read(run)
+    rec["attempts"][0]["commit"] = rec["commit"] = "c" * 40  # started under commit c; the checkout moved on meanwhile
+    (run / provenance.FILE).write_text(json.dumps(rec))
+    assert provenance.finish(run)["commit"] == "c" * 40
 
     def res(rid, rec):
         return RunResult(RunSpec(rid, {}), run, {}, [], False, provenance=rec)
