@@ -269,3 +269,17 @@ def test_real_dpolab_arms_with_another_beta_are_caught(monkeypatch, tmp_path):
     assert not any("too weak" in p for p in problems), problems
     assert any(p.startswith("beta 0.2: `loss`") for p in problems), problems
     assert harness.same_math({"a": checks["beta 0.1"], "b": dict(checks["beta 0.1"])}) == []
+
+
+def test_weights_sum_allows_what_the_update_tolerance_allows_but_not_another_start():
+    """sum |w| after training moves with the update: the smollm arms of 2026-12-02 (TRL, bare vs dpolab-live) differ
+    there by 3e-7 relative, well inside their update's tolerance, and pass; weights that started elsewhere do not."""
+    live = dict(n_tensors=420, n_params=4884480, loss=0.5231632, logps_chosen=-260.02051, logps_rejected=-284.77731,
+                margin=3.8007317, weights_abs_sum=48102.285, delta_abs_sum=6301.4851, delta_l2=3.3422355,
+                delta_index_sum=-3.0034745)
+    bare = dict(live, loss=0.52315545, logps_chosen=-260.0199, logps_rejected=-284.77698, margin=3.8009377,
+                weights_abs_sum=48102.3, delta_abs_sum=6301.5182, delta_l2=3.3422436, delta_index_sum=-3.0040953)
+    assert harness.same_math({"dpolab-live": live, "bare": bare}) == []
+    other_start = dict(bare, weights_abs_sum=48102.285 + 18.0)  # another draw of LoRA's A moves sum |w| by ~20
+    problems = harness.same_math({"dpolab-live": live, "other-start": other_start})
+    assert len(problems) == 1 and "`weights_abs_sum`" in problems[0]
