@@ -125,8 +125,9 @@ class TrainConfig:
                                 "set it to the cores you may use: oversubscribed threads make steps several times slower")
     compile: Union[bool, str] = _f(False, "torch.compile the model (inductor; on CPU it needs a C++ compiler): false, true "
                                    "(mode default) or a mode: " + " | ".join(COMPILE_MODES) + ". The first steps compile "
-                                   "(minutes on a small CPU; later batch shapes reuse a dynamic-shape graph): pays only "
-                                   "for long runs (benchmarks/compile_check.py)")
+                                   "(minutes on a small CPU; later batch shapes reuse a dynamic-shape graph); on a quiet 2-core "
+                                   "CPU the compiled steps were no faster (benchmarks/compile_check.py): measure it on "
+                                   "your machine before a long run")
     gradient_checkpointing: bool = _f(False, "recompute the backbone's activations in backward instead of keeping them "
                                       "(less memory, about one more forward of time); same gradients, every layout, LoRA")
     seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")

@@ -283,3 +283,19 @@ def test_weights_sum_allows_what_the_update_tolerance_allows_but_not_another_sta
     other_start = dict(bare, weights_abs_sum=48102.285 + 18.0)  # another draw of LoRA's A moves sum |w| by ~20
     problems = harness.same_math({"dpolab-live": live, "other-start": other_start})
     assert len(problems) == 1 and "`weights_abs_sum`" in problems[0]
+
+
+# -- the step profiler's categories ------------------------------------------------------------------------------
+def test_profile_categories_put_each_op_in_its_bucket():
+    import profile_step
+
+    assert profile_step.category("aten::addmm") == "matrix products"
+    assert profile_step.category("aten::mm") == "matrix products"
+    assert profile_step.category("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention (sdpa)"
+    assert profile_step.category("aten::_log_softmax_backward_data") == "softmax / log-softmax / logsumexp"
+    assert profile_step.category("aten::_foreach_addcdiv_") == "optimiser"
+    assert profile_step.category("aten::native_layer_norm") == "layer norm / activations"
+    assert profile_step.category("aten::gelu_backward") == "layer norm / activations"
+    assert profile_step.category("aten::copy_") == "copies, indexing, layout"
+    assert profile_step.category("aten::mul") == "elementwise arithmetic"
+    assert profile_step.category("Optimizer.step#AdamW.step") == "other"  # a profiler range, not an operator
