@@ -47,6 +47,24 @@ def code_state() -> Dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
+def package_diff(commits: List[str], pkg: Optional[Path] = None) -> Optional[List[str]]:
+    """The files of the dpolab package (``pkg``: its folder, default this package's) that differ between the first of
+    ``commits`` and any other, repository-relative and sorted; [] when the package is the same in all of them; None
+    when git cannot tell (no checkout, or a commit it does not have)."""
+    pkg = Path(pkg) if pkg is not None else _package_dir()
+    top = _git(["rev-parse", "--show-toplevel"], pkg)
+    if not top:
+        return None
+    rel = Path(pkg).resolve().relative_to(Path(top).resolve()).as_posix()
+    changed: set = set()
+    for c in commits[1:]:
+        out = _git(["diff", "--name-only", commits[0], c, "--", rel], Path(top))
+        if out is None:
+            return None
+        changed.update(line for line in out.splitlines() if line)
+    return sorted(changed)
+
+
 def versions() -> Dict[str, str]:
     """python, dpolab and the libraries that shape a run (installed distribution versions; "not installed")."""
     from .. import __version__
@@ -139,9 +157,18 @@ def section(results: Mapping[str, Any]) -> List[str]:
                                                                     for c, n in commit_runs.most_common()) + "."])
         real = [c for c in commit_runs if c != "unknown"]
         if len(commit_runs) > 1:
+            diff = package_diff(real) if len(real) == len(commit_runs) else None
+            if diff == []:
+                tail = (": the dpolab package is the same in all of them (`git diff` between them changes nothing under "
+                        "the package's folder, only files outside it), so the training code was identical.")
+            elif diff:
+                tail = (": numbers from different code may not be comparable; between them these files of the package "
+                        "differ: " + ", ".join(f"`{f}`" for f in diff[:12]) + (" ..." if len(diff) > 12 else "") + ".")
+            else:
+                tail = ": numbers from different code may not be comparable."
             paragraphs.append([f"**These runs came from {len(commit_runs)} different dpolab commits**"
                                + (" (some unknown: dpolab was not run from its git checkout)" if len(real) < len(commit_runs) else "")
-                               + ": numbers from different code may not be comparable."])
+                               + tail])
         if mixed:
             paragraphs.append([f"{len(mixed)} run(s) were resumed under a different commit than they started with: "
                                + ", ".join(f"`{rid}`" for rid in mixed[:10]) + (" ..." if len(mixed) > 10 else "") + "."])

@@ -249,3 +249,47 @@ def test_provenance_records_attempts_and_the_report_flags_mixed_commits(tmp_path
     assert "**The runs used 2 different sets of versions**" in text
     assert "1 of 3 runs have no provenance record" in text
     assert "This report was written by dpolab commit" in text
+
+
+def test_provenance_says_whether_the_package_differs_between_commits(tmp_path):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
+                              check=True, capture_output=True, text=True).stdout.strip()
+
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "pkg" / "train.py").write_text("x = 1\n")
+    (tmp_path / "docs" / "notes.md").write_text("a\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    c1 = git("rev-parse", "HEAD")
+    (tmp_path / "docs" / "notes.md").write_text("b\n")
+    git("commit", "-qam", "docs only")
+    c2 = git("rev-parse", "HEAD")
+    (tmp_path / "pkg" / "train.py").write_text("x = 2\n")
+    git("commit", "-qam", "code")
+    c3 = git("rev-parse", "HEAD")
+    assert provenance.package_diff([c1, c2], pkg=tmp_path / "pkg") == []
+    assert provenance.package_diff([c1, c2, c3], pkg=tmp_path / "pkg") == ["pkg/train.py"]
+    assert provenance.package_diff([c1, "f" * 40], pkg=tmp_path / "pkg") is None  # a commit git does not have
+    assert provenance.package_diff([c1, c2], pkg=tmp_path / "elsewhere") is None  # not a checkout
+
+
+def test_provenance_section_reports_an_identical_package_or_the_files_that_differ(tmp_path, monkeypatch):
+    def res(rid, commit):
+        rec = {"commit": commit, "dirty": False, "versions": {"python": "3.11"}, "attempts": [{"commit": commit}]}
+        return RunResult(RunSpec(rid, {}), tmp_path, {}, [], False, provenance=rec)
+
+    runs = {"x": res("x", "a" * 40), "y": res("y", "b" * 40)}
+    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: [])
+    text = "\n".join(provenance.section(runs))
+    assert "**These runs came from 2 different dpolab commits**" in text and "training code was identical" in text
+    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: ["dpolab/losses/dpo.py"])
+    text = "\n".join(provenance.section(runs))
+    assert "may not be comparable" in text and "`dpolab/losses/dpo.py`" in text and "identical" not in text
+    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: None)
+    text = "\n".join(provenance.section(runs))
+    assert "may not be comparable." in text and "identical" not in text
