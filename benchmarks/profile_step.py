@@ -145,7 +145,7 @@ def main():
         results.append(r)
         print(f"  wall {r['wall_s_per_step']:.2f} s/step (profiled), matrix products "
               f"{r['matmul_gflop_per_step']:.0f} GFLOP/step at {r['matmul_gflops_rate']:.0f} GFLOP/s "
-              f"(self time per thread-second summed over threads)")
+              f"(FLOP counted by the profiler / the products' self time)")
         for cat, v in r["categories"].items():
             print(f"    {cat:36s} {v['s_per_step']:7.2f} s/step  {100 * v['share']:5.1f} %")
         for t in r["top_ops"][: a.top]:
