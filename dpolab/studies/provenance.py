@@ -158,9 +158,12 @@ def section(results: Mapping[str, Any]) -> List[str]:
         real = [c for c in commit_runs if c != "unknown"]
         if len(commit_runs) > 1:
             diff = package_diff(real) if len(real) == len(commit_runs) else None
-            if diff == []:
+            if diff == [] and not dirty:
                 tail = (": the dpolab package is the same in all of them (`git diff` between them changes nothing under "
                         "the package's folder, only files outside it), so the training code was identical.")
+            elif diff == []:
+                tail = (": the dpolab package is the same in all of these commits, but some runs had uncommitted changes "
+                        "(below), so their code may still differ.")
             elif diff:
                 tail = (": numbers from different code may not be comparable; between them these files of the package "
                         "differ: " + ", ".join(f"`{f}`" for f in diff[:12]) + (" ..." if len(diff) > 12 else "") + ".")

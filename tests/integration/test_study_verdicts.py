@@ -287,6 +287,10 @@ def test_provenance_section_reports_an_identical_package_or_the_files_that_diffe
     monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: [])
     text = "\n".join(provenance.section(runs))
     assert "**These runs came from 2 different dpolab commits**" in text and "training code was identical" in text
+    runs["y"].provenance["dirty"] = True  # uncommitted changes: the same commits no longer pin the code
+    text = "\n".join(provenance.section(runs))
+    assert "identical" not in text and "uncommitted changes" in text
+    runs["y"].provenance["dirty"] = False
     monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: ["dpolab/losses/dpo.py"])
     text = "\n".join(provenance.section(runs))
     assert "may not be comparable" in text and "`dpolab/losses/dpo.py`" in text and "identical" not in text
