@@ -8,6 +8,7 @@ than guess. :func:`section` is the report's account of it all.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 from collections import Counter
@@ -78,8 +79,23 @@ def versions() -> Dict[str, str]:
     return out
 
 
+_LOADED: Dict[int, Dict[str, Any]] = {}  # process id -> code_state() at this process's first record
+
+
+def loaded_code_state() -> Dict[str, Any]:
+    """:func:`code_state` as this process first saw it, then the same answer for the process's life. A process runs
+    the code it imported, so a commit (or edit) made while a long study process or one of its worker processes is
+    alive did not change the code that trains its later runs; reading the checkout afresh at each run would say it
+    did. Keyed by process id, so a forked child reads the checkout for itself."""
+    pid = os.getpid()
+    if pid not in _LOADED:
+        _LOADED[pid] = code_state()
+    return dict(_LOADED[pid])
+
+
 def current() -> Dict[str, Any]:
-    return {**code_state(), "versions": versions(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    """The code (as this process loaded it), the versions and the time now."""
+    return {**loaded_code_state(), "versions": versions(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def read(run_dir: Path) -> Optional[Dict[str, Any]]:

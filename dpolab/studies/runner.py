@@ -113,6 +113,7 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] 
     runs of one wave are independent. ``prepare`` steps run here, in order, before their wave is sent out."""
     from .executors import LocalExecutor
 
+    provenance.loaded_code_state()  # what this process runs: fixed now, not when a later run begins
     executor = executor or LocalExecutor()
     out = Path(out)
     index = {spec.run_id: i for i, spec in enumerate(specs, start=1)}
@@ -196,6 +197,7 @@ class RunJob:
         return {"train_data": train, "eval_data": evals}
 
     def __call__(self, spec: RunSpec) -> Dict[str, Any]:
+        provenance.loaded_code_state()  # a worker process: the code it is about to import is the checkout's now
         from ..engine import train
         from ..engine.checkpoint import latest_checkpoint
 

@@ -297,3 +297,16 @@ def test_provenance_section_reports_an_identical_package_or_the_files_that_diffe
     monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: None)
     text = "\n".join(provenance.section(runs))
     assert "may not be comparable." in text and "identical" not in text
+
+
+def test_provenance_records_the_code_the_process_loaded_not_a_later_checkout(tmp_path, monkeypatch):
+    # a long study process (or a pool worker) keeps running the code it imported: a commit made meanwhile must not
+    # be recorded as the code of its later runs
+    states = iter([{"commit": "a" * 40, "dirty": False}, {"commit": "b" * 40, "dirty": False}])
+    monkeypatch.setattr(provenance, "code_state", lambda: next(states))
+    monkeypatch.setattr(provenance, "_LOADED", {})
+    first = provenance.begin(tmp_path / "r1", resume=False)
+    later = provenance.begin(tmp_path / "r2", resume=False)  # the checkout has moved to b by now
+    assert first["commit"] == later["commit"] == "a" * 40
+    monkeypatch.setattr(provenance.os, "getpid", lambda: -1)  # another process reads the checkout for itself
+    assert provenance.begin(tmp_path / "r3", resume=False)["commit"] == "b" * 40
