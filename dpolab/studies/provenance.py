@@ -48,22 +48,26 @@ def code_state() -> Dict[str, Any]:
     return {"commit": commit, "dirty": None if status is None else bool(status)}
 
 
-def package_diff(commits: List[str], pkg: Optional[Path] = None) -> Optional[List[str]]:
+def package_diff(commits: List[str], pkg: Optional[Path] = None) -> Optional[Dict[str, int]]:
     """The files of the dpolab package (``pkg``: its folder, default this package's) that differ between the first of
-    ``commits`` and any other, repository-relative and sorted; [] when the package is the same in all of them; None
-    when git cannot tell (no checkout, or a commit it does not have)."""
+    ``commits`` and any other: repository-relative path -> lines changed (added + deleted, the most over those
+    pairs; 0 for a binary file), sorted by path; {} when the package is the same in all of them; None when git
+    cannot tell (no checkout, or a commit it does not have)."""
     pkg = Path(pkg) if pkg is not None else _package_dir()
     top = _git(["rev-parse", "--show-toplevel"], pkg)
     if not top:
         return None
     rel = Path(pkg).resolve().relative_to(Path(top).resolve()).as_posix()
-    changed: set = set()
+    changed: Dict[str, int] = {}
     for c in commits[1:]:
-        out = _git(["diff", "--name-only", commits[0], c, "--", rel], Path(top))
+        out = _git(["diff", "--numstat", commits[0], c, "--", rel], Path(top))
         if out is None:
             return None
-        changed.update(line for line in out.splitlines() if line)
-    return sorted(changed)
+        for line in out.splitlines():
+            added, deleted, path = line.split("\t", 2)
+            n = int(added) + int(deleted) if added.isdigit() and deleted.isdigit() else 0
+            changed[path] = max(changed.get(path, 0), n)
+    return dict(sorted(changed.items()))
 
 
 def versions() -> Dict[str, str]:
@@ -174,15 +178,19 @@ def section(results: Mapping[str, Any]) -> List[str]:
         real = [c for c in commit_runs if c != "unknown"]
         if len(commit_runs) > 1:
             diff = package_diff(real) if len(real) == len(commit_runs) else None
-            if diff == [] and not dirty:
+            if diff == {} and not dirty:
                 tail = (": the dpolab package is the same in all of them (`git diff` between them changes nothing under "
                         "the package's folder, only files outside it), so the training code was identical.")
-            elif diff == []:
+            elif diff == {}:
                 tail = (": the dpolab package is the same in all of these commits, but some runs had uncommitted changes "
                         "(below), so their code may still differ.")
             elif diff:
+                files = list(diff.items())
                 tail = (": numbers from different code may not be comparable; between them these files of the package "
-                        "differ: " + ", ".join(f"`{f}`" for f in diff[:12]) + (" ..." if len(diff) > 12 else "") + ".")
+                        "differ (lines changed): " + ", ".join(f"`{f}` ({n})" for f, n in files[:12])
+                        + (" ..." if len(files) > 12 else "") + f". `git diff {_short(real[0])} <commit> -- "
+                        + " ".join(f for f, _ in files[:12]) + "` shows what changed: edits of help text or comments "
+                        "leave the numbers alone, edits of the code may not.")
             else:
                 tail = ": numbers from different code may not be comparable."
             paragraphs.append([f"**These runs came from {len(commit_runs)} different dpolab commits**"

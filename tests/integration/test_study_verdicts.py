@@ -272,8 +272,8 @@ def test_provenance_says_whether_the_package_differs_between_commits(tmp_path):
     (tmp_path / "pkg" / "train.py").write_text("x = 2\n")
     git("commit", "-qam", "code")
     c3 = git("rev-parse", "HEAD")
-    assert provenance.package_diff([c1, c2], pkg=tmp_path / "pkg") == []
-    assert provenance.package_diff([c1, c2, c3], pkg=tmp_path / "pkg") == ["pkg/train.py"]
+    assert provenance.package_diff([c1, c2], pkg=tmp_path / "pkg") == {}
+    assert provenance.package_diff([c1, c2, c3], pkg=tmp_path / "pkg") == {"pkg/train.py": 2}  # one line out, one in
     assert provenance.package_diff([c1, "f" * 40], pkg=tmp_path / "pkg") is None  # a commit git does not have
     assert provenance.package_diff([c1, c2], pkg=tmp_path / "elsewhere") is None  # not a checkout
 
@@ -284,16 +284,17 @@ def test_provenance_section_reports_an_identical_package_or_the_files_that_diffe
         return RunResult(RunSpec(rid, {}), tmp_path, {}, [], False, provenance=rec)
 
     runs = {"x": res("x", "a" * 40), "y": res("y", "b" * 40)}
-    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: [])
+    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: {})
     text = "\n".join(provenance.section(runs))
     assert "**These runs came from 2 different dpolab commits**" in text and "training code was identical" in text
     runs["y"].provenance["dirty"] = True  # uncommitted changes: the same commits no longer pin the code
     text = "\n".join(provenance.section(runs))
     assert "identical" not in text and "uncommitted changes" in text
     runs["y"].provenance["dirty"] = False
-    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: ["dpolab/losses/dpo.py"])
+    monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: {"dpolab/losses/dpo.py": 7})
     text = "\n".join(provenance.section(runs))
-    assert "may not be comparable" in text and "`dpolab/losses/dpo.py`" in text and "identical" not in text
+    assert "may not be comparable" in text and "`dpolab/losses/dpo.py` (7)" in text and "identical" not in text
+    assert "`git diff aaaaaaaaaaaa <commit> -- dpolab/losses/dpo.py`" in text
     monkeypatch.setattr(provenance, "package_diff", lambda commits, pkg=None: None)
     text = "\n".join(provenance.section(runs))
     assert "may not be comparable." in text and "identical" not in text
