@@ -263,6 +263,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         "### Gate sweep (Gate-DPO seq, one seed: no intervals, no verdicts)",
         "",
-        markdown_table(["alpha", "tau"] + [h for _, h in KEYS[:4]] + ["gate mean"], sweep_rows),
+        markdown_table(["alpha", "tau"] + [h for _, h in KEYS[:4]] + ["gate mean"], sweep_rows) if sweep_rows
+        else "No sweep run was in this grid (the size cuts it, or it has not run yet).",
     ]
     return lines

@@ -311,3 +311,17 @@ def test_provenance_records_the_code_the_process_loaded_not_a_later_checkout(tmp
     assert first["commit"] == later["commit"] == "a" * 40
     monkeypatch.setattr(provenance.os, "getpid", lambda: -1)  # another process reads the checkout for itself
     assert provenance.begin(tmp_path / "r3", resume=False)["commit"] == "b" * 40
+
+
+def test_s4_report_without_sweep_runs_says_so_instead_of_an_empty_table(tmp_path):
+    results = {}
+    for spec in squeeze.specs("cpu", 3, smoke=True):
+        m = spec.labels.get("method")
+        if "alpha" in spec.labels or (m and m not in S4_VALUES):
+            continue  # a size that cuts the gate sweep (small) has no sweep runs
+        final = ({"probe/delta/chosen": S4_VALUES[m][0][spec.labels["seed"]] or 0.0, "probe/delta/others": -1.0,
+                  "probe/margin": 1.0} if m else {"eval/answer_accuracy": 0.7})
+        results[spec.run_id] = _result(spec, final)
+    text = "\n".join(squeeze.report(results, tmp_path, "cpu"))
+    assert "No sweep run was in this grid" in text
+    assert "| alpha | tau |" not in text
