@@ -56,7 +56,7 @@ def features(model, tok, texts: list[str], max_length: int, batch: int = 16) -> 
     last, mean = [], []
     for i in range(0, len(texts), batch):
         enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-        h = model(**enc, output_hidden_states=True).hidden_states[-1].double()
+        h = model.base_model(**enc).last_hidden_state.double()  # the backbone only: the LM head's logits are not needed
         m = enc["attention_mask"]
         idx = (m * torch.arange(m.shape[1])).argmax(1)  # rightmost real token, whichever side pads
         last.append(h[torch.arange(h.shape[0]), idx])
@@ -87,9 +87,12 @@ def sample(args) -> None:
     from dpolab.models.load import load_saved_model, load_tokenizer
     from dpolab.tasks import sentiment as S
 
+    files = S.local_files(args.imdb)
+    if not files[args.split].exists():
+        raise SystemExit(f"{files[args.split]}: not found (IMDB_DIR is the imdb-cad-sentiment folder, with orig/{args.split}.tsv)")
     tok = load_tokenizer(ModelConfig(name_or_path=args.model))
     model = load_saved_model(args.model).eval()
-    prompts = S.prompt_rows(str(S.local_files(args.imdb)[args.split]), max_rows=args.prompts, review_chars=args.review_chars)
+    prompts = S.prompt_rows(str(files[args.split]), max_rows=args.prompts, review_chars=args.review_chars)
     t0 = time.perf_counter()
     tiers = S.build_preference_tiers(model, tok, prompts, seed=args.seed, out_dir=args.out, temperature=args.temperature,
                                      max_new_tokens=args.max_new_tokens, batch_size=64)
@@ -125,6 +128,11 @@ def main() -> None:
     if args.cmd == "sample":
         return sample(args)
 
+    labels = args.label.split(",")
+    unknown = [v for v in labels if v not in ("study", "oracle")]
+    if unknown:  # checked before minutes of feature extraction
+        raise SystemExit(f"--label: unknown '{unknown[0]}' (study or oracle)")
+
     from dpolab.config import ModelConfig
     from dpolab.models.load import load_saved_model, load_tokenizer
 
@@ -150,14 +158,12 @@ def main() -> None:
           f"{int(untied.sum())} of {len(held)} held-out pairs are untied")
     print("| pooling | labels | train pairs | l2 | oracle agreement (95 % CI) |\n|---|---|---:|---:|---|")
     for pooling in ("last", "mean"):
-        for label in args.label.split(","):
+        for label in labels:
             for n in counts:
                 d = feats["train"][pooling][:n]
                 if label == "oracle":
                     keep = train_untied[:n]
                     d = torch.where(train_order[:n, None], d, -d)[keep]
-                elif label != "study":
-                    raise SystemExit(f"--label: unknown '{label}' (study or oracle)")
                 for l2 in (float(v) for v in args.l2.split(",")):
                     w = fit_probe(d, l2 / len(d))
                     hit = ((feats["eval"][pooling] @ w > 0) == order)[untied]

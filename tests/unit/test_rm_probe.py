@@ -42,3 +42,9 @@ def test_pairs_without_oracle_scores_are_refused_with_file_row_and_field(tmp_pat
                  + "\n" + json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
     with pytest.raises(SystemExit, match=r"pairs.jsonl: row 2: no field 'oracle_chosen'"):
         rm_probe.read_pairs(str(f))
+
+
+def test_an_unknown_label_kind_is_refused_before_any_model_is_loaded(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["rm_probe.py", "probe", "no-such-model", "a.jsonl", "b.jsonl", "--label", "oracel"])
+    with pytest.raises(SystemExit, match="--label: unknown 'oracel'"):
+        rm_probe.main()
