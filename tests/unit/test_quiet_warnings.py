@@ -44,3 +44,20 @@ def test_lora_setup_raises_no_deprecation_note():
         get_objective("preference")(cfg).load_model(tok, seed=0, max_positions=64)
     note = lambda ws: [w for w in ws if "is_gradient_checkpointing" in str(w.message)]  # noqa: E731
     assert note(raw) and not note(quiet)
+
+
+def test_known_log_record_is_dropped_and_others_kept(caplog):
+    """bitsandbytes' optional-kernel notice (printed at every peft import) is dropped; its other records are not."""
+    import logging
+
+    import dpolab.models  # noqa: F401 - installs the filters
+    from dpolab.models.quiet_logs import drop_known_log_records
+
+    drop_known_log_records()  # idempotent: a second call adds no second filter
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    assert sum(type(f).__name__ == "_DropKnown" for f in logger.filters) == 1
+    with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
+        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...", "No module named 'kernels'")
+        logger.warning("something else went wrong")
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages == ["something else went wrong"]
