@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir
-from .quiet import known_warnings_silenced
+from ..models.quiet import known_warnings_silenced
 
 COMPLETE = "COMPLETE"
 CHECKSUMS = "checksums.json"
@@ -120,7 +120,7 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
     # it; the next save removes it)
     try:
         with atomic_dir(final) as tmp:
-            with known_warnings_silenced():  # peft's note on every adapter save (dpolab/engine/quiet.py)
+            with known_warnings_silenced():  # peft's note on every adapter save (dpolab/models/quiet.py)
                 save_model(tmp / "model")
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")

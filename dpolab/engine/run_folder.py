@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Optional
 
 from .. import atomic
 from .errors import TrainError
-from .quiet import known_warnings_silenced
+from ..models.quiet import known_warnings_silenced
 
 DONE_MARKER = "DONE"
 LOCK_FILE = ".lock"
@@ -117,7 +117,7 @@ def publish(run_dir: Path, summary: Dict[str, Any], save_final: Optional[Callabl
     """Finish a run: the final model (``save_final(folder)``, if given) into ``final/``, then ``summary.json``, then
     the ``DONE`` marker, each written atomically and in that order, so ``DONE`` means everything is there."""
     if save_final is not None:
-        with atomic.atomic_dir(run_dir / "final") as tmp, known_warnings_silenced():  # (dpolab/engine/quiet.py)
+        with atomic.atomic_dir(run_dir / "final") as tmp, known_warnings_silenced():  # (dpolab/models/quiet.py)
             save_final(tmp)
     atomic.write_text(run_dir / "summary.json", json.dumps(summary, indent=1))
     atomic.write_text(run_dir / DONE_MARKER, "ok\n")

@@ -13,6 +13,7 @@ from torch import nn
 from ..errors import MissingPackageError, UserError, first_sentence
 from ..config import LoraConfig, ModelConfig
 from .presets import MODEL_PRESETS, is_model_preset, resolve_model_path
+from .quiet import known_warnings_silenced
 
 # tiny models built from a config (tests, the demo); the families past gpt2/llama cover the fast paths' cases:
 # sliding windows (mistral, phi3: every layer; qwen2-sw, gemma2, gemma3: local and global layers), logit and attention
@@ -234,7 +235,8 @@ def apply_lora(model, lora: LoraConfig):
         target = ["c_attn", "c_proj", "c_fc"]  # GPT-2 uses Conv1D, which 'all-linear' would skip
     pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
                           task_type="CAUSAL_LM", fan_in_fan_out=is_gpt2_like(model))
-    return get_peft_model(model, pcfg)
+    with known_warnings_silenced():  # transformers' deprecation note when peft wraps the model
+        return get_peft_model(model, pcfg)
 
 
 def is_gpt2_like(model) -> bool:
@@ -292,7 +294,8 @@ def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
         base_cfg = ModelConfig(**{**meta["model"], "load_in_4bit": False, "load_in_8bit": False})
         tok = tokenizer if tokenizer is not None else load_tokenizer(base_cfg)
         base = load_base_model(base_cfg, tok, seed=meta.get("seed", 0), max_positions=meta.get("max_positions") or 1024)
-        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        with known_warnings_silenced():
+            return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     return _from_pretrained(str(path), ModelConfig(name_or_path=str(path), dtype=dtype))
 
 

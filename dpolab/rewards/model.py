@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LoraConfig, ModelConfig
+from ..models.quiet import known_warnings_silenced
 from ..models.load import (DTYPES, MODEL_META, TINY_PRESETS, ModelLoadError, disable_dropout, is_gpt2_like,
                            load_base_model, load_tokenizer)
 
@@ -92,7 +93,8 @@ def apply_reward_lora(model, lora: LoraConfig):
 
     pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=_lora_targets(model, lora),
                           task_type="SEQ_CLS", fan_in_fan_out=is_gpt2_like(model), modules_to_save=[SCORE_MODULE])
-    return get_peft_model(model, pcfg)
+    with known_warnings_silenced():  # transformers' deprecation note when peft wraps the model
+        return get_peft_model(model, pcfg)
 
 
 def load_reward_model(cfg: ModelConfig, lora: LoraConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
@@ -116,7 +118,10 @@ def load_reward_model(cfg: ModelConfig, lora: LoraConfig, tokenizer, *, seed: in
 
 def merged_for_saving(model):
     """The plain ``*ForSequenceClassification`` model to save as ``final/``: LoRA adapters merged (in place)."""
-    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    with known_warnings_silenced():
+        return model.merge_and_unload()
 
 
 def load_trained_reward_model(path, *, tokenizer: Optional[str] = None, dtype: str = "float32") -> Tuple[Any, Any]:
@@ -135,7 +140,8 @@ def load_trained_reward_model(path, *, tokenizer: Optional[str] = None, dtype: s
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         base = load_reward_model(ModelConfig(**meta["model"]), LoraConfig(enabled=False), tok, seed=meta.get("seed", 0),
                                  max_positions=meta.get("max_positions") or 1024)
-        model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+        with known_warnings_silenced():
+            model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     else:
         model = _seq_cls_from_pretrained(str(path), ModelConfig(name_or_path=str(path), dtype=dtype))
         if getattr(model.config, "num_labels", 1) != 1:

@@ -99,10 +99,8 @@ class Objective:
 
     def load_model(self, tokenizer, *, seed: int, max_positions: int):
         from ...models.load import load_policy
-        from ..quiet import known_warnings_silenced
 
-        with known_warnings_silenced():  # transformers' deprecation note when peft wraps the model
-            return load_policy(self.cfg.model, self.cfg.lora, tokenizer, seed=seed, max_positions=max_positions)
+        return load_policy(self.cfg.model, self.cfg.lora, tokenizer, seed=seed, max_positions=max_positions)
 
     def setup(self, run: RunContext) -> None:
         """Called once the model is on its device (build a reference, probes...); overrides call it first."""
