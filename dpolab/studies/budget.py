@@ -23,13 +23,15 @@ MEASURED: Dict[str, Any] = {
     # sft: an IMDb review SFT sequence timed at <= 192 tokens (the sizes use <= 96: an over-estimate)
     # score = forward only: a third of the reward model's forward + backward per pair (derived, not timed)
     "madpo": {"sft": 5.19 / 2, "rm": 2.85 / 2, "pref": 3.58 / 2, "score": 2.85 / 2 / 3},
-    # S1 per example. Timed: SFT (full and LoRA) on quora prompts (<= 96 tokens) and on sonnets (<= 256 tokens), LoRA DPO
-    # on quora pairs. Derived, not timed: the other DPO costs (SFT x the timed LoRA DPO / SFT ratio on quora) and the
-    # evaluation forward passes (half a LoRA SFT example)
-    "sft-dpo": {"paraphrase": {"sft-full": 6.18 / 4, "sft-lora": 3.2 / 4, "dpo-lora": 4.79 / 4,
-                               "dpo-full": 6.18 / 4 * 4.79 / 3.2, "eval": 3.2 / 4 / 2},
-                "sonnets": {"sft-full": 7.32 / 2, "sft-lora": 5.76 / 2, "dpo-lora": 5.76 / 2 * 4.79 / 3.2,
-                            "dpo-full": 7.32 / 2 * 4.79 / 3.2, "eval": 5.76 / 2 / 2}},
+    # S1 per example. Timed at the study's own batches (16 quora prompts of <= 64 tokens, 8 sonnets of <= 224 tokens;
+    # the mean of steps 2-5 of 5, 1 thread, load 3.5-4.1 on 2 cores; stages s1-*-b16 / -b8 with STEPS=5): SFT full and
+    # LoRA on both tasks, DPO full and LoRA on quora pairs; the paraphrase evaluation (label log-probs of 64 held-out
+    # prompts in one batch; stage s1-para-eval-b64). Derived, not timed: sonnet DPO (sonnet SFT x the quora DPO / SFT
+    # ratio of the same parameterisation) and the sonnet NLL evaluation (half a LoRA SFT example)
+    "sft-dpo": {"paraphrase": {"sft-full": 11.87 / 16, "sft-lora": 7.53 / 16, "dpo-lora": 8.62 / 16,
+                               "dpo-full": 11.5 / 16, "eval": 0.283},
+                "sonnets": {"sft-full": 20.69 / 8, "sft-lora": 15.18 / 8, "dpo-lora": 15.18 / 8 * 8.62 / 7.53,
+                            "dpo-full": 20.69 / 8 * 11.5 / 11.87, "eval": 15.18 / 8 / 2}},
     # probe_eval per held-out pair (derived, not timed): 5 probe responses + chosen and rejected through the policy and
     # the reference = 9 forwards of a pair's sequence; a DPO pair's step is 8 (2 sequences x forward + backward ~ 3,
     # plus 2 reference forwards)
@@ -85,8 +87,10 @@ def dry_run(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smoke:
     lines += [f"  {s.run_id}" + (f"  (from {s.init_from})" if s.init_from else "") for s in specs]
     stages = study.budget(size, seeds) if hasattr(study, "budget") and not smoke else None
     if stages:
-        lines += ["", *budget_lines(stages, f"Time budget ({size}, {seeds} seeds; seconds measured on 2 CPU threads, "
-                                              "see docs/results/SMALL_SIZES.md):")]
+        lines += ["", *budget_lines(stages, f"Time budget ({size}, {seeds} seeds; measured CPU seconds of one thread per "
+                                              "unit, see docs/results/SMALL_SIZES.md). The minutes are for one run at a "
+                                              "time; `--parallel 2 --cpus 1` trains two at once on 2 cores (at best half "
+                                              "the wall-clock, when neither waits for the other):")]
     else:
         lines += ["", f"(no measured time budget for size '{size}'" + (" at smoke scale)" if smoke else ")")]
     return "\n".join(lines)

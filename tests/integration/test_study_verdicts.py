@@ -212,6 +212,32 @@ def test_s1_claims_and_wall_clock_from_paired_intervals(tmp_path):
     assert "4 of 4 LoRA run sets cut the seconds per epoch" in claim3 and "the claim does not hold" in claim3
 
 
+def test_s1_checks_each_model_against_the_majority_label(tmp_path, monkeypatch):
+    """Paraphrase: every (schedule, parameterisation) is compared, seed by seed, with always answering the majority
+    label; 'scored above' only where the interval says so, and an unavailable baseline is said, not assumed."""
+    monkeypatch.setattr(sft_dpo, "_majority", lambda results: (512, 0.367))  # 63.30 % by always answering "no"
+    results = _s1_results(lora_slower=1.0)
+    for rid, r in results.items():  # full fine-tuning 70.0 / 70.5 / 71.0 % by seed, LoRA 55 % and up
+        if rid.startswith("paraphrase/"):
+            r.summary["final_eval"]["eval/accuracy"] = (0.70 if "/full/" in rid else 0.55) + 0.005 * r.spec.labels["seed"]
+    text = "\n".join(sft_dpo.report(results, tmp_path, "cpu"))
+    check = text.split("**Check: the models use the questions**")[1].split("### paraphrase")[0]
+    assert assert_verdicts_match_numbers(check) == 8  # 4 schedules x 2 parameterisations
+    assert check.count("| better |") == 4 and check.count("| worse |") == 4
+    assert "| SFT only (2 ep) | full | +7.20 |" in check and "(majority label, 63.30 %)" in check
+    assert "Not every (schedule, parameterisation) scored above the majority label: 4 of 8 did" in check
+    for rid, r in results.items():
+        if rid.startswith("paraphrase/lora-4/"):
+            r.summary["final_eval"]["eval/accuracy"] += 0.15
+    check = "\n".join(sft_dpo.report(results, tmp_path, "cpu")).split("**Check: the models use")[1].split("### paraphrase")[0]
+    assert "Every (schedule, parameterisation) scored above the majority label: all 8 paired" in check
+    assert "In all: 24 paired comparisons" in text  # the check is a precondition, not one of the paper's claims
+    monkeypatch.setattr(sft_dpo, "_majority", lambda results: (_ for _ in ()).throw(FileNotFoundError("quora-dev.csv")))
+    text = "\n".join(sft_dpo.report(results, tmp_path, "cpu"))
+    assert "(majority-class baseline unavailable: quora-dev.csv)" in text
+    assert "Not checked: the majority-class baseline could not be computed" in text
+
+
 # -- provenance ---------------------------------------------------------------------------------------------------
 
 
