@@ -137,11 +137,23 @@ def quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
 
 
+def _without_cpu_repacking(model):
+    """Keep bitsandbytes' 4-bit layers on one code path. On a CPU with AVX512-BF16, bitsandbytes (0.49-0.50) repacks a
+    4-bit layer's weights for inference at its first forward in eval mode without gradients, and never back. An
+    evaluation before training (``eval.at_start``) then made every training step fail ("a view of a leaf Variable that
+    requires grad is being used in an in-place operation"), and the repacked path computes in bfloat16, not in the
+    training path's compute dtype. The flag that allows the repacking is switched off on every such layer."""
+    for m in model.modules():
+        if getattr(m, "support_avx512bf16_for_cpu", False):
+            m.support_avx512bf16_for_cpu = False
+    return model
+
+
 def _quantized(load, cfg: ModelConfig):
     """``load()`` with a quantisation config, naming bitsandbytes when it cannot run here (e.g. no backend for this
     device in the installed version)."""
     try:
-        return load()
+        return _without_cpu_repacking(load())
     except (ModelLoadError, MissingPackageError):
         raise
     except Exception as e:  # noqa: BLE001 - one clear line, the cause kept

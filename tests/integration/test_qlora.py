@@ -46,3 +46,19 @@ def test_qlora_trains_adapters_on_a_quantised_base(tmp_path, bits, ref):
 def test_quantised_weights_without_lora_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="lora.enabled=true"):
         Trainer(_cfg(tmp_path, "x", "model.load_in_4bit=true", "lora.enabled=false"))
+
+
+def test_4bit_layers_are_never_repacked_for_cpu_inference(tmp_path, monkeypatch):
+    """On an AVX512-BF16 CPU, bitsandbytes repacks a 4-bit layer for inference at its first no-grad eval forward and
+    never back, after which training steps failed (and computed in bfloat16). dpolab switches that off on every layer;
+    the CPU flag is forced on here so that the check bites on any machine."""
+    modules = pytest.importorskip("bitsandbytes.nn.modules")
+    if not hasattr(modules, "has_avx512bf16"):
+        pytest.skip(f"bitsandbytes {bnb.__version__} has no CPU repacking")
+    monkeypatch.setattr(modules, "has_avx512bf16", lambda: True)
+    try:
+        t = Trainer(_cfg(tmp_path, "q4", "model.load_in_4bit=true"))
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"bitsandbytes {bnb.__version__} cannot quantise here: {e}")
+    layers = [m for m in t.policy.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert layers and not any(m.support_avx512bf16_for_cpu for m in layers)
