@@ -86,8 +86,25 @@ class LocalExecutor(Executor):
 
         payloads = [_dumps(fn, item) for item in items]
         ctx = multiprocessing.get_context("spawn")  # no forked torch / thread state
-        with ProcessPoolExecutor(max_workers=min(self.parallel, len(items)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=min(self.parallel, len(items)), mp_context=ctx,
+                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
             return list(pool.map(_call_payload, payloads))
+
+
+def _exit_with_parent(parent: int, every_s: float = 1.0) -> None:
+    """In a worker process: exit as soon as the driver that started it is gone. A driver killed by a signal it does
+    not handle (``kill``, a scheduler's SIGTERM) skips the pool's shutdown, and its workers kept training into the run
+    folders, where a restarted study then trained the same runs beside them. A run cut short this way resumes from
+    its last checkpoint, as after any kill."""
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(every_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="dpolab-exit-with-parent", daemon=True).start()
 
 
 def _dumps(fn, item) -> bytes:
