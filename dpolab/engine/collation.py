@@ -5,11 +5,11 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
+from ..models.fastpath import batch_to_device, unwrap_hf
+
 
 def model_width(model) -> Optional[int]:
     """The hidden size of a (possibly wrapped) Hugging Face model, which sets the packed rows' length."""
-    from ..models.fastpath import unwrap_hf
-
     cfg = getattr(unwrap_hf(model), "config", None)
     text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
     return getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
@@ -28,12 +28,4 @@ class Collator:
         batch = self.objective.collate([data[i] for i in indices], self.pad_id, self.layout, self.width)
         batch["logits"] = self.logits
         batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
-        return {k: _to(v, self.device) for k, v in batch.items()}
-
-
-def _to(v: Any, device: torch.device) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.to(device)
-    if isinstance(v, dict):
-        return {k: x.to(device) if isinstance(x, torch.Tensor) else x for k, x in v.items()}
-    return v
+        return batch_to_device(batch, self.device)

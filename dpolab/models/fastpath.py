@@ -396,7 +396,7 @@ def _probe_batch(vocab: int, device) -> Dict[str, Any]:
              "prefix": [(p, [(c, i), (r, b + i)]) for i, (p, c, r) in enumerate(pairs)]}
     batch = {layout: {**padded, "packed": _one_row(u)} for layout, u in units.items()}
     batch["padded"] = padded
-    return {k: _to(v, device) for k, v in batch.items()}
+    return batch_to_device(batch, device)
 
 
 def _one_row(units) -> Dict[str, Tensor]:
@@ -428,8 +428,9 @@ def _one_row(units) -> Dict[str, Tensor]:
             "score_src": as_long(src), "score_tgt": as_long(tgt), "score_seq": as_long(seq), "score_col": as_long(col)}
 
 
-def _to(batch, device):
-    return {k: (v.to(device) if isinstance(v, Tensor) else _to(v, device) if isinstance(v, dict) else v)
+def batch_to_device(batch: Dict[str, Any], device) -> Dict[str, Any]:
+    """``batch`` with every tensor (also in nested dicts, e.g. ``batch["packed"]``) moved to ``device``."""
+    return {k: (v.to(device) if isinstance(v, Tensor) else batch_to_device(v, device) if isinstance(v, dict) else v)
             for k, v in batch.items()}
 
 

@@ -33,7 +33,8 @@ splits. ``group="question"`` is stricter: pairs sharing any question are joined 
 connected group goes to one split, so no single question appears in two splits either.
 
 Metrics (:func:`label_metrics`): one forward pass per batch over the prompts (left-truncated to
-``max_prompt_length``); at the last prompt position the log-probs of the two label tokens are compared
+``max_prompt_length``; the head applied only at the answer position, :func:`label_logps`); at the last prompt
+position the log-probs of the two label tokens are compared
 (argmax over the two, ties -> "no"). Accuracy and macro-F1 (the mean of the F1 of the "paraphrase" and the
 "not paraphrase" class); also ``p_yes`` (share predicted paraphrase) and ``label_margin`` (mean log p(correct) -
 log p(wrong)). :func:`label_metrics_hook` wraps it for the engine's ``eval_hooks``.
@@ -300,7 +301,16 @@ def _prompt_ids(tokenizer, prompt: str, max_prompt_length: int) -> List[int]:
 @torch.no_grad()
 def label_logps(model, tokenizer, prompts: Sequence[str], *, labels: Sequence[str] = DEFAULT_LABELS, batch_size: int = 32,
                 max_prompt_length: int = 512) -> torch.Tensor:
-    """``[N, 2]`` log-probs of the (yes, no) label tokens right after each prompt (one forward per batch)."""
+    """``[N, 2]`` log-probs of the (yes, no) label tokens right after each prompt (one forward per batch).
+
+    Each prompt is scored as a preference pair (chosen = yes, rejected = no) by the models' fast exact path
+    (:func:`dpolab.models.fastpath.batch_logps`, prompt-shared layout, the LM head applied only at the answer
+    position): the same numbers as a full forward's ``log_softmax`` at the last prompt token, without the
+    [batch, length, vocabulary] logits. A model whose fast path fails its probe gets the plain path."""
+    from dpolab.data.collate import collate_preference_fast
+    from dpolab.data.types import TokenizedPair
+    from dpolab.models.fastpath import batch_logps, batch_to_device
+
     yes, no = label_token_ids(tokenizer, labels)
     was_training = model.training
     model.eval()
@@ -308,16 +318,10 @@ def label_logps(model, tokenizer, prompts: Sequence[str], *, labels: Sequence[st
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [_prompt_ids(tokenizer, p, max_prompt_length) for p in prompts[start:start + batch_size]]
-        width = max(len(c) for c in chunk)
-        ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        attn = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, c in enumerate(chunk):  # right padding: positions are the same as in training
-            ids[i, :len(c)] = torch.tensor(c)
-            attn[i, :len(c)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=attn.to(device), use_cache=False).logits
-        last = logits[torch.arange(len(chunk)), torch.tensor([len(c) - 1 for c in chunk])].float().log_softmax(-1)
-        out.append(last[:, [yes, no]].cpu())
+        pairs = [TokenizedPair(_prompt_ids(tokenizer, p, max_prompt_length), [yes], [no]) for p in prompts[start:start + batch_size]]
+        batch = batch_to_device(collate_preference_fast(pairs, pad, "prefix"), device)
+        sums = batch_logps(model, batch, layout="prefix", logits="response").sums.float()
+        out.append(torch.stack([sums[:len(pairs)], sums[len(pairs):]], dim=1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, 2))
 
