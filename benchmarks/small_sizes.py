@@ -82,10 +82,19 @@ def para_eval(name, n=64, batch=64, max_prompt=64):
     label_logps(model, tok, prompts[:8], batch_size=8, max_prompt_length=max_prompt)  # warm-up
     load = os.getloadavg()[0]
     w, c = time.perf_counter(), time.process_time()
-    label_logps(model, tok, prompts, batch_size=batch, max_prompt_length=max_prompt)
+    got = label_logps(model, tok, prompts, batch_size=batch, max_prompt_length=max_prompt)
     wall, cpu = time.perf_counter() - w, time.process_time() - c
+    # sameness (untimed): the plain score, a full forward of each unpadded prompt, on the first 8
+    from dpolab.tasks.paraphrase import _prompt_ids, label_token_ids
+    yes_no = list(label_token_ids(tok))
+    with torch.no_grad():
+        want = torch.stack([model(input_ids=torch.tensor([_prompt_ids(tok, p, max_prompt)])).logits[0, -1].float().log_softmax(-1)[yes_no]
+                            for p in prompts[:8]])
+    err = float((got[:8] - want).abs().max())
     log({"stage": name, "prompts": n, "batch": batch, "threads": THREADS, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-         "load1": round(load, 1), "cpu_s_per_prompt": round(cpu / n, 3)})
+         "load1": round(load, 1), "cpu_s_per_prompt": round(cpu / n, 3), "max_abs_diff_vs_plain": err})
+    if err > 1e-4:
+        sys.exit(f"{name}: label log-probs differ from the plain full forward by {err:.2e} (> 1e-4)")
 
 imdb = D + "/imdb-cad-sentiment"
 Q = D + "/quora-paraphrase/quora-dev.csv"

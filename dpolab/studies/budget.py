@@ -26,10 +26,12 @@ MEASURED: Dict[str, Any] = {
     # S1 per example. Timed at the study's own batches (16 quora prompts of <= 64 tokens, 8 sonnets of <= 224 tokens;
     # the mean of steps 2-5 of 5, 1 thread, load 3.5-4.1 on 2 cores; stages s1-*-b16 / -b8 with STEPS=5): SFT full and
     # LoRA on both tasks, DPO full and LoRA on quora pairs; the paraphrase evaluation (label log-probs of 64 held-out
-    # prompts in one batch; stage s1-para-eval-b64). Derived, not timed: sonnet DPO (sonnet SFT x the quora DPO / SFT
-    # ratio of the same parameterisation) and the sonnet NLL evaluation (half a LoRA SFT example)
+    # prompts in one batch; stage s1-para-eval-b64): 0.209 since it reads them by the fast path, timed in alternation
+    # with the full-logits code, which took 0.344 in the same rounds at a load of 2.7 (0.283 at load 4 before).
+    # Derived, not timed: sonnet DPO (sonnet SFT x the quora DPO / SFT ratio of the same parameterisation) and the
+    # sonnet NLL evaluation (half a LoRA SFT example)
     "sft-dpo": {"paraphrase": {"sft-full": 11.87 / 16, "sft-lora": 7.53 / 16, "dpo-lora": 8.62 / 16,
-                               "dpo-full": 11.5 / 16, "eval": 0.283},
+                               "dpo-full": 11.5 / 16, "eval": 0.209},
                 "sonnets": {"sft-full": 20.69 / 8, "sft-lora": 15.18 / 8, "dpo-lora": 15.18 / 8 * 8.62 / 7.53,
                             "dpo-full": 20.69 / 8 * 11.5 / 11.87, "eval": 15.18 / 8 / 2}},
     # probe_eval per held-out pair (derived, not timed): 5 probe responses + chosen and rejected through the policy and
