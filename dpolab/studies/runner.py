@@ -171,7 +171,24 @@ def run_is_finished(spec: RunSpec, out: Path) -> bool:
     from ..engine.trainer import DONE_MARKER
 
     run_dir, cfg = _config_of(spec, Path(out))
-    return (run_dir / DONE_MARKER).exists() and _same_config(run_dir, cfg.to_dict())
+    return (run_dir / DONE_MARKER).exists() and _same_config(run_dir, cfg.to_dict()) and not parent_retrained(spec, Path(out))
+
+
+def parent_retrained(spec: RunSpec, out: Path) -> bool:
+    """Whether the run that ``spec`` starts from (``init_from``) finished after ``spec``'s run first began: it was
+    trained again since (e.g. its settings changed), so this run's folder, finished or not, holds training from a
+    model that no longer exists, and neither skipping nor resuming it is right. False without ``init_from`` and when
+    either run has no provenance record to tell."""
+    from datetime import datetime
+
+    if not spec.init_from:
+        return False
+    child, parent = provenance.read(out / "runs" / spec.run_id), provenance.read(out / "runs" / spec.init_from)
+    began = ((child or {}).get("attempts") or [{}])[0].get("started")
+    done = (parent or {}).get("finished_at")
+    if not began or not done:
+        return False
+    return datetime.fromisoformat(done) > datetime.fromisoformat(began)
 
 
 @dataclass
@@ -208,9 +225,11 @@ class RunJob:
             torch.set_num_threads(self.threads)
         run_dir, cfg = _config_of(spec, Path(self.out))
         where = f"[{self.positions.get(spec.run_id, '?')}/{self.total}] {spec.run_id}"
-        resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg.to_dict())
+        stale = parent_retrained(spec, Path(self.out))
+        resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg.to_dict()) and not stale
         cfg.output.overwrite = not resume
-        log(f"{where}: {'resuming' if resume else 'training'}")
+        log(f"{where}: {'resuming' if resume else 'training'}"
+            + (f" again from the start ({spec.init_from}, which it starts from, was trained again since)" if stale else ""))
         t0 = time.perf_counter()
         data = self.data_of(cfg, spec.data_seed) if spec.data_seed is not None else {}
         hooks = [h.bind(cfg, data.get("eval_data")) if hasattr(h, "bind") else h for h in spec.hooks]
