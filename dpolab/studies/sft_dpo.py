@@ -86,10 +86,14 @@ _TASK_SMOKE = {
 # needs it); at_start = False: no evaluation before the first step (the base model is not measured).
 # Paraphrase: 256 training pairs were too few (full SFT scored 57.8 % on 128 held-out pairs, below the 63.3 % of always
 # answering "no"; a linear probe on the frozen model needed ~2,000 pairs to clear it, see SMALL_SIZES.md), so SFT gets
-# 2,048 pairs and the evaluation 512 (a 95 % interval of about +-4 points), and DPO a quarter epoch (512 pairs) of them
+# 2,048 pairs and the evaluation 512 (a 95 % interval of about +-4 points), and DPO a quarter epoch (512 pairs) of them.
+# sft_schedule: the SFT learning rate decays linearly to 0 (default: constant, so that at the other sizes SFT k1 is the
+# first part of SFT k2). With a constant rate, seed 2's SFT ended answering "no" to every held-out pair (full and LoRA),
+# while the same seed with the linear decay scored 72.3 % (full) and 71.7 % (LoRA) against the 63.7 % majority
 _TASK_SMALL = {
     "paraphrase": dict(n_train=2048, n_eval=512, eval_loss_examples=16, k1=None, k2=1, dpo_epochs=0.25, batch=16,
-                       max_prompt=64, max_length=66, evals_per_run=1, at_start=False, dpo_only=False),
+                       max_prompt=64, max_length=66, evals_per_run=1, at_start=False, dpo_only=False,
+                       sft_schedule="linear"),
     "sonnets": dict(n_train=32, n_eval=8, eval_loss_examples=8, k1=None, k2=1, dpo_epochs=1, batch=8,
                     max_prompt=64, max_length=224, evals_per_run=1, at_start=False, dpo_only=False),
 }
@@ -291,7 +295,8 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
                 later = {"at_start": False} if t.get("at_start") is False else {}
                 for k in ks:
                     steps = _steps(n, t["batch"], k)
-                    cfg = deep_merge(base, {"data": sft_data, "train": {"mode": "sft", "max_steps": steps, "lr": s["sft_lr"] * factor},
+                    cfg = deep_merge(base, {"data": sft_data, "train": {"mode": "sft", "max_steps": steps, "lr": s["sft_lr"] * factor,
+                                                                       "schedule": t.get("sft_schedule", "constant")},
                                             "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"])), **later}})
                     hooks = [hook] if hook else sonnet_hooks(paths["sonnets"], t, steps)
                     result.append(RunSpec(f"{prefix}/sft-k{k}", cfg, {**labels, "stage": "sft", "k": k}, hooks=hooks, prepare=ensure_base))

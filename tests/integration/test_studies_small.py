@@ -77,6 +77,19 @@ def test_dry_run_lists_the_runs_and_the_budget(name, shared_data):
     assert main(["study", name, "--size", "small", "--dry-run", "--data-dir", str(shared_data)]) == 0
 
 
+def test_s1_small_decays_the_paraphrase_sft_learning_rate(shared_data):
+    """At size small the paraphrase SFT runs decay the learning rate linearly (with a constant rate one seed in three
+    ended answering "no" to everything); the sonnet SFT and every DPO run keep the constant rate, and so does every
+    run of size cpu (where SFT k1 must be the first part of SFT k2)."""
+    study = get_study("sft-dpo")
+    small = study.specs("small", 3, False, data_dir=str(shared_data), out="/nonexistent/never-written")
+    sched = {s.run_id: s.config["train"]["schedule"] for s in small}
+    assert {k: v for k, v in sched.items() if v != "constant"} == {
+        f"paraphrase/{p}/seed{i}/sft-k1": "linear" for p in ("full", "lora-16") for i in range(3)}
+    cpu = study.specs("cpu", 1, False, data_dir=str(shared_data), out="/nonexistent/never-written")
+    assert {s.config["train"]["schedule"] for s in cpu} == {"constant"}
+
+
 @pytest.mark.slow
 def test_madpo_small(smol, shared_data, tmp_path):
     results, text = _run("madpo", ["sft", "rm-high", "high/MADPO/seed0"], shared_data, tmp_path / "s2")
