@@ -3,7 +3,8 @@
 A study is a list of :class:`RunSpec` built for a size (``cpu`` or ``paper``). Each run is an ordinary
 ``dpolab train`` run in ``<out>/runs/<run_id>``; a run whose folder holds a finished run with the same
 config is skipped, an unfinished one resumes from its newest checkpoint. A run may start from another
-run's final model (``init_from``), e.g. DPO from an SFT warm-up. Each run it trains gets a ``provenance.json``
+run's final model (``init_from``), e.g. DPO from an SFT warm-up; such a run is trained again from the start when
+the run it starts from was trained again after it began (:func:`parent_retrained`). Each run it trains gets a ``provenance.json``
 (the dpolab commit and library versions that trained it, :mod:`dpolab.studies.provenance`). After the grid, the
 study's ``report`` function turns the runs' summaries and metrics into markdown + PNG.
 """
