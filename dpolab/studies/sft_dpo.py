@@ -448,7 +448,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     lines += ["## Set-up", "",
               f"Base model: {describe_model(model)}" + (" (pretrained by `dpolab pretrain` on tiny-shakespeare)" if local else "")
               + ". " + _data_sizes(results) + " Schedules per (task, parameterisation, seed): " + _schedule_words(results)
-              + ". Parameterisations: full fine-tuning and "
+              + ". " + _lr_schedules(results) + " Parameterisations: full fine-tuning and "
               "LoRA (alpha = 2 r), the LoRA learning rate "
               f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning's; a chained LoRA run merges the SFT adapter and trains a "
               "fresh one. Sonnet preference pairs: chosen = the true continuation, rejected = one continuation sampled "
@@ -522,6 +522,19 @@ def _schedule_words(results: Dict[str, RunResult]) -> str:
     sft = f"SFT for {' and '.join(f'{k}' for k in ks)} epoch{'s' if ks != [1] else ''}" if ks else "no SFT"
     return sft + (", DPO from the base" if base else "") + (", DPO from each SFT model" if len(ks) > 1 else
                                                             ", DPO from the SFT model" if ks else "")
+
+
+def _lr_schedules(results: Dict[str, RunResult]) -> str:
+    """How each task's stages set the learning rate over their steps, as the runs' configs say."""
+    words = {"constant": "constant", "linear": "decaying linearly to 0", "cosine": "decaying along a cosine to 0"}
+    parts = []
+    for task in TASKS:
+        for stage in ("sft", "dpo"):
+            found = sorted({r.spec.config.get("train", {}).get("schedule", "linear") for r in results.values()
+                            if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage})
+            if found:
+                parts.append(f"{task} {stage.upper()} {' / '.join(words.get(f, f) for f in found)}")
+    return ("Learning rate over each run's steps: " + "; ".join(parts) + ".") if parts else ""
 
 
 def _data_sizes(results: Dict[str, RunResult]) -> str:

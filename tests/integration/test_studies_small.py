@@ -112,6 +112,7 @@ def test_sft_dpo_small(smol, shared_data, tmp_path):
     assert results["paraphrase/full/seed0/sft-k1"].spec.config["eval"]["at_start"] is False
     assert "| SFT only (1 ep) | full |" in text and "| SFT 1 ep -> DPO | lora-16 |" in text
     assert "SFT k1 -> DPO" not in text.split("## paraphrase")[1]  # the early hand-over is cut at this size
+    assert "paraphrase SFT decaying linearly to 0; paraphrase DPO constant" in text
     assert all(r.final("eval/accuracy") is not None for r in results.values())
     _budget_is_printed("sft-dpo")
 

@@ -23,6 +23,8 @@ def test_sft_dpo_smoke(tmp_path, shared_data):
         assert part in text, part
     assert "significantly" not in text and "Mean ratio" not in text and assert_verdicts_match_numbers(text) >= 24
     assert "## Provenance" in text
+    assert ("Learning rate over each run's steps: paraphrase SFT constant; paraphrase DPO constant; sonnets SFT constant; "
+            "sonnets DPO constant.") in text
     assert (out / "sft_dpo_paraphrase.png").exists() and (out / "sft_dpo_sonnets.png").exists()
     assert (out / "data" / "sonnets-pairs.jsonl").exists()
     msgs = []
