@@ -526,11 +526,13 @@ def _schedule_words(results: Dict[str, RunResult]) -> str:
 
 def _lr_schedules(results: Dict[str, RunResult]) -> str:
     """How each task's stages set the learning rate over their steps, as the runs' configs say."""
+    from ..config import TrainConfig
+    default = TrainConfig().schedule  # what a run whose config leaves the schedule unset trained with
     words = {"constant": "constant", "linear": "decaying linearly to 0", "cosine": "decaying along a cosine to 0"}
     parts = []
     for task in TASKS:
         for stage in ("sft", "dpo"):
-            found = sorted({r.spec.config.get("train", {}).get("schedule", "linear") for r in results.values()
+            found = sorted({r.spec.config.get("train", {}).get("schedule", default) for r in results.values()
                             if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage})
             if found:
                 parts.append(f"{task} {stage.upper()} {' / '.join(words.get(f, f) for f in found)}")
