@@ -3,7 +3,9 @@
 The loss is :func:`dpolab.losses.kto.kto_loss` (``kto.beta``, ``kto.desirable_weight``, ``kto.undesirable_weight``),
 its objective the mean over rows. Its KL estimate ``z0`` comes from mismatched pairs: each row's prompt followed by the
 completion of the row before it (the first row takes the last row's), TRL's rotation, the completion cut to fit
-``data.max_length`` after the prompt.
+``data.max_length`` after the prompt. Unlike TRL, a row whose predecessor has the same prompt (the chosen and rejected
+rows of one pair under ``data.unpaired_from_pairs``, or a repeated prompt) looks further back, to the nearest row with
+another prompt (:func:`crossing_sources`): otherwise half of those pairs would be matched, biasing ``z0``.
 
 Which rows: TRL rotates and averages within each device's micro-batch. Here the batch is the optimiser step, like
 every statistic in dpolab: :meth:`KTOObjective.begin_step` rotates over all the step's rows in the step's order
@@ -77,10 +79,11 @@ class KTOObjective(WithReference, Objective):
         return batch
 
     def mismatched(self, rows: Sequence, completions: Optional[Sequence] = None) -> List[TokenizedUnpaired]:
-        """Each row's prompt followed by ``completions[k]`` (default: the completion of the row before it in ``rows``,
-        row 0 taking the last row's), cut to fit ``data.max_length``."""
+        """Each row's prompt followed by ``completions[k]`` (default: the completion of the nearest row before it in
+        ``rows`` with another prompt, cyclically: :func:`crossing_sources`), cut to fit ``data.max_length``."""
         if completions is None:
-            completions = [rows[k - 1].completion_ids for k in range(len(rows))]
+            src = crossing_sources([r.prompt_ids for r in rows])
+            completions = [rows[src[k]].completion_ids for k in range(len(rows))]
         out = []
         for row, other in zip(rows, completions):
             room = max(1, self._max_len - len(row.prompt_ids))
@@ -88,10 +91,10 @@ class KTOObjective(WithReference, Objective):
         return out
 
     def _step_completions(self, batches: List[Dict[str, Any]]) -> Optional[List[Any]]:
-        """For each of this process's rows of the step, the completion of the row before it in the step's order
-        (micro-batch by micro-batch, each one's processes in rank order: dpolab/engine/batching.py), the first row
-        of the step taking the last row's; None when the step has fewer than 2 rows."""
-        mine = [[r.completion_ids for r in b["rows"]] for b in batches]
+        """For each of this process's rows of the step, the completion of the nearest row before it with another
+        prompt in the step's order (micro-batch by micro-batch, each one's processes in rank order:
+        dpolab/engine/batching.py), cyclically (:func:`crossing_sources`); None when the step has fewer than 2 rows."""
+        mine = [[(r.prompt_ids, r.completion_ids) for r in b["rows"]] for b in batches]
         every = [mine] if self._gather_object is None else self._gather_object([mine])
         rank = 0 if self._gather_object is None else self._rank
         flat: List[Any] = []
@@ -104,7 +107,8 @@ class KTOObjective(WithReference, Objective):
                     flat.append(c)
         if len(flat) < 2:
             return None
-        return [flat[where[(a, i)] - 1] for a, b in enumerate(batches) for i in range(len(b["rows"]))]
+        src = crossing_sources([p for p, _ in flat])
+        return [flat[src[where[(a, i)]]][1] for a, b in enumerate(batches) for i in range(len(b["rows"]))]
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def setup(self, run: RunContext) -> None:
@@ -233,3 +237,18 @@ class KTOObjective(WithReference, Objective):
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         self.load_reference_state(state)
+
+
+def crossing_sources(prompts: Sequence[Sequence[int]]) -> List[int]:
+    """For each row k, the row whose completion its mismatched pair takes: the nearest row before it (cyclically, row
+    0 looking at the last rows) whose prompt differs from row k's, so that no pair puts a completion after its own
+    prompt (``data.unpaired_from_pairs`` places a prompt's chosen and rejected rows side by side, and a data set can
+    repeat a prompt). Row k-1 when every row has the same prompt (no pair can cross prompts). Linear time: when row
+    k-1 shares row k's prompt, row k's source is row k-1's."""
+    n = len(prompts)
+    keys = [tuple(p) for p in prompts]
+    src: List[Optional[int]] = [None] * n
+    for i in range(1, 2 * n):  # two rounds: the second sees the rows before each row cyclically
+        k, prev = i % n, (i - 1) % n
+        src[k] = prev if keys[prev] != keys[k] else src[prev]
+    return [k - 1 if s is None else s for k, s in enumerate(src)]
