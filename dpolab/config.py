@@ -477,17 +477,34 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
+    text = p.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{p}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from e
+        raise ConfigError(f"{p}: {_yaml_error_where(e, text)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(f.name for f in dataclasses.fields(RunConfig))})")
     return data
+
+
+def _yaml_error_where(e: "yaml.YAMLError", text: str) -> str:
+    """The line a YAML error is on, as a person counts (1-based), and its cause. The scanner reports an unfinished
+    token (a key with no ':', an unclosed quote) where it gave up, often the start of the next line or the end of the
+    file: the line is then where that token starts. A problem found at the end of the file is on its last line."""
+    problem, pm = getattr(e, "problem", None) or str(e), getattr(e, "problem_mark", None)
+    if pm is None:
+        return f"not valid YAML ({problem})"
+    cm, context = getattr(e, "context_mark", None), getattr(e, "context", None)
+    line = pm.line + 1
+    if isinstance(e, yaml.scanner.ScannerError) and cm is not None:
+        line = cm.line + 1
+        return f"line {line} is not valid YAML ({problem}{' ' + context if context else ''})"
+    if not text[pm.index:].strip():
+        line = min(line, len(text.rstrip().splitlines()) or 1)
+    also = f"; {context} from line {cm.line + 1}" if context and cm is not None and cm.line + 1 < line else ""
+    return f"line {line} is not valid YAML ({problem}{also})"
 
 
 def build_config(data: Optional[Mapping[str, Any]] = None, overrides: Sequence[str] = ()) -> RunConfig:

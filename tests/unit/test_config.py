@@ -54,3 +54,20 @@ def test_every_option_is_documented():
     for key in ("train.lr", "lora.r", "data.columns", "reference.mode", "output.save_every", "eval.every", "model.init_from"):
         assert key in text
     assert "{adamw|rmsprop|sgd}" in text
+
+
+@pytest.mark.parametrize("text, line, cause", [
+    ("train:\n  lr: 1e-4\n  mode sft\nmodel:\n  name_or_path: x\n", 3, "could not find expected ':'"),  # reported at 4
+    ("train:\n  lr: 1e-4\n  mode sft", 3, "could not find expected ':'"),
+    ("train:\n  mode: 'sft\nmodel: {}\n", 2, "end of stream while scanning a quoted scalar"),  # reported at 4
+    ("a: 1\nb: [1,\n\n", 2, "expected the node content"),  # reported at 4, past the last line
+    ("train:\n  lr: 1e-4\n   mode: sft\n", 3, "mapping values are not allowed here"),
+    ("train:\n\tlr: 1\n", 2, "found character '\\\\t'"),
+    ("loss: [a, b\ntrain: {}\n", 2, "but got ':'; while parsing a flow sequence from line 1"),
+])
+def test_invalid_yaml_names_the_line_a_person_counts(tmp_path, text, line, cause):
+    """The line of the mistake, 1-based, not where YAML's scanner gave up (often the next line or past the end)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=rf"bad\.yaml: line {line} is not valid YAML \(.*{cause}"):
+        load_config(bad)
