@@ -97,7 +97,7 @@ class ReferenceConfig:
     name_or_path: Optional[str] = _f(None, "a different reference model (default: the policy's starting weights)")
     sync_every: int = _f(0, "TR-DPO (arXiv 2404.09656): every this many optimiser steps the reference moves toward the "
                             "policy, ref <- alpha * policy + (1 - alpha) * ref (TRL ref_model_sync_steps); 0 = never. "
-                            "Needs a live frozen copy (reference.mode=copy)")
+                            "Needs a live frozen copy (reference.mode=copy; auto takes one)")
     mixup_alpha: float = _f(0.6, "TR-DPO's alpha (TRL ref_model_mixup_alpha): 1 = hard sync (the reference becomes the "
                                  "policy), below 1 = soft update")
 

@@ -217,7 +217,10 @@ def test_resumed_run_matches_uninterrupted_with_a_synced_reference(tmp_path):
 
 def test_synced_reference_needs_a_frozen_copy(tmp_path):
     with pytest.raises(TrainError, match="sync_every .* reference is adapter"):
-        Trainer(cfg(tmp_path, "lora.enabled=true", "reference.sync_every=1"))
+        Trainer(cfg(tmp_path, "lora.enabled=true", "reference.mode=adapter", "reference.sync_every=1"))
+    t = Trainer(cfg(tmp_path, "lora.enabled=true", "lora.r=4", "reference.sync_every=1", name="auto"))
+    assert t.reference.mode == "copy"  # reference.mode=auto takes the frozen copy TR-DPO can move
+    t.close()
 
 
 def _launch_two(args):

@@ -69,3 +69,34 @@ def test_resume_restores_the_moved_reference_exactly(tmp_path):
     wb = load_file(str(tmp_path / "part" / "final" / "model.safetensors"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert s["final_eval"]["eval/loss"] == straight["final_eval"]["eval/loss"]
+
+
+def test_a_sync_due_on_a_skipped_step_runs_on_the_next_step_taken(tmp_path):
+    """train.on_nonfinite=skip: step 2 (a sync is due on it) is skipped, so the sync runs after step 3 instead of never."""
+    t = Trainer(_cfg(tmp_path, "run", "train.on_nonfinite=skip"))
+    ref0 = _params(t.reference.model)
+    t._train_step()  # step 1: no sync due
+    real = t._accumulate
+    t._accumulate = lambda: [{**r, "loss": float("nan")} for r in real()]  # step 2: a non-finite loss
+    assert t._train_step() is None and t.skipped_steps == 1 and t.step == 2
+    assert all(torch.equal(v, ref0[k]) for k, v in _params(t.reference.model).items())
+    t._accumulate = real
+    t._train_step()  # step 3: the sync due on step 2
+    pol, ref = _params(t.model), _params(t.reference.model)
+    for k in ref:
+        assert torch.allclose(ref[k], 0.6 * pol[k] + 0.4 * ref0[k], atol=1e-7), k
+    t._train_step()  # step 4: its own sync, on schedule
+    pol4, ref4 = _params(t.model), _params(t.reference.model)
+    assert all(torch.allclose(ref4[k], 0.6 * pol4[k] + 0.4 * ref[k], atol=1e-7) for k in ref4)
+    t.close()
+
+
+@pytest.mark.parametrize("over", [[], ["lora.enabled=true", "lora.r=4"]], ids=["full", "lora"])
+def test_auto_reference_with_sync_every_takes_a_frozen_copy(tmp_path, over):
+    t = Trainer(_cfg(tmp_path, "run", "reference.mode=auto", "train.max_steps=40", *over))
+    assert t.reference.mode == "copy"
+    ref0 = _params(t.reference.model)
+    t._train_step()
+    t._train_step()
+    assert any(not torch.equal(v, ref0[k]) for k, v in _params(t.reference.model).items())  # it followed the policy
+    t.close()

@@ -22,6 +22,10 @@ class WithReference:
         """The run's reference (on the device), in ``mode`` (``reference.mode``, or one the objective forces);
         ``data`` is what a precomputed table covers and ``live_examples`` how many examples a live one would score."""
         cfg = run.cfg
+        if mode == "auto" and cfg.reference.sync_every and not cfg.reference.name_or_path:
+            mode = "copy"  # TR-DPO moves a frozen copy toward the policy: neither a table nor the adapter can follow
+            run.log("reference: live copy (reference.mode=auto with reference.sync_every: TR-DPO moves a frozen copy "
+                    "of the policy toward it)")
         req = ReferenceRequest(
             mode=mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, live_examples=live_examples,
             once_examples=len(data), bf16=run.bf16,
@@ -40,20 +44,30 @@ class WithReference:
                              f"follow the policy)")
         return reference
 
+    _sync_seen: Optional[int] = 0  # the step count of the last step taken (None: unknown, an older checkpoint)
+
     def end_step(self, model, step: int) -> None:
+        """TR-DPO: the reference moves toward the policy when a multiple of ``reference.sync_every`` lies in the steps
+        since the last one taken, so a sync due on a step skipped for a non-finite loss (``train.on_nonfinite=skip``)
+        runs on the next step taken (once, however many were skipped) instead of never."""
         every = self.cfg.reference.sync_every
-        if every and step % every == 0:  # TR-DPO: the reference moves toward the policy
+        last = self._sync_seen if self._sync_seen is not None else step - 1
+        if every and step // every > last // every:
             self.reference.mix_toward(model, self.cfg.reference.mixup_alpha)
+        self._sync_seen = step
 
     def reference_state(self) -> Dict[str, Any]:
-        """The moved reference's weights (TR-DPO), which a resumed run needs; nothing otherwise."""
+        """The moved reference's weights (TR-DPO) and the last step taken, which a resumed run needs; nothing
+        otherwise."""
         if not self.cfg.reference.sync_every:
             return {}
-        return {"reference_weights": {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}}
+        return {"reference_weights": {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()},
+                "reference_sync_step": self._sync_seen}
 
     def load_reference_state(self, state: Dict[str, Any]) -> None:
         if "reference_weights" in state:
             self.reference.model.load_state_dict(state["reference_weights"])
+            self._sync_seen = state.get("reference_sync_step")  # absent before it was recorded: the step before
 
     def record(self) -> Dict[str, Any]:
         return {"reference": self.reference.record()} if self.reference is not None else {}
