@@ -13,9 +13,13 @@ from dpolab.studies import dpop, madpo, provenance, sft_dpo, squeeze
 from dpolab.studies.runner import RunResult, RunSpec
 
 NUM = r"([+-]\d+\.\d+)"
-SIGNIFICANT = re.compile(r"(higher|lower) than [^,]*?(?: \((better|worse)\))?, " + NUM + r" \(95 % CI " + NUM + " to " + NUM)
+SIGNIFICANT = re.compile(r"(higher|lower) than [^,]*?(?: \((better|worse|maybe negligible|better, maybe negligible|"
+                         r"worse, maybe negligible)\))?, " + NUM + r" \(95 % CI " + NUM + " to " + NUM)
 INCONCLUSIVE = re.compile(r"inconclusive, " + NUM + r" \(95 % CI " + NUM + " to " + NUM)
-ROW = re.compile(r"\| " + NUM + r" \| " + NUM + " to " + NUM + r" \| (\d+) \| (better|worse|higher|lower|inconclusive) \|")
+NEGLIGIBLE = re.compile(r"negligible, " + NUM + r" \(95 % CI " + NUM + " to " + NUM + r", \d+ seeds; smallest "
+                        r"meaningful difference ±(\d+(?:\.\d+)?(?:e-?\d+)?)")
+WORD = r"(?:better|worse|higher|lower)(?:, maybe negligible)?|negligible|inconclusive"
+ROW = re.compile(r"\| " + NUM + r" \| " + NUM + " to " + NUM + r" \| (\d+) \| (" + WORD + r") \|(?: ±([\d.e-]+)[^|]*\|)?")
 ONE_SEED = re.compile(r"inconclusive \(one seed\), " + NUM + r" \(one seed")
 ONE_SEED_ROW = re.compile(r"\| " + NUM + r" \| - \| 1 \| inconclusive \(one seed\) \|")
 
@@ -31,18 +35,26 @@ def assert_verdicts_match_numbers(text: str) -> int:
     for mean, lo, hi in INCONCLUSIVE.findall(text):
         assert float(lo) <= 0 <= float(hi), f"'inconclusive' with 95 % CI {lo} to {hi}"
         checked += 1
-    for mean, lo, hi, n, word in ROW.findall(text):
+    for mean, lo, hi, bound in NEGLIGIBLE.findall(text):
+        assert -float(bound) <= float(lo) <= float(hi) <= float(bound), f"'negligible' with {lo} to {hi}, ±{bound}"
+        checked += 1
+    for mean, lo, hi, n, word, bound in ROW.findall(text):
         lo, hi, mean = float(lo), float(hi), float(mean)
         assert int(n) >= 2 and lo <= mean <= hi
-        if word == "inconclusive":
+        b = float(bound) if bound else None
+        if word == "negligible":
+            assert b is not None and -b <= lo <= hi <= b, f"row 'negligible' with {lo} to {hi}, ±{bound}"
+        elif word == "inconclusive":
             assert lo <= 0 <= hi, f"row 'inconclusive' with {lo} to {hi}"
         else:
             assert lo > 0 or hi < 0, f"row '{word}' with {lo} to {hi}"
-            if word in ("higher", "lower"):
-                assert (mean > 0) == (word == "higher")
+            if word.startswith(("higher", "lower")):
+                assert (mean > 0) == word.startswith("higher")
+            if b is not None:  # a plain direction lies wholly beyond the bound; 'maybe negligible' reaches inside
+                assert (lo >= b or hi <= -b) == ("maybe" not in word), f"row '{word}' with {lo} to {hi}, ±{b}"
         checked += 1
     checked += len(ONE_SEED.findall(text)) + len(ONE_SEED_ROW.findall(text))
-    rows = re.findall(r"\| (?:better|worse|higher|lower|inconclusive(?: \(one seed\))?) \|", text)
+    rows = re.findall(r"\| (?:" + WORD + r"|inconclusive \(one seed\)) \|", text)
     assert len(rows) == len(ROW.findall(text)) + len(ONE_SEED_ROW.findall(text)), "a verdict row escaped the check"
     return checked
 

@@ -147,3 +147,84 @@ def test_none_of_never_says_more_than_the_intervals():
     s = none_of([fell, flat, rose], "lowered Δ chosen", subject="method", expect="lower")
     assert s.startswith("1 of 3 methods lowered Δ chosen (paired 95 % interval excluding 0: DPO); 1 went the other way")
     assert none_of([], "x", subject="method").startswith("No method was measured")
+
+
+# -- a smallest meaningful difference (issue 34 item 4) -------------------------------------------------------------
+
+
+def _nats(diffs, bound=0.1, **kw):
+    return compare({i: d for i, d in enumerate(diffs)}, 0.0, metric="Δ chosen", higher_is_better=kw.pop("hib", None),
+                   label_a="simpo", label_b="dpo", bound=bound, unit="nats", **kw)
+
+
+def test_an_interval_inside_the_bound_is_negligible_even_when_it_excludes_zero():
+    v = _nats([-0.000998, -0.00101, -0.00099])  # the issue's tiny compare: significant, and meaningless
+    assert v.significant and v.negligible and not v.meaningful and v.word == "negligible"
+    s = v.sentence()
+    assert s.startswith("simpo: Δ chosen against dpo negligible, -0.00") and "lower" not in s
+    assert "smallest meaningful difference ±0.1 nats" in s
+    flat = compare({0: 0.0, 1: 0.0}, 0.0, metric="m", higher_is_better=True, label_a="a", label_b="b")
+    assert flat.word == "inconclusive"  # no bound stated: no word about size
+    inside0 = _nats([0.01, -0.02, 0.005])  # contains 0, inside the bound: negligible, not inconclusive
+    assert inside0.word == "negligible" and not inside0.significant
+
+
+def test_a_direction_only_beyond_the_bound_and_maybe_negligible_in_between():
+    assert _nats([-1.0, -1.1, -0.9]).word == "lower" and _nats([-1.0, -1.1, -0.9]).meaningful
+    straddle = _nats([-0.12, -0.13, -0.11])  # CI about -0.145 to -0.095: reaches inside ±0.1
+    below = _nats([-0.03, -0.04, -0.02], bound=0.05)  # excludes 0, |mean| < bound, not inside ±bound
+    for v in (straddle, below):
+        assert v.significant and not v.negligible and not v.meaningful
+        assert v.word == "lower, maybe negligible"
+        assert " lower than dpo (maybe negligible), -0." in v.sentence()
+        lo, hi = map(float, CI.search(v.sentence()).groups())  # printed with the digits that show where each end lies
+        assert lo < -v.bound < hi < 0
+    judged = _nats([-0.12, -0.13, -0.11], hib=True)
+    assert judged.word == "worse, maybe negligible" and "lower than dpo (worse, maybe negligible)" in judged.sentence()
+    wide = _nats([-0.5, 0.4, 0.05])
+    assert wide.word == "inconclusive" and not wide.negligible
+    assert _nats([0.3]).word == "inconclusive (one seed)" and "±0.1 nats" in _nats([0.3]).sentence()
+    for bad in (0, -0.1, float("nan")):
+        with pytest.raises(ValueError):
+            _nats([1.0, 2.0], bound=bad)
+
+
+def test_the_table_states_the_bound_and_counts_negligible_ones():
+    t = VerdictTable(("method", "metric"))
+    t.add(_nats([-0.000998, -0.00101, -0.00099]), "simpo", "Δ chosen")
+    t.add(_nats([-1.0, -1.1, -0.9]), "ipo", "Δ chosen")
+    md = t.markdown()
+    head = "| method | metric | difference | 95 % CI | seeds | verdict | smallest meaningful |"
+    assert md.splitlines()[0] == head
+    assert "| negligible | ±0.1 nats |" in md and "| lower | ±0.1 nats |" in md
+    assert t.counts()["negligible"] == 1 and t.counts()["lower"] == 1
+    assert "1 of 2 lie wholly beyond it and 1 wholly inside it (negligible)" in t.chance_line()
+
+
+def test_bounded_quantities_keep_their_intervals_inside_their_range():
+    acc = [0.0, 0.9, 0.44]  # t-interval over three seeds: 0.45 ± 1.1, most of it outside [0, 1]
+    assert "±" in fmt_ci(acc)
+    text = fmt_ci(acc, limits=(0.0, 1.0))
+    assert text == "0.45 (0.00 to 1.00)"
+    m, h = mean_ci([0.1, 0.12, 0.3])
+    assert fmt_ci([0.1, 0.12, 0.3], limits=(0.0, 1.0)) == f"{m:.2f} ({max(0.0, m - h):.2f} to {m + h:.2f})"
+    v = compare({0: 0.9, 1: 0.1, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0}, metric="acc", higher_is_better=True, label_a="a",
+                label_b="b", limits=(-1.0, 1.0))
+    assert v.high == 1.0 and v.low == pytest.approx(v.mean - v.half_width) and v.interval().endswith("to +1.00")
+
+
+def test_every_and_none_of_name_negligible_and_maybe_negligible_ones():
+    vs = [_nats([-1.0, -1.1, -0.9]), _nats([-0.12, -0.13, -0.11]), _nats([-0.001, -0.002, -0.0015])]
+    vs = [compare({i: d for i, d in enumerate(v.diffs)}, 0.0, metric="Δ chosen", higher_is_better=None,
+                  label_a=name, label_b="0", bound=0.1) for v, name in zip(vs, ("dpo", "ipo", "simpo"))]
+    s = every(vs, "lowered Δ chosen", subject="method", expect="lower")
+    assert s.startswith("Not every method lowered Δ chosen: 1 of 3 did (paired 95 % interval excluding 0 in that "
+                        "direction and beyond the smallest meaningful difference)")
+    assert "1 went that way by an amount that may be negligible (ipo)" in s
+    assert "1 is negligible (simpo)" in s
+    s = none_of(vs[1:], "lowered Δ chosen", subject="method", expect="lower")
+    assert s.startswith("No method lowered Δ chosen by a meaningful amount")
+    assert "1 did by an amount that may be negligible (ipo)" in s and "1 is negligible" in s
+    s = none_of(vs, "lowered Δ chosen", subject="method", expect="lower")
+    assert s.startswith("1 of 3 methods lowered Δ chosen (paired 95 % interval excluding 0 and beyond the smallest "
+                        "meaningful difference: dpo); 1 did by an amount that may be negligible (ipo)")
