@@ -15,9 +15,12 @@ Accepted preference records (field names can be remapped with ``columns``, e.g.
 With ``data_format="hh"`` (``data.format=hh``), Anthropic-HH text (``"\n\nHuman: ... \n\nAssistant: ..."``) is
 parsed into chat messages (Human -> user, Assistant -> assistant; each turn's text stripped of surrounding
 whitespace): the prompt is the conversation before the final Assistant turn, which must be the same in chosen and
-rejected, and each response is that final Assistant turn, so the tokenizer's chat template renders them. Text that
-does not parse (no turn marker, text before the first turn, a last turn that is not the Assistant's, different
-conversations) is a :class:`DataError` naming source, row and field. With an explicit ``prompt`` column the prompt
+rejected, and each response is that final Assistant turn, so the tokenizer's chat template renders them. Where
+earlier turns differ (as in some rows of Anthropic's own HH-RLHF files), the implicit-prompt rule applies: the shared
+leading turns up to the last shared Human turn are the prompt and each response is the rest of its conversation; such
+rows are counted in ``skips.notes`` and said in the load's log line. Text that does not parse (no turn marker, text
+before the first turn, a last turn that is not the Assistant's, conversations that differ from the first Human turn)
+is a :class:`DataError` naming source, row and field. With an explicit ``prompt`` column the prompt
 is parsed the same way (a trailing empty ``Assistant:`` turn dropped) and chosen / rejected are the Assistant's
 replies. A tokenizer without a chat template (``chat=False``) keeps the text as it is (after the same checks).
 
@@ -51,6 +54,8 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _HH_EXPECTED = "data.format=hh expects '\\n\\nHuman: ...\\n\\nAssistant: ...' text"
 SKIP_IDENTICAL = "identical chosen and rejected"
 SKIP_EMPTY = "empty response"
+HH_EARLIER_TURNS = ("rows kept whose earlier turns differ between chosen and rejected (data.format=hh: the shared "
+                    "turns are the prompt, each response the rest of its conversation)")
 
 
 class _Ctx:
@@ -164,8 +169,10 @@ def _hh_text(record: Mapping, name: str, ctx: _Ctx) -> str:
     return value
 
 
-def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool) -> Tuple[Text, Text, Text]:
-    """(prompt, chosen, rejected) of an HH record: chat messages, or (``chat`` False) the checked text as it is."""
+def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool,
+             skips: Optional[SkipCounter] = None) -> Tuple[Text, Text, Text]:
+    """(prompt, chosen, rejected) of an HH record: chat messages, or (``chat`` False) the checked text as it is.
+    Earlier turns that differ: the shared leading turns up to a Human turn are the prompt (counted in ``skips``)."""
     chosen, rejected = _hh_text(record, "chosen", ctx), _hh_text(record, "rejected", ctx)
     if explicit_prompt:
         prompt_text = _hh_text(record, "prompt", ctx)
@@ -182,10 +189,20 @@ def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool) -> T
             raise ctx.error(name, f"the last turn must be the Assistant's (the response), got a Human turn ({_HH_EXPECTED})")
         convs[name] = msgs
     (c_prompt, c_resp), (r_prompt, r_resp) = [(m[:-1], m[-1:]) for m in (convs["chosen"], convs["rejected"])]
-    if c_prompt != r_prompt:
-        turn = next((i for i, (a, b) in enumerate(zip(c_prompt, r_prompt)) if a != b), min(len(c_prompt), len(r_prompt)))
-        raise ctx.error("rejected", f"the conversation before the final Assistant turn differs from chosen's at turn "
-                                    f"{turn + 1} (data.format=hh needs one shared prompt)")
+    if c_prompt != r_prompt:  # as Anthropic's HH-RLHF has: the shared turns are the prompt (the implicit-prompt rule)
+        c, r = convs["chosen"], convs["rejected"]
+        turn = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
+        shared = turn  # back to a point where both go on with an Assistant turn (the prompt ends with a Human turn)
+        while shared > 0 and not (shared < min(len(c), len(r)) and c[shared]["role"] == r[shared]["role"] == "assistant"):
+            shared -= 1
+        if shared == 0:
+            raise ctx.error("rejected", f"the conversation differs from chosen's at turn {turn + 1}, before any shared "
+                                        f"Human turn (data.format=hh needs a shared prompt)")
+        if skips is not None:
+            skips.note(HH_EARLIER_TURNS)
+        if not chat:
+            return split_common_prefix(chosen, rejected)  # after the last shared "\n\nAssistant:", as data.format=auto
+        return c[:shared], c[shared:], r[shared:]
     if not chat:
         return split_common_prefix(chosen, rejected)
     return c_prompt, c_resp, r_resp
@@ -244,7 +261,7 @@ def to_preference_row(
     if data_format not in FORMATS:
         raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {data_format!r}")
     if data_format == "hh":
-        prompt, chosen, rejected = _hh_pair(record, ctx, explicit_prompt, chat)
+        prompt, chosen, rejected = _hh_pair(record, ctx, explicit_prompt, chat, skips)
     else:
         chosen, rejected = _text(record, "chosen", ctx), _text(record, "rejected", ctx)
         if explicit_prompt:

@@ -84,18 +84,24 @@ class TokenizedUnpaired:
 
 @dataclass
 class SkipCounter:
-    """Rows skipped by design, by reason; reported in the log, never silent."""
+    """Rows skipped by design, by reason; reported in the log, never silent. ``notes`` counts rows kept but read in
+    a way worth saying (e.g. HH rows whose earlier turns differ), by what was done."""
 
     counts: Dict[str, int] = field(default_factory=dict)
+    notes: Dict[str, int] = field(default_factory=dict)
 
     def add(self, reason: str, n: int = 1) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + n
+
+    def note(self, what: str, n: int = 1) -> None:
+        self.notes[what] = self.notes.get(what, 0) + n
 
     @property
     def total(self) -> int:
         return sum(self.counts.values())
 
     def summary(self) -> str:
+        kept = "".join(f"; {n} {what}" for what, n in sorted(self.notes.items()))
         if not self.counts:
-            return "no rows skipped"
-        return "skipped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items()))
+            return "no rows skipped" + kept
+        return "skipped " + ", ".join(f"{n} {reason}" for reason, n in sorted(self.counts.items())) + kept

@@ -89,3 +89,41 @@ def test_config_option_and_its_checks(tmp_path):
     train, _ = prepare_data(DataConfig(train=str(path), format="hh", sft_from_pairs="chosen", eval_fraction=0.0),
                             build_char_tokenizer(), "sft", 0, log=lambda m: None)
     assert len(train) == 1
+
+
+# Shaped like rows of Anthropic's HH-RLHF helpful-base whose earlier turns differ between chosen and rejected (the
+# conversations were sampled turn by turn, so a rejected branch can differ before its final Assistant turn)
+H1 = "\n\nHuman: Can you recommend a book?\n\nAssistant:"
+DIVERGED = {"chosen": H1 + " Sure, try Dune.\n\nHuman: Why that one?\n\nAssistant: It is a classic.",
+            "rejected": H1 + " Maybe.\n\nHuman: Which one?\n\nAssistant: I don't know."}
+
+
+def test_earlier_turns_that_differ_take_the_shared_turns_as_prompt_and_are_counted(tmp_path):
+    from dpolab.data.types import SkipCounter
+
+    skips = SkipCounter()
+    row = to_preference_row(DIVERGED, source="hh.jsonl", row=2, data_format="hh", skips=skips)
+    assert row.prompt == [{"role": "user", "content": "Can you recommend a book?"}]
+    assert row.chosen == [{"role": "assistant", "content": "Sure, try Dune."}, {"role": "user", "content": "Why that one?"},
+                          {"role": "assistant", "content": "It is a classic."}]
+    assert row.rejected[0] == {"role": "assistant", "content": "Maybe."} and len(row.rejected) == 3
+    assert skips.total == 0 and sum(skips.notes.values()) == 1
+    # without a chat template: the text rule of data.format=auto (the prompt ends after the last shared "Assistant:")
+    plain = to_preference_row(DIVERGED, data_format="hh", chat=False)
+    assert plain.prompt == H1 and plain == to_preference_row(DIVERGED)
+    # a divergence at a Human turn: the prompt is the shared turns before the Assistant turn preceding it
+    at_human = {"chosen": H1 + " Sure.\n\nHuman: Thanks!\n\nAssistant: Welcome.",
+                "rejected": H1 + " Sure.\n\nHuman: Why?\n\nAssistant: Because."}
+    row = to_preference_row(at_human, data_format="hh")
+    assert row.prompt == [{"role": "user", "content": "Can you recommend a book?"}]
+    assert row.chosen[0] == row.rejected[0] == {"role": "assistant", "content": "Sure."}
+
+
+def test_a_file_with_such_rows_loads_whole_and_the_log_says_how_many(tmp_path):
+    path = tmp_path / "helpful-base.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (PAIR, DIVERGED, PAIR, DIVERGED)))
+    logs = []
+    pairs, skips = load_preference_data(str(path), build_char_tokenizer(), data_format="hh", log=logs.append)
+    assert len(pairs) == 4 and skips.total == 0
+    line = next(m for m in logs if "4 pairs loaded" in m)
+    assert "no rows skipped; 2 rows kept whose earlier turns differ between chosen and rejected" in line
