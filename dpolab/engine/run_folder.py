@@ -5,7 +5,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .. import atomic
 from .errors import TrainError
@@ -37,8 +37,10 @@ def check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
                 p.unlink()
 
 
-def make_writable(run_dir: Path) -> None:
-    """Create ``run_dir`` and check that files can be written in it (a clear error, not a failure hours later)."""
+def make_writable(run_dir: Path) -> List[Path]:
+    """Create ``run_dir`` and check that files can be written in it (a clear error, not a failure hours later).
+    Returns the folders this call created, deepest first (for :func:`remove_unused`)."""
+    created = [d for d in (run_dir, *run_dir.parents) if not d.exists()]
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"
@@ -46,6 +48,20 @@ def make_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as e:
         raise TrainError(f"output folder {run_dir} is not writable: {e.strerror or e}") from e
+    return created
+
+
+def remove_unused(created: List[Path], lock: Optional["RunLock"]) -> None:
+    """Undo the claim of a run refused before it started: the lock file if ``lock`` (released) created it, then each
+    folder of ``created`` (deepest first) that is now empty. A folder that existed before, or holds anything else,
+    is left alone (``rmdir`` only removes empty folders)."""
+    if lock is not None and lock.created:
+        lock.path.unlink(missing_ok=True)
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:  # not empty (or already gone): keep it and every folder above it
+            return
 
 
 _HELD: Dict[str, "RunLock"] = {}  # locks this process holds, by folder
@@ -60,6 +76,7 @@ class RunLock:
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / LOCK_FILE
         self._fd: Optional[int] = None
+        self.created = False  # whether acquire() created the lock file (else an earlier run's is reused)
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -67,7 +84,10 @@ class RunLock:
         key = str(self.path.resolve())
         if key in _HELD:
             _HELD[key].release()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_EXCL: created here, or there before (an earlier run's, or a holder's)
+            fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+        except FileExistsError:
+            fd, created = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644), False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -77,7 +97,7 @@ class RunLock:
                              f"finish or stop it, or choose another output.dir") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._fd, self.created = fd, created
         _HELD[key] = self
         return self
 

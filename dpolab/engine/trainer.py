@@ -34,7 +34,8 @@ from .runtime import configure_runtime
 from .objectives import RunContext, get_objective
 from .optim import build_optimizer, build_scheduler
 from .reduce import across_processes, weighted_means
-from .run_folder import DONE_MARKER, RunLock, check_free_space, check_output_dir, checkpoint_bytes, make_writable, publish
+from .run_folder import (DONE_MARKER, RunLock, check_free_space, check_output_dir, checkpoint_bytes, make_writable, publish,
+                         remove_unused)
 
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
 __all__ = ["Trainer", "TrainError", "train", "DONE_MARKER"]
@@ -58,15 +59,17 @@ class Trainer:
         self.runtime = configure_runtime(cfg.train, accelerator.device, self.log)  # bf16, threads, compile: logged
         self.run_dir, self.eval_hooks = Path(cfg.output.dir), list(eval_hooks)
 
-        self.lock = None
+        self.lock, created = None, []
         if self.is_main:  # one writer per run folder
-            make_writable(self.run_dir)
+            created = make_writable(self.run_dir)
             self.lock = RunLock(self.run_dir).acquire()
             weakref.finalize(self, self.lock.release)
         try:
             self._setup(cfg, train_data, eval_data, resume)
         except BaseException:
             self.close()
+            if self.is_main:  # refused before it started: no empty folder (or lock file) of ours left behind
+                remove_unused(created, self.lock)
             raise
 
     def _setup(self, cfg: RunConfig, train_data, eval_data, resume: bool) -> None:

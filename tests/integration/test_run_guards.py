@@ -163,3 +163,35 @@ def test_resume_with_nothing_to_resume_says_so_and_starts_over(tmp_path):
     assert t.step == 0
     assert any("--resume: no intact checkpoint" in n and "starting from the beginning" in n for n in notes), notes
     assert t.fit()["steps"] == 2
+
+
+@pytest.mark.parametrize("bad", ["data.train={missing}", "reference.mode=adapter"])  # refused at data / after the model
+def test_a_run_refused_before_it_starts_leaves_no_folder_behind(tmp_path, bad):
+    from dpolab.errors import UserError
+
+    cfg = _cfg(tmp_path, "output.dir=" + str(tmp_path / "new" / "runs" / "run"), "train.mode=preference",
+               "data.task=null" if "data" in bad else "train.seed=0", bad.format(missing=tmp_path / "missing.jsonl"))
+    with pytest.raises(UserError):
+        Trainer(cfg)
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))
+
+
+def test_a_refused_run_keeps_every_folder_and_file_that_was_there(tmp_path):
+    from dpolab.errors import UserError
+
+    train(_cfg(tmp_path, "train.max_steps=2"))
+    finished = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert ".lock" in finished
+    with pytest.raises(TrainError, match="already holds a finished run"):
+        Trainer(_cfg(tmp_path, "train.max_steps=2"))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == finished
+    mine = tmp_path / "mine"  # a folder the user made, holding a file of theirs: kept, and no lock file of ours in it
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(UserError, match="adapter needs a LoRA policy"):
+        Trainer(_cfg(tmp_path, "train.mode=preference", "reference.mode=adapter", name="mine"))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    (mine / "notes.txt").unlink()  # an empty folder of theirs stays too
+    with pytest.raises(UserError):
+        Trainer(_cfg(tmp_path, "train.mode=preference", "reference.mode=adapter", name="mine"))
+    assert mine.is_dir() and not list(mine.iterdir())
