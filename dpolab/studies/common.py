@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..stats import fmt_ci, mean_ci
 from .report import plot_lines
@@ -88,10 +88,12 @@ def by_seed(runs: Sequence[RunResult], key: str, scale: float = 1.0) -> Dict[Any
     return out
 
 
-def fmt_cell(values: Sequence[Optional[float]], digits: int = 2) -> str:
-    """``mean ± CI`` of the values present, saying how many are missing when some (not all) are."""
+def fmt_cell(values: Sequence[Optional[float]], digits: int = 2, limits: Optional[Tuple[float, float]] = None) -> str:
+    """``mean ± CI`` of the values present, saying how many are missing when some (not all) are; with ``limits``
+    (the range the quantity can take) ``mean (low to high)``, the interval clipped to it
+    (:func:`dpolab.stats.fmt_ci`)."""
     present = [v for v in values if v is not None]
-    text = fmt_ci(present, digits)
+    text = fmt_ci(present, digits, limits)
     if present and len(present) < len(values):
         text += f" (n={len(present)} of {len(values)})"
     return text

@@ -1,8 +1,11 @@
 """The report of ``dpolab compare``: what each method did on the held-out pairs, judged against a baseline.
 
-Every judgement is a :class:`dpolab.stats.Verdict` (paired by seed, 95 % t-interval, 'inconclusive' when it contains
-0); the summary's sentences are those verdicts' own sentences and lists built from their words, never a
-recommendation the intervals do not support.
+Every judgement is a :class:`dpolab.stats.Verdict` (paired by seed, 95 % t-interval) against the measure's smallest
+meaningful difference (``BOUNDS``, stated in the report): 'negligible' when the interval lies inside it, a direction
+only when the interval lies wholly beyond it, 'maybe negligible' in between, 'inconclusive' when it contains 0 and
+reaches beyond it. The summary's sentences are those verdicts' own sentences and lists built from their words, never
+a recommendation the intervals do not support. Shares (reward accuracy, ties) and the KL estimate, which cannot be
+negative, get t-intervals clipped to their range (``RANGES``), so no cell shows a value the quantity cannot take.
 """
 from __future__ import annotations
 
@@ -29,6 +32,23 @@ METRICS = [
     ("eval/compare/rm_reward", "RM reward", True),
     ("eval/compare/oracle", "oracle", True),
 ]
+# the smallest difference worth a word, per measure: (size, unit); a measure not here has none stated (the report
+# says so): a reward model's or an oracle's scale is its own
+BOUNDS = {
+    "probe/reward_accuracy": (0.02, ""),  # a share of the pairs
+    "eval/reward_ties": (0.02, ""),
+    "probe/margin": (0.1, "nats"),
+    "probe/delta/chosen": (0.1, "nats"),
+    "probe/delta/rejected": (0.1, "nats"),
+    "probe/delta/others": (0.1, "nats"),
+    "probe/delta/greedy": (0.1, "nats"),
+    "eval/compare/kl": (0.1, "nats"),
+    "eval/compare/sample_tokens": (1.0, "tokens"),
+}
+# the range a measure's value can take: its mean's t-interval over seeds is clipped to it, and a paired difference's
+# to (low - high, high - low)
+RANGES = {"probe/reward_accuracy": (0.0, 1.0), "eval/reward_ties": (0.0, 1.0), "eval/compare/kl": (0.0, float("inf")),
+          "eval/compare/sample_tokens": (0.0, float("inf"))}
 RUN_COSTS = [("wall_clock_s", "train s"), ("peak_memory_mb", "peak RSS MB")]
 SUMMARY_KEYS = ("probe/reward_accuracy", "probe/margin", "probe/delta/chosen", "probe/delta/rejected", "eval/compare/kl",
                 "eval/compare/rm_reward", "eval/compare/oracle")
@@ -43,11 +63,38 @@ EXPLAIN = {
     "probe/delta/rejected": "the same for the rejected responses",
     "probe/delta/others": "the same for another prompt's chosen response (an unrelated, fluent response)",
     "probe/delta/greedy": "the same for the starting model's greedy response",
-    "eval/compare/kl": "mean over sampled responses of log π(y|x) − log π_ref(y|x), an estimate of KL(π‖π_ref), nats",
+    "eval/compare/kl": "estimate of KL(π‖π_ref) over responses sampled from π: per sampled token, with r = "
+                       "π_ref/π, (r − 1) − log r (never negative, unbiased), summed over the response and averaged "
+                       "over responses, nats",
     "eval/compare/sample_tokens": "mean length of the sampled responses, tokens",
     "eval/compare/rm_reward": "mean reward-model score of the sampled responses",
     "eval/compare/oracle": "mean of the oracle's score of the sampled responses",
 }
+
+
+def _diff_limits(key: str) -> Optional[tuple]:
+    """The range a paired difference of ``key`` can take (None: unbounded)."""
+    lo, hi = RANGES.get(key, (float("-inf"), float("inf")))
+    return None if hi - lo == float("inf") else (lo - hi, hi - lo)
+
+
+def _cell(rs: Sequence[RunResult], key: str) -> str:
+    return fmt_cell([value(r, key) for r in rs], limits=RANGES.get(key))
+
+
+def measure_note(key: str) -> str:
+    """What the report says of a measure's smallest meaningful difference and of its interval's form."""
+    if key in BOUNDS:
+        size, unit = BOUNDS[key]
+        text = f"smallest meaningful difference ±{size:g}" + (f" {unit}" if unit else "")
+    else:
+        text = ("no smallest meaningful difference stated (its scale is its own), so its verdicts say only whether "
+                "the interval excludes 0")
+    if key in RANGES:
+        lo, hi = RANGES[key]
+        span = f"[{lo:g}, {hi:g}]" if hi != float("inf") else f"≥ {lo:g}"
+        text += f"; its cells show mean (low to high), the 95 % t-interval over seeds clipped to {span}"
+    return text
 
 
 def value(r: RunResult, key: str) -> Optional[float]:
@@ -81,7 +128,8 @@ def _setting(opts, prep, methods: Dict[str, Any], baseline: str, groups: Dict[st
             f"{c.get('eval', {}).get('probe_examples')}); {train.get('max_steps') or prep.steps} steps of batch "
             f"{train.get('batch_size', 8)} at lr {train.get('lr', 5e-6)} per run ({opts.budget}); {len(methods)} method(s) "
             f"x {opts.seeds} seed(s) (seeds vary the data order); baseline: **{baseline}**. Values are at the end of "
-            "training; mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value).")
+            "training; mean ± 95 % CI over seeds, or for measures with a bounded range (shares, the KL, lengths) "
+            "mean (low to high), the t-interval clipped to that range ('n=k of m' when a run did not report a value).")
 
 
 def _reference_lines(reference: Dict[str, Any], n_ref_runs: int, results: Dict[str, RunResult]) -> List[str]:
@@ -109,20 +157,27 @@ def _verdicts(groups: Dict[str, List[RunResult]], baseline: str, present: Sequen
         for m, rs in groups.items():
             if m == baseline:
                 continue
-            v = compare(_seeds(rs, key), _seeds(base, key), metric=name, higher_is_better=hib, label_a=m, label_b=baseline)
-            table.add(v, m, fmt_cell([value(r, key) for r in rs]))
+            size, unit = BOUNDS.get(key, (None, ""))
+            v = compare(_seeds(rs, key), _seeds(base, key), metric=name, higher_is_better=hib, label_a=m,
+                        label_b=baseline, bound=size, unit=unit, limits=_diff_limits(key))
+            table.add(v, m, _cell(rs, key))
             against.setdefault(key, {})[m] = v
         tables[key] = table
-    zero = {m: compare(_seeds(rs, "probe/delta/chosen"), 0.0, metric="Δ chosen", higher_is_better=None, label_a=m, label_b="0")
-            for m, rs in groups.items()}
+    size, unit = BOUNDS["probe/delta/chosen"]
+    zero = {m: compare(_seeds(rs, "probe/delta/chosen"), 0.0, metric="Δ chosen", higher_is_better=None, label_a=m,
+                       label_b="0", bound=size, unit=unit) for m, rs in groups.items()}
     return tables, against, zero
 
 
 def _summary(against: Dict[str, Dict[str, Verdict]], zero: Dict[str, Verdict], baseline: str, present) -> List[str]:
     names = {k: n for k, n, _ in present}
-    lines = ["Each sentence below is one paired comparison (by seed; 95 % t-interval of the mean difference; 'inconclusive' "
-             "means the interval contains 0).", "", "**The chosen responses' log-prob against the start** (does a method "
-             "lower the likelihood of what it should prefer?):", ""]
+    lines = ["Each sentence below is one paired comparison (by seed; 95 % t-interval of the mean difference), worded "
+             "against the measure's smallest meaningful difference, which each sentence states: 'negligible' means the "
+             "whole interval lies inside ± that size; 'higher' / 'lower' (or 'better' / 'worse') that it excludes 0 "
+             "and lies wholly beyond it; 'maybe negligible' that it excludes 0 but reaches inside it; 'inconclusive' "
+             "that it contains 0 and reaches beyond it. A measure with no size stated is judged against 0 alone.", "",
+             "**The chosen responses' log-prob against the start** (does a method lower the likelihood of what it "
+             "should prefer?):", ""]
     lines += [f"- {v.sentence()}" for v in zero.values()]
     for key in SUMMARY_KEYS:
         if key not in against:
@@ -131,10 +186,13 @@ def _summary(against: Dict[str, Dict[str, Verdict]], zero: Dict[str, Verdict], b
         lines += [f"- {v.sentence()}" for v in against[key].values()]
         hib = next(h for k, _, h in present if k == key)
         if hib:
-            better = [m for m, v in against[key].items() if v.word == "better"]
-            worse = [m for m, v in against[key].items() if v.word == "worse"]
-            lines.append(f"- In short: better than {baseline} on {names[key]}: {', '.join(better) or 'none shown'}; worse: "
-                         f"{', '.join(worse) or 'none shown'}; every other comparison is inconclusive.")
+            said = {w: [m for m, v in against[key].items() if v.word == w] for w in
+                    ("better", "worse", "better, maybe negligible", "worse, maybe negligible", "negligible")}
+            rest = [m for m, v in against[key].items() if not any(m in ms for ms in said.values())]
+            extra = "".join(f"; {w}: {', '.join(ms)}" for w, ms in list(said.items())[2:] if ms)
+            lines.append(f"- In short: better than {baseline} on {names[key]}: "
+                         f"{', '.join(said['better']) or 'none shown'}; worse: "
+                         f"{', '.join(said['worse']) or 'none shown'}{extra}; inconclusive: {', '.join(rest) or 'none'}.")
     return lines
 
 
@@ -147,7 +205,7 @@ def write_report(results: Dict[str, RunResult], out: Path, *, opts, methods: Dic
         groups[r.spec.labels["method"]].append(r)
     present = _present(groups)
     tables, against, zero = _verdicts(groups, baseline, present)
-    values = [[m] + [fmt_cell([value(r, k) for r in rs]) for k, _, _ in present]
+    values = [[m] + [_cell(rs, k) for k, _, _ in present]
               + [fmt_cell([r.summary.get(k) for r in rs], 1) for k, _ in RUN_COSTS] for m, rs in groups.items()]
     panels1 = [(k, t) for k, t in (("probe/delta/chosen", "Δ log p(chosen)"), ("probe/delta/rejected", "Δ log p(rejected)"),
                                    ("probe/delta/others", "Δ log p(others)"), ("probe/delta/greedy", "Δ log p(greedy)"))
@@ -163,11 +221,12 @@ def write_report(results: Dict[str, RunResult], out: Path, *, opts, methods: Dic
              *_summary(against, zero, baseline, present), "",
              "## Every method, every measure", "",
              markdown_table(["method"] + [n for _, n, _ in present] + [n for _, n in RUN_COSTS], values), "",
-             *[f"- **{n}**: {EXPLAIN[k]}." for k, n, _ in present], "",
+             *[f"- **{n}**: {EXPLAIN[k]}; {measure_note(k)}." for k, n, _ in present], "",
              f"![held-out log-probs]({png1.name})", "", f"![held-out measures]({png2.name})", "",
              f"## Against {baseline}, measure by measure", ""]
     for key, name, _ in present:
-        lines += [f"### {name}", "", *(tables[key].lines() or ["(only the baseline ran)"]), ""]
+        lines += [f"### {name}", "", f"{measure_note(key)[0].upper()}{measure_note(key)[1:]}.", "",
+                  *(tables[key].lines() or ["(only the baseline ran)"]), ""]
     lines += ["## Shared reference", "", *_reference_lines(reference, n_ref_runs, results), "", *runs_sections(results, wall)]
     report = out / "report.md"
     write_text(report, "\n".join(lines))

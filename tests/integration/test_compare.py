@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -191,11 +192,38 @@ def test_report_sentences_match_the_numbers(tmp_path):
     assert assert_verdicts_match_numbers(text) >= 12
     assert "- dpop: Δ chosen higher than dpo, +4.33 (95 % CI" in text  # DPOP kept the chosen log-prob where DPO lowered it
     assert "- dpo: Δ chosen lower than 0, -4.03 (95 % CI" in text
-    assert "- dpop: Δ chosen higher than 0, +0.30 (95 % CI" in text
+    assert "- dpop: Δ chosen higher than 0 (maybe negligible), +0.30 (95 % CI" in text  # CI +0.05 to +0.55, ±0.1
     assert "- ipo: reward accuracy higher than dpo (better), +0.25" in text
     assert "- dpop: reward accuracy against dpo inconclusive" in text
     assert "better than dpo on reward accuracy: ipo; worse: none shown" in text
     assert "recommend" not in text.lower()
+
+
+def test_a_comparison_that_moved_nothing_says_negligible_and_keeps_shares_in_range(tmp_path):
+    """Issue 34: a tiny compare that moved nothing (changes of about 0.001 nats) was worded 'simpo: Δ chosen lower
+    than dpo, -0.000998', and its reward accuracy shown as '0.44 ± 0.79'."""
+    delta = {"dpo": [-0.0010, -0.0012, -0.0011], "simpo": [-0.0020, -0.0022, -0.0021]}
+    acc = {"dpo": [0.0, 0.9, 0.44], "simpo": [0.1, 0.8, 0.5]}
+    kl = {"dpo": [0.0, 0.0003, 0.0001], "simpo": [0.0, 0.0001, 0.0002]}
+    results = {}
+    for m in delta:
+        for seed in range(3):
+            r = _fake_run(tmp_path, m, seed, {"probe/delta/chosen": delta[m][seed],
+                                              "probe/reward_accuracy": acc[m][seed], "eval/compare/kl": kl[m][seed]})
+            results[r.spec.run_id] = r
+    report = write_report(results, tmp_path, opts=CompareOptions(task="arithmetic", methods=list(delta), seeds=3),
+                          methods={m: [{"name": m}] for m in delta}, baseline="dpo",
+                          prep=Prepared(48, 12, 4, 1024, None), reference={}, n_ref_runs=0, wall=3.0, executor="local", command="dpolab compare ...")
+    text = report.read_text()
+    assert assert_verdicts_match_numbers(text) >= 4
+    assert "- simpo: Δ chosen against dpo negligible, -0.001 (95 % CI" in text
+    assert "- dpo: Δ chosen against 0 negligible" in text and "lower than" not in text
+    assert "smallest meaningful difference ±0.1 nats" in text and "smallest meaningful difference ±0.02" in text
+    row = next(line for line in text.splitlines() if line.startswith("| dpo | "))
+    assert "| 0.45 (0.00 to 1.00) |" in row and "±" not in row.split("|")[2]  # the share stays inside [0, 1]
+    assert "the 95 % t-interval over seeds clipped to [0, 1]" in text
+    for cell in re.findall(r"\| (\S+) \((\S+) to (\S+)\) \|", text):  # no clipped interval leaves its range
+        assert float(cell[1]) >= 0.0 and float(cell[2]) <= 1.0
 
 
 # -- the held-out measures ----------------------------------------------------------------------------------------
