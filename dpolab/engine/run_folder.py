@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import weakref
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
@@ -14,7 +15,9 @@ from ..models.quiet import known_warnings_silenced
 DONE_MARKER = "DONE"
 LOCK_FILE = ".lock"
 # what a run writes; any of them means the folder holds an earlier run (finished or not)
-RUN_FILES = ("checkpoints", "final", DONE_MARKER, "metrics.jsonl", "summary.json", "config.yaml", "probes.pt", "ref_cache")
+RESUME_CHANGES = "resume_changes.jsonl"  # the settings changed on each resume (dpolab.engine.resume_guard)
+RUN_FILES = ("checkpoints", "final", DONE_MARKER, "metrics.jsonl", "summary.json", "config.yaml", "probes.pt", "ref_cache",
+             RESUME_CHANGES)
 
 
 def check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
@@ -51,17 +54,15 @@ def make_writable(run_dir: Path) -> List[Path]:
     return created
 
 
-def remove_unused(created: List[Path], lock: Optional["RunLock"]) -> None:
-    """Undo the claim of a run refused before it started: the lock file if ``lock`` (released) created it, then each
-    folder of ``created`` (deepest first) that is now empty. A folder that existed before, or holds anything else,
-    is left alone (``rmdir`` only removes empty folders)."""
-    if lock is not None and lock.created:
-        lock.path.unlink(missing_ok=True)
-    for d in created:
-        try:
-            d.rmdir()
-        except OSError:  # not empty (or already gone): keep it and every folder above it
-            return
+def claim_run_folder(run_dir: Path, owner: Any = None) -> "RunLock":
+    """Create ``run_dir`` (checked writable) and lock it, until released or ``owner`` is garbage-collected; the lock
+    remembers what this created, for :meth:`RunLock.remove_unused`."""
+    created = make_writable(run_dir)
+    lock = RunLock(run_dir).acquire()
+    lock.created_dirs = created
+    if owner is not None:
+        weakref.finalize(owner, lock.release)
+    return lock
 
 
 _HELD: Dict[str, "RunLock"] = {}  # locks this process holds, by folder
@@ -77,6 +78,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_FILE
         self._fd: Optional[int] = None
         self.created = False  # whether acquire() created the lock file (else an earlier run's is reused)
+        self.created_dirs: List[Path] = []  # the folders claim_run_folder created, deepest first
 
     def acquire(self) -> "RunLock":
         import fcntl
@@ -100,6 +102,19 @@ class RunLock:
         self._fd, self.created = fd, created
         _HELD[key] = self
         return self
+
+    def remove_unused(self) -> None:
+        """Undo the claim of a run refused before it started: release, remove the lock file if this lock created it,
+        then each folder this claim created (deepest first) that is now empty. A folder that existed before, or holds
+        anything else, is left alone (``rmdir`` only removes empty folders)."""
+        self.release()
+        if self.created:
+            self.path.unlink(missing_ok=True)
+        for d in self.created_dirs:
+            try:
+                d.rmdir()
+            except OSError:  # not empty (or already gone): keep it and every folder above it
+                return
 
     def release(self) -> None:
         if self._fd is None:

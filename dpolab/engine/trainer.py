@@ -12,7 +12,6 @@ import math
 import sys
 import time
 import warnings
-import weakref
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..config import RunConfig, save_config
-from ..models.load import count_parameters, load_tokenizer, save_model
+from ..models.load import count_parameters, describe_model, load_tokenizer, save_model
 from .batching import BatchPlan, iterate_in_batches
 from .checkpoint import latest_intact_checkpoint, load_training_state, restore_weights, save_checkpoint, set_rng_state
 from .collation import Collator, model_width
@@ -34,8 +33,7 @@ from .runtime import configure_runtime
 from .objectives import RunContext, get_objective
 from .optim import build_optimizer, build_scheduler
 from .reduce import across_processes, weighted_means
-from .run_folder import (DONE_MARKER, RunLock, check_free_space, check_output_dir, checkpoint_bytes, make_writable, publish,
-                         remove_unused)
+from .run_folder import DONE_MARKER, check_free_space, check_output_dir, checkpoint_bytes, claim_run_folder, publish
 
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
 __all__ = ["Trainer", "TrainError", "train", "DONE_MARKER"]
@@ -56,20 +54,17 @@ class Trainer:
         self.objective = get_objective(cfg.train.mode)(cfg)
         self.is_main = accelerator.is_main_process
         self._log = log or (lambda s: print(s, file=sys.stderr))
+        list(map(self.log, describe_model(cfg.model, cfg.train.mode)))  # first: which model (a warning if the default)
         self.runtime = configure_runtime(cfg.train, accelerator.device, self.log)  # bf16, threads, compile: logged
         self.run_dir, self.eval_hooks = Path(cfg.output.dir), list(eval_hooks)
 
-        self.lock, created = None, []
-        if self.is_main:  # one writer per run folder
-            created = make_writable(self.run_dir)
-            self.lock = RunLock(self.run_dir).acquire()
-            weakref.finalize(self, self.lock.release)
+        self.lock = claim_run_folder(self.run_dir, owner=self) if self.is_main else None  # one writer per run folder
         try:
             self._setup(cfg, train_data, eval_data, resume)
         except BaseException:
             self.close()
-            if self.is_main:  # refused before it started: no empty folder (or lock file) of ours left behind
-                remove_unused(created, self.lock)
+            if self.lock is not None:  # refused before it started: no empty folder (or lock file) of ours left behind
+                self.lock.remove_unused()
             raise
 
     def _setup(self, cfg: RunConfig, train_data, eval_data, resume: bool) -> None:
@@ -245,7 +240,8 @@ class Trainer:
         """Train to ``total_steps``; returns the summary (also written to ``summary.json``)."""
         cfg = self.cfg
         self.log(f"{cfg.train.mode} training: {len(self.train_data)} examples, {self.total_steps} steps, "
-                 f"{self.params['trainable']:,} of {self.params['total']:,} parameters trainable -> {self.run_dir}")
+                 f"{self.params['trainable']:,} of {self.params['total']:,} parameters trainable "
+                 f"({getattr(self.policy.config, 'model_type', 'unknown family')}) -> {self.run_dir}")
         self.model.train()
         first_eval = last_eval = None
         from tqdm.auto import tqdm

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -203,6 +203,21 @@ def _from_pretrained(path: str, cfg: ModelConfig):
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"could not load model '{path}': {first_sentence(e)}") from e
+
+
+def describe_model(cfg: ModelConfig, mode: str) -> List[str]:
+    """A run's first log line: what model it trains (``load_base_model``'s choice, in words), and a warning line when
+    it is the built-in default (no ``model.name_or_path``): a tiny GPT-2 with random weights, a test model."""
+    if cfg.init_from:
+        return [f"{mode} training: model {cfg.init_from} (model.init_from)"]
+    if cfg.name_or_path not in TINY_PRESETS:
+        return [f"{mode} training: model {cfg.name_or_path}" + (" (preset)" if is_model_preset(cfg.name_or_path) else "")]
+    line = f"{mode} training: model {cfg.name_or_path} (tiny preset: random weights, built from a config)"
+    if cfg.name_or_path != ModelConfig.name_or_path or cfg.tiny:
+        return [line]
+    return [line, f"warning: model.name_or_path is not set, so this trains the built-in default {cfg.name_or_path}, "
+                  "a 2-layer model with random weights meant for tests; set model.name_or_path to a Hugging Face "
+                  "model name, a local folder or the preset smollm2-135m to train a real model"]
 
 
 def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
