@@ -3,9 +3,12 @@
 At every evaluation, for the first ``n_prompts`` held-out prompts it samples one response from the policy (temperature
 1, top-p 1, a fixed sampling seed, so evaluations differ only by the model) and logs
 
-- ``compare/kl``: an estimate of KL(pi || pi_ref), the mean over the samples of log pi(y|x) - log pi_ref(y|x)
-  (summed over the response's tokens, its EOS included when it ended with one); pi_ref is the starting model (the
-  adapter-disabled policy under LoRA, else the starting weights loaded once beside the policy);
+- ``compare/kl``: an estimate of KL(pi || pi_ref) that is never negative (:func:`k3_kl`): for each sampled token
+  y_t, with r_t = pi_ref(y_t | x, y_<t) / pi(y_t | x, y_<t), the term (r_t - 1) - log r_t (>= 0, and its mean under
+  pi is that step's KL exactly: Schulman's "k3"), summed over the response's tokens (its EOS included when it ended
+  with one) and averaged over the samples; unbiased for the sequence KL, like the plain log pi - log pi_ref it
+  replaces, which a small sample can make negative. pi_ref is the starting model (the adapter-disabled policy under
+  LoRA, else the starting weights loaded once beside the policy);
 - ``compare/sample_tokens``: the mean length of the sampled responses in tokens (EOS not counted);
 - ``compare/rm_reward`` (with a reward model, ``dpolab rm train``): its mean reward of prompt + sampled response,
   scored like ``dpolab rm score`` (the reward model's own tokenizer, its BOS first, the last token's score);
@@ -91,22 +94,50 @@ class HeldOutMeasures:
     def __getstate__(self):  # loaded models stay in the process that loaded them
         return {**self.__dict__, "_cache": {}}
 
-    def _reference_scores(self, model, probes, tokenizer) -> Dict[str, Any]:
-        from ..diagnostics.probes import score_probes
+    def _reference(self, model, tokenizer):
+        """(the model that scores pi_ref, the context to score it in): LoRA: the policy with its adapters off; else
+        the starting weights, loaded once."""
+        from contextlib import nullcontext
 
-        pad = tokenizer.pad_token_id
-        if hasattr(model, "disable_adapter"):  # LoRA: the reference is the policy with its adapters off
-            with model.disable_adapter():
-                return score_probes(model, probes, pad, batch_size=self.batch_size)
+        if hasattr(model, "disable_adapter"):
+            return model, model.disable_adapter
         if "reference" not in self._cache:
             from ..models.load import load_base_model
 
             ref = load_base_model(self.model_cfg, tokenizer, seed=self.train_seed, max_positions=_positions(model))
             self._cache["reference"] = ref.to(next(model.parameters()).device).eval()
-        return score_probes(self._cache["reference"], probes, pad, batch_size=self.batch_size)
+        return self._cache["reference"], nullcontext
+
+    def _token_logps(self, model, prompts, responses, pad: int):
+        """Per-token log-probs [n, T-1] of each response after its prompt, and their mask."""
+        import torch
+
+        from ..models.logprobs import response_logps
+
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        rows, masks = [], []
+        try:
+            for start in range(0, len(prompts), self.batch_size):
+                ps, rs = prompts[start:start + self.batch_size], responses[start:start + self.batch_size]
+                width = max(len(p) + len(r) for p, r in zip(ps, rs))
+                ids = torch.full((len(ps), width), pad, dtype=torch.long)
+                attn = torch.zeros((len(ps), width), dtype=torch.long)
+                loss = torch.zeros((len(ps), width), dtype=torch.bool)
+                for i, (p, r) in enumerate(zip(ps, rs)):
+                    ids[i, :len(p) + len(r)] = torch.tensor(p + r)
+                    attn[i, :len(p) + len(r)] = 1
+                    loss[i, len(p):len(p) + len(r)] = True
+                with torch.no_grad():
+                    lp = response_logps(model, ids.to(device), attn.to(device), loss.to(device))
+                rows += list(lp.token_logps.cpu())
+                masks += list(lp.token_mask.cpu())
+        finally:
+            model.train(was_training)
+        return rows, masks
 
     def __call__(self, model, tokenizer, step: int) -> Dict[str, float]:
-        from ..diagnostics.probes import ProbeSet, score_probes
         from ..models.generation import generate_ids
 
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
@@ -117,10 +148,13 @@ class HeldOutMeasures:
         keep = [i for i, s in enumerate(scored) if s]  # a response of no tokens has no log-prob to compare
         out: Dict[str, float] = {"compare/sample_tokens": sum(lengths) / len(lengths)}
         if keep:
-            probes = ProbeSet([self.prompts[i] for i in keep], {"sample": [scored[i] for i in keep]}, ["all"] * len(keep))
-            pol = score_probes(model, probes, pad, batch_size=self.batch_size)["sample"]
-            ref = self._reference_scores(model, probes, tokenizer)["sample"]
-            out["compare/kl"] = float((pol - ref).mean())
+            prompts, responses = [self.prompts[i] for i in keep], [scored[i] for i in keep]
+            pol, mask = self._token_logps(model, prompts, responses, pad)
+            ref_model, context = self._reference(model, tokenizer)
+            with context():
+                ref, _ = self._token_logps(ref_model, prompts, responses, pad)
+            per_response = [float(k3_kl(p, r, m)) for p, r, m in zip(pol, ref, mask)]
+            out["compare/kl"] = sum(per_response) / len(per_response)
         texts = [(tokenizer.decode(p, skip_special_tokens=True), tokenizer.decode(s, skip_special_tokens=True))
                  for p, s in zip(self.prompts, samples)]
         if self.reward_model:
@@ -153,6 +187,17 @@ class HeldOutMeasures:
             with torch.no_grad():
                 rewards += sequence_rewards(rm, ids, mask).cpu().tolist()
         return sum(rewards) / len(rewards)
+
+
+def k3_kl(policy_logps, ref_logps, mask):
+    """The KL estimate of one sampled response (or a batch of them, over the last axis): the sum over its tokens of
+    (r - 1) - log r with log r = log pi_ref - log pi at the sampled token. Each term is >= 0 (r - 1 >= log r) and its
+    mean under pi is KL(pi || pi_ref) at that step, so the sum is an unbiased, never negative estimate of the sequence
+    KL. Computed in float64 with ``expm1`` (no cancellation for small log r); the clamp at 0 only removes rounding."""
+    import torch
+
+    log_r = (ref_logps.double() - policy_logps.double()) * mask
+    return (torch.expm1(log_r) - log_r).clamp_min(0.0).sum(-1)
 
 
 def _positions(model) -> int:

@@ -260,6 +260,39 @@ def test_kl_estimate_is_zero_at_the_start_and_rm_scores(tmp_path, lora):
     assert hook(policy, tok, 0) == out  # the same samples at every evaluation: only the model changes them
 
 
+def test_kl_estimate_is_never_negative_where_the_plain_log_ratio_is():
+    """A policy a little away from its start, 4 samples of 4 tokens: the plain mean of log π − log π_ref of these
+    samples is negative (-0.08 nats), which no KL is; the report's estimate (k3) is positive."""
+    import torch
+
+    from dpolab.config import build_config
+    from dpolab.engine.data_setup import prepare_data
+    from dpolab.models.generation import generate_ids
+    from dpolab.models.load import load_policy, load_tokenizer
+    from dpolab.studies.compare_measures import HeldOutMeasures
+
+    cfg = build_config({"model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+                        "data": {"task": "arithmetic", "max_length": 96, "task_args": {"n_train": 16, "n_eval": 8}},
+                        "train": {"seed": 3}})
+    tok = load_tokenizer(cfg.model)
+    _, evals = prepare_data(cfg.data, tok, "preference", 0, log=lambda s: None)
+    hook = HeldOutMeasures(n_prompts=4, max_new_tokens=4).bind(cfg, evals)
+    policy = load_policy(cfg.model, cfg.lora, tok, seed=3)
+    assert hook(policy, tok, 0)["compare/kl"] == 0.0
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.01)
+    kl = hook(policy, tok, 0)["compare/kl"]
+    samples = generate_ids(policy, hook.prompts, max_new_tokens=4, batch_size=16, do_sample=True, seed=0,
+                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    scored = [s + [tok.eos_token_id] if len(s) < 4 else s for s in samples]
+    pol, _ = hook._token_logps(policy, hook.prompts, scored, tok.pad_token_id)
+    ref, _ = hook._token_logps(hook._reference(policy, tok)[0], hook.prompts, scored, tok.pad_token_id)
+    plain = sum(float((a - b).sum()) for a, b in zip(pol, ref)) / len(pol)
+    assert plain < 0 < kl < 0.1
+
+
 @pytest.mark.slow
 def test_dry_run_prints_the_grid_and_an_estimate_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "cmp"
