@@ -6,7 +6,7 @@ weights) are extremes, not means. Keys starting with ``_`` are private to the ob
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import torch
 
@@ -41,3 +41,26 @@ def across_processes(out: Dict[str, float], weight: float, tokens: float, accele
         for j, k in enumerate(extremes):
             merged[k] = float(ext[:, j].min() if k.endswith("/min") else ext[:, j].max())
     return merged, float(t[-1])
+
+
+def eval_metrics(rows: List[Dict[str, Any]], set_statistics: Callable[[List[Dict[str, Any]]], Dict[str, float]],
+                 accelerator) -> Dict[str, float]:
+    """An evaluation's metrics from this process's rows (each with its ``_batch`` number): every process's rows are
+    gathered (moved to the CPU) and sorted by batch number, so the weighted means and the objective's exact
+    ``set_statistics`` see the rows one process would have made, in its order; every process returns them."""
+    if accelerator.num_processes > 1:
+        from accelerate.utils import gather_object
+
+        rows = gather_object([_to_cpu(r) for r in rows])
+    rows = sorted(rows, key=lambda r: r["_batch"])
+    return {**weighted_means(rows), **set_statistics(rows)}
+
+
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_cpu(v) for v in x)
+    return x

@@ -21,7 +21,7 @@ import torch
 
 from ..config import RunConfig, save_config
 from ..models.load import count_parameters, describe_model, load_tokenizer, save_model
-from .batching import BatchPlan, iterate_in_batches
+from .batching import BatchPlan, eval_batches
 from .checkpoint import latest_intact_checkpoint, load_training_state, restore_weights, save_checkpoint, set_rng_state
 from .collation import Collator, model_width
 from .data_setup import cap_eval_data, prepare_data
@@ -32,7 +32,7 @@ from .precision import bar_interval, progress_bar
 from .runtime import configure_runtime
 from .objectives import RunContext, get_objective
 from .optim import build_optimizer, build_scheduler
-from .reduce import across_processes, weighted_means
+from .reduce import across_processes, eval_metrics, weighted_means
 from .run_folder import DONE_MARKER, check_free_space, check_output_dir, checkpoint_bytes, claim_run_folder, publish
 
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
@@ -204,12 +204,12 @@ class Trainer:
         self.memory.sample()
         out: Dict[str, Any] = {"step": self.step}
         if self.eval_data:
-            rows = []
-            with self.objective.evaluation(self.eval_data):  # every process scores the whole set: no collectives
-                for idx in iterate_in_batches(list(range(len(self.eval_data))), self.cfg.eval.batch_size):
-                    r = self.objective.forward(model, self.collate(idx, self.eval_data, self.objective.eval_offset), training=False)
-                    rows.append({**r.metrics, "_weight": r.weight})
-            out.update({f"eval/{k}": v for k, v in {**weighted_means(rows), **self.objective.set_statistics(rows)}.items()})
+            acc, rows, data = self.accelerator, [], self.eval_data
+            with self.objective.evaluation(data):  # each process scores its share of the one-process batches
+                for b, idx in eval_batches(len(data), self.cfg.eval.batch_size, acc.process_index, acc.num_processes):
+                    r = self.objective.forward(model, self.collate(idx, data, self.objective.eval_offset), training=False)
+                    rows.append({**r.metrics, "_weight": r.weight, "_batch": b})
+                out.update({f"eval/{k}": v for k, v in eval_metrics(rows, self.objective.set_statistics, acc).items()})
         out.update(self.objective.eval_extras(model))
         if self.is_main:
             for hook in self.eval_hooks:

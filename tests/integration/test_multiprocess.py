@@ -36,11 +36,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(args, *, config_file=None) -> subprocess.CompletedProcess:
-    """`accelerate launch` two CPU processes running `dpolab train` (never a home-made launcher)."""
+def _launch(args, *, config_file=None, target=("-m", "dpolab.cli", "train")) -> subprocess.CompletedProcess:
+    """`accelerate launch` two CPU processes running `dpolab train` or ``target`` (never a home-made launcher)."""
     how = ["--config_file", str(config_file)] if config_file else ["--multi_gpu", "--num_processes", "2"]
     cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--main_process_port", str(_free_port()),
-           "-m", "dpolab.cli", "train", *args]
+           *target, *args]
     env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                CUDA_VISIBLE_DEVICES="")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
@@ -55,7 +55,9 @@ def _train_rows(run):
 def _weights(run):
     from safetensors.torch import load_file
 
-    return load_file(str(Path(run) / "final" / "model.safetensors"))
+    final = Path(run) / "final"
+    return load_file(str(final / "model.safetensors" if (final / "model.safetensors").exists()
+                         else final / "adapter_model.safetensors"))  # a LoRA run saves its adapter
 
 
 def _compare(one, two, keys=("loss",)):
@@ -146,3 +148,44 @@ def test_packaged_accelerate_configs_load(name):
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
     if name == "fsdp":
         assert cfg.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+
+
+WORKER = Path(__file__).resolve().parent / "multiprocess_worker.py"
+
+
+@pytest.mark.parametrize("loss", ["beta-dpo", "aot"])
+def test_a_set_smaller_than_one_global_batch_and_a_sharded_eval_match_one_process(tmp_path, loss):
+    """10 training pairs, batch 4, accumulation 2, two processes (a global batch of 16): each process gets micro-batches
+    of 4 and 1 pairs (they used to get [4, 2] and [4], and the batch-level loss's gathers hung). 10 eval pairs in
+    batches of 4: rank 0 scores batches 0 and 2, rank 1 batch 1, and the gathered metrics are one process's."""
+    task = ["data.task=arithmetic", "data.task_args={n_train: 10, n_eval: 10, n_terms: [2, 2], max_value: 9}"]
+    args = [*COMMON, *task, "eval.batch_size=4", "train.max_steps=4", "train.grad_accum=2", f"loss=[{{name: {loss}}}]"]
+    assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
+    (tmp_path / "ranks").mkdir()
+    _launch([str(tmp_path / "ranks"), *args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"],
+            target=(str(WORKER),))
+    _compare(tmp_path / "one", tmp_path / "two", keys=("loss", f"loss/{loss}") if loss == "aot" else ("loss",))
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
+    passes = 2  # eval.at_start and the final evaluation
+    assert ranks[0]["eval_batches"] == [[0, 1, 2, 3], [8, 9]] * passes
+    assert ranks[1]["eval_batches"] == [[4, 5, 6, 7]] * passes
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["final_eval"]
+    for r in ranks:  # every process returns the gathered metrics, equal to one process's
+        assert r["final_eval"].keys() == one.keys()
+        for k, v in one.items():
+            assert r["final_eval"][k] == pytest.approx(v, abs=TOL), k
+
+
+@pytest.mark.parametrize("tuning", [["reference.mode=copy"], ["lora.enabled=true", "lora.r=4", "reference.mode=adapter"]],
+                         ids=["full", "lora"])
+def test_ddp_gradients_with_accumulation_and_the_fast_path_match_one_process(tmp_path, tuning):
+    """Under DDP, with accumulation and the default fast path (prefix layout, response logits), the trained
+    parameters (full weights, or LoRA's adapters) after 4 steps equal one process's: the gradient all-reduce happens
+    (calling the unwrapped module would skip it and the processes' weights would drift apart)."""
+    args = [*COMMON, *TASK, "train.max_steps=4", "train.grad_accum=2", "loss=[{name: dpo}]", *tuning]
+    assert main(["train", *args, "train.batch_size=4", f"output.dir={tmp_path / 'one'}"]) == 0
+    _launch([*args, "train.batch_size=2", f"output.dir={tmp_path / 'two'}"])
+    a, _ = _compare(tmp_path / "one", tmp_path / "two")
+    assert a[-1]["loss"] != pytest.approx(a[0]["loss"], abs=1e-3)  # the weights moved: the comparison means something
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["reference_mode"] == tuning[-1].split("=")[1]

@@ -44,6 +44,7 @@ class PreferenceObjective(WithReference, Objective):
         self._gather = lambda t: t
         self._contexts: Dict[int, DistContext] = {}  # the step's micro-batches (by id) -> their context
         self._eval_data: Optional[Sequence] = None
+        self._eval_state: Optional[Dict[str, Any]] = None  # a stateful loss's state while an evaluation runs
         self._tokenizer = None
 
     def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
@@ -121,7 +122,10 @@ class PreferenceObjective(WithReference, Objective):
             start += g.batch_size
 
     def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
-        # every process evaluates the whole eval set, so evaluation never gathers across processes
+        # an eval batch is scored on its own (no gathers: each process scores its share of the batches), from the
+        # state a stateful loss (beta-DPO) had when the evaluation began: whatever batches came before it, or where
+        if not training and self._eval_state is not None:
+            self.loss.load_state_dict(self._eval_state)
         dist = self._contexts.get(id(batch), self.dist) if training else LOCAL
         objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast, dist=dist)
         n = batch["num_pairs"]
@@ -133,11 +137,12 @@ class PreferenceObjective(WithReference, Objective):
         if self.reference is not None and self.reference.mode == "precomputed" and eval_data is not self._eval_data:
             raise TrainError("eval_data was replaced after the reference log-probs were precomputed; pass it to "
                              "Trainer(..., eval_data=...) or set reference.mode=copy (or adapter under LoRA)")
-        state = self.loss.state_dict()
+        state = self._eval_state = self.loss.state_dict()
         try:
             yield
         finally:
             self.loss.load_state_dict(state)  # evaluation must not move beta-DPO's statistics
+            self._eval_state = None
 
     def eval_extras(self, model) -> Dict[str, Any]:
         if self.probes is None:
