@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Callable, List, Optional
@@ -68,6 +69,10 @@ def _cmd_eval(args) -> int:
 
     _check_at_least(1, batch_size=args.batch_size, max_length=args.max_length, limit=args.limit)
     _check_at_least(0, probes=args.probes)
+    if not (math.isfinite(args.beta) and args.beta > 0):
+        from .config import ConfigError
+
+        raise ConfigError(f"--beta must be a finite number > 0, got {args.beta}")
     model = args.model
     if args.gguf_file:  # de-quantised once into a cached Hugging Face folder (dpolab/models/presets.py)
         from .models.presets import gguf_model_folder
@@ -78,13 +83,24 @@ def _cmd_eval(args) -> int:
         max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
         probes=args.probes, per_pair=args.per_pair, data_format=args.format, log=lambda m: print(m, file=sys.stderr),
     )
-    text = json.dumps(result, indent=1)
+    text = json.dumps(_finite_or_null(result), indent=1, allow_nan=False)  # NaN is not JSON: null (no value) instead
     if args.out:
         from .atomic import write_text
 
         write_text(args.out, text + "\n")
     print(text)
     return 0
+
+
+def _finite_or_null(value):
+    """``value`` with every NaN or infinite float (a metric with no value, e.g. an interval of one pair) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    return value
 
 
 def _sampling_options(args):
@@ -96,10 +112,10 @@ def _sampling_options(args):
 
 def _cmd_generate(args) -> int:
     from .config import ConfigError
-    from .evaluation.chat import load_chat_model, reply
+    from .evaluation.chat import check_text, load_chat_model, read_text, reply
 
     opts = _sampling_options(args)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    prompt = check_text(args.prompt, "the prompt argument") if args.prompt is not None else read_text(sys.stdin)
     if not prompt.strip():
         raise ConfigError("no prompt: give it as an argument or on stdin")
     model, tok = load_chat_model(args.model, tokenizer=args.tokenizer)
@@ -108,7 +124,7 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_chat(args) -> int:
-    from .evaluation.chat import Conversation, load_chat_model
+    from .evaluation.chat import Conversation, input_lines, load_chat_model
 
     opts = _sampling_options(args)
     model, tok = load_chat_model(args.model, tokenizer=args.tokenizer)
@@ -116,11 +132,7 @@ def _cmd_chat(args) -> int:
     interactive = sys.stdin.isatty()
     if interactive:
         print("chat with the model: one line per turn; an empty line, 'exit' or Ctrl-D ends", file=sys.stderr)
-    while True:
-        try:
-            line = input("> " if interactive else "")
-        except EOFError:
-            break
+    for line in input_lines(sys.stdin, interactive):
         if not line.strip() or line.strip() in ("exit", "quit"):
             break
         print(chat.say(line.strip()), flush=True)

@@ -425,6 +425,10 @@ def _check_path(key: str, value: str) -> None:
         os.fsencode(str(path))
     except UnicodeError:
         raise ConfigError(f"{key}: {value!r} cannot be encoded as a file name on this system") from None
+    home = os.path.expanduser("~")
+    what = "the filesystem root" if path == Path(path.anchor) else "your home folder" if str(path) == home else ""
+    if what:  # dpolab needs a folder of its own: output.overwrite would clear everything in it
+        raise ConfigError(f"{key}: {value!r} is {what}; give a folder of its own (e.g. runs/my-run)")
     name_max, path_max = _name_max(path)
     for part in path.parts:
         n = len(os.fsencode(part))
@@ -477,7 +481,13 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file not found: {p}")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{p}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as "
+                          f"UTF-8") from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

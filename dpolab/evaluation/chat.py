@@ -9,8 +9,9 @@ special tokens removed, seeded sampling; ``temperature=0`` is greedy).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..config import ModelConfig
 from ..errors import ConfigError
@@ -30,13 +31,59 @@ class SamplingOptions:
     system: Optional[str] = None  # a system message first (chat template only)
 
     def check(self) -> "SamplingOptions":
+        if self.system is not None:
+            check_text(self.system, "--system")
         if self.max_new_tokens < 1:
             raise ConfigError(f"--max-new-tokens must be >= 1, got {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise ConfigError(f"--temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not (math.isfinite(self.temperature) and self.temperature >= 0):
+            raise ConfigError(f"--temperature must be a finite number >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"--top-p must be in (0, 1], got {self.top_p}")
         return self
+
+
+def check_text(text: str, what: str) -> str:
+    """``text`` as given, or a one-line error when it holds bytes that are not UTF-8 (Python keeps such bytes of a
+    command-line argument as lone surrogates, which the tokenizer cannot take)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"{what} is not UTF-8 text (byte 0x{ord(text[e.start]) & 0xFF:02x} at character "
+                          f"{e.start + 1})") from e
+    return text
+
+
+def read_text(stream, what: str = "stdin") -> str:
+    """All of ``stream`` as UTF-8 text; a one-line error naming the line when its bytes are not UTF-8."""
+    raw = stream.buffer.read() if hasattr(stream, "buffer") else stream.read()
+    if isinstance(raw, str):  # a text stream without bytes under it (a test's StringIO)
+        return check_text(raw, what)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{what}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x})") from e
+
+
+def input_lines(stream, interactive: bool, what: str = "stdin") -> Iterator[str]:
+    """The user's lines: ``input()`` at a terminal (with a "> " prompt), else the stream's bytes line by line, each
+    checked to be UTF-8 (a one-line error naming the line; a text stream's read-ahead would name the wrong one)."""
+    turn = 0
+    while True:
+        turn += 1
+        try:
+            if interactive or not hasattr(stream, "buffer"):
+                line = input("> " if interactive else "")
+            else:
+                raw = stream.buffer.readline()
+                if not raw:
+                    return
+                line = raw.decode("utf-8").rstrip("\r\n")
+        except EOFError:
+            return
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{what}: line {turn} is not UTF-8 text (byte 0x{e.object[e.start]:02x})") from e
+        yield check_text(line, f"{what}: line {turn}")
 
 
 def load_chat_model(model: str, *, tokenizer: Optional[str] = None, dtype: str = "float32") -> Tuple[Any, Any]:

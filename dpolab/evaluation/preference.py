@@ -16,6 +16,7 @@ Intervals (95 %): Wilson's for accuracies (:func:`dpolab.stats.proportion_ci`), 
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Callable, Dict, List, Optional
 
@@ -82,7 +83,11 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     come from the reference)."""
     from ..data.collate import collate_preference
     from ..data.dataset import load_preference_data
+    from ..data.types import DataError
+    from ..errors import ConfigError
 
+    if not (math.isfinite(beta) and beta > 0):
+        raise ConfigError(f"beta must be a finite number > 0, got {beta}")
     policy, tok = _load(model, tokenizer)
     ref = None
     if reference:
@@ -90,6 +95,9 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
         ref = Reference("separate", model=ref_model)
     pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit, log=log,
                                         data_format=data_format)
+    if not pairs:  # no metric has a value: say why rather than print NaNs
+        raise DataError(f"no pair could be scored: 0 of {skips.total} rows read ({skips.summary()}; max_length "
+                        f"{max_length})", source=data if isinstance(data, str) else None)
     totals: Dict[str, float] = {}
     records: List[Dict[str, Any]] = []
     for start in range(0, len(pairs), batch_size):
