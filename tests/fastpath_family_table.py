@@ -7,8 +7,8 @@ the model itself) and each requested layout (prefix, packed; logits=response) in
 (``train.bf16=true``) and with bf16 weights: the (layout, logits) that ``dpolab.models.fastpath.resolve`` picks and the
 largest per-token |log-p| difference from the plain path (``train.layout=padded train.logits=full``) computed in the
 same precision, and the same for WPO's per-token log sum_v p_v^2 (``with_sq``), on 8 pairs of sequences of 9 to 45
-tokens. Not a test (pytest does not collect it); a table for the
-README.
+tokens. Not a test (pytest does not collect it); a table for
+docs/performance.md.
 """
 from __future__ import annotations
 
