@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, torch_save_into
 from ..models.quiet import known_warnings_silenced
 
 COMPLETE = "COMPLETE"
@@ -78,13 +78,13 @@ def folder_checksums(folder: Path) -> Dict[str, str]:
 
 def checkpoint_problem(ckpt: Path) -> Optional[str]:
     """Why ``ckpt`` cannot be trusted (a file missing, changed or unexpected), or None when every file matches the
-    checksums recorded when it was written. A checkpoint from before checksums were recorded is checked for its
-    files only."""
+    checksums recorded when it was written. A checkpoint from before checksums were recorded (no ``checksums.json``)
+    has nothing to compare with: each of its files is read instead (:func:`unreadable_part`)."""
     needed = ["optimizer.pt", "scheduler.pt", "rng.pt", "loss_state.pt", "state.json"]
     listed = Path(ckpt) / CHECKSUMS
     if not listed.exists():
         missing = [n for n in needed if not (Path(ckpt) / n).is_file()]
-        return f"{missing[0]} is missing" if missing else None
+        return f"{missing[0]} is missing" if missing else unreadable_part(Path(ckpt))
     try:
         recorded = json.loads(listed.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
@@ -98,6 +98,27 @@ def checkpoint_problem(ckpt: Path) -> Optional[str]:
             return f"{name} is missing"
         if file_sha256(f) != digest:
             return f"{name} does not match its checksum (changed or truncated since it was written)"
+    return None
+
+
+def unreadable_part(ckpt: Path) -> Optional[str]:
+    """Which file of ``ckpt`` does not load (truncated, empty, not what it should be), or None when every one does:
+    the training state as :func:`load_training_state` reads it, and every tensor of the weights."""
+    from safetensors.torch import load_file
+
+    weights = sorted((ckpt / "model").glob("*.safetensors"))
+    if not weights:
+        return "model/ has no .safetensors weights"
+    for f in [*weights, *(ckpt / n for n in ("optimizer.pt", "scheduler.pt", "rng.pt", "loss_state.pt", "state.json"))]:
+        try:
+            if f.suffix == ".safetensors":
+                load_file(str(f))
+            elif f.suffix == ".pt":
+                torch.load(f, weights_only=False)
+            elif not isinstance(json.loads(f.read_text(encoding="utf-8")).get("step"), int):
+                return f"{f.name} has no step"
+        except Exception as e:  # noqa: BLE001 - any failure to load means this checkpoint cannot be resumed
+            return f"{f.relative_to(ckpt)} cannot be read ({type(e).__name__})"
     return None
 
 
@@ -117,25 +138,18 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
     final = checkpoint_dir(run_dir, step)
     # atomic_dir: files flushed, then renamed into place; an existing folder of the same step (a re-run) is replaced
     # only once the new one is complete; on an error (e.g. disk full) the partial folder is dropped (a kill leaves
-    # it; the next save removes it)
-    try:
-        with atomic_dir(final) as tmp:
-            with known_warnings_silenced():  # peft's note on every adapter save (dpolab/models/quiet.py)
-                save_model(tmp / "model")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save(rng_state(), tmp / "rng.pt")
-            torch.save(loss_state, tmp / "loss_state.pt")
-            (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
-            (tmp / CHECKSUMS).write_text(json.dumps(folder_checksums(tmp), indent=1), encoding="utf-8")
-            (tmp / COMPLETE).write_text("ok\n")
-    except OSError:
-        raise
-    except Exception as e:  # torch's zip writer (RuntimeError) and safetensors (SafetensorError) report a failed write
-        text = str(e).lower()  # (disk full, file-size limit) in their own types
-        if not any(w in text for w in ("write", "i/o error", "os error")):
-            raise
-        raise OSError(f"writing failed ({str(e).strip().splitlines()[-1].strip()[:160]})") from e
+    # it; the next save removes it). A failed write (disk full, file-size limit), whatever the writer's exception
+    # type, is a WriteError (an OSError) naming the folder (dpolab.atomic.failed_write: by type and errno)
+    with atomic_dir(final) as tmp:
+        with known_warnings_silenced():  # peft's note on every adapter save (dpolab/models/quiet.py)
+            save_model(tmp / "model")
+        torch_save_into(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch_save_into(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch_save_into(rng_state(), tmp / "rng.pt")
+        torch_save_into(loss_state, tmp / "loss_state.pt")
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1), encoding="utf-8")
+        (tmp / CHECKSUMS).write_text(json.dumps(folder_checksums(tmp), indent=1), encoding="utf-8")
+        (tmp / COMPLETE).write_text("ok\n")
     for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     for pattern in _DEBRIS:  # debris from killed writers
@@ -156,6 +170,17 @@ def load_training_state(ckpt: Path) -> Dict[str, Any]:
         "loss_state": load("loss_state.pt"),
         "state": json.loads((ckpt / "state.json").read_text(encoding="utf-8")),
     }
+
+
+def restore_training(ckpt: Optional[Path], optimizer, scheduler) -> Optional[Dict[str, Any]]:
+    """Restore the optimiser's and scheduler's states from ``ckpt``; returns :func:`load_training_state`'s dict
+    (None without a checkpoint: a run from the beginning)."""
+    if ckpt is None:
+        return None
+    state = load_training_state(ckpt)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return state
 
 
 def restore_weights(model, folder: Path) -> None:

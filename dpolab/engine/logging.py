@@ -5,11 +5,11 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
-from ..atomic import write_text
+from ..atomic import append_text, write_text
 from ..errors import MissingPackageError
 
 
@@ -33,7 +33,10 @@ def clean(row: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 class MetricsLogger:
-    """Appends rows to ``metrics.jsonl``; on resume, rows after the checkpoint's step are dropped first."""
+    """Appends rows to ``metrics.jsonl``; on resume, rows after the checkpoint's step are dropped first.
+
+    ``resumed_eval``: the evaluation row logged at the resumed step (every process reads it), so a run killed after
+    its final evaluation, e.g. while publishing ``final/``, does not evaluate and log that step twice."""
 
     def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = False, wandb: bool = False,
                  config: Optional[dict] = None, resume_step: Optional[int] = None):
@@ -41,6 +44,10 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
         self.wandb = None
+        self.resumed_eval = None
+        if resume_step is not None and self.path.exists():
+            self.resumed_eval = next((r for r in reversed(read_metrics(self.path)) if r.get("step") == resume_step
+                                      and any(k.startswith("eval/") for k in r)), None)
         if not enabled:
             return
         if resume_step is not None and self.path.exists():
@@ -76,8 +83,7 @@ class MetricsLogger:
         row = clean(row)
         if not self.enabled:
             return row
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.path, json.dumps(row) + "\n")  # whole row or none; a failed write is one line (WriteError)
         step = int(row.get("step", 0))
         if self.tb is not None:
             for k, v in row.items():
@@ -86,6 +92,12 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
         return row
+
+    def log_final_eval(self, step: int, evaluate: Callable[[], Mapping[str, Any]]) -> Dict[str, Any]:
+        """Log ``evaluate()`` as the final evaluation at ``step``, unless the run was resumed at ``step`` and its
+        evaluation row is already logged (a kill after it): that row is the final evaluation, logged once."""
+        kept = self.resumed_eval
+        return dict(kept) if kept is not None and kept.get("step") == step else self.log(evaluate())
 
     def close(self) -> None:
         if self.tb is not None:

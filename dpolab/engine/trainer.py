@@ -19,10 +19,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from ..config import RunConfig, save_config
+from ..atomic import remove_stale
+from ..config import RunConfig
 from ..models.load import count_parameters, describe_model, load_tokenizer, save_model
 from .batching import BatchPlan, eval_batches
-from .checkpoint import latest_intact_checkpoint, load_training_state, restore_weights, save_checkpoint, set_rng_state
+from .checkpoint import restore_training, restore_weights, save_checkpoint, set_rng_state
 from .collation import Collator, model_width
 from .data_setup import cap_eval_data, prepare_data
 from .errors import TrainError, check_finite, first_line, is_oom
@@ -33,6 +34,7 @@ from .runtime import configure_runtime
 from .objectives import RunContext, get_objective
 from .optim import build_optimizer, build_scheduler
 from .reduce import across_processes, eval_metrics, weighted_means
+from .resume_guard import check_resumable, check_same_data, data_fingerprint, record_start
 from .run_folder import DONE_MARKER, check_free_space, check_output_dir, checkpoint_bytes, claim_run_folder, publish
 
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
@@ -69,11 +71,10 @@ class Trainer:
 
     def _setup(self, cfg: RunConfig, train_data, eval_data, resume: bool) -> None:
         accelerator = self.accelerator
-        ckpt = latest_intact_checkpoint(self.run_dir, log=self.log) if resume else None
-        if resume and ckpt is None:
-            self.log(f"--resume: no intact checkpoint in {self.run_dir}; starting from the beginning")
+        ckpt, changes = check_resumable(self.run_dir, cfg, self.log) if resume else (None, {})
         if self.is_main:  # an earlier run needs --resume or output.overwrite (a --resume with nothing to resume restarts)
             check_output_dir(self.run_dir, cfg.output.overwrite or resume and ckpt is None, resume=ckpt is not None)
+            remove_stale(self.run_dir)  # temporaries of a process killed while writing here (e.g. publishing final/)
         accelerator.wait_for_everyone()
         torch.manual_seed(cfg.train.seed)
 
@@ -86,6 +87,7 @@ class Trainer:
         if not train_data:
             raise TrainError("no training examples")
         self.train_data, self.eval_data = train_data, cap_eval_data(eval_data, cfg.eval.max_examples, self.log)
+        self.data_sha = check_same_data(ckpt, data_fingerprint(self.train_data))  # resumed on the same examples only
         lengths = [self.objective.length(x) for x in self.train_data]
         max_positions = max(1024, max(lengths + [self.objective.length(x) for x in self.eval_data]))
 
@@ -102,13 +104,9 @@ class Trainer:
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.plan.steps_per_epoch))
         self.optimizer = build_optimizer(self.policy.parameters(), t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
-        self.step, self.skipped_steps, self.elapsed = 0, 0, 0.0
-        state = load_training_state(ckpt) if ckpt is not None else None
-        if state is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            st = state["state"]
-            self.step, self.skipped_steps, self.elapsed = st["step"], st.get("skipped_steps", 0), st.get("elapsed_s", 0.0)
+        state = restore_training(ckpt, self.optimizer, self.scheduler)  # None without a checkpoint
+        st = state["state"] if state else {}
+        self.step, self.skipped_steps, self.elapsed = (st.get(k, 0) for k in ("step", "skipped_steps", "elapsed_s"))
         self.model, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
 
         # the objective's parts that need the model on its device (reference, probes)
@@ -126,8 +124,8 @@ class Trainer:
             self.log(f"resumed from {ckpt} at step {self.step}")
         self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.output.tensorboard,
                                      wandb=cfg.output.wandb, config=cfg.to_dict(), resume_step=self.step if ckpt else None)
-        if self.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
+        if self.is_main:  # config.yaml of a fresh run; a resumed run keeps its own and records allowed changes
+            record_start(self.run_dir, cfg, ckpt, changes, self.step, self.log)
 
     def close(self) -> None:
         """Release the run folder (done by :meth:`fit` when it ends, however it ends)."""
@@ -223,13 +221,11 @@ class Trainer:
             model = self.accelerator.unwrap_model(self.model)
             try:
                 save_checkpoint(
-                    self.run_dir, self.step,
+                    self.run_dir, self.step, keep_last=self.cfg.output.keep_last,
                     save_model=lambda p: save_model(model, self.tokenizer, p, self.cfg.model, self.cfg.train.seed),
                     optimizer=self.optimizer, scheduler=self.scheduler, loss_state=self.objective.state_dict(),
                     state={"skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed, "total_steps": self.total_steps,
-                           "objective": self.objective.record()},
-                    keep_last=self.cfg.output.keep_last,
-                )
+                           "objective": self.objective.record(), "data_sha256": self.data_sha})
             except OSError as e:  # disk full, folder removed or made read-only mid-run
                 raise TrainError(f"could not write the step-{self.step} checkpoint in {self.run_dir}: {e.strerror or e}; "
                                  f"the previous checkpoint is kept (--resume continues from it)") from e
@@ -262,7 +258,7 @@ class Trainer:
                         last_eval = self.metrics.log(self.evaluate())
                     if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
                         self._checkpoint()
-                last_eval = self.metrics.log(self.evaluate())
+                last_eval = self.metrics.log_final_eval(self.step, self.evaluate)  # once, even when resumed after it
             except (RuntimeError, MemoryError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if not is_oom(e):
                     raise
