@@ -82,6 +82,7 @@ def _cmd_eval(args) -> int:
         model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
         max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
         probes=args.probes, per_pair=args.per_pair, data_format=args.format, log=lambda m: print(m, file=sys.stderr),
+        device=args.device,
     )
     text = json.dumps(_finite_or_null(result), indent=1, allow_nan=False)  # NaN is not JSON: null (no value) instead
     if args.out:
@@ -118,7 +119,7 @@ def _cmd_generate(args) -> int:
     prompt = check_text(args.prompt, "the prompt argument") if args.prompt is not None else read_text(sys.stdin)
     if not prompt.strip():
         raise ConfigError("no prompt: give it as an argument or on stdin")
-    model, tok = load_chat_model(args.model, tokenizer=args.tokenizer)
+    model, tok = load_chat_model(args.model, tokenizer=args.tokenizer, device=args.device)
     print(reply(model, tok, [{"role": "user", "content": prompt.strip()}], opts), flush=True)
     return 0
 
@@ -127,7 +128,7 @@ def _cmd_chat(args) -> int:
     from .evaluation.chat import Conversation, input_lines, load_chat_model
 
     opts = _sampling_options(args)
-    model, tok = load_chat_model(args.model, tokenizer=args.tokenizer)
+    model, tok = load_chat_model(args.model, tokenizer=args.tokenizer, device=args.device)
     chat = Conversation(model, tok, opts)
     interactive = sys.stdin.isatty()
     if interactive:
@@ -137,6 +138,11 @@ def _cmd_chat(args) -> int:
             break
         print(chat.say(line.strip()), flush=True)
     return 0
+
+
+def _device_help() -> str:  # dpolab.models.device.resolve_device reads it (not imported here: --help needs no torch)
+    return ("where the model runs: auto (default: the GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps; "
+            "bf16 autocast on a GPU that supports it")
 
 
 def _parse_columns(items: Optional[List[str]]) -> Optional[dict]:
@@ -175,7 +181,7 @@ def _cmd_rm_score(args) -> int:
     _check_at_least(1, max_length=args.max_length)
     summary = score_file(args.model, args.data, args.out, batch_size=args.batch_size, max_length=args.max_length,
                          columns=_parse_columns(args.columns), tokenizer=args.tokenizer, progress=not args.no_progress,
-                         log=lambda m: print(m, file=sys.stderr))
+                         log=lambda m: print(m, file=sys.stderr), device=args.device)
     print(json.dumps(summary))
     return 0
 
@@ -364,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--probes", type=int, default=0, metavar="N",
                    help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")
     e.add_argument("--out", help="also write the JSON result here")
+    e.add_argument("--device", default="auto", help=_device_help())
     e.set_defaults(func=_cmd_eval)
 
     rm = sub.add_parser("rm", help="reward models: train one (Bradley-Terry), score a preference set with it",
@@ -385,6 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     rs.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rs.add_argument("--device", default="auto", help=_device_help())
     rs.set_defaults(func=_cmd_rm_score)
 
     pt = sub.add_parser("pretrain", help="pretrain a tiny GPT-2 on a text file (cached); prints the model's final/ folder",
@@ -512,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
         g.add_argument("--system", help="a system message first (chat template only)")
         g.add_argument("--no-chat-template", action="store_true", help="feed the text as is, without the chat template")
+        g.add_argument("--device", default="auto", help=_device_help().replace("autocast", "weights"))
         g.set_defaults(func=_cmd_generate if name == "generate" else _cmd_chat)
 
     ls = sub.add_parser("losses", help="list every loss with its parameters and paper")

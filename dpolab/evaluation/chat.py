@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from ..config import ModelConfig
 from ..errors import ConfigError
+from ..models.device import resolve_device, uses_bf16
 from ..models.load import load_saved_model, load_tokenizer
 from .generation import generate
 
@@ -86,11 +87,15 @@ def input_lines(stream, interactive: bool, what: str = "stdin") -> Iterator[str]
         yield check_text(line, f"{what}: line {turn}")
 
 
-def load_chat_model(model: str, *, tokenizer: Optional[str] = None, dtype: str = "float32") -> Tuple[Any, Any]:
-    """(model in eval mode, tokenizer) for a preset name, a model folder / hub id, or a dpolab LoRA adapter folder."""
+def load_chat_model(model: str, *, tokenizer: Optional[str] = None, dtype: Optional[str] = None,
+                    device: str = "auto") -> Tuple[Any, Any]:
+    """(model in eval mode, tokenizer) for a preset name, a model folder / hub id, or a dpolab LoRA adapter folder,
+    on ``device`` (:func:`dpolab.models.device.resolve_device`); ``dtype`` None: bf16 weights on a GPU that supports
+    them, float32 elsewhere."""
+    dev = resolve_device(device)
     tok = load_tokenizer(ModelConfig(name_or_path=model, tokenizer=tokenizer))
-    m = load_saved_model(model, tok, dtype=dtype)
-    m.eval()
+    m = load_saved_model(model, tok, dtype=dtype or ("bfloat16" if uses_bf16(dev) else "float32"))
+    m.to(dev).eval()
     return m, tok
 
 

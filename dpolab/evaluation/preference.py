@@ -18,11 +18,14 @@ from __future__ import annotations
 import json
 import math
 import sys
+from contextlib import nullcontext
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
 from ..config import ModelConfig
+from ..models.device import describe, inference_autocast, resolve_device
+from ..models.fastpath import batch_to_device
 from ..models.preference_logps import generic_metrics, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.reference import Reference
@@ -31,11 +34,11 @@ LENGTH_BIAS_WARNING = ("warning: no --reference: accuracy compares summed log-pr
                        "length_normalised/* compares mean per-token log-probs (or give --reference)")
 
 
-def _load(path: str, tokenizer: Optional[str] = None):
+def _load(path: str, tokenizer: Optional[str] = None, device: Optional[torch.device] = None):
     tok = load_tokenizer(ModelConfig(name_or_path=path, tokenizer=tokenizer))
     model = load_saved_model(path, tok)
     model.eval()
-    return model, tok
+    return (model.to(device) if device is not None else model), tok
 
 
 def _stderr(msg: str) -> None:
@@ -72,7 +75,7 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
                              batch_size: int = 16, max_length: int = 512, limit: Optional[int] = None,
                              columns: Optional[dict] = None, tokenizer: Optional[str] = None, probes: int = 0,
                              per_pair: Optional[str] = None, data_format: str = "auto",
-                             log: Callable[[str], Any] = _stderr) -> Dict[str, Any]:
+                             log: Callable[[str], Any] = _stderr, device: str = "auto") -> Dict[str, Any]:
     """Mean log-probs of chosen and rejected, reward accuracy and ties, margin (with ``reference``: implicit rewards
     beta * log-ratio; without: plain log-prob differences, plus the length-normalised variant), with 95 % intervals,
     over every usable row of ``data`` (``limit``: the first that many).
@@ -80,7 +83,8 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     ``per_pair``: a .jsonl file that gets one line per scored pair (index, source row, log-probs, token counts,
     margin, win / tie / loss). ``probes`` > 0 also scores that many pairs as a probe set (see
     :mod:`dpolab.diagnostics.probes`); with a reference, the probe deltas are model minus reference (greedy responses
-    come from the reference)."""
+    come from the reference). ``device``: where the models run (:func:`dpolab.models.device.resolve_device`; bf16
+    autocast on a GPU that supports it)."""
     from ..data.collate import collate_preference
     from ..data.dataset import load_preference_data
     from ..data.types import DataError
@@ -88,10 +92,13 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
 
     if not (math.isfinite(beta) and beta > 0):
         raise ConfigError(f"beta must be a finite number > 0, got {beta}")
-    policy, tok = _load(model, tokenizer)
+    dev = resolve_device(device)
+    autocast = inference_autocast(dev)
+    log(f"device: {describe(dev)}")
+    policy, tok = _load(model, tokenizer, dev)
     ref = None
     if reference:
-        ref_model, _ = _load(reference, tokenizer)
+        ref_model, _ = _load(reference, tokenizer, dev)
         ref = Reference("separate", model=ref_model)
     pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit, log=log,
                                         data_format=data_format)
@@ -102,8 +109,8 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     records: List[Dict[str, Any]] = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        batch = collate_preference(chunk, tok.pad_token_id)
-        out = preference_outputs(policy, ref, batch, need_tokens=False)
+        batch = batch_to_device(collate_preference(chunk, tok.pad_token_id), dev)
+        out = preference_outputs(policy, ref, batch, need_tokens=False, autocast=autocast)
         for k, v in generic_metrics(out).items():
             totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
         records += _pair_records(out, chunk, start)
@@ -125,7 +132,8 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
         log(f"{scored}: summed log-probs: {_fmt(result, 'logp_margin')}; length-normalised: "
             f"{_fmt(normalised, 'logp_margin')}")
     if probes:
-        result.update(_probe_deltas(policy, ref.model if ref is not None else None, pairs, tok, probes, batch_size))
+        result.update(_probe_deltas(policy, ref.model if ref is not None else None, pairs, tok, probes, batch_size,
+                                    autocast))
     if per_pair:
         from ..atomic import write_text
 
@@ -160,10 +168,11 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
     return recs
 
 
-def _probe_deltas(model, reference, pairs, tok, n: int, batch_size: int) -> Dict[str, Any]:
+def _probe_deltas(model, reference, pairs, tok, n: int, batch_size: int, autocast=nullcontext) -> Dict[str, Any]:
     from ..diagnostics.probes import build_probe_set, probe_metrics, score_probes
 
     probes = build_probe_set(pairs, tok, n=n, model=reference if reference is not None else model, batch_size=batch_size)
-    scores = score_probes(model, probes, tok.pad_token_id, batch_size=batch_size)
-    base = score_probes(reference, probes, tok.pad_token_id, batch_size=batch_size) if reference is not None else None
+    scores = score_probes(model, probes, tok.pad_token_id, batch_size=batch_size, autocast=autocast)
+    base = (score_probes(reference, probes, tok.pad_token_id, batch_size=batch_size, autocast=autocast)
+            if reference is not None else None)
     return probe_metrics(scores, base, probes.buckets)

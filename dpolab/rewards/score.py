@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -20,6 +21,7 @@ import torch
 from ..atomic import atomic_path
 from ..config import ConfigError
 from ..data.types import DataError, SkipCounter
+from ..models.device import describe, inference_autocast, resolve_device
 
 COLUMNS = ("reward_chosen", "reward_rejected", "rm_margin")
 OUT_SUFFIXES = (".jsonl", ".parquet")
@@ -44,8 +46,10 @@ def write_rows(rows: List[dict], out: os.PathLike) -> None:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
-def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progress: bool = True) -> List[tuple]:
-    """(reward_chosen, reward_rejected) for each tokenised pair, in order; batches are formed by length."""
+def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progress: bool = True,
+                autocast: Callable = nullcontext) -> List[tuple]:
+    """(reward_chosen, reward_rejected) for each tokenised pair, in order; batches are formed by length, on the
+    model's device, under ``autocast``."""
     from tqdm.auto import tqdm
 
     from ..data.collate import collate_preference, pair_length
@@ -60,7 +64,9 @@ def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progre
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = collate_preference([pairs[i] for i in idx], pad_id)
-            r = sequence_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu().tolist()
+            with autocast():
+                r = sequence_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            r = r.cpu().tolist()
             n = len(idx)
             for j, i in enumerate(idx):
                 out[i] = (r[j], r[n + j])
@@ -71,11 +77,13 @@ def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progre
 
 def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_length: int = 1024,
                max_prompt_length: Optional[int] = None, columns: Optional[Mapping[str, str]] = None,
-               tokenizer: Optional[str] = None, progress: bool = True, log: Callable[[str], Any] = print) -> Dict[str, Any]:
+               tokenizer: Optional[str] = None, progress: bool = True, log: Callable[[str], Any] = print,
+               device: str = "auto") -> Dict[str, Any]:
     """Add ``reward_chosen``, ``reward_rejected`` and ``rm_margin`` to every row of ``data`` and write ``out``.
 
     ``model`` is a reward model folder (``dpolab rm train``'s ``final/``, or any HF sequence-classification model with
-    one label). Returns a summary: rows, scored, skipped (by reason), pairwise accuracy and margin statistics."""
+    one label), run on ``device`` (:func:`dpolab.models.device.resolve_device`; bf16 autocast on a GPU that supports
+    it). Returns a summary: rows, scored, skipped (by reason), pairwise accuracy and margin statistics."""
     from ..data.formats import to_preference_row
     from ..data.sources import iter_records, source_name
     from ..data.tokenize import tokenize_preference
@@ -85,7 +93,10 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if Path(out).suffix.lower() not in OUT_SUFFIXES:
         raise DataError(f"unsupported output type '{Path(out).suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out))
+    dev = resolve_device(device)
     rm, tok = load_trained_reward_model(model, tokenizer=tokenizer)
+    rm.to(dev)
+    log(f"device: {describe(dev)}")
     name = source_name(data)
     rows: List[dict] = []
     pairs, where = [], []  # tokenised pairs and the index of their row
@@ -115,7 +126,8 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
     clobbered = [c for c in COLUMNS if c in rows[0]]
     if clobbered:
         log(f"{name}: replacing the existing column(s) {clobbered}")
-    scores = score_pairs(rm, pairs, tok.pad_token_id, batch_size=batch_size, progress=progress)
+    scores = score_pairs(rm, pairs, tok.pad_token_id, batch_size=batch_size, progress=progress,
+                         autocast=inference_autocast(dev))
     for r in rows:
         r.update({c: None for c in COLUMNS})
     for i, (rc, rl) in zip(where, scores):

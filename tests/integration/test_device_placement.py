@@ -143,3 +143,85 @@ def test_resumed_copy_reference_is_rebuilt_on_the_device(tmp_path, placement, mo
     assert t.step == 2
     assert all(p.device == META for p in t.reference.model.parameters())
     assert not wrong
+
+
+# -- the commands that only run a model: dpolab eval, generate, chat, rm score (--device) ------------------------
+@pytest.fixture
+def saved(tmp_path):
+    """A tiny GPT-2 policy folder, a tiny reward model folder (same backbone) and a file of three pairs."""
+    import json
+
+    from dpolab.config import LoraConfig, ModelConfig
+    from dpolab.models.load import load_base_model, save_model
+    from dpolab.models.tokenizer import build_char_tokenizer
+    from dpolab.rewards.model import load_reward_model
+
+    tok = build_char_tokenizer()
+    cfg = ModelConfig(name_or_path="tiny-gpt2", tiny={"n_layer": 1, "n_embd": 32, "n_head": 2})
+    save_model(load_base_model(cfg, tok), tok, tmp_path / "policy")
+    save_model(load_reward_model(cfg, LoraConfig(enabled=False), tok), tok, tmp_path / "rm")
+    rows = [{"prompt": f"{a}+{a}=", "chosen": str(2 * a), "rejected": str(2 * a + 1)} for a in range(1, 4)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path
+
+
+def _runs_on_meta(placement, run, at_least: int) -> None:
+    """``run()`` stops at the first value read back from the meta device, after ``at_least`` whole-model forwards
+    with every weight, buffer and input on it."""
+    seen, wrong = placement
+    seen.clear(), wrong.clear()
+    with pytest.raises(Exception) as stop:
+        run()
+    assert _is_meta_stop(stop.value), f"stopped for another reason than reading a meta tensor: {stop.value!r}"
+    assert not wrong, f"off-device at a forward: {sorted(set(wrong))[:5]}"
+    roots = [m for m in seen if type(m).__name__.endswith(("LMHeadModel", "ForCausalLM", "ForSequenceClassification"))]
+    assert len(roots) >= at_least, f"expected {at_least} model forwards on the device, saw {len(roots)}"
+
+
+def test_eval_runs_the_policy_and_the_reference_on_the_device(saved, placement):
+    from dpolab.evaluation.preference import evaluate_preference_file
+
+    _runs_on_meta(placement, lambda: evaluate_preference_file(
+        str(saved / "policy"), str(saved / "pairs.jsonl"), reference=str(saved / "policy"), device="meta",
+        log=lambda m: None), at_least=2)
+
+
+def test_generate_and_chat_run_on_the_device(saved, placement):
+    from dpolab.evaluation.chat import Conversation, SamplingOptions, load_chat_model, reply
+
+    model, tok = load_chat_model(str(saved / "policy"), device="meta")
+    assert all(p.device == META for p in model.parameters())
+    # HF's generate reads its special-token tensors back to the host before its first forward; one forward on what
+    # dpolab hands it stands in for its loop (the hook checks the inputs and weights), then the reply reads it back
+    model.generate = lambda input_ids, attention_mask, **kw: model(input_ids=input_ids,
+                                                                   attention_mask=attention_mask).logits.argmax(-1)
+    opts = SamplingOptions(max_new_tokens=3, temperature=0)
+    _runs_on_meta(placement, lambda: reply(model, tok, [{"role": "user", "content": "1+1="}], opts), at_least=1)
+    _runs_on_meta(placement, lambda: Conversation(model, tok, opts).say("2+2="), at_least=1)
+
+
+def test_rm_score_runs_the_reward_model_on_the_device(saved, placement):
+    from dpolab.rewards.score import score_file
+
+    _runs_on_meta(placement, lambda: score_file(str(saved / "rm"), str(saved / "pairs.jsonl"), str(saved / "s.jsonl"),
+                                                progress=False, log=lambda m: None, device="meta"), at_least=1)
+    assert not (saved / "s.jsonl").exists()
+
+
+def test_device_option_auto_and_refusals(saved, capsys):
+    """``--device auto`` is the CPU where torch sees no GPU; a device this machine lacks is a one-line error."""
+    from dpolab.cli import main
+    from dpolab.errors import ConfigError
+    from dpolab.models.device import resolve_device
+
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(ConfigError, match="'gpu0' is not a device"):
+        resolve_device("gpu0")
+    assert main(["eval", "--model", str(saved / "policy"), "--data", str(saved / "pairs.jsonl"), "--device", "gpu0"]) == 2
+    assert "error: --device: 'gpu0' is not a device" in capsys.readouterr().err
+    assert main(["rm", "score", "--model", str(saved / "rm"), "--data", str(saved / "pairs.jsonl"),
+                 "--out", str(saved / "s.jsonl"), "--device", "cpu", "--no-progress"]) == 0
+    assert "device: cpu (float32)" in capsys.readouterr().err
