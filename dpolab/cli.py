@@ -82,7 +82,7 @@ def _cmd_eval(args) -> int:
         model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
         max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
         probes=args.probes, per_pair=args.per_pair, data_format=args.format, log=lambda m: print(m, file=sys.stderr),
-        device=args.device,
+        device=args.device, progress=not args.no_progress,
     )
     text = json.dumps(_finite_or_null(result), indent=1, allow_nan=False)  # NaN is not JSON: null (no value) instead
     if args.out:
@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")
     e.add_argument("--out", help="also write the JSON result here")
     e.add_argument("--device", default="auto", help=_device_help())
+    e.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr, counting pairs)")
     e.set_defaults(func=_cmd_eval)
 
     rm = sub.add_parser("rm", help="reward models: train one (Bradley-Terry), score a preference set with it",

@@ -1,13 +1,14 @@
-"""Run-wide settings of the loop: the mixed-precision context (and the ``train.bf16=auto`` choice) and progress bars."""
+"""Run-wide settings of the loop: the mixed-precision context (and the ``train.bf16=auto`` choice); its progress bars
+are :mod:`dpolab.progress`'s."""
 from __future__ import annotations
 
-import sys
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
 import torch
 
+from ..progress import bar_interval, progress_bar  # noqa: F401  (the loop's bars look like every other)
 from .errors import TrainError
 
 # CPU feature flags (/proc/cpuinfo) that give bf16 matrix products at least fp32's speed: AMX tiles (Intel Sapphire
@@ -62,15 +63,3 @@ def autocast_factory(bf16: bool, device: torch.device):
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise TrainError("train.bf16=true but this GPU has no bf16 support; set train.bf16=false")
     return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def bar_interval() -> float:
-    """Refresh often on a terminal; rarely when the output goes to a log file."""
-    return 0.1 if sys.stderr.isatty() else 10.0
-
-
-def progress_bar(it, *, enabled: bool, **kw):
-    """A transient tqdm bar over ``it`` (nothing when disabled, e.g. in non-main processes)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(it, disable=not enabled, leave=False, mininterval=bar_interval(), **kw)

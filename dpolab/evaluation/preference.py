@@ -29,6 +29,7 @@ from ..models.fastpath import batch_to_device
 from ..models.preference_logps import generic_metrics, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.reference import Reference
+from ..progress import pair_bar
 
 LENGTH_BIAS_WARNING = ("warning: no --reference: accuracy compares summed log-probs, which favour the shorter response; "
                        "length_normalised/* compares mean per-token log-probs (or give --reference)")
@@ -75,7 +76,8 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
                              batch_size: int = 16, max_length: int = 512, limit: Optional[int] = None,
                              columns: Optional[dict] = None, tokenizer: Optional[str] = None, probes: int = 0,
                              per_pair: Optional[str] = None, data_format: str = "auto",
-                             log: Callable[[str], Any] = _stderr, device: str = "auto") -> Dict[str, Any]:
+                             log: Callable[[str], Any] = _stderr, device: str = "auto",
+                             progress: bool = True) -> Dict[str, Any]:
     """Mean log-probs of chosen and rejected, reward accuracy and ties, margin (with ``reference``: implicit rewards
     beta * log-ratio; without: plain log-prob differences, plus the length-normalised variant), with 95 % intervals,
     over every usable row of ``data`` (``limit``: the first that many).
@@ -84,7 +86,7 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     margin, win / tie / loss). ``probes`` > 0 also scores that many pairs as a probe set (see
     :mod:`dpolab.diagnostics.probes`); with a reference, the probe deltas are model minus reference (greedy responses
     come from the reference). ``device``: where the models run (:func:`dpolab.models.device.resolve_device`; bf16
-    autocast on a GPU that supports it)."""
+    autocast on a GPU that supports it). ``progress``: a bar on stderr counting the pairs scored (pairs/s)."""
     from ..data.collate import collate_preference
     from ..data.dataset import load_preference_data
     from ..data.types import DataError
@@ -107,13 +109,15 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
                         f"{max_length})", source=data if isinstance(data, str) else None)
     totals: Dict[str, float] = {}
     records: List[Dict[str, Any]] = []
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        batch = batch_to_device(collate_preference(chunk, tok.pad_token_id), dev)
-        out = preference_outputs(policy, ref, batch, need_tokens=False, autocast=autocast)
-        for k, v in generic_metrics(out).items():
-            totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
-        records += _pair_records(out, chunk, start)
+    with pair_bar(len(pairs), "eval", enabled=progress) as bar:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            batch = batch_to_device(collate_preference(chunk, tok.pad_token_id), dev)
+            out = preference_outputs(policy, ref, batch, need_tokens=False, autocast=autocast)
+            for k, v in generic_metrics(out).items():
+                totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
+            records += _pair_records(out, chunk, start)
+            bar.update(len(chunk))
     n = max(1, len(pairs))
     result: Dict[str, Any] = {k: v / n for k, v in totals.items()}
     scored = (f"{len(pairs)} of {len(pairs) + skips.total} rows read scored"

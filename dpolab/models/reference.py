@@ -25,6 +25,7 @@ import hashlib
 import json
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
@@ -33,6 +34,7 @@ from torch import Tensor
 
 from .. import atomic
 from ..errors import UserError
+from ..progress import progress_bar
 from ..losses.length import shared_tail
 from .fastpath import logps_for_batch
 from .logprobs import SequenceLogps, split_pairs
@@ -224,7 +226,8 @@ class ReferenceTools:
     ``collate(indices, data)`` makes a preference batch of ``data[i]`` (carrying ``index`` = position in ``data``),
     already on ``device``; ``load_start()`` rebuilds the policy's starting weights (a resumed full fine-tuning run);
     ``load_separate()`` loads ``reference.name_or_path``; ``main_first`` is a context in which the main process goes
-    first (it writes the cache, the others then read it)."""
+    first (it writes the cache, the others then read it); ``progress(iterable or None, **tqdm options)`` makes the
+    run's progress bars (:func:`dpolab.progress.progress_bar`, off by default)."""
 
     device: torch.device
     collate: Callable[[List[int], Sequence], Dict[str, Any]]
@@ -233,7 +236,7 @@ class ReferenceTools:
     batch_size: int = 16
     autocast: Callable = nullcontext
     log: Callable[[str], None] = lambda s: None
-    progress: Callable = lambda it, **kw: it
+    progress: Callable = partial(progress_bar, enabled=False)
     main_first: Callable = nullcontext
 
 
@@ -354,15 +357,18 @@ def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) 
     pol.eval()
     off = pol.disable_adapter if adapter_off else nullcontext
     batches: Iterable = (tools.collate(list(range(i, min(i + tools.batch_size, n))), data) for i in range(0, n, tools.batch_size))
+    bar = tools.progress(None, desc="reference log-probs", total=n, unit=" pairs", dynamic_ncols=True)  # pairs/s
     try:
         with torch.no_grad(), off():
-            for batch in tools.progress(batches, desc="reference log-probs", total=-(-n // tools.batch_size)):
+            for batch in batches:
                 with tools.autocast():
                     lp = logps_for_batch(pol, batch)
                 idx = batch["index"].cpu()
                 for name, values in _table_rows(lp, batch["num_pairs"]).items():
                     table[name][idx] = values.float().cpu()
+                bar.update(len(idx))
     finally:
+        bar.close()
         pol.train(was_training)
     if any(torch.isnan(v).any() for v in table.values()):
         raise RuntimeError("precomputed reference table has gaps: some examples were never scored")

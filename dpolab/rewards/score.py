@@ -21,6 +21,7 @@ import torch
 from ..atomic import atomic_path
 from ..config import ConfigError
 from ..data.types import DataError, SkipCounter
+from ..progress import pair_bar
 from ..models.device import describe, inference_autocast, resolve_device
 
 COLUMNS = ("reward_chosen", "reward_rejected", "rm_margin")
@@ -49,9 +50,8 @@ def write_rows(rows: List[dict], out: os.PathLike) -> None:
 def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progress: bool = True,
                 autocast: Callable = nullcontext) -> List[tuple]:
     """(reward_chosen, reward_rejected) for each tokenised pair, in order; batches are formed by length, on the
-    model's device, under ``autocast``."""
-    from tqdm.auto import tqdm
-
+    model's device, under ``autocast``. ``progress``: a bar on stderr counting pairs (:func:`dpolab.progress.pair_bar`).
+    """
     from ..data.collate import collate_preference, pair_length
     from .model import sequence_rewards
 
@@ -60,7 +60,7 @@ def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progre
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    with torch.no_grad(), tqdm(total=len(pairs), desc="rm score", unit="pair", disable=not progress, leave=False) as bar:
+    with torch.no_grad(), pair_bar(len(pairs), "rm score", enabled=progress) as bar:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             batch = collate_preference([pairs[i] for i in idx], pad_id)

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from torch import Tensor
 
 from ...config import RunConfig
+from ...progress import progress_bar
 
 
 @dataclass
@@ -39,7 +41,7 @@ class RunContext:
     autocast: Callable = nullcontext
     bf16: bool = False             # bf16 autocast is on (train.bf16, with auto resolved for this hardware)
     log: Callable[[str], None] = print
-    progress: Callable = lambda it, **kw: it
+    progress: Callable = partial(progress_bar, enabled=False)  # the run's bars: progress(iterable or None, **tqdm)
     resumed: Optional[Dict[str, Any]] = None
     is_main: bool = True
 
