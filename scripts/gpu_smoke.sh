@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # GPU smoke test (about two minutes on one GPU): every reference mode x (full, LoRA) x (fp32, bf16) trains a tiny
-# model for a few steps on the GPU, a resumed run rebuilds its reference there, and with two or more GPUs a
-# 2-process DDP run does too. Prints one line per case and exits non-zero if any case failed.
+# model for a few steps on the GPU, a resumed run rebuilds its reference there, `dpolab eval` (policy + reference),
+# `generate` and `chat` run a trained model there (eval's numbers must match the CPU's), and with two or more GPUs a
+# 2-process DDP run trains too. The on-policy objective does not exist yet: its place is marked below. Prints one
+# line per case and exits non-zero if any case failed.
 #
 #   bash scripts/gpu_smoke.sh            # uses `dpolab` on PATH (or DPOLAB=".venv/bin/dpolab")
 #   OUT_DIR=/tmp/smoke bash scripts/gpu_smoke.sh
@@ -71,6 +73,61 @@ for ref in copy precomputed; do
   mkdir -p "$OUT/$name" && cp "$OUT/full-$ref-fp32/summary.json" "$OUT/$name/" 2>/dev/null
   report "$name" $rc $((SECONDS - t0))
 done
+
+# dpolab eval / generate / chat on the GPU (--device cuda; the CPU when GPU_SMOKE_ON_CPU=1): eval scores a policy
+# against a reference (a LoRA run's adapter, merged into its base) on the device and on the CPU, which must agree
+# (bf16 autocast on the GPU: accuracy within 1 pair in 8, mean log-ratio margin within 0.05 nats + 5 %)
+DEV=$([ "${GPUS:-0}" -ge 1 ] && echo cuda || echo cpu)
+POLICY="$OUT/full-copy-fp32/final"; REF="$OUT/lora-adapter-fp32/final"; PAIRS="$OUT/pairs.jsonl"
+"$PY" - "$PAIRS" <<'PY'
+import json, sys
+rows = [{"prompt": f"Q: {a}+{b}\nA: ", "chosen": f"{a}+{b}={a + b}", "rejected": f"{a}+{b}={a + b + 1 + a % 2}"}
+        for a in range(1, 9) for b in range(1, 5)]
+open(sys.argv[1], "w").write("".join(json.dumps(r) + "\n" for r in rows))
+PY
+for dev in "$DEV" cpu; do
+  t0=$SECONDS
+  "$DPOLAB" eval --model "$POLICY" --reference "$REF" --data "$PAIRS" --device "$dev" --out "$OUT/eval-$dev.json" \
+    >/dev/null 2>"$OUT/eval-$dev.log"
+  echo $? $((SECONDS - t0)) >"$OUT/eval-$dev.rc"
+  [ "$dev" = cpu ] && break
+done
+"$PY" - "$OUT" "$DEV" <<'PY' || FAILED=1
+import json, sys
+from pathlib import Path
+out, dev = Path(sys.argv[1]), sys.argv[2]
+rc, secs = (out / f"eval-{dev}.rc").read_text().split()
+log = (out / f"eval-{dev}.log").read_text()
+if rc != "0" or not (out / f"eval-{dev}.json").exists():
+    sys.exit(print(f"FAIL  eval-{dev} rc={rc} {secs}s: {log.strip().splitlines()[-1][:200] if log.strip() else ''}"))
+if f"device: {dev}" not in log:
+    sys.exit(print(f"FAIL  eval-{dev}: the log does not say it ran on {dev}"))
+g, c = (json.loads((out / f"eval-{d}.json").read_text()) for d in (dev, "cpu"))
+gm, cm = g["logratio_margin"], c["logratio_margin"]
+ok = abs(g["reward_accuracy"] - c["reward_accuracy"]) <= 1 / 8 and abs(gm - cm) <= 0.05 + 0.05 * abs(cm)
+print(f"{'ok  ' if ok else 'FAIL'}  eval-{dev:<23} pairs={g['pairs']} acc={g['reward_accuracy']:.3f} (cpu "
+      f"{c['reward_accuracy']:.3f}) margin={gm:.4f} (cpu {cm:.4f}) {secs}s")
+sys.exit(0 if ok else 1)
+PY
+t0=$SECONDS
+"$DPOLAB" generate --model "$POLICY" --device "$DEV" --temperature 0 --max-new-tokens 12 --no-chat-template \
+  "Q: 3+4
+A: " >"$OUT/generate-$DEV.txt" 2>"$OUT/generate-$DEV.log"
+rc=$?
+[ $rc -eq 0 ] && echo "ok    generate-$DEV$(printf '%*s' $((19 - ${#DEV})) '') reply=$(head -c 40 "$OUT/generate-$DEV.txt" | tr '\n' ' ') $((SECONDS - t0))s" \
+  || { FAILED=1; echo "FAIL  generate-$DEV rc=$rc: $(tail -1 "$OUT/generate-$DEV.log" | cut -c1-200)"; }
+t0=$SECONDS
+printf '1+1=\n2+2=\n' | "$DPOLAB" chat --model "$POLICY" --device "$DEV" --temperature 0 --max-new-tokens 8 \
+  --no-chat-template >"$OUT/chat-$DEV.txt" 2>"$OUT/chat-$DEV.log"
+rc=$?
+[ $rc -eq 0 ] && [ "$(wc -l <"$OUT/chat-$DEV.txt")" -ge 2 ] && echo "ok    chat-$DEV$(printf '%*s' $((23 - ${#DEV})) '') 2 turns $((SECONDS - t0))s" \
+  || { FAILED=1; echo "FAIL  chat-$DEV rc=$rc: $(tail -1 "$OUT/chat-$DEV.log" | cut -c1-200)"; }
+
+# ---- ON-POLICY OBJECTIVE: NOT COVERED YET ---------------------------------------------------------------------------
+# The on-policy objective (issue 32: sampling from the policy inside training) does not exist yet. When it lands, its
+# case goes here: a few steps that generate and train on the GPU, fp32 and bf16, full and LoRA, e.g.
+#   run_case "onpolicy-full-bf16" train.mode=<its mode> train.bf16=true
+echo "skip  on-policy objective (not implemented yet; its case goes here in scripts/gpu_smoke.sh)"
 
 if [ "$GPUS" -ge 2 ]; then
   for ref in copy precomputed; do
