@@ -165,15 +165,52 @@ def _quantized(load, cfg: ModelConfig):
 
 
 def _looks_local(path: str) -> bool:
-    """A path the user means as a folder: explicit (./, /, ~) or with more parts than a hub id (org/name) has."""
-    return path.startswith((".", "/", "~")) or path.count("/") >= 2 or "\\" in path
+    """A path the user means as a folder: explicit (./, /, ~), with more parts than a hub id (org/name) has, or an
+    org/name whose first part is a folder here (``runs/x`` beside a ``runs/`` folder: a run not written yet)."""
+    return (path.startswith((".", "/", "~")) or path.count("/") >= 2 or "\\" in path
+            or ("/" in path and Path(path.split("/", 1)[0]).is_dir()))
+
+
+def _hub_unreachable(name: str) -> Optional[str]:
+    """Why the hub cannot be asked for ``name`` (offline mode, or no connection to its host within 3 s), or None: a
+    missing folder with a hub-shaped name then fails at once instead of after the hub client's retries. A name already
+    in the local hub cache, or a proxy (which a direct connection would not use), is not probed."""
+    try:
+        from huggingface_hub import constants, try_to_load_from_cache
+    except ImportError:
+        return None
+    try:
+        if isinstance(try_to_load_from_cache(name, "config.json"), str):
+            return None
+    except Exception:  # noqa: BLE001 - not a valid repository id: let the loader say so
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=3).close()
+    except OSError as e:
+        return f"{url.hostname} is unreachable: {e}"
+    return None
 
 
 def _check_folder(path: str) -> None:
-    """A missing folder is one clear line (transformers would call it an invalid hub id)."""
-    if _looks_local(path) and not Path(path).expanduser().exists():
-        raise ModelLoadError(f"model folder not found: {path} (a model is a local folder, a hub id such as org/name, "
-                             f"a model preset: {', '.join(MODEL_PRESETS)}, or a tiny preset: {', '.join(TINY_PRESETS)})")
+    """A missing folder is one clear line (transformers would call it an invalid hub id, or retry the hub five times
+    when it cannot reach it)."""
+    if Path(path).expanduser().exists():
+        return
+    kinds = (f"a model is a local folder, a hub id such as org/name, a model preset: {', '.join(MODEL_PRESETS)}, or a "
+             f"tiny preset: {', '.join(TINY_PRESETS)}")
+    if _looks_local(path):
+        raise ModelLoadError(f"model folder not found: {path} ({kinds})")
+    why = _hub_unreachable(path)
+    if why is not None:
+        raise ModelLoadError(f"model folder not found: {path}, and it cannot be looked up on the hub ({why}; {kinds})")
 
 
 def _resolve(name: str, gguf_file: Optional[str] = None) -> str:
