@@ -1,6 +1,6 @@
 """Every shell command in a ```bash block of README.md and docs/**/*.md (not the generated study reports) is run here,
-in a fresh folder that holds the repository's ``examples/``, one folder per page so that a page's commands can use
-what its earlier commands wrote.
+in one fresh folder that holds the repository's ``examples/``, in page order, so that a command can use what an
+earlier one wrote; a command already run (the same text on another page) is not run again.
 
 A command that cannot run here says why on the line before it, ``# needs: TAG[, TAG] (words)``, with the tags in
 ``NEEDS``. A ``long`` command runs in the shortened form ``SHORTENED`` gives, or is covered as ``NOT_SHORTENED`` says;
@@ -212,18 +212,12 @@ def _run(text: str, workdir: Path) -> None:
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
-    """One work folder per page (with ``examples/`` and ``.venv`` linked in) and the commands already run."""
-    folders: Dict[Path, Path] = {}
-
-    def folder(page: Path) -> Path:
-        if page not in folders:
-            d = tmp_path_factory.mktemp(page.stem.lower())
-            (d / "examples").symlink_to(ROOT / "examples")
-            (d / ".venv").symlink_to(Path(sys.prefix))  # `source .venv/bin/activate`: the environment running this
-            folders[page] = d
-        return folders[page]
-
-    return {"folder": folder, "ran": {}}
+    """One work folder for every page (with ``examples/`` and ``.venv`` linked in: a later page may use what an earlier
+    one wrote, as a reader following the docs would) and the commands already run."""
+    d = tmp_path_factory.mktemp("doc-commands")
+    (d / "examples").symlink_to(ROOT / "examples")
+    (d / ".venv").symlink_to(Path(sys.prefix))  # `source .venv/bin/activate`: the environment running this test
+    return {"folder": d, "ran": {}}
 
 
 @pytest.mark.slow
@@ -233,4 +227,4 @@ def test_doc_command(cmd, state):
     if plan.startswith("skip: "):
         pytest.skip(plan[len("skip: "):])
     state["ran"][plan] = cmd.where
-    _run(plan, state["folder"](cmd.page))
+    _run(plan, state["folder"])
