@@ -21,7 +21,7 @@ import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import yaml
 
@@ -300,6 +300,48 @@ def specs(opts: CompareOptions, out: Path, cfg: Dict[str, Any], prep: Prepared,
     return out_specs
 
 
+def refuse_retraining(grid: Sequence[RunSpec], out: Path) -> None:
+    """A rerun into the same ``--out`` with other settings (another ``--budget``, ``--set``, ...) would train its
+    finished runs again over their results, as the runner retrains a run whose config changed: refuse, saying which
+    settings differ (the same settings skip finished runs and resume unfinished ones)."""
+    from ..engine.trainer import DONE_MARKER
+    from .runner import _config_of, run_is_finished  # the run's folder and config exactly as the runner builds them
+
+    changed = []
+    for spec in grid:
+        run_dir, cfg = _config_of(spec, out)
+        if (run_dir / DONE_MARKER).exists() and not run_is_finished(spec, out):
+            try:
+                saved = build_config(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))).to_dict()
+            except Exception:  # noqa: BLE001 - an unreadable or outdated config: it differs, in ways not listed
+                saved = {}
+            changed.append((spec.run_id, _differences(saved, cfg.to_dict()) if saved else []))
+    if not changed:
+        return
+    diffs = sorted({d for _, ds in changed for d in ds})
+    earlier = out / "compare.yaml"
+    budget = ""
+    if earlier.exists():
+        before = (yaml.safe_load(earlier.read_text(encoding="utf-8")) or {}).get("budget")
+        budget = f"; {earlier} says --budget {before}" if before else ""
+    raise ConfigError(f"--out {out} holds {len(changed)} finished run(s) of this grid trained with other settings "
+                      f"({', '.join(diffs[:4]) or 'their configs differ'}{', ...' if len(diffs) > 4 else ''}{budget}): "
+                      f"this comparison would train them again over their results; use another --out, or the same "
+                      f"settings to skip them")
+
+
+def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
+    """``key: old -> new`` for every leaf that differs (``output.overwrite`` aside, which the runner sets)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b, name = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, name + ".")
+        elif a != b and name != "output.overwrite":
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
 # -- the shared reference table ---------------------------------------------------------------------------------
 
 
@@ -442,7 +484,7 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
 
 def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> Path:
     """Check everything, precompute the shared reference table, run the grid, write the report; returns its path."""
-    from ..atomic import write_text
+    from ..atomic import reported_as, write_text
     from .compare_report import write_report
     from .executors import Resources, make_executor
     from .runner import run_grid
@@ -454,10 +496,12 @@ def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> 
                              resources=Resources(cpus=opts.cpus, gpus=opts.gpus, mem_gb=opts.mem, time_min=opts.time))
     cfg = base_config(opts, out)
     prep = prepare(opts, out, cfg)  # every check before anything is written or trained
-    out.mkdir(parents=True, exist_ok=True)
+    grid = specs(opts, out, cfg, prep, methods)
+    refuse_retraining(grid, out)
+    with reported_as(out):  # a read-only or unusable --out: one line naming it
+        out.mkdir(parents=True, exist_ok=True)
     write_start_model(opts, cfg, prep, log=log)
     write_text(out / "compare.yaml", yaml.safe_dump(asdict(opts), sort_keys=False))
-    grid = specs(opts, out, cfg, prep, methods)
     log(f"compare: {len(methods)} method(s) x {opts.seeds} seed(s) = {len(grid)} runs on {prep.n_train} training pairs, "
         f"{prep.n_eval} held-out; executor {executor.describe()} -> {out}")
     t0 = time.perf_counter()
