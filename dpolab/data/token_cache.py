@@ -12,9 +12,12 @@ An entry is keyed (SHA-256) by everything that can change the token ids or which
 - the code that turns rows into tokens: the source of ``dpolab/data``, ``dpolab/tasks`` and the engine's data set-up.
 
 An entry holds the (train, eval) lists and the lines the tokenisation logged (row counts, skips, what truncation
-cut): on a hit those lines are logged again, so the run reports the same counts as a fresh one. Entries are written
-atomically (``dpolab.atomic``); an unreadable entry is a miss and is rewritten. Default folder: ``$DPOLAB_CACHE/tokens``
-or ``~/.cache/dpolab/tokens`` (beside ``dpolab pretrain``'s ``pretrained/``); ``data.cache_dir`` moves it and
+cut): on a hit those lines are logged again, so the run reports the same counts as a fresh one. An entry is JSON, never
+a pickle (a shared cache folder must not run code on load): a header line with the SHA-256 of the body, then the body
+(each example's fields and type). An entry whose body does not match its checksum (edited, swapped, a flipped bit)
+or that cannot be read is recomputed with a notice, and rewritten; entries are written atomically
+(``dpolab.atomic``). ``.pkl`` entries of earlier dpolab versions are never read. Default folder:
+``$DPOLAB_CACHE/tokens`` or ``~/.cache/dpolab/tokens`` (beside ``dpolab pretrain``'s ``pretrained/``); ``data.cache_dir`` moves it and
 ``data.cache=false`` turns the cache off. Nothing is evicted: delete the folder to reclaim its space.
 """
 from __future__ import annotations
@@ -22,13 +25,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
+from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from .. import atomic
+from .types import TokenizedPair, TokenizedSFT, TokenizedUnpaired
 
-FORMAT = 1  # bump when an entry's layout changes
+FORMAT = 2  # bump when an entry's layout changes (1: a pickle)
+_TYPES = {cls.__name__: cls for cls in (TokenizedPair, TokenizedSFT, TokenizedUnpaired)}  # what an entry may hold
 _CACHE_KEYS = ("cache", "cache_dir")  # data settings that do not change the tokens
 _GENERATED_TASKS = ("arithmetic",)  # built-in tasks whose rows come from their arguments and seed, not from a file
 _CODE_DIRS = ("data", "tasks")
@@ -135,15 +140,14 @@ def cached_tokenisation(settings: Mapping[str, Any], tokenizer: Any, kind: str, 
         log(f"tokenised-data cache not used: {why}")
         return compute(log)
     path = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    entry = path / f"{key}.pkl"
+    entry = path / f"{key}.json"
     if entry.is_file():
         try:
-            with entry.open("rb") as f:
-                stored = pickle.load(f)
-            if stored.get("format") != FORMAT:
-                raise ValueError(f"format {stored.get('format')}")
+            stored, problem = read_entry(entry)
         except Exception as e:  # noqa: BLE001 - a damaged or foreign entry is a miss, rewritten below
-            log(f"tokenised-data cache entry {entry} unreadable ({type(e).__name__}); tokenising again")
+            stored, problem = None, f"unreadable ({type(e).__name__})"
+        if stored is None:
+            log(f"tokenised-data cache entry {entry} {problem}; tokenising again")
         else:
             log(f"tokenised data from the cache: {entry} (data.cache=false re-tokenises); as first logged:")
             for line in stored["log"]:
@@ -156,9 +160,52 @@ def cached_tokenisation(settings: Mapping[str, Any], tokenizer: Any, kind: str, 
         log(msg)
 
     train, evals = compute(tee)
+    blob = encode_entry(train, evals, lines)
+    if blob is None:
+        log("tokenised-data cache not written: the examples are not of a type it stores exactly")
+        return train, evals
     try:
-        atomic.write_bytes(entry, pickle.dumps({"format": FORMAT, "train": train, "eval": evals, "log": lines},
-                                               protocol=pickle.HIGHEST_PROTOCOL))
+        atomic.write_bytes(entry, blob)
     except OSError as e:  # a read-only or full disk must not stop the run: it only loses the cache
         log(f"tokenised-data cache not written ({entry}: {e.strerror or e})")
     return train, evals
+
+
+def _encode_item(item: Any) -> Dict[str, Any]:
+    if not (is_dataclass(item) and type(item).__name__ in _TYPES and _TYPES[type(item).__name__] is type(item)):
+        raise TypeError(type(item).__name__)
+    return {"type": type(item).__name__, **{f.name: getattr(item, f.name) for f in fields(item)}}
+
+
+def _decode_item(d: Dict[str, Any]) -> Any:
+    d = dict(d)
+    return _TYPES[d.pop("type")](**d)
+
+
+def encode_entry(train: list, evals: list, lines: List[str]) -> Optional[bytes]:
+    """The entry's bytes: a header line ``{"format", "sha256"}`` (SHA-256 of the body), then the JSON body; None when
+    an example is of another type or would not read back equal (the cache then stores nothing)."""
+    try:
+        body = json.dumps({"train": [_encode_item(x) for x in train], "eval": [_encode_item(x) for x in evals],
+                           "log": lines}, separators=(",", ":")).encode("utf-8")
+    except (TypeError, ValueError):
+        return None
+    decoded = json.loads(body)
+    if [_decode_item(x) for x in decoded["train"]] != train or [_decode_item(x) for x in decoded["eval"]] != evals:
+        return None  # e.g. a tuple or a non-string key in meta: JSON would change it
+    header = json.dumps({"format": FORMAT, "sha256": hashlib.sha256(body).hexdigest()}).encode("utf-8")
+    return header + b"\n" + body
+
+
+def read_entry(entry: Path) -> Tuple[Optional[Dict[str, Any]], str]:
+    """(the entry's {"train", "eval", "log"}, '') or (None, why it is not used): another format, or a body that does
+    not match its checksum."""
+    header, _, body = entry.read_bytes().partition(b"\n")
+    head = json.loads(header)
+    if head.get("format") != FORMAT:
+        return None, f"has format {head.get('format')}, not {FORMAT}"
+    if hashlib.sha256(body).hexdigest() != head.get("sha256"):
+        return None, "does not match its checksum (changed since it was written)"
+    stored = json.loads(body)
+    return {"train": [_decode_item(x) for x in stored["train"]], "eval": [_decode_item(x) for x in stored["eval"]],
+            "log": [str(line) for line in stored["log"]]}, ""

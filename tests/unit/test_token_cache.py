@@ -54,7 +54,7 @@ def test_second_run_skips_tokenisation_and_reports_the_same_counts(tmp_path):
     truncation = [line for line in log1 if "trunc" in line.lower() or "loaded" in line]
     assert truncation and all(line in log2 for line in truncation)  # the counts are logged on a hit too
     files = os.listdir(tmp_path / "cache")
-    assert len(files) == 1 and files[0].endswith(".pkl")  # no temporary file left behind
+    assert len(files) == 1 and files[0].endswith(".json")  # no temporary file left behind
 
 
 @pytest.mark.parametrize("change", ["data.max_length=20", "data.max_prompt_length=5", "data.truncation_mode=keep_start",
@@ -136,3 +136,55 @@ def test_a_same_size_rewrite_with_the_same_mtime_misses(tmp_path):
     assert f.stat().st_size == st.st_size
     t, _, _, n = _run(data)
     assert n == 1 and any("nice" in TOK.decode(x.chosen_ids) for x in t)
+
+
+def _swap_first_pair(entry):
+    """Swap chosen and rejected of the first training pair, leaving the rest of the entry (and any checksum) as is."""
+    if entry.suffix == ".pkl":  # the format before issue 32.3: a pickle, used as found
+        import pickle
+
+        stored = pickle.loads(entry.read_bytes())
+        first = stored["train"][0]
+        first.chosen_ids, first.rejected_ids = first.rejected_ids, first.chosen_ids
+        entry.write_bytes(pickle.dumps(stored))
+        return
+    header, _, body = entry.read_bytes().partition(b"\n")
+    stored = json.loads(body)
+    first = stored["train"][0]
+    first["chosen_ids"], first["rejected_ids"] = first["rejected_ids"], first["chosen_ids"]
+    entry.write_bytes(header + b"\n" + json.dumps(stored, separators=(",", ":")).encode())
+
+
+def _flip_one_bit(entry):
+    data = bytearray(entry.read_bytes())
+    data[len(data) * 2 // 3] ^= 0x01
+    entry.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("tamper", [_swap_first_pair, _flip_one_bit])
+def test_a_tampered_entry_is_recomputed_with_a_notice(tmp_path, tamper):
+    data = _data(tmp_path)
+    first, _, _, _ = _run(data)
+    entry = next((tmp_path / "cache").iterdir())
+    tamper(entry)
+    train, _, lines, n = _run(data)
+    assert n == 1, "a tampered entry was used"
+    assert train == first  # the recomputed pairs, not the swapped ones
+    assert any(str(entry) in line and "tokenising again" in line for line in lines), lines
+    assert _run(data)[3] == 0 and _run(data)[0] == first  # rewritten, and good again
+
+
+def test_entries_are_json_never_pickle(tmp_path):
+    data = _data(tmp_path)
+    _run(data)
+    entry = next((tmp_path / "cache").iterdir())
+    header, _, body = entry.read_bytes().partition(b"\n")
+    import hashlib
+
+    assert json.loads(header)["sha256"] == hashlib.sha256(body).hexdigest()
+    assert json.loads(body)["train"][0]["type"] == "TokenizedPair"
+    import pickle
+
+    entry.write_bytes(pickle.dumps({"format": 2, "train": [], "eval": [], "log": []}))  # never unpickled
+    _, _, lines, n = _run(data)
+    assert n == 1 and any("tokenising again" in line for line in lines)
