@@ -40,7 +40,7 @@ class BatchPlan:
     _cached: Optional[Tuple[Any, List[int]]] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.n_examples < self.num_processes:
+        if self.num_processes > 1 and self.n_examples < self.num_processes:
             raise TrainError(f"{self.n_examples} training example(s) cannot be shared by {self.num_processes} "
                              f"processes (each needs at least one): add data or launch fewer processes")
 
