@@ -1,8 +1,11 @@
 """``dpolab eval``: how a model ranks the pairs of a preference set (with or without a reference model).
 
-Every scored pair is a win (chosen above rejected), a tie (exactly equal) or a loss. ``reward_accuracy`` is the
-share of strict wins over all scored pairs and ``reward_ties`` the share of exact ties (a model scored against
-itself ties every pair: accuracy 0, ties 1), the same definitions as training's metrics.
+Every scored pair is a win (chosen above rejected), a tie or a loss. A tie is a margin within the float32 rounding
+of the sums it is made of (:func:`dpolab.models.preference_logps.tie_tolerance`, about 1e-3 nats for 500-token
+responses; each pair's is ``tie_tolerance`` in ``per_pair``), so the same log-probs summed in another order or batch
+are no win. ``reward_accuracy`` is the share of strict wins over all scored pairs and ``reward_ties`` the share of
+ties (a model scored against itself ties every pair: accuracy 0, ties 1), the same definitions as training's
+metrics.
 
 With a reference, a pair's score is its log-ratio margin, ``(log p(chosen) - log ref(chosen)) - (log p(rejected) -
 log ref(rejected))`` (``logratio_margin``; the implicit reward margin ``rewards/margin`` is beta times it). Without
@@ -26,7 +29,7 @@ import torch
 from ..config import ModelConfig
 from ..models.device import describe, inference_autocast, resolve_device
 from ..models.fastpath import batch_to_device
-from ..models.preference_logps import generic_metrics, preference_outputs
+from ..models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.reference import Reference
 from ..progress import pair_bar
@@ -46,18 +49,21 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr)
 
 
-def outcome(margin: float) -> str:
-    """A pair's result from its margin: ``win`` (> 0), ``tie`` (exactly 0) or ``loss``."""
-    return "win" if margin > 0 else "tie" if margin == 0 else "loss"
+def outcome(margin: float, tolerance: float = 0.0) -> str:
+    """A pair's result from its margin: ``win`` (> tolerance), ``tie`` (|margin| <= tolerance) or ``loss``."""
+    return "win" if margin > tolerance else "tie" if abs(margin) <= tolerance else "loss"
 
 
-def rank_summary(margins: List[float], name: str) -> Dict[str, Any]:
-    """Accuracy (strict wins over all pairs) with its Wilson interval, ties, and the mean margin with its t-interval,
-    as ``reward_accuracy``, ``reward_ties``, ``<name>`` (+ ``_ci95`` [low, high] for both)."""
+def rank_summary(margins: List[float], name: str, tolerances: Optional[List[float]] = None) -> Dict[str, Any]:
+    """Accuracy (strict wins over all pairs) with its Wilson interval, ties (|margin| within its tolerance; exactly
+    0 without ``tolerances``), and the mean margin with its t-interval, as ``reward_accuracy``, ``reward_ties``,
+    ``<name>`` (+ ``_ci95`` [low, high] for both)."""
     from ..stats import mean_ci, proportion_ci
 
     n = len(margins)
-    wins, ties = sum(m > 0 for m in margins), sum(m == 0 for m in margins)
+    tols = tolerances if tolerances is not None else [0.0] * n
+    results = [outcome(m, t) for m, t in zip(margins, tols)]
+    wins, ties = results.count("win"), results.count("tie")
     acc, lo, hi = proportion_ci(wins, n)
     mean, half = mean_ci(margins)
     return {"reward_accuracy": acc, "reward_accuracy_ci95": [lo, hi], "reward_ties": ties / n if n else float("nan"),
@@ -123,14 +129,17 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     scored = (f"{len(pairs)} of {len(pairs) + skips.total} rows read scored"
               + (f" (--limit {limit}: later rows not read)" if limit is not None and len(pairs) >= limit else ""))
     if ref is not None:
-        result.update(rank_summary([r["margin"] for r in records], "logratio_margin"))
+        result.update(rank_summary([r["margin"] for r in records], "logratio_margin",
+                                   [r["tie_tolerance"] for r in records]))
         result["rewards/chosen"] = beta * result["logratio/chosen"]
         result["rewards/rejected"] = beta * result["logratio/rejected"]
         result["rewards/margin"] = beta * result["logratio_margin"]
         log(f"{scored}: {_fmt(result, 'logratio_margin')}")
     else:
-        result.update(rank_summary([r["margin"] for r in records], "logp_margin"))
-        normalised = rank_summary([r["margin_per_token"] for r in records], "logp_margin")
+        result.update(rank_summary([r["margin"] for r in records], "logp_margin",
+                                   [r["tie_tolerance"] for r in records]))
+        normalised = rank_summary([r["margin_per_token"] for r in records], "logp_margin",
+                                  [r["tie_tolerance_per_token"] for r in records])
         result.update({f"length_normalised/{k}": v for k, v in normalised.items()})
         log(LENGTH_BIAS_WARNING)
         log(f"{scored}: summed log-probs: {_fmt(result, 'logp_margin')}; length-normalised: "
@@ -159,6 +168,8 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
     nc, nr = out.chosen_lengths.tolist(), out.rejected_lengths.tolist()
     rc = out.ref_chosen_logps.tolist() if has_ref else None
     rr = out.ref_rejected_logps.tolist() if has_ref else None
+    tol = pair_tolerance(out).tolist()
+    eps = torch.finfo(torch.float32).eps
     recs = []
     for i, pair in enumerate(chunk):
         rec: Dict[str, Any] = {"index": start + i, "row": pair.meta.get("row"), "logp_chosen": pc[i], "logp_rejected": pr[i],
@@ -166,8 +177,11 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
         if has_ref:
             rec.update(ref_logp_chosen=rc[i], ref_logp_rejected=rr[i], margin=margin[i])
         else:
-            rec.update(margin=margin[i], margin_per_token=pc[i] / max(1, nc[i]) - pr[i] / max(1, nr[i]))
-        rec["result"] = outcome(rec["margin"])
+            rec.update(margin=margin[i], margin_per_token=pc[i] / max(1, nc[i]) - pr[i] / max(1, nr[i]),
+                       tie_tolerance_per_token=TIE_ULPS * eps * ((abs(pc[i]) + nc[i]) / max(1, nc[i])
+                                                                 + (abs(pr[i]) + nr[i]) / max(1, nr[i])))
+        rec["tie_tolerance"] = tol[i]
+        rec["result"] = outcome(rec["margin"], tol[i])
         recs.append(rec)
     return recs
 

@@ -2,12 +2,21 @@
 and the loss-independent metrics (log-probs, log-ratios, margin, reward accuracy).
 
 Used by training (the preference objective) and by ``dpolab eval``, so both see exactly the same math.
+
+A pair is a tie when its margin is within the float32 rounding of the sums it is made of (:func:`tie_tolerance`):
+the same log-probs summed in another order, or computed in another batch (another padding width, another packing,
+a precomputed reference table against the live policy), differ by about 1e-5 nats for ~500-token responses, and such
+noise is no win. The tolerance, ``TIE_ULPS`` float32 epsilons times the sum over the pair's sequences of
+(|summed log-prob| + tokens), is about 1e-3 nats for 500-token responses: two orders of magnitude above that noise
+and two below any difference worth a word (0.1 nats). It covers float32 arithmetic; a bf16 forward's own rounding
+(autocast) is larger and is not what it is sized for.
 """
 from __future__ import annotations
 
 from contextlib import nullcontext
 from typing import Any, Dict, Sequence
 
+import torch
 from torch import Tensor
 
 from ..losses import LossConfigError, PreferenceOutputs
@@ -52,8 +61,36 @@ def preference_outputs(policy, reference, batch: Dict[str, Any], *, need_tokens:
     return PreferenceOutputs(**fields)
 
 
+TIE_ULPS = 4.0  # float32 epsilons per nat (and per token) of the summed log-probs a margin is made of
+
+
+def tie_tolerance(sums: Sequence[Tensor], counts: Sequence[Tensor]) -> Tensor:
+    """Per pair, the largest |margin| that is float32 rounding rather than a difference: ``TIE_ULPS`` * eps(float32)
+    * sum over the pair's sequences of (|summed log-prob| + token count) (module docstring). ``sums``: the [B]
+    summed log-probs the margin is made of; ``counts``: the token counts of the distinct sequences among them."""
+    scale = sum(s.detach().abs().float() for s in sums) + sum(c.detach().float() for c in counts)
+    return TIE_ULPS * torch.finfo(torch.float32).eps * scale
+
+
+def pair_outcomes(margin: Tensor, tolerance: Tensor) -> tuple[Tensor, Tensor]:
+    """(wins, ties) as booleans [B]: a win is a margin above its tolerance, a tie one within it."""
+    m = margin.detach().float()
+    return m > tolerance, m.abs() <= tolerance
+
+
+def pair_tolerance(out: PreferenceOutputs) -> Tensor:
+    """:func:`tie_tolerance` of each pair's margin: with a reference the policy's and the reference's sums of
+    chosen and rejected, else the policy's two sums."""
+    sums = [out.policy_chosen_logps, out.policy_rejected_logps]
+    if out.ref_chosen_logps is not None:
+        sums += [out.ref_chosen_logps, out.ref_rejected_logps]
+    lengths = [c for c in (out.chosen_lengths, out.rejected_lengths) if c is not None]  # absent: sums only
+    return tie_tolerance(sums, lengths * (2 if out.ref_chosen_logps is not None else 1))
+
+
 def generic_metrics(out: PreferenceOutputs, prefix: str = "") -> Dict[str, Tensor]:
-    """Log-probs, log-ratios against the reference, their margin, reward accuracy and ties, loss-independent."""
+    """Log-probs, log-ratios against the reference, their margin, reward accuracy (strict wins over all pairs) and
+    ties (margins within :func:`tie_tolerance`), loss-independent."""
     m: Dict[str, Tensor] = {
         f"{prefix}logps/chosen": out.policy_chosen_logps.detach().mean(),
         f"{prefix}logps/rejected": out.policy_rejected_logps.detach().mean(),
@@ -67,10 +104,11 @@ def generic_metrics(out: PreferenceOutputs, prefix: str = "") -> Dict[str, Tenso
             f"{prefix}logratio/chosen": rw.mean(),
             f"{prefix}logratio/rejected": rl.mean(),
             f"{prefix}logratio_margin": (rw - rl).mean(),  # raw log-ratio difference (rewards/margin is beta times it)
-            f"{prefix}reward_accuracy": (rw > rl).float().mean(),  # strict wins over all pairs; exact ties apart:
-            f"{prefix}reward_ties": (rw == rl).float().mean(),
         })
+        margin = rw - rl
     else:
-        m[f"{prefix}reward_accuracy"] = (out.policy_chosen_logps > out.policy_rejected_logps).float().detach().mean()
-        m[f"{prefix}reward_ties"] = (out.policy_chosen_logps == out.policy_rejected_logps).float().detach().mean()
+        margin = (out.policy_chosen_logps - out.policy_rejected_logps).detach()
+    wins, ties = pair_outcomes(margin, pair_tolerance(out))
+    m[f"{prefix}reward_accuracy"] = wins.to(margin.dtype).mean()  # strict wins over all pairs; ties apart:
+    m[f"{prefix}reward_ties"] = ties.to(margin.dtype).mean()
     return m

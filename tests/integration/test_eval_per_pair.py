@@ -31,6 +31,8 @@ def pairs(tmp_path):
 
 def test_outcome_and_rank_summary():
     assert [outcome(m) for m in (0.5, 0.0, -1.0)] == ["win", "tie", "loss"]
+    assert [outcome(m, 1e-3) for m in (2e-3, 1e-5, -1e-3, -2e-3)] == ["win", "tie", "tie", "loss"]  # float noise
+    assert rank_summary([1e-5, -1e-5, 0.5], "m", [1e-3] * 3)["reward_ties"] == 2 / 3
     s = rank_summary([1.0, 0.0, 0.0, -1.0], "logratio_margin")
     assert s["reward_accuracy"] == 0.25 and s["reward_ties"] == 0.5 and s["logratio_margin"] == 0.0
     lo, hi = s["reward_accuracy_ci95"]
@@ -65,7 +67,7 @@ def test_without_reference_warns_and_reports_the_length_normalised_variant(tiny_
         assert r["margin"] == pytest.approx(r["logp_chosen"] - r["logp_rejected"], abs=1e-4)
         assert r["margin_per_token"] == pytest.approx(r["logp_chosen"] / r["tokens_chosen"]
                                                       - r["logp_rejected"] / r["tokens_rejected"], abs=1e-5)
-        assert r["result"] == outcome(r["margin"]) and r["tokens_rejected"] > r["tokens_chosen"]
+        assert r["result"] == outcome(r["margin"], r["tie_tolerance"]) and r["tokens_rejected"] > r["tokens_chosen"]
     wins = sum(r["result"] == "win" for r in recs)
     assert res["reward_accuracy"] == pytest.approx(wins / 5)
     normalised_wins = sum(r["margin_per_token"] > 0 for r in recs)
