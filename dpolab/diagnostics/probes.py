@@ -13,7 +13,9 @@ each response position (the squeezing effect, Ren & Sutherland 2025, arXiv 2407.
 rising while chosen, rejected and others fall).
 
 Deltas are against the start of training (the first evaluation, which with policy == reference is also the
-reference's value). Everything runs in eval mode, batched, without gradients.
+reference's value). Everything runs in eval mode, batched, without gradients. A probe's reward accuracy counts
+strict wins of its margin (Δ chosen − Δ rejected); a margin within float32 rounding of the four sums it is made of
+(:func:`dpolab.models.preference_logps.tie_tolerance`) is a tie, never a win.
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from torch import Tensor
 
 from ..data.types import TokenizedPair
 from ..models.logprobs import gather_logps
+from ..models.preference_logps import pair_outcomes, tie_tolerance
 
 
 @dataclass
@@ -140,5 +143,7 @@ def probe_metrics(scores: Dict[str, Tensor], baseline: Optional[Dict[str, Tensor
         if "chosen" in delta and "rejected" in delta:
             m = delta["chosen"] - delta["rejected"]
             metrics[f"{prefix}{g}margin"] = float(m.mean())
-            metrics[f"{prefix}{g}reward_accuracy"] = float((m > 0).float().mean())
+            sums = [scores[c][ix] for c in ("chosen", "rejected")] + [baseline[c][ix] for c in ("chosen", "rejected")]
+            wins, _ = pair_outcomes(m, tie_tolerance(sums, []))
+            metrics[f"{prefix}{g}reward_accuracy"] = float(wins.float().mean())
     return metrics

@@ -54,3 +54,10 @@ def test_probe_metrics_deltas_and_buckets(setup):
     assert m["probe/margin"] == pytest.approx(0.0) and m["probe/reward_accuracy"] == pytest.approx(0.5)
     assert m["probe/near/delta/chosen"] == pytest.approx(1.0) and m["probe/far/margin"] == pytest.approx(-3.0)
     assert probe_metrics(base, base, ["a", "a"])["probe/delta/chosen"] == 0.0
+
+
+def test_probe_reward_accuracy_counts_float_noise_as_a_tie():
+    """Issue 34 item 5: the same log-probs scored in another batch differ by ~1e-5 nats; that is no win."""
+    base = {"chosen": torch.tensor([-1500.0, -1400.0, -1450.0]), "rejected": torch.tensor([-1600.0, -1300.0, -1500.0])}
+    now = {"chosen": base["chosen"] + torch.tensor([1e-4, 2e-4, 0.5]), "rejected": base["rejected"].clone()}
+    assert probe_metrics(now, base, ["a"] * 3)["probe/reward_accuracy"] == pytest.approx(1 / 3)  # only the 0.5 nats
