@@ -12,6 +12,11 @@ the comparison's ``--out`` folder, which remote workers must see at the same pat
   cluster (default: a local one started here, or the one ``ray.init`` already made);
 - ``slurm``: each run a Slurm job through ``submitit`` (``partition``, ``time``, ``mem``, ``gpus``, ``cpus``; one job
   per run, or one job array with ``array``); ``cluster="local"`` runs the same jobs as local processes (for tests).
+  ``time`` (minutes) is required: without it submitit asks Slurm for 5 minutes and a longer run is killed.
+
+The driver stops at the first run that fails (Ray: as soon as it fails; Slurm: at the next poll), and when it stops
+for any reason (that failure, Ctrl-C, SIGTERM, any error) it cancels the Ray tasks or Slurm jobs it started that are
+still queued or running, and says so: left alone they kept training into run folders that a rerun then trains again.
 
 ``ray`` and ``submitit`` are optional (``pip install "dpolab[ray]"`` / ``"dpolab[slurm]"``).
 """
@@ -172,13 +177,48 @@ class RayExecutor(_Remote):
         if self.resources.mem_gb:
             opts["memory"] = int(self.resources.mem_gb * 1024 ** 3)
         remote = ray.remote(**opts)(_call)
-        refs = [remote.remote(fn, item) for item in items]
-        log(f"ray: {len(refs)} task(s) submitted")
-        return ray.get(refs)
+        refs: list = []
+        try:
+            for item in items:
+                refs.append(remote.remote(fn, item))
+            log(f"ray: {len(refs)} task(s) submitted")
+            pending = list(refs)
+            while pending:  # the first failure is raised at once (ray.get of the whole list would wait in order)
+                done, pending = ray.wait(pending, num_returns=1)
+                ray.get(done)
+            return ray.get(refs)
+        except BaseException as e:
+            live = _still_running(lambda: ray.wait(refs, num_returns=len(refs), timeout=0)[1] if refs else [], refs)
+            _cancel_all("ray", "task", live, lambda ref: ray.cancel(ref, force=True, recursive=True), e, log)
+            raise
 
 
 def _call(fn, item):
     return fn(item)
+
+
+def _still_running(ask: Callable[[], List[Any]], started: Sequence[Any]) -> List[Any]:
+    """The started tasks or jobs not finished yet (all of them when the scheduler cannot be asked)."""
+    try:
+        return list(ask())
+    except Exception:  # noqa: BLE001 - cancelling a finished one is harmless; missing a running one is not
+        return list(started)
+
+
+def _cancel_all(kind: str, what: str, started: Sequence[Any], cancel: Callable[[Any], None], why: BaseException,
+                log: Callable[[str], None]) -> None:
+    """Cancel every ``started`` task or job (cancelling a finished one is a no-op) when the driver stops; never
+    raises, so the driver's own error is what the user sees."""
+    failed = []
+    for one in started:
+        try:
+            cancel(one)
+        except Exception as e:  # noqa: BLE001 - one that cannot be cancelled must not hide the others or the cause
+            failed.append(f"{getattr(one, 'job_id', one)}: {e}")
+    reason = "interrupted" if isinstance(why, KeyboardInterrupt) else f"{type(why).__name__}: {str(why)[:200]}"
+    if started:
+        log(f"{kind}: stopping ({reason}); cancelled {len(started) - len(failed)} {what}(s) still queued or running"
+            + (f"; could not cancel {len(failed)}: {'; '.join(failed)[:300]}" if failed else ""))
 
 
 class SlurmExecutor(_Remote):
@@ -188,7 +228,12 @@ class SlurmExecutor(_Remote):
                  array: bool = False, cluster: Optional[str] = None):
         super().__init__(resources)
         self.submitit = _require("submitit", "slurm", "submitit")
+        if not self.resources.time_min:
+            raise ConfigError("--executor slurm needs --time MINUTES, each job's time limit (without it submitit asks "
+                              "Slurm for 5 minutes and a longer run is killed); --dry-run prints an estimate of a run's "
+                              "time")
         self.folder, self.partition, self.array, self.cluster = Path(folder), partition, array, cluster
+        self.poll_s = 5.0  # how often the driver asks whether the jobs have finished
 
     def describe(self) -> str:
         return (f"slurm via submitit ({'partition ' + self.partition if self.partition else 'default partition'}"
@@ -205,14 +250,30 @@ class SlurmExecutor(_Remote):
         return ex
 
     def map(self, fn, items, *, names=(), log=print):
+        import time
+
         ex = self._executor()
-        if self.array:
-            jobs = ex.map_array(_call, [fn] * len(items), list(items))
-        else:
-            jobs = [ex.submit(_call, fn, item) for item in items]
-        log(f"slurm: {len(jobs)} job(s) submitted ({', '.join(j.job_id for j in jobs[:5])}{' ...' if len(jobs) > 5 else ''}); "
-            f"logs in {self.folder}")
-        return [j.result() for j in jobs]
+        jobs: list = []
+        try:
+            if self.array:
+                jobs = ex.map_array(_call, [fn] * len(items), list(items))
+            else:
+                for item in items:
+                    jobs.append(ex.submit(_call, fn, item))
+            log(f"slurm: {len(jobs)} job(s) submitted ({', '.join(j.job_id for j in jobs[:5])}"
+                f"{' ...' if len(jobs) > 5 else ''}); logs in {self.folder}")
+            pending = list(jobs)
+            while pending:  # a failed job is raised at the next poll, not after the jobs before it finish
+                for job in [j for j in pending if j.done()]:
+                    job.result()
+                    pending.remove(job)
+                if pending:
+                    time.sleep(self.poll_s)
+            return [j.result() for j in jobs]
+        except BaseException as e:
+            live = _still_running(lambda: [j for j in jobs if not j.done()], jobs)
+            _cancel_all("slurm", "job", live, lambda j: j.cancel(check=False), e, log)
+            raise
 
 
 def make_executor(name: str = "local", *, out: Path, parallel: int = 1, address: Optional[str] = None,

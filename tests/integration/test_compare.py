@@ -131,6 +131,16 @@ def test_local_grid_report_and_rerun(tmp_path):
         os.chdir(cwd)
     assert sum("finished earlier, skipped" in m for m in msgs) == 6
     assert final_metrics(out) == finals
+    # another --budget into the same --out would train the 6 finished runs again over their results: refused
+    saved = (out / "compare.yaml").read_text()
+    os.chdir(tmp_path)
+    try:
+        with pytest.raises(UserError, match=r"--out .* holds 6 finished run\(s\) of this grid trained with other "
+                                            r"settings \(.*train.max_steps: 4 -> 6.*compare.yaml says --budget 4steps\)"):
+            run_compare(tiny_options(out, oracle="oracle_len:score", budget="6steps"), log=msgs.append)
+    finally:
+        os.chdir(cwd)
+    assert final_metrics(out) == finals and (out / "compare.yaml").read_text() == saved  # nothing written
 
 
 @pytest.mark.slow
