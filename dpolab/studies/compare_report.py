@@ -54,9 +54,9 @@ SUMMARY_KEYS = ("probe/reward_accuracy", "probe/margin", "probe/delta/chosen", "
                 "eval/compare/rm_reward", "eval/compare/oracle")
 EXPLAIN = {
     "probe/reward_accuracy": "share of held-out pairs whose chosen response gained more log-prob than the rejected one "
-                             "since the start (ties count as misses)",
-    "eval/reward_ties": "share of held-out pairs whose log-ratio margin is exactly 0 (the eval code's count; methods "
-                        "with a reference only)",
+                             "since the start (ties, margins within float32 rounding, count as misses)",
+    "eval/reward_ties": "share of held-out pairs whose log-ratio margin is 0 to within float32 rounding of the sums "
+                        "it is made of (the eval code's count; methods with a reference only)",
     "probe/margin": "Δ chosen − Δ rejected, nats",
     "probe/delta/chosen": "change of the summed log-prob of the held-out chosen responses against the reference (the "
                           "starting model), nats",
