@@ -244,7 +244,8 @@ def _add_executor_args(p: argparse.ArgumentParser) -> None:
                    "so every executor gives the same numbers)")
     g.add_argument("--gpus", type=int, help="per run: GPUs (ray, slurm)")
     g.add_argument("--mem", type=float, help="per run: memory in GB (ray, slurm)")
-    g.add_argument("--time", type=int, help="per run: time limit in minutes (slurm)")
+    g.add_argument("--time", type=int, help="per run: time limit in minutes (slurm: required; without it submitit "
+                   "would ask for 5)")
 
 
 def _cmd_pretrain(args) -> int:
