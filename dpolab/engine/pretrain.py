@@ -110,6 +110,7 @@ def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, pro
     from ..config import build_config
     from . import train  # looked up on the package at call time (tests stub dpolab.engine.train)
     from .checkpoint import latest_checkpoint
+    from .run_folder import DONE_MARKER
 
     final = cached_path(spec, cache_dir)
     done_dir = final.parent
@@ -121,7 +122,8 @@ def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, pro
             log(f"cached: {final}")
             return final
         partial = done_dir.parent / f".partial-{done_dir.name}"
-        resume = latest_checkpoint(partial) is not None
+        # a finished partial run (DONE: killed before it was moved into place) is trained again, never resumed
+        resume = latest_checkpoint(partial) is not None and not (partial / DONE_MARKER).exists()
         cfg = build_config(run_config(spec, partial, progress))
         cfg.output.overwrite = not resume
         log(f"pretraining {spec.preset} {spec.tiny} on {spec.text} for {spec.steps} steps"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -90,8 +91,11 @@ def test_killed_pretrain_resumes_from_its_checkpoint(tmp_path, text, monkeypatch
     spec = PretrainSpec(text=str(text), tiny=dict(TINY), steps=4, batch_size=4, chunk_chars=64, n_eval=4)
 
     def killed_after_two_steps(cfg, **kw):  # checkpoints at step 1 (save_every = 1 for 4 steps), then "dies"
-        cfg.train.max_steps = 2
-        real(cfg, **kw)
+        t = dpolab.engine.Trainer(cfg, **kw)
+        t.total_steps = 2
+        t.fit()
+        for name in ("DONE", "summary.json", "final"):  # what a run killed after its step-2 checkpoint has not written
+            shutil.rmtree(Path(cfg.output.dir) / name) if name == "final" else (Path(cfg.output.dir) / name).unlink()
         raise KeyboardInterrupt
 
     monkeypatch.setattr(dpolab.engine, "train", killed_after_two_steps)
@@ -131,3 +135,21 @@ def test_cli_errors_are_one_line(tmp_path, text, capsys, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "c").exists() or not any((tmp_path / "c").iterdir())
+
+
+def test_a_pretrain_killed_after_its_run_finished_trains_again(tmp_path, text, monkeypatch):
+    """Killed after the run wrote DONE but before the folder was moved into place: a finished run is never resumed
+    (--resume refuses it), so the partial folder is trained again instead of the pretrain failing."""
+    cache = tmp_path / "cache"
+    real = dpolab.engine.train
+
+    def killed_after_done(cfg, **kw):
+        real(cfg, **kw)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dpolab.engine, "train", killed_after_done)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(_spec(text), cache, progress=False, log=lambda m: None)
+    monkeypatch.setattr(dpolab.engine, "train", real)
+    final = pretrain(_spec(text), cache, progress=False, log=lambda m: None)
+    assert (final / "config.json").exists() and not list(cache.glob(".partial-*"))
