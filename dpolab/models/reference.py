@@ -226,7 +226,11 @@ class ReferenceTools:
     ``collate(indices, data)`` makes a preference batch of ``data[i]`` (carrying ``index`` = position in ``data``),
     already on ``device``; ``load_start()`` rebuilds the policy's starting weights (a resumed full fine-tuning run);
     ``load_separate()`` loads ``reference.name_or_path``; ``main_first`` is a context in which the main process goes
-    first (it writes the cache, the others then read it); ``progress(iterable or None, **tqdm options)`` makes the
+    first (it writes the cache, the others then read it); ``batch_starts``: the indices of ``data`` where the table's
+    batching starts afresh (the engine gives the first held-out example's, so the table scores the held-out pairs in
+    the evaluation's own batches: same padding and packing, so at step 0 the live policy reproduces the table bit
+    for bit wherever the same batch gives the same numbers, whatever the dtype); ``progress(iterable or None, **tqdm
+    options)`` makes the
     run's progress bars (:func:`dpolab.progress.progress_bar`, off by default)."""
 
     device: torch.device
@@ -238,6 +242,7 @@ class ReferenceTools:
     log: Callable[[str], None] = lambda s: None
     progress: Callable = partial(progress_bar, enabled=False)
     main_first: Callable = nullcontext
+    batch_starts: Sequence[int] = (0,)
 
 
 def choose_mode(req: ReferenceRequest) -> str:
@@ -356,7 +361,7 @@ def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) 
     was_training = pol.training
     pol.eval()
     off = pol.disable_adapter if adapter_off else nullcontext
-    batches: Iterable = (tools.collate(list(range(i, min(i + tools.batch_size, n))), data) for i in range(0, n, tools.batch_size))
+    batches: Iterable = (tools.collate(idx, data) for idx in table_batches(n, tools.batch_size, tools.batch_starts))
     bar = tools.progress(None, desc="reference log-probs", total=n, unit=" pairs", dynamic_ncols=True)  # pairs/s
     try:
         with torch.no_grad(), off():
@@ -373,6 +378,14 @@ def _score_all(model, adapter_off: bool, data: Sequence, tools: ReferenceTools) 
     if any(torch.isnan(v).any() for v in table.values()):
         raise RuntimeError("precomputed reference table has gaps: some examples were never scored")
     return table
+
+
+def table_batches(n: int, batch_size: int, starts: Sequence[int] = (0,)) -> List[List[int]]:
+    """The index batches a table is scored in: consecutive runs of ``batch_size`` that start afresh at each of
+    ``starts`` (a segment [start, next start) is batched like a dataset of its own, as evaluation batches it)."""
+    edges = sorted({0, n, *(s for s in starts if 0 < s < n)})
+    return [list(range(i, min(i + batch_size, end))) for start, end in zip(edges, edges[1:])
+            for i in range(start, end, batch_size)]
 
 
 def _table_rows(lp: SequenceLogps, n: int) -> Dict[str, Tensor]:

@@ -14,6 +14,7 @@ from dpolab.engine import Trainer
 from dpolab.engine.batching import eval_batches
 from dpolab.losses import PreferenceOutputs
 from dpolab.models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
+from dpolab.models.reference import table_batches
 
 WORDS = ("the a of to and in is it you that he was for on are with as his they be at one have this from or had by hot "
          "word but what some we can out other were all there when up use your how said an each she which do their "
@@ -54,10 +55,18 @@ def test_float_noise_is_a_tie_and_a_real_margin_is_not():
     assert TIE_ULPS * torch.finfo(torch.float32).eps * (4 * 1500 + 4 * 500) < 0.01
 
 
+def test_table_batches_restart_at_the_held_out_boundary():
+    assert table_batches(13 + 8, 5, (0, 13)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11, 12],
+                                                 [13, 14, 15, 16, 17], [18, 19, 20]]
+    assert table_batches(7, 3) == [[0, 1, 2], [3, 4, 5], [6]] and table_batches(4, 3, (0, 4)) == [[0, 1, 2], [3]]
+    held_out = table_batches(13 + 8, 5, (0, 13))[3:]
+    assert [[i - 13 for i in b] for b in held_out] == [idx for _, idx in eval_batches(8, 5)]  # evaluation's batches
+
+
 def test_step0_evaluation_with_a_precomputed_table_ties_every_pair(tmp_path):
-    """Held-out HH-shaped chat pairs of a few hundred tokens, the reference precomputed in batches that straddle the
-    train / held-out boundary (13 training pairs, batches of 5), the live evaluation in its own batches of 5 (the
-    prefix layout packs each batch differently): step 0 reports accuracy 0 and 100 % ties."""
+    """Held-out HH-shaped chat pairs of a few hundred tokens and the precomputed reference (13 training pairs,
+    batches of 5: a table batched straight through would straddle the train / held-out boundary and pack and pad
+    the held-out pairs differently from the evaluation): step 0 reports accuracy 0 and 100 % ties."""
     rng = random.Random(0)
     for name, n in (("train", 13), ("eval", 16)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _hh_rows(n, rng)))
@@ -82,6 +91,8 @@ def test_step0_evaluation_with_a_precomputed_table_ties_every_pair(tmp_path):
                                    t.collate(idx, t.eval_data, t.objective.eval_offset), need_tokens=False)
             margins += ((o.policy_chosen_logps - o.ref_chosen_logps)
                         - (o.policy_rejected_logps - o.ref_rejected_logps)).tolist()
-    assert max(abs(m) for m in margins) < 1e-3  # whatever float noise this machine's kernels give, it is tiny
+    # the table scored the held-out pairs in the evaluation's own batches: the same sums, bit for bit (before, the
+    # table's batches straddled the boundary and one margin here was 3e-5 nats, counted as a win)
+    assert max(abs(m) for m in margins) == 0.0
     out = t.evaluate()
     assert out["step"] == 0 and out["eval/reward_accuracy"] == 0.0 and out["eval/reward_ties"] == 1.0

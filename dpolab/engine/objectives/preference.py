@@ -76,7 +76,8 @@ class PreferenceObjective(WithReference, Objective):
         seen = run.total_steps * cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
         n_evals = (run.total_steps // cfg.eval.every if cfg.eval.every else 0) + int(cfg.eval.at_start) + 1
         return self.build_reference(run, mode=cfg.reference.mode, data=list(run.train_data) + list(run.eval_data),
-                                    live_examples=seen + n_evals * len(run.eval_data))
+                                    live_examples=seen + n_evals * len(run.eval_data),
+                                    batch_starts=(0, len(run.train_data)))  # held-out pairs in eval's own batches
 
     def _build_probes(self, run: RunContext):
         """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""

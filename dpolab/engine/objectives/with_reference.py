@@ -18,9 +18,11 @@ class WithReference:
 
     reference: Optional[Reference] = None
 
-    def build_reference(self, run: RunContext, *, mode: str, data: Sequence = (), live_examples: int = 0) -> Reference:
+    def build_reference(self, run: RunContext, *, mode: str, data: Sequence = (), live_examples: int = 0,
+                        batch_starts: Sequence[int] = (0,)) -> Reference:
         """The run's reference (on the device), in ``mode`` (``reference.mode``, or one the objective forces);
-        ``data`` is what a precomputed table covers and ``live_examples`` how many examples a live one would score."""
+        ``data`` is what a precomputed table covers and ``live_examples`` how many examples a live one would score;
+        ``batch_starts``: where in ``data`` the table's batching starts afresh (:class:`ReferenceTools`)."""
         cfg = run.cfg
         if mode == "auto" and cfg.reference.sync_every and not cfg.reference.name_or_path:
             mode = "copy"  # TR-DPO moves a frozen copy toward the policy: neither a table nor the adapter can follow
@@ -35,7 +37,8 @@ class WithReference:
             device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
             load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
             load_separate=lambda: load_base_model(separate, run.tokenizer),
-            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first)
+            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first,
+            batch_starts=tuple(batch_starts))
         reference = build_reference(req, run.accelerator.unwrap_model(run.model), list(data), tools,
                                     resuming=run.resuming, record=(run.resumed or {}).get("reference"))
         if cfg.reference.sync_every and reference.mode != "copy":
