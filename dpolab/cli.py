@@ -189,8 +189,7 @@ def _cmd_rm_score(args) -> int:
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
-    report = run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)
-    print(f"report: {report}")
+    run_demo(out_dir=args.out, quick=args.quick, seed=args.seed)  # ends with the report's path and what to try next
     return 0
 
 

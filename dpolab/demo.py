@@ -1,4 +1,4 @@
-"""``dpolab demo``: the whole pipeline on the built-in arithmetic task, offline, in a few minutes on a CPU.
+"""``dpolab demo``: the whole pipeline on the built-in arithmetic task, offline, in a few minutes on 2 quiet CPU cores.
 
 1. SFT a tiny GPT-2 (character tokenizer, built from a config) on arithmetic chains.
 2. From the SFT checkpoint, train DPO, DPOP and Gate-DPO on preference pairs whose rejected answer is a
@@ -7,10 +7,16 @@
    log-probs against the reference, log-ratio margin, wall-clock), plots of the log-prob trajectories, and the
    judgement of each method's answer accuracy against the SFT start point: per eval problem (correct or not, greedy),
    paired by problem, worded by :func:`dpolab.stats.every` / :func:`dpolab.stats.none_of` from the 95 % intervals.
+
+It says what it does as it goes: each stage with an estimate of its time (:class:`Pace`: first the time measured on
+2 quiet cores, then this machine's own pace), a note when other jobs share the cores, and at the end the commands
+to try next on what it wrote (:func:`next_steps`).
 """
 from __future__ import annotations
 
 import json
+import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -23,7 +29,7 @@ from .stats import Verdict, compare, every, none_of
 from .studies.report import markdown_table, plot_lines, versions
 from .tasks import rows_for
 
-# Sizes: FULL is what `dpolab demo` runs (a few minutes on 2 cores); QUICK is a seconds-long smoke test.
+# Sizes: FULL is what `dpolab demo` runs (a few minutes on 2 quiet cores); QUICK is a seconds-long smoke test.
 FULL = dict(n_train=3000, n_eval=128, sft_steps=1500, pref_steps=150, eval_every=25, layers=4, width=128, sft_batch=32, pref_batch=16)
 QUICK = dict(n_train=64, n_eval=16, sft_steps=6, pref_steps=4, eval_every=2, layers=1, width=32, sft_batch=8, pref_batch=4)
 
@@ -32,6 +38,106 @@ METHODS: Dict[str, List[Dict[str, Any]]] = {
     "DPOP": [{"name": "dpop", "params": {"beta": 0.1, "lam": 50.0}}],
     "Gate-DPO (seq)": [{"name": "dpo", "params": {"beta": 0.1}, "gate": {"mode": "seq"}}],
 }
+
+
+# The time of a FULL demo on 2 quiet CPU cores: `make demo` on a fresh clone took 2 min 43 s (commit 6be185c, these
+# sizes; SFT 104 s of training, each preference stage about 13 s). Cores shared with other jobs take many times
+# longer: a `make demo` on 2 shared cores took 29 min, the run of the committed report (docs/results/demo/) 52 min.
+QUIET_2_CORES_S = 163
+# a preference step (policy forward and backward and the reference's forward, 16 pairs) against an SFT step (forward
+# and backward, 32 sequences of the same length): 0.087 s / 0.069 s in that run
+PREF_STEP_COST = 1.3
+
+
+def clock(seconds: float) -> str:
+    """``2 min 05 s``, ``45 s``."""
+    n = int(round(seconds))
+    return f"{n // 60} min {n % 60:02d} s" if n >= 60 else f"{n} s"
+
+
+def machine() -> Dict[str, Any]:
+    """The cores this process may use and the 1-minute load average (None where the system keeps none)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load: Optional[float] = round(os.getloadavg()[0], 1)
+    except (OSError, AttributeError):
+        load = None
+    return {"cores": cores, "load": load}
+
+
+def busy_note(m: Dict[str, Any]) -> Optional[str]:
+    """A line when other jobs share the cores (load average above their number), else None."""
+    if m["load"] is None or m["load"] <= m["cores"]:
+        return None
+    return (f"[demo] note: other jobs share this machine (load average {m['load']} on {m['cores']} cores), so expect "
+            f"it to take several times longer than on quiet cores; the progress bars show the real pace")
+
+
+def n_evals(steps: int, every: int) -> int:
+    """Evaluations of a run: at the start, every ``every`` steps before the last, and at the end."""
+    return 1 + (steps - 1) // every + 1 if every else 2
+
+
+class Pace:
+    """The demo's time estimates, from what this run has measured so far. Before anything has run, the full sizes'
+    time on 2 quiet cores (:data:`QUIET_2_CORES_S`); after the SFT stage, each preference stage from its cost per
+    training step (times :data:`PREF_STEP_COST`) and per evaluation; after a preference stage, each one left takes
+    what that one took."""
+
+    def __init__(self, sizes: Dict[str, Any], stages: int):
+        self.s, self.left = sizes, stages
+        self.step_s = self.eval_s = self.stage_s = None  # type: Optional[float]
+
+    def sft_done(self, stage_s: float, summary: Dict[str, Any]) -> None:
+        self.step_s = summary["wall_clock_s"] / max(1, summary["steps"])
+        evals = n_evals(self.s["sft_steps"], self.s["sft_steps"] // 4 or 1)
+        self.eval_s = max(0.0, stage_s - summary["wall_clock_s"]) / evals  # each evaluation, with its share of set-up
+
+    def pref_done(self, stage_s: float) -> None:
+        self.stage_s, self.left = stage_s, self.left - 1
+
+    def pref_stage_s(self) -> float:
+        if self.stage_s is not None:
+            return self.stage_s
+        return (self.s["pref_steps"] * self.step_s * PREF_STEP_COST
+                + n_evals(self.s["pref_steps"], self.s["eval_every"]) * self.eval_s)
+
+    def remaining_s(self) -> float:
+        return self.left * self.pref_stage_s()
+
+
+class StageClock:
+    """An eval hook that adds no metric: at each evaluation inside a stage, a line with the step, the time so far and
+    the time left in the stage at its pace since the first evaluation (before step 1, after the set-up; the training
+    bar shows the same between evaluations)."""
+
+    def __init__(self, name: str, steps: int, print_fn=print):
+        self.name, self.steps, self.print = name, steps, print_fn
+        self.t0 = time.perf_counter()
+
+    def __call__(self, model, tokenizer, step: int) -> Dict[str, float]:
+        if step == 0:
+            self.t0 = time.perf_counter()
+        elif step < self.steps:
+            spent = time.perf_counter() - self.t0
+            self.print(f"[demo]   {self.name} step {step} of {self.steps}, {clock(spent)} in: about "
+                       f"{clock(spent / step * (self.steps - step))} left in this stage", flush=True)
+        return {}
+
+
+def next_steps(out: Path, example: Dict[str, Any]) -> List[str]:
+    """Commands to try on what the demo wrote (each checked by tests/integration/test_demo_progress.py)."""
+    q = lambda *parts: shlex.quote(str(out.joinpath(*parts)))  # noqa: E731
+    prompt = example["prompt"].replace("\\", "\\\\").replace("\n", "\\n")
+    return [
+        f"printf {shlex.quote(prompt)} | dpolab generate --model {q('dpo', 'final')} --temperature 0 "
+        f"--max-new-tokens 24    # the DPO model's answer to '{example['prompt'].splitlines()[0][3:]}' "
+        f"(right: {example['answer']})",
+        f"dpolab eval --model {q('dpop', 'final')} --reference {q('sft', 'final')} --data {q('eval_pairs.jsonl')}"
+        f"    # DPOP's reward accuracy and margins on the held-out pairs, with 95 % intervals",
+        f"dpolab train --config {q('dpo', 'config.yaml')} \"loss=[{{name: ipo, params: {{beta: 0.1}}}}]\" "
+        f"output.dir={q('ipo')}    # the DPO stage again with another loss (dpolab losses lists them all)",
+    ]
 
 
 class AnswerHook:
@@ -81,7 +187,7 @@ def _base(out: Path, s: Dict[str, Any], seed: int) -> Dict[str, Any]:
     }
 
 
-def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, seed: int = 0) -> Path:
+def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, seed: int = 0, print_fn=print) -> Path:
     out = Path(out_dir)
     s = QUICK if quick else FULL
     base = _base(out, s, seed)
@@ -90,18 +196,30 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, seed: int = 0) 
     _, eval_rows = rows_for(cfg0.data.task, cfg0.data.task_args, "preference", seed)
     eval_rows = list(eval_rows)[: s["n_eval"]]
     hooks: Dict[str, AnswerHook] = {}
+    pace, start = Pace(s, stages=len(METHODS)), machine()
+    say = lambda msg: print_fn(msg, flush=True)  # noqa: E731
 
-    print("[demo] 1/4 SFT on arithmetic chains", flush=True)
+    say(f"[demo] SFT, then {', '.join(METHODS)} from the SFT model, then a report in {out}"
+        + ("" if quick else f": about {clock(QUIET_2_CORES_S)} on 2 quiet CPU cores"))
+    if busy_note(start):
+        say(busy_note(start))
+    say(f"[demo] 1/{len(METHODS) + 1} SFT on arithmetic chains ({s['sft_steps']} steps of {s['sft_batch']})")
     sft_cfg = build_config(base, [
         "train.mode=sft", f"train.max_steps={s['sft_steps']}", f"train.batch_size={s['sft_batch']}", "train.lr=2e-3",
         "train.warmup_steps=50" if not quick else "train.warmup_steps=0", "train.schedule=cosine",
         f"eval.every={s['sft_steps'] // 4 or 1}", f"output.dir={out / 'sft'}",
     ])
     hooks["SFT"] = AnswerHook(eval_rows)
-    results: Dict[str, Dict[str, Any]] = {"SFT": train(sft_cfg, eval_hooks=[hooks["SFT"]])}
+    stage0 = time.perf_counter()
+    results: Dict[str, Dict[str, Any]] = {
+        "SFT": train(sft_cfg, eval_hooks=[hooks["SFT"], StageClock("SFT", s["sft_steps"], print_fn)])}
+    pace.sft_done(time.perf_counter() - stage0, results["SFT"])
+    say(f"[demo] 1/{len(METHODS) + 1} done in {clock(time.perf_counter() - stage0)}; the {len(METHODS)} preference "
+        f"stages take about {clock(pace.remaining_s())} more at this machine's pace")
 
     for i, (name, loss) in enumerate(METHODS.items(), start=2):
-        print(f"[demo] {i}/4 {name} from the SFT model", flush=True)
+        say(f"[demo] {i}/{len(METHODS) + 1} {name} from the SFT model ({s['pref_steps']} steps of {s['pref_batch']} "
+            f"pairs; about {clock(pace.pref_stage_s())})")
         folder = out / name.split()[0].lower()
         cfg = build_config({**base, "loss": loss}, [
             "train.mode=preference", f"model.init_from={out / 'sft' / 'final'}", f"train.max_steps={s['pref_steps']}",
@@ -109,12 +227,30 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, seed: int = 0) 
             "train.schedule=constant", f"output.dir={folder}",
         ])
         hooks[name] = AnswerHook(eval_rows)
+        stage0 = time.perf_counter()
         results[name] = train(cfg, eval_hooks=[hooks[name]])
         results[name]["_dir"] = str(folder)
+        pace.pref_done(time.perf_counter() - stage0)
+        say(f"[demo] {i}/{len(METHODS) + 1} done in {clock(pace.stage_s)}"
+            + (f"; about {clock(pace.remaining_s())} more" if pace.left else ""))
     results["SFT"]["_dir"] = str(out / "sft")
-    report = write_report(out, results, time.perf_counter() - t0, quick=quick, hits={n: h.hits for n, h in hooks.items()})
-    print(f"[demo] done in {time.perf_counter() - t0:.0f}s", flush=True)
+    write_text(out / "eval_pairs.jsonl", "".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
+                                                 for r in eval_rows))
+    report = write_report(out, results, time.perf_counter() - t0, quick=quick,
+                          hits={n: h.hits for n, h in hooks.items()}, machine=start)
+    say(f"[demo] done in {clock(time.perf_counter() - t0)}: {report}")
+    say("[demo] what to try next:\n" + "\n".join(f"  {c}" for c in next_steps(out, eval_rows[0])))
     return report
+
+
+def _machine_words(m: Optional[Dict[str, Any]]) -> str:
+    """Where the wall-clock was measured: the cores, and the load averages that say whether other jobs shared them."""
+    if not m:
+        return ""
+    if m.get("load") is None:
+        return f" on {m['cores']} CPU cores"
+    return (f" on {m['cores']} CPU cores, load average {m['load']} when it started"
+            + (" (other jobs shared the cores: quiet ones take much less)" if m["load"] > m["cores"] else ""))
 
 
 def _eval_series(run_dir: str, key: str):
@@ -123,8 +259,9 @@ def _eval_series(run_dir: str, key: str):
 
 
 def write_report(out: Path, results: Dict[str, Dict[str, Any]], wall: float, *, quick: bool = False,
-                 hits: Optional[Dict[str, Dict[int, float]]] = None) -> Path:
-    """``hits``: per method, each eval problem's final answer hit (1/0), for the paired verdicts against SFT."""
+                 hits: Optional[Dict[str, Dict[int, float]]] = None, machine: Optional[Dict[str, Any]] = None) -> Path:
+    """``hits``: per method, each eval problem's final answer hit (1/0), for the paired verdicts against SFT.
+    ``machine``: the cores and the load average at the start (:func:`machine`), said beside the wall-clock."""
     verdicts = {v.label_a: v for v in answer_verdicts(hits)} if hits else {}
     sft_final = results["SFT"]["final_eval"] or {}
     rows = [["SFT (start point)", sft_final.get("eval/answer_accuracy"), "-", None, 0.0, 0.0, 0.0, results["SFT"]["wall_clock_s"]]]
@@ -169,7 +306,7 @@ def write_report(out: Path, results: Dict[str, Dict[str, Any]], wall: float, *, 
         "rejected one is what the Δ log p(chosen) column shows. DPOP and Gate-DPO are designed to keep Δ log p(chosen) "
         "from falling.",
         "",
-        f"Total wall-clock {wall:.0f} s. Versions: {json.dumps(versions())}. Runs: "
+        f"Total wall-clock {wall:.0f} s{_machine_words(machine)}. Versions: {json.dumps(versions())}. Runs: "
         + ", ".join(f"`{r['_dir']}`" for r in results.values()) + ".",
         "",
     ]
