@@ -9,7 +9,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 
 import torch
 
-from ..atomic import append_text, write_text
+from ..atomic import append_text, reported_as, write_text
 from ..errors import MissingPackageError
 
 
@@ -50,10 +50,11 @@ class MetricsLogger:
                                       and any(k.startswith("eval/") for k in r)), None)
         if not enabled:
             return
-        if resume_step is not None and self.path.exists():
-            self._truncate_after(resume_step)
-        elif resume_step is None and self.path.exists():
-            self.path.unlink()
+        with reported_as(self.path):  # an immutable or read-only metrics.jsonl: one line naming it
+            if resume_step is not None and self.path.exists():
+                self._truncate_after(resume_step)
+            elif resume_step is None and self.path.exists():
+                self.path.unlink()
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter

@@ -112,3 +112,19 @@ def test_a_kill_between_the_two_renames_puts_the_complete_folder_back(tmp_path):
     (tmp_path / f".final.tmp-{dead}" / "new").write_text("")
     atomic.remove_stale(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["final"] and (tmp_path / "final" / "new").exists()
+
+
+def test_a_metrics_file_that_cannot_be_replaced_is_one_line(tmp_path, monkeypatch):
+    from dpolab.engine.logging import MetricsLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n')  # an earlier run's, immutable (chattr +i)
+    real = type(tmp_path).unlink
+
+    def immutable(self, *a, **k):
+        if self.name == "metrics.jsonl":
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(type(tmp_path), "unlink", immutable)
+    with pytest.raises(WriteError, match=f"could not write {tmp_path / 'metrics.jsonl'}: Operation not permitted"):
+        MetricsLogger(tmp_path)
