@@ -193,7 +193,8 @@ def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool,
         c, r = convs["chosen"], convs["rejected"]
         turn = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
         shared = turn  # back to a point where both go on with an Assistant turn (the prompt ends with a Human turn)
-        while shared > 0 and not (shared < min(len(c), len(r)) and c[shared]["role"] == r[shared]["role"] == "assistant"):
+        while shared > 0 and not (shared < min(len(c), len(r))
+                                  and c[shared]["role"] == r[shared]["role"] == "assistant"):
             shared -= 1
         if shared == 0:
             raise ctx.error("rejected", f"the conversation differs from chosen's at turn {turn + 1}, before any shared "

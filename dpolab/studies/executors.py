@@ -229,9 +229,9 @@ class SlurmExecutor(_Remote):
         super().__init__(resources)
         self.submitit = _require("submitit", "slurm", "submitit")
         if not self.resources.time_min:
-            raise ConfigError("--executor slurm needs --time MINUTES, each job's time limit (without it submitit asks "
-                              "Slurm for 5 minutes and a longer run is killed); --dry-run prints an estimate of a run's "
-                              "time")
+            raise ConfigError("--executor slurm needs --time MINUTES, each job's time limit (without it submitit "
+                              "asks Slurm for 5 minutes and a longer run is killed); --dry-run prints an estimate of a "
+                              "run's time")
         self.folder, self.partition, self.array, self.cluster = Path(folder), partition, array, cluster
         self.poll_s = 5.0  # how often the driver asks whether the jobs have finished
 

@@ -77,7 +77,8 @@ def test_eval_with_nothing_scorable_is_an_error_not_zero_of_n(tiny_model, pairs,
 
 @pytest.mark.parametrize("beta", ["nan", "-1", "0", "inf"])
 def test_eval_refuses_a_beta_that_is_not_a_finite_positive_number(beta, capsys):
-    _one_line(capsys, main(["eval", "--model", "m", "--data", "d", "--beta", beta]), "--beta must be a finite number > 0")
+    _one_line(capsys, main(["eval", "--model", "m", "--data", "d", "--beta", beta]),
+              "--beta must be a finite number > 0")
 
 
 def test_eval_prints_valid_json_where_a_metric_has_no_value(tiny_model, tmp_path, capsys):

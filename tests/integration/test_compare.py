@@ -136,7 +136,8 @@ def test_local_grid_report_and_rerun(tmp_path):
     os.chdir(tmp_path)
     try:
         with pytest.raises(UserError, match=r"--out .* holds 6 finished run\(s\) of this grid trained with other "
-                                            r"settings \(.*train.max_steps: 4 -> 6.*compare.yaml says --budget 4steps\)"):
+                                            r"settings \(.*train.max_steps: 4 -> 6.*compare.yaml says "
+                                            r"--budget 4steps\)"):
             run_compare(tiny_options(out, oracle="oracle_len:score", budget="6steps"), log=msgs.append)
     finally:
         os.chdir(cwd)

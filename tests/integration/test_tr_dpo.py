@@ -72,7 +72,7 @@ def test_resume_restores_the_moved_reference_exactly(tmp_path):
 
 
 def test_a_sync_due_on_a_skipped_step_runs_on_the_next_step_taken(tmp_path):
-    """train.on_nonfinite=skip: step 2 (a sync is due on it) is skipped, so the sync runs after step 3 instead of never."""
+    """train.on_nonfinite=skip: step 2 (a sync is due on it) is skipped, so the sync runs after step 3, not never."""
     t = Trainer(_cfg(tmp_path, "run", "train.on_nonfinite=skip"))
     ref0 = _params(t.reference.model)
     t._train_step()  # step 1: no sync due

@@ -104,7 +104,8 @@ def test_earlier_turns_that_differ_take_the_shared_turns_as_prompt_and_are_count
     skips = SkipCounter()
     row = to_preference_row(DIVERGED, source="hh.jsonl", row=2, data_format="hh", skips=skips)
     assert row.prompt == [{"role": "user", "content": "Can you recommend a book?"}]
-    assert row.chosen == [{"role": "assistant", "content": "Sure, try Dune."}, {"role": "user", "content": "Why that one?"},
+    assert row.chosen == [{"role": "assistant", "content": "Sure, try Dune."},
+                          {"role": "user", "content": "Why that one?"},
                           {"role": "assistant", "content": "It is a classic."}]
     assert row.rejected[0] == {"role": "assistant", "content": "Maybe."} and len(row.rejected) == 3
     assert skips.total == 0 and sum(skips.notes.values()) == 1

@@ -40,8 +40,8 @@ def test_a_name_under_a_local_folder_is_a_missing_folder(tmp_path, monkeypatch):
 def test_a_hub_shaped_name_when_the_hub_is_unreachable(tmp_path, monkeypatch, no_network):
     monkeypatch.chdir(tmp_path)
     t0 = time.perf_counter()
-    with pytest.raises(ModelLoadError, match=r"^model folder not found: someorg/not-a-model, and it cannot be looked up "
-                                             r"on the hub \(huggingface.co is unreachable: Network is unreachable"):
+    with pytest.raises(ModelLoadError, match=r"^model folder not found: someorg/not-a-model, and it cannot be looked "
+                                             r"up on the hub \(huggingface.co is unreachable: Network is unreachable"):
         load_tokenizer(ModelConfig(name_or_path="someorg/not-a-model"))
     assert time.perf_counter() - t0 < 5 and no_network == [("huggingface.co", 443)]
 

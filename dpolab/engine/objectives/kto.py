@@ -20,8 +20,8 @@ of one row can have one).
 
 The reference is live (a frozen copy, the adapter-disabled policy under LoRA, or ``reference.name_or_path``): a
 precomputed table is looked up per example, but a mismatched pair exists only in its step. ``reference.sync_every``
-(TR-DPO, TRL's ``sync_ref_model``) moves a frozen copy toward the policy, as in preference training (``reference.mode=auto``
-then takes the copy, under LoRA too). Probes do not apply.
+(TR-DPO, TRL's ``sync_ref_model``) moves a frozen copy toward the policy, as in preference training
+(``reference.mode=auto`` then takes the copy, under LoRA too). Probes do not apply.
 """
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ class KTOObjective(WithReference, Objective):
         mode = self.cfg.reference.mode
         if mode == "auto":  # always live: a mismatched pair exists only within its step; TR-DPO moves a frozen copy
             sync = self.cfg.reference.sync_every
-            mode = "adapter" if self.cfg.lora.enabled and not sync else "copy"  # "separate" with reference.name_or_path
+            mode = "adapter" if self.cfg.lora.enabled and not sync else "copy"  # "separate" with name_or_path
         return self.build_reference(run, mode=mode)
 
     def _balance_note(self, rows: Sequence) -> str:

@@ -64,8 +64,8 @@ class WithReference:
         otherwise."""
         if not self.cfg.reference.sync_every:
             return {}
-        return {"reference_weights": {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()},
-                "reference_sync_step": self._sync_seen}
+        weights = {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}
+        return {"reference_weights": weights, "reference_sync_step": self._sync_seen}
 
     def load_reference_state(self, state: Dict[str, Any]) -> None:
         if "reference_weights" in state:
