@@ -252,8 +252,8 @@ def describe_model(cfg: ModelConfig, mode: str) -> List[str]:
     line = f"{mode} training: model {cfg.name_or_path} (tiny preset: random weights, built from a config)"
     if cfg.name_or_path != ModelConfig.name_or_path or cfg.tiny:
         return [line]
-    return [line, f"warning: model.name_or_path is not set, so this trains the built-in default {cfg.name_or_path}, "
-                  "a 2-layer model with random weights meant for tests; set model.name_or_path to a Hugging Face "
+    return [line, f"warning: {cfg.name_or_path} is the built-in default model (what runs when model.name_or_path is "
+                  "not set): 2 layers with random weights, meant for tests; set model.name_or_path to a Hugging Face "
                   "model name, a local folder or the preset smollm2-135m to train a real model"]
 
 

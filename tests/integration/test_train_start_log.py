@@ -28,8 +28,13 @@ def test_the_default_model_is_named_first_and_warned_about(tmp_path, capsys):
                  f"output.dir={tmp_path / 'run'}"]) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert err[0] == "sft training: model tiny-gpt2 (tiny preset: random weights, built from a config)", err[:3]
-    assert err[1].startswith("warning: model.name_or_path is not set, so this trains the built-in default tiny-gpt2")
-    assert "set model.name_or_path" in err[1]
+    assert err[1].startswith("warning: tiny-gpt2 is the built-in default model (what runs when model.name_or_path is "
+                             "not set): 2 layers with random weights")
+    assert "set model.name_or_path to a Hugging Face model name" in err[1]
+    from dpolab.models.load import tiny_config
+    from dpolab.models.tokenizer import build_char_tokenizer
+
+    assert tiny_config("tiny-gpt2", build_char_tokenizer()).n_layer == 2  # what the warning says
     # the line before training gives the parameter count and the model's family
     assert any(line.startswith("sft training: 8 examples, 1 steps, ") and "parameters trainable (gpt2) -> " in line
                for line in err), err
@@ -43,7 +48,7 @@ def test_a_chosen_model_is_named_without_the_warning(tmp_path, model, first):
     notes = []
     Trainer(_cfg(tmp_path, model), log=notes.append).close()
     assert notes[0] == first
-    assert not any(n.startswith("warning: model.name_or_path") for n in notes), notes
+    assert not any(n.startswith("warning:") for n in notes), notes
 
 
 def test_a_run_from_a_checkpoint_names_it(tmp_path):
