@@ -66,4 +66,4 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 clean:
-	rm -rf $(VENV) $(LATEST) runs .pytest_cache
+	rm -rf $(VENV) $(LATEST) runs site .pytest_cache
