@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..atomic import append_text
 from ..config import RunConfig, build_config, save_config
-from .checkpoint import latest_intact_checkpoint
+from .checkpoint import latest_intact_checkpoint, list_checkpoints
 from .errors import TrainError
 from .run_folder import DONE_MARKER, RESUME_CHANGES
 
@@ -68,7 +68,10 @@ def check_resumable(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -
                          f"it anew drop --resume and set output.overwrite=true, to train further start a new run from "
                          f"it (model.init_from={run_dir / 'final'}), or choose another output.dir")
     ckpt = latest_intact_checkpoint(run_dir, log=log)
-    if ckpt is None:
+    if ckpt is None and list_checkpoints(run_dir):  # the run's checkpoints are all damaged: never wiped silently
+        raise TrainError(f"--resume refused: no checkpoint in {run_dir / 'checkpoints'} is intact (each is named "
+                         f"above); restore one, or start over (output.overwrite=true, no --resume)")
+    if ckpt is None:  # killed before its first checkpoint
         log(f"--resume: no intact checkpoint in {run_dir}; starting from the beginning")
         return None, {}
     saved = run_dir / "config.yaml"

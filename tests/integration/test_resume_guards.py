@@ -128,6 +128,16 @@ def test_a_legacy_or_truncated_checkpoint_falls_back_to_the_one_before(tmp_path,
     assert s["steps"] == 6 and s["final_eval"]["eval/loss"] == pytest.approx(straight["final_eval"]["eval/loss"], abs=1e-6)
 
 
+def test_a_run_whose_checkpoints_are_all_damaged_is_refused_not_wiped(tmp_path):
+    run = _interrupted(tmp_path)
+    for ckpt in list_checkpoints(run):
+        (ckpt / "rng.pt").write_bytes(b"")
+    before = _snapshot(run)
+    with pytest.raises(TrainError, match=r"--resume refused: no checkpoint in .*checkpoints is intact"):
+        Trainer(_cfg(tmp_path), resume=True)
+    assert _snapshot(run) == before
+
+
 def test_an_intact_legacy_checkpoint_is_resumed(tmp_path):
     run = _interrupted(tmp_path)
     for ckpt in list_checkpoints(run):
