@@ -88,6 +88,16 @@ def by_seed(runs: Sequence[RunResult], key: str, scale: float = 1.0) -> Dict[Any
     return out
 
 
+# The smallest change of a summed log-prob that a study report words as a change (issue 34): pass as
+# compare(..., **NATS); the words then follow it (dpolab.stats) and NATS_TEXT says so in the report.
+NATS: Dict[str, Any] = {"bound": 0.1, "unit": "nats"}
+NATS_TEXT = ("Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), worded "
+             "against the smallest meaningful change of a log-prob, ±0.1 nats: 'negligible' when the interval lies "
+             "inside it; 'lower' / 'higher' (or 'worse' / 'better') only when it excludes 0 and lies wholly beyond it; "
+             "'maybe negligible' when it excludes 0 but reaches inside it; 'inconclusive' when it contains 0 and "
+             "reaches beyond it. A missing value is listed as missing, never read as 0.")
+
+
 def fmt_cell(values: Sequence[Optional[float]], digits: int = 2, limits: Optional[Tuple[float, float]] = None) -> str:
     """``mean ± CI`` of the values present, saying how many are missing when some (not all) are; with ``limits``
     (the range the quantity can take) ``mean (low to high)``, the interval clipped to it

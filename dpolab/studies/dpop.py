@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..stats import Verdict, VerdictTable, compare, none_of
+from ..stats import SMALL, Verdict, VerdictTable, compare, none_of
+from .common import NATS, NATS_TEXT
 from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
                      deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
@@ -189,12 +190,15 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
 
 def _dpo_sentence(dname: str, bucket: str, v_chosen: Verdict, v_margin: Verdict) -> str:
     """What DPO did on one pair set, worded from the two intervals."""
-    if v_chosen.word == "lower" and v_margin.word == "higher":
-        head = "DPO lowered the chosen log-prob while the margin grew (both intervals exclude 0)"
-    elif v_chosen.word == "lower":
-        head = "DPO lowered the chosen log-prob; a growing margin is not shown"
-    elif v_margin.word == "higher":
-        head = "the margin grew, but a fall of the chosen log-prob is not shown"
+    fell = {"lower": "DPO lowered the chosen log-prob",
+            "lower" + SMALL: "DPO lowered the chosen log-prob, perhaps negligibly"}.get(v_chosen.word)
+    grew = {"higher": "the margin grew", "higher" + SMALL: "the margin grew, perhaps negligibly"}.get(v_margin.word)
+    if fell and grew:
+        head = f"{fell} while {grew} (both intervals exclude 0)"
+    elif fell:
+        head = f"{fell}; a growing margin is not shown"
+    elif grew:
+        head = f"{grew}, but a fall of the chosen log-prob is not shown"
     else:
         head = "neither a fall of the chosen log-prob nor a growing margin is shown"
     return f"- **{dname}** ({bucket} edit distance): {head}. {v_chosen.sentence()} {v_margin.sentence()}"
@@ -205,19 +209,25 @@ def _specificity(family: str, low: str, high: str, by, dist) -> tuple[List[str],
     if "DPO" not in by.get(low, {}) or "DPO" not in by.get(high, {}):
         return [], []
     lo, hi = by_seed(by[low]["DPO"], CHOSEN), by_seed(by[high]["DPO"], CHOSEN)
-    v_lo = compare(lo, 0.0, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{low} (low)", label_b="0")
-    v_hi = compare(hi, 0.0, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{high} (high)", label_b="0")
-    v_d = compare(lo, hi, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{low} (low)", label_b=f"{high} (high)")
+    v_lo = compare(lo, 0.0, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{low} (low)", label_b="0", **NATS)
+    v_hi = compare(hi, 0.0, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{high} (high)", label_b="0", **NATS)
+    v_d = compare(lo, hi, metric="DPO Δ chosen", higher_is_better=None, label_a=f"{low} (low)",
+                  label_b=f"{high} (high)", **NATS)
     if v_lo.word != "lower":
-        answer = ("Not shown: DPO's chosen log-prob did not demonstrably fall on the low edit-distance pairs, so there is no "
-                  "fall whose specificity could be tested")
+        answer = ("Not shown: DPO's chosen log-prob did not demonstrably fall on the low edit-distance pairs (by more "
+                  "than the smallest meaningful change), so there is no fall whose specificity could be tested")
     elif v_hi.word == "lower":
         answer = ("No: DPO lowered the chosen log-prob on both the low and the high edit-distance pairs; "
-                  + {"lower": "it fell further on the low ones", "higher": "it fell less on the low ones than on the high ones"}
+                  + {"lower": "it fell further on the low ones",
+                     "higher": "it fell less on the low ones than on the high ones",
+                     "lower" + SMALL: "it fell further on the low ones, perhaps negligibly",
+                     "higher" + SMALL: "it fell less on the low ones, perhaps negligibly",
+                     "negligible": "the difference between the two sets is negligible"}
                   .get(v_d.word, "the difference between the two sets is inconclusive"))
     elif v_d.word == "lower":
         answer = ("Yes, in this measurement: the chosen log-prob fell on the low edit-distance pairs, did not demonstrably "
-                  "fall on the high ones, and the paired difference low − high lies below 0")
+                  "fall on the high ones by a meaningful amount, and the paired difference low − high lies below 0 "
+                  "beyond it")
     else:
         answer = ("Not shown: the chosen log-prob fell on the low edit-distance pairs but not demonstrably on the high ones, "
                   "and the paired difference between the sets is " + v_d.word + ", so specificity is not established")
@@ -265,18 +275,22 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         if "DPO" not in groups:
             continue
         dpo_c, dpo_m = by_seed(groups["DPO"], CHOSEN), by_seed(groups["DPO"], "probe/margin")
-        vc = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=f"DPO on {dname}", label_b="0"),
+        vc = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=f"DPO on {dname}",
+                               label_b="0", **NATS),
                        dname, "DPO", "does Δ chosen move from 0?")
-        vm = table.add(compare(dpo_m, 0.0, metric="margin", higher_is_better=None, label_a=f"DPO on {dname}", label_b="0"),
+        vm = table.add(compare(dpo_m, 0.0, metric="margin", higher_is_better=None, label_a=f"DPO on {dname}",
+                               label_b="0", **NATS),
                        dname, "DPO", "does the margin move from 0?")
         dpo_lines.append(_dpo_sentence(dname, bucket, vc, vm))
         for m, rs in groups.items():
             if m == "DPO":
                 continue
             c = by_seed(rs, CHOSEN)
-            v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=f"{m} on {dname}", label_b="0"),
+            v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=f"{m} on {dname}",
+                                   label_b="0", **NATS),
                            dname, m, "does Δ chosen move from 0?")
-            vd = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=f"{m} on {dname}", label_b="DPO"),
+            vd = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=f"{m} on {dname}",
+                                   label_b="DPO", **NATS),
                            dname, m, "Δ chosen against DPO")
             dpop_lines.append(f"- {v0.sentence()} {vd.sentence()}")
             dpop_vs0.append(v0)
@@ -287,8 +301,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         if vs:  # its two "against 0" verdicts are already in the table (DPO on each pair set)
             table.add(vs[2], family, "DPO", "Δ chosen: low − high edit distance")
     lines += ["### What the measurement says against the claim", "",
-              "Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference); "
-              "'inconclusive' means the interval contains 0, and a missing value is listed as missing, never read as 0.", "",
+              NATS_TEXT, "",
               "**Is DPO's fall of the chosen log-prob specific to low edit-distance pairs?** (DPO Δ chosen on the low set "
               "against the high set of the same family, paired by training seed)", "",
               *(spec_lines or ["- Not measured: no family has DPO runs on both its low and its high pair set."]), "",

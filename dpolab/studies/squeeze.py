@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import VerdictTable, compare, every, fmt_ci, none_of
+from .common import NATS, NATS_TEXT
 from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
                      deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
@@ -191,7 +192,7 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
     if "DPO" not in groups:
         return table, ["No DPO runs: nothing to compare the gated methods with."]
     dpo_c, dpo_o = by_seed(groups["DPO"], CHOSEN), by_seed(groups["DPO"], OTHERS)
-    base = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0"),
+    base = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0", **NATS),
                      "DPO", "does Δ chosen move from 0?")
     text.append(f"- {base.sentence()} (DPO's squeezing, which the gates should prevent.)")
     above0, others = [], []
@@ -199,11 +200,11 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
         if m not in groups:
             continue
         c, o = by_seed(groups[m], CHOSEN), by_seed(groups[m], OTHERS)
-        v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=m, label_b="0"),
+        v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=m, label_b="0", **NATS),
                        m, "does Δ chosen move from 0?")
-        vc = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=m, label_b="DPO"),
+        vc = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=m, label_b="DPO", **NATS),
                        m, "Δ chosen against DPO")
-        vo = table.add(compare(o, dpo_o, metric="Δ others", higher_is_better=True, label_a=m, label_b="DPO"),
+        vo = table.add(compare(o, dpo_o, metric="Δ others", higher_is_better=True, label_a=m, label_b="DPO", **NATS),
                        m, "Δ others against DPO")
         if m in GATED:
             above0.append(v0)
@@ -250,8 +251,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         "### What the measurement says against the claim",
         "",
-        "Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference); 'inconclusive' "
-        "means the interval contains 0, and a missing value is listed as missing, never read as 0.",
+        NATS_TEXT,
         "",
         *findings,
         "",

@@ -97,9 +97,12 @@ def test_s4_report_words_follow_the_intervals(tmp_path):
     assert "still falls" not in text and "— keeps Δ chosen" not in text
     assert "gated Cal-DPO: Δ chosen against 0 inconclusive, -0.10 (95 % CI" in text
     assert "Gate-DPO seq: Δ chosen lower than 0, -0.60" in text
-    assert "gated IPO: Δ chosen lower than 0, -0.65 (95 % CI -1.29 to -0.01, 2 seeds; missing: gated IPO seed 1)" in text
+    assert ("gated IPO: Δ chosen lower than 0 (maybe negligible), -0.65 (95 % CI -1.29 to -0.01, 2 seeds; smallest "
+            "meaningful difference ±0.1 nats; missing: gated IPO seed 1)") in text  # the interval reaches inside ±0.1
     assert "| gated IPO | -0.65 ± 0.64 (n=2 of 3) |" in text  # the table says a value is missing, never averages a 0
-    assert "2 of 4 gated methods lowered Δ chosen below 0 (paired 95 % interval excluding 0: Gate-DPO seq, gated IPO)" in text
+    assert ("1 of 4 gated methods lowered Δ chosen below 0 (paired 95 % interval excluding 0 and beyond the smallest "
+            "meaningful difference: Gate-DPO seq); 1 did by an amount that may be negligible (gated IPO)") in text
+    assert "worded against the smallest meaningful change of a log-prob, ±0.1 nats" in text
     assert "Every gated method shrank the fall of Δ others compared with DPO" in text
     assert "16 paired comparisons; at 95 % each, about 0.8 would look significant by chance" in text
     assert "1 layer, width 32" in text  # the setting as run (the smoke model), not a fixed text
@@ -363,3 +366,14 @@ def test_s4_report_without_sweep_runs_says_so_instead_of_an_empty_table(tmp_path
     text = "\n".join(squeeze.report(results, tmp_path, "cpu"))
     assert "No sweep run was in this grid" in text
     assert "| alpha | tau |" not in text
+
+
+def test_s3_a_change_that_may_be_negligible_is_worded_so():
+    from dpolab.stats import compare
+
+    kw = dict(higher_is_better=None, label_b="0", bound=0.1, unit="nats")
+    small_fall = compare({0: -0.12, 1: -0.13, 2: -0.11}, 0.0, metric="Δ chosen", label_a="DPO on x", **kw)
+    flat_margin = compare({0: 0.001, 1: 0.002, 2: 0.0015}, 0.0, metric="margin", label_a="DPO on x", **kw)
+    s = dpop._dpo_sentence("x", "low", small_fall, flat_margin)
+    assert "DPO lowered the chosen log-prob, perhaps negligibly; a growing margin is not shown" in s
+    assert "margin against 0 negligible" in s
