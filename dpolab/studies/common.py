@@ -98,6 +98,14 @@ NATS_TEXT = ("Every judgement below is a paired comparison by seed (95 % t-inter
              "reaches beyond it. A missing value is listed as missing, never read as 0.")
 
 
+# The range a reported measure can take: its mean's t-interval over seeds is shown clipped to it, as
+# "mean (low to high)" (fmt_cell(..., limits=RANGES.get(key))); CLIPPED_TEXT says so in a report.
+RANGES: Dict[str, Tuple[float, float]] = {"probe/reward_accuracy": (0.0, 1.0), "eval/answer_accuracy": (0.0, 1.0),
+                                          "eval/oracle_reward": (-1.0, 1.0)}
+CLIPPED_TEXT = ("Shares and bounded scores are shown as mean (low to high): the 95 % t-interval over seeds clipped to "
+                "the range the quantity can take.")
+
+
 def fmt_cell(values: Sequence[Optional[float]], digits: int = 2, limits: Optional[Tuple[float, float]] = None) -> str:
     """``mean ± CI`` of the values present, saying how many are missing when some (not all) are; with ``limits``
     (the range the quantity can take) ``mean (low to high)``, the interval clipped to it

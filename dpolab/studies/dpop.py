@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import SMALL, Verdict, VerdictTable, compare, none_of
-from .common import NATS, NATS_TEXT
+from .common import CLIPPED_TEXT, NATS, NATS_TEXT, RANGES
 from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
                      deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
@@ -185,7 +185,7 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
                  f"β = {beta}, probes on {c.get('eval', {}).get('probe_examples', '?')} held-out pairs")
     return (text + ". Δ = summed response log-prob on held-out pairs at the end minus at the start of preference training "
             "(= the reference); margin = Δ chosen − Δ rejected; reward accuracy = share of held-out pairs with a positive "
-            "margin. Mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value).")
+            "margin. Mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value). " + CLIPPED_TEXT)
 
 
 def _dpo_sentence(dname: str, bucket: str, v_chosen: Verdict, v_margin: Verdict) -> str:
@@ -265,7 +265,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     for dname, groups in by.items():
         bucket = DATASETS[dname][0]
         med = (dist.get(dname) or {}).get("median")
-        rows = [[m] + [fmt_cell([r.final(k) for r in rs]) for k, _ in KEYS] for m, rs in groups.items()]
+        rows = [[m] + [fmt_cell([r.final(k) for r in rs], limits=RANGES.get(k)) for k, _ in KEYS]
+                for m, rs in groups.items()]
         lines += [f"### {dname} ({bucket} edit distance; median token edit distance {'-' if med is None else med})", "",
                   markdown_table(["method"] + [h for _, h in KEYS], rows), ""]
         png = curves(out / f"dpop_{dname}.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),

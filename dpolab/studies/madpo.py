@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
 from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
+from .common import CLIPPED_TEXT, RANGES
 from .common import by_seed, curves, deep_merge, describe_model, fmt_cell, mean_series, size_settings
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
@@ -381,7 +382,7 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
     text += (f"{o['n_eval']} held-out prompts ({o['eval_samples']} sample(s) each, up to {o['max_new_tokens']} new tokens; "
              if o else "held-out prompts (")
     return text + ("IMDb CAD test reviews), the same prompts and sampling seed for every model. Mean ± 95 % CI over "
-                   "seeds ('n=k of m' when a run did not report a value).")
+                   "seeds ('n=k of m' when a run did not report a value). " + CLIPPED_TEXT)
 
 
 def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
@@ -408,7 +409,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     headers = ["method"] + [f"{t}" for t in TIERS if t in by] + ["paper (H / M / L)"]
     rows = []
     for method in METHODS:
-        row = [method] + [fmt_cell([r.final(key) for r in by[t].get(method, [])], 3) for t in TIERS if t in by]
+        row = [method] + [fmt_cell([r.final(key) for r in by[t].get(method, [])], 3, RANGES.get(key))
+                          for t in TIERS if t in by]
         rows.append(row + [" / ".join(f"{x:.2f}" for x in PAPER[method])])
     lines += [markdown_table(headers, rows), ""]
     # the order of the means, which is not a test (the paired comparisons below are)
@@ -478,12 +480,18 @@ def _base_line(sft: Optional[RunResult]) -> str:
 PAPER_LINKS = (("MADPO", "beta-DPO"), ("beta-DPO", "DPO"), ("DPO", "IPO"), ("MADPO", "DPO"))
 
 
+ORACLE_BOUND = 0.02  # the smallest oracle-reward (VADER compound, in [-1, 1]) difference a verdict words as one
+
+
 def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str,
              sft_reward: Optional[float]) -> List[str]:
     """What the measurement says about the paper's claim: every sentence from a paired verdict (dpolab.stats)."""
-    out: List[str] = ["Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference); "
-                      "'inconclusive' means the interval contains 0, and a missing value is listed as missing, never "
-                      "read as 0.", ""]
+    out: List[str] = ["Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), "
+                      f"worded against the smallest meaningful difference of the oracle reward, ±{ORACLE_BOUND:g} "
+                      "(1 % of the VADER compound score's range [-1, 1]): 'negligible' when the interval lies inside "
+                      "it; 'better' / 'worse' only when it excludes 0 and lies wholly beyond it; 'maybe negligible' "
+                      "when it excludes 0 but reaches inside it; 'inconclusive' when it contains 0 and reaches beyond "
+                      "it. A missing value is listed as missing, never read as 0.", ""]
     table = VerdictTable(("tier", "comparison"))
     for t in TIERS:
         if t not in by:
@@ -493,7 +501,8 @@ def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunRe
         for a, b in PAPER_LINKS:
             if a in finals and b in finals:
                 v = table.add(compare(finals[a], finals[b], metric="oracle reward", higher_is_better=True,
-                                      label_a=f"{a} ({t})", label_b=b, digits=3), t, f"{a} - {b}")
+                                      label_a=f"{a} ({t})", label_b=b, digits=3, bound=ORACLE_BOUND,
+                                      limits=(-2.0, 2.0)), t, f"{a} - {b}")
                 if (a, b) != ("MADPO", "DPO"):
                     links.append(v)
                 out.append(f"- {v.sentence()}")
@@ -505,7 +514,8 @@ def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunRe
         for t in TIERS:
             for m, rs in by.get(t, {}).items():
                 gains.append(table.add(compare(by_seed(rs, key), sft_reward, metric="oracle reward", higher_is_better=True,
-                                               label_a=f"{m} ({t})", label_b="the SFT model", digits=3),
+                                               label_a=f"{m} ({t})", label_b="the SFT model", digits=3,
+                                               bound=ORACLE_BOUND, limits=(-2.0, 2.0)),
                                        t, f"{m} - SFT model"))
         out.append("- " + every(gains, "raised the oracle reward over the SFT model", subject="method on a tier")
                    + " (Against the SFT model's single evaluation, whose own sampling noise the interval leaves out.)")

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import VerdictTable, compare, every, fmt_ci, none_of
-from .common import NATS, NATS_TEXT
+from .common import CLIPPED_TEXT, NATS, NATS_TEXT, RANGES
 from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
                      deep_merge, describe_model, fmt_cell)
 from .report import markdown_table
@@ -182,7 +182,7 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
             "log-probs (nats) on held-out pairs, final evaluation minus the start of preference training (= the "
             "reference). 'Others' are other prompts' chosen responses; 'argmax mass' sums the most likely token's "
             "log-prob at each position of the chosen response. Mean ± 95 % CI over seeds ('n=k of m' when a run did "
-            "not report a value).")
+            "not report a value). " + CLIPPED_TEXT)
 
 
 def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str]]:
@@ -222,7 +222,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     for r in results.values():
         if "method" in r.spec.labels:
             groups.setdefault(r.spec.labels["method"], []).append(r)
-    rows = [[m] + [fmt_cell([r.final(k) for r in rs]) for k, _ in KEYS] for m, rs in groups.items()]
+    rows = [[m] + [fmt_cell([r.final(k) for r in rs], limits=RANGES.get(k)) for k, _ in KEYS]
+            for m, rs in groups.items()]
     plot1 = curves(out / "squeeze_deltas.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),
                                                       ("probe/delta/rejected", "Δ log p(rejected)"),
                                                       ("probe/delta/others", "Δ log p(others)")],

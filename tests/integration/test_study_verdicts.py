@@ -182,6 +182,10 @@ def test_s2_every_method_raised_only_when_each_interval_says_so(tmp_path):
     assert "missing: MADPO (low) seed 2" in text and "(n=2 of 3)" in text
     assert " > " not in text.split("Methods by mean oracle reward")[1].split("###")[0]  # no order claimed from means
     assert "Above chance (0.5): low. Indistinguishable from chance (0.5): high, medium." in text  # Wilson intervals
+    assert "worded against the smallest meaningful difference of the oracle reward, ±0.02" in text
+    assert "smallest meaningful difference ±0.02)" in text and "| ±0.02 |" in text
+    cells = re.findall(r"\| (-?\d\.\d{3}) \((-?\d\.\d{3}) to (-?\d\.\d{3})\)", text)  # oracle reward, clipped form
+    assert cells and all(-1 <= float(lo) <= float(m) <= float(hi) <= 1 for m, lo, hi in cells)
     assert "1 layer, width 32" in text and "1,707 IMDb CAD training reviews" in text
     results = _s2_results({"DPO": 0.36, "IPO": 0.25, "beta-DPO": 0.30, "MADPO": 0.33})
     text = "\n".join(madpo.report(results, tmp_path, "cpu"))
