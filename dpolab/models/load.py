@@ -248,7 +248,8 @@ def describe_model(cfg: ModelConfig, mode: str) -> List[str]:
     if cfg.init_from:
         return [f"{mode} training: model {cfg.init_from} (model.init_from)"]
     if cfg.name_or_path not in TINY_PRESETS:
-        return [f"{mode} training: model {cfg.name_or_path}" + (" (preset)" if is_model_preset(cfg.name_or_path) else "")]
+        preset = " (preset)" if is_model_preset(cfg.name_or_path) else ""
+        return [f"{mode} training: model {cfg.name_or_path}{preset}"]
     line = f"{mode} training: model {cfg.name_or_path} (tiny preset: random weights, built from a config)"
     if cfg.name_or_path != ModelConfig.name_or_path or cfg.tiny:
         return [line]

@@ -27,7 +27,8 @@ def test_estimates_follow_the_measured_pace():
 def test_a_busy_machine_is_said_in_the_log_and_the_report():
     assert "load average 6.8 on 2 cores" in busy_note({"cores": 2, "load": 6.8})
     assert busy_note({"cores": 2, "load": 1.5}) is None and busy_note({"cores": 2, "load": None}) is None
-    assert _machine_words({"cores": 2, "load": 6.8}).endswith("(other jobs shared the cores: quiet ones take much less)")
+    busy = _machine_words({"cores": 2, "load": 6.8})
+    assert busy.endswith("(other jobs shared the cores: quiet ones take much less)")
     assert _machine_words({"cores": 2, "load": 0.3}) == " on 2 CPU cores, load average 0.3 when it started"
 
 

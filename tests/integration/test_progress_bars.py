@@ -11,7 +11,8 @@ import pytest
 from dpolab.config import LoraConfig, ModelConfig, build_config
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
-ARITH = {"task": "arithmetic", "task_args": {"n_train": 12, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48}
+ARITH = {"task": "arithmetic", "task_args": {"n_train": 12, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+         "max_length": 48}
 
 
 @pytest.fixture(autouse=True)

@@ -42,7 +42,8 @@ def test_the_default_model_is_named_first_and_warned_about(tmp_path, capsys):
 
 @pytest.mark.parametrize("model, first", [
     ({"tiny": TINY}, "sft training: model tiny-gpt2 (tiny preset: random weights, built from a config)"),
-    ({"name_or_path": "tiny-llama"}, "sft training: model tiny-llama (tiny preset: random weights, built from a config)"),
+    ({"name_or_path": "tiny-llama"},
+     "sft training: model tiny-llama (tiny preset: random weights, built from a config)"),
 ])
 def test_a_chosen_model_is_named_without_the_warning(tmp_path, model, first):
     notes = []
