@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..data.types import DataError
-from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, none_of
+from ..stats import SMALL, VerdictTable, compare, every, fmt_ci, mean_ci, none_of
 from .common import deep_merge, describe_model, fmt_cell, size_settings
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
@@ -351,6 +351,9 @@ METRICS = {  # task -> [(key, label, higher is better, scale)]
     "paraphrase": [("eval/accuracy", "accuracy %", True, 100.0), ("eval/macro_f1", "macro-F1 %", True, 100.0)],
     "sonnets": [("eval/chrf", "chrF", True, 1.0), ("eval/nll_per_char", "NLL / char (nats)", False, 1.0)],
 }
+# the smallest difference of each metric (by label, in its reported scale) that a verdict words as one (issue 34);
+# timings have none: their verdicts are judged against 0 alone
+BOUNDS = {"accuracy %": 1.0, "macro-F1 %": 1.0, "chrF": 1.0, "NLL / char (nats)": 0.01}
 
 
 def _schedules(results: Dict[str, RunResult], task: str) -> List[Tuple[str, str, Optional[str]]]:
@@ -506,9 +509,13 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
             claims += ["### paraphrase: before the claims", "", *_majority_check(results, scheds, params, majority)]
         claims += _claims(results, task, scheds, params, mets, total)
     lines += ["## The paper's claims beside what we measured", "",
-              "Every verdict is a paired comparison by seed (95 % t-interval of the mean difference): better / worse only "
-              "when the interval excludes 0, inconclusive when it contains 0; a missing value is listed as missing, never "
-              "read as 0. Small models, few seeds and short schedules: read the magnitudes, not only the verdicts.", "",
+              "Every verdict is a paired comparison by seed (95 % t-interval of the mean difference), worded against "
+              "the metric's smallest meaningful difference (1 point of accuracy, macro-F1 or chrF; 0.01 nats of NLL "
+              "per character; none for timings, judged against 0 alone): better / worse only when the interval "
+              "excludes 0 and lies wholly beyond it, 'negligible' when it lies inside it, 'maybe negligible' when it "
+              "excludes 0 but reaches inside it, inconclusive when it contains 0 and reaches beyond it; a missing "
+              "value is listed as missing, never read as 0. Small models, few seeds and short schedules: read the "
+              "magnitudes, not only the verdicts.", "",
               *claims]
     if len(total):
         lines += ["### All claims together", "", "In all: " + total.chance_line()]
@@ -594,7 +601,7 @@ def _majority_check(results, scheds, params, majority: Optional[float]) -> List[
             acc = _seed_values(_config_runs(results, "paraphrase", p, suffix, parent), "eval/accuracy", 100.0)
             if acc:
                 t.add(compare(acc, majority, metric="accuracy %", higher_is_better=True, label_a=f"{name} ({p})",
-                              label_b=f"majority label ({majority:.2f} %)"), name, p)
+                              label_b=f"majority label ({majority:.2f} %)", bound=BOUNDS["accuracy %"]), name, p)
     return out + [f"Difference (model) − (majority label, {majority:.2f} %):", "", *t.lines(), "",
                   every(t.verdicts, "scored above the majority label", subject="(schedule, parameterisation)"), ""]
 
@@ -610,11 +617,14 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
         for k, l, h, s in mets:
             late = _seed_values(_config_runs(results, task, p, late_suf, late_par), k, s)
             sft = _seed_values(_config_runs(results, task, p, sft_suf, None), k, s)
-            t1.add(compare(late, sft, metric=l, higher_is_better=h, label_a=f"{late_name} ({p})", label_b=f"{sft_name} ({p})"), p, l)
+            t1.add(compare(late, sft, metric=l, higher_is_better=h, label_a=f"{late_name} ({p})",
+                           label_b=f"{sft_name} ({p})", bound=BOUNDS.get(l)), p, l)
     c = t1.counts()
+    said = ("better", "worse", "better" + SMALL, "worse" + SMALL, "negligible")
+    others = "".join(f", {w} in {c[w]}" for w in said[2:] if c[w])
     out += [f"Difference ({late_name}) − ({sft_name}), per parameterisation and metric:", "", *t1.lines(), "",
-            f"DPO after the longest SFT is better in {c['better']}, worse in {c['worse']} and inconclusive in "
-            f"{len(t1) - c['better'] - c['worse']} of {len(t1)} (parameterisation, metric) cells (the paper's gain: "
+            f"DPO after the longest SFT is better in {c['better']}, worse in {c['worse']}{others} and inconclusive in "
+            f"{len(t1) - sum(c[w] for w in said)} of {len(t1)} (parameterisation, metric) cells (the paper's gain: "
             f"{paper[2] - paper[1]:+.2f} {paper[0]}).", ""]
     out += [f"**Claim 2: full fine-tuning beats LoRA at matched depth** (same schedule, same epochs; {lbl}).", ""]
     t2 = VerdictTable(("schedule", "LoRA"))
@@ -623,7 +633,8 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
         for p in params:
             if p != "full":
                 lora = _seed_values(_config_runs(results, task, p, suf, par), key, sc)
-                t2.add(compare(full, lora, metric=lbl, higher_is_better=hb, label_a=f"full ({name})", label_b=p), name, p)
+                t2.add(compare(full, lora, metric=lbl, higher_is_better=hb, label_a=f"full ({name})", label_b=p,
+                               bound=BOUNDS.get(lbl)), name, p)
     out += ["Difference full − LoRA:", "", *t2.lines(), "",
             every(t2.verdicts, f"had a better {lbl} with full fine-tuning than with LoRA", subject="(schedule, rank) comparison",
                   name=lambda v: f"{v.label_a} vs {v.label_b}"), ""]

@@ -381,3 +381,12 @@ def test_s3_a_change_that_may_be_negligible_is_worded_so():
     s = dpop._dpo_sentence("x", "low", small_fall, flat_margin)
     assert "DPO lowered the chosen log-prob, perhaps negligibly; a growing margin is not shown" in s
     assert "margin against 0 negligible" in s
+
+
+def test_s1_states_each_metrics_smallest_meaningful_difference(tmp_path):
+    text = "\n".join(sft_dpo.report(_s1_results(lora_slower=1.0), tmp_path, "cpu"))
+    assert "1 point of accuracy, macro-F1 or chrF; 0.01 nats of NLL per character; none for timings" in text
+    claim1 = text.split("**Claim 1")[1].split("**Claim 2")[0]
+    assert "| ±1 |" in claim1 and "| ±0.01 |" in text.split("### sonnets")[1]  # each row's bound, in its scale
+    claim3 = text.split("**Claim 3")[1].split("###")[0]
+    assert "smallest meaningful" not in claim3  # timings: judged against 0 alone, and the table says nothing else
