@@ -160,9 +160,13 @@ class AnswerHook:
         return {"answer_accuracy": sum(self.hits.values()) / n, "answer_parsed": sum(p is not None for p in parsed) / n}
 
 
+ANSWER_BOUND = 0.02  # the smallest answer-accuracy difference (a share of the problems) a verdict words as one
+
+
 def answer_verdicts(hits: Dict[str, Dict[int, float]], start: str = "SFT") -> List[Verdict]:
     """Each method's per-problem answer hits against the start point's, paired by eval problem."""
-    return [compare(h, hits[start], metric="answer accuracy", higher_is_better=True, label_a=name, label_b=start, digits=3)
+    return [compare(h, hits[start], metric="answer accuracy", higher_is_better=True, label_a=name, label_b=start,
+                    digits=3, bound=ANSWER_BOUND, limits=(-1.0, 1.0))
             for name, h in hits.items() if name != start]
 
 
@@ -173,7 +177,9 @@ def answer_judgement(verdicts: List[Verdict], n_problems: int) -> str:
     raised = none_of(verdicts, "raised answer accuracy above the SFT start point", subject="preference method",
                      expect="better")
     return (f"{lowered} {raised} (Differences are paired by eval problem, {n_problems} problems, each scored correct or "
-            "not by greedy generation; one training seed, so this says nothing about seed-to-seed variation.)")
+            f"not by greedy generation, and judged against a smallest meaningful difference of ±{ANSWER_BOUND:g} of "
+            "accuracy: 'negligible' inside it, a direction only beyond it; one training seed, so this says nothing "
+            "about seed-to-seed variation.)")
 
 
 def _base(out: Path, s: Dict[str, Any], seed: int) -> Dict[str, Any]:

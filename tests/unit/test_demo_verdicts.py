@@ -18,7 +18,10 @@ def test_every_method_lowering_answer_accuracy_is_said_only_when_each_interval_s
     assert "40 problems" in text and "No preference method raised answer accuracy" in text
     hits["Gate"] = dict(sft)  # the same answers as SFT: not lowered
     text = answer_judgement(answer_verdicts(hits), 40)
-    assert text.startswith("Not every preference method lowered answer accuracy") and "inconclusive (Gate)" in text
+    assert text.startswith("Not every preference method lowered answer accuracy") and "1 is negligible (Gate)" in text
+    assert "smallest meaningful difference of ±0.02 of accuracy" in text
+    hits["Gate"] = {i: float(i < 30 or i == 35) for i in range(40)}  # one more problem right: +0.025, CI reaches 0
+    assert answer_verdicts(hits)[-1].word == "inconclusive"
 
 
 def test_answer_hook_keeps_each_problems_hit():
