@@ -365,7 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--format", default="auto", choices=["auto", "hh"],
                    help="hh: parse Anthropic-HH text into chat messages for the tokenizer's chat template (as data.format)")
     e.add_argument("--per-pair", metavar="FILE.jsonl", help="also write one JSON line per scored pair: index, source row, "
-                                                            "log-probs, token counts, margin, win / tie / loss")
+                                                            "log-probs, token counts, margin, its tie tolerance, "
+                                                            "win / tie / loss")
     e.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
     e.add_argument("--probes", type=int, default=0, metavar="N",
                    help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")

@@ -89,7 +89,7 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     over every usable row of ``data`` (``limit``: the first that many).
 
     ``per_pair``: a .jsonl file that gets one line per scored pair (index, source row, log-probs, token counts,
-    margin, win / tie / loss). ``probes`` > 0 also scores that many pairs as a probe set (see
+    margin, its tie tolerance, win / tie / loss). ``probes`` > 0 also scores that many pairs as a probe set (see
     :mod:`dpolab.diagnostics.probes`); with a reference, the probe deltas are model minus reference (greedy responses
     come from the reference). ``device``: where the models run (:func:`dpolab.models.device.resolve_device`; bf16
     autocast on a GPU that supports it). ``progress``: a bar on stderr counting the pairs scored (pairs/s)."""
