@@ -211,6 +211,8 @@ def test_bounded_quantities_keep_their_intervals_inside_their_range():
     v = compare({0: 0.9, 1: 0.1, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0}, metric="acc", higher_is_better=True, label_a="a",
                 label_b="b", limits=(-1.0, 1.0))
     assert v.high == 1.0 and v.low == pytest.approx(v.mean - v.half_width) and v.interval().endswith("to +1.00")
+    with pytest.raises(ValueError):
+        compare({0: 0.5}, 0.0, metric="acc", higher_is_better=True, label_a="a", label_b="b", limits=(1.0, -1.0))
 
 
 def test_every_and_none_of_name_negligible_and_maybe_negligible_ones():
