@@ -177,7 +177,7 @@ def peak_rss_mb() -> float:
 def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: float = BETA, lr: float = LR,
                extra: Tuple[str, ...] = ()):
     """``extra``: more config overrides (tests)."""
-    import dpolab.models.reference as refmod
+    import dpolab.models.reference.table as refmod
     from dpolab.config import build_config
     from dpolab.data.types import TokenizedPair
     from dpolab.engine.trainer import Trainer
@@ -193,7 +193,7 @@ def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: fl
         over += ["lora.enabled=true", f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}", "lora.dropout=0.0"]
     cfg = build_config({"loss": [{"name": "dpo", "params": {"beta": beta}}]}, over + list(arm.overrides) + list(extra))
     scored = {"s": 0.0, "pairs": 0, "calls": 0}
-    inner_score = refmod._score_all
+    inner_score = refmod.score_table
 
     def timed_score(model, adapter_off, data, tools):  # the precomputation: the setup that grows with the data
         t0 = time.perf_counter()
@@ -204,11 +204,11 @@ def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: fl
             scored["pairs"] += len(data)
             scored["calls"] += 1
 
-    refmod._score_all = timed_score
+    refmod.score_table = timed_score
     try:
         t = Trainer(cfg, train_data=pairs, eval_data=[], log=lambda s: None)
     finally:
-        refmod._score_all = inner_score
+        refmod.score_table = inner_score
     if t.reference is None or t.reference.mode != mode:
         raise RuntimeError(f"{arm.name}: asked for reference.mode={mode}, got {getattr(t.reference, 'mode', None)}")
     if mode == "precomputed" and scored["calls"] != 1:

@@ -31,7 +31,7 @@ from ..models.device import describe, inference_autocast, resolve_device
 from ..models.fastpath import batch_to_device
 from ..models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
-from ..models.reference import Reference
+from ..models.reference import SeparateModel
 from ..progress import pair_bar
 
 LENGTH_BIAS_WARNING = ("warning: no --reference: accuracy compares summed log-probs, which favour the shorter response; "
@@ -107,7 +107,7 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     ref = None
     if reference:
         ref_model, _ = _load(reference, tokenizer, dev)
-        ref = Reference("separate", model=ref_model)
+        ref = SeparateModel(ref_model)
     pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit, log=log,
                                         data_format=data_format)
     if not pairs:  # no metric has a value: say why rather than print NaNs

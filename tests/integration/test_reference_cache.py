@@ -7,7 +7,7 @@ import torch
 
 from dpolab.config import build_config
 from dpolab.engine import Trainer
-from dpolab.models.reference import cache_key, weights_fingerprint
+from dpolab.models.reference import table_key, weights_fingerprint
 
 
 def _cfg(tmp_path, name, *overrides):
@@ -36,25 +36,25 @@ def _tmp():
 
 def test_every_key_input_changes_the_key(tiny):
     model, data = tiny
-    base = cache_key("copy", model, data, bf16=False)
-    assert cache_key("copy", model, data, bf16=False) == base  # deterministic
-    assert cache_key("copy", model, data, bf16=True)["autocast"] != base["autocast"]
-    assert cache_key("copy", model, data[:-1], bf16=False)["data"] != base["data"]
-    assert cache_key("adapter", model, data, bf16=False)["source"] != base["source"]
+    base = table_key("copy", model, data, bf16=False)
+    assert table_key("copy", model, data, bf16=False) == base  # deterministic
+    assert table_key("copy", model, data, bf16=True)["autocast"] != base["autocast"]
+    assert table_key("copy", model, data[:-1], bf16=False)["data"] != base["data"]
+    assert table_key("adapter", model, data, bf16=False)["source"] != base["source"]
     model.config._attn_implementation = "sdpa" if base["attention"] != "sdpa" else "eager"
-    assert cache_key("copy", model, data, bf16=False)["attention"] != base["attention"]
+    assert table_key("copy", model, data, bf16=False)["attention"] != base["attention"]
     with torch.no_grad():
         w = next(model.parameters())
         flat = w.view(-1)
         flat[0], flat[1] = flat[1].clone(), flat[0].clone()  # a permutation: same per-tensor sum, other weights
-    assert cache_key("copy", model, data, bf16=False)["weights"] != base["weights"]
+    assert table_key("copy", model, data, bf16=False)["weights"] != base["weights"]
     model.to(torch.bfloat16)
-    k = cache_key("copy", model, data, bf16=False)
+    k = table_key("copy", model, data, bf16=False)
     assert k["dtype"] != base["dtype"] and k["weights"] != base["weights"]
 
 
 def test_weights_fingerprint_sees_one_ulp_and_strides_large_models(tiny, monkeypatch):
-    import dpolab.models.reference as R
+    import dpolab.models.reference.key as R
 
     model, _ = tiny
     a = weights_fingerprint(model)

@@ -18,7 +18,7 @@ from dpolab.engine import Trainer
 from dpolab.engine.logging import read_metrics
 from dpolab.engine.objectives.preference import preference_step
 from dpolab.losses import CompositeLoss
-from dpolab.models.reference import TABLE_COLUMNS, Reference, cache_key
+from dpolab.models.reference import TABLE_COLUMNS, PrecomputedTable, table_key
 
 pytestmark = pytest.mark.slow
 
@@ -89,13 +89,13 @@ def test_live_and_precomputed_references_give_the_same_ld_losses(tmp_path):
 
 def test_table_key_names_its_columns(tmp_path):
     t = Trainer(_cfg(tmp_path, "run", ["dpo"], "reference.mode=precomputed"))
-    key = cache_key("copy", t.policy, list(t.train_data), bf16=False)
+    key = table_key("copy", t.policy, list(t.train_data), bf16=False)
     assert key["columns"] == ",".join(TABLE_COLUMNS) and key["format"] == "4"
 
 
 def test_a_table_without_shared_sums_is_refused_for_ld_dpo(tmp_path):
     table = {"chosen": torch.zeros(4), "rejected": torch.zeros(4)}  # what an older dpolab wrote
-    ref = Reference("precomputed", table=table, cache_file=tmp_path / "old.pt")
+    ref = PrecomputedTable(table, cache_file=tmp_path / "old.pt")
     ref.logps({"index": torch.arange(2), "input_ids": torch.zeros(4, 3, dtype=torch.long), "num_pairs": 2})  # DPO: fine
     from dpolab.models.reference import ReferenceSetupError
 

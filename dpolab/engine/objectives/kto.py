@@ -126,16 +126,9 @@ class KTOObjective(WithReference, Objective):
 
             self._gather_object, self._rank = gather_object, acc.process_index
         self._max_len = max(2, min(self.cfg.data.max_length, run.max_positions))
-        self.reference = self._build_reference(run)
+        self.reference = self.build_reference(run)  # no cost figures: live only (mismatched pairs live in a step)
         if run.is_main:
             run.log(self._balance_note(run.train_data))
-
-    def _build_reference(self, run: RunContext) -> Reference:
-        mode = self.cfg.reference.mode
-        if mode == "auto":  # always live: a mismatched pair exists only within its step; TR-DPO moves a frozen copy
-            sync = self.cfg.reference.sync_every
-            mode = "adapter" if self.cfg.lora.enabled and not sync else "copy"  # "separate" with name_or_path
-        return self.build_reference(run, mode=mode)
 
     def _balance_note(self, rows: Sequence) -> str:
         n_d = sum(1 for r in rows if r.label)

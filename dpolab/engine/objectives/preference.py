@@ -11,7 +11,7 @@ from ... import atomic
 from ...data.collate import collate_preference_fast
 from ...losses import LOCAL, CompositeLoss, DistContext, PreferenceOutputs
 from ...models.preference_logps import generic_metrics, preference_outputs
-from ...models.reference import Reference
+from ...models.reference import Reference, reference_cost
 from ..errors import TrainError
 from .base import MicroResult, Objective, RunContext
 from .with_reference import WithReference
@@ -73,10 +73,10 @@ class PreferenceObjective(WithReference, Objective):
             return None
         if cfg.reference.mode == "none":
             raise TrainError("reference.mode is 'none' but the loss needs a reference model")
-        seen = run.total_steps * cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
-        n_evals = (run.total_steps // cfg.eval.every if cfg.eval.every else 0) + int(cfg.eval.at_start) + 1
-        return self.build_reference(run, mode=cfg.reference.mode, data=list(run.train_data) + list(run.eval_data),
-                                    live_examples=seen + n_evals * len(run.eval_data),
+        cost = reference_cost(steps=run.total_steps, eval_every=cfg.eval.every, eval_at_start=cfg.eval.at_start,
+                              examples_per_step=cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes,
+                              n_train=len(run.train_data), n_eval=len(run.eval_data))
+        return self.build_reference(run, data=list(run.train_data) + list(run.eval_data), cost=cost,
                                     batch_starts=(0, len(run.train_data)))  # held-out pairs in eval's own batches
 
     def _build_probes(self, run: RunContext):

@@ -8,7 +8,8 @@ from typing import Any, Dict, Optional, Sequence
 
 from ...config import ModelConfig
 from ...models.load import load_base_model
-from ...models.reference import Reference, ReferenceRequest, ReferenceTools, build_reference
+from ...models.reference import (Reference, ReferenceCost, ReferenceRequest, ReferenceTools, build_reference,
+                                 choose_reference)
 from ..errors import TrainError
 from .base import RunContext
 
@@ -18,20 +19,24 @@ class WithReference:
 
     reference: Optional[Reference] = None
 
-    def build_reference(self, run: RunContext, *, mode: str, data: Sequence = (), live_examples: int = 0,
+    def build_reference(self, run: RunContext, *, data: Sequence = (), cost: Optional[ReferenceCost] = None,
                         batch_starts: Sequence[int] = (0,)) -> Reference:
-        """The run's reference (on the device), in ``mode`` (``reference.mode``, or one the objective forces);
-        ``data`` is what a precomputed table covers and ``live_examples`` how many examples a live one would score;
+        """The run's reference (on the device), of the kind :func:`~dpolab.models.reference.choose_reference` picks
+        for ``reference.mode``; ``data`` is what a precomputed table covers and ``cost`` the run's cost figures
+        (:func:`~dpolab.models.reference.reference_cost`; None: the objective needs a live reference);
         ``batch_starts``: where in ``data`` the table's batching starts afresh (:class:`ReferenceTools`)."""
         cfg = run.cfg
-        if mode == "auto" and cfg.reference.sync_every and not cfg.reference.name_or_path:
-            mode = "copy"  # TR-DPO moves a frozen copy toward the policy: neither a table nor the adapter can follow
-            run.log("reference: live copy (reference.mode=auto with reference.sync_every: TR-DPO moves a frozen copy "
-                    "of the policy toward it)")
         req = ReferenceRequest(
-            mode=mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, live_examples=live_examples,
-            once_examples=len(data), bf16=run.bf16,
+            mode=cfg.reference.mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, bf16=run.bf16,
+            sync_every=cfg.reference.sync_every, cost=cost,
             cache_dir=Path(cfg.reference.cache_dir).expanduser() if cfg.reference.cache_dir else run.run_dir / "ref_cache")
+        record = (run.resumed or {}).get("reference")
+        choice = choose_reference(req.mode, separate=bool(req.separate), lora=req.lora, sync_every=req.sync_every,
+                                  cost=cost, record=record)
+        if cfg.reference.sync_every and choice.kind != "copy":
+            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
+                             f"reference is {choice.kind}; set reference.mode=copy (a precomputed table cannot "
+                             f"follow the policy)")
         separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
         tools = ReferenceTools(
             device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
@@ -39,13 +44,8 @@ class WithReference:
             load_separate=lambda: load_base_model(separate, run.tokenizer),
             log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first,
             batch_starts=tuple(batch_starts))
-        reference = build_reference(req, run.accelerator.unwrap_model(run.model), list(data), tools,
-                                    resuming=run.resuming, record=(run.resumed or {}).get("reference"))
-        if cfg.reference.sync_every and reference.mode != "copy":
-            raise TrainError(f"reference.sync_every (TR-DPO) updates a live frozen copy of the policy, but this run's "
-                             f"reference is {reference.mode}; set reference.mode=copy (a precomputed table cannot "
-                             f"follow the policy)")
-        return reference
+        return build_reference(choice, req, run.accelerator.unwrap_model(run.model), list(data), tools,
+                               resuming=run.resuming, record=record)
 
     _sync_seen: Optional[int] = 0  # the step count of the last step taken (None: unknown, an older checkpoint)
 
@@ -64,12 +64,11 @@ class WithReference:
         otherwise."""
         if not self.cfg.reference.sync_every:
             return {}
-        weights = {k: v.detach().cpu().clone() for k, v in self.reference.model.state_dict().items()}
-        return {"reference_weights": weights, "reference_sync_step": self._sync_seen}
+        return {"reference_weights": self.reference.state_dict(), "reference_sync_step": self._sync_seen}
 
     def load_reference_state(self, state: Dict[str, Any]) -> None:
         if "reference_weights" in state:
-            self.reference.model.load_state_dict(state["reference_weights"])
+            self.reference.load_state_dict(state["reference_weights"])
             self._sync_seen = state.get("reference_sync_step")  # absent before it was recorded: the step before
 
     def record(self) -> Dict[str, Any]:
