@@ -141,9 +141,12 @@ def _fail(item):
     raise ValueError(f"run {item} failed")
 
 
+SLOW_S = 15  # far longer than the failing task takes to be noticed, even on loaded cores
+
+
 def _slow_then_write(path):
     Path(path + ".started").write_text("")
-    time.sleep(4)
+    time.sleep(SLOW_S)
     Path(path + ".done").write_text("")
     return path
 
@@ -159,7 +162,8 @@ def test_a_failing_ray_task_cancels_the_rest(tmp_path):
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers need not import this test module
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    # two slots, so that the failing task never waits behind the slow one (with one, Ray may run the slow one first)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         slow = str(tmp_path / "slow")
         msgs = []
@@ -167,7 +171,12 @@ def test_a_failing_ray_task_cancels_the_rest(tmp_path):
             make_executor("ray", out=tmp_path).map(_run, [(_fail, "a"), (_slow_then_write, slow)], log=msgs.append)
         assert "run a failed" in str(e.value)
         assert "ray: stopping (" in msgs[-1] and "cancelled 1 task(s)" in msgs[-1]
-        time.sleep(6)  # long enough for the slow task to have finished, had it not been cancelled
+        started = Path(slow + ".started")
+        if started.exists():  # cancelled while running: it must never reach its end
+            time.sleep(max(0.0, started.stat().st_mtime + SLOW_S + 2 - time.time()))
+        else:  # cancelled before it started: it must not start later
+            time.sleep(3)
+            assert not started.exists()
         assert not Path(slow + ".done").exists()
     finally:
         ray.shutdown()
