@@ -73,9 +73,9 @@ class PreferenceObjective(WithReference, Objective):
             return None
         if cfg.reference.mode == "none":
             raise TrainError("reference.mode is 'none' but the loss needs a reference model")
-        cost = reference_cost(steps=run.total_steps, eval_every=cfg.eval.every, eval_at_start=cfg.eval.at_start,
-                              examples_per_step=cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes,
-                              n_train=len(run.train_data), n_eval=len(run.eval_data))
+        per_step = cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
+        cost = reference_cost(steps=run.total_steps, examples_per_step=per_step, eval_every=cfg.eval.every,
+                              eval_at_start=cfg.eval.at_start, n_train=len(run.train_data), n_eval=len(run.eval_data))
         return self.build_reference(run, data=list(run.train_data) + list(run.eval_data), cost=cost,
                                     batch_starts=(0, len(run.train_data)))  # held-out pairs in eval's own batches
 

@@ -1,4 +1,4 @@
-"""The live kinds: a model scores every batch as it comes (a frozen copy, another model, the adapter-disabled policy)."""
+"""The live kinds: a model scores each batch as it comes (a frozen copy, another model, the adapter-disabled policy)."""
 from __future__ import annotations
 
 from contextlib import nullcontext
