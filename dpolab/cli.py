@@ -307,10 +307,10 @@ def _cmd_inspect_data(args) -> int:
         raise ConfigError("no data: give --data FILE (or --config with data.train set)")
     pick = lambda flag, name, default: flag if flag is not None else (getattr(data, name) if data is not None else default)  # noqa: E731
     mode = args.mode
-    if mode == "auto" and cfg is not None and args.data is None:  # the config's own data: its training mode decides
-        single = (cfg.train.mode == "sft" and not cfg.data.sft_from_pairs) or (
-            cfg.train.mode == "kto" and not cfg.data.unpaired_from_pairs)  # prompt + one completion per row
-        mode = "sft" if single else "preference"
+    if mode == "auto" and cfg is not None and args.data is None:  # the config's own data: its objective's kind decides
+        from .engine.objectives import get_objective
+
+        mode = get_objective(cfg.train.mode).data_kind.stored_as(cfg.data).inspect_as  # what the files hold
     columns = _parse_columns(args.columns) or (dict(data.columns) if data is not None and data.columns else None)
     tokenizer = load_tokenizer(model_cfg)
     result = inspect_data(

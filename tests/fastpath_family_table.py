@@ -63,7 +63,7 @@ def main() -> None:
                 with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                     fast = batch_logps(model, batch, layout=layout, logits="response", with_sq=True)
                     used = resolve(model, batch, layout, "response")
-                    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                    plain = response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask,
                                            with_sq=True)
                 err = (fast.token_logps - plain.token_logps).abs().max().item()
                 sq_err = (fast.token_log_sum_sq - plain.token_log_sum_sq).abs().max().item()

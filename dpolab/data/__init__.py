@@ -7,8 +7,8 @@ Public API::
     to_sft_row(record, *, source, row, columns=None, skips=None) -> SFTRow | None
     tokenize_preference(row, tokenizer, *, max_length=512, ...) -> TokenizedPair | None
     tokenize_sft(row, tokenizer, *, max_length=512, ...) -> TokenizedSFT | None
-    collate_preference(pairs, pad_id, *, pad_to_multiple_of=None) -> dict
-    collate_sft(rows, pad_id, *, pad_to_multiple_of=None) -> dict
+    collate_preference(pairs, pad_id, *, pad_to_multiple_of=None) -> PairBatch  (dpolab.data.batches)
+    collate_sft(rows, pad_id, *, pad_to_multiple_of=None) -> RowBatch
     load_preference_data(source, tokenizer, ...) -> (list[TokenizedPair], SkipCounter)
     load_sft_data(source, tokenizer, ...) -> (list[TokenizedSFT], SkipCounter)
 """

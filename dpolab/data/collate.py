@@ -1,6 +1,7 @@
 """Padded batches: the format the engine consumes.
 
-``collate_preference(pairs, pad_id, pad_to_multiple_of=None)`` returns, for B pairs::
+``collate_preference(pairs, pad_id, pad_to_multiple_of=None)`` returns a :class:`~dpolab.data.batches.PairBatch`
+holding, for B pairs::
 
     input_ids       LongTensor [2B, T]  rows 0..B-1 = prompt+chosen, rows B..2B-1 = prompt+rejected
                                          (same pair order), right-padded with pad_id
@@ -17,10 +18,11 @@ token t from the logits at t-1: ``logits[:, :-1]`` against ``input_ids[:, 1:]``,
 ``loss_mask[:, 1:]``; ``loss_mask.sum(-1)`` is the response length. A response token at position 0 (no
 prompt, no BOS) therefore cannot be scored; with BOS on (the default) this never happens.
 
-``collate_sft(rows, pad_id, pad_to_multiple_of=None)`` returns ``input_ids``, ``attention_mask`` [B, T],
-``loss_mask`` [B, T] (True on completion tokens, incl. EOS) and ``meta``.
+``collate_sft(rows, pad_id, pad_to_multiple_of=None)`` returns a :class:`~dpolab.data.batches.RowBatch`:
+``input_ids``, ``attention_mask`` [B, T], ``loss_mask`` [B, T] (True on completion tokens, incl. EOS) and ``meta``.
 
-``collate_unpaired_fast(rows, pad_id, layout)`` (KTO) is ``collate_sft_fast`` plus ``label`` BoolTensor [B].
+``collate_unpaired_fast(rows, pad_id, layout)`` (KTO) is ``collate_sft_fast`` as a
+:class:`~dpolab.data.batches.LabelledRowBatch`: plus ``label`` BoolTensor [B] and the rows themselves.
 
 ``length_grouped_indices(lengths, batch_size, seed)`` orders examples so that each batch holds similar
 lengths (less padding) while the batch order stays random.
@@ -32,6 +34,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from dpolab.data.batches import LabelledRowBatch, PairBatch, RowBatch
 from dpolab.data.types import TokenizedPair, TokenizedSFT
 
 
@@ -60,25 +63,24 @@ def _extras(pairs: Sequence[TokenizedPair]) -> Dict[str, torch.Tensor]:
     return {k: torch.tensor([float(p.extras[k]) for p in pairs], dtype=torch.float32) for k in sorted(keys)}
 
 
-def collate_preference(pairs: Sequence[TokenizedPair], pad_id: int, *, pad_to_multiple_of: Optional[int] = None) -> dict:
+def collate_preference(pairs: Sequence[TokenizedPair], pad_id: int, *,
+                       pad_to_multiple_of: Optional[int] = None) -> PairBatch:
     """Stack B pairs into the [2B, T] batch described in the module docstring."""
     if not pairs:
         raise ValueError("cannot collate an empty list of pairs")
     seqs = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
     starts = [len(p.prompt_ids) for p in pairs] * 2
-    batch = _pad(seqs, starts, pad_id, pad_to_multiple_of)
-    batch.update(extras=_extras(pairs), num_pairs=len(pairs), meta=[p.meta for p in pairs])
-    return batch
+    return PairBatch(**_pad(seqs, starts, pad_id, pad_to_multiple_of), extras=_extras(pairs), num_pairs=len(pairs),
+                     meta=[p.meta for p in pairs])
 
 
-def collate_sft(rows: Sequence[TokenizedSFT], pad_id: int, *, pad_to_multiple_of: Optional[int] = None) -> dict:
+def collate_sft(rows: Sequence[TokenizedSFT], pad_id: int, *, pad_to_multiple_of: Optional[int] = None) -> RowBatch:
     """Stack B SFT rows into a [B, T] batch with the loss on completion tokens."""
     if not rows:
         raise ValueError("cannot collate an empty list of rows")
     seqs = [r.prompt_ids + r.completion_ids for r in rows]
-    batch = _pad(seqs, [len(r.prompt_ids) for r in rows], pad_id, pad_to_multiple_of)
-    batch["meta"] = [r.meta for r in rows]
-    return batch
+    starts = [len(r.prompt_ids) for r in rows]
+    return RowBatch(**_pad(seqs, starts, pad_id, pad_to_multiple_of), meta=[r.meta for r in rows])
 
 
 def pair_length(pair: TokenizedPair) -> int:
@@ -103,32 +105,34 @@ def length_grouped_indices(lengths: Sequence[int], batch_size: int, seed: int, *
 
 def collate_preference_fast(pairs: Sequence[TokenizedPair], pad_id: int, layout: str = "prefix", *,
                             capacity: int = 0, hidden_size: Optional[int] = None,
-                            pad_to_multiple_of: Optional[int] = None) -> dict:
-    """``collate_preference`` plus, for ``layout`` 'packed' or 'prefix', ``batch["packed"]``: the same batch in a
+                            pad_to_multiple_of: Optional[int] = None) -> PairBatch:
+    """``collate_preference`` plus, for ``layout`` 'packed' or 'prefix', ``batch.packed``: the same batch in a
     padding-free packed or prompt-prefix-shared layout (see ``dpolab.data.packing``). 'padded' adds nothing."""
     from dpolab.data.packing import preference_layout
 
     batch = collate_preference(pairs, pad_id, pad_to_multiple_of=pad_to_multiple_of)
     if layout != "padded":
-        batch["packed"] = preference_layout(pairs, pad_id, layout, capacity=capacity, hidden_size=hidden_size)
+        batch.packed = preference_layout(pairs, pad_id, layout, capacity=capacity, hidden_size=hidden_size)
     return batch
 
 
 def collate_sft_fast(rows: Sequence[TokenizedSFT], pad_id: int, layout: str = "packed", *, capacity: int = 0,
-                     hidden_size: Optional[int] = None, pad_to_multiple_of: Optional[int] = None) -> dict:
-    """``collate_sft`` plus ``batch["packed"]`` for layout 'packed' (or 'prefix', which for SFT means 'packed')."""
+                     hidden_size: Optional[int] = None, pad_to_multiple_of: Optional[int] = None) -> RowBatch:
+    """``collate_sft`` plus ``batch.packed`` for layout 'packed' (or 'prefix', which for SFT means 'packed')."""
     from dpolab.data.packing import sft_layout
 
     batch = collate_sft(rows, pad_id, pad_to_multiple_of=pad_to_multiple_of)
     if layout != "padded":
-        batch["packed"] = sft_layout(rows, pad_id, capacity=capacity, hidden_size=hidden_size)
+        batch.packed = sft_layout(rows, pad_id, capacity=capacity, hidden_size=hidden_size)
     return batch
 
 
 def collate_unpaired_fast(rows: Sequence, pad_id: int, layout: str = "packed", *, capacity: int = 0,
-                          hidden_size: Optional[int] = None, pad_to_multiple_of: Optional[int] = None) -> dict:
-    """Unpaired (KTO) rows: ``collate_sft_fast`` (loss mask on the completions) plus ``label`` BoolTensor [B]."""
+                          hidden_size: Optional[int] = None,
+                          pad_to_multiple_of: Optional[int] = None) -> LabelledRowBatch:
+    """Unpaired (KTO) rows: ``collate_sft_fast`` (loss mask on the completions) plus ``label`` BoolTensor [B] and
+    the rows themselves (``examples``)."""
     batch = collate_sft_fast(rows, pad_id, layout, capacity=capacity, hidden_size=hidden_size,
                              pad_to_multiple_of=pad_to_multiple_of)
-    batch["label"] = torch.tensor([bool(r.label) for r in rows], dtype=torch.bool)
-    return batch
+    label = torch.tensor([bool(r.label) for r in rows], dtype=torch.bool)
+    return LabelledRowBatch(**vars(batch), label=label, examples=list(rows))

@@ -1,11 +1,12 @@
 """Batches for the loop: the objective's collator, the run's layout, and the move to the run's device."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
-from ..models.fastpath import batch_to_device, unwrap_hf
+from ..data.batches import Batch
+from ..models.fastpath import unwrap_hf
 
 
 def model_width(model) -> Optional[int]:
@@ -16,16 +17,14 @@ def model_width(model) -> Optional[int]:
 
 
 class Collator:
-    """``collator(indices, data, offset)`` -> the batch of ``data[i]`` on ``device``, carrying ``index`` (= i +
-    ``offset``, the position a precomputed reference table looks up) and the run's ``logits`` mode."""
+    """``collator(indices, data, offset)`` -> the objective's typed batch of ``data[i]`` on ``device``, carrying
+    ``index`` (= i + ``offset``, the position a precomputed reference table looks up). Run settings the objective
+    needs to score a batch (``train.logits``) are the objective's, never written into the batch."""
 
-    def __init__(self, objective, pad_id: int, layout: str, logits: str, width: Optional[int], device: torch.device):
+    def __init__(self, objective, pad_id: int, layout: str, width: Optional[int], device: torch.device):
         self.objective, self.pad_id, self.width, self.device = objective, pad_id, width, device
         self.layout = objective.fixed_layout or layout  # same log-probs in every layout; see dpolab/models/fastpath.py
-        self.logits = logits
 
-    def __call__(self, indices: List[int], data: Sequence, offset: int = 0) -> Dict[str, Any]:
+    def __call__(self, indices: List[int], data: Sequence, offset: int = 0) -> Batch:
         batch = self.objective.collate([data[i] for i in indices], self.pad_id, self.layout, self.width)
-        batch["logits"] = self.logits
-        batch["index"] = torch.tensor([i + offset for i in indices], dtype=torch.long)
-        return batch_to_device(batch, self.device)
+        return batch.with_index(torch.tensor([i + offset for i in indices], dtype=torch.long)).to(self.device)

@@ -110,7 +110,7 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
 
         # the objective's parts that need the model on its device (reference, probes)
-        self.collate = Collator(self.objective, self.tokenizer.pad_token_id, t.layout, t.logits, model_width(self.policy),
+        self.collate = Collator(self.objective, self.tokenizer.pad_token_id, t.layout, model_width(self.policy),
                                 accelerator.device)
         self.objective.setup(RunContext(
             cfg=cfg, accelerator=accelerator, model=self.model, tokenizer=self.tokenizer, train_data=self.train_data,
@@ -148,13 +148,13 @@ class Trainer:
         step_units = sum(self.objective.units(self.train_data[i]) for i in self.plan.step_indices(self.step))
         micros = self.plan.micro_batches(self.step, acc.process_index)
         batches = [self.collate(micro, self.train_data) for micro in micros]
-        self.objective.begin_step(self.model, batches, self.step)
+        states = self.objective.begin_step(self.model, batches, self.step)  # one per micro-batch
         rows = []
-        for j, batch in enumerate(batches):
+        for j, (batch, state) in enumerate(zip(batches, states, strict=True)):
             with nullcontext() if j == len(batches) - 1 else acc.no_sync(self.model):  # sync gradients once per step
-                r = self.objective.forward(self.model, batch, training=True)
+                r = self.objective.forward(self.model, batch, training=True, state=state)
                 acc.backward(r.objective * world / step_units)
-            rows.append({**r.metrics, "_weight": r.weight, "_tokens": int(batch["attention_mask"].sum())})
+            rows.append({**r.metrics, "_weight": r.weight, "_tokens": batch.tokens()})
         return rows
 
     def _train_step(self) -> Optional[Dict[str, Any]]:
@@ -253,7 +253,7 @@ class Trainer:
                     bar.update(1)
                     if row is not None and (self.step % cfg.train.log_every == 0 or self.step == self.total_steps):
                         self.metrics.log(row)
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", **({"acc": f"{row['reward_accuracy']:.2f}"} if "reward_accuracy" in row else {}))
+                        bar.set_postfix(**self.objective.postfix(row))
                     if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
                         last_eval = self.metrics.log(self.evaluate())
                     if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
@@ -280,7 +280,7 @@ class Trainer:
             "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
             "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(self.memory.sample(), 1),
             "parameters": self.params, "first_eval": first_eval, "final_eval": last_eval,
-            "reference_mode": None, **self.objective.summary(), "runtime": self.runtime.record(), "data": self.data_stats,
+            **self.objective.summary(), "runtime": self.runtime.record(), "data": self.data_stats,
         }
         if self.is_main:
             final = self.objective.model_to_save(self.accelerator.unwrap_model(self.model)) if self.cfg.output.save_final else None

@@ -28,7 +28,6 @@ import torch
 
 from ..config import ModelConfig
 from ..models.device import describe, inference_autocast, resolve_device
-from ..models.fastpath import batch_to_device
 from ..models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.reference import SeparateModel
@@ -118,7 +117,7 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     with pair_bar(len(pairs), "eval", enabled=progress) as bar:
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start:start + batch_size]
-            batch = batch_to_device(collate_preference(chunk, tok.pad_token_id), dev)
+            batch = collate_preference(chunk, tok.pad_token_id).to(dev)
             out = preference_outputs(policy, ref, batch, need_tokens=False, autocast=autocast)
             for k, v in generic_metrics(out).items():
                 totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)

@@ -4,7 +4,7 @@
 ``response_logps(model, input_ids, attention_mask, loss_mask)`` (same shapes, same values to float rounding),
 computed with less work:
 
-- ``layout``: ``padded`` runs the padded [2B, T] batch; ``packed`` / ``prefix`` run ``batch["packed"]`` (built by
+- ``layout``: ``padded`` runs the padded [2B, T] batch; ``packed`` / ``prefix`` run ``batch.packed`` (built by
   ``dpolab.data.collate.collate_preference_fast``; see ``dpolab.data.packing``) with ``position_ids`` and a 4D
   attention mask (sdpa: boolean; eager: additive float).
 - ``logits``: ``full`` asks the model for all logits [R, L, V] (the plain way); ``response`` runs the model with
@@ -52,6 +52,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ..data.batches import Batch, PairBatch
 from .logprobs import SequenceLogps, gather_logps, log_sum_sq, response_logps, scatter_tokens
 
 LOGITS_MODES = ("response", "response-recompute", "full")
@@ -156,9 +157,9 @@ def _param_dtype(model) -> torch.dtype:
     return torch.float32
 
 
-def _score_indices(batch: Dict[str, Any]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _score_indices(batch: Batch) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """(src, tgt, seq, col) for the padded layout, from ``loss_mask``."""
-    ids, loss_mask = batch["input_ids"], batch["loss_mask"]
+    ids, loss_mask = batch.input_ids, batch.loss_mask
     t = ids.shape[1]
     rows, cols = loss_mask[:, 1:].bool().nonzero(as_tuple=True)
     return rows * t + cols, ids[:, 1:][rows, cols], rows, cols
@@ -338,16 +339,16 @@ def _gather_full(logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int,
     return torch.cat(out), (torch.cat(sqs) if with_sq else None)
 
 
-def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_rows: Optional[int],
+def _raw_logps(model, batch: Batch, layout: str, logits: str, chunk_rows: Optional[int],
                with_sq: bool = False) -> SequenceLogps:
     """The fast computation itself, without the support check (``chunk_rows`` None: :func:`head_chunk_rows`)."""
     hf = unwrap_hf(model)
-    ids, loss_mask = batch["input_ids"], batch["loss_mask"]
+    ids, loss_mask = batch.input_ids, batch.loss_mask
     if layout == "padded":
-        inputs = dict(input_ids=ids, attention_mask=batch["attention_mask"])
+        inputs = dict(input_ids=ids, attention_mask=batch.attention_mask)
         src, tgt, seq, col = _score_indices(batch)
     else:
-        pk = batch["packed"]
+        pk = batch.packed
         inputs = dict(input_ids=pk["input_ids"], position_ids=pk["position_ids"],
                       attention_mask=_attention_mask(hf, pk, _param_dtype(hf)))
         src, tgt, seq, col = pk["score_src"], pk["score_tgt"], pk["score_seq"], pk["score_col"]
@@ -370,9 +371,9 @@ def _raw_logps(model, batch: Dict[str, Any], layout: str, logits: str, chunk_row
 # -- support check: each (model, layout, logits) is probed once ------------------------------------------------
 
 
-def _probe_batch(vocab: int, device) -> Dict[str, Any]:
+def _probe_batch(vocab: int, device) -> Dict[str, PairBatch]:
     """Three short synthetic pairs as a padded [2B, T] batch (chosen rows, then rejected rows) plus, per layout, the
-    same sequences in the ``batch["packed"]`` format of ``dpolab.data.packing``, every unit in one row (so the probe
+    same sequences in the ``batch.packed`` format of ``dpolab.data.packing``, every unit in one row (so the probe
     also covers several units sharing a row). Built here, from token lists, so the model layer does not depend on
     the data layer; the data layer's own layouts are checked against the plain path by the fast-path tests."""
     g = torch.Generator().manual_seed(1234)
@@ -394,9 +395,9 @@ def _probe_batch(vocab: int, device) -> Dict[str, Any]:
         padded["loss_mask"][i, len(p): len(p) + len(x)] = True
     units = {"packed": [(p, [(x, i)]) for i, (p, x) in enumerate(seqs)],
              "prefix": [(p, [(c, i), (r, b + i)]) for i, (p, c, r) in enumerate(pairs)]}
-    batch = {layout: {**padded, "packed": _one_row(u)} for layout, u in units.items()}
-    batch["padded"] = padded
-    return batch_to_device(batch, device)
+    batch = {layout: PairBatch(**padded, num_pairs=b, packed=_one_row(u)) for layout, u in units.items()}
+    batch["padded"] = PairBatch(**padded, num_pairs=b)
+    return {layout: one.to(device) for layout, one in batch.items()}
 
 
 def _one_row(units) -> Dict[str, Tensor]:
@@ -426,12 +427,6 @@ def _one_row(units) -> Dict[str, Tensor]:
     as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
     return {"input_ids": as_long([toks]), "position_ids": as_long([pos]), "attn_mask": mask[None, None],
             "score_src": as_long(src), "score_tgt": as_long(tgt), "score_seq": as_long(seq), "score_col": as_long(col)}
-
-
-def batch_to_device(batch: Dict[str, Any], device) -> Dict[str, Any]:
-    """``batch`` with every tensor (also in nested dicts, e.g. ``batch["packed"]``) moved to ``device``."""
-    return {k: (v.to(device) if isinstance(v, Tensor) else batch_to_device(v, device) if isinstance(v, dict) else v)
-            for k, v in batch.items()}
 
 
 def _unsupported_reason(model, layout: str, logits: str) -> Optional[str]:
@@ -523,9 +518,9 @@ def _probe_window(hf):
             cfg.sliding_window = w
 
 
-def _compare_paths(model, b: Dict[str, Any], layout: str, logits: str, dtype: torch.dtype) -> Optional[str]:
-    out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False)  # the plain path
-    plain = gather_logps(out.logits, b["input_ids"], b["loss_mask"])
+def _compare_paths(model, b: Batch, layout: str, logits: str, dtype: torch.dtype) -> Optional[str]:
+    out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False)  # the plain path
+    plain = gather_logps(out.logits, b.input_ids, b.loss_mask)
     scale = out.logits[:, :-1][plain.token_mask].float().abs().max().item()
     got = _raw_logps(model, b, layout, logits, chunk_rows=4).token_logps
     return _mismatch(got, plain.token_logps, dtype, scale)
@@ -583,12 +578,12 @@ def _checked(model, layout: str, logits: str) -> bool:
     return cache[key] is None
 
 
-def _window_fits(model, batch: Dict[str, Any], layout: str) -> bool:
+def _window_fits(model, batch: Batch, layout: str) -> bool:
     """False when the model has a window the masks do not build in (``_OTHER_WINDOWS``) and this batch holds a unit
     at least that long (the model would window by row index); said once per model."""
     hf = unwrap_hf(model)
     w = _other_window(hf)
-    if w is None or _longest_unit(batch["packed"]) < w:
+    if w is None or _longest_unit(batch.packed) < w:
         return True
     _warn_once(hf, (layout, "window"), f"an attention window of {w} tokens applied by the model itself, shorter than "
                f"a unit of this batch", f"layout={layout} (for batches with units of {w}+ tokens)")
@@ -602,14 +597,14 @@ def fast_path_report(model) -> Dict[tuple, Optional[str]]:
     return dict(unwrap_hf(model).__dict__.get("_dpolab_fastpath", {}))
 
 
-def resolve(model, batch: Dict[str, Any], layout: str, logits: str) -> Tuple[str, str]:
+def resolve(model, batch: Batch, layout: str, logits: str) -> Tuple[str, str]:
     """The (layout, logits) actually used: the requested one if the batch carries it and the model passed its
     probe, else step down (prefix/packed -> padded; response -> full)."""
     if layout not in ("padded", "packed", "prefix"):
         raise ValueError(f"unknown layout '{layout}'")
     if logits not in LOGITS_MODES:
         raise ValueError(f"unknown logits mode '{logits}'; valid: {', '.join(LOGITS_MODES)}")
-    if layout != "padded" and ("packed" not in batch or not _window_fits(model, batch, layout)):
+    if layout != "padded" and (batch.packed is None or not _window_fits(model, batch, layout)):
         layout = "padded"
     for lay, lg in ((layout, logits), ("padded", logits), (layout, "full")):
         if (lay, lg) == ("padded", "full") or _checked(model, lay, lg):
@@ -617,7 +612,7 @@ def resolve(model, batch: Dict[str, Any], layout: str, logits: str) -> Tuple[str
     return "padded", "full"
 
 
-def batch_logps(model, batch: Dict[str, Any], *, layout: str = "prefix", logits: str = "response",
+def batch_logps(model, batch: Batch, *, layout: str = "prefix", logits: str = "response",
                 chunk_rows: Optional[int] = None, with_sq: bool = False) -> SequenceLogps:
     """Response log-probs of a collated batch, by the fastest exact path available (see the module docstring).
 
@@ -627,12 +622,12 @@ def batch_logps(model, batch: Dict[str, Any], *, layout: str = "prefix", logits:
     """
     layout, logits = resolve(model, batch, layout, logits)
     if (layout, logits) == ("padded", "full"):
-        return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], with_sq=with_sq)
+        return response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask, with_sq=with_sq)
     return _raw_logps(model, batch, layout, logits, chunk_rows, with_sq)
 
 
-def logps_for_batch(model, batch: Dict[str, Any], *, with_sq: bool = False) -> SequenceLogps:
-    """``batch_logps`` with the path the batch was collated for: ``batch["layout"]`` (default: 'prefix' or 'packed'
-    when ``batch["packed"]`` is present, else 'padded') and ``batch["logits"]`` (default 'response')."""
-    layout = batch.get("layout") or ("prefix" if "packed" in batch else "padded")
-    return batch_logps(model, batch, layout=layout, logits=batch.get("logits") or "response", with_sq=with_sq)
+def logps_for_batch(model, batch: Batch, *, logits: str = "response", with_sq: bool = False) -> SequenceLogps:
+    """``batch_logps`` with the path the batch was collated for ('prefix', which also runs a packed layout, when
+    ``batch.packed`` is present, else 'padded') and the run's ``logits`` mode (``train.logits``)."""
+    layout = "prefix" if batch.packed is not None else "padded"
+    return batch_logps(model, batch, layout=layout, logits=logits, with_sq=with_sq)

@@ -14,27 +14,30 @@ and two below any difference worth a word (0.1 nats). It covers float32 arithmet
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 from torch import Tensor
 
+from ..data.batches import PairBatch
 from ..losses import LossConfigError, PreferenceOutputs
 from .fastpath import logps_for_batch
 from .logprobs import split_pairs
 
 
-def preference_outputs(policy, reference, batch: Dict[str, Any], *, need_tokens: bool,
+def preference_outputs(policy, reference, batch: PairBatch, *, need_tokens: bool,
                        extras: Sequence[str] = (), autocast=nullcontext, need_sq: bool = False,
-                       need_ref_split: bool = False) -> PreferenceOutputs:
+                       need_ref_split: bool = False, logits: Optional[str] = None) -> PreferenceOutputs:
     """Policy (with grad) and reference (without) log-probs of a concatenated chosen+rejected batch.
 
     ``need_tokens``: the policy's per-token log-probs and masks too; ``need_sq`` (WPO): the policy's per-token
     ``log sum_v p_v^2`` from the same pass, no gradient; ``need_ref_split`` (LD-DPO): the reference per token (live)
-    or over each pair's shared length (precomputed table), see :meth:`Reference.split_logps`."""
-    n = batch["num_pairs"]
+    or over each pair's shared length (precomputed table), see :meth:`Reference.split_logps`. ``logits``: the
+    policy's LM-head mode (``train.logits``; None: 'response')."""
+    n = batch.num_pairs
     with autocast():
-        lp = logps_for_batch(policy, batch, with_sq=need_sq)  # fastest exact path for the layout (models/fastpath.py)
+        # the fastest exact path for the layout (models/fastpath.py)
+        lp = logps_for_batch(policy, batch, logits=logits or "response", with_sq=need_sq)
     pc, pr = split_pairs(lp.sums, n)
     cc, cr = split_pairs(lp.counts, n)
     fields: Dict[str, Any] = dict(policy_chosen_logps=pc, policy_rejected_logps=pr, chosen_lengths=cc, rejected_lengths=cr)
@@ -50,7 +53,7 @@ def preference_outputs(policy, reference, batch: Dict[str, Any], *, need_tokens:
     if need_sq:
         sc, sr = split_pairs(lp.token_log_sum_sq, n)
         fields.update(policy_chosen_token_log_sum_sq_probs=sc, policy_rejected_token_log_sum_sq_probs=sr)
-    batch_extras = batch.get("extras") or {}
+    batch_extras = batch.extras
     missing = [k for k in extras if k not in batch_extras]
     if missing:
         raise LossConfigError(

@@ -65,7 +65,7 @@ def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progre
             idx = order[s : s + batch_size]
             batch = collate_preference([pairs[i] for i in idx], pad_id)
             with autocast():
-                r = sequence_rewards(model, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+                r = sequence_rewards(model, batch.input_ids.to(device), batch.attention_mask.to(device))
             r = r.cpu().tolist()
             n = len(idx)
             for j, i in enumerate(idx):

@@ -309,7 +309,7 @@ def label_logps(model, tokenizer, prompts: Sequence[str], *, labels: Sequence[st
     [batch, length, vocabulary] logits. A model whose fast path fails its probe gets the plain path."""
     from dpolab.data.collate import collate_preference_fast
     from dpolab.data.types import TokenizedPair
-    from dpolab.models.fastpath import batch_logps, batch_to_device
+    from dpolab.models.fastpath import batch_logps
 
     yes, no = label_token_ids(tokenizer, labels)
     was_training = model.training
@@ -319,7 +319,7 @@ def label_logps(model, tokenizer, prompts: Sequence[str], *, labels: Sequence[st
     out = []
     for start in range(0, len(prompts), batch_size):
         pairs = [TokenizedPair(_prompt_ids(tokenizer, p, max_prompt_length), [yes], [no]) for p in prompts[start:start + batch_size]]
-        batch = batch_to_device(collate_preference_fast(pairs, pad, "prefix"), device)
+        batch = collate_preference_fast(pairs, pad, "prefix").to(device)
         sums = batch_logps(model, batch, layout="prefix", logits="response").sums.float()
         out.append(torch.stack([sums[:len(pairs)], sums[len(pairs):]], dim=1).cpu())
     model.train(was_training)

@@ -244,8 +244,8 @@ def continuation_nll(model, tokenizer, rows: Sequence[dict], *, batch_size: int 
             chars += len(r["completion"])
     total, count = 0.0, 0
     for start in range(0, len(toks), batch_size):
-        batch = collate_sft(toks[start:start + batch_size], tokenizer.pad_token_id)
-        lp = response_logps(model, batch["input_ids"].to(device), batch["attention_mask"].to(device), batch["loss_mask"].to(device))
+        batch = collate_sft(toks[start:start + batch_size], tokenizer.pad_token_id).to(device)
+        lp = response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
         total -= float(lp.sums.sum())
         count += int(lp.counts.sum())
     model.train(was_training)

@@ -19,10 +19,10 @@ def main(out: str, overrides) -> None:
     objective, scored = trainer.objective, []
     forward = objective.forward
 
-    def recording(model, batch, *, training):
+    def recording(model, batch, *, training, state=None):
         if not training:  # eval batches carry their position in the eval set plus the objective's offset
-            scored.append([i - objective.eval_offset for i in batch["index"].tolist()])
-        return forward(model, batch, training=training)
+            scored.append([i - objective.eval_offset for i in batch.index.tolist()])
+        return forward(model, batch, training=training, state=state)
 
     objective.forward = recording
     summary = trainer.fit()

@@ -137,6 +137,20 @@ def test_reference_modes_agree(tmp_path):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+@pytest.mark.parametrize("ref_mode, extra", [("copy", []), ("adapter", ["lora.enabled=true"])])
+def test_a_live_reference_scores_by_the_runs_logits_mode(tmp_path, ref_mode, extra):
+    """train.logits is the objective's setting, not a batch field: the live reference gets it too (full logits here),
+    so policy and reference take the same LM-head path."""
+    from dpolab.models.fastpath import fast_path_report
+
+    t = Trainer(cfg(tmp_path, f"reference.mode={ref_mode}", "train.logits=full", *extra))
+    assert t.reference.mode == ref_mode
+    t.reference.logps(t.collate([0, 1, 2, 3], t.train_data))
+    scorer = t.reference.model if t.reference.model is not None else t.model
+    probed = {key[1] for key in fast_path_report(scorer) if len(key) == 2}
+    assert probed == {"full"}, probed
+
+
 def test_metrics_logged_every_step(tmp_path):
     loss = [{"name": "dpo", "weight": 1.0}, {"name": "sft", "weight": 0.2}]
     train(cfg(tmp_path, "train.max_steps=3", loss=loss))

@@ -45,7 +45,7 @@ def unpaired_file(path, n=40, seed=0):
 
 
 def test_kto_is_one_registered_objective():
-    assert get_objective("kto") is KTOObjective and KTOObjective.data_kind == "unpaired"
+    assert get_objective("kto") is KTOObjective and KTOObjective.data_kind.name == "unpaired"
 
 
 def test_pairs_split_into_unpaired_rows_train_and_the_eval_margin_rises(tmp_path):

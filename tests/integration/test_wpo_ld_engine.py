@@ -75,8 +75,8 @@ def test_live_and_precomputed_references_give_the_same_ld_losses(tmp_path):
             q.add_(noise)
     comp = CompositeLoss(loss)
     batch = live.collate(list(range(8)), live.train_data)
-    n = batch["num_pairs"]
-    tails = (batch["loss_mask"][:n].sum(-1) != batch["loss_mask"][n:].sum(-1)).any()
+    n = batch.num_pairs
+    tails = (batch.loss_mask[:n].sum(-1) != batch.loss_mask[n:].sum(-1)).any()
     assert tails  # some pair has responses of different lengths: the split matters
     a, ma = preference_step(live.policy, live.reference, comp, batch, contextlib.nullcontext)
     b, mb = preference_step(pre.policy, pre.reference, comp, pre.collate(list(range(8)), pre.train_data), contextlib.nullcontext)
@@ -148,8 +148,8 @@ def test_engine_matches_trl_dpo_trainer(tmp_path, loss, trl_kw, layout):
     add_fused_lm_head(trl_policy, outputs=("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"))
     add_fused_lm_head(trl_ref)
     tr = _trl_trainer(trl_policy, trl_ref, beta=0.2, **trl_kw)
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-              "completion_mask": batch["loss_mask"].long()}
+    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
+              "completion_mask": batch.loss_mask.long()}
     trl_policy.zero_grad(set_to_none=True)
     theirs = tr._compute_loss(trl_policy, inputs, return_outputs=False)
     theirs.backward()

@@ -17,27 +17,27 @@ def pairs():
 
 def test_preference_batch_layout():
     b = collate_preference(pairs(), PAD)
-    assert b["input_ids"].shape == (4, 7) and b["input_ids"].dtype == torch.long
-    assert b["input_ids"][0].tolist() == [1, 5, 6, 7, 2, PAD, PAD]  # pair 0 chosen
-    assert b["input_ids"][2].tolist() == [1, 5, 6, 8, 9, 9, 2]  # pair 0 rejected at row B + 0
-    assert b["input_ids"][3].tolist() == [1, 5, 8, 2, PAD, PAD, PAD]
-    assert b["attention_mask"].dtype == torch.long and b["attention_mask"].sum(1).tolist() == [5, 6, 7, 4]
-    assert b["loss_mask"].dtype == torch.bool
-    assert b["loss_mask"][0].tolist() == [False, False, False, True, True, False, False]
-    assert b["loss_mask"].sum(1).tolist() == [2, 4, 4, 2]  # exactly the response lengths, EOS included
-    assert not (b["loss_mask"] & (b["attention_mask"] == 0)).any()
-    assert torch.equal(b["extras"]["rm_margin"], torch.tensor([0.5, -1.0]))
-    assert b["num_pairs"] == 2 and b["meta"] == [{"id": 0}, {"id": 1}]
+    assert b.input_ids.shape == (4, 7) and b.input_ids.dtype == torch.long
+    assert b.input_ids[0].tolist() == [1, 5, 6, 7, 2, PAD, PAD]  # pair 0 chosen
+    assert b.input_ids[2].tolist() == [1, 5, 6, 8, 9, 9, 2]  # pair 0 rejected at row B + 0
+    assert b.input_ids[3].tolist() == [1, 5, 8, 2, PAD, PAD, PAD]
+    assert b.attention_mask.dtype == torch.long and b.attention_mask.sum(1).tolist() == [5, 6, 7, 4]
+    assert b.loss_mask.dtype == torch.bool
+    assert b.loss_mask[0].tolist() == [False, False, False, True, True, False, False]
+    assert b.loss_mask.sum(1).tolist() == [2, 4, 4, 2]  # exactly the response lengths, EOS included
+    assert not (b.loss_mask & (b.attention_mask == 0)).any()
+    assert torch.equal(b.extras["rm_margin"], torch.tensor([0.5, -1.0]))
+    assert b.num_pairs == 2 and b.meta == [{"id": 0}, {"id": 1}]
 
 
 def test_loss_mask_matches_response_tokens_after_shift():
     b = collate_preference(pairs(), PAD)
-    targets = b["input_ids"][:, 1:][b["loss_mask"][:, 1:]].tolist()
+    targets = b.input_ids[:, 1:][b.loss_mask[:, 1:]].tolist()
     assert targets == [7, 2, 7, 7, 7, 2, 8, 9, 9, 2, 8, 2]
 
 
 def test_pad_to_multiple_and_mismatched_extras():
-    assert collate_preference(pairs(), PAD, pad_to_multiple_of=8)["input_ids"].shape == (4, 8)
+    assert collate_preference(pairs(), PAD, pad_to_multiple_of=8).input_ids.shape == (4, 8)
     bad = pairs()
     bad[1].extras = {}
     with pytest.raises(ValueError, match="same extras"):
@@ -48,9 +48,9 @@ def test_pad_to_multiple_and_mismatched_extras():
 
 def test_sft_batch():
     b = collate_sft([TokenizedSFT([1], [4, 5, 2], meta={"a": 1}), TokenizedSFT([1, 3, 3], [6, 2])], PAD)
-    assert b["input_ids"].tolist() == [[1, 4, 5, 2, PAD], [1, 3, 3, 6, 2]]
-    assert b["loss_mask"].tolist() == [[False, True, True, True, False], [False, False, False, True, True]]
-    assert b["meta"] == [{"a": 1}, {}]
+    assert b.input_ids.tolist() == [[1, 4, 5, 2, PAD], [1, 3, 3, 6, 2]]
+    assert b.loss_mask.tolist() == [[False, True, True, True, False], [False, False, False, True, True]]
+    assert b.meta == [{"a": 1}, {}]
 
 
 def test_length_grouped_indices_is_a_seeded_permutation():

@@ -52,7 +52,7 @@ def _grads(model, lp, w):
 
 def _compare(model, batch, layout, logits, chunk_rows=5):
     """Log-probs, gradients and WPO's per-token log sum p^2 (``with_sq``) of the fast path equal the plain path's."""
-    plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], with_sq=True)
+    plain = response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask, with_sq=True)
     w = torch.linspace(-1.0, 1.5, plain.sums.shape[0])
     g0 = _grads(model, plain, w)
     with warnings.catch_warnings():
@@ -98,7 +98,7 @@ def test_through_lora(preset, layout):
         with torch.no_grad():
             b = collate_preference_fast(_pairs(2), TOK.pad_token_id, layout)
             a = batch_logps(model, b, layout=layout)
-            p = response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"])
+            p = response_logps(model, b.input_ids, b.attention_mask, b.loss_mask)
             assert torch.allclose(a.sums, p.sums, atol=1e-5)
 
 
@@ -121,7 +121,7 @@ def test_sq_only_when_asked():
     batch = collate_preference_fast(_pairs(), TOK.pad_token_id, "prefix")
     for layout, logits in PATHS:
         assert batch_logps(model, batch, layout=layout, logits=logits).token_log_sum_sq is None
-    assert response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"]).token_log_sum_sq is None
+    assert response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask).token_log_sum_sq is None
 
 
 def test_softcap_falls_back_to_plain():
@@ -134,7 +134,7 @@ def test_softcap_falls_back_to_plain():
     b = collate_preference_fast(_pairs(), TOK.pad_token_id, "prefix")
     with pytest.warns(UserWarning, match="post-processes the logits"):
         got = batch_logps(m, b)
-    want = response_logps(m, b["input_ids"], b["attention_mask"], b["loss_mask"])
+    want = response_logps(m, b.input_ids, b.attention_mask, b.loss_mask)
     assert torch.allclose(got.sums, want.sums, atol=1e-5)
 
 
@@ -172,8 +172,8 @@ def test_collate_fast_keeps_padded_batch():
     pairs = _pairs()
     a, b = collate_preference(pairs, 0), collate_preference_fast(pairs, 0, "prefix")
     for k in ("input_ids", "attention_mask", "loss_mask"):
-        assert torch.equal(a[k], b[k])
-    assert "packed" not in collate_preference_fast(pairs, 0, "padded")
+        assert torch.equal(getattr(a, k), getattr(b, k))
+    assert collate_preference_fast(pairs, 0, "padded").packed is None
 
 
 def test_length_grouped_plan_is_deterministic_and_a_permutation():
@@ -208,7 +208,7 @@ def test_automatic_row_length_keeps_the_log_probs():
     shapes = set()
     for hidden in (1, 4096):  # a narrow model: one unit per row; a wide one: several per row
         batch = collate_preference_fast(_pairs(), TOK.pad_token_id, "prefix", hidden_size=hidden)
-        shapes.add(tuple(batch["packed"]["input_ids"].shape))
+        shapes.add(tuple(batch.packed["input_ids"].shape))
         _compare(model, batch, "prefix", "response")
     assert len(shapes) == 2  # the two widths really chose different rows
 

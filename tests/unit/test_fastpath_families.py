@@ -93,14 +93,14 @@ def test_family_fast_paths_equal_plain(family, lora):
     window = getattr(unwrap_hf(model).config, "sliding_window", None)
     assert window is None or window < _longest(pairs) - 10  # the window really cuts these sequences
     plain_batch = collate_preference(pairs, TOK.pad_token_id)
-    plain = response_logps(model, plain_batch["input_ids"], plain_batch["attention_mask"], plain_batch["loss_mask"],
+    plain = response_logps(model, plain_batch.input_ids, plain_batch.attention_mask, plain_batch.loss_mask,
                            with_sq=True)
     w = torch.linspace(-1.0, 1.5, plain.sums.shape[0])
     g0 = _grads(model, plain, w)
     assert g0
     for layout in ("prefix", "packed"):
         batch = collate_preference_fast(pairs, TOK.pad_token_id, layout, capacity=96)  # several units share a row
-        assert batch["packed"]["input_ids"].shape[0] < len(pairs) * (2 if layout == "packed" else 1)
+        assert batch.packed["input_ids"].shape[0] < len(pairs) * (2 if layout == "packed" else 1)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a silent fallback to the plain path would make this test vacuous
             fast = batch_logps(model, batch, layout=layout, logits="response", chunk_rows=7, with_sq=True)
@@ -126,8 +126,8 @@ def test_windows_and_softcap_change_these_log_probs():
                            ("phi3-window", {"sliding_window": None}), ("gemma2-cap2", {"final_logit_softcapping": None}),
                            ("gemma3-cap2", {"final_logit_softcapping": None})]:
         with torch.no_grad():
-            a = response_logps(_model(family), b["input_ids"], b["attention_mask"], b["loss_mask"]).sums
-            c = response_logps(_model(family, overrides=change), b["input_ids"], b["attention_mask"], b["loss_mask"]).sums
+            a = response_logps(_model(family), b.input_ids, b.attention_mask, b.loss_mask).sums
+            c = response_logps(_model(family, overrides=change), b.input_ids, b.attention_mask, b.loss_mask).sums
         assert (a - c).abs().max() > 1e-2, family
 
 
@@ -149,7 +149,7 @@ def test_layer_types_a_mask_cannot_describe_keep_the_padded_layout():
     b = collate_preference_fast(_pairs(lens=SHORT), TOK.pad_token_id, "prefix")
     with pytest.warns(UserWarning, match="linear_attention"):
         got = batch_logps(model, b)
-    want = response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"])
+    want = response_logps(model, b.input_ids, b.attention_mask, b.loss_mask)
     assert torch.allclose(got.sums, want.sums, atol=1e-5)
     assert fast_path_report(model)[("padded", "response")] is None  # response logits on the padded batch are fine
 
@@ -175,7 +175,7 @@ def test_a_window_the_model_applies_by_index_keeps_the_padded_layout_for_long_un
         assert resolve(model, long, "prefix", "response")[0] == "padded"
     for b in (short, long):
         got = batch_logps(model, b)
-        want = response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"])
+        want = response_logps(model, b.input_ids, b.attention_mask, b.loss_mask)
         assert torch.allclose(got.sums, want.sums, atol=1e-5)
 
 
@@ -214,7 +214,7 @@ def test_bf16_keeps_the_fast_path(family, weights):
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             fast = batch_logps(model, batch, with_sq=True)
-        plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"], with_sq=True)
+        plain = response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask, with_sq=True)
     key = ("prefix", "response") + (("bfloat16",) if weights != "bf16" else ())
     assert fast_path_report(model) == {key: None}  # the exactness probe (fp32 weights: without autocast) passed
     diff = (fast.token_logps - plain.token_logps).abs().max()

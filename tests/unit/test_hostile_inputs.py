@@ -167,7 +167,7 @@ def test_loaded_pairs_give_a_finite_loss(tok, tiny_model, recs):
     if not pairs:
         return
     batch = collate_preference(pairs, tok.pad_token_id)
-    batch["index"] = torch.arange(len(pairs))
+    batch.index = torch.arange(len(pairs))
 
     class Shifted:  # a reference that differs from the policy, so the loss is not trivially ln 2
         mode = "copy"

@@ -9,8 +9,8 @@ import pytest
 
 from dpolab.config import build_config
 from dpolab.data.types import TokenizedPair
-from dpolab.engine.data_setup import pairs_to_unpaired
-from dpolab.engine.objectives.kto import KTOObjective, crossing_sources
+from dpolab.data.collate import collate_unpaired_fast
+from dpolab.engine.objectives.kto import KTOObjective, crossing_sources, pairs_to_unpaired
 
 
 def _objective():
@@ -40,7 +40,7 @@ def test_every_step_pair_crosses_prompts_across_micro_batches(split):
     rows = pairs_to_unpaired(_pairs(4))
     batches, at = [], 0
     for n in split:
-        batches.append({"rows": rows[at:at + n]})
+        batches.append(collate_unpaired_fast(rows[at:at + n], 0, "padded"))
         at += n
     obj = _objective()
     completions = obj._step_completions(batches)

@@ -39,7 +39,7 @@ def test_scores_match_the_training_log_probs_and_bound_argmax_mass(setup):
     from dpolab.data.collate import collate_preference
 
     b = collate_preference(pairs, tok.pad_token_id)
-    ref = response_logps(model.eval(), b["input_ids"], b["attention_mask"], b["loss_mask"]).sums
+    ref = response_logps(model.eval(), b.input_ids, b.attention_mask, b.loss_mask).sums
     assert torch.allclose(s["chosen"], ref[:5], atol=1e-5) and torch.allclose(s["rejected"], ref[5:], atol=1e-5)
     assert (s["argmax_mass"] >= s["chosen"] - 1e-6).all()  # the argmax token is at least as likely at every position
     # greedy responses are the argmax continuation, so their per-token log-probs are the argmax mass of their own path

@@ -17,7 +17,7 @@ ROWS = [{"prompt": f"Q: {i}+{i}\nA: ", "chosen": f"{2 * i}", "rejected": f"{2 * 
 
 def _scored_tokens(batch):
     """Per sequence, the response tokens a causal LM scores (a token at position 0 has no logits before it)."""
-    return batch["loss_mask"][:, 1:].sum(-1)
+    return batch.loss_mask[:, 1:].sum(-1)
 
 
 def test_max_length_1_skips_and_counts_every_row():

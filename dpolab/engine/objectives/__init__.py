@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Dict, Type
 
 from ...config import ConfigError
+from ..data_kinds import register_kind
 from .base import MicroResult, Objective, RunContext
 from .kto import KTOObjective
 from .preference import PreferenceObjective
@@ -14,7 +15,8 @@ OBJECTIVES: Dict[str, Type[Objective]] = {}
 
 
 def register(cls: Type[Objective]) -> Type[Objective]:
-    """Make ``cls`` available as ``train.mode=<cls.name>``."""
+    """Make ``cls`` available as ``train.mode=<cls.name>``, and its data kind by its name."""
+    register_kind(cls.data_kind)
     OBJECTIVES[cls.name] = cls
     return cls
 

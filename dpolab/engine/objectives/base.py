@@ -1,9 +1,9 @@
 """What the training loop asks of an objective (SFT, preference pairs, reward model, ...).
 
 The loop (:mod:`dpolab.engine.trainer`) never names an objective: it asks the one ``train.mode`` names for its
-model, its batches, the loss of a micro-batch and its statistics, what evaluation adds, what is checkpointed and
-what the final save is. A new objective is a new file with a subclass of :class:`Objective` plus one registration
-line in :mod:`dpolab.engine.objectives`.
+data kind, model, typed batches (:mod:`dpolab.data.batches`), the loss of a micro-batch and its statistics, what
+evaluation adds, what the progress bar shows, what is checkpointed and what the final save is. A new objective is
+a new file with a subclass of :class:`Objective` plus one registration line in :mod:`dpolab.engine.objectives`.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 from torch import Tensor
 
 from ...config import RunConfig
+from ...data.batches import Batch
 from ...progress import progress_bar
+from ..data_kinds import PREFERENCE_PAIRS, DataKind
 
 
 @dataclass
@@ -57,10 +59,11 @@ class MicroResult:
 
 
 class Objective:
-    """Base class: override what differs. ``data_kind`` is what the data pipeline loads ('sft' or 'preference')."""
+    """Base class: override what differs. ``data_kind`` is what the data pipeline loads and how
+    (:class:`~dpolab.engine.data_kinds.DataKind`; default: preference pairs)."""
 
     name: str = ""
-    data_kind: str = "preference"
+    data_kind: DataKind = PREFERENCE_PAIRS
     fixed_layout: Optional[str] = None  # a batch layout this objective always uses (else train.layout)
     autocast: Callable = nullcontext    # the run's mixed-precision context, set by setup()
 
@@ -81,7 +84,8 @@ class Objective:
         """What a step averages over, per example (1 per pair; completion tokens for SFT)."""
         return 1
 
-    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Batch:
+        """The typed batch of ``items`` (e.g. :func:`dpolab.data.collate.collate_preference_fast`)."""
         raise NotImplementedError
 
     # -- model --------------------------------------------------------------------------------------------------
@@ -112,11 +116,15 @@ class Objective:
         return model
 
     # -- a micro-batch ------------------------------------------------------------------------------------------
-    def begin_step(self, model, batches: List[Dict[str, Any]], step: int) -> None:
+    def begin_step(self, model, batches: List[Batch], step: int) -> List[Any]:
         """Called with this process's micro-batches of an optimiser step before their forwards (a batch-level loss
-        takes its statistics over all of them first)."""
+        takes its statistics over all of them first). Returns one state per micro-batch, which the loop passes back
+        to :meth:`forward` with that micro-batch (``state=``); None where there is nothing to pass."""
+        return [None] * len(batches)
 
-    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
+    def forward(self, model, batch: Batch, *, training: bool, state: Any = None) -> MicroResult:
+        """The micro-batch's :class:`MicroResult`; ``state`` is what :meth:`begin_step` returned for it (None for an
+        evaluation batch or a batch scored on its own)."""
         raise NotImplementedError
 
     def end_step(self, model, step: int) -> None:
@@ -151,4 +159,15 @@ class Objective:
         return {}
 
     def summary(self) -> Dict[str, Any]:
-        return {}
+        """What ``summary.json`` records of the objective (``reference_mode``: None for one without a reference)."""
+        return {"reference_mode": None}
+
+    # -- progress -----------------------------------------------------------------------------------------------
+    def postfix(self, row: Dict[str, Any]) -> Dict[str, str]:
+        """What the progress bar shows of a logged training row."""
+        return {"loss": f"{row['loss']:.4f}"}
+
+
+def accuracy_postfix(row: Dict[str, Any]) -> Dict[str, str]:
+    """The loss and the reward accuracy, for objectives that score pairs."""
+    return {"loss": f"{row['loss']:.4f}", "acc": f"{row['reward_accuracy']:.2f}"}

@@ -30,19 +30,51 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
+from ...config import DataConfig
+from ...data.batches import LabelledRowBatch, PairBatch
 from ...data.collate import collate_unpaired_fast
-from ...data.types import TokenizedUnpaired
+from ...data.types import DataError, TokenizedUnpaired
 from ...losses.kto import kto_kl, kto_loss
 from ...models.fastpath import logps_for_batch
 from ...models.reference import Reference
+from ..data_kinds import PREFERENCE_PAIRS, DataKind
 from ..errors import TrainError
 from .base import MicroResult, Objective, RunContext
 from .with_reference import WithReference
 
 
+class UnpairedRows(DataKind):
+    """Prompt, completion and a boolean label; with ``data.unpaired_from_pairs`` each preference pair gives two rows."""
+
+    name = "unpaired"
+    pairs_setting = "data.unpaired_from_pairs=true"
+
+    def load(self, source, tokenizer, **options):
+        from ...data.dataset import load_unpaired_data
+
+        return load_unpaired_data(source, tokenizer, **options)
+
+    def task_rows(self, data: DataConfig, seed: int, tokenizer=None):
+        raise DataError(f"built-in task '{data.task}' gives preference pairs; set data.unpaired_from_pairs=true to "
+                        f"split each pair into a desirable and an undesirable row")
+
+    def derived_from(self, data: DataConfig) -> Optional[DataKind]:
+        return PREFERENCE_PAIRS if data.unpaired_from_pairs else None
+
+    def convert(self, items: List[Any], data: DataConfig, split: str) -> List[TokenizedUnpaired]:
+        return pairs_to_unpaired(items)
+
+
+def pairs_to_unpaired(pairs) -> List[TokenizedUnpaired]:
+    """Unpaired (KTO) rows from tokenised pairs: each pair's chosen response (label True), then its rejected one
+    (label False), after the same prompt."""
+    return [TokenizedUnpaired(p.prompt_ids, ids, label, dict(p.meta))
+            for p in pairs for ids, label in ((p.chosen_ids, True), (p.rejected_ids, False))]
+
+
 class KTOObjective(WithReference, Objective):
     name = "kto"
-    data_kind = "unpaired"
+    data_kind = UnpairedRows()
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -64,8 +96,6 @@ class KTOObjective(WithReference, Objective):
         self._rank = 0
         self._device = torch.device("cpu")
         self._max_len = cfg.data.max_length
-        self._step_kl: Optional[torch.Tensor] = None
-        self._step_batches: set = set()
         self._eval_set: Optional[Sequence] = None
         self._eval_kl: Optional[torch.Tensor] = None
 
@@ -73,10 +103,8 @@ class KTOObjective(WithReference, Objective):
     def length(self, example) -> int:
         return len(example.prompt_ids) + len(example.completion_ids)
 
-    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
-        batch = collate_unpaired_fast(items, pad_id, layout, hidden_size=hidden_size)
-        batch["rows"] = list(items)  # the step's mismatched pairs are built from them (begin_step)
-        return batch
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> LabelledRowBatch:
+        return collate_unpaired_fast(items, pad_id, layout, hidden_size=hidden_size)  # with its rows: begin_step
 
     def mismatched(self, rows: Sequence, completions: Optional[Sequence] = None) -> List[TokenizedUnpaired]:
         """Each row's prompt followed by ``completions[k]`` (default: the completion of the nearest row before it in
@@ -90,11 +118,11 @@ class KTOObjective(WithReference, Objective):
             out.append(TokenizedUnpaired(row.prompt_ids, list(other[:room]), row.label, dict(row.meta)))
         return out
 
-    def _step_completions(self, batches: List[Dict[str, Any]]) -> Optional[List[Any]]:
+    def _step_completions(self, batches: List[LabelledRowBatch]) -> Optional[List[Any]]:
         """For each of this process's rows of the step, the completion of the nearest row before it with another
         prompt in the step's order (micro-batch by micro-batch, each one's processes in rank order:
         dpolab/engine/batching.py), cyclically (:func:`crossing_sources`); None when the step has fewer than 2 rows."""
-        mine = [[(r.prompt_ids, r.completion_ids) for r in b["rows"]] for b in batches]
+        mine = [[(r.prompt_ids, r.completion_ids) for r in b.examples] for b in batches]
         every = [mine] if self._gather_object is None else self._gather_object([mine])
         rank = 0 if self._gather_object is None else self._rank
         flat: List[Any] = []
@@ -108,7 +136,7 @@ class KTOObjective(WithReference, Objective):
         if len(flat) < 2:
             return None
         src = crossing_sources([p for p, _ in flat])
-        return [flat[src[where[(a, i)]]][1] for a, b in enumerate(batches) for i in range(len(b["rows"]))]
+        return [flat[src[where[(a, i)]]][1] for a, b in enumerate(batches) for i in range(len(b.examples))]
 
     # -- set-up ---------------------------------------------------------------------------------------------------
     def setup(self, run: RunContext) -> None:
@@ -146,9 +174,9 @@ class KTOObjective(WithReference, Objective):
         return note
 
     # -- log-probs --------------------------------------------------------------------------------------------------
-    def _ref_logps(self, batch: Dict[str, Any]) -> torch.Tensor:
+    def _ref_logps(self, batch: LabelledRowBatch) -> torch.Tensor:
         # a live reference scores the batch's rows as the "chosen" half of a batch with no "rejected" half
-        return self.reference.logps({**batch, "num_pairs": len(batch["rows"])}, self.autocast)[0]
+        return self.reference.logps(PairBatch.one_sided(batch), self.autocast)[0]
 
     def kl_estimate(self, model, rows: Sequence, chunk: int) -> torch.Tensor:
         """``z0`` over ``rows`` alone (rotated in their order), ``chunk`` rows at a time, without gradients."""
@@ -162,24 +190,26 @@ class KTOObjective(WithReference, Objective):
             for s in range(0, len(pairs), chunk):
                 b = self._collate(list(range(s, min(s + chunk, len(pairs)))), pairs)
                 with self.autocast():
-                    pol.append(logps_for_batch(model, b).sums.float())
+                    pol.append(logps_for_batch(model, b, logits=self.cfg.train.logits).sums.float())
                 ref.append(self._ref_logps(b).float())
         empty = torch.zeros(0, device=self._device)
         return kto_kl(torch.cat(pol) if pol else empty, torch.cat(ref) if ref else empty, all_gather=gather)
 
     # -- a micro-batch --------------------------------------------------------------------------------------------
-    def begin_step(self, model, batches: List[Dict[str, Any]], step: int) -> None:
-        """``z0`` of the whole step (every micro-batch, every process), before any of its forwards."""
+    def begin_step(self, model, batches: List[LabelledRowBatch], step: int) -> List[torch.Tensor]:
+        """``z0`` of the whole step (every micro-batch, every process), before any of its forwards: every
+        micro-batch's state."""
         completions = self._step_completions(batches)
-        rows = [r for b in batches for r in b["rows"]]
+        rows = [r for b in batches for r in b.examples]
         pairs = self.mismatched(rows, completions) if completions is not None else []
-        self._step_kl = self._score_kl(model, pairs, max(len(b["rows"]) for b in batches), self._gather)
-        self._step_batches = {id(b) for b in batches}
+        kl = self._score_kl(model, pairs, max(len(b.examples) for b in batches), self._gather)
+        return [kl] * len(batches)
 
-    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
-        rows = batch["rows"]
-        if training and id(batch) in self._step_batches:
-            kl = self._step_kl
+    def forward(self, model, batch: LabelledRowBatch, *, training: bool,
+                state: Optional[torch.Tensor] = None) -> MicroResult:
+        rows = batch.examples
+        if training and state is not None:  # the step's z0 (begin_step)
+            kl = state
         elif not training and self._eval_set is not None:
             if self._eval_kl is None:  # once per evaluation, with the evaluated model
                 self._eval_kl = self.kl_estimate(model, self._eval_set, self.cfg.eval.batch_size)
@@ -187,13 +217,13 @@ class KTOObjective(WithReference, Objective):
         else:  # a batch on its own (outside the loop): its own rows
             kl = self.kl_estimate(model, rows, len(rows))
         with self.autocast():
-            lp = logps_for_batch(model, batch)
+            lp = logps_for_batch(model, batch, logits=self.cfg.train.logits)
         policy = lp.sums
         ref = self._ref_logps(batch).to(policy.dtype)
         k = self.cfg.kto
-        out = kto_loss(policy, ref, batch["label"], kl=kl, beta=k.beta, desirable_weight=k.desirable_weight,
+        out = kto_loss(policy, ref, batch.label, kl=kl, beta=k.beta, desirable_weight=k.desirable_weight,
                        undesirable_weight=k.undesirable_weight)
-        labels = batch["label"]
+        labels = batch.label
         metrics: Dict[str, Any] = {"loss": out.metrics["loss"], "kl": out.kl,
                                    "_kto": (out.chosen_rewards, out.rejected_rewards, policy.detach()[labels],
                                             policy.detach()[~labels])}

@@ -8,20 +8,22 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 import torch
 
 from ... import atomic
+from ...data.batches import PairBatch
 from ...data.collate import collate_preference_fast
 from ...losses import LOCAL, CompositeLoss, DistContext, PreferenceOutputs
 from ...models.preference_logps import generic_metrics, preference_outputs
 from ...models.reference import Reference, reference_cost
 from ..errors import TrainError
-from .base import MicroResult, Objective, RunContext
+from .base import MicroResult, Objective, RunContext, accuracy_postfix
 from .with_reference import WithReference
 
 
-def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss, batch, autocast, dist: DistContext = LOCAL):
-    """Objective (mean over the batch's pairs) and metrics of one preference batch."""
+def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss, batch: PairBatch, autocast,
+                    dist: DistContext = LOCAL, logits: Optional[str] = None):
+    """Objective (mean over the batch's pairs) and metrics of one preference batch (``logits``: ``train.logits``)."""
     out = preference_outputs(policy, reference, batch, need_tokens=loss.needs_token_logps, extras=loss.needs_extras,
                              autocast=autocast, need_sq=loss.needs_token_log_sum_sq_probs,
-                             need_ref_split=loss.needs_ref_token_split)
+                             need_ref_split=loss.needs_ref_token_split, logits=logits)
     objective, metrics, parts = loss(out, dist=dist)
     metrics.update(generic_metrics(out))
     for p in parts:  # the first component with implicit rewards gives rewards/chosen and rewards/rejected
@@ -42,12 +44,11 @@ class PreferenceObjective(WithReference, Objective):
         self.probes = self.probe_baseline = None
         self.dist = LOCAL
         self._gather = lambda t: t
-        self._contexts: Dict[int, DistContext] = {}  # the step's micro-batches (by id) -> their context
         self._eval_data: Optional[Sequence] = None
         self._eval_state: Optional[Dict[str, Any]] = None  # a stateful loss's state while an evaluation runs
         self._tokenizer = None
 
-    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> PairBatch:
         return collate_preference_fast(items, pad_id, layout, hidden_size=hidden_size)
 
     # -- set-up ---------------------------------------------------------------------------------------------------
@@ -100,37 +101,40 @@ class PreferenceObjective(WithReference, Objective):
         return probes, baseline
 
     # -- a micro-batch --------------------------------------------------------------------------------------------
-    def begin_step(self, model, batches: List[Dict[str, Any]], step: int) -> None:
-        """A batch-level loss (beta-DPO, AOT) takes its statistics over the whole optimiser step: when the step has
-        several micro-batches or processes, a no-grad pass over them first gives those statistics their inputs."""
-        self._contexts = {}
+    def begin_step(self, model, batches: List[PairBatch], step: int) -> List[DistContext]:
+        """Each micro-batch's :class:`DistContext`. A batch-level loss (beta-DPO, AOT) takes its statistics over the
+        whole optimiser step: when the step has several micro-batches or processes, a no-grad pass over them first
+        gives those statistics their inputs."""
         world = self.dist.world_size
         if not self.loss.batch_level:
-            return
+            return [self.dist] * len(batches)
         if len(batches) == 1 and world == 1:
-            self._contexts[id(batches[0])] = replace(self.dist, step=step)
-            return
+            return [replace(self.dist, step=step)]
         with torch.no_grad():
             parts = [preference_outputs(model, self.reference, b, need_tokens=False, extras=self.loss.needs_extras,
-                                        autocast=self.autocast) for b in batches]
+                                        autocast=self.autocast, logits=self.cfg.train.logits) for b in batches]
         # the step's order: micro-batch by micro-batch, each one's processes in rank order (dpolab/engine/batching.py)
         gathered = [_gather_outputs(p, self._gather) for p in parts]
         step_outputs = _concat_outputs(gathered)
-        start = 0
+        contexts, start = [], 0
         for b, g in zip(batches, gathered):
-            n = b["num_pairs"]
-            self._contexts[id(b)] = replace(self.dist, step_outputs=step_outputs, offset=start + self.dist.rank * n, step=step)
+            contexts.append(replace(self.dist, step_outputs=step_outputs, offset=start + self.dist.rank * b.num_pairs,
+                                    step=step))
             start += g.batch_size
+        return contexts
 
-    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
+    def forward(self, model, batch: PairBatch, *, training: bool, state: Optional[DistContext] = None) -> MicroResult:
         # an eval batch is scored on its own (no gathers: each process scores its share of the batches), from the
         # state a stateful loss (beta-DPO) had when the evaluation began: whatever batches came before it, or where
         if not training and self._eval_state is not None:
             self.loss.load_state_dict(self._eval_state)
-        dist = self._contexts.get(id(batch), self.dist) if training else LOCAL
-        objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast, dist=dist)
-        n = batch["num_pairs"]
+        dist = (state or self.dist) if training else LOCAL  # no state: a batch scored on its own, outside the loop
+        objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast, dist=dist,
+                                             logits=self.cfg.train.logits)
+        n = batch.num_pairs
         return MicroResult(objective * n, float(n), metrics)
+
+    postfix = staticmethod(accuracy_postfix)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     @contextmanager

@@ -9,17 +9,18 @@ from typing import Any, Dict, List, Optional
 
 import torch
 
+from ...data.batches import PairBatch
 from ...data.collate import collate_preference_fast
 from ...models.logprobs import split_pairs
 from ...rewards.model import load_reward_model, merged_for_saving, reward_metrics, sequence_rewards
-from .base import MicroResult, Objective, RunContext
+from .base import MicroResult, Objective, RunContext, accuracy_postfix
 
 
 class RewardModelObjective(Objective):
     name = "rm"
     fixed_layout = "padded"  # one scalar per sequence: no prefix sharing or packing
 
-    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> Dict[str, Any]:
+    def collate(self, items: List[Any], pad_id: int, layout: str, hidden_size: Optional[int]) -> PairBatch:
         return collate_preference_fast(items, pad_id, layout, hidden_size=hidden_size)
 
     def load_model(self, tokenizer, *, seed: int, max_positions: int):
@@ -36,11 +37,11 @@ class RewardModelObjective(Objective):
 
             raise TrainError("eval.probes needs a policy trained on preference pairs; it is not available in train.mode=rm")
 
-    def forward(self, model, batch: Dict[str, Any], *, training: bool) -> MicroResult:
-        n = batch["num_pairs"]
+    def forward(self, model, batch: PairBatch, *, training: bool, state: Any = None) -> MicroResult:
+        n = batch.num_pairs
         center = self.cfg.rm.center_weight
         with self.autocast():
-            rewards = sequence_rewards(model, batch["input_ids"], batch["attention_mask"])
+            rewards = sequence_rewards(model, batch.input_ids, batch.attention_mask)
         r_w, r_l = split_pairs(rewards, n)
         bt = -torch.nn.functional.logsigmoid(r_w - r_l)
         losses = bt + center * (r_w + r_l) ** 2 if center else bt
@@ -55,6 +56,8 @@ class RewardModelObjective(Objective):
         chosen = torch.cat([r["_rewards"][0] for r in rows])
         rejected = torch.cat([r["_rewards"][1] for r in rows])
         return {k: float(v) for k, v in reward_metrics(chosen, rejected).items()}
+
+    postfix = staticmethod(accuracy_postfix)
 
     def model_to_save(self, model):
         return merged_for_saving(model)

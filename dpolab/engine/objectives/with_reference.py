@@ -43,7 +43,7 @@ class WithReference:
             load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
             load_separate=lambda: load_base_model(separate, run.tokenizer),
             log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first,
-            batch_starts=tuple(batch_starts))
+            batch_starts=tuple(batch_starts), logits=cfg.train.logits)
         return build_reference(choice, req, run.accelerator.unwrap_model(run.model), list(data), tools,
                                resuming=run.resuming, record=record)
 

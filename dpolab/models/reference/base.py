@@ -60,11 +60,6 @@ class Reference:
                                   f"this run's reference is '{self.mode}'")
 
 
-def batch_field(batch: Any, name: str) -> Any:
-    """A batch's field by name, from a plain dict or a typed batch (issue 29 turns the one into the other)."""
-    return batch[name] if isinstance(batch, dict) else getattr(batch, name)
-
-
 def unwrap(model):
     """The model inside a distributed wrapper (``.module``), or the model itself."""
     return getattr(model, "module", model)

@@ -48,7 +48,8 @@ class ReferenceTools:
     batching starts afresh (the engine gives the first held-out example's, so the table scores the held-out pairs in
     the evaluation's own batches: same padding and packing, so at step 0 the live policy reproduces the table bit
     for bit wherever the same batch gives the same numbers, whatever the dtype); ``progress(iterable or None, **tqdm
-    options)`` makes the run's progress bars (:func:`dpolab.progress.progress_bar`, off by default)."""
+    options)`` makes the run's progress bars (:func:`dpolab.progress.progress_bar`, off by default); ``logits``: the
+    LM-head path (``train.logits``) the live kinds and the table's scoring use, as the policy does."""
 
     device: torch.device
     collate: Callable[[List[int], Sequence], Any]
@@ -60,6 +61,7 @@ class ReferenceTools:
     progress: Callable = partial(progress_bar, enabled=False)
     main_first: Callable = nullcontext
     batch_starts: Sequence[int] = (0,)
+    logits: str = "response"
 
 
 def build_reference(choice: Choice, req: ReferenceRequest, policy, data: Sequence, tools: ReferenceTools, *,
@@ -75,11 +77,12 @@ def build_reference(choice: Choice, req: ReferenceRequest, policy, data: Sequenc
     if choice.note:
         tools.log(choice.note)
     if choice.kind == "adapter":
-        return AdapterOff(policy)
+        return AdapterOff(policy, logits=tools.logits)
     if choice.kind == "separate":
-        return SeparateModel(tools.load_separate().to(tools.device))
+        return SeparateModel(tools.load_separate().to(tools.device), logits=tools.logits)
     if choice.kind == "copy":  # a resumed run's policy holds trained weights: rebuild the starting ones
-        return LiveCopy((tools.load_start() if resuming else copy.deepcopy(unwrap(policy))).to(tools.device))
+        start = tools.load_start() if resuming else copy.deepcopy(unwrap(policy))
+        return LiveCopy(start.to(tools.device), logits=tools.logits)
     if choice.kind != "precomputed":
         raise ReferenceSetupError(f"unknown reference mode '{choice.kind}'")
     return _precomputed(req, policy, data, tools, resuming, record or {})

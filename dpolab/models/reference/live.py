@@ -9,17 +9,20 @@ from torch import Tensor
 
 from ..fastpath import logps_for_batch
 from ..logprobs import SequenceLogps, split_pairs
-from .base import Reference, ReferenceSetupError, batch_field, unwrap
+from .base import Reference, ReferenceSetupError, unwrap
 
 
 class LiveReference(Reference):
-    """A reference that scores each batch with a forward pass (no gradients, under the run's autocast)."""
+    """A reference that scores each batch with a forward pass (no gradients, under the run's autocast), by the LM-head
+    path ``logits`` the policy uses (``train.logits``)."""
+
+    logits: str = "response"
 
     def logps(self, batch: Any, autocast: Callable = nullcontext) -> tuple[Tensor, Tensor]:
-        return split_pairs(self._scored(batch, autocast).sums, batch_field(batch, "num_pairs"))
+        return split_pairs(self._scored(batch, autocast).sums, batch.num_pairs)
 
     def split_logps(self, batch: Any, autocast: Callable = nullcontext) -> Dict[str, Tensor]:
-        n = batch_field(batch, "num_pairs")
+        n = batch.num_pairs
         lp = self._scored(batch, autocast)
         (c, r), (tc, tr) = split_pairs(lp.sums, n), split_pairs(lp.token_logps, n)
         return dict(ref_chosen_logps=c, ref_rejected_logps=r, ref_chosen_token_logps=tc, ref_rejected_token_logps=tr)
@@ -35,14 +38,14 @@ class LiveReference(Reference):
 class FrozenModel(LiveReference):
     """A model of its own, frozen (eval mode, no gradients), already on the run's device."""
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, model, *, logits: str = "response"):
+        self.model, self.logits = model, logits
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
 
     def _forward(self, batch: Any) -> SequenceLogps:
-        return logps_for_batch(self.model, batch)
+        return logps_for_batch(self.model, batch, logits=self.logits)
 
 
 class LiveCopy(FrozenModel):
@@ -82,11 +85,11 @@ class AdapterOff(LiveReference):
     mode = "adapter"
     description = "live adapter"
 
-    def __init__(self, policy):
+    def __init__(self, policy, *, logits: str = "response"):
         if not hasattr(unwrap(policy), "disable_adapter"):
             raise ReferenceSetupError("reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or "
                                       "precomputed")
-        self.policy = policy
+        self.policy, self.logits = policy, logits
 
     def _forward(self, batch: Any) -> SequenceLogps:
         pol = unwrap(self.policy)
@@ -94,6 +97,6 @@ class AdapterOff(LiveReference):
         pol.eval()
         try:
             with pol.disable_adapter():
-                return logps_for_batch(pol, batch)
+                return logps_for_batch(pol, batch, logits=self.logits)
         finally:
             pol.train(was_training)

@@ -18,7 +18,7 @@ from ... import atomic
 from ...losses.length import shared_tail
 from ..fastpath import logps_for_batch
 from ..logprobs import SequenceLogps, split_pairs
-from .base import Reference, ReferenceSetupError, batch_field, unwrap
+from .base import Reference, ReferenceSetupError, unwrap
 from .key import TABLE_COLUMNS
 
 
@@ -54,7 +54,7 @@ class PrecomputedTable(Reference):
         return {"mode": self.mode, "cache_file": str(self.cache_file) if self.cache_file else None, "key": self.key}
 
     def _lookup(self, batch: Any, column: str) -> Tensor:
-        return self.table[column][batch_field(batch, "index").cpu()].to(batch_field(batch, "input_ids").device)
+        return self.table[column][batch.index.cpu()].to(batch.input_ids.device)
 
 
 # -- the table's file -------------------------------------------------------------------------------------------
@@ -106,9 +106,9 @@ def score_table(model, adapter_off: bool, data: Sequence, tools) -> Dict[str, Te
         with torch.no_grad(), off():
             for batch in batches:
                 with tools.autocast():
-                    lp = logps_for_batch(pol, batch)
-                idx = batch_field(batch, "index").cpu()
-                for name, values in _table_rows(lp, batch_field(batch, "num_pairs")).items():
+                    lp = logps_for_batch(pol, batch, logits=tools.logits)
+                idx = batch.index.cpu()
+                for name, values in _table_rows(lp, batch.num_pairs).items():
                     table[name][idx] = values.float().cpu()
                 bar.update(len(idx))
     finally:
