@@ -1,8 +1,8 @@
 """Time budgets of study sizes: the stages a size runs, how many runs and steps each, the measured seconds per
 step, and the minutes that makes (``dpolab study NAME --size small --dry-run`` prints it).
 
-A study module that has budgets defines ``budget(size, seeds)`` returning :class:`Stage` rows built from its size
-definition (so the table follows the definition) and the measured costs in :data:`MEASURED`. The costs are
+A study that has budgets implements :meth:`dpolab.studies.study.Study.small_budget`, returning :class:`Stage` rows built
+from its size definition (so the table follows the definition) and the measured costs in :data:`MEASURED`. The costs are
 measured, never assumed: :data:`MEASURED` records the command, the machine's load and what was timed.
 """
 from __future__ import annotations
@@ -74,20 +74,14 @@ def budget_lines(stages: Sequence[Stage], title: str = "") -> List[str]:
 def dry_run(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smoke: bool = False, out: Optional[str] = None,
             data_dir: Optional[str] = None) -> str:
     """What ``dpolab study NAME --dry-run`` prints: the runs the grid would train and the size's time budget."""
-    from pathlib import Path
-
     from . import get_study
-    from ..config import ConfigError
 
     study = get_study(name)
-    if size not in study.SIZES:
-        raise ConfigError(f"study '{name}' has sizes {', '.join(study.SIZES)}, not '{size}'")
-    seeds = seeds if seeds is not None else (1 if smoke else 3)
-    out_dir = Path(out or f"runs/study-{name}-{size}{'-smoke' if smoke else ''}")
-    specs = study.specs(size, seeds, smoke, data_dir=data_dir, out=out_dir)
+    seeds, out_dir = study.resolve(size, seeds, smoke, out)
+    specs = study.plan(size, seeds, smoke, data_dir=data_dir, out=out_dir)
     lines = [f"study {name} ({size}{', smoke' if smoke else ''}, {seeds} seed(s)): {len(specs)} runs -> {out_dir}"]
     lines += [f"  {s.run_id}" + (f"  (from {s.init_from})" if s.init_from else "") for s in specs]
-    stages = study.budget(size, seeds) if hasattr(study, "budget") and not smoke else None
+    stages = study.budget(size, seeds) if not smoke else None
     if stages:
         lines += ["", *budget_lines(stages, f"Time budget ({size}, {seeds} seeds; measured CPU seconds of one thread per "
                                               "unit, see docs/results/SMALL_SIZES.md). The minutes are for one run at a "

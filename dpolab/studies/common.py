@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..stats import fmt_ci, mean_ci
-from .report import plot_lines
-from .runner import RunResult
+from .report import markdown_table, plot_lines
+from .runner import RunResult, RunSpec
 
 # cpu size: a tiny GPT-2 with a character tokenizer (trains from scratch in about a minute)
 CPU_MODEL = {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4}}
@@ -16,12 +16,23 @@ CPU_MODEL = {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 4, "n_embd": 128, 
 PAPER_MODEL = {"name_or_path": "EleutherAI/pythia-410m"}
 
 
-def size_settings(sizes: Dict[str, Dict[str, Any]], smoke_cpu: Dict[str, Any], smoke_small: Dict[str, Any], size: str,
-                  smoke: bool) -> Dict[str, Any]:
-    """A study's settings for ``size``; ``smoke``: the size's code path at a few steps (``small`` keeps its model)."""
-    if smoke:
-        return smoke_small if size == "small" else smoke_cpu
-    return sizes[size]
+def data_root(data_dir: Optional[str]) -> Path:
+    """The folder with the real data sets: ``--data-dir``, or ``../shared/data``."""
+    return Path(data_dir or "../shared/data")
+
+
+def base_config(s: Dict[str, Any], eval_examples: int) -> Dict[str, Any]:
+    """What every run of a study size shares: its model (and LoRA), batch, logging, evaluation size, no progress bar."""
+    base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
+            "eval": {"batch_size": 64, "max_examples": eval_examples}, "output": {"progress": False}}
+    if s.get("lora"):
+        base["lora"] = dict(s["lora"])
+    return base
+
+
+def with_beta(loss: List[Dict[str, Any]], beta: float) -> List[Dict[str, Any]]:
+    """A loss list with every entry's ``beta`` set."""
+    return [deep_merge(c, {"params": {"beta": beta}}) for c in loss]
 
 
 def deep_merge(base: Dict[str, Any], *updates: Dict[str, Any]) -> Dict[str, Any]:
@@ -65,15 +76,41 @@ def curves(path: Path, groups: Dict[str, List[RunResult]], panels: Sequence[tupl
                              for key, ptitle in panels], title=title)
 
 
-def arithmetic_sft_spec(run_id: str, base: Dict[str, Any], s: Dict[str, Any], smoke: bool, hook) -> "RunSpec":
+def arithmetic_sft_spec(run_id: str, base: Dict[str, Any], s: Dict[str, Any], smoke: bool, hook) -> RunSpec:
     """The SFT warm-up on arithmetic chains that preference stages start from (checkpointed, so it resumes)."""
-    from .runner import RunSpec
-
     return RunSpec(run_id, deep_merge(base, {
         "data": arithmetic_data(3000 if not smoke else 32, 128 if not smoke else 8),
         "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": 32 if not smoke else 8, "lr": s["sft_lr"],
                   "warmup_steps": 50 if not smoke else 0, "schedule": "cosine"},
         "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 250}}), {"stage": "sft"}, hooks=[hook])
+
+
+def pref_steps(s: Dict[str, Any]) -> int:
+    """Optimiser steps of a probed preference stage: ``pref_epochs`` passes over ``n_pairs`` at ``batch``."""
+    return max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
+
+
+def probed_preference(s: Dict[str, Any], steps: int) -> Dict[str, Any]:
+    """The evaluation (probes every ``eval_every`` steps) and training settings of a probed preference stage."""
+    return {"eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"],
+                     **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {})},
+            "train": {"mode": "preference", "max_steps": steps, "lr": s["pref_lr"], "schedule": "constant",
+                      "warmup_steps": min(10, steps // 4)}}
+
+
+def probed_budget(s: Dict[str, Any], measured: Dict[str, float], runs: int, what: str, sft_steps: int,
+                  max_length: int) -> list:
+    """The small size's stages of a probed study: one SFT warm-up on IMDb text, ``runs`` preference runs (``what``)
+    and their probe evaluations, at the ``measured`` seconds per example (:mod:`dpolab.studies.budget`)."""
+    from .budget import Stage
+
+    steps = pref_steps(s)
+    evals = steps // s["eval_every"] + 1  # the start (= the reference) and every eval_every steps
+    return [Stage(f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {max_length} tokens)", 1, sft_steps,
+                  measured["sft"] * s["sft_batch"]),
+            Stage(f"{what} (batch {s['batch']} pairs)", runs, steps, measured["pref"] * s["batch"]),
+            Stage(f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)", runs, evals,
+                  measured["probe_eval"] * s["n_eval"], "evals")]
 
 
 # -- facts for reports: per-seed values, table cells that show what is missing, the model that ran -----------------
@@ -88,14 +125,20 @@ def by_seed(runs: Sequence[RunResult], key: str, scale: float = 1.0) -> Dict[Any
     return out
 
 
+def verdict_rules(against: str, directions: str = "'better' / 'worse'") -> str:
+    """The paragraph that says how a report's verdicts are worded, ``against`` naming the smallest meaningful
+    difference (dpolab.stats.compare's ``bound``) and ``directions`` the words of a clear difference."""
+    return ("Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), worded "
+            f"against {against}: 'negligible' when the interval lies inside it; {directions} only when it excludes 0 "
+            "and lies wholly beyond it; 'maybe negligible' when it excludes 0 but reaches inside it; 'inconclusive' "
+            "when it contains 0 and reaches beyond it. A missing value is listed as missing, never read as 0.")
+
+
 # The smallest change of a summed log-prob that a study report words as a change (issue 34): pass as
 # compare(..., **NATS); the words then follow it (dpolab.stats) and NATS_TEXT says so in the report.
 NATS: Dict[str, Any] = {"bound": 0.1, "unit": "nats"}
-NATS_TEXT = ("Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), worded "
-             "against the smallest meaningful change of a log-prob, ±0.1 nats: 'negligible' when the interval lies "
-             "inside it; 'lower' / 'higher' (or 'worse' / 'better') only when it excludes 0 and lies wholly beyond it; "
-             "'maybe negligible' when it excludes 0 but reaches inside it; 'inconclusive' when it contains 0 and "
-             "reaches beyond it. A missing value is listed as missing, never read as 0.")
+NATS_TEXT = verdict_rules("the smallest meaningful change of a log-prob, ±0.1 nats",
+                          "'lower' / 'higher' (or 'worse' / 'better')")
 
 
 # The range a reported measure can take: its mean's t-interval over seeds is shown clipped to it, as
@@ -104,6 +147,33 @@ RANGES: Dict[str, Tuple[float, float]] = {"probe/reward_accuracy": (0.0, 1.0), "
                                           "eval/oracle_reward": (-1.0, 1.0)}
 CLIPPED_TEXT = ("Shares and bounded scores are shown as mean (low to high): the 95 % t-interval over seeds clipped to "
                 "the range the quantity can take.")
+# how a report's table cells read (ends a report's setting paragraph)
+CELLS_TEXT = "Mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value). " + CLIPPED_TEXT
+
+# the column headers of the measures the probed studies (S3, S4) tabulate, by metric key
+HEADERS = {"probe/delta/chosen": "Δ chosen", "probe/delta/rejected": "Δ rejected", "probe/margin": "margin",
+           "probe/reward_accuracy": "reward acc.", "probe/delta/others": "Δ others", "probe/delta/random": "Δ random",
+           "probe/delta/argmax_mass": "Δ argmax mass", "eval/answer_accuracy": "answer acc."}
+
+
+def group_runs(results: Mapping[str, RunResult], *labels: str) -> Dict[Any, Any]:
+    """The runs of the methods (those labelled ``method``) grouped by the values of ``labels``, nested in that order:
+    ``group_runs(results, "tier", "method")[tier][method]`` is a list of runs (one per seed)."""
+    out: Dict[Any, Any] = {}
+    for r in results.values():
+        if "method" not in r.spec.labels:
+            continue
+        node = out
+        for label in labels[:-1]:
+            node = node.setdefault(r.spec.labels[label], {})
+        node.setdefault(r.spec.labels[labels[-1]], []).append(r)
+    return out
+
+
+def method_table(groups: Mapping[str, Sequence[RunResult]], keys: Sequence[str]) -> str:
+    """A markdown table: a row per method, a column per metric key (final values, mean ± CI over its runs)."""
+    rows = [[m] + [fmt_cell([r.final(k) for r in rs], limits=RANGES.get(k)) for k in keys] for m, rs in groups.items()]
+    return markdown_table(["method"] + [HEADERS[k] for k in keys], rows)
 
 
 def fmt_cell(values: Sequence[Optional[float]], digits: int = 2, limits: Optional[Tuple[float, float]] = None) -> str:

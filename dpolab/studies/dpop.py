@@ -13,14 +13,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import SMALL, Verdict, VerdictTable, compare, none_of
-from .common import CLIPPED_TEXT, NATS, NATS_TEXT, RANGES
-from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
-                     deep_merge, describe_model, fmt_cell)
-from .report import markdown_table
+from .budget import MEASURED
+from .common import CELLS_TEXT, NATS, NATS_TEXT
+from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec,
+                     base_config, by_seed, curves, data_root, deep_merge, describe_model, group_runs, method_table,
+                     pref_steps, probed_budget, probed_preference, with_beta)
 from .runner import RunResult, RunSpec
-
-NAME = "dpop"
-TITLE = "S3: DPOP vs DPO on low and high edit-distance pairs"
+from .study import Study
 LAMBDAS = (5.0, 50.0, 500.0)
 
 SIZES = {
@@ -44,10 +43,6 @@ SMALL_CUTS = ("Cut at this size against `--size paper`: the arithmetic pair sets
               "SFT warm-up, sequences cut to {imdb_max_length} tokens, probes on {n_eval} held-out pairs instead of 245.")
 
 
-def settings(size: str, smoke: bool) -> Dict[str, Any]:
-    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
-
 # dataset name -> (edit-distance bucket, family)
 DATASETS = {"arith-near": ("low", "arithmetic"), "arith-far": ("high", "arithmetic"),
             "imdb-low": ("low", "imdb"), "imdb-high": ("high", "imdb")}
@@ -60,16 +55,12 @@ def methods(lambdas=LAMBDAS) -> Dict[str, List[Dict[str, Any]]]:
 
 
 def _imdb_dir(data_dir: Optional[str]) -> Optional[Path]:
-    root = Path(data_dir or "../shared/data") / "imdb-cad-sentiment"
+    root = data_root(data_dir) / "imdb-cad-sentiment"
     return root if (root / "paired" / "train_paired.tsv").exists() else None
 
 
-def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = settings(size, smoke)
-    base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
-            "eval": {"batch_size": 64, "max_examples": s["n_eval"]}, "output": {"progress": False}}
-    if s.get("lora"):
-        base["lora"] = dict(s["lora"])
+def _plan(s: Dict[str, Any], size: str, seeds: int, smoke: bool, data_dir: Optional[str]) -> List[RunSpec]:
+    base = base_config(s, s["n_eval"])
     data: Dict[str, Dict[str, Any]] = {}
     hooks: Dict[str, list] = {}
     out = []
@@ -83,7 +74,7 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
         from ..data.types import DataError
 
         raise DataError(f"study dpop at size {size} runs on the IMDb counterfactual pairs only; pass --data-dir with the "
-                        "folder that holds imdb-cad-sentiment/", source=str(Path(data_dir or "../shared/data")))
+                        "folder that holds imdb-cad-sentiment/", source=str(data_root(data_dir)))
     if imdb is not None:
         task = {"task": "imdb-cad", "max_length": s.get("imdb_max_length", 320), "task_args": {"path": str(imdb.resolve()), "n_eval": s["n_eval"]}}
         n_sft = s.get("imdb_n_train_sft", 32 if smoke else None)
@@ -95,40 +86,20 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
         for kind in ("low", "high"):
             data[f"imdb-{kind}"] = deep_merge(task, {"task_args": {"kind": kind, "n_train": s["n_pairs"]}})
             hooks[f"imdb-{kind}"] = []
-    steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
+    pref = probed_preference(s, pref_steps(s))
     for seed in range(seeds):
         for dname, dcfg in data.items():
             for method, loss in methods(s.get("lambdas", LAMBDAS)).items():
-                cfg = deep_merge(base, {
-                    "data": dcfg, "loss": [deep_merge(c, {"params": {"beta": s["beta"]}}) for c in loss],
-                    "eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"],
-                             **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {})},
-                    "train": {"mode": "preference", "max_steps": steps, "lr": s["pref_lr"], "schedule": "constant",
-                              "warmup_steps": min(10, steps // 4), "seed": seed}})
+                cfg = deep_merge(base, {"data": dcfg, "loss": with_beta(loss, s["beta"])}, pref,
+                                 {"train": {"seed": seed}})
                 start = "sft-arithmetic" if DATASETS[dname][1] == "arithmetic" else "sft-imdb"
                 out.append(RunSpec(f"{dname}/{method.replace(' ', '').replace('λ=', 'lam')}/seed{seed}", cfg,
                                    {"data": dname, "method": method, "seed": seed}, init_from=start, hooks=hooks[dname]))
     return out
 
 
-def budget(size: str, seeds: int = 3):
-    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
-    from .budget import MEASURED, Stage
-
-    if size != "small":
-        return None
-    s, m = SIZES[size], MEASURED["dpop"]
-    steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
-    runs = 2 * len(methods(s["lambdas"])) * seeds
-    evals = steps // s["eval_every"] + 1  # the start (= the reference) and every eval_every steps
-    return [Stage(f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {s['imdb_max_length']} tokens)", 1,
-                  s["imdb_sft_steps"], m["sft"] * s["sft_batch"]),
-            Stage(f"DPO / DPOP on imdb-low and imdb-high x {seeds} seeds (batch {s['batch']} pairs)", runs, steps, m["pref"] * s["batch"]),
-            Stage(f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)", runs, evals, m["probe_eval"] * s["n_eval"], "evals")]
-
-
-KEYS = [("probe/delta/chosen", "Δ chosen"), ("probe/delta/rejected", "Δ rejected"), ("probe/margin", "margin"),
-        ("probe/reward_accuracy", "reward acc."), ("probe/delta/others", "Δ others"), ("eval/answer_accuracy", "answer acc.")]
+KEYS = ("probe/delta/chosen", "probe/delta/rejected", "probe/margin", "probe/reward_accuracy", "probe/delta/others",
+        "eval/answer_accuracy")
 
 
 def _edit_distances(results: Dict[str, RunResult]) -> Dict[str, Dict[str, Any]]:
@@ -185,7 +156,7 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
                  f"β = {beta}, probes on {c.get('eval', {}).get('probe_examples', '?')} held-out pairs")
     return (text + ". Δ = summed response log-prob on held-out pairs at the end minus at the start of preference training "
             "(= the reference); margin = Δ chosen − Δ rejected; reward accuracy = share of held-out pairs with a positive "
-            "margin. Mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value). " + CLIPPED_TEXT)
+            "margin. " + CELLS_TEXT)
 
 
 def _dpo_sentence(dname: str, bucket: str, v_chosen: Verdict, v_margin: Verdict) -> str:
@@ -242,11 +213,8 @@ def _specificity(family: str, low: str, high: str, by, dist) -> tuple[List[str],
     return lines, [v_lo, v_hi, v_d]
 
 
-def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
-    by: Dict[str, Dict[str, List[RunResult]]] = {}
-    for r in results.values():
-        if "method" in r.spec.labels:
-            by.setdefault(r.spec.labels["data"], {}).setdefault(r.spec.labels["method"], []).append(r)
+def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
+    by = group_runs(results, "data", "method")
     dist = _edit_distances(results)
     lines = [
         "Paper's claim (DPOP / Smaug, arXiv 2402.13228): on pairs whose responses differ by few tokens, DPO can lower the "
@@ -255,7 +223,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         _setting(results, by, size),
         "",
-        *([SMALL_CUTS.format(**SIZES["small"]), ""] if size == "small" else []),
+        *cuts,
     ]
     if not any(d.startswith("imdb") for d in by):
         lines += ["*The IMDb pair sets were skipped: `../shared/data/imdb-cad-sentiment` was not found (pass --data-dir).*", ""]
@@ -265,10 +233,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
     for dname, groups in by.items():
         bucket = DATASETS[dname][0]
         med = (dist.get(dname) or {}).get("median")
-        rows = [[m] + [fmt_cell([r.final(k) for r in rs], limits=RANGES.get(k)) for k, _ in KEYS]
-                for m, rs in groups.items()]
         lines += [f"### {dname} ({bucket} edit distance; median token edit distance {'-' if med is None else med})", "",
-                  markdown_table(["method"] + [h for _, h in KEYS], rows), ""]
+                  method_table(groups, KEYS), ""]
         png = curves(out / f"dpop_{dname}.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),
                                                          ("probe/delta/rejected", "Δ log p(rejected)"),
                                                          ("probe/margin", "margin")], title=f"{dname}: over training (mean over seeds)")
@@ -311,3 +277,25 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
               "- " + none_of(dpop_vs0, "lowered Δ chosen below 0", subject="DPOP run set", expect="lower"), "",
               *table.lines()]
     return lines
+
+
+class DpopStudy(Study):
+    name = "dpop"
+    title = "S3: DPOP vs DPO on low and high edit-distance pairs"
+    summary = "S3: DPOP vs DPO on low and high edit-distance pairs (arXiv 2402.13228)"
+    sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
+
+    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
+             out: Optional[Path] = None) -> List[RunSpec]:
+        return _plan(self.settings(size, smoke), size, seeds, smoke, data_dir)
+
+    def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
+        return _report(results, out, size, self.cuts_lines(size))
+
+    def small_budget(self, s: Dict[str, Any], seeds: int) -> list:
+        return probed_budget(s, MEASURED["dpop"], 2 * len(methods(s["lambdas"])) * seeds,
+                             f"DPO / DPOP on imdb-low and imdb-high x {seeds} seeds", s["imdb_sft_steps"],
+                             s["imdb_max_length"])
+
+
+STUDY = DpopStudy()

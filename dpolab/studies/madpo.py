@@ -32,13 +32,13 @@ from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
 from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
-from .common import CLIPPED_TEXT, RANGES
-from .common import by_seed, curves, deep_merge, describe_model, fmt_cell, mean_series, size_settings
+from .budget import MEASURED, Stage
+from .common import CELLS_TEXT, RANGES
+from .common import (base_config, by_seed, curves, data_root, deep_merge, describe_model, fmt_cell, group_runs,
+                     mean_series, verdict_rules, with_beta)
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
-
-NAME = "madpo"
-TITLE = "S2: MADPO vs DPO, IPO and beta-DPO across data quality"
+from .study import Study
 
 METHODS: Dict[str, List[Dict[str, Any]]] = {
     "DPO": [{"name": "dpo"}],
@@ -90,17 +90,12 @@ SMOKE_SMALL = dict(SIZES["small"], sft_steps=2, sft_chars=120, sft_max_length=32
                    max_length=32)
 
 
-def settings(size: str, smoke: bool) -> Dict[str, Any]:
-    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
-
-
 EVAL_SEED = 1234  # the sampling seed of every oracle evaluation (so policies differ only by their weights)
 STAGES_FILE = "stages.json"
 
 
 def imdb_dir(data_dir: Optional[str]) -> Path:
-    root = Path(data_dir or "../shared/data") / "imdb-cad-sentiment"
+    root = data_root(data_dir) / "imdb-cad-sentiment"
     if not (root / "orig" / "train.tsv").exists():
         raise DataError("study madpo needs the IMDb reviews (orig/{train,dev,test}.tsv); pass --data-dir with the folder "
                         "that holds imdb-cad-sentiment/", source=str(root))
@@ -181,19 +176,14 @@ def eval_hook(root: Path, s: Dict[str, Any], every: int = 0):
     return lambda model, tok, step: hook(model, tok, step) if step > 0 and step % every == 0 else {}
 
 
-def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = settings(size, smoke)
-    out = Path(out or f"runs/study-{NAME}-{size}")
+def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], out: Path) -> List[RunSpec]:
     root = imdb_dir(data_dir)
     hook = eval_hook(root, s)
     pref_steps = _pref_steps(s)
     # oracle reward half-way and at the end (small size: at the end only, sampling is its slowest part)
     policy_hook = eval_hook(root, s, every=max(1, pref_steps // s.get("policy_evals", 2)))
     tiers = s.get("tiers", TIERS)
-    base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
-            "eval": {"batch_size": 64, "max_examples": s["n_pair_eval"]}, "output": {"progress": False}}
-    if s.get("lora"):
-        base["lora"] = dict(s["lora"])
+    base = base_config(s, s["n_pair_eval"])
     sft_every = s["sft_steps"] if s.get("lora") else max(1, s["sft_steps"] // 4)  # small: the start (= the base) and the end
     specs_: List[RunSpec] = [RunSpec("sft", deep_merge(base, {
         "data": {"task": "sentiment", "max_length": s["sft_max_length"],
@@ -218,7 +208,7 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
             for method, loss in METHODS.items():
                 cfg = deep_merge(base, {
                     "data": {**pair_data, "train": str(train_f), "eval": str(eval_f)},
-                    "loss": [deep_merge(c, {"params": {"beta": s["beta"]}}) for c in loss],
+                    "loss": with_beta(loss, s["beta"]),
                     "eval": {"every": s["eval_every"], "max_examples": s.get("policy_eval_pairs", s["n_pair_eval"]),
                              **({"at_start": False} if s.get("policy_at_start") is False else {})},
                     "train": {"mode": "preference", "max_steps": pref_steps, "lr": s["pref_lr"], "schedule": "constant",
@@ -237,13 +227,9 @@ def _rm_steps(s: Dict[str, Any]) -> int:
     return max(1, s["rm_epochs"] * s["n_prompts"] // s["batch"])
 
 
-def budget(size: str, seeds: int = 3):
-    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
-    from .budget import MEASURED, Stage
-
-    if size != "small":
-        return None
-    s, m = SIZES[size], dict(MEASURED["madpo"])
+def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
+    """The small size's stages at the measured seconds per unit (:mod:`dpolab.studies.budget`)."""
+    m = dict(MEASURED["madpo"])
     m["sample"] = MEASURED["gen_token"] * s["max_new_tokens"]  # one sampled continuation
     tiers, pref = s.get("tiers", TIERS), _pref_steps(s)
     samples = 2 * (s["n_prompts"] + s["n_pair_eval"])
@@ -381,15 +367,11 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
     o = (sft.spec.labels.get("oracle_eval") if sft is not None else None) or {}
     text += (f"{o['n_eval']} held-out prompts ({o['eval_samples']} sample(s) each, up to {o['max_new_tokens']} new tokens; "
              if o else "held-out prompts (")
-    return text + ("IMDb CAD test reviews), the same prompts and sampling seed for every model. Mean ± 95 % CI over "
-                   "seeds ('n=k of m' when a run did not report a value). " + CLIPPED_TEXT)
+    return text + ("IMDb CAD test reviews), the same prompts and sampling seed for every model. " + CELLS_TEXT)
 
 
-def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
-    by: Dict[str, Dict[str, List[RunResult]]] = {}
-    for r in results.values():
-        if "method" in r.spec.labels:
-            by.setdefault(r.spec.labels["tier"], {}).setdefault(r.spec.labels["method"], []).append(r)
+def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
+    by = group_runs(results, "tier", "method")
     sft = results.get("sft")
     sft_reward = sft.final("eval/oracle_reward") if sft else None
     key = "eval/oracle_reward"
@@ -399,7 +381,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         _setting(results, by, size),
         "",
-        *([SMALL_CUTS.format(**SIZES["small"]), ""] if size == "small" else []),
+        *cuts,
         (f"The SFT model scores **{sft_reward:+.3f}** (one model, one evaluation)." if sft_reward is not None else
          "The SFT model's oracle reward was not measured.") + _base_line(sft),
         "",
@@ -486,12 +468,8 @@ ORACLE_BOUND = 0.02  # the smallest oracle-reward (VADER compound, in [-1, 1]) d
 def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str,
              sft_reward: Optional[float]) -> List[str]:
     """What the measurement says about the paper's claim: every sentence from a paired verdict (dpolab.stats)."""
-    out: List[str] = ["Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), "
-                      f"worded against the smallest meaningful difference of the oracle reward, ±{ORACLE_BOUND:g} "
-                      "(1 % of the VADER compound score's range [-1, 1]): 'negligible' when the interval lies inside "
-                      "it; 'better' / 'worse' only when it excludes 0 and lies wholly beyond it; 'maybe negligible' "
-                      "when it excludes 0 but reaches inside it; 'inconclusive' when it contains 0 and reaches beyond "
-                      "it. A missing value is listed as missing, never read as 0.", ""]
+    out: List[str] = [verdict_rules(f"the smallest meaningful difference of the oracle reward, ±{ORACLE_BOUND:g} "
+                                    "(1 % of the VADER compound score's range [-1, 1])"), ""]
     table = VerdictTable(("tier", "comparison"))
     for t in TIERS:
         if t not in by:
@@ -546,3 +524,23 @@ def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunRe
                "order of methods and the direction of changes are comparable, not the values.")
     out += ["", *table.lines()]
     return out
+
+
+class MadpoStudy(Study):
+    name = "madpo"
+    title = "S2: MADPO vs DPO, IPO and beta-DPO across data quality"
+    summary = "S2: MADPO vs DPO, IPO and beta-DPO across data-quality tiers (arXiv 2510.05342)"
+    sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
+
+    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
+             out: Optional[Path] = None) -> List[RunSpec]:
+        return _plan(self.settings(size, smoke), seeds, smoke, data_dir, Path(out or f"runs/study-{self.name}-{size}"))
+
+    def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
+        return _report(results, out, size, self.cuts_lines(size))
+
+    def small_budget(self, s: Dict[str, Any], seeds: int) -> List[Stage]:
+        return _small_budget(s, seeds)
+
+
+STUDY = MadpoStudy()

@@ -6,7 +6,7 @@ config is skipped, an unfinished one resumes from its newest checkpoint. A run m
 run's final model (``init_from``), e.g. DPO from an SFT warm-up; such a run is trained again from the start when
 the run it starts from was trained again after it began (:func:`parent_retrained`). Each run it trains gets a ``provenance.json``
 (the dpolab commit and library versions that trained it, :mod:`dpolab.studies.provenance`). After the grid, the
-study's ``report`` function turns the runs' summaries and metrics into markdown + PNG.
+study's ``report`` (:class:`dpolab.studies.study.Study`) turns the runs' summaries and metrics into markdown + PNG.
 """
 from __future__ import annotations
 

@@ -40,12 +40,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..data.types import DataError
 from ..stats import SMALL, VerdictTable, compare, every, fmt_ci, mean_ci, none_of
-from .common import deep_merge, describe_model, fmt_cell, size_settings
+from .budget import MEASURED, Stage
+from .common import data_root, deep_merge, describe_model, fmt_cell
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
-
-NAME = "sft-dpo"
-TITLE = "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA"
+from .study import Study
 
 PARAMS: Dict[str, Dict[str, Any]] = {
     "full": {"enabled": False},
@@ -124,11 +123,6 @@ SMALL_CUTS = ("Cut at this size against `--size paper`: LoRA ranks 4 and 8 (full
               "the base model is not evaluated).")
 
 
-def settings(size: str, smoke: bool) -> Dict[str, Any]:
-    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
-
-
 def small_cuts() -> str:
     p, s = _TASK_SMALL["paraphrase"], _TASK_SMALL["sonnets"]
     return SMALL_CUTS.format(p_n=f"{p['n_train']:,}", p_e=p["n_eval"], s_n=s["n_train"], s_e=s["n_eval"], p_d=p["dpo_epochs"],
@@ -141,7 +135,7 @@ SAMPLE_SEED = 1234  # the sonnet rejected samples and the chrF samples use fixed
 
 def data_paths(data_dir: Optional[str], need_text: bool = True) -> Dict[str, Path]:
     """The study's data files; ``need_text``: the pretraining text too (not for the paper size's hub model)."""
-    root = Path(data_dir or "../shared/data")
+    root = data_root(data_dir)
     paths = {"quora": root / "quora-paraphrase" / "quora-dev.csv", "sonnets": root / "shakespeare-sonnets"}
     if need_text:
         paths["text"] = root / "tiny-shakespeare" / "input.txt"
@@ -263,9 +257,7 @@ def _n_rows(task: str, t: Dict[str, Any], paths: Dict[str, Path]) -> int:
     return len(S.sft_rows(S.parse_sonnets(paths["sonnets"] / "sonnets.txt"))[: t["n_train"] or None])
 
 
-def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = settings(size, smoke)
-    out = Path(out or f"runs/study-{NAME}-{size}")
+def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], out: Path) -> List[RunSpec]:
     paths = data_paths(data_dir, need_text=s["pretrain"] is not None)
     model, ensure_base = base_model(s, paths, out, smoke)
     result: List[RunSpec] = []
@@ -313,18 +305,13 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
     return result
 
 
-def budget(size: str, seeds: int = 3):
-    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
-    from .budget import MEASURED, Stage
-
-    if size != "small":
-        return None
-    s = SIZES[size]
+def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
+    """The small size's stages at the measured seconds per unit (:mod:`dpolab.studies.budget`)."""
     sample = MEASURED["gen_token"] * 150  # a sonnet continuation: ~11 lines, ~150 tokens
     n_sonnets = 32  # training sonnets at this size (n_train); the file has more
     out = []
     for task in TASKS:
-        t, m = s["tasks"][task], MEASURED[NAME][task]
+        t, m = s["tasks"][task], MEASURED["sft-dpo"][task]
         n = t["n_train"] if task == "paraphrase" else min(n_sonnets, t["n_train"])
         sft, dpo = _steps(n, t["batch"], t["k2"]), _steps(n, t["batch"], t["dpo_epochs"])
         for p in s["params"]:
@@ -443,7 +430,7 @@ def _seed_timings(runs) -> Dict[Any, Optional[float]]:
     return out
 
 
-def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
+def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
     lines: List[str] = []
     params = [p for p in PARAMS if any(r.spec.labels.get("param") == p for r in results.values())]
     model = next((r.spec.config.get("model", {}) for r in results.values()), {})
@@ -464,8 +451,7 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
               "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
               "held-out NLL and the base model's chrF is not measured. In the plots, the SFT-only curve is hidden under "
               "the first part of the SFT k2 -> DPO curve (the same run).", ""]
-    if size == "small":
-        lines += [small_cuts(), ""]
+    lines += cuts
     claims: List[str] = []
     total = VerdictTable()
     majority: Optional[float] = None
@@ -657,3 +643,26 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
     for t in (t1, t2, t3):
         total.extend(t)
     return out
+
+
+class SftDpoStudy(Study):
+    name = "sft-dpo"
+    title = "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA"
+    summary = "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA (arXiv 2603.20100)"
+    sizes, smoke, smoke_small = SIZES, SMOKE, SMOKE_SMALL
+
+    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
+             out: Optional[Path] = None) -> List[RunSpec]:
+        return _plan(self.settings(size, smoke), seeds, smoke, data_dir, Path(out or f"runs/study-{self.name}-{size}"))
+
+    def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
+        return _report(results, out, size, self.cuts_lines(size))
+
+    def cuts_lines(self, size: str) -> List[str]:
+        return [small_cuts(), ""] if size == "small" else []  # per-task settings: formatted by small_cuts
+
+    def small_budget(self, s: Dict[str, Any], seeds: int) -> List[Stage]:
+        return _small_budget(s, seeds)
+
+
+STUDY = SftDpoStudy()

@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..stats import VerdictTable, compare, every, fmt_ci, none_of
-from .common import CLIPPED_TEXT, NATS, NATS_TEXT, RANGES
-from .common import (size_settings, CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec, by_seed, curves,
-                     deep_merge, describe_model, fmt_cell)
+from .budget import MEASURED
+from .common import CELLS_TEXT, HEADERS, NATS, NATS_TEXT
+from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec,
+                     base_config, by_seed, curves, data_root, deep_merge, describe_model, group_runs, method_table,
+                     pref_steps, probed_budget, probed_preference, with_beta)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
-
-NAME = "squeeze"
-TITLE = "S4: squeezing and Gate-DPO"
+from .study import Study
 
 METHODS: Dict[str, List[Dict[str, Any]]] = {
     "DPO": [{"name": "dpo"}],
@@ -62,16 +62,11 @@ SMALL_CUTS = ("Cut at this size against `--size paper`: IPO, Cal-DPO, their gate
               "the review text, sequences cut to {max_length} tokens, probes on {n_eval} held-out pairs instead of 256.")
 
 
-def settings(size: str, smoke: bool) -> Dict[str, Any]:
-    """The settings a run of ``size`` uses (``smoke``: the size's code path at a few steps)."""
-    return size_settings(SIZES, SMOKE, SMOKE_SMALL, size, smoke)
-
-
 def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, Any], Dict[str, Any]]:
     """(preference data, SFT warm-up data) on the IMDb counterfactual pairs of ``s['pairs']`` (imdb-low / imdb-high)."""
     from ..data.types import DataError
 
-    root = Path(data_dir or "../shared/data") / "imdb-cad-sentiment"
+    root = data_root(data_dir) / "imdb-cad-sentiment"
     if not (root / "paired" / "train_paired.tsv").exists():
         raise DataError("study squeeze at this size runs on the IMDb counterfactual pairs; pass --data-dir with the folder "
                         "that holds imdb-cad-sentiment/", source=str(root))
@@ -80,16 +75,8 @@ def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, A
     return pref, deep_merge(task, {"task_args": {"n_train": s.get("n_train_sft")}})
 
 
-def _with_beta(loss: List[Dict[str, Any]], beta: float) -> List[Dict[str, Any]]:
-    return [deep_merge(c, {"params": {"beta": beta}}) for c in loss]
-
-
-def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None) -> List[RunSpec]:
-    s = settings(size, smoke)
-    base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
-            "eval": {"batch_size": 64, "max_examples": s["n_eval"]}, "output": {"progress": False}}
-    if s.get("lora"):
-        base["lora"] = dict(s["lora"])
+def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -> List[RunSpec]:
+    base = base_config(s, s["n_eval"])
     methods = {m: METHODS[m] for m in s.get("methods", METHODS)}
     if s.get("pairs"):  # real text pairs: no exact answer to score, so no accuracy hook
         pref_data, sft_data = _imdb_pairs(s, data_dir)
@@ -108,46 +95,27 @@ def specs(size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = 
             "data": deep_merge(pref_data, {"sft_from_pairs": "both"}),
             "train": {"mode": "sft", "max_steps": ext_steps, "lr": s["pref_lr"] * 5, "schedule": "constant"}}),
             {"stage": "ext-sft"}, init_from="sft", hooks=hooks))
-    steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
-    pref = deep_merge(base, {"data": pref_data, "eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"],
-                             **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {})},
-                             "train": {"mode": "preference", "max_steps": steps, "lr": s["pref_lr"], "schedule": "constant",
-                                       "warmup_steps": min(10, steps // 4)}})
+    pref = deep_merge(base, {"data": pref_data}, probed_preference(s, pref_steps(s)))
     for seed in range(seeds):
         for method, loss in methods.items():
             start = "ext-sft" if method.startswith("ext-SFT") else "sft"
-            cfg = deep_merge(pref, {"loss": _with_beta(loss, s["beta"]), "train": {"seed": seed}})
+            cfg = deep_merge(pref, {"loss": with_beta(loss, s["beta"]), "train": {"seed": seed}})
             out.append(RunSpec(f"{_slug(method)}/seed{seed}", cfg, {"method": method, "seed": seed}, init_from=start, hooks=hooks))
     sweep = [] if not s.get("sweep", True) else (
         [(a, t) for a in SWEEP_ALPHA for t in SWEEP_TAU] if not smoke else [(SWEEP_ALPHA[0], SWEEP_TAU[0])])
     for a, t in sweep:
-        cfg = deep_merge(pref, {"loss": _with_beta([{"name": "dpo", "gate": {"mode": "seq", "alpha": a, "tau": t}}], s["beta"])})
+        gate = {"mode": "seq", "alpha": a, "tau": t}
+        cfg = deep_merge(pref, {"loss": with_beta([{"name": "dpo", "gate": gate}], s["beta"])})
         out.append(RunSpec(f"sweep/alpha{a:g}-tau{t:g}", cfg, {"sweep": True, "alpha": a, "tau": t}, init_from="sft", hooks=hooks))
     return out
-
-
-def budget(size: str, seeds: int = 3):
-    """The size's stages with the measured seconds per step (:mod:`dpolab.studies.budget`); None without measurements."""
-    from .budget import MEASURED, Stage
-
-    if size != "small":
-        return None
-    s, m = SIZES[size], MEASURED["squeeze"]
-    steps = max(1, s["pref_epochs"] * s["n_pairs"] // s["batch"])
-    runs = len(s["methods"]) * seeds
-    evals = steps // s["eval_every"] + 1
-    return [Stage(f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {s['max_length']} tokens)", 1, s["sft_steps"], m["sft"] * s["sft_batch"]),
-            Stage(f"{', '.join(s['methods'])} x {seeds} seeds on {s['pairs']} (batch {s['batch']} pairs)", runs, steps, m["pref"] * s["batch"]),
-            Stage(f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)", runs, evals, m["probe_eval"] * s["n_eval"], "evals")]
 
 
 def _slug(name: str) -> str:
     return name.lower().replace(" -> ", "-then-").replace(" ", "-")
 
 
-KEYS = [("probe/delta/chosen", "Δ chosen"), ("probe/delta/rejected", "Δ rejected"), ("probe/margin", "margin"),
-        ("probe/delta/others", "Δ others"), ("probe/delta/random", "Δ random"), ("probe/delta/argmax_mass", "Δ argmax mass"),
-        ("eval/answer_accuracy", "answer acc.")]
+KEYS = ("probe/delta/chosen", "probe/delta/rejected", "probe/margin", "probe/delta/others", "probe/delta/random",
+        "probe/delta/argmax_mass", "eval/answer_accuracy")
 
 
 GATED = ("Gate-DPO seq", "Gate-DPO q10", "gated IPO", "gated Cal-DPO")
@@ -181,8 +149,7 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
     return (text + f"; {len(seeds)} seed(s) vary the preference stage's data order. Probe deltas are summed response "
             "log-probs (nats) on held-out pairs, final evaluation minus the start of preference training (= the "
             "reference). 'Others' are other prompts' chosen responses; 'argmax mass' sums the most likely token's "
-            "log-prob at each position of the chosen response. Mean ± 95 % CI over seeds ('n=k of m' when a run did "
-            "not report a value). " + CLIPPED_TEXT)
+            "log-prob at each position of the chosen response. " + CELLS_TEXT)
 
 
 def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str]]:
@@ -217,13 +184,8 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
     return table, text
 
 
-def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
-    groups: Dict[str, List[RunResult]] = {}
-    for r in results.values():
-        if "method" in r.spec.labels:
-            groups.setdefault(r.spec.labels["method"], []).append(r)
-    rows = [[m] + [fmt_cell([r.final(k) for r in rs], limits=RANGES.get(k)) for k, _ in KEYS]
-            for m, rs in groups.items()]
+def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
+    groups = group_runs(results, "method")
     plot1 = curves(out / "squeeze_deltas.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),
                                                       ("probe/delta/rejected", "Δ log p(rejected)"),
                                                       ("probe/delta/others", "Δ log p(others)")],
@@ -237,8 +199,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         v = r.final("eval/gate/mean")
         return v if v is not None else r.final("eval/dpo/gate/mean")
 
-    sweep_rows = [[f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"] + [fmt_ci([r.final(k)]) for k, _ in KEYS[:4]] +
-                  [fmt_ci([gate_mean(r)])] for r in sweep]
+    sweep_rows = [[f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"]
+                  + [fmt_ci([r.final(k)]) for k in KEYS[:4]] + [fmt_ci([gate_mean(r)])] for r in sweep]
     table, findings = verdicts(groups)
     lines = [
         "Paper's claim (Gate-DPO, arXiv 2605.02626; Pythia-410M on Anthropic-HH): gated training keeps Δ chosen ≥ 0 and "
@@ -247,8 +209,8 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         _setting(results, groups, size),
         "",
-        *([SMALL_CUTS.format(**SIZES["small"]), ""] if size == "small" else []),
-        markdown_table(["method"] + [h for _, h in KEYS], rows),
+        *cuts,
+        method_table(groups, KEYS),
         "",
         "### What the measurement says against the claim",
         "",
@@ -264,7 +226,28 @@ def report(results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         "",
         "### Gate sweep (Gate-DPO seq, one seed: no intervals, no verdicts)",
         "",
-        markdown_table(["alpha", "tau"] + [h for _, h in KEYS[:4]] + ["gate mean"], sweep_rows) if sweep_rows
+        markdown_table(["alpha", "tau"] + [HEADERS[k] for k in KEYS[:4]] + ["gate mean"], sweep_rows) if sweep_rows
         else "No sweep run was in this grid (the size cuts it, or it has not run yet).",
     ]
     return lines
+
+
+class SqueezeStudy(Study):
+    name = "squeeze"
+    title = "S4: squeezing and Gate-DPO"
+    summary = "S4: squeezing and Gate-DPO, with likelihood probes (arXiv 2605.02626)"
+    sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
+
+    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
+             out: Optional[Path] = None) -> List[RunSpec]:
+        return _plan(self.settings(size, smoke), seeds, smoke, data_dir)
+
+    def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
+        return _report(results, out, size, self.cuts_lines(size))
+
+    def small_budget(self, s: Dict[str, Any], seeds: int) -> list:
+        what = f"{', '.join(s['methods'])} x {seeds} seeds on {s['pairs']}"
+        return probed_budget(s, MEASURED["squeeze"], len(s["methods"]) * seeds, what, s["sft_steps"], s["max_length"])
+
+
+STUDY = SqueezeStudy()

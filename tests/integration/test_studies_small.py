@@ -35,7 +35,7 @@ def smol():
 def _run(name, keep, shared_data, out):
     """Build the small size's smoke specs, run those named in ``keep`` (and only those), return the report text."""
     study = get_study(name)
-    specs = study.specs("small", 1, True, data_dir=str(shared_data), out=out)
+    specs = study.plan("small", 1, True, data_dir=str(shared_data), out=out)
     chosen = [s for s in specs if s.run_id in keep]
     assert [s.run_id for s in chosen] == [k for k in keep], [s.run_id for s in specs]
     for s in chosen:  # the small size's model and adapters
@@ -65,7 +65,7 @@ def test_dry_run_lists_the_runs_and_the_budget(name, shared_data):
 
     study = get_study(name)
     text = dry_run(name, size="small", seeds=3, data_dir=str(shared_data), out="/nonexistent/never-written")
-    specs = study.specs("small", 3, False, data_dir=str(shared_data), out="/nonexistent/never-written")
+    specs = study.plan("small", 3, False, data_dir=str(shared_data), out="/nonexistent/never-written")
     assert text.splitlines()[0].startswith(f"study {name} (small, 3 seed(s)): {len(specs)} runs")
     assert all(f"  {s.run_id}" in text for s in specs)
     stages = study.budget("small", 3)
@@ -82,11 +82,11 @@ def test_s1_small_decays_the_paraphrase_sft_learning_rate(shared_data):
     ended answering "no" to everything); the sonnet SFT and every DPO run keep the constant rate, and so does every
     run of size cpu (where SFT k1 must be the first part of SFT k2)."""
     study = get_study("sft-dpo")
-    small = study.specs("small", 3, False, data_dir=str(shared_data), out="/nonexistent/never-written")
+    small = study.plan("small", 3, False, data_dir=str(shared_data), out="/nonexistent/never-written")
     sched = {s.run_id: s.config["train"]["schedule"] for s in small}
     assert {k: v for k, v in sched.items() if v != "constant"} == {
         f"paraphrase/{p}/seed{i}/sft-k1": "linear" for p in ("full", "lora-16") for i in range(3)}
-    cpu = study.specs("cpu", 1, False, data_dir=str(shared_data), out="/nonexistent/never-written")
+    cpu = study.plan("cpu", 1, False, data_dir=str(shared_data), out="/nonexistent/never-written")
     assert {s.config["train"]["schedule"] for s in cpu} == {"constant"}
 
 

@@ -83,7 +83,7 @@ S4_VALUES = {  # method -> (Δ chosen per seed, Δ others per seed)
 
 def test_s4_report_words_follow_the_intervals(tmp_path):
     results = {}
-    for spec in squeeze.specs("cpu", 3, smoke=True):
+    for spec in squeeze.STUDY.plan("cpu", 3, smoke=True):
         m = spec.labels.get("method")
         if m:
             c, o = S4_VALUES[m]
@@ -92,7 +92,7 @@ def test_s4_report_words_follow_the_intervals(tmp_path):
         else:
             final = {"eval/answer_accuracy": 0.7}
         results[spec.run_id] = _result(spec, final)
-    text = "\n".join(squeeze.report(results, tmp_path, "cpu"))
+    text = "\n".join(squeeze.STUDY.report(results, tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 16
     assert "still falls" not in text and "— keeps Δ chosen" not in text
     assert "gated Cal-DPO: Δ chosen against 0 inconclusive, -0.10 (95 % CI" in text
@@ -114,7 +114,7 @@ def test_s4_report_words_follow_the_intervals(tmp_path):
 def _s3_results(chosen: Dict[str, Dict[str, float]], noise: float = 0.2, missing=()):
     rng = random.Random(0)
     results = {}
-    for spec in dpop.specs("cpu", 3, smoke=True, data_dir="/nowhere"):
+    for spec in dpop.STUDY.plan("cpu", 3, smoke=True, data_dir="/nowhere"):
         m = spec.labels.get("method")
         if m:
             d, seed = spec.labels["data"], spec.labels["seed"]
@@ -130,7 +130,7 @@ def test_s3_answers_its_question_and_keeps_missing_values_missing(tmp_path):
     both = {"arith-near": {"DPO": -1.5, "DPOP λ=5": -0.1, "DPOP λ=50": 0.1, "DPOP λ=500": 0.06},
             "arith-far": {"DPO": -2.2, "DPOP λ=5": -0.4, "DPOP λ=50": 0.08, "DPOP λ=500": 0.2}}
     results = _s3_results(both, missing={("arith-far", "DPOP λ=500", 1)})
-    text = "\n".join(dpop.report(results, tmp_path, "cpu"))
+    text = "\n".join(dpop.STUDY.report(results, tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 17
     assert "**Is DPO's fall of the chosen log-prob specific to low edit-distance pairs?**" in text
     assert "- **arithmetic** (arith-near vs arith-far; paired by training seed): No: DPO lowered the chosen log-prob on both" in text
@@ -139,12 +139,12 @@ def test_s3_answers_its_question_and_keeps_missing_values_missing(tmp_path):
     assert "a tiny GPT-2 with a character tokenizer" not in text and "1 layer, width 32" in text
     # only the low edit-distance pairs lose chosen likelihood: the report says so, from the intervals
     low_only = {"arith-near": dict(both["arith-near"], DPO=-1.5), "arith-far": dict(both["arith-far"], DPO=0.0)}
-    text = "\n".join(dpop.report(_s3_results(low_only, noise=0.05), tmp_path, "cpu"))
+    text = "\n".join(dpop.STUDY.report(_s3_results(low_only, noise=0.05), tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 17
     assert "Yes, in this measurement: the chosen log-prob fell on the low edit-distance pairs" in text
     # DPO's chosen log-prob does not fall at all: no specificity to claim
     none = {d: dict(v, DPO=0.0) for d, v in both.items()}
-    text = "\n".join(dpop.report(_s3_results(none, noise=0.05), tmp_path, "cpu"))
+    text = "\n".join(dpop.STUDY.report(_s3_results(none, noise=0.05), tmp_path, "cpu"))
     assert "Not shown: DPO's chosen log-prob did not demonstrably fall on the low edit-distance pairs" in text
     assert "the chosen likelihood fell while the margin grew" not in text
 
@@ -174,7 +174,7 @@ def _s2_results(means: Dict[str, float], sft: float = 0.131, missing=()):
 
 def test_s2_every_method_raised_only_when_each_interval_says_so(tmp_path):
     results = _s2_results({"DPO": 0.36, "IPO": 0.12, "beta-DPO": 0.30, "MADPO": 0.33}, missing={("low", "MADPO", 2)})
-    text = "\n".join(madpo.report(results, tmp_path, "cpu"))
+    text = "\n".join(madpo.STUDY.report(results, tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 24
     assert "Every method raised the oracle reward" not in text and "Every method on a tier raised" not in text
     assert "Not every method on a tier raised the oracle reward over the SFT model: 9 of 12 did" in text
@@ -188,7 +188,7 @@ def test_s2_every_method_raised_only_when_each_interval_says_so(tmp_path):
     assert cells and all(-1 <= float(lo) <= float(m) <= float(hi) <= 1 for m, lo, hi in cells)
     assert "1 layer, width 32" in text and "1,707 IMDb CAD training reviews" in text
     results = _s2_results({"DPO": 0.36, "IPO": 0.25, "beta-DPO": 0.30, "MADPO": 0.33})
-    text = "\n".join(madpo.report(results, tmp_path, "cpu"))
+    text = "\n".join(madpo.STUDY.report(results, tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 24
     assert "Every method on a tier raised the oracle reward over the SFT model: all 12 paired 95 % intervals exclude 0" in text
 
@@ -219,14 +219,14 @@ def _s1_results(lora_slower: float):
 
 
 def test_s1_claims_and_wall_clock_from_paired_intervals(tmp_path):
-    text = "\n".join(sft_dpo.report(_s1_results(lora_slower=1.0), tmp_path, "cpu"))
+    text = "\n".join(sft_dpo.STUDY.report(_s1_results(lora_slower=1.0), tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 24
     assert "significantly" not in text and "Mean ratio" not in text
     claim3 = text.split("**Claim 3")[1].split("###")[0]
     assert "| worse |" in claim3 and "No LoRA run set cut the seconds per epoch below full fine-tuning's" in claim3
     assert "missing: " not in claim3 and "lora-4 seed 1" in text  # the missing chrF is listed
     assert "In all: 24 paired comparisons" in text
-    text = "\n".join(sft_dpo.report(_s1_results(lora_slower=-1.0), tmp_path, "cpu"))
+    text = "\n".join(sft_dpo.STUDY.report(_s1_results(lora_slower=-1.0), tmp_path, "cpu"))
     claim3 = text.split("**Claim 3")[1].split("###")[0]
     assert "4 of 4 LoRA run sets cut the seconds per epoch" in claim3 and "the claim does not hold" in claim3
 
@@ -239,7 +239,7 @@ def test_s1_checks_each_model_against_the_majority_label(tmp_path, monkeypatch):
     for rid, r in results.items():  # full fine-tuning 70.0 / 70.5 / 71.0 % by seed, LoRA 55 % and up
         if rid.startswith("paraphrase/"):
             r.summary["final_eval"]["eval/accuracy"] = (0.70 if "/full/" in rid else 0.55) + 0.005 * r.spec.labels["seed"]
-    text = "\n".join(sft_dpo.report(results, tmp_path, "cpu"))
+    text = "\n".join(sft_dpo.STUDY.report(results, tmp_path, "cpu"))
     check = text.split("**Check: the models use the questions**")[1].split("### paraphrase")[0]
     assert assert_verdicts_match_numbers(check) == 8  # 4 schedules x 2 parameterisations
     assert check.count("| better |") == 4 and check.count("| worse |") == 4
@@ -248,11 +248,11 @@ def test_s1_checks_each_model_against_the_majority_label(tmp_path, monkeypatch):
     for rid, r in results.items():
         if rid.startswith("paraphrase/lora-4/"):
             r.summary["final_eval"]["eval/accuracy"] += 0.15
-    check = "\n".join(sft_dpo.report(results, tmp_path, "cpu")).split("**Check: the models use")[1].split("### paraphrase")[0]
+    check = "\n".join(sft_dpo.STUDY.report(results, tmp_path, "cpu")).split("**Check: the models use")[1].split("### paraphrase")[0]
     assert "Every (schedule, parameterisation) scored above the majority label: all 8 paired" in check
     assert "In all: 24 paired comparisons" in text  # the check is a precondition, not one of the paper's claims
     monkeypatch.setattr(sft_dpo, "_majority", lambda results: (_ for _ in ()).throw(FileNotFoundError("quora-dev.csv")))
-    text = "\n".join(sft_dpo.report(results, tmp_path, "cpu"))
+    text = "\n".join(sft_dpo.STUDY.report(results, tmp_path, "cpu"))
     assert "(majority-class baseline unavailable: quora-dev.csv)" in text
     assert "Not checked: the majority-class baseline could not be computed" in text
 
@@ -360,14 +360,14 @@ def test_provenance_records_the_code_the_process_loaded_not_a_later_checkout(tmp
 
 def test_s4_report_without_sweep_runs_says_so_instead_of_an_empty_table(tmp_path):
     results = {}
-    for spec in squeeze.specs("cpu", 3, smoke=True):
+    for spec in squeeze.STUDY.plan("cpu", 3, smoke=True):
         m = spec.labels.get("method")
         if "alpha" in spec.labels or (m and m not in S4_VALUES):
             continue  # a size that cuts the gate sweep (small) has no sweep runs
         final = ({"probe/delta/chosen": S4_VALUES[m][0][spec.labels["seed"]] or 0.0, "probe/delta/others": -1.0,
                   "probe/margin": 1.0} if m else {"eval/answer_accuracy": 0.7})
         results[spec.run_id] = _result(spec, final)
-    text = "\n".join(squeeze.report(results, tmp_path, "cpu"))
+    text = "\n".join(squeeze.STUDY.report(results, tmp_path, "cpu"))
     assert "No sweep run was in this grid" in text
     assert "| alpha | tau |" not in text
 
@@ -384,7 +384,7 @@ def test_s3_a_change_that_may_be_negligible_is_worded_so():
 
 
 def test_s1_states_each_metrics_smallest_meaningful_difference(tmp_path):
-    text = "\n".join(sft_dpo.report(_s1_results(lora_slower=1.0), tmp_path, "cpu"))
+    text = "\n".join(sft_dpo.STUDY.report(_s1_results(lora_slower=1.0), tmp_path, "cpu"))
     assert "1 point of accuracy, macro-F1 or chrF; 0.01 nats of NLL per character; none for timings" in text
     claim1 = text.split("**Claim 1")[1].split("**Claim 2")[0]
     assert "| ±1 |" in claim1 and "| ±0.01 |" in text.split("### sonnets")[1]  # each row's bound, in its scale
