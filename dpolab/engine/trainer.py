@@ -31,7 +31,7 @@ from .logging import MetricsLogger, to_float
 from .memory import PeakMemory
 from .precision import bar_interval, progress_bar
 from .runtime import configure_runtime
-from .objectives import RunContext, get_objective
+from .objectives import RunContext, RunParts, get_objective
 from .optim import build_optimizer, build_scheduler
 from .reduce import across_processes, eval_metrics, weighted_means
 from .resume_guard import check_resumable, check_same_data, data_fingerprint, record_start
@@ -112,12 +112,14 @@ class Trainer:
         # the objective's parts that need the model on its device (reference, probes)
         self.collate = Collator(self.objective, self.tokenizer.pad_token_id, t.layout, model_width(self.policy),
                                 accelerator.device)
-        self.objective.setup(RunContext(
-            cfg=cfg, accelerator=accelerator, model=self.model, tokenizer=self.tokenizer, train_data=self.train_data,
-            eval_data=self.eval_data, run_dir=self.run_dir, total_steps=self.total_steps, max_positions=max_positions,
-            collate=self.collate, resuming=ckpt is not None, autocast=self.runtime.autocast, bf16=self.runtime.bf16,
-            log=self.log, is_main=self.is_main, progress=partial(progress_bar, enabled=cfg.output.progress and self.is_main),
-            resumed=state["state"].get("objective") if state else None))
+        parts = RunParts(
+            tokenizer=self.tokenizer, collate=self.collate, run_dir=self.run_dir, total_steps=self.total_steps,
+            max_positions=max_positions, bf16=self.runtime.bf16, resuming=ckpt is not None,
+            progress=partial(progress_bar, enabled=cfg.output.progress and self.is_main),
+            resumed=state["state"].get("objective") if state else None)
+        self.objective.setup(RunContext(cfg=cfg, accelerator=accelerator, model=self.model, train_data=self.train_data,
+                                        eval_data=self.eval_data, parts=parts, autocast=self.runtime.autocast,
+                                        log=self.log, is_main=self.is_main))
         if state is not None:
             self.objective.load_state_dict(state["loss_state"])
             set_rng_state(state["rng"])  # last: building the parts above may draw random numbers

@@ -5,7 +5,7 @@ from typing import Dict, Type
 
 from ...config import ConfigError
 from ..data_kinds import register_kind
-from .base import MicroResult, Objective, RunContext
+from .base import MicroResult, Objective, RunContext, RunParts
 from .kto import KTOObjective
 from .preference import PreferenceObjective
 from .reward_model import RewardModelObjective
@@ -33,4 +33,4 @@ def get_objective(name: str) -> Type[Objective]:
     return OBJECTIVES[name]
 
 
-__all__ = ["Objective", "MicroResult", "RunContext", "OBJECTIVES", "register", "get_objective"]
+__all__ = ["Objective", "MicroResult", "RunContext", "RunParts", "OBJECTIVES", "register", "get_objective"]

@@ -22,29 +22,37 @@ from ..data_kinds import PREFERENCE_PAIRS, DataKind
 
 
 @dataclass
-class RunContext:
-    """What an objective may use once the model is placed on its device (``accelerator.prepare``).
+class RunParts:
+    """What only objectives that build parts of their own use (a reference, probes, KTO's mismatched pairs).
 
-    ``collate(indices, data)`` gives a batch of ``data[i]`` on the device, with ``index`` = position in ``data``;
-    ``resuming`` says the model already holds a checkpoint's weights, and ``resumed`` is the objective's
+    ``collate(indices, data)`` gives the objective's batch of ``data[i]`` on the device, with ``index`` = position in
+    ``data``; ``resuming`` says the model already holds a checkpoint's weights, and ``resumed`` is the objective's
     :meth:`Objective.record` from that checkpoint (None for a fresh run or a checkpoint without one)."""
+
+    tokenizer: Any
+    collate: Callable[..., Batch]
+    run_dir: Path
+    total_steps: int
+    max_positions: int
+    bf16: bool = False             # bf16 autocast is on (train.bf16, with auto resolved for this hardware)
+    progress: Callable = partial(progress_bar, enabled=False)  # the run's bars: progress(iterable or None, **tqdm)
+    resuming: bool = False
+    resumed: Optional[Dict[str, Any]] = None
+
+
+@dataclass
+class RunContext:
+    """What every objective may use once the model is placed on its device (``accelerator.prepare``); ``parts``:
+    what only some use (:class:`RunParts`)."""
 
     cfg: RunConfig
     accelerator: Any
     model: Any                     # as prepared (may be wrapped for DDP)
-    tokenizer: Any
     train_data: Sequence
     eval_data: Sequence
-    run_dir: Path
-    total_steps: int
-    max_positions: int
-    collate: Callable[..., Dict[str, Any]]
-    resuming: bool = False
+    parts: RunParts
     autocast: Callable = nullcontext
-    bf16: bool = False             # bf16 autocast is on (train.bf16, with auto resolved for this hardware)
     log: Callable[[str], None] = print
-    progress: Callable = partial(progress_bar, enabled=False)  # the run's bars: progress(iterable or None, **tqdm)
-    resumed: Optional[Dict[str, Any]] = None
     is_main: bool = True
 
 

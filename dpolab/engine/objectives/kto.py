@@ -146,14 +146,14 @@ class KTOObjective(WithReference, Objective):
         if t.batch_size * t.grad_accum * acc.num_processes < 2:
             raise TrainError("train.mode=kto estimates its KL term from mismatched pairs within each optimiser step: it "
                              "needs train.batch_size * train.grad_accum * processes >= 2")
-        self._collate = run.collate
+        self._collate = run.parts.collate
         self._device = acc.device
         self._gather = acc.gather if acc.num_processes > 1 else None
         if acc.num_processes > 1:
             from accelerate.utils import gather_object
 
             self._gather_object, self._rank = gather_object, acc.process_index
-        self._max_len = max(2, min(self.cfg.data.max_length, run.max_positions))
+        self._max_len = max(2, min(self.cfg.data.max_length, run.parts.max_positions))
         self.reference = self.build_reference(run)  # no cost figures: live only (mismatched pairs live in a step)
         if run.is_main:
             run.log(self._balance_note(run.train_data))

@@ -58,7 +58,7 @@ class PreferenceObjective(WithReference, Objective):
         if acc.num_processes > 1:  # batch-level losses take their statistics over every process's pairs
             self.dist = DistContext(all_gather=acc.gather, rank=acc.process_index, world_size=acc.num_processes)
             self._gather = acc.gather
-        self._tokenizer = run.tokenizer
+        self._tokenizer = run.parts.tokenizer
         self.reference = self._build_reference(run)
         if self.reference is not None and self.loss.needs_ref_token_split:
             self.reference.check_split()  # a resumed run's older table may lack LD-DPO's shared-length sums
@@ -75,7 +75,7 @@ class PreferenceObjective(WithReference, Objective):
         if cfg.reference.mode == "none":
             raise TrainError("reference.mode is 'none' but the loss needs a reference model")
         per_step = cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
-        cost = reference_cost(steps=run.total_steps, examples_per_step=per_step, eval_every=cfg.eval.every,
+        cost = reference_cost(steps=run.parts.total_steps, examples_per_step=per_step, eval_every=cfg.eval.every,
                               eval_at_start=cfg.eval.at_start, n_train=len(run.train_data), n_eval=len(run.eval_data))
         return self.build_reference(run, data=list(run.train_data) + list(run.eval_data), cost=cost,
                                     batch_starts=(0, len(run.train_data)))  # held-out pairs in eval's own batches
@@ -84,18 +84,20 @@ class PreferenceObjective(WithReference, Objective):
         """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""
         from ...diagnostics.probes import build_probe_set, score_probes
 
-        path = run.run_dir / "probes.pt"
-        if run.resuming and path.exists():
+        parts = run.parts
+        path = parts.run_dir / "probes.pt"
+        if parts.resuming and path.exists():
             saved = torch.load(path, weights_only=False)
             return saved["probes"], saved["baseline"]
-        if run.resuming:
+        if parts.resuming:
             raise TrainError(f"resuming a run with eval.probes needs {path}, which is gone")
         cfg = self.cfg
         model = run.accelerator.unwrap_model(run.model)
-        probes = build_probe_set(run.eval_data or run.train_data, run.tokenizer, n=cfg.eval.probe_examples,
+        probes = build_probe_set(run.eval_data or run.train_data, parts.tokenizer, n=cfg.eval.probe_examples,
                                  seed=cfg.train.seed, model=model, greedy_tokens=cfg.eval.probe_greedy_tokens,
                                  batch_size=cfg.eval.batch_size, edges=cfg.eval.edit_buckets)
-        baseline = score_probes(model, probes, run.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size, autocast=self.autocast)
+        baseline = score_probes(model, probes, parts.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size,
+                                autocast=self.autocast)
         if run.is_main:
             atomic.torch_save({"probes": probes, "baseline": baseline}, path)
         return probes, baseline

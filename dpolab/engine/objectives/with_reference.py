@@ -25,12 +25,13 @@ class WithReference:
         for ``reference.mode``; ``data`` is what a precomputed table covers and ``cost`` the run's cost figures
         (:func:`~dpolab.models.reference.reference_cost`; None: the objective needs a live reference);
         ``batch_starts``: where in ``data`` the table's batching starts afresh (:class:`ReferenceTools`)."""
-        cfg = run.cfg
+        cfg, parts = run.cfg, run.parts
         req = ReferenceRequest(
-            mode=cfg.reference.mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, bf16=run.bf16,
+            mode=cfg.reference.mode, separate=cfg.reference.name_or_path, lora=cfg.lora.enabled, bf16=parts.bf16,
             sync_every=cfg.reference.sync_every, cost=cost,
-            cache_dir=Path(cfg.reference.cache_dir).expanduser() if cfg.reference.cache_dir else run.run_dir / "ref_cache")
-        record = (run.resumed or {}).get("reference")
+            cache_dir=(Path(cfg.reference.cache_dir).expanduser() if cfg.reference.cache_dir
+                       else parts.run_dir / "ref_cache"))
+        record = (parts.resumed or {}).get("reference")
         choice = choose_reference(req.mode, separate=bool(req.separate), lora=req.lora, sync_every=req.sync_every,
                                   cost=cost, record=record)
         if cfg.reference.sync_every and choice.kind != "copy":
@@ -39,13 +40,14 @@ class WithReference:
                              f"follow the policy)")
         separate = ModelConfig(name_or_path=cfg.reference.name_or_path or "", dtype=cfg.model.dtype)
         tools = ReferenceTools(
-            device=run.accelerator.device, collate=run.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
-            load_start=lambda: load_base_model(cfg.model, run.tokenizer, seed=cfg.train.seed, max_positions=run.max_positions),
-            load_separate=lambda: load_base_model(separate, run.tokenizer),
-            log=run.log, progress=run.progress, main_first=run.accelerator.main_process_first,
+            device=run.accelerator.device, collate=parts.collate, batch_size=cfg.eval.batch_size, autocast=run.autocast,
+            load_start=lambda: load_base_model(cfg.model, parts.tokenizer, seed=cfg.train.seed,
+                                               max_positions=parts.max_positions),
+            load_separate=lambda: load_base_model(separate, parts.tokenizer),
+            log=run.log, progress=parts.progress, main_first=run.accelerator.main_process_first,
             batch_starts=tuple(batch_starts), logits=cfg.train.logits)
         return build_reference(choice, req, run.accelerator.unwrap_model(run.model), list(data), tools,
-                               resuming=run.resuming, record=record)
+                               resuming=parts.resuming, record=record)
 
     _sync_seen: Optional[int] = 0  # the step count of the last step taken (None: unknown, an older checkpoint)
 
