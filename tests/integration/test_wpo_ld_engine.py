@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from dpolab.config import build_config
+from dpolab.data.batches import PairBatch
 from dpolab.engine import Trainer
 from dpolab.engine.logging import read_metrics
 from dpolab.engine.objectives.preference import preference_step
@@ -96,7 +97,10 @@ def test_table_key_names_its_columns(tmp_path):
 def test_a_table_without_shared_sums_is_refused_for_ld_dpo(tmp_path):
     table = {"chosen": torch.zeros(4), "rejected": torch.zeros(4)}  # what an older dpolab wrote
     ref = PrecomputedTable(table, cache_file=tmp_path / "old.pt")
-    ref.logps({"index": torch.arange(2), "input_ids": torch.zeros(4, 3, dtype=torch.long), "num_pairs": 2})  # DPO: fine
+    ids = torch.zeros(4, 3, dtype=torch.long)
+    chosen, _ = ref.logps(PairBatch(input_ids=ids, attention_mask=ids, loss_mask=ids.bool(), index=torch.arange(2),
+                                    num_pairs=2))
+    assert chosen.shape == (2,)  # DPO: fine
     from dpolab.models.reference import ReferenceSetupError
 
     with pytest.raises(ReferenceSetupError, match="chosen_shared, rejected_shared column .*LD-DPO"):
