@@ -6,12 +6,12 @@ from typing import List, Optional, Sequence
 import torch
 
 from ..data.batches import Batch
-from ..models.fastpath import unwrap_hf
+from ..models.unwrap import unwrap
 
 
 def model_width(model) -> Optional[int]:
     """The hidden size of a (possibly wrapped) Hugging Face model, which sets the packed rows' length."""
-    cfg = getattr(unwrap_hf(model), "config", None)
+    cfg = getattr(unwrap(model, peft=True), "config", None)
     text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
     return getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
 

@@ -6,19 +6,11 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, is_oom  # noqa: F401 - is_oom: the one out-of-memory rule, used by the trainer
 
 
 class TrainError(UserError, RuntimeError):
     """Training cannot go on (non-finite loss, unusable output folder, out of memory); the message says why."""
-
-
-def is_oom(e: BaseException) -> bool:
-    """Whether ``e`` is an out-of-memory error (host or accelerator)."""
-    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
-        return True
-    text = str(e)
-    return "out of memory" in text.lower() or "can't allocate" in text or "cannot allocate memory" in text.lower()
 
 
 def first_line(e: BaseException) -> str:

@@ -77,9 +77,9 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     parameters, state dict and saved files stay those of the plain model; a deep copy (the live reference) is compiled
     too, on its own weights. Forward and backward compile at the first calls (a second input shape switches to a
     dynamic-shape graph)."""
-    from ..models.fastpath import unwrap_hf
+    from ..models.unwrap import unwrap
 
-    unwrap_hf(model).compile(mode=None if mode == "default" else mode, dynamic=None)
+    unwrap(model, peft=True).compile(mode=None if mode == "default" else mode, dynamic=None)
     return model
 
 

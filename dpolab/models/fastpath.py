@@ -53,7 +53,9 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..data.batches import Batch, PairBatch
+from ..errors import is_oom
 from .logprobs import SequenceLogps, gather_logps, log_sum_sq, response_logps, scatter_tokens
+from .unwrap import unwrap
 
 LOGITS_MODES = ("response", "response-recompute", "full")
 _SOFTCAP_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -63,16 +65,6 @@ _MASK_ATTN = ("sdpa", "eager")
 _LAYER_TYPES = ("full_attention", "sliding_attention")  # the layer types a 4D mask (one per type) expresses
 _OTHER_WINDOWS = ("window_size", "attention_window", "attention_chunk_size")  # windows we do not build into masks
 PROBE_WINDOW = 3  # the sliding window the probe uses (its sequences are longer), see the module docstring
-
-
-def unwrap_hf(model):
-    """The Hugging Face PreTrainedModel inside DDP / Accelerate / peft wrappers."""
-    m = model
-    while hasattr(m, "module") and isinstance(getattr(m, "module"), torch.nn.Module):
-        m = m.module
-    if hasattr(m, "get_base_model"):
-        m = m.get_base_model()
-    return m
 
 
 def _attn_impl(hf) -> Optional[str]:
@@ -342,7 +334,7 @@ def _gather_full(logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int,
 def _raw_logps(model, batch: Batch, layout: str, logits: str, chunk_rows: Optional[int],
                with_sq: bool = False) -> SequenceLogps:
     """The fast computation itself, without the support check (``chunk_rows`` None: :func:`head_chunk_rows`)."""
-    hf = unwrap_hf(model)
+    hf = unwrap(model, peft=True)
     ids, loss_mask = batch.input_ids, batch.loss_mask
     if layout == "padded":
         inputs = dict(input_ids=ids, attention_mask=batch.attention_mask)
@@ -431,7 +423,7 @@ def _one_row(units) -> Dict[str, Tensor]:
 
 def _unsupported_reason(model, layout: str, logits: str) -> Optional[str]:
     """What the config says (the probe's short batch cannot show it) against the fast path, or None."""
-    hf = unwrap_hf(model)
+    hf = unwrap(model, peft=True)
     cfg = getattr(hf, "config", None)
     if cfg is None or not hasattr(hf, "get_output_embeddings") or hf.get_output_embeddings() is None:
         return "the model has no output embeddings"
@@ -449,11 +441,6 @@ def _unsupported_reason(model, layout: str, logits: str) -> Optional[str]:
         if isinstance(windows, str):
             return windows
     return None
-
-
-def _is_oom(e: BaseException) -> bool:
-    msg = str(e).lower()
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in msg or "can't allocate memory" in msg
 
 
 def _autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
@@ -532,7 +519,7 @@ def _probe(model, layout: str, logits: str, amp: Optional[torch.dtype] = None) -
     reason = _unsupported_reason(model, layout, logits)
     if reason:
         return reason
-    hf = unwrap_hf(model)
+    hf = unwrap(model, peft=True)
     dev = next(hf.parameters()).device
     b = _probe_batch(_text_config(hf).vocab_size, dev)[layout]
     was = hf.training
@@ -546,7 +533,7 @@ def _probe(model, layout: str, logits: str, amp: Optional[torch.dtype] = None) -
                     bad = _compare_paths(model, b, layout, logits, amp)
                 bad = bad and f"under {str(amp).replace('torch.', '')} autocast: {bad}"
     except Exception as e:  # noqa: BLE001 - a model that cannot run the fast path uses the plain one; OOM is raised
-        if _is_oom(e):
+        if is_oom(e):
             raise
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     finally:
@@ -568,7 +555,7 @@ def _warn_once(hf, key: tuple, reason: Optional[str], what: str) -> None:
 
 
 def _checked(model, layout: str, logits: str) -> bool:
-    hf = unwrap_hf(model)
+    hf = unwrap(model, peft=True)
     cache = hf.__dict__.setdefault("_dpolab_fastpath", {})
     amp = _autocast_dtype(next(hf.parameters()).device)
     key = _report_key(layout, logits, amp)
@@ -581,7 +568,7 @@ def _checked(model, layout: str, logits: str) -> bool:
 def _window_fits(model, batch: Batch, layout: str) -> bool:
     """False when the model has a window the masks do not build in (``_OTHER_WINDOWS``) and this batch holds a unit
     at least that long (the model would window by row index); said once per model."""
-    hf = unwrap_hf(model)
+    hf = unwrap(model, peft=True)
     w = _other_window(hf)
     if w is None or _longest_unit(batch.packed) < w:
         return True
@@ -594,7 +581,7 @@ def fast_path_report(model) -> Dict[tuple, Optional[str]]:
     """Which (layout, logits) combinations were probed on ``model`` and why any was refused (None = in use); keys
     ``(layout, logits)`` without autocast, ``(layout, logits, 'bfloat16')`` under bf16 autocast, and
     ``(layout, 'window')`` when a batch's units were longer than a window the model applies itself."""
-    return dict(unwrap_hf(model).__dict__.get("_dpolab_fastpath", {}))
+    return dict(unwrap(model, peft=True).__dict__.get("_dpolab_fastpath", {}))
 
 
 def resolve(model, batch: Batch, layout: str, logits: str) -> Tuple[str, str]:

@@ -14,6 +14,7 @@ from ..errors import MissingPackageError, UserError, first_sentence
 from ..config import LoraConfig, ModelConfig
 from .presets import MODEL_PRESETS, is_model_preset, resolve_model_path
 from .quiet import known_warnings_silenced
+from .unwrap import unwrap
 
 # tiny models built from a config (tests, the demo); the families past gpt2/llama cover the fast paths' cases:
 # sliding windows (mistral, phi3: every layer; qwen2-sw, gemma2, gemma3: local and global layers), logit and attention
@@ -367,7 +368,7 @@ def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
 def enable_gradient_checkpointing(model) -> None:
     """Recompute each block's activations in backward (non-reentrant checkpointing: exact gradients, works with
     frozen inputs such as LoRA's and with custom 4D masks). A wrapped model (PEFT) is switched on its base."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = unwrap(model, peft=True)
     if not getattr(inner, "supports_gradient_checkpointing", False):
         raise ModelLoadError(f"train.gradient_checkpointing: {type(inner).__name__} does not support gradient "
                              f"checkpointing in transformers; set train.gradient_checkpointing=false")

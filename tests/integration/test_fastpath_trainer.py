@@ -67,11 +67,12 @@ def _longest(t):
 
 @pytest.mark.parametrize("model", ["tiny-mistral", "tiny-gemma2", "tiny-gemma3", "tiny-qwen2-sw", "tiny-phi3"])
 def test_windowed_families_fast_path_equals_plain_on_a_step(tmp_path, model):
-    from dpolab.models.fastpath import fast_path_report, unwrap_hf
+    from dpolab.models.fastpath import fast_path_report
+    from dpolab.models.unwrap import unwrap
 
     fast = Trainer(_cfg(tmp_path, "fast", model))
     plain = Trainer(_cfg(tmp_path, "plain", model, *PLAIN))
-    assert unwrap_hf(fast.model).config.sliding_window < _longest(fast) - 10  # the window cuts most sequences
+    assert unwrap(fast.model, peft=True).config.sliding_window < _longest(fast) - 10  # the window cuts most sequences
     (mf, gf), (mp, gp) = _first_step(fast), _first_step(plain)
     for k in ("logps/chosen", "logps/rejected", "loss"):
         assert float(mf[k]) == pytest.approx(float(mp[k]), abs=1e-4), k

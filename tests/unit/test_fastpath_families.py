@@ -12,10 +12,11 @@ import torch
 
 from dpolab.data.collate import collate_preference, collate_preference_fast
 from dpolab.data.types import TokenizedPair
-from dpolab.models.fastpath import batch_logps, fast_path_report, unwrap_hf
+from dpolab.models.fastpath import batch_logps, fast_path_report
 from dpolab.models.load import disable_dropout, tiny_config
 from dpolab.models.logprobs import response_logps
 from dpolab.models.tokenizer import build_char_tokenizer
+from dpolab.models.unwrap import unwrap
 
 TOK = build_char_tokenizer()
 
@@ -90,7 +91,7 @@ def _longest(pairs):
 def test_family_fast_paths_equal_plain(family, lora):
     model = _model(family, lora)
     pairs = _pairs()
-    window = getattr(unwrap_hf(model).config, "sliding_window", None)
+    window = getattr(unwrap(model, peft=True).config, "sliding_window", None)
     assert window is None or window < _longest(pairs) - 10  # the window really cuts these sequences
     plain_batch = collate_preference(pairs, TOK.pad_token_id)
     plain = response_logps(model, plain_batch.input_ids, plain_batch.attention_mask, plain_batch.loss_mask,

@@ -58,8 +58,3 @@ class Reference:
         """TR-DPO's update of the reference toward the policy: only a live frozen copy can follow it."""
         raise ReferenceSetupError(f"reference.sync_every (TR-DPO) needs a live frozen copy (reference.mode=copy); "
                                   f"this run's reference is '{self.mode}'")
-
-
-def unwrap(model):
-    """The model inside a distributed wrapper (``.module``), or the model itself."""
-    return getattr(model, "module", model)

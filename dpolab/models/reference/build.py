@@ -11,8 +11,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ...progress import progress_bar
+from ..unwrap import unwrap
 from . import table as tables
-from .base import Reference, ReferenceSetupError, unwrap
+from .base import Reference, ReferenceSetupError
 from .choice import Choice, ReferenceCost
 from .key import key_digest, table_key
 from .live import AdapterOff, LiveCopy, SeparateModel

@@ -8,7 +8,7 @@ from typing import Callable, Dict, Sequence
 import torch
 from torch import Tensor
 
-from .base import unwrap
+from ..unwrap import unwrap
 
 FULL_HASH_BYTES = 1 << 30  # models up to 1 GiB of weights are hashed in full; larger ones by an even stride
 CACHE_FORMAT = 4  # 4: the shared-length sums of LD-DPO are stored too
@@ -55,7 +55,7 @@ def table_key(source: str, model, data: Sequence, *, bf16: bool) -> Dict[str, st
     """Everything a table's log-probs depend on, as strings (the table's file name is a hash of this dict):
     ``source`` is the kind that scores it (``copy``, ``adapter``: the LoRA weights are left out, ``separate``)."""
     inner = unwrap(model)
-    base = getattr(inner, "get_base_model", lambda: inner)()
+    base = unwrap(inner, peft=True)
     dtypes = sorted({str(p.dtype) for p in inner.parameters()})
     return {
         "format": str(CACHE_FORMAT),

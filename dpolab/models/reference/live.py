@@ -9,7 +9,8 @@ from torch import Tensor
 
 from ..fastpath import logps_for_batch
 from ..logprobs import SequenceLogps, split_pairs
-from .base import Reference, ReferenceSetupError, unwrap
+from ..unwrap import unwrap
+from .base import Reference, ReferenceSetupError
 
 
 class LiveReference(Reference):

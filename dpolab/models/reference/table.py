@@ -18,7 +18,8 @@ from ... import atomic
 from ...losses.length import shared_tail
 from ..fastpath import logps_for_batch
 from ..logprobs import SequenceLogps, split_pairs
-from .base import Reference, ReferenceSetupError, unwrap
+from ..unwrap import unwrap
+from .base import Reference, ReferenceSetupError
 from .key import TABLE_COLUMNS
 
 
