@@ -116,8 +116,9 @@ def data_identity(settings: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]]
     return out, ""
 
 
-def cache_key(settings: Mapping[str, Any], tokenizer: Any, kind: str, seed: int) -> Tuple[Optional[str], str]:
-    """(the entry's key, '') or (None, why this data is not cached)."""
+def tokenised_data_key(settings: Mapping[str, Any], tokenizer: Any, kind: str,
+                       seed: int) -> Tuple[Optional[str], str]:
+    """(the key of the tokenised-data cache entry of this data, '') or (None, why this data is not cached)."""
     ident, why = data_identity(settings)
     if ident is None:
         return None, why
@@ -135,7 +136,7 @@ def cached_tokenisation(settings: Mapping[str, Any], tokenizer: Any, kind: str, 
     ``settings`` is the run's ``data`` section as a dict (``cache``, ``cache_dir`` are ignored in the key)."""
     if not enabled:
         return compute(log)
-    key, why = cache_key(settings, tokenizer, kind, seed)
+    key, why = tokenised_data_key(settings, tokenizer, kind, seed)
     if key is None:
         log(f"tokenised-data cache not used: {why}")
         return compute(log)

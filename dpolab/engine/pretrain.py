@@ -63,7 +63,9 @@ def text_identity(path: Path) -> Dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def cache_key(spec: PretrainSpec, ident: Dict[str, Any]) -> str:
+def pretrained_model_key(spec: PretrainSpec, ident: Dict[str, Any]) -> str:
+    """The cache folder name of the model ``spec`` pretrains on the text ``ident`` (:func:`text_identity`): the
+    preset and a hash of the settings and the text's content."""
     keyed = {k: v for k, v in asdict(spec).items() if k != "text"}
     blob = json.dumps({"format": FORMAT, "spec": keyed, "text": ident}, sort_keys=True)
     return f"{spec.preset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
@@ -101,7 +103,7 @@ def _lock(path: Path):
 def cached_path(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None) -> Path:
     """Where the finished model of ``spec`` is (or would be): ``<cache>/<key>/final``."""
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return cache / cache_key(spec, text_identity(Path(spec.text).expanduser())) / "final"
+    return cache / pretrained_model_key(spec, text_identity(Path(spec.text).expanduser())) / "final"
 
 
 def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, progress: bool = True,

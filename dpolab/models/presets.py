@@ -127,8 +127,9 @@ def gguf_sha256(path: Path, cache_dir: Optional[Path] = None) -> str:
     return digest
 
 
-def cache_key(gguf: Path, sha256: str) -> str:
-    """The folder name: the file's stem (readable) and the first 16 hex digits of its content's SHA-256."""
+def gguf_folder_name(gguf: Path, sha256: str) -> str:
+    """The cache folder name of a de-quantised GGUF file: the file's stem (readable) and the first 16 hex digits of
+    its content's SHA-256."""
     return f"{Path(gguf).name[:-len('.gguf')] if Path(gguf).name.endswith('.gguf') else Path(gguf).name}-{sha256[:16]}"
 
 
@@ -175,7 +176,7 @@ def gguf_folder(gguf: os.PathLike, *, title: Optional[str] = None, cache_dir: Op
         raise PresetError(f"GGUF file not found: {gguf}")
     root = Path(cache_dir).expanduser() if cache_dir is not None else models_cache_dir()
     sha = gguf_sha256(gguf, root)
-    folder = root / cache_key(gguf, sha)
+    folder = root / gguf_folder_name(gguf, sha)
     if folder_is_complete(folder, sha):
         return folder
     from filelock import FileLock

@@ -10,7 +10,7 @@ import dpolab.engine
 from dpolab.cli import main
 from dpolab.config import ModelConfig
 from dpolab.models.load import load_saved_model, load_tokenizer
-from dpolab.engine.pretrain import PretrainSpec, cache_key, cached_path, pretrain, text_identity
+from dpolab.engine.pretrain import PretrainSpec, pretrained_model_key, cached_path, pretrain, text_identity
 from dpolab.models.tokenizer import build_char_tokenizer
 
 pytestmark = pytest.mark.slow
@@ -53,15 +53,16 @@ def test_pretrain_then_cache_hit(tmp_path, text, monkeypatch):
     assert logs == [f"cached: {final}"]
 
 
-def test_cache_key_follows_content_and_settings(tmp_path, text):
+def test_pretrained_model_key_follows_content_and_settings(tmp_path, text):
     ident = text_identity(text)
     copy = tmp_path / "elsewhere.txt"
     shutil.copy(text, copy)
-    assert cache_key(_spec(text), ident) == cache_key(_spec(copy), text_identity(copy))  # content, not the name
-    assert cache_key(_spec(text), ident) != cache_key(_spec(text, seed=1), ident)
-    assert cache_key(_spec(text), ident) != cache_key(PretrainSpec(text=str(text), tiny=dict(TINY), steps=3), ident)
+    key = pretrained_model_key
+    assert key(_spec(text), ident) == key(_spec(copy), text_identity(copy))  # content, not the name
+    assert key(_spec(text), ident) != key(_spec(text, seed=1), ident)
+    assert key(_spec(text), ident) != key(PretrainSpec(text=str(text), tiny=dict(TINY), steps=3), ident)
     text.write_text(text.read_text() + "more\n")
-    assert cache_key(_spec(text), ident) != cache_key(_spec(text), text_identity(text))
+    assert key(_spec(text), ident) != key(_spec(text), text_identity(text))
 
 
 def test_killed_pretrain_leaves_no_finished_folder(tmp_path, text, monkeypatch):

@@ -23,8 +23,8 @@ import torch
 from dpolab.cli import main
 from dpolab.errors import MissingPackageError
 from dpolab.models import presets
-from dpolab.models.presets import (RECORD, cache_key, folder_is_complete, gguf_folder, gguf_sha256, models_cache_dir,
-                                   resolve_model_path)
+from dpolab.models.presets import (RECORD, folder_is_complete, gguf_folder, gguf_folder_name, gguf_sha256,
+                                   models_cache_dir, resolve_model_path)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -73,11 +73,11 @@ def test_missing_package_is_one_line_naming_the_pip_command(monkeypatch, capsys)
     assert resolve_model_path("gpt2") == "gpt2" and resolve_model_path("some/folder") == "some/folder"
 
 
-def test_cache_key_is_the_content_hash_remembered_by_path_size_and_mtime(tmp_path):
+def test_gguf_folder_name_is_the_content_hash_remembered_by_path_size_and_mtime(tmp_path):
     gguf, cache = _fake_gguf(tmp_path), tmp_path / "cache"
     sha = hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert gguf_sha256(gguf, cache) == sha
-    assert cache_key(gguf, sha) == f"Tiny.Q4_1-{sha[:16]}"
+    assert gguf_folder_name(gguf, sha) == f"Tiny.Q4_1-{sha[:16]}"
     memo_file = cache / presets.HASHES
     memo = json.loads(memo_file.read_text())
     assert memo[str(gguf.resolve())]["sha256"] == sha
@@ -119,7 +119,7 @@ def test_cache_folder_is_reused_and_rebuilt_when_corrupted_or_incomplete(tmp_pat
     other = _fake_gguf(tmp_path / "b", b"GGUF another model")
     with pytest.raises(RuntimeError, match="killed"):
         gguf_folder(other, cache_dir=cache, convert=FakeConverter(fail_after_weights=True), log=lines.append)
-    assert not (cache / cache_key(other, gguf_sha256(other, cache))).exists()
+    assert not (cache / gguf_folder_name(other, gguf_sha256(other, cache))).exists()
     assert not [p for p in cache.iterdir() if ".tmp-" in p.name]
 
 
@@ -155,7 +155,7 @@ def test_eval_gguf_file_converts_through_the_same_cache(tmp_path, monkeypatch, c
     monkeypatch.setenv("DPOLAB_CACHE", str(tmp_path / "c"))
     monkeypatch.setattr(presets, "convert_gguf", convert)
     folder = gguf_model_folder(str(gguf.parent), gguf.name, log=lambda m: None)
-    assert Path(folder) == tmp_path / "c" / "models" / cache_key(gguf, gguf_sha256(gguf)) and convert.calls == 1
+    assert Path(folder) == tmp_path / "c" / "models" / gguf_folder_name(gguf, gguf_sha256(gguf)) and convert.calls == 1
     assert gguf_model_folder(str(gguf.parent), gguf.name) == folder and convert.calls == 1
     pairs = tmp_path / "p.jsonl"
     pairs.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n')
@@ -246,7 +246,7 @@ def smol_cache(tmp_path_factory):
     gguf = presets.preset_gguf("smollm2-135m")
     user_models = models_cache_dir()
     sha = gguf_sha256(gguf, user_models) if user_models.is_dir() else hashlib.sha256(gguf.read_bytes()).hexdigest()
-    if folder_is_complete(user_models / cache_key(gguf, sha), sha):
+    if folder_is_complete(user_models / gguf_folder_name(gguf, sha), sha):
         return user_models.parent
     root = tmp_path_factory.mktemp("dpolab-cache")
     gguf_folder(gguf, cache_dir=root / "models", title="SmolLM2-135M-Instruct", log=lambda m: None)
