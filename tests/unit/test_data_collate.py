@@ -57,3 +57,22 @@ def test_length_grouped_indices_is_a_seeded_permutation():
     lengths = [5, 1, 9, 3, 3, 7, 2, 8]
     a = length_grouped_indices(lengths, 2, seed=0)
     assert sorted(a) == list(range(8)) and a == length_grouped_indices(lengths, 2, seed=0)
+
+
+def test_typed_batches_move_count_and_keep_their_kind():
+    from dpolab.data.batches import LabelledRowBatch, PairBatch, RowBatch
+    from dpolab.data.collate import collate_preference_fast, collate_unpaired_fast
+    from dpolab.data.types import TokenizedUnpaired
+
+    b = collate_preference_fast(pairs(), PAD, "prefix").with_index(torch.tensor([4, 5]))
+    moved = b.to(torch.device("meta"))  # every tensor, also inside packed and extras; the original stays
+    assert isinstance(moved, PairBatch) and moved.num_pairs == 2 and moved.meta == b.meta
+    assert all(t.device.type == "meta" for t in (moved.input_ids, moved.index, moved.extras["rm_margin"],
+                                                   *moved.packed.values()))
+    assert b.input_ids.device.type == "cpu" and b.tokens() == 5 + 6 + 7 + 4 and b.sequences == 4
+    rows = [TokenizedUnpaired([1, 5], [7, 2], True), TokenizedUnpaired([1], [8, 8, 2], False)]
+    u = collate_unpaired_fast(rows, PAD, "padded")
+    assert isinstance(u, LabelledRowBatch) and isinstance(u, RowBatch) and u.examples == rows
+    assert u.label.tolist() == [True, False] and u.tokens() == 8 and u.packed is None
+    one = PairBatch.one_sided(u)  # single rows as the chosen half of a pair batch (KTO's reference)
+    assert one.num_pairs == 2 and torch.equal(one.input_ids, u.input_ids)
