@@ -38,8 +38,8 @@ def _poison_step(monkeypatch, bad_steps, what="nan"):
     real = preference_mod.preference_step
     calls = collections.Counter()
 
-    def step(model, reference, loss, batch, autocast, dist=None):
-        obj, metrics = real(model, reference, loss, batch, autocast, dist) if dist is not None else real(model, reference, loss, batch, autocast)
+    def step(model, reference, loss, batch, autocast, **kw):
+        obj, metrics = real(model, reference, loss, batch, autocast, **kw)
         t = _current[0]
         if model.training and t is not None and t.step + 1 in bad_steps and not calls[t.step + 1]:
             calls[t.step + 1] += 1
