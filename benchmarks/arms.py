@@ -17,6 +17,7 @@ Environment: ``BENCH_STEPS`` / ``BENCH_WARMUP`` (measured / warm-up steps), ``BE
 (snapshot of the trainable weights before the first step; the result gets a ``check`` entry, see
 ``harness.same_math``).
 """
+
 from __future__ import annotations
 
 import json
@@ -34,7 +35,7 @@ from typing import Dict, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from workloads import WORKLOADS, data_file, model_dir  # noqa: E402
+from workloads import WORKLOADS, data_file, model_dir
 
 LR, BETA = 1e-5, 0.1
 LORA_R, LORA_ALPHA = 16, 32
@@ -43,25 +44,45 @@ LORA_R, LORA_ALPHA = 16, 32
 @dataclass(frozen=True)
 class Arm:
     name: str
-    impl: str                      # dpolab | trl | bare
-    reference: str                 # live | precomputed
+    impl: str  # dpolab | trl | bare
+    reference: str  # live | precomputed
     overrides: Tuple[str, ...] = ()
     fp32: bool = True
     what: str = ""
 
 
 _ARM_LIST = [
-    Arm("dpolab-live", "dpolab", "live", (), what="dpolab defaults (prompt-prefix sharing + packing, LM head at response "
-        "positions only), live reference"),
+    Arm(
+        "dpolab-live",
+        "dpolab",
+        "live",
+        (),
+        what="dpolab defaults (prompt-prefix sharing + packing, LM head at response positions only), live reference",
+    ),
     Arm("dpolab-precompute", "dpolab", "precomputed", (), what="as dpolab-live, reference log-probs precomputed once"),
     Arm("dpolab-live-packed", "dpolab", "live", ("train.layout=packed",), what="packing without prefix sharing"),
     Arm("dpolab-live-padded", "dpolab", "live", ("train.layout=padded",), what="padded batch, response-only head"),
-    Arm("dpolab-live-plain", "dpolab", "live", ("train.layout=padded", "train.logits=full"),
-        what="padded batch, full logits"),
-    Arm("dpolab-live-recompute", "dpolab", "live", ("train.logits=response-recompute",),
-        what="as dpolab-live, LM-head tiles recomputed in backward (one [rows, V] tile alive)"),
-    Arm("dpolab-live-gc", "dpolab", "live", ("train.gradient_checkpointing=true",),
-        what="as dpolab-live, activations recomputed in backward (gradient checkpointing)"),
+    Arm(
+        "dpolab-live-plain",
+        "dpolab",
+        "live",
+        ("train.layout=padded", "train.logits=full"),
+        what="padded batch, full logits",
+    ),
+    Arm(
+        "dpolab-live-recompute",
+        "dpolab",
+        "live",
+        ("train.logits=response-recompute",),
+        what="as dpolab-live, LM-head tiles recomputed in backward (one [rows, V] tile alive)",
+    ),
+    Arm(
+        "dpolab-live-gc",
+        "dpolab",
+        "live",
+        ("train.gradient_checkpointing=true",),
+        what="as dpolab-live, activations recomputed in backward (gradient checkpointing)",
+    ),
     Arm("dpolab-live-bf16", "dpolab", "live", ("train.bf16=true",), fp32=False),
     Arm("trl-default", "trl", "live", what="DPOConfig defaults on CPU (use_cpu, no bf16; gradient checkpointing on)"),
     Arm("trl-tuned", "trl", "live", what="as trl-default, gradient checkpointing off"),
@@ -70,11 +91,16 @@ _ARM_LIST = [
 ARMS: Dict[str, Arm] = {a.name: a for a in _ARM_LIST}
 # names used before 2026-12: `dpolab` meant reference.mode=auto, which was live in the first sections of RESULTS.md
 # and precomputed from 2026-11-25 19:00 on
-RENAMED = {"dpolab": "dpolab-live or dpolab-precompute (it meant reference.mode=auto)",
-           "dpolab-live-ref": "dpolab-live", "dpolab-precomputed-ref": "dpolab-precompute",
-           "dpolab-packed": "dpolab-live-packed", "dpolab-padded": "dpolab-live-padded",
-           "dpolab-plain": "dpolab-live-plain", "dpolab-recompute": "dpolab-live-recompute",
-           "dpolab-bf16": "dpolab-live-bf16"}
+RENAMED = {
+    "dpolab": "dpolab-live or dpolab-precompute (it meant reference.mode=auto)",
+    "dpolab-live-ref": "dpolab-live",
+    "dpolab-precomputed-ref": "dpolab-precompute",
+    "dpolab-packed": "dpolab-live-packed",
+    "dpolab-padded": "dpolab-live-padded",
+    "dpolab-plain": "dpolab-live-plain",
+    "dpolab-recompute": "dpolab-live-recompute",
+    "dpolab-bf16": "dpolab-live-bf16",
+}
 
 
 def get_arm(name: str) -> Arm:
@@ -104,7 +130,7 @@ def canonical_name(name: str) -> str:
     ``base_model.model.``) and without peft's adapter name: the same in dpolab, TRL and the bare loop."""
     for p in ("module.", "_orig_mod.", "base_model.model."):
         while name.startswith(p):
-            name = name[len(p):]
+            name = name[len(p) :]
     return name.replace(".default.", ".")
 
 
@@ -156,9 +182,14 @@ def weight_checksum(model, start: Dict[str, "object"]) -> Dict[str, float]:
         tot["delta_sq"] += float((d * d).sum())
         tot["delta_index_sum"] += float((d * c).sum())
         n_params += d.numel()
-    return dict(n_tensors=len(now), n_params=n_params, weights_abs_sum=tot["weights_abs_sum"],
-                delta_abs_sum=tot["delta_abs_sum"], delta_l2=math.sqrt(tot["delta_sq"]),
-                delta_index_sum=tot["delta_index_sum"])
+    return dict(
+        n_tensors=len(now),
+        n_params=n_params,
+        weights_abs_sum=tot["weights_abs_sum"],
+        delta_abs_sum=tot["delta_abs_sum"],
+        delta_l2=math.sqrt(tot["delta_sq"]),
+        delta_index_sum=tot["delta_index_sum"],
+    )
 
 
 def rss_mb() -> float:
@@ -174,8 +205,18 @@ def peak_rss_mb() -> float:
 
 
 # -- the three implementations -----------------------------------------------------------------------------------
-def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: float = BETA, lr: float = LR,
-               extra: Tuple[str, ...] = ()):
+def run_dpolab(
+    arm: Arm,
+    w,
+    ids,
+    mdir,
+    n_steps,
+    *,
+    check: bool = False,
+    beta: float = BETA,
+    lr: float = LR,
+    extra: Tuple[str, ...] = (),
+):
     """``extra``: more config overrides (tests)."""
     import dpolab.models.reference.table as refmod
     from dpolab.config import build_config
@@ -185,10 +226,23 @@ def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: fl
     pairs = [TokenizedPair(**r) for r in ids]
     out = tempfile.mkdtemp(prefix=f"bench-{arm.name}-")
     mode = dpolab_reference_mode(arm, w.lora)
-    over = [f"model.name_or_path={mdir}", f"train.max_steps={n_steps}", f"train.batch_size={w.batch_size}",
-            f"train.lr={lr}", "train.shuffle=false", "train.warmup_steps=0", "train.schedule=linear",
-            "train.max_grad_norm=1.0", "train.weight_decay=0.0", "train.seed=0", f"output.dir={out}", "output.progress=false",
-            "output.save_final=false", "eval.at_start=false", f"reference.mode={mode}"]
+    over = [
+        f"model.name_or_path={mdir}",
+        f"train.max_steps={n_steps}",
+        f"train.batch_size={w.batch_size}",
+        f"train.lr={lr}",
+        "train.shuffle=false",
+        "train.warmup_steps=0",
+        "train.schedule=linear",
+        "train.max_grad_norm=1.0",
+        "train.weight_decay=0.0",
+        "train.seed=0",
+        f"output.dir={out}",
+        "output.progress=false",
+        "output.save_final=false",
+        "eval.at_start=false",
+        f"reference.mode={mode}",
+    ]
     if w.lora:
         over += ["lora.enabled=true", f"lora.r={LORA_R}", f"lora.alpha={LORA_ALPHA}", "lora.dropout=0.0"]
     cfg = build_config({"loss": [{"name": "dpo", "params": {"beta": beta}}]}, over + list(arm.overrides) + list(extra))
@@ -229,13 +283,22 @@ def run_dpolab(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: fl
 
     t._train_step = timed
     t.fit()
-    res = dict(step_times=[b - a for a, b in zip(ends, ends[1:])], first_step_start=ends[0], base_rss_mb=base,
-               reference_mode=t.reference.mode, scaled_setup_s=scored["s"] if mode == "precomputed" else 0.0)
+    res = dict(
+        step_times=[b - a for a, b in zip(ends, ends[1:])],
+        first_step_start=ends[0],
+        base_rss_mb=base,
+        reference_mode=t.reference.mode,
+        scaled_setup_s=scored["s"] if mode == "precomputed" else 0.0,
+    )
     if check:
         last = rows[-1]
-        res["check"] = dict(loss=float(last["loss"]), logps_chosen=float(last["logps/chosen"]),
-                            logps_rejected=float(last["logps/rejected"]), margin=float(last["logratio_margin"]),
-                            **weight_checksum(t.policy, start))
+        res["check"] = dict(
+            loss=float(last["loss"]),
+            logps_chosen=float(last["logps/chosen"]),
+            logps_rejected=float(last["logps/rejected"]),
+            margin=float(last["logratio_margin"]),
+            **weight_checksum(t.policy, start),
+        )
     return res
 
 
@@ -249,10 +312,25 @@ def run_trl(arm: Arm, w, texts, mdir, n_steps, *, check: bool = False, beta: flo
     tok = AutoTokenizer.from_pretrained(mdir)
     model = AutoModelForCausalLM.from_pretrained(mdir, dtype=torch.float32)
     ds = Dataset.from_list(texts)
-    kw = dict(output_dir=tempfile.mkdtemp(prefix=f"bench-{arm.name}-"), use_cpu=True, bf16=False, report_to=[],
-              per_device_train_batch_size=w.batch_size, max_steps=n_steps, learning_rate=lr, beta=beta,
-              logging_steps=1, save_strategy="no", disable_tqdm=True, max_grad_norm=1.0, warmup_steps=0,
-              weight_decay=0.0, lr_scheduler_type="linear", precompute_ref_log_probs=False, seed=0)
+    kw = dict(
+        output_dir=tempfile.mkdtemp(prefix=f"bench-{arm.name}-"),
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        per_device_train_batch_size=w.batch_size,
+        max_steps=n_steps,
+        learning_rate=lr,
+        beta=beta,
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        max_grad_norm=1.0,
+        warmup_steps=0,
+        weight_decay=0.0,
+        lr_scheduler_type="linear",
+        precompute_ref_log_probs=False,
+        seed=0,
+    )
     if arm.name == "trl-tuned":
         kw.update(gradient_checkpointing=False)
     args = DPOConfig(**kw)
@@ -260,8 +338,9 @@ def run_trl(arm: Arm, w, texts, mdir, n_steps, *, check: bool = False, beta: flo
     if w.lora:
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+        peft_config = LoraConfig(
+            r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
     prep = {"s": 0.0}
 
     class Ordered(DPOTrainer):  # the same pair order as every other arm (TRL would shuffle)
@@ -289,20 +368,30 @@ def run_trl(arm: Arm, w, texts, mdir, n_steps, *, check: bool = False, beta: flo
             if logs and "loss" in logs:
                 log_rows.append(dict(logs))
 
-    trainer = Ordered(model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config,
-                      callbacks=[Clock()])
+    trainer = Ordered(
+        model=model, args=args, train_dataset=ds, processing_class=tok, peft_config=peft_config, callbacks=[Clock()]
+    )
     if w.lora:
         seed_lora_(trainer.model)
     start = snapshot(trainer.model) if check else None
     base = rss_mb()
     trainer.train()
-    res = dict(step_times=[b - a for a, b in zip(ends, ends[1:])], first_step_start=ends[0], base_rss_mb=base,
-               gradient_checkpointing=bool(args.gradient_checkpointing), excluded_setup_s=prep["s"])
+    res = dict(
+        step_times=[b - a for a, b in zip(ends, ends[1:])],
+        first_step_start=ends[0],
+        base_rss_mb=base,
+        gradient_checkpointing=bool(args.gradient_checkpointing),
+        excluded_setup_s=prep["s"],
+    )
     if check:
         last = log_rows[-1]
-        res["check"] = dict(loss=float(last["loss"]), logps_chosen=float(last["logps/chosen"]),
-                            logps_rejected=float(last["logps/rejected"]),
-                            margin=float(last["rewards/margins"]) / beta, **weight_checksum(trainer.model, start))
+        res["check"] = dict(
+            loss=float(last["loss"]),
+            logps_chosen=float(last["logps/chosen"]),
+            logps_rejected=float(last["logps/rejected"]),
+            margin=float(last["rewards/margins"]) / beta,
+            **weight_checksum(trainer.model, start),
+        )
     return res
 
 
@@ -316,8 +405,12 @@ def run_bare(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: floa
     if w.lora:
         from peft import LoraConfig, get_peft_model
 
-        policy = get_peft_model(policy, LoraConfig(r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0,
-                                                   target_modules="all-linear", task_type="CAUSAL_LM"))
+        policy = get_peft_model(
+            policy,
+            LoraConfig(
+                r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+            ),
+        )
         seed_lora_(policy)
         ref = None
     else:
@@ -339,7 +432,7 @@ def run_bare(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: floa
     last = None
     B = w.batch_size
     for step in range(n_steps):
-        chunk = ids[step * B:(step + 1) * B]
+        chunk = ids[step * B : (step + 1) * B]
         seqs = [r["prompt_ids"] + r["chosen_ids"] for r in chunk] + [r["prompt_ids"] + r["rejected_ids"] for r in chunk]
         starts = [len(r["prompt_ids"]) for r in chunk] * 2
         T = max(map(len, seqs))
@@ -347,9 +440,9 @@ def run_bare(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: floa
         attn = torch.zeros_like(x)
         mask = torch.zeros(x.shape)
         for i, (s, st) in enumerate(zip(seqs, starts)):
-            x[i, :len(s)] = torch.tensor(s)
-            attn[i, :len(s)] = 1
-            mask[i, st:len(s)] = 1
+            x[i, : len(s)] = torch.tensor(s)
+            attn[i, : len(s)] = 1
+            mask[i, st : len(s)] = 1
         pol = logps(policy, x, attn, mask)
         with torch.no_grad():
             if ref is None:
@@ -364,8 +457,12 @@ def run_bare(arm: Arm, w, ids, mdir, n_steps, *, check: bool = False, beta: floa
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        last = dict(loss=loss.item(), logps_chosen=pol[:B].detach().mean().item(), logps_rejected=pol[B:].detach().mean().item(),
-                    margin=h.detach().mean().item())
+        last = dict(
+            loss=loss.item(),
+            logps_chosen=pol[:B].detach().mean().item(),
+            logps_rejected=pol[B:].detach().mean().item(),
+            margin=h.detach().mean().item(),
+        )
         ends.append(time.perf_counter())
     res = dict(step_times=[b - a for a, b in zip(ends, ends[1:])], base_rss_mb=base, first_step_start=ends[0])
     if check:
@@ -407,12 +504,30 @@ def main():
             total = time.perf_counter() - t0
         finally:
             tempfile.tempdir = None
-    res.update(arm=arm.name, impl=arm.impl, workload=workload, warmup=warmup, steps=steps, batch_size=w.batch_size, lr=lr,
-               pairs=len(ids), reference=reference_label(arm, w.lora), fp32=arm.fp32, check_run=check,
-               total_s=total, setup_s=res.pop("first_step_start") - t0, peak_rss_mb=peak_rss_mb(),
-               torch_threads=torch.get_num_threads(),
-               tokens_per_step=[sum(len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"])
-                                    for r in ids[s * w.batch_size:(s + 1) * w.batch_size]) for s in range(n_steps)])
+    res.update(
+        arm=arm.name,
+        impl=arm.impl,
+        workload=workload,
+        warmup=warmup,
+        steps=steps,
+        batch_size=w.batch_size,
+        lr=lr,
+        pairs=len(ids),
+        reference=reference_label(arm, w.lora),
+        fp32=arm.fp32,
+        check_run=check,
+        total_s=total,
+        setup_s=res.pop("first_step_start") - t0,
+        peak_rss_mb=peak_rss_mb(),
+        torch_threads=torch.get_num_threads(),
+        tokens_per_step=[
+            sum(
+                len(r["prompt_ids"]) * 2 + len(r["chosen_ids"]) + len(r["rejected_ids"])
+                for r in ids[s * w.batch_size : (s + 1) * w.batch_size]
+            )
+            for s in range(n_steps)
+        ],
+    )
     assert len(res["step_times"]) == n_steps, (arm.name, len(res["step_times"]), n_steps)
     assert all(math.isfinite(t) for t in res["step_times"])
     Path(out).write_text(json.dumps(res))

@@ -12,6 +12,7 @@ median compiled step after them, the steps needed to pay the warm-up back, and t
 Sizes: ``tiny`` = GPT-2 2x64, char tokenizer, arithmetic; ``imdb`` = GPT-2 6x384, real GPT-2 tokenizer, IMDb CAD pairs
 (``--data-dir``), max length 512, batch 8 pairs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,7 +28,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 from dpolab.config import build_config
@@ -41,21 +42,35 @@ summary = tr.fit()
 rows = [r for r in read_metrics(cfg.output.dir) if "loss" in r and "eval/loss" not in r]
 print("RESULT " + json.dumps({"setup_s": setup, "total_s": time.perf_counter() - t0, "loss": [r["loss"] for r in rows],
       "step_s": [r["time/step_s"] for r in rows], "runtime": summary["runtime"]}))
-'''
+"""
 
 
 def config(size: str, steps: int, data_dir: str, out: str) -> dict:
     if size == "tiny":
         model = {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 2, "n_embd": 64, "n_head": 4}}
-        data = {"task": "arithmetic", "task_args": {"n_train": 2000, "n_eval": 16, "n_terms": [2, 3], "max_value": 99},
-                "max_length": 64}
+        data = {
+            "task": "arithmetic",
+            "task_args": {"n_train": 2000, "n_eval": 16, "n_terms": [2, 3], "max_value": 99},
+            "max_length": 64,
+        }
     else:
-        model = {"name_or_path": "tiny-gpt2", "tokenizer": "gpt2-offline", "tiny": {"n_layer": 6, "n_embd": 384, "n_head": 6}}
-        data = {"task": "imdb-cad", "task_args": {"path": str(Path(data_dir) / "imdb-cad-sentiment")}, "max_length": 512}
-    return {"model": model, "data": data,
-            "train": {"batch_size": 8, "max_steps": steps, "lr": 1e-4, "schedule": "constant", "threads": 2, "seed": 0},
-            "eval": {"at_start": False, "max_examples": 8, "batch_size": 8},
-            "output": {"dir": out, "progress": False, "save_final": False, "overwrite": True}}
+        model = {
+            "name_or_path": "tiny-gpt2",
+            "tokenizer": "gpt2-offline",
+            "tiny": {"n_layer": 6, "n_embd": 384, "n_head": 6},
+        }
+        data = {
+            "task": "imdb-cad",
+            "task_args": {"path": str(Path(data_dir) / "imdb-cad-sentiment")},
+            "max_length": 512,
+        }
+    return {
+        "model": model,
+        "data": data,
+        "train": {"batch_size": 8, "max_steps": steps, "lr": 1e-4, "schedule": "constant", "threads": 2, "seed": 0},
+        "eval": {"at_start": False, "max_examples": 8, "batch_size": 8},
+        "output": {"dir": out, "progress": False, "save_final": False, "overwrite": True},
+    }
 
 
 def arm(size: str, compiled: bool, a, tmp: Path, timeout: int) -> dict:
@@ -64,14 +79,22 @@ def arm(size: str, compiled: bool, a, tmp: Path, timeout: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-{size}-{compiled}")}
     s = time.perf_counter()
     try:
-        p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env,
-                           cwd=ROOT, timeout=timeout)
+        p = subprocess.run(
+            [sys.executable, "-c", CHILD, json.dumps(cfg)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=ROOT,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout} s", "wall_s": round(time.perf_counter() - s, 1)}
     line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
     if not line:
-        return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}",
-                "wall_s": round(time.perf_counter() - s, 1)}
+        return {
+            "error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else f"exit {p.returncode}",
+            "wall_s": round(time.perf_counter() - s, 1),
+        }
     return {**json.loads(line[0][7:]), "wall_s": round(time.perf_counter() - s, 1)}
 
 
@@ -84,10 +107,16 @@ def compare(eager: dict, comp: dict, warm: int) -> dict:
     # difference between the arms is the load and the tokenised-data cache, which the first arm fills)
     warmup = sum(comp["step_s"][:warm]) - sum(eager["step_s"][:warm])
     gain = e_med - c_med
-    return {"eager": eager, "compiled": comp, "eager_median_step_s": e_med, "compiled_median_step_s": c_med,
-            "gain_per_step_s": gain, "warmup_cost_s": warmup,
-            "break_even_steps": (warmup / gain) if gain > 0 else None,
-            "max_abs_loss_diff": max(abs(x - y) for x, y in zip(eager["loss"], comp["loss"]))}
+    return {
+        "eager": eager,
+        "compiled": comp,
+        "eager_median_step_s": e_med,
+        "compiled_median_step_s": c_med,
+        "gain_per_step_s": gain,
+        "warmup_cost_s": warmup,
+        "break_even_steps": (warmup / gain) if gain > 0 else None,
+        "max_abs_loss_diff": max(abs(x - y) for x, y in zip(eager["loss"], comp["loss"])),
+    }
 
 
 def main() -> None:
@@ -107,9 +136,13 @@ def main() -> None:
             load0 = os.getloadavg()[0]
             eager, comp = arm(size, False, a, Path(tmp), a.timeout), arm(size, True, a, Path(tmp), a.timeout)
             r = compare(eager, comp, a.warm)
-            r.update(when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), steps=a.steps, warm=a.warm,
-                     load_1min=[load0, os.getloadavg()[0]], command=f"python benchmarks/compile_check.py --size {size} "
-                     f"--steps {a.steps} --warm {a.warm}")
+            r.update(
+                when=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                steps=a.steps,
+                warm=a.warm,
+                load_1min=[load0, os.getloadavg()[0]],
+                command=f"python benchmarks/compile_check.py --size {size} --steps {a.steps} --warm {a.warm}",
+            )
             result[size] = r
             out_path.parent.mkdir(parents=True, exist_ok=True)
             out_path.write_text(json.dumps(result, indent=1) + "\n")

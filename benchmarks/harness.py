@@ -8,6 +8,7 @@ A *run* is the dict one arm's subprocess writes (``arms.py``): ``step_times`` (e
 ``excluded_setup_s`` (setup left out of every end-to-end figure: TRL's tokenisation, since dpolab and the bare loop
 are given token ids), ``peak_rss_mb``, ``tokens_per_step`` and, in a check run, ``check`` (see :func:`same_math`).
 """
+
 from __future__ import annotations
 
 import math
@@ -38,9 +39,11 @@ class Tol:
     def text(self, q: str) -> str:
         if self.exact:
             return "equal"
-        parts = ([f"{self.atol:g}"] if self.atol else []) + (
-            [f"{self.rtol:g} x abs({self.scale or q})"] if self.rtol else []) + (
-            [f"{self.rtol2:g} x abs({self.scale2})"] if self.scale2 else [])
+        parts = (
+            ([f"{self.atol:g}"] if self.atol else [])
+            + ([f"{self.rtol:g} x abs({self.scale or q})"] if self.rtol else [])
+            + ([f"{self.rtol2:g} x abs({self.scale2})"] if self.scale2 else [])
+        )
         return "abs(diff) <= " + " + ".join(parts)  # no '|': it goes into markdown tables
 
 
@@ -80,8 +83,12 @@ def tolerance_lines(tolerances: Mapping[str, Tol] = TOLERANCES, factor: float = 
     return out
 
 
-def same_math(checks: Mapping[str, Optional[Mapping[str, float]]], tolerances: Mapping[str, Tol] = TOLERANCES,
-              reference: Optional[str] = None, factor: float = 1.0) -> List[str]:
+def same_math(
+    checks: Mapping[str, Optional[Mapping[str, float]]],
+    tolerances: Mapping[str, Tol] = TOLERANCES,
+    reference: Optional[str] = None,
+    factor: float = 1.0,
+) -> List[str]:
     """Problems (empty: every arm agrees with ``reference``, default the first arm, within ``tolerances`` scaled by
     ``factor``). ``checks``: arm -> the values named in :data:`TOLERANCES` (None: the arm reported nothing). Also a
     problem: a check too weak to fail (the reference's last loss within WEAK_FACTOR loss tolerances of ln 2, or no
@@ -105,8 +112,10 @@ def same_math(checks: Mapping[str, Optional[Mapping[str, float]]], tolerances: M
         return problems
     loss_tol = tolerances["loss"].limit(ref, "loss", factor) if "loss" in tolerances else 0.0
     if "loss" in tolerances and abs(ref["loss"] - LN2) < WEAK_FACTOR * loss_tol:
-        problems.append(f"check too weak: {ref_arm}'s last loss {ref['loss']:.6f} is within {WEAK_FACTOR:g} x "
-                        f"{loss_tol:g} of ln 2 = {LN2:.6f}, so another beta would pass; use more --check-steps")
+        problems.append(
+            f"check too weak: {ref_arm}'s last loss {ref['loss']:.6f} is within {WEAK_FACTOR:g} x "
+            f"{loss_tol:g} of ln 2 = {LN2:.6f}, so another beta would pass; use more --check-steps"
+        )
     if "delta_abs_sum" in tolerances and not ref["delta_abs_sum"] > 0:
         problems.append(f"check too weak: {ref_arm}'s weights did not change")
     for arm, vals in checks.items():
@@ -152,13 +161,15 @@ def flag_rounds(loads: Sequence[Mapping[str, float]], margin: float) -> List[Opt
         if i == 0:
             out.append(None)
             continue
-        bad = [f"{k} {ld[k]:.2f} vs {loads[0][k]:.2f}" for k in ("during", "after") if abs(ld[k] - loads[0][k]) > margin]
+        bad = [
+            f"{k} {ld[k]:.2f} vs {loads[0][k]:.2f}" for k in ("during", "after") if abs(ld[k] - loads[0][k]) > margin
+        ]
         out.append(f"load differs from round 1's by more than {margin:g} ({'; '.join(bad)})" if bad else None)
     return out
 
 
 def measured(run: Mapping) -> List[float]:
-    return list(run["step_times"][run["warmup"]:])
+    return list(run["step_times"][run["warmup"] :])
 
 
 def round_step(run: Mapping) -> float:
@@ -189,8 +200,13 @@ def paired(values: Mapping[str, Sequence[float]], base: str, kept: Sequence[bool
     for arm, vs in values.items():
         ratios = [v / values[base][r] for r, v in enumerate(vs)]
         k = [x for x, keep in zip(ratios, kept) if keep]
-        out[arm] = Spread(statistics.median(k) if k else float("nan"), min(k, default=float("nan")),
-                          max(k, default=float("nan")), len(k), ratios)
+        out[arm] = Spread(
+            statistics.median(k) if k else float("nan"),
+            min(k, default=float("nan")),
+            max(k, default=float("nan")),
+            len(k),
+            ratios,
+        )
     return out
 
 
@@ -208,7 +224,7 @@ def end_to_end(run: Mapping, epochs: float, epoch_pairs: int) -> float:
     w = run["warmup"]
     scaled = run.get("scaled_setup_s") or 0.0
     fixed = run["setup_s"] - scaled - (run.get("excluded_setup_s") or 0.0)
-    head = run["step_times"][:min(w, total)]
+    head = run["step_times"][: min(w, total)]
     return fixed + scaled * epoch_pairs / run["pairs"] + sum(head) + max(0, total - len(head)) * round_step(run)
 
 
@@ -218,8 +234,13 @@ def _median_kept(xs: Sequence[float], kept: Sequence[bool]) -> float:
     return statistics.median(k) if k else float("nan")
 
 
-def summary(runs: Mapping[str, Sequence[Mapping]], base: str, kept: Sequence[bool], epoch_pairs: int,
-            epochs: Sequence[float] = (1, 3)) -> Dict[str, dict]:
+def summary(
+    runs: Mapping[str, Sequence[Mapping]],
+    base: str,
+    kept: Sequence[bool],
+    epoch_pairs: int,
+    epochs: Sequence[float] = (1, 3),
+) -> Dict[str, dict]:
     """Per arm, over the kept rounds: median step time (of all measured steps), pairs/s and tokens/s from it, median
     peak RSS and setup, and per-round-paired ratios to ``base`` of the step time and of the end-to-end times."""
     step = paired({a: [round_step(r) for r in rs] for a, rs in runs.items()}, base, kept)
@@ -228,68 +249,116 @@ def summary(runs: Mapping[str, Sequence[Mapping]], base: str, kept: Sequence[boo
     out = {}
     for arm, rs in runs.items():
         times = [t for r, keep in zip(rs, kept) if keep for t in measured(r)]
-        toks = [t for r, keep in zip(rs, kept) if keep for t in r["tokens_per_step"][r["warmup"]:]]
+        toks = [t for r, keep in zip(rs, kept) if keep for t in r["tokens_per_step"][r["warmup"] :]]
         med = statistics.median(times) if times else float("nan")
         b = rs[0]["batch_size"]
-        out[arm] = dict(step_s=med, pairs_s=b / med, tokens_s=statistics.mean(toks) / med if toks else float("nan"),
-                        step_ratio=step[arm], rss=_median_kept([r["peak_rss_mb"] for r in rs], kept),
-                        setup_s=_median_kept([r["setup_s"] for r in rs], kept),
-                        excluded_s=_median_kept([r.get("excluded_setup_s") or 0.0 for r in rs], kept),
-                        e2e={e: _median_kept(e2e[e][arm], kept) for e in epochs},
-                        e2e_ratio={e: e2e_ratio[e][arm] for e in epochs}, reference=rs[0].get("reference", "?"),
-                        n=len(times))
+        out[arm] = dict(
+            step_s=med,
+            pairs_s=b / med,
+            tokens_s=statistics.mean(toks) / med if toks else float("nan"),
+            step_ratio=step[arm],
+            rss=_median_kept([r["peak_rss_mb"] for r in rs], kept),
+            setup_s=_median_kept([r["setup_s"] for r in rs], kept),
+            excluded_s=_median_kept([r.get("excluded_setup_s") or 0.0 for r in rs], kept),
+            e2e={e: _median_kept(e2e[e][arm], kept) for e in epochs},
+            e2e_ratio={e: e2e_ratio[e][arm] for e in epochs},
+            reference=rs[0].get("reference", "?"),
+            n=len(times),
+        )
     return out
 
 
 def main_table(s: Mapping[str, dict], base: str, epochs: Sequence[float] = (1, 3)) -> str:
-    head = ["arm", "reference", "median step (s)", "pairs/s", "tokens/s",
-            f"step time / {base}'s, per round: median [min-max]", "peak RSS (MB)", f"RSS / {base}'s", "setup (s)"]
+    head = [
+        "arm",
+        "reference",
+        "median step (s)",
+        "pairs/s",
+        "tokens/s",
+        f"step time / {base}'s, per round: median [min-max]",
+        "peak RSS (MB)",
+        f"RSS / {base}'s",
+        "setup (s)",
+    ]
     for e in epochs:
         head += [f"{e:g} epoch{'s' if e != 1 else ''}, computed (s)", f"/ {base}'s, per round"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for arm, r in s.items():
-        cells = [arm, r["reference"], f"{r['step_s']:.3f}", f"{r['pairs_s']:.2f}", f"{r['tokens_s']:.0f}",
-                 r["step_ratio"].text(), f"{r['rss']:.0f}", f"{r['rss'] / s[base]['rss']:.2f}", f"{r['setup_s']:.1f}"]
+        cells = [
+            arm,
+            r["reference"],
+            f"{r['step_s']:.3f}",
+            f"{r['pairs_s']:.2f}",
+            f"{r['tokens_s']:.0f}",
+            r["step_ratio"].text(),
+            f"{r['rss']:.0f}",
+            f"{r['rss'] / s[base]['rss']:.2f}",
+            f"{r['setup_s']:.1f}",
+        ]
         for e in epochs:
             cells += [f"{r['e2e'][e]:.0f}", r["e2e_ratio"][e].text()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def rounds_table(runs: Mapping[str, Sequence[Mapping]], loads: Sequence[Mapping[str, float]],
-                 flags: Sequence[Optional[str]], orders: Sequence[Sequence[str]]) -> str:
+def rounds_table(
+    runs: Mapping[str, Sequence[Mapping]],
+    loads: Sequence[Mapping[str, float]],
+    flags: Sequence[Optional[str]],
+    orders: Sequence[Sequence[str]],
+) -> str:
     arms = list(runs)
     head = ["round", "load before", "load during (mean)", "load after", "in headline"] + [f"{a} (s)" for a in arms]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, (ld, fl) in enumerate(zip(loads, flags)):
-        cells = [str(i + 1), f"{ld['before']:.2f}", f"{ld['during']:.2f}", f"{ld['after']:.2f}",
-                 "yes" if fl is None else f"no: {fl}"] + [f"{round_step(runs[a][i]):.3f}" for a in arms]
+        cells = [
+            str(i + 1),
+            f"{ld['before']:.2f}",
+            f"{ld['during']:.2f}",
+            f"{ld['after']:.2f}",
+            "yes" if fl is None else f"no: {fl}",
+        ] + [f"{round_step(runs[a][i]):.3f}" for a in arms]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("Order of the arms in each round: " + "; ".join(f"{i + 1}: {', '.join(o)}" for i, o in enumerate(orders)))
+    lines.append(
+        "Order of the arms in each round: " + "; ".join(f"{i + 1}: {', '.join(o)}" for i, o in enumerate(orders))
+    )
     return "\n".join(lines)
 
 
 MIN_KEPT = 3  # kept rounds a headline needs before it is quoted
 
 
-def headline(s: Mapping[str, dict], base: str, live: Sequence[str], n_kept: int, n_rounds: int,
-             epochs: Sequence[float] = (1, 3)) -> str:
+def headline(
+    s: Mapping[str, dict], base: str, live: Sequence[str], n_kept: int, n_rounds: int, epochs: Sequence[float] = (1, 3)
+) -> str:
     """One paragraph: the like-for-like step-time ratios (arms in ``live``: a reference forward in every step, as in
     ``base``), then every other arm's end-to-end ratios."""
+
     def e2e(arm):
         return ", ".join(f"{e:g} epoch{'s' if e != 1 else ''} {s[arm]['e2e_ratio'][e].text()}" for e in epochs)
 
-    txt = [f"**Headline** ({n_kept} of {n_rounds} rounds; ratio = the arm's time / {base}'s within a round, median "
-           f"[min-max] over the kept rounds; above 1: {base} is faster)."
-           + (f" Only {n_kept} round{'s' if n_kept != 1 else ''} kept: too few to quote; rerun." if n_kept < MIN_KEPT else "")]
+    txt = [
+        f"**Headline** ({n_kept} of {n_rounds} rounds; ratio = the arm's time / {base}'s within a round, median "
+        f"[min-max] over the kept rounds; above 1: {base} is faster)."
+        + (
+            f" Only {n_kept} round{'s' if n_kept != 1 else ''} kept: too few to quote; rerun."
+            if n_kept < MIN_KEPT
+            else ""
+        )
+    ]
     others = [a for a in live if a != base]
     if others:
-        txt.append("Like for like (a reference forward in every arm's steps), step time: " + "; ".join(
-            f"{a} {s[a]['step_ratio'].text()}" for a in others) + ".")
+        txt.append(
+            "Like for like (a reference forward in every arm's steps), step time: "
+            + "; ".join(f"{a} {s[a]['step_ratio'].text()}" for a in others)
+            + "."
+        )
         txt.append("End to end (computed): " + "; ".join(f"{a} {e2e(a)}" for a in others) + ".")
     rest = [a for a in s if a not in live and a != base]
     if rest:
-        txt.append("Not like for like in step time (no reference forward in the step, or another precision); "
-                   "end to end (computed): " + "; ".join(f"{a} {e2e(a)}" for a in rest) + ".")
+        txt.append(
+            "Not like for like in step time (no reference forward in the step, or another precision); "
+            "end to end (computed): " + "; ".join(f"{a} {e2e(a)}" for a in rest) + "."
+        )
     return " ".join(txt)

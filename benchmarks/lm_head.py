@@ -13,6 +13,7 @@ may keep or return pages). Time: the wall time of one forward + backward after o
 synchronised). The inputs: h [tokens, hidden] and a head weight [vocab, hidden] (float32 on CPU, bfloat16 on CUDA),
 both requiring gradients, random targets; the loss is sum of the log-probs times fixed random weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,12 @@ def _old_head(h, weight, tgt, chunk_rows=OLD_CHUNK_ROWS):
             grad = grad.to(h.dtype)
             return grad @ weight.to(h.dtype), (grad.t() @ h).to(weight.dtype), None, None
 
-    return torch.cat([_LinearLogp.apply(h[s: s + chunk_rows], weight, None, tgt[s: s + chunk_rows])
-                      for s in range(0, h.shape[0], chunk_rows)])
+    return torch.cat(
+        [
+            _LinearLogp.apply(h[s : s + chunk_rows], weight, None, tgt[s : s + chunk_rows])
+            for s in range(0, h.shape[0], chunk_rows)
+        ]
+    )
 
 
 def _new_head(h, weight, tgt):
@@ -94,11 +99,21 @@ def measure(arm: str, vocab: int, hidden: int, tokens: int) -> dict:
     else:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     step()  # the measured peak includes the first call's allocations
-    peak = (torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - base
+    peak = (
+        torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    ) - base
     t0 = time.perf_counter()
     step()
-    return {"arm": arm, "vocab": vocab, "hidden": hidden, "tokens": tokens, "device": dev.type, "dtype": str(dtype),
-            "peak_mib": round(peak / 2 ** 20, 1), "seconds": round(time.perf_counter() - t0, 3)}
+    return {
+        "arm": arm,
+        "vocab": vocab,
+        "hidden": hidden,
+        "tokens": tokens,
+        "device": dev.type,
+        "dtype": str(dtype),
+        "peak_mib": round(peak / 2**20, 1),
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
 
 
 def main() -> None:
@@ -121,25 +136,43 @@ def main() -> None:
         for name, vocab, hidden in SHAPES:
             for tokens in a.tokens:
                 k += 1
-                for arm in (("old", "new") if k % 2 else ("new", "old")):  # pairs, in alternating order
+                for arm in ("old", "new") if k % 2 else ("new", "old"):  # pairs, in alternating order
                     cmd = [sys.executable, __file__, "--one", arm, str(vocab), str(hidden), str(tokens)]
-                    res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+                    res = json.loads(
+                        subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+                    )
                     res.update(round=r, shape=name)
                     print(json.dumps(res), flush=True)
                     rows.append(res)
     summary = []
     for name, vocab, hidden in SHAPES:
         for tokens in a.tokens:
-            sel = {arm: [x for x in rows if x["shape"] == name and x["tokens"] == tokens and x["arm"] == arm] for arm in ("old", "new")}
+            sel = {
+                arm: [x for x in rows if x["shape"] == name and x["tokens"] == tokens and x["arm"] == arm]
+                for arm in ("old", "new")
+            }
             med = lambda xs, k: sorted(x[k] for x in xs)[len(xs) // 2]  # noqa: E731
-            summary.append({"shape": name, "vocab": vocab, "hidden": hidden, "tokens": tokens,
-                            "new_chunk_rows": head_chunk_rows(vocab, "cuda" if torch.cuda.is_available() else "cpu"),
-                            **{f"{arm}_peak_mib": med(sel[arm], "peak_mib") for arm in sel},
-                            **{f"{arm}_seconds": med(sel[arm], "seconds") for arm in sel}})
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": platform.platform(),
-              "processor": platform.processor(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "note": "indicative: a shared 2-core machine under other load; old/new alternate in every round",
-              "summary": summary, "runs": rows}
+            summary.append(
+                {
+                    "shape": name,
+                    "vocab": vocab,
+                    "hidden": hidden,
+                    "tokens": tokens,
+                    "new_chunk_rows": head_chunk_rows(vocab, "cuda" if torch.cuda.is_available() else "cpu"),
+                    **{f"{arm}_peak_mib": med(sel[arm], "peak_mib") for arm in sel},
+                    **{f"{arm}_seconds": med(sel[arm], "seconds") for arm in sel},
+                }
+            )
+    result = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": platform.platform(),
+        "processor": platform.processor(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "note": "indicative: a shared 2-core machine under other load; old/new alternate in every round",
+        "summary": summary,
+        "runs": rows,
+    }
     atomic.write_text(a.out, json.dumps(result, indent=1) + "\n")
     for s in summary:
         print(s)

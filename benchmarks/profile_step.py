@@ -11,6 +11,7 @@ same threads (the machine's practical peak). Results: printed and written as JSO
 It answers "how far is this arm from the machine's matrix-product peak, and what else costs time"; the profiler adds
 overhead of its own (a few per cent of a multi-second step), so its step times are not the benchmark's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,14 +29,45 @@ CATEGORIES = [  # (category, substrings of aten op names), first match wins
     ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear")),
     ("attention (sdpa)", ("scaled_dot_product", "_flash_attention", "_efficient_attention")),
     ("softmax / log-softmax / logsumexp", ("softmax", "logsumexp", "aten::exp", "aten::log", "_log_softmax")),
-    ("optimiser", ("_foreach", "adam", "aten::addcdiv", "aten::addcmul", "aten::lerp", "aten::sqrt",
-                   "clip_grad", "aten::norm", "linalg_vector_norm")),
+    (
+        "optimiser",
+        (
+            "_foreach",
+            "adam",
+            "aten::addcdiv",
+            "aten::addcmul",
+            "aten::lerp",
+            "aten::sqrt",
+            "clip_grad",
+            "aten::norm",
+            "linalg_vector_norm",
+        ),
+    ),
     ("layer norm / activations", ("layer_norm", "rms_norm", "gelu", "silu", "tanh", "aten::pow", "aten::rsqrt")),
-    ("copies, indexing, layout", ("copy_", "aten::cat", "aten::index", "gather", "scatter", "aten::contiguous",
-                                  "aten::clone", "aten::to", "_to_copy", "aten::fill_", "aten::zero_", "aten::empty",
-                                  "masked", "aten::where", "embedding")),
-    ("elementwise arithmetic", ("aten::add", "aten::mul", "aten::sub", "aten::div", "aten::neg", "aten::sum",
-                                "aten::mean")),
+    (
+        "copies, indexing, layout",
+        (
+            "copy_",
+            "aten::cat",
+            "aten::index",
+            "gather",
+            "scatter",
+            "aten::contiguous",
+            "aten::clone",
+            "aten::to",
+            "_to_copy",
+            "aten::fill_",
+            "aten::zero_",
+            "aten::empty",
+            "masked",
+            "aten::where",
+            "embedding",
+        ),
+    ),
+    (
+        "elementwise arithmetic",
+        ("aten::add", "aten::mul", "aten::sub", "aten::div", "aten::neg", "aten::sum", "aten::mean"),
+    ),
 ]
 
 
@@ -65,10 +97,9 @@ GEMM_SHAPES = [(2048, 2048, 2048), (1024, 384, 1536), (1024, 384, 8192)]  # squa
 
 
 def profile_arm(arm_name: str, workload: str, skip: int, steps: int) -> dict:
+    import arms
     import torch
     from torch.profiler import ProfilerActivity, profile, schedule
-
-    import arms
     from workloads import WORKLOADS, data_file, model_dir
 
     arm = arms.get_arm(arm_name)
@@ -79,8 +110,11 @@ def profile_arm(arm_name: str, workload: str, skip: int, steps: int) -> dict:
     data = json.loads(data_file(workload, n_steps * w.batch_size).read_text())
     marks = []
     # the step boundaries: dpolab's Trainer._train_step, the bare loop's optimiser step, TRL's optimiser step
-    prof = profile(activities=[ProfilerActivity.CPU], with_flops=True,
-                   schedule=schedule(wait=skip, warmup=0, active=steps, repeat=1))
+    prof = profile(
+        activities=[ProfilerActivity.CPU],
+        with_flops=True,
+        schedule=schedule(wait=skip, warmup=0, active=steps, repeat=1),
+    )
     orig_step = torch.optim.AdamW.step
 
     def step(self, *a, **k):
@@ -96,7 +130,9 @@ def profile_arm(arm_name: str, workload: str, skip: int, steps: int) -> dict:
     finally:
         torch.optim.AdamW.step = orig_step
     if len(marks) != n_steps:
-        raise RuntimeError(f"{arm_name}: {len(marks)} optimiser steps seen, expected {n_steps} (is the optimiser AdamW?)")
+        raise RuntimeError(
+            f"{arm_name}: {len(marks)} optimiser steps seen, expected {n_steps} (is the optimiser AdamW?)"
+        )
     wall = marks[-1] - marks[skip - 1] if skip else float("nan")
     by_cat: dict = {}
     flops = 0.0
@@ -110,15 +146,29 @@ def profile_arm(arm_name: str, workload: str, skip: int, steps: int) -> dict:
             flops += float(getattr(ev, "flops", 0) or 0)
             mm_s += ev.self_cpu_time_total / 1e6
     total = sum(by_cat.values())
-    top = sorted(((ev.key, ev.self_cpu_time_total / 1e6 / steps, ev.count // steps) for ev in prof.key_averages()
-                  if ev.self_cpu_time_total > 0), key=lambda t: -t[1])[:25]
-    return dict(top_ops=[dict(op=k, s_per_step=v, calls_per_step=c, category=category(k)) for k, v, c in top],
-                arm=arm_name, workload=workload, skip=skip, steps=steps, wall_s_per_step=wall / steps,
-                profiled_cpu_s_per_step=total / steps, threads=torch.get_num_threads(),
-                categories={k: dict(s_per_step=v / steps, share=v / total) for k, v in
-                            sorted(by_cat.items(), key=lambda kv: -kv[1])},
-                matmul_gflop_per_step=flops / steps / 1e9,
-                matmul_gflops_rate=(flops / mm_s / 1e9) if mm_s else float("nan"))
+    top = sorted(
+        (
+            (ev.key, ev.self_cpu_time_total / 1e6 / steps, ev.count // steps)
+            for ev in prof.key_averages()
+            if ev.self_cpu_time_total > 0
+        ),
+        key=lambda t: -t[1],
+    )[:25]
+    return dict(
+        top_ops=[dict(op=k, s_per_step=v, calls_per_step=c, category=category(k)) for k, v, c in top],
+        arm=arm_name,
+        workload=workload,
+        skip=skip,
+        steps=steps,
+        wall_s_per_step=wall / steps,
+        profiled_cpu_s_per_step=total / steps,
+        threads=torch.get_num_threads(),
+        categories={
+            k: dict(s_per_step=v / steps, share=v / total) for k, v in sorted(by_cat.items(), key=lambda kv: -kv[1])
+        },
+        matmul_gflop_per_step=flops / steps / 1e9,
+        matmul_gflops_rate=(flops / mm_s / 1e9) if mm_s else float("nan"),
+    )
 
 
 def main():
@@ -136,22 +186,35 @@ def main():
     import torch
 
     gemm = {f"{m}x{k}x{n}": gemm_rate(m, k, n) for m, k, n in GEMM_SHAPES}
-    print(f"fp32 matrix products alone ({torch.get_num_threads()} threads), GFLOP/s: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in gemm.items()), flush=True)
+    print(
+        f"fp32 matrix products alone ({torch.get_num_threads()} threads), GFLOP/s: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in gemm.items()),
+        flush=True,
+    )
     results = []
     for name in a.arms.split(","):
         print(f"[{a.workload}] profiling {name} ({a.skip} steps skipped, {a.steps} recorded) ...", flush=True)
         r = profile_arm(name, a.workload, a.skip, a.steps)
         results.append(r)
-        print(f"  wall {r['wall_s_per_step']:.2f} s/step (profiled), matrix products "
-              f"{r['matmul_gflop_per_step']:.0f} GFLOP/step at {r['matmul_gflops_rate']:.0f} GFLOP/s "
-              f"(FLOP counted by the profiler / the products' self time)")
+        print(
+            f"  wall {r['wall_s_per_step']:.2f} s/step (profiled), matrix products "
+            f"{r['matmul_gflop_per_step']:.0f} GFLOP/step at {r['matmul_gflops_rate']:.0f} GFLOP/s "
+            f"(FLOP counted by the profiler / the products' self time)"
+        )
         for cat, v in r["categories"].items():
             print(f"    {cat:36s} {v['s_per_step']:7.2f} s/step  {100 * v['share']:5.1f} %")
         for t in r["top_ops"][: a.top]:
-            print(f"      {t['op'][:60]:60s} {t['s_per_step']:7.3f} s/step  {t['calls_per_step']:6d} calls/step  ({t['category']})")
-    out = dict(date=time.strftime("%Y-%m-%d %H:%M"), load_before=load, load_after=os.getloadavg()[0],
-               command="python benchmarks/profile_step.py " + " ".join(sys.argv[1:]), gemm_gflops=gemm, results=results)
+            print(
+                f"      {t['op'][:60]:60s} {t['s_per_step']:7.3f} s/step  {t['calls_per_step']:6d} calls/step  ({t['category']})"
+            )
+    out = dict(
+        date=time.strftime("%Y-%m-%d %H:%M"),
+        load_before=load,
+        load_after=os.getloadavg()[0],
+        command="python benchmarks/profile_step.py " + " ".join(sys.argv[1:]),
+        gemm_gflops=gemm,
+        results=results,
+    )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(f"written: {a.out}")

@@ -23,6 +23,7 @@ pairs, or with noise-free labels, stays far below a target, the features the bac
 the oracle's order well enough, and a short reward-model training cannot be expected to reach it either.
 Appends one JSON line per (pooling, labels, N, regularisation) to $OUT (default benchmarks/results/rm_probe.jsonl).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,9 +35,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
+import torch
 
-from dpolab.stats import proportion_ci  # noqa: E402
+from dpolab.stats import proportion_ci
 
 RESULTS = os.environ.get("OUT", str(Path(__file__).resolve().parent / "results" / "rm_probe.jsonl"))
 
@@ -55,7 +56,7 @@ def features(model, tok, texts: list[str], max_length: int, batch: int = 16) -> 
     """(last-token, mean) final hidden states of each text, float64 [N, H] each."""
     last, mean = [], []
     for i in range(0, len(texts), batch):
-        enc = tok(texts[i:i + batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
+        enc = tok(texts[i : i + batch], return_tensors="pt", padding=True, truncation=True, max_length=max_length)
         h = model.base_model(**enc).last_hidden_state.double()  # the backbone only: the LM head's logits are not needed
         m = enc["attention_mask"]
         idx = (m * torch.arange(m.shape[1])).argmax(1)  # rightmost real token, whichever side pads
@@ -89,13 +90,23 @@ def sample(args) -> None:
 
     files = S.local_files(args.imdb)
     if not files[args.split].exists():
-        raise SystemExit(f"{files[args.split]}: not found (IMDB_DIR is the imdb-cad-sentiment folder, with orig/{args.split}.tsv)")
+        raise SystemExit(
+            f"{files[args.split]}: not found (IMDB_DIR is the imdb-cad-sentiment folder, with orig/{args.split}.tsv)"
+        )
     tok = load_tokenizer(ModelConfig(name_or_path=args.model))
     model = load_saved_model(args.model).eval()
     prompts = S.prompt_rows(str(files[args.split]), max_rows=args.prompts, review_chars=args.review_chars)
     t0 = time.perf_counter()
-    tiers = S.build_preference_tiers(model, tok, prompts, seed=args.seed, out_dir=args.out, temperature=args.temperature,
-                                     max_new_tokens=args.max_new_tokens, batch_size=64)
+    tiers = S.build_preference_tiers(
+        model,
+        tok,
+        prompts,
+        seed=args.seed,
+        out_dir=args.out,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        batch_size=64,
+    )
     print(f"{len(tiers['high'])} pairs per tier -> {args.out} in {time.perf_counter() - t0:.0f} s")
 
 
@@ -118,9 +129,15 @@ def main() -> None:
     ap.add_argument("train")
     ap.add_argument("eval")
     ap.add_argument("--pairs", default="160,320,640", help="training-pair counts (the first N pairs of TRAIN)")
-    ap.add_argument("--label", default="study,oracle", help="study (the pairs' labels) and/or oracle (the oracle's order)")
-    ap.add_argument("--l2", default="0.1,1", help="penalties: l2 / N * |w|^2 added to the mean log-loss over both orders "
-                    "of N pairs, on standardised features (scikit-learn's C = 1 / (4 l2))")
+    ap.add_argument(
+        "--label", default="study,oracle", help="study (the pairs' labels) and/or oracle (the oracle's order)"
+    )
+    ap.add_argument(
+        "--l2",
+        default="0.1,1",
+        help="penalties: l2 / N * |w|^2 added to the mean log-loss over both orders "
+        "of N pairs, on standardised features (scikit-learn's C = 1 / (4 l2))",
+    )
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--threads", type=int, default=int(os.environ.get("THREADS", "1")))
     args = top.parse_args()
@@ -138,7 +155,7 @@ def main() -> None:
 
     train, held = read_pairs(args.train), read_pairs(args.eval)
     counts = sorted({min(int(n), len(train)) for n in args.pairs.split(",")})
-    train = train[:counts[-1]]
+    train = train[: counts[-1]]
     tok = load_tokenizer(ModelConfig(name_or_path=args.model))
     model = load_saved_model(args.model).eval()  # a saved folder, or a preset such as smollm2-135m
     t0 = time.perf_counter()
@@ -154,8 +171,10 @@ def main() -> None:
     train_order = torch.tensor([r["oracle_chosen"] > r["oracle_rejected"] for r in train])
     train_untied = torch.tensor([r["oracle_chosen"] != r["oracle_rejected"] for r in train])
     label_agree = float(train_order[train_untied].double().mean())
-    print(f"training labels agree with the oracle's order on {label_agree:.3f} of the untied training pairs; "
-          f"{int(untied.sum())} of {len(held)} held-out pairs are untied")
+    print(
+        f"training labels agree with the oracle's order on {label_agree:.3f} of the untied training pairs; "
+        f"{int(untied.sum())} of {len(held)} held-out pairs are untied"
+    )
     print("| pooling | labels | train pairs | l2 | oracle agreement (95 % CI) |\n|---|---|---:|---:|---|")
     for pooling in ("last", "mean"):
         for label in labels:
@@ -169,10 +188,23 @@ def main() -> None:
                     hit = ((feats["eval"][pooling] @ w > 0) == order)[untied]
                     k, m = int(hit.sum()), len(hit)
                     _, lo, hi = proportion_ci(k, m)
-                    rec = {"model": args.model, "train": args.train, "eval": args.eval, "pooling": pooling, "labels": label,
-                           "train_pairs": len(d), "l2": l2, "oracle_agreement": k / m, "ci": [lo, hi], "eval_pairs": m,
-                           "train_label_agreement": label_agree, "threads": args.threads}
-                    print(f"| {pooling} | {label} | {len(d)} | {l2:g} | {k / m:.3f} ({lo:.3f} to {hi:.3f}) |", flush=True)
+                    rec = {
+                        "model": args.model,
+                        "train": args.train,
+                        "eval": args.eval,
+                        "pooling": pooling,
+                        "labels": label,
+                        "train_pairs": len(d),
+                        "l2": l2,
+                        "oracle_agreement": k / m,
+                        "ci": [lo, hi],
+                        "eval_pairs": m,
+                        "train_label_agreement": label_agree,
+                        "threads": args.threads,
+                    }
+                    print(
+                        f"| {pooling} | {label} | {len(d)} | {l2:g} | {k / m:.3f} ({lo:.3f} to {hi:.3f}) |", flush=True
+                    )
                     with open(RESULTS, "a", encoding="utf-8") as f:
                         f.write(json.dumps(rec) + "\n")
 

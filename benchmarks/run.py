@@ -9,6 +9,7 @@ out of the headline (but shown). Ratios to the base arm (``dpolab-live``) are co
 gives their median and min-max. The end-to-end columns (1 and 3 epochs) are computed from each run's measured setup
 and step times (``harness.end_to_end``), not measured. The section is printed and appended to benchmarks/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,8 +66,9 @@ def versions() -> str:
 def run_arm(arm: str, workload: str, env: dict) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name
-    p = subprocess.run([sys.executable, str(HERE / "arms.py"), arm, workload, out], env=env,
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, str(HERE / "arms.py"), arm, workload, out], env=env, capture_output=True, text=True
+    )
     if p.returncode != 0:
         raise RuntimeError(f"arm {arm} failed:\n{p.stderr[-3000:]}")
     res = json.loads(Path(out).read_text())
@@ -107,29 +109,41 @@ def same_math_check(wl: str, arms: list, steps: int, lr: float, factor: float, e
         print(f"[{wl}] same-math check: {arm} ({steps} steps) ...", file=sys.stderr, flush=True)
         checks[arm] = run_arm(arm, wl, cenv).get("check")
     problems = harness.same_math(checks, reference=ref, factor=factor)
-    md = (f"Same-math check: every fp32 arm trained {steps} optimiser steps from the same weights on the same pairs "
-          f"in the same order, peak lr {lr:g} (the timed runs: {LR:g}; larger here so that a few steps move the loss "
-          f"measurably) decaying linearly to 0 over these {steps} steps, beta {BETA:g}; below, the values of the last "
-          f"step's batch and of the weight update, compared with {ref}'s. "
-          + (f"Not checked (not fp32): {', '.join(skipped)}. " if skipped else "")
-          + ("**Passed.**" if not problems else "**FAILED:** " + "; ".join(problems)) + "\n\n"
-          + harness.check_table(checks) + "\n\nTolerances: " + "; ".join(harness.tolerance_lines(factor=factor))
-          + f". The check can fail: {ref}'s last loss must be at least {harness.WEAK_FACTOR:g} loss tolerances from "
-          "ln 2, which every arm starts from whatever its beta.")
+    md = (
+        f"Same-math check: every fp32 arm trained {steps} optimiser steps from the same weights on the same pairs "
+        f"in the same order, peak lr {lr:g} (the timed runs: {LR:g}; larger here so that a few steps move the loss "
+        f"measurably) decaying linearly to 0 over these {steps} steps, beta {BETA:g}; below, the values of the last "
+        f"step's batch and of the weight update, compared with {ref}'s. "
+        + (f"Not checked (not fp32): {', '.join(skipped)}. " if skipped else "")
+        + ("**Passed.**" if not problems else "**FAILED:** " + "; ".join(problems))
+        + "\n\n"
+        + harness.check_table(checks)
+        + "\n\nTolerances: "
+        + "; ".join(harness.tolerance_lines(factor=factor))
+        + f". The check can fail: {ref}'s last loss must be at least {harness.WEAK_FACTOR:g} loss tolerances from "
+        "ln 2, which every arm starts from whatever its beta."
+    )
     return md, problems
 
 
 def notes(s: dict, arms: list, base: str, epoch_pairs: int, spe: int, run_pairs: int) -> str:
     trl = [x for x in arms if get_arm(x).impl == "trl"]
-    return ("Reference column: `live` = a reference forward inside every step, `precomputed` = dpolab's "
-            "`reference.mode=precomputed` (computed once, in the setup time). Median step, pairs/s, tokens/s, RSS and "
-            f"setup: over the kept rounds. Ratios: the arm's value / {base}'s within each round, median [min-max] over "
-            "the kept rounds. End to end = computed, not measured: setup + the warm-up steps as measured + the "
-            f"remaining steps at the run's median step time, for an epoch of {epoch_pairs} pairs ({spe} steps); the "
-            "part of the setup that grows with the data (dpolab's reference precomputation) is scaled from the run's "
-            f"{run_pairs} pairs to the epoch's and done once for all epochs"
-            + ("; TRL's tokenisation (median " + ", ".join(f"{x} {s[x]['excluded_s']:.1f} s" for x in trl)
-               + ") is left out, since dpolab and the bare loop are given token ids." if trl else "."))
+    return (
+        "Reference column: `live` = a reference forward inside every step, `precomputed` = dpolab's "
+        "`reference.mode=precomputed` (computed once, in the setup time). Median step, pairs/s, tokens/s, RSS and "
+        f"setup: over the kept rounds. Ratios: the arm's value / {base}'s within each round, median [min-max] over "
+        "the kept rounds. End to end = computed, not measured: setup + the warm-up steps as measured + the "
+        f"remaining steps at the run's median step time, for an epoch of {epoch_pairs} pairs ({spe} steps); the "
+        "part of the setup that grows with the data (dpolab's reference precomputation) is scaled from the run's "
+        f"{run_pairs} pairs to the epoch's and done once for all epochs"
+        + (
+            "; TRL's tokenisation (median "
+            + ", ".join(f"{x} {s[x]['excluded_s']:.1f} s" for x in trl)
+            + ") is left out, since dpolab and the bare loop are given token ids."
+            if trl
+            else "."
+        )
+    )
 
 
 def run_workload(wl: str, arms: list, a, env: dict) -> str:
@@ -143,13 +157,15 @@ def run_workload(wl: str, arms: list, a, env: dict) -> str:
             raise SystemExit(f"[{wl}] same-math check failed (nothing written):\n- " + "\n- ".join(problems))
         parts.append(md)
     else:
-        parts.append("Same-math check: **skipped** (`--check-steps 0`): these arms are not shown to compute the same thing.")
+        parts.append(
+            "Same-math check: **skipped** (`--check-steps 0`): these arms are not shown to compute the same thing."
+        )
     if a.check_only:
         return "\n\n".join([f"### workload `{wl}`: same-math check only"] + parts)
     runs = {arm: [] for arm in arms}
     loads, orders = [], []
     for r in range(a.rounds):
-        order = arms[r % len(arms):] + arms[: r % len(arms)]
+        order = arms[r % len(arms) :] + arms[: r % len(arms)]
         orders.append(order)
         before = os.getloadavg()[0]
         with LoadSampler() as sampler:
@@ -160,42 +176,70 @@ def run_workload(wl: str, arms: list, a, env: dict) -> str:
         loads.append(harness.round_load(before, sampler.samples, os.getloadavg()[0]))
     flags = harness.flag_rounds(loads, a.load_margin)
     kept = [f is None for f in flags]
-    epoch_pairs = a.epoch_pairs or len(imdb_pairs(10 ** 9))
+    epoch_pairs = a.epoch_pairs or len(imdb_pairs(10**9))
     s = harness.summary(runs, base, kept, epoch_pairs, EPOCHS)
     live = [x for x in arms if get_arm(x).reference == "live" and get_arm(x).fp32]
     r0 = runs[arms[0]][0]
     spe = harness.steps_per_epoch(epoch_pairs, w.batch_size)
-    title = (f"### workload `{wl}` — model {w.model}{' + LoRA r=16' if w.lora else ''}, batch {w.batch_size} pairs, "
-             f"{r0['warmup']} warm-up + {r0['steps']} measured steps per run x {a.rounds} rounds, fp32 unless the arm "
-             f"says bf16, {r0['torch_threads']} torch threads")
-    txt = [title] + parts + [
-           harness.headline(s, base, live, sum(kept), a.rounds, EPOCHS),
-           harness.main_table(s, base, EPOCHS),
-           notes(s, arms, base, epoch_pairs, spe, r0["pairs"]),
-           "Rounds (median measured step time of each arm in each round):\n\n"
-           + harness.rounds_table(runs, loads, flags, orders),
-           "<details><summary>all measured step times (s), by round</summary>\n\n"
-           + "\n".join(f"- {arm}: " + " | ".join(str([round(t, 3) for t in harness.measured(r)]) for r in rs)
-                       for arm, rs in runs.items()) + "\n\n</details>"]
+    title = (
+        f"### workload `{wl}` — model {w.model}{' + LoRA r=16' if w.lora else ''}, batch {w.batch_size} pairs, "
+        f"{r0['warmup']} warm-up + {r0['steps']} measured steps per run x {a.rounds} rounds, fp32 unless the arm "
+        f"says bf16, {r0['torch_threads']} torch threads"
+    )
+    txt = (
+        [title]
+        + parts
+        + [
+            harness.headline(s, base, live, sum(kept), a.rounds, EPOCHS),
+            harness.main_table(s, base, EPOCHS),
+            notes(s, arms, base, epoch_pairs, spe, r0["pairs"]),
+            "Rounds (median measured step time of each arm in each round):\n\n"
+            + harness.rounds_table(runs, loads, flags, orders),
+            "<details><summary>all measured step times (s), by round</summary>\n\n"
+            + "\n".join(
+                f"- {arm}: " + " | ".join(str([round(t, 3) for t in harness.measured(r)]) for r in rs)
+                for arm, rs in runs.items()
+            )
+            + "\n\n</details>",
+        ]
+    )
     return "\n\n".join(txt)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workload", default="imdb", help="imdb | longprompt | smollm | comma list | all (= imdb,longprompt,smollm)")
+    ap.add_argument(
+        "--workload", default="imdb", help="imdb | longprompt | smollm | comma list | all (= imdb,longprompt,smollm)"
+    )
     ap.add_argument("--arms", default=None, help=f"comma list of arms (default per workload); valid: {', '.join(ARMS)}")
     ap.add_argument("--rounds", type=int, default=3, help="timed rounds (each arm once per round, order rotated)")
     ap.add_argument("--steps", type=int, default=None, help="measured steps per arm run (default per workload)")
     ap.add_argument("--warmup", type=int, default=None, help="warm-up steps per arm run, not measured")
-    ap.add_argument("--check-steps", type=int, default=5, help="steps of the same-math check run of every arm (0: skip)")
-    ap.add_argument("--check-lr", type=float, default=None,
-                    help="peak lr of the same-math check runs (default per workload: imdb, longprompt 1e-4; smollm 1e-3)")
-    ap.add_argument("--check-tol-factor", type=float, default=1.0, help="multiply every same-math tolerance (stated in the results)")
+    ap.add_argument(
+        "--check-steps", type=int, default=5, help="steps of the same-math check run of every arm (0: skip)"
+    )
+    ap.add_argument(
+        "--check-lr",
+        type=float,
+        default=None,
+        help="peak lr of the same-math check runs (default per workload: imdb, longprompt 1e-4; smollm 1e-3)",
+    )
+    ap.add_argument(
+        "--check-tol-factor", type=float, default=1.0, help="multiply every same-math tolerance (stated in the results)"
+    )
     ap.add_argument("--check-only", action="store_true", help="run the same-math check only (prints; writes nothing)")
-    ap.add_argument("--load-margin", type=float, default=0.5,
-                    help="a round whose load average differs from the first round's by more than this is left out of the headline")
-    ap.add_argument("--epoch-pairs", type=int, default=None,
-                    help="pairs in one epoch for the end-to-end columns (default: every pair of the data file)")
+    ap.add_argument(
+        "--load-margin",
+        type=float,
+        default=0.5,
+        help="a round whose load average differs from the first round's by more than this is left out of the headline",
+    )
+    ap.add_argument(
+        "--epoch-pairs",
+        type=int,
+        default=None,
+        help="pairs in one epoch for the end-to-end columns (default: every pair of the data file)",
+    )
     ap.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
     a = ap.parse_args(argv)
     wls = ["imdb", "longprompt", "smollm"] if a.workload == "all" else a.workload.split(",")
@@ -217,20 +261,26 @@ def main(argv=None):
         env["BENCH_STEPS"] = str(a.steps)
     if a.warmup is not None:
         env["BENCH_WARMUP"] = str(a.warmup)
-    command = "python benchmarks/run.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    header = [f"\n## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — `{command}`\n",
-              f"- machine: {machine()}; load average (1 min) before the run {os.getloadavg()[0]:.2f}",
-              f"- versions: {versions()}",
-              f"- settings: {a.rounds} rounds, load margin {a.load_margin:g}, same-math check "
-              f"{f'{a.check_steps} steps' if a.check_steps else 'skipped'}, end-to-end columns computed (not measured)"]
+    command = "python benchmarks/run.py " + " ".join(
+        shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:])
+    )
+    header = [
+        f"\n## {dt.datetime.now().strftime('%Y-%m-%d %H:%M')} — `{command}`\n",
+        f"- machine: {machine()}; load average (1 min) before the run {os.getloadavg()[0]:.2f}",
+        f"- versions: {versions()}",
+        f"- settings: {a.rounds} rounds, load margin {a.load_margin:g}, same-math check "
+        f"{f'{a.check_steps} steps' if a.check_steps else 'skipped'}, end-to-end columns computed (not measured)",
+    ]
     for wl in wls:
         txt = run_workload(wl, arm_lists[wl], a, env)
         print(txt)
         if a.no_write or a.check_only:
             continue
         with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:  # each workload as it finishes
-            f.write("\n".join(header) + "\n\n" + txt + f"\n\nLoad average (1 min) after this workload: "
-                    f"{os.getloadavg()[0]:.2f}.\n")
+            f.write(
+                "\n".join(header) + "\n\n" + txt + f"\n\nLoad average (1 min) after this workload: "
+                f"{os.getloadavg()[0]:.2f}.\n"
+            )
         header = []
 
 

@@ -9,6 +9,7 @@ tokenises; second: a cache hit). Timers wrap the trainer's own calls (monkeypatc
 Workload: GPT-2 6x384 from config, the real GPT-2 tokenizer (gpt2-offline), IMDb CAD pairs (data.task=imdb-cad,
 max_length 512) when the data folder is there, else the arithmetic task.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
 import torch  # noqa: F401
@@ -61,7 +62,7 @@ out = {"import_torch_s": t_torch - t0, "import_dpolab_engine_s": t_import - t_to
 out["setup_other_s"] = t_init - sum(timers.get(k, 0) for k in ("tokenizer_load", "data_prepare (read + tokenise, or cache)", "model_build"))
 out["outside_steps_s"] = out["total_s"] - out["steps_s"]
 print("RESULT " + json.dumps(out))
-'''
+"""
 
 
 def importtime(args, env) -> dict:
@@ -80,8 +81,12 @@ def importtime(args, env) -> dict:
     top = [(n.strip(), round(c / 1e6, 3)) for c, n in rows if not n.startswith("  ")]  # top-level imports only
     top.sort(key=lambda x: -x[1])
     names = {n.strip() for _, n in rows}
-    return {"wall_s": round(wall, 2), "imports_torch": "torch" in names, "imports_transformers": "transformers" in names,
-            "top_imports_s": top[:6]}
+    return {
+        "wall_s": round(wall, 2),
+        "imports_torch": "torch" in names,
+        "imports_transformers": "transformers" in names,
+        "top_imports_s": top[:6],
+    }
 
 
 def main() -> None:
@@ -91,25 +96,43 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "results" / "startup_check.json"))
     a = ap.parse_args()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = {"when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_1min_before": os.getloadavg()[0],
-              "cli": {}, "runs": []}
+    result = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_1min_before": os.getloadavg()[0],
+        "cli": {},
+        "runs": [],
+    }
     for cmd in (["--help"], ["losses"], ["config"]):
         result["cli"]["dpolab " + " ".join(cmd)] = importtime(["-m", "dpolab.cli", *cmd], env)
     result["cli"]["import dpolab.engine"] = importtime(["-c", "import dpolab.engine"], env)
     imdb = Path(a.data_dir) / "imdb-cad-sentiment"
-    data = ({"task": "imdb-cad", "task_args": {"path": str(imdb)}, "max_length": 512} if imdb.is_dir() else
-            {"task": "arithmetic", "task_args": {"n_train": 2000, "n_eval": 64}, "max_length": 64})
+    data = (
+        {"task": "imdb-cad", "task_args": {"path": str(imdb)}, "max_length": 512}
+        if imdb.is_dir()
+        else {"task": "arithmetic", "task_args": {"n_train": 2000, "n_eval": 64}, "max_length": 64}
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = {"model": {"name_or_path": "tiny-gpt2", "tokenizer": "gpt2-offline",
-                         "tiny": {"n_layer": 6, "n_embd": 384, "n_head": 6}},
-               "data": {**data, "cache_dir": str(Path(tmp) / "tokens")},
-               "train": {"batch_size": 8, "max_steps": a.steps, "lr": 1e-5, "threads": 2},
-               "eval": {"at_start": False, "max_examples": 8, "batch_size": 8},
-               "output": {"dir": str(Path(tmp) / "run"), "progress": False, "save_final": False, "overwrite": True}}
-        result["workload"] = {"model": "gpt2 6x384 (tiny-gpt2 preset)", "tokenizer": "gpt2-offline", "data": data,
-                              "steps": a.steps}
+        cfg = {
+            "model": {
+                "name_or_path": "tiny-gpt2",
+                "tokenizer": "gpt2-offline",
+                "tiny": {"n_layer": 6, "n_embd": 384, "n_head": 6},
+            },
+            "data": {**data, "cache_dir": str(Path(tmp) / "tokens")},
+            "train": {"batch_size": 8, "max_steps": a.steps, "lr": 1e-5, "threads": 2},
+            "eval": {"at_start": False, "max_examples": 8, "batch_size": 8},
+            "output": {"dir": str(Path(tmp) / "run"), "progress": False, "save_final": False, "overwrite": True},
+        }
+        result["workload"] = {
+            "model": "gpt2 6x384 (tiny-gpt2 preset)",
+            "tokenizer": "gpt2-offline",
+            "data": data,
+            "steps": a.steps,
+        }
         for label in ("cold (tokenises)", "warm (tokenised-data cache hit)"):
-            p = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=ROOT)
+            p = subprocess.run(
+                [sys.executable, "-c", CHILD, json.dumps(cfg)], capture_output=True, text=True, env=env, cwd=ROOT
+            )
             line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             if not line:
                 raise SystemExit(f"run failed:\n{p.stderr[-3000:]}")

@@ -14,6 +14,7 @@ Tokenisation is TRL's (so TRL, fed the texts, builds exactly the tokens every ot
 prompt + response + EOS are tokenised, the response ids are the part after the prompt. Texts are cut at word
 boundaries, so nothing is truncated later by any trainer.
 """
+
 from __future__ import annotations
 
 import csv
@@ -24,7 +25,9 @@ from pathlib import Path
 from typing import Dict, List
 
 HERE = Path(__file__).resolve().parent
-DATA = Path(os.environ.get("DPOLAB_IMDB_PAIRS", HERE.parent.parent / "shared/data/imdb-cad-sentiment/paired/train_paired.tsv"))
+DATA = Path(
+    os.environ.get("DPOLAB_IMDB_PAIRS", HERE.parent.parent / "shared/data/imdb-cad-sentiment/paired/train_paired.tsv")
+)
 CACHE = Path(os.environ.get("DPOLAB_BENCH_CACHE", HERE / ".cache"))
 INSTRUCTION = "Write a movie review.\n\nReview:"
 
@@ -32,11 +35,11 @@ INSTRUCTION = "Write a movie review.\n\nReview:"
 @dataclass
 class Workload:
     name: str
-    model: str            # gpt2-6x384 | smollm2-135m
+    model: str  # gpt2-6x384 | smollm2-135m
     batch_size: int
     lora: bool = False
     warmup: int = 2
-    steps: int = 6        # measured steps per arm run
+    steps: int = 6  # measured steps per arm run
     check_lr: float = 1e-4  # peak lr of the same-math check runs: large enough that a few steps move the loss off ln 2
 
 
@@ -74,13 +77,25 @@ def texts(workload: str, tok, n: int) -> List[Dict[str, str]]:
     rows = []
     for pos, neg in imdb_pairs(n):
         if workload in ("imdb", "smollm"):
-            rows.append({"prompt": INSTRUCTION, "chosen": " " + _cut_words(tok, pos, 200),
-                         "rejected": " " + _cut_words(tok, neg, 200)})
+            rows.append(
+                {
+                    "prompt": INSTRUCTION,
+                    "chosen": " " + _cut_words(tok, pos, 200),
+                    "rejected": " " + _cut_words(tok, neg, 200),
+                }
+            )
         elif workload == "longprompt":
-            prompt = (f"Review A: {_cut_words(tok, pos, 130)}\nReview B: {_cut_words(tok, neg, 130)}\n"
-                      "Which review is positive? Answer:")
-            rows.append({"prompt": prompt, "chosen": " Review A, which says: " + _cut_words(tok, pos, 16),
-                         "rejected": " Review B, which says: " + _cut_words(tok, neg, 16)})
+            prompt = (
+                f"Review A: {_cut_words(tok, pos, 130)}\nReview B: {_cut_words(tok, neg, 130)}\n"
+                "Which review is positive? Answer:"
+            )
+            rows.append(
+                {
+                    "prompt": prompt,
+                    "chosen": " Review A, which says: " + _cut_words(tok, pos, 16),
+                    "rejected": " Review B, which says: " + _cut_words(tok, neg, 16),
+                }
+            )
         else:
             raise ValueError(workload)
     return rows
@@ -96,7 +111,7 @@ def tokenize_like_trl(tok, rows: List[Dict[str, str]]) -> List[Dict[str, List[in
         pc = tok(r["prompt"] + r["chosen"] + eos, add_special_tokens=False)["input_ids"]
         pr = tok(r["prompt"] + r["rejected"] + eos, add_special_tokens=False)["input_ids"]
         assert pc[: len(p)] == p and pr[: len(p)] == p, "prompt is not a token prefix"
-        out.append({"prompt_ids": p, "chosen_ids": pc[len(p):], "rejected_ids": pr[len(p):]})
+        out.append({"prompt_ids": p, "chosen_ids": pc[len(p) :], "rejected_ids": pr[len(p) :]})
     return out
 
 
@@ -139,9 +154,19 @@ def model_dir(model: str) -> Path:
 
     tok = tokenizer_for(model)
     if model == "gpt2-6x384":
-        cfg = GPT2Config(n_layer=6, n_embd=384, n_head=6, n_positions=1024, vocab_size=50257,
-                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        cfg = GPT2Config(
+            n_layer=6,
+            n_embd=384,
+            n_head=6,
+            n_positions=1024,
+            vocab_size=50257,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(0)
         m = AutoModelForCausalLM.from_config(cfg)
     else:

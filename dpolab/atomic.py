@@ -3,6 +3,7 @@
 Every writer in the package goes through these helpers: the content is written to a temporary name in the same
 folder (so the final rename stays on one file system), flushed to disk, then renamed over the target.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,20 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 # errno values that mean "this write cannot succeed here": disk full or over quota, file-size limit (``ulimit -f``),
 # read-only file system, no permission (or an immutable file), an I/O error, the folder gone or not a folder
-WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO,
-                          errno.ENOENT, errno.ENOTDIR, errno.EISDIR})
+WRITE_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EIO,
+        errno.ENOENT,
+        errno.ENOTDIR,
+        errno.EISDIR,
+    }
+)
 # writers in Rust (safetensors) carry no OSError: their message ends with std::io::Error's "(os error N)", the errno
 _RUST_IO_ERRNO = re.compile(r"\(os error (\d+)\)")
 

@@ -17,6 +17,7 @@ A mistake the user can fix (:class:`dpolab.errors.UserError`: bad config, bad da
 one line, ``error: ...``, with exit code 2; anything else is a bug or an environment failure and keeps its
 traceback. ``--traceback`` shows the full traceback (with the chain of causes) for user errors too.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,12 +48,27 @@ def _cmd_train(args) -> int:
 
 def _print_summary(summary: dict, run_dir: str) -> None:
     final = summary.get("final_eval") or {}
-    keys = [k for k in ("eval/loss", "eval/reward_accuracy", "eval/reward_ties", "eval/logratio_margin", "eval/logratio/chosen",
-                      "eval/logratio/rejected") if k in final]
-    shown = ", ".join(f"{k.split('/', 1)[1]}=" + (f"{final[k]:.4f}" if isinstance(final[k], (int, float)) else str(final[k]))
-                      for k in keys)
-    print(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB"
-          + (f"; eval {shown}" if shown else "") + f"\nrun folder: {run_dir}")
+    keys = [
+        k
+        for k in (
+            "eval/loss",
+            "eval/reward_accuracy",
+            "eval/reward_ties",
+            "eval/logratio_margin",
+            "eval/logratio/chosen",
+            "eval/logratio/rejected",
+        )
+        if k in final
+    ]
+    shown = ", ".join(
+        f"{k.split('/', 1)[1]}=" + (f"{final[k]:.4f}" if isinstance(final[k], (int, float)) else str(final[k]))
+        for k in keys
+    )
+    print(
+        f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB"
+        + (f"; eval {shown}" if shown else "")
+        + f"\nrun folder: {run_dir}"
+    )
 
 
 def _check_at_least(minimum: int, **options) -> None:
@@ -79,10 +95,21 @@ def _cmd_eval(args) -> int:
 
         model = gguf_model_folder(args.model, args.gguf_file)
     result = evaluate_preference_file(
-        model, args.data, reference=args.reference, beta=args.beta, batch_size=args.batch_size,
-        max_length=args.max_length, limit=args.limit, columns=_parse_columns(args.columns), tokenizer=args.tokenizer,
-        probes=args.probes, per_pair=args.per_pair, data_format=args.format, log=lambda m: print(m, file=sys.stderr),
-        device=args.device, progress=not args.no_progress,
+        model,
+        args.data,
+        reference=args.reference,
+        beta=args.beta,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        limit=args.limit,
+        columns=_parse_columns(args.columns),
+        tokenizer=args.tokenizer,
+        probes=args.probes,
+        per_pair=args.per_pair,
+        data_format=args.format,
+        log=lambda m: print(m, file=sys.stderr),
+        device=args.device,
+        progress=not args.no_progress,
     )
     text = json.dumps(_finite_or_null(result), indent=1, allow_nan=False)  # NaN is not JSON: null (no value) instead
     if args.out:
@@ -107,8 +134,14 @@ def _finite_or_null(value):
 def _sampling_options(args):
     from .evaluation.chat import SamplingOptions
 
-    return SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                           seed=args.seed, template=not args.no_chat_template, system=args.system).check()
+    return SamplingOptions(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        template=not args.no_chat_template,
+        system=args.system,
+    ).check()
 
 
 def _cmd_generate(args) -> int:
@@ -141,8 +174,10 @@ def _cmd_chat(args) -> int:
 
 
 def _device_help() -> str:  # dpolab.models.device.resolve_device reads it (not imported here: --help needs no torch)
-    return ("where the model runs: auto (default: the GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps; "
-            "bf16 autocast on a GPU that supports it")
+    return (
+        "where the model runs: auto (default: the GPU when torch sees one, else the CPU), cpu, cuda, cuda:N or mps; "
+        "bf16 autocast on a GPU that supports it"
+    )
 
 
 def _parse_columns(items: Optional[List[str]]) -> Optional[dict]:
@@ -167,11 +202,19 @@ def _cmd_rm_train(args) -> int:
     summary = train(cfg, resume=args.resume)
     if int(os.environ.get("RANK", "0")) == 0:
         final = summary.get("final_eval") or {}
-        stats = [("pairwise accuracy", "eval/reward_accuracy"), ("margin", "eval/margin"), ("margin std", "eval/margin/std"),
-                 ("reward mean", "eval/rewards/mean"), ("reward std", "eval/rewards/std")]
+        stats = [
+            ("pairwise accuracy", "eval/reward_accuracy"),
+            ("margin", "eval/margin"),
+            ("margin std", "eval/margin/std"),
+            ("reward mean", "eval/rewards/mean"),
+            ("reward std", "eval/rewards/std"),
+        ]
         shown = ", ".join(f"{name} {final[k]:.4f}" for name, k in stats if k in final)
-        print(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s" + (f"; eval {shown}" if shown else "")
-              + f"\nreward model: {os.path.join(cfg.output.dir, 'final')}")
+        print(
+            f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s"
+            + (f"; eval {shown}" if shown else "")
+            + f"\nreward model: {os.path.join(cfg.output.dir, 'final')}"
+        )
     return 0
 
 
@@ -179,9 +222,18 @@ def _cmd_rm_score(args) -> int:
     from .rewards.score import score_file
 
     _check_at_least(1, max_length=args.max_length)
-    summary = score_file(args.model, args.data, args.out, batch_size=args.batch_size, max_length=args.max_length,
-                         columns=_parse_columns(args.columns), tokenizer=args.tokenizer, progress=not args.no_progress,
-                         log=lambda m: print(m, file=sys.stderr), device=args.device)
+    summary = score_file(
+        args.model,
+        args.data,
+        args.out,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        columns=_parse_columns(args.columns),
+        tokenizer=args.tokenizer,
+        progress=not args.no_progress,
+        log=lambda m: print(m, file=sys.stderr),
+        device=args.device,
+    )
     print(json.dumps(summary))
     return 0
 
@@ -200,27 +252,69 @@ def _cmd_study(args) -> int:
     if args.dry_run:
         from .studies.budget import dry_run
 
-        print(dry_run(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir))
+        print(
+            dry_run(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir)
+        )
         return 0
-    run_study(args.name, size=args.size, seeds=args.seeds, smoke=args.smoke, out=args.out, data_dir=args.data_dir,
-              executor=_executor_options(args))
+    run_study(
+        args.name,
+        size=args.size,
+        seeds=args.seeds,
+        smoke=args.smoke,
+        out=args.out,
+        data_dir=args.data_dir,
+        executor=_executor_options(args),
+    )
     return 0
 
 
 def _executor_options(args) -> dict:
     from .studies.executors import Resources
 
-    return dict(name=args.executor, parallel=args.parallel or 1, address=args.address, partition=args.partition,
-                array=args.array, resources=Resources(cpus=args.cpus, gpus=args.gpus or 0, mem_gb=args.mem, time_min=args.time))
+    return dict(
+        name=args.executor,
+        parallel=args.parallel or 1,
+        address=args.address,
+        partition=args.partition,
+        array=args.array,
+        resources=Resources(cpus=args.cpus, gpus=args.gpus or 0, mem_gb=args.mem, time_min=args.time),
+    )
 
 
 def _cmd_compare(args) -> int:
     from .studies.compare import CompareOptions, dry_run, run_compare
 
-    flags = {k: getattr(args, k) for k in ("model", "data", "task", "eval_data", "eval_fraction", "min_eval", "baseline",
-                                           "seeds", "lora", "budget", "evals", "samples", "max_new_tokens", "reward_model",
-                                           "oracle", "split_seed", "model_seed", "out", "executor", "parallel", "address",
-                                           "partition", "cpus", "gpus", "mem", "time")}
+    flags = {
+        k: getattr(args, k)
+        for k in (
+            "model",
+            "data",
+            "task",
+            "eval_data",
+            "eval_fraction",
+            "min_eval",
+            "baseline",
+            "seeds",
+            "lora",
+            "budget",
+            "evals",
+            "samples",
+            "max_new_tokens",
+            "reward_model",
+            "oracle",
+            "split_seed",
+            "model_seed",
+            "out",
+            "executor",
+            "parallel",
+            "address",
+            "partition",
+            "cpus",
+            "gpus",
+            "mem",
+            "time",
+        )
+    }
     flags.update(methods=args.methods, set=args.set or None, array=args.array or None)
     opts = CompareOptions.from_sources(args.config, flags)
     if args.dry_run:
@@ -233,18 +327,26 @@ def _cmd_compare(args) -> int:
 def _add_executor_args(p: argparse.ArgumentParser) -> None:
     """Where the runs train (dpolab/studies/executors.py): the executor and each run's resources."""
     g = p.add_argument_group("executor (where the runs train)")
-    g.add_argument("--executor", choices=["local", "ray", "slurm"], help="local (default), ray (pip install ray) or slurm "
-                   "(through submitit: pip install submitit)")
+    g.add_argument(
+        "--executor",
+        choices=["local", "ray", "slurm"],
+        help="local (default), ray (pip install ray) or slurm (through submitit: pip install submitit)",
+    )
     g.add_argument("--parallel", type=int, help="local: this many runs at once, each in its own process (default 1)")
     g.add_argument("--address", help="ray: the cluster to join (default: a local Ray cluster)")
     g.add_argument("--partition", help="slurm: the partition")
     g.add_argument("--array", action="store_true", help="slurm: one job array instead of one job per run")
-    g.add_argument("--cpus", type=int, help="per run: CPU threads (Ray num_cpus, Slurm cpus-per-task; pins torch's threads "
-                   "so every executor gives the same numbers)")
+    g.add_argument(
+        "--cpus",
+        type=int,
+        help="per run: CPU threads (Ray num_cpus, Slurm cpus-per-task; pins torch's threads "
+        "so every executor gives the same numbers)",
+    )
     g.add_argument("--gpus", type=int, help="per run: GPUs (ray, slurm)")
     g.add_argument("--mem", type=float, help="per run: memory in GB (ray, slurm)")
-    g.add_argument("--time", type=int, help="per run: time limit in minutes (slurm: required; without it submitit "
-                   "would ask for 5)")
+    g.add_argument(
+        "--time", type=int, help="per run: time limit in minutes (slurm: required; without it submitit would ask for 5)"
+    )
 
 
 def _cmd_pretrain(args) -> int:
@@ -257,8 +359,17 @@ def _cmd_pretrain(args) -> int:
             raise ConfigError(f"--tiny must look like key=value (e.g. n_layer=4), got '{item}'")
         k, v = item.split("=", 1)
         tiny[k] = int(v) if v.lstrip("-").isdigit() else v
-    spec = PretrainSpec(text=args.text, preset=args.preset, tiny=tiny, tokenizer=args.tokenizer, steps=args.steps,
-                        batch_size=args.batch_size, lr=args.lr, chunk_chars=args.chunk_chars, seed=args.seed)
+    spec = PretrainSpec(
+        text=args.text,
+        preset=args.preset,
+        tiny=tiny,
+        tokenizer=args.tokenizer,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        chunk_chars=args.chunk_chars,
+        seed=args.seed,
+    )
     for name, v in (("--steps", spec.steps), ("--batch-size", spec.batch_size), ("--chunk-chars", spec.chunk_chars)):
         if v < 1:
             raise ConfigError(f"{name} must be a positive integer, got {v}")
@@ -271,10 +382,14 @@ def _cmd_losses(args) -> int:
     from .losses import list_losses
 
     for info in list_losses():
-        needs = [x for x, on in (("reference", info.needs_reference), ("token log-probs", info.needs_token_logps)) if on]
+        needs = [
+            x for x, on in (("reference", info.needs_reference), ("token log-probs", info.needs_token_logps)) if on
+        ]
         needs += [f"column {c}" for c in info.needs_extras]
         params = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items())
-        print(f"{info.name:12s} {info.summary}\n{'':12s} params: {params or '-'}; needs: {', '.join(needs) or '-'}; {info.paper}")
+        print(
+            f"{info.name:12s} {info.summary}\n{'':12s} params: {params or '-'}; needs: {', '.join(needs) or '-'}; {info.paper}"
+        )
     return 0
 
 
@@ -300,12 +415,16 @@ def _cmd_inspect_data(args) -> int:
     elif cfg is not None:
         model_cfg = cfg.model
     else:
-        raise ConfigError("name the tokenizer: --model M (its tokenizer), --tokenizer T (e.g. char, gpt2-offline) or --config C")
+        raise ConfigError(
+            "name the tokenizer: --model M (its tokenizer), --tokenizer T (e.g. char, gpt2-offline) or --config C"
+        )
     data = cfg.data if cfg is not None else None
     source = args.data or (data.train if data is not None else None)
     if not source:
         raise ConfigError("no data: give --data FILE (or --config with data.train set)")
-    pick = lambda flag, name, default: flag if flag is not None else (getattr(data, name) if data is not None else default)  # noqa: E731
+    pick = lambda flag, name, default: (
+        flag if flag is not None else (getattr(data, name) if data is not None else default)
+    )
     mode = args.mode
     if mode == "auto" and cfg is not None and args.data is None:  # the config's own data: its objective's kind decides
         from .engine.objectives import get_objective
@@ -314,9 +433,15 @@ def _cmd_inspect_data(args) -> int:
     columns = _parse_columns(args.columns) or (dict(data.columns) if data is not None and data.columns else None)
     tokenizer = load_tokenizer(model_cfg)
     result = inspect_data(
-        source, tokenizer, rows=args.rows, mode=mode, columns=columns,
-        max_length=pick(args.max_length, "max_length", 512), max_prompt_length=pick(args.max_prompt_length, "max_prompt_length", None),
-        truncation_mode=pick(args.truncation, "truncation_mode", "keep_end"), split=pick(args.split, "split", None),
+        source,
+        tokenizer,
+        rows=args.rows,
+        mode=mode,
+        columns=columns,
+        max_length=pick(args.max_length, "max_length", 512),
+        max_prompt_length=pick(args.max_prompt_length, "max_prompt_length", None),
+        truncation_mode=pick(args.truncation, "truncation_mode", "keep_end"),
+        split=pick(args.split, "split", None),
     )
     try:  # token pieces are not ASCII (▁, Ġ): never fail on a console or pipe with a narrow encoding
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -337,52 +462,89 @@ def _add_run_args(p: argparse.ArgumentParser, example: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dpolab", description="Train and study language models with preference optimization.")
+    p = argparse.ArgumentParser(
+        prog="dpolab", description="Train and study language models with preference optimization."
+    )
     p.add_argument("--traceback", action="store_true", help="show full tracebacks for errors (for bug reports)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    t = sub.add_parser("train", help="train a model (SFT, preference pairs, KTO on unpaired rows; train.mode) from a YAML config plus overrides",
-                       description="Train from a YAML config. Any option can be overridden as section.key=value "
-                                   "(run `dpolab config` for the full list).")
+    t = sub.add_parser(
+        "train",
+        help="train a model (SFT, preference pairs, KTO on unpaired rows; train.mode) from a YAML config plus overrides",
+        description="Train from a YAML config. Any option can be overridden as section.key=value "
+        "(run `dpolab config` for the full list).",
+    )
     _add_run_args(t, "e.g. train.lr=1e-5 model.name_or_path=gpt2")
     t.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("eval", help="preference accuracy, rewards and log-probs of a model on a preference set",
-                       description="Score every pair of a preference set: reward accuracy (strict wins over all pairs) "
-                                   "and ties, the margin (log-ratio margin with --reference, else the log-prob "
-                                   "difference, plus its length-normalised variant), with 95 % intervals.")
-    e.add_argument("--model", required=True, help="model name/path, a model preset (smollm2-135m) or a dpolab run's final/ folder")
-    e.add_argument("--gguf-file", help="GGUF file name inside --model (a folder or hub repository); de-quantised once "
-                                       "into a cached Hugging Face folder")
+    e = sub.add_parser(
+        "eval",
+        help="preference accuracy, rewards and log-probs of a model on a preference set",
+        description="Score every pair of a preference set: reward accuracy (strict wins over all pairs) "
+        "and ties, the margin (log-ratio margin with --reference, else the log-prob "
+        "difference, plus its length-normalised variant), with 95 % intervals.",
+    )
+    e.add_argument(
+        "--model", required=True, help="model name/path, a model preset (smollm2-135m) or a dpolab run's final/ folder"
+    )
+    e.add_argument(
+        "--gguf-file",
+        help="GGUF file name inside --model (a folder or hub repository); de-quantised once "
+        "into a cached Hugging Face folder",
+    )
     e.add_argument("--data", required=True, help="preference data (jsonl/json/csv/tsv/parquet/HF dataset)")
     e.add_argument("--reference", help="reference model (default: none; rewards are then plain log-prob differences)")
     e.add_argument("--tokenizer", help="tokenizer (default: the model's)")
     e.add_argument("--beta", type=float, default=0.1, help="beta for implicit rewards (default 0.1)")
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--max-length", type=int, default=512)
-    e.add_argument("--limit", type=int, help="evaluate at most the first this many pairs (default: all; the log says how many "
-                                             "were scored)")
-    e.add_argument("--format", default="auto", choices=["auto", "hh"],
-                   help="hh: parse Anthropic-HH text into chat messages for the tokenizer's chat template (as data.format)")
-    e.add_argument("--per-pair", metavar="FILE.jsonl", help="also write one JSON line per scored pair: index, source row, "
-                                                            "log-probs, token counts, margin, its tie tolerance, "
-                                                            "win / tie / loss")
-    e.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
-    e.add_argument("--probes", type=int, default=0, metavar="N",
-                   help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)")
+    e.add_argument(
+        "--limit",
+        type=int,
+        help="evaluate at most the first this many pairs (default: all; the log says how many were scored)",
+    )
+    e.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "hh"],
+        help="hh: parse Anthropic-HH text into chat messages for the tokenizer's chat template (as data.format)",
+    )
+    e.add_argument(
+        "--per-pair",
+        metavar="FILE.jsonl",
+        help="also write one JSON line per scored pair: index, source row, "
+        "log-probs, token counts, margin, its tie tolerance, "
+        "win / tie / loss",
+    )
+    e.add_argument(
+        "--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable"
+    )
+    e.add_argument(
+        "--probes",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also score N pairs as likelihood probes (chosen, rejected, others, random, greedy; argmax mass)",
+    )
     e.add_argument("--out", help="also write the JSON result here")
     e.add_argument("--device", default="auto", help=_device_help())
     e.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr, counting pairs)")
     e.set_defaults(func=_cmd_eval)
 
-    rm = sub.add_parser("rm", help="reward models: train one (Bradley-Terry), score a preference set with it",
-                        description="Reward models for MADPO: `rm train` then `rm score`, then `dpolab train` with "
-                                    "loss=[{name: madpo}] data.extras=[rm_margin] on the scored data.")
+    rm = sub.add_parser(
+        "rm",
+        help="reward models: train one (Bradley-Terry), score a preference set with it",
+        description="Reward models for MADPO: `rm train` then `rm score`, then `dpolab train` with "
+        "loss=[{name: madpo}] data.extras=[rm_margin] on the scored data.",
+    )
     rm_sub = rm.add_subparsers(dest="rm_command", metavar="RM_COMMAND", required=True)
-    rt = rm_sub.add_parser("train", help="train a scalar-head reward model (train.mode=rm); saved to <output.dir>/final",
-                           description="Train a reward model with the Bradley-Terry loss on preference pairs. Same config "
-                                       "and overrides as `dpolab train` (train.mode is set to rm); rm.center_weight adds "
-                                       "reward centring.")
+    rt = rm_sub.add_parser(
+        "train",
+        help="train a scalar-head reward model (train.mode=rm); saved to <output.dir>/final",
+        description="Train a reward model with the Bradley-Terry loss on preference pairs. Same config "
+        "and overrides as `dpolab train` (train.mode is set to rm); rm.center_weight adds "
+        "reward centring.",
+    )
     _add_run_args(rt, "e.g. model.name_or_path=gpt2 lora.enabled=true")
     rt.set_defaults(func=_cmd_rm_train)
     rs = rm_sub.add_parser("score", help="add reward_chosen, reward_rejected and rm_margin columns to a preference set")
@@ -392,21 +554,35 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--batch-size", type=int, default=16)
     rs.add_argument("--max-length", type=int, default=1024, help="maximum tokens of prompt + response (default 1024)")
     rs.add_argument("--tokenizer", help="tokenizer (default: the model's)")
-    rs.add_argument("--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable")
+    rs.add_argument(
+        "--column", dest="columns", action="append", metavar="FIELD=COLUMN", help="column mapping, repeatable"
+    )
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     rs.add_argument("--device", default="auto", help=_device_help())
     rs.set_defaults(func=_cmd_rm_score)
 
-    pt = sub.add_parser("pretrain", help="pretrain a tiny GPT-2 on a text file (cached); prints the model's final/ folder",
-                        description="Pretrain a tiny model (train.mode=sft on task pretrain-text) so it knows some English. "
-                                    "The result is cached under a key of the settings and the text's content; a second call "
-                                    "with the same settings prints the cached path and trains nothing. A killed run resumes. "
-                                    "Use the printed path as model.name_or_path or model.init_from.")
+    pt = sub.add_parser(
+        "pretrain",
+        help="pretrain a tiny GPT-2 on a text file (cached); prints the model's final/ folder",
+        description="Pretrain a tiny model (train.mode=sft on task pretrain-text) so it knows some English. "
+        "The result is cached under a key of the settings and the text's content; a second call "
+        "with the same settings prints the cached path and trains nothing. A killed run resumes. "
+        "Use the printed path as model.name_or_path or model.init_from.",
+    )
     pt.add_argument("--text", required=True, help="UTF-8 text file, e.g. ../shared/data/tiny-shakespeare/input.txt")
-    pt.add_argument("--preset", default="tiny-gpt2", choices=["tiny-gpt2", "tiny-llama"], help="model preset (default tiny-gpt2)")
-    pt.add_argument("--tiny", action="append", metavar="KEY=VALUE", help="size override, repeatable (tiny-gpt2 default: n_layer=4 n_embd=128 n_head=4)")
+    pt.add_argument(
+        "--preset", default="tiny-gpt2", choices=["tiny-gpt2", "tiny-llama"], help="model preset (default tiny-gpt2)"
+    )
+    pt.add_argument(
+        "--tiny",
+        action="append",
+        metavar="KEY=VALUE",
+        help="size override, repeatable (tiny-gpt2 default: n_layer=4 n_embd=128 n_head=4)",
+    )
     pt.add_argument("--tokenizer", default="char", help="char (default) or gpt2-offline")
-    pt.add_argument("--steps", type=int, default=600, help="optimiser steps (default 600: about 4 passes over tiny-shakespeare)")
+    pt.add_argument(
+        "--steps", type=int, default=600, help="optimiser steps (default 600: about 4 passes over tiny-shakespeare)"
+    )
     pt.add_argument("--batch-size", type=int, default=32)
     pt.add_argument("--lr", type=float, default=2e-3)
     pt.add_argument("--chunk-chars", type=int, default=256, help="characters per training window (default 256)")
@@ -425,96 +601,159 @@ def build_parser() -> argparse.ArgumentParser:
 
     studies = list_studies()
     width = max(len(n) for n, _ in studies)
-    st = sub.add_parser("study", help=f"run a packaged study ({', '.join(n for n, _ in studies)}): a resumable grid of "
-                                      "runs, then its report",
-                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                        description="Run a packaged study: a grid of ordinary training runs, then its report (markdown\n"
-                                    "+ PNG). Re-running skips finished runs and resumes unfinished ones.\n\nstudies:\n"
-                                    + "\n".join(f"  {n:{width}s}  {summary}" for n, summary in studies))
-    st.add_argument("name", choices=[n for n, _ in studies], metavar="NAME",
-                    help="study name: " + " | ".join(n for n, _ in studies))
-    st.add_argument("--size", default="cpu", choices=["cpu", "small", "paper"],
-                    help="cpu: tiny models, minutes on a CPU; small: the pretrained SmolLM2-135M-Instruct with LoRA, "
-                         "about 100 minutes on 2 CPU cores (needs the smollm2-135m preset); paper: the paper's scale (GPU, hub)")
-    st.add_argument("--dry-run", action="store_true", help="list the runs and print the size's time budget (measured "
-                                                           "seconds per step), train nothing")
+    st = sub.add_parser(
+        "study",
+        help=f"run a packaged study ({', '.join(n for n, _ in studies)}): a resumable grid of runs, then its report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run a packaged study: a grid of ordinary training runs, then its report (markdown\n"
+        "+ PNG). Re-running skips finished runs and resumes unfinished ones.\n\nstudies:\n"
+        + "\n".join(f"  {n:{width}s}  {summary}" for n, summary in studies),
+    )
+    st.add_argument(
+        "name", choices=[n for n, _ in studies], metavar="NAME", help="study name: " + " | ".join(n for n, _ in studies)
+    )
+    st.add_argument(
+        "--size",
+        default="cpu",
+        choices=["cpu", "small", "paper"],
+        help="cpu: tiny models, minutes on a CPU; small: the pretrained SmolLM2-135M-Instruct with LoRA, "
+        "about 100 minutes on 2 CPU cores (needs the smollm2-135m preset); paper: the paper's scale (GPU, hub)",
+    )
+    st.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs and print the size's time budget (measured seconds per step), train nothing",
+    )
     st.add_argument("--seeds", type=int, help="seeds per configuration (default 3; 1 with --smoke)")
     st.add_argument("--smoke", action="store_true", help="a few steps per run, to check the pipeline")
     st.add_argument("--out", help="output folder (default runs/study-NAME-SIZE)")
-    st.add_argument("--data-dir", help="folder with the real data sets (default ../shared/data); studies skip sets they cannot find")
+    st.add_argument(
+        "--data-dir", help="folder with the real data sets (default ../shared/data); studies skip sets they cannot find"
+    )
     _add_executor_args(st)
     st.set_defaults(func=_cmd_study, executor="local")
 
-    cp = sub.add_parser("compare", help="compare preference methods on your data: a resumable grid (methods x seeds), "
-                                        "then a report with paired verdicts against a baseline",
-                        description="Train every method on the same pairs from the same model, for several seeds, and "
-                                    "measure each on held-out pairs (reward accuracy, margin, log-prob changes, KL to the "
-                                    "reference, sampled length; optionally a reward model and your oracle). Writes "
-                                    "OUT/report.md and PNGs. Re-running skips finished runs and resumes unfinished ones. "
-                                    "Every option can also come from --config (same names as keys).")
+    cp = sub.add_parser(
+        "compare",
+        help="compare preference methods on your data: a resumable grid (methods x seeds), "
+        "then a report with paired verdicts against a baseline",
+        description="Train every method on the same pairs from the same model, for several seeds, and "
+        "measure each on held-out pairs (reward accuracy, margin, log-prob changes, KL to the "
+        "reference, sampled length; optionally a reward model and your oracle). Writes "
+        "OUT/report.md and PNGs. Re-running skips finished runs and resumes unfinished ones. "
+        "Every option can also come from --config (same names as keys).",
+    )
     cp.add_argument("--config", "-c", help="YAML file with the same keys as the flags (flags given here win)")
     cp.add_argument("--model", help="model name/path or tiny preset (default tiny-gpt2)")
     cp.add_argument("--data", help="training pairs: any format dpolab train reads (data.train)")
     cp.add_argument("--task", help="a built-in task instead of --data (e.g. arithmetic)")
     cp.add_argument("--eval-data", help="held-out pairs (default: a seeded split of --data, --eval-fraction)")
-    cp.add_argument("--eval-fraction", type=float, help="share of the rows held out when there is no --eval-data (default 0.1)")
+    cp.add_argument(
+        "--eval-fraction", type=float, help="share of the rows held out when there is no --eval-data (default 0.1)"
+    )
     cp.add_argument("--min-eval", type=int, help="fewest held-out pairs accepted (default 8)")
-    cp.add_argument("--methods", help="comma-separated: loss names with parameters and weights, e.g. "
-                                      "dpo,ipo,dpop:lam=50,dpo+0.1*sft (default dpo,ipo,dpop)")
+    cp.add_argument(
+        "--methods",
+        help="comma-separated: loss names with parameters and weights, e.g. "
+        "dpo,ipo,dpop:lam=50,dpo+0.1*sft (default dpo,ipo,dpop)",
+    )
     cp.add_argument("--baseline", help="the method the others are judged against (default: the first)")
     cp.add_argument("--seeds", type=int, help="seeds per method (default 3)")
     lo = cp.add_mutually_exclusive_group()
-    lo.add_argument("--lora", action="store_true", default=None, help="train LoRA adapters (default, except for tiny presets)")
+    lo.add_argument(
+        "--lora", action="store_true", default=None, help="train LoRA adapters (default, except for tiny presets)"
+    )
     lo.add_argument("--full", dest="lora", action="store_false", help="full fine-tuning (default for tiny presets)")
     cp.add_argument("--budget", help="per run: 200steps or 2epochs (default 1epochs)")
     cp.add_argument("--evals", type=int, help="evaluations over a run, for the trajectories (default 8)")
-    cp.add_argument("--samples", type=int, help="held-out prompts sampled at each evaluation, for KL and length (default 32)")
+    cp.add_argument(
+        "--samples", type=int, help="held-out prompts sampled at each evaluation, for KL and length (default 32)"
+    )
     cp.add_argument("--max-new-tokens", type=int, help="length budget of a sampled response (default 48)")
-    cp.add_argument("--reward-model", help="a reward model (dpolab rm train's final/) that scores the sampled responses")
+    cp.add_argument(
+        "--reward-model", help="a reward model (dpolab rm train's final/) that scores the sampled responses"
+    )
     cp.add_argument("--oracle", help="module:function(prompt, response) -> float that scores the sampled responses")
     cp.add_argument("--split-seed", type=int, help="seed of the held-out split (default 0)")
     cp.add_argument("--model-seed", type=int, help="seed of a tiny preset's starting weights (default 0)")
     cp.add_argument("--out", help="output folder (default runs/compare)")
-    cp.add_argument("--set", action="append", metavar="KEY=VALUE", help="any training config key for every run, "
-                                                                        "repeatable (e.g. train.lr=1e-5)")
-    cp.add_argument("--dry-run", action="store_true", help="print the grid, the number of runs and a time estimate "
-                                                           "from a few timed real steps; train nothing")
+    cp.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any training config key for every run, repeatable (e.g. train.lr=1e-5)",
+    )
+    cp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the grid, the number of runs and a time estimate from a few timed real steps; train nothing",
+    )
     _add_executor_args(cp)
     cp.set_defaults(func=_cmd_compare)
 
-    ins = sub.add_parser("inspect-data", help="show how the first rows of a data file are tokenised, token by token, prompt | responses",
-                         description="Tokenise the first rows of a preference or SFT data file exactly as training does and "
-                                     "print each token as its vocabulary piece: the prompt, a boundary marker (after "
-                                     "the prompt's last tokens), then the chosen and rejected (or completion) tokens, with "
-                                     "lengths and what truncation cut. --config takes the tokenizer and the data options "
-                                     "from a training config; the flags override it.")
+    ins = sub.add_parser(
+        "inspect-data",
+        help="show how the first rows of a data file are tokenised, token by token, prompt | responses",
+        description="Tokenise the first rows of a preference or SFT data file exactly as training does and "
+        "print each token as its vocabulary piece: the prompt, a boundary marker (after "
+        "the prompt's last tokens), then the chosen and rejected (or completion) tokens, with "
+        "lengths and what truncation cut. --config takes the tokenizer and the data options "
+        "from a training config; the flags override it.",
+    )
     ins.add_argument("--data", help="data file or dataset (default: data.train of --config)")
     ins.add_argument("--model", help="model name/path whose tokenizer to use (tiny presets: the char tokenizer)")
     ins.add_argument("--tokenizer", help="tokenizer name/path, or char | gpt2-offline")
     ins.add_argument("--config", "-c", help="a training config: its model's tokenizer and its data options")
     ins.add_argument("--rows", type=int, default=3, help="rows to show (default 3)")
-    ins.add_argument("--mode", default="auto", choices=["auto", "preference", "sft"],
-                     help="row kind (default auto: preference if the rows have 'chosen', else sft)")
-    ins.add_argument("--column", "--columns", dest="columns", action="append", metavar="FIELD=COLUMN",
-                     help="column mapping, repeatable (as data.columns)")
-    ins.add_argument("--max-length", type=int, help="maximum tokens of prompt + response (default 512, or the config's)")
+    ins.add_argument(
+        "--mode",
+        default="auto",
+        choices=["auto", "preference", "sft"],
+        help="row kind (default auto: preference if the rows have 'chosen', else sft)",
+    )
+    ins.add_argument(
+        "--column",
+        "--columns",
+        dest="columns",
+        action="append",
+        metavar="FIELD=COLUMN",
+        help="column mapping, repeatable (as data.columns)",
+    )
+    ins.add_argument(
+        "--max-length", type=int, help="maximum tokens of prompt + response (default 512, or the config's)"
+    )
     ins.add_argument("--max-prompt-length", type=int, help="maximum prompt tokens (default max_length // 2)")
-    ins.add_argument("--truncation", choices=["keep_end", "keep_start"], help="which end of a long prompt to keep (default keep_end)")
+    ins.add_argument(
+        "--truncation", choices=["keep_end", "keep_start"], help="which end of a long prompt to keep (default keep_end)"
+    )
     ins.add_argument("--split", help="split of a hub dataset or saved DatasetDict")
     ins.add_argument("--ids", action="store_true", help="show each token's id too: [piece:id]")
-    ins.add_argument("--max-tokens", type=int, default=64,
-                     help="tokens shown per part before the middle is elided (default 64; 0 = all)")
+    ins.add_argument(
+        "--max-tokens",
+        type=int,
+        default=64,
+        help="tokens shown per part before the middle is elided (default 64; 0 = all)",
+    )
     ins.set_defaults(func=_cmd_inspect_data)
 
-    for name, what in (("generate", "a sampled reply to one prompt (argument or stdin)"),
-                       ("chat", "an interactive chat: one line per turn, replies printed")):
-        g = sub.add_parser(name, help=f"{what}, from a model preset, a model folder or a LoRA run's final/",
-                           description=f"{what[0].upper()}{what[1:]}. The model's chat template is applied when its "
-                                       "tokenizer has one (--no-chat-template: the text as is).")
+    for name, what in (
+        ("generate", "a sampled reply to one prompt (argument or stdin)"),
+        ("chat", "an interactive chat: one line per turn, replies printed"),
+    ):
+        g = sub.add_parser(
+            name,
+            help=f"{what}, from a model preset, a model folder or a LoRA run's final/",
+            description=f"{what[0].upper()}{what[1:]}. The model's chat template is applied when its "
+            "tokenizer has one (--no-chat-template: the text as is).",
+        )
         if name == "generate":
             g.add_argument("prompt", nargs="?", help="the prompt (default: read stdin)")
-        g.add_argument("--model", default="smollm2-135m", help="model preset (default smollm2-135m), model folder or "
-                       "hub id, or a LoRA adapter folder written by dpolab train (its final/)")
+        g.add_argument(
+            "--model",
+            default="smollm2-135m",
+            help="model preset (default smollm2-135m), model folder or "
+            "hub id, or a LoRA adapter folder written by dpolab train (its final/)",
+        )
         g.add_argument("--tokenizer", help="tokenizer (default: the model's)")
         g.add_argument("--max-new-tokens", type=int, default=256, help="most tokens in the reply (default 256)")
         g.add_argument("--temperature", type=float, default=0.7, help="sampling temperature; 0 = greedy (default 0.7)")
@@ -573,8 +812,11 @@ def _resume_hint(args, argv: List[str], terminated: bool) -> str:
         ckpt = latest_checkpoint(run_dir)
     except Exception:  # noqa: BLE001  (the hint must never hide the interruption itself)
         return what
-    where = (f"last complete checkpoint: {ckpt}" if ckpt is not None
-             else f"no complete checkpoint yet in {run_dir} (--resume starts from the beginning)")
+    where = (
+        f"last complete checkpoint: {ckpt}"
+        if ckpt is not None
+        else f"no complete checkpoint yet in {run_dir} (--resume starts from the beginning)"
+    )
     rest = list(argv)
     if "--resume" not in rest:
         rest.insert(rest.index("--") if "--" in rest else len(rest), "--resume")
@@ -605,7 +847,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`: one message, not one per process
             print(_resume_hint(args, sys.argv[1:] if argv is None else argv, terminated), file=sys.stderr)
         return 143 if terminated else 130
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         if not isinstance(e, _expected_errors()):
             raise  # a bug or an environment failure: the traceback is the report
         if args.traceback:  # the whole chain of causes (e.g. the OSError behind a DataError), same exit code

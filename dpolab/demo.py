@@ -12,6 +12,7 @@ It says what it does as it goes: each stage with an estimate of its time (:class
 2 quiet cores, then this machine's own pace), a note when other jobs share the cores, and at the end the commands
 to try next on what it wrote (:func:`next_steps`).
 """
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,20 @@ from .studies.report import markdown_table, plot_lines, versions
 from .tasks import rows_for
 
 # Sizes: FULL is what `dpolab demo` runs (a few minutes on 2 quiet cores); QUICK is a seconds-long smoke test.
-FULL = dict(n_train=3000, n_eval=128, sft_steps=1500, pref_steps=150, eval_every=25, layers=4, width=128, sft_batch=32, pref_batch=16)
-QUICK = dict(n_train=64, n_eval=16, sft_steps=6, pref_steps=4, eval_every=2, layers=1, width=32, sft_batch=8, pref_batch=4)
+FULL = dict(
+    n_train=3000,
+    n_eval=128,
+    sft_steps=1500,
+    pref_steps=150,
+    eval_every=25,
+    layers=4,
+    width=128,
+    sft_batch=32,
+    pref_batch=16,
+)
+QUICK = dict(
+    n_train=64, n_eval=16, sft_steps=6, pref_steps=4, eval_every=2, layers=1, width=32, sft_batch=8, pref_batch=4
+)
 
 METHODS: Dict[str, List[Dict[str, Any]]] = {
     "DPO": [{"name": "dpo", "params": {"beta": 0.1}}],
@@ -69,8 +82,10 @@ def busy_note(m: Dict[str, Any]) -> Optional[str]:
     """A line when other jobs share the cores (load average above their number), else None."""
     if m["load"] is None or m["load"] <= m["cores"]:
         return None
-    return (f"[demo] note: other jobs share this machine (load average {m['load']} on {m['cores']} cores), so expect "
-            f"it to take several times longer than on quiet cores; the progress bars show the real pace")
+    return (
+        f"[demo] note: other jobs share this machine (load average {m['load']} on {m['cores']} cores), so expect "
+        f"it to take several times longer than on quiet cores; the progress bars show the real pace"
+    )
 
 
 def n_evals(steps: int, every: int) -> int:
@@ -99,8 +114,10 @@ class Pace:
     def pref_stage_s(self) -> float:
         if self.stage_s is not None:
             return self.stage_s
-        return (self.s["pref_steps"] * self.step_s * PREF_STEP_COST
-                + n_evals(self.s["pref_steps"], self.s["eval_every"]) * self.eval_s)
+        return (
+            self.s["pref_steps"] * self.step_s * PREF_STEP_COST
+            + n_evals(self.s["pref_steps"], self.s["eval_every"]) * self.eval_s
+        )
 
     def remaining_s(self) -> float:
         return self.left * self.pref_stage_s()
@@ -120,8 +137,11 @@ class StageClock:
             self.t0 = time.perf_counter()
         elif step < self.steps:
             spent = time.perf_counter() - self.t0
-            self.print(f"[demo]   {self.name} step {step} of {self.steps}, {clock(spent)} in: about "
-                       f"{clock(spent / step * (self.steps - step))} left in this stage", flush=True)
+            self.print(
+                f"[demo]   {self.name} step {step} of {self.steps}, {clock(spent)} in: about "
+                f"{clock(spent / step * (self.steps - step))} left in this stage",
+                flush=True,
+            )
         return {}
 
 
@@ -135,7 +155,7 @@ def next_steps(out: Path, example: Dict[str, Any]) -> List[str]:
         f"(right: {example['answer']})",
         f"dpolab eval --model {q('dpop', 'final')} --reference {q('sft', 'final')} --data {q('eval_pairs.jsonl')}"
         f"    # DPOP's reward accuracy and margins on the held-out pairs, with 95 % intervals",
-        f"dpolab train --config {q('dpo', 'config.yaml')} \"loss=[{{name: ipo, params: {{beta: 0.1}}}}]\" "
+        f'dpolab train --config {q("dpo", "config.yaml")} "loss=[{{name: ipo, params: {{beta: 0.1}}}}]" '
         f"output.dir={q('ipo')}    # the DPO stage again with another loss (dpolab losses lists them all)",
     ]
 
@@ -165,28 +185,53 @@ ANSWER_BOUND = 0.02  # the smallest answer-accuracy difference (a share of the p
 
 def answer_verdicts(hits: Dict[str, Dict[int, float]], start: str = "SFT") -> List[Verdict]:
     """Each method's per-problem answer hits against the start point's, paired by eval problem."""
-    return [compare(h, hits[start], metric="answer accuracy", higher_is_better=True, label_a=name, label_b=start,
-                    digits=3, bound=ANSWER_BOUND, limits=(-1.0, 1.0))
-            for name, h in hits.items() if name != start]
+    return [
+        compare(
+            h,
+            hits[start],
+            metric="answer accuracy",
+            higher_is_better=True,
+            label_a=name,
+            label_b=start,
+            digits=3,
+            bound=ANSWER_BOUND,
+            limits=(-1.0, 1.0),
+        )
+        for name, h in hits.items()
+        if name != start
+    ]
 
 
 def answer_judgement(verdicts: List[Verdict], n_problems: int) -> str:
     """The report's sentence on answer accuracy, from the paired intervals alone."""
-    lowered = every(verdicts, "lowered answer accuracy below the SFT start point", subject="preference method",
-                    expect="worse")
-    raised = none_of(verdicts, "raised answer accuracy above the SFT start point", subject="preference method",
-                     expect="better")
-    return (f"{lowered} {raised} (Differences are paired by eval problem, {n_problems} problems, each scored correct or "
-            f"not by greedy generation, and judged against a smallest meaningful difference of ±{ANSWER_BOUND:g} of "
-            "accuracy: 'negligible' inside it, a direction only beyond it; one training seed, so this says nothing "
-            "about seed-to-seed variation.)")
+    lowered = every(
+        verdicts, "lowered answer accuracy below the SFT start point", subject="preference method", expect="worse"
+    )
+    raised = none_of(
+        verdicts, "raised answer accuracy above the SFT start point", subject="preference method", expect="better"
+    )
+    return (
+        f"{lowered} {raised} (Differences are paired by eval problem, {n_problems} problems, each scored correct or "
+        f"not by greedy generation, and judged against a smallest meaningful difference of ±{ANSWER_BOUND:g} of "
+        "accuracy: 'negligible' inside it, a direction only beyond it; one training seed, so this says nothing "
+        "about seed-to-seed variation.)"
+    )
 
 
 def _base(out: Path, s: Dict[str, Any], seed: int) -> Dict[str, Any]:
     return {
         "model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": s["layers"], "n_embd": s["width"], "n_head": 4}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": s["n_train"], "n_eval": s["n_eval"], "miss": "mixed",
-                                                      "n_terms": [2, 3], "max_value": 20}, "max_length": 96},
+        "data": {
+            "task": "arithmetic",
+            "task_args": {
+                "n_train": s["n_train"],
+                "n_eval": s["n_eval"],
+                "miss": "mixed",
+                "n_terms": [2, 3],
+                "max_value": 20,
+            },
+            "max_length": 96,
+        },
         "eval": {"every": s["eval_every"], "batch_size": 64, "max_examples": s["n_eval"]},
         "train": {"seed": seed, "log_every": 5},
         "output": {"overwrite": True},
@@ -205,45 +250,73 @@ def run_demo(out_dir: str = "runs/demo", *, quick: bool = False, seed: int = 0, 
     pace, start = Pace(s, stages=len(METHODS)), machine()
     say = lambda msg: print_fn(msg, flush=True)  # noqa: E731
 
-    say(f"[demo] SFT, then {', '.join(METHODS)} from the SFT model, then a report in {out}"
-        + ("" if quick else f": about {clock(QUIET_2_CORES_S)} on 2 quiet CPU cores"))
+    say(
+        f"[demo] SFT, then {', '.join(METHODS)} from the SFT model, then a report in {out}"
+        + ("" if quick else f": about {clock(QUIET_2_CORES_S)} on 2 quiet CPU cores")
+    )
     if busy_note(start):
         say(busy_note(start))
     say(f"[demo] 1/{len(METHODS) + 1} SFT on arithmetic chains ({s['sft_steps']} steps of {s['sft_batch']})")
-    sft_cfg = build_config(base, [
-        "train.mode=sft", f"train.max_steps={s['sft_steps']}", f"train.batch_size={s['sft_batch']}", "train.lr=2e-3",
-        "train.warmup_steps=50" if not quick else "train.warmup_steps=0", "train.schedule=cosine",
-        f"eval.every={s['sft_steps'] // 4 or 1}", f"output.dir={out / 'sft'}",
-    ])
+    sft_cfg = build_config(
+        base,
+        [
+            "train.mode=sft",
+            f"train.max_steps={s['sft_steps']}",
+            f"train.batch_size={s['sft_batch']}",
+            "train.lr=2e-3",
+            "train.warmup_steps=50" if not quick else "train.warmup_steps=0",
+            "train.schedule=cosine",
+            f"eval.every={s['sft_steps'] // 4 or 1}",
+            f"output.dir={out / 'sft'}",
+        ],
+    )
     hooks["SFT"] = AnswerHook(eval_rows)
     stage0 = time.perf_counter()
     results: Dict[str, Dict[str, Any]] = {
-        "SFT": train(sft_cfg, eval_hooks=[hooks["SFT"], StageClock("SFT", s["sft_steps"], print_fn)])}
+        "SFT": train(sft_cfg, eval_hooks=[hooks["SFT"], StageClock("SFT", s["sft_steps"], print_fn)])
+    }
     pace.sft_done(time.perf_counter() - stage0, results["SFT"])
-    say(f"[demo] 1/{len(METHODS) + 1} done in {clock(time.perf_counter() - stage0)}; the {len(METHODS)} preference "
-        f"stages take about {clock(pace.remaining_s())} more at this machine's pace")
+    say(
+        f"[demo] 1/{len(METHODS) + 1} done in {clock(time.perf_counter() - stage0)}; the {len(METHODS)} preference "
+        f"stages take about {clock(pace.remaining_s())} more at this machine's pace"
+    )
 
     for i, (name, loss) in enumerate(METHODS.items(), start=2):
-        say(f"[demo] {i}/{len(METHODS) + 1} {name} from the SFT model ({s['pref_steps']} steps of {s['pref_batch']} "
-            f"pairs; about {clock(pace.pref_stage_s())})")
+        say(
+            f"[demo] {i}/{len(METHODS) + 1} {name} from the SFT model ({s['pref_steps']} steps of {s['pref_batch']} "
+            f"pairs; about {clock(pace.pref_stage_s())})"
+        )
         folder = out / name.split()[0].lower()
-        cfg = build_config({**base, "loss": loss}, [
-            "train.mode=preference", f"model.init_from={out / 'sft' / 'final'}", f"train.max_steps={s['pref_steps']}",
-            f"train.batch_size={s['pref_batch']}", "train.lr=1e-4", "train.warmup_steps=10" if not quick else "train.warmup_steps=0",
-            "train.schedule=constant", f"output.dir={folder}",
-        ])
+        cfg = build_config(
+            {**base, "loss": loss},
+            [
+                "train.mode=preference",
+                f"model.init_from={out / 'sft' / 'final'}",
+                f"train.max_steps={s['pref_steps']}",
+                f"train.batch_size={s['pref_batch']}",
+                "train.lr=1e-4",
+                "train.warmup_steps=10" if not quick else "train.warmup_steps=0",
+                "train.schedule=constant",
+                f"output.dir={folder}",
+            ],
+        )
         hooks[name] = AnswerHook(eval_rows)
         stage0 = time.perf_counter()
         results[name] = train(cfg, eval_hooks=[hooks[name]])
         results[name]["_dir"] = str(folder)
         pace.pref_done(time.perf_counter() - stage0)
-        say(f"[demo] {i}/{len(METHODS) + 1} done in {clock(pace.stage_s)}"
-            + (f"; about {clock(pace.remaining_s())} more" if pace.left else ""))
+        say(
+            f"[demo] {i}/{len(METHODS) + 1} done in {clock(pace.stage_s)}"
+            + (f"; about {clock(pace.remaining_s())} more" if pace.left else "")
+        )
     results["SFT"]["_dir"] = str(out / "sft")
-    write_text(out / "eval_pairs.jsonl", "".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n"
-                                                 for r in eval_rows))
-    report = write_report(out, results, time.perf_counter() - t0, quick=quick,
-                          hits={n: h.hits for n, h in hooks.items()}, machine=start)
+    write_text(
+        out / "eval_pairs.jsonl",
+        "".join(json.dumps({k: r[k] for k in ("prompt", "chosen", "rejected")}) + "\n" for r in eval_rows),
+    )
+    report = write_report(
+        out, results, time.perf_counter() - t0, quick=quick, hits={n: h.hits for n, h in hooks.items()}, machine=start
+    )
     say(f"[demo] done in {clock(time.perf_counter() - t0)}: {report}")
     say("[demo] what to try next:\n" + "\n".join(f"  {c}" for c in next_steps(out, eval_rows[0])))
     return report
@@ -255,8 +328,9 @@ def _machine_words(m: Optional[Dict[str, Any]]) -> str:
         return ""
     if m.get("load") is None:
         return f" on {m['cores']} CPU cores"
-    return (f" on {m['cores']} CPU cores, load average {m['load']} when it started"
-            + (" (other jobs shared the cores: quiet ones take much less)" if m["load"] > m["cores"] else ""))
+    return f" on {m['cores']} CPU cores, load average {m['load']} when it started" + (
+        " (other jobs shared the cores: quiet ones take much less)" if m["load"] > m["cores"] else ""
+    )
 
 
 def _eval_series(run_dir: str, key: str):
@@ -264,32 +338,80 @@ def _eval_series(run_dir: str, key: str):
     return [r["step"] for r in rows], [r[key] for r in rows]
 
 
-def write_report(out: Path, results: Dict[str, Dict[str, Any]], wall: float, *, quick: bool = False,
-                 hits: Optional[Dict[str, Dict[int, float]]] = None, machine: Optional[Dict[str, Any]] = None) -> Path:
+def write_report(
+    out: Path,
+    results: Dict[str, Dict[str, Any]],
+    wall: float,
+    *,
+    quick: bool = False,
+    hits: Optional[Dict[str, Dict[int, float]]] = None,
+    machine: Optional[Dict[str, Any]] = None,
+) -> Path:
     """``hits``: per method, each eval problem's final answer hit (1/0), for the paired verdicts against SFT.
     ``machine``: the cores and the load average at the start (:func:`machine`), said beside the wall-clock."""
     verdicts = {v.label_a: v for v in answer_verdicts(hits)} if hits else {}
     sft_final = results["SFT"]["final_eval"] or {}
-    rows = [["SFT (start point)", sft_final.get("eval/answer_accuracy"), "-", None, 0.0, 0.0, 0.0, results["SFT"]["wall_clock_s"]]]
+    rows = [
+        [
+            "SFT (start point)",
+            sft_final.get("eval/answer_accuracy"),
+            "-",
+            None,
+            0.0,
+            0.0,
+            0.0,
+            results["SFT"]["wall_clock_s"],
+        ]
+    ]
     for name, r in results.items():
         if name == "SFT":
             continue
         f, v = r["final_eval"] or {}, verdicts.get(name)
         vs_sft = f"{v.difference()} ({v.interval()})" if v is not None else "-"
-        rows.append([name, f.get("eval/answer_accuracy"), vs_sft, f.get("eval/reward_accuracy"), f.get("eval/logratio/chosen"),
-                     f.get("eval/logratio/rejected"), f.get("eval/logratio_margin"), r["wall_clock_s"]])
-    headers = ["method", "answer accuracy", "answer acc. - SFT (95 % CI, paired by problem)", "reward accuracy",
-               "Δ log p(chosen)", "Δ log p(rejected)", "log-ratio margin", "train s"]
+        rows.append(
+            [
+                name,
+                f.get("eval/answer_accuracy"),
+                vs_sft,
+                f.get("eval/reward_accuracy"),
+                f.get("eval/logratio/chosen"),
+                f.get("eval/logratio/rejected"),
+                f.get("eval/logratio_margin"),
+                r["wall_clock_s"],
+            ]
+        )
+    headers = [
+        "method",
+        "answer accuracy",
+        "answer acc. - SFT (95 % CI, paired by problem)",
+        "reward accuracy",
+        "Δ log p(chosen)",
+        "Δ log p(rejected)",
+        "log-ratio margin",
+        "train s",
+    ]
     n_problems = len(next(iter(hits.values()))) if hits else 0
     judgement = answer_judgement(list(verdicts.values()), n_problems) if verdicts else ""
     panels = []
-    for key, title in (("eval/logratio/chosen", "Δ log p(chosen) vs reference"),
-                       ("eval/logratio/rejected", "Δ log p(rejected) vs reference"),
-                       ("eval/answer_accuracy", "answer accuracy (greedy)")):
-        panels.append((title, "nats" if "logratio" in key else "accuracy",
-                       {n: _eval_series(r["_dir"], key) for n, r in results.items() if n != "SFT"}))
-    plot = plot_lines(out / "logprob_trajectories.png", panels, title="dpolab demo: preference training from the SFT model")
-    sft_curve = plot_lines(out / "sft_curve.png", [("SFT eval loss", "nats/token", {"SFT": _eval_series(results["SFT"]["_dir"], "eval/loss")})])
+    for key, title in (
+        ("eval/logratio/chosen", "Δ log p(chosen) vs reference"),
+        ("eval/logratio/rejected", "Δ log p(rejected) vs reference"),
+        ("eval/answer_accuracy", "answer accuracy (greedy)"),
+    ):
+        panels.append(
+            (
+                title,
+                "nats" if "logratio" in key else "accuracy",
+                {n: _eval_series(r["_dir"], key) for n, r in results.items() if n != "SFT"},
+            )
+        )
+    plot = plot_lines(
+        out / "logprob_trajectories.png", panels, title="dpolab demo: preference training from the SFT model"
+    )
+    sft_curve = plot_lines(
+        out / "sft_curve.png",
+        [("SFT eval loss", "nats/token", {"SFT": _eval_series(results["SFT"]["_dir"], "eval/loss")})],
+    )
     lines = [
         "# dpolab demo report",
         "",
@@ -313,7 +435,8 @@ def write_report(out: Path, results: Dict[str, Dict[str, Any]], wall: float, *, 
         "from falling.",
         "",
         f"Total wall-clock {wall:.0f} s{_machine_words(machine)}. Versions: {json.dumps(versions())}. Runs: "
-        + ", ".join(f"`{r['_dir']}`" for r in results.values()) + ".",
+        + ", ".join(f"`{r['_dir']}`" for r in results.values())
+        + ".",
         "",
     ]
     report = out / "report.md"

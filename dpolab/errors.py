@@ -4,6 +4,7 @@ The CLI prints a :class:`UserError` as one line (``error: ...``) and exits 2; an
 environment failure and keeps its traceback. Each layer subclasses it (``ConfigError``, ``DataError``,
 ``LossConfigError``, ``ModelLoadError``, ``TrainError``) so callers can still catch the narrow kind.
 """
+
 from __future__ import annotations
 
 

@@ -4,6 +4,7 @@ A bar is shown unless the caller turns it off (``output.progress=false``, ``--no
 a terminal redraws it ten times a second, a log file gets a line every 10 s. It is transient (cleared when done),
 so what a command prints when it finishes stays the last word. Counted in pairs, its rate reads ``pairs/s``.
 """
+
 from __future__ import annotations
 
 import sys

@@ -19,6 +19,7 @@ its quantity can take (a t-interval clipped; e.g. [-1, 1] for a difference of tw
 collects the verdicts of a section and says how many would look significant by chance; :func:`every` words "every
 X did Y" claims, true only when each interval says so.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,10 +28,41 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 # two-sided 95 % Student t quantiles by degrees of freedom; a df between two keys takes the smaller key's (larger,
 # so conservative) quantile; the normal 1.96 beyond 120
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
-        21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048, 29: 2.045, 30: 2.042,
-        40: 2.021, 60: 2.000, 120: 1.980}
+_T95 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    21: 2.080,
+    22: 2.074,
+    23: 2.069,
+    24: 2.064,
+    25: 2.060,
+    26: 2.056,
+    27: 2.052,
+    28: 2.048,
+    29: 2.045,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+    120: 1.980,
+}
 
 LEVEL = "95 %"
 
@@ -68,8 +100,7 @@ def mean_ci(values: Sequence[Optional[float]]) -> tuple[float, float]:
     return m, t95(len(vals) - 1) * sd / math.sqrt(len(vals))
 
 
-def fmt_ci(values: Sequence[Optional[float]], digits: int = 2,
-           limits: Optional[Tuple[float, float]] = None) -> str:
+def fmt_ci(values: Sequence[Optional[float]], digits: int = 2, limits: Optional[Tuple[float, float]] = None) -> str:
     """``mean ± half-width`` over the values present (``-`` when none; the mean alone for one value). With
     ``limits`` (the range the quantity can take, e.g. (0, 1) for a share), ``mean (low to high)``: the t-interval
     clipped to that range, so it never shows values the quantity cannot take."""
@@ -98,8 +129,11 @@ def proportion_ci(successes: int, n: int) -> tuple[float, float, float]:
 
 SIGNIFICANT = ("better", "worse", "higher", "lower")
 SMALL = ", maybe negligible"  # appended to a direction whose interval reaches inside the smallest meaningful size
-WORDS = (SIGNIFICANT + tuple(w + SMALL for w in SIGNIFICANT)
-         + ("negligible", "inconclusive", "inconclusive (one seed)", "no data"))
+WORDS = (
+    SIGNIFICANT
+    + tuple(w + SMALL for w in SIGNIFICANT)
+    + ("negligible", "inconclusive", "inconclusive (one seed)", "no data")
+)
 
 
 def _seed_text(seeds: Sequence[Any]) -> str:
@@ -264,9 +298,19 @@ class Verdict:
 Values = Mapping[Any, Optional[float]]
 
 
-def compare(a: Values, b: Union[Values, float, int], *, metric: str, higher_is_better: Optional[bool],
-            label_a: str, label_b: str, digits: int = 2, bound: Optional[float] = None, unit: str = "",
-            limits: Optional[Tuple[float, float]] = None) -> Verdict:
+def compare(
+    a: Values,
+    b: Union[Values, float, int],
+    *,
+    metric: str,
+    higher_is_better: Optional[bool],
+    label_a: str,
+    label_b: str,
+    digits: int = 2,
+    bound: Optional[float] = None,
+    unit: str = "",
+    limits: Optional[Tuple[float, float]] = None,
+) -> Verdict:
     """``a`` against ``b``, paired by seed.
 
     ``a`` and ``b`` map seed -> value (None, a missing seed or a non-finite value is *missing*: left out of the pairs
@@ -298,8 +342,19 @@ def compare(a: Values, b: Union[Values, float, int], *, metric: str, higher_is_b
             paired.append(s)
             diffs.append(va - vb)
     missing = tuple((lbl, tuple(ss)) for lbl, ss in ((label_a, miss_a), (label_b, miss_b)) if ss)
-    return Verdict(metric, label_a, label_b, higher_is_better, tuple(paired), tuple(diffs), missing, digits,
-                   bound, unit, tuple(limits) if limits is not None else None)
+    return Verdict(
+        metric,
+        label_a,
+        label_b,
+        higher_is_better,
+        tuple(paired),
+        tuple(diffs),
+        missing,
+        digits,
+        bound,
+        unit,
+        tuple(limits) if limits is not None else None,
+    )
 
 
 def chance_line(n_tests: int, n_significant: int, n_untested: int = 0) -> str:
@@ -307,9 +362,11 @@ def chance_line(n_tests: int, n_significant: int, n_untested: int = 0) -> str:
     if n_tests == 0:
         line = "No paired comparison here has an interval (fewer than two seeds)."
     else:
-        line = (f"{n_tests} paired comparison{'s' if n_tests != 1 else ''}; at {LEVEL} each, about {n_tests * 0.05:.1f} "
-                f"would look significant by chance even with no real differences; {n_significant} "
-                f"{'do' if n_significant != 1 else 'does'}.")
+        line = (
+            f"{n_tests} paired comparison{'s' if n_tests != 1 else ''}; at {LEVEL} each, about {n_tests * 0.05:.1f} "
+            f"would look significant by chance even with no real differences; {n_significant} "
+            f"{'do' if n_significant != 1 else 'does'}."
+        )
     if n_untested:
         line += f" {n_untested} more {'have' if n_untested != 1 else 'has'} no interval (one seed or no data)."
     return line
@@ -362,20 +419,30 @@ class VerdictTable:
         line = chance_line(self.n_tests(), self.n_significant(), len(self) - self.n_tests())
         bounded = [v for v in self.verdicts if v.bound is not None and v.has_interval]
         if bounded:
-            line += (f" With the smallest meaningful difference stated, {sum(v.meaningful for v in bounded)} of "
-                     f"{len(bounded)} lie wholly beyond it and {sum(v.negligible for v in bounded)} wholly inside it "
-                     f"(negligible).")
+            line += (
+                f" With the smallest meaningful difference stated, {sum(v.meaningful for v in bounded)} of "
+                f"{len(bounded)} lie wholly beyond it and {sum(v.negligible for v in bounded)} wholly inside it "
+                f"(negligible)."
+            )
         return line
 
     def markdown(self) -> str:
         missing = any(v.missing for v in self.verdicts)
         bounded = any(v.bound is not None for v in self.verdicts)
-        headers = (list(self.headers) + ["difference", f"{LEVEL} CI", "seeds", "verdict"]
-                   + (["smallest meaningful"] if bounded else []) + (["missing"] if missing else []))
+        headers = (
+            list(self.headers)
+            + ["difference", f"{LEVEL} CI", "seeds", "verdict"]
+            + (["smallest meaningful"] if bounded else [])
+            + (["missing"] if missing else [])
+        )
         out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         for cells, v in self.rows:
-            row = (list(cells) + v.cells() + ([v.bound_text()] if bounded else [])
-                   + ([v.missing_text() or "-"] if missing else []))
+            row = (
+                list(cells)
+                + v.cells()
+                + ([v.bound_text()] if bounded else [])
+                + ([v.missing_text() or "-"] if missing else [])
+            )
             out.append("| " + " | ".join(row) + " |")
         return "\n".join(out)
 
@@ -391,8 +458,13 @@ def _group(verdicts: Sequence[Verdict], expect: str) -> Dict[str, List[Verdict]]
     """The verdicts by what they say about ``expect``: did / small (that way, maybe negligibly) / other / other_small /
     negligible / unsure (inconclusive, one seed, no data)."""
     opposite = _OPPOSITE[expect]
-    keys = {expect: "did", expect + SMALL: "small", opposite: "other", opposite + SMALL: "other_small",
-            "negligible": "negligible"}
+    keys = {
+        expect: "did",
+        expect + SMALL: "small",
+        opposite: "other",
+        opposite + SMALL: "other_small",
+        "negligible": "negligible",
+    }
     out: Dict[str, List[Verdict]] = {k: [] for k in ("did", "small", "other", "other_small", "negligible", "unsure")}
     for v in verdicts:
         out[keys.get(v.word, "unsure")].append(v)
@@ -403,8 +475,9 @@ def _is(k: int) -> str:
     return "is" if k == 1 else "are"
 
 
-def every(verdicts: Sequence[Verdict], claim: str, *, subject: str = "comparison", expect: str = "better",
-          name=None) -> str:
+def every(
+    verdicts: Sequence[Verdict], claim: str, *, subject: str = "comparison", expect: str = "better", name=None
+) -> str:
     """A sentence for "every <subject> <claim>", true only when each verdict's interval says so (its word is
     ``expect``: better, worse, higher or lower, which with a smallest meaningful difference means wholly beyond it);
     otherwise it says how many did, how many went the other way, how many did either by an amount that may be
@@ -420,11 +493,16 @@ def every(verdicts: Sequence[Verdict], claim: str, *, subject: str = "comparison
     did = g["did"]
     beyond = " and beyond the smallest meaningful difference" if any(v.bound is not None for v in did) else ""
     if len(did) == n:
-        return (f"Every {subject} {claim}: all {n} paired {LEVEL} intervals exclude 0 in that direction{beyond} "
-                f"(differences {min(v.mean for v in did):+.{did[0].digits}f} to {max(v.mean for v in did):+.{did[0].digits}f}).")
+        return (
+            f"Every {subject} {claim}: all {n} paired {LEVEL} intervals exclude 0 in that direction{beyond} "
+            f"(differences {min(v.mean for v in did):+.{did[0].digits}f} to {max(v.mean for v in did):+.{did[0].digits}f})."
+        )
     parts = [f"{len(did)} of {n} did (paired {LEVEL} interval excluding 0 in that direction{beyond})"]
-    texts = {"small": "went that way by an amount that may be negligible", "other": "went the other way",
-             "other_small": "went the other way by an amount that may be negligible"}
+    texts = {
+        "small": "went that way by an amount that may be negligible",
+        "other": "went the other way",
+        "other_small": "went the other way by an amount that may be negligible",
+    }
     for key in ("other", "small", "other_small"):
         if g[key]:
             parts.append(f"{len(g[key])} {texts[key]} ({_names([name(v) for v in g[key]])})")
@@ -434,8 +512,15 @@ def every(verdicts: Sequence[Verdict], claim: str, *, subject: str = "comparison
     return "Not every " + subject + " " + claim + ": " + "; ".join(parts) + "."
 
 
-def none_of(verdicts: Sequence[Verdict], did: str, *, subject: str = "comparison", subjects: Optional[str] = None,
-            expect: str = "lower", name=None) -> str:
+def none_of(
+    verdicts: Sequence[Verdict],
+    did: str,
+    *,
+    subject: str = "comparison",
+    subjects: Optional[str] = None,
+    expect: str = "lower",
+    name=None,
+) -> str:
     """A sentence for "no <subject> <did>" (e.g. "lowered Δ chosen"), where doing it means a verdict with the word
     ``expect``. It never says more than the intervals do: with none of them showing it, the sentence says "no interval
     shows it" and counts the inconclusive ones; otherwise it says how many did and names them. A verdict that went
@@ -453,13 +538,18 @@ def none_of(verdicts: Sequence[Verdict], did: str, *, subject: str = "comparison
     rest = f"{other} went the other way, {unsure} {_is(unsure)} inconclusive"
     if g["negligible"]:
         rest += f", {len(g['negligible'])} {_is(len(g['negligible']))} negligible"
-    maybe = (f"{len(small)} did by an amount that may be negligible ({_names([name(v) for v in small])}); "
-             if small else "")
+    maybe = (
+        f"{len(small)} did by an amount that may be negligible ({_names([name(v) for v in small])}); " if small else ""
+    )
     if not hits and not small:
         return f"No {subject} {did} (none of {n} paired {LEVEL} intervals shows it): {rest}."
     if not hits:
-        return (f"No {subject} {did} by a meaningful amount (no paired {LEVEL} interval lies wholly beyond the "
-                f"smallest meaningful difference): {maybe}{rest}.")
+        return (
+            f"No {subject} {did} by a meaningful amount (no paired {LEVEL} interval lies wholly beyond the "
+            f"smallest meaningful difference): {maybe}{rest}."
+        )
     beyond = " and beyond the smallest meaningful difference" if any(v.bound is not None for v in hits) else ""
-    return (f"{len(hits)} of {n} {subjects if n != 1 else subject} {did} (paired {LEVEL} interval excluding 0{beyond}: "
-            f"{_names([name(v) for v in hits])}); {maybe}{rest}.")
+    return (
+        f"{len(hits)} of {n} {subjects if n != 1 else subject} {did} (paired {LEVEL} interval excluding 0{beyond}: "
+        f"{_names([name(v) for v in hits])}); {maybe}{rest}."
+    )

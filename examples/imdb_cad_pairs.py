@@ -12,6 +12,7 @@ of a ``batch_id`` in ``paired/*_paired.tsv`` are a review and its opposite. This
 
 The output is the JSONL every ``dpolab`` command reads (``prompt`` / ``chosen`` / ``rejected`` as chat messages).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,16 +48,27 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("tsv", type=Path, help="paired/*_paired.tsv of the IMDb CAD data")
     ap.add_argument("out", type=Path, help="output JSONL")
-    ap.add_argument("--max-words", type=int, default=0,
-                    help="keep only pairs whose longer review has at most this many words (0: keep all)")
-    ap.add_argument("--first-words", type=int, default=0,
-                    help="cut both reviews of a pair to their first N words (pairs whose cut texts are equal are "
-                         "dropped); makes every sequence short, for a CPU")
+    ap.add_argument(
+        "--max-words",
+        type=int,
+        default=0,
+        help="keep only pairs whose longer review has at most this many words (0: keep all)",
+    )
+    ap.add_argument(
+        "--first-words",
+        type=int,
+        default=0,
+        help="cut both reviews of a pair to their first N words (pairs whose cut texts are equal are "
+        "dropped); makes every sequence short, for a CPU",
+    )
     ap.add_argument("--limit", type=int, default=0, help="keep at most this many pairs (0: all), in file order")
     args = ap.parse_args(argv)
     pairs = read_pairs(args.tsv)
-    kept = [(b, g) for b, g in pairs
-            if not args.max_words or max(len(g["positive"].split()), len(g["negative"].split())) <= args.max_words]
+    kept = [
+        (b, g)
+        for b, g in pairs
+        if not args.max_words or max(len(g["positive"].split()), len(g["negative"].split())) <= args.max_words
+    ]
     if args.first_words:
         kept = [(b, {k: " ".join(v.split()[: args.first_words]) for k, v in g.items()}) for b, g in kept]
     kept = [(b, g) for b, g in kept if g["positive"] != g["negative"]]
@@ -65,12 +77,17 @@ def main(argv=None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         for bid, g in kept:
-            f.write(json.dumps({
-                "id": f"imdb-cad-{bid}",
-                "prompt": [{"role": "user", "content": PROMPT}],
-                "chosen": [{"role": "assistant", "content": g["positive"]}],
-                "rejected": [{"role": "assistant", "content": g["negative"]}],
-            }) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"imdb-cad-{bid}",
+                        "prompt": [{"role": "user", "content": PROMPT}],
+                        "chosen": [{"role": "assistant", "content": g["positive"]}],
+                        "rejected": [{"role": "assistant", "content": g["negative"]}],
+                    }
+                )
+                + "\n"
+            )
     print(f"{args.out}: {len(kept)} pairs (of {len(pairs)} in {args.tsv})")
     return 0
 

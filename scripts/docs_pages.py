@@ -7,6 +7,7 @@
 As an MkDocs hook (``hooks:`` in ``mkdocs.yml``), ``on_files`` adds the three pages to the build. Run as a script,
 ``python scripts/docs_pages.py cli|config|index`` prints one page.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,20 @@ def cli_reference() -> str:
 
     with _columns(HELP_WIDTH):
         parser = build_parser()
-        lines = ["# CLI reference", "",
-                 "Generated from `dpolab.cli.build_parser` each time this site is built: the same text as "
-                 "`dpolab COMMAND --help`. Every command also accepts `--traceback` (the full traceback of an "
-                 "error, with its chain of causes).", "",
-                 "## dpolab", "", "```text", parser.format_help().rstrip(), "```", ""]
+        lines = [
+            "# CLI reference",
+            "",
+            "Generated from `dpolab.cli.build_parser` each time this site is built: the same text as "
+            "`dpolab COMMAND --help`. Every command also accepts `--traceback` (the full traceback of an "
+            "error, with its chain of causes).",
+            "",
+            "## dpolab",
+            "",
+            "```text",
+            parser.format_help().rstrip(),
+            "```",
+            "",
+        ]
         for command, summary, sub in _subcommands(parser, "dpolab"):
             lines += [f"## {command}", ""]
             if summary:
@@ -81,11 +91,15 @@ def config_reference() -> str:
             raise ValueError(f"dpolab config printed an option before any [section] line: {line!r}")
     if not sections:
         raise ValueError("dpolab config printed no [section] line; the config reference would be empty")
-    lines = ["# Config reference", "",
-             "Generated from `dpolab.config.describe_config` each time this site is built: what `dpolab config` "
-             "prints. A config is YAML with these sections; any key can be overridden on the command line as "
-             "`section.key=value` (values are parsed as YAML). Each option is `key = default {choices}`, with its "
-             "help below it.", ""]
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `dpolab.config.describe_config` each time this site is built: what `dpolab config` "
+        "prints. A config is YAML with these sections; any key can be overridden on the command line as "
+        "`section.key=value` (values are parsed as YAML). Each option is `key = default {choices}`, with its "
+        "help below it.",
+        "",
+    ]
     for head, body in sections:
         name, _, what = head.partition("]")
         lines += [f"## `{name.lstrip('[')}`", ""]
@@ -105,9 +119,11 @@ def index_page(readme: str) -> str:
 
 def pages() -> Dict[str, str]:
     """Every generated page, by its path inside the site."""
-    return {"index.md": index_page((ROOT / "README.md").read_text(encoding="utf-8")),
-            "reference/cli.md": cli_reference(),
-            "reference/config.md": config_reference()}
+    return {
+        "index.md": index_page((ROOT / "README.md").read_text(encoding="utf-8")),
+        "reference/cli.md": cli_reference(),
+        "reference/config.md": config_reference(),
+    }
 
 
 def on_files(files, config):  # MkDocs hook: add the generated pages to the build

@@ -12,6 +12,7 @@ Public API::
     load_preference_data(source, tokenizer, ...) -> (list[TokenizedPair], SkipCounter)
     load_sft_data(source, tokenizer, ...) -> (list[TokenizedSFT], SkipCounter)
 """
+
 from dpolab.data.collate import collate_preference, collate_sft, length_grouped_indices, pair_length
 from dpolab.data.dataset import load_preference_data, load_sft_data
 from dpolab.data.formats import split_common_prefix, to_preference_row, to_sft_row
@@ -20,10 +21,24 @@ from dpolab.data.tokenize import tokenize_preference, tokenize_sft
 from dpolab.data.types import DataError, PreferenceRow, SFTRow, SkipCounter, TokenizedPair, TokenizedSFT
 
 __all__ = [
-    "DataError", "PreferenceRow", "SFTRow", "SkipCounter", "TokenizedPair", "TokenizedSFT",
-    "read_records", "iter_records", "sniff_delimiter",
-    "to_preference_row", "to_sft_row", "split_common_prefix",
-    "tokenize_preference", "tokenize_sft",
-    "collate_preference", "collate_sft", "length_grouped_indices", "pair_length",
-    "load_preference_data", "load_sft_data",
+    "DataError",
+    "PreferenceRow",
+    "SFTRow",
+    "SkipCounter",
+    "TokenizedPair",
+    "TokenizedSFT",
+    "read_records",
+    "iter_records",
+    "sniff_delimiter",
+    "to_preference_row",
+    "to_sft_row",
+    "split_common_prefix",
+    "tokenize_preference",
+    "tokenize_sft",
+    "collate_preference",
+    "collate_sft",
+    "length_grouped_indices",
+    "pair_length",
+    "load_preference_data",
+    "load_sft_data",
 ]

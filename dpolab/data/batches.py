@@ -11,6 +11,7 @@ precomputed reference table looks it up). ``to(device)`` moves every tensor (als
 - :class:`LabelledRowBatch`: a :class:`RowBatch` whose rows carry a boolean ``label`` (KTO) and the tokenised
   ``examples`` themselves (KTO builds its mismatched pairs from them).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace

@@ -27,6 +27,7 @@ prompt, no BOS) therefore cannot be scored; with BOS on (the default) this never
 ``length_grouped_indices(lengths, batch_size, seed)`` orders examples so that each batch holds similar
 lengths (less padding) while the batch order stays random.
 """
+
 from __future__ import annotations
 
 import random
@@ -59,19 +60,26 @@ def _extras(pairs: Sequence[TokenizedPair]) -> Dict[str, torch.Tensor]:
     keys = set(pairs[0].extras)
     for i, p in enumerate(pairs):
         if set(p.extras) != keys:
-            raise ValueError(f"pair {i} has extras {sorted(p.extras)} but pair 0 has {sorted(keys)}: every pair needs the same extras")
+            raise ValueError(
+                f"pair {i} has extras {sorted(p.extras)} but pair 0 has {sorted(keys)}: every pair needs the same extras"
+            )
     return {k: torch.tensor([float(p.extras[k]) for p in pairs], dtype=torch.float32) for k in sorted(keys)}
 
 
-def collate_preference(pairs: Sequence[TokenizedPair], pad_id: int, *,
-                       pad_to_multiple_of: Optional[int] = None) -> PairBatch:
+def collate_preference(
+    pairs: Sequence[TokenizedPair], pad_id: int, *, pad_to_multiple_of: Optional[int] = None
+) -> PairBatch:
     """Stack B pairs into the [2B, T] batch described in the module docstring."""
     if not pairs:
         raise ValueError("cannot collate an empty list of pairs")
     seqs = [p.prompt_ids + p.chosen_ids for p in pairs] + [p.prompt_ids + p.rejected_ids for p in pairs]
     starts = [len(p.prompt_ids) for p in pairs] * 2
-    return PairBatch(**_pad(seqs, starts, pad_id, pad_to_multiple_of), extras=_extras(pairs), num_pairs=len(pairs),
-                     meta=[p.meta for p in pairs])
+    return PairBatch(
+        **_pad(seqs, starts, pad_id, pad_to_multiple_of),
+        extras=_extras(pairs),
+        num_pairs=len(pairs),
+        meta=[p.meta for p in pairs],
+    )
 
 
 def collate_sft(rows: Sequence[TokenizedSFT], pad_id: int, *, pad_to_multiple_of: Optional[int] = None) -> RowBatch:
@@ -103,9 +111,15 @@ def length_grouped_indices(lengths: Sequence[int], batch_size: int, seed: int, *
     return [j for b in batches for j in b]
 
 
-def collate_preference_fast(pairs: Sequence[TokenizedPair], pad_id: int, layout: str = "prefix", *,
-                            capacity: int = 0, hidden_size: Optional[int] = None,
-                            pad_to_multiple_of: Optional[int] = None) -> PairBatch:
+def collate_preference_fast(
+    pairs: Sequence[TokenizedPair],
+    pad_id: int,
+    layout: str = "prefix",
+    *,
+    capacity: int = 0,
+    hidden_size: Optional[int] = None,
+    pad_to_multiple_of: Optional[int] = None,
+) -> PairBatch:
     """``collate_preference`` plus, for ``layout`` 'packed' or 'prefix', ``batch.packed``: the same batch in a
     padding-free packed or prompt-prefix-shared layout (see ``dpolab.data.packing``). 'padded' adds nothing."""
     from dpolab.data.packing import preference_layout
@@ -116,8 +130,15 @@ def collate_preference_fast(pairs: Sequence[TokenizedPair], pad_id: int, layout:
     return batch
 
 
-def collate_sft_fast(rows: Sequence[TokenizedSFT], pad_id: int, layout: str = "packed", *, capacity: int = 0,
-                     hidden_size: Optional[int] = None, pad_to_multiple_of: Optional[int] = None) -> RowBatch:
+def collate_sft_fast(
+    rows: Sequence[TokenizedSFT],
+    pad_id: int,
+    layout: str = "packed",
+    *,
+    capacity: int = 0,
+    hidden_size: Optional[int] = None,
+    pad_to_multiple_of: Optional[int] = None,
+) -> RowBatch:
     """``collate_sft`` plus ``batch.packed`` for layout 'packed' (or 'prefix', which for SFT means 'packed')."""
     from dpolab.data.packing import sft_layout
 
@@ -127,12 +148,19 @@ def collate_sft_fast(rows: Sequence[TokenizedSFT], pad_id: int, layout: str = "p
     return batch
 
 
-def collate_unpaired_fast(rows: Sequence, pad_id: int, layout: str = "packed", *, capacity: int = 0,
-                          hidden_size: Optional[int] = None,
-                          pad_to_multiple_of: Optional[int] = None) -> LabelledRowBatch:
+def collate_unpaired_fast(
+    rows: Sequence,
+    pad_id: int,
+    layout: str = "packed",
+    *,
+    capacity: int = 0,
+    hidden_size: Optional[int] = None,
+    pad_to_multiple_of: Optional[int] = None,
+) -> LabelledRowBatch:
     """Unpaired (KTO) rows: ``collate_sft_fast`` (loss mask on the completions) plus ``label`` BoolTensor [B] and
     the rows themselves (``examples``)."""
-    batch = collate_sft_fast(rows, pad_id, layout, capacity=capacity, hidden_size=hidden_size,
-                             pad_to_multiple_of=pad_to_multiple_of)
+    batch = collate_sft_fast(
+        rows, pad_id, layout, capacity=capacity, hidden_size=hidden_size, pad_to_multiple_of=pad_to_multiple_of
+    )
     label = torch.tensor([bool(r.label) for r in rows], dtype=torch.bool)
     return LabelledRowBatch(**vars(batch), label=label, examples=list(rows))

@@ -18,16 +18,17 @@ chat template (:func:`dpolab.data.formats.parse_hh`); a tokenizer without one ke
 
 ``limit`` stops reading once that many examples were kept (later rows are not read, nor checked).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, List, Mapping, Optional, Tuple
 
-from dpolab.errors import ConfigError, first_sentence
 from dpolab.data.formats import FORMATS, to_preference_row, to_sft_row, to_unpaired_row
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.tokenize import boundary_note, tokenize_preference, tokenize_sft, tokenize_unpaired
 from dpolab.data.truncation_report import truncation_line, truncation_stats
 from dpolab.data.types import DataError, SkipCounter, TokenizedPair
+from dpolab.errors import ConfigError, first_sentence
 
 ON_ERROR = ("raise", "skip")
 MAX_LOGGED_ERRORS = 3
@@ -61,8 +62,21 @@ def _one_line(err: DataError) -> DataError:
     return DataError(fix(err.reason), source=fix(err.source), row=err.row, field=fix(err.field))
 
 
-def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callable, check_options: Callable, split: Optional[str], transform: Optional[Callable],
-          limit: Optional[int], on_error: str, log: Callable[[str], Any], kind: str, limits: str = "") -> Tuple[list, SkipCounter]:
+def _load(
+    source: Source,
+    tokenizer: Any,
+    *,
+    convert: Callable,
+    tokenize: Callable,
+    check_options: Callable,
+    split: Optional[str],
+    transform: Optional[Callable],
+    limit: Optional[int],
+    on_error: str,
+    log: Callable[[str], Any],
+    kind: str,
+    limits: str = "",
+) -> Tuple[list, SkipCounter]:
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
     name, skips, out, logged = source_name(source), SkipCounter(), [], 0
@@ -79,7 +93,9 @@ def _load(source: Source, tokenizer: Any, *, convert: Callable, tokenize: Callab
             try:
                 tok = tokenize(item, tokenizer, skips=skips) if item is not None else None
             except (ValueError, TypeError) as e:  # the tokenizer (or chat template) rejecting a row: a bad row too
-                raise DataError(f"cannot tokenise: {type(e).__name__}: {first_sentence(e)}", source=name, row=row) from e
+                raise DataError(
+                    f"cannot tokenise: {type(e).__name__}: {first_sentence(e)}", source=name, row=row
+                ) from e
         except DataError as e:
             err = _one_line(_located(e, name, row))
             if on_error == "raise":
@@ -110,16 +126,33 @@ def _chat_rows(tokenizer: Any, data_format: str, name: str, log: Callable[[str],
         raise ConfigError(f"data.format must be one of {', '.join(FORMATS)}, got {data_format!r}")
     chat = bool(getattr(tokenizer, "chat_template", None))
     if data_format == "hh":
-        log(f"{name}: data.format=hh: " + ("Human/Assistant turns rendered with the tokenizer's chat template" if chat else
-            "the tokenizer has no chat template; the HH text is kept as it is (checked turn by turn)"))
+        log(
+            f"{name}: data.format=hh: "
+            + (
+                "Human/Assistant turns rendered with the tokenizer's chat template"
+                if chat
+                else "the tokenizer has no chat template; the HH text is kept as it is (checked turn by turn)"
+            )
+        )
     return chat
 
 
 def load_preference_data(
-    source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None, extras: Iterable[str] = (),
-    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
-    add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
-    transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print,
+    source: Source,
+    tokenizer: Any,
+    *,
+    columns: Optional[Mapping[str, str]] = None,
+    extras: Iterable[str] = (),
+    max_length: int = 512,
+    max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end",
+    add_bos: bool = True,
+    add_eos: bool = True,
+    limit: Optional[int] = None,
+    split: Optional[str] = None,
+    transform: Optional[Callable[[dict], dict]] = None,
+    on_error: str = "raise",
+    log: Callable[[str], Any] = print,
     data_format: str = "auto",
 ) -> Tuple[List[TokenizedPair], SkipCounter]:
     """Load, validate and tokenise preference pairs; returns the pairs and the skip counts. ``data_format`` "hh":
@@ -127,42 +160,101 @@ def load_preference_data(
     extras = tuple(extras)
     _check_options(max_length, max_prompt_length, truncation_mode)
     chat = _chat_rows(tokenizer, data_format, source_name(source), log)
-    convert = lambda rec, **kw: to_preference_row(rec, columns=columns, extras=extras, data_format=data_format,  # noqa: E731
-                                                  chat=chat, **kw)
+    convert = lambda rec, **kw: to_preference_row(
+        rec,
+        columns=columns,
+        extras=extras,
+        data_format=data_format,
+        chat=chat,
+        **kw,
+    )
     tokenize = lambda row, tok, skips: tokenize_preference(  # noqa: E731
-        row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-        add_bos=add_bos, add_eos=add_eos, skips=skips,
+        row,
+        tok,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        skips=skips,
     )
     check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
-    return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split, transform=transform,
-                 limit=limit, on_error=on_error, log=log, kind="pairs", limits=_limits(max_length, max_prompt_length))
+    return _load(
+        source,
+        tokenizer,
+        convert=convert,
+        tokenize=tokenize,
+        check_options=check,
+        split=split,
+        transform=transform,
+        limit=limit,
+        on_error=on_error,
+        log=log,
+        kind="pairs",
+        limits=_limits(max_length, max_prompt_length),
+    )
 
 
 def _completion_loader(to_row: Callable, tokenize_row: Callable, kind: str, doc: str):
     """A loader of rows with one completion after the prompt (SFT rows, KTO's unpaired rows)."""
 
-    def load(source: Source, tokenizer: Any, *, columns: Optional[Mapping[str, str]] = None,
-             max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
-             add_bos: bool = True, add_eos: bool = True, limit: Optional[int] = None, split: Optional[str] = None,
-             transform: Optional[Callable[[dict], dict]] = None, on_error: str = "raise", log: Callable[[str], Any] = print):
+    def load(
+        source: Source,
+        tokenizer: Any,
+        *,
+        columns: Optional[Mapping[str, str]] = None,
+        max_length: int = 512,
+        max_prompt_length: Optional[int] = None,
+        truncation_mode: str = "keep_end",
+        add_bos: bool = True,
+        add_eos: bool = True,
+        limit: Optional[int] = None,
+        split: Optional[str] = None,
+        transform: Optional[Callable[[dict], dict]] = None,
+        on_error: str = "raise",
+        log: Callable[[str], Any] = print,
+    ):
         convert = lambda rec, **kw: to_row(rec, columns=columns, **kw)  # noqa: E731
         tokenize = lambda row, tok, skips: tokenize_row(  # noqa: E731
-            row, tok, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode,
-            add_bos=add_bos, add_eos=add_eos, skips=skips,
+            row,
+            tok,
+            max_length=max_length,
+            max_prompt_length=max_prompt_length,
+            truncation_mode=truncation_mode,
+            add_bos=add_bos,
+            add_eos=add_eos,
+            skips=skips,
         )
         check = lambda: _check_options(max_length, max_prompt_length, truncation_mode)  # noqa: E731
-        return _load(source, tokenizer, convert=convert, tokenize=tokenize, check_options=check, split=split,
-                     transform=transform, limit=limit, on_error=on_error, log=log, kind=kind,
-                     limits=_limits(max_length, max_prompt_length))
+        return _load(
+            source,
+            tokenizer,
+            convert=convert,
+            tokenize=tokenize,
+            check_options=check,
+            split=split,
+            transform=transform,
+            limit=limit,
+            on_error=on_error,
+            log=log,
+            kind=kind,
+            limits=_limits(max_length, max_prompt_length),
+        )
 
     load.__doc__ = doc
     return load
 
 
 load_sft_data = _completion_loader(
-    to_sft_row, tokenize_sft, "rows",
-    "Load, validate and tokenise SFT rows; returns (list of TokenizedSFT, skip counts).")
+    to_sft_row,
+    tokenize_sft,
+    "rows",
+    "Load, validate and tokenise SFT rows; returns (list of TokenizedSFT, skip counts).",
+)
 load_unpaired_data = _completion_loader(
-    to_unpaired_row, tokenize_unpaired, "unpaired rows",
+    to_unpaired_row,
+    tokenize_unpaired,
+    "unpaired rows",
     "Load, validate and tokenise unpaired (KTO) rows: SFT fields plus a boolean ``label``; returns (list of "
-    "TokenizedUnpaired, skip counts).")
+    "TokenizedUnpaired, skip counts).",
+)

@@ -37,14 +37,15 @@ A malformed record raises :class:`DataError` naming source, row and field. Rows 
 (identical chosen and rejected, an empty response) are not errors: the functions return ``None`` and
 count the reason in ``skips``.
 """
+
 from __future__ import annotations
 
 import math
 import re
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
-from dpolab.errors import ConfigError
 from dpolab.data.types import DataError, Messages, PreferenceRow, SFTRow, SkipCounter, Text, UnpairedRow
+from dpolab.errors import ConfigError
 
 ROLES = ("system", "user", "assistant", "tool")
 HH_ASSISTANT = "\n\nAssistant:"
@@ -54,8 +55,10 @@ _HH_ROLES = {"Human": "user", "Assistant": "assistant"}
 _HH_EXPECTED = "data.format=hh expects '\\n\\nHuman: ...\\n\\nAssistant: ...' text"
 SKIP_IDENTICAL = "identical chosen and rejected"
 SKIP_EMPTY = "empty response"
-HH_EARLIER_TURNS = ("rows kept whose earlier turns differ between chosen and rejected (data.format=hh: the shared "
-                    "turns are the prompt, each response the rest of its conversation)")
+HH_EARLIER_TURNS = (
+    "rows kept whose earlier turns differ between chosen and rejected (data.format=hh: the shared "
+    "turns are the prompt, each response the rest of its conversation)"
+)
 
 
 class _Ctx:
@@ -80,7 +83,9 @@ def _valid_unicode(text: str, name: str, ctx: _Ctx, where: str = "") -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ctx.error(name, f"{where}invalid Unicode: lone surrogate {text[e.start]!r} at character {e.start + 1}") from None
+        raise ctx.error(
+            name, f"{where}invalid Unicode: lone surrogate {text[e.start]!r} at character {e.start + 1}"
+        ) from None
     return text
 
 
@@ -102,8 +107,11 @@ def _text(record: Mapping, name: str, ctx: _Ctx) -> Text:
     """The field as a string or validated chat messages."""
     col = ctx.col(name)
     if col not in record:
-        raise ctx.error(name, f"missing (columns present: {', '.join(map(str, record)) or 'none'}; map yours with "
-                              f"data.columns, e.g. data.columns={{{name}: your_column}})")
+        raise ctx.error(
+            name,
+            f"missing (columns present: {', '.join(map(str, record)) or 'none'}; map yours with "
+            f"data.columns, e.g. data.columns={{{name}: your_column}})",
+        )
     value = record[col]
     if isinstance(value, str):
         return _valid_unicode(value, name, ctx)
@@ -169,8 +177,9 @@ def _hh_text(record: Mapping, name: str, ctx: _Ctx) -> str:
     return value
 
 
-def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool,
-             skips: Optional[SkipCounter] = None) -> Tuple[Text, Text, Text]:
+def _hh_pair(
+    record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool, skips: Optional[SkipCounter] = None
+) -> Tuple[Text, Text, Text]:
     """(prompt, chosen, rejected) of an HH record: chat messages, or (``chat`` False) the checked text as it is.
     Earlier turns that differ: the shared leading turns up to a Human turn are the prompt (counted in ``skips``)."""
     chosen, rejected = _hh_text(record, "chosen", ctx), _hh_text(record, "rejected", ctx)
@@ -181,24 +190,34 @@ def _hh_pair(record: Mapping, ctx: _Ctx, explicit_prompt: bool, chat: bool,
             prompt = prompt[:-1]  # the prompt ends with the "\n\nAssistant:" the responses follow
         if not chat:
             return prompt_text, chosen, rejected
-        return prompt, [{"role": "assistant", "content": chosen.strip()}], [{"role": "assistant", "content": rejected.strip()}]
+        return (
+            prompt,
+            [{"role": "assistant", "content": chosen.strip()}],
+            [{"role": "assistant", "content": rejected.strip()}],
+        )
     convs = {}
     for name, text in (("chosen", chosen), ("rejected", rejected)):
         msgs = parse_hh(text, name, ctx)
         if msgs[-1]["role"] != "assistant":
-            raise ctx.error(name, f"the last turn must be the Assistant's (the response), got a Human turn ({_HH_EXPECTED})")
+            raise ctx.error(
+                name, f"the last turn must be the Assistant's (the response), got a Human turn ({_HH_EXPECTED})"
+            )
         convs[name] = msgs
     (c_prompt, c_resp), (r_prompt, r_resp) = [(m[:-1], m[-1:]) for m in (convs["chosen"], convs["rejected"])]
     if c_prompt != r_prompt:  # as Anthropic's HH-RLHF has: the shared turns are the prompt (the implicit-prompt rule)
         c, r = convs["chosen"], convs["rejected"]
         turn = next((i for i, (a, b) in enumerate(zip(c, r)) if a != b), min(len(c), len(r)))
         shared = turn  # back to a point where both go on with an Assistant turn (the prompt ends with a Human turn)
-        while shared > 0 and not (shared < min(len(c), len(r))
-                                  and c[shared]["role"] == r[shared]["role"] == "assistant"):
+        while shared > 0 and not (
+            shared < min(len(c), len(r)) and c[shared]["role"] == r[shared]["role"] == "assistant"
+        ):
             shared -= 1
         if shared == 0:
-            raise ctx.error("rejected", f"the conversation differs from chosen's at turn {turn + 1}, before any shared "
-                                        f"Human turn (data.format=hh needs a shared prompt)")
+            raise ctx.error(
+                "rejected",
+                f"the conversation differs from chosen's at turn {turn + 1}, before any shared "
+                f"Human turn (data.format=hh needs a shared prompt)",
+            )
         if skips is not None:
             skips.note(HH_EARLIER_TURNS)
         if not chat:
@@ -285,7 +304,9 @@ def _split_messages(messages: Messages, ctx: _Ctx) -> Tuple[Messages, Messages]:
     if not messages:
         raise ctx.error("messages", "no messages")
     if messages[-1]["role"] != "assistant":
-        raise ctx.error("messages", f"the last message must be the assistant's (the completion), got role {messages[-1]['role']!r}")
+        raise ctx.error(
+            "messages", f"the last message must be the assistant's (the completion), got role {messages[-1]['role']!r}"
+        )
     return messages[:-1], messages[-1:]
 
 
@@ -318,7 +339,9 @@ def to_sft_row(
     else:
         raise DataError(
             f"no SFT fields: expected 'prompt'+'completion', 'text' or 'messages' (columns present: {', '.join(map(str, record))})",
-            source=source, row=row, field=ctx.col("completion"),
+            source=source,
+            row=row,
+            field=ctx.col("completion"),
         )
     if isinstance(prompt, list) or isinstance(completion, list):
         prompt, completion = _as_messages(prompt, "user"), _as_messages(completion, "assistant")
@@ -331,8 +354,11 @@ def _label(record: Mapping, ctx: _Ctx) -> bool:
     """The boolean ``label`` of an unpaired row (a CSV/TSV cell holds the text true or false)."""
     col = ctx.col("label")
     if col not in record:
-        raise ctx.error("label", f"missing: an unpaired row needs a boolean label (true: desirable, false: undesirable) "
-                                 f"(columns present: {', '.join(map(str, record)) or 'none'})")
+        raise ctx.error(
+            "label",
+            f"missing: an unpaired row needs a boolean label (true: desirable, false: undesirable) "
+            f"(columns present: {', '.join(map(str, record)) or 'none'})",
+        )
     value = record[col]
     if isinstance(value, bool) or type(value).__name__ == "bool_":  # Python or NumPy boolean
         return bool(value)
@@ -355,8 +381,11 @@ def to_unpaired_row(
         raise DataError(f"expected a record (dict), got {_type_name(record)}", source=source, row=row)
     has = lambda name: name in ctx.columns or name in record  # noqa: E731
     if has("chosen") and has("rejected") and not (has("completion") or has("messages") or has("text")):
-        raise ctx.error("completion", "missing: this looks like preference pairs (chosen/rejected); set "
-                                      "data.unpaired_from_pairs=true to split each pair into two unpaired rows")
+        raise ctx.error(
+            "completion",
+            "missing: this looks like preference pairs (chosen/rejected); set "
+            "data.unpaired_from_pairs=true to split each pair into two unpaired rows",
+        )
     label = _label(record, ctx)
     sft = to_sft_row(record, source=source, row=row, columns=columns, skips=skips)
     if sft is None:

@@ -4,6 +4,7 @@ each response, every token as its vocabulary piece (``[▁Hello][,]``, ``[Ġworl
 The rows go through exactly the code training uses (:mod:`dpolab.data.formats` then :mod:`dpolab.data.tokenize`),
 with the same options; each is tokenised a second time without a length limit to tell whether truncation cut it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -13,7 +14,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 from dpolab.data.formats import to_preference_row, to_sft_row
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.tokenize import (
-    BOUNDARY_SEPARATE, TRUNCATION_MODES, BoundaryWarning, _check_lengths, tokenize_preference, tokenize_sft,
+    BOUNDARY_SEPARATE,
+    TRUNCATION_MODES,
+    BoundaryWarning,
+    _check_lengths,
+    tokenize_preference,
+    tokenize_sft,
 )
 from dpolab.data.types import DataError, SkipCounter
 from dpolab.errors import ConfigError, first_sentence
@@ -36,7 +42,9 @@ class InspectedRow:
     @property
     def truncated(self) -> Dict[str, Tuple[int, int]]:
         """Part name -> (length before, length after) for the parts truncation cut."""
-        return {name: (self.full_lengths[name], len(ids)) for name, ids in self.parts if len(ids) != self.full_lengths[name]}
+        return {
+            name: (self.full_lengths[name], len(ids)) for name, ids in self.parts if len(ids) != self.full_lengths[name]
+        }
 
 
 @dataclass
@@ -57,9 +65,19 @@ def detect_mode(record: Any, columns: Optional[Mapping[str, str]] = None) -> str
 
 
 def inspect_data(
-    source: Source, tokenizer: Any, *, rows: int = 3, mode: str = "auto", columns: Optional[Mapping[str, str]] = None,
-    max_length: int = 512, max_prompt_length: Optional[int] = None, truncation_mode: str = "keep_end",
-    split: Optional[str] = None, add_bos: bool = True, add_eos: bool = True, max_errors: int = 3,
+    source: Source,
+    tokenizer: Any,
+    *,
+    rows: int = 3,
+    mode: str = "auto",
+    columns: Optional[Mapping[str, str]] = None,
+    max_length: int = 512,
+    max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end",
+    split: Optional[str] = None,
+    add_bos: bool = True,
+    add_eos: bool = True,
+    max_errors: int = 3,
 ) -> Inspection:
     """Tokenise the first ``rows`` usable rows of ``source`` as training would; bad rows are counted, not raised."""
     if mode not in MODES:
@@ -94,7 +112,9 @@ def inspect_data(
                     t = tok(item, tokenizer, max_length=max_length, skips=skips, **opts)
                     full = tok(item, tokenizer, max_length=_UNLIMITED, **opts) if t is not None else None
             except (ValueError, TypeError) as e:
-                raise DataError(f"cannot tokenise: {type(e).__name__}: {first_sentence(e)}", source=name, row=row) from e
+                raise DataError(
+                    f"cannot tokenise: {type(e).__name__}: {first_sentence(e)}", source=name, row=row
+                ) from e
         except DataError as e:
             skips.add(f"invalid row (field '{e.field}')" if e.field else "invalid row")
             if len(errors) < max_errors:
@@ -138,10 +158,12 @@ def _elide(cells: List[str], max_tokens: int, keep_end: bool) -> str:
         return "".join(cells)
     small = max(1, max_tokens // 4)
     head, tail = (small, max_tokens - small) if keep_end else (max_tokens - small, small)
-    return "".join(cells[:head]) + f"…(+{len(cells) - head - tail})…" + "".join(cells[len(cells) - tail:])
+    return "".join(cells[:head]) + f"…(+{len(cells) - head - tail})…" + "".join(cells[len(cells) - tail :])
 
 
-def format_row(r: InspectedRow, tokenizer: Any, *, show_ids: bool = False, max_tokens: int = 64, context: int = 3) -> str:
+def format_row(
+    r: InspectedRow, tokenizer: Any, *, show_ids: bool = False, max_tokens: int = 64, context: int = 3
+) -> str:
     """Lines for one row: a header with counts and truncation, the prompt, then each response after the last
     ``context`` prompt tokens and the boundary marker."""
     (_, prompt), responses = r.parts[0], r.parts[1:]
@@ -158,7 +180,11 @@ def format_row(r: InspectedRow, tokenizer: Any, *, show_ids: bool = False, max_t
     prompt_cells = _show(token_pieces(tokenizer, prompt), prompt, show_ids)
     width = max(len(n) for n, _ in r.parts) + 1
     lines.append(f"  {'prompt:':{width}s} {_elide(prompt_cells, max_tokens, keep_end=True) or '(empty)'}")
-    seam = ("…" if len(prompt_cells) > context else "") + "".join(prompt_cells[len(prompt_cells) - context:]) if context else ""
+    seam = (
+        ("…" if len(prompt_cells) > context else "") + "".join(prompt_cells[len(prompt_cells) - context :])
+        if context
+        else ""
+    )
     for n, ids in responses:
         cells = _show(token_pieces(tokenizer, ids), ids, show_ids)
         lines.append(f"  {n + ':':{width}s} {seam} {BOUNDARY} {_elide(cells, max_tokens, keep_end=False)}")
@@ -170,7 +196,9 @@ def format_inspection(ins: Inspection, tokenizer: Any, *, show_ids: bool = False
     blocks = [format_row(r, tokenizer, show_ids=show_ids, max_tokens=max_tokens) for r in ins.rows]
     n_sep = sum(1 for r in ins.rows if r.meta.get("boundary") == BOUNDARY_SEPARATE)
     n_cut = sum(1 for r in ins.rows if r.truncated)
-    summary = (f"{len(ins.rows)} {ins.mode} row(s) shown of {ins.read} read; {n_cut} truncated; "
-               f"{n_sep} with the response tokenised apart from the prompt; {ins.skips.summary()}")
+    summary = (
+        f"{len(ins.rows)} {ins.mode} row(s) shown of {ins.read} read; {n_cut} truncated; "
+        f"{n_sep} with the response tokenised apart from the prompt; {ins.skips.summary()}"
+    )
     tail = [summary] + [f"bad row: {e}" for e in ins.errors]
     return "\n\n".join(blocks + ["\n".join(tail)])

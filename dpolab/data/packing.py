@@ -29,6 +29,7 @@ A scored token at padded position t (t >= 1) is predicted by the hidden state of
 sequence; in the prefix layout the predecessor of the first response token is the last prompt token. As in the
 padded batch, a response token at position 0 (no prompt, no BOS) is not scored.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -146,10 +147,10 @@ def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0, hidden_siz
         for j in members:
             u = units[j]
             n = len(u.tokens)
-            ids[r, off: off + n] = torch.tensor(u.tokens, dtype=torch.long)
-            pos[r, off: off + n] = torch.tensor(u.positions, dtype=torch.long)
-            seg[r, off: off + n] = torch.tensor(u.segments, dtype=torch.long)
-            unit_of[r, off: off + n] = j
+            ids[r, off : off + n] = torch.tensor(u.tokens, dtype=torch.long)
+            pos[r, off : off + n] = torch.tensor(u.positions, dtype=torch.long)
+            seg[r, off : off + n] = torch.tensor(u.segments, dtype=torch.long)
+            unit_of[r, off : off + n] = j
             for pred, t, s, c in u.scores:
                 src.append(r * width + off + pred)
                 tgt.append(t)
@@ -157,14 +158,18 @@ def pack_units(units: List[_Unit], pad_id: int, *, capacity: int = 0, hidden_siz
                 col.append(c)
             off += n
     q = torch.arange(width)
-    causal = q[None, :] <= q[:, None]                                   # [L(query), L(key)]
+    causal = q[None, :] <= q[:, None]  # [L(query), L(key)]
     same_unit = (unit_of[:, :, None] == unit_of[:, None, :]) & (unit_of[:, :, None] >= 0)
     seg_ok = (seg[:, None, :] == 0) | (seg[:, :, None] == seg[:, None, :])
     mask = (same_unit & seg_ok & causal[None]) | torch.eye(width, dtype=torch.bool)[None]
     return {
-        "input_ids": ids, "position_ids": pos, "attn_mask": mask[:, None],
-        "score_src": torch.tensor(src, dtype=torch.long), "score_tgt": torch.tensor(tgt, dtype=torch.long),
-        "score_seq": torch.tensor(sq, dtype=torch.long), "score_col": torch.tensor(col, dtype=torch.long),
+        "input_ids": ids,
+        "position_ids": pos,
+        "attn_mask": mask[:, None],
+        "score_src": torch.tensor(src, dtype=torch.long),
+        "score_tgt": torch.tensor(tgt, dtype=torch.long),
+        "score_seq": torch.tensor(sq, dtype=torch.long),
+        "score_col": torch.tensor(col, dtype=torch.long),
     }
 
 
@@ -182,5 +187,9 @@ def preference_layout(pairs, pad_id: int, layout: str, *, capacity: int = 0, hid
 
 def sft_layout(rows, pad_id: int, *, capacity: int = 0, hidden_size: Optional[int] = None) -> dict:
     """The ``packed`` layout of B TokenizedSFT rows."""
-    return pack_units(sequence_units([r.prompt_ids for r in rows], [r.completion_ids for r in rows]), pad_id,
-                      capacity=capacity, hidden_size=hidden_size)
+    return pack_units(
+        sequence_units([r.prompt_ids for r in rows], [r.completion_ids for r in rows]),
+        pad_id,
+        capacity=capacity,
+        hidden_size=hidden_size,
+    )

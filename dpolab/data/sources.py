@@ -16,6 +16,7 @@ reported as :class:`DataError` naming the file and row. :func:`read_records` rai
 :func:`iter_records` yields them in place of the record so a loader can count and skip them.
 File-level problems (missing file, unreadable container) always raise.
 """
+
 from __future__ import annotations
 
 import csv
@@ -72,9 +73,17 @@ def iter_records(source: Source, *, split: Optional[str] = None) -> Iterator[Tup
     if is_dir:
         return _iter_hf(_load_saved(path, split), str(source))
     if is_file:
-        readers = {".jsonl": _iter_jsonl, ".json": _iter_json, ".csv": _iter_csv, ".tsv": _iter_csv, ".parquet": _iter_parquet}
+        readers = {
+            ".jsonl": _iter_jsonl,
+            ".json": _iter_json,
+            ".csv": _iter_csv,
+            ".tsv": _iter_csv,
+            ".parquet": _iter_parquet,
+        }
         if kind not in FILE_SUFFIXES:
-            raise DataError(f"unsupported file type '{kind}' (expected one of {', '.join(FILE_SUFFIXES)})", source=str(source))
+            raise DataError(
+                f"unsupported file type '{kind}' (expected one of {', '.join(FILE_SUFFIXES)})", source=str(source)
+            )
         return readers[suffix](path, str(source), gz) if gz else readers[suffix](path, str(source))
     if kind in FILE_SUFFIXES or gz or str(source).startswith((".", "/", "~")):
         raise DataError("file not found", source=str(source))
@@ -122,7 +131,12 @@ def _lines(f: Any, name: str) -> Iterator[bytes]:
 
 def _iter_memory(records: Iterable[Any]) -> Iterator[Tuple[int, Union[dict, DataError]]]:
     for row, rec in enumerate(records, 1):
-        yield row, rec if isinstance(rec, dict) else DataError(f"expected a dict, got {type(rec).__name__}", source=MEMORY, row=row)
+        yield (
+            row,
+            rec
+            if isinstance(rec, dict)
+            else DataError(f"expected a dict, got {type(rec).__name__}", source=MEMORY, row=row),
+        )
 
 
 def _decode(raw: bytes, name: str, row: int) -> Union[str, DataError]:
@@ -133,7 +147,7 @@ def _decode(raw: bytes, name: str, row: int) -> Union[str, DataError]:
 
 
 def _iter_jsonl(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, Union[dict, DataError]]]:
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if gz else open(path, "rb") as f:
         for row, raw in enumerate(_lines(f, name), 1):
             text = _decode(raw, name, row)
             if isinstance(text, DataError):
@@ -151,7 +165,12 @@ def _iter_jsonl(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, 
             except RecursionError:
                 yield row, DataError("invalid JSON: nested too deeply", source=name, row=row)
                 continue
-            yield row, rec if isinstance(rec, dict) else DataError(f"expected a JSON object, got {type(rec).__name__}", source=name, row=row)
+            yield (
+                row,
+                rec
+                if isinstance(rec, dict)
+                else DataError(f"expected a JSON object, got {type(rec).__name__}", source=name, row=row),
+            )
 
 
 def _iter_json(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, Union[dict, DataError]]]:
@@ -170,9 +189,14 @@ def _iter_json(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, U
     if isinstance(data, dict) and isinstance(data.get("data"), list):
         data = data["data"]
     if not isinstance(data, list):
-        raise DataError("expected a JSON list of objects or {\"data\": [...]}", source=name)
+        raise DataError('expected a JSON list of objects or {"data": [...]}', source=name)
     for row, rec in enumerate(data, 1):
-        yield row, rec if isinstance(rec, dict) else DataError(f"expected a JSON object, got {type(rec).__name__}", source=name, row=row)
+        yield (
+            row,
+            rec
+            if isinstance(rec, dict)
+            else DataError(f"expected a JSON object, got {type(rec).__name__}", source=name, row=row),
+        )
 
 
 def sniff_delimiter(header_line: str, default: str) -> str:
@@ -219,7 +243,12 @@ def _iter_csv(path: Path, name: str, gz: bool = False) -> Iterator[Tuple[int, Un
         if check_utf8 and any(_SURROGATE.search(v) for v in fields):
             yield row, DataError("invalid UTF-8", source=name, row=row)
         elif len(fields) != len(header):
-            yield row, DataError(f"expected {len(header)} fields, got {len(fields)} (delimiter {delim!r})", source=name, row=row)
+            yield (
+                row,
+                DataError(
+                    f"expected {len(header)} fields, got {len(fields)} (delimiter {delim!r})", source=name, row=row
+                ),
+            )
         else:
             yield row, dict(zip(header, fields))
 

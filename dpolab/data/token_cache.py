@@ -20,6 +20,7 @@ or that cannot be read is recomputed with a notice, and rewritten; entries are w
 ``$DPOLAB_CACHE/tokens`` or ``~/.cache/dpolab/tokens`` (beside ``dpolab pretrain``'s ``pretrained/``); ``data.cache_dir`` moves it and
 ``data.cache=false`` turns the cache off. Nothing is evicted: delete the folder to reclaim its space.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,16 +54,27 @@ def tokenizer_identity(tokenizer: Any) -> str:
     """A hash of everything about ``tokenizer`` that changes its token ids or the chat rendering."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
     body = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    init = {k: v for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
-            if isinstance(v, (str, int, float, bool, type(None)))}
-    extra = {"class": type(tokenizer).__name__, "special": getattr(tokenizer, "special_tokens_map", {}),
-             "added": sorted(map(list, tokenizer.get_added_vocab().items())) if hasattr(tokenizer, "get_added_vocab") else None,
-             "chat_template": getattr(tokenizer, "chat_template", None), "init": init,
-             "sides": [getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)]}
+    init = {
+        k: v
+        for k, v in (getattr(tokenizer, "init_kwargs", None) or {}).items()
+        if isinstance(v, (str, int, float, bool, type(None)))
+    }
+    extra = {
+        "class": type(tokenizer).__name__,
+        "special": getattr(tokenizer, "special_tokens_map", {}),
+        "added": sorted(map(list, tokenizer.get_added_vocab().items()))
+        if hasattr(tokenizer, "get_added_vocab")
+        else None,
+        "chat_template": getattr(tokenizer, "chat_template", None),
+        "init": init,
+        "sides": [getattr(tokenizer, "padding_side", None), getattr(tokenizer, "truncation_side", None)],
+    }
     return _sha(body + json.dumps(extra, sort_keys=True, default=str))
 
 
-HASH_LIMIT = 64 << 20  # files up to this size are keyed by their content too (a same-size rewrite within the clock's tick)
+HASH_LIMIT = (
+    64 << 20
+)  # files up to this size are keyed by their content too (a same-size rewrite within the clock's tick)
 
 
 def _file_identity(p: Path) -> List[Any]:
@@ -82,13 +94,18 @@ def path_identity(path: Path) -> Dict[str, Any]:
     the folder."""
     path = path.expanduser().resolve()
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    return {"path": str(path), "files": [[str(p.relative_to(path)) if p != path else "", *_file_identity(p)] for p in files]}
+    return {
+        "path": str(path),
+        "files": [[str(p.relative_to(path)) if p != path else "", *_file_identity(p)] for p in files],
+    }
 
 
 def code_identity() -> str:
     """A hash of the source that turns rows into tokens (any edit there misses every entry)."""
     h = hashlib.sha256()
-    for p in sorted(f for d in _CODE_DIRS for f in (_PACKAGE / d).rglob("*.py")) + [_PACKAGE / "engine" / "data_setup.py"]:
+    for p in sorted(f for d in _CODE_DIRS for f in (_PACKAGE / d).rglob("*.py")) + [
+        _PACKAGE / "engine" / "data_setup.py"
+    ]:
         h.update(f"{p.relative_to(_PACKAGE)}\0".encode())
         h.update(p.read_bytes() if p.exists() else b"")
     return h.hexdigest()
@@ -116,21 +133,39 @@ def data_identity(settings: Mapping[str, Any]) -> Tuple[Optional[Dict[str, Any]]
     return out, ""
 
 
-def tokenised_data_key(settings: Mapping[str, Any], tokenizer: Any, kind: str,
-                       seed: int) -> Tuple[Optional[str], str]:
+def tokenised_data_key(settings: Mapping[str, Any], tokenizer: Any, kind: str, seed: int) -> Tuple[Optional[str], str]:
     """(the key of the tokenised-data cache entry of this data, '') or (None, why this data is not cached)."""
     ident, why = data_identity(settings)
     if ident is None:
         return None, why
     keyed = {k: v for k, v in settings.items() if k not in _CACHE_KEYS}
-    blob = json.dumps({"format": FORMAT, "settings": keyed, "kind": kind, "seed": seed, "data": ident,
-                       "tokenizer": tokenizer_identity(tokenizer), "code": code_identity()}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "format": FORMAT,
+            "settings": keyed,
+            "kind": kind,
+            "seed": seed,
+            "data": ident,
+            "tokenizer": tokenizer_identity(tokenizer),
+            "code": code_identity(),
+        },
+        sort_keys=True,
+        default=str,
+    )
     return _sha(blob)[:32], ""
 
 
-def cached_tokenisation(settings: Mapping[str, Any], tokenizer: Any, kind: str, seed: int,
-                        compute: Callable[[Callable[[str], Any]], Tuple[list, list]], *, log: Callable[[str], Any] = print,
-                        enabled: bool = True, cache_dir: Optional[os.PathLike] = None) -> Tuple[list, list]:
+def cached_tokenisation(
+    settings: Mapping[str, Any],
+    tokenizer: Any,
+    kind: str,
+    seed: int,
+    compute: Callable[[Callable[[str], Any]], Tuple[list, list]],
+    *,
+    log: Callable[[str], Any] = print,
+    enabled: bool = True,
+    cache_dir: Optional[os.PathLike] = None,
+) -> Tuple[list, list]:
     """``compute(log)`` -> (train, eval), or the cached result of an earlier call with the same key.
 
     ``settings`` is the run's ``data`` section as a dict (``cache``, ``cache_dir`` are ignored in the key)."""
@@ -187,8 +222,10 @@ def encode_entry(train: list, evals: list, lines: List[str]) -> Optional[bytes]:
     """The entry's bytes: a header line ``{"format", "sha256"}`` (SHA-256 of the body), then the JSON body; None when
     an example is of another type or would not read back equal (the cache then stores nothing)."""
     try:
-        body = json.dumps({"train": [_encode_item(x) for x in train], "eval": [_encode_item(x) for x in evals],
-                           "log": lines}, separators=(",", ":")).encode("utf-8")
+        body = json.dumps(
+            {"train": [_encode_item(x) for x in train], "eval": [_encode_item(x) for x in evals], "log": lines},
+            separators=(",", ":"),
+        ).encode("utf-8")
     except (TypeError, ValueError):
         return None
     decoded = json.loads(body)
@@ -208,5 +245,8 @@ def read_entry(entry: Path) -> Tuple[Optional[Dict[str, Any]], str]:
     if hashlib.sha256(body).hexdigest() != head.get("sha256"):
         return None, "does not match its checksum (changed since it was written)"
     stored = json.loads(body)
-    return {"train": [_decode_item(x) for x in stored["train"]], "eval": [_decode_item(x) for x in stored["eval"]],
-            "log": [str(line) for line in stored["log"]]}, ""
+    return {
+        "train": [_decode_item(x) for x in stored["train"]],
+        "eval": [_decode_item(x) for x in stored["eval"]],
+        "log": [str(line) for line in stored["log"]],
+    }, ""

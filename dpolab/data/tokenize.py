@@ -41,15 +41,25 @@ right to fit ``max_length``. A row that truncation cut records the tokens remove
 ``meta["truncated_tokens"]`` (e.g. ``{"prompt": 40, "chosen": 3}``; :mod:`dpolab.data.truncation_report` sums them up
 per split for the load log and the run summary).
 """
+
 from __future__ import annotations
 
 import warnings
 import weakref
 from typing import Any, Iterable, List, Optional, Tuple
 
+from dpolab.data.types import (
+    Messages,
+    PreferenceRow,
+    SFTRow,
+    SkipCounter,
+    Text,
+    TokenizedPair,
+    TokenizedSFT,
+    TokenizedUnpaired,
+    UnpairedRow,
+)
 from dpolab.errors import ConfigError
-from dpolab.data.types import (Messages, PreferenceRow, SFTRow, SkipCounter, Text, TokenizedPair, TokenizedSFT,
-                               TokenizedUnpaired, UnpairedRow)
 
 TRUNCATION_MODES = ("keep_end", "keep_start")
 SKIP_EMPTY_TOKENS = "empty response (no tokens)"
@@ -89,7 +99,7 @@ def render_texts(tokenizer: Any, prompt: Text, responses: List[Text]) -> Tuple[s
     for resp in responses:
         full = _render(tokenizer, prompt + resp, add_generation_prompt=False)
         if full.startswith(prompt_text) and len(full) > len(prompt_text):
-            out.append(full[len(prompt_text):])
+            out.append(full[len(prompt_text) :])
         else:
             out.append("\n".join(m["content"] for m in resp))
             fallback = True
@@ -113,7 +123,7 @@ def _adds_dummy_prefix(tokenizer: Any) -> bool:
         pass
     nl, probe = _encode(tokenizer, "\n"), "a"
     after = _encode(tokenizer, "\n" + probe)
-    out = after[: len(nl)] == nl and after[len(nl):] != _encode(tokenizer, probe)
+    out = after[: len(nl)] == nl and after[len(nl) :] != _encode(tokenizer, probe)
     try:
         _dummy_prefix[tokenizer] = out
     except TypeError:
@@ -132,7 +142,7 @@ def encode_continuation(tokenizer: Any, text: str) -> List[int]:
     for anchor in _ANCHORS:
         a, j = _encode(tokenizer, anchor), _encode(tokenizer, anchor + text)
         if a and j[: len(a)] == a and len(j) > len(a):
-            return j[len(a):]
+            return j[len(a) :]
     return plain
 
 
@@ -167,7 +177,8 @@ def _warn_separate(tokenizer: Any) -> None:
         "together (the tokenizer merges across the boundary, e.g. a prompt ending in a space); the prompt keeps its own "
         "tokens and those responses are tokenised as a continuation (meta['boundary'] = 'separate'; `dpolab inspect-data` "
         "shows them). This warning is issued once per tokenizer; ending prompts without a trailing space usually avoids it.",
-        BoundaryWarning, stacklevel=4,
+        BoundaryWarning,
+        stacklevel=4,
     )
 
 
@@ -177,8 +188,10 @@ def boundary_note(items: Iterable[Any]) -> Optional[str]:
     n = sum(1 for t in items if getattr(t, "meta", {}).get("boundary") == BOUNDARY_SEPARATE)
     if not n:
         return None
-    return (f"{n} of {len(items)} rows: prompt tokens not a prefix of prompt+response tokens (boundary merge, e.g. a "
-            "trailing space); their responses were tokenised as a continuation of the prompt tokens")
+    return (
+        f"{n} of {len(items)} rows: prompt tokens not a prefix of prompt+response tokens (boundary merge, e.g. a "
+        "trailing space); their responses were tokenised as a continuation of the prompt tokens"
+    )
 
 
 def _cut_prompt(ids: List[int], keep: int, mode: str, bos: Optional[int]) -> List[int]:
@@ -187,13 +200,18 @@ def _cut_prompt(ids: List[int], keep: int, mode: str, bos: Optional[int]) -> Lis
     if mode == "keep_start":
         return ids[:keep]
     if bos is not None and ids and ids[0] == bos and keep >= 1:
-        return [bos] + (ids[len(ids) - keep + 1:] if keep > 1 else [])
-    return ids[len(ids) - keep:] if keep > 0 else []
+        return [bos] + (ids[len(ids) - keep + 1 :] if keep > 1 else [])
+    return ids[len(ids) - keep :] if keep > 0 else []
 
 
 def truncate(
-    prompt: List[int], responses: List[List[int]], *, max_length: int, max_prompt_length: Optional[int],
-    truncation_mode: str, bos: Optional[int] = None,
+    prompt: List[int],
+    responses: List[List[int]],
+    *,
+    max_length: int,
+    max_prompt_length: Optional[int],
+    truncation_mode: str,
+    bos: Optional[int] = None,
 ) -> Tuple[List[int], List[List[int]]]:
     """Apply the truncation rule of the module docstring; responses may come back empty (caller skips)."""
     if truncation_mode not in TRUNCATION_MODES:
@@ -210,7 +228,9 @@ def _check_lengths(max_length: int, max_prompt_length: Optional[int]) -> None:
     if max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
     if max_prompt_length is not None and not 0 <= max_prompt_length < max_length:
-        raise ConfigError(f"max_prompt_length must be in [0, max_length), got {max_prompt_length} (max_length={max_length})")
+        raise ConfigError(
+            f"max_prompt_length must be in [0, max_length), got {max_prompt_length} (max_length={max_length})"
+        )
 
 
 def _scorable(prompt: List[int], response: List[int]) -> bool:
@@ -240,7 +260,12 @@ def _tokenize(tokenizer, prompt, responses, *, max_length, max_prompt_length, tr
     bos = getattr(tokenizer, "bos_token_id", None) if add_bos else None
     before = [len(prompt_ids)] + [len(r) for r in resp_ids]
     prompt_ids, resp_ids = truncate(
-        prompt_ids, resp_ids, max_length=max_length, max_prompt_length=max_prompt_length, truncation_mode=truncation_mode, bos=bos
+        prompt_ids,
+        resp_ids,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+        bos=bos,
     )
     if not all(_scorable(prompt_ids, r) for r in resp_ids):
         return _skip(skips, SKIP_EMPTY_TRUNCATED)
@@ -264,13 +289,27 @@ def _cut_flags(names: Tuple[str, ...], cut: List[int]) -> dict:
 
 
 def tokenize_preference(
-    row: PreferenceRow, tokenizer: Any, *, max_length: int = 512, max_prompt_length: Optional[int] = None,
-    truncation_mode: str = "keep_end", add_bos: bool = True, add_eos: bool = True, skips: Optional[SkipCounter] = None,
+    row: PreferenceRow,
+    tokenizer: Any,
+    *,
+    max_length: int = 512,
+    max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end",
+    add_bos: bool = True,
+    add_eos: bool = True,
+    skips: Optional[SkipCounter] = None,
 ) -> Optional[TokenizedPair]:
     """Tokenise one pair; ``None`` (reason counted in ``skips``) if a response ends up empty."""
     out = _tokenize(
-        tokenizer, row.prompt, [row.chosen, row.rejected], max_length=max_length, max_prompt_length=max_prompt_length,
-        truncation_mode=truncation_mode, add_bos=add_bos, add_eos=add_eos, skips=skips,
+        tokenizer,
+        row.prompt,
+        [row.chosen, row.rejected],
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        skips=skips,
     )
     if out is None:
         return None
@@ -280,13 +319,27 @@ def tokenize_preference(
 
 
 def tokenize_sft(
-    row: SFTRow, tokenizer: Any, *, max_length: int = 512, max_prompt_length: Optional[int] = None,
-    truncation_mode: str = "keep_end", add_bos: bool = True, add_eos: bool = True, skips: Optional[SkipCounter] = None,
+    row: SFTRow,
+    tokenizer: Any,
+    *,
+    max_length: int = 512,
+    max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end",
+    add_bos: bool = True,
+    add_eos: bool = True,
+    skips: Optional[SkipCounter] = None,
 ) -> Optional[TokenizedSFT]:
     """Tokenise one SFT row (loss on the completion); ``None`` if the completion ends up empty."""
     out = _tokenize(
-        tokenizer, row.prompt, [row.completion], max_length=max_length, max_prompt_length=max_prompt_length,
-        truncation_mode=truncation_mode, add_bos=add_bos, add_eos=add_eos, skips=skips,
+        tokenizer,
+        row.prompt,
+        [row.completion],
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        skips=skips,
     )
     if out is None:
         return None
@@ -296,12 +349,28 @@ def tokenize_sft(
 
 
 def tokenize_unpaired(
-    row: UnpairedRow, tokenizer: Any, *, max_length: int = 512, max_prompt_length: Optional[int] = None,
-    truncation_mode: str = "keep_end", add_bos: bool = True, add_eos: bool = True, skips: Optional[SkipCounter] = None,
+    row: UnpairedRow,
+    tokenizer: Any,
+    *,
+    max_length: int = 512,
+    max_prompt_length: Optional[int] = None,
+    truncation_mode: str = "keep_end",
+    add_bos: bool = True,
+    add_eos: bool = True,
+    skips: Optional[SkipCounter] = None,
 ) -> Optional[TokenizedUnpaired]:
     """Tokenise one unpaired (KTO) row exactly as an SFT row, keeping its label; ``None`` if the completion ends up
     empty."""
-    out = tokenize_sft(SFTRow(row.prompt, row.completion, meta=row.meta), tokenizer, max_length=max_length,
-                       max_prompt_length=max_prompt_length, truncation_mode=truncation_mode, add_bos=add_bos,
-                       add_eos=add_eos, skips=skips)
-    return None if out is None else TokenizedUnpaired(out.prompt_ids, out.completion_ids, bool(row.label), meta=out.meta)
+    out = tokenize_sft(
+        SFTRow(row.prompt, row.completion, meta=row.meta),
+        tokenizer,
+        max_length=max_length,
+        max_prompt_length=max_prompt_length,
+        truncation_mode=truncation_mode,
+        add_bos=add_bos,
+        add_eos=add_eos,
+        skips=skips,
+    )
+    return (
+        None if out is None else TokenizedUnpaired(out.prompt_ids, out.completion_ids, bool(row.label), meta=out.meta)
+    )

@@ -4,6 +4,7 @@ Each row truncation cut carries ``meta["truncated_tokens"]`` (part -> tokens rem
 :mod:`dpolab.data.tokenize`). :func:`truncation_stats` sums a split up (the numbers the run summary records);
 :func:`truncation_line` words them for the load log.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -36,8 +37,11 @@ def truncation_stats(items: Iterable[Any]) -> Dict[str, Any]:
             prompt_cuts.append(int(cut["prompt"]))
         response_cuts += [int(cut[p]) for p in _RESPONSE_PARTS if cut.get(p)]
     return {
-        "rows": len(items), "prompts_cut": len(prompt_cuts), "prompt_tokens_removed": _removed(prompt_cuts),
-        "responses": sum(_responses_per_row(it) for it in items), "responses_cut": len(response_cuts),
+        "rows": len(items),
+        "prompts_cut": len(prompt_cuts),
+        "prompt_tokens_removed": _removed(prompt_cuts),
+        "responses": sum(_responses_per_row(it) for it in items),
+        "responses_cut": len(response_cuts),
         "response_tokens_removed": _removed(response_cuts),
     }
 

@@ -1,8 +1,10 @@
 """Row and batch types shared by the data pipeline, the engine and the tasks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Union
+
 from ..errors import UserError
 
 Messages = List[Dict[str, str]]  # chat messages: [{"role": "user", "content": "..."}, ...]
@@ -12,7 +14,9 @@ Text = Union[str, Messages]
 class DataError(UserError, ValueError):
     """A bad input row or file. ``str(err)`` is one line naming the file, the row and the field."""
 
-    def __init__(self, message: str, *, source: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None):
+    def __init__(
+        self, message: str, *, source: Optional[str] = None, row: Optional[int] = None, field: Optional[str] = None
+    ):
         where = []
         if source is not None:
             where.append(str(source))

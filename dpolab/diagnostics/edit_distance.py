@@ -12,6 +12,7 @@ one; pass ``edges`` to suit the tokenizer. A bucket set by construction (``meta[
 arithmetic task's near/far or the IMDb CAD task's low/high) is never overwritten: the measured bucket goes
 to ``meta["edit_bucket_tokens"]`` next to it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Iterable, List, Optional, Sequence, Tuple
@@ -43,7 +44,7 @@ def token_edit_distance(a: Sequence[int], b: Sequence[int]) -> int:
     e = 0
     while e < lim - s and a[n - 1 - e] == b[m - 1 - e]:
         e += 1
-    a, b = a[s:n - e], b[s:m - e]
+    a, b = a[s : n - e], b[s : m - e]
     if len(a) < len(b):
         a, b = b, a  # the row runs over the shorter sequence
     if not b:
@@ -99,7 +100,9 @@ def edit_bucket(distance: int, edges: Sequence[int] = DEFAULT_EDGES, names: Opti
     return names[-1]
 
 
-def bucket_pairs(pairs: Iterable[TokenizedPair], edges: Sequence[int] = DEFAULT_EDGES, names: Optional[Sequence[str]] = None) -> List[str]:
+def bucket_pairs(
+    pairs: Iterable[TokenizedPair], edges: Sequence[int] = DEFAULT_EDGES, names: Optional[Sequence[str]] = None
+) -> List[str]:
     """Bucket each pair by the token edit distance between its chosen and rejected ids (the prompt is shared).
 
     Writes ``meta["edit_distance"]`` and ``meta["edit_bucket_tokens"]`` on each pair (an existing

@@ -17,6 +17,7 @@ reference's value). Everything runs in eval mode, batched, without gradients. A 
 strict wins of its margin (Δ chosen − Δ rejected); a margin within float32 rounding of the four sums it is made of
 (:func:`dpolab.models.preference_logps.tie_tolerance`) is a tie, never a win.
 """
+
 from __future__ import annotations
 
 import random
@@ -55,14 +56,27 @@ def _bucket(pair: TokenizedPair, edges: Optional[Sequence[int]]) -> str:
     return edit_bucket(token_edit_distance(pair.chosen_ids, pair.rejected_ids), tuple(edges))
 
 
-def build_probe_set(pairs: Sequence[TokenizedPair], tokenizer, *, n: int = 64, seed: int = 0, model=None,
-                    greedy_tokens: int = 32, batch_size: int = 32, edges: Optional[Sequence[int]] = (4, 16)) -> ProbeSet:
+def build_probe_set(
+    pairs: Sequence[TokenizedPair],
+    tokenizer,
+    *,
+    n: int = 64,
+    seed: int = 0,
+    model=None,
+    greedy_tokens: int = 32,
+    batch_size: int = 32,
+    edges: Optional[Sequence[int]] = (4, 16),
+) -> ProbeSet:
     """Probe set from the first ``n`` pairs; ``model`` (the starting policy) supplies the greedy responses."""
     pairs = list(pairs)[:n]
     if not pairs:
         raise ValueError("no pairs to build probes from")
     rng = random.Random(seed)
-    special = {i for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) if i is not None}
+    special = {
+        i
+        for i in (tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id)
+        if i is not None
+    }
     vocab = [i for i in range(len(tokenizer)) if i not in special]
     k = len(pairs)
     responses: Dict[str, List[List[int]]] = {
@@ -73,18 +87,35 @@ def build_probe_set(pairs: Sequence[TokenizedPair], tokenizer, *, n: int = 64, s
         "random": [[rng.choice(vocab) for _ in p.chosen_ids] for p in pairs],
     }
     if model is not None:
-        responses["greedy"] = greedy_responses(model, [p.prompt_ids for p in pairs], tokenizer.eos_token_id,
-                                               max_new_tokens=greedy_tokens, batch_size=batch_size, pad_id=tokenizer.pad_token_id)
-    return ProbeSet(prompts=[p.prompt_ids for p in pairs], responses=responses, buckets=[_bucket(p, edges) for p in pairs])
+        responses["greedy"] = greedy_responses(
+            model,
+            [p.prompt_ids for p in pairs],
+            tokenizer.eos_token_id,
+            max_new_tokens=greedy_tokens,
+            batch_size=batch_size,
+            pad_id=tokenizer.pad_token_id,
+        )
+    return ProbeSet(
+        prompts=[p.prompt_ids for p in pairs], responses=responses, buckets=[_bucket(p, edges) for p in pairs]
+    )
 
 
 @torch.no_grad()
-def greedy_responses(model, prompts: List[List[int]], eos_id: Optional[int], *, max_new_tokens: int, batch_size: int,
-                     pad_id: Optional[int]) -> List[List[int]]:
+def greedy_responses(
+    model,
+    prompts: List[List[int]],
+    eos_id: Optional[int],
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    pad_id: Optional[int],
+) -> List[List[int]]:
     """Greedy continuations (token ids, EOS kept when produced; never empty)."""
     from ..models.generation import generate_ids
 
-    outs = generate_ids(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, pad_id=pad_id, eos_id=eos_id)
+    outs = generate_ids(
+        model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, pad_id=pad_id, eos_id=eos_id
+    )
     # generate_ids stops *before* EOS: a response shorter than the budget ended with EOS, which we score too
     return [o + [eos_id] if eos_id is not None and len(o) < max_new_tokens else o for o in outs]
 
@@ -98,12 +129,14 @@ def _batch(prompts: List[List[int]], responses: List[List[int]], pad_id: int, de
     for i, (p, s) in enumerate(zip(prompts, seqs)):
         ids[i, : len(s)] = torch.tensor(s)
         attn[i, : len(s)] = 1
-        mask[i, len(p): len(s)] = True
+        mask[i, len(p) : len(s)] = True
     return {"input_ids": ids.to(device), "attention_mask": attn.to(device), "loss_mask": mask.to(device)}
 
 
 @torch.no_grad()
-def score_probes(model, probes: ProbeSet, pad_id: int, *, batch_size: int = 32, autocast=nullcontext) -> Dict[str, Tensor]:
+def score_probes(
+    model, probes: ProbeSet, pad_id: int, *, batch_size: int = 32, autocast=nullcontext
+) -> Dict[str, Tensor]:
     """Per-probe summed log-probs [n] for each category, plus ``argmax_mass`` along the chosen response."""
     was_training = model.training
     model.eval()
@@ -111,7 +144,7 @@ def score_probes(model, probes: ProbeSet, pad_id: int, *, batch_size: int = 32, 
     out: Dict[str, List[Tensor]] = {}
     for cat, resp in probes.responses.items():
         for start in range(0, len(probes), batch_size):
-            b = _batch(probes.prompts[start:start + batch_size], resp[start:start + batch_size], pad_id, device)
+            b = _batch(probes.prompts[start : start + batch_size], resp[start : start + batch_size], pad_id, device)
             with autocast():
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
             lp = gather_logps(logits, b["input_ids"], b["loss_mask"])
@@ -123,8 +156,9 @@ def score_probes(model, probes: ProbeSet, pad_id: int, *, batch_size: int = 32, 
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def probe_metrics(scores: Dict[str, Tensor], baseline: Optional[Dict[str, Tensor]], buckets: Sequence[str],
-                  prefix: str = "probe/") -> Dict[str, float]:
+def probe_metrics(
+    scores: Dict[str, Tensor], baseline: Optional[Dict[str, Tensor]], buckets: Sequence[str], prefix: str = "probe/"
+) -> Dict[str, float]:
     """Means per category, deltas against ``baseline``, margin and reward accuracy, overall and per bucket."""
     metrics: Dict[str, float] = {}
     groups = {"": list(range(len(buckets)))}

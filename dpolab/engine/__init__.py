@@ -1,4 +1,5 @@
 """The training engine: one loop for SFT and preference training, on Hugging Face Accelerate."""
+
 from .trainer import Trainer, TrainError, train
 
 __all__ = ["Trainer", "TrainError", "train"]

@@ -14,6 +14,7 @@ consecutive runs (the gathered order is still the one-process order), after drop
 num_processes`` examples (as several processes drop an epoch's tail). :func:`eval_batches` shares the evaluation set
 out by whole batches, so the gathered rows are one process's.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ class BatchPlan:
 
     def __post_init__(self) -> None:
         if self.num_processes > 1 and self.n_examples < self.num_processes:
-            raise TrainError(f"{self.n_examples} training example(s) cannot be shared by {self.num_processes} "
-                             f"processes (each needs at least one): add data or launch fewer processes")
+            raise TrainError(
+                f"{self.n_examples} training example(s) cannot be shared by {self.num_processes} "
+                f"processes (each needs at least one): add data or launch fewer processes"
+            )
 
     @property
     def global_batch(self) -> int:
@@ -77,7 +80,7 @@ class BatchPlan:
     def step_indices(self, step: int) -> List[int]:
         """All example indices of global optimiser step ``step`` (0-based, counted across epochs)."""
         epoch, k = divmod(step, self.steps_per_epoch)
-        idx = self._epoch_order(epoch)[k * self.global_batch: (k + 1) * self.global_batch]
+        idx = self._epoch_order(epoch)[k * self.global_batch : (k + 1) * self.global_batch]
         if self.drop_last:  # a short step (fewer examples than a global batch): a multiple of num_processes
             idx = idx[: len(idx) - len(idx) % self.num_processes]
         return idx
@@ -85,8 +88,16 @@ class BatchPlan:
     def _epoch_order(self, epoch: int) -> List[int]:
         """:meth:`order`, computed once per epoch (the plan's fields are not expected to change, but if they do the
         order is recomputed)."""
-        key = (epoch, self.n_examples, self.batch_size, self.num_processes, self.seed, self.shuffle, self.length_grouped,
-               id(self.lengths))
+        key = (
+            epoch,
+            self.n_examples,
+            self.batch_size,
+            self.num_processes,
+            self.seed,
+            self.shuffle,
+            self.length_grouped,
+            id(self.lengths),
+        )
         if self._cached is None or self._cached[0] != key:
             self._cached = (key, self.order(epoch))
         return self._cached[1]
@@ -98,18 +109,20 @@ class BatchPlan:
         per_micro = self.batch_size * self.num_processes
         out = []
         for a in range(self.grad_accum):
-            chunk = idx[a * per_micro: (a + 1) * per_micro]
+            chunk = idx[a * per_micro : (a + 1) * per_micro]
             share = len(chunk) // self.num_processes  # batch_size, except in a short step's slices
-            out.append(chunk[rank * share: (rank + 1) * share])
+            out.append(chunk[rank * share : (rank + 1) * share])
         return [m for m in out if m]
 
 
 def iterate_in_batches(indices: List[int], batch_size: int) -> Iterator[List[int]]:
     for i in range(0, len(indices), batch_size):
-        yield indices[i: i + batch_size]
+        yield indices[i : i + batch_size]
 
 
-def eval_batches(n_examples: int, batch_size: int, rank: int = 0, num_processes: int = 1) -> List[Tuple[int, List[int]]]:
+def eval_batches(
+    n_examples: int, batch_size: int, rank: int = 0, num_processes: int = 1
+) -> List[Tuple[int, List[int]]]:
     """This process's share of an evaluation pass: (batch number, indices) of the one-process batches (consecutive
     runs of ``batch_size``) whose number is ``rank`` modulo ``num_processes``. The processes' shares are disjoint
     and together the one-process batches, so rows gathered and sorted by batch number are one process's rows."""

@@ -7,6 +7,7 @@ in ``checksums.json``, it is marked complete, flushed, and only then renamed int
 (:func:`dpolab.atomic.atomic_dir`), so a kill at any moment leaves the previous checkpoint intact. Resuming verifies
 the checksums (:func:`latest_intact_checkpoint`) and falls back to the newest intact checkpoint.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -72,8 +73,11 @@ def file_sha256(path: Path) -> str:
 
 def folder_checksums(folder: Path) -> Dict[str, str]:
     """SHA-256 of every file below ``folder`` (relative POSIX paths), except the checksum file and the marker."""
-    return {f.relative_to(folder).as_posix(): file_sha256(f) for f in sorted(Path(folder).rglob("*"))
-            if f.is_file() and f.name not in (CHECKSUMS, COMPLETE)}
+    return {
+        f.relative_to(folder).as_posix(): file_sha256(f)
+        for f in sorted(Path(folder).rglob("*"))
+        if f.is_file() and f.name not in (CHECKSUMS, COMPLETE)
+    }
 
 
 def checkpoint_problem(ckpt: Path) -> Optional[str]:
@@ -132,8 +136,17 @@ def latest_intact_checkpoint(run_dir: Path, log: Callable[[str], None] = print) 
     return None
 
 
-def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, scheduler, loss_state: Dict[str, Any],
-                    state: Dict[str, Any], keep_last: int = 2) -> Path:
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    *,
+    save_model,
+    optimizer,
+    scheduler,
+    loss_state: Dict[str, Any],
+    state: Dict[str, Any],
+    keep_last: int = 2,
+) -> Path:
     """Write checkpoint ``step`` atomically. ``save_model(path)`` writes the model/adapter in HF format."""
     final = checkpoint_dir(run_dir, step)
     # atomic_dir: files flushed, then renamed into place; an existing folder of the same step (a re-run) is replaced
@@ -160,6 +173,7 @@ def save_checkpoint(run_dir: Path, step: int, *, save_model, optimizer, schedule
 
 def load_training_state(ckpt: Path) -> Dict[str, Any]:
     """Everything but the model weights (the caller reloads those from ``ckpt / 'model'``)."""
+
     def load(name: str):
         return torch.load(ckpt / name, weights_only=False)
 
@@ -203,5 +217,7 @@ def restore_weights(model, folder: Path) -> None:
         missing, unexpected = model.load_state_dict(state, strict=False)
         tied = {n for n in missing if "lm_head" in n}  # tied to the input embeddings, not saved separately
         if set(missing) - tied or unexpected:
-            raise TrainError(f"checkpoint {folder} does not match the model (missing {sorted(set(missing) - tied)[:3]}, "
-                             f"unexpected {unexpected[:3]})")
+            raise TrainError(
+                f"checkpoint {folder} does not match the model (missing {sorted(set(missing) - tied)[:3]}, "
+                f"unexpected {unexpected[:3]})"
+            )

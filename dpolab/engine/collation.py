@@ -1,4 +1,5 @@
 """Batches for the loop: the objective's collator, the run's layout, and the move to the run's device."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence

@@ -7,6 +7,7 @@ conversions live with their objectives). ``name`` keys the tokenised-data cache 
 asks a built-in task for its rows; registering an objective registers its kind (:func:`register_kind`), so
 ``prepare_data(..., "name", ...)`` finds it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Tuple
@@ -35,8 +36,9 @@ class DataKind:
             return dict(extras=tuple(data.extras), data_format=data.format)
         if data.format != "auto":
             hint = f" set {self.pairs_setting}" if self.pairs_setting else ""
-            raise DataError(f"data.format={data.format} reads preference pairs; for {self.name} rows on such data"
-                            + hint)
+            raise DataError(
+                f"data.format={data.format} reads preference pairs; for {self.name} rows on such data" + hint
+            )
         return {}
 
     def task_rows(self, data: DataConfig, seed: int, tokenizer: Any = None) -> Tuple[List[dict], List[dict]]:

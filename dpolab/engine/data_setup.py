@@ -1,5 +1,6 @@
 """From ``cfg.data`` to tokenised train and eval sets (files, or a built-in task from :mod:`dpolab.tasks`), of the
 data kind an objective declares (:mod:`dpolab.engine.data_kinds`): this file names no objective and no kind."""
+
 from __future__ import annotations
 
 import random
@@ -18,8 +19,14 @@ def task_rows(data: DataConfig, mode: str, seed: int, tokenizer: Any = None) -> 
     return rows_for(data.task, data.task_args, mode, seed, tokenizer)
 
 
-def prepare_data(data: DataConfig, tokenizer, kind, seed: int, log: Callable[[str], None] = print,
-                 stats: Optional[Dict[str, Any]] = None):
+def prepare_data(
+    data: DataConfig,
+    tokenizer,
+    kind,
+    seed: int,
+    log: Callable[[str], None] = print,
+    stats: Optional[Dict[str, Any]] = None,
+):
     """Tokenised (train, eval) lists of ``kind`` (a :class:`~dpolab.engine.data_kinds.DataKind` or a registered
     kind's name: 'preference', 'sft', 'unpaired', ...).
 
@@ -30,9 +37,16 @@ def prepare_data(data: DataConfig, tokenizer, kind, seed: int, log: Callable[[st
     from ..data.token_cache import cached_tokenisation  # a second run with the same settings skips tokenisation
 
     kind = get_kind(kind)
-    train, evals = cached_tokenisation(asdict(data), tokenizer, kind.name, seed,
-                                       lambda lg: _prepare(data, tokenizer, kind, seed, lg),
-                                       log=log, enabled=data.cache, cache_dir=data.cache_dir)
+    train, evals = cached_tokenisation(
+        asdict(data),
+        tokenizer,
+        kind.name,
+        seed,
+        lambda lg: _prepare(data, tokenizer, kind, seed, lg),
+        log=log,
+        enabled=data.cache,
+        cache_dir=data.cache_dir,
+    )
     if stats is not None:
         from ..data.truncation_report import truncation_stats
 
@@ -45,8 +59,13 @@ def _prepare(data: DataConfig, tokenizer, kind: DataKind, seed: int, log: Callab
     if source is not None:  # e.g. SFT on the responses of preference pairs: the kind converts the other kind's rows
         train, evals = _prepare(data, tokenizer, source, seed, log)
         return kind.convert(train, data, "train"), kind.convert(evals, data, "eval")
-    common: Dict[str, Any] = dict(max_length=data.max_length, max_prompt_length=data.max_prompt_length,
-                                  truncation_mode=data.truncation_mode, on_error=data.on_error, log=log)
+    common: Dict[str, Any] = dict(
+        max_length=data.max_length,
+        max_prompt_length=data.max_prompt_length,
+        truncation_mode=data.truncation_mode,
+        on_error=data.on_error,
+        log=log,
+    )
     common.update(kind.options(data))
     if data.task:
         if data.train:
@@ -56,9 +75,12 @@ def _prepare(data: DataConfig, tokenizer, kind: DataKind, seed: int, log: Callab
         evals, _ = kind.load(eval_rows, tokenizer, **common)
         return train, evals
     if not data.train:
-        raise DataError("no training data: set data.train (a file, folder or dataset name) or data.task (e.g. arithmetic)")
-    train, _ = kind.load(data.train, tokenizer, columns=data.columns or None, limit=data.limit, split=data.split,
-                         **common)
+        raise DataError(
+            "no training data: set data.train (a file, folder or dataset name) or data.task (e.g. arithmetic)"
+        )
+    train, _ = kind.load(
+        data.train, tokenizer, columns=data.columns or None, limit=data.limit, split=data.split, **common
+    )
     if not train:
         raise DataError("no usable training rows", source=data.train)
     if data.eval:
@@ -70,7 +92,9 @@ def _prepare(data: DataConfig, tokenizer, kind: DataKind, seed: int, log: Callab
         held = set(order[:n_eval])
         evals = [train[i] for i in sorted(held)]
         train = [t for i, t in enumerate(train) if i not in held]
-        log(f"held out {len(evals)} of {len(train) + len(evals)} training rows for evaluation (data.eval_fraction={data.eval_fraction})")
+        log(
+            f"held out {len(evals)} of {len(train) + len(evals)} training rows for evaluation (data.eval_fraction={data.eval_fraction})"
+        )
         from ..data.truncation_report import truncation_line, truncation_stats
 
         for split, items in (("train", train), ("eval", evals)):
@@ -86,7 +110,9 @@ def cap_eval_data(evals: Sequence, max_examples: Optional[int], log: Callable[[s
     if not evals:
         return evals
     if max_examples is not None and max_examples < len(evals):
-        log(f"evaluation scores {max_examples} of {len(evals)} eval examples (eval.max_examples={max_examples}; null = all)")
+        log(
+            f"evaluation scores {max_examples} of {len(evals)} eval examples (eval.max_examples={max_examples}; null = all)"
+        )
         return evals[:max_examples]
     log(f"evaluation scores all {len(evals)} eval examples")
     return evals

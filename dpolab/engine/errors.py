@@ -1,4 +1,5 @@
 """Why training stopped, in words a user can act on."""
+
 from __future__ import annotations
 
 import math
@@ -29,5 +30,7 @@ def check_finite(model, last_eval: Optional[Dict[str, Any]], step: int) -> None:
     if bad is None and (loss is None or math.isfinite(loss)):
         return
     what = f"weights ({bad})" if bad else f"eval loss ({loss})"
-    raise TrainError(f"after step {step} the model has non-finite {what}: it is not saved or marked done, and "
-                     f"the last checkpoint is kept. Try a lower train.lr or train.max_grad_norm")
+    raise TrainError(
+        f"after step {step} the model has non-finite {what}: it is not saved or marked done, and "
+        f"the last checkpoint is kept. Try a lower train.lr or train.max_grad_norm"
+    )

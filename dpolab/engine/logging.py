@@ -1,4 +1,5 @@
 """Metrics: one JSON row per logged step in ``metrics.jsonl``, plus optional TensorBoard / W&B."""
+
 from __future__ import annotations
 
 import json
@@ -38,16 +39,30 @@ class MetricsLogger:
     ``resumed_eval``: the evaluation row logged at the resumed step (every process reads it), so a run killed after
     its final evaluation, e.g. while publishing ``final/``, does not evaluate and log that step twice."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True, tensorboard: bool = False, wandb: bool = False,
-                 config: Optional[dict] = None, resume_step: Optional[int] = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        config: Optional[dict] = None,
+        resume_step: Optional[int] = None,
+    ):
         self.enabled = enabled
         self.path = Path(run_dir) / "metrics.jsonl"
         self.tb = None
         self.wandb = None
         self.resumed_eval = None
         if resume_step is not None and self.path.exists():
-            self.resumed_eval = next((r for r in reversed(read_metrics(self.path)) if r.get("step") == resume_step
-                                      and any(k.startswith("eval/") for k in r)), None)
+            self.resumed_eval = next(
+                (
+                    r
+                    for r in reversed(read_metrics(self.path))
+                    if r.get("step") == resume_step and any(k.startswith("eval/") for k in r)
+                ),
+                None,
+            )
         if not enabled:
             return
         with reported_as(self.path):  # an immutable or read-only metrics.jsonl: one line naming it
@@ -59,15 +74,18 @@ class MetricsLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as e:
-                raise MissingPackageError("output.tensorboard needs the tensorboard package: pip install tensorboard") from e
+                raise MissingPackageError(
+                    "output.tensorboard needs the tensorboard package: pip install tensorboard"
+                ) from e
             self.tb = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
         if wandb:
             try:
                 import wandb as _wandb
             except ImportError as e:
                 raise MissingPackageError("output.wandb needs the wandb package: pip install wandb") from e
-            self.wandb = _wandb.init(project=os.environ.get("WANDB_PROJECT", "dpolab"), config=config,
-                                     dir=str(run_dir), resume="allow")
+            self.wandb = _wandb.init(
+                project=os.environ.get("WANDB_PROJECT", "dpolab"), config=config, dir=str(run_dir), resume="allow"
+            )
 
     def _truncate_after(self, step: int) -> None:
         keep = []

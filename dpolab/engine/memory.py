@@ -1,4 +1,5 @@
 """Peak memory of one run: the accelerator allocator's peak, or the largest resident set sampled on the host."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Optimisers and learning-rate schedules."""
+
 from __future__ import annotations
 
 import math

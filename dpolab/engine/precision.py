@@ -1,5 +1,6 @@
 """Run-wide settings of the loop: the mixed-precision context (and the ``train.bf16=auto`` choice); its progress bars
 are :mod:`dpolab.progress`'s."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -45,13 +46,17 @@ def resolve_bf16(setting: Union[bool, str], device: torch.device, *, flags: Opti
         flags = cpu_flags() if flags is None else flags
         if flags is None:
             cap = torch.backends.cpu.get_cpu_capability()
-            return False, (f"train.bf16=auto: no /proc/cpuinfo to read the CPU's flags from (torch reports {cap}) -> "
-                           f"fp32; set train.bf16=true if this CPU has AMX or AVX-512 BF16")
+            return False, (
+                f"train.bf16=auto: no /proc/cpuinfo to read the CPU's flags from (torch reports {cap}) -> "
+                f"fp32; set train.bf16=true if this CPU has AMX or AVX-512 BF16"
+            )
         found = [f for f in FAST_BF16_CPU_FLAGS if f in flags]
         if found:
             return True, f"train.bf16=auto: the CPU has {' and '.join(found)} (fast bf16 matrix products)"
-        return False, (f"train.bf16=auto: the CPU has neither {' nor '.join(FAST_BF16_CPU_FLAGS)} (bf16 would be slower "
-                       f"than fp32 here) -> fp32")
+        return False, (
+            f"train.bf16=auto: the CPU has neither {' nor '.join(FAST_BF16_CPU_FLAGS)} (bf16 would be slower "
+            f"than fp32 here) -> fp32"
+        )
     return False, f"train.bf16=auto: no bf16 speed rule for device type '{device.type}' -> fp32"
 
 

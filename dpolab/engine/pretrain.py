@@ -13,6 +13,7 @@ the windowing, steps, batch, learning rate, schedule and seed. Layout under the 
 The finished folder appears only by an atomic rename of the partial one once training is done, so a folder named
 ``<key>`` is always complete. A second call with the same settings returns the cached path and trains nothing.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -74,15 +75,32 @@ def pretrained_model_key(spec: PretrainSpec, ident: Dict[str, Any]) -> str:
 def run_config(spec: PretrainSpec, run_dir: Path, progress: bool = True) -> Dict[str, Any]:
     return {
         "model": {"name_or_path": spec.preset, "tiny": dict(spec.tiny), "tokenizer": spec.tokenizer},
-        "data": {"task": "pretrain-text", "max_length": spec.chunk_chars + 8,
-                 "task_args": {"path": str(Path(spec.text).expanduser().resolve()), "chunk_chars": spec.chunk_chars,
-                               "n_eval": spec.n_eval}},
-        "train": {"mode": "sft", "max_steps": spec.steps, "batch_size": spec.batch_size, "lr": spec.lr,
-                  "warmup_steps": min(spec.warmup_steps, spec.steps // 4), "schedule": spec.schedule, "seed": spec.seed,
-                  "log_every": 10},
+        "data": {
+            "task": "pretrain-text",
+            "max_length": spec.chunk_chars + 8,
+            "task_args": {
+                "path": str(Path(spec.text).expanduser().resolve()),
+                "chunk_chars": spec.chunk_chars,
+                "n_eval": spec.n_eval,
+            },
+        },
+        "train": {
+            "mode": "sft",
+            "max_steps": spec.steps,
+            "batch_size": spec.batch_size,
+            "lr": spec.lr,
+            "warmup_steps": min(spec.warmup_steps, spec.steps // 4),
+            "schedule": spec.schedule,
+            "seed": spec.seed,
+            "log_every": 10,
+        },
         "eval": {"every": 0, "batch_size": 32, "max_examples": spec.n_eval},
-        "output": {"dir": str(run_dir), "save_every": max(1, min(250, spec.steps // 4)), "keep_last": 1,
-                   "progress": progress},
+        "output": {
+            "dir": str(run_dir),
+            "save_every": max(1, min(250, spec.steps // 4)),
+            "keep_last": 1,
+            "progress": progress,
+        },
     }
 
 
@@ -106,8 +124,13 @@ def cached_path(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None) -> 
     return cache / pretrained_model_key(spec, text_identity(Path(spec.text).expanduser())) / "final"
 
 
-def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, progress: bool = True,
-             log: Callable[[str], Any] = print) -> Path:
+def pretrain(
+    spec: PretrainSpec,
+    cache_dir: Optional[os.PathLike] = None,
+    *,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> Path:
     """The ``final/`` folder of the pretrained model, training it first unless it is cached."""
     from ..config import build_config
     from . import train  # looked up on the package at call time (tests stub dpolab.engine.train)
@@ -128,11 +151,16 @@ def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, pro
         resume = latest_checkpoint(partial) is not None and not (partial / DONE_MARKER).exists()
         cfg = build_config(run_config(spec, partial, progress))
         cfg.output.overwrite = not resume
-        log(f"pretraining {spec.preset} {spec.tiny} on {spec.text} for {spec.steps} steps"
-            + (" (resuming)" if resume else "") + f" -> {done_dir}")
+        log(
+            f"pretraining {spec.preset} {spec.tiny} on {spec.text} for {spec.steps} steps"
+            + (" (resuming)" if resume else "")
+            + f" -> {done_dir}"
+        )
         summary = train(cfg, resume=resume, log=log)
         ident = text_identity(Path(spec.text).expanduser())
-        atomic.write_text(partial / "pretrain.json", json.dumps({"spec": asdict(spec), "text": ident, "format": FORMAT}, indent=1))
+        atomic.write_text(
+            partial / "pretrain.json", json.dumps({"spec": asdict(spec), "text": ident, "format": FORMAT}, indent=1)
+        )
         shutil.rmtree(partial / "checkpoints", ignore_errors=True)  # the final model is all a user needs
         if done_dir.exists():  # a folder without a model (e.g. its final/ was deleted by hand) is not a cache hit:
             aside = done_dir.parent / f".old-{done_dir.name}-{os.getpid()}"  # swapped out only once the new one is in
@@ -142,6 +170,8 @@ def pretrain(spec: PretrainSpec, cache_dir: Optional[os.PathLike] = None, *, pro
         else:
             os.rename(partial, done_dir)
         ev = (summary.get("final_eval") or {}).get("eval/loss")
-        log(f"done: {summary['steps']} steps in {summary['wall_clock_s']:.0f}s"
-            + (f", held-out loss {ev:.3f} nats/token" if isinstance(ev, (int, float)) else ""))
+        log(
+            f"done: {summary['steps']} steps in {summary['wall_clock_s']:.0f}s"
+            + (f", held-out loss {ev:.3f} nats/token" if isinstance(ev, (int, float)) else "")
+        )
     return final

@@ -4,6 +4,7 @@ A row is a dict of metrics plus ``_weight`` (the pairs or tokens it averages ove
 accumulation and several processes report what one big batch would; ``.../min`` and ``.../max`` metrics (MADPO's
 weights) are extremes, not means. Keys starting with ``_`` are private to the objective (e.g. raw rewards).
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List
@@ -25,7 +26,9 @@ def weighted_means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
     return out
 
 
-def across_processes(out: Dict[str, float], weight: float, tokens: float, accelerator) -> tuple[Dict[str, float], float]:
+def across_processes(
+    out: Dict[str, float], weight: float, tokens: float, accelerator
+) -> tuple[Dict[str, float], float]:
     """Combine each process's step metrics as one process would have computed them (weighted by each process's
     pairs or tokens; extremes over processes). Returns (metrics, total tokens)."""
     if accelerator.num_processes == 1:
@@ -43,8 +46,9 @@ def across_processes(out: Dict[str, float], weight: float, tokens: float, accele
     return merged, float(t[-1])
 
 
-def eval_metrics(rows: List[Dict[str, Any]], set_statistics: Callable[[List[Dict[str, Any]]], Dict[str, float]],
-                 accelerator) -> Dict[str, float]:
+def eval_metrics(
+    rows: List[Dict[str, Any]], set_statistics: Callable[[List[Dict[str, Any]]], Dict[str, float]], accelerator
+) -> Dict[str, float]:
     """An evaluation's metrics from this process's rows (each with its ``_batch`` number): every process's rows are
     gathered (moved to the CPU) and sorted by batch number, so the weighted means and the objective's exact
     ``set_statistics`` see the rows one process would have made, in its order; every process returns them."""

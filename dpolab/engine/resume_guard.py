@@ -5,6 +5,7 @@ checkpoint that loads.
 A resumed run keeps its original ``config.yaml``; each resume that changed an allowed setting appends one row to
 ``resume_changes.jsonl`` (``{"step": N, "changes": {"train.max_steps": [20, 40]}}``).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -21,9 +22,23 @@ from .errors import TrainError
 from .run_folder import DONE_MARKER, RESUME_CHANGES
 
 # settings that do not change what the weights learn: they may differ on resume, and the change is recorded
-ALLOWED = ("train.max_steps", "train.threads", "train.compile", "train.log_every", "eval.every", "eval.batch_size",
-           "eval.at_start", "output.dir", "output.save_every", "output.keep_last", "output.save_final",
-           "output.tensorboard", "output.wandb", "data.cache", "data.cache_dir")
+ALLOWED = (
+    "train.max_steps",
+    "train.threads",
+    "train.compile",
+    "train.log_every",
+    "eval.every",
+    "eval.batch_size",
+    "eval.at_start",
+    "output.dir",
+    "output.save_every",
+    "output.keep_last",
+    "output.save_final",
+    "output.tensorboard",
+    "output.wandb",
+    "data.cache",
+    "data.cache_dir",
+)
 # how the folder is opened, not a setting of the run: never compared
 _IGNORED = ("output.overwrite", "output.progress")
 
@@ -64,13 +79,17 @@ def check_resumable(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -
     """For ``--resume``: (the checkpoint to continue from, or None to start from the beginning; the allowed setting
     changes). Refuses, in one line, a finished run and settings that differ outside :data:`ALLOWED`."""
     if (run_dir / DONE_MARKER).exists():
-        raise TrainError(f"{run_dir} holds a finished run ({DONE_MARKER}): --resume never trains it again; to train "
-                         f"it anew drop --resume and set output.overwrite=true, to train further start a new run from "
-                         f"it (model.init_from={run_dir / 'final'}), or choose another output.dir")
+        raise TrainError(
+            f"{run_dir} holds a finished run ({DONE_MARKER}): --resume never trains it again; to train "
+            f"it anew drop --resume and set output.overwrite=true, to train further start a new run from "
+            f"it (model.init_from={run_dir / 'final'}), or choose another output.dir"
+        )
     ckpt = latest_intact_checkpoint(run_dir, log=log)
     if ckpt is None and list_checkpoints(run_dir):  # the run's checkpoints are all damaged: never wiped silently
-        raise TrainError(f"--resume refused: no checkpoint in {run_dir / 'checkpoints'} is intact (each is named "
-                         f"above); restore one, or start over (output.overwrite=true, no --resume)")
+        raise TrainError(
+            f"--resume refused: no checkpoint in {run_dir / 'checkpoints'} is intact (each is named "
+            f"above); restore one, or start over (output.overwrite=true, no --resume)"
+        )
     if ckpt is None:  # killed before its first checkpoint
         log(f"--resume: no intact checkpoint in {run_dir}; starting from the beginning")
         return None, {}
@@ -82,15 +101,19 @@ def check_resumable(run_dir: Path, cfg: RunConfig, log: Callable[[str], None]) -
         import yaml
 
         before = build_config(yaml.safe_load(saved.read_text(encoding="utf-8"))).to_dict()
-    except Exception as e:  # noqa: BLE001 - unreadable or written by an incompatible dpolab: cannot be checked
-        raise TrainError(f"--resume refused: {saved} cannot be read to check the settings ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:160] if str(e) else ''})") from e
+    except Exception as e:
+        raise TrainError(
+            f"--resume refused: {saved} cannot be read to check the settings ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:160] if str(e) else ''})"
+        ) from e
     allowed, refused = config_changes(before, cfg.to_dict())
     if refused:
-        raise TrainError(f"--resume refused: the settings differ from the run's {saved} in {'; '.join(refused)}. "
-                         f"Resume with the run's settings, or start over (output.overwrite=true, no --resume) or in "
-                         f"another output.dir; only {', '.join(ALLOWED)} may change on resume (train.max_steps only "
-                         f"upward)")
+        raise TrainError(
+            f"--resume refused: the settings differ from the run's {saved} in {'; '.join(refused)}. "
+            f"Resume with the run's settings, or start over (output.overwrite=true, no --resume) or in "
+            f"another output.dir; only {', '.join(ALLOWED)} may change on resume (train.max_steps only "
+            f"upward)"
+        )
     return ckpt, allowed
 
 
@@ -121,20 +144,25 @@ def check_same_data(ckpt: Optional[Path], fingerprint: str) -> str:
         return fingerprint
     recorded = json.loads((ckpt / "state.json").read_text(encoding="utf-8")).get("data_sha256")
     if recorded is not None and recorded != fingerprint:
-        raise TrainError(f"--resume refused: the training examples differ from those {ckpt} was trained on (content "
-                         f"hash {fingerprint[:12]}, recorded {recorded[:12]}): a data file or data setting changed "
-                         f"since; restore it, or start over (output.overwrite=true, no --resume) or in another "
-                         f"output.dir")
+        raise TrainError(
+            f"--resume refused: the training examples differ from those {ckpt} was trained on (content "
+            f"hash {fingerprint[:12]}, recorded {recorded[:12]}): a data file or data setting changed "
+            f"since; restore it, or start over (output.overwrite=true, no --resume) or in another "
+            f"output.dir"
+        )
     return fingerprint
 
 
-def record_start(run_dir: Path, cfg: RunConfig, ckpt: Optional[Path], changes: Dict[str, Any], step: int,
-                 log: Callable[[str], None]) -> None:
+def record_start(
+    run_dir: Path, cfg: RunConfig, ckpt: Optional[Path], changes: Dict[str, Any], step: int, log: Callable[[str], None]
+) -> None:
     """A fresh run saves ``config.yaml``; a resumed one keeps the original and appends its allowed changes to
     ``resume_changes.jsonl``."""
     if ckpt is None or not (run_dir / "config.yaml").exists():
         save_config(cfg, run_dir / "config.yaml")
     if ckpt is not None and changes:
         append_text(run_dir / RESUME_CHANGES, json.dumps({"step": step, "changes": changes}, default=str) + "\n")
-        log(f"--resume: changed settings recorded in {run_dir / RESUME_CHANGES}: "
-            + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items()))
+        log(
+            f"--resume: changed settings recorded in {run_dir / RESUME_CHANGES}: "
+            + ", ".join(f"{k} {_show(a)} -> {_show(b)}" for k, (a, b) in changes.items())
+        )

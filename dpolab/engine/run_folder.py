@@ -1,4 +1,5 @@
 """The run folder: one writer at a time, never clobber an earlier run unasked, writable with room, cleared on request."""
+
 from __future__ import annotations
 
 import json
@@ -9,15 +10,24 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from .. import atomic
-from .errors import TrainError
 from ..models.quiet import known_warnings_silenced
+from .errors import TrainError
 
 DONE_MARKER = "DONE"
 LOCK_FILE = ".lock"
 # what a run writes; any of them means the folder holds an earlier run (finished or not)
 RESUME_CHANGES = "resume_changes.jsonl"  # the settings changed on each resume (dpolab.engine.resume_guard)
-RUN_FILES = ("checkpoints", "final", DONE_MARKER, "metrics.jsonl", "summary.json", "config.yaml", "probes.pt", "ref_cache",
-             RESUME_CHANGES)
+RUN_FILES = (
+    "checkpoints",
+    "final",
+    DONE_MARKER,
+    "metrics.jsonl",
+    "summary.json",
+    "config.yaml",
+    "probes.pt",
+    "ref_cache",
+    RESUME_CHANGES,
+)
 
 
 def check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
@@ -26,11 +36,15 @@ def check_output_dir(run_dir: Path, overwrite: bool, resume: bool) -> None:
     if not (overwrite or resume):
         earlier = [name for name in RUN_FILES if (run_dir / name).exists()]
         if (run_dir / DONE_MARKER).exists():
-            raise TrainError(f"{run_dir} already holds a finished run; set output.overwrite=true to replace it or "
-                             f"choose another output.dir")
+            raise TrainError(
+                f"{run_dir} already holds a finished run; set output.overwrite=true to replace it or "
+                f"choose another output.dir"
+            )
         if earlier:
-            raise TrainError(f"{run_dir} holds an unfinished run ({', '.join(earlier)}); continue it with --resume, "
-                             f"or set output.overwrite=true to replace it, or choose another output.dir")
+            raise TrainError(
+                f"{run_dir} holds an unfinished run ({', '.join(earlier)}); continue it with --resume, "
+                f"or set output.overwrite=true to replace it, or choose another output.dir"
+            )
     if overwrite and not resume:
         for name in RUN_FILES:
             p = run_dir / name
@@ -95,8 +109,10 @@ class RunLock:
         except OSError:
             holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise TrainError(f"{self.path.parent} is in use by another dpolab process (pid {holder}); wait for it to "
-                             f"finish or stop it, or choose another output.dir") from None
+            raise TrainError(
+                f"{self.path.parent} is in use by another dpolab process (pid {holder}); wait for it to "
+                f"finish or stop it, or choose another output.dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self._fd, self.created = fd, created
@@ -143,9 +159,11 @@ def check_free_space(run_dir: Path, ckpt_bytes: int, keep_last: int) -> None:
     need = ckpt_bytes * (max(1, keep_last) + 1) + ckpt_bytes + 16 * 2**20
     free = shutil.disk_usage(run_dir).free
     if free < need:
-        raise TrainError(f"output folder {run_dir} has {free / 2**20:.0f} MB free but this run needs about "
-                         f"{need / 2**20:.0f} MB ({keep_last} kept checkpoint(s) of ~{ckpt_bytes / 2**20:.0f} MB, one being "
-                         f"written, the final model); free some space, lower output.keep_last, or choose another output.dir")
+        raise TrainError(
+            f"output folder {run_dir} has {free / 2**20:.0f} MB free but this run needs about "
+            f"{need / 2**20:.0f} MB ({keep_last} kept checkpoint(s) of ~{ckpt_bytes / 2**20:.0f} MB, one being "
+            f"written, the final model); free some space, lower output.keep_last, or choose another output.dir"
+        )
 
 
 def publish(run_dir: Path, summary: Dict[str, Any], save_final: Optional[Callable[[Path], None]]) -> None:

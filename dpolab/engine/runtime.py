@@ -1,6 +1,7 @@
 """The run's compute settings, decided once at start, logged and recorded in ``summary.json`` (``runtime``):
 bf16 autocast (``train.bf16``: true, false or auto), torch's thread counts (``train.threads``) and
 ``torch.compile`` of the model (``train.compile``)."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,14 @@ class Runtime:
     autocast: Callable = field(repr=False, default=None)
 
     def record(self) -> Dict[str, Any]:
-        return {"bf16": self.bf16, "bf16_reason": self.bf16_reason, "threads": self.threads,
-                "interop_threads": self.interop_threads, "threads_source": self.threads_source, "compile": self.compile}
+        return {
+            "bf16": self.bf16,
+            "bf16_reason": self.bf16_reason,
+            "threads": self.threads,
+            "interop_threads": self.interop_threads,
+            "threads_source": self.threads_source,
+            "compile": self.compile,
+        }
 
 
 def set_threads(threads: Optional[int]) -> tuple:
@@ -46,8 +53,10 @@ def set_threads(threads: Optional[int]) -> tuple:
             try:
                 torch.set_num_interop_threads(threads)
             except RuntimeError:  # torch allows it once per process, before any inter-op work (e.g. an earlier run)
-                note = (f"inter-op threads stay at {torch.get_num_interop_threads()} (torch sets them once per process, "
-                        f"before parallel work starts)")
+                note = (
+                    f"inter-op threads stay at {torch.get_num_interop_threads()} (torch sets them once per process, "
+                    f"before parallel work starts)"
+                )
     return torch.get_num_threads(), torch.get_num_interop_threads(), source, note
 
 
@@ -57,7 +66,9 @@ def compile_mode(setting: Union[bool, str]) -> Optional[str]:
         return None
     mode = "default" if setting is True else setting
     if mode not in COMPILE_MODES:
-        raise TrainError(f"train.compile: {setting!r} is not valid; choose false, true or one of {', '.join(COMPILE_MODES)}")
+        raise TrainError(
+            f"train.compile: {setting!r} is not valid; choose false, true or one of {', '.join(COMPILE_MODES)}"
+        )
     return mode
 
 
@@ -66,10 +77,16 @@ def check_compile_works(device: torch.device) -> None:
     import torch._dynamo
 
     if not torch._dynamo.is_dynamo_supported():
-        raise TrainError("train.compile: torch.compile is not supported on this Python/torch build; set train.compile=false")
-    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "", "g++", "c++", "clang++")):
-        raise TrainError("train.compile: torch.compile (inductor) needs a C++ compiler on CPU and none was found "
-                         "(g++, c++, clang++ or $CXX); install one or set train.compile=false")
+        raise TrainError(
+            "train.compile: torch.compile is not supported on this Python/torch build; set train.compile=false"
+        )
+    if device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX") or "", "g++", "c++", "clang++")
+    ):
+        raise TrainError(
+            "train.compile: torch.compile (inductor) needs a C++ compiler on CPU and none was found "
+            "(g++, c++, clang++ or $CXX); install one or set train.compile=false"
+        )
 
 
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
@@ -90,9 +107,19 @@ def configure_runtime(t: TrainConfig, device: torch.device, log: Callable[[str],
     mode = compile_mode(t.compile)
     if mode is not None:
         check_compile_works(device)
-    rt = Runtime(bf16=bf16, bf16_reason=why, threads=intra, interop_threads=inter, threads_source=source, compile=mode,
-                 autocast=autocast_factory(bf16, device))
-    log(f"compute: {'bf16 autocast' if bf16 else 'fp32'} ({why}); torch threads {intra} intra-op, {inter} inter-op "
-        f"({source})" + (f"; {note}" if note else "")
-        + (f"; torch.compile mode={mode} (the first steps compile: minutes on a small CPU)" if mode else ""))
+    rt = Runtime(
+        bf16=bf16,
+        bf16_reason=why,
+        threads=intra,
+        interop_threads=inter,
+        threads_source=source,
+        compile=mode,
+        autocast=autocast_factory(bf16, device),
+    )
+    log(
+        f"compute: {'bf16 autocast' if bf16 else 'fp32'} ({why}); torch threads {intra} intra-op, {inter} inter-op "
+        f"({source})"
+        + (f"; {note}" if note else "")
+        + (f"; torch.compile mode={mode} (the first steps compile: minutes on a small CPU)" if mode else "")
+    )
     return rt

@@ -6,6 +6,7 @@ then the objective's parts that need the placed model (reference, probes), then 
 its share of the step's units, so accumulation equals one big batch), the gradient is clipped, checked and applied,
 metrics are logged, and evaluation and checkpoints happen on schedule.
 """
+
 from __future__ import annotations
 
 import math
@@ -29,22 +30,30 @@ from .data_setup import cap_eval_data, prepare_data
 from .errors import TrainError, check_finite, first_line, is_oom
 from .logging import MetricsLogger, to_float
 from .memory import PeakMemory
-from .precision import bar_interval, progress_bar
-from .runtime import configure_runtime
 from .objectives import RunContext, RunParts, get_objective
 from .optim import build_optimizer, build_scheduler
+from .precision import bar_interval, progress_bar
 from .reduce import across_processes, eval_metrics, weighted_means
 from .resume_guard import check_resumable, check_same_data, data_fingerprint, record_start
 from .run_folder import DONE_MARKER, check_free_space, check_output_dir, checkpoint_bytes, claim_run_folder, publish
+from .runtime import configure_runtime
 
 EvalHook = Callable[[Any, Any, int], Dict[str, float]]
 __all__ = ["Trainer", "TrainError", "train", "DONE_MARKER"]
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, *, train_data: Optional[list] = None, eval_data: Optional[list] = None,
-                 eval_hooks: Sequence[EvalHook] = (), resume: bool = False, log: Optional[Callable[[str], None]] = None,
-                 accelerator=None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        *,
+        train_data: Optional[list] = None,
+        eval_data: Optional[list] = None,
+        eval_hooks: Sequence[EvalHook] = (),
+        resume: bool = False,
+        log: Optional[Callable[[str], None]] = None,
+        accelerator=None,
+    ):
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bar is enough; HF's save/load bars would interleave with it
@@ -72,7 +81,9 @@ class Trainer:
     def _setup(self, cfg: RunConfig, train_data, eval_data, resume: bool) -> None:
         accelerator = self.accelerator
         ckpt, changes = check_resumable(self.run_dir, cfg, self.log) if resume else (None, {})
-        if self.is_main:  # an earlier run needs --resume or output.overwrite (a --resume with nothing to resume restarts)
+        if (
+            self.is_main
+        ):  # an earlier run needs --resume or output.overwrite (a --resume with nothing to resume restarts)
             check_output_dir(self.run_dir, cfg.output.overwrite or resume and ckpt is None, resume=ckpt is not None)
             remove_stale(self.run_dir)  # temporaries of a process killed while writing here (e.g. publishing final/)
         accelerator.wait_for_everyone()
@@ -81,8 +92,9 @@ class Trainer:
         # data
         self.tokenizer, self.data_stats = load_tokenizer(cfg.model), {}  # data_stats: what truncation cut, per split
         if train_data is None:
-            train_data, prepared_eval = prepare_data(cfg.data, self.tokenizer, self.objective.data_kind, cfg.train.seed, log=self.log,
-                                                     stats=self.data_stats)
+            train_data, prepared_eval = prepare_data(
+                cfg.data, self.tokenizer, self.objective.data_kind, cfg.train.seed, log=self.log, stats=self.data_stats
+            )
             eval_data = prepared_eval if eval_data is None else eval_data
         if not train_data:
             raise TrainError("no training examples")
@@ -97,10 +109,20 @@ class Trainer:
             restore_weights(self.policy, ckpt / "model")
         self.params = count_parameters(self.policy)
         if self.is_main:
-            check_free_space(self.run_dir, checkpoint_bytes(self.policy, cfg.lora.enabled, cfg.train.optimizer), cfg.output.keep_last)
+            check_free_space(
+                self.run_dir, checkpoint_bytes(self.policy, cfg.lora.enabled, cfg.train.optimizer), cfg.output.keep_last
+            )
         t = cfg.train
-        self.plan = BatchPlan(len(self.train_data), t.batch_size, t.grad_accum, accelerator.num_processes, t.seed, t.shuffle,
-                              lengths=lengths if t.length_grouped else None, length_grouped=t.length_grouped)
+        self.plan = BatchPlan(
+            len(self.train_data),
+            t.batch_size,
+            t.grad_accum,
+            accelerator.num_processes,
+            t.seed,
+            t.shuffle,
+            lengths=lengths if t.length_grouped else None,
+            length_grouped=t.length_grouped,
+        )
         self.total_steps = t.max_steps or max(1, math.ceil(t.epochs * self.plan.steps_per_epoch))
         self.optimizer = build_optimizer(self.policy.parameters(), t)
         self.scheduler = build_scheduler(self.optimizer, t, self.total_steps)
@@ -110,22 +132,45 @@ class Trainer:
         self.model, self.optimizer = accelerator.prepare(self.policy, self.optimizer)
 
         # the objective's parts that need the model on its device (reference, probes)
-        self.collate = Collator(self.objective, self.tokenizer.pad_token_id, t.layout, model_width(self.policy),
-                                accelerator.device)
+        self.collate = Collator(
+            self.objective, self.tokenizer.pad_token_id, t.layout, model_width(self.policy), accelerator.device
+        )
         parts = RunParts(
-            tokenizer=self.tokenizer, collate=self.collate, run_dir=self.run_dir, total_steps=self.total_steps,
-            max_positions=max_positions, bf16=self.runtime.bf16, resuming=ckpt is not None,
+            tokenizer=self.tokenizer,
+            collate=self.collate,
+            run_dir=self.run_dir,
+            total_steps=self.total_steps,
+            max_positions=max_positions,
+            bf16=self.runtime.bf16,
+            resuming=ckpt is not None,
             progress=partial(progress_bar, enabled=cfg.output.progress and self.is_main),
-            resumed=state["state"].get("objective") if state else None)
-        self.objective.setup(RunContext(cfg=cfg, accelerator=accelerator, model=self.model, train_data=self.train_data,
-                                        eval_data=self.eval_data, parts=parts, autocast=self.runtime.autocast,
-                                        log=self.log, is_main=self.is_main))
+            resumed=state["state"].get("objective") if state else None,
+        )
+        self.objective.setup(
+            RunContext(
+                cfg=cfg,
+                accelerator=accelerator,
+                model=self.model,
+                train_data=self.train_data,
+                eval_data=self.eval_data,
+                parts=parts,
+                autocast=self.runtime.autocast,
+                log=self.log,
+                is_main=self.is_main,
+            )
+        )
         if state is not None:
             self.objective.load_state_dict(state["loss_state"])
             set_rng_state(state["rng"])  # last: building the parts above may draw random numbers
             self.log(f"resumed from {ckpt} at step {self.step}")
-        self.metrics = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=cfg.output.tensorboard,
-                                     wandb=cfg.output.wandb, config=cfg.to_dict(), resume_step=self.step if ckpt else None)
+        self.metrics = MetricsLogger(
+            self.run_dir,
+            enabled=self.is_main,
+            tensorboard=cfg.output.tensorboard,
+            wandb=cfg.output.wandb,
+            config=cfg.to_dict(),
+            resume_step=self.step if ckpt else None,
+        )
         if self.is_main:  # config.yaml of a fresh run; a resumed run keeps its own and records allowed changes
             record_start(self.run_dir, cfg, ckpt, changes, self.step, self.log)
 
@@ -164,9 +209,14 @@ class Trainer:
         acc = self.accelerator
         rows = self._accumulate()
         max_norm = self.cfg.train.max_grad_norm
-        grad_norm = float(acc.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad],
-                                              max_norm if max_norm else float("inf")))
-        loss_value = sum(float(to_float(r["loss"])) * r["_weight"] for r in rows) / max(1e-12, sum(r["_weight"] for r in rows))
+        grad_norm = float(
+            acc.clip_grad_norm_(
+                [p for p in self.model.parameters() if p.requires_grad], max_norm if max_norm else float("inf")
+            )
+        )
+        loss_value = sum(float(to_float(r["loss"])) * r["_weight"] for r in rows) / max(
+            1e-12, sum(r["_weight"] for r in rows)
+        )
         if not (math.isfinite(grad_norm) and math.isfinite(loss_value)):
             self.optimizer.zero_grad(set_to_none=True)
             what = f"loss {loss_value}, grad norm {grad_norm}"
@@ -178,8 +228,10 @@ class Trainer:
                     self.scheduler.step()
                 self.step += 1
                 return None
-            raise TrainError(f"step {self.step + 1}: non-finite {what}. The last good checkpoint is kept. Try a lower "
-                             f"train.lr, train.max_grad_norm, fp32 (train.bf16=false), or train.on_nonfinite=skip")
+            raise TrainError(
+                f"step {self.step + 1}: non-finite {what}. The last good checkpoint is kept. Try a lower "
+                f"train.lr, train.max_grad_norm, fp32 (train.bf16=false), or train.on_nonfinite=skip"
+            )
         lr = self.scheduler.get_last_lr()[0]
         self.optimizer.step()
         self.scheduler.step()
@@ -190,9 +242,18 @@ class Trainer:
         self.elapsed += dt
         out = {**weighted_means(rows), **self.objective.set_statistics(rows)}
         out, tokens = across_processes(out, sum(r["_weight"] for r in rows), sum(r["_tokens"] for r in rows), acc)
-        out.update({"step": self.step, "epoch": round(self.step / self.plan.steps_per_epoch, 4), "grad_norm": grad_norm,
-                    "lr": lr, "tokens_per_s": tokens / max(dt, 1e-9), "time/step_s": dt, "time/elapsed_s": self.elapsed,
-                    "mem/peak_mb": self.memory.sample()})
+        out.update(
+            {
+                "step": self.step,
+                "epoch": round(self.step / self.plan.steps_per_epoch, 4),
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "tokens_per_s": tokens / max(dt, 1e-9),
+                "time/step_s": dt,
+                "time/elapsed_s": self.elapsed,
+                "mem/peak_mb": self.memory.sample(),
+            }
+        )
         return out
 
     @torch.no_grad()
@@ -207,7 +268,9 @@ class Trainer:
             acc, rows, data = self.accelerator, [], self.eval_data
             with self.objective.evaluation(data):  # each process scores its share of the one-process batches
                 for b, idx in eval_batches(len(data), self.cfg.eval.batch_size, acc.process_index, acc.num_processes):
-                    r = self.objective.forward(model, self.collate(idx, data, self.objective.eval_offset), training=False)
+                    r = self.objective.forward(
+                        model, self.collate(idx, data, self.objective.eval_offset), training=False
+                    )
                     rows.append({**r.metrics, "_weight": r.weight, "_batch": b})
                 out.update({f"eval/{k}": v for k, v in eval_metrics(rows, self.objective.set_statistics, acc).items()})
         out.update(self.objective.eval_extras(model))
@@ -223,29 +286,50 @@ class Trainer:
             model = self.accelerator.unwrap_model(self.model)
             try:
                 save_checkpoint(
-                    self.run_dir, self.step, keep_last=self.cfg.output.keep_last,
+                    self.run_dir,
+                    self.step,
+                    keep_last=self.cfg.output.keep_last,
                     save_model=lambda p: save_model(model, self.tokenizer, p, self.cfg.model, self.cfg.train.seed),
-                    optimizer=self.optimizer, scheduler=self.scheduler, loss_state=self.objective.state_dict(),
-                    state={"skipped_steps": self.skipped_steps, "elapsed_s": self.elapsed, "total_steps": self.total_steps,
-                           "objective": self.objective.record(), "data_sha256": self.data_sha})
+                    optimizer=self.optimizer,
+                    scheduler=self.scheduler,
+                    loss_state=self.objective.state_dict(),
+                    state={
+                        "skipped_steps": self.skipped_steps,
+                        "elapsed_s": self.elapsed,
+                        "total_steps": self.total_steps,
+                        "objective": self.objective.record(),
+                        "data_sha256": self.data_sha,
+                    },
+                )
             except OSError as e:  # disk full, folder removed or made read-only mid-run
-                raise TrainError(f"could not write the step-{self.step} checkpoint in {self.run_dir}: {e.strerror or e}; "
-                                 f"the previous checkpoint is kept (--resume continues from it)") from e
+                raise TrainError(
+                    f"could not write the step-{self.step} checkpoint in {self.run_dir}: {e.strerror or e}; "
+                    f"the previous checkpoint is kept (--resume continues from it)"
+                ) from e
         self.accelerator.wait_for_everyone()
 
     # -- the loop -------------------------------------------------------------------------------------------------
     def fit(self) -> Dict[str, Any]:
         """Train to ``total_steps``; returns the summary (also written to ``summary.json``)."""
         cfg = self.cfg
-        self.log(f"{cfg.train.mode} training: {len(self.train_data)} examples, {self.total_steps} steps, "
-                 f"{self.params['trainable']:,} of {self.params['total']:,} parameters trainable "
-                 f"({getattr(self.policy.config, 'model_type', 'unknown family')}) -> {self.run_dir}")
+        self.log(
+            f"{cfg.train.mode} training: {len(self.train_data)} examples, {self.total_steps} steps, "
+            f"{self.params['trainable']:,} of {self.params['total']:,} parameters trainable "
+            f"({getattr(self.policy.config, 'model_type', 'unknown family')}) -> {self.run_dir}"
+        )
         self.model.train()
         first_eval = last_eval = None
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.total_steps, initial=self.step, desc=cfg.train.mode, unit="step",
-                   disable=not (cfg.output.progress and self.is_main), dynamic_ncols=True, mininterval=bar_interval())
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc=cfg.train.mode,
+            unit="step",
+            disable=not (cfg.output.progress and self.is_main),
+            dynamic_ncols=True,
+            mininterval=bar_interval(),
+        )
         try:
             try:
                 if cfg.eval.at_start and self.step == 0:
@@ -258,15 +342,21 @@ class Trainer:
                         bar.set_postfix(**self.objective.postfix(row))
                     if cfg.eval.every and self.step % cfg.eval.every == 0 and self.step < self.total_steps:
                         last_eval = self.metrics.log(self.evaluate())
-                    if cfg.output.save_every and self.step % cfg.output.save_every == 0 and self.step < self.total_steps:
+                    if (
+                        cfg.output.save_every
+                        and self.step % cfg.output.save_every == 0
+                        and self.step < self.total_steps
+                    ):
                         self._checkpoint()
                 last_eval = self.metrics.log_final_eval(self.step, self.evaluate)  # once, even when resumed after it
             except (RuntimeError, MemoryError) as e:  # torch.cuda.OutOfMemoryError is a RuntimeError
                 if not is_oom(e):
                     raise
-                raise TrainError(f"out of memory at step {self.step + 1} ({first_line(e)}): lower train.batch_size (raise "
-                                 "train.grad_accum to keep the global batch), data.max_length or eval.batch_size, or use "
-                                 "lora.enabled=true or train.bf16=true. The last checkpoint is kept (--resume)") from e
+                raise TrainError(
+                    f"out of memory at step {self.step + 1} ({first_line(e)}): lower train.batch_size (raise "
+                    "train.grad_accum to keep the global batch), data.max_length or eval.batch_size, or use "
+                    "lora.enabled=true or train.bf16=true. The last checkpoint is kept (--resume)"
+                ) from e
             check_finite(self.accelerator.unwrap_model(self.model), last_eval, self.step)
             self._checkpoint()
             summary = self._finish(first_eval, last_eval)
@@ -278,15 +368,31 @@ class Trainer:
 
     def _finish(self, first_eval, last_eval) -> Dict[str, Any]:
         summary = {
-            "mode": self.cfg.train.mode, "steps": self.step, "skipped_steps": self.skipped_steps,
-            "train_examples": len(self.train_data), "eval_examples": len(self.eval_data),
-            "wall_clock_s": round(self.elapsed, 3), "peak_memory_mb": round(self.memory.sample(), 1),
-            "parameters": self.params, "first_eval": first_eval, "final_eval": last_eval,
-            **self.objective.summary(), "runtime": self.runtime.record(), "data": self.data_stats,
+            "mode": self.cfg.train.mode,
+            "steps": self.step,
+            "skipped_steps": self.skipped_steps,
+            "train_examples": len(self.train_data),
+            "eval_examples": len(self.eval_data),
+            "wall_clock_s": round(self.elapsed, 3),
+            "peak_memory_mb": round(self.memory.sample(), 1),
+            "parameters": self.params,
+            "first_eval": first_eval,
+            "final_eval": last_eval,
+            **self.objective.summary(),
+            "runtime": self.runtime.record(),
+            "data": self.data_stats,
         }
         if self.is_main:
-            final = self.objective.model_to_save(self.accelerator.unwrap_model(self.model)) if self.cfg.output.save_final else None
-            publish(self.run_dir, summary, final and (lambda p: save_model(final, self.tokenizer, p, self.cfg.model, self.cfg.train.seed)))
+            final = (
+                self.objective.model_to_save(self.accelerator.unwrap_model(self.model))
+                if self.cfg.output.save_final
+                else None
+            )
+            publish(
+                self.run_dir,
+                summary,
+                final and (lambda p: save_model(final, self.tokenizer, p, self.cfg.model, self.cfg.train.seed)),
+            )
         self.accelerator.wait_for_everyone()
         return summary
 

@@ -1,4 +1,5 @@
 """Evaluation: generation and task metrics."""
+
 from .generation import generate
 
 __all__ = ["generate"]

@@ -7,6 +7,7 @@ folder written by ``dpolab train`` (merged into the base its ``dpolab_model.json
 as is. Tokens come from :func:`dpolab.evaluation.generation.generate` (BOS first as in training, stop at EOS,
 special tokens removed, seeded sampling; ``temperature=0`` is greedy).
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ def check_text(text: str, what: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise ConfigError(f"{what} is not UTF-8 text (byte 0x{ord(text[e.start]) & 0xFF:02x} at character "
-                          f"{e.start + 1})") from e
+        raise ConfigError(
+            f"{what} is not UTF-8 text (byte 0x{ord(text[e.start]) & 0xFF:02x} at character {e.start + 1})"
+        ) from e
     return text
 
 
@@ -87,8 +89,9 @@ def input_lines(stream, interactive: bool, what: str = "stdin") -> Iterator[str]
         yield check_text(line, f"{what}: line {turn}")
 
 
-def load_chat_model(model: str, *, tokenizer: Optional[str] = None, dtype: Optional[str] = None,
-                    device: str = "auto") -> Tuple[Any, Any]:
+def load_chat_model(
+    model: str, *, tokenizer: Optional[str] = None, dtype: Optional[str] = None, device: str = "auto"
+) -> Tuple[Any, Any]:
     """(model in eval mode, tokenizer) for a preset name, a model folder / hub id, or a dpolab LoRA adapter folder,
     on ``device`` (:func:`dpolab.models.device.resolve_device`); ``dtype`` None: bf16 weights on a GPU that supports
     them, float32 elsewhere."""
@@ -117,8 +120,17 @@ def reply(model, tokenizer, messages: List[Message], opts: SamplingOptions) -> s
     opts.check()
     sample = opts.temperature > 0
     text = render_prompt(tokenizer, messages, opts)
-    out = generate(model, tokenizer, [text], max_new_tokens=opts.max_new_tokens, batch_size=1, do_sample=sample,
-                   temperature=opts.temperature if sample else 1.0, top_p=opts.top_p, seed=opts.seed)
+    out = generate(
+        model,
+        tokenizer,
+        [text],
+        max_new_tokens=opts.max_new_tokens,
+        batch_size=1,
+        do_sample=sample,
+        temperature=opts.temperature if sample else 1.0,
+        top_p=opts.top_p,
+        seed=opts.seed,
+    )
     return out[0].strip()
 
 

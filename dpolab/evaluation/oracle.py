@@ -1,5 +1,6 @@
 """Task metrics from generation with an oracle: an exact one (the arithmetic task's final value) or an oracle
 reward (the sentiment task's VADER score, :func:`oracle_reward_eval`)."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,16 @@ from typing import Any, Callable, Dict, List, Sequence, Union
 from .generation import generate
 
 
-def answer_accuracy(model, tokenizer, prompts: Sequence[str], answers: Sequence[Any], parse: Callable[[str], Any], *,
-                    max_new_tokens: int = 48, batch_size: int = 64) -> Dict[str, float]:
+def answer_accuracy(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    answers: Sequence[Any],
+    parse: Callable[[str], Any],
+    *,
+    max_new_tokens: int = 48,
+    batch_size: int = 64,
+) -> Dict[str, float]:
     """Greedy generation; accuracy = share of generations whose parsed answer equals the true one."""
     outs = generate(model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size)
     hits = [parse(o) == a for o, a in zip(outs, answers)]
@@ -17,8 +26,9 @@ def answer_accuracy(model, tokenizer, prompts: Sequence[str], answers: Sequence[
     return {"answer_accuracy": sum(hits) / max(1, len(hits)), "answer_parsed": sum(parsed) / max(1, len(parsed))}
 
 
-def answer_accuracy_hook(rows: Sequence[dict], parse: Callable[[str], Any], *, max_new_tokens: int = 48,
-                         limit: int = 128) -> Callable[[Any, Any, int], Dict[str, float]]:
+def answer_accuracy_hook(
+    rows: Sequence[dict], parse: Callable[[str], Any], *, max_new_tokens: int = 48, limit: int = 128
+) -> Callable[[Any, Any, int], Dict[str, float]]:
     """An engine eval hook scoring rows that have ``prompt`` and ``answer``."""
     rows = list(rows)[:limit]
     prompts: List[str] = [r["prompt"] for r in rows]
@@ -30,9 +40,19 @@ def answer_accuracy_hook(rows: Sequence[dict], parse: Callable[[str], Any], *, m
     return hook
 
 
-def oracle_reward_eval(model, tokenizer, prompts: Sequence[str], oracle: Union[str, Callable[[Sequence[str]], List[float]]] = "vader", *,
-                       n_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-                       seed: int = 0, batch_size: int = 32) -> Dict[str, float]:
+def oracle_reward_eval(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    oracle: Union[str, Callable[[Sequence[str]], List[float]]] = "vader",
+    *,
+    n_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Dict[str, float]:
     """Mean oracle reward of sampled continuations (the S2 metric).
 
     Each prompt gets ``n_samples`` continuations (temperature / top-p sampling, seeded: the same ``seed`` gives the
@@ -51,17 +71,35 @@ def oracle_reward_eval(model, tokenizer, prompts: Sequence[str], oracle: Union[s
         raise ValueError("oracle_reward_eval needs at least one prompt")
     score = get_oracle(oracle)
     flat = [p for p in prompts for _ in range(n_samples)]
-    outs = generate(model, tokenizer, flat, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
-                    temperature=temperature, top_p=top_p, seed=seed)
+    outs = generate(
+        model,
+        tokenizer,
+        flat,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
     rewards = score(outs)
-    per_prompt = [sum(rewards[i * n_samples:(i + 1) * n_samples]) / n_samples for i in range(len(prompts))]
+    per_prompt = [sum(rewards[i * n_samples : (i + 1) * n_samples]) / n_samples for i in range(len(prompts))]
     mean, half = mean_ci(per_prompt)
     return {"oracle_reward": mean, "oracle_reward_ci": half, "n": float(len(prompts))}
 
 
-def oracle_reward_hook(rows: Sequence[Union[str, dict]], oracle: Union[str, Callable[[Sequence[str]], List[float]]] = "vader", *,
-                       limit: int = 128, n_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-                       max_new_tokens: int = 48, seed: int = 0, batch_size: int = 32) -> Callable[[Any, Any, int], Dict[str, float]]:
+def oracle_reward_hook(
+    rows: Sequence[Union[str, dict]],
+    oracle: Union[str, Callable[[Sequence[str]], List[float]]] = "vader",
+    *,
+    limit: int = 128,
+    n_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> Callable[[Any, Any, int], Dict[str, float]]:
     """An engine eval hook logging ``eval/oracle_reward`` and ``eval/oracle_reward_ci`` on the first ``limit``
     prompts (texts, or rows with ``prompt``). Every evaluation uses the same ``seed``, so successive evaluations
     differ only by the model. A nan interval (one prompt) is left out of the metrics."""
@@ -70,8 +108,18 @@ def oracle_reward_hook(rows: Sequence[Union[str, dict]], oracle: Union[str, Call
         raise ValueError("oracle_reward_hook needs at least one prompt")
 
     def hook(model, tokenizer, step: int) -> Dict[str, float]:
-        res = oracle_reward_eval(model, tokenizer, prompts, oracle, n_samples=n_samples, temperature=temperature, top_p=top_p,
-                                 max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+        res = oracle_reward_eval(
+            model,
+            tokenizer,
+            prompts,
+            oracle,
+            n_samples=n_samples,
+            temperature=temperature,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            seed=seed,
+            batch_size=batch_size,
+        )
         out = {"oracle_reward": res["oracle_reward"]}
         if math.isfinite(res["oracle_reward_ci"]):
             out["oracle_reward_ci"] = res["oracle_reward_ci"]

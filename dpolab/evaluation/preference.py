@@ -16,6 +16,7 @@ per-token log-probs) is reported beside it as ``length_normalised/...``.
 Intervals (95 %): Wilson's for accuracies (:func:`dpolab.stats.proportion_ci`), Student's t for mean margins
 (:func:`dpolab.stats.mean_ci`). ``per_pair`` writes one JSON line per scored pair.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,13 +29,15 @@ import torch
 
 from ..config import ModelConfig
 from ..models.device import describe, inference_autocast, resolve_device
-from ..models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
 from ..models.load import load_saved_model, load_tokenizer
+from ..models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
 from ..models.reference import SeparateModel
 from ..progress import pair_bar
 
-LENGTH_BIAS_WARNING = ("warning: no --reference: accuracy compares summed log-probs, which favour the shorter response; "
-                       "length_normalised/* compares mean per-token log-probs (or give --reference)")
+LENGTH_BIAS_WARNING = (
+    "warning: no --reference: accuracy compares summed log-probs, which favour the shorter response; "
+    "length_normalised/* compares mean per-token log-probs (or give --reference)"
+)
 
 
 def _load(path: str, tokenizer: Optional[str] = None, device: Optional[torch.device] = None):
@@ -65,24 +68,43 @@ def rank_summary(margins: List[float], name: str, tolerances: Optional[List[floa
     wins, ties = results.count("win"), results.count("tie")
     acc, lo, hi = proportion_ci(wins, n)
     mean, half = mean_ci(margins)
-    return {"reward_accuracy": acc, "reward_accuracy_ci95": [lo, hi], "reward_ties": ties / n if n else float("nan"),
-            name: mean, f"{name}_ci95": [mean - half, mean + half]}
+    return {
+        "reward_accuracy": acc,
+        "reward_accuracy_ci95": [lo, hi],
+        "reward_ties": ties / n if n else float("nan"),
+        name: mean,
+        f"{name}_ci95": [mean - half, mean + half],
+    }
 
 
 def _fmt(summary: Dict[str, Any], margin: str) -> str:
     lo, hi = summary["reward_accuracy_ci95"]
     mlo, mhi = summary[f"{margin}_ci95"]
-    return (f"accuracy {summary['reward_accuracy']:.3f} (95 % CI {lo:.3f} to {hi:.3f}), ties {summary['reward_ties']:.3f}; "
-            f"{margin} {summary[margin]:.4f} (95 % CI {mlo:.4f} to {mhi:.4f})")
+    return (
+        f"accuracy {summary['reward_accuracy']:.3f} (95 % CI {lo:.3f} to {hi:.3f}), ties {summary['reward_ties']:.3f}; "
+        f"{margin} {summary[margin]:.4f} (95 % CI {mlo:.4f} to {mhi:.4f})"
+    )
 
 
 @torch.no_grad()
-def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] = None, beta: float = 0.1,
-                             batch_size: int = 16, max_length: int = 512, limit: Optional[int] = None,
-                             columns: Optional[dict] = None, tokenizer: Optional[str] = None, probes: int = 0,
-                             per_pair: Optional[str] = None, data_format: str = "auto",
-                             log: Callable[[str], Any] = _stderr, device: str = "auto",
-                             progress: bool = True) -> Dict[str, Any]:
+def evaluate_preference_file(
+    model: str,
+    data: str,
+    *,
+    reference: Optional[str] = None,
+    beta: float = 0.1,
+    batch_size: int = 16,
+    max_length: int = 512,
+    limit: Optional[int] = None,
+    columns: Optional[dict] = None,
+    tokenizer: Optional[str] = None,
+    probes: int = 0,
+    per_pair: Optional[str] = None,
+    data_format: str = "auto",
+    log: Callable[[str], Any] = _stderr,
+    device: str = "auto",
+    progress: bool = True,
+) -> Dict[str, Any]:
     """Mean log-probs of chosen and rejected, reward accuracy and ties, margin (with ``reference``: implicit rewards
     beta * log-ratio; without: plain log-prob differences, plus the length-normalised variant), with 95 % intervals,
     over every usable row of ``data`` (``limit``: the first that many).
@@ -107,16 +129,19 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
     if reference:
         ref_model, _ = _load(reference, tokenizer, dev)
         ref = SeparateModel(ref_model)
-    pairs, skips = load_preference_data(data, tok, columns=columns, max_length=max_length, limit=limit, log=log,
-                                        data_format=data_format)
+    pairs, skips = load_preference_data(
+        data, tok, columns=columns, max_length=max_length, limit=limit, log=log, data_format=data_format
+    )
     if not pairs:  # no metric has a value: say why rather than print NaNs
-        raise DataError(f"no pair could be scored: 0 of {skips.total} rows read ({skips.summary()}; max_length "
-                        f"{max_length})", source=data if isinstance(data, str) else None)
+        raise DataError(
+            f"no pair could be scored: 0 of {skips.total} rows read ({skips.summary()}; max_length {max_length})",
+            source=data if isinstance(data, str) else None,
+        )
     totals: Dict[str, float] = {}
     records: List[Dict[str, Any]] = []
     with pair_bar(len(pairs), "eval", enabled=progress) as bar:
         for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
+            chunk = pairs[start : start + batch_size]
             batch = collate_preference(chunk, tok.pad_token_id).to(dev)
             out = preference_outputs(policy, ref, batch, need_tokens=False, autocast=autocast)
             for k, v in generic_metrics(out).items():
@@ -125,33 +150,49 @@ def evaluate_preference_file(model: str, data: str, *, reference: Optional[str] 
             bar.update(len(chunk))
     n = max(1, len(pairs))
     result: Dict[str, Any] = {k: v / n for k, v in totals.items()}
-    scored = (f"{len(pairs)} of {len(pairs) + skips.total} rows read scored"
-              + (f" (--limit {limit}: later rows not read)" if limit is not None and len(pairs) >= limit else ""))
+    scored = f"{len(pairs)} of {len(pairs) + skips.total} rows read scored" + (
+        f" (--limit {limit}: later rows not read)" if limit is not None and len(pairs) >= limit else ""
+    )
     if ref is not None:
-        result.update(rank_summary([r["margin"] for r in records], "logratio_margin",
-                                   [r["tie_tolerance"] for r in records]))
+        result.update(
+            rank_summary([r["margin"] for r in records], "logratio_margin", [r["tie_tolerance"] for r in records])
+        )
         result["rewards/chosen"] = beta * result["logratio/chosen"]
         result["rewards/rejected"] = beta * result["logratio/rejected"]
         result["rewards/margin"] = beta * result["logratio_margin"]
         log(f"{scored}: {_fmt(result, 'logratio_margin')}")
     else:
-        result.update(rank_summary([r["margin"] for r in records], "logp_margin",
-                                   [r["tie_tolerance"] for r in records]))
-        normalised = rank_summary([r["margin_per_token"] for r in records], "logp_margin",
-                                  [r["tie_tolerance_per_token"] for r in records])
+        result.update(
+            rank_summary([r["margin"] for r in records], "logp_margin", [r["tie_tolerance"] for r in records])
+        )
+        normalised = rank_summary(
+            [r["margin_per_token"] for r in records], "logp_margin", [r["tie_tolerance_per_token"] for r in records]
+        )
         result.update({f"length_normalised/{k}": v for k, v in normalised.items()})
         log(LENGTH_BIAS_WARNING)
-        log(f"{scored}: summed log-probs: {_fmt(result, 'logp_margin')}; length-normalised: "
-            f"{_fmt(normalised, 'logp_margin')}")
+        log(
+            f"{scored}: summed log-probs: {_fmt(result, 'logp_margin')}; length-normalised: "
+            f"{_fmt(normalised, 'logp_margin')}"
+        )
     if probes:
-        result.update(_probe_deltas(policy, ref.model if ref is not None else None, pairs, tok, probes, batch_size,
-                                    autocast))
+        result.update(
+            _probe_deltas(policy, ref.model if ref is not None else None, pairs, tok, probes, batch_size, autocast)
+        )
     if per_pair:
         from ..atomic import write_text
 
         write_text(per_pair, "".join(json.dumps(r) + "\n" for r in records))
-    result.update({"pairs": len(pairs), "rows_read": len(pairs) + skips.total, "limit": limit, "skipped": skips.counts,
-                   "model": model, "reference": reference, "data": data})
+    result.update(
+        {
+            "pairs": len(pairs),
+            "rows_read": len(pairs) + skips.total,
+            "limit": limit,
+            "skipped": skips.counts,
+            "model": model,
+            "reference": reference,
+            "data": data,
+        }
+    )
     return result
 
 
@@ -160,7 +201,9 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
     pair's win / tie is exactly what :func:`generic_metrics` counted."""
     has_ref = out.ref_chosen_logps is not None
     if has_ref:
-        margin = ((out.policy_chosen_logps - out.ref_chosen_logps) - (out.policy_rejected_logps - out.ref_rejected_logps)).tolist()
+        margin = (
+            (out.policy_chosen_logps - out.ref_chosen_logps) - (out.policy_rejected_logps - out.ref_rejected_logps)
+        ).tolist()
     else:
         margin = (out.policy_chosen_logps - out.policy_rejected_logps).tolist()
     pc, pr = out.policy_chosen_logps.tolist(), out.policy_rejected_logps.tolist()
@@ -171,14 +214,24 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
     eps = torch.finfo(torch.float32).eps
     recs = []
     for i, pair in enumerate(chunk):
-        rec: Dict[str, Any] = {"index": start + i, "row": pair.meta.get("row"), "logp_chosen": pc[i], "logp_rejected": pr[i],
-                               "tokens_chosen": int(nc[i]), "tokens_rejected": int(nr[i])}
+        rec: Dict[str, Any] = {
+            "index": start + i,
+            "row": pair.meta.get("row"),
+            "logp_chosen": pc[i],
+            "logp_rejected": pr[i],
+            "tokens_chosen": int(nc[i]),
+            "tokens_rejected": int(nr[i]),
+        }
         if has_ref:
             rec.update(ref_logp_chosen=rc[i], ref_logp_rejected=rr[i], margin=margin[i])
         else:
-            rec.update(margin=margin[i], margin_per_token=pc[i] / max(1, nc[i]) - pr[i] / max(1, nr[i]),
-                       tie_tolerance_per_token=TIE_ULPS * eps * ((abs(pc[i]) + nc[i]) / max(1, nc[i])
-                                                                 + (abs(pr[i]) + nr[i]) / max(1, nr[i])))
+            rec.update(
+                margin=margin[i],
+                margin_per_token=pc[i] / max(1, nc[i]) - pr[i] / max(1, nr[i]),
+                tie_tolerance_per_token=TIE_ULPS
+                * eps
+                * ((abs(pc[i]) + nc[i]) / max(1, nc[i]) + (abs(pr[i]) + nr[i]) / max(1, nr[i])),
+            )
         rec["tie_tolerance"] = tol[i]
         rec["result"] = outcome(rec["margin"], tol[i])
         recs.append(rec)
@@ -188,8 +241,13 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
 def _probe_deltas(model, reference, pairs, tok, n: int, batch_size: int, autocast=nullcontext) -> Dict[str, Any]:
     from ..diagnostics.probes import build_probe_set, probe_metrics, score_probes
 
-    probes = build_probe_set(pairs, tok, n=n, model=reference if reference is not None else model, batch_size=batch_size)
+    probes = build_probe_set(
+        pairs, tok, n=n, model=reference if reference is not None else model, batch_size=batch_size
+    )
     scores = score_probes(model, probes, tok.pad_token_id, batch_size=batch_size, autocast=autocast)
-    base = (score_probes(reference, probes, tok.pad_token_id, batch_size=batch_size, autocast=autocast)
-            if reference is not None else None)
+    base = (
+        score_probes(reference, probes, tok.pad_token_id, batch_size=batch_size, autocast=autocast)
+        if reference is not None
+        else None
+    )
     return probe_metrics(scores, base, probes.buckets)

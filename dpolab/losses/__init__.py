@@ -5,13 +5,14 @@ stateful object), registered by name. Use :func:`compute_loss` for one-off calls
 for a weighted list (``[{"name": "dpo"}, {"name": "sft", "weight": 0.2}]``), and :func:`list_losses`
 to see what exists.
 """
-from .base import LOCAL, DistContext, LossConfigError, LossInfo, LossOutput, PreferenceOutputs
-from .registry import CompositeLoss, LossSpec, compute_loss, get_loss, list_losses, register
+
 from . import _all  # noqa: F401  (registers every loss)
-from .madpo import madpo_weight
-from .gate import GateConfig
+from .base import LOCAL, DistContext, LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 from .fdpo import FDivergence
+from .gate import GateConfig
 from .length import LDConfig
+from .madpo import madpo_weight
+from .registry import CompositeLoss, LossSpec, compute_loss, get_loss, list_losses, register
 from .wpo import WPOWeighting
 
 __all__ = [

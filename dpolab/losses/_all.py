@@ -1,2 +1,3 @@
 """Import every loss module so each registers itself (imported lazily by the registry)."""
-from . import dpo, sft, beta_dpo, madpo, dpop, cal_dpo, simpo, orpo, others, gate, length, fdpo, wpo  # noqa: F401
+
+from . import beta_dpo, cal_dpo, dpo, dpop, fdpo, gate, length, madpo, orpo, others, sft, simpo, wpo  # noqa: F401

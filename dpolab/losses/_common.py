@@ -5,6 +5,7 @@ Keeping the repeated pieces in one place means each formula is written once:
 DPOP, SimPO and AOT; ``preference_output`` builds a :class:`LossOutput` with detached implicit rewards
 and the two reward metrics every pairwise loss reports.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def log1mexp(x: Tensor) -> Tensor:
     """
     x = x.clamp(max=-1e-6)
     near = x > -math.log(2.0)
-    return torch.where(near, torch.log(-torch.expm1(torch.where(near, x, -1.0))),
-                       torch.log1p(-torch.exp(torch.where(near, -1.0, x))))
+    return torch.where(
+        near, torch.log(-torch.expm1(torch.where(near, x, -1.0))), torch.log1p(-torch.exp(torch.where(near, -1.0, x)))
+    )
 
 
 def check(cond: bool, loss: str, message: str) -> None:
@@ -43,7 +45,11 @@ def check(cond: bool, loss: str, message: str) -> None:
 
 def positive(loss: str, **values: float) -> None:
     for k, v in values.items():
-        check(isinstance(v, (int, float)) and math.isfinite(v) and v > 0, loss, f"{k} must be a positive number, got {v!r}")
+        check(
+            isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
+            loss,
+            f"{k} must be a positive number, got {v!r}",
+        )
 
 
 def preference_output(

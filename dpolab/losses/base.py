@@ -6,13 +6,13 @@ optionally per-token log-probs and per-example extra columns) and returns a :cla
 (per-example losses, an optional keep-mask, and scalar metrics). That makes every loss testable
 with hand-made tensors.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
-import torch
 from torch import Tensor
 
 from ..errors import UserError

@@ -18,6 +18,7 @@ taken as 0; a running std below 1e-12 means uniform weights; weights are floored
 maximum so k draws without replacement always succeed (this only matters once every
 non-negligible pair has been drawn). Implicit rewards use beta_0, as the official code does.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .base import LOCAL, DistContext, LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
+from .base import LOCAL, DistContext, LossOutput, PreferenceOutputs
 from .registry import register
 
 
@@ -48,7 +49,13 @@ class BetaDPO:
         positive("beta-dpo", beta=beta)
         check(0.0 <= rho < 1.0, "beta-dpo", f"rho must be in [0, 1), got {rho}")
         check(0.0 <= momentum < 1.0, "beta-dpo", f"momentum must be in [0, 1), got {momentum}")
-        self.beta, self.alpha, self.rho, self.momentum, self.seed = float(beta), float(alpha), float(rho), float(momentum), int(seed)
+        self.beta, self.alpha, self.rho, self.momentum, self.seed = (
+            float(beta),
+            float(alpha),
+            float(rho),
+            float(momentum),
+            int(seed),
+        )
         self.M0 = 0.0
         self.std = 0.0
         self.steps = 0

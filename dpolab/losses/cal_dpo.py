@@ -1,10 +1,11 @@
 """Cal-DPO: calibrated DPO (Xiao et al., NeurIPS 2024; official code tengxiao1/Cal-DPO)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output
+from .base import LossOutput, PreferenceOutputs
 from .registry import register
 
 

@@ -3,13 +3,14 @@
 Notation: r_w = log pi(y_w|x) - log pi_ref(y_w|x), r_l likewise, h = r_w - r_l.
 All functions return per-example losses; the engine averages them.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .base import LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
+from .base import LossOutput, PreferenceOutputs
 from .registry import register
 
 

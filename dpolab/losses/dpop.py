@@ -1,10 +1,11 @@
 """DPOP / DPO-Positive (Pal et al. 2024, "Smaug", arXiv 2402.13228)."""
+
 from __future__ import annotations
 
 import torch
 
+from ._common import check, positive, preference_output, sigmoid_pair_loss
 from .base import LossOutput, PreferenceOutputs
-from ._common import positive, preference_output, sigmoid_pair_loss, check
 from .registry import register
 
 

@@ -24,24 +24,36 @@ or alpha divergences) can still overflow float32 for log-ratios below about -44,
 f-DPO reparameterisation only holds where the loss depends on the chosen-rejected score difference, TRL's rule);
 the loss ``fdpo`` is DPO on it.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 from ._common import positive, preference_output, sigmoid_pair_loss
+from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 from .registry import register
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 # Losses built on the chosen-rejected difference of the log-ratios, which a ``divergence:`` key may transform
 # (TRL's list: sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, discopop), plus WPO (DPO weighted per pair).
-F_DIVERGENCE_LOSSES = ("dpo", "cdpo", "robust", "hinge", "ipo", "ipo-sum", "exo-pair", "discopop", "sigmoid-norm", "wpo")
+F_DIVERGENCE_LOSSES = (
+    "dpo",
+    "cdpo",
+    "robust",
+    "hinge",
+    "ipo",
+    "ipo-sum",
+    "exo-pair",
+    "discopop",
+    "sigmoid-norm",
+    "wpo",
+)
 _KEYS = ("type", "alpha")
 
 
@@ -63,16 +75,25 @@ class FDivergence:
         key = divergence.strip().lower().replace("-", "_") if isinstance(divergence, str) else None
         if key not in DIVERGENCES:
             raise LossConfigError(f"{who}: unknown divergence {divergence!r}; valid: {', '.join(DIVERGENCES)}")
-        ok = isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0
+        ok = (
+            isinstance(alpha, (int, float))
+            and not isinstance(alpha, bool)
+            and math.isfinite(alpha)
+            and 0.0 <= alpha <= 1.0
+        )
         if not ok:
-            raise LossConfigError(f"{who}: alpha must be a number in [0, 1] (0 = reverse KL, 1 = forward KL), got {alpha!r}")
+            raise LossConfigError(
+                f"{who}: alpha must be a number in [0, 1] (0 = reverse KL, 1 = forward KL), got {alpha!r}"
+            )
         return cls(type=key, alpha=float(alpha))
 
     @classmethod
     def parse(cls, raw: Any, info: LossInfo) -> "FDivergence":
         """From a spec's ``divergence`` value: a name, or ``{type: alpha_divergence, alpha: 0.3}``."""
         if info.name == "fdpo":
-            raise LossConfigError("loss 'fdpo' takes its divergence in params (divergence, alpha), not a 'divergence' key")
+            raise LossConfigError(
+                "loss 'fdpo' takes its divergence in params (divergence, alpha), not a 'divergence' key"
+            )
         if info.name not in F_DIVERGENCE_LOSSES:
             raise LossConfigError(
                 f"a divergence applies to losses built on the chosen-rejected log-ratio difference "
@@ -84,7 +105,9 @@ class FDivergence:
         if isinstance(raw, str):
             return cls.build(raw, 0.5, who)
         if not isinstance(raw, Mapping):
-            raise LossConfigError(f"{who}: divergence must be a name or a mapping with keys {list(_KEYS)}, got {type(raw).__name__}")
+            raise LossConfigError(
+                f"{who}: divergence must be a name or a mapping with keys {list(_KEYS)}, got {type(raw).__name__}"
+            )
         extra = sorted(set(raw) - set(_KEYS))
         if extra:
             raise LossConfigError(f"{who}: divergence has unknown key(s) {extra}; valid: {list(_KEYS)}")
@@ -107,8 +130,12 @@ class FDivergence:
         """``outputs`` whose log-ratios are the scores: policy log-probs := s(r), reference := 0 (exact, no rounding)."""
         r_w, r_l = outputs.logratios(who)
         zero = torch.zeros_like(r_w.detach())
-        return outputs.replace(policy_chosen_logps=self.scores(r_w), policy_rejected_logps=self.scores(r_l),
-                               ref_chosen_logps=zero, ref_rejected_logps=zero.clone())
+        return outputs.replace(
+            policy_chosen_logps=self.scores(r_w),
+            policy_rejected_logps=self.scores(r_l),
+            ref_chosen_logps=zero,
+            ref_rejected_logps=zero.clone(),
+        )
 
 
 @register(
@@ -116,7 +143,9 @@ class FDivergence:
     paper="https://arxiv.org/abs/2309.16240",
     summary="f-DPO: DPO with the log-ratios replaced by f'(pi/pi_ref) (reverse/forward KL, JS, alpha-divergence)",
 )
-def fdpo(outputs: PreferenceOutputs, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5) -> LossOutput:
+def fdpo(
+    outputs: PreferenceOutputs, *, beta: float = 0.1, divergence: str = "reverse_kl", alpha: float = 0.5
+) -> LossOutput:
     """f-DPO: ``L = -log sigma(beta (s(r_w) - s(r_l)))`` with ``s = f'(exp(r))`` of the chosen ``divergence``
     (module docstring): ``reverse_kl`` (the default, = DPO, TRL's default), ``forward_kl``, ``js_divergence``,
     ``alpha_divergence`` with ``alpha`` in [0, 1] (paper convention; TRL 1.16's ``f_alpha_divergence_coef`` is
@@ -126,5 +155,6 @@ def fdpo(outputs: PreferenceOutputs, *, beta: float = 0.1, divergence: str = "re
     div = FDivergence.build(divergence, alpha, "loss 'fdpo'")
     r_w, r_l = outputs.logratios("fdpo")
     s_w, s_l = div.scores(r_w), div.scores(r_l)
-    return preference_output(sigmoid_pair_loss(beta * (s_w - s_l)), r_w, r_l, beta,
-                             metrics={"fdpo/score_margin": (s_w - s_l).mean()})
+    return preference_output(
+        sigmoid_pair_loss(beta * (s_w - s_l)), r_w, r_l, beta, metrics={"fdpo/score_margin": (s_w - s_l).mean()}
+    )

@@ -25,6 +25,7 @@ geometric-mean token probabilities are 0.05-0.4), turning DPO into a chosen-only
 ``GateConfig`` wraps any loss that uses ``policy_rejected_logps`` (via a spec's ``gate:`` key); the loss
 ``gate-dpo`` is DPO with a gate, for convenience.
 """
+
 from __future__ import annotations
 
 import math
@@ -77,7 +78,9 @@ class GateConfig:
     def parse(cls, raw: Union[str, bool, Mapping[str, Any], "GateConfig"], info: LossInfo) -> "GateConfig":
         """From a spec's ``gate`` value: ``"seq"``/``"q10"``, ``True`` (= "seq") or ``{mode, alpha, tau}``."""
         if info.name == "gate-dpo":
-            raise LossConfigError("loss 'gate-dpo' is already gated; set mode/alpha/tau in its params instead of 'gate'")
+            raise LossConfigError(
+                "loss 'gate-dpo' is already gated; set mode/alpha/tau in its params instead of 'gate'"
+            )
         if not _uses_rejected(info):
             raise LossConfigError(
                 f"loss '{info.name}' does not use the rejected response's log-prob, so a gate has nothing to act on"
@@ -89,7 +92,9 @@ class GateConfig:
         if isinstance(raw, str):
             return cls.build(raw)
         if not isinstance(raw, Mapping):
-            raise LossConfigError(f"gate must be a mode name or a mapping with keys {list(_KEYS)}, got {type(raw).__name__}")
+            raise LossConfigError(
+                f"gate must be a mode name or a mapping with keys {list(_KEYS)}, got {type(raw).__name__}"
+            )
         extra = sorted(set(raw) - set(_KEYS))
         if extra:
             raise LossConfigError(f"gate has unknown key(s) {extra}; valid: {list(_KEYS)}")
@@ -107,7 +112,8 @@ class GateConfig:
                 if outputs.rejected_lengths is None:
                     raise LossConfigError("gate 'seq' needs per-token rejected log-probs + mask, or rejected_lengths")
                 mean = outputs.policy_rejected_logps.detach() / outputs.rejected_lengths.to(
-                    outputs.policy_rejected_logps.dtype).clamp_min(1)
+                    outputs.policy_rejected_logps.dtype
+                ).clamp_min(1)
             return mean.exp()
         if tok is None or mask is None:
             raise LossConfigError(

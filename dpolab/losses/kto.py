@@ -14,6 +14,7 @@ Not a pairwise loss: it has no entry in the preference-loss registry; the ``kto`
 (and its gradient) exactly 0 in float32 once t > 17. At step 0 (policy == reference) r = 0 and z0 = 0, so every
 row's loss is its weight times 1/2. The same numbers as TRL's ``KTOTrainer`` with ``loss_type="kto"``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,8 +38,9 @@ class KTOOutput:
     metrics: Dict[str, Tensor] = field(default_factory=dict)
 
 
-def kto_kl(policy_kl_logps: Tensor, ref_kl_logps: Tensor, *,
-           all_gather: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
+def kto_kl(
+    policy_kl_logps: Tensor, ref_kl_logps: Tensor, *, all_gather: Optional[Callable[[Tensor], Tensor]] = None
+) -> Tensor:
     """The KL estimate ``z0``: mean over mismatched pairs of ``policy - reference`` log-probs, detached, clamped at 0.
 
     ``all_gather`` (several processes) concatenates a [2] tensor over processes; the (sum, count) of every process is
@@ -51,27 +53,48 @@ def kto_kl(policy_kl_logps: Tensor, ref_kl_logps: Tensor, *,
     return mean.clamp_min(0.0).to(policy_kl_logps.dtype)
 
 
-def kto_loss(policy_logps: Tensor, ref_logps: Tensor, labels: Tensor, *, kl: Optional[Tensor] = None,
-             policy_kl_logps: Optional[Tensor] = None, ref_kl_logps: Optional[Tensor] = None, beta: float = 0.1,
-             desirable_weight: float = 1.0, undesirable_weight: float = 1.0) -> KTOOutput:
+def kto_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    labels: Tensor,
+    *,
+    kl: Optional[Tensor] = None,
+    policy_kl_logps: Optional[Tensor] = None,
+    ref_kl_logps: Optional[Tensor] = None,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> KTOOutput:
     """KTO on B unpaired rows: ``policy_logps`` / ``ref_logps`` [B] sums over each completion, ``labels`` [B] bool.
 
     The KL estimate is ``kl`` when given (e.g. taken over a whole optimiser step), else :func:`kto_kl` of the
     mismatched pairs' ``policy_kl_logps`` / ``ref_kl_logps``. It is used detached: no gradient flows through it."""
     positive("kto", beta=beta)
     for name, w in (("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)):
-        check(isinstance(w, (int, float)) and w >= 0 and w != float("inf"), "kto", f"{name} must be a finite number >= 0, got {w!r}")
+        check(
+            isinstance(w, (int, float)) and w >= 0 and w != float("inf"),
+            "kto",
+            f"{name} must be a finite number >= 0, got {w!r}",
+        )
     labels = torch.as_tensor(labels, device=policy_logps.device)
-    check(labels.dtype == torch.bool and labels.shape == policy_logps.shape, "kto",
-          f"labels must be a bool tensor shaped like the log-probs {tuple(policy_logps.shape)}, got {labels.dtype} {tuple(labels.shape)}")
+    check(
+        labels.dtype == torch.bool and labels.shape == policy_logps.shape,
+        "kto",
+        f"labels must be a bool tensor shaped like the log-probs {tuple(policy_logps.shape)}, got {labels.dtype} {tuple(labels.shape)}",
+    )
     if kl is None:
-        check(policy_kl_logps is not None and ref_kl_logps is not None, "kto",
-              "needs the KL estimate (kl) or the mismatched pairs' log-probs (policy_kl_logps, ref_kl_logps)")
+        check(
+            policy_kl_logps is not None and ref_kl_logps is not None,
+            "kto",
+            "needs the KL estimate (kl) or the mismatched pairs' log-probs (policy_kl_logps, ref_kl_logps)",
+        )
         kl = kto_kl(policy_kl_logps, ref_kl_logps)
     z0 = torch.as_tensor(kl, dtype=policy_logps.dtype, device=policy_logps.device).detach()
     r = policy_logps - ref_logps.to(policy_logps.dtype)
     t = beta * torch.where(labels, r - z0, z0 - r)  # the margin each row's loss pushes up
-    weight = torch.where(labels, torch.full_like(r, float(desirable_weight)), torch.full_like(r, float(undesirable_weight)))
+    weight = torch.where(
+        labels, torch.full_like(r, float(desirable_weight)), torch.full_like(r, float(undesirable_weight))
+    )
     losses = weight * torch.sigmoid(-t)  # = weight * (1 - sigma(t))
     rewards = beta * r.detach()
     chosen, rejected = rewards[labels], rewards[~labels]

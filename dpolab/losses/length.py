@@ -12,6 +12,7 @@ for the policy and the reference alike, and DPO runs on those. alpha = 1 is plai
 :class:`LDConfig` is the transform (also usable on other reference-based losses through a spec's ``ld_alpha:`` key);
 the loss ``ld-dpo`` is DPO on it.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,8 @@ from typing import Any, Dict, Tuple
 import torch
 from torch import Tensor
 
-from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 from ._common import positive, preference_output, sigmoid_pair_loss
+from .base import LossConfigError, LossInfo, LossOutput, PreferenceOutputs
 from .registry import register
 
 DEFAULT_LD_ALPHA = 0.5  # the paper tunes alpha per model and TRL has no default; 0.5 halves the tail's weight
@@ -41,7 +42,9 @@ def sigmoid_norm(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput
     r_w, r_l = outputs.logratios("sigmoid-norm")
     len_w, len_l = outputs.require_lengths("sigmoid-norm")
     delta = r_w / len_w - r_l / len_l
-    return preference_output(sigmoid_pair_loss(beta * delta), r_w, r_l, beta, metrics={"sigmoid-norm/delta": delta.mean()})
+    return preference_output(
+        sigmoid_pair_loss(beta * delta), r_w, r_l, beta, metrics={"sigmoid-norm/delta": delta.mean()}
+    )
 
 
 def shared_tail(tok: Tensor, mask: Tensor, shared: Tensor) -> Tuple[Tensor, Tensor]:
@@ -70,7 +73,12 @@ class LDConfig:
 
     @classmethod
     def build(cls, alpha: Any, who: str = "ld_alpha") -> "LDConfig":
-        ok = isinstance(alpha, (int, float)) and not isinstance(alpha, bool) and math.isfinite(alpha) and 0.0 <= alpha <= 1.0
+        ok = (
+            isinstance(alpha, (int, float))
+            and not isinstance(alpha, bool)
+            and math.isfinite(alpha)
+            and 0.0 <= alpha <= 1.0
+        )
         if not ok:
             raise LossConfigError(f"{who} must be a number in [0, 1] (1 = plain DPO, 0 = drop the tail), got {alpha!r}")
         return cls(alpha=float(alpha))
@@ -81,7 +89,9 @@ class LDConfig:
         if info.name == "ld-dpo":
             raise LossConfigError("loss 'ld-dpo' already applies LD-DPO; set ld_alpha in its params instead")
         if not info.needs_reference:
-            raise LossConfigError(f"ld_alpha re-weights policy and reference log-probs; loss '{info.name}' uses no reference")
+            raise LossConfigError(
+                f"ld_alpha re-weights policy and reference log-probs; loss '{info.name}' uses no reference"
+            )
         if info.batch_level:
             raise LossConfigError(
                 f"ld_alpha is not supported for the batch-level loss '{info.name}' (its step-wide statistics are taken "
@@ -99,14 +109,20 @@ class LDConfig:
         dtype = outputs.policy_chosen_logps.dtype
         ref_c, ref_r = self._reference(outputs, mc, mr, shared, who)
         new = outputs.replace(
-            policy_chosen_logps=(sc + a * tc_tail).to(dtype), policy_rejected_logps=(sr + a * tr_tail).to(dtype),
-            ref_chosen_logps=ref_c.to(dtype), ref_rejected_logps=ref_r.to(dtype),
+            policy_chosen_logps=(sc + a * tc_tail).to(dtype),
+            policy_rejected_logps=(sr + a * tr_tail).to(dtype),
+            ref_chosen_logps=ref_c.to(dtype),
+            ref_rejected_logps=ref_r.to(dtype),
         )
         n_tok = (mc.bool().sum() + mr.bool().sum()).clamp_min(1)
-        metrics = {"ld/tail_token_frac": ((mc.bool().sum() + mr.bool().sum() - 2 * shared.sum()) / n_tok).detach().float()}
+        metrics = {
+            "ld/tail_token_frac": ((mc.bool().sum() + mr.bool().sum() - 2 * shared.sum()) / n_tok).detach().float()
+        }
         return new, metrics
 
-    def _reference(self, outputs: PreferenceOutputs, mc: Tensor, mr: Tensor, shared: Tensor, who: str) -> Tuple[Tensor, Tensor]:
+    def _reference(
+        self, outputs: PreferenceOutputs, mc: Tensor, mr: Tensor, shared: Tensor, who: str
+    ) -> Tuple[Tensor, Tensor]:
         a = self.alpha
         if outputs.ref_chosen_token_logps is not None and outputs.ref_rejected_token_logps is not None:
             sc, tc = shared_tail(outputs.ref_chosen_token_logps, mc, shared)

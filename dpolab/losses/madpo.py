@@ -12,6 +12,7 @@ c goes from ~c_max (small |m|) through exactly 1 at |m| = tau to c_min, so w is 
 easy pairs (m >> 0) have w -> 1, hard/ambiguous pairs (m < 0) are down-weighted.
 Worked values with the defaults: w(0) = 1, w(1) = 1.20, w(-1) = 0.45, w(-10) = 1.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,14 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LossConfigError, LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
+from .base import LossConfigError, LossOutput, PreferenceOutputs
 from .registry import register
 
 DEFAULT_TAU = math.log(0.999 / 0.001)
 
 
-def madpo_weight(m: Tensor, *, c_max: float = 2.0, c_min: float = 0.5, lam: float = 1.0, tau: float = DEFAULT_TAU) -> Tensor:
+def madpo_weight(
+    m: Tensor, *, c_max: float = 2.0, c_min: float = 0.5, lam: float = 1.0, tau: float = DEFAULT_TAU
+) -> Tensor:
     """The MADPO weight w(m) (see module docstring), computed as exp(logsigma(c m) - logsigma(m)); no grad."""
     m = torch.as_tensor(m).detach()
     if not m.is_floating_point():

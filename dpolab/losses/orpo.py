@@ -1,10 +1,11 @@
 """ORPO: monolithic odds-ratio preference optimisation (Hong et al. 2024, arXiv 2403.07691)."""
+
 from __future__ import annotations
 
 import torch.nn.functional as F
 
-from .base import LossOutput, PreferenceOutputs
 from ._common import check, log1mexp, preference_output
+from .base import LossOutput, PreferenceOutputs
 from .registry import register
 
 

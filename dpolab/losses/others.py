@@ -3,22 +3,25 @@ NCA-pair, BCO-pair, APO-zero, APO-down, SPPO-hard, EXO-pair, DiscoPOP, AOT (pair
 
 Notation: r_w, r_l log-ratios (policy - reference), h = r_w - r_l.
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
 import torch.nn.functional as F
-
 from torch import Tensor
 
-from .base import LOCAL, DistContext, LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
+from .base import LOCAL, DistContext, LossOutput, PreferenceOutputs
 from .registry import register
 
 
-@register("nca-pair", paper="https://arxiv.org/abs/2402.05369",
-          summary="noise-contrastive alignment, pairwise: -log sig(beta r_w) - .5 log sig(-beta r_w) - .5 log sig(-beta r_l)")
+@register(
+    "nca-pair",
+    paper="https://arxiv.org/abs/2402.05369",
+    summary="noise-contrastive alignment, pairwise: -log sig(beta r_w) - .5 log sig(-beta r_w) - .5 log sig(-beta r_l)",
+)
 def nca_pair(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     """NCA-pair (Chen et al. 2024): ``L = -log s(beta r_w) - 0.5 log s(-beta r_w) - 0.5 log s(-beta r_l)``."""
     positive("nca-pair", beta=beta)
@@ -28,8 +31,11 @@ def nca_pair(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     return preference_output(losses, r_w, r_l, beta)
 
 
-@register("bco-pair", paper="https://arxiv.org/abs/2404.04656",
-          summary="binary classifier optimisation, pairwise: -log sig(beta r_w) - log sig(-beta r_l)")
+@register(
+    "bco-pair",
+    paper="https://arxiv.org/abs/2404.04656",
+    summary="binary classifier optimisation, pairwise: -log sig(beta r_w) - log sig(-beta r_l)",
+)
 def bco_pair(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     """BCO-pair (Jung et al. 2024) as in TRL: ``L = -log s(beta r_w) - log s(-beta r_l)`` (no running delta)."""
     positive("bco-pair", beta=beta)
@@ -38,8 +44,11 @@ def bco_pair(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     return preference_output(losses, r_w, r_l, beta)
 
 
-@register("apo-zero", paper="https://arxiv.org/abs/2408.06266",
-          summary="anchored preference optimisation (chosen better than model): (1 - sig(beta r_w)) + sig(beta r_l)")
+@register(
+    "apo-zero",
+    paper="https://arxiv.org/abs/2408.06266",
+    summary="anchored preference optimisation (chosen better than model): (1 - sig(beta r_w)) + sig(beta r_l)",
+)
 def apo_zero(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     """APO-zero (D'Oosterlinck et al. 2024, Eq. 7): ``L = (1 - s(beta r_w)) + s(beta r_l)``."""
     positive("apo-zero", beta=beta)
@@ -48,8 +57,11 @@ def apo_zero(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     return preference_output(losses, r_w, r_l, beta)
 
 
-@register("apo-down", paper="https://arxiv.org/abs/2408.06266",
-          summary="anchored preference optimisation (chosen worse than model): sig(beta r_w) + (1 - sig(beta h))")
+@register(
+    "apo-down",
+    paper="https://arxiv.org/abs/2408.06266",
+    summary="anchored preference optimisation (chosen worse than model): sig(beta r_w) + (1 - sig(beta h))",
+)
 def apo_down(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     """APO-down (D'Oosterlinck et al. 2024, Eq. 8): ``L = s(beta r_w) + (1 - s(beta (r_w - r_l)))``."""
     positive("apo-down", beta=beta)
@@ -58,8 +70,11 @@ def apo_down(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     return preference_output(losses, r_w, r_l, beta)
 
 
-@register("sppo-hard", paper="https://arxiv.org/abs/2405.00675",
-          summary="self-play preference optimisation, hard labels: (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2")
+@register(
+    "sppo-hard",
+    paper="https://arxiv.org/abs/2405.00675",
+    summary="self-play preference optimisation, hard labels: (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2",
+)
 def sppo_hard(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     """SPPO-hard (Wu et al. 2024): ``L = (r_w - 1/(2 beta))^2 + (r_l + 1/(2 beta))^2`` (P = 1 winner, 0 loser)."""
     positive("sppo-hard", beta=beta)
@@ -68,25 +83,32 @@ def sppo_hard(outputs: PreferenceOutputs, *, beta: float = 0.1) -> LossOutput:
     return preference_output((r_w - t) ** 2 + (r_l + t) ** 2, r_w, r_l, beta)
 
 
-@register("exo-pair", paper="https://arxiv.org/abs/2402.00856",
-          summary="efficient exact optimisation, pairwise: KL(softmax(beta r) || [1-eps, eps])")
+@register(
+    "exo-pair",
+    paper="https://arxiv.org/abs/2402.00856",
+    summary="efficient exact optimisation, pairwise: KL(softmax(beta r) || [1-eps, eps])",
+)
 def exo_pair(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 1e-3) -> LossOutput:
     """EXO-pair (Ji et al. 2024, Eq. 16): with q_w = s(beta h), q_l = s(-beta h),
 
-        L = q_w (log q_w - log(1 - eps)) + q_l (log q_l - log eps),  0 < eps < 1 (default 1e-3, the paper's).
+    L = q_w (log q_w - log(1 - eps)) + q_l (log q_l - log eps),  0 < eps < 1 (default 1e-3, the paper's).
     """
     positive("exo-pair", beta=beta)
     check(0.0 < label_smoothing < 1.0, "exo-pair", f"label_smoothing must be in (0, 1), got {label_smoothing}")
     r_w, r_l = outputs.logratios("exo-pair")
     z = beta * (r_w - r_l)
     eps = label_smoothing
-    losses = (torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
-              + torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps)))
+    losses = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps)) + torch.sigmoid(-z) * (
+        F.logsigmoid(-z) - math.log(eps)
+    )
     return preference_output(losses, r_w, r_l, beta)
 
 
-@register("discopop", paper="https://arxiv.org/abs/2406.08414",
-          summary="DiscoPOP log-ratio modulated loss: blend of logistic and exponential loss")
+@register(
+    "discopop",
+    paper="https://arxiv.org/abs/2406.08414",
+    summary="DiscoPOP log-ratio modulated loss: blend of logistic and exponential loss",
+)
 def discopop(outputs: PreferenceOutputs, *, beta: float = 0.1, tau: float = 0.05) -> LossOutput:
     """DiscoPOP (Chris Lu et al. 2024, Eq. 5): with z = beta h and m = s(z / tau),
     ``L = (1 - m) (-log s(z)) + m exp(-z)``. Default tau 0.05 (the paper's, TRL ``discopop_tau``).
@@ -109,9 +131,15 @@ def _ranks(values: Tensor) -> Tensor:
     return ranks
 
 
-@register("aot", paper="https://arxiv.org/abs/2406.05882", batch_level=True,
-          summary="alignment via optimal transport, paired: DPO on sorted policy vs sorted reference log-ratios")
-def aot(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0, dist: DistContext = LOCAL) -> LossOutput:
+@register(
+    "aot",
+    paper="https://arxiv.org/abs/2406.05882",
+    batch_level=True,
+    summary="alignment via optimal transport, paired: DPO on sorted policy vs sorted reference log-ratios",
+)
+def aot(
+    outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0, dist: DistContext = LOCAL
+) -> LossOutput:
     """AOT, paired (Melnyk et al. 2024): with u = sort_batch(log pi(y_w) - log pi(y_l)) and
     v = sort_batch(log pi_ref(y_w) - log pi_ref(y_l)), ``L_k = -(1-eps) log s(beta (u_k - v_k)) - eps log s(-...)``.
     The sort runs over the whole optimiser step (``dist``: every micro-batch and process); this call's pair with
@@ -127,10 +155,15 @@ def aot(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float
     return preference_output(sigmoid_pair_loss(beta * (u - v_k), label_smoothing), r_w, r_l, beta)
 
 
-@register("aot-unpaired", paper="https://arxiv.org/abs/2406.05882", batch_level=True,
-          summary="alignment via optimal transport, unpaired: DPO on sorted r_w vs sorted r_l")
-def aot_unpaired(outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0,
-                 dist: DistContext = LOCAL) -> LossOutput:
+@register(
+    "aot-unpaired",
+    paper="https://arxiv.org/abs/2406.05882",
+    batch_level=True,
+    summary="alignment via optimal transport, unpaired: DPO on sorted r_w vs sorted r_l",
+)
+def aot_unpaired(
+    outputs: PreferenceOutputs, *, beta: float = 0.1, label_smoothing: float = 0.0, dist: DistContext = LOCAL
+) -> LossOutput:
     """AOT, unpaired: ``L_k = -(1-eps) log s(beta (sort(r_w)_k - sort(r_l)_k)) - eps log s(-...)`` over the whole
     optimiser step (``dist``). Term k takes its r_w from one pair and its r_l from another, so each pair i (with r_w
     rank a and r_l rank c) contributes ``f(r_w,i - sg(sl_a)) + f(sg(sw_c) - r_l,i) - sg(f(sw_c - sl_c))``: over the

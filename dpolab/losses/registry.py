@@ -11,6 +11,7 @@ specs, e.g. ``[{"name": "dpo", "weight": 1.0}, {"name": "sft", "weight": 0.2}]``
 
 applied in that order: ld_alpha, gate and divergence transform the loss's inputs, weighting its per-pair losses.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -18,7 +19,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
-import torch
 from torch import Tensor
 
 from .base import LOCAL, DistContext, LossConfigError, LossInfo, LossOutput, PreferenceOutputs
@@ -130,8 +130,15 @@ class LossSpec:
             weight = float(weight)
         except (TypeError, ValueError):
             raise LossConfigError(f"loss '{raw['name']}': weight must be a number, got {weight!r}") from None
-        return cls(name=str(raw["name"]), weight=weight, params=dict(raw.get("params") or {}), gate=raw.get("gate"),
-                   weighting=raw.get("weighting"), divergence=raw.get("divergence"), ld_alpha=raw.get("ld_alpha"))
+        return cls(
+            name=str(raw["name"]),
+            weight=weight,
+            params=dict(raw.get("params") or {}),
+            gate=raw.get("gate"),
+            weighting=raw.get("weighting"),
+            divergence=raw.get("divergence"),
+            ld_alpha=raw.get("ld_alpha"),
+        )
 
 
 @dataclass(frozen=True)
@@ -193,20 +200,26 @@ class CompositeLoss:
     @property
     def needs_token_logps(self) -> bool:
         """Per-token policy log-probs and masks (``policy_*_token_logps``, ``*_token_mask``)."""
-        return any(info.needs_token_logps or gate is not None or w.ld is not None or w.weighting is not None
-                   for (_, _, info, _, gate), w in zip(self.components, self.wrappers))
+        return any(
+            info.needs_token_logps or gate is not None or w.ld is not None or w.weighting is not None
+            for (_, _, info, _, gate), w in zip(self.components, self.wrappers)
+        )
 
     @property
     def needs_token_log_sum_sq_probs(self) -> bool:
         """WPO: per-token ``log sum_v p_v^2`` of the policy (``policy_*_token_log_sum_sq_probs``), with the token log-probs."""
-        return any(info.needs_token_log_sum_sq_probs or w.weighting is not None
-                   for (_, _, info, _, _), w in zip(self.components, self.wrappers))
+        return any(
+            info.needs_token_log_sum_sq_probs or w.weighting is not None
+            for (_, _, info, _, _), w in zip(self.components, self.wrappers)
+        )
 
     @property
     def needs_ref_token_split(self) -> bool:
         """LD-DPO: the reference per token (``ref_*_token_logps``) or over each pair's shared length (``ref_*_shared_logps``)."""
-        return any(info.needs_ref_token_split or w.ld is not None
-                   for (_, _, info, _, _), w in zip(self.components, self.wrappers))
+        return any(
+            info.needs_ref_token_split or w.ld is not None
+            for (_, _, info, _, _), w in zip(self.components, self.wrappers)
+        )
 
     @property
     def needs_extras(self) -> tuple[str, ...]:
@@ -215,7 +228,9 @@ class CompositeLoss:
             out.extend(x for x in info.needs_extras if x not in out)
         return tuple(out)
 
-    def __call__(self, outputs: PreferenceOutputs, dist: DistContext = LOCAL) -> tuple[Tensor, Dict[str, Any], List[LossOutput]]:
+    def __call__(
+        self, outputs: PreferenceOutputs, dist: DistContext = LOCAL
+    ) -> tuple[Tensor, Dict[str, Any], List[LossOutput]]:
         """Returns (scalar objective, metrics, per-component outputs).
 
         ``dist`` is the distributed context that batch-level (stateful) losses take their statistics over."""

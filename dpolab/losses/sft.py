@@ -1,4 +1,5 @@
 """The SFT / NLL term (RPO, Pang et al. 2024, arXiv 2404.19733), used as a second weighted loss."""
+
 from __future__ import annotations
 
 from .base import LossOutput, PreferenceOutputs

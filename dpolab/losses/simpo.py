@@ -1,8 +1,9 @@
 """SimPO: simple, reference-free preference optimisation (Meng et al. 2024, arXiv 2405.14734)."""
+
 from __future__ import annotations
 
-from .base import LossOutput, PreferenceOutputs
 from ._common import check, positive, preference_output, sigmoid_pair_loss
+from .base import LossOutput, PreferenceOutputs
 from .registry import register
 
 
@@ -12,7 +13,9 @@ from .registry import register
     summary="reference-free: -log sigma(beta (avg log pi(y_w) - avg log pi(y_l)) - gamma)",
     needs_reference=False,
 )
-def simpo(outputs: PreferenceOutputs, *, beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0) -> LossOutput:
+def simpo(
+    outputs: PreferenceOutputs, *, beta: float = 2.0, gamma: float = 1.0, label_smoothing: float = 0.0
+) -> LossOutput:
     """SimPO: ``L = -log sigma((beta/|y_w|) log pi(y_w) - (beta/|y_l|) log pi(y_l) - gamma)``.
 
     Log-probs are token-averaged (length-normalised); no reference model. Defaults beta 2.0, gamma 1.0

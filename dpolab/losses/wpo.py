@@ -14,6 +14,7 @@ from the same logits (``policy_{chosen,rejected}_token_log_sum_sq_probs``, see :
 :class:`WPOWeighting` wraps any pair-by-pair loss through a spec's ``weighting: wpo`` key; the loss ``wpo`` is DPO
 with it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,12 @@ from .registry import register
 WEIGHTINGS = ("wpo",)
 _SORTING = ("aot", "aot-unpaired")  # a pair's term comes from other pairs: per-pair weights would be misaligned
 _FIELDS = (
-    "policy_chosen_token_logps", "chosen_token_mask", "policy_chosen_token_log_sum_sq_probs",
-    "policy_rejected_token_logps", "rejected_token_mask", "policy_rejected_token_log_sum_sq_probs",
+    "policy_chosen_token_logps",
+    "chosen_token_mask",
+    "policy_chosen_token_log_sum_sq_probs",
+    "policy_rejected_token_logps",
+    "rejected_token_mask",
+    "policy_rejected_token_log_sum_sq_probs",
 )
 
 
@@ -71,10 +76,16 @@ class WPOWeighting:
                 f"distribution; missing: {', '.join(missing)}"
             )
         with torch.no_grad():
-            mean_w = _mean_aligned(outputs.policy_chosen_token_logps, outputs.policy_chosen_token_log_sum_sq_probs,
-                                   outputs.chosen_token_mask)
-            mean_l = _mean_aligned(outputs.policy_rejected_token_logps, outputs.policy_rejected_token_log_sum_sq_probs,
-                                   outputs.rejected_token_mask)
+            mean_w = _mean_aligned(
+                outputs.policy_chosen_token_logps,
+                outputs.policy_chosen_token_log_sum_sq_probs,
+                outputs.chosen_token_mask,
+            )
+            mean_l = _mean_aligned(
+                outputs.policy_rejected_token_logps,
+                outputs.policy_rejected_token_log_sum_sq_probs,
+                outputs.rejected_token_mask,
+            )
             return torch.exp(mean_w + mean_l)
 
     def apply(self, outputs: PreferenceOutputs, out: LossOutput, who: str = "weighting 'wpo'") -> LossOutput:
@@ -82,8 +93,13 @@ class WPOWeighting:
         w = self.weights(outputs, who).to(device=out.losses.device, dtype=out.losses.dtype)
         metrics: Dict[str, Any] = dict(out.metrics)
         metrics.update({"wpo/weight_mean": w.mean(), "wpo/weight_min": w.min(), "wpo/weight_max": w.max()})
-        return LossOutput(losses=out.losses * w, metrics=metrics, mask=out.mask,
-                          chosen_rewards=out.chosen_rewards, rejected_rewards=out.rejected_rewards)
+        return LossOutput(
+            losses=out.losses * w,
+            metrics=metrics,
+            mask=out.mask,
+            chosen_rewards=out.chosen_rewards,
+            rejected_rewards=out.rejected_rewards,
+        )
 
 
 @register(

@@ -6,6 +6,7 @@ device (``cpu``, ``cuda``, ``cuda:1``, ``mps``); one this machine does not have 
 with bf16 support the forwards run under bf16 autocast (weights stay float32; log-probs are taken in float32);
 elsewhere in float32.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext

@@ -42,11 +42,12 @@ low-precision weights (no float32 is possible) and again under autocast (a sanit
 dtype's rounding (``_mismatch``). The probe is cached per (layout, logits, autocast state). An out-of-memory error
 in the probe is raised, never taken as "unsupported".
 """
+
 from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager, nullcontext
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -94,7 +95,9 @@ def _windows(hf) -> Union[str, Dict[str, Optional[int]]]:
         return {"*": window}  # Mistral, Phi-3, Mixtral, Starcoder2: one mask for every layer
     other = sorted(set(types) - set(_LAYER_TYPES))
     if other:
-        return f"config.layer_types has {', '.join(map(repr, other))} layers, which a 4D attention mask does not describe"
+        return (
+            f"config.layer_types has {', '.join(map(repr, other))} layers, which a 4D attention mask does not describe"
+        )
     kinds = set(types)
     if len(kinds) == 1:
         return {"*": window if "sliding_attention" in kinds else None}
@@ -185,7 +188,9 @@ def _compute_dtype_of(h: Tensor) -> torch.dtype:
     return amp if amp is not None and h.is_floating_point() else h.dtype
 
 
-def _tile_logits(hc: Tensor, w: Tensor, b: Optional[Tensor], softcap: Optional[float]) -> Tuple[Tensor, Optional[Tensor]]:
+def _tile_logits(
+    hc: Tensor, w: Tensor, b: Optional[Tensor], softcap: Optional[float]
+) -> Tuple[Tensor, Optional[Tensor]]:
     """(the chunk's logits in float32, ``tanh`` of the soft-capped logits or None), computed as the model does:
     ``F.linear`` in the compute dtype, then ``cap * tanh(logits / cap)`` in that dtype."""
     y = torch.nn.functional.linear(hc, w, b)
@@ -228,18 +233,18 @@ class _FusedHeadLogp(torch.autograd.Function):
         kept = []
         keep = keep_all or n <= chunk_rows
         for s in range(0, n, chunk_rows):
-            hc, tc = h[s: s + chunk_rows].to(cd), tgt[s: s + chunk_rows]
+            hc, tc = h[s : s + chunk_rows].to(cd), tgt[s : s + chunk_rows]
             z, t = _tile_logits(hc, w, b, softcap)
             zt = z.gather(1, tc[:, None]).squeeze(1)
             m = z.amax(-1, keepdim=True)
             e = z.sub_(m).exp_()
             tot = e.sum(-1, keepdim=True)
-            lse[s: s + chunk_rows] = (m + tot.log()).squeeze(1)
-            out[s: s + chunk_rows] = zt - lse[s: s + chunk_rows]
+            lse[s : s + chunk_rows] = (m + tot.log()).squeeze(1)
+            out[s : s + chunk_rows] = zt - lse[s : s + chunk_rows]
             if keep:
                 kept += [e, tot, t]
             if sq is not None:  # log sum_v (e_v / tot)^2, from the same tile, no gradient
-                sq[s: s + chunk_rows] = (torch.linalg.vector_norm(e, dim=-1).log() * 2 - 2 * tot.squeeze(1).log())
+                sq[s : s + chunk_rows] = torch.linalg.vector_norm(e, dim=-1).log() * 2 - 2 * tot.squeeze(1).log()
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(h, weight, bias, tgt, lse, *kept)
         ctx.chunk_rows, ctx.softcap, ctx.cd = chunk_rows, softcap, cd
@@ -258,26 +263,34 @@ class _FusedHeadLogp(torch.autograd.Function):
         gh = torch.empty_like(h) if need_h else None
         gw = gb = None
         for i, s in enumerate(range(0, h.shape[0], rows)):
-            hc, tc, gc = h[s: s + rows].to(cd), tgt[s: s + rows], g[s: s + rows].float()
+            hc, tc, gc = h[s : s + rows].to(cd), tgt[s : s + rows], g[s : s + rows].float()
             if kept:  # the tile's exp, kept by forward: softmax = e / tot
-                e, tot, t = kept[3 * i: 3 * i + 3]
+                e, tot, t = kept[3 * i : 3 * i + 3]
                 grad = e * ((-gc[:, None]) / tot)  # not in place: the saved exp may be used again (retain_graph)
             else:  # recompute the tile: softmax = exp(z - lse)
                 z, t = _tile_logits(hc, w, b, cap)
-                grad = z.sub_(lse[s: s + rows, None]).exp_().mul_(-gc[:, None])
+                grad = z.sub_(lse[s : s + rows, None]).exp_().mul_(-gc[:, None])
             grad.scatter_add_(1, tc[:, None], gc[:, None])
             if cap is not None:  # d/dy [cap tanh(y / cap)] = 1 - tanh^2
                 grad.mul_(1 - t.float().square())
             grad = grad.to(cd)
             if need_h:
-                gh[s: s + rows] = (grad @ w).to(h.dtype)
+                gh[s : s + rows] = (grad @ w).to(h.dtype)
             if need_w:
                 gw = _accumulate(gw, grad.t(), hc)
             if need_b:
                 part = grad.sum(0, dtype=torch.float32)
                 gb = part if gb is None else gb.add_(part)
-        return (gh, gw.to(weight.dtype) if gw is not None else None,
-                gb.to(bias.dtype) if gb is not None else None, None, None, None, None, None)
+        return (
+            gh,
+            gw.to(weight.dtype) if gw is not None else None,
+            gb.to(bias.dtype) if gb is not None else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _fusable(head, h: Tensor) -> bool:
@@ -285,8 +298,15 @@ def _fusable(head, h: Tensor) -> bool:
     return type(head) is torch.nn.Linear and h.is_floating_point()
 
 
-def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool, softcap: Optional[float] = None,
-                with_sq: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+def _head_logps(
+    head,
+    h: Tensor,
+    tgt: Tensor,
+    chunk_rows: int,
+    recompute: bool,
+    softcap: Optional[float] = None,
+    with_sq: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
     """(log-probs of ``tgt`` [N], and with ``with_sq`` the detached ``log sum_v p_v^2`` [N]) from hidden states
     ``h`` [N, H] through the output embeddings ``head``, ``chunk_rows`` rows at a time."""
     if _fusable(head, h):  # response: keep each tile's exp; response-recompute: recompute the tiles in backward
@@ -303,7 +323,7 @@ def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool, 
 
     out, sqs = [], []
     for s in range(0, h.shape[0], chunk_rows):
-        hc, tc = h[s: s + chunk_rows], tgt[s: s + chunk_rows]
+        hc, tc = h[s : s + chunk_rows], tgt[s : s + chunk_rows]
         if recompute and torch.is_grad_enabled() and hc.requires_grad:
             picked, sq = checkpoint(one, hc, tc, use_reentrant=False)
         else:
@@ -316,13 +336,14 @@ def _head_logps(head, h: Tensor, tgt: Tensor, chunk_rows: int, recompute: bool, 
     return torch.cat(out), (torch.cat(sqs) if with_sq else None)
 
 
-def _gather_full(logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int,
-                 with_sq: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
+def _gather_full(
+    logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int, with_sq: bool = False
+) -> Tuple[Tensor, Optional[Tensor]]:
     flat = logits.reshape(-1, logits.shape[-1])
     out, sqs = [], []
     for s in range(0, src.shape[0], chunk_rows):
-        lsm = flat[src[s: s + chunk_rows]].float().log_softmax(-1)
-        out.append(lsm.gather(1, tgt[s: s + chunk_rows, None]).squeeze(1))
+        lsm = flat[src[s : s + chunk_rows]].float().log_softmax(-1)
+        out.append(lsm.gather(1, tgt[s : s + chunk_rows, None]).squeeze(1))
         if with_sq:
             sqs.append(log_sum_sq(lsm))
     if not out:
@@ -331,8 +352,9 @@ def _gather_full(logits: Tensor, src: Tensor, tgt: Tensor, chunk_rows: int,
     return torch.cat(out), (torch.cat(sqs) if with_sq else None)
 
 
-def _raw_logps(model, batch: Batch, layout: str, logits: str, chunk_rows: Optional[int],
-               with_sq: bool = False) -> SequenceLogps:
+def _raw_logps(
+    model, batch: Batch, layout: str, logits: str, chunk_rows: Optional[int], with_sq: bool = False
+) -> SequenceLogps:
     """The fast computation itself, without the support check (``chunk_rows`` None: :func:`head_chunk_rows`)."""
     hf = unwrap(model, peft=True)
     ids, loss_mask = batch.input_ids, batch.loss_mask
@@ -341,8 +363,11 @@ def _raw_logps(model, batch: Batch, layout: str, logits: str, chunk_rows: Option
         src, tgt, seq, col = _score_indices(batch)
     else:
         pk = batch.packed
-        inputs = dict(input_ids=pk["input_ids"], position_ids=pk["position_ids"],
-                      attention_mask=_attention_mask(hf, pk, _param_dtype(hf)))
+        inputs = dict(
+            input_ids=pk["input_ids"],
+            position_ids=pk["position_ids"],
+            attention_mask=_attention_mask(hf, pk, _param_dtype(hf)),
+        )
         src, tgt, seq, col = pk["score_src"], pk["score_tgt"], pk["score_seq"], pk["score_col"]
     rows = chunk_rows or head_chunk_rows(_text_config(hf).vocab_size, ids.device)
     if logits == "full":
@@ -352,12 +377,24 @@ def _raw_logps(model, batch: Batch, layout: str, logits: str, chunk_rows: Option
         out = model(**inputs, use_cache=False, logits_to_keep=1, output_hidden_states=True)
         hidden = out.hidden_states[-1]
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, src)
-        picked, sq = _head_logps(hf.get_output_embeddings(), h, tgt, rows, recompute=(logits == "response-recompute"),
-                                 softcap=_logit_softcap(hf), with_sq=with_sq)
+        picked, sq = _head_logps(
+            hf.get_output_embeddings(),
+            h,
+            tgt,
+            rows,
+            recompute=(logits == "response-recompute"),
+            softcap=_logit_softcap(hf),
+            with_sq=with_sq,
+        )
     mask = loss_mask[:, 1:].bool()
     token_logps = scatter_tokens(mask.shape, (seq, col), picked)
-    return SequenceLogps(sums=token_logps.sum(-1), counts=mask.sum(-1), token_logps=token_logps, token_mask=mask,
-                         token_log_sum_sq=scatter_tokens(mask.shape, (seq, col), sq) if sq is not None else None)
+    return SequenceLogps(
+        sums=token_logps.sum(-1),
+        counts=mask.sum(-1),
+        token_logps=token_logps,
+        token_mask=mask,
+        token_log_sum_sq=scatter_tokens(mask.shape, (seq, col), sq) if sq is not None else None,
+    )
 
 
 # -- support check: each (model, layout, logits) is probed once ------------------------------------------------
@@ -378,15 +415,19 @@ def _probe_batch(vocab: int, device) -> Dict[str, PairBatch]:
     b = len(pairs)
     seqs = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
     width = max(len(p) + len(x) for p, x in seqs)
-    padded = {"input_ids": torch.zeros((2 * b, width), dtype=torch.long),
-              "attention_mask": torch.zeros((2 * b, width), dtype=torch.long),
-              "loss_mask": torch.zeros((2 * b, width), dtype=torch.bool)}
+    padded = {
+        "input_ids": torch.zeros((2 * b, width), dtype=torch.long),
+        "attention_mask": torch.zeros((2 * b, width), dtype=torch.long),
+        "loss_mask": torch.zeros((2 * b, width), dtype=torch.bool),
+    }
     for i, (p, x) in enumerate(seqs):
         padded["input_ids"][i, : len(p) + len(x)] = torch.tensor(p + x)
         padded["attention_mask"][i, : len(p) + len(x)] = 1
-        padded["loss_mask"][i, len(p): len(p) + len(x)] = True
-    units = {"packed": [(p, [(x, i)]) for i, (p, x) in enumerate(seqs)],
-             "prefix": [(p, [(c, i), (r, b + i)]) for i, (p, c, r) in enumerate(pairs)]}
+        padded["loss_mask"][i, len(p) : len(p) + len(x)] = True
+    units = {
+        "packed": [(p, [(x, i)]) for i, (p, x) in enumerate(seqs)],
+        "prefix": [(p, [(c, i), (r, b + i)]) for i, (p, c, r) in enumerate(pairs)],
+    }
     batch = {layout: PairBatch(**padded, num_pairs=b, packed=_one_row(u)) for layout, u in units.items()}
     batch["padded"] = PairBatch(**padded, num_pairs=b)
     return {layout: one.to(device) for layout, one in batch.items()}
@@ -415,10 +456,19 @@ def _one_row(units) -> Dict[str, Tensor]:
             unit += [u] * len(resp)
             seg += [branch] * len(resp)
     q, un, sg = torch.arange(len(toks)), torch.tensor(unit), torch.tensor(seg)
-    mask = (un[:, None] == un[None, :]) & ((sg[None, :] == 0) | (sg[:, None] == sg[None, :])) & (q[None, :] <= q[:, None])
+    mask = (
+        (un[:, None] == un[None, :]) & ((sg[None, :] == 0) | (sg[:, None] == sg[None, :])) & (q[None, :] <= q[:, None])
+    )
     as_long = lambda v: torch.tensor(v, dtype=torch.long)  # noqa: E731
-    return {"input_ids": as_long([toks]), "position_ids": as_long([pos]), "attn_mask": mask[None, None],
-            "score_src": as_long(src), "score_tgt": as_long(tgt), "score_seq": as_long(seq), "score_col": as_long(col)}
+    return {
+        "input_ids": as_long([toks]),
+        "position_ids": as_long([pos]),
+        "attn_mask": mask[None, None],
+        "score_src": as_long(src),
+        "score_tgt": as_long(tgt),
+        "score_seq": as_long(seq),
+        "score_col": as_long(col),
+    }
 
 
 def _unsupported_reason(model, layout: str, logits: str) -> Optional[str]:
@@ -485,9 +535,11 @@ def _mismatch(got: Tensor, want: Tensor, dtype: torch.dtype, logit_scale: float 
     if ok.all():
         return None
     worst = int((d - tol).nan_to_num(float("inf")).argmax())
-    return (f"probe mismatch (max |diff| {d.nan_to_num(float('inf')).max().item():.2e}; worst token "
-            f"{got.flatten()[worst].item():.4f} vs {want.flatten()[worst].item():.4f}, tolerance {tol.flatten()[worst].item():.1e} "
-            f"in {str(dtype).replace('torch.', '')})")
+    return (
+        f"probe mismatch (max |diff| {d.nan_to_num(float('inf')).max().item():.2e}; worst token "
+        f"{got.flatten()[worst].item():.4f} vs {want.flatten()[worst].item():.4f}, tolerance {tol.flatten()[worst].item():.1e} "
+        f"in {str(dtype).replace('torch.', '')})"
+    )
 
 
 @contextmanager
@@ -532,7 +584,7 @@ def _probe(model, layout: str, logits: str, amp: Optional[torch.dtype] = None) -
                 with _autocast(dev, amp):
                     bad = _compare_paths(model, b, layout, logits, amp)
                 bad = bad and f"under {str(amp).replace('torch.', '')} autocast: {bad}"
-    except Exception as e:  # noqa: BLE001 - a model that cannot run the fast path uses the plain one; OOM is raised
+    except Exception as e:
         if is_oom(e):
             raise
         return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
@@ -550,8 +602,10 @@ def _warn_once(hf, key: tuple, reason: Optional[str], what: str) -> None:
     if key not in cache:
         cache[key] = reason
         if reason:
-            warnings.warn(f"dpolab fast path {what} is off for {type(hf).__name__}: {reason}; using a slower exact path",
-                          stacklevel=4)
+            warnings.warn(
+                f"dpolab fast path {what} is off for {type(hf).__name__}: {reason}; using a slower exact path",
+                stacklevel=4,
+            )
 
 
 def _checked(model, layout: str, logits: str) -> bool:
@@ -560,8 +614,12 @@ def _checked(model, layout: str, logits: str) -> bool:
     amp = _autocast_dtype(next(hf.parameters()).device)
     key = _report_key(layout, logits, amp)
     if key not in cache:
-        _warn_once(hf, key, _probe(model, layout, logits, amp), f"layout={layout} logits={logits}"
-                   + (f" (under {key[2]} autocast)" if amp is not None else ""))
+        _warn_once(
+            hf,
+            key,
+            _probe(model, layout, logits, amp),
+            f"layout={layout} logits={logits}" + (f" (under {key[2]} autocast)" if amp is not None else ""),
+        )
     return cache[key] is None
 
 
@@ -572,8 +630,12 @@ def _window_fits(model, batch: Batch, layout: str) -> bool:
     w = _other_window(hf)
     if w is None or _longest_unit(batch.packed) < w:
         return True
-    _warn_once(hf, (layout, "window"), f"an attention window of {w} tokens applied by the model itself, shorter than "
-               f"a unit of this batch", f"layout={layout} (for batches with units of {w}+ tokens)")
+    _warn_once(
+        hf,
+        (layout, "window"),
+        f"an attention window of {w} tokens applied by the model itself, shorter than a unit of this batch",
+        f"layout={layout} (for batches with units of {w}+ tokens)",
+    )
     return False
 
 
@@ -599,8 +661,15 @@ def resolve(model, batch: Batch, layout: str, logits: str) -> Tuple[str, str]:
     return "padded", "full"
 
 
-def batch_logps(model, batch: Batch, *, layout: str = "prefix", logits: str = "response",
-                chunk_rows: Optional[int] = None, with_sq: bool = False) -> SequenceLogps:
+def batch_logps(
+    model,
+    batch: Batch,
+    *,
+    layout: str = "prefix",
+    logits: str = "response",
+    chunk_rows: Optional[int] = None,
+    with_sq: bool = False,
+) -> SequenceLogps:
     """Response log-probs of a collated batch, by the fastest exact path available (see the module docstring).
 
     ``layout='padded', logits='full'`` is exactly the plain ``response_logps``. ``chunk_rows``: rows per LM-head

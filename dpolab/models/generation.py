@@ -1,4 +1,5 @@
 """Batched, seeded generation from token ids: the primitive under :func:`dpolab.evaluation.generation.generate`."""
+
 from __future__ import annotations
 
 from typing import List, Optional, Sequence
@@ -7,9 +8,19 @@ import torch
 
 
 @torch.no_grad()
-def generate_ids(model, prompts: Sequence[List[int]], *, max_new_tokens: int = 32, batch_size: int = 32,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 pad_id: Optional[int] = None, eos_id: Optional[int] = None) -> List[List[int]]:
+def generate_ids(
+    model,
+    prompts: Sequence[List[int]],
+    *,
+    max_new_tokens: int = 32,
+    batch_size: int = 32,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    pad_id: Optional[int] = None,
+    eos_id: Optional[int] = None,
+) -> List[List[int]]:
     """New token ids for each prompt (stopped before EOS, or after ``max_new_tokens``).
 
     Prompts are left-padded so a batch generates together; sampling is reproducible for a ``seed``.
@@ -21,13 +32,13 @@ def generate_ids(model, prompts: Sequence[List[int]], *, max_new_tokens: int = 3
     pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
     outs: List[List[int]] = []
     for start in range(0, len(prompts), batch_size):
-        chunk = [list(c) for c in prompts[start:start + batch_size]]
+        chunk = [list(c) for c in prompts[start : start + batch_size]]
         width = max(len(c) for c in chunk)
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         attn = torch.zeros((len(chunk), width), dtype=torch.long)
         for i, c in enumerate(chunk):
-            input_ids[i, width - len(c):] = torch.tensor(c, dtype=torch.long)
-            attn[i, width - len(c):] = 1
+            input_ids[i, width - len(c) :] = torch.tensor(c, dtype=torch.long)
+            attn[i, width - len(c) :] = 1
         if do_sample:  # seed torch's global generator from ours so each batch is reproducible
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         kwargs = dict(max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=pad, eos_token_id=eos_id)

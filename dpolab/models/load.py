@@ -1,5 +1,6 @@
 """Loading the policy: ``from_pretrained`` by name or path (what a user does), a tiny model built from a
 config (tests and the demo), a checkpoint of an earlier dpolab run, and LoRA adapters through peft."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..errors import MissingPackageError, UserError, first_sentence
 from ..config import LoraConfig, ModelConfig
+from ..errors import MissingPackageError, UserError, first_sentence
 from .presets import MODEL_PRESETS, is_model_preset, resolve_model_path
 from .quiet import known_warnings_silenced
 from .unwrap import unwrap
@@ -19,8 +20,18 @@ from .unwrap import unwrap
 # tiny models built from a config (tests, the demo); the families past gpt2/llama cover the fast paths' cases:
 # sliding windows (mistral, phi3: every layer; qwen2-sw, gemma2, gemma3: local and global layers), logit and attention
 # soft-capping (gemma2), learned/partial-rotary positions and untied heads (gpt-neox, opt)
-TINY_PRESETS = ("tiny-gpt2", "tiny-llama", "tiny-mistral", "tiny-qwen2", "tiny-qwen2-sw", "tiny-gemma2", "tiny-gemma3",
-                "tiny-phi3", "tiny-gpt-neox", "tiny-opt")
+TINY_PRESETS = (
+    "tiny-gpt2",
+    "tiny-llama",
+    "tiny-mistral",
+    "tiny-qwen2",
+    "tiny-qwen2-sw",
+    "tiny-gemma2",
+    "tiny-gemma3",
+    "tiny-phi3",
+    "tiny-gpt-neox",
+    "tiny-opt",
+)
 TINY_WINDOW = 16  # the sliding window of the tiny presets that have one: shorter than typical test sequences
 MODEL_META = "dpolab_model.json"  # written beside a saved model/adapter: how to rebuild its base
 
@@ -56,7 +67,7 @@ def load_tokenizer(cfg: ModelConfig):
     _check_folder(name)
     try:
         tok = AutoTokenizer.from_pretrained(name, **kwargs)
-    except Exception as e:  # noqa: BLE001 - turn any loader failure into one clear line
+    except Exception as e:
         raise ModelLoadError(f"could not load tokenizer '{name}': {first_sentence(e)}") from e
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
@@ -68,23 +79,41 @@ def tiny_config(preset: str, tokenizer, overrides: Optional[Dict[str, Any]] = No
     config fields (e.g. ``sliding_window``, ``num_hidden_layers``)."""
     from transformers import AutoConfig, GPT2Config, LlamaConfig
 
-    ids = dict(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-               pad_token_id=tokenizer.pad_token_id)
+    ids = dict(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     overrides = dict(overrides or {})
     if preset == "tiny-gpt2":
         base = dict(n_layer=2, n_embd=64, n_head=4, n_positions=max_positions, **ids)
         base.update(overrides)
         return GPT2Config(**base)
     if preset == "tiny-llama":
-        base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                    num_key_value_heads=2, max_position_embeddings=max_positions, tie_word_embeddings=True, **ids)
+        base = dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=max_positions,
+            tie_word_embeddings=True,
+            **ids,
+        )
         base.update(overrides)
         return LlamaConfig(**base)
     if preset not in _FAMILY_PRESETS:
         raise ModelLoadError(f"unknown tiny preset '{preset}'; valid: {', '.join(TINY_PRESETS)}")
     model_type, extra = _FAMILY_PRESETS[preset]
-    base = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=max_positions, **ids)
+    base = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=max_positions,
+        **ids,
+    )
     base.update(extra)
     base.update(overrides)
     return AutoConfig.for_model(model_type, **base)
@@ -95,13 +124,37 @@ _FAMILY_PRESETS: Dict[str, tuple] = {
     "tiny-mistral": ("mistral", dict(num_key_value_heads=2, head_dim=16, sliding_window=_W, tie_word_embeddings=True)),
     "tiny-qwen2": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True)),
     # layer 0 full attention, layer 1 a sliding window (Qwen2 windows the layers from max_window_layers on)
-    "tiny-qwen2-sw": ("qwen2", dict(num_key_value_heads=2, tie_word_embeddings=True, use_sliding_window=True,
-                                    sliding_window=_W, max_window_layers=1)),
+    "tiny-qwen2-sw": (
+        "qwen2",
+        dict(
+            num_key_value_heads=2,
+            tie_word_embeddings=True,
+            use_sliding_window=True,
+            sliding_window=_W,
+            max_window_layers=1,
+        ),
+    ),
     # local (sliding) then global layer; logit soft-capping 30 and attention soft-capping 50 as in Gemma-2
-    "tiny-gemma2": ("gemma2", dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=_W,
-                                   layer_types=["sliding_attention", "full_attention"])),
-    "tiny-gemma3": ("gemma3_text", dict(num_key_value_heads=2, head_dim=16, query_pre_attn_scalar=16, sliding_window=_W,
-                                        layer_types=["sliding_attention", "full_attention"])),
+    "tiny-gemma2": (
+        "gemma2",
+        dict(
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=_W,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    ),
+    "tiny-gemma3": (
+        "gemma3_text",
+        dict(
+            num_key_value_heads=2,
+            head_dim=16,
+            query_pre_attn_scalar=16,
+            sliding_window=_W,
+            layer_types=["sliding_attention", "full_attention"],
+        ),
+    ),
     "tiny-phi3": ("phi3", dict(num_key_value_heads=2, sliding_window=_W, tie_word_embeddings=False)),
     "tiny-gpt-neox": ("gpt_neox", dict(rotary_pct=0.5, tie_word_embeddings=False)),
     "tiny-opt": ("opt", dict(ffn_dim=128, word_embed_proj_dim=64, tie_word_embeddings=True)),
@@ -129,13 +182,19 @@ def quantization_config(cfg: ModelConfig):
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as e:
-        raise MissingPackageError("model.load_in_4bit / load_in_8bit need bitsandbytes: pip install 'bitsandbytes>=0.46'") from e
+        raise MissingPackageError(
+            "model.load_in_4bit / load_in_8bit need bitsandbytes: pip install 'bitsandbytes>=0.46'"
+        ) from e
     from transformers import BitsAndBytesConfig
 
     if cfg.load_in_8bit:
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=DTYPES[cfg.dtype])
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=DTYPES[cfg.dtype],
+    )
 
 
 def _without_cpu_repacking(model):
@@ -157,19 +216,25 @@ def _quantized(load, cfg: ModelConfig):
         return _without_cpu_repacking(load())
     except (ModelLoadError, MissingPackageError):
         raise
-    except Exception as e:  # noqa: BLE001 - one clear line, the cause kept
+    except Exception as e:
         import bitsandbytes
 
         bits = 4 if cfg.load_in_4bit else 8
-        raise ModelLoadError(f"bitsandbytes {bitsandbytes.__version__} could not load the model in {bits} bits on this "
-                             f"device ({str(e).strip().splitlines()[0][:160]}); set model.load_in_{bits}bit=false") from e
+        raise ModelLoadError(
+            f"bitsandbytes {bitsandbytes.__version__} could not load the model in {bits} bits on this "
+            f"device ({str(e).strip().splitlines()[0][:160]}); set model.load_in_{bits}bit=false"
+        ) from e
 
 
 def _looks_local(path: str) -> bool:
     """A path the user means as a folder: explicit (./, /, ~), with more parts than a hub id (org/name) has, or an
     org/name whose first part is a folder here (``runs/x`` beside a ``runs/`` folder: a run not written yet)."""
-    return (path.startswith((".", "/", "~")) or path.count("/") >= 2 or "\\" in path
-            or ("/" in path and Path(path.split("/", 1)[0]).is_dir()))
+    return (
+        path.startswith((".", "/", "~"))
+        or path.count("/") >= 2
+        or "\\" in path
+        or ("/" in path and Path(path.split("/", 1)[0]).is_dir())
+    )
 
 
 def _hub_unreachable(name: str) -> Optional[str]:
@@ -205,8 +270,10 @@ def _check_folder(path: str) -> None:
     when it cannot reach it)."""
     if Path(path).expanduser().exists():
         return
-    kinds = (f"a model is a local folder, a hub id such as org/name, a model preset: {', '.join(MODEL_PRESETS)}, or a "
-             f"tiny preset: {', '.join(TINY_PRESETS)}")
+    kinds = (
+        f"a model is a local folder, a hub id such as org/name, a model preset: {', '.join(MODEL_PRESETS)}, or a "
+        f"tiny preset: {', '.join(TINY_PRESETS)}"
+    )
     if _looks_local(path):
         raise ModelLoadError(f"model folder not found: {path} ({kinds})")
     why = _hub_unreachable(path)
@@ -217,8 +284,10 @@ def _check_folder(path: str) -> None:
 def _resolve(name: str, gguf_file: Optional[str] = None) -> str:
     """A model preset's cached folder (:func:`dpolab.models.presets.resolve_model_path`); other names unchanged."""
     if gguf_file and is_model_preset(name):
-        raise ModelLoadError(f"model.gguf_file names a GGUF file inside a folder; '{name}' is a model preset "
-                             f"(already a GGUF file, converted once): unset model.gguf_file")
+        raise ModelLoadError(
+            f"model.gguf_file names a GGUF file inside a folder; '{name}' is a model preset "
+            f"(already a GGUF file, converted once): unset model.gguf_file"
+        )
     return resolve_model_path(name)
 
 
@@ -239,7 +308,7 @@ def _from_pretrained(path: str, cfg: ModelConfig):
     except TypeError:  # older transformers call it torch_dtype
         kwargs["torch_dtype"] = kwargs.pop("dtype")
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise ModelLoadError(f"could not load model '{path}': {first_sentence(e)}") from e
 
 
@@ -254,9 +323,12 @@ def describe_model(cfg: ModelConfig, mode: str) -> List[str]:
     line = f"{mode} training: model {cfg.name_or_path} (tiny preset: random weights, built from a config)"
     if cfg.name_or_path != ModelConfig.name_or_path or cfg.tiny:
         return [line]
-    return [line, f"warning: {cfg.name_or_path} is the built-in default model (what runs when model.name_or_path is "
-                  "not set): 2 layers with random weights, meant for tests; set model.name_or_path to a Hugging Face "
-                  "model name, a local folder or the preset smollm2-135m to train a real model"]
+    return [
+        line,
+        f"warning: {cfg.name_or_path} is the built-in default model (what runs when model.name_or_path is "
+        "not set): 2 layers with random weights, meant for tests; set model.name_or_path to a Hugging Face "
+        "model name, a local folder or the preset smollm2-135m to train a real model",
+    ]
 
 
 def load_base_model(cfg: ModelConfig, tokenizer, *, seed: int = 0, max_positions: int = 1024):
@@ -288,19 +360,30 @@ def _quantize_via_folder(model, cfg: ModelConfig):
 
     with tempfile.TemporaryDirectory(prefix="dpolab-quant-") as tmp:
         model.save_pretrained(tmp)
-        return _from_pretrained(tmp, ModelConfig(name_or_path=tmp, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit,
-                                                 load_in_8bit=cfg.load_in_8bit))
+        return _from_pretrained(
+            tmp,
+            ModelConfig(
+                name_or_path=tmp, dtype=cfg.dtype, load_in_4bit=cfg.load_in_4bit, load_in_8bit=cfg.load_in_8bit
+            ),
+        )
 
 
 def apply_lora(model, lora: LoraConfig):
     """Wrap ``model`` with fresh LoRA adapters; only adapter weights are trainable."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
     target = lora.target_modules
     if target == "all-linear" and is_gpt2_like(model):
         target = ["c_attn", "c_proj", "c_fc"]  # GPT-2 uses Conv1D, which 'all-linear' would skip
-    pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                          task_type="CAUSAL_LM", fan_in_fan_out=is_gpt2_like(model))
+    pcfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target,
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=is_gpt2_like(model),
+    )
     with known_warnings_silenced():  # transformers' deprecation note when peft wraps the model
         return get_peft_model(model, pcfg)
 
@@ -333,8 +416,14 @@ def save_model(model, tokenizer, path: os.PathLike, model_cfg: Optional[ModelCon
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     if model_cfg is not None:
-        meta = {"model": {k: getattr(model_cfg, k) for k in ("name_or_path", "tokenizer", "dtype", "gguf_file", "tiny", "init_from")},
-                "seed": seed, "max_positions": _max_positions(model)}
+        meta = {
+            "model": {
+                k: getattr(model_cfg, k)
+                for k in ("name_or_path", "tokenizer", "dtype", "gguf_file", "tiny", "init_from")
+            },
+            "seed": seed,
+            "max_positions": _max_positions(model),
+        }
         (path / MODEL_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
 
 
@@ -370,8 +459,10 @@ def enable_gradient_checkpointing(model) -> None:
     frozen inputs such as LoRA's and with custom 4D masks). A wrapped model (PEFT) is switched on its base."""
     inner = unwrap(model, peft=True)
     if not getattr(inner, "supports_gradient_checkpointing", False):
-        raise ModelLoadError(f"train.gradient_checkpointing: {type(inner).__name__} does not support gradient "
-                             f"checkpointing in transformers; set train.gradient_checkpointing=false")
+        raise ModelLoadError(
+            f"train.gradient_checkpointing: {type(inner).__name__} does not support gradient "
+            f"checkpointing in transformers; set train.gradient_checkpointing=false"
+        )
     kwargs = {"use_reentrant": False}
     if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5 (the older name is deprecated there)
         inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)

@@ -9,6 +9,7 @@ With ``with_sq=True`` the same pass also gives, at each scored position, ``log s
 distribution (WPO's weight, :mod:`dpolab.losses.wpo`), computed from the same float32 log-softmax without gradient
 (as TRL does): ``logsumexp(2 log p)``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -40,8 +41,9 @@ def scatter_tokens(shape, rows, values: Tensor) -> Tensor:
     return torch.zeros(shape, dtype=torch.float32, device=values.device).index_put(rows, values)
 
 
-def gather_logps(logits: Tensor, input_ids: Tensor, loss_mask: Tensor, *, chunk_rows: int = 4096,
-                 with_sq: bool = False) -> SequenceLogps:
+def gather_logps(
+    logits: Tensor, input_ids: Tensor, loss_mask: Tensor, *, chunk_rows: int = 4096, with_sq: bool = False
+) -> SequenceLogps:
     """Log-probs of the response tokens from logits aligned with ``input_ids`` ([N, T, V]) (and, with ``with_sq``,
     the per-token ``log sum_v p_v^2``, module docstring)."""
     targets = input_ids[:, 1:]
@@ -58,12 +60,18 @@ def gather_logps(logits: Tensor, input_ids: Tensor, loss_mask: Tensor, *, chunk_
         if sq is not None:
             sq[start:end] = log_sum_sq(lsm)
     token_logps = scatter_tokens(targets.shape, rows, picked)
-    return SequenceLogps(sums=token_logps.sum(-1), counts=mask.sum(-1), token_logps=token_logps, token_mask=mask,
-                         token_log_sum_sq=scatter_tokens(targets.shape, rows, sq) if sq is not None else None)
+    return SequenceLogps(
+        sums=token_logps.sum(-1),
+        counts=mask.sum(-1),
+        token_logps=token_logps,
+        token_mask=mask,
+        token_log_sum_sq=scatter_tokens(targets.shape, rows, sq) if sq is not None else None,
+    )
 
 
-def response_logps(model, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *,
-                   with_sq: bool = False) -> SequenceLogps:
+def response_logps(
+    model, input_ids: Tensor, attention_mask: Tensor, loss_mask: Tensor, *, with_sq: bool = False
+) -> SequenceLogps:
     """Forward ``model`` on a padded batch and return the response-token log-probs (``with_sq``: and the per-token
     ``log sum_v p_v^2``)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)

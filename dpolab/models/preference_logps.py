@@ -11,6 +11,7 @@ noise is no win. The tolerance, ``TIE_ULPS`` float32 epsilons times the sum over
 and two below any difference worth a word (0.1 nats). It covers float32 arithmetic; a bf16 forward's own rounding
 (autocast) is larger and is not what it is sized for.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -25,9 +26,18 @@ from .fastpath import logps_for_batch
 from .logprobs import split_pairs
 
 
-def preference_outputs(policy, reference, batch: PairBatch, *, need_tokens: bool,
-                       extras: Sequence[str] = (), autocast=nullcontext, need_sq: bool = False,
-                       need_ref_split: bool = False, logits: Optional[str] = None) -> PreferenceOutputs:
+def preference_outputs(
+    policy,
+    reference,
+    batch: PairBatch,
+    *,
+    need_tokens: bool,
+    extras: Sequence[str] = (),
+    autocast=nullcontext,
+    need_sq: bool = False,
+    need_ref_split: bool = False,
+    logits: Optional[str] = None,
+) -> PreferenceOutputs:
     """Policy (with grad) and reference (without) log-probs of a concatenated chosen+rejected batch.
 
     ``need_tokens``: the policy's per-token log-probs and masks too; ``need_sq`` (WPO): the policy's per-token
@@ -40,7 +50,9 @@ def preference_outputs(policy, reference, batch: PairBatch, *, need_tokens: bool
         lp = logps_for_batch(policy, batch, logits=logits or "response", with_sq=need_sq)
     pc, pr = split_pairs(lp.sums, n)
     cc, cr = split_pairs(lp.counts, n)
-    fields: Dict[str, Any] = dict(policy_chosen_logps=pc, policy_rejected_logps=pr, chosen_lengths=cc, rejected_lengths=cr)
+    fields: Dict[str, Any] = dict(
+        policy_chosen_logps=pc, policy_rejected_logps=pr, chosen_lengths=cc, rejected_lengths=cr
+    )
     if reference is not None and need_ref_split:
         fields.update({k: v.to(pc.dtype) for k, v in reference.split_logps(batch, autocast).items()})
     elif reference is not None:
@@ -49,7 +61,9 @@ def preference_outputs(policy, reference, batch: PairBatch, *, need_tokens: bool
     if need_tokens or need_sq:
         tc, tr = split_pairs(lp.token_logps, n)
         mc, mr = split_pairs(lp.token_mask, n)
-        fields.update(policy_chosen_token_logps=tc, chosen_token_mask=mc, policy_rejected_token_logps=tr, rejected_token_mask=mr)
+        fields.update(
+            policy_chosen_token_logps=tc, chosen_token_mask=mc, policy_rejected_token_logps=tr, rejected_token_mask=mr
+        )
     if need_sq:
         sc, sr = split_pairs(lp.token_log_sum_sq, n)
         fields.update(policy_chosen_token_log_sum_sq_probs=sc, policy_rejected_token_log_sum_sq_probs=sr)
@@ -101,13 +115,17 @@ def generic_metrics(out: PreferenceOutputs, prefix: str = "") -> Dict[str, Tenso
     if out.ref_chosen_logps is not None:
         rw = (out.policy_chosen_logps - out.ref_chosen_logps).detach()
         rl = (out.policy_rejected_logps - out.ref_rejected_logps).detach()
-        m.update({
-            f"{prefix}ref_logps/chosen": out.ref_chosen_logps.detach().mean(),
-            f"{prefix}ref_logps/rejected": out.ref_rejected_logps.detach().mean(),
-            f"{prefix}logratio/chosen": rw.mean(),
-            f"{prefix}logratio/rejected": rl.mean(),
-            f"{prefix}logratio_margin": (rw - rl).mean(),  # raw log-ratio difference (rewards/margin is beta times it)
-        })
+        m.update(
+            {
+                f"{prefix}ref_logps/chosen": out.ref_chosen_logps.detach().mean(),
+                f"{prefix}ref_logps/rejected": out.ref_rejected_logps.detach().mean(),
+                f"{prefix}logratio/chosen": rw.mean(),
+                f"{prefix}logratio/rejected": rl.mean(),
+                f"{prefix}logratio_margin": (
+                    rw - rl
+                ).mean(),  # raw log-ratio difference (rewards/margin is beta times it)
+            }
+        )
         margin = rw - rl
     else:
         margin = (out.policy_chosen_logps - out.policy_rejected_logps).detach()

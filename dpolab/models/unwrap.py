@@ -1,4 +1,5 @@
 """The one way to reach a model inside the wrappers training puts around it."""
+
 from __future__ import annotations
 
 import torch

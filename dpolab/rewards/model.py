@@ -11,6 +11,7 @@ model with ``AutoModelForSequenceClassification.from_pretrained`` gets. ``config
 head reads the rightmost token that is not padding (for tokenizers whose pad token is the EOS token, that is the
 last token before the final EOS).
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,9 +23,17 @@ import torch
 from torch import Tensor, nn
 
 from ..config import LoraConfig, ModelConfig
+from ..models.load import (
+    DTYPES,
+    MODEL_META,
+    TINY_PRESETS,
+    ModelLoadError,
+    disable_dropout,
+    is_gpt2_like,
+    load_base_model,
+    load_tokenizer,
+)
 from ..models.quiet import known_warnings_silenced
-from ..models.load import (DTYPES, MODEL_META, TINY_PRESETS, ModelLoadError, disable_dropout, is_gpt2_like,
-                           load_base_model, load_tokenizer)
 
 SCORE_MODULE = "score"
 
@@ -44,7 +53,8 @@ def _seq_cls_from_config(config, seed: int):
     except ValueError as e:
         raise ModelLoadError(
             f"architecture '{getattr(config, 'model_type', '?')}' has no sequence-classification head in transformers, "
-            f"so it cannot be a dpolab reward model ({str(e).splitlines()[0][:120]})") from e
+            f"so it cannot be a dpolab reward model ({str(e).splitlines()[0][:120]})"
+        ) from e
 
 
 def reward_model_from_causal_lm(lm, seed: int = 0):
@@ -53,13 +63,14 @@ def reward_model_from_causal_lm(lm, seed: int = 0):
     model.to(next(lm.parameters()).dtype)
     missing, unexpected = model.base_model.load_state_dict(lm.base_model.state_dict(), strict=False)
     if missing or unexpected:
-        raise ModelLoadError(f"backbone weights do not fit the reward model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelLoadError(
+            f"backbone weights do not fit the reward model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return model
 
 
 def _seq_cls_from_pretrained(path: str, cfg: ModelConfig):
     from transformers import AutoModelForSequenceClassification
-
     from transformers.utils import logging as hf_logging
 
     from ..models.presets import resolve_model_path
@@ -70,9 +81,11 @@ def _seq_cls_from_pretrained(path: str, cfg: ModelConfig):
     hf_logging.set_verbosity_error()  # a causal LM has no score head: the "newly initialized" report is expected
     try:
         return AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
-    except Exception as e:  # noqa: BLE001 - one clear line
-        raise ModelLoadError(f"could not load '{path}' as a reward model (sequence classification, 1 label): "
-                             f"{str(e).splitlines()[0][:160]}") from e
+    except Exception as e:
+        raise ModelLoadError(
+            f"could not load '{path}' as a reward model (sequence classification, 1 label): "
+            f"{str(e).splitlines()[0][:160]}"
+        ) from e
     finally:
         hf_logging.set_verbosity(level)
 
@@ -89,10 +102,18 @@ def _lora_targets(model, lora: LoraConfig):
 
 def apply_reward_lora(model, lora: LoraConfig):
     """peft ``SEQ_CLS`` LoRA adapters; trainable: the adapters and the whole ``score`` head."""
-    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
 
-    pcfg = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=_lora_targets(model, lora),
-                          task_type="SEQ_CLS", fan_in_fan_out=is_gpt2_like(model), modules_to_save=[SCORE_MODULE])
+    pcfg = PeftLoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=_lora_targets(model, lora),
+        task_type="SEQ_CLS",
+        fan_in_fan_out=is_gpt2_like(model),
+        modules_to_save=[SCORE_MODULE],
+    )
     with known_warnings_silenced():  # transformers' deprecation note when peft wraps the model
         return get_peft_model(model, pcfg)
 
@@ -104,13 +125,17 @@ def load_reward_model(cfg: ModelConfig, lora: LoraConfig, tokenizer, *, seed: in
     if plain:  # a hub name or a folder with a full HF model (causal LM or an earlier reward model)
         model = _seq_cls_from_pretrained(src, cfg)
     else:  # tiny preset, GGUF file or LoRA checkpoint: build the causal LM as a policy would, then move its backbone
-        model = reward_model_from_causal_lm(load_base_model(cfg, tokenizer, seed=seed, max_positions=max_positions), seed)
+        model = reward_model_from_causal_lm(
+            load_base_model(cfg, tokenizer, seed=seed, max_positions=max_positions), seed
+        )
     if not cfg.dropout:
         disable_dropout(model)
     if tokenizer.pad_token_id is not None:
         model.config.pad_token_id = tokenizer.pad_token_id
     if model.config.pad_token_id is None:
-        raise ModelLoadError("the reward model needs a pad token (the head reads the last non-pad token); set tokenizer.pad_token")
+        raise ModelLoadError(
+            "the reward model needs a pad token (the head reads the last non-pad token); set tokenizer.pad_token"
+        )
     if lora.enabled:
         model = apply_reward_lora(model, lora)
     return model
@@ -138,8 +163,13 @@ def load_trained_reward_model(path, *, tokenizer: Optional[str] = None, dtype: s
         if not meta_file.exists():
             raise ModelLoadError(f"{path} holds a LoRA adapter but no {MODEL_META} naming its base model")
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
-        base = load_reward_model(ModelConfig(**meta["model"]), LoraConfig(enabled=False), tok, seed=meta.get("seed", 0),
-                                 max_positions=meta.get("max_positions") or 1024)
+        base = load_reward_model(
+            ModelConfig(**meta["model"]),
+            LoraConfig(enabled=False),
+            tok,
+            seed=meta.get("seed", 0),
+            max_positions=meta.get("max_positions") or 1024,
+        )
         with known_warnings_silenced():
             model = PeftModel.from_pretrained(base, str(path)).merge_and_unload()
     else:
@@ -167,7 +197,10 @@ def reward_metrics(chosen: Tensor, rejected: Tensor) -> Dict[str, Tensor]:
     std = lambda t: t.std(unbiased=False) if t.numel() > 1 else torch.zeros((), device=t.device)  # noqa: E731
     return {
         "reward_accuracy": (margin > 0).float().mean(),
-        "margin": margin.mean(), "margin/std": std(margin),
-        "rewards/chosen": chosen.mean(), "rewards/rejected": rejected.mean(),
-        "rewards/mean": both.mean(), "rewards/std": std(both),
+        "margin": margin.mean(),
+        "margin/std": std(margin),
+        "rewards/chosen": chosen.mean(),
+        "rewards/rejected": rejected.mean(),
+        "rewards/mean": both.mean(),
+        "rewards/std": std(both),
     }

@@ -16,6 +16,7 @@ around 1-2.5, ours are bounded by 1).
 An oracle is any ``Callable[[Sequence[str]], List[float]]``; :func:`register_oracle` adds one under a name
 (e.g. a classifier for ``--size paper``).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -33,8 +34,10 @@ def _vader():
     try:
         from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
     except ImportError as e:
-        raise MissingPackageError(f"the 'vader' oracle needs the '{VADER_PACKAGE}' package: pip install {VADER_PACKAGE} "
-                                  f"(or pip install -e \".[tasks]\")") from e
+        raise MissingPackageError(
+            f"the 'vader' oracle needs the '{VADER_PACKAGE}' package: pip install {VADER_PACKAGE} "
+            f'(or pip install -e ".[tasks]")'
+        ) from e
     return SentimentIntensityAnalyzer()
 
 

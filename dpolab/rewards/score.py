@@ -7,6 +7,7 @@ after truncation) keep ``null`` in the three columns and are counted and reporte
 dropout, under ``torch.no_grad``, in batches of similar length; the same model, data and batch size give the same
 numbers on every run.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ import torch
 from ..atomic import atomic_path
 from ..config import ConfigError
 from ..data.types import DataError, SkipCounter
-from ..progress import pair_bar
 from ..models.device import describe, inference_autocast, resolve_device
+from ..progress import pair_bar
 
 COLUMNS = ("reward_chosen", "reward_rejected", "rm_margin")
 OUT_SUFFIXES = (".jsonl", ".parquet")
@@ -34,7 +35,9 @@ def write_rows(rows: List[dict], out: os.PathLike) -> None:
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix not in OUT_SUFFIXES:
-        raise DataError(f"unsupported output type '{suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out))
+        raise DataError(
+            f"unsupported output type '{suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out)
+        )
     with atomic_path(out) as tmp:
         if suffix == ".jsonl":
             with open(tmp, "w", encoding="utf-8") as f:
@@ -47,8 +50,9 @@ def write_rows(rows: List[dict], out: os.PathLike) -> None:
             pq.write_table(pa.Table.from_pylist(rows), tmp)
 
 
-def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progress: bool = True,
-                autocast: Callable = nullcontext) -> List[tuple]:
+def score_pairs(
+    model, pairs: list, pad_id: int, *, batch_size: int = 16, progress: bool = True, autocast: Callable = nullcontext
+) -> List[tuple]:
     """(reward_chosen, reward_rejected) for each tokenised pair, in order; batches are formed by length, on the
     model's device, under ``autocast``. ``progress``: a bar on stderr counting pairs (:func:`dpolab.progress.pair_bar`).
     """
@@ -75,10 +79,20 @@ def score_pairs(model, pairs: list, pad_id: int, *, batch_size: int = 16, progre
     return out  # type: ignore[return-value]
 
 
-def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_length: int = 1024,
-               max_prompt_length: Optional[int] = None, columns: Optional[Mapping[str, str]] = None,
-               tokenizer: Optional[str] = None, progress: bool = True, log: Callable[[str], Any] = print,
-               device: str = "auto") -> Dict[str, Any]:
+def score_file(
+    model: str,
+    data: str,
+    out: str,
+    *,
+    batch_size: int = 16,
+    max_length: int = 1024,
+    max_prompt_length: Optional[int] = None,
+    columns: Optional[Mapping[str, str]] = None,
+    tokenizer: Optional[str] = None,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+    device: str = "auto",
+) -> Dict[str, Any]:
     """Add ``reward_chosen``, ``reward_rejected`` and ``rm_margin`` to every row of ``data`` and write ``out``.
 
     ``model`` is a reward model folder (``dpolab rm train``'s ``final/``, or any HF sequence-classification model with
@@ -92,7 +106,9 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if Path(out).suffix.lower() not in OUT_SUFFIXES:
-        raise DataError(f"unsupported output type '{Path(out).suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out))
+        raise DataError(
+            f"unsupported output type '{Path(out).suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out)
+        )
     dev = resolve_device(device)
     rm, tok = load_trained_reward_model(model, tokenizer=tokenizer)
     rm.to(dev)
@@ -106,9 +122,16 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
             if isinstance(rec, DataError):
                 raise rec
             pair = to_preference_row(rec, source=name, row=row, columns=columns, skips=skips)
-            tp = tokenize_preference(pair, tok, max_length=max_length, max_prompt_length=max_prompt_length,
-                                     skips=skips) if pair is not None else None
-        except (DataError, ValueError, TypeError) as e:  # ValueError/TypeError: the tokenizer or chat template refused it
+            tp = (
+                tokenize_preference(pair, tok, max_length=max_length, max_prompt_length=max_prompt_length, skips=skips)
+                if pair is not None
+                else None
+            )
+        except (
+            DataError,
+            ValueError,
+            TypeError,
+        ) as e:  # ValueError/TypeError: the tokenizer or chat template refused it
             field = getattr(e, "field", None)
             skips.add(f"invalid row (field '{field}')" if field else "invalid row")
             if logged < MAX_LOGGED:
@@ -126,8 +149,9 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
     clobbered = [c for c in COLUMNS if c in rows[0]]
     if clobbered:
         log(f"{name}: replacing the existing column(s) {clobbered}")
-    scores = score_pairs(rm, pairs, tok.pad_token_id, batch_size=batch_size, progress=progress,
-                         autocast=inference_autocast(dev))
+    scores = score_pairs(
+        rm, pairs, tok.pad_token_id, batch_size=batch_size, progress=progress, autocast=inference_autocast(dev)
+    )
     for r in rows:
         r.update({c: None for c in COLUMNS})
     for i, (rc, rl) in zip(where, scores):
@@ -136,9 +160,18 @@ def score_file(model: str, data: str, out: str, *, batch_size: int = 16, max_len
     margins = [rc - rl for rc, rl in scores]
     mean = sum(margins) / len(margins) if margins else float("nan")
     std = math.sqrt(sum((m - mean) ** 2 for m in margins) / len(margins)) if margins else float("nan")
-    summary = {"rows": len(rows), "scored": len(pairs), "skipped": skips.total, "skip_reasons": dict(skips.counts),
-               "pairwise_accuracy": (sum(m > 0 for m in margins) / len(margins)) if margins else float("nan"),
-               "margin_mean": mean, "margin_std": std, "out": str(out)}
-    log(f"{name}: scored {len(pairs)} of {len(rows)} rows -> {out}; "
-        + (skips.summary() + " (their reward columns are null)" if skips.total else "no rows skipped"))
+    summary = {
+        "rows": len(rows),
+        "scored": len(pairs),
+        "skipped": skips.total,
+        "skip_reasons": dict(skips.counts),
+        "pairwise_accuracy": (sum(m > 0 for m in margins) / len(margins)) if margins else float("nan"),
+        "margin_mean": mean,
+        "margin_std": std,
+        "out": str(out),
+    }
+    log(
+        f"{name}: scored {len(pairs)} of {len(rows)} rows -> {out}; "
+        + (skips.summary() + " (their reward columns are null)" if skips.total else "no rows skipped")
+    )
     return summary

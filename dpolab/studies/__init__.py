@@ -4,6 +4,7 @@
 :data:`STUDIES` is the registry (``dpolab study --help`` lists it): the packaged studies by module, imported on first
 use (a study module imports torch, and ``dpolab --help`` must not), plus any :func:`register` adds.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -16,7 +17,10 @@ if TYPE_CHECKING:
 # `dpolab study --help` shows (tests/integration/test_cli_and_tools.py checks it is the study's own)
 STUDIES: Dict[str, Union["Study", Tuple[str, str]]] = {
     "dpop": ("dpolab.studies.dpop", "S3: DPOP vs DPO on low and high edit-distance pairs (arXiv 2402.13228)"),
-    "madpo": ("dpolab.studies.madpo", "S2: MADPO vs DPO, IPO and beta-DPO across data-quality tiers (arXiv 2510.05342)"),
+    "madpo": (
+        "dpolab.studies.madpo",
+        "S2: MADPO vs DPO, IPO and beta-DPO across data-quality tiers (arXiv 2510.05342)",
+    ),
     "sft-dpo": ("dpolab.studies.sft_dpo", "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA (arXiv 2603.20100)"),
     "squeeze": ("dpolab.studies.squeeze", "S4: squeezing and Gate-DPO, with likelihood probes (arXiv 2605.02626)"),
 }

@@ -5,6 +5,7 @@ A study that has budgets implements :meth:`dpolab.studies.study.Study.small_budg
 from its size definition (so the table follows the definition) and the measured costs in :data:`MEASURED`. The costs are
 measured, never assumed: :data:`MEASURED` records the command, the machine's load and what was timed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,10 +31,22 @@ MEASURED: Dict[str, Any] = {
     # with the full-logits code, which took 0.344 in the same rounds at a load of 2.7 (0.283 at load 4 before).
     # Derived, not timed: sonnet DPO (sonnet SFT x the quora DPO / SFT ratio of the same parameterisation) and the
     # sonnet NLL evaluation (half a LoRA SFT example)
-    "sft-dpo": {"paraphrase": {"sft-full": 11.87 / 16, "sft-lora": 7.53 / 16, "dpo-lora": 8.62 / 16,
-                               "dpo-full": 11.5 / 16, "eval": 0.209},
-                "sonnets": {"sft-full": 20.69 / 8, "sft-lora": 15.18 / 8, "dpo-lora": 15.18 / 8 * 8.62 / 7.53,
-                            "dpo-full": 20.69 / 8 * 11.5 / 11.87, "eval": 15.18 / 8 / 2}},
+    "sft-dpo": {
+        "paraphrase": {
+            "sft-full": 11.87 / 16,
+            "sft-lora": 7.53 / 16,
+            "dpo-lora": 8.62 / 16,
+            "dpo-full": 11.5 / 16,
+            "eval": 0.209,
+        },
+        "sonnets": {
+            "sft-full": 20.69 / 8,
+            "sft-lora": 15.18 / 8,
+            "dpo-lora": 15.18 / 8 * 8.62 / 7.53,
+            "dpo-full": 20.69 / 8 * 11.5 / 11.87,
+            "eval": 15.18 / 8 / 2,
+        },
+    },
     # probe_eval per held-out pair (derived, not timed): 5 probe responses + chosen and rejected through the policy and
     # the reference = 9 forwards of a pair's sequence; a DPO pair's step is 8 (2 sequences x forward + backward ~ 3,
     # plus 2 reference forwards)
@@ -66,13 +79,22 @@ def budget_lines(stages: Sequence[Stage], title: str = "") -> List[str]:
     lines += ["| stage | runs | per run | s / unit | minutes |", "|---|---:|---:|---:|---:|"]
     for s in stages:
         lines.append(f"| {s.name} | {s.runs} | {s.units} {s.unit} | {s.seconds_per_unit:.2f} | {s.minutes:.1f} |")
-    lines.append(f"| **total** | {sum(s.runs for s in stages if s.unit == 'steps')} training runs | | | "
-                 f"**{total_minutes(stages):.0f}** |")
+    lines.append(
+        f"| **total** | {sum(s.runs for s in stages if s.unit == 'steps')} training runs | | | "
+        f"**{total_minutes(stages):.0f}** |"
+    )
     return lines
 
 
-def dry_run(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smoke: bool = False, out: Optional[str] = None,
-            data_dir: Optional[str] = None) -> str:
+def dry_run(
+    name: str,
+    *,
+    size: str = "cpu",
+    seeds: Optional[int] = None,
+    smoke: bool = False,
+    out: Optional[str] = None,
+    data_dir: Optional[str] = None,
+) -> str:
     """What ``dpolab study NAME --dry-run`` prints: the runs the grid would train and the size's time budget."""
     from . import get_study
 
@@ -83,10 +105,16 @@ def dry_run(name: str, *, size: str = "cpu", seeds: Optional[int] = None, smoke:
     lines += [f"  {s.run_id}" + (f"  (from {s.init_from})" if s.init_from else "") for s in specs]
     stages = study.budget(size, seeds) if not smoke else None
     if stages:
-        lines += ["", *budget_lines(stages, f"Time budget ({size}, {seeds} seeds; measured CPU seconds of one thread per "
-                                              "unit, see docs/results/SMALL_SIZES.md). The minutes are for one run at a "
-                                              "time; `--parallel 2 --cpus 1` trains two at once on 2 cores (at best half "
-                                              "the wall-clock, when neither waits for the other):")]
+        lines += [
+            "",
+            *budget_lines(
+                stages,
+                f"Time budget ({size}, {seeds} seeds; measured CPU seconds of one thread per "
+                "unit, see docs/results/SMALL_SIZES.md). The minutes are for one run at a "
+                "time; `--parallel 2 --cpus 1` trains two at once on 2 cores (at best half "
+                "the wall-clock, when neither waits for the other):",
+            ),
+        ]
     else:
         lines += ["", f"(no measured time budget for size '{size}'" + (" at smoke scale)" if smoke else ")")]
     return "\n".join(lines)

@@ -1,4 +1,5 @@
 """Pieces shared by the study definitions: model presets, the arithmetic task, warm-up stages, plots."""
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,12 @@ def data_root(data_dir: Optional[str]) -> Path:
 
 def base_config(s: Dict[str, Any], eval_examples: int) -> Dict[str, Any]:
     """What every run of a study size shares: its model (and LoRA), batch, logging, evaluation size, no progress bar."""
-    base = {"model": s["model"], "train": {"batch_size": s["batch"], "log_every": 4},
-            "eval": {"batch_size": 64, "max_examples": eval_examples}, "output": {"progress": False}}
+    base = {
+        "model": s["model"],
+        "train": {"batch_size": s["batch"], "log_every": 4},
+        "eval": {"batch_size": 64, "max_examples": eval_examples},
+        "output": {"progress": False},
+    }
     if s.get("lora"):
         base["lora"] = dict(s["lora"])
     return base
@@ -46,11 +51,23 @@ def deep_merge(base: Dict[str, Any], *updates: Dict[str, Any]) -> Dict[str, Any]
     return out
 
 
-def arithmetic_data(n_train: int, n_eval: int, miss: str = "mixed", *, seed: int = 0, label_noise: float = 0.0) -> Dict[str, Any]:
+def arithmetic_data(
+    n_train: int, n_eval: int, miss: str = "mixed", *, seed: int = 0, label_noise: float = 0.0
+) -> Dict[str, Any]:
     """The built-in task with its problems fixed by ``seed`` (independent of the training seed)."""
-    return {"task": "arithmetic", "max_length": 96,
-            "task_args": {"n_train": n_train, "n_eval": n_eval, "miss": miss, "n_terms": [2, 3], "max_value": 20,
-                          "seed": seed, "label_noise": label_noise}}
+    return {
+        "task": "arithmetic",
+        "max_length": 96,
+        "task_args": {
+            "n_train": n_train,
+            "n_eval": n_eval,
+            "miss": miss,
+            "n_terms": [2, 3],
+            "max_value": 20,
+            "seed": seed,
+            "label_noise": label_noise,
+        },
+    }
 
 
 def arithmetic_accuracy_hook(data_cfg: Dict[str, Any], limit: int = 64):
@@ -70,19 +87,47 @@ def mean_series(results: Sequence[RunResult], key: str):
     return steps, [mean_ci([s[x] for s in series])[0] for x in steps]
 
 
-def curves(path: Path, groups: Dict[str, List[RunResult]], panels: Sequence[tuple[str, str]], title: Optional[str] = None) -> Path:
+def curves(
+    path: Path, groups: Dict[str, List[RunResult]], panels: Sequence[tuple[str, str]], title: Optional[str] = None
+) -> Path:
     """One PNG: a panel per (metric key, panel title), a line per group (mean over its seeds)."""
-    return plot_lines(path, [(ptitle, "nats" if "delta" in key or "logp" in key else "", {g: mean_series(rs, key) for g, rs in groups.items()})
-                             for key, ptitle in panels], title=title)
+    return plot_lines(
+        path,
+        [
+            (
+                ptitle,
+                "nats" if "delta" in key or "logp" in key else "",
+                {g: mean_series(rs, key) for g, rs in groups.items()},
+            )
+            for key, ptitle in panels
+        ],
+        title=title,
+    )
 
 
 def arithmetic_sft_spec(run_id: str, base: Dict[str, Any], s: Dict[str, Any], smoke: bool, hook) -> RunSpec:
     """The SFT warm-up on arithmetic chains that preference stages start from (checkpointed, so it resumes)."""
-    return RunSpec(run_id, deep_merge(base, {
-        "data": arithmetic_data(3000 if not smoke else 32, 128 if not smoke else 8),
-        "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": 32 if not smoke else 8, "lr": s["sft_lr"],
-                  "warmup_steps": 50 if not smoke else 0, "schedule": "cosine"},
-        "eval": {"every": max(1, s["sft_steps"] // 4)}, "output": {"save_every": 250}}), {"stage": "sft"}, hooks=[hook])
+    return RunSpec(
+        run_id,
+        deep_merge(
+            base,
+            {
+                "data": arithmetic_data(3000 if not smoke else 32, 128 if not smoke else 8),
+                "train": {
+                    "mode": "sft",
+                    "max_steps": s["sft_steps"],
+                    "batch_size": 32 if not smoke else 8,
+                    "lr": s["sft_lr"],
+                    "warmup_steps": 50 if not smoke else 0,
+                    "schedule": "cosine",
+                },
+                "eval": {"every": max(1, s["sft_steps"] // 4)},
+                "output": {"save_every": 250},
+            },
+        ),
+        {"stage": "sft"},
+        hooks=[hook],
+    )
 
 
 def pref_steps(s: Dict[str, Any]) -> int:
@@ -92,25 +137,48 @@ def pref_steps(s: Dict[str, Any]) -> int:
 
 def probed_preference(s: Dict[str, Any], steps: int) -> Dict[str, Any]:
     """The evaluation (probes every ``eval_every`` steps) and training settings of a probed preference stage."""
-    return {"eval": {"every": s["eval_every"], "probes": True, "probe_examples": s["n_eval"],
-                     **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {})},
-            "train": {"mode": "preference", "max_steps": steps, "lr": s["pref_lr"], "schedule": "constant",
-                      "warmup_steps": min(10, steps // 4)}}
+    return {
+        "eval": {
+            "every": s["eval_every"],
+            "probes": True,
+            "probe_examples": s["n_eval"],
+            **({"probe_greedy_tokens": s["probe_greedy_tokens"]} if "probe_greedy_tokens" in s else {}),
+        },
+        "train": {
+            "mode": "preference",
+            "max_steps": steps,
+            "lr": s["pref_lr"],
+            "schedule": "constant",
+            "warmup_steps": min(10, steps // 4),
+        },
+    }
 
 
-def probed_budget(s: Dict[str, Any], measured: Dict[str, float], runs: int, what: str, sft_steps: int,
-                  max_length: int) -> list:
+def probed_budget(
+    s: Dict[str, Any], measured: Dict[str, float], runs: int, what: str, sft_steps: int, max_length: int
+) -> list:
     """The small size's stages of a probed study: one SFT warm-up on IMDb text, ``runs`` preference runs (``what``)
     and their probe evaluations, at the ``measured`` seconds per example (:mod:`dpolab.studies.budget`)."""
     from .budget import Stage
 
     steps = pref_steps(s)
     evals = steps // s["eval_every"] + 1  # the start (= the reference) and every eval_every steps
-    return [Stage(f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {max_length} tokens)", 1, sft_steps,
-                  measured["sft"] * s["sft_batch"]),
-            Stage(f"{what} (batch {s['batch']} pairs)", runs, steps, measured["pref"] * s["batch"]),
-            Stage(f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)", runs, evals,
-                  measured["probe_eval"] * s["n_eval"], "evals")]
+    return [
+        Stage(
+            f"SFT warm-up on IMDb text (batch {s['sft_batch']}, <= {max_length} tokens)",
+            1,
+            sft_steps,
+            measured["sft"] * s["sft_batch"],
+        ),
+        Stage(f"{what} (batch {s['batch']} pairs)", runs, steps, measured["pref"] * s["batch"]),
+        Stage(
+            f"probe + held-out evaluations ({s['n_eval']} pairs, {evals} per run)",
+            runs,
+            evals,
+            measured["probe_eval"] * s["n_eval"],
+            "evals",
+        ),
+    ]
 
 
 # -- facts for reports: per-seed values, table cells that show what is missing, the model that ran -----------------
@@ -128,32 +196,47 @@ def by_seed(runs: Sequence[RunResult], key: str, scale: float = 1.0) -> Dict[Any
 def verdict_rules(against: str, directions: str = "'better' / 'worse'") -> str:
     """The paragraph that says how a report's verdicts are worded, ``against`` naming the smallest meaningful
     difference (dpolab.stats.compare's ``bound``) and ``directions`` the words of a clear difference."""
-    return ("Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), worded "
-            f"against {against}: 'negligible' when the interval lies inside it; {directions} only when it excludes 0 "
-            "and lies wholly beyond it; 'maybe negligible' when it excludes 0 but reaches inside it; 'inconclusive' "
-            "when it contains 0 and reaches beyond it. A missing value is listed as missing, never read as 0.")
+    return (
+        "Every judgement below is a paired comparison by seed (95 % t-interval of the mean difference), worded "
+        f"against {against}: 'negligible' when the interval lies inside it; {directions} only when it excludes 0 "
+        "and lies wholly beyond it; 'maybe negligible' when it excludes 0 but reaches inside it; 'inconclusive' "
+        "when it contains 0 and reaches beyond it. A missing value is listed as missing, never read as 0."
+    )
 
 
 # The smallest change of a summed log-prob that a study report words as a change (issue 34): pass as
 # compare(..., **NATS); the words then follow it (dpolab.stats) and NATS_TEXT says so in the report.
 NATS: Dict[str, Any] = {"bound": 0.1, "unit": "nats"}
-NATS_TEXT = verdict_rules("the smallest meaningful change of a log-prob, ±0.1 nats",
-                          "'lower' / 'higher' (or 'worse' / 'better')")
+NATS_TEXT = verdict_rules(
+    "the smallest meaningful change of a log-prob, ±0.1 nats", "'lower' / 'higher' (or 'worse' / 'better')"
+)
 
 
 # The range a reported measure can take: its mean's t-interval over seeds is shown clipped to it, as
 # "mean (low to high)" (fmt_cell(..., limits=RANGES.get(key))); CLIPPED_TEXT says so in a report.
-RANGES: Dict[str, Tuple[float, float]] = {"probe/reward_accuracy": (0.0, 1.0), "eval/answer_accuracy": (0.0, 1.0),
-                                          "eval/oracle_reward": (-1.0, 1.0)}
-CLIPPED_TEXT = ("Shares and bounded scores are shown as mean (low to high): the 95 % t-interval over seeds clipped to "
-                "the range the quantity can take.")
+RANGES: Dict[str, Tuple[float, float]] = {
+    "probe/reward_accuracy": (0.0, 1.0),
+    "eval/answer_accuracy": (0.0, 1.0),
+    "eval/oracle_reward": (-1.0, 1.0),
+}
+CLIPPED_TEXT = (
+    "Shares and bounded scores are shown as mean (low to high): the 95 % t-interval over seeds clipped to "
+    "the range the quantity can take."
+)
 # how a report's table cells read (ends a report's setting paragraph)
 CELLS_TEXT = "Mean ± 95 % CI over seeds ('n=k of m' when a run did not report a value). " + CLIPPED_TEXT
 
 # the column headers of the measures the probed studies (S3, S4) tabulate, by metric key
-HEADERS = {"probe/delta/chosen": "Δ chosen", "probe/delta/rejected": "Δ rejected", "probe/margin": "margin",
-           "probe/reward_accuracy": "reward acc.", "probe/delta/others": "Δ others", "probe/delta/random": "Δ random",
-           "probe/delta/argmax_mass": "Δ argmax mass", "eval/answer_accuracy": "answer acc."}
+HEADERS = {
+    "probe/delta/chosen": "Δ chosen",
+    "probe/delta/rejected": "Δ rejected",
+    "probe/margin": "margin",
+    "probe/reward_accuracy": "reward acc.",
+    "probe/delta/others": "Δ others",
+    "probe/delta/random": "Δ random",
+    "probe/delta/argmax_mass": "Δ argmax mass",
+    "eval/answer_accuracy": "answer acc.",
+}
 
 
 def group_runs(results: Mapping[str, RunResult], *labels: str) -> Dict[Any, Any]:
@@ -192,15 +275,18 @@ _TOKENIZERS = {"char": "a character tokenizer", "gpt2-offline": "the GPT-2 BPE t
 
 def _dims(cfg: Mapping[str, Any]) -> str:
     """``4 layers, width 128, 4 heads, vocabulary 100`` from a transformers config dict (what it has of them)."""
+
     def pick(*keys):
         return next((cfg[k] for k in keys if cfg.get(k) is not None), None)
 
     layers, width = pick("n_layer", "num_hidden_layers"), pick("n_embd", "hidden_size")
     heads, vocab = pick("n_head", "num_attention_heads"), pick("vocab_size")
-    parts = ([f"{layers} layer{'s' if layers != 1 else ''}"] if layers is not None else []) + \
-            ([f"width {width}"] if width is not None else []) + \
-            ([f"{heads} head{'s' if heads != 1 else ''}"] if heads is not None else []) + \
-            ([f"vocabulary {vocab:,}"] if isinstance(vocab, int) else [])
+    parts = (
+        ([f"{layers} layer{'s' if layers != 1 else ''}"] if layers is not None else [])
+        + ([f"width {width}"] if width is not None else [])
+        + ([f"{heads} head{'s' if heads != 1 else ''}"] if heads is not None else [])
+        + ([f"vocabulary {vocab:,}"] if isinstance(vocab, int) else [])
+    )
     return ", ".join(parts)
 
 
@@ -224,8 +310,10 @@ def _describe_base(model: Mapping[str, Any]) -> str:
 
     if name in MODEL_PRESETS:
         p = MODEL_PRESETS[name]
-        return (f"the pretrained {p.title} (model preset `{name}`: the {Path(p.file).name} file of the {p.dist} "
-                f"{p.version} package, de-quantised to float32), with its own tokenizer")
+        return (
+            f"the pretrained {p.title} (model preset `{name}`: the {Path(p.file).name} file of the {p.dist} "
+            f"{p.version} package, de-quantised to float32), with its own tokenizer"
+        )
     tok = model.get("tokenizer")
     try:
         folder = Path(name)
@@ -234,7 +322,9 @@ def _describe_base(model: Mapping[str, Any]) -> str:
             meta_file = folder / "dpolab_model.json"
             origin = json.loads(meta_file.read_text(encoding="utf-8")).get("model", {}) if meta_file.exists() else {}
             if tok is None:
-                tok = origin.get("tokenizer") or ("char" if str(origin.get("name_or_path", "")).startswith("tiny-") else None)
+                tok = origin.get("tokenizer") or (
+                    "char" if str(origin.get("name_or_path", "")).startswith("tiny-") else None
+                )
             dims = _dims(cfg)
             return f"a {cfg.get('model_type', 'transformer')} model ({dims + '; ' if dims else ''}saved at `{name}`), with {_tokenizer(tok)}"
         from ..models.load import TINY_PRESETS

@@ -13,6 +13,7 @@ Methods are loss-registry names with optional parameters and weights: ``dpo``, `
 ``dpo:beta=0.2:gate={mode: q10}`` (parameters, or the wrappers gate / weighting / divergence / ld_alpha, values in
 YAML), and weighted lists ``dpo+0.1*sft``.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,15 +89,30 @@ class CompareOptions:
         return cls(**data).check()
 
     def check(self) -> "CompareOptions":
-        for name, lo in (("seeds", 1), ("evals", 1), ("samples", 1), ("max_new_tokens", 1), ("min_eval", 1), ("parallel", 1)):
+        for name, lo in (
+            ("seeds", 1),
+            ("evals", 1),
+            ("samples", 1),
+            ("max_new_tokens", 1),
+            ("min_eval", 1),
+            ("parallel", 1),
+        ):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {getattr(self, name)!r}")
-        if isinstance(self.eval_fraction, bool) or not isinstance(self.eval_fraction, (int, float)) or not 0 < self.eval_fraction < 1:
+        if (
+            isinstance(self.eval_fraction, bool)
+            or not isinstance(self.eval_fraction, (int, float))
+            or not 0 < self.eval_fraction < 1
+        ):
             raise ConfigError(f"--eval-fraction must be a number in (0, 1), got {self.eval_fraction!r}")
         if not self.methods:
             raise ConfigError("--methods: name at least one method")
-        if sum(x is not None for x in (self.data, self.task)) != 1 and not any(s.startswith(("data.train=", "data.task=")) for s in self.set):
-            raise ConfigError("give the training pairs: --data FILE (any format dpolab train reads) or --task NAME (built-in)")
+        if sum(x is not None for x in (self.data, self.task)) != 1 and not any(
+            s.startswith(("data.train=", "data.task=")) for s in self.set
+        ):
+            raise ConfigError(
+                "give the training pairs: --data FILE (any format dpolab train reads) or --task NAME (built-in)"
+            )
         for s in self.set:
             key = s.split("=", 1)[0].strip()
             if any(key == r or key.startswith(r + ".") for r in RESERVED):
@@ -211,9 +227,15 @@ def base_config(opts: CompareOptions, out: Path) -> Dict[str, Any]:
         data["task"] = opts.task
     if opts.eval_data:
         data["eval"] = opts.eval_data
-    cfg = {"model": {"name_or_path": opts.model}, "lora": {"enabled": _uses_lora(opts)}, "data": data,
-           "reference": {"mode": "precomputed", "cache_dir": str(out / "ref_cache")},
-           "train": {"mode": "preference"}, "eval": {"probes": True}, "output": {"progress": False}}
+    cfg = {
+        "model": {"name_or_path": opts.model},
+        "lora": {"enabled": _uses_lora(opts)},
+        "data": data,
+        "reference": {"mode": "precomputed", "cache_dir": str(out / "ref_cache")},
+        "train": {"mode": "preference"},
+        "eval": {"probes": True},
+        "output": {"progress": False},
+    }
     cfg = merge_overrides(cfg, opts.set)
     build_config(cfg)  # a bad --set is an error here, naming the key
     return cfg
@@ -243,14 +265,23 @@ def prepare(opts: CompareOptions, out: Path, cfg: Dict[str, Any]) -> Prepared:
     if not evals:
         raise ConfigError("no held-out pairs: give --eval-data or a larger --eval-fraction")
     if len(evals) < opts.min_eval:
-        where = (f"--eval-data {opts.eval_data}" if opts.eval_data else
-                 f"--eval-fraction {opts.eval_fraction} of {len(train) + len(evals)} usable rows")
-        raise ConfigError(f"only {len(evals)} held-out pairs ({where}); the comparison needs at least {opts.min_eval} "
-                          f"(--min-eval): give --eval-data, a larger --eval-fraction or more rows")
+        where = (
+            f"--eval-data {opts.eval_data}"
+            if opts.eval_data
+            else f"--eval-fraction {opts.eval_fraction} of {len(train) + len(evals)} usable rows"
+        )
+        raise ConfigError(
+            f"only {len(evals)} held-out pairs ({where}); the comparison needs at least {opts.min_eval} "
+            f"(--min-eval): give --eval-data, a larger --eval-fraction or more rows"
+        )
     if opts.oracle:
         first = evals[0]
-        call_oracle(load_oracle(opts.oracle), opts.oracle, tok.decode(first.prompt_ids, skip_special_tokens=True),
-                    tok.decode(first.chosen_ids, skip_special_tokens=True))
+        call_oracle(
+            load_oracle(opts.oracle),
+            opts.oracle,
+            tok.decode(first.prompt_ids, skip_special_tokens=True),
+            tok.decode(first.chosen_ids, skip_special_tokens=True),
+        )
     if opts.reward_model and not Path(opts.reward_model).exists():
         raise ConfigError(f"--reward-model: folder not found: {opts.reward_model}")
     t = run.train
@@ -264,7 +295,9 @@ def prepare(opts: CompareOptions, out: Path, cfg: Dict[str, Any]) -> Prepared:
     return Prepared(len(train), len(evals), steps, max_positions, start)
 
 
-def write_start_model(opts: CompareOptions, cfg: Dict[str, Any], prep: Prepared, *, log: Callable[[str], None] = print) -> None:
+def write_start_model(
+    opts: CompareOptions, cfg: Dict[str, Any], prep: Prepared, *, log: Callable[[str], None] = print
+) -> None:
     """Make a tiny preset's starting weights once (from ``model_seed``), shared by every run."""
     from transformers.utils import logging as hf_logging
 
@@ -280,23 +313,42 @@ def write_start_model(opts: CompareOptions, cfg: Dict[str, Any], prep: Prepared,
     log(f"starting model: {run.model.name_or_path} from seed {opts.model_seed} -> {prep.start_model}")
 
 
-def specs(opts: CompareOptions, out: Path, cfg: Dict[str, Any], prep: Prepared,
-          methods: Dict[str, List[Dict[str, Any]]]) -> List[RunSpec]:
+def specs(
+    opts: CompareOptions, out: Path, cfg: Dict[str, Any], prep: Prepared, methods: Dict[str, List[Dict[str, Any]]]
+) -> List[RunSpec]:
     """One run per (seed, method): the same data, split, starting model and reference cache."""
     every = max(1, prep.steps // opts.evals)
-    hook = HeldOutMeasures(n_prompts=min(opts.samples, prep.n_eval), max_new_tokens=opts.max_new_tokens,
-                           reward_model=opts.reward_model, oracle=opts.oracle, oracle_dir=oracle_dir_for(opts.oracle))
+    hook = HeldOutMeasures(
+        n_prompts=min(opts.samples, prep.n_eval),
+        max_new_tokens=opts.max_new_tokens,
+        reward_model=opts.reward_model,
+        oracle=opts.oracle,
+        oracle_dir=oracle_dir_for(opts.oracle),
+    )
     user_eval = build_config(cfg).eval
-    shared = deep_merge(cfg, {"eval": {"every": every, "probe_examples": min(prep.n_eval, user_eval.max_examples or prep.n_eval)},
-                              "output": {"save_every": max(1, prep.steps // 4)}, "train": parse_budget(opts.budget)})
+    shared = deep_merge(
+        cfg,
+        {
+            "eval": {"every": every, "probe_examples": min(prep.n_eval, user_eval.max_examples or prep.n_eval)},
+            "output": {"save_every": max(1, prep.steps // 4)},
+            "train": parse_budget(opts.budget),
+        },
+    )
     if prep.start_model:
         shared = deep_merge(shared, {"model": {"init_from": prep.start_model}})
     out_specs = []
     for seed in range(opts.seeds):
         for label, loss in methods.items():
             run_cfg = deep_merge(shared, {"loss": loss, "train": {"seed": seed}})
-            out_specs.append(RunSpec(f"{slug(label)}/seed{seed}", run_cfg, {"method": label, "seed": seed},
-                                     hooks=[hook], data_seed=opts.split_seed))
+            out_specs.append(
+                RunSpec(
+                    f"{slug(label)}/seed{seed}",
+                    run_cfg,
+                    {"method": label, "seed": seed},
+                    hooks=[hook],
+                    data_seed=opts.split_seed,
+                )
+            )
     return out_specs
 
 
@@ -324,10 +376,12 @@ def refuse_retraining(grid: Sequence[RunSpec], out: Path) -> None:
     if earlier.exists():
         before = (yaml.safe_load(earlier.read_text(encoding="utf-8")) or {}).get("budget")
         budget = f"; {earlier} says --budget {before}" if before else ""
-    raise ConfigError(f"--out {out} holds {len(changed)} finished run(s) of this grid trained with other settings "
-                      f"({', '.join(diffs[:4]) or 'their configs differ'}{', ...' if len(diffs) > 4 else ''}{budget}): "
-                      f"this comparison would train them again over their results; use another --out, or the same "
-                      f"settings to skip them")
+    raise ConfigError(
+        f"--out {out} holds {len(changed)} finished run(s) of this grid trained with other settings "
+        f"({', '.join(diffs[:4]) or 'their configs differ'}{', ...' if len(diffs) > 4 else ''}{budget}): "
+        f"this comparison would train them again over their results; use another --out, or the same "
+        f"settings to skip them"
+    )
 
 
 def _differences(old: Dict[str, Any], new: Dict[str, Any], prefix: str = "") -> List[str]:
@@ -362,7 +416,9 @@ class SharedReference:
         from .runner import RunJob
 
         record_file = Path(self.out) / "reference.json"
-        cfg_dict = deep_merge(self.spec.config, {"eval": {"probes": False}, "output": {"overwrite": True, "save_final": False}})
+        cfg_dict = deep_merge(
+            self.spec.config, {"eval": {"probes": False}, "output": {"overwrite": True, "save_final": False}}
+        )
         probe_dir = Path(self.out) / "reference-setup"
         cfg = build_config(cfg_dict, [f"output.dir={probe_dir}"])
         data = RunJob.data_of(cfg, self.spec.data_seed)
@@ -370,8 +426,11 @@ class SharedReference:
 
         def setup(cache_dir: Path):
             t0 = time.perf_counter()
-            trainer = Trainer(build_config(cfg_dict, [f"output.dir={probe_dir}", f"reference.cache_dir={cache_dir}"]),
-                              log=lambda s: None, **data)
+            trainer = Trainer(
+                build_config(cfg_dict, [f"output.dir={probe_dir}", f"reference.cache_dir={cache_dir}"]),
+                log=lambda s: None,
+                **data,
+            )
             seconds = time.perf_counter() - t0
             table = trainer.reference.cache_file if trainer.reference is not None else None
             trainer.close()
@@ -387,8 +446,13 @@ class SharedReference:
             cold, _ = setup(Path(empty))  # what a run computing its own table spends (imports already warm)
         warm, _ = setup(Path(cfg.reference.cache_dir))  # what a run loading the shared table spends
         shutil.rmtree(probe_dir, ignore_errors=True)
-        record = {"cache_file": str(table), "setup_cold_s": cold, "setup_warm_s": warm, "computed_now": True,
-                  "examples": len(data["train_data"]) + len(data["eval_data"])}
+        record = {
+            "cache_file": str(table),
+            "setup_cold_s": cold,
+            "setup_warm_s": warm,
+            "computed_now": True,
+            "examples": len(data["train_data"]) + len(data["eval_data"]),
+        }
         from ..atomic import write_text
 
         write_text(record_file, json.dumps(record, indent=1))
@@ -435,15 +499,25 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
         write_start_model(opts, scratch_cfg, prep, log=lambda s: None)
         grid = specs(opts, scratch, scratch_cfg, prep, methods)
         log(f"grid: {len(methods)} method(s) x {opts.seeds} seed(s) = {len(grid)} runs -> {out}")
-        log(f"data: {prep.n_train} training pairs, {prep.n_eval} held-out pairs; {prep.steps} steps per run "
+        log(
+            f"data: {prep.n_train} training pairs, {prep.n_eval} held-out pairs; {prep.steps} steps per run "
             f"({opts.budget}), evaluation every {max(1, prep.steps // opts.evals)} steps; "
-            f"{'LoRA' if _uses_lora(opts) else 'full fine-tuning'}; baseline {baseline_of(opts, methods)}")
+            f"{'LoRA' if _uses_lora(opts) else 'full fine-tuning'}; baseline {baseline_of(opts, methods)}"
+        )
         for spec in grid:
             log(f"  {spec.run_id}: loss {json.dumps(spec.config['loss'])}")
         probe = grid[0]
-        probe_cfg = build_config(deep_merge(probe.config, {"train": {"max_steps": probe_steps}, "eval": {"every": 0, "at_start": False},
-                                                           "output": {"save_every": 0, "save_final": False}}),
-                                 [f"output.dir={scratch / 'probe'}"])
+        probe_cfg = build_config(
+            deep_merge(
+                probe.config,
+                {
+                    "train": {"max_steps": probe_steps},
+                    "eval": {"every": 0, "at_start": False},
+                    "output": {"save_every": 0, "save_final": False},
+                },
+            ),
+            [f"output.dir={scratch / 'probe'}"],
+        )
         data = RunJob.data_of(probe_cfg, probe.data_seed)
         # Time only what the probe needs: the pairs of its steps (so a reference table covers those alone) and a
         # slice of the held-out pairs; the full costs are extrapolated per pair below.
@@ -454,7 +528,12 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
             data["eval_data"] = data["eval_data"][: max(1, min(n_eval_all, probe_cfg.eval.batch_size))]
         n_train_probe, n_eval_probe = len(data["train_data"]), len(data["eval_data"] or [])
         t0 = time.perf_counter()
-        trainer = Trainer(probe_cfg, log=lambda s: None, eval_hooks=[h.bind(probe_cfg, data["eval_data"]) for h in probe.hooks], **data)
+        trainer = Trainer(
+            probe_cfg,
+            log=lambda s: None,
+            eval_hooks=[h.bind(probe_cfg, data["eval_data"]) for h in probe.hooks],
+            **data,
+        )
         setup = time.perf_counter() - t0
         t1 = time.perf_counter()
         trainer.evaluate()
@@ -471,14 +550,22 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
     n_evals = prep.steps // max(1, prep.steps // opts.evals) + 2
     per_run = setup * eval_scale + prep.steps * step_s + n_evals * evaluation * eval_scale
     total = table + per_run * len(grid)
-    log(f"timed probe ({probe_steps} real steps of '{probe.labels['method']}' on {n_train_probe} pairs, evaluation on "
+    log(
+        f"timed probe ({probe_steps} real steps of '{probe.labels['method']}' on {n_train_probe} pairs, evaluation on "
         f"{n_eval_probe} of {n_eval_all} held-out pairs): set-up {setup:.1f} s, {step_s:.2f} s/step, "
-        f"{evaluation:.1f} s per evaluation (probes and samples)")
-    log(f"estimate (scaled to {n_train_all} training and {n_eval_all} held-out pairs; rough): the shared reference "
+        f"{evaluation:.1f} s per evaluation (probes and samples)"
+    )
+    log(
+        f"estimate (scaled to {n_train_all} training and {n_eval_all} held-out pairs; rough): the shared reference "
         f"table about {table:.0f} s once, then about {per_run:.0f} s per run ({n_evals} evaluations): "
         f"{total / 60:.1f} min for {len(grid)} runs one after another"
-        + (f" (about {(table + per_run * math.ceil(len(grid) / opts.parallel)) / 60:.1f} min with --parallel "
-           f"{opts.parallel}, if the machine has the cores)" if opts.parallel > 1 else ""))
+        + (
+            f" (about {(table + per_run * math.ceil(len(grid) / opts.parallel)) / 60:.1f} min with --parallel "
+            f"{opts.parallel}, if the machine has the cores)"
+            if opts.parallel > 1
+            else ""
+        )
+    )
     return {"runs": len(grid), "per_run_s": per_run, "total_s": total, "steps": prep.steps}
 
 
@@ -491,9 +578,16 @@ def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> 
 
     methods = methods_of(opts)
     out = Path(opts.out)
-    executor = make_executor(opts.executor, out=out, parallel=opts.parallel, address=opts.address, partition=opts.partition,
-                             array=opts.array, cluster=opts.cluster,
-                             resources=Resources(cpus=opts.cpus, gpus=opts.gpus, mem_gb=opts.mem, time_min=opts.time))
+    executor = make_executor(
+        opts.executor,
+        out=out,
+        parallel=opts.parallel,
+        address=opts.address,
+        partition=opts.partition,
+        array=opts.array,
+        cluster=opts.cluster,
+        resources=Resources(cpus=opts.cpus, gpus=opts.gpus, mem_gb=opts.mem, time_min=opts.time),
+    )
     cfg = base_config(opts, out)
     prep = prepare(opts, out, cfg)  # every check before anything is written or trained
     grid = specs(opts, out, cfg, prep, methods)
@@ -502,17 +596,31 @@ def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> 
         out.mkdir(parents=True, exist_ok=True)
     write_start_model(opts, cfg, prep, log=log)
     write_text(out / "compare.yaml", yaml.safe_dump(asdict(opts), sort_keys=False))
-    log(f"compare: {len(methods)} method(s) x {opts.seeds} seed(s) = {len(grid)} runs on {prep.n_train} training pairs, "
-        f"{prep.n_eval} held-out; executor {executor.describe()} -> {out}")
+    log(
+        f"compare: {len(methods)} method(s) x {opts.seeds} seed(s) = {len(grid)} runs on {prep.n_train} training pairs, "
+        f"{prep.n_eval} held-out; executor {executor.describe()} -> {out}"
+    )
     t0 = time.perf_counter()
     from ..losses import CompositeLoss
 
     needs_ref = [s for s in grid if CompositeLoss(s.config["loss"]).needs_reference]
-    reference = executor.map(SharedReference(out, needs_ref[0]), [None], names=["reference"], log=log)[0] if needs_ref else {}
+    reference = (
+        executor.map(SharedReference(out, needs_ref[0]), [None], names=["reference"], log=log)[0] if needs_ref else {}
+    )
     results = run_grid(grid, out, log=log, executor=executor)
     wall = time.perf_counter() - t0
-    report = write_report(results, out, opts=opts, methods=methods, baseline=baseline_of(opts, methods), prep=prep,
-                          reference=reference, n_ref_runs=len(needs_ref), wall=wall, executor=executor.describe(),
-                          command=command_line(opts))
+    report = write_report(
+        results,
+        out,
+        opts=opts,
+        methods=methods,
+        baseline=baseline_of(opts, methods),
+        prep=prep,
+        reference=reference,
+        n_ref_runs=len(needs_ref),
+        wall=wall,
+        executor=executor.describe(),
+        command=command_line(opts),
+    )
     log(f"report: {report}")
     return report

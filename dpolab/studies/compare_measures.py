@@ -17,6 +17,7 @@ At every evaluation, for the first ``n_prompts`` held-out prompts it samples one
 The hook is a picklable object (any executor can send it to another process); the runner binds it to the run's
 held-out pairs (``bind``).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -57,9 +58,11 @@ def call_oracle(fn: Callable[[str, str], float], spec: str, prompt: str, respons
     """One oracle score, or an :class:`OracleError` naming the oracle when it raises or is not a finite number."""
     try:
         value = fn(prompt, response)
-    except Exception as e:  # noqa: BLE001 - any failure of the user's code is reported as one line naming it
-        raise OracleError(f"--oracle {spec} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-                          f" (on prompt {prompt[:40]!r})") from e
+    except Exception as e:
+        raise OracleError(
+            f"--oracle {spec} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            f" (on prompt {prompt[:40]!r})"
+        ) from e
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -88,8 +91,13 @@ class HeldOutMeasures:
     def bind(self, cfg, eval_data) -> "HeldOutMeasures":
         if not eval_data:
             raise ConfigError("dpolab compare: the run has no held-out pairs to measure on")
-        return replace(self, prompts=[list(p.prompt_ids) for p in eval_data[: self.n_prompts]], model_cfg=cfg.model,
-                       train_seed=cfg.train.seed, _cache={})
+        return replace(
+            self,
+            prompts=[list(p.prompt_ids) for p in eval_data[: self.n_prompts]],
+            model_cfg=cfg.model,
+            train_seed=cfg.train.seed,
+            _cache={},
+        )
 
     def __getstate__(self):  # loaded models stay in the process that loaded them
         return {**self.__dict__, "_cache": {}}
@@ -120,15 +128,15 @@ class HeldOutMeasures:
         rows, masks = [], []
         try:
             for start in range(0, len(prompts), self.batch_size):
-                ps, rs = prompts[start:start + self.batch_size], responses[start:start + self.batch_size]
+                ps, rs = prompts[start : start + self.batch_size], responses[start : start + self.batch_size]
                 width = max(len(p) + len(r) for p, r in zip(ps, rs))
                 ids = torch.full((len(ps), width), pad, dtype=torch.long)
                 attn = torch.zeros((len(ps), width), dtype=torch.long)
                 loss = torch.zeros((len(ps), width), dtype=torch.bool)
                 for i, (p, r) in enumerate(zip(ps, rs)):
-                    ids[i, :len(p) + len(r)] = torch.tensor(p + r)
-                    attn[i, :len(p) + len(r)] = 1
-                    loss[i, len(p):len(p) + len(r)] = True
+                    ids[i, : len(p) + len(r)] = torch.tensor(p + r)
+                    attn[i, : len(p) + len(r)] = 1
+                    loss[i, len(p) : len(p) + len(r)] = True
                 with torch.no_grad():
                     lp = response_logps(model, ids.to(device), attn.to(device), loss.to(device))
                 rows += list(lp.token_logps.cpu())
@@ -141,8 +149,16 @@ class HeldOutMeasures:
         from ..models.generation import generate_ids
 
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        samples = generate_ids(model, self.prompts, max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                               do_sample=True, seed=self.sample_seed, pad_id=pad, eos_id=eos)
+        samples = generate_ids(
+            model,
+            self.prompts,
+            max_new_tokens=self.max_new_tokens,
+            batch_size=self.batch_size,
+            do_sample=True,
+            seed=self.sample_seed,
+            pad_id=pad,
+            eos_id=eos,
+        )
         lengths = [len(s) for s in samples]
         scored = [s + [eos] if eos is not None and len(s) < self.max_new_tokens else s for s in samples]
         keep = [i for i, s in enumerate(scored) if s]  # a response of no tokens has no log-prob to compare
@@ -155,8 +171,10 @@ class HeldOutMeasures:
                 ref, _ = self._token_logps(ref_model, prompts, responses, pad)
             per_response = [float(k3_kl(p, r, m)) for p, r, m in zip(pol, ref, mask)]
             out["compare/kl"] = sum(per_response) / len(per_response)
-        texts = [(tokenizer.decode(p, skip_special_tokens=True), tokenizer.decode(s, skip_special_tokens=True))
-                 for p, s in zip(self.prompts, samples)]
+        texts = [
+            (tokenizer.decode(p, skip_special_tokens=True), tokenizer.decode(s, skip_special_tokens=True))
+            for p, s in zip(self.prompts, samples)
+        ]
         if self.reward_model:
             out["compare/rm_reward"] = self._rm_reward(texts, next(model.parameters()).device)
         if self.oracle:
@@ -177,7 +195,7 @@ class HeldOutMeasures:
         rewards: List[float] = []
         for start in range(0, len(texts), self.batch_size):
             rows = []
-            for prompt, response in texts[start:start + self.batch_size]:
+            for prompt, response in texts[start : start + self.batch_size]:
                 ids = tok(prompt + response, add_special_tokens=False)["input_ids"][-1023:]
                 rows.append(([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids)
             width = max(len(r) for r in rows)
@@ -214,6 +232,8 @@ def oracle_dir_for(spec: Optional[str]) -> Optional[str]:
     if not file:
         return os.getcwd()
     folder = Path(file).resolve().parent
-    for _ in range(name.count(".") + (Path(file).name == "__init__.py")):  # a package's module: its top package's parent
+    for _ in range(
+        name.count(".") + (Path(file).name == "__init__.py")
+    ):  # a package's module: its top package's parent
         folder = folder.parent
     return str(folder)

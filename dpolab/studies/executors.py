@@ -20,6 +20,7 @@ still queued or running, and says so: left alone they kept training into run fol
 
 ``ray`` and ``submitit`` are optional (``pip install "dpolab[ray]"`` / ``"dpolab[slurm]"``).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,12 @@ class Resources:
     time_min: Optional[int] = None
 
     def check(self) -> "Resources":
-        for name, v, lo in (("cpus", self.cpus, 1), ("gpus", self.gpus, 0), ("mem", self.mem_gb, 0), ("time", self.time_min, 1)):
+        for name, v, lo in (
+            ("cpus", self.cpus, 1),
+            ("gpus", self.gpus, 0),
+            ("mem", self.mem_gb, 0),
+            ("time", self.time_min, 1),
+        ):
             if v is not None and v < lo:
                 raise ConfigError(f"--{name} must be >= {lo}, got {v}")
         return self
@@ -57,8 +63,14 @@ class Executor:
     in_process = False
     threads: Optional[int] = None
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], *, names: Sequence[str] = (),
-            log: Callable[[str], None] = print) -> List[Any]:
+    def map(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        *,
+        names: Sequence[str] = (),
+        log: Callable[[str], None] = print,
+    ) -> List[Any]:
         raise NotImplementedError
 
     def describe(self) -> str:
@@ -74,7 +86,9 @@ class LocalExecutor(Executor):
         r = self.resources
         given = [flag for flag, v in (("--gpus", r.gpus), ("--mem", r.mem_gb), ("--time", r.time_min)) if v]
         if given:
-            raise ConfigError(f"{', '.join(given)} apply to --executor ray or slurm; the local executor uses this machine as it is")
+            raise ConfigError(
+                f"{', '.join(given)} apply to --executor ray or slurm; the local executor uses this machine as it is"
+            )
         self.name = "local"
         self.in_process = parallel == 1
         cores = os.cpu_count() or 1
@@ -91,8 +105,12 @@ class LocalExecutor(Executor):
 
         payloads = [_dumps(fn, item) for item in items]
         ctx = multiprocessing.get_context("spawn")  # no forked torch / thread state
-        with ProcessPoolExecutor(max_workers=min(self.parallel, len(items)), mp_context=ctx,
-                                 initializer=_exit_with_parent, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=min(self.parallel, len(items)),
+            mp_context=ctx,
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        ) as pool:
             return list(pool.map(_call_payload, payloads))
 
 
@@ -120,8 +138,10 @@ def _dumps(fn, item) -> bytes:
         try:
             import cloudpickle
         except ImportError:
-            raise MissingPackageError(f"--parallel: this grid holds functions plain pickle cannot send to a worker "
-                                      f"({e}); pip install cloudpickle") from e
+            raise MissingPackageError(
+                f"--parallel: this grid holds functions plain pickle cannot send to a worker "
+                f"({e}); pip install cloudpickle"
+            ) from e
         return b"C" + cloudpickle.dumps((fn, item))
 
 
@@ -141,8 +161,10 @@ def _require(module: str, extra: str, package: str):
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise MissingPackageError(f"--executor {extra} needs the '{package}' package: pip install {package} "
-                                  f"(or pip install -e \".[{extra}]\")") from e
+        raise MissingPackageError(
+            f"--executor {extra} needs the '{package}' package: pip install {package} "
+            f'(or pip install -e ".[{extra}]")'
+        ) from e
 
 
 class _Remote(Executor):
@@ -154,8 +176,11 @@ class _Remote(Executor):
 
     def per_run(self) -> str:
         r = self.resources
-        return (f"per run {self.threads} CPU, {r.gpus} GPU" + (f", {r.mem_gb:g} GB" if r.mem_gb else "")
-                + (f", {r.time_min} min" if r.time_min else ""))
+        return (
+            f"per run {self.threads} CPU, {r.gpus} GPU"
+            + (f", {r.mem_gb:g} GB" if r.mem_gb else "")
+            + (f", {r.time_min} min" if r.time_min else "")
+        )
 
 
 class RayExecutor(_Remote):
@@ -175,7 +200,7 @@ class RayExecutor(_Remote):
             ray.init(address=self.address, log_to_driver=True)
         opts = {"num_cpus": self.threads, "num_gpus": self.resources.gpus, "max_retries": 0}
         if self.resources.mem_gb:
-            opts["memory"] = int(self.resources.mem_gb * 1024 ** 3)
+            opts["memory"] = int(self.resources.mem_gb * 1024**3)
         remote = ray.remote(**opts)(_call)
         refs: list = []
         try:
@@ -205,8 +230,14 @@ def _still_running(ask: Callable[[], List[Any]], started: Sequence[Any]) -> List
         return list(started)
 
 
-def _cancel_all(kind: str, what: str, started: Sequence[Any], cancel: Callable[[Any], None], why: BaseException,
-                log: Callable[[str], None]) -> None:
+def _cancel_all(
+    kind: str,
+    what: str,
+    started: Sequence[Any],
+    cancel: Callable[[Any], None],
+    why: BaseException,
+    log: Callable[[str], None],
+) -> None:
     """Cancel every ``started`` task or job (cancelling a finished one is a no-op) when the driver stops; never
     raises, so the driver's own error is what the user sees."""
     failed = []
@@ -217,34 +248,53 @@ def _cancel_all(kind: str, what: str, started: Sequence[Any], cancel: Callable[[
             failed.append(f"{getattr(one, 'job_id', one)}: {e}")
     reason = "interrupted" if isinstance(why, KeyboardInterrupt) else f"{type(why).__name__}: {str(why)[:200]}"
     if started:
-        log(f"{kind}: stopping ({reason}); cancelled {len(started) - len(failed)} {what}(s) still queued or running"
-            + (f"; could not cancel {len(failed)}: {'; '.join(failed)[:300]}" if failed else ""))
+        log(
+            f"{kind}: stopping ({reason}); cancelled {len(started) - len(failed)} {what}(s) still queued or running"
+            + (f"; could not cancel {len(failed)}: {'; '.join(failed)[:300]}" if failed else "")
+        )
 
 
 class SlurmExecutor(_Remote):
     name = "slurm"
 
-    def __init__(self, folder: Path, partition: Optional[str] = None, resources: Optional[Resources] = None,
-                 array: bool = False, cluster: Optional[str] = None):
+    def __init__(
+        self,
+        folder: Path,
+        partition: Optional[str] = None,
+        resources: Optional[Resources] = None,
+        array: bool = False,
+        cluster: Optional[str] = None,
+    ):
         super().__init__(resources)
         self.submitit = _require("submitit", "slurm", "submitit")
         if not self.resources.time_min:
-            raise ConfigError("--executor slurm needs --time MINUTES, each job's time limit (without it submitit "
-                              "asks Slurm for 5 minutes and a longer run is killed); --dry-run prints an estimate of a "
-                              "run's time")
+            raise ConfigError(
+                "--executor slurm needs --time MINUTES, each job's time limit (without it submitit "
+                "asks Slurm for 5 minutes and a longer run is killed); --dry-run prints an estimate of a "
+                "run's time"
+            )
         self.folder, self.partition, self.array, self.cluster = Path(folder), partition, array, cluster
         self.poll_s = 5.0  # how often the driver asks whether the jobs have finished
 
     def describe(self) -> str:
-        return (f"slurm via submitit ({'partition ' + self.partition if self.partition else 'default partition'}"
-                + (f", cluster={self.cluster}" if self.cluster else "") + f"; {self.per_run()}"
-                + ("; one job array" if self.array else "; one job per run") + ")")
+        return (
+            f"slurm via submitit ({'partition ' + self.partition if self.partition else 'default partition'}"
+            + (f", cluster={self.cluster}" if self.cluster else "")
+            + f"; {self.per_run()}"
+            + ("; one job array" if self.array else "; one job per run")
+            + ")"
+        )
 
     def _executor(self):
         ex = self.submitit.AutoExecutor(folder=str(self.folder), cluster=self.cluster)
         r = self.resources
         params: dict = {"cpus_per_task": self.threads, "tasks_per_node": 1, "nodes": 1, "name": "dpolab"}
-        given = {"timeout_min": r.time_min, "mem_gb": r.mem_gb, "gpus_per_node": r.gpus, "slurm_partition": self.partition}
+        given = {
+            "timeout_min": r.time_min,
+            "mem_gb": r.mem_gb,
+            "gpus_per_node": r.gpus,
+            "slurm_partition": self.partition,
+        }
         params.update({k: v for k, v in given.items() if v})
         ex.update_parameters(**params)
         return ex
@@ -260,8 +310,10 @@ class SlurmExecutor(_Remote):
             else:
                 for item in items:
                     jobs.append(ex.submit(_call, fn, item))
-            log(f"slurm: {len(jobs)} job(s) submitted ({', '.join(j.job_id for j in jobs[:5])}"
-                f"{' ...' if len(jobs) > 5 else ''}); logs in {self.folder}")
+            log(
+                f"slurm: {len(jobs)} job(s) submitted ({', '.join(j.job_id for j in jobs[:5])}"
+                f"{' ...' if len(jobs) > 5 else ''}); logs in {self.folder}"
+            )
             pending = list(jobs)
             while pending:  # a failed job is raised at the next poll, not after the jobs before it finish
                 for job in [j for j in pending if j.done()]:
@@ -276,16 +328,31 @@ class SlurmExecutor(_Remote):
             raise
 
 
-def make_executor(name: str = "local", *, out: Path, parallel: int = 1, address: Optional[str] = None,
-                  partition: Optional[str] = None, array: bool = False, cluster: Optional[str] = None,
-                  resources: Optional[Resources] = None) -> Executor:
+def make_executor(
+    name: str = "local",
+    *,
+    out: Path,
+    parallel: int = 1,
+    address: Optional[str] = None,
+    partition: Optional[str] = None,
+    array: bool = False,
+    cluster: Optional[str] = None,
+    resources: Optional[Resources] = None,
+) -> Executor:
     """The executor named ``name`` (local | ray | slurm) with its options; an option another executor owns is an
     error, never ignored."""
     if name not in EXECUTORS:
         raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got '{name}'")
-    misplaced = [flag for flag, given, owner in (("--parallel", parallel != 1, "local"), ("--address", address, "ray"),
-                                                  ("--partition", partition, "slurm"), ("--array", array, "slurm"))
-                 if given and owner != name]
+    misplaced = [
+        flag
+        for flag, given, owner in (
+            ("--parallel", parallel != 1, "local"),
+            ("--address", address, "ray"),
+            ("--partition", partition, "slurm"),
+            ("--array", array, "slurm"),
+        )
+        if given and owner != name
+    ]
     if misplaced:
         raise ConfigError(f"{', '.join(misplaced)} does not apply to --executor {name}")
     if name == "local":

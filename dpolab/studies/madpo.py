@@ -22,6 +22,7 @@ Metric: mean VADER reward of sampled continuations (temperature 1, top-p 1) of h
 Sizes: ``cpu`` (a tiny GPT-2 trained from scratch), ``small`` (the pretrained SmolLM2-135M-Instruct with LoRA r = 16,
 High and Low tiers, about 100 minutes on 2 CPU cores: docs/results/SMALL_SIZES.md), ``paper``.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,9 +34,21 @@ from typing import Any, Dict, List, Optional
 from ..data.types import DataError
 from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
 from .budget import MEASURED, Stage
-from .common import CELLS_TEXT, RANGES
-from .common import (base_config, by_seed, curves, data_root, deep_merge, describe_model, fmt_cell, group_runs,
-                     mean_series, verdict_rules, with_beta)
+from .common import (
+    CELLS_TEXT,
+    RANGES,
+    base_config,
+    by_seed,
+    curves,
+    data_root,
+    deep_merge,
+    describe_model,
+    fmt_cell,
+    group_runs,
+    mean_series,
+    verdict_rules,
+    with_beta,
+)
 from .report import markdown_table, plot_lines
 from .runner import RunResult, RunSpec, mark_stage, stage_is_current
 from .study import Study
@@ -48,18 +61,63 @@ METHODS: Dict[str, List[Dict[str, Any]]] = {
 }
 TIERS = ("high", "medium", "low")
 # the paper's mean oracle reward (High / Medium / Low), METHODS.md
-PAPER = {"MADPO": (2.23, 2.23, 1.95), "beta-DPO": (1.67, 1.84, 1.76), "DPO": (1.62, 1.71, 1.48), "IPO": (0.35, 0.31, 0.10)}
+PAPER = {
+    "MADPO": (2.23, 2.23, 1.95),
+    "beta-DPO": (1.67, 1.84, 1.76),
+    "DPO": (1.62, 1.71, 1.48),
+    "IPO": (0.35, 0.31, 0.10),
+}
 
 # cpu size: a tiny GPT-2 with the real GPT-2 tokenizer (whole words, which the VADER lexicon needs; a character
 # model's samples are mostly non-words that VADER scores 0), trained from scratch on the reviews
-CPU_MODEL = {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4}, "tokenizer": "gpt2-offline"}
+CPU_MODEL = {
+    "name_or_path": "tiny-gpt2",
+    "tiny": {"n_layer": 4, "n_embd": 128, "n_head": 4},
+    "tokenizer": "gpt2-offline",
+}
 SIZES = {
-    "cpu": dict(model=CPU_MODEL, sft_steps=800, sft_lr=2e-3, sft_chars=600, sft_max_length=192, n_prompts=512,
-                n_pair_eval=64, n_eval=64, eval_samples=2, max_new_tokens=48, review_chars=200, rm_epochs=2,
-                rm_lr=5e-4, pref_epochs=2, pref_lr=1e-4, batch=16, beta=0.1, eval_every=16, max_length=128),
-    "paper": dict(model={"name_or_path": "gpt2"}, sft_steps=2000, sft_lr=2e-5, sft_chars=1000, sft_max_length=320,
-                  n_prompts=1700, n_pair_eval=245, n_eval=245, eval_samples=4, max_new_tokens=48, review_chars=200,
-                  rm_epochs=2, rm_lr=1e-5, pref_epochs=3, pref_lr=1e-6, batch=32, beta=0.1, eval_every=25, max_length=128),
+    "cpu": dict(
+        model=CPU_MODEL,
+        sft_steps=800,
+        sft_lr=2e-3,
+        sft_chars=600,
+        sft_max_length=192,
+        n_prompts=512,
+        n_pair_eval=64,
+        n_eval=64,
+        eval_samples=2,
+        max_new_tokens=48,
+        review_chars=200,
+        rm_epochs=2,
+        rm_lr=5e-4,
+        pref_epochs=2,
+        pref_lr=1e-4,
+        batch=16,
+        beta=0.1,
+        eval_every=16,
+        max_length=128,
+    ),
+    "paper": dict(
+        model={"name_or_path": "gpt2"},
+        sft_steps=2000,
+        sft_lr=2e-5,
+        sft_chars=1000,
+        sft_max_length=320,
+        n_prompts=1700,
+        n_pair_eval=245,
+        n_eval=245,
+        eval_samples=4,
+        max_new_tokens=48,
+        review_chars=200,
+        rm_epochs=2,
+        rm_lr=1e-5,
+        pref_epochs=3,
+        pref_lr=1e-6,
+        batch=32,
+        beta=0.1,
+        eval_every=25,
+        max_length=128,
+    ),
 }
 # small size: the real pretrained SmolLM2-135M-Instruct (preset smollm2-135m) with LoRA r=16, sized by the budget in
 # docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores; `dpolab study madpo --size small --dry-run`).
@@ -69,25 +127,81 @@ SIZES = {
 # and gets a short SFT on the reviews so that its samples read as reviews.
 SMALL_MODEL = {"name_or_path": "smollm2-135m"}
 SMALL_LORA = {"enabled": True, "r": 16, "alpha": 32.0}
-SIZES["small"] = dict(model=SMALL_MODEL, lora=SMALL_LORA, tiers=("high", "low"), sft_steps=16, sft_lr=2e-4, sft_chars=300,
-                      sft_max_length=96, sft_batch=8, n_prompts=160, n_pair_eval=128, n_eval=128, eval_samples=1,
-                      max_new_tokens=24, review_chars=160, rm_epochs=1, rm_lr=3e-4, pref_epochs=1, pref_lr=2e-4,
-                      pref_steps=7, batch=8, beta=0.1, eval_every=7, max_length=64, policy_evals=1,
-                      policy_eval_pairs=8, policy_at_start=False)
+SIZES["small"] = dict(
+    model=SMALL_MODEL,
+    lora=SMALL_LORA,
+    tiers=("high", "low"),
+    sft_steps=16,
+    sft_lr=2e-4,
+    sft_chars=300,
+    sft_max_length=96,
+    sft_batch=8,
+    n_prompts=160,
+    n_pair_eval=128,
+    n_eval=128,
+    eval_samples=1,
+    max_new_tokens=24,
+    review_chars=160,
+    rm_epochs=1,
+    rm_lr=3e-4,
+    pref_epochs=1,
+    pref_lr=2e-4,
+    pref_steps=7,
+    batch=8,
+    beta=0.1,
+    eval_every=7,
+    max_length=64,
+    policy_evals=1,
+    policy_eval_pairs=8,
+    policy_at_start=False,
+)
 # what the small size leaves out or shortens against the paper size (the report says it)
-SMALL_CUTS = ("Cut at this size against `--size paper`: the Medium tier (High and Low kept), {n_prompts} pairs per tier "
-              "instead of 1,700, a short SFT ({sft_steps} steps), one reward-model epoch, {pref_steps} policy steps of "
-              "{batch} pairs instead of 3 epochs of 32, continuations of at most {max_new_tokens} tokens, the policies' held-out "
-              "loss on {policy_eval_pairs} pairs at their end only, and one oracle evaluation per policy (at its end) on "
-              "{n_eval} prompts.")
-SMOKE = dict(model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "tokenizer": "gpt2-offline"},
-             sft_steps=4, sft_lr=1e-3, sft_chars=200, sft_max_length=64, n_prompts=16, n_pair_eval=8, n_eval=8,
-             eval_samples=1, max_new_tokens=12, review_chars=60, rm_epochs=1, rm_lr=1e-3, pref_epochs=1, pref_lr=1e-4,
-             batch=8, beta=0.1, eval_every=1, max_length=64)
+SMALL_CUTS = (
+    "Cut at this size against `--size paper`: the Medium tier (High and Low kept), {n_prompts} pairs per tier "
+    "instead of 1,700, a short SFT ({sft_steps} steps), one reward-model epoch, {pref_steps} policy steps of "
+    "{batch} pairs instead of 3 epochs of 32, continuations of at most {max_new_tokens} tokens, the policies' held-out "
+    "loss on {policy_eval_pairs} pairs at their end only, and one oracle evaluation per policy (at its end) on "
+    "{n_eval} prompts."
+)
+SMOKE = dict(
+    model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}, "tokenizer": "gpt2-offline"},
+    sft_steps=4,
+    sft_lr=1e-3,
+    sft_chars=200,
+    sft_max_length=64,
+    n_prompts=16,
+    n_pair_eval=8,
+    n_eval=8,
+    eval_samples=1,
+    max_new_tokens=12,
+    review_chars=60,
+    rm_epochs=1,
+    rm_lr=1e-3,
+    pref_epochs=1,
+    pref_lr=1e-4,
+    batch=8,
+    beta=0.1,
+    eval_every=1,
+    max_length=64,
+)
 # the small size's code path (its model, LoRA, tiers, evaluation schedule) at smoke scale: `--size small --smoke`
-SMOKE_SMALL = dict(SIZES["small"], sft_steps=2, sft_chars=120, sft_max_length=32, sft_batch=2, n_prompts=4, n_pair_eval=4,
-                   n_eval=2, max_new_tokens=6, review_chars=60, rm_epochs=1, pref_steps=2, batch=2, eval_every=1,
-                   max_length=32)
+SMOKE_SMALL = dict(
+    SIZES["small"],
+    sft_steps=2,
+    sft_chars=120,
+    sft_max_length=32,
+    sft_batch=2,
+    n_prompts=4,
+    n_pair_eval=4,
+    n_eval=2,
+    max_new_tokens=6,
+    review_chars=60,
+    rm_epochs=1,
+    pref_steps=2,
+    batch=2,
+    eval_every=1,
+    max_length=32,
+)
 
 
 EVAL_SEED = 1234  # the sampling seed of every oracle evaluation (so policies differ only by their weights)
@@ -97,8 +211,11 @@ STAGES_FILE = "stages.json"
 def imdb_dir(data_dir: Optional[str]) -> Path:
     root = data_root(data_dir) / "imdb-cad-sentiment"
     if not (root / "orig" / "train.tsv").exists():
-        raise DataError("study madpo needs the IMDb reviews (orig/{train,dev,test}.tsv); pass --data-dir with the folder "
-                        "that holds imdb-cad-sentiment/", source=str(root))
+        raise DataError(
+            "study madpo needs the IMDb reviews (orig/{train,dev,test}.tsv); pass --data-dir with the folder "
+            "that holds imdb-cad-sentiment/",
+            source=str(root),
+        )
     return root.resolve()
 
 
@@ -119,8 +236,8 @@ def _tier_files(out: Path, tier: str, scored: bool = False) -> tuple[Path, Path]
 def _build_tiers(out: Path, root: Path, s: Dict[str, Any]) -> None:
     """Stage 2 (cached): sample, score and label pairs with the SFT model; write the tiers."""
     from ..config import ModelConfig
-    from ..tasks import sentiment as S
     from ..models.load import load_saved_model, load_tokenizer
+    from ..tasks import sentiment as S
 
     sft = out / "runs" / "sft" / "final"
     outputs = [f for t in TIERS for f in _tier_files(out, t)]
@@ -140,8 +257,14 @@ def _build_tiers(out: Path, root: Path, s: Dict[str, Any]) -> None:
     S.build_preference_tiers(model, tok, eval_prompts, seed=1, out_dir=out / "data" / "eval", **gen)
     mark_stage(outputs, inputs, settings)
     high = tiers["high"]
-    _record_stage(out, "tiers", time.perf_counter() - t0, pairs=len(high), eval_pairs=len(eval_prompts),
-                  sample_reward=sum(r["oracle_chosen"] + r["oracle_rejected"] for r in high) / (2 * len(high)))
+    _record_stage(
+        out,
+        "tiers",
+        time.perf_counter() - t0,
+        pairs=len(high),
+        eval_pairs=len(eval_prompts),
+        sample_reward=sum(r["oracle_chosen"] + r["oracle_rejected"] for r in high) / (2 * len(high)),
+    )
 
 
 def _score_tier(out: Path, tier: str, max_length: int) -> None:
@@ -155,22 +278,46 @@ def _score_tier(out: Path, tier: str, max_length: int) -> None:
     if stage_is_current(outputs, inputs, {"max_length": max_length}):
         return
     t0 = time.perf_counter()
-    summaries = [score_file(str(out / "runs" / f"rm-{tier}" / "final"), str(src), str(dst), max_length=max_length,
-                            batch_size=32, progress=False, log=lambda m: None) for src, dst in targets]
+    summaries = [
+        score_file(
+            str(out / "runs" / f"rm-{tier}" / "final"),
+            str(src),
+            str(dst),
+            max_length=max_length,
+            batch_size=32,
+            progress=False,
+            log=lambda m: None,
+        )
+        for src, dst in targets
+    ]
     mark_stage(outputs, inputs, {"max_length": max_length})
-    _record_stage(out, f"score-{tier}", time.perf_counter() - t0, train_accuracy=summaries[0]["pairwise_accuracy"],
-                  eval_accuracy=summaries[1]["pairwise_accuracy"])
+    _record_stage(
+        out,
+        f"score-{tier}",
+        time.perf_counter() - t0,
+        train_accuracy=summaries[0]["pairwise_accuracy"],
+        eval_accuracy=summaries[1]["pairwise_accuracy"],
+    )
 
 
 def eval_hook(root: Path, s: Dict[str, Any], every: int = 0):
     """The oracle reward of sampled continuations of the held-out prompts; with ``every``, only at steps that are
     positive multiples of it (sampling is the slow part of an evaluation; a policy's step 0 is the SFT model,
     whose reward the SFT run already measured with the same prompts and seed)."""
-    from ..tasks import get_task, sentiment as S
+    from ..tasks import get_task
+    from ..tasks import sentiment as S
 
     prompts = S.prompt_rows(str(S.local_files(root)["test"]), max_rows=s["n_eval"], review_chars=s["review_chars"])
-    hook = get_task("sentiment").metric_hook(prompts, "oracle_reward", oracle="vader", limit=s["n_eval"], n_samples=s["eval_samples"],
-                                             max_new_tokens=s["max_new_tokens"], seed=EVAL_SEED, batch_size=64)
+    hook = get_task("sentiment").metric_hook(
+        prompts,
+        "oracle_reward",
+        oracle="vader",
+        limit=s["n_eval"],
+        n_samples=s["eval_samples"],
+        max_new_tokens=s["max_new_tokens"],
+        seed=EVAL_SEED,
+        batch_size=64,
+    )
     if not every:
         return hook
     return lambda model, tok, step: hook(model, tok, step) if step > 0 and step % every == 0 else {}
@@ -184,38 +331,97 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], o
     policy_hook = eval_hook(root, s, every=max(1, pref_steps // s.get("policy_evals", 2)))
     tiers = s.get("tiers", TIERS)
     base = base_config(s, s["n_pair_eval"])
-    sft_every = s["sft_steps"] if s.get("lora") else max(1, s["sft_steps"] // 4)  # small: the start (= the base) and the end
-    specs_: List[RunSpec] = [RunSpec("sft", deep_merge(base, {
-        "data": {"task": "sentiment", "max_length": s["sft_max_length"],
-                 "task_args": {"path": str(root), "n_eval": s["n_eval"], "max_chars": s["sft_chars"]}},
-        "train": {"mode": "sft", "max_steps": s["sft_steps"], "lr": s["sft_lr"], "batch_size": s.get("sft_batch", s["batch"]),
-                  "warmup_steps": 0 if smoke or s["sft_steps"] < 100 else 50, "schedule": "cosine"},
-        "eval": {"every": sft_every}, "output": {"save_every": 200}}),
-        {"stage": "sft", "oracle_eval": {k: s[k] for k in ("n_eval", "eval_samples", "max_new_tokens")}}, hooks=[hook])]
+    sft_every = (
+        s["sft_steps"] if s.get("lora") else max(1, s["sft_steps"] // 4)
+    )  # small: the start (= the base) and the end
+    specs_: List[RunSpec] = [
+        RunSpec(
+            "sft",
+            deep_merge(
+                base,
+                {
+                    "data": {
+                        "task": "sentiment",
+                        "max_length": s["sft_max_length"],
+                        "task_args": {"path": str(root), "n_eval": s["n_eval"], "max_chars": s["sft_chars"]},
+                    },
+                    "train": {
+                        "mode": "sft",
+                        "max_steps": s["sft_steps"],
+                        "lr": s["sft_lr"],
+                        "batch_size": s.get("sft_batch", s["batch"]),
+                        "warmup_steps": 0 if smoke or s["sft_steps"] < 100 else 50,
+                        "schedule": "cosine",
+                    },
+                    "eval": {"every": sft_every},
+                    "output": {"save_every": 200},
+                },
+            ),
+            {"stage": "sft", "oracle_eval": {k: s[k] for k in ("n_eval", "eval_samples", "max_new_tokens")}},
+            hooks=[hook],
+        )
+    ]
     pair_data = {"max_length": s["max_length"], "extras": ["rm_margin"]}
     rm_steps = _rm_steps(s)
     for tier in tiers:
         train_f, eval_f = _tier_files(out, tier)
-        specs_.append(RunSpec(f"rm-{tier}", deep_merge(base, {
-            "data": {"train": str(train_f), "eval": str(eval_f), "max_length": s["max_length"]},
-            "train": {"mode": "rm", "max_steps": rm_steps, "lr": s["rm_lr"], "warmup_steps": min(10, rm_steps // 4),
-                      "schedule": "cosine"},
-            "eval": {"every": max(1, rm_steps // 4)}}), {"stage": "rm", "tier": tier}, init_from="sft",
-            prepare=lambda: _build_tiers(out, root, s)))
+        specs_.append(
+            RunSpec(
+                f"rm-{tier}",
+                deep_merge(
+                    base,
+                    {
+                        "data": {"train": str(train_f), "eval": str(eval_f), "max_length": s["max_length"]},
+                        "train": {
+                            "mode": "rm",
+                            "max_steps": rm_steps,
+                            "lr": s["rm_lr"],
+                            "warmup_steps": min(10, rm_steps // 4),
+                            "schedule": "cosine",
+                        },
+                        "eval": {"every": max(1, rm_steps // 4)},
+                    },
+                ),
+                {"stage": "rm", "tier": tier},
+                init_from="sft",
+                prepare=lambda: _build_tiers(out, root, s),
+            )
+        )
     for seed in range(seeds):
         for tier in tiers:
             train_f, eval_f = _tier_files(out, tier, scored=True)
             for method, loss in METHODS.items():
-                cfg = deep_merge(base, {
-                    "data": {**pair_data, "train": str(train_f), "eval": str(eval_f)},
-                    "loss": with_beta(loss, s["beta"]),
-                    "eval": {"every": s["eval_every"], "max_examples": s.get("policy_eval_pairs", s["n_pair_eval"]),
-                             **({"at_start": False} if s.get("policy_at_start") is False else {})},
-                    "train": {"mode": "preference", "max_steps": pref_steps, "lr": s["pref_lr"], "schedule": "constant",
-                              "warmup_steps": min(10, pref_steps // 4), "seed": seed}})
-                specs_.append(RunSpec(f"{tier}/{method}/seed{seed}", cfg, {"tier": tier, "method": method, "seed": seed},
-                                      init_from="sft", hooks=[policy_hook], after=(f"rm-{tier}",),
-                                      prepare=lambda tier=tier: _score_tier(out, tier, s["max_length"])))
+                cfg = deep_merge(
+                    base,
+                    {
+                        "data": {**pair_data, "train": str(train_f), "eval": str(eval_f)},
+                        "loss": with_beta(loss, s["beta"]),
+                        "eval": {
+                            "every": s["eval_every"],
+                            "max_examples": s.get("policy_eval_pairs", s["n_pair_eval"]),
+                            **({"at_start": False} if s.get("policy_at_start") is False else {}),
+                        },
+                        "train": {
+                            "mode": "preference",
+                            "max_steps": pref_steps,
+                            "lr": s["pref_lr"],
+                            "schedule": "constant",
+                            "warmup_steps": min(10, pref_steps // 4),
+                            "seed": seed,
+                        },
+                    },
+                )
+                specs_.append(
+                    RunSpec(
+                        f"{tier}/{method}/seed{seed}",
+                        cfg,
+                        {"tier": tier, "method": method, "seed": seed},
+                        init_from="sft",
+                        hooks=[policy_hook],
+                        after=(f"rm-{tier}",),
+                        prepare=lambda tier=tier: _score_tier(out, tier, s["max_length"]),
+                    )
+                )
     return specs_
 
 
@@ -233,20 +439,61 @@ def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
     m["sample"] = MEASURED["gen_token"] * s["max_new_tokens"]  # one sampled continuation
     tiers, pref = s.get("tiers", TIERS), _pref_steps(s)
     samples = 2 * (s["n_prompts"] + s["n_pair_eval"])
-    return [Stage(f"SFT on reviews (batch {s['sft_batch']}, <= {s['sft_max_length']} tokens)", 1, s["sft_steps"], m["sft"] * s["sft_batch"]),
-            Stage(f"oracle evaluations of the SFT run (start + end: {s['n_eval']} prompts x {s['eval_samples']})", 1,
-                  2 * s["n_eval"] * s["eval_samples"], m["sample"], "samples"),
-            Stage(f"sample two continuations per train and held-out prompt ({s['max_new_tokens']} tokens)", 1, samples,
-                  m["sample"], "samples"),
-            Stage(f"reward models ({', '.join(tiers)}; batch {s['batch']} pairs)", len(tiers), _rm_steps(s), m["rm"] * s["batch"]),
-            Stage("rm score (train + held-out pairs, forward only)", len(tiers), s["n_prompts"] + s["n_pair_eval"],
-                  m["score"], "pairs"),
-            Stage(f"policies: 4 methods x {len(tiers)} tiers x {seeds} seeds (batch {s['batch']} pairs)",
-                  4 * len(tiers) * seeds, pref, m["pref"] * s["batch"]),
-            Stage(f"held-out loss of each policy ({s['policy_eval_pairs']} pairs, at the end; policy + reference forward)",
-                  4 * len(tiers) * seeds, s["policy_eval_pairs"], m["pref"] / 2, "pairs"),
-            Stage(f"oracle evaluation of each policy ({s['n_eval']} prompts x {s['eval_samples']}, end only)",
-                  4 * len(tiers) * seeds, s["n_eval"] * s["eval_samples"] * s.get("policy_evals", 2), m["sample"], "samples")]
+    return [
+        Stage(
+            f"SFT on reviews (batch {s['sft_batch']}, <= {s['sft_max_length']} tokens)",
+            1,
+            s["sft_steps"],
+            m["sft"] * s["sft_batch"],
+        ),
+        Stage(
+            f"oracle evaluations of the SFT run (start + end: {s['n_eval']} prompts x {s['eval_samples']})",
+            1,
+            2 * s["n_eval"] * s["eval_samples"],
+            m["sample"],
+            "samples",
+        ),
+        Stage(
+            f"sample two continuations per train and held-out prompt ({s['max_new_tokens']} tokens)",
+            1,
+            samples,
+            m["sample"],
+            "samples",
+        ),
+        Stage(
+            f"reward models ({', '.join(tiers)}; batch {s['batch']} pairs)",
+            len(tiers),
+            _rm_steps(s),
+            m["rm"] * s["batch"],
+        ),
+        Stage(
+            "rm score (train + held-out pairs, forward only)",
+            len(tiers),
+            s["n_prompts"] + s["n_pair_eval"],
+            m["score"],
+            "pairs",
+        ),
+        Stage(
+            f"policies: 4 methods x {len(tiers)} tiers x {seeds} seeds (batch {s['batch']} pairs)",
+            4 * len(tiers) * seeds,
+            pref,
+            m["pref"] * s["batch"],
+        ),
+        Stage(
+            f"held-out loss of each policy ({s['policy_eval_pairs']} pairs, at the end; policy + reference forward)",
+            4 * len(tiers) * seeds,
+            s["policy_eval_pairs"],
+            m["pref"] / 2,
+            "pairs",
+        ),
+        Stage(
+            f"oracle evaluation of each policy ({s['n_eval']} prompts x {s['eval_samples']}, end only)",
+            4 * len(tiers) * seeds,
+            s["n_eval"] * s["eval_samples"] * s.get("policy_evals", 2),
+            m["sample"],
+            "samples",
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -268,9 +515,18 @@ def _tier_table(out: Path) -> List[List[Any]]:
         human = sum(r["chosen_source"] == "human" for r in data) / n
         agree = sum(r["oracle_chosen"] > r["oracle_rejected"] for r in data) / n
         ties = sum(r["oracle_chosen"] == r["oracle_rejected"] for r in data) / n
-        rows.append([tier, n, f"{sum(r['replaced'] for r in data) / n:.2f}", f"{human:.2f}",
-                     f"{sum(r['oracle_chosen'] for r in data) / n:+.3f}", f"{sum(r['oracle_rejected'] for r in data) / n:+.3f}",
-                     f"{agree:.2f}", f"{ties:.2f}"])
+        rows.append(
+            [
+                tier,
+                n,
+                f"{sum(r['replaced'] for r in data) / n:.2f}",
+                f"{human:.2f}",
+                f"{sum(r['oracle_chosen'] for r in data) / n:+.3f}",
+                f"{sum(r['oracle_rejected'] for r in data) / n:+.3f}",
+                f"{agree:.2f}",
+                f"{ties:.2f}",
+            ]
+        )
     return rows
 
 
@@ -282,12 +538,22 @@ def _rm_table(out: Path, results: Dict[str, RunResult]) -> List[List[Any]]:
             continue
         scored = _read_jsonl(_tier_files(out, tier, scored=True)[1])
         usable = [x for x in scored if x.get("rm_margin") is not None and x["oracle_chosen"] != x["oracle_rejected"]]
-        oracle_agree = (sum((x["rm_margin"] > 0) == (x["oracle_chosen"] > x["oracle_rejected"]) for x in usable) / len(usable)
-                        if usable else None)
+        oracle_agree = (
+            sum((x["rm_margin"] > 0) == (x["oracle_chosen"] > x["oracle_rejected"]) for x in usable) / len(usable)
+            if usable
+            else None
+        )
         train_acc = [m["reward_accuracy"] for m in r.metrics if "reward_accuracy" in m and "step" in m]
-        rows.append([tier, r.final("eval/reward_accuracy"), oracle_agree,
-                     sum(train_acc[-5:]) / len(train_acc[-5:]) if train_acc else None,
-                     r.final("eval/margin"), r.final("eval/margin/std")])
+        rows.append(
+            [
+                tier,
+                r.final("eval/reward_accuracy"),
+                oracle_agree,
+                sum(train_acc[-5:]) / len(train_acc[-5:]) if train_acc else None,
+                r.final("eval/margin"),
+                r.final("eval/margin/std"),
+            ]
+        )
     return rows
 
 
@@ -299,13 +565,26 @@ def _weights_plot(out: Path) -> tuple[Optional[Path], List[List[Any]]]:
 
     panels, rows = [], []
     for tier in TIERS:
-        margins = [x["rm_margin"] for x in _read_jsonl(_tier_files(out, tier, scored=True)[0]) if x.get("rm_margin") is not None]
+        margins = [
+            x["rm_margin"]
+            for x in _read_jsonl(_tier_files(out, tier, scored=True)[0])
+            if x.get("rm_margin") is not None
+        ]
         if not margins:
             continue
         w = madpo_weight(torch.tensor(margins, dtype=torch.float64)).tolist()
         m = torch.tensor(margins)
-        rows.append([tier, len(w), f"{m.mean():+.2f} ± {m.std():.2f}", f"{sum(w) / len(w):.3f}", f"{min(w):.3f}", f"{max(w):.3f}",
-                     f"{sum(x > 1 for x in w) / len(w):.2f}"])
+        rows.append(
+            [
+                tier,
+                len(w),
+                f"{m.mean():+.2f} ± {m.std():.2f}",
+                f"{sum(w) / len(w):.3f}",
+                f"{min(w):.3f}",
+                f"{max(w):.3f}",
+                f"{sum(x > 1 for x in w) / len(w):.2f}",
+            ]
+        )
         panels.append((tier, w))
     if not panels:
         return None, rows
@@ -342,7 +621,9 @@ def _stage_table(out: Path, results: Dict[str, RunResult]) -> List[List[Any]]:
     for method in METHODS:
         rs = [r for r in results.values() if r.spec.labels.get("method") == method]
         if rs:
-            rows.append([f"policies: {method}", len(rs), f"{sum(wall(rs)):.0f} ({sum(wall(rs)) / len(rs):.0f} per run)"])
+            rows.append(
+                [f"policies: {method}", len(rs), f"{sum(wall(rs)):.0f} ({sum(wall(rs)) / len(rs):.0f} per run)"]
+            )
     return rows
 
 
@@ -353,20 +634,29 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
     if sft is not None:
         c = sft.spec.config
         n = sft.summary.get("train_examples")
-        text += (f"{describe_model(c.get('model', {}), c.get('lora'))}, SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
-                 f"reviews for {c.get('train', {}).get('max_steps', '?')} steps; ")
+        text += (
+            f"{describe_model(c.get('model', {}), c.get('lora'))}, SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
+            f"reviews for {c.get('train', {}).get('max_steps', '?')} steps; "
+        )
     pref = next((rs[0] for ms in by.values() for rs in ms.values() if rs), None)
-    text += ("then the pipeline of the module docstring: tiers from two SFT samples per prompt labelled by a "
-             "Bradley-Terry draw (T = 0.25) on VADER scores; one reward model per tier; DPO, IPO, beta-DPO and MADPO ")
+    text += (
+        "then the pipeline of the module docstring: tiers from two SFT samples per prompt labelled by a "
+        "Bradley-Terry draw (T = 0.25) on VADER scores; one reward model per tier; DPO, IPO, beta-DPO and MADPO "
+    )
     if pref is not None:
         train = pref.spec.config.get("train", {})
         beta = next((l.get("params", {}).get("beta") for l in pref.spec.config.get("loss", [])), None)
-        text += (f"(β = {beta}, MADPO's paper weights; {pref.summary.get('train_examples', '?')} training pairs per tier, "
-                 f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr {train.get('lr', '?')}) ")
+        text += (
+            f"(β = {beta}, MADPO's paper weights; {pref.summary.get('train_examples', '?')} training pairs per tier, "
+            f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr {train.get('lr', '?')}) "
+        )
     text += "from the SFT model. Oracle reward = mean VADER compound score (in [-1, 1]) of sampled continuations of "
     o = (sft.spec.labels.get("oracle_eval") if sft is not None else None) or {}
-    text += (f"{o['n_eval']} held-out prompts ({o['eval_samples']} sample(s) each, up to {o['max_new_tokens']} new tokens; "
-             if o else "held-out prompts (")
+    text += (
+        f"{o['n_eval']} held-out prompts ({o['eval_samples']} sample(s) each, up to {o['max_new_tokens']} new tokens; "
+        if o
+        else "held-out prompts ("
+    )
     return text + ("IMDb CAD test reviews), the same prompts and sampling seed for every model. " + CELLS_TEXT)
 
 
@@ -382,8 +672,12 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         _setting(results, by, size),
         "",
         *cuts,
-        (f"The SFT model scores **{sft_reward:+.3f}** (one model, one evaluation)." if sft_reward is not None else
-         "The SFT model's oracle reward was not measured.") + _base_line(sft),
+        (
+            f"The SFT model scores **{sft_reward:+.3f}** (one model, one evaluation)."
+            if sft_reward is not None
+            else "The SFT model's oracle reward was not measured."
+        )
+        + _base_line(sft),
         "",
         "### Mean oracle reward (VADER) by method and tier",
         "",
@@ -391,8 +685,9 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
     headers = ["method"] + [f"{t}" for t in TIERS if t in by] + ["paper (H / M / L)"]
     rows = []
     for method in METHODS:
-        row = [method] + [fmt_cell([r.final(key) for r in by[t].get(method, [])], 3, RANGES.get(key))
-                          for t in TIERS if t in by]
+        row = [method] + [
+            fmt_cell([r.final(key) for r in by[t].get(method, [])], 3, RANGES.get(key)) for t in TIERS if t in by
+        ]
         rows.append(row + [" / ".join(f"{x:.2f}" for x in PAPER[method])])
     lines += [markdown_table(headers, rows), ""]
     # the order of the means, which is not a test (the paired comparisons below are)
@@ -403,59 +698,130 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         means = {m: mean_ci([r.final(key) for r in rs])[0] for m, rs in by[t].items()}
         ranked = sorted((m for m in means if not math.isnan(means[m])), key=lambda m: -means[m])
         order_lines.append(f"- **{t}**: " + ", ".join(f"{m} {means[m]:+.3f}" for m in ranked))
-    lines += ["Methods by mean oracle reward, highest first (an order of means, not a test: the paired comparisons "
-              "under 'Reading against the paper' decide):", "", *order_lines, ""]
+    lines += [
+        "Methods by mean oracle reward, highest first (an order of means, not a test: the paired comparisons "
+        "under 'Reading against the paper' decide):",
+        "",
+        *order_lines,
+        "",
+    ]
     if by:
+
         def series(rs):  # step 0 of every policy is the SFT model
             xs, ys = mean_series(rs, key)
             return ([0] + xs, [sft_reward] + ys) if sft_reward is not None and (not xs or xs[0] != 0) else (xs, ys)
 
-        png = plot_lines(out / "madpo_oracle_reward.png", [
-            (f"{t}: oracle reward", "VADER", {m: series(rs) for m, rs in by[t].items()}) for t in TIERS if t in by],
-            title="Oracle reward over training (mean over seeds; step 0 = the SFT model)")
+        png = plot_lines(
+            out / "madpo_oracle_reward.png",
+            [(f"{t}: oracle reward", "VADER", {m: series(rs) for m, rs in by[t].items()}) for t in TIERS if t in by],
+            title="Oracle reward over training (mean over seeds; step 0 = the SFT model)",
+        )
         lines += [f"![oracle reward over training]({png.name})", ""]
     lines += ["### Reading against the paper", "", *_reading(by, results, key, sft_reward), ""]
-    lines += ["### Preference data by tier", "",
-              "share replaced = pairs (best SFT sample, human review); human chosen = share whose chosen response is the "
-              "human review; oracle agrees = share whose label matches the sign of the VADER difference (the rest are the "
-              "Bradley-Terry draw's noise, or ties).", "",
-              markdown_table(["tier", "pairs", "share replaced", "human chosen", "oracle(chosen)", "oracle(rejected)",
-                              "oracle agrees", "ties"], _tier_table(out)), ""]
-    lines += ["### Reward models (one per tier)", "",
-              "eval acc. = pairwise accuracy on the held-out pairs' labels; oracle agreement = share of held-out pairs "
-              "(VADER ties left out) where the sign of the reward margin matches the sign of the VADER difference.", "",
-              markdown_table(["tier", "eval acc.", "oracle agreement", "train acc. (last logs)", "eval margin", "margin std"],
-                             _rm_table(out, results)), ""]
+    lines += [
+        "### Preference data by tier",
+        "",
+        "share replaced = pairs (best SFT sample, human review); human chosen = share whose chosen response is the "
+        "human review; oracle agrees = share whose label matches the sign of the VADER difference (the rest are the "
+        "Bradley-Terry draw's noise, or ties).",
+        "",
+        markdown_table(
+            [
+                "tier",
+                "pairs",
+                "share replaced",
+                "human chosen",
+                "oracle(chosen)",
+                "oracle(rejected)",
+                "oracle agrees",
+                "ties",
+            ],
+            _tier_table(out),
+        ),
+        "",
+    ]
+    lines += [
+        "### Reward models (one per tier)",
+        "",
+        "eval acc. = pairwise accuracy on the held-out pairs' labels; oracle agreement = share of held-out pairs "
+        "(VADER ties left out) where the sign of the reward margin matches the sign of the VADER difference.",
+        "",
+        markdown_table(
+            ["tier", "eval acc.", "oracle agreement", "train acc. (last logs)", "eval margin", "margin std"],
+            _rm_table(out, results),
+        ),
+        "",
+    ]
     png, wrows = _weights_plot(out)
-    lines += ["### MADPO weights", "",
-              "w(m) of every training pair from its reward margin m (c_max 2, c_min 0.5, λ 1, τ 6.907): w > 1 up-weights "
-              "pairs the reward model finds clearly ordered, w < 1 down-weights pairs it finds reversed.", "",
-              markdown_table(["tier", "pairs", "margin mean ± sd", "mean w", "min w", "max w", "share w > 1"], wrows), ""]
+    lines += [
+        "### MADPO weights",
+        "",
+        "w(m) of every training pair from its reward margin m (c_max 2, c_min 0.5, λ 1, τ 6.907): w > 1 up-weights "
+        "pairs the reward model finds clearly ordered, w < 1 down-weights pairs it finds reversed.",
+        "",
+        markdown_table(["tier", "pairs", "margin mean ± sd", "mean w", "min w", "max w", "share w > 1"], wrows),
+        "",
+    ]
     if png is not None:
         lines += [f"![MADPO weights]({png.name})", ""]
     beta_groups = {t: ms["beta-DPO"] for t, ms in by.items() if "beta-DPO" in ms}
     if beta_groups:
-        png = curves(out / "beta_dpo_trajectory.png", beta_groups,
-                     [("beta-dpo/beta", "β per batch"), ("beta-dpo/M0", "running mean M0 of the margin"),
-                      ("beta-dpo/std", "running std of the margin")], title="beta-DPO (mean over seeds)")
-        kept = {t: fmt_ci([sum(rr["beta-dpo/kept"] for rr in r.metrics if "beta-dpo/kept" in rr)
-                           / max(1, sum(1 for rr in r.metrics if "beta-dpo/kept" in rr)) for r in rs], 1) for t, rs in beta_groups.items()}
+        png = curves(
+            out / "beta_dpo_trajectory.png",
+            beta_groups,
+            [
+                ("beta-dpo/beta", "β per batch"),
+                ("beta-dpo/M0", "running mean M0 of the margin"),
+                ("beta-dpo/std", "running std of the margin"),
+            ],
+            title="beta-DPO (mean over seeds)",
+        )
+        kept = {
+            t: fmt_ci(
+                [
+                    sum(rr["beta-dpo/kept"] for rr in r.metrics if "beta-dpo/kept" in rr)
+                    / max(1, sum(1 for rr in r.metrics if "beta-dpo/kept" in rr))
+                    for r in rs
+                ],
+                1,
+            )
+            for t, rs in beta_groups.items()
+        }
         r0 = next(iter(beta_groups.values()))[0]
-        finals = {t: fmt_ci([r.series("beta-dpo/beta")[1][-1] for r in rs if r.series("beta-dpo/beta")[1]], 3)
-                  for t, rs in beta_groups.items()}
-        lines += ["### beta-DPO", "", f"![beta-DPO trajectory]({png.name})", "",
-                  "Final β by tier: " + ", ".join(f"{t} {v}" for t, v in finals.items())
-                  + f" (β0 = 0.1); mean pairs kept per batch of {r0.spec.config['train']['batch_size']}: "
-                  + ", ".join(f"{t} {v}" for t, v in kept.items()) + ".", ""]
-    lines += ["### Wall-clock of every stage", "", markdown_table(["stage", "runs", "seconds"], _stage_table(out, results)), ""]
+        finals = {
+            t: fmt_ci([r.series("beta-dpo/beta")[1][-1] for r in rs if r.series("beta-dpo/beta")[1]], 3)
+            for t, rs in beta_groups.items()
+        }
+        lines += [
+            "### beta-DPO",
+            "",
+            f"![beta-DPO trajectory]({png.name})",
+            "",
+            "Final β by tier: "
+            + ", ".join(f"{t} {v}" for t, v in finals.items())
+            + f" (β0 = 0.1); mean pairs kept per batch of {r0.spec.config['train']['batch_size']}: "
+            + ", ".join(f"{t} {v}" for t, v in kept.items())
+            + ".",
+            "",
+        ]
+    lines += [
+        "### Wall-clock of every stage",
+        "",
+        markdown_table(["stage", "runs", "seconds"], _stage_table(out, results)),
+        "",
+    ]
     return lines
 
 
 def _base_line(sft: Optional[RunResult]) -> str:
     """The pretrained model's oracle reward before SFT (the SFT run's evaluation at step 0), when it was measured."""
     v = (sft.summary.get("first_eval") or {}).get("eval/oracle_reward") if sft is not None else None
-    return (f" Before SFT, the starting model scored {v:+.3f} on the same prompts and sampling seed (what the SFT stage "
-            "changed)." if isinstance(v, (int, float)) else "")
+    return (
+        f" Before SFT, the starting model scored {v:+.3f} on the same prompts and sampling seed (what the SFT stage "
+        "changed)."
+        if isinstance(v, (int, float))
+        else ""
+    )
 
 
 # the paper's order, link by link (a > b), plus its headline comparison
@@ -465,11 +831,17 @@ PAPER_LINKS = (("MADPO", "beta-DPO"), ("beta-DPO", "DPO"), ("DPO", "IPO"), ("MAD
 ORACLE_BOUND = 0.02  # the smallest oracle-reward (VADER compound, in [-1, 1]) difference a verdict words as one
 
 
-def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str,
-             sft_reward: Optional[float]) -> List[str]:
+def _reading(
+    by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str, sft_reward: Optional[float]
+) -> List[str]:
     """What the measurement says about the paper's claim: every sentence from a paired verdict (dpolab.stats)."""
-    out: List[str] = [verdict_rules(f"the smallest meaningful difference of the oracle reward, ±{ORACLE_BOUND:g} "
-                                    "(1 % of the VADER compound score's range [-1, 1])"), ""]
+    out: List[str] = [
+        verdict_rules(
+            f"the smallest meaningful difference of the oracle reward, ±{ORACLE_BOUND:g} "
+            "(1 % of the VADER compound score's range [-1, 1])"
+        ),
+        "",
+    ]
     table = VerdictTable(("tier", "comparison"))
     for t in TIERS:
         if t not in by:
@@ -478,25 +850,60 @@ def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunRe
         links = []
         for a, b in PAPER_LINKS:
             if a in finals and b in finals:
-                v = table.add(compare(finals[a], finals[b], metric="oracle reward", higher_is_better=True,
-                                      label_a=f"{a} ({t})", label_b=b, digits=3, bound=ORACLE_BOUND,
-                                      limits=(-2.0, 2.0)), t, f"{a} - {b}")
+                v = table.add(
+                    compare(
+                        finals[a],
+                        finals[b],
+                        metric="oracle reward",
+                        higher_is_better=True,
+                        label_a=f"{a} ({t})",
+                        label_b=b,
+                        digits=3,
+                        bound=ORACLE_BOUND,
+                        limits=(-2.0, 2.0),
+                    ),
+                    t,
+                    f"{a} - {b}",
+                )
                 if (a, b) != ("MADPO", "DPO"):
                     links.append(v)
                 out.append(f"- {v.sentence()}")
         if links:
-            out.append(f"- **{t}**: " + every(links, "in the paper's order held (MADPO > beta-DPO > DPO > IPO)",
-                                               subject="link", name=lambda v: f"{v.label_a} > {v.label_b}"))
+            out.append(
+                f"- **{t}**: "
+                + every(
+                    links,
+                    "in the paper's order held (MADPO > beta-DPO > DPO > IPO)",
+                    subject="link",
+                    name=lambda v: f"{v.label_a} > {v.label_b}",
+                )
+            )
     gains = []
     if sft_reward is not None:
         for t in TIERS:
             for m, rs in by.get(t, {}).items():
-                gains.append(table.add(compare(by_seed(rs, key), sft_reward, metric="oracle reward", higher_is_better=True,
-                                               label_a=f"{m} ({t})", label_b="the SFT model", digits=3,
-                                               bound=ORACLE_BOUND, limits=(-2.0, 2.0)),
-                                       t, f"{m} - SFT model"))
-        out.append("- " + every(gains, "raised the oracle reward over the SFT model", subject="method on a tier")
-                   + " (Against the SFT model's single evaluation, whose own sampling noise the interval leaves out.)")
+                gains.append(
+                    table.add(
+                        compare(
+                            by_seed(rs, key),
+                            sft_reward,
+                            metric="oracle reward",
+                            higher_is_better=True,
+                            label_a=f"{m} ({t})",
+                            label_b="the SFT model",
+                            digits=3,
+                            bound=ORACLE_BOUND,
+                            limits=(-2.0, 2.0),
+                        ),
+                        t,
+                        f"{m} - SFT model",
+                    )
+                )
+        out.append(
+            "- "
+            + every(gains, "raised the oracle reward over the SFT model", subject="method on a tier")
+            + " (Against the SFT model's single evaluation, whose own sampling noise the interval leaves out.)"
+        )
     rm = []
     for t in TIERS:
         r = results.get(f"rm-{t}")
@@ -510,18 +917,31 @@ def _reading(by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunRe
         above = [t for t, _, lo, _, _ in rm if lo > 0.5]
         below = [t for t, _, _, hi, _ in rm if hi < 0.5]
         if len(chance) == len(rm):
-            reading = ("None is distinguishable from chance (0.5), so MADPO's weights carry little information about which "
-                       "pairs are clearly ordered, and MADPO cannot be expected to beat DPO here; its advantage in the paper "
-                       "rests on a reward model that ranks held-out pairs well.")
+            reading = (
+                "None is distinguishable from chance (0.5), so MADPO's weights carry little information about which "
+                "pairs are clearly ordered, and MADPO cannot be expected to beat DPO here; its advantage in the paper "
+                "rests on a reward model that ranks held-out pairs well."
+            )
         else:
-            reading = " ".join(x for x in (
-                f"Above chance (0.5): {', '.join(above)}." if above else "",
-                f"Indistinguishable from chance (0.5): {', '.join(chance)}." if chance else "",
-                f"Below chance (0.5): {', '.join(below)}." if below else "") if x)
-        out.append("- Reward models, pairwise accuracy on their held-out pairs (95 % Wilson interval): "
-                   + "; ".join(f"{t} {a:.2f} ({lo:.2f} to {hi:.2f}, {n} pairs)" for t, a, lo, hi, n in rm) + ". " + reading)
-    out.append("- Scale: VADER compound scores lie in [-1, 1], the paper's classifier rewards around 0-2.5, so only the "
-               "order of methods and the direction of changes are comparable, not the values.")
+            reading = " ".join(
+                x
+                for x in (
+                    f"Above chance (0.5): {', '.join(above)}." if above else "",
+                    f"Indistinguishable from chance (0.5): {', '.join(chance)}." if chance else "",
+                    f"Below chance (0.5): {', '.join(below)}." if below else "",
+                )
+                if x
+            )
+        out.append(
+            "- Reward models, pairwise accuracy on their held-out pairs (95 % Wilson interval): "
+            + "; ".join(f"{t} {a:.2f} ({lo:.2f} to {hi:.2f}, {n} pairs)" for t, a, lo, hi, n in rm)
+            + ". "
+            + reading
+        )
+    out.append(
+        "- Scale: VADER compound scores lie in [-1, 1], the paper's classifier rewards around 0-2.5, so only the "
+        "order of methods and the direction of changes are comparable, not the values."
+    )
     out += ["", *table.lines()]
     return out
 
@@ -532,8 +952,9 @@ class MadpoStudy(Study):
     summary = "S2: MADPO vs DPO, IPO and beta-DPO across data-quality tiers (arXiv 2510.05342)"
     sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
 
-    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
-             out: Optional[Path] = None) -> List[RunSpec]:
+    def plan(
+        self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
+    ) -> List[RunSpec]:
         return _plan(self.settings(size, smoke), seeds, smoke, data_dir, Path(out or f"runs/study-{self.name}-{size}"))
 
     def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:

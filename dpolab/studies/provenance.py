@@ -5,6 +5,7 @@ when training ends (``finished: true``); a resumed run keeps the earlier attempt
 by more than one commit says so. Runs finished before provenance was recorded have no file: reports say so rather
 than guess. :func:`section` is the report's account of it all.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,9 @@ PACKAGES = ("torch", "transformers", "peft", "accelerate")
 
 def _git(args: List[str], cwd: Path) -> Optional[str]:
     try:  # --no-optional-locks: never touch the index of a tree others are working in
-        proc = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+        proc = subprocess.run(
+            ["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return proc.stdout.strip() if proc.returncode == 0 else None
@@ -99,7 +102,11 @@ def loaded_code_state() -> Dict[str, Any]:
 
 def current() -> Dict[str, Any]:
     """The code (as this process loaded it), the versions and the time now."""
-    return {**loaded_code_state(), "versions": versions(), "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return {
+        **loaded_code_state(),
+        "versions": versions(),
+        "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def read(run_dir: Path) -> Optional[Dict[str, Any]]:
@@ -123,10 +130,22 @@ def begin(run_dir: Path, *, resume: bool) -> Dict[str, Any]:
     earlier = read(run_dir) if resume else None
     attempts = list((earlier or {}).get("attempts") or [])
     now = current()
-    attempts.append({"commit": now["commit"], "dirty": now["dirty"], "versions": now["versions"], "started": now["at"],
-                     "resumed": bool(resume)})
-    record = {"finished": False, "commit": now["commit"], "dirty": now["dirty"], "versions": now["versions"],
-              "attempts": attempts}
+    attempts.append(
+        {
+            "commit": now["commit"],
+            "dirty": now["dirty"],
+            "versions": now["versions"],
+            "started": now["at"],
+            "resumed": bool(resume),
+        }
+    )
+    record = {
+        "finished": False,
+        "commit": now["commit"],
+        "dirty": now["dirty"],
+        "versions": now["versions"],
+        "attempts": attempts,
+    }
     _write(run_dir, record)
     return record
 
@@ -139,7 +158,9 @@ def finish(run_dir: Path) -> Dict[str, Any]:
     ran = record["attempts"][-1] if record.get("attempts") else now
     if record.get("attempts"):
         ran["finished"] = now["at"]
-    record.update(finished=True, commit=ran["commit"], dirty=ran["dirty"], versions=ran["versions"], finished_at=now["at"])
+    record.update(
+        finished=True, commit=ran["commit"], dirty=ran["dirty"], versions=ran["versions"], finished_at=now["at"]
+    )
     _write(run_dir, record)
     return record
 
@@ -157,7 +178,9 @@ def _short(commit: str) -> str:
 
 
 def _versions_text(v: Mapping[str, Any]) -> str:
-    return ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "transformers", "peft", "accelerate", "dpolab") if k in v)
+    return ", ".join(
+        f"{k} {v[k]}" for k in ("python", "torch", "transformers", "peft", "accelerate", "dpolab") if k in v
+    )
 
 
 def section(results: Mapping[str, Any]) -> List[str]:
@@ -170,52 +193,96 @@ def section(results: Mapping[str, Any]) -> List[str]:
     for rec in known.values():
         for c in _commits(rec):
             commit_runs[c] += 1
-    dirty = sorted(rid for rid, rec in known.items() if rec.get("dirty") or any(a.get("dirty") for a in rec.get("attempts") or []))
+    dirty = sorted(
+        rid for rid, rec in known.items() if rec.get("dirty") or any(a.get("dirty") for a in rec.get("attempts") or [])
+    )
     mixed = sorted(rid for rid, rec in known.items() if len(_commits(rec)) > 1)
     if known:
-        paragraphs.append(["dpolab commit of the runs: " + ", ".join(f"`{_short(c)}` ({n} run{'s' if n != 1 else ''})"
-                                                                    for c, n in commit_runs.most_common()) + "."])
+        paragraphs.append(
+            [
+                "dpolab commit of the runs: "
+                + ", ".join(f"`{_short(c)}` ({n} run{'s' if n != 1 else ''})" for c, n in commit_runs.most_common())
+                + "."
+            ]
+        )
         real = [c for c in commit_runs if c != "unknown"]
         if len(commit_runs) > 1:
             diff = package_diff(real) if len(real) == len(commit_runs) else None
             if diff == {} and not dirty:
-                tail = (": the dpolab package is the same in all of them (`git diff` between them changes nothing under "
-                        "the package's folder, only files outside it), so the training code was identical.")
+                tail = (
+                    ": the dpolab package is the same in all of them (`git diff` between them changes nothing under "
+                    "the package's folder, only files outside it), so the training code was identical."
+                )
             elif diff == {}:
-                tail = (": the dpolab package is the same in all of these commits, but some runs had uncommitted changes "
-                        "(below), so their code may still differ.")
+                tail = (
+                    ": the dpolab package is the same in all of these commits, but some runs had uncommitted changes "
+                    "(below), so their code may still differ."
+                )
             elif diff:
                 files = list(diff.items())
-                tail = (": numbers from different code may not be comparable; between them these files of the package "
-                        "differ (lines changed): " + ", ".join(f"`{f}` ({n})" for f, n in files[:12])
-                        + (" ..." if len(files) > 12 else "") + f". `git diff {_short(real[0])} <commit> -- "
-                        + " ".join(f for f, _ in files[:12]) + "` shows what changed: edits of help text or comments "
-                        "leave the numbers alone, edits of the code may not.")
+                tail = (
+                    ": numbers from different code may not be comparable; between them these files of the package "
+                    "differ (lines changed): "
+                    + ", ".join(f"`{f}` ({n})" for f, n in files[:12])
+                    + (" ..." if len(files) > 12 else "")
+                    + f". `git diff {_short(real[0])} <commit> -- "
+                    + " ".join(f for f, _ in files[:12])
+                    + "` shows what changed: edits of help text or comments "
+                    "leave the numbers alone, edits of the code may not."
+                )
             else:
                 tail = ": numbers from different code may not be comparable."
-            paragraphs.append([f"**These runs came from {len(commit_runs)} different dpolab commits**"
-                               + (" (some unknown: dpolab was not run from its git checkout)" if len(real) < len(commit_runs) else "")
-                               + tail])
+            paragraphs.append(
+                [
+                    f"**These runs came from {len(commit_runs)} different dpolab commits**"
+                    + (
+                        " (some unknown: dpolab was not run from its git checkout)"
+                        if len(real) < len(commit_runs)
+                        else ""
+                    )
+                    + tail
+                ]
+            )
         if mixed:
-            paragraphs.append([f"{len(mixed)} run(s) were resumed under a different commit than they started with: "
-                               + ", ".join(f"`{rid}`" for rid in mixed[:10]) + (" ..." if len(mixed) > 10 else "") + "."])
+            paragraphs.append(
+                [
+                    f"{len(mixed)} run(s) were resumed under a different commit than they started with: "
+                    + ", ".join(f"`{rid}`" for rid in mixed[:10])
+                    + (" ..." if len(mixed) > 10 else "")
+                    + "."
+                ]
+            )
         if dirty:
-            paragraphs.append([f"{len(dirty)} run(s) were trained with uncommitted changes in the dpolab package: the commit "
-                               "alone does not pin their code."])
+            paragraphs.append(
+                [
+                    f"{len(dirty)} run(s) were trained with uncommitted changes in the dpolab package: the commit "
+                    "alone does not pin their code."
+                ]
+            )
         vsets = Counter(json.dumps(rec.get("versions") or {}, sort_keys=True) for rec in known.values())
         if len(vsets) == 1:
             paragraphs.append(["Versions of every run: " + _versions_text(json.loads(next(iter(vsets)))) + "."])
         else:
-            paragraphs.append([f"**The runs used {len(vsets)} different sets of versions**:", ""]
-                              + [f"- {n} run{'s' if n != 1 else ''}: {_versions_text(json.loads(v))}" for v, n in vsets.most_common()])
+            paragraphs.append(
+                [f"**The runs used {len(vsets)} different sets of versions**:", ""]
+                + [f"- {n} run{'s' if n != 1 else ''}: {_versions_text(json.loads(v))}" for v, n in vsets.most_common()]
+            )
     unrecorded = sorted(set(records) - set(known))
     if unrecorded:
-        paragraphs.append([f"{len(unrecorded)} of {len(records)} runs have no provenance record (trained before dpolab "
-                           "recorded it): their commit and versions are unknown."])
+        paragraphs.append(
+            [
+                f"{len(unrecorded)} of {len(records)} runs have no provenance record (trained before dpolab "
+                "recorded it): their commit and versions are unknown."
+            ]
+        )
     now = current()
-    paragraphs.append([f"This report was written by dpolab commit `{_short(now['commit'])}`"
-                       + (" (with uncommitted changes in the package)" if now["dirty"] else "")
-                       + f"; versions: {_versions_text(now['versions'])}."])
+    paragraphs.append(
+        [
+            f"This report was written by dpolab commit `{_short(now['commit'])}`"
+            + (" (with uncommitted changes in the package)" if now["dirty"] else "")
+            + f"; versions: {_versions_text(now['versions'])}."
+        ]
+    )
     lines = ["## Provenance"]
     for p in paragraphs:
         lines += ["", *p]

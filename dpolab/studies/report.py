@@ -1,4 +1,5 @@
 """Small building blocks for markdown reports: tables, number formatting, line plots (PNG)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -26,8 +27,13 @@ def versions() -> Dict[str, str]:
     return _versions()
 
 
-def plot_lines(path: Path, panels: Sequence[Tuple[str, str, Mapping[str, Tuple[List[float], List[float]]]]],
-               *, xlabel: str = "step", title: Optional[str] = None) -> Path:
+def plot_lines(
+    path: Path,
+    panels: Sequence[Tuple[str, str, Mapping[str, Tuple[List[float], List[float]]]]],
+    *,
+    xlabel: str = "step",
+    title: Optional[str] = None,
+) -> Path:
     """One PNG with a panel per (title, ylabel, {series name: (xs, ys)})."""
     import matplotlib
 

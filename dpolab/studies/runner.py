@@ -8,6 +8,7 @@ the run it starts from was trained again after it began (:func:`parent_retrained
 (the dpolab commit and library versions that trained it, :mod:`dpolab.studies.provenance`). After the grid, the
 study's ``report`` (:class:`dpolab.studies.study.Study`) turns the runs' summaries and metrics into markdown + PNG.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ import yaml
 from ..config import build_config
 from ..engine.logging import read_metrics
 from . import provenance
+
 
 @dataclass
 class RunSpec:
@@ -47,7 +49,9 @@ class RunResult:
     summary: Dict[str, Any]
     metrics: List[Dict[str, Any]]
     skipped: bool
-    provenance: Optional[Dict[str, Any]] = None  # provenance.json: commit and versions that trained it (None: unrecorded)
+    provenance: Optional[Dict[str, Any]] = (
+        None  # provenance.json: commit and versions that trained it (None: unrecorded)
+    )
 
     def evals(self) -> List[Dict[str, Any]]:
         return [r for r in self.metrics if any(k.startswith("eval/") or k.startswith("probe/") for k in r)]
@@ -107,8 +111,9 @@ def _same_config(run_dir: Path, cfg_dict: Dict[str, Any]) -> bool:
     return strip(old) == strip(cfg_dict)
 
 
-def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] = print,
-             executor=None) -> Dict[str, RunResult]:
+def run_grid(
+    specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] = print, executor=None
+) -> Dict[str, RunResult]:
     """Run (or skip, or resume) every spec; returns results by run_id. ``executor`` (:mod:`dpolab.studies.executors`;
     default: in this process, one after another) runs them: a run waits for the run it starts from (``init_from``),
     runs of one wave are independent. ``prepare`` steps run here, in order, before their wave is sent out."""
@@ -131,8 +136,18 @@ def run_grid(specs: Sequence[RunSpec], out: Path, *, log: Callable[[str], None] 
             skipped[spec.run_id] = False
             todo.append(replace(spec, prepare=None))  # what travels to a worker: no driver-side callables
         if todo:
-            executor.map(RunJob(out, len(specs), {s.run_id: index[s.run_id] for s in todo}, executor.threads,
-                                log if executor.in_process else None), todo, names=[s.run_id for s in todo], log=log)
+            executor.map(
+                RunJob(
+                    out,
+                    len(specs),
+                    {s.run_id: index[s.run_id] for s in todo},
+                    executor.threads,
+                    log if executor.in_process else None,
+                ),
+                todo,
+                names=[s.run_id for s in todo],
+                log=log,
+            )
     return {spec.run_id: collect(spec, out, skipped[spec.run_id]) for spec in specs}
 
 
@@ -172,7 +187,11 @@ def run_is_finished(spec: RunSpec, out: Path) -> bool:
     from ..engine.trainer import DONE_MARKER
 
     run_dir, cfg = _config_of(spec, Path(out))
-    return (run_dir / DONE_MARKER).exists() and _same_config(run_dir, cfg.to_dict()) and not parent_retrained(spec, Path(out))
+    return (
+        (run_dir / DONE_MARKER).exists()
+        and _same_config(run_dir, cfg.to_dict())
+        and not parent_retrained(spec, Path(out))
+    )
 
 
 def parent_retrained(spec: RunSpec, out: Path) -> bool:
@@ -229,8 +248,14 @@ class RunJob:
         stale = parent_retrained(spec, Path(self.out))
         resume = latest_checkpoint(run_dir) is not None and _same_config(run_dir, cfg.to_dict()) and not stale
         cfg.output.overwrite = not resume
-        log(f"{where}: {'resuming' if resume else 'training'}"
-            + (f" again from the start ({spec.init_from}, which it starts from, was trained again since)" if stale else ""))
+        log(
+            f"{where}: {'resuming' if resume else 'training'}"
+            + (
+                f" again from the start ({spec.init_from}, which it starts from, was trained again since)"
+                if stale
+                else ""
+            )
+        )
         t0 = time.perf_counter()
         data = self.data_of(cfg, spec.data_seed) if spec.data_seed is not None else {}
         hooks = [h.bind(cfg, data.get("eval_data")) if hasattr(h, "bind") else h for h in spec.hooks]
@@ -246,7 +271,9 @@ def collect(spec: RunSpec, out: Path, skipped: bool) -> RunResult:
     """The finished run of ``spec``, read from its folder."""
     run_dir = Path(out) / "runs" / spec.run_id
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
-    return RunResult(spec, run_dir, summary, read_metrics(run_dir), skipped=skipped, provenance=provenance.read(run_dir))
+    return RunResult(
+        spec, run_dir, summary, read_metrics(run_dir), skipped=skipped, provenance=provenance.read(run_dir)
+    )
 
 
 def runs_table(results: Dict[str, RunResult]) -> List[List[Any]]:
@@ -254,8 +281,16 @@ def runs_table(results: Dict[str, RunResult]) -> List[List[Any]]:
     rows = []
     for rid, r in results.items():
         s = r.summary
-        rows.append([f"`{rid}`", s.get("mode"), s.get("steps"), f"{s.get('wall_clock_s', 0):.1f}",
-                     f"{s.get('peak_memory_mb', 0):.0f}", f"{(s.get('parameters') or {}).get('trainable', 0):,}"])
+        rows.append(
+            [
+                f"`{rid}`",
+                s.get("mode"),
+                s.get("steps"),
+                f"{s.get('wall_clock_s', 0):.1f}",
+                f"{s.get('peak_memory_mb', 0):.0f}",
+                f"{(s.get('parameters') or {}).get('trainable', 0):,}",
+            ]
+        )
     return rows
 
 

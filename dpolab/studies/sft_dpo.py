@@ -31,6 +31,7 @@ continuation (sonnets, every evaluation) and corpus chrF of sampled continuation
 slow); training wall-clock per epoch (training steps only, evaluation excluded), peak RSS and trainable
 parameters from each run's summary.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,22 +63,82 @@ PAPER = {"paraphrase": ("accuracy %", 89.87, 90.05), "sonnets": ("chrF", 41.29, 
 _TASK_CPU = {
     # sized so the whole grid (120 runs) fits ~75 min on 2 cores; a quora prompt is cut to its last 160 characters
     # (the second question and the cloze survive)
-    "paraphrase": dict(n_train=384, n_eval=256, eval_loss_examples=64, k1=1, k2=3, dpo_epochs=1, batch=32,
-                       max_prompt=160, max_length=168, evals_per_run=2),
-    "sonnets": dict(n_train=None, n_eval=None, eval_loss_examples=None, k1=1, k2=3, dpo_epochs=1, batch=16,
-                    max_prompt=192, max_length=720, evals_per_run=2),
+    "paraphrase": dict(
+        n_train=384,
+        n_eval=256,
+        eval_loss_examples=64,
+        k1=1,
+        k2=3,
+        dpo_epochs=1,
+        batch=32,
+        max_prompt=160,
+        max_length=168,
+        evals_per_run=2,
+    ),
+    "sonnets": dict(
+        n_train=None,
+        n_eval=None,
+        eval_loss_examples=None,
+        k1=1,
+        k2=3,
+        dpo_epochs=1,
+        batch=16,
+        max_prompt=192,
+        max_length=720,
+        evals_per_run=2,
+    ),
 }
 _TASK_PAPER = {
-    "paraphrase": dict(n_train=16000, n_eval=2000, eval_loss_examples=512, k1=1, k2=3, dpo_epochs=1, batch=16,
-                       max_prompt=256, max_length=264, evals_per_run=4),
-    "sonnets": dict(n_train=None, n_eval=None, eval_loss_examples=None, k1=3, k2=10, dpo_epochs=3, batch=8,
-                    max_prompt=96, max_length=384, evals_per_run=4),
+    "paraphrase": dict(
+        n_train=16000,
+        n_eval=2000,
+        eval_loss_examples=512,
+        k1=1,
+        k2=3,
+        dpo_epochs=1,
+        batch=16,
+        max_prompt=256,
+        max_length=264,
+        evals_per_run=4,
+    ),
+    "sonnets": dict(
+        n_train=None,
+        n_eval=None,
+        eval_loss_examples=None,
+        k1=3,
+        k2=10,
+        dpo_epochs=3,
+        batch=8,
+        max_prompt=96,
+        max_length=384,
+        evals_per_run=4,
+    ),
 }
 _TASK_SMOKE = {
-    "paraphrase": dict(n_train=16, n_eval=8, eval_loss_examples=8, k1=1, k2=2, dpo_epochs=1, batch=8,
-                       max_prompt=96, max_length=104, evals_per_run=1),
-    "sonnets": dict(n_train=8, n_eval=3, eval_loss_examples=None, k1=1, k2=2, dpo_epochs=1, batch=8,
-                    max_prompt=48, max_length=128, evals_per_run=1),
+    "paraphrase": dict(
+        n_train=16,
+        n_eval=8,
+        eval_loss_examples=8,
+        k1=1,
+        k2=2,
+        dpo_epochs=1,
+        batch=8,
+        max_prompt=96,
+        max_length=104,
+        evals_per_run=1,
+    ),
+    "sonnets": dict(
+        n_train=8,
+        n_eval=3,
+        eval_loss_examples=None,
+        k1=1,
+        k2=2,
+        dpo_epochs=1,
+        batch=8,
+        max_prompt=48,
+        max_length=128,
+        evals_per_run=1,
+    ),
 }
 # small: the real SmolLM2-135M-Instruct (BPE: a sonnet is ~170 tokens, a quora prompt ~45), sized by the budget of
 # docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores). k1 = None: the early hand-over (SFT k1 ->
@@ -90,43 +151,110 @@ _TASK_SMOKE = {
 # first part of SFT k2). With a constant rate, seed 2's SFT ended answering "no" to every held-out pair (full and LoRA),
 # while the same seed with the linear decay scored 72.3 % (full) and 71.7 % (LoRA) against the 63.7 % majority
 _TASK_SMALL = {
-    "paraphrase": dict(n_train=2048, n_eval=512, eval_loss_examples=16, k1=None, k2=1, dpo_epochs=0.25, batch=16,
-                       max_prompt=64, max_length=66, evals_per_run=1, at_start=False, dpo_only=False,
-                       sft_schedule="linear"),
-    "sonnets": dict(n_train=32, n_eval=8, eval_loss_examples=8, k1=None, k2=1, dpo_epochs=1, batch=8,
-                    max_prompt=64, max_length=224, evals_per_run=1, at_start=False, dpo_only=False),
+    "paraphrase": dict(
+        n_train=2048,
+        n_eval=512,
+        eval_loss_examples=16,
+        k1=None,
+        k2=1,
+        dpo_epochs=0.25,
+        batch=16,
+        max_prompt=64,
+        max_length=66,
+        evals_per_run=1,
+        at_start=False,
+        dpo_only=False,
+        sft_schedule="linear",
+    ),
+    "sonnets": dict(
+        n_train=32,
+        n_eval=8,
+        eval_loss_examples=8,
+        k1=None,
+        k2=1,
+        dpo_epochs=1,
+        batch=8,
+        max_prompt=64,
+        max_length=224,
+        evals_per_run=1,
+        at_start=False,
+        dpo_only=False,
+    ),
 }
 _TASK_SMOKE_SMALL = {
-    "paraphrase": dict(_TASK_SMALL["paraphrase"], n_train=4, n_eval=4, eval_loss_examples=4, batch=2, max_prompt=24,
-                       max_length=26),
-    "sonnets": dict(_TASK_SMALL["sonnets"], n_train=2, n_eval=1, eval_loss_examples=1, batch=2, max_prompt=16, max_length=40),
+    "paraphrase": dict(
+        _TASK_SMALL["paraphrase"], n_train=4, n_eval=4, eval_loss_examples=4, batch=2, max_prompt=24, max_length=26
+    ),
+    "sonnets": dict(
+        _TASK_SMALL["sonnets"], n_train=2, n_eval=1, eval_loss_examples=1, batch=2, max_prompt=16, max_length=40
+    ),
 }
 _OPT = dict(lora_lr_factor=10.0, beta=0.1)
 SIZES = {
     # pretrain = the dpolab pretrain settings of the base (those of `dpolab pretrain --text .../input.txt`, so both
     # share one cached model); paper: gpt2 from the hub instead
-    "cpu": dict(pretrain=dict(steps=600, batch_size=32, lr=2e-3, tiny={"n_layer": 4, "n_embd": 128, "n_head": 4}),
-                model=None, tasks=_TASK_CPU, sft_lr=1e-3, dpo_lr=3e-4, params=tuple(PARAMS), **_OPT),
-    "paper": dict(pretrain=None, model={"name_or_path": "gpt2"}, tasks=_TASK_PAPER, sft_lr=2e-5, dpo_lr=1e-6,
-                  params=tuple(PARAMS), **_OPT),
+    "cpu": dict(
+        pretrain=dict(steps=600, batch_size=32, lr=2e-3, tiny={"n_layer": 4, "n_embd": 128, "n_head": 4}),
+        model=None,
+        tasks=_TASK_CPU,
+        sft_lr=1e-3,
+        dpo_lr=3e-4,
+        params=tuple(PARAMS),
+        **_OPT,
+    ),
+    "paper": dict(
+        pretrain=None,
+        model={"name_or_path": "gpt2"},
+        tasks=_TASK_PAPER,
+        sft_lr=2e-5,
+        dpo_lr=1e-6,
+        params=tuple(PARAMS),
+        **_OPT,
+    ),
 }
-SMOKE = dict(pretrain=dict(steps=4, batch_size=8, lr=2e-3, tiny={"n_layer": 1, "n_embd": 32, "n_head": 2}, chunk_chars=64),
-             model=None, tasks=_TASK_SMOKE, sft_lr=1e-3, dpo_lr=1e-4, params=("full", "lora-4"), **_OPT)
-SIZES["small"] = dict(pretrain=None, model={"name_or_path": "smollm2-135m"}, tasks=_TASK_SMALL, sft_lr=2e-5, dpo_lr=5e-6,
-                      params=("full", "lora-16"), **_OPT)
+SMOKE = dict(
+    pretrain=dict(steps=4, batch_size=8, lr=2e-3, tiny={"n_layer": 1, "n_embd": 32, "n_head": 2}, chunk_chars=64),
+    model=None,
+    tasks=_TASK_SMOKE,
+    sft_lr=1e-3,
+    dpo_lr=1e-4,
+    params=("full", "lora-4"),
+    **_OPT,
+)
+SIZES["small"] = dict(
+    pretrain=None,
+    model={"name_or_path": "smollm2-135m"},
+    tasks=_TASK_SMALL,
+    sft_lr=2e-5,
+    dpo_lr=5e-6,
+    params=("full", "lora-16"),
+    **_OPT,
+)
 SMOKE_SMALL = dict(SIZES["small"], tasks=_TASK_SMOKE_SMALL)
-SMALL_CUTS = ("Cut at this size against `--size paper`: LoRA ranks 4 and 8 (full fine-tuning against LoRA r = 16 kept), "
-              "the DPO-only schedule and the early hand-over (SFT only and SFT -> DPO kept: the paper's three claims need "
-              "no more), {p_n} Quora training pairs instead of 16,000 and {p_e} held-out pairs instead of 2,000, {s_n} "
-              "training sonnets and {s_e} dev sonnets, one SFT epoch, DPO for {p_d:g} epoch (paraphrase) and {s_d:g} epoch "
-              "(sonnets), prompts cut to {p_p} (paraphrase) and {s_p} tokens (sonnets), one evaluation per run (at its end; "
-              "the base model is not evaluated).")
+SMALL_CUTS = (
+    "Cut at this size against `--size paper`: LoRA ranks 4 and 8 (full fine-tuning against LoRA r = 16 kept), "
+    "the DPO-only schedule and the early hand-over (SFT only and SFT -> DPO kept: the paper's three claims need "
+    "no more), {p_n} Quora training pairs instead of 16,000 and {p_e} held-out pairs instead of 2,000, {s_n} "
+    "training sonnets and {s_e} dev sonnets, one SFT epoch, DPO for {p_d:g} epoch (paraphrase) and {s_d:g} epoch "
+    "(sonnets), prompts cut to {p_p} (paraphrase) and {s_p} tokens (sonnets), one evaluation per run (at its end; "
+    "the base model is not evaluated)."
+)
 
 
 def small_cuts() -> str:
     p, s = _TASK_SMALL["paraphrase"], _TASK_SMALL["sonnets"]
-    return SMALL_CUTS.format(p_n=f"{p['n_train']:,}", p_e=p["n_eval"], s_n=s["n_train"], s_e=s["n_eval"], p_d=p["dpo_epochs"],
-                             s_d=s["dpo_epochs"], p_p=p["max_prompt"], s_p=s["max_prompt"])
+    return SMALL_CUTS.format(
+        p_n=f"{p['n_train']:,}",
+        p_e=p["n_eval"],
+        s_n=s["n_train"],
+        s_e=s["n_eval"],
+        p_d=p["dpo_epochs"],
+        s_d=s["dpo_epochs"],
+        p_p=p["max_prompt"],
+        s_p=s["max_prompt"],
+    )
+
+
 SAMPLE_SEED = 1234  # the sonnet rejected samples and the chrF samples use fixed seeds (models differ only by weights)
 
 
@@ -141,9 +269,11 @@ def data_paths(data_dir: Optional[str], need_text: bool = True) -> Dict[str, Pat
         paths["text"] = root / "tiny-shakespeare" / "input.txt"
     missing = [str(p) for k, p in paths.items() if not (p / "sonnets.txt" if k == "sonnets" else p).exists()]
     if missing:
-        raise DataError(f"study sft-dpo needs {', '.join(missing)}; pass --data-dir with the folder that holds "
-                        "quora-paraphrase/, shakespeare-sonnets/" + (" and tiny-shakespeare/" if need_text else ""),
-                        source=str(root))
+        raise DataError(
+            f"study sft-dpo needs {', '.join(missing)}; pass --data-dir with the folder that holds "
+            "quora-paraphrase/, shakespeare-sonnets/" + (" and tiny-shakespeare/" if need_text else ""),
+            source=str(root),
+        )
     return {k: p.resolve() for k, p in paths.items()}
 
 
@@ -153,7 +283,9 @@ def _pretrain_spec(s: Dict[str, Any], text: Path):
     return PretrainSpec(text=str(text), **s["pretrain"])
 
 
-def base_model(s: Dict[str, Any], paths: Dict[str, Path], out: Path, smoke: bool) -> Tuple[Dict[str, Any], Callable[[], None]]:
+def base_model(
+    s: Dict[str, Any], paths: Dict[str, Path], out: Path, smoke: bool
+) -> Tuple[Dict[str, Any], Callable[[], None]]:
     """(model config of the base, a prepare callable that makes sure it exists)."""
     if s["pretrain"] is None:
         return dict(s["model"]), lambda: None
@@ -192,14 +324,25 @@ def build_sonnet_pairs(out: Path, sonnets_dir: Path, model_cfg: Dict[str, Any], 
 
     model, tok = _load(model_cfg)
     train = S.sft_rows(S.parse_sonnets(sonnets_dir / "sonnets.txt"))[: t["n_train"] or None]
-    dev = S.dev_rows(sonnets_dir / "sonnets_held_out_dev.txt", sonnets_dir / "TRUE_sonnets_held_out_dev.txt")[: t["n_eval"] or None]
+    dev = S.dev_rows(sonnets_dir / "sonnets_held_out_dev.txt", sonnets_dir / "TRUE_sonnets_held_out_dev.txt")[
+        : t["n_eval"] or None
+    ]
     longest = max(len(tok(r["completion"], add_special_tokens=False)["input_ids"]) for r in train + dev)
     for rows, path, seed in ((train, files[0], SAMPLE_SEED), (dev, files[1], SAMPLE_SEED + 1)):
-        pairs = S.sampled_rejected_rows(model, tok, rows, seed=seed, batch_size=32, max_new_tokens=longest + 8, log=lambda m: None)
+        pairs = S.sampled_rejected_rows(
+            model, tok, rows, seed=seed, batch_size=32, max_new_tokens=longest + 8, log=lambda m: None
+        )
         # a sample is cut to the true continuation's line count (sonnets.py) and character length: never longer than
         # the truth (and a base model that never writes a newline costs no more compute)
-        out_rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"][: len(p["chosen"])].rstrip(), "id": p["id"]}
-                    for p in pairs]
+        out_rows = [
+            {
+                "prompt": p["prompt"],
+                "chosen": p["chosen"],
+                "rejected": p["rejected"][: len(p["chosen"])].rstrip(),
+                "id": p["id"],
+            }
+            for p in pairs
+        ]
         write_text(path, "".join(json.dumps(r) + "\n" for r in out_rows if r["rejected"].strip()))
     mark_stage(files, inputs, settings)
 
@@ -220,8 +363,9 @@ def paraphrase_hook(quora: Path, t: Dict[str, Any]):
         key = resolve_labels(tokenizer)  # (labels, answer prefix): the rows are built once per labelling
         if key not in cache:
             _, rows = rows_for(data.task, data.task_args, "sft", 0, tokenizer)
-            cache[key] = get_task("paraphrase").metric_hook(rows, "labels", labels=key[0], limit=None, batch_size=64,
-                                                            max_prompt_length=t["max_prompt"])
+            cache[key] = get_task("paraphrase").metric_hook(
+                rows, "labels", labels=key[0], limit=None, batch_size=64, max_prompt_length=t["max_prompt"]
+            )
         return cache[key](model, tokenizer, step)
 
     return hook
@@ -231,18 +375,26 @@ def sonnet_hooks(sonnets_dir: Path, t: Dict[str, Any], final_step: int) -> List[
     """NLL at every evaluation; chrF only at ``final_step`` (sampling is slow)."""
     from ..tasks import sonnets as S
 
-    dev = S.dev_rows(sonnets_dir / "sonnets_held_out_dev.txt", sonnets_dir / "TRUE_sonnets_held_out_dev.txt")[: t["n_eval"] or None]
+    dev = S.dev_rows(sonnets_dir / "sonnets_held_out_dev.txt", sonnets_dir / "TRUE_sonnets_held_out_dev.txt")[
+        : t["n_eval"] or None
+    ]
     chrf = S.chrf_hook(dev, seed=SAMPLE_SEED, batch_size=16)
-    return [S.nll_hook(dev, batch_size=16, max_length=1024),  # never truncated: NLL per char must cover every char
-            lambda model, tok, step: chrf(model, tok, step) if step >= final_step else {}]
+    return [
+        S.nll_hook(dev, batch_size=16, max_length=1024),  # never truncated: NLL per char must cover every char
+        lambda model, tok, step: chrf(model, tok, step) if step >= final_step else {},
+    ]
 
 
 # -- the grid -----------------------------------------------------------------------------------------
 
 
 def _paraphrase_data(quora: Path, t: Dict[str, Any]) -> Dict[str, Any]:
-    return {"task": "paraphrase", "max_length": t["max_length"], "max_prompt_length": t["max_prompt"],
-            "task_args": {"path": str(quora), "n_train": t["n_train"], "n_eval": t["n_eval"], "seed": 0}}
+    return {
+        "task": "paraphrase",
+        "max_length": t["max_length"],
+        "max_prompt_length": t["max_prompt"],
+        "task_args": {"path": str(quora), "n_train": t["n_train"], "n_eval": t["n_eval"], "seed": 0},
+    }
 
 
 def _steps(n_rows: int, batch: int, epochs: float) -> int:
@@ -264,44 +416,96 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], o
     for task in TASKS:
         t = s["tasks"][task]
         n = _n_rows(task, t, paths)
-        sft_data = _paraphrase_data(paths["quora"], t) if task == "paraphrase" else {
-            "task": "sonnets", "max_length": t["max_length"], "max_prompt_length": t["max_prompt"],
-            "task_args": {"path": str(paths["sonnets"]), "n_train": t["n_train"], "n_eval": t["n_eval"]}}
+        sft_data = (
+            _paraphrase_data(paths["quora"], t)
+            if task == "paraphrase"
+            else {
+                "task": "sonnets",
+                "max_length": t["max_length"],
+                "max_prompt_length": t["max_prompt"],
+                "task_args": {"path": str(paths["sonnets"]), "n_train": t["n_train"], "n_eval": t["n_eval"]},
+            }
+        )
         if task == "paraphrase":
             pref_data, prepare = sft_data, ensure_base
         else:
             tr, ev = sonnet_pair_files(out)
-            pref_data = {"train": str(tr), "eval": str(ev), "max_length": t["max_length"], "max_prompt_length": t["max_prompt"]}
-            prepare = (lambda t=t: (ensure_base(), build_sonnet_pairs(out, paths["sonnets"], model, t)))
+            pref_data = {
+                "train": str(tr),
+                "eval": str(ev),
+                "max_length": t["max_length"],
+                "max_prompt_length": t["max_prompt"],
+            }
+            prepare = lambda t=t: (ensure_base(), build_sonnet_pairs(out, paths["sonnets"], model, t))
         hook = paraphrase_hook(paths["quora"], t) if task == "paraphrase" else None
         for pname in s["params"]:
             lora = PARAMS[pname]
             factor = s["lora_lr_factor"] if lora["enabled"] else 1.0
             for seed in range(seeds):
-                base = {"model": model, "lora": lora, "train": {"batch_size": t["batch"], "seed": seed, "log_every": 1,
-                                                                "schedule": "constant"},
-                        "eval": {"batch_size": 32, "max_examples": t["eval_loss_examples"]}, "output": {"progress": False}}
+                base = {
+                    "model": model,
+                    "lora": lora,
+                    "train": {"batch_size": t["batch"], "seed": seed, "log_every": 1, "schedule": "constant"},
+                    "eval": {"batch_size": 32, "max_examples": t["eval_loss_examples"]},
+                    "output": {"progress": False},
+                }
                 prefix = f"{task}/{pname}/seed{seed}"
                 labels = {"task": task, "param": pname, "seed": seed}
                 ks = [k for k in (t["k1"], t["k2"]) if k]  # k1 None: the early hand-over is cut (small size)
                 later = {"at_start": False} if t.get("at_start") is False else {}
                 for k in ks:
                     steps = _steps(n, t["batch"], k)
-                    cfg = deep_merge(base, {"data": sft_data, "train": {"mode": "sft", "max_steps": steps, "lr": s["sft_lr"] * factor,
-                                                                       "schedule": t.get("sft_schedule", "constant")},
-                                            "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"])), **later}})
+                    cfg = deep_merge(
+                        base,
+                        {
+                            "data": sft_data,
+                            "train": {
+                                "mode": "sft",
+                                "max_steps": steps,
+                                "lr": s["sft_lr"] * factor,
+                                "schedule": t.get("sft_schedule", "constant"),
+                            },
+                            "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"])), **later},
+                        },
+                    )
                     hooks = [hook] if hook else sonnet_hooks(paths["sonnets"], t, steps)
-                    result.append(RunSpec(f"{prefix}/sft-k{k}", cfg, {**labels, "stage": "sft", "k": k}, hooks=hooks, prepare=ensure_base))
+                    result.append(
+                        RunSpec(
+                            f"{prefix}/sft-k{k}",
+                            cfg,
+                            {**labels, "stage": "sft", "k": k},
+                            hooks=hooks,
+                            prepare=ensure_base,
+                        )
+                    )
                 steps = _steps(n, t["batch"], t["dpo_epochs"])
-                dpo = deep_merge(base, {"data": pref_data, "loss": [{"name": "dpo", "params": {"beta": s["beta"]}}],
-                                        "train": {"mode": "preference", "max_steps": steps, "lr": s["dpo_lr"] * factor},
-                                        "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"]))}})
+                dpo = deep_merge(
+                    base,
+                    {
+                        "data": pref_data,
+                        "loss": [{"name": "dpo", "params": {"beta": s["beta"]}}],
+                        "train": {"mode": "preference", "max_steps": steps, "lr": s["dpo_lr"] * factor},
+                        "eval": {"every": max(1, math.ceil(steps / t["evals_per_run"]))},
+                    },
+                )
                 hooks = [hook] if hook else sonnet_hooks(paths["sonnets"], t, steps)
                 if t.get("dpo_only", True):
-                    result.append(RunSpec(f"{prefix}/dpo-base", dpo, {**labels, "stage": "dpo", "k": 0}, hooks=hooks, prepare=prepare))
+                    result.append(
+                        RunSpec(
+                            f"{prefix}/dpo-base", dpo, {**labels, "stage": "dpo", "k": 0}, hooks=hooks, prepare=prepare
+                        )
+                    )
                 for k in ks:
-                    result.append(RunSpec(f"{prefix}/dpo-k{k}", deep_merge(dpo, {"eval": later}), {**labels, "stage": "dpo", "k": k},
-                                          init_from=f"{prefix}/sft-k{k}", hooks=hooks, prepare=prepare))
+                    result.append(
+                        RunSpec(
+                            f"{prefix}/dpo-k{k}",
+                            deep_merge(dpo, {"eval": later}),
+                            {**labels, "stage": "dpo", "k": k},
+                            init_from=f"{prefix}/sft-k{k}",
+                            hooks=hooks,
+                            prepare=prepare,
+                        )
+                    )
     return result
 
 
@@ -316,19 +520,39 @@ def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
         sft, dpo = _steps(n, t["batch"], t["k2"]), _steps(n, t["batch"], t["dpo_epochs"])
         for p in s["params"]:
             kind = "full" if not PARAMS[p]["enabled"] else "lora"
-            out += [Stage(f"{task} {p}: SFT {t['k2']} ep (batch {t['batch']})", seeds, sft, m[f"sft-{kind}"] * t["batch"]),
-                    Stage(f"{task} {p}: SFT -> DPO, {t['dpo_epochs']:g} ep (batch {t['batch']})", seeds, dpo,
-                          m[f"dpo-{kind}"] * t["batch"])]
+            out += [
+                Stage(f"{task} {p}: SFT {t['k2']} ep (batch {t['batch']})", seeds, sft, m[f"sft-{kind}"] * t["batch"]),
+                Stage(
+                    f"{task} {p}: SFT -> DPO, {t['dpo_epochs']:g} ep (batch {t['batch']})",
+                    seeds,
+                    dpo,
+                    m[f"dpo-{kind}"] * t["batch"],
+                ),
+            ]
         ends = 2 * len(s["params"]) * seeds  # runs (SFT and SFT -> DPO per parameterisation and seed), each evaluated
         evals = ends * t["evals_per_run"]  # evals_per_run times (the last at its end)
         if task == "paraphrase":
-            out.append(Stage(f"paraphrase evaluations ({t['n_eval']} held-out prompts, {t['evals_per_run']} per run)", evals,
-                             t["n_eval"], m["eval"], "prompts"))
+            out.append(
+                Stage(
+                    f"paraphrase evaluations ({t['n_eval']} held-out prompts, {t['evals_per_run']} per run)",
+                    evals,
+                    t["n_eval"],
+                    m["eval"],
+                    "prompts",
+                )
+            )
         else:
-            out += [Stage(f"sonnet held-out NLL ({t['n_eval']} dev sonnets, {t['evals_per_run']} per run)", evals, t["n_eval"],
-                          m["eval"], "sonnets"),
-                    Stage("sonnet chrF samples (end of each run)", ends, t["n_eval"], sample, "samples"),
-                    Stage("rejected sonnets sampled once from the base model", 1, n + t["n_eval"], sample, "samples")]
+            out += [
+                Stage(
+                    f"sonnet held-out NLL ({t['n_eval']} dev sonnets, {t['evals_per_run']} per run)",
+                    evals,
+                    t["n_eval"],
+                    m["eval"],
+                    "sonnets",
+                ),
+                Stage("sonnet chrF samples (end of each run)", ends, t["n_eval"], sample, "samples"),
+                Stage("rejected sonnets sampled once from the base model", 1, n + t["n_eval"], sample, "samples"),
+            ]
     return out
 
 
@@ -345,14 +569,28 @@ BOUNDS = {"accuracy %": 1.0, "macro-F1 %": 1.0, "chrF": 1.0, "NLL / char (nats)"
 
 def _schedules(results: Dict[str, RunResult], task: str) -> List[Tuple[str, str, Optional[str]]]:
     """(schedule name, run suffix, SFT parent suffix or None)."""
-    ks = sorted({r.spec.labels["k"] for r in results.values() if r.spec.labels.get("task") == task and r.spec.labels["stage"] == "sft"})
+    ks = sorted(
+        {
+            r.spec.labels["k"]
+            for r in results.values()
+            if r.spec.labels.get("task") == task and r.spec.labels["stage"] == "sft"
+        }
+    )
     if not ks:
         return []
     k1, k2 = ks[0], ks[-1]  # one k (the small size cuts the early hand-over): SFT only, DPO only, SFT -> DPO
     early = [(f"SFT {k1} ep -> DPO", f"dpo-k{k1}", f"sft-k{k1}")] if len(ks) > 1 else []
-    dpo_only = [("DPO only", "dpo-base", None)] if any(r.spec.run_id.endswith("/dpo-base") for r in results.values()
-                                                       if r.spec.labels.get("task") == task) else []
-    return [(f"SFT only ({k2} ep)", f"sft-k{k2}", None), *dpo_only, *early, (f"SFT {k2} ep -> DPO", f"dpo-k{k2}", f"sft-k{k2}")]
+    dpo_only = (
+        [("DPO only", "dpo-base", None)]
+        if any(r.spec.run_id.endswith("/dpo-base") for r in results.values() if r.spec.labels.get("task") == task)
+        else []
+    )
+    return [
+        (f"SFT only ({k2} ep)", f"sft-k{k2}", None),
+        *dpo_only,
+        *early,
+        (f"SFT {k2} ep -> DPO", f"dpo-k{k2}", f"sft-k{k2}"),
+    ]
 
 
 def _epochs(r: RunResult) -> float:
@@ -434,23 +672,35 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
     lines: List[str] = []
     params = [p for p in PARAMS if any(r.spec.labels.get("param") == p for r in results.values())]
     model = next((r.spec.config.get("model", {}) for r in results.values()), {})
-    local = Path(str(model.get("name_or_path", ""))).is_absolute()  # the cpu sizes' base: `dpolab pretrain`'s cached model
-    lines += ["## Set-up", "",
-              f"Base model: {describe_model(model)}" + (" (pretrained by `dpolab pretrain` on tiny-shakespeare)" if local else "")
-              + ". " + _data_sizes(results) + " Schedules per (task, parameterisation, seed): " + _schedule_words(results)
-              + ". " + _lr_schedules(results) + " Parameterisations: full fine-tuning and "
-              "LoRA (alpha = 2 r), the LoRA learning rate "
-              f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning's; a chained LoRA run merges the SFT adapter and trains a "
-              "fresh one. Sonnet preference pairs: chosen = the true continuation, rejected = one continuation sampled "
-              "from the **base** model (temperature 1, top-p 0.9), drawn once and shared by every DPO run, cut to the "
-              "true continuation's line count and length in characters, so never longer than the truth (the paper "
-              "samples from the current model; ours is off-policy for SFT-started DPO). Paraphrase pairs: chosen = "
-              "the correct label token, rejected = the other. Metrics are at the end of each schedule; ± is the 95 % "
-              "CI over seeds (t distribution; 'n=k of m' when a run did not report a value). Wall-clock is training "
-              "steps only (evaluation excluded); s/epoch is of the schedule's last stage; total s includes the SFT "
-              "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
-              "held-out NLL and the base model's chrF is not measured. In the plots, the SFT-only curve is hidden under "
-              "the first part of the SFT k2 -> DPO curve (the same run).", ""]
+    local = Path(
+        str(model.get("name_or_path", ""))
+    ).is_absolute()  # the cpu sizes' base: `dpolab pretrain`'s cached model
+    lines += [
+        "## Set-up",
+        "",
+        f"Base model: {describe_model(model)}"
+        + (" (pretrained by `dpolab pretrain` on tiny-shakespeare)" if local else "")
+        + ". "
+        + _data_sizes(results)
+        + " Schedules per (task, parameterisation, seed): "
+        + _schedule_words(results)
+        + ". "
+        + _lr_schedules(results)
+        + " Parameterisations: full fine-tuning and "
+        "LoRA (alpha = 2 r), the LoRA learning rate "
+        f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning's; a chained LoRA run merges the SFT adapter and trains a "
+        "fresh one. Sonnet preference pairs: chosen = the true continuation, rejected = one continuation sampled "
+        "from the **base** model (temperature 1, top-p 0.9), drawn once and shared by every DPO run, cut to the "
+        "true continuation's line count and length in characters, so never longer than the truth (the paper "
+        "samples from the current model; ours is off-policy for SFT-started DPO). Paraphrase pairs: chosen = "
+        "the correct label token, rejected = the other. Metrics are at the end of each schedule; ± is the 95 % "
+        "CI over seeds (t distribution; 'n=k of m' when a run did not report a value). Wall-clock is training "
+        "steps only (evaluation excluded); s/epoch is of the schedule's last stage; total s includes the SFT "
+        "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
+        "held-out NLL and the base model's chrF is not measured. In the plots, the SFT-only curve is hidden under "
+        "the first part of the SFT k2 -> DPO curve (the same run).",
+        "",
+    ]
     lines += cuts
     claims: List[str] = []
     total = VerdictTable()
@@ -467,42 +717,86 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
                 runs = _config_runs(results, task, p, suffix, parent)
                 if not runs:
                     continue
-                totals = [run.summary.get("wall_clock_s", 0.0) + (par.summary.get("wall_clock_s", 0.0) if par else 0.0)
-                          for _, run, par in runs]
-                rows.append([name, p, *[fmt_cell([_value(run, k, sc) for _, run, _ in runs]) for k, _, _, sc in mets],
-                             fmt_ci(totals, 1), fmt_ci([_sec_per_epoch(run) for _, run, _ in runs], 2),
-                             fmt_ci([run.summary.get("peak_memory_mb", float("nan")) for _, run, _ in runs], 0),
-                             f"{(runs[0][1].summary.get('parameters') or {}).get('trainable', 0):,}"])
-        lines += [markdown_table(["schedule", "params", *[lbl for _, lbl, _, _ in mets], "total train s", "s / epoch",
-                                  "peak RSS MB", "trainable"], rows), ""]
+                totals = [
+                    run.summary.get("wall_clock_s", 0.0) + (par.summary.get("wall_clock_s", 0.0) if par else 0.0)
+                    for _, run, par in runs
+                ]
+                rows.append(
+                    [
+                        name,
+                        p,
+                        *[fmt_cell([_value(run, k, sc) for _, run, _ in runs]) for k, _, _, sc in mets],
+                        fmt_ci(totals, 1),
+                        fmt_ci([_sec_per_epoch(run) for _, run, _ in runs], 2),
+                        fmt_ci([run.summary.get("peak_memory_mb", float("nan")) for _, run, _ in runs], 0),
+                        f"{(runs[0][1].summary.get('parameters') or {}).get('trainable', 0):,}",
+                    ]
+                )
+        lines += [
+            markdown_table(
+                [
+                    "schedule",
+                    "params",
+                    *[lbl for _, lbl, _, _ in mets],
+                    "total train s",
+                    "s / epoch",
+                    "peak RSS MB",
+                    "trainable",
+                ],
+                rows,
+            ),
+            "",
+        ]
         if task == "paraphrase":
             line, majority = _majority_line(results)
             lines += [line, ""]
-        base_runs = [r for r in results.values() if r.spec.labels.get("task") == task and r.spec.run_id.endswith("dpo-base")]
+        base_runs = [
+            r for r in results.values() if r.spec.labels.get("task") == task and r.spec.run_id.endswith("dpo-base")
+        ]
         if base_runs:
             start = [(r.summary.get("first_eval") or {}) for r in base_runs]
-            shown = [f"{lbl} {fmt_ci([s[k] * sc for s in start if isinstance(s.get(k), (int, float))])}" for k, lbl, _, sc in mets
-                     if any(isinstance(s.get(k), (int, float)) for s in start)]
+            shown = [
+                f"{lbl} {fmt_ci([s[k] * sc for s in start if isinstance(s.get(k), (int, float))])}"
+                for k, lbl, _, sc in mets
+                if any(isinstance(s.get(k), (int, float)) for s in start)
+            ]
             if shown:
                 lines += ["Base model before any fine-tuning: " + ", ".join(shown) + ".", ""]
         key, lbl, _, sc = mets[0] if task == "paraphrase" else mets[1]
-        panels = [(f"{p}: {lbl}", lbl, {name: _curve(_config_runs(results, task, p, suffix, parent), key, sc)
-                                         for name, suffix, parent in scheds}) for p in params]
-        png = plot_lines(out / f"sft_dpo_{task}.png", panels, xlabel="training seconds (cumulative over stages)",
-                         title=f"S1 {task}: {lbl} against wall-clock (mean over seeds)")
+        panels = [
+            (
+                f"{p}: {lbl}",
+                lbl,
+                {
+                    name: _curve(_config_runs(results, task, p, suffix, parent), key, sc)
+                    for name, suffix, parent in scheds
+                },
+            )
+            for p in params
+        ]
+        png = plot_lines(
+            out / f"sft_dpo_{task}.png",
+            panels,
+            xlabel="training seconds (cumulative over stages)",
+            title=f"S1 {task}: {lbl} against wall-clock (mean over seeds)",
+        )
         lines += [f"![{task}: {lbl} against wall-clock]({png.name})", ""]
         if task == "paraphrase":
             claims += ["### paraphrase: before the claims", "", *_majority_check(results, scheds, params, majority)]
         claims += _claims(results, task, scheds, params, mets, total)
-    lines += ["## The paper's claims beside what we measured", "",
-              "Every verdict is a paired comparison by seed (95 % t-interval of the mean difference), worded against "
-              "the metric's smallest meaningful difference (1 point of accuracy, macro-F1 or chrF; 0.01 nats of NLL "
-              "per character; none for timings, judged against 0 alone): better / worse only when the interval "
-              "excludes 0 and lies wholly beyond it, 'negligible' when it lies inside it, 'maybe negligible' when it "
-              "excludes 0 but reaches inside it, inconclusive when it contains 0 and reaches beyond it; a missing "
-              "value is listed as missing, never read as 0. Small models, few seeds and short schedules: read the "
-              "magnitudes, not only the verdicts.", "",
-              *claims]
+    lines += [
+        "## The paper's claims beside what we measured",
+        "",
+        "Every verdict is a paired comparison by seed (95 % t-interval of the mean difference), worded against "
+        "the metric's smallest meaningful difference (1 point of accuracy, macro-F1 or chrF; 0.01 nats of NLL "
+        "per character; none for timings, judged against 0 alone): better / worse only when the interval "
+        "excludes 0 and lies wholly beyond it, 'negligible' when it lies inside it, 'maybe negligible' when it "
+        "excludes 0 but reaches inside it, inconclusive when it contains 0 and reaches beyond it; a missing "
+        "value is listed as missing, never read as 0. Small models, few seeds and short schedules: read the "
+        "magnitudes, not only the verdicts.",
+        "",
+        *claims,
+    ]
     if len(total):
         lines += ["### All claims together", "", "In all: " + total.chance_line()]
     return lines
@@ -513,20 +807,29 @@ def _schedule_words(results: Dict[str, RunResult]) -> str:
     ks = sorted({r.spec.labels["k"] for r in results.values() if r.spec.labels.get("stage") == "sft"})
     base = any(r.spec.run_id.endswith("/dpo-base") for r in results.values())
     sft = f"SFT for {' and '.join(f'{k}' for k in ks)} epoch{'s' if ks != [1] else ''}" if ks else "no SFT"
-    return sft + (", DPO from the base" if base else "") + (", DPO from each SFT model" if len(ks) > 1 else
-                                                            ", DPO from the SFT model" if ks else "")
+    return (
+        sft
+        + (", DPO from the base" if base else "")
+        + (", DPO from each SFT model" if len(ks) > 1 else ", DPO from the SFT model" if ks else "")
+    )
 
 
 def _lr_schedules(results: Dict[str, RunResult]) -> str:
     """How each task's stages set the learning rate over their steps, as the runs' configs say."""
     from ..config import TrainConfig
+
     default = TrainConfig().schedule  # what a run whose config leaves the schedule unset trained with
     words = {"constant": "constant", "linear": "decaying linearly to 0", "cosine": "decaying along a cosine to 0"}
     parts = []
     for task in TASKS:
         for stage in ("sft", "dpo"):
-            found = sorted({r.spec.config.get("train", {}).get("schedule", default) for r in results.values()
-                            if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage})
+            found = sorted(
+                {
+                    r.spec.config.get("train", {}).get("schedule", default)
+                    for r in results.values()
+                    if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage
+                }
+            )
             if found:
                 parts.append(f"{task} {stage.upper()} {' / '.join(words.get(f, f) for f in found)}")
     return ("Learning rate over each run's steps: " + "; ".join(parts) + ".") if parts else ""
@@ -538,8 +841,11 @@ def _data_sizes(results: Dict[str, RunResult]) -> str:
     for task in TASKS:
         rows = {}
         for stage in ("sft", "dpo"):
-            ns = {r.summary.get("train_examples") for r in results.values()
-                  if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage}
+            ns = {
+                r.summary.get("train_examples")
+                for r in results.values()
+                if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == stage
+            }
             ns.discard(None)
             if ns:
                 rows[stage] = "/".join(f"{n:,}" for n in sorted(ns))
@@ -568,17 +874,22 @@ def _majority_line(results: Dict[str, RunResult]) -> Tuple[str, Optional[float]]
     except Exception as e:  # noqa: BLE001 - the report must not fail on a baseline line
         return f"(majority-class baseline unavailable: {e})", None
     acc = max(pos, 1 - pos) * 100
-    return (f"Baselines on the {n} evaluation pairs ({pos * 100:.1f} % paraphrases): always answering the "
-            f"majority label scores accuracy {acc:.2f} % and macro-F1 about "
-            f"{100 * max(pos, 1 - pos) / (1 + max(pos, 1 - pos)):.2f} %; a model above that accuracy uses the questions."), acc
+    return (
+        f"Baselines on the {n} evaluation pairs ({pos * 100:.1f} % paraphrases): always answering the "
+        f"majority label scores accuracy {acc:.2f} % and macro-F1 about "
+        f"{100 * max(pos, 1 - pos) / (1 + max(pos, 1 - pos)):.2f} %; a model above that accuracy uses the questions."
+    ), acc
 
 
 def _majority_check(results, scheds, params, majority: Optional[float]) -> List[str]:
     """Paraphrase: does each (schedule, parameterisation) beat always answering the majority label? (A constant
     baseline on the same held-out pairs, so each seed's accuracy is compared with it.) Without that, claims 1-3
     compare models that do not read the questions."""
-    out = ["**Check: the models use the questions** (accuracy against always answering the majority label, on the same "
-           "held-out pairs; without this the claims below compare models that answer one label).", ""]
+    out = [
+        "**Check: the models use the questions** (accuracy against always answering the majority label, on the same "
+        "held-out pairs; without this the claims below compare models that answer one label).",
+        "",
+    ]
     if majority is None:
         return out + ["Not checked: the majority-class baseline could not be computed (see above).", ""]
     t = VerdictTable(("schedule", "params"))
@@ -586,32 +897,70 @@ def _majority_check(results, scheds, params, majority: Optional[float]) -> List[
         for p in params:
             acc = _seed_values(_config_runs(results, "paraphrase", p, suffix, parent), "eval/accuracy", 100.0)
             if acc:
-                t.add(compare(acc, majority, metric="accuracy %", higher_is_better=True, label_a=f"{name} ({p})",
-                              label_b=f"majority label ({majority:.2f} %)", bound=BOUNDS["accuracy %"]), name, p)
-    return out + [f"Difference (model) − (majority label, {majority:.2f} %):", "", *t.lines(), "",
-                  every(t.verdicts, "scored above the majority label", subject="(schedule, parameterisation)"), ""]
+                t.add(
+                    compare(
+                        acc,
+                        majority,
+                        metric="accuracy %",
+                        higher_is_better=True,
+                        label_a=f"{name} ({p})",
+                        label_b=f"majority label ({majority:.2f} %)",
+                        bound=BOUNDS["accuracy %"],
+                    ),
+                    name,
+                    p,
+                )
+    return out + [
+        f"Difference (model) − (majority label, {majority:.2f} %):",
+        "",
+        *t.lines(),
+        "",
+        every(t.verdicts, "scored above the majority label", subject="(schedule, parameterisation)"),
+        "",
+    ]
 
 
 def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[str]:
     key, lbl, hb, sc = mets[0]
     (sft_name, sft_suf, _), (late_name, late_suf, late_par) = scheds[0], scheds[-1]
     paper = PAPER[task]
-    out = [f"### {task}", "",
-           f"**Claim 1: DPO gives a small, task-dependent gain over a strong SFT** (paper, {paper[0]}: {paper[1]} -> {paper[2]}).", ""]
+    out = [
+        f"### {task}",
+        "",
+        f"**Claim 1: DPO gives a small, task-dependent gain over a strong SFT** (paper, {paper[0]}: {paper[1]} -> {paper[2]}).",
+        "",
+    ]
     t1 = VerdictTable(("params", "metric"))
     for p in params:
         for k, l, h, s in mets:
             late = _seed_values(_config_runs(results, task, p, late_suf, late_par), k, s)
             sft = _seed_values(_config_runs(results, task, p, sft_suf, None), k, s)
-            t1.add(compare(late, sft, metric=l, higher_is_better=h, label_a=f"{late_name} ({p})",
-                           label_b=f"{sft_name} ({p})", bound=BOUNDS.get(l)), p, l)
+            t1.add(
+                compare(
+                    late,
+                    sft,
+                    metric=l,
+                    higher_is_better=h,
+                    label_a=f"{late_name} ({p})",
+                    label_b=f"{sft_name} ({p})",
+                    bound=BOUNDS.get(l),
+                ),
+                p,
+                l,
+            )
     c = t1.counts()
     said = ("better", "worse", "better" + SMALL, "worse" + SMALL, "negligible")
     others = "".join(f", {w} in {c[w]}" for w in said[2:] if c[w])
-    out += [f"Difference ({late_name}) − ({sft_name}), per parameterisation and metric:", "", *t1.lines(), "",
-            f"DPO after the longest SFT is better in {c['better']}, worse in {c['worse']}{others} and inconclusive in "
-            f"{len(t1) - sum(c[w] for w in said)} of {len(t1)} (parameterisation, metric) cells (the paper's gain: "
-            f"{paper[2] - paper[1]:+.2f} {paper[0]}).", ""]
+    out += [
+        f"Difference ({late_name}) − ({sft_name}), per parameterisation and metric:",
+        "",
+        *t1.lines(),
+        "",
+        f"DPO after the longest SFT is better in {c['better']}, worse in {c['worse']}{others} and inconclusive in "
+        f"{len(t1) - sum(c[w] for w in said)} of {len(t1)} (parameterisation, metric) cells (the paper's gain: "
+        f"{paper[2] - paper[1]:+.2f} {paper[0]}).",
+        "",
+    ]
     out += [f"**Claim 2: full fine-tuning beats LoRA at matched depth** (same schedule, same epochs; {lbl}).", ""]
     t2 = VerdictTable(("schedule", "LoRA"))
     for name, suf, par in scheds:
@@ -619,26 +968,60 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
         for p in params:
             if p != "full":
                 lora = _seed_values(_config_runs(results, task, p, suf, par), key, sc)
-                t2.add(compare(full, lora, metric=lbl, higher_is_better=hb, label_a=f"full ({name})", label_b=p,
-                               bound=BOUNDS.get(lbl)), name, p)
-    out += ["Difference full − LoRA:", "", *t2.lines(), "",
-            every(t2.verdicts, f"had a better {lbl} with full fine-tuning than with LoRA", subject="(schedule, rank) comparison",
-                  name=lambda v: f"{v.label_a} vs {v.label_b}"), ""]
-    out += ["**Claim 3: LoRA does not cut wall-clock for a small model** (seconds per training epoch of the schedule's "
-            "last stage, LoRA − full, paired by seed; lower is faster).", ""]
+                t2.add(
+                    compare(
+                        full,
+                        lora,
+                        metric=lbl,
+                        higher_is_better=hb,
+                        label_a=f"full ({name})",
+                        label_b=p,
+                        bound=BOUNDS.get(lbl),
+                    ),
+                    name,
+                    p,
+                )
+    out += [
+        "Difference full − LoRA:",
+        "",
+        *t2.lines(),
+        "",
+        every(
+            t2.verdicts,
+            f"had a better {lbl} with full fine-tuning than with LoRA",
+            subject="(schedule, rank) comparison",
+            name=lambda v: f"{v.label_a} vs {v.label_b}",
+        ),
+        "",
+    ]
+    out += [
+        "**Claim 3: LoRA does not cut wall-clock for a small model** (seconds per training epoch of the schedule's "
+        "last stage, LoRA − full, paired by seed; lower is faster).",
+        "",
+    ]
     t3 = VerdictTable(("schedule", "LoRA", "full s/epoch", "LoRA s/epoch"))
     for name, suf, par in scheds:
         full = _seed_timings(_config_runs(results, task, "full", suf, par))
         for p in params:
             if p != "full":
                 lora = _seed_timings(_config_runs(results, task, p, suf, par))
-                t3.add(compare(lora, full, metric="s / epoch", higher_is_better=False, label_a=f"{p} ({name})", label_b="full"),
-                       name, p, fmt_cell(list(full.values())), fmt_cell(list(lora.values())))
+                t3.add(
+                    compare(
+                        lora, full, metric="s / epoch", higher_is_better=False, label_a=f"{p} ({name})", label_b="full"
+                    ),
+                    name,
+                    p,
+                    fmt_cell(list(full.values())),
+                    fmt_cell(list(lora.values())),
+                )
     faster = [v for v in t3.verdicts if v.word == "better"]
-    reading = (none_of(t3.verdicts, "cut the seconds per epoch below full fine-tuning's", subject="LoRA run set",
-                       expect="better")
-               + (" No comparison contradicts the claim; an inconclusive one cannot rule out a small cut." if not faster
-                  else " Where LoRA was faster the claim does not hold."))
+    reading = none_of(
+        t3.verdicts, "cut the seconds per epoch below full fine-tuning's", subject="LoRA run set", expect="better"
+    ) + (
+        " No comparison contradicts the claim; an inconclusive one cannot rule out a small cut."
+        if not faster
+        else " Where LoRA was faster the claim does not hold."
+    )
     out += [*t3.lines(), "", reading + " (Timings are of one process on a shared CPU; see the runs table.)", ""]
     for t in (t1, t2, t3):
         total.extend(t)
@@ -651,8 +1034,9 @@ class SftDpoStudy(Study):
     summary = "S1: SFT vs DPO vs SFT->DPO, full fine-tuning vs LoRA (arXiv 2603.20100)"
     sizes, smoke, smoke_small = SIZES, SMOKE, SMOKE_SMALL
 
-    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
-             out: Optional[Path] = None) -> List[RunSpec]:
+    def plan(
+        self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
+    ) -> List[RunSpec]:
         return _plan(self.settings(size, smoke), seeds, smoke, data_dir, Path(out or f"runs/study-{self.name}-{size}"))
 
     def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:

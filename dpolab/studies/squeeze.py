@@ -10,6 +10,7 @@ stage's data order); the arithmetic task's near/far misses as preference pairs (
 counterfactual minimal edits, real text, on the pretrained SmolLM2-135M-Instruct with LoRA); deltas are against the
 start of the preference stage, which is also the reference model.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,10 +18,29 @@ from typing import Any, Dict, List, Optional
 
 from ..stats import VerdictTable, compare, every, fmt_ci, none_of
 from .budget import MEASURED
-from .common import CELLS_TEXT, HEADERS, NATS, NATS_TEXT
-from .common import (CPU_MODEL, PAPER_MODEL, arithmetic_accuracy_hook, arithmetic_data, arithmetic_sft_spec,
-                     base_config, by_seed, curves, data_root, deep_merge, describe_model, group_runs, method_table,
-                     pref_steps, probed_budget, probed_preference, with_beta)
+from .common import (
+    CELLS_TEXT,
+    CPU_MODEL,
+    HEADERS,
+    NATS,
+    NATS_TEXT,
+    PAPER_MODEL,
+    arithmetic_accuracy_hook,
+    arithmetic_data,
+    arithmetic_sft_spec,
+    base_config,
+    by_seed,
+    curves,
+    data_root,
+    deep_merge,
+    describe_model,
+    group_runs,
+    method_table,
+    pref_steps,
+    probed_budget,
+    probed_preference,
+    with_beta,
+)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
 from .study import Study
@@ -40,26 +60,86 @@ SWEEP_TAU = (0.05, 0.1, 0.2)
 
 SIZES = {
     # steps are optimiser steps; pref_epochs passes over n_pairs pairs at batch 16
-    "cpu": dict(model=CPU_MODEL, sft_steps=1500, sft_lr=2e-3, n_pairs=512, n_eval=64, pref_epochs=4, pref_lr=1e-4,
-                batch=16, eval_every=16, ext_sft_epochs=1, beta=0.1),
-    "paper": dict(model=PAPER_MODEL, sft_steps=2000, sft_lr=1e-5, n_pairs=4096, n_eval=256, pref_epochs=3, pref_lr=5e-7,
-                  batch=64, eval_every=50, ext_sft_epochs=1, beta=0.1),
+    "cpu": dict(
+        model=CPU_MODEL,
+        sft_steps=1500,
+        sft_lr=2e-3,
+        n_pairs=512,
+        n_eval=64,
+        pref_epochs=4,
+        pref_lr=1e-4,
+        batch=16,
+        eval_every=16,
+        ext_sft_epochs=1,
+        beta=0.1,
+    ),
+    "paper": dict(
+        model=PAPER_MODEL,
+        sft_steps=2000,
+        sft_lr=1e-5,
+        n_pairs=4096,
+        n_eval=256,
+        pref_epochs=3,
+        pref_lr=5e-7,
+        batch=64,
+        eval_every=50,
+        ext_sft_epochs=1,
+        beta=0.1,
+    ),
 }
-SMOKE = dict(model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}}, sft_steps=4, sft_lr=1e-3,
-             n_pairs=16, n_eval=8, pref_epochs=1, pref_lr=1e-4, batch=8, eval_every=1, ext_sft_epochs=1, beta=0.1)
+SMOKE = dict(
+    model={"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+    sft_steps=4,
+    sft_lr=1e-3,
+    n_pairs=16,
+    n_eval=8,
+    pref_epochs=1,
+    pref_lr=1e-4,
+    batch=8,
+    eval_every=1,
+    ext_sft_epochs=1,
+    beta=0.1,
+)
 # small: the real SmolLM2-135M-Instruct with LoRA r=16 on real text pairs (the IMDb counterfactual minimal edits,
 # imdb-cad kind=low, where DPO's fall of the chosen likelihood is expected), sized by the budget of
 # docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores)
-SIZES["small"] = dict(model={"name_or_path": "smollm2-135m"}, lora={"enabled": True, "r": 16, "alpha": 32.0},
-                      pairs="imdb-low", methods=("DPO", "Gate-DPO seq", "Gate-DPO q10"), sweep=False, sft_steps=16,
-                      sft_lr=2e-4, sft_batch=8, max_length=96, n_pairs=192, n_eval=24, pref_epochs=1, pref_lr=1e-4,
-                      batch=8, eval_every=12, ext_sft_epochs=1, beta=0.1)
-SMOKE_SMALL = dict(SIZES["small"], probe_greedy_tokens=4, sft_steps=2, sft_batch=2, max_length=48, n_pairs=4, n_eval=2, batch=2, eval_every=1,
-                   n_train_sft=4)
-SMALL_CUTS = ("Cut at this size against `--size paper`: IPO, Cal-DPO, their gated versions and extended SFT -> DPO "
-              "(DPO against the two Gate-DPO gates kept), the gate sweep, {n_pairs} IMDb counterfactual training pairs "
-              "(minimal human edits) instead of 4,096 and one epoch instead of three, a {sft_steps}-step SFT warm-up on "
-              "the review text, sequences cut to {max_length} tokens, probes on {n_eval} held-out pairs instead of 256.")
+SIZES["small"] = dict(
+    model={"name_or_path": "smollm2-135m"},
+    lora={"enabled": True, "r": 16, "alpha": 32.0},
+    pairs="imdb-low",
+    methods=("DPO", "Gate-DPO seq", "Gate-DPO q10"),
+    sweep=False,
+    sft_steps=16,
+    sft_lr=2e-4,
+    sft_batch=8,
+    max_length=96,
+    n_pairs=192,
+    n_eval=24,
+    pref_epochs=1,
+    pref_lr=1e-4,
+    batch=8,
+    eval_every=12,
+    ext_sft_epochs=1,
+    beta=0.1,
+)
+SMOKE_SMALL = dict(
+    SIZES["small"],
+    probe_greedy_tokens=4,
+    sft_steps=2,
+    sft_batch=2,
+    max_length=48,
+    n_pairs=4,
+    n_eval=2,
+    batch=2,
+    eval_every=1,
+    n_train_sft=4,
+)
+SMALL_CUTS = (
+    "Cut at this size against `--size paper`: IPO, Cal-DPO, their gated versions and extended SFT -> DPO "
+    "(DPO against the two Gate-DPO gates kept), the gate sweep, {n_pairs} IMDb counterfactual training pairs "
+    "(minimal human edits) instead of 4,096 and one epoch instead of three, a {sft_steps}-step SFT warm-up on "
+    "the review text, sequences cut to {max_length} tokens, probes on {n_eval} held-out pairs instead of 256."
+)
 
 
 def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, Any], Dict[str, Any]]:
@@ -68,9 +148,16 @@ def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, A
 
     root = data_root(data_dir) / "imdb-cad-sentiment"
     if not (root / "paired" / "train_paired.tsv").exists():
-        raise DataError("study squeeze at this size runs on the IMDb counterfactual pairs; pass --data-dir with the folder "
-                        "that holds imdb-cad-sentiment/", source=str(root))
-    task = {"task": "imdb-cad", "max_length": s["max_length"], "task_args": {"path": str(root.resolve()), "n_eval": s["n_eval"]}}
+        raise DataError(
+            "study squeeze at this size runs on the IMDb counterfactual pairs; pass --data-dir with the folder "
+            "that holds imdb-cad-sentiment/",
+            source=str(root),
+        )
+    task = {
+        "task": "imdb-cad",
+        "max_length": s["max_length"],
+        "task_args": {"path": str(root.resolve()), "n_eval": s["n_eval"]},
+    }
     pref = deep_merge(task, {"task_args": {"kind": s["pairs"].split("-")[1], "n_train": s["n_pairs"]}})
     return pref, deep_merge(task, {"task_args": {"n_train": s.get("n_train_sft")}})
 
@@ -81,32 +168,75 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -
     if s.get("pairs"):  # real text pairs: no exact answer to score, so no accuracy hook
         pref_data, sft_data = _imdb_pairs(s, data_dir)
         hooks: list = []
-        out = [RunSpec("sft", deep_merge(base, {
-            "data": sft_data, "train": {"mode": "sft", "max_steps": s["sft_steps"], "batch_size": s.get("sft_batch", s["batch"]),
-                                        "lr": s["sft_lr"], "schedule": "cosine"},
-            "eval": {"every": max(1, s["sft_steps"] // 2)}}), {"stage": "sft"})]
+        out = [
+            RunSpec(
+                "sft",
+                deep_merge(
+                    base,
+                    {
+                        "data": sft_data,
+                        "train": {
+                            "mode": "sft",
+                            "max_steps": s["sft_steps"],
+                            "batch_size": s.get("sft_batch", s["batch"]),
+                            "lr": s["sft_lr"],
+                            "schedule": "cosine",
+                        },
+                        "eval": {"every": max(1, s["sft_steps"] // 2)},
+                    },
+                ),
+                {"stage": "sft"},
+            )
+        ]
     else:
         pref_data = arithmetic_data(s["n_pairs"], s["n_eval"], "mixed")
         hooks = [arithmetic_accuracy_hook(pref_data, limit=s["n_eval"])]
         out = [arithmetic_sft_spec("sft", base, s, smoke, hooks[0])]
     if "ext-SFT -> DPO" in methods:
         ext_steps = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
-        out.append(RunSpec("ext-sft", deep_merge(base, {
-            "data": deep_merge(pref_data, {"sft_from_pairs": "both"}),
-            "train": {"mode": "sft", "max_steps": ext_steps, "lr": s["pref_lr"] * 5, "schedule": "constant"}}),
-            {"stage": "ext-sft"}, init_from="sft", hooks=hooks))
+        out.append(
+            RunSpec(
+                "ext-sft",
+                deep_merge(
+                    base,
+                    {
+                        "data": deep_merge(pref_data, {"sft_from_pairs": "both"}),
+                        "train": {
+                            "mode": "sft",
+                            "max_steps": ext_steps,
+                            "lr": s["pref_lr"] * 5,
+                            "schedule": "constant",
+                        },
+                    },
+                ),
+                {"stage": "ext-sft"},
+                init_from="sft",
+                hooks=hooks,
+            )
+        )
     pref = deep_merge(base, {"data": pref_data}, probed_preference(s, pref_steps(s)))
     for seed in range(seeds):
         for method, loss in methods.items():
             start = "ext-sft" if method.startswith("ext-SFT") else "sft"
             cfg = deep_merge(pref, {"loss": with_beta(loss, s["beta"]), "train": {"seed": seed}})
-            out.append(RunSpec(f"{_slug(method)}/seed{seed}", cfg, {"method": method, "seed": seed}, init_from=start, hooks=hooks))
-    sweep = [] if not s.get("sweep", True) else (
-        [(a, t) for a in SWEEP_ALPHA for t in SWEEP_TAU] if not smoke else [(SWEEP_ALPHA[0], SWEEP_TAU[0])])
+            out.append(
+                RunSpec(
+                    f"{_slug(method)}/seed{seed}", cfg, {"method": method, "seed": seed}, init_from=start, hooks=hooks
+                )
+            )
+    sweep = (
+        []
+        if not s.get("sweep", True)
+        else ([(a, t) for a in SWEEP_ALPHA for t in SWEEP_TAU] if not smoke else [(SWEEP_ALPHA[0], SWEEP_TAU[0])])
+    )
     for a, t in sweep:
         gate = {"mode": "seq", "alpha": a, "tau": t}
         cfg = deep_merge(pref, {"loss": with_beta([{"name": "dpo", "gate": gate}], s["beta"])})
-        out.append(RunSpec(f"sweep/alpha{a:g}-tau{t:g}", cfg, {"sweep": True, "alpha": a, "tau": t}, init_from="sft", hooks=hooks))
+        out.append(
+            RunSpec(
+                f"sweep/alpha{a:g}-tau{t:g}", cfg, {"sweep": True, "alpha": a, "tau": t}, init_from="sft", hooks=hooks
+            )
+        )
     return out
 
 
@@ -114,8 +244,15 @@ def _slug(name: str) -> str:
     return name.lower().replace(" -> ", "-then-").replace(" ", "-")
 
 
-KEYS = ("probe/delta/chosen", "probe/delta/rejected", "probe/margin", "probe/delta/others", "probe/delta/random",
-        "probe/delta/argmax_mass", "eval/answer_accuracy")
+KEYS = (
+    "probe/delta/chosen",
+    "probe/delta/rejected",
+    "probe/margin",
+    "probe/delta/others",
+    "probe/delta/random",
+    "probe/delta/argmax_mass",
+    "eval/answer_accuracy",
+)
 
 
 GATED = ("Gate-DPO seq", "Gate-DPO q10", "gated IPO", "gated Cal-DPO")
@@ -132,24 +269,40 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
     imdb = sft is not None and sft.spec.config.get("data", {}).get("task") == "imdb-cad"
     if sft is not None:
         args = sft.spec.config.get("data", {}).get("task_args", {})
-        what = (f"{'all' if args.get('n_train') is None else args['n_train']} IMDb review chunks" if imdb else
-                f"{args.get('n_train', '?')} arithmetic chains")
-        text += (f"{describe_model(sft.spec.config.get('model', {}), sft.spec.config.get('lora'))}; one SFT warm-up on {what} "
-                 f"for {sft.spec.config.get('train', {}).get('max_steps', '?')} steps"
-                 + ("" if imdb else f" (answer accuracy {'-' if sft_acc is None else f'{sft_acc:.3f}'})"))
+        what = (
+            f"{'all' if args.get('n_train') is None else args['n_train']} IMDb review chunks"
+            if imdb
+            else f"{args.get('n_train', '?')} arithmetic chains"
+        )
+        text += (
+            f"{describe_model(sft.spec.config.get('model', {}), sft.spec.config.get('lora'))}; one SFT warm-up on {what} "
+            f"for {sft.spec.config.get('train', {}).get('max_steps', '?')} steps"
+            + ("" if imdb else f" (answer accuracy {'-' if sft_acc is None else f'{sft_acc:.3f}'})")
+        )
     if any_pref is not None:
         c = any_pref.spec.config
         args, train = c.get("data", {}).get("task_args", {}), c.get("train", {})
         beta = next((l.get("params", {}).get("beta") for l in c.get("loss", []) if "params" in l), None)
-        pairs = ("IMDb counterfactual pairs (" + ("minimal human edits" if args.get("kind") == "low" else "another review's span")
-                 + ")") if imdb else "preference pairs (rejected = a near or far miss, mixed)"
-        text += (f"; then each method from it on {args.get('n_train', '?')} {pairs}, {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
-                 f"{train.get('lr', '?')}, β = {beta}; probes on {c.get('eval', {}).get('probe_examples', '?')} held-out "
-                 f"pairs")
-    return (text + f"; {len(seeds)} seed(s) vary the preference stage's data order. Probe deltas are summed response "
-            "log-probs (nats) on held-out pairs, final evaluation minus the start of preference training (= the "
-            "reference). 'Others' are other prompts' chosen responses; 'argmax mass' sums the most likely token's "
-            "log-prob at each position of the chosen response. " + CELLS_TEXT)
+        pairs = (
+            (
+                "IMDb counterfactual pairs ("
+                + ("minimal human edits" if args.get("kind") == "low" else "another review's span")
+                + ")"
+            )
+            if imdb
+            else "preference pairs (rejected = a near or far miss, mixed)"
+        )
+        text += (
+            f"; then each method from it on {args.get('n_train', '?')} {pairs}, {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
+            f"{train.get('lr', '?')}, β = {beta}; probes on {c.get('eval', {}).get('probe_examples', '?')} held-out "
+            f"pairs"
+        )
+    return (
+        text + f"; {len(seeds)} seed(s) vary the preference stage's data order. Probe deltas are summed response "
+        "log-probs (nats) on held-out pairs, final evaluation minus the start of preference training (= the "
+        "reference). 'Others' are other prompts' chosen responses; 'argmax mass' sums the most likely token's "
+        "log-prob at each position of the chosen response. " + CELLS_TEXT
+    )
 
 
 def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str]]:
@@ -159,48 +312,81 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
     if "DPO" not in groups:
         return table, ["No DPO runs: nothing to compare the gated methods with."]
     dpo_c, dpo_o = by_seed(groups["DPO"], CHOSEN), by_seed(groups["DPO"], OTHERS)
-    base = table.add(compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0", **NATS),
-                     "DPO", "does Δ chosen move from 0?")
+    base = table.add(
+        compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0", **NATS),
+        "DPO",
+        "does Δ chosen move from 0?",
+    )
     text.append(f"- {base.sentence()} (DPO's squeezing, which the gates should prevent.)")
     above0, others = [], []
     for m in (*GATED, "ext-SFT -> DPO"):
         if m not in groups:
             continue
         c, o = by_seed(groups[m], CHOSEN), by_seed(groups[m], OTHERS)
-        v0 = table.add(compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=m, label_b="0", **NATS),
-                       m, "does Δ chosen move from 0?")
-        vc = table.add(compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=m, label_b="DPO", **NATS),
-                       m, "Δ chosen against DPO")
-        vo = table.add(compare(o, dpo_o, metric="Δ others", higher_is_better=True, label_a=m, label_b="DPO", **NATS),
-                       m, "Δ others against DPO")
+        v0 = table.add(
+            compare(c, 0.0, metric="Δ chosen", higher_is_better=None, label_a=m, label_b="0", **NATS),
+            m,
+            "does Δ chosen move from 0?",
+        )
+        vc = table.add(
+            compare(c, dpo_c, metric="Δ chosen", higher_is_better=True, label_a=m, label_b="DPO", **NATS),
+            m,
+            "Δ chosen against DPO",
+        )
+        vo = table.add(
+            compare(o, dpo_o, metric="Δ others", higher_is_better=True, label_a=m, label_b="DPO", **NATS),
+            m,
+            "Δ others against DPO",
+        )
         if m in GATED:
             above0.append(v0)
             others.append(vo)
         text.append(f"- {v0.sentence()} {vc.sentence()} {vo.sentence()}")
-    text += ["", "The claim, tested run by run (each part true only where every paired interval says so):", "",
-             "- " + none_of(above0, "lowered Δ chosen below 0", subject="gated method", expect="lower")
-             + " (The paper's 'Δ chosen ≥ 0' is contradicted where an interval lies below 0.)",
-             "- " + every(others, "shrank the fall of Δ others compared with DPO", subject="gated method", expect="better")]
+    text += [
+        "",
+        "The claim, tested run by run (each part true only where every paired interval says so):",
+        "",
+        "- "
+        + none_of(above0, "lowered Δ chosen below 0", subject="gated method", expect="lower")
+        + " (The paper's 'Δ chosen ≥ 0' is contradicted where an interval lies below 0.)",
+        "- " + every(others, "shrank the fall of Δ others compared with DPO", subject="gated method", expect="better"),
+    ]
     return table, text
 
 
 def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
     groups = group_runs(results, "method")
-    plot1 = curves(out / "squeeze_deltas.png", groups, [("probe/delta/chosen", "Δ log p(chosen)"),
-                                                      ("probe/delta/rejected", "Δ log p(rejected)"),
-                                                      ("probe/delta/others", "Δ log p(others)")],
-                   title="S4: probe log-probs against the start of preference training (mean over seeds)")
-    plot2 = curves(out / "squeeze_argmax.png", groups, [("probe/delta/argmax_mass", "Δ argmax-token mass along chosen"),
-                                                      ("probe/delta/greedy", "Δ log p(greedy response)"),
-                                                      ("eval/answer_accuracy", "answer accuracy")])
+    plot1 = curves(
+        out / "squeeze_deltas.png",
+        groups,
+        [
+            ("probe/delta/chosen", "Δ log p(chosen)"),
+            ("probe/delta/rejected", "Δ log p(rejected)"),
+            ("probe/delta/others", "Δ log p(others)"),
+        ],
+        title="S4: probe log-probs against the start of preference training (mean over seeds)",
+    )
+    plot2 = curves(
+        out / "squeeze_argmax.png",
+        groups,
+        [
+            ("probe/delta/argmax_mass", "Δ argmax-token mass along chosen"),
+            ("probe/delta/greedy", "Δ log p(greedy response)"),
+            ("eval/answer_accuracy", "answer accuracy"),
+        ],
+    )
     sweep = [r for r in results.values() if r.spec.labels.get("sweep")]
 
     def gate_mean(r: RunResult) -> Optional[float]:
         v = r.final("eval/gate/mean")
         return v if v is not None else r.final("eval/dpo/gate/mean")
 
-    sweep_rows = [[f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"]
-                  + [fmt_ci([r.final(k)]) for k in KEYS[:4]] + [fmt_ci([gate_mean(r)])] for r in sweep]
+    sweep_rows = [
+        [f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"]
+        + [fmt_ci([r.final(k)]) for k in KEYS[:4]]
+        + [fmt_ci([gate_mean(r)])]
+        for r in sweep
+    ]
     table, findings = verdicts(groups)
     lines = [
         "Paper's claim (Gate-DPO, arXiv 2605.02626; Pythia-410M on Anthropic-HH): gated training keeps Δ chosen ≥ 0 and "
@@ -226,7 +412,8 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         "",
         "### Gate sweep (Gate-DPO seq, one seed: no intervals, no verdicts)",
         "",
-        markdown_table(["alpha", "tau"] + [HEADERS[k] for k in KEYS[:4]] + ["gate mean"], sweep_rows) if sweep_rows
+        markdown_table(["alpha", "tau"] + [HEADERS[k] for k in KEYS[:4]] + ["gate mean"], sweep_rows)
+        if sweep_rows
         else "No sweep run was in this grid (the size cuts it, or it has not run yet).",
     ]
     return lines
@@ -238,8 +425,9 @@ class SqueezeStudy(Study):
     summary = "S4: squeezing and Gate-DPO, with likelihood probes (arXiv 2605.02626)"
     sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
 
-    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
-             out: Optional[Path] = None) -> List[RunSpec]:
+    def plan(
+        self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
+    ) -> List[RunSpec]:
         return _plan(self.settings(size, smoke), seeds, smoke, data_dir)
 
     def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:

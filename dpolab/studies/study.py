@@ -5,6 +5,7 @@ is declared here, so a new study is a :class:`Study` subclass plus a registry en
 :func:`dpolab.studies.register`), never an edit of the runner (:mod:`dpolab.studies.run`) or of the dry run
 (:mod:`dpolab.studies.budget`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -37,8 +38,9 @@ class Study:
             return self.smoke_small if size == "small" else self.smoke
         return self.sizes[size]
 
-    def plan(self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None,
-             out: Optional[Path] = None) -> List[RunSpec]:
+    def plan(
+        self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
+    ) -> List[RunSpec]:
         """The grid of runs of ``size`` for ``seeds`` seeds (``out``: the study folder, where stages cache data)."""
         raise NotImplementedError
 

@@ -20,6 +20,7 @@ Preference pairs (``preference_rows``): chosen = the correct chain, rejected =
 ``label_noise`` swaps chosen and rejected with that probability (``flipped`` records it). Each row also
 carries ``edit_bucket`` ('near' / 'far'), ``answer`` (the true final value) and ``id``.
 """
+
 from __future__ import annotations
 
 import random
@@ -110,7 +111,9 @@ def make_problems(n: int, seed: int, n_terms: Tuple[int, int] = (2, 4), max_valu
 
 def sft_rows(problems: Sequence[Problem]) -> List[dict]:
     """``{prompt, completion, answer, id}`` per problem."""
-    return [{"prompt": p.prompt, "completion": p.completion, "answer": p.value, "id": i} for i, p in enumerate(problems)]
+    return [
+        {"prompt": p.prompt, "completion": p.completion, "answer": p.value, "id": i} for i, p in enumerate(problems)
+    ]
 
 
 def near_miss(problem: Problem, rng: random.Random) -> str:
@@ -121,7 +124,7 @@ def near_miss(problem: Problem, rng: random.Random) -> str:
 
     def corrupted(d: int) -> List[int]:
         start = values[step] + d
-        return values[:step] + [start] + _run((0,) + problem.terms[step + 2:], problem.ops[step + 1:], start)
+        return values[:step] + [start] + _run((0,) + problem.terms[step + 2 :], problem.ops[step + 1 :], start)
 
     wrong = corrupted(delta)
     if min(wrong) < 0:
@@ -140,7 +143,12 @@ def far_miss(problem: Problem, rng: random.Random, max_value: int) -> str:
 
 
 def preference_rows(
-    problems: Sequence[Problem], *, miss: str = "near", label_noise: float = 0.0, seed: int = 0, max_value: Optional[int] = None
+    problems: Sequence[Problem],
+    *,
+    miss: str = "near",
+    label_noise: float = 0.0,
+    seed: int = 0,
+    max_value: Optional[int] = None,
 ) -> List[dict]:
     """``{prompt, chosen, rejected, edit_bucket, flipped, answer, id}`` per problem (see module docstring)."""
     if miss not in MISS_KINDS:
@@ -156,8 +164,17 @@ def preference_rows(
         chosen, flipped = p.completion, rng.random() < label_noise
         if flipped:
             chosen, rejected = rejected, chosen
-        rows.append({"prompt": p.prompt, "chosen": chosen, "rejected": rejected, "edit_bucket": bucket,
-                     "flipped": flipped, "answer": p.value, "id": i})
+        rows.append(
+            {
+                "prompt": p.prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "edit_bucket": bucket,
+                "flipped": flipped,
+                "answer": p.value,
+                "id": i,
+            }
+        )
     return rows
 
 
@@ -198,13 +215,17 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     problems = make_problems(want * 4, seed=seed, **problem_args)
     unique = list({p.prompt: p for p in reversed(problems)}.values())[::-1]  # first occurrence, in order
     if len(unique) < want:
-        raise DataError(f"task 'arithmetic' has only {len(unique)} distinct problems for these settings "
-                        f"({problem_args or 'defaults'}), fewer than n_train + n_eval = {want}; raise max_value or n_terms")
+        raise DataError(
+            f"task 'arithmetic' has only {len(unique)} distinct problems for these settings "
+            f"({problem_args or 'defaults'}), fewer than n_train + n_eval = {want}; raise max_value or n_terms"
+        )
     eval_p, train_p = unique[:n_eval], unique[n_eval:want]
     if mode == "sft":
         return sft_rows(train_p), sft_rows(eval_p)
-    return (preference_rows(train_p, miss=miss, label_noise=label_noise, seed=seed),
-            preference_rows(eval_p, miss=miss, label_noise=0.0, seed=seed + 1))
+    return (
+        preference_rows(train_p, miss=miss, label_noise=label_noise, seed=seed),
+        preference_rows(eval_p, miss=miss, label_noise=0.0, seed=seed + 1),
+    )
 
 
 def answer_accuracy_hook(rows: Sequence[dict], *, max_new_tokens: int = 24, limit: int = 128):
@@ -214,6 +235,12 @@ def answer_accuracy_hook(rows: Sequence[dict], *, max_new_tokens: int = 24, limi
     return hook(rows, parse_answer, max_new_tokens=max_new_tokens, limit=limit)
 
 
-register(Task("arithmetic", "arithmetic chains with an exact oracle, generated offline (near / far miss pairs)",
-              ("n_train", "n_eval", "miss", "label_noise", "n_terms", "max_value", "seed"), task_rows,
-              {"answer_accuracy": answer_accuracy_hook}))
+register(
+    Task(
+        "arithmetic",
+        "arithmetic chains with an exact oracle, generated offline (near / far miss pairs)",
+        ("n_train", "n_eval", "miss", "label_noise", "n_terms", "max_value", "seed"),
+        task_rows,
+        {"answer_accuracy": answer_accuracy_hook},
+    )
+)

@@ -37,6 +37,7 @@ Each preference row: ``{prompt, chosen, rejected, edit_bucket, batch_id, id}`` (
 ``"<batch_id>:low"`` / ``"<batch_id>:high"`` so both buckets can be mixed in one file); high rows also carry
 ``donor_batch_id``. Extra scalar fields reach ``TokenizedPair.meta`` through the data pipeline.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -66,15 +67,54 @@ _SPACES = re.compile(r"[^\S\n]+")  # whitespace other than newline
 _NEWLINES = re.compile(r" ?\n[\s]*")
 _WORDS = re.compile(r"\S+\s*")
 # Characters NFKD does not turn into ASCII; U+0080..U+009F are Windows-1252 bytes mis-decoded as Latin-1.
-_ASCII_MAP = str.maketrans({
-    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u00b4": "'", "\u2032": "'",
-    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"', "\u2033": '"',
-    "\u2013": "-", "\u2014": "--", "\u2012": "-", "\u2015": "--", "\u2212": "-", "\u00ad": "",
-    "\u2026": "...", "\u00a0": " ", "\u00a8": "", "\u0131": "i", "\u00df": "ss", "\u00e6": "ae", "\u00c6": "AE",
-    "\u0153": "oe", "\u0152": "OE", "\u00f8": "o", "\u00d8": "O", "\u0142": "l", "\u0141": "L", "\u00f0": "d",
-    "\u00fe": "th", "\u00a3": "GBP ", "\u20ac": "EUR ", "\u00b0": " degrees",
-    "\x91": "'", "\x92": "'", "\x93": '"', "\x94": '"', "\x96": "-", "\x97": "--", "\x85": "...", "\x95": "*",
-})
+_ASCII_MAP = str.maketrans(
+    {
+        "\u2018": "'",
+        "\u2019": "'",
+        "\u201a": "'",
+        "\u201b": "'",
+        "\u00b4": "'",
+        "\u2032": "'",
+        "\u201c": '"',
+        "\u201d": '"',
+        "\u201e": '"',
+        "\u00ab": '"',
+        "\u00bb": '"',
+        "\u2033": '"',
+        "\u2013": "-",
+        "\u2014": "--",
+        "\u2012": "-",
+        "\u2015": "--",
+        "\u2212": "-",
+        "\u00ad": "",
+        "\u2026": "...",
+        "\u00a0": " ",
+        "\u00a8": "",
+        "\u0131": "i",
+        "\u00df": "ss",
+        "\u00e6": "ae",
+        "\u00c6": "AE",
+        "\u0153": "oe",
+        "\u0152": "OE",
+        "\u00f8": "o",
+        "\u00d8": "O",
+        "\u0142": "l",
+        "\u0141": "L",
+        "\u00f0": "d",
+        "\u00fe": "th",
+        "\u00a3": "GBP ",
+        "\u20ac": "EUR ",
+        "\u00b0": " degrees",
+        "\x91": "'",
+        "\x92": "'",
+        "\x93": '"',
+        "\x94": '"',
+        "\x96": "-",
+        "\x97": "--",
+        "\x85": "...",
+        "\x95": "*",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -97,7 +137,9 @@ def clean_text(text: str) -> str:
     return _NEWLINES.sub("\n", text).strip()
 
 
-def load_cad_pairs(source: Source, *, skips: Optional[SkipCounter] = None, log: Callable[[str], Any] = print) -> List[CadPair]:
+def load_cad_pairs(
+    source: Source, *, skips: Optional[SkipCounter] = None, log: Callable[[str], Any] = print
+) -> List[CadPair]:
     """Read a paired CAD file (or an in-memory list of records with the same columns) into :class:`CadPair` s.
 
     Pairs are in order of first appearance of their ``batch_id``. A batch without exactly one Positive and one
@@ -114,7 +156,11 @@ def load_cad_pairs(source: Source, *, skips: Optional[SkipCounter] = None, log: 
             continue
         missing = [c for c in COLUMNS if c not in rec]
         if missing:
-            raise DataError(f"missing column(s) {missing} (expected {', '.join(COLUMNS)}; got {', '.join(map(str, rec))})", source=name, row=row)
+            raise DataError(
+                f"missing column(s) {missing} (expected {', '.join(COLUMNS)}; got {', '.join(map(str, rec))})",
+                source=name,
+                row=row,
+            )
         batches[str(rec["batch_id"])].append((str(rec["Sentiment"]).strip().capitalize(), str(rec["Text"] or "")))
     pairs = []
     for batch_id, rows in batches.items():
@@ -178,7 +224,9 @@ def _responses(pos: str, neg: str, limit: int) -> Tuple[str, str]:
         kp, kn = len(pw), len(nw)
     else:
         kp, kn = k, None
-        ops = difflib.SequenceMatcher(None, [w.strip() for w in pw], [w.strip() for w in nw], autojunk=False).get_opcodes()
+        ops = difflib.SequenceMatcher(
+            None, [w.strip() for w in pw], [w.strip() for w in nw], autojunk=False
+        ).get_opcodes()
         for tag, i1, i2, j1, j2 in ops:
             if tag == "equal" and i1 <= k <= i2:
                 kn = j1 + (k - i1)
@@ -190,7 +238,7 @@ def _responses(pos: str, neg: str, limit: int) -> Tuple[str, str]:
             kn = _n_words(nw, limit)
     chosen, rejected = "".join(pw[:kp]).rstrip(), "".join(nw[:kn]).rstrip()
     if max(len(chosen), len(rejected)) > 2 * limit:  # a long rewrite: cut both independently
-        chosen, rejected = "".join(pw[:k]).rstrip(), "".join(nw[:_n_words(nw, limit)]).rstrip()
+        chosen, rejected = "".join(pw[:k]).rstrip(), "".join(nw[: _n_words(nw, limit)]).rstrip()
     return chosen, rejected
 
 
@@ -208,9 +256,15 @@ def _subsample(rows: List[dict], max_rows: Optional[int], seed: int) -> List[dic
 
 
 def minimal_edit_rows(
-    pairs: Union[Source, Sequence[CadPair]], *, context_chars: int = CONTEXT_CHARS, response_chars: int = RESPONSE_CHARS,
-    max_rows: Optional[int] = None, seed: int = 0, empty_prompt: str = EMPTY_PROMPT,
-    skips: Optional[SkipCounter] = None, log: Callable[[str], Any] = print,
+    pairs: Union[Source, Sequence[CadPair]],
+    *,
+    context_chars: int = CONTEXT_CHARS,
+    response_chars: int = RESPONSE_CHARS,
+    max_rows: Optional[int] = None,
+    seed: int = 0,
+    empty_prompt: str = EMPTY_PROMPT,
+    skips: Optional[SkipCounter] = None,
+    log: Callable[[str], Any] = print,
 ) -> List[dict]:
     """Low edit-distance rows ``{prompt, chosen, rejected, edit_bucket: 'low', batch_id, id}`` (module docstring).
 
@@ -228,8 +282,16 @@ def minimal_edit_rows(
             skips.add(SKIP_OUTSIDE)
             continue
         prompt = _context(p.positive_text[:d], context_chars, empty_prompt)
-        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected, "edit_bucket": "low",
-                     "batch_id": p.batch_id, "id": f"{p.batch_id}:low"})
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "edit_bucket": "low",
+                "batch_id": p.batch_id,
+                "id": f"{p.batch_id}:low",
+            }
+        )
     if skips.total:
         log(f"imdb_cad minimal_edit_rows: {len(rows)} rows; {skips.summary()}")
     return _subsample(rows, max_rows, seed)
@@ -240,7 +302,7 @@ def _donors(lengths: Sequence[int], rng: random.Random, group: int) -> List[int]
     sorted by length are cut into consecutive groups of ``group`` (the last one absorbs a remainder) and
     each group is permuted as one random cycle (Sattolo), so every index is a donor exactly once."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    groups = [order[i:i + group] for i in range(0, len(order), group)]
+    groups = [order[i : i + group] for i in range(0, len(order), group)]
     if len(groups) > 1 and len(groups[-1]) < 2:
         groups[-2].extend(groups.pop())
     perm = list(range(len(lengths)))
@@ -255,23 +317,48 @@ def _donors(lengths: Sequence[int], rng: random.Random, group: int) -> List[int]
 
 
 def high_distance_rows(
-    pairs: Union[Source, Sequence[CadPair]], *, context_chars: int = CONTEXT_CHARS, response_chars: int = RESPONSE_CHARS,
-    max_rows: Optional[int] = None, seed: int = 0, empty_prompt: str = EMPTY_PROMPT, length_group: int = 16,
-    skips: Optional[SkipCounter] = None, log: Callable[[str], Any] = print,
+    pairs: Union[Source, Sequence[CadPair]],
+    *,
+    context_chars: int = CONTEXT_CHARS,
+    response_chars: int = RESPONSE_CHARS,
+    max_rows: Optional[int] = None,
+    seed: int = 0,
+    empty_prompt: str = EMPTY_PROMPT,
+    length_group: int = 16,
+    skips: Optional[SkipCounter] = None,
+    log: Callable[[str], Any] = print,
 ) -> List[dict]:
     """High edit-distance control: :func:`minimal_edit_rows` with the same arguments (same prompts, chosen and
     selection), each ``rejected`` replaced by the rejected response of a different review of similar length
     (seeded; donors drawn within groups of ``length_group`` rows sorted by length). ``edit_bucket`` 'high',
     ``id`` ``"<batch_id>:high"``, plus ``donor_batch_id``. Needs at least 2 rows."""
-    low = minimal_edit_rows(pairs, context_chars=context_chars, response_chars=response_chars, max_rows=max_rows, seed=seed,
-                            empty_prompt=empty_prompt, skips=skips, log=log)
+    low = minimal_edit_rows(
+        pairs,
+        context_chars=context_chars,
+        response_chars=response_chars,
+        max_rows=max_rows,
+        seed=seed,
+        empty_prompt=empty_prompt,
+        skips=skips,
+        log=log,
+    )
     if len(low) < 2:
-        raise DataError(f"high_distance_rows needs at least 2 rows to take rejected responses from other reviews, got {len(low)}")
+        raise DataError(
+            f"high_distance_rows needs at least 2 rows to take rejected responses from other reviews, got {len(low)}"
+        )
     if length_group < 2:
         raise DataError(f"length_group must be >= 2, got {length_group}")
     perm = _donors([len(r["rejected"]) for r in low], random.Random(f"imdb-cad-high-{seed}"), length_group)
-    return [dict(r, rejected=low[j]["rejected"], edit_bucket="high", id=f"{r['batch_id']}:high", donor_batch_id=low[j]["batch_id"])
-            for r, j in zip(low, perm)]
+    return [
+        dict(
+            r,
+            rejected=low[j]["rejected"],
+            edit_bucket="high",
+            id=f"{r['batch_id']}:high",
+            donor_batch_id=low[j]["batch_id"],
+        )
+        for r, j in zip(low, perm)
+    ]
 
 
 def _cut_words(text: str, limit: int) -> str:
@@ -284,8 +371,13 @@ def _cut_words(text: str, limit: int) -> str:
     return text[:k].rstrip() if k > 0 else text[:limit]
 
 
-def sft_rows(pairs_or_path: Union[Source, Sequence[CadPair]], *, max_chars: int = SFT_MAX_CHARS, chunks: bool = False,
-             log: Callable[[str], Any] = print) -> List[dict]:
+def sft_rows(
+    pairs_or_path: Union[Source, Sequence[CadPair]],
+    *,
+    max_chars: int = SFT_MAX_CHARS,
+    chunks: bool = False,
+    log: Callable[[str], Any] = print,
+) -> List[dict]:
     """``{text, sentiment, batch_id, id}`` rows of the positive and the negative review of each pair (in that
     order), each cut to ``max_chars`` at a word boundary; with ``chunks=True`` every review is split into
     consecutive word-boundary pieces of at most ``max_chars`` (the whole text, ids ``<batch_id>:pos:<k>``)."""
@@ -296,11 +388,17 @@ def sft_rows(pairs_or_path: Union[Source, Sequence[CadPair]], *, max_chars: int 
             k = 0
             while text:
                 piece = _cut_words(text, max_chars)
-                rows.append({"text": piece, "sentiment": sentiment, "batch_id": p.batch_id,
-                             "id": f"{p.batch_id}:{tag}" + (f":{k}" if chunks else "")})
+                rows.append(
+                    {
+                        "text": piece,
+                        "sentiment": sentiment,
+                        "batch_id": p.batch_id,
+                        "id": f"{p.batch_id}:{tag}" + (f":{k}" if chunks else ""),
+                    }
+                )
                 if not chunks:
                     break
-                text, k = text[len(piece):].lstrip(), k + 1
+                text, k = text[len(piece) :].lstrip(), k + 1
     return rows
 
 
@@ -313,19 +411,26 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     from pathlib import Path
 
     if "path" not in args:
-        raise DataError("task 'imdb-cad' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment)")
+        raise DataError(
+            "task 'imdb-cad' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment)"
+        )
     root = Path(args["path"]).expanduser()
     files = {split: root / "paired" / f"{split}_paired.tsv" for split in ("train", "dev")}
     for f in files.values():
         if not f.exists():
-            raise DataError("file not found (expected the imdb-cad-sentiment folder layout paired/{train,dev}_paired.tsv)", source=str(f))
+            raise DataError(
+                "file not found (expected the imdb-cad-sentiment folder layout paired/{train,dev}_paired.tsv)",
+                source=str(f),
+            )
     quiet = lambda s: None  # noqa: E731 - the loaders below report counts themselves
     n_train, n_eval = args.get("n_train"), int(args.get("n_eval", 64))
     data_seed = int(args.get("seed", seed))
     if mode == "sft":
         max_chars = int(args.get("max_chars", SFT_MAX_CHARS))
-        return (sft_rows(str(files["train"]), max_chars=max_chars, chunks=True, log=quiet)[: n_train or None],
-                sft_rows(str(files["dev"]), max_chars=max_chars, log=quiet)[:n_eval])
+        return (
+            sft_rows(str(files["train"]), max_chars=max_chars, chunks=True, log=quiet)[: n_train or None],
+            sft_rows(str(files["dev"]), max_chars=max_chars, log=quiet)[:n_eval],
+        )
     kind = args.get("kind", "low")
     if kind not in ("low", "high"):
         raise DataError(f"data.task_args.kind must be low or high, got {kind!r}")
@@ -336,5 +441,11 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     return train, evals
 
 
-register(Task("imdb-cad", "IMDb counterfactual review pairs: minimal human edits (low) or another review's span (high)",
-              ("path", "kind", "n_train", "n_eval", "context_chars", "response_chars", "max_chars", "seed"), task_rows))
+register(
+    Task(
+        "imdb-cad",
+        "IMDb counterfactual review pairs: minimal human edits (low) or another review's span (high)",
+        ("path", "kind", "n_train", "n_eval", "context_chars", "response_chars", "max_chars", "seed"),
+        task_rows,
+    )
+)

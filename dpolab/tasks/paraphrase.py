@@ -39,6 +39,7 @@ position the log-probs of the two label tokens are compared
 "not paraphrase" class); also ``p_yes`` (share predicted paraphrase) and ``label_margin`` (mean log p(correct) -
 log p(wrong)). :func:`label_metrics_hook` wraps it for the engine's ``eval_hooks``.
 """
+
 from __future__ import annotations
 
 import random
@@ -105,11 +106,22 @@ def _hub_records(split: str):
 
     ds = datasets.load_dataset("nyu-mll/glue", "qqp", split=split)
     for rec in ds:
-        yield {"": "", "id": str(rec["idx"]), "sentence1": rec["question1"], "sentence2": rec["question2"], LABEL_FIELD: rec["label"]}
+        yield {
+            "": "",
+            "id": str(rec["idx"]),
+            "sentence1": rec["question1"],
+            "sentence2": rec["question2"],
+            LABEL_FIELD: rec["label"],
+        }
 
 
-def load_pairs(source: Union[Source, str], *, split: str = "train", skips: Optional[SkipCounter] = None,
-               log: Callable[[str], Any] = print) -> QuoraData:
+def load_pairs(
+    source: Union[Source, str],
+    *,
+    split: str = "train",
+    skips: Optional[SkipCounter] = None,
+    log: Callable[[str], Any] = print,
+) -> QuoraData:
     """Read question pairs; malformed rows are counted in ``skips`` and named in ``bad_rows`` (never raised).
 
     ``source``: a file (the CS224N TSV or any table with the columns ``sentence1``, ``sentence2``,
@@ -134,16 +146,32 @@ def load_pairs(source: Union[Source, str], *, split: str = "train", skips: Optio
             continue
         missing = [c for c in ("sentence1", "sentence2", LABEL_FIELD) if c not in rec]
         if missing:
-            raise DataError(f"missing column(s) {missing} (expected sentence1, sentence2, is_duplicate; got {', '.join(map(str, rec))})",
-                            source=name, row=row)
+            raise DataError(
+                f"missing column(s) {missing} (expected sentence1, sentence2, is_duplicate; got {', '.join(map(str, rec))})",
+                source=name,
+                row=row,
+            )
         label = _label(rec[LABEL_FIELD])
         if label is None:
-            report(DataError(f"expected label 0.0 or 1.0, got {rec[LABEL_FIELD]!r} (QQP index {rec.get('', '')!r})",
-                             source=name, row=row, field=LABEL_FIELD))
+            report(
+                DataError(
+                    f"expected label 0.0 or 1.0, got {rec[LABEL_FIELD]!r} (QQP index {rec.get('', '')!r})",
+                    source=name,
+                    row=row,
+                    field=LABEL_FIELD,
+                )
+            )
             continue
         s1, s2 = rec["sentence1"], rec["sentence2"]
         if not isinstance(s1, str) or not isinstance(s2, str) or not s1.strip() or not s2.strip():
-            report(DataError("empty or non-text question", source=name, row=row, field="sentence1" if not (isinstance(s1, str) and s1.strip()) else "sentence2"))
+            report(
+                DataError(
+                    "empty or non-text question",
+                    source=name,
+                    row=row,
+                    field="sentence1" if not (isinstance(s1, str) and s1.strip()) else "sentence2",
+                )
+            )
             continue
         pairs.append(QuestionPair(str(rec.get("id", row)), str(rec.get("", "")), s1.strip(), s2.strip(), label))
     for msg in bad[:5]:
@@ -191,8 +219,14 @@ def _count(size: Union[int, float], total: int, name: str) -> int:
     raise DataError(f"{name} must be a fraction in [0, 1) or a count >= 0, got {size!r}")
 
 
-def split_pairs(pairs: Sequence[QuestionPair], *, seed: int = 0, dev: Union[int, float] = 0.1, test: Union[int, float] = 0.1,
-                group: str = "pair") -> Dict[str, List[QuestionPair]]:
+def split_pairs(
+    pairs: Sequence[QuestionPair],
+    *,
+    seed: int = 0,
+    dev: Union[int, float] = 0.1,
+    test: Union[int, float] = 0.1,
+    group: str = "pair",
+) -> Dict[str, List[QuestionPair]]:
     """Seeded ``{train, dev, test}`` split; ``dev`` / ``test`` are fractions of the pairs or counts (filled with
     whole groups, so a count may be exceeded by the size of the last group). Each group of :func:`_groups`
     goes to exactly one split; train gets the rest. Pairs keep their file order within a split."""
@@ -227,9 +261,12 @@ def label_token_ids(tokenizer, labels: Sequence[str] = DEFAULT_LABELS) -> Tuple[
     for text in labels:
         toks = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(toks) != 1:
-            raise DataError(f"label {text!r} is {len(toks)} tokens {toks} under this tokenizer; the paraphrase task needs ONE token "
-                            f"per label (e.g. {DEFAULT_LABELS} for GPT-2 BPE, {CHAR_LABELS} with answer_prefix {CHAR_PREFIX!r} for the "
-                            "character tokenizer)", field="labels")
+            raise DataError(
+                f"label {text!r} is {len(toks)} tokens {toks} under this tokenizer; the paraphrase task needs ONE token "
+                f"per label (e.g. {DEFAULT_LABELS} for GPT-2 BPE, {CHAR_LABELS} with answer_prefix {CHAR_PREFIX!r} for the "
+                "character tokenizer)",
+                field="labels",
+            )
         ids.append(toks[0])
     if ids[0] == ids[1]:
         raise DataError(f"labels {labels!r} map to the same token {ids[0]}", field="labels")
@@ -246,12 +283,17 @@ def check_labels(tokenizer, labels: Sequence[str] = DEFAULT_LABELS, answer_prefi
     for text, tid in zip(labels, ids):
         joint = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
         if joint != p_ids + [tid]:
-            raise DataError(f"label {text!r} after the prompt ending {prompt[-12:]!r} does not tokenise as prompt + one label token "
-                            f"({joint[-4:]} vs {(p_ids + [tid])[-4:]}); change labels or answer_prefix", field="labels")
+            raise DataError(
+                f"label {text!r} after the prompt ending {prompt[-12:]!r} does not tokenise as prompt + one label token "
+                f"({joint[-4:]} vs {(p_ids + [tid])[-4:]}); change labels or answer_prefix",
+                field="labels",
+            )
     return ids
 
 
-def resolve_labels(tokenizer, labels: Union[str, Sequence[str]] = "auto", answer_prefix: Optional[str] = None) -> Tuple[Tuple[str, str], str]:
+def resolve_labels(
+    tokenizer, labels: Union[str, Sequence[str]] = "auto", answer_prefix: Optional[str] = None
+) -> Tuple[Tuple[str, str], str]:
     """``(labels, answer_prefix)`` checked for ``tokenizer``. ``labels="auto"``: ``(" yes", " no")`` with prefix ''
     when those are single tokens, else ``("Y", "N")`` with prefix ' '."""
     if labels == "auto":
@@ -270,18 +312,37 @@ def build_prompt(q1: str, q2: str, answer_prefix: str = "") -> str:
     return PROMPT_TEMPLATE.format(q1=q1, q2=q2, prefix=answer_prefix)
 
 
-def sft_rows(pairs: Sequence[QuestionPair], *, labels: Sequence[str] = DEFAULT_LABELS, answer_prefix: str = "") -> List[dict]:
+def sft_rows(
+    pairs: Sequence[QuestionPair], *, labels: Sequence[str] = DEFAULT_LABELS, answer_prefix: str = ""
+) -> List[dict]:
     """``{prompt, completion, label, id, qid}``: the completion is the correct label string."""
-    return [{"prompt": build_prompt(p.sentence1, p.sentence2, answer_prefix), "completion": labels[0] if p.label else labels[1],
-             "label": p.label, "id": p.id, "qid": p.qid} for p in pairs]
+    return [
+        {
+            "prompt": build_prompt(p.sentence1, p.sentence2, answer_prefix),
+            "completion": labels[0] if p.label else labels[1],
+            "label": p.label,
+            "id": p.id,
+            "qid": p.qid,
+        }
+        for p in pairs
+    ]
 
 
-def preference_rows(pairs: Sequence[QuestionPair], *, labels: Sequence[str] = DEFAULT_LABELS, answer_prefix: str = "") -> List[dict]:
+def preference_rows(
+    pairs: Sequence[QuestionPair], *, labels: Sequence[str] = DEFAULT_LABELS, answer_prefix: str = ""
+) -> List[dict]:
     """``{prompt, chosen, rejected, label, id, qid}``: chosen = the correct label, rejected = the other one."""
     out = []
     for r in sft_rows(pairs, labels=labels, answer_prefix=answer_prefix):
         wrong = labels[1] if r["label"] else labels[0]
-        out.append({"prompt": r["prompt"], "chosen": r.pop("completion"), "rejected": wrong, **{k: r[k] for k in ("label", "id", "qid")}})
+        out.append(
+            {
+                "prompt": r["prompt"],
+                "chosen": r.pop("completion"),
+                "rejected": wrong,
+                **{k: r[k] for k in ("label", "id", "qid")},
+            }
+        )
     return out
 
 
@@ -294,13 +355,20 @@ def _prompt_ids(tokenizer, prompt: str, max_prompt_length: int) -> List[int]:
     if bos is not None and (not ids or ids[0] != bos):
         ids = [bos] + ids
     if len(ids) > max_prompt_length:  # keep the end (the question near the answer), BOS in front
-        ids = ([bos] if bos is not None else []) + ids[len(ids) - max_prompt_length + (1 if bos is not None else 0):]
+        ids = ([bos] if bos is not None else []) + ids[len(ids) - max_prompt_length + (1 if bos is not None else 0) :]
     return ids
 
 
 @torch.no_grad()
-def label_logps(model, tokenizer, prompts: Sequence[str], *, labels: Sequence[str] = DEFAULT_LABELS, batch_size: int = 32,
-                max_prompt_length: int = 512) -> torch.Tensor:
+def label_logps(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    *,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    batch_size: int = 32,
+    max_prompt_length: int = 512,
+) -> torch.Tensor:
     """``[N, 2]`` log-probs of the (yes, no) label tokens right after each prompt (one forward per batch).
 
     Each prompt is scored as a preference pair (chosen = yes, rejected = no) by the models' fast exact path
@@ -318,10 +386,13 @@ def label_logps(model, tokenizer, prompts: Sequence[str], *, labels: Sequence[st
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = []
     for start in range(0, len(prompts), batch_size):
-        pairs = [TokenizedPair(_prompt_ids(tokenizer, p, max_prompt_length), [yes], [no]) for p in prompts[start:start + batch_size]]
+        pairs = [
+            TokenizedPair(_prompt_ids(tokenizer, p, max_prompt_length), [yes], [no])
+            for p in prompts[start : start + batch_size]
+        ]
         batch = collate_preference_fast(pairs, pad, "prefix").to(device)
         sums = batch_logps(model, batch, layout="prefix", logits="response").sums.float()
-        out.append(torch.stack([sums[:len(pairs)], sums[len(pairs):]], dim=1).cpu())
+        out.append(torch.stack([sums[: len(pairs)], sums[len(pairs) :]], dim=1).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, 2))
 
@@ -339,13 +410,26 @@ def classification_metrics(pred: Sequence[int], gold: Sequence[int]) -> Dict[str
     return {"accuracy": acc, "macro_f1": sum(f1s) / 2, "f1_paraphrase": f1s[0], "f1_not_paraphrase": f1s[1]}
 
 
-def label_metrics(model, tokenizer, rows: Sequence[dict], *, labels: Sequence[str] = DEFAULT_LABELS, batch_size: int = 32,
-                  max_prompt_length: int = 512) -> Dict[str, float]:
+def label_metrics(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    batch_size: int = 32,
+    max_prompt_length: int = 512,
+) -> Dict[str, float]:
     """``{accuracy, macro_f1, f1_paraphrase, f1_not_paraphrase, p_yes, label_margin, n}`` over rows with
     ``prompt`` and ``label`` (1/0): the prediction is the label token with the higher log-prob."""
     rows = list(rows)
-    lp = label_logps(model, tokenizer, [r["prompt"] for r in rows], labels=labels, batch_size=batch_size,
-                     max_prompt_length=max_prompt_length)
+    lp = label_logps(
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        labels=labels,
+        batch_size=batch_size,
+        max_prompt_length=max_prompt_length,
+    )
     gold = [int(r["label"]) for r in rows]
     pred = (lp[:, 0] > lp[:, 1]).long().tolist() if rows else []
     res = classification_metrics(pred, gold)
@@ -356,13 +440,21 @@ def label_metrics(model, tokenizer, rows: Sequence[dict], *, labels: Sequence[st
     return res
 
 
-def label_metrics_hook(rows: Sequence[dict], *, labels: Sequence[str] = DEFAULT_LABELS, limit: Optional[int] = 512,
-                       batch_size: int = 32, max_prompt_length: int = 512) -> Callable[[Any, Any, int], Dict[str, float]]:
+def label_metrics_hook(
+    rows: Sequence[dict],
+    *,
+    labels: Sequence[str] = DEFAULT_LABELS,
+    limit: Optional[int] = 512,
+    batch_size: int = 32,
+    max_prompt_length: int = 512,
+) -> Callable[[Any, Any, int], Dict[str, float]]:
     """An engine eval hook (``train(cfg, eval_hooks=[...])``) logging ``eval/accuracy``, ``eval/macro_f1``, ..."""
     rows = list(rows)[:limit] if limit else list(rows)
 
     def hook(model, tokenizer, step: int) -> Dict[str, float]:
-        return label_metrics(model, tokenizer, rows, labels=labels, batch_size=batch_size, max_prompt_length=max_prompt_length)
+        return label_metrics(
+            model, tokenizer, rows, labels=labels, batch_size=batch_size, max_prompt_length=max_prompt_length
+        )
 
     return hook
 
@@ -388,14 +480,40 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     elif labels == "auto":
         labels, prefix = DEFAULT_LABELS, prefix or ""
     loaded = load_pairs(path, split=str(args.get("hub_split", "train")))  # logs the malformed rows and the count
-    splits = split_pairs(loaded.pairs, seed=data_seed, dev=args.get("dev", 0.1), test=args.get("test", 0.1),
-                         group=args.get("group", "pair"))
+    splits = split_pairs(
+        loaded.pairs,
+        seed=data_seed,
+        dev=args.get("dev", 0.1),
+        test=args.get("test", 0.1),
+        group=args.get("group", "pair"),
+    )
     n_train, n_eval = args.get("n_train"), args.get("n_eval", 512)
     train_p, eval_p = splits["train"][: n_train or None], splits[eval_split][: n_eval or None]
     make = sft_rows if mode == "sft" else preference_rows
-    return (make(train_p, labels=labels, answer_prefix=prefix or ""), make(eval_p, labels=labels, answer_prefix=prefix or ""))
+    return (
+        make(train_p, labels=labels, answer_prefix=prefix or ""),
+        make(eval_p, labels=labels, answer_prefix=prefix or ""),
+    )
 
 
-register(Task("paraphrase", "Quora Question Pairs as a one-token yes/no cloze (labels checked against the tokenizer)",
-              ("path", "hub_split", "seed", "dev", "test", "group", "n_train", "n_eval", "eval_split", "labels", "answer_prefix"),
-              task_rows, {"labels": label_metrics_hook}))
+register(
+    Task(
+        "paraphrase",
+        "Quora Question Pairs as a one-token yes/no cloze (labels checked against the tokenizer)",
+        (
+            "path",
+            "hub_split",
+            "seed",
+            "dev",
+            "test",
+            "group",
+            "n_train",
+            "n_eval",
+            "eval_split",
+            "labels",
+            "answer_prefix",
+        ),
+        task_rows,
+        {"labels": label_metrics_hook},
+    )
+)

@@ -8,6 +8,7 @@ after BOS). The evaluation windows are the LAST ``n_eval`` windows of the file (
 training window overlaps evaluation text; training takes the first ``n_train`` windows of the rest (all when
 ``None``). Deterministic: no randomness (the engine shuffles batches).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,12 +43,15 @@ def text_windows(text: str, chunk_chars: int = CHUNK_CHARS) -> List[str]:
     return [w for w in (w.rstrip("\n") for w in out) if w.strip()]
 
 
-def pretrain_rows(path: Union[str, Path], *, chunk_chars: int = CHUNK_CHARS, n_train: Optional[int] = None,
-                  n_eval: int = 64) -> Tuple[List[dict], List[dict]]:
+def pretrain_rows(
+    path: Union[str, Path], *, chunk_chars: int = CHUNK_CHARS, n_train: Optional[int] = None, n_eval: int = 64
+) -> Tuple[List[dict], List[dict]]:
     """(train, eval) SFT rows ``{text, id}``; see the module docstring."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError("file not found (task 'pretrain-text' needs data.task_args.path: a plain text file)", source=str(path))
+        raise DataError(
+            "file not found (task 'pretrain-text' needs data.task_args.path: a plain text file)", source=str(path)
+        )
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -56,7 +60,10 @@ def pretrain_rows(path: Union[str, Path], *, chunk_chars: int = CHUNK_CHARS, n_t
     if n_eval < 0 or (n_train is not None and n_train < 1):
         raise DataError(f"n_eval must be >= 0 and n_train >= 1 (or None), got n_eval={n_eval}, n_train={n_train}")
     if len(windows) <= n_eval:
-        raise DataError(f"only {len(windows)} windows of {chunk_chars} characters, not more than n_eval = {n_eval}", source=str(path))
+        raise DataError(
+            f"only {len(windows)} windows of {chunk_chars} characters, not more than n_eval = {n_eval}",
+            source=str(path),
+        )
     rows = [{"text": w, "id": f"window-{i}"} for i, w in enumerate(windows)]
     cut = len(rows) - n_eval
     train, evals = rows[:cut], rows[cut:]
@@ -72,9 +79,19 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     if mode != "sft":
         raise DataError("task 'pretrain-text' is plain language modelling: use train.mode=sft")
     n_train = args.get("n_train")
-    return pretrain_rows(str(args["path"]), chunk_chars=int(args.get("chunk_chars", CHUNK_CHARS)),
-                         n_train=int(n_train) if n_train else None, n_eval=int(args.get("n_eval", 64)))
+    return pretrain_rows(
+        str(args["path"]),
+        chunk_chars=int(args.get("chunk_chars", CHUNK_CHARS)),
+        n_train=int(n_train) if n_train else None,
+        n_eval=int(args.get("n_eval", 64)),
+    )
 
 
-register(Task("pretrain-text", "plain language-model pretraining windows of a text file (SFT)",
-              ("path", "chunk_chars", "n_train", "n_eval"), task_rows))
+register(
+    Task(
+        "pretrain-text",
+        "plain language-model pretraining windows of a text file (SFT)",
+        ("path", "chunk_chars", "n_train", "n_eval"),
+        task_rows,
+    )
+)

@@ -9,6 +9,7 @@ task name. A task module defines its rows function and registers itself with one
 and :mod:`dpolab.tasks` imports the module (one line in its import list). ``task_rows`` then finds it by name;
 unknown names and unknown ``task_args`` are :class:`~dpolab.data.types.DataError` listing the valid ones.
 """
+
 from __future__ import annotations
 
 import difflib

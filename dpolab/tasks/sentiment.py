@@ -42,6 +42,7 @@ Pipeline (what the study calls, in order):
 ``prompt, chosen, rejected, oracle_chosen, oracle_rejected, oracle_margin, bt_p, tier, replaced,
 chosen_source, rejected_source, id`` (``bt_p`` = the Bradley-Terry probability of the label drawn).
 """
+
 from __future__ import annotations
 
 import math
@@ -86,7 +87,11 @@ def load_reviews(source: Source, *, split: Optional[str] = None, max_reviews: Op
     (``text``/``label``; pass ``split``) or an in-memory list of such records, in file order; empty texts are
     dropped. A missing file or missing columns raise :class:`DataError`."""
     name = source_name(source)
-    tag = Path(name).stem if isinstance(source, (str, Path)) and Path(str(source)).suffix else f"{name}:{split or 'train'}"
+    tag = (
+        Path(name).stem
+        if isinstance(source, (str, Path)) and Path(str(source)).suffix
+        else f"{name}:{split or 'train'}"
+    )
     out: List[Review] = []
     for row, rec in read_records(source, split=split):
         if "Text" in rec and "Sentiment" in rec:
@@ -94,8 +99,11 @@ def load_reviews(source: Source, *, split: Optional[str] = None, max_reviews: Op
         elif "text" in rec and "label" in rec:
             text, label = rec["text"], {0: "Negative", 1: "Positive"}.get(rec["label"], str(rec["label"]))
         else:
-            raise DataError(f"expected columns Sentiment, Text (IMDb CAD) or text, label (HF imdb); got {', '.join(map(str, rec))}",
-                            source=name, row=row)
+            raise DataError(
+                f"expected columns Sentiment, Text (IMDb CAD) or text, label (HF imdb); got {', '.join(map(str, rec))}",
+                source=name,
+                row=row,
+            )
         text = clean_text(str(text or ""))
         if text:
             out.append(Review(f"{tag}:{row}", label, text))
@@ -127,9 +135,15 @@ def _reviews(reviews: Union[Source, Sequence[Review]]) -> List[Review]:
     return load_reviews(reviews)
 
 
-def prompt_rows(reviews: Union[Source, Sequence[Review]], prefix_words: int = PREFIX_WORDS, *,
-                review_chars: int = REVIEW_CHARS, min_rest_words: int = MIN_REST_WORDS,
-                max_rows: Optional[int] = None, seed: int = 0) -> List[dict]:
+def prompt_rows(
+    reviews: Union[Source, Sequence[Review]],
+    prefix_words: int = PREFIX_WORDS,
+    *,
+    review_chars: int = REVIEW_CHARS,
+    min_rest_words: int = MIN_REST_WORDS,
+    max_rows: Optional[int] = None,
+    seed: int = 0,
+) -> List[dict]:
     """``{prompt, review, sentiment, id}`` per review with at least ``min_rest_words`` words after the prefix
     (shorter ones are dropped). ``max_rows`` keeps a seeded random subset, in file order."""
     rows = _prefix_rows(reviews, prefix_words, min_rest_words, "review", review_chars)
@@ -139,8 +153,13 @@ def prompt_rows(reviews: Union[Source, Sequence[Review]], prefix_words: int = PR
     return rows
 
 
-def sft_rows(reviews: Union[Source, Sequence[Review]], max_chars: int = SFT_MAX_CHARS, *,
-             prefix_words: int = PREFIX_WORDS, min_rest_words: int = 1) -> List[dict]:
+def sft_rows(
+    reviews: Union[Source, Sequence[Review]],
+    max_chars: int = SFT_MAX_CHARS,
+    *,
+    prefix_words: int = PREFIX_WORDS,
+    min_rest_words: int = 1,
+) -> List[dict]:
     """SFT on reviews: ``{prompt, completion, sentiment, id}`` with prompt = the prefix and completion = the rest
     of the review (leading whitespace kept) cut to ``max_chars`` at a word boundary."""
     if max_chars < 1:
@@ -155,12 +174,24 @@ def _prefix_rows(reviews, prefix_words: int, min_rest_words: int, rest_field: st
     for r in _reviews(reviews):
         prompt, rest = split_prefix(r.text, prefix_words)
         if len(_WORD.findall(rest)) >= min_rest_words:
-            rows.append({"prompt": prompt, rest_field: _cut_rest(rest, rest_chars), "sentiment": r.sentiment, "id": r.id})
+            rows.append(
+                {"prompt": prompt, rest_field: _cut_rest(rest, rest_chars), "sentiment": r.sentiment, "id": r.id}
+            )
     return rows
 
 
-def sample_pairs(model, tokenizer, prompts: Sequence[str], n: int = 2, *, temperature: float = 1.0, top_p: float = 1.0,
-                 max_new_tokens: int = 48, seed: int = 0, batch_size: int = 32) -> List[List[str]]:
+def sample_pairs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    n: int = 2,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> List[List[str]]:
     """``n`` sampled continuations per prompt (a list of ``n`` strings per prompt), reproducible for ``seed``.
     Each prompt is repeated ``n`` times in one batched, seeded :func:`dpolab.evaluation.generation.generate`."""
     from dpolab.evaluation.generation import generate
@@ -168,9 +199,18 @@ def sample_pairs(model, tokenizer, prompts: Sequence[str], n: int = 2, *, temper
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     flat = [p for p in prompts for _ in range(n)]
-    outs = generate(model, tokenizer, flat, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
-                    temperature=temperature, top_p=top_p, seed=seed)
-    return [outs[i * n:(i + 1) * n] for i in range(len(prompts))]
+    outs = generate(
+        model,
+        tokenizer,
+        flat,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
+    return [outs[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 def _sigmoid(x: float) -> float:
@@ -188,8 +228,17 @@ def _bt_row(base: dict, a: Tuple[str, float, str], b: Tuple[str, float, str], u:
     """A preference row for responses a, b = (text, oracle score, source) and a uniform draw ``u``."""
     p_a = bt_probability(a[1], b[1], temperature)
     win, lose, p = (a, b, p_a) if u < p_a else (b, a, 1.0 - p_a)
-    return dict(base, chosen=win[0], rejected=lose[0], oracle_chosen=win[1], oracle_rejected=lose[1],
-                oracle_margin=win[1] - lose[1], bt_p=p, chosen_source=win[2], rejected_source=lose[2])
+    return dict(
+        base,
+        chosen=win[0],
+        rejected=lose[0],
+        oracle_chosen=win[1],
+        oracle_rejected=lose[1],
+        oracle_margin=win[1] - lose[1],
+        bt_p=p,
+        chosen_source=win[2],
+        rejected_source=lose[2],
+    )
 
 
 def _base(prompt: Union[str, dict], i: int) -> dict:
@@ -200,29 +249,52 @@ def _base(prompt: Union[str, dict], i: int) -> dict:
     return {"prompt": prompt, "id": str(i)}
 
 
-def label_pairs(prompts: Sequence[Union[str, dict]], samples: Sequence[Sequence[str]],
-                oracle_scores: Sequence[Sequence[float]], *, seed: int, temperature: float = BT_TEMPERATURE) -> List[dict]:
+def label_pairs(
+    prompts: Sequence[Union[str, dict]],
+    samples: Sequence[Sequence[str]],
+    oracle_scores: Sequence[Sequence[float]],
+    *,
+    seed: int,
+    temperature: float = BT_TEMPERATURE,
+) -> List[dict]:
     """High-tier preference rows: for each prompt the first two samples (a, b) with oracle scores (s_a, s_b);
     ``chosen`` is a with probability sigmoid((s_a - s_b) / temperature) (one seeded uniform draw per row, in
     order). ``prompts`` are texts or prompt rows (dicts: their other fields - id, review, sentiment - are kept).
     """
     if not len(prompts) == len(samples) == len(oracle_scores):
-        raise ValueError(f"prompts, samples and oracle_scores differ in length: {len(prompts)}, {len(samples)}, {len(oracle_scores)}")
+        raise ValueError(
+            f"prompts, samples and oracle_scores differ in length: {len(prompts)}, {len(samples)}, {len(oracle_scores)}"
+        )
     rng = random.Random(f"sentiment-bt-{seed}")
     rows = []
     for i, (prompt, pair, scores) in enumerate(zip(prompts, samples, oracle_scores)):
         if len(pair) < 2 or len(scores) < 2:
             raise ValueError(f"row {i}: need two samples and two scores, got {len(pair)} and {len(scores)}")
         base = dict(_base(prompt, i), tier="high", replaced=False)
-        rows.append(_bt_row(base, (pair[0], float(scores[0]), "sample"), (pair[1], float(scores[1]), "sample"),
-                            rng.random(), temperature))
+        rows.append(
+            _bt_row(
+                base,
+                (pair[0], float(scores[0]), "sample"),
+                (pair[1], float(scores[1]), "sample"),
+                rng.random(),
+                temperature,
+            )
+        )
     return rows
 
 
-def make_tiers(rows: Sequence[dict], best_samples: Optional[Sequence[str]], human_reviews: Sequence[str], *, seed: int = 0,
-               oracle: Union[str, Callable] = "vader", best_scores: Optional[Sequence[float]] = None,
-               human_scores: Optional[Sequence[float]] = None, temperature: float = BT_TEMPERATURE,
-               medium_fraction: float = MEDIUM_FRACTION) -> Dict[str, List[dict]]:
+def make_tiers(
+    rows: Sequence[dict],
+    best_samples: Optional[Sequence[str]],
+    human_reviews: Sequence[str],
+    *,
+    seed: int = 0,
+    oracle: Union[str, Callable] = "vader",
+    best_scores: Optional[Sequence[float]] = None,
+    human_scores: Optional[Sequence[float]] = None,
+    temperature: float = BT_TEMPERATURE,
+    medium_fraction: float = MEDIUM_FRACTION,
+) -> Dict[str, List[dict]]:
     """The tiers High / Medium / Low from the High rows of :func:`label_pairs` (module docstring).
 
     ``best_samples[i]`` is the best SFT sample for row i (None: the higher-scored response of the row itself);
@@ -237,8 +309,12 @@ def make_tiers(rows: Sequence[dict], best_samples: Optional[Sequence[str]], huma
     if len(human_reviews) != n:
         raise ValueError(f"human_reviews has {len(human_reviews)} entries for {n} rows")
     if best_samples is None:
-        pick = [(r["chosen"], r["oracle_chosen"]) if r["oracle_chosen"] >= r["oracle_rejected"] else (r["rejected"], r["oracle_rejected"])
-                for r in rows]
+        pick = [
+            (r["chosen"], r["oracle_chosen"])
+            if r["oracle_chosen"] >= r["oracle_rejected"]
+            else (r["rejected"], r["oracle_rejected"])
+            for r in rows
+        ]
         best_samples, best_scores = [p[0] for p in pick], [p[1] for p in pick]
     if len(best_samples) != n:
         raise ValueError(f"best_samples has {len(best_samples)} entries for {n} rows")
@@ -251,11 +327,31 @@ def make_tiers(rows: Sequence[dict], best_samples: Optional[Sequence[str]], huma
     us = [draws.random() for _ in range(n)]
     replaced_rows = []
     for i, r in enumerate(rows):
-        base = {k: v for k, v in r.items() if k not in ("chosen", "rejected", "oracle_chosen", "oracle_rejected",
-                                                        "oracle_margin", "bt_p", "chosen_source", "rejected_source")}
+        base = {
+            k: v
+            for k, v in r.items()
+            if k
+            not in (
+                "chosen",
+                "rejected",
+                "oracle_chosen",
+                "oracle_rejected",
+                "oracle_margin",
+                "bt_p",
+                "chosen_source",
+                "rejected_source",
+            )
+        }
         base["replaced"] = True
-        replaced_rows.append(_bt_row(base, (best_samples[i], float(best_scores[i]), "sft_best"),
-                                     (human_reviews[i], float(human_scores[i]), "human"), us[i], temperature))
+        replaced_rows.append(
+            _bt_row(
+                base,
+                (best_samples[i], float(best_scores[i]), "sft_best"),
+                (human_reviews[i], float(human_scores[i]), "human"),
+                us[i],
+                temperature,
+            )
+        )
     k = int(n * medium_fraction)
     medium_idx = set(random.Random(f"sentiment-tiers-medium-{seed}").sample(range(n), k))
     tiers = {
@@ -266,10 +362,21 @@ def make_tiers(rows: Sequence[dict], best_samples: Optional[Sequence[str]], huma
     return tiers
 
 
-def build_preference_tiers(model, tokenizer, prompts: Sequence[dict], *, oracle: Union[str, Callable] = "vader",
-                           n_samples: int = 2, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-                           seed: int = 0, bt_temperature: float = BT_TEMPERATURE, batch_size: int = 32,
-                           out_dir: Optional[Union[str, Path]] = None) -> Dict[str, List[dict]]:
+def build_preference_tiers(
+    model,
+    tokenizer,
+    prompts: Sequence[dict],
+    *,
+    oracle: Union[str, Callable] = "vader",
+    n_samples: int = 2,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    seed: int = 0,
+    bt_temperature: float = BT_TEMPERATURE,
+    batch_size: int = 32,
+    out_dir: Optional[Union[str, Path]] = None,
+) -> Dict[str, List[dict]]:
     """Steps 4-7 for prompt rows from :func:`prompt_rows` (they need ``prompt`` and ``review``): sample
     ``n_samples`` (>= 2) continuations per prompt, score them with ``oracle``, label the first two with the
     Bradley-Terry draw, take the best of all samples for the replaced pairs, and build the tiers. With
@@ -279,16 +386,34 @@ def build_preference_tiers(model, tokenizer, prompts: Sequence[dict], *, oracle:
     if n_samples < 2:
         raise ValueError(f"n_samples must be >= 2, got {n_samples}")
     score = get_oracle(oracle)
-    samples = sample_pairs(model, tokenizer, [p["prompt"] for p in prompts], n=n_samples, temperature=temperature,
-                           top_p=top_p, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    samples = sample_pairs(
+        model,
+        tokenizer,
+        [p["prompt"] for p in prompts],
+        n=n_samples,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        seed=seed,
+        batch_size=batch_size,
+    )
     flat = score([s for group in samples for s in group])
-    scores = [flat[i * n_samples:(i + 1) * n_samples] for i in range(len(prompts))]
-    high = label_pairs(prompts, [g[:2] for g in samples], [s[:2] for s in scores], seed=seed, temperature=bt_temperature)
+    scores = [flat[i * n_samples : (i + 1) * n_samples] for i in range(len(prompts))]
+    high = label_pairs(
+        prompts, [g[:2] for g in samples], [s[:2] for s in scores], seed=seed, temperature=bt_temperature
+    )
     best = [max(range(n_samples), key=lambda j: (s[j], -j)) for s in scores]
     humans = [p["review"] for p in prompts]
-    tiers = make_tiers(high, [g[j] for g, j in zip(samples, best)], humans, seed=seed, oracle=score,
-                       best_scores=[s[j] for s, j in zip(scores, best)], human_scores=score(humans),
-                       temperature=bt_temperature)
+    tiers = make_tiers(
+        high,
+        [g[j] for g, j in zip(samples, best)],
+        humans,
+        seed=seed,
+        oracle=score,
+        best_scores=[s[j] for s, j in zip(scores, best)],
+        human_scores=score(humans),
+        temperature=bt_temperature,
+    )
     if out_dir is not None:
         from dpolab.rewards.score import write_rows
 
@@ -306,18 +431,27 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     or a Hugging Face dataset name such as ``imdb`` (train split, eval from the test split). Only for SFT: the
     preference tiers need a model, see :func:`build_preference_tiers`."""
     if mode != "sft":
-        raise DataError("task 'sentiment' serves SFT only (train.mode=sft); build the preference tiers with "
-                        "dpolab.tasks.sentiment.build_preference_tiers and train on the JSONL (data.train=...)")
+        raise DataError(
+            "task 'sentiment' serves SFT only (train.mode=sft); build the preference tiers with "
+            "dpolab.tasks.sentiment.build_preference_tiers and train on the JSONL (data.train=...)"
+        )
     if "path" not in args:
-        raise DataError("task 'sentiment' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment) or 'imdb'")
+        raise DataError(
+            "task 'sentiment' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment) or 'imdb'"
+        )
     n_train, n_eval = args.get("n_train"), int(args.get("n_eval", 64))
-    knobs = dict(max_chars=int(args.get("max_chars", SFT_MAX_CHARS)), prefix_words=int(args.get("prefix_words", PREFIX_WORDS)))
+    knobs = dict(
+        max_chars=int(args.get("max_chars", SFT_MAX_CHARS)), prefix_words=int(args.get("prefix_words", PREFIX_WORDS))
+    )
     root = Path(str(args["path"])).expanduser()
     if root.is_dir() and (root / "orig").is_dir():
         files = local_files(root)
         for split in ("train", "dev"):
             if not files[split].exists():
-                raise DataError("file not found (expected the imdb-cad-sentiment folder layout orig/{train,dev}.tsv)", source=str(files[split]))
+                raise DataError(
+                    "file not found (expected the imdb-cad-sentiment folder layout orig/{train,dev}.tsv)",
+                    source=str(files[split]),
+                )
         train_src, eval_src = (str(files["train"]), None), (str(files["dev"]), None)
     else:
         train_src, eval_src = (str(args["path"]), "train"), (str(args["path"]), "test")
@@ -341,6 +475,12 @@ def oracle_reward_hook(rows: Sequence[Union[str, dict]], **options: Any):
     return hook(rows, **options)
 
 
-register(Task("sentiment", "IMDb review continuation (SFT; preference tiers need a model: build_preference_tiers)",
-              ("path", "n_train", "n_eval", "prefix_words", "max_chars", "seed"), task_rows,
-              {"oracle_reward": oracle_reward_hook}))
+register(
+    Task(
+        "sentiment",
+        "IMDb review continuation (SFT; preference tiers need a model: build_preference_tiers)",
+        ("path", "n_train", "n_eval", "prefix_words", "max_chars", "seed"),
+        task_rows,
+        {"oracle_reward": oracle_reward_hook},
+    )
+)

@@ -37,6 +37,7 @@ Metrics:
 
 :func:`chrf_hook`, :func:`nll_hook` and :func:`sonnet_metrics_hook` wrap them for the engine's ``eval_hooks``.
 """
+
 from __future__ import annotations
 
 import math
@@ -101,12 +102,22 @@ def sft_rows(sonnets: Union[str, Path, Dict[int, List[str]]], *, n_prompt_lines:
         if len(lines) <= n_prompt_lines:
             continue
         prompt, cont = split_sonnet(lines, n_prompt_lines)
-        rows.append({"prompt": prompt, "completion": cont, "reference": cont, "n_lines": len(lines) - n_prompt_lines,
-                     "number": n, "id": f"sonnet-{n}"})
+        rows.append(
+            {
+                "prompt": prompt,
+                "completion": cont,
+                "reference": cont,
+                "n_lines": len(lines) - n_prompt_lines,
+                "number": n,
+                "id": f"sonnet-{n}",
+            }
+        )
     return rows
 
 
-def dev_rows(prompts_path: Union[str, Path], references_path: Union[str, Path], *, n_prompt_lines: int = N_PROMPT_LINES) -> List[dict]:
+def dev_rows(
+    prompts_path: Union[str, Path], references_path: Union[str, Path], *, n_prompt_lines: int = N_PROMPT_LINES
+) -> List[dict]:
     """Dev prompts (first lines of each held-out sonnet) with their full references: rows like :func:`sft_rows`.
     A prompt whose lines differ from its reference's first lines, or a prompt without a reference, raises."""
     prompts, refs = parse_sonnets(prompts_path), parse_sonnets(references_path)
@@ -116,7 +127,9 @@ def dev_rows(prompts_path: Union[str, Path], references_path: Union[str, Path], 
             raise DataError(f"dev prompt {n} has no reference in {references_path}", source=str(prompts_path))
         k = min(len(plines), n_prompt_lines)
         if [x.strip() for x in refs[n][:k]] != [x.strip() for x in plines[:k]]:
-            raise DataError(f"dev prompt {n} does not match the first {k} lines of its reference", source=str(prompts_path))
+            raise DataError(
+                f"dev prompt {n} does not match the first {k} lines of its reference", source=str(prompts_path)
+            )
         rows.extend(sft_rows({n: refs[n]}, n_prompt_lines=k))
     return rows
 
@@ -125,8 +138,15 @@ def dev_rows(prompts_path: Union[str, Path], references_path: Union[str, Path], 
 
 
 def _pair(row: dict, rejected: str, kind: str, **extra) -> dict:
-    return {"prompt": row["prompt"], "chosen": row["completion"], "rejected": rejected, "rejected_kind": kind,
-            "number": row["number"], "id": row["id"], **extra}
+    return {
+        "prompt": row["prompt"],
+        "chosen": row["completion"],
+        "rejected": rejected,
+        "rejected_kind": kind,
+        "number": row["number"],
+        "id": row["id"],
+        **extra,
+    }
 
 
 def shuffled_rejected_rows(rows: Sequence[dict], *, seed: int = 0) -> List[dict]:
@@ -155,7 +175,10 @@ def other_sonnet_rejected_rows(rows: Sequence[dict], *, seed: int = 0) -> List[d
         j = rng.randrange(i)
         cyc[i], cyc[j] = cyc[j], cyc[i]
     donor = {a: b for a, b in zip(cyc, cyc[1:] + cyc[:1])}
-    return [_pair(r, rows[donor[i]]["completion"], "other", donor_number=rows[donor[i]]["number"]) for i, r in enumerate(rows)]
+    return [
+        _pair(r, rows[donor[i]]["completion"], "other", donor_number=rows[donor[i]]["number"])
+        for i, r in enumerate(rows)
+    ]
 
 
 def model_free_rejected_rows(rows: Sequence[dict], kind: str = "shuffle", *, seed: int = 0) -> List[dict]:
@@ -169,8 +192,18 @@ def cut_lines(text: str, n_lines: int) -> str:
     return "\n".join(text.split("\n")[:n_lines]).rstrip()
 
 
-def sample_continuations(model, tokenizer, rows: Sequence[dict], *, max_new_tokens: Optional[int] = None, do_sample: bool = True,
-                         temperature: float = 1.0, top_p: float = 0.9, seed: int = 0, batch_size: int = 16) -> List[str]:
+def sample_continuations(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    max_new_tokens: Optional[int] = None,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    seed: int = 0,
+    batch_size: int = 16,
+) -> List[str]:
     """One continuation per row's prompt (seeded), cut to the row's number of reference lines.
     ``max_new_tokens`` default: 1.25 x the longest reference continuation in tokens (+ 8)."""
     from dpolab.evaluation.generation import generate
@@ -180,19 +213,46 @@ def sample_continuations(model, tokenizer, rows: Sequence[dict], *, max_new_toke
     if max_new_tokens is None:
         longest = max(len(tokenizer(r["completion"], add_special_tokens=False)["input_ids"]) for r in rows)
         max_new_tokens = int(longest * 1.25) + 8
-    outs = generate(model, tokenizer, [r["prompt"] for r in rows], max_new_tokens=max_new_tokens, batch_size=batch_size,
-                    do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+    outs = generate(
+        model,
+        tokenizer,
+        [r["prompt"] for r in rows],
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+    )
     return [cut_lines(o, r.get("n_lines") or len(r["completion"].split("\n"))) for o, r in zip(outs, rows)]
 
 
-def sampled_rejected_rows(model, tokenizer, rows: Sequence[dict], *, seed: int = 0, temperature: float = 1.0, top_p: float = 0.9,
-                          max_new_tokens: Optional[int] = None, batch_size: int = 16, skips: Optional[SkipCounter] = None,
-                          log: Callable[[str], Any] = print) -> List[dict]:
+def sampled_rejected_rows(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    max_new_tokens: Optional[int] = None,
+    batch_size: int = 16,
+    skips: Optional[SkipCounter] = None,
+    log: Callable[[str], Any] = print,
+) -> List[dict]:
     """rejected = a continuation sampled from ``model`` (the current policy, e.g. the SFT model) for each
     prompt; pairs whose sample is empty or equal to the truth are dropped and counted in ``skips``."""
     skips = skips if skips is not None else SkipCounter()
-    samples = sample_continuations(model, tokenizer, rows, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   seed=seed, batch_size=batch_size)
+    samples = sample_continuations(
+        model,
+        tokenizer,
+        rows,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+    )
     out = []
     for r, s in zip(rows, samples):
         if not s.strip() or s.strip() == r["completion"].strip():
@@ -207,26 +267,51 @@ def sampled_rejected_rows(model, tokenizer, rows: Sequence[dict], *, seed: int =
 # -- metrics -------------------------------------------------------------------------------------------
 
 
-def chrf_metrics(model, tokenizer, rows: Sequence[dict], *, do_sample: bool = True, temperature: float = 1.0, top_p: float = 0.9,
-                 seed: int = 0, max_new_tokens: Optional[int] = None, batch_size: int = 16,
-                 return_samples: bool = False) -> Dict[str, Any]:
+def chrf_metrics(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    do_sample: bool = True,
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    seed: int = 0,
+    max_new_tokens: Optional[int] = None,
+    batch_size: int = 16,
+    return_samples: bool = False,
+) -> Dict[str, Any]:
     """Corpus chrF (and the mean sentence chrF) of sampled continuations against the true continuations."""
     import sacrebleu
 
     rows = list(rows)
-    hyps = sample_continuations(model, tokenizer, rows, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                top_p=top_p, seed=seed, batch_size=batch_size)
+    hyps = sample_continuations(
+        model,
+        tokenizer,
+        rows,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        temperature=temperature,
+        top_p=top_p,
+        seed=seed,
+        batch_size=batch_size,
+    )
     refs = [r["reference"] if "reference" in r else r["completion"] for r in rows]
-    res: Dict[str, Any] = {"chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score) if rows else 0.0,
-                           "chrf_sentence_mean": (sum(sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hyps, refs)) / len(rows)) if rows else 0.0,
-                           "n": len(rows)}
+    res: Dict[str, Any] = {
+        "chrf": float(sacrebleu.corpus_chrf(hyps, [refs]).score) if rows else 0.0,
+        "chrf_sentence_mean": (sum(sacrebleu.sentence_chrf(h, [r]).score for h, r in zip(hyps, refs)) / len(rows))
+        if rows
+        else 0.0,
+        "n": len(rows),
+    }
     if return_samples:
         res["samples"] = hyps
     return res
 
 
 @torch.no_grad()
-def continuation_nll(model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8, max_length: int = 1024) -> Dict[str, float]:
+def continuation_nll(
+    model, tokenizer, rows: Sequence[dict], *, batch_size: int = 8, max_length: int = 1024
+) -> Dict[str, float]:
     """Mean NLL per token (and per character) of each row's true continuation given its prompt."""
     from dpolab.data.collate import collate_sft
     from dpolab.data.tokenize import tokenize_sft
@@ -244,16 +329,23 @@ def continuation_nll(model, tokenizer, rows: Sequence[dict], *, batch_size: int 
             chars += len(r["completion"])
     total, count = 0.0, 0
     for start in range(0, len(toks), batch_size):
-        batch = collate_sft(toks[start:start + batch_size], tokenizer.pad_token_id).to(device)
+        batch = collate_sft(toks[start : start + batch_size], tokenizer.pad_token_id).to(device)
         lp = response_logps(model, batch.input_ids, batch.attention_mask, batch.loss_mask)
         total -= float(lp.sums.sum())
         count += int(lp.counts.sum())
     model.train(was_training)
     nll = total / max(1, count)
-    return {"nll_per_token": nll, "ppl": math.exp(min(nll, 50.0)), "nll_per_char": total / max(1, chars), "nll_tokens": count}
+    return {
+        "nll_per_token": nll,
+        "ppl": math.exp(min(nll, 50.0)),
+        "nll_per_char": total / max(1, chars),
+        "nll_tokens": count,
+    }
 
 
-def nll_hook(rows: Sequence[dict], *, batch_size: int = 8, max_length: int = 1024) -> Callable[[Any, Any, int], Dict[str, float]]:
+def nll_hook(
+    rows: Sequence[dict], *, batch_size: int = 8, max_length: int = 1024
+) -> Callable[[Any, Any, int], Dict[str, float]]:
     rows = list(rows)
 
     def hook(model, tokenizer, step: int) -> Dict[str, float]:
@@ -262,14 +354,31 @@ def nll_hook(rows: Sequence[dict], *, batch_size: int = 8, max_length: int = 102
     return hook
 
 
-def chrf_hook(rows: Sequence[dict], *, seed: int = 0, temperature: float = 1.0, top_p: float = 0.9, do_sample: bool = True,
-              max_new_tokens: Optional[int] = None, batch_size: int = 16) -> Callable[[Any, Any, int], Dict[str, float]]:
+def chrf_hook(
+    rows: Sequence[dict],
+    *,
+    seed: int = 0,
+    temperature: float = 1.0,
+    top_p: float = 0.9,
+    do_sample: bool = True,
+    max_new_tokens: Optional[int] = None,
+    batch_size: int = 16,
+) -> Callable[[Any, Any, int], Dict[str, float]]:
     """Samples with the same ``seed`` at every evaluation, so changes between steps come from the model."""
     rows = list(rows)
 
     def hook(model, tokenizer, step: int) -> Dict[str, float]:
-        res = chrf_metrics(model, tokenizer, rows, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size)
+        res = chrf_metrics(
+            model,
+            tokenizer,
+            rows,
+            do_sample=do_sample,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+        )
         return {"chrf": res["chrf"], "chrf_sentence_mean": res["chrf_sentence_mean"]}
 
     return hook
@@ -298,9 +407,17 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
     if mode == "sft":
         return train, evals
     kind, data_seed = args.get("rejected", "shuffle"), int(args.get("seed", seed))
-    return model_free_rejected_rows(train, kind, seed=data_seed), model_free_rejected_rows(evals, kind, seed=data_seed + 1)
+    return model_free_rejected_rows(train, kind, seed=data_seed), model_free_rejected_rows(
+        evals, kind, seed=data_seed + 1
+    )
 
 
-register(Task("sonnets", "Shakespeare sonnet continuation (3 lines given); rejected = shuffled lines or another sonnet",
-              ("path", "n_prompt_lines", "rejected", "n_train", "n_eval", "seed"), task_rows,
-              {"sonnet": sonnet_metrics_hook, "chrf": chrf_hook, "nll": nll_hook}))
+register(
+    Task(
+        "sonnets",
+        "Shakespeare sonnet continuation (3 lines given); rejected = shuffled lines or another sonnet",
+        ("path", "n_prompt_lines", "rejected", "n_train", "n_eval", "seed"),
+        task_rows,
+        {"sonnet": sonnet_metrics_hook, "chrf": chrf_hook, "nll": nll_hook},
+    )
+)

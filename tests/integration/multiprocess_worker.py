@@ -4,6 +4,7 @@ and the final eval metrics it returned.
 
     python -m accelerate.commands.launch --num_processes 2 tests/integration/multiprocess_worker.py OUT_DIR overrides...
 """
+
 from __future__ import annotations
 
 import json

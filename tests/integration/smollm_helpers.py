@@ -1,4 +1,5 @@
 """What the real-model tests share: whether the ``smollm2-135m`` preset can be prepared here."""
+
 import importlib.metadata
 
 

@@ -1,10 +1,9 @@
 """The command line as a user runs it, generation, checkpoints and model loading."""
+
 from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,13 +13,24 @@ from dpolab.engine.checkpoint import latest_checkpoint, list_checkpoints, save_c
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "train.batch_size=4", "eval.batch_size=8", "output.progress=false"]
-TASK = ["data.task=arithmetic", "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}", "data.max_length=48"]
+TINY = [
+    "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+    "train.batch_size=4",
+    "eval.batch_size=8",
+    "output.progress=false",
+]
+TASK = [
+    "data.task=arithmetic",
+    "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}",
+    "data.max_length=48",
+]
 
 
 def test_train_command_with_yaml_and_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("loss:\n  - {name: dpo, params: {beta: 0.2}}\n  - {name: sft, weight: 0.1}\ntrain:\n  max_steps: 2\n")
+    cfg.write_text(
+        "loss:\n  - {name: dpo, params: {beta: 0.2}}\n  - {name: sft, weight: 0.1}\ntrain:\n  max_steps: 2\n"
+    )
     rc = main(["train", "--config", str(cfg), *TINY, *TASK, f"output.dir={tmp_path / 'run'}"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -29,12 +39,15 @@ def test_train_command_with_yaml_and_overrides(tmp_path, capsys):
     assert summary["steps"] == 2 and summary["parameters"]["trainable"] > 0
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "train.optimzer=adamw"], "error: unknown key 'train.optimzer' (did you mean 'optimizer'?)"),
-    (["train", "loss=[{name: nope}]"], "error: loss: unknown loss 'nope'"),
-    (["train", "data.train=/nonexistent/pairs.jsonl", "train.max_steps=1"], "/nonexistent/pairs.jsonl"),
-    (["train", "data.task=arithmetic", "loss=[{name: madpo}]", "train.max_steps=1"], "rm_margin"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "train.optimzer=adamw"], "error: unknown key 'train.optimzer' (did you mean 'optimizer'?)"),
+        (["train", "loss=[{name: nope}]"], "error: loss: unknown loss 'nope'"),
+        (["train", "data.train=/nonexistent/pairs.jsonl", "train.max_steps=1"], "/nonexistent/pairs.jsonl"),
+        (["train", "data.task=arithmetic", "loss=[{name: madpo}]", "train.max_steps=1"], "rm_margin"),
+    ],
+)
 def test_errors_are_one_line_without_traceback(tmp_path, capsys, args, message):
     rc = main(args + [f"output.dir={tmp_path / 'r'}", *TINY])
     err = capsys.readouterr().err.strip().splitlines()
@@ -54,10 +67,26 @@ def test_bad_row_error_names_file_row_and_field(tmp_path, capsys):
 def test_eval_command_on_a_trained_model(tmp_path, capsys):
     main(["train", *TINY, *TASK, "train.max_steps=2", f"output.dir={tmp_path / 'run'}"])
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "Q: 1+2\nA: ", "chosen": "1+2=3", "rejected": "1+2=4"}) + "\n" for _ in range(3)))
+    data.write_text(
+        "".join(json.dumps({"prompt": "Q: 1+2\nA: ", "chosen": "1+2=3", "rejected": "1+2=4"}) + "\n" for _ in range(3))
+    )
     capsys.readouterr()
     final = str(tmp_path / "run" / "final")
-    rc = main(["eval", "--model", final, "--reference", final, "--data", str(data), "--probes", "3", "--out", str(tmp_path / "e.json")])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            final,
+            "--reference",
+            final,
+            "--data",
+            str(data),
+            "--probes",
+            "3",
+            "--out",
+            str(tmp_path / "e.json"),
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "e.json").read_text())
     assert res["pairs"] == 3 and res["logratio_margin"] == 0.0 and res["rewards/chosen"] == 0.0  # model == reference
@@ -139,12 +168,15 @@ def test_a_library_value_error_keeps_its_traceback(monkeypatch, capsys):
     assert not any(line.startswith("error:") for line in err)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["eval", "--model", "m", "--data", "d", "--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
-    (["eval", "--model", "m", "--data", "d", "--probes", "-1"], "error: --probes must be >= 0, got -1"),
-    (["eval", "--model", "m", "--data", "d", "--column", "prompt"], "error: --column must look like field=column"),
-    (["study", "dpop", "--seeds", "0"], "error: --seeds must be >= 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "--model", "m", "--data", "d", "--batch-size", "0"], "error: --batch-size must be >= 1, got 0"),
+        (["eval", "--model", "m", "--data", "d", "--probes", "-1"], "error: --probes must be >= 0, got -1"),
+        (["eval", "--model", "m", "--data", "d", "--column", "prompt"], "error: --column must look like field=column"),
+        (["study", "dpop", "--seeds", "0"], "error: --seeds must be >= 1, got 0"),
+    ],
+)
 def test_bad_command_line_numbers_are_one_line_errors(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -172,10 +204,11 @@ def test_demo_quick_writes_report_and_plot(tmp_path):
 
 
 def test_left_padded_batched_generation_matches_one_by_one():
+    from transformers import AutoModelForCausalLM
+
     from dpolab.evaluation.generation import generate
     from dpolab.models.load import tiny_config
     from dpolab.models.tokenizer import build_char_tokenizer
-    from transformers import AutoModelForCausalLM
 
     tok = build_char_tokenizer()
     torch.manual_seed(0)
@@ -203,7 +236,9 @@ def test_checkpoint_write_is_atomic(tmp_path):
     assert latest_checkpoint(tmp_path) == first
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000001"]
     for step in (3, 4, 5):
-        save_checkpoint(tmp_path, step, save_model=save, optimizer=opt, scheduler=sched, loss_state={}, state={}, keep_last=2)
+        save_checkpoint(
+            tmp_path, step, save_model=save, optimizer=opt, scheduler=sched, loss_state={}, state={}, keep_last=2
+        )
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000004", "step-0000005"]
     assert not list((tmp_path / "checkpoints").glob(".tmp-*"))
 
@@ -216,7 +251,11 @@ def test_dropout_off_by_default_and_on_when_asked():
     tok = build_char_tokenizer()
     ids = torch.tensor([tok("Q: 1+2")["input_ids"]])
     for keep, same in ((False, True), (True, False)):
-        m = load_policy(ModelConfig(tiny={"n_layer": 1, "n_embd": 32, "n_head": 2, "resid_pdrop": 0.5}, dropout=keep), LoraConfig(), tok)
+        m = load_policy(
+            ModelConfig(tiny={"n_layer": 1, "n_embd": 32, "n_head": 2, "resid_pdrop": 0.5}, dropout=keep),
+            LoraConfig(),
+            tok,
+        )
         m.train()
         a, b = m(ids).logits, m(ids).logits
         assert torch.equal(a, b) is same
@@ -234,8 +273,15 @@ def test_a_model_folder_that_does_not_exist_is_one_line(tmp_path, capsys, path):
     """Not transformers' 'Repo id must be in the form ...' for a path the user meant as a folder."""
     from dpolab.cli import main
 
-    rc = main(["train", f"model.name_or_path={path}", "data.task=arithmetic", f"output.dir={tmp_path / 'run'}",
-               "output.progress=false"])
+    rc = main(
+        [
+            "train",
+            f"model.name_or_path={path}",
+            "data.task=arithmetic",
+            f"output.dir={tmp_path / 'run'}",
+            "output.progress=false",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith(f"error: model folder not found: {path}"), err[-3:]
     assert "Repo id" not in "\n".join(err)

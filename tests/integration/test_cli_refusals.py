@@ -1,6 +1,7 @@
 """Nonsense on the command line is refused in one line (issue 32, defects 7 and 8): non-UTF-8 prompts, stdin and
 config files; `dpolab eval` with nothing scorable, a non-finite or negative beta, NaN metrics (printed as null, valid
 JSON); a non-finite temperature; output.dir set to the filesystem root or the home folder."""
+
 from __future__ import annotations
 
 import io
@@ -10,8 +11,7 @@ import os
 import pytest
 
 from dpolab.cli import main
-from dpolab.config import ConfigError, build_config, load_config
-from dpolab.config import LoraConfig, ModelConfig
+from dpolab.config import ConfigError, LoraConfig, ModelConfig, build_config, load_config
 from dpolab.models.load import load_policy, save_model
 from dpolab.models.tokenizer import build_char_tokenizer
 
@@ -70,15 +70,21 @@ def test_a_non_utf8_config_file_is_one_line(tmp_path, capsys):
 
 # -- 8: nonsense options --------------------------------------------------------------------------------------------
 def test_eval_with_nothing_scorable_is_an_error_not_zero_of_n(tiny_model, pairs, capsys):
-    line = _one_line(capsys, main(["eval", "--model", tiny_model, "--data", pairs, "--max-length", "1"]),
-                     pairs, "no pair could be scored: 0 of 4 rows read", "max_length 1")
+    line = _one_line(
+        capsys,
+        main(["eval", "--model", tiny_model, "--data", pairs, "--max-length", "1"]),
+        pairs,
+        "no pair could be scored: 0 of 4 rows read",
+        "max_length 1",
+    )
     assert "NaN" not in line
 
 
 @pytest.mark.parametrize("beta", ["nan", "-1", "0", "inf"])
 def test_eval_refuses_a_beta_that_is_not_a_finite_positive_number(beta, capsys):
-    _one_line(capsys, main(["eval", "--model", "m", "--data", "d", "--beta", beta]),
-              "--beta must be a finite number > 0")
+    _one_line(
+        capsys, main(["eval", "--model", "m", "--data", "d", "--beta", beta]), "--beta must be a finite number > 0"
+    )
 
 
 def test_eval_prints_valid_json_where_a_metric_has_no_value(tiny_model, tmp_path, capsys):

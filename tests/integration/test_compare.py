@@ -1,4 +1,5 @@
 """dpolab compare: the local grid and its report, resuming, the report's verdicts, and bad input refused up front."""
+
 from __future__ import annotations
 
 import json
@@ -12,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from compare_helpers import TINY, final_metrics, tiny_options
+from test_study_verdicts import assert_verdicts_match_numbers
+
 from dpolab.cli import main
 from dpolab.errors import UserError
-from dpolab.studies.compare import (CompareOptions, Prepared, methods_of, parse_budget, parse_method, run_compare)
+from dpolab.studies.compare import CompareOptions, Prepared, methods_of, parse_budget, parse_method, run_compare
 from dpolab.studies.compare_report import write_report
 from dpolab.studies.runner import RunResult, RunSpec, waves
-from test_study_verdicts import assert_verdicts_match_numbers
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,10 +32,16 @@ def test_methods_parameters_and_weighted_lists():
     assert parse_method("dpop:lam=50") == ("dpop:lam=50", [{"name": "dpop", "weight": 1.0, "params": {"lam": 50}}])
     assert parse_method("dpo+0.1*sft")[1] == [{"name": "dpo", "weight": 1.0}, {"name": "sft", "weight": 0.1}]
     assert parse_method("dpo:beta=0.2:gate={mode: q10, alpha: 30}")[1] == [
-        {"name": "dpo", "weight": 1.0, "params": {"beta": 0.2}, "gate": {"mode": "q10", "alpha": 30}}]
-    opts = CompareOptions.from_sources(None, {"task": "arithmetic", "methods": "dpo,dpo:gate={mode: seq, tau: 0.1},simpo"})
+        {"name": "dpo", "weight": 1.0, "params": {"beta": 0.2}, "gate": {"mode": "q10", "alpha": 30}}
+    ]
+    opts = CompareOptions.from_sources(
+        None, {"task": "arithmetic", "methods": "dpo,dpo:gate={mode: seq, tau: 0.1},simpo"}
+    )
     assert list(methods_of(opts)) == ["dpo", "dpo:gate={mode: seq, tau: 0.1}", "simpo"]
-    assert parse_budget("200steps") == {"max_steps": 200} and parse_budget("2epochs") == {"epochs": 2.0, "max_steps": None}
+    assert parse_budget("200steps") == {"max_steps": 200} and parse_budget("2epochs") == {
+        "epochs": 2.0,
+        "max_steps": None,
+    }
     with pytest.raises(UserError, match="--budget"):
         parse_budget("2 fortnights")
 
@@ -69,22 +76,36 @@ def _cli_error(capsys, tmp_path, *args) -> str:
 def test_bad_input_is_one_line_before_training(capsys, tmp_path, monkeypatch):
     sets = [f"--set={s}" for s in TINY]
     assert "unknown loss 'dpx'" in _cli_error(capsys, tmp_path, "--task", "arithmetic", "--methods", "dpo,dpx", *sets)
-    assert "'dpop' has no parameter 'lamda'" in _cli_error(capsys, tmp_path, "--task", "arithmetic", "--methods", "dpop:lamda=5", *sets)
-    assert "--baseline 'kto'" in _cli_error(capsys, tmp_path, "--task", "arithmetic", "--methods", "dpo", "--baseline", "kto", *sets)
+    assert "'dpop' has no parameter 'lamda'" in _cli_error(
+        capsys, tmp_path, "--task", "arithmetic", "--methods", "dpop:lamda=5", *sets
+    )
+    assert "--baseline 'kto'" in _cli_error(
+        capsys, tmp_path, "--task", "arithmetic", "--methods", "dpo", "--baseline", "kto", *sets
+    )
     empty = tmp_path / "empty.jsonl"
     empty.write_text(json.dumps({"prompt": "a", "text": "b"}) + "\n")
     err = _cli_error(capsys, tmp_path, "--data", str(empty), "--methods", "dpo", "--set", "data.on_error=skip")
     assert "empty.jsonl" in err and "no usable" in err
     few = tmp_path / "few.jsonl"
-    few.write_text("".join(json.dumps({"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i)}) + "\n" for i in range(20)))
-    assert "only 2 held-out pairs" in _cli_error(capsys, tmp_path, "--data", str(few), "--methods", "dpo", "--set", "model.tokenizer=char")
-    (tmp_path / "my_oracle.py").write_text("def bad(prompt, response):\n    raise KeyError('no score for this')\n"
-                                           "def nan(prompt, response):\n    return float('nan')\n")
+    few.write_text(
+        "".join(json.dumps({"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": str(i)}) + "\n" for i in range(20))
+    )
+    assert "only 2 held-out pairs" in _cli_error(
+        capsys, tmp_path, "--data", str(few), "--methods", "dpo", "--set", "model.tokenizer=char"
+    )
+    (tmp_path / "my_oracle.py").write_text(
+        "def bad(prompt, response):\n    raise KeyError('no score for this')\n"
+        "def nan(prompt, response):\n    return float('nan')\n"
+    )
     monkeypatch.chdir(tmp_path)
     err = _cli_error(capsys, tmp_path, "--task", "arithmetic", "--methods", "dpo", "--oracle", "my_oracle:bad", *sets)
     assert "--oracle my_oracle:bad raised KeyError" in err
-    assert "not a finite number" in _cli_error(capsys, tmp_path, "--task", "arithmetic", "--methods", "dpo", "--oracle", "my_oracle:nan", *sets)
-    assert "--parallel does not apply to --executor ray" in _cli_error(capsys, tmp_path, "--task", "arithmetic", "--executor", "ray", "--parallel", "2", *sets)
+    assert "not a finite number" in _cli_error(
+        capsys, tmp_path, "--task", "arithmetic", "--methods", "dpo", "--oracle", "my_oracle:nan", *sets
+    )
+    assert "--parallel does not apply to --executor ray" in _cli_error(
+        capsys, tmp_path, "--task", "arithmetic", "--executor", "ray", "--parallel", "2", *sets
+    )
     assert "is set by the comparison" in _cli_error(capsys, tmp_path, "--task", "arithmetic", "--set", "train.seed=3")
 
 
@@ -106,9 +127,17 @@ def test_local_grid_report_and_rerun(tmp_path):
     finals = final_metrics(out)
     assert len(finals) == 6
     for rid, f in finals.items():  # every probe and held-out measure, on the held-out pairs
-        for key in ("probe/reward_accuracy", "probe/margin", "probe/delta/chosen", "probe/delta/rejected",
-                    "probe/delta/others", "probe/delta/greedy", "eval/compare/kl", "eval/compare/sample_tokens",
-                    "eval/compare/oracle"):
+        for key in (
+            "probe/reward_accuracy",
+            "probe/margin",
+            "probe/delta/chosen",
+            "probe/delta/rejected",
+            "probe/delta/others",
+            "probe/delta/greedy",
+            "eval/compare/kl",
+            "eval/compare/sample_tokens",
+            "eval/compare/oracle",
+        ):
             assert isinstance(f.get(key), float), (rid, key)
         assert f["eval/compare/oracle"] == pytest.approx(f["eval/compare/sample_tokens"], abs=6.0)
     for name in ("compare_logprobs.png", "compare_measures.png"):
@@ -135,9 +164,12 @@ def test_local_grid_report_and_rerun(tmp_path):
     saved = (out / "compare.yaml").read_text()
     os.chdir(tmp_path)
     try:
-        with pytest.raises(UserError, match=r"--out .* holds 6 finished run\(s\) of this grid trained with other "
-                                            r"settings \(.*train.max_steps: 4 -> 6.*compare.yaml says "
-                                            r"--budget 4steps\)"):
+        with pytest.raises(
+            UserError,
+            match=r"--out .* holds 6 finished run\(s\) of this grid trained with other "
+            r"settings \(.*train.max_steps: 4 -> 6.*compare.yaml says "
+            r"--budget 4steps\)",
+        ):
             run_compare(tiny_options(out, oracle="oracle_len:score", budget="6steps"), log=msgs.append)
     finally:
         os.chdir(cwd)
@@ -149,9 +181,31 @@ def test_killed_comparison_resumes(tmp_path):
     """SIGKILL in the middle of the second run, then the same command again: the first run is skipped, the second
     resumes from its checkpoint, and every run ends with the full number of steps."""
     out = tmp_path / "cmp"
-    args = [sys.executable, "-m", "dpolab.cli", "compare", "--task", "arithmetic", "--methods", "dpo,ipo", "--seeds", "1",
-            "--budget", "12steps", "--evals", "2", "--samples", "4", "--max-new-tokens", "4", "--out", str(out),
-            "--cpus", "1", *[f"--set={s}" for s in TINY]]
+    args = [
+        sys.executable,
+        "-m",
+        "dpolab.cli",
+        "compare",
+        "--task",
+        "arithmetic",
+        "--methods",
+        "dpo,ipo",
+        "--seeds",
+        "1",
+        "--budget",
+        "12steps",
+        "--evals",
+        "2",
+        "--samples",
+        "4",
+        "--max-new-tokens",
+        "4",
+        "--out",
+        str(out),
+        "--cpus",
+        "1",
+        *[f"--set={s}" for s in TINY],
+    ]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpts = out / "runs" / "ipo" / "seed0" / "checkpoints"
     deadline = time.time() + 1200  # generous: a loaded CI machine is slow, a quiet one takes ~20 s
@@ -160,30 +214,58 @@ def test_killed_comparison_resumes(tmp_path):
     assert proc.poll() is None, "the comparison ended before it could be killed mid-run"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert (out / "runs" / "dpo" / "seed0" / "summary.json").exists() and not (out / "runs" / "ipo" / "seed0" / "summary.json").exists()
+    assert (out / "runs" / "dpo" / "seed0" / "summary.json").exists() and not (
+        out / "runs" / "ipo" / "seed0" / "summary.json"
+    ).exists()
     msgs = []
-    opts = CompareOptions.from_sources(None, {"task": "arithmetic", "methods": "dpo,ipo", "seeds": 1, "budget": "12steps",
-                                               "evals": 2, "samples": 4, "max_new_tokens": 4, "out": str(out), "cpus": 1,
-                                               "set": list(TINY)})
+    opts = CompareOptions.from_sources(
+        None,
+        {
+            "task": "arithmetic",
+            "methods": "dpo,ipo",
+            "seeds": 1,
+            "budget": "12steps",
+            "evals": 2,
+            "samples": 4,
+            "max_new_tokens": 4,
+            "out": str(out),
+            "cpus": 1,
+            "set": list(TINY),
+        },
+    )
     run_compare(opts, log=msgs.append)
     assert any("dpo/seed0: finished earlier, skipped" in m for m in msgs)
     assert any("ipo/seed0: resuming" in m for m in msgs)
-    assert all(json.loads((out / "runs" / r / "seed0" / "summary.json").read_text())["steps"] == 12 for r in ("dpo", "ipo"))
+    assert all(
+        json.loads((out / "runs" / r / "seed0" / "summary.json").read_text())["steps"] == 12 for r in ("dpo", "ipo")
+    )
 
 
 # -- the report's words follow its numbers ------------------------------------------------------------------------
 
 
 def _fake_run(tmp_path: Path, method: str, seed: int, final: dict) -> RunResult:
-    spec = RunSpec(f"{method}/seed{seed}", {"model": {"name_or_path": "tiny-gpt2"}, "train": {"max_steps": 4},
-                                            "eval": {"probe_examples": 12}, "loss": [{"name": method}]},
-                   {"method": method, "seed": seed})
+    spec = RunSpec(
+        f"{method}/seed{seed}",
+        {
+            "model": {"name_or_path": "tiny-gpt2"},
+            "train": {"max_steps": 4},
+            "eval": {"probe_examples": 12},
+            "loss": [{"name": method}],
+        },
+        {"method": method, "seed": seed},
+    )
     run_dir = tmp_path / "runs" / method / f"seed{seed}"
     run_dir.mkdir(parents=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(spec.config))
     metrics = [{"step": 0, **{k: 0.0 for k in final}}, {"step": 4, **final}]
-    return RunResult(spec, run_dir, {"final_eval": final, "wall_clock_s": 1.0, "peak_memory_mb": 100.0,
-                                     "reference_mode": "precomputed"}, metrics, False)
+    return RunResult(
+        spec,
+        run_dir,
+        {"final_eval": final, "wall_clock_s": 1.0, "peak_memory_mb": 100.0, "reference_mode": "precomputed"},
+        metrics,
+        False,
+    )
 
 
 def test_report_sentences_match_the_numbers(tmp_path):
@@ -192,16 +274,37 @@ def test_report_sentences_match_the_numbers(tmp_path):
     results = {}
     for m in values:
         for seed in range(3):
-            r = _fake_run(tmp_path, m, seed, {"probe/delta/chosen": values[m][seed], "probe/reward_accuracy": acc[m][seed],
-                                              "probe/margin": 1.0 + seed, "eval/compare/kl": 0.5 * seed})
+            r = _fake_run(
+                tmp_path,
+                m,
+                seed,
+                {
+                    "probe/delta/chosen": values[m][seed],
+                    "probe/reward_accuracy": acc[m][seed],
+                    "probe/margin": 1.0 + seed,
+                    "eval/compare/kl": 0.5 * seed,
+                },
+            )
             results[r.spec.run_id] = r
     opts = CompareOptions(task="arithmetic", methods=list(values), seeds=3)
-    report = write_report(results, tmp_path, opts=opts, methods={m: [{"name": m}] for m in values}, baseline="dpo",
-                          prep=Prepared(48, 12, 4, 1024, None), reference={}, n_ref_runs=0, wall=3.0, executor="local",
-                          command="dpolab compare ...")
+    report = write_report(
+        results,
+        tmp_path,
+        opts=opts,
+        methods={m: [{"name": m}] for m in values},
+        baseline="dpo",
+        prep=Prepared(48, 12, 4, 1024, None),
+        reference={},
+        n_ref_runs=0,
+        wall=3.0,
+        executor="local",
+        command="dpolab compare ...",
+    )
     text = report.read_text()
     assert assert_verdicts_match_numbers(text) >= 12
-    assert "- dpop: Δ chosen higher than dpo, +4.33 (95 % CI" in text  # DPOP kept the chosen log-prob where DPO lowered it
+    assert (
+        "- dpop: Δ chosen higher than dpo, +4.33 (95 % CI" in text
+    )  # DPOP kept the chosen log-prob where DPO lowered it
     assert "- dpo: Δ chosen lower than 0, -4.03 (95 % CI" in text
     assert "- dpop: Δ chosen higher than 0 (maybe negligible), +0.30 (95 % CI" in text  # CI +0.05 to +0.55, ±0.1
     assert "- ipo: reward accuracy higher than dpo (better), +0.25" in text
@@ -219,12 +322,30 @@ def test_a_comparison_that_moved_nothing_says_negligible_and_keeps_shares_in_ran
     results = {}
     for m in delta:
         for seed in range(3):
-            r = _fake_run(tmp_path, m, seed, {"probe/delta/chosen": delta[m][seed],
-                                              "probe/reward_accuracy": acc[m][seed], "eval/compare/kl": kl[m][seed]})
+            r = _fake_run(
+                tmp_path,
+                m,
+                seed,
+                {
+                    "probe/delta/chosen": delta[m][seed],
+                    "probe/reward_accuracy": acc[m][seed],
+                    "eval/compare/kl": kl[m][seed],
+                },
+            )
             results[r.spec.run_id] = r
-    report = write_report(results, tmp_path, opts=CompareOptions(task="arithmetic", methods=list(delta), seeds=3),
-                          methods={m: [{"name": m}] for m in delta}, baseline="dpo",
-                          prep=Prepared(48, 12, 4, 1024, None), reference={}, n_ref_runs=0, wall=3.0, executor="local", command="dpolab compare ...")
+    report = write_report(
+        results,
+        tmp_path,
+        opts=CompareOptions(task="arithmetic", methods=list(delta), seeds=3),
+        methods={m: [{"name": m}] for m in delta},
+        baseline="dpo",
+        prep=Prepared(48, 12, 4, 1024, None),
+        reference={},
+        n_ref_runs=0,
+        wall=3.0,
+        executor="local",
+        command="dpolab compare ...",
+    )
     text = report.read_text()
     assert assert_verdicts_match_numbers(text) >= 4
     assert "- simpo: Δ chosen against dpo negligible, -0.001 (95 % CI" in text
@@ -256,11 +377,25 @@ def test_kl_estimate_is_zero_at_the_start_and_rm_scores(tmp_path, lora):
     tiny = {"n_layer": 1, "n_embd": 32, "n_head": 2}
     task = {"task": "arithmetic", "max_length": 96, "task_args": {"n_train": 16, "n_eval": 8}}
     rm_dir = tmp_path / "rm"
-    train(build_config({"model": {"name_or_path": "tiny-gpt2", "tiny": tiny}, "data": task,
-                        "train": {"mode": "rm", "max_steps": 1, "batch_size": 4},
-                        "output": {"dir": str(rm_dir), "progress": False}}), log=lambda s: None)
-    cfg = build_config({"model": {"name_or_path": "tiny-gpt2", "tiny": tiny}, "lora": {"enabled": lora}, "data": task,
-                        "train": {"seed": 3}})
+    train(
+        build_config(
+            {
+                "model": {"name_or_path": "tiny-gpt2", "tiny": tiny},
+                "data": task,
+                "train": {"mode": "rm", "max_steps": 1, "batch_size": 4},
+                "output": {"dir": str(rm_dir), "progress": False},
+            }
+        ),
+        log=lambda s: None,
+    )
+    cfg = build_config(
+        {
+            "model": {"name_or_path": "tiny-gpt2", "tiny": tiny},
+            "lora": {"enabled": lora},
+            "data": task,
+            "train": {"seed": 3},
+        }
+    )
     tok = load_tokenizer(cfg.model)
     _, evals = prepare_data(cfg.data, tok, "preference", 0, log=lambda s: None)
     policy = load_policy(cfg.model, cfg.lora, tok, seed=3)
@@ -282,9 +417,13 @@ def test_kl_estimate_is_never_negative_where_the_plain_log_ratio_is():
     from dpolab.models.load import load_policy, load_tokenizer
     from dpolab.studies.compare_measures import HeldOutMeasures
 
-    cfg = build_config({"model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-                        "data": {"task": "arithmetic", "max_length": 96, "task_args": {"n_train": 16, "n_eval": 8}},
-                        "train": {"seed": 3}})
+    cfg = build_config(
+        {
+            "model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {"task": "arithmetic", "max_length": 96, "task_args": {"n_train": 16, "n_eval": 8}},
+            "train": {"seed": 3},
+        }
+    )
     tok = load_tokenizer(cfg.model)
     _, evals = prepare_data(cfg.data, tok, "preference", 0, log=lambda s: None)
     hook = HeldOutMeasures(n_prompts=4, max_new_tokens=4).bind(cfg, evals)
@@ -295,8 +434,16 @@ def test_kl_estimate_is_never_negative_where_the_plain_log_ratio_is():
         for p in policy.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.01)
     kl = hook(policy, tok, 0)["compare/kl"]
-    samples = generate_ids(policy, hook.prompts, max_new_tokens=4, batch_size=16, do_sample=True, seed=0,
-                           pad_id=tok.pad_token_id, eos_id=tok.eos_token_id)
+    samples = generate_ids(
+        policy,
+        hook.prompts,
+        max_new_tokens=4,
+        batch_size=16,
+        do_sample=True,
+        seed=0,
+        pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id,
+    )
     scored = [s + [tok.eos_token_id] if len(s) < 4 else s for s in samples]
     pol, _ = hook._token_logps(policy, hook.prompts, scored, tok.pad_token_id)
     ref, _ = hook._token_logps(hook._reference(policy, tok)[0], hook.prompts, scored, tok.pad_token_id)
@@ -307,8 +454,23 @@ def test_kl_estimate_is_never_negative_where_the_plain_log_ratio_is():
 @pytest.mark.slow
 def test_dry_run_prints_the_grid_and_an_estimate_and_trains_nothing(tmp_path, capsys):
     out = tmp_path / "cmp"
-    rc = main(["compare", "--task", "arithmetic", "--methods", "dpo,simpo", "--seeds", "2", "--budget", "8steps",
-               "--out", str(out), *[f"--set={s}" for s in TINY], "--dry-run"])
+    rc = main(
+        [
+            "compare",
+            "--task",
+            "arithmetic",
+            "--methods",
+            "dpo,simpo",
+            "--seeds",
+            "2",
+            "--budget",
+            "8steps",
+            "--out",
+            str(out),
+            *[f"--set={s}" for s in TINY],
+            "--dry-run",
+        ]
+    )
     text = capsys.readouterr().out
     assert rc == 0 and "2 method(s) x 2 seed(s) = 4 runs" in text and "simpo/seed1" in text
     assert "timed probe (3 real steps of 'dpo' on " in text and "estimate (scaled to " in text

@@ -1,12 +1,13 @@
 """The same grid gives the same per-run results on every executor: local (in process, and worker processes), Ray (a
 local cluster started here) and Slurm through submitit (its local executor). Missing packages are one-line errors."""
+
 from __future__ import annotations
 
 import sys
 
 import pytest
-
 from compare_helpers import final_metrics, tiny_options
+
 from dpolab.errors import MissingPackageError, UserError
 from dpolab.studies.compare import run_compare
 from dpolab.studies.executors import Resources, make_executor
@@ -50,7 +51,9 @@ def test_slurm_path_through_submitit_local(tmp_path, local_finals):
     pytest.importorskip("submitit")
     out = tmp_path / "cmp"
     msgs = []
-    run_compare(tiny_options(out, executor="slurm", cluster="local", partition="debug", time=10, **GRID), log=msgs.append)
+    run_compare(
+        tiny_options(out, executor="slurm", cluster="local", partition="debug", time=10, **GRID), log=msgs.append
+    )
     assert any("slurm: 2 job(s) submitted" in m for m in msgs)
     assert final_metrics(out) == local_finals
     assert list((out / "slurm").glob("*_log.out"))  # submitit's own job logs, in the comparison's folder

@@ -1,11 +1,11 @@
 """`dpolab demo` says what it does as it goes: each stage with an estimate of its time, a note when other jobs share
 the cores, and at the end the report's path and commands to try next, each of which works on what it wrote."""
+
 from __future__ import annotations
 
 import io
 import re
 import shlex
-from pathlib import Path
 
 import pytest
 
@@ -48,18 +48,21 @@ def test_each_stage_is_announced_with_an_estimate_and_the_end_says_what_to_try(d
     demo = [line for line in lines if line.startswith("[demo]")]
     assert demo[0].startswith(f"[demo] SFT, then DPO, DPOP, Gate-DPO (seq) from the SFT model, then a report in {out}")
     assert any(re.fullmatch(r"\[demo\]   SFT step 3 of 6, .* in: about .* left in this stage", d) for d in demo), demo
-    assert re.search(r"\[demo\] 1/4 done in .*; the 3 preference stages take about \d.* more at this machine's pace",
-                     "\n".join(demo))
+    assert re.search(
+        r"\[demo\] 1/4 done in .*; the 3 preference stages take about \d.* more at this machine's pace", "\n".join(demo)
+    )
     for i, name in ((2, "DPO"), (3, "DPOP"), (4, "Gate-DPO \\(seq\\)")):
-        assert any(re.fullmatch(rf"\[demo\] {i}/4 {name} from the SFT model \(4 steps of 4 pairs; about \d.*\)", d)
-                   for d in demo), demo
+        assert any(
+            re.fullmatch(rf"\[demo\] {i}/4 {name} from the SFT model \(4 steps of 4 pairs; about \d.*\)", d)
+            for d in demo
+        ), demo
     assert demo[-2] == f"[demo] done in {demo[-2].split('done in ')[1].split(':')[0]}: {out / 'report.md'}"
     assert demo[-1] == "[demo] what to try next:" and lines[-1].startswith("  dpolab train --config")
 
 
 def test_the_commands_to_try_next_work(demo_run, capsys, monkeypatch):
     out, lines = demo_run
-    commands = [line.strip().split("    # ")[0] for line in lines[lines.index("[demo] what to try next:") + 1:]]
+    commands = [line.strip().split("    # ")[0] for line in lines[lines.index("[demo] what to try next:") + 1 :]]
     assert len(commands) == 3
     printf, generate = commands[0].split(" | ")
     text = shlex.split(printf)[1].replace("\\n", "\n")

@@ -6,6 +6,7 @@ buffers and its tensor inputs are on ``meta``. Computation on ``meta`` stops at 
 (after the policy and reference forwards and the backward), which the test expects. On a real GPU the same code
 paths run with ``cuda``; ``scripts/gpu_smoke.sh`` runs them there.
 """
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -74,8 +75,11 @@ def placement():
 
     def hook(module, args):
         seen.append(module)
-        for kind, tensors in (("weight", module.parameters(recurse=False)), ("buffer", module.buffers(recurse=False)),
-                              ("input", (a for a in args if isinstance(a, torch.Tensor)))):
+        for kind, tensors in (
+            ("weight", module.parameters(recurse=False)),
+            ("buffer", module.buffers(recurse=False)),
+            ("input", (a for a in args if isinstance(a, torch.Tensor))),
+        ):
             for t in tensors:
                 if t.device.type != "meta":
                     wrong.append(f"{type(module).__name__} {kind} on {t.device}")
@@ -86,13 +90,20 @@ def placement():
 
 
 def _cfg(tmp_path, name, *overrides):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 8, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48},
-        "train": {"batch_size": 4, "max_steps": 2, "lr": 1e-3, "seed": 0},
-        "eval": {"batch_size": 4, "at_start": False},
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 8, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "train": {"batch_size": 4, "max_steps": 2, "lr": 1e-3, "seed": 0},
+            "eval": {"batch_size": 4, "at_start": False},
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
+        },
+        list(overrides),
+    )
 
 
 def _is_meta_stop(e: BaseException) -> bool:
@@ -105,14 +116,17 @@ def _roots(seen):
     return [m for m in seen if type(m).__name__.endswith(("LMHeadModel", "ForCausalLM"))]
 
 
-@pytest.mark.parametrize("overrides, live", [
-    (["reference.mode=copy"], True),
-    (["reference.mode=copy", "lora.enabled=true", "lora.r=2"], True),
-    (["reference.mode=adapter", "lora.enabled=true", "lora.r=2"], True),
-    (["reference.mode=copy", "reference.name_or_path=tiny-gpt2"], True),
-    (["reference.mode=precomputed"], False),
-    (["reference.mode=precomputed", "lora.enabled=true", "lora.r=2"], False),
-])
+@pytest.mark.parametrize(
+    "overrides, live",
+    [
+        (["reference.mode=copy"], True),
+        (["reference.mode=copy", "lora.enabled=true", "lora.r=2"], True),
+        (["reference.mode=adapter", "lora.enabled=true", "lora.r=2"], True),
+        (["reference.mode=copy", "reference.name_or_path=tiny-gpt2"], True),
+        (["reference.mode=precomputed"], False),
+        (["reference.mode=precomputed", "lora.enabled=true", "lora.r=2"], False),
+    ],
+)
 def test_reference_and_batches_reach_the_accelerator_device(tmp_path, placement, meta_accelerate, overrides, live):
     seen, wrong = placement
     name = "-".join(o.split("=")[-1] for o in overrides)
@@ -181,9 +195,17 @@ def _runs_on_meta(placement, run, at_least: int) -> None:
 def test_eval_runs_the_policy_and_the_reference_on_the_device(saved, placement):
     from dpolab.evaluation.preference import evaluate_preference_file
 
-    _runs_on_meta(placement, lambda: evaluate_preference_file(
-        str(saved / "policy"), str(saved / "pairs.jsonl"), reference=str(saved / "policy"), device="meta",
-        log=lambda m: None), at_least=2)
+    _runs_on_meta(
+        placement,
+        lambda: evaluate_preference_file(
+            str(saved / "policy"),
+            str(saved / "pairs.jsonl"),
+            reference=str(saved / "policy"),
+            device="meta",
+            log=lambda m: None,
+        ),
+        at_least=2,
+    )
 
 
 def test_generate_and_chat_run_on_the_device(saved, placement):
@@ -193,8 +215,9 @@ def test_generate_and_chat_run_on_the_device(saved, placement):
     assert all(p.device == META for p in model.parameters())
     # HF's generate reads its special-token tensors back to the host before its first forward; one forward on what
     # dpolab hands it stands in for its loop (the hook checks the inputs and weights), then the reply reads it back
-    model.generate = lambda input_ids, attention_mask, **kw: model(input_ids=input_ids,
-                                                                   attention_mask=attention_mask).logits.argmax(-1)
+    model.generate = lambda input_ids, attention_mask, **kw: model(
+        input_ids=input_ids, attention_mask=attention_mask
+    ).logits.argmax(-1)
     opts = SamplingOptions(max_new_tokens=3, temperature=0)
     _runs_on_meta(placement, lambda: reply(model, tok, [{"role": "user", "content": "1+1="}], opts), at_least=1)
     _runs_on_meta(placement, lambda: Conversation(model, tok, opts).say("2+2="), at_least=1)
@@ -203,8 +226,18 @@ def test_generate_and_chat_run_on_the_device(saved, placement):
 def test_rm_score_runs_the_reward_model_on_the_device(saved, placement):
     from dpolab.rewards.score import score_file
 
-    _runs_on_meta(placement, lambda: score_file(str(saved / "rm"), str(saved / "pairs.jsonl"), str(saved / "s.jsonl"),
-                                                progress=False, log=lambda m: None, device="meta"), at_least=1)
+    _runs_on_meta(
+        placement,
+        lambda: score_file(
+            str(saved / "rm"),
+            str(saved / "pairs.jsonl"),
+            str(saved / "s.jsonl"),
+            progress=False,
+            log=lambda m: None,
+            device="meta",
+        ),
+        at_least=1,
+    )
     assert not (saved / "s.jsonl").exists()
 
 
@@ -220,8 +253,26 @@ def test_device_option_auto_and_refusals(saved, capsys):
             resolve_device("cuda")
     with pytest.raises(ConfigError, match="'gpu0' is not a device"):
         resolve_device("gpu0")
-    assert main(["eval", "--model", str(saved / "policy"), "--data", str(saved / "pairs.jsonl"), "--device", "gpu0"]) == 2
+    assert (
+        main(["eval", "--model", str(saved / "policy"), "--data", str(saved / "pairs.jsonl"), "--device", "gpu0"]) == 2
+    )
     assert "error: --device: 'gpu0' is not a device" in capsys.readouterr().err
-    assert main(["rm", "score", "--model", str(saved / "rm"), "--data", str(saved / "pairs.jsonl"),
-                 "--out", str(saved / "s.jsonl"), "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "rm",
+                "score",
+                "--model",
+                str(saved / "rm"),
+                "--data",
+                str(saved / "pairs.jsonl"),
+                "--out",
+                str(saved / "s.jsonl"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "device: cpu (float32)" in capsys.readouterr().err

@@ -7,6 +7,7 @@ A command that cannot run here says why on the line before it, ``# needs: TAG[, 
 a ``smollm2`` command runs when ``DPOLAB_DOC_SMOLLM2=1`` (it loads the 135 M model; ``make setup`` installs it). An
 unmarked command that fails, an unknown tag, or a shortened form whose command is no longer in the docs fails the test.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,16 +42,14 @@ SHORTENED = {
     "make demo": "dpolab demo --quick",
     "dpolab compare --task arithmetic --methods dpo,dpop:lam=50,simpo --seeds 3 --budget 16steps --evals 4 --samples 8 "
     "--max-new-tokens 12 --cpus 1 --set data.task_args.n_train=64 --set data.task_args.n_eval=16 "
-    "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith":
-        "dpolab compare --task arithmetic --methods dpo,simpo --seeds 2 --budget 2steps --evals 1 --samples 2 "
-        "--max-new-tokens 4 --cpus 1 --set data.task_args.n_train=16 --set data.task_args.n_eval=8 "
-        "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith",
+    "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith": "dpolab compare --task arithmetic --methods dpo,simpo --seeds 2 --budget 2steps --evals 1 --samples 2 "
+    "--max-new-tokens 4 --cpus 1 --set data.task_args.n_train=16 --set data.task_args.n_eval=8 "
+    "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith",
     "dpolab train model.name_or_path=smollm2-135m lora.enabled=true data.train=examples/chat_pairs.jsonl "
     "data.eval=examples/chat_pairs_heldout.jsonl data.max_length=256 train.batch_size=8 train.max_steps=10 "
-    "train.lr=5e-5 output.dir=runs/smol-dpo":
-        "dpolab train model.name_or_path=smollm2-135m lora.enabled=true data.train=examples/chat_pairs.jsonl "
-        "data.eval=examples/chat_pairs_heldout.jsonl data.max_length=64 train.batch_size=2 train.max_steps=1 "
-        "train.lr=5e-5 eval.max_examples=2 output.dir=runs/smol-dpo",
+    "train.lr=5e-5 output.dir=runs/smol-dpo": "dpolab train model.name_or_path=smollm2-135m lora.enabled=true data.train=examples/chat_pairs.jsonl "
+    "data.eval=examples/chat_pairs_heldout.jsonl data.max_length=64 train.batch_size=2 train.max_steps=1 "
+    "train.lr=5e-5 eval.max_examples=2 output.dir=runs/smol-dpo",
 }
 # long commands with no short form of their own, and what runs instead
 NOT_SHORTENED = {
@@ -58,18 +57,15 @@ NOT_SHORTENED = {
     "make test-fast": "the test suite without the slow tests (this test is one of them)",
     "make test-small-studies": "tests/integration/test_studies_small.py, run by `make test-small-studies`",
     "dpolab compare --model tiny-gpt2 --data examples/text_pairs.jsonl --eval-data examples/text_pairs_heldout.jsonl "
-    "--methods dpo,ipo,dpop:lam=50,cal-dpo,gate-dpo,simpo --seeds 3 --budget 200steps --out runs/compare-mine":
-        "its grid is the --dry-run command next to it, which runs",
+    "--methods dpo,ipo,dpop:lam=50,cal-dpo,gate-dpo,simpo --seeds 3 --budget 200steps --out runs/compare-mine": "its grid is the --dry-run command next to it, which runs",
     "dpolab compare --config examples/compare.yaml": "test_compare_yaml_loads checks the file; the --dry-run runs",
-    "dpolab compare --config examples/compare.yaml --executor local --parallel 4":
-        "test_compare_yaml_loads checks the file; executors: tests/integration/test_executors*.py",
+    "dpolab compare --config examples/compare.yaml --executor local --parallel 4": "test_compare_yaml_loads checks the file; executors: tests/integration/test_executors*.py",
     "python benchmarks/run.py --workload imdb": "tests/unit/test_bench_harness.py checks the harness",
     "dpolab study squeeze": "the studies' smoke sizes: tests/integration/test_studies*.py",
     "dpolab study dpop": "the studies' smoke sizes: tests/integration/test_studies*.py",
     "dpolab study dpop --smoke": "the studies' smoke sizes: tests/integration/test_studies*.py",
     "dpolab study squeeze --executor local --parallel 4": "executors: tests/integration/test_executors*.py",
-    "accelerate launch --multi_gpu --num_processes 2 -m dpolab.cli train --config examples/tiny_dpo.yaml":
-        "tests/integration/test_multiprocess.py trains two processes",
+    "accelerate launch --multi_gpu --num_processes 2 -m dpolab.cli train --config examples/tiny_dpo.yaml": "tests/integration/test_multiprocess.py trains two processes",
 }
 # commands an existing test already runs exactly: (test file, text that must be in it)
 COVERED = {"dpolab demo --quick": ("tests/integration/test_cli_and_tools.py", '["demo", "--quick"')}
@@ -121,8 +117,9 @@ def extract(page: Path) -> List[Command]:
             if m:
                 needs = frozenset(t.strip() for t in m.group(1).split(",") if t.strip())
             elif line.lower().startswith("# needs"):
-                raise AssertionError(f"{page.relative_to(ROOT)}:{no}: malformed marker {line!r}; "
-                                     "write '# needs: TAG[, TAG] (words)'")
+                raise AssertionError(
+                    f"{page.relative_to(ROOT)}:{no}: malformed marker {line!r}; write '# needs: TAG[, TAG] (words)'"
+                )
             continue
         elif line:
             pending = (no, [line])
@@ -146,8 +143,14 @@ def test_markers_are_explicit_and_current():
         assert not stale, f"no longer in the docs (update this test): {stale}"
     for text in (*SHORTENED, *NOT_SHORTENED):
         assert "long" in texts[text].needs, f"{texts[text].where}: has a shortened form but no '# needs: long'"
-    unhandled = [c.where for c in COMMANDS if "long" in c.needs and c.text not in SHORTENED and c.text not in NOT_SHORTENED
-                 and not c.needs & (set(NEEDS) - {"long", "smollm2"})]
+    unhandled = [
+        c.where
+        for c in COMMANDS
+        if "long" in c.needs
+        and c.text not in SHORTENED
+        and c.text not in NOT_SHORTENED
+        and not c.needs & (set(NEEDS) - {"long", "smollm2"})
+    ]
     assert not unhandled, f"'# needs: long' without a shortened form or a reason in NOT_SHORTENED: {unhandled}"
     for text, (test_file, snippet) in COVERED.items():
         assert snippet in (ROOT / test_file).read_text(encoding="utf-8"), f"{test_file} no longer runs {text!r}"
@@ -185,8 +188,11 @@ _SHELL = re.compile(r"[$|;&<>`]|^(source|\.|make|python|accelerate)\b|^\.venv/")
 
 
 def _run(text: str, workdir: Path) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
-           "DPOLAB_CACHE": os.environ.get("DPOLAB_CACHE", str(Path.home() / ".cache" / "dpolab"))}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.prefix) / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DPOLAB_CACHE": os.environ.get("DPOLAB_CACHE", str(Path.home() / ".cache" / "dpolab")),
+    }
     if text.startswith("dpolab ") and not _SHELL.search(text):  # in this process: no second import of torch
         import torch
 
@@ -225,6 +231,6 @@ def state(tmp_path_factory):
 def test_doc_command(cmd, state):
     plan = _plan(cmd, state["ran"])
     if plan.startswith("skip: "):
-        pytest.skip(plan[len("skip: "):])
+        pytest.skip(plan[len("skip: ") :])
     state["ran"][plan] = cmd.where
     _run(plan, state["folder"])

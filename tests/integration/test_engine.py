@@ -1,9 +1,8 @@
 """End-to-end training on tiny GPT-2 and Llama models built from configs (seconds each)."""
+
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,13 +14,23 @@ from dpolab.engine.logging import read_metrics
 pytestmark = pytest.mark.slow
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
-TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
+TINY_LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
 
 
 def cfg(tmp_path, *overrides, model="tiny-gpt2", loss=None, name="run"):
     data = {
         "model": {"name_or_path": model, "tiny": TINY if model == "tiny-gpt2" else TINY_LLAMA},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 32, "n_eval": 8, "n_terms": [2, 2], "max_value": 9}, "max_length": 64},
+        "data": {
+            "task": "arithmetic",
+            "task_args": {"n_train": 32, "n_eval": 8, "n_terms": [2, 2], "max_value": 9},
+            "max_length": 64,
+        },
         "train": {"batch_size": 8, "max_steps": 4, "lr": 1e-3, "schedule": "constant", "seed": 0},
         "eval": {"every": 0, "batch_size": 8},
         "output": {"dir": str(tmp_path / name), "progress": False},
@@ -63,7 +72,9 @@ def test_lora_trains_only_adapter_weights(tmp_path):
     c = cfg(tmp_path, "lora.enabled=true", "lora.r=4", "train.max_steps=1", "train.lr=1e-2")
     t = Trainer(c)
     before = {n: p.detach().clone() for n, p in t.policy.named_parameters()}
-    assert t.reference.mode == "adapter"  # a live reference without a second copy of the model (run too short to precompute)
+    assert (
+        t.reference.mode == "adapter"
+    )  # a live reference without a second copy of the model (run too short to precompute)
     t.fit()
     changed = {n for n, p in t.policy.named_parameters() if not torch.equal(p.detach(), before[n])}
     assert changed, "nothing trained"
@@ -76,14 +87,24 @@ def _flat_grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
-@pytest.mark.parametrize("mode, loss", [("preference", None), ("sft", None), ("preference", "beta-dpo"),
-                                        ("preference", "aot"), ("preference", "aot-unpaired")])
+@pytest.mark.parametrize(
+    "mode, loss",
+    [
+        ("preference", None),
+        ("sft", None),
+        ("preference", "beta-dpo"),
+        ("preference", "aot"),
+        ("preference", "aot-unpaired"),
+    ],
+)
 def test_gradient_accumulation_equals_big_batch(tmp_path, mode, loss):
     """4 micro-batches of 2 give the same gradient as one batch of 8 (pair-mean / token-mean); batch-level losses
     (beta-DPO's statistics and kept pairs, AOT's sorting) take them over the whole step, not per micro-batch."""
     extra = [f"loss=[{{name: {loss}}}]", "reference.mode=copy"] if loss else []
     big = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=8", "train.grad_accum=1", *extra, name="big"))
-    small = Trainer(cfg(tmp_path, f"train.mode={mode}", "train.batch_size=2", "train.grad_accum=4", *extra, name="small"))
+    small = Trainer(
+        cfg(tmp_path, f"train.mode={mode}", "train.batch_size=2", "train.grad_accum=4", *extra, name="small")
+    )
     grads = []
     for t in (big, small):
         if loss:  # a policy away from its reference, so the step's margins are real, not float noise around 0
@@ -104,7 +125,15 @@ def test_resumed_run_matches_uninterrupted(tmp_path, ref_mode):
     probes = ["eval.probes=true", "eval.probe_examples=4"]  # the probe set and its baseline must survive too
     full = cfg(tmp_path, "train.max_steps=6", f"reference.mode={ref_mode}", *probes, loss=loss, name="full")
     s_full = train(full)
-    part = cfg(tmp_path, "train.max_steps=6", "output.save_every=3", f"reference.mode={ref_mode}", *probes, loss=loss, name="part")
+    part = cfg(
+        tmp_path,
+        "train.max_steps=6",
+        "output.save_every=3",
+        f"reference.mode={ref_mode}",
+        *probes,
+        loss=loss,
+        name="part",
+    )
     t = Trainer(part)
     t.total_steps = 3  # simulate a run stopped right after the step-3 checkpoint
     t.fit()
@@ -156,8 +185,23 @@ def test_metrics_logged_every_step(tmp_path):
     train(cfg(tmp_path, "train.max_steps=3", loss=loss))
     rows = [r for r in read_metrics(tmp_path / "run") if "grad_norm" in r]
     assert len(rows) == 3
-    for key in ("loss", "loss/dpo", "loss/sft", "rewards/chosen", "rewards/rejected", "logratio_margin", "reward_accuracy", "reward_ties",
-                "logps/chosen", "logps/rejected", "ref_logps/chosen", "ref_logps/rejected", "grad_norm", "lr", "tokens_per_s"):
+    for key in (
+        "loss",
+        "loss/dpo",
+        "loss/sft",
+        "rewards/chosen",
+        "rewards/rejected",
+        "logratio_margin",
+        "reward_accuracy",
+        "reward_ties",
+        "logps/chosen",
+        "logps/rejected",
+        "ref_logps/chosen",
+        "ref_logps/rejected",
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+    ):
         assert key in rows[0], key
     r = rows[0]
     assert r["loss"] == pytest.approx(r["loss/dpo"] + 0.2 * r["loss/sft"], rel=1e-5)

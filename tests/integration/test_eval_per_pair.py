@@ -1,4 +1,5 @@
 """`dpolab eval`: ties apart from wins, intervals, the length-bias warning and its normalised variant, per-pair output."""
+
 from __future__ import annotations
 
 import json
@@ -51,13 +52,20 @@ def test_model_against_itself_ties_every_pair(tiny_model, pairs, tmp_path):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["index"] for r in recs] == list(range(5)) and [r["row"] for r in recs] == [1, 2, 3, 4, 5]
     assert all(r["result"] == "tie" and r["margin"] == 0.0 and r["logp_chosen"] == r["ref_logp_chosen"] for r in recs)
-    assert any(m.startswith("5 of 5 rows read scored: accuracy 0.000 (95 % CI 0.000 to ") and "ties 1.000" in m for m in logs)
+    assert any(
+        m.startswith("5 of 5 rows read scored: accuracy 0.000 (95 % CI 0.000 to ") and "ties 1.000" in m for m in logs
+    )
     assert LENGTH_BIAS_WARNING not in logs
 
 
 def test_without_reference_warns_and_reports_the_length_normalised_variant(tiny_model, pairs, tmp_path, capsys):
     out = tmp_path / "per_pair.jsonl"
-    assert main(["eval", "--model", tiny_model, "--data", pairs, "--per-pair", str(out), "--out", str(tmp_path / "e.json")]) == 0
+    assert (
+        main(
+            ["eval", "--model", tiny_model, "--data", pairs, "--per-pair", str(out), "--out", str(tmp_path / "e.json")]
+        )
+        == 0
+    )
     err = capsys.readouterr().err
     assert LENGTH_BIAS_WARNING in err.splitlines()
     res = json.loads((tmp_path / "e.json").read_text())
@@ -65,8 +73,9 @@ def test_without_reference_warns_and_reports_the_length_normalised_variant(tiny_
     assert len(recs) == res["pairs"] == 5
     for r in recs:
         assert r["margin"] == pytest.approx(r["logp_chosen"] - r["logp_rejected"], abs=1e-4)
-        assert r["margin_per_token"] == pytest.approx(r["logp_chosen"] / r["tokens_chosen"]
-                                                      - r["logp_rejected"] / r["tokens_rejected"], abs=1e-5)
+        assert r["margin_per_token"] == pytest.approx(
+            r["logp_chosen"] / r["tokens_chosen"] - r["logp_rejected"] / r["tokens_rejected"], abs=1e-5
+        )
         assert r["result"] == outcome(r["margin"], r["tie_tolerance"]) and r["tokens_rejected"] > r["tokens_chosen"]
     wins = sum(r["result"] == "win" for r in recs)
     assert res["reward_accuracy"] == pytest.approx(wins / 5)

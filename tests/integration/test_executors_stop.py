@@ -1,6 +1,7 @@
 """Executors (issue 32, defect 13): Slurm needs a time limit (submitit's silent default is 5 minutes); a driver that
 stops (a failed run, Ctrl-C, any error) cancels the Ray tasks / Slurm jobs it started, which otherwise kept training
 into run folders a rerun trains again; Ray's ``ray.init(address=...)`` branch and a failing Ray task."""
+
 from __future__ import annotations
 
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dpolab.errors import ConfigError
-from dpolab.studies.executors import RayExecutor, Resources, SlurmExecutor, make_executor
+from dpolab.studies.executors import RayExecutor, Resources, make_executor
 
 
 # -- Slurm: a fake submitit executor (no cluster) -------------------------------------------------------------------

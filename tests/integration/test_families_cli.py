@@ -1,5 +1,6 @@
 """Through the CLI, on every model family dpolab claims: `dpolab train` with the default (fast) layout gives the plain
 path's step-1 log-probs and loss within 1e-4 (fp32), on sequences longer than the families' 16-token windows."""
+
 from __future__ import annotations
 
 import warnings
@@ -12,9 +13,18 @@ from dpolab.models.load import TINY_PRESETS
 
 pytestmark = pytest.mark.slow
 
-ARGS = ["data.task=arithmetic", "data.task_args={n_train: 8, n_eval: 4, n_terms: [3, 4], max_value: 50}",
-        "data.max_length=64", "train.batch_size=4", "train.max_steps=1", "train.lr=1e-3", "eval.at_start=false",
-        "output.progress=false", "output.save_final=false", "reference.mode=copy"]
+ARGS = [
+    "data.task=arithmetic",
+    "data.task_args={n_train: 8, n_eval: 4, n_terms: [3, 4], max_value: 50}",
+    "data.max_length=64",
+    "train.batch_size=4",
+    "train.max_steps=1",
+    "train.lr=1e-3",
+    "eval.at_start=false",
+    "output.progress=false",
+    "output.save_final=false",
+    "reference.mode=copy",
+]
 
 
 def _step1(tmp_path, preset, name, *extra):

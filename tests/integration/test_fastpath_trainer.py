@@ -2,6 +2,7 @@
 loss, metrics and gradients on a training step, also for model families whose sliding windows are shorter than the
 sequences (Mistral, Phi-3: every layer; Gemma-2/3, Qwen2: local and global layers), from a preset or a saved
 folder; bf16 autocast keeps it; and a short run with it matches a plain run."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,23 +14,44 @@ from dpolab.engine import Trainer
 pytestmark = pytest.mark.slow
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
-TINY_LLAMA = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1}
-TINY_FAMILY = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-               "num_key_value_heads": 1}  # the presets' 16-token windows (and Gemma's head_dim 16) stay
+TINY_LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}
+TINY_FAMILY = {
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 1,
+}  # the presets' 16-token windows (and Gemma's head_dim 16) stay
 PLAIN = ["train.layout=padded", "train.logits=full"]
 
 
 def _cfg(tmp_path, name, model, *overrides, tokenizer=None):
     tiny = TINY if model == "tiny-gpt2" else TINY_LLAMA if model == "tiny-llama" else TINY_FAMILY
-    return build_config({
-        "model": {"name_or_path": model, "tiny": tiny, "tokenizer": tokenizer},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 24, "n_eval": 8, "n_terms": [2, 3], "max_value": 20},
-                 "max_length": 64},
-        "loss": [{"name": "dpo"}, {"name": "sft", "weight": 0.2}, {"name": "gate-dpo", "weight": 0.5, "params": {"mode": "q10"}}],
-        "train": {"batch_size": 6, "max_steps": 3, "lr": 1e-3, "schedule": "constant", "seed": 0},
-        "eval": {"every": 0, "batch_size": 8, "at_start": False},
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"name_or_path": model, "tiny": tiny, "tokenizer": tokenizer},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 24, "n_eval": 8, "n_terms": [2, 3], "max_value": 20},
+                "max_length": 64,
+            },
+            "loss": [
+                {"name": "dpo"},
+                {"name": "sft", "weight": 0.2},
+                {"name": "gate-dpo", "weight": 0.5, "params": {"mode": "q10"}},
+            ],
+            "train": {"batch_size": 6, "max_steps": 3, "lr": 1e-3, "schedule": "constant", "seed": 0},
+            "eval": {"every": 0, "batch_size": 8, "at_start": False},
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
+        },
+        list(overrides),
+    )
 
 
 def _first_step(t):
@@ -90,10 +112,14 @@ def test_mistral_folder_with_window_through_the_trainer(tmp_path):
 
     torch.manual_seed(0)
     folder = tmp_path / "mistral-w16"
-    AutoModelForCausalLM.from_config(tiny_config("tiny-mistral", build_char_tokenizer(), TINY_FAMILY)).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(tiny_config("tiny-mistral", build_char_tokenizer(), TINY_FAMILY)).save_pretrained(
+        folder
+    )
     fast = Trainer(_cfg(tmp_path, "fast", str(folder), tokenizer="char"))
     plain = Trainer(_cfg(tmp_path, "plain", str(folder), *PLAIN, tokenizer="char"))
-    assert type(fast.policy).__name__ == "MistralForCausalLM" and fast.policy.config.sliding_window == 16 < _longest(fast)
+    assert type(fast.policy).__name__ == "MistralForCausalLM" and fast.policy.config.sliding_window == 16 < _longest(
+        fast
+    )
     (mf, _), (mp, _) = _first_step(fast), _first_step(plain)
     assert float(mf["logps/chosen"]) == pytest.approx(float(mp["logps/chosen"]), abs=1e-4)
     assert fast_path_report(fast.model).get(("prefix", "response"), "unprobed") is None

@@ -1,5 +1,6 @@
 """train.gradient_checkpointing recomputes activations in backward and gives the same step: loss, metrics and
 gradients equal the run without it, for every layout, full fine-tuning and LoRA, with a live reference."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,20 +11,36 @@ from dpolab.engine import Trainer
 
 pytestmark = pytest.mark.slow
 
-TINY = {"tiny-gpt2": {"n_layer": 2, "n_embd": 32, "n_head": 2},
-        "tiny-llama": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "num_key_value_heads": 1}}
+TINY = {
+    "tiny-gpt2": {"n_layer": 2, "n_embd": 32, "n_head": 2},
+    "tiny-llama": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+    },
+}
 
 
 def _trainer(tmp_path, name, model, *overrides):
-    return Trainer(build_config({
-        "model": {"name_or_path": model, "tiny": TINY[model]},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 3], "max_value": 20},
-                 "max_length": 64},
-        "loss": [{"name": "dpo"}, {"name": "sft", "weight": 0.2}],
-        "train": {"batch_size": 4, "grad_accum": 2, "max_steps": 2, "lr": 1e-3, "seed": 0},
-        "eval": {"at_start": False}, "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
-    }, list(overrides)))
+    return Trainer(
+        build_config(
+            {
+                "model": {"name_or_path": model, "tiny": TINY[model]},
+                "data": {
+                    "task": "arithmetic",
+                    "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 3], "max_value": 20},
+                    "max_length": 64,
+                },
+                "loss": [{"name": "dpo"}, {"name": "sft", "weight": 0.2}],
+                "train": {"batch_size": 4, "grad_accum": 2, "max_steps": 2, "lr": 1e-3, "seed": 0},
+                "eval": {"at_start": False},
+                "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
+            },
+            list(overrides),
+        )
+    )
 
 
 def _step(t):
@@ -40,8 +57,9 @@ def _step(t):
 @pytest.mark.parametrize("layout", ["prefix", "packed", "padded"])
 @pytest.mark.parametrize("lora", [False, True])
 def test_same_step_with_and_without_checkpointing(tmp_path, model, layout, lora):
-    extra = [f"train.layout={layout}"] + (["lora.enabled=true", "lora.r=4", "reference.mode=adapter"] if lora else
-                                          ["reference.mode=copy"])
+    extra = [f"train.layout={layout}"] + (
+        ["lora.enabled=true", "lora.r=4", "reference.mode=adapter"] if lora else ["reference.mode=copy"]
+    )
     plain = _trainer(tmp_path, "plain", model, *extra)
     ckpt = _trainer(tmp_path, "ckpt", model, *extra, "train.gradient_checkpointing=true")
     (ra, ga, na), (rb, gb, nb) = _step(plain), _step(ckpt)

@@ -1,4 +1,5 @@
 """`dpolab inspect-data`: rows shown token by token with the boundary marker, counts, truncation and flags."""
+
 import json
 
 import pytest
@@ -13,13 +14,19 @@ def write_jsonl(path, rows):
 
 @pytest.fixture
 def pairs(tmp_path):
-    return write_jsonl(tmp_path / "pairs.jsonl", [
-        {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"},
-        {"prompt": "Hello ", "chosen": "world", "rejected": "there"},
-        {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "yo"}],
-         "rejected": [{"role": "assistant", "content": "no"}]},
-        {"prompt": "x", "chosen": 3, "rejected": "y"},
-    ])
+    return write_jsonl(
+        tmp_path / "pairs.jsonl",
+        [
+            {"prompt": "Q: 2+2?\nA:", "chosen": " 4", "rejected": " 5"},
+            {"prompt": "Hello ", "chosen": "world", "rejected": "there"},
+            {
+                "prompt": [{"role": "user", "content": "hi"}],
+                "chosen": [{"role": "assistant", "content": "yo"}],
+                "rejected": [{"role": "assistant", "content": "no"}],
+            },
+            {"prompt": "x", "chosen": 3, "rejected": "y"},
+        ],
+    )
 
 
 def run(capsys, *argv):
@@ -41,8 +48,22 @@ def test_char_tokenizer_rows_boundary_and_counts(capsys, pairs):
 
 
 def test_ids_truncation_and_chat_rows(capsys, pairs):
-    code, out, _ = run(capsys, "--data", pairs, "--tokenizer", "char", "--rows", "5", "--ids",
-                       "--max-length", "8", "--max-prompt-length", "4", "--truncation", "keep_end")
+    code, out, _ = run(
+        capsys,
+        "--data",
+        pairs,
+        "--tokenizer",
+        "char",
+        "--rows",
+        "5",
+        "--ids",
+        "--max-length",
+        "8",
+        "--max-prompt-length",
+        "4",
+        "--truncation",
+        "keep_end",
+    )
     assert code == 0
     assert "[<bos>:1]" in out and "[<eos>:2]" in out
     assert "row 1: prompt 4 tokens, chosen 3, rejected 3; truncated: prompt 11->4" in out
@@ -52,8 +73,19 @@ def test_ids_truncation_and_chat_rows(capsys, pairs):
 
 def test_sft_rows_and_column_mapping(capsys, tmp_path):
     data = write_jsonl(tmp_path / "sft.jsonl", [{"q": "Say hi:", "a": " hi"}])
-    code, out, _ = run(capsys, "--data", data, "--tokenizer", "char", "--column", "prompt=q", "--columns", "completion=a",
-                       "--mode", "sft")
+    code, out, _ = run(
+        capsys,
+        "--data",
+        data,
+        "--tokenizer",
+        "char",
+        "--column",
+        "prompt=q",
+        "--columns",
+        "completion=a",
+        "--mode",
+        "sft",
+    )
     assert code == 0 and "completion: …[h][i][:] ‖ [ ][h][i][<eos>]" in out and "1 sft row(s) shown" in out
     data = write_jsonl(tmp_path / "text.jsonl", [{"text": "abc"}])
     code, out, _ = run(capsys, "--data", data, "--tokenizer", "char")  # auto: no 'chosen' -> sft
@@ -62,7 +94,9 @@ def test_sft_rows_and_column_mapping(capsys, tmp_path):
 
 def test_config_supplies_tokenizer_and_data_options(capsys, tmp_path, pairs):
     cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"model: {{name_or_path: tiny-gpt2}}\ndata: {{train: {pairs}, max_length: 8, max_prompt_length: 4}}\n")
+    cfg.write_text(
+        f"model: {{name_or_path: tiny-gpt2}}\ndata: {{train: {pairs}, max_length: 8, max_prompt_length: 4}}\n"
+    )
     code, out, _ = run(capsys, "--config", str(cfg), "--rows", "1")
     assert code == 0 and "truncated: prompt 11->4" in out
     code, out, _ = run(capsys, "--config", str(cfg), "--rows", "1", "--max-length", "64")  # a flag overrides the config
@@ -90,7 +124,9 @@ def test_gpt2_offline_pieces_and_boundary_flag(capsys, pairs):
 
 
 def test_long_parts_are_elided_around_the_boundary(capsys, tmp_path):
-    data = write_jsonl(tmp_path / "long.jsonl", [{"prompt": "abcdefghijklmnopqrstuvwxyz", "completion": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}])
+    data = write_jsonl(
+        tmp_path / "long.jsonl", [{"prompt": "abcdefghijklmnopqrstuvwxyz", "completion": "ABCDEFGHIJKLMNOPQRSTUVWXYZ"}]
+    )
     code, out, _ = run(capsys, "--data", data, "--tokenizer", "char", "--max-tokens", "8")
     assert code == 0
     assert "prompt:     [<bos>][a]…(+19)…[u][v][w][x][y][z]" in out  # the prompt's end (next to the response) is kept
@@ -106,13 +142,21 @@ def test_sentencepiece_tokenizer_from_a_folder(capsys, tmp_path):
     from transformers import LlamaTokenizer
 
     tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),
-                                                pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split("\n", "isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
-    tk.train_from_iterator(["Hello, world!\nHello world.", "Sure, hello."] * 3,
-                           trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False))
+    tk.train_from_iterator(
+        ["Hello, world!\nHello world.", "Sure, hello."] * 3,
+        trainers.BpeTrainer(vocab_size=300, special_tokens=specials, show_progress=False),
+    )
     model = _json.loads(tk.to_str())["model"]
-    LlamaTokenizer(vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], add_bos_token=True).save_pretrained(tmp_path / "tok")
+    LlamaTokenizer(
+        vocab=model["vocab"], merges=[tuple(m) for m in model["merges"]], add_bos_token=True
+    ).save_pretrained(tmp_path / "tok")
     data = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "Hello, world!\n", "completion": "Sure"}])
     code, out, _ = run(capsys, "--data", data, "--tokenizer", str(tmp_path / "tok"))
     assert code == 0, out

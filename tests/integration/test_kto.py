@@ -1,5 +1,6 @@
 """train.mode=kto end to end on tiny models: unpaired rows from built-in pairs and from JSONL files (text and chat),
 the step-0 invariant, accumulation over a step's KL estimate, evaluation, and what is refused (one-line errors)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,16 @@ def unpaired_file(path, n=40, seed=0):
         for i in range(n):
             a, b = rng.randrange(10), rng.randrange(10)
             good = i % 2 == 0
-            f.write(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b if good else a + b + rng.randrange(1, 5)),
-                                "label": good}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "prompt": f"{a}+{b}=",
+                        "completion": str(a + b if good else a + b + rng.randrange(1, 5)),
+                        "label": good,
+                    }
+                )
+                + "\n"
+            )
     return path
 
 
@@ -87,13 +96,28 @@ def test_unpaired_jsonl_trains(tmp_path):
 
 def test_chat_message_rows(tmp_path):
     path = tmp_path / "chat.jsonl"
-    rows = [{"prompt": [{"role": "user", "content": f"{a}+{a}?"}], "completion": [{"role": "assistant", "content": str(2 * a)}],
-             "label": True} for a in range(5)]
-    rows += [{"messages": [{"role": "user", "content": f"{a}+1?"}, {"role": "assistant", "content": str(a)}], "label": False}
-             for a in range(5)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": f"{a}+{a}?"}],
+            "completion": [{"role": "assistant", "content": str(2 * a)}],
+            "label": True,
+        }
+        for a in range(5)
+    ]
+    rows += [
+        {"messages": [{"role": "user", "content": f"{a}+1?"}, {"role": "assistant", "content": str(a)}], "label": False}
+        for a in range(5)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    t = Trainer(cfg(tmp_path, "train.max_steps=2", "train.batch_size=4", "data.eval_fraction=0.2",
-                    data={"train": str(path), "max_length": 64}))
+    t = Trainer(
+        cfg(
+            tmp_path,
+            "train.max_steps=2",
+            "train.batch_size=4",
+            "data.eval_fraction=0.2",
+            data={"train": str(path), "max_length": 64},
+        )
+    )
     assert sorted(r.label for r in t.train_data + t.eval_data) == [False] * 5 + [True] * 5
     s = t.fit()
     assert all(v == v for k, v in s["final_eval"].items() if k.startswith("eval/"))
@@ -146,11 +170,14 @@ def test_lora_uses_the_adapter_disabled_reference(tmp_path):
     assert s["reference_mode"] == "adapter" and s["final_eval"]["eval/loss"] == s["final_eval"]["eval/loss"]
 
 
-@pytest.mark.parametrize("override, match", [
-    ("eval.probes=true", "eval.probes .* not available in train.mode=kto"),
-    ("reference.mode=precomputed", "reference.mode=precomputed is not available in train.mode=kto"),
-    ("reference.mode=none", "reference.mode=none is not available"),
-])
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("eval.probes=true", "eval.probes .* not available in train.mode=kto"),
+        ("reference.mode=precomputed", "reference.mode=precomputed is not available in train.mode=kto"),
+        ("reference.mode=none", "reference.mode=none is not available"),
+    ],
+)
 def test_refused_before_anything_loads(tmp_path, override, match):
     with pytest.raises(TrainError, match=match):
         Trainer(cfg(tmp_path, override))
@@ -168,13 +195,16 @@ def test_built_in_pairs_need_the_split_flag(tmp_path):
         Trainer(cfg(tmp_path, "data.unpaired_from_pairs=false"))
 
 
-@pytest.mark.parametrize("row, field, reason", [
-    ({"prompt": "1+1=", "completion": "2"}, "label", "missing"),
-    ({"prompt": "1+1=", "completion": "2", "label": 1}, "label", "expected true or false, got int 1"),
-    ({"prompt": "1+1=", "completion": "2", "label": "yes"}, "label", "expected true or false, got str 'yes'"),
-    ({"prompt": "1+1=", "completion": "2", "label": None}, "label", "expected true or false, got None"),
-    ({"prompt": "1+1=", "chosen": "2", "rejected": "3"}, "completion", "data.unpaired_from_pairs=true"),
-])
+@pytest.mark.parametrize(
+    "row, field, reason",
+    [
+        ({"prompt": "1+1=", "completion": "2"}, "label", "missing"),
+        ({"prompt": "1+1=", "completion": "2", "label": 1}, "label", "expected true or false, got int 1"),
+        ({"prompt": "1+1=", "completion": "2", "label": "yes"}, "label", "expected true or false, got str 'yes'"),
+        ({"prompt": "1+1=", "completion": "2", "label": None}, "label", "expected true or false, got None"),
+        ({"prompt": "1+1=", "chosen": "2", "rejected": "3"}, "completion", "data.unpaired_from_pairs=true"),
+    ],
+)
 def test_bad_rows_are_one_line_errors_naming_file_row_and_field(tmp_path, row, field, reason):
     path = tmp_path / "bad.jsonl"
     good = {"prompt": "2+2=", "completion": "4", "label": True}
@@ -233,14 +263,30 @@ def _launch_two(args):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
-           str(port), "-m", "dpolab.cli", "train", *args]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES="")
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--main_process_port",
+        str(port),
+        "-m",
+        "dpolab.cli",
+        "train",
+        *args,
+    ]
+    env = dict(
+        os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES=""
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("split", [["train.batch_size=4"], ["train.batch_size=2", "train.grad_accum=2"]], ids=["2x4", "2x2x2accum"])
+@pytest.mark.parametrize(
+    "split", [["train.batch_size=4"], ["train.batch_size=2", "train.grad_accum=2"]], ids=["2x4", "2x2x2accum"]
+)
 def test_two_processes_match_one(tmp_path, split):
     """The mismatched pairs rotate over the whole step (across processes) and z0 is gathered over every process's
     pairs: two processes of 4 rows give one process's batch of 8 (per-step loss and kl, final weights). SGD, so the
@@ -250,10 +296,22 @@ def test_two_processes_match_one(tmp_path, split):
     from dpolab.cli import main
     from dpolab.engine.logging import read_metrics
 
-    args = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "train.mode=kto", "kto.beta=0.5", "data.task=arithmetic",
-            "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}", "data.unpaired_from_pairs=true",
-            "data.max_length=48", "train.max_steps=4", "train.optimizer=sgd", "train.lr=0.3", "train.schedule=constant",
-            "reference.mode=copy", "eval.batch_size=8", "output.progress=false"]
+    args = [
+        "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+        "train.mode=kto",
+        "kto.beta=0.5",
+        "data.task=arithmetic",
+        "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}",
+        "data.unpaired_from_pairs=true",
+        "data.max_length=48",
+        "train.max_steps=4",
+        "train.optimizer=sgd",
+        "train.lr=0.3",
+        "train.schedule=constant",
+        "reference.mode=copy",
+        "eval.batch_size=8",
+        "output.progress=false",
+    ]
     assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
     _launch_two([*args, *split, f"output.dir={tmp_path / 'two'}"])
     a, b = ([r for r in read_metrics(tmp_path / n) if "grad_norm" in r] for n in ("one", "two"))

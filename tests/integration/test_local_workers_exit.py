@@ -1,5 +1,6 @@
 """Worker processes of ``--parallel N`` exit when their driver is killed (a SIGTERM skips the pool's shutdown): they
 must not keep training into run folders that a restarted study trains too."""
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-DRIVER = '''
+DRIVER = """
 import os, sys, time
 from dpolab.studies.executors import LocalExecutor
 
@@ -22,7 +23,7 @@ def work(path):
 
 if __name__ == "__main__":
     LocalExecutor(parallel=2).map(work, [sys.argv[1] + "/a.pid", sys.argv[1] + "/b.pid"])
-'''
+"""
 
 
 def _alive(pid: int) -> bool:

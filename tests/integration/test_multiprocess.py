@@ -6,6 +6,7 @@ num_processes = 8 in both). Tolerance: per-step training loss, final eval loss a
 Also checked: beta-DPO's statistics (beta, kept) and AOT's sorting are global (over processes and micro-batches), MADPO's per-pair margins follow their pairs, the
 precomputed reference cache is written once, and metrics, checkpoints and the summary are written once.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,15 @@ from dpolab.engine.logging import read_metrics
 pytestmark = pytest.mark.slow
 
 CONFIGS = Path(__file__).resolve().parents[2] / "dpolab" / "configs" / "accelerate"
-COMMON = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "eval.batch_size=8", "output.progress=false",
-          "data.max_length=48", "train.lr=1e-3", "train.schedule=constant", "output.save_every=2"]
+COMMON = [
+    "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+    "eval.batch_size=8",
+    "output.progress=false",
+    "data.max_length=48",
+    "train.lr=1e-3",
+    "train.schedule=constant",
+    "output.save_every=2",
+]
 TASK = ["data.task=arithmetic", "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}"]
 TOL = 1e-5
 
@@ -39,10 +47,19 @@ def _free_port() -> int:
 def _launch(args, *, config_file=None, target=("-m", "dpolab.cli", "train")) -> subprocess.CompletedProcess:
     """`accelerate launch` two CPU processes running `dpolab train` or ``target`` (never a home-made launcher)."""
     how = ["--config_file", str(config_file)] if config_file else ["--multi_gpu", "--num_processes", "2"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *how, "--main_process_port", str(_free_port()),
-           *target, *args]
-    env = dict(os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               CUDA_VISIBLE_DEVICES="")
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *how,
+        "--main_process_port",
+        str(_free_port()),
+        *target,
+        *args,
+    ]
+    env = dict(
+        os.environ, ACCELERATE_USE_CPU="1", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", CUDA_VISIBLE_DEVICES=""
+    )
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -56,8 +73,13 @@ def _weights(run):
     from safetensors.torch import load_file
 
     final = Path(run) / "final"
-    return load_file(str(final / "model.safetensors" if (final / "model.safetensors").exists()
-                         else final / "adapter_model.safetensors"))  # a LoRA run saves its adapter
+    return load_file(
+        str(
+            final / "model.safetensors"
+            if (final / "model.safetensors").exists()
+            else final / "adapter_model.safetensors"
+        )
+    )  # a LoRA run saves its adapter
 
 
 def _compare(one, two, keys=("loss",)):
@@ -82,8 +104,9 @@ def _written_once(run, proc):
     assert (Path(run) / "DONE").exists() and (Path(run) / "summary.json").exists()
 
 
-@pytest.mark.parametrize("split", [["train.batch_size=4"], ["train.batch_size=2", "train.grad_accum=2"]],
-                         ids=["2x4", "2x2x2accum"])
+@pytest.mark.parametrize(
+    "split", [["train.batch_size=4"], ["train.batch_size=2", "train.grad_accum=2"]], ids=["2x4", "2x2x2accum"]
+)
 def test_two_processes_match_one_beta_dpo(tmp_path, split):
     """beta-DPO: batch statistics over the whole step (every process, every micro-batch), the same pairs drawn as
     one process with one batch of 8."""
@@ -112,14 +135,29 @@ def test_two_processes_match_one_madpo_precomputed_reference(tmp_path):
     rows = []
     for i in range(16):
         a, b = i % 7 + 1, (3 * i) % 5 + 1
-        rows.append({"prompt": f"Q: {a}+{b}\nA: ", "chosen": f"{a}+{b}={a + b}", "rejected": f"{a}+{b}={a + b + 1 + i % 3}",
-                     "rm_margin": (i - 8) / 2.0})
+        rows.append(
+            {
+                "prompt": f"Q: {a}+{b}\nA: ",
+                "chosen": f"{a}+{b}={a + b}",
+                "rejected": f"{a}+{b}={a + b + 1 + i % 3}",
+                "rm_margin": (i - 8) / 2.0,
+            }
+        )
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    args = [*COMMON, f"data.train={data}", "data.eval_fraction=0.25", "data.extras=[rm_margin]", "train.max_steps=4",
-            "reference.mode=precomputed", "loss=[{name: madpo}]"]
+    args = [
+        *COMMON,
+        f"data.train={data}",
+        "data.eval_fraction=0.25",
+        "data.extras=[rm_margin]",
+        "train.max_steps=4",
+        "reference.mode=precomputed",
+        "loss=[{name: madpo}]",
+    ]
     assert main(["train", *args, "train.batch_size=4", f"output.dir={tmp_path / 'one'}"]) == 0
     proc = _launch([*args, "train.batch_size=2", f"output.dir={tmp_path / 'two'}"], config_file=CONFIGS / "ddp.yaml")
-    _compare(tmp_path / "one", tmp_path / "two", keys=("loss", "madpo/weight/mean", "madpo/weight/min", "madpo/weight/max"))
+    _compare(
+        tmp_path / "one", tmp_path / "two", keys=("loss", "madpo/weight/mean", "madpo/weight/min", "madpo/weight/max")
+    )
     _written_once(tmp_path / "two", proc)
     caches = list((tmp_path / "two" / "ref_cache").iterdir())
     assert len(caches) == 1 and caches[0].suffix == ".pt"
@@ -142,7 +180,9 @@ def test_packaged_accelerate_configs_load(name):
     cfg = load_config_from_file(str(CONFIGS / f"{name}.yaml"))
     assert cfg.num_processes == 2 and cfg.num_machines == 1
     assert str(cfg.mixed_precision) == "no"  # dpolab's own autocast (train.bf16) handles precision
-    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}[name]
+    expected = {"ddp": "MULTI_GPU", "fsdp": "FSDP", "deepspeed_zero2": "DEEPSPEED", "deepspeed_zero3": "DEEPSPEED"}[
+        name
+    ]
     assert cfg.distributed_type.value == expected
     if name.startswith("deepspeed"):
         assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
@@ -162,8 +202,9 @@ def test_a_set_smaller_than_one_global_batch_and_a_sharded_eval_match_one_proces
     args = [*COMMON, *task, "eval.batch_size=4", "train.max_steps=4", "train.grad_accum=2", f"loss=[{{name: {loss}}}]"]
     assert main(["train", *args, "train.batch_size=8", f"output.dir={tmp_path / 'one'}"]) == 0
     (tmp_path / "ranks").mkdir()
-    _launch([str(tmp_path / "ranks"), *args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"],
-            target=(str(WORKER),))
+    _launch(
+        [str(tmp_path / "ranks"), *args, "train.batch_size=4", f"output.dir={tmp_path / 'two'}"], target=(str(WORKER),)
+    )
     _compare(tmp_path / "one", tmp_path / "two", keys=("loss", f"loss/{loss}") if loss == "aot" else ("loss",))
     ranks = [json.loads((tmp_path / "ranks" / f"rank{r}.json").read_text()) for r in range(2)]
     passes = 2  # eval.at_start and the final evaluation
@@ -176,8 +217,11 @@ def test_a_set_smaller_than_one_global_batch_and_a_sharded_eval_match_one_proces
             assert r["final_eval"][k] == pytest.approx(v, abs=TOL), k
 
 
-@pytest.mark.parametrize("tuning", [["reference.mode=copy"], ["lora.enabled=true", "lora.r=4", "reference.mode=adapter"]],
-                         ids=["full", "lora"])
+@pytest.mark.parametrize(
+    "tuning",
+    [["reference.mode=copy"], ["lora.enabled=true", "lora.r=4", "reference.mode=adapter"]],
+    ids=["full", "lora"],
+)
 def test_ddp_gradients_with_accumulation_and_the_fast_path_match_one_process(tmp_path, tuning):
     """Under DDP, with accumulation and the default fast path (prefix layout, response logits), the trained
     parameters (full weights, or LoRA's adapters) after 4 steps equal one process's: the gradient all-reduce happens

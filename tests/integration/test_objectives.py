@@ -1,5 +1,6 @@
 """The loop knows objectives, not modes: a new objective with a data kind of its own is a class plus one registration
 line, and neither the loop nor the data set-up names any objective or data kind."""
+
 from __future__ import annotations
 
 import ast
@@ -100,14 +101,20 @@ def _texts(path, n):
 
 
 def test_a_new_objective_with_a_new_data_kind_trains_without_touching_the_engine(tmp_path, weighted_lm):
-    cfg = build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"train": _texts(tmp_path / "texts.jsonl", 24), "eval_fraction": 0.25, "max_length": 48,
-                 "cache_dir": str(tmp_path / "tokens")},
-        "train": {"mode": "weighted-lm", "batch_size": 4, "grad_accum": 2, "max_steps": 4, "lr": 5e-3, "seed": 0},
-        "eval": {"batch_size": 8},
-        "output": {"dir": str(tmp_path / "run"), "progress": False},
-    })
+    cfg = build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "train": _texts(tmp_path / "texts.jsonl", 24),
+                "eval_fraction": 0.25,
+                "max_length": 48,
+                "cache_dir": str(tmp_path / "tokens"),
+            },
+            "train": {"mode": "weighted-lm", "batch_size": 4, "grad_accum": 2, "max_steps": 4, "lr": 5e-3, "seed": 0},
+            "eval": {"batch_size": 8},
+            "output": {"dir": str(tmp_path / "run"), "progress": False},
+        }
+    )
     s = Trainer(cfg).fit()
     assert s["mode"] == "weighted-lm" and s["steps"] == 4 and s["train_examples"] == 18 and s["eval_examples"] == 6
     assert s["final_eval"]["eval/loss"] < s["first_eval"]["eval/loss"]  # it learnt the texts
@@ -124,15 +131,19 @@ def test_unknown_objective_lists_the_registered_ones():
 
 
 def _string_constants(module) -> set:
-    return {n.value for n in ast.walk(ast.parse(inspect.getsource(module))) if isinstance(n, ast.Constant)
-            and isinstance(n.value, str)}
+    return {
+        n.value
+        for n in ast.walk(ast.parse(inspect.getsource(module)))
+        if isinstance(n, ast.Constant) and isinstance(n.value, str)
+    }
 
 
 OBJECTIVE_METRICS = {"reward_accuracy", "kl", "nll", "rewards/chosen", "rewards/margin", "rm/bt_loss"}
 
 
-@pytest.mark.parametrize("module", [trainer_module, data_setup_module, collation_module],
-                         ids=["trainer", "data_setup", "collation"])
+@pytest.mark.parametrize(
+    "module", [trainer_module, data_setup_module, collation_module], ids=["trainer", "data_setup", "collation"]
+)
 def test_the_engine_names_no_objective_data_kind_or_objective_metric(module):
     names = set(OBJECTIVES) | set(KINDS) | {cls.data_kind.name for cls in OBJECTIVES.values()}
     assert {"sft", "preference", "rm", "kto", "unpaired"} <= names  # what the check covers

@@ -1,4 +1,5 @@
 """Oracle-reward evaluation of sampled generations on a tiny model (seconds), and the sentiment tiers end to end."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import math
 import pytest
 import torch
 
-from dpolab.tasks import sentiment as S
 from dpolab.evaluation.oracle import oracle_reward_eval, oracle_reward_hook
+from dpolab.tasks import sentiment as S
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +64,9 @@ def test_oracle_reward_hook(tiny):
 
 def test_build_preference_tiers(tiny, tmp_path):
     model, tok = tiny
-    prompts = [{"prompt": p, "review": f" a human continuation number {i}", "id": f"r{i}"} for i, p in enumerate(PROMPTS)]
+    prompts = [
+        {"prompt": p, "review": f" a human continuation number {i}", "id": f"r{i}"} for i, p in enumerate(PROMPTS)
+    ]
     kw = dict(oracle=length_oracle, n_samples=3, max_new_tokens=10, seed=1, batch_size=8)
     tiers = S.build_preference_tiers(model, tok, prompts, out_dir=tmp_path, **kw)
     assert tiers == S.build_preference_tiers(model, tok, prompts, **kw)

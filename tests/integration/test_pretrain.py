@@ -1,4 +1,5 @@
 """``dpolab pretrain``: a cached tiny GPT-2, never a half-finished folder, one-line errors."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,15 +10,28 @@ import pytest
 import dpolab.engine
 from dpolab.cli import main
 from dpolab.config import ModelConfig
+from dpolab.engine.pretrain import PretrainSpec, cached_path, pretrain, pretrained_model_key, text_identity
 from dpolab.models.load import load_saved_model, load_tokenizer
-from dpolab.engine.pretrain import PretrainSpec, pretrained_model_key, cached_path, pretrain, text_identity
 from dpolab.models.tokenizer import build_char_tokenizer
 
 pytestmark = pytest.mark.slow
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
-CLI_TINY = ["--tiny", "n_layer=1", "--tiny", "n_embd=32", "--tiny", "n_head=2", "--steps", "2", "--batch-size", "4",
-            "--chunk-chars", "64", "--no-progress"]
+CLI_TINY = [
+    "--tiny",
+    "n_layer=1",
+    "--tiny",
+    "n_embd=32",
+    "--tiny",
+    "n_head=2",
+    "--steps",
+    "2",
+    "--batch-size",
+    "4",
+    "--chunk-chars",
+    "64",
+    "--no-progress",
+]
 
 
 @pytest.fixture()
@@ -82,7 +96,9 @@ def test_killed_pretrain_leaves_no_finished_folder(tmp_path, text, monkeypatch):
     final = cached_path(_spec(text), cache)
     assert not final.parent.exists() and list(cache.glob(".partial-*"))
     monkeypatch.setattr(dpolab.engine, "train", real)
-    assert pretrain(_spec(text), cache, progress=False, log=lambda m: None) == final and (final / "config.json").exists()
+    assert (
+        pretrain(_spec(text), cache, progress=False, log=lambda m: None) == final and (final / "config.json").exists()
+    )
     assert not list(cache.glob(".partial-*"))
 
 
@@ -125,11 +141,14 @@ def test_env_cache_dir(tmp_path, text, monkeypatch):
     assert str(cached_path(_spec(text))).startswith(str(tmp_path / "env" / "pretrained"))
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--text", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
-    (["--text", "TEXT", "--tiny", "n_layer"], "--tiny must look like key=value"),
-    (["--text", "TEXT", "--steps", "0"], "--steps must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--text", "/nonexistent/corpus.txt"], "/nonexistent/corpus.txt"),
+        (["--text", "TEXT", "--tiny", "n_layer"], "--tiny must look like key=value"),
+        (["--text", "TEXT", "--steps", "0"], "--steps must be a positive integer"),
+    ],
+)
 def test_cli_errors_are_one_line(tmp_path, text, capsys, extra, message):
     extra = [str(text) if a == "TEXT" else a for a in extra]
     rc = main(["pretrain", "--cache-dir", str(tmp_path / "c"), "--no-progress", *extra])

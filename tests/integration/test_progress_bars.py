@@ -1,6 +1,7 @@
 """Long scoring loops show a progress bar on stderr counted in pairs (pairs/s): `dpolab eval`, `dpolab rm score` and
 the precomputed reference's log-probs. The bars redraw every 10 s when stderr is not a terminal; here they are made to
 redraw at every update so that the counts show."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,11 @@ import pytest
 from dpolab.config import LoraConfig, ModelConfig, build_config
 
 TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
-ARITH = {"task": "arithmetic", "task_args": {"n_train": 12, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
-         "max_length": 48}
+ARITH = {
+    "task": "arithmetic",
+    "task_args": {"n_train": 12, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+    "max_length": 48,
+}
 
 
 @pytest.fixture(autouse=True)
@@ -23,8 +27,9 @@ def redraw_every_update(monkeypatch):
 def _counts(err: str, desc: str):
     """Every (done, total) the bar ``desc`` drew, and whether it showed a rate in pairs/s."""
     draws = [d for d in re.split(r"[\r\n]", err) if d.startswith(f"{desc}:")]
-    return [tuple(map(int, m.groups())) for d in draws for m in [re.search(r"\| (\d+)/(\d+) \[", d)] if m], \
-        any(re.search(r"[\d.]+ pairs/s\]", d) for d in draws)
+    return [tuple(map(int, m.groups())) for d in draws for m in [re.search(r"\| (\d+)/(\d+) \[", d)] if m], any(
+        re.search(r"[\d.]+ pairs/s\]", d) for d in draws
+    )
 
 
 def test_pair_bar_counts_pairs_and_reports_pairs_per_second(capsys):
@@ -75,9 +80,15 @@ def test_rm_score_counts_pairs(tmp_path, pairs, capsys):
     from dpolab.engine import train
     from dpolab.rewards.score import score_file
 
-    cfg = build_config({"model": {"tiny": TINY}, "data": {"train": pairs, "max_length": 48, "eval_fraction": 0.2},
-                        "train": {"mode": "rm", "batch_size": 4, "max_steps": 1}, "eval": {"at_start": False},
-                        "output": {"dir": str(tmp_path / "rm"), "progress": False}})
+    cfg = build_config(
+        {
+            "model": {"tiny": TINY},
+            "data": {"train": pairs, "max_length": 48, "eval_fraction": 0.2},
+            "train": {"mode": "rm", "batch_size": 4, "max_steps": 1},
+            "eval": {"at_start": False},
+            "output": {"dir": str(tmp_path / "rm"), "progress": False},
+        }
+    )
     train(cfg)
     capsys.readouterr()
     score_file(str(tmp_path / "rm" / "final"), pairs, str(tmp_path / "scored.jsonl"), batch_size=4, log=lambda m: None)
@@ -88,9 +99,16 @@ def test_rm_score_counts_pairs(tmp_path, pairs, capsys):
 def test_the_reference_precompute_counts_every_pair_it_scores(tmp_path, capsys):
     from dpolab.engine import Trainer
 
-    cfg = build_config({"model": {"tiny": TINY}, "data": ARITH, "reference": {"mode": "precomputed"},
-                        "train": {"mode": "preference", "batch_size": 4, "max_steps": 1}, "eval": {"batch_size": 4},
-                        "output": {"dir": str(tmp_path / "run")}})
+    cfg = build_config(
+        {
+            "model": {"tiny": TINY},
+            "data": ARITH,
+            "reference": {"mode": "precomputed"},
+            "train": {"mode": "preference", "batch_size": 4, "max_steps": 1},
+            "eval": {"batch_size": 4},
+            "output": {"dir": str(tmp_path / "run")},
+        }
+    )
     Trainer(cfg).close()
     counts, rate = _counts(capsys.readouterr().err, "reference log-probs")
     assert counts[0] == (0, 16) and counts[-1] == (16, 16) and (4, 16) in counts and rate  # 12 train + 4 eval pairs

@@ -1,12 +1,12 @@
 """QLoRA: model.load_in_4bit / load_in_8bit (bitsandbytes) with LoRA on top; the reference is the adapter-disabled
 quantised base. Runs wherever bitsandbytes can quantise on this machine's device (its CPU backend included); skipped
 with the reason otherwise."""
+
 from __future__ import annotations
 
 import math
 
 import pytest
-import torch
 
 from dpolab.config import ConfigError, build_config
 from dpolab.engine import Trainer
@@ -15,14 +15,21 @@ bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes is not installed 
 
 
 def _cfg(tmp_path, name, *overrides):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 64, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48},
-        "lora": {"enabled": True, "r": 4},
-        "train": {"batch_size": 4, "max_steps": 3, "lr": 1e-2, "seed": 0},
-        "eval": {"batch_size": 4},
-        "output": {"dir": str(tmp_path / name), "progress": False},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 64, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "lora": {"enabled": True, "r": 4},
+            "train": {"batch_size": 4, "max_steps": 3, "lr": 1e-2, "seed": 0},
+            "eval": {"batch_size": 4},
+            "output": {"dir": str(tmp_path / name), "progress": False},
+        },
+        list(overrides),
+    )
 
 
 @pytest.mark.parametrize("bits, ref", [(4, "adapter"), (8, "adapter"), (4, "precomputed")])

@@ -1,5 +1,6 @@
 """The precomputed reference table cannot be reused wrongly: its key covers everything its values depend on, a
 resumed run loads exactly the file its checkpoint recorded, and ``output.overwrite`` clears the run's own cache."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,14 +12,21 @@ from dpolab.models.reference import table_key, weights_fingerprint
 
 
 def _cfg(tmp_path, name, *overrides):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 8, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48},
-        "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-3, "seed": 0},
-        "eval": {"batch_size": 4, "at_start": False},
-        "reference": {"mode": "precomputed"},
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 8, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-3, "seed": 0},
+            "eval": {"batch_size": 4, "at_start": False},
+            "reference": {"mode": "precomputed"},
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
+        },
+        list(overrides),
+    )
 
 
 @pytest.fixture
@@ -76,8 +84,12 @@ def test_changed_inputs_recompute_and_equal_inputs_reuse(tmp_path):
     assert len(_files(shared)) == 1
     t2 = Trainer(_cfg(tmp_path, "b", f"reference.cache_dir={shared}"))  # same weights, data, dtype: reused
     assert t2.reference.cache_file == t1.reference.cache_file and len(_files(shared)) == 1
-    for name, over in [("seed", "train.seed=1"), ("bf16", "train.bf16=true"), ("data", "data.task_args.n_train=7"),
-                       ("dtype", "model.dtype=bfloat16")]:
+    for name, over in [
+        ("seed", "train.seed=1"),
+        ("bf16", "train.bf16=true"),
+        ("data", "data.task_args.n_train=7"),
+        ("dtype", "model.dtype=bfloat16"),
+    ]:
         t = Trainer(_cfg(tmp_path, name, f"reference.cache_dir={shared}", over))
         assert t.reference.cache_file != t1.reference.cache_file, name
     assert len(_files(shared)) == 5
@@ -90,7 +102,11 @@ def test_a_foreign_or_corrupt_table_is_recomputed_not_trusted(tmp_path):
     saved = torch.load(f)
     cases = {
         "do not match their checksum": {**saved, "chosen": saved["chosen"] + 3.0},  # same key, values changed
-        "written for other weights": {**saved, "chosen": saved["chosen"] + 3.0, "key": {**saved["key"], "weights": "0" * 32}},
+        "written for other weights": {
+            **saved,
+            "chosen": saved["chosen"] + 3.0,
+            "key": {**saved["key"], "weights": "0" * 32},
+        },
         "cannot be read": None,  # truncated
     }
     for why, content in cases.items():

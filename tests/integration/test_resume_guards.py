@@ -2,6 +2,7 @@
 changed settings or data are refused in one line (an allow-list passes and is recorded, config.yaml is kept), a
 legacy or truncated checkpoint falls back to the one before it, and a kill while publishing leaves no temporaries
 and no doubled final evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -21,14 +22,20 @@ from dpolab.engine.logging import read_metrics
 
 
 def _cfg(tmp_path, *overrides, name="run"):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
-                 "max_length": 48},
-        "train": {"batch_size": 4, "max_steps": 6, "lr": 1e-3, "seed": 0},
-        "eval": {"batch_size": 4, "at_start": False},
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_every": 2},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "train": {"batch_size": 4, "max_steps": 6, "lr": 1e-3, "seed": 0},
+            "eval": {"batch_size": 4, "at_start": False},
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_every": 2},
+        },
+        list(overrides),
+    )
 
 
 def _interrupted(tmp_path, *overrides, name="run"):
@@ -58,14 +65,17 @@ def test_resume_never_trains_a_finished_run_again(tmp_path, checkpoints):
     assert _snapshot(run) == before  # final/, metrics.jsonl, summary.json untouched
 
 
-@pytest.mark.parametrize("change, keys", [
-    (["train.lr=2e-3"], ["train.lr (0.001 -> 0.002)"]),
-    (["loss=[{name: ipo}]"], ["loss ("]),
-    (["train.seed=1"], ["train.seed (0 -> 1)"]),
-    (["data.task_args.n_train=20"], ["data.task_args.n_train (16 -> 20)"]),
-    (["train.max_steps=3"], ["train.max_steps (6 -> 3)"]),  # shorter: not an extension
-    (["train.lr=2e-3", "train.batch_size=2"], ["train.batch_size (4 -> 2)", "train.lr (0.001 -> 0.002)"]),
-])
+@pytest.mark.parametrize(
+    "change, keys",
+    [
+        (["train.lr=2e-3"], ["train.lr (0.001 -> 0.002)"]),
+        (["loss=[{name: ipo}]"], ["loss ("]),
+        (["train.seed=1"], ["train.seed (0 -> 1)"]),
+        (["data.task_args.n_train=20"], ["data.task_args.n_train (16 -> 20)"]),
+        (["train.max_steps=3"], ["train.max_steps (6 -> 3)"]),  # shorter: not an extension
+        (["train.lr=2e-3", "train.batch_size=2"], ["train.batch_size (4 -> 2)", "train.lr (0.001 -> 0.002)"]),
+    ],
+)
 def test_resume_refuses_changed_settings_in_one_line_and_keeps_config_yaml(tmp_path, change, keys):
     run = _interrupted(tmp_path)
     before = _snapshot(run)
@@ -107,8 +117,9 @@ def test_resume_refuses_training_examples_that_changed(tmp_path):
 
 def _truncate(kind, ckpt):
     (ckpt / "checksums.json").unlink()  # a checkpoint from before checksums were recorded
-    f = {"optimizer": "optimizer.pt", "rng": "rng.pt", "state": "state.json",
-         "weights": "model/model.safetensors"}.get(kind)
+    f = {"optimizer": "optimizer.pt", "rng": "rng.pt", "state": "state.json", "weights": "model/model.safetensors"}.get(
+        kind
+    )
     if f:
         data = (ckpt / f).read_bytes()
         (ckpt / f).write_bytes(data[: len(data) // 2])
@@ -125,7 +136,9 @@ def test_a_legacy_or_truncated_checkpoint_falls_back_to_the_one_before(tmp_path,
     s = Trainer(_cfg(tmp_path), resume=True, log=notes.append).fit()
     assert any("step-0000004 is damaged" in n and "cannot be read" in n for n in notes), notes
     assert any("resumed from" in n and "step-0000002" in n for n in notes), notes
-    assert s["steps"] == 6 and s["final_eval"]["eval/loss"] == pytest.approx(straight["final_eval"]["eval/loss"], abs=1e-6)
+    assert s["steps"] == 6 and s["final_eval"]["eval/loss"] == pytest.approx(
+        straight["final_eval"]["eval/loss"], abs=1e-6
+    )
 
 
 def test_a_run_whose_checkpoints_are_all_damaged_is_refused_not_wiped(tmp_path):
@@ -160,10 +173,19 @@ KILL_PUBLISHING = textwrap.dedent("""
     atomic._fsync_file = fsync
     sys.exit(main(["train", *sys.argv[3:], f"output.dir={sys.argv[1]}"]))
 """)
-ARGS = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "data.task=arithmetic",
-        "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}", "data.max_length=48",
-        "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "eval.batch_size=4", "eval.at_start=false",
-        "output.progress=false", "output.save_every=2"]
+ARGS = [
+    "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+    "data.task=arithmetic",
+    "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}",
+    "data.max_length=48",
+    "train.batch_size=4",
+    "train.max_steps=3",
+    "train.lr=1e-3",
+    "eval.batch_size=4",
+    "eval.at_start=false",
+    "output.progress=false",
+    "output.save_every=2",
+]
 
 
 @pytest.mark.parametrize("where", ["final", "DONE"])
@@ -171,8 +193,13 @@ def test_a_kill_while_publishing_leaves_no_temporaries_and_one_final_evaluation(
     from dpolab.cli import main
 
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", KILL_PUBLISHING, str(run), where, *ARGS], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [sys.executable, "-c", KILL_PUBLISHING, str(run), where, *ARGS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == -9, proc.stderr[-2000:]
     assert list(run.glob(f".{where}.tmp-{'*'}")) and not (run / "DONE").exists()
     assert main(["train", "--resume", *ARGS, f"output.dir={run}"]) == 0
@@ -180,4 +207,5 @@ def test_a_kill_while_publishing_leaves_no_temporaries_and_one_final_evaluation(
     assert evals == [3]  # logged once, not again by the resumed run
     assert (run / "DONE").exists() and not [p.name for p in run.glob(".*") if p.name != ".lock"]
     assert json.loads((run / "summary.json").read_text())["final_eval"]["eval/loss"] == pytest.approx(
-        [r for r in read_metrics(run) if "eval/loss" in r][0]["eval/loss"])
+        [r for r in read_metrics(run) if "eval/loss" in r][0]["eval/loss"]
+    )

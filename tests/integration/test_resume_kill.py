@@ -6,6 +6,7 @@ killed with SIGKILL, first while a checkpoint folder is being written, then at a
 after each kill the newest complete checkpoint must load, and `--resume` must end with weights bitwise
 equal to an uninterrupted run, with each step logged exactly once in metrics.jsonl.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,11 +26,24 @@ from dpolab.engine.logging import read_metrics
 pytestmark = pytest.mark.slow
 
 STEPS = 24
-ARGS = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2, resid_pdrop: 0.1, embd_pdrop: 0.1}", "model.dropout=true",
-        "data.task=arithmetic", "data.task_args={n_train: 48, n_eval: 4, n_terms: [2, 2], max_value: 9}",
-        "data.max_length=48", "train.batch_size=4", "train.lr=1e-3", "train.schedule=linear", "train.warmup_steps=3",
-        f"train.max_steps={STEPS}", "loss=[{name: beta-dpo}, {name: sft, weight: 0.1}]", "eval.batch_size=8",
-        "eval.every=5", "output.progress=false", "output.save_every=1", "output.keep_last=2"]
+ARGS = [
+    "model.tiny={n_layer: 1, n_embd: 32, n_head: 2, resid_pdrop: 0.1, embd_pdrop: 0.1}",
+    "model.dropout=true",
+    "data.task=arithmetic",
+    "data.task_args={n_train: 48, n_eval: 4, n_terms: [2, 2], max_value: 9}",
+    "data.max_length=48",
+    "train.batch_size=4",
+    "train.lr=1e-3",
+    "train.schedule=linear",
+    "train.warmup_steps=3",
+    f"train.max_steps={STEPS}",
+    "loss=[{name: beta-dpo}, {name: sft, weight: 0.1}]",
+    "eval.batch_size=8",
+    "eval.every=5",
+    "output.progress=false",
+    "output.save_every=1",
+    "output.keep_last=2",
+]
 
 
 @pytest.fixture
@@ -50,7 +64,9 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> None:
     t0 = time.monotonic()
     while not ready():
         if proc.poll() is not None:
-            pytest.fail(f"training ended (rc {proc.returncode}) before the kill point: {proc.stderr.read().decode()[-2000:]}")
+            pytest.fail(
+                f"training ended (rc {proc.returncode}) before the kill point: {proc.stderr.read().decode()[-2000:]}"
+            )
         if time.monotonic() - t0 > timeout:
             proc.kill()
             pytest.fail("kill point never reached")

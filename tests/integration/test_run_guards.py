@@ -1,5 +1,6 @@
 """A run folder is never lost or corrupted: no rerun over an earlier run unasked, one writer at a time, checkpoints
 verified before they are resumed, a NaN model never published, a failed checkpoint write keeps the previous one."""
+
 from __future__ import annotations
 
 import os
@@ -17,13 +18,20 @@ from dpolab.engine.run_folder import RunLock
 
 
 def _cfg(tmp_path, *overrides, name="run"):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48},
-        "train": {"batch_size": 4, "max_steps": 6, "lr": 1e-3, "seed": 0},
-        "eval": {"batch_size": 4, "at_start": False},
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_every": 2},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "train": {"batch_size": 4, "max_steps": 6, "lr": 1e-3, "seed": 0},
+            "eval": {"batch_size": 4, "at_start": False},
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_every": 2},
+        },
+        list(overrides),
+    )
 
 
 def _interrupted(tmp_path, name="run"):
@@ -119,7 +127,9 @@ def test_a_damaged_checkpoint_is_never_loaded(tmp_path, kind):
     s = Trainer(_cfg(tmp_path), resume=True, log=notes.append).fit()
     assert any("step-0000004 is damaged" in n for n in notes), notes
     assert any("resumed from" in n and "step-0000002" in n for n in notes), notes
-    assert s["steps"] == 6 and s["final_eval"]["eval/loss"] == pytest.approx(straight["final_eval"]["eval/loss"], abs=1e-6)
+    assert s["steps"] == 6 and s["final_eval"]["eval/loss"] == pytest.approx(
+        straight["final_eval"]["eval/loss"], abs=1e-6
+    )
 
 
 def test_a_nonfinite_eval_loss_is_never_marked_done(tmp_path, monkeypatch):
@@ -148,8 +158,13 @@ FSIZE = textwrap.dedent("""
 def test_a_file_size_limit_while_checkpointing_is_one_line_and_keeps_nothing_half_written(tmp_path):
     """``ulimit -f``: the checkpoint write fails cleanly (one line, exit 2), leaving no partial checkpoint."""
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "-c", FSIZE, str(run), str(4 * 2**20)], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [sys.executable, "-c", FSIZE, str(run), str(4 * 2**20)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(err) == 1 and "could not write the step-2 checkpoint" in err[0], proc.stderr[-2000:]
@@ -169,8 +184,13 @@ def test_resume_with_nothing_to_resume_says_so_and_starts_over(tmp_path):
 def test_a_run_refused_before_it_starts_leaves_no_folder_behind(tmp_path, bad):
     from dpolab.errors import UserError
 
-    cfg = _cfg(tmp_path, "output.dir=" + str(tmp_path / "new" / "runs" / "run"), "train.mode=preference",
-               "data.task=null" if "data" in bad else "train.seed=0", bad.format(missing=tmp_path / "missing.jsonl"))
+    cfg = _cfg(
+        tmp_path,
+        "output.dir=" + str(tmp_path / "new" / "runs" / "run"),
+        "train.mode=preference",
+        "data.task=null" if "data" in bad else "train.seed=0",
+        bad.format(missing=tmp_path / "missing.jsonl"),
+    )
     with pytest.raises(UserError):
         Trainer(cfg)
     assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))

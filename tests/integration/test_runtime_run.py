@@ -1,4 +1,5 @@
 """A run records its compute settings (bf16 choice and why, threads, compile) in summary.json and logs them."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,11 @@ pytestmark = pytest.mark.slow
 def _cfg(tmp_path, *over):
     data = {
         "model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
-                 "max_length": 48},
+        "data": {
+            "task": "arithmetic",
+            "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+            "max_length": 48,
+        },
         "train": {"batch_size": 4, "max_steps": 2, "lr": 1e-3},
         "eval": {"batch_size": 8, "at_start": False},
         "output": {"dir": str(tmp_path / "run"), "progress": False, "save_final": False},

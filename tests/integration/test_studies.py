@@ -1,16 +1,17 @@
 """Smoke slices of the packaged studies: every stage runs, the report and plots are written, a re-run reuses runs."""
-import pytest
 
-from dpolab.studies.run import run_study
-from dpolab.stats import fmt_ci, mean_ci
+import pytest
 from test_study_verdicts import assert_verdicts_match_numbers
+
+from dpolab.stats import fmt_ci, mean_ci
+from dpolab.studies.run import run_study
 
 pytestmark = pytest.mark.slow
 
 
 def test_mean_ci():
     m, h = mean_ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / 3 ** 0.5, rel=1e-3)
+    assert m == 2.0 and h == pytest.approx(4.303 * 1.0 / 3**0.5, rel=1e-3)
     assert fmt_ci([1.0]) == "1.00" and fmt_ci([]) == "-"
 
 
@@ -26,7 +27,11 @@ def test_squeeze_smoke(tmp_path):
 
     for rid in ("sft", "dpo/seed0", "gate-dpo-seq/seed0"):  # provenance of every run, written by the runner
         rec = json.loads((tmp_path / "s4" / "runs" / rid / "provenance.json").read_text())
-        assert rec["finished"] is True and rec["commit"] and {"torch", "transformers", "peft", "accelerate", "python"} <= set(rec["versions"])
+        assert (
+            rec["finished"] is True
+            and rec["commit"]
+            and {"torch", "transformers", "peft", "accelerate", "python"} <= set(rec["versions"])
+        )
     assert "## Provenance" in text and "dpolab commit of the runs:" in text and "(11 runs)" in text
     msgs = []
     report = run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=msgs.append)
@@ -35,7 +40,9 @@ def test_squeeze_smoke(tmp_path):
 
 
 def test_dpop_smoke_without_real_data(tmp_path):
-    report = run_study("dpop", smoke=True, out=str(tmp_path / "s3"), data_dir=str(tmp_path / "nowhere"), log=lambda s: None)
+    report = run_study(
+        "dpop", smoke=True, out=str(tmp_path / "s3"), data_dir=str(tmp_path / "nowhere"), log=lambda s: None
+    )
     text = report.read_text()
     assert "### arith-near (low edit distance" in text and "### arith-far (high edit distance" in text
     assert "IMDb pair sets were skipped" in text

@@ -5,6 +5,7 @@ short sequences, then the study's report. Skips with the reason without llm-smol
 The four chains load and train the real model many times (minutes each on 2 cores), too long for the default
 ``make test`` that CI runs: they run when ``DPOLAB_SMALL_STUDY_TESTS=1`` (``make test-small-studies``) and skip with
 that reason otherwise. The preset itself is tested by default (tests/integration/test_smollm_preset.py)."""
+
 import os
 import re
 
@@ -20,8 +21,10 @@ pytestmark = pytest.mark.realdata
 
 def _missing() -> str:
     if os.environ.get("DPOLAB_SMALL_STUDY_TESTS") != "1":
-        return ("the small-size study chains take minutes each on the real model: set DPOLAB_SMALL_STUDY_TESTS=1 "
-                "(make test-small-studies) to run them")
+        return (
+            "the small-size study chains take minutes each on the real model: set DPOLAB_SMALL_STUDY_TESTS=1 "
+            "(make test-small-studies) to run them"
+        )
     return smollm2_missing()
 
 
@@ -85,7 +88,8 @@ def test_s1_small_decays_the_paraphrase_sft_learning_rate(shared_data):
     small = study.plan("small", 3, False, data_dir=str(shared_data), out="/nonexistent/never-written")
     sched = {s.run_id: s.config["train"]["schedule"] for s in small}
     assert {k: v for k, v in sched.items() if v != "constant"} == {
-        f"paraphrase/{p}/seed{i}/sft-k1": "linear" for p in ("full", "lora-16") for i in range(3)}
+        f"paraphrase/{p}/seed{i}/sft-k1": "linear" for p in ("full", "lora-16") for i in range(3)
+    }
     cpu = study.plan("cpu", 1, False, data_dir=str(shared_data), out="/nonexistent/never-written")
     assert {s.config["train"]["schedule"] for s in cpu} == {"constant"}
 

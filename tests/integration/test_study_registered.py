@@ -1,5 +1,6 @@
 """A study defined outside dpolab/studies: registered here, then planned (--dry-run), trained and reported by
 `dpolab study` with no edit of the runner (dpolab/studies/run.py) or the CLI."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,12 +22,20 @@ class ToyStudy(Study):
 
     def plan(self, size, seeds, smoke=False, data_dir=None, out=None):
         s = self.settings(size, smoke)
-        cfg = {"model": TINY, "data": {"task": "arithmetic", "max_length": 64,
-                                       "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}},
-               "train": {"mode": "sft", "batch_size": 8, "max_steps": s["steps"], "schedule": "constant"},
-               "eval": {"every": 0, "batch_size": 8}, "output": {"progress": False}}
-        return [RunSpec(f"sft/seed{k}", {**cfg, "train": {**cfg["train"], "seed": k}}, {"seed": k})
-                for k in range(seeds)]
+        cfg = {
+            "model": TINY,
+            "data": {
+                "task": "arithmetic",
+                "max_length": 64,
+                "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+            },
+            "train": {"mode": "sft", "batch_size": 8, "max_steps": s["steps"], "schedule": "constant"},
+            "eval": {"every": 0, "batch_size": 8},
+            "output": {"progress": False},
+        }
+        return [
+            RunSpec(f"sft/seed{k}", {**cfg, "train": {**cfg["train"], "seed": k}}, {"seed": k}) for k in range(seeds)
+        ]
 
     def report(self, results, out, size):
         steps = sorted(r.summary.get("steps") for r in results.values())

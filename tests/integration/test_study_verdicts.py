@@ -1,6 +1,7 @@
 """Every judgement a study report makes matches its numbers: reports built from synthetic run results (no training)
 word 'better/worse/higher/lower' only with an interval that excludes 0 and 'inconclusive' only with one that contains it,
 list missing values as missing, and say "every X" only when each interval says so. Plus the runs' provenance."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,19 @@ from dpolab.studies import dpop, madpo, provenance, sft_dpo, squeeze
 from dpolab.studies.runner import RunResult, RunSpec
 
 NUM = r"([+-]\d+\.\d+)"
-SIGNIFICANT = re.compile(r"(higher|lower) than [^,]*?(?: \((better|worse|maybe negligible|better, maybe negligible|"
-                         r"worse, maybe negligible)\))?, " + NUM + r" \(95 % CI " + NUM + " to " + NUM)
+SIGNIFICANT = re.compile(
+    r"(higher|lower) than [^,]*?(?: \((better|worse|maybe negligible|better, maybe negligible|"
+    r"worse, maybe negligible)\))?, " + NUM + r" \(95 % CI " + NUM + " to " + NUM
+)
 INCONCLUSIVE = re.compile(r"inconclusive, " + NUM + r" \(95 % CI " + NUM + " to " + NUM)
-NEGLIGIBLE = re.compile(r"negligible, " + NUM + r" \(95 % CI " + NUM + " to " + NUM + r", \d+ seeds; smallest "
-                        r"meaningful difference ±(\d+(?:\.\d+)?(?:e-?\d+)?)")
+NEGLIGIBLE = re.compile(
+    r"negligible, " + NUM + r" \(95 % CI " + NUM + " to " + NUM + r", \d+ seeds; smallest "
+    r"meaningful difference ±(\d+(?:\.\d+)?(?:e-?\d+)?)"
+)
 WORD = r"(?:better|worse|higher|lower)(?:, maybe negligible)?|negligible|inconclusive"
-ROW = re.compile(r"\| " + NUM + r" \| " + NUM + " to " + NUM + r" \| (\d+) \| (" + WORD + r") \|(?: ±([\d.e-]+)[^|]*\|)?")
+ROW = re.compile(
+    r"\| " + NUM + r" \| " + NUM + " to " + NUM + r" \| (\d+) \| (" + WORD + r") \|(?: ±([\d.e-]+)[^|]*\|)?"
+)
 ONE_SEED = re.compile(r"inconclusive \(one seed\), " + NUM + r" \(one seed")
 ONE_SEED_ROW = re.compile(r"\| " + NUM + r" \| - \| 1 \| inconclusive \(one seed\) \|")
 
@@ -61,9 +68,13 @@ def assert_verdicts_match_numbers(text: str) -> int:
 
 def _result(spec: RunSpec, final: Dict[str, Optional[float]], **summary: Any) -> RunResult:
     present = {k: v for k, v in final.items() if v is not None}
-    metrics = [{"step": 0, "epoch": 0.0, "time/elapsed_s": 0.0, **{k: 0.0 for k in present}},
-               {"step": 4, "epoch": 1.0, "time/elapsed_s": 1.0, **present}]
-    return RunResult(spec, Path("/nonexistent/run"), {"final_eval": present, "wall_clock_s": 1.0, **summary}, metrics, False)
+    metrics = [
+        {"step": 0, "epoch": 0.0, "time/elapsed_s": 0.0, **{k: 0.0 for k in present}},
+        {"step": 4, "epoch": 1.0, "time/elapsed_s": 1.0, **present},
+    ]
+    return RunResult(
+        spec, Path("/nonexistent/run"), {"final_eval": present, "wall_clock_s": 1.0, **summary}, metrics, False
+    )
 
 
 # -- S4 -----------------------------------------------------------------------------------------------------------
@@ -97,11 +108,15 @@ def test_s4_report_words_follow_the_intervals(tmp_path):
     assert "still falls" not in text and "— keeps Δ chosen" not in text
     assert "gated Cal-DPO: Δ chosen against 0 inconclusive, -0.10 (95 % CI" in text
     assert "Gate-DPO seq: Δ chosen lower than 0, -0.60" in text
-    assert ("gated IPO: Δ chosen lower than 0 (maybe negligible), -0.65 (95 % CI -1.29 to -0.01, 2 seeds; smallest "
-            "meaningful difference ±0.1 nats; missing: gated IPO seed 1)") in text  # the interval reaches inside ±0.1
+    assert (
+        "gated IPO: Δ chosen lower than 0 (maybe negligible), -0.65 (95 % CI -1.29 to -0.01, 2 seeds; smallest "
+        "meaningful difference ±0.1 nats; missing: gated IPO seed 1)"
+    ) in text  # the interval reaches inside ±0.1
     assert "| gated IPO | -0.65 ± 0.64 (n=2 of 3) |" in text  # the table says a value is missing, never averages a 0
-    assert ("1 of 4 gated methods lowered Δ chosen below 0 (paired 95 % interval excluding 0 and beyond the smallest "
-            "meaningful difference: Gate-DPO seq); 1 did by an amount that may be negligible (gated IPO)") in text
+    assert (
+        "1 of 4 gated methods lowered Δ chosen below 0 (paired 95 % interval excluding 0 and beyond the smallest "
+        "meaningful difference: Gate-DPO seq); 1 did by an amount that may be negligible (gated IPO)"
+    ) in text
     assert "worded against the smallest meaningful change of a log-prob, ±0.1 nats" in text
     assert "Every gated method shrank the fall of Δ others compared with DPO" in text
     assert "16 paired comparisons; at 95 % each, about 0.8 would look significant by chance" in text
@@ -127,13 +142,18 @@ def _s3_results(chosen: Dict[str, Dict[str, float]], noise: float = 0.2, missing
 
 
 def test_s3_answers_its_question_and_keeps_missing_values_missing(tmp_path):
-    both = {"arith-near": {"DPO": -1.5, "DPOP λ=5": -0.1, "DPOP λ=50": 0.1, "DPOP λ=500": 0.06},
-            "arith-far": {"DPO": -2.2, "DPOP λ=5": -0.4, "DPOP λ=50": 0.08, "DPOP λ=500": 0.2}}
+    both = {
+        "arith-near": {"DPO": -1.5, "DPOP λ=5": -0.1, "DPOP λ=50": 0.1, "DPOP λ=500": 0.06},
+        "arith-far": {"DPO": -2.2, "DPOP λ=5": -0.4, "DPOP λ=50": 0.08, "DPOP λ=500": 0.2},
+    }
     results = _s3_results(both, missing={("arith-far", "DPOP λ=500", 1)})
     text = "\n".join(dpop.STUDY.report(results, tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 17
     assert "**Is DPO's fall of the chosen log-prob specific to low edit-distance pairs?**" in text
-    assert "- **arithmetic** (arith-near vs arith-far; paired by training seed): No: DPO lowered the chosen log-prob on both" in text
+    assert (
+        "- **arithmetic** (arith-near vs arith-far; paired by training seed): No: DPO lowered the chosen log-prob on both"
+        in text
+    )
     assert re.search(r"arith-near \(low\): DPO Δ chosen (against|higher than|lower than) arith-far \(high\)", text)
     assert "missing: DPOP λ=500 on arith-far seed 1" in text and "(n=2 of 3)" in text
     assert "a tiny GPT-2 with a character tokenizer" not in text and "1 layer, width 32" in text
@@ -155,19 +175,30 @@ def test_s3_answers_its_question_and_keeps_missing_values_missing(tmp_path):
 def _s2_results(means: Dict[str, float], sft: float = 0.131, missing=()):
     rng = random.Random(1)
     results = {}
-    sft_spec = RunSpec("sft", {"model": madpo.SMOKE["model"], "train": {"max_steps": 4}},
-                       {"stage": "sft", "oracle_eval": {"n_eval": 8, "eval_samples": 1, "max_new_tokens": 12}})
+    sft_spec = RunSpec(
+        "sft",
+        {"model": madpo.SMOKE["model"], "train": {"max_steps": 4}},
+        {"stage": "sft", "oracle_eval": {"n_eval": 8, "eval_samples": 1, "max_new_tokens": 12}},
+    )
     results["sft"] = _result(sft_spec, {"eval/oracle_reward": sft}, train_examples=1707)
     for tier in madpo.TIERS:
-        results[f"rm-{tier}"] = _result(RunSpec(f"rm-{tier}", {}, {"stage": "rm", "tier": tier}),
-                                        {"eval/reward_accuracy": 0.9 if tier == "low" else 0.55}, eval_examples=64)
+        results[f"rm-{tier}"] = _result(
+            RunSpec(f"rm-{tier}", {}, {"stage": "rm", "tier": tier}),
+            {"eval/reward_accuracy": 0.9 if tier == "low" else 0.55},
+            eval_examples=64,
+        )
     for seed in range(3):
         for tier in madpo.TIERS:
             for m in madpo.METHODS:
                 v = None if (tier, m, seed) in missing else means[m] + rng.gauss(0, 0.02)
-                spec = RunSpec(f"{tier}/{m}/seed{seed}", {"train": {"max_steps": 2, "batch_size": 8, "lr": 1e-4},
-                                                           "loss": [{"name": "dpo", "params": {"beta": 0.1}}]},
-                               {"tier": tier, "method": m, "seed": seed})
+                spec = RunSpec(
+                    f"{tier}/{m}/seed{seed}",
+                    {
+                        "train": {"max_steps": 2, "batch_size": 8, "lr": 1e-4},
+                        "loss": [{"name": "dpo", "params": {"beta": 0.1}}],
+                    },
+                    {"tier": tier, "method": m, "seed": seed},
+                )
                 results[spec.run_id] = _result(spec, {"eval/oracle_reward": v}, train_examples=16)
     return results
 
@@ -190,7 +221,10 @@ def test_s2_every_method_raised_only_when_each_interval_says_so(tmp_path):
     results = _s2_results({"DPO": 0.36, "IPO": 0.25, "beta-DPO": 0.30, "MADPO": 0.33})
     text = "\n".join(madpo.STUDY.report(results, tmp_path, "cpu"))
     assert assert_verdicts_match_numbers(text) >= 24
-    assert "Every method on a tier raised the oracle reward over the SFT model: all 12 paired 95 % intervals exclude 0" in text
+    assert (
+        "Every method on a tier raised the oracle reward over the SFT model: all 12 paired 95 % intervals exclude 0"
+        in text
+    )
 
 
 # -- S1 -----------------------------------------------------------------------------------------------------------
@@ -204,17 +238,27 @@ def _s1_results(lora_slower: float):
         for param in ("full", "lora-4"):
             for seed in range(3):
                 prefix = f"{task}/{param}/seed{seed}"
-                stages = [("sft-k1", "sft", 1), ("sft-k2", "sft", 2), ("dpo-base", "dpo", 0), ("dpo-k1", "dpo", 1), ("dpo-k2", "dpo", 2)]
+                stages = [
+                    ("sft-k1", "sft", 1),
+                    ("sft-k2", "sft", 2),
+                    ("dpo-base", "dpo", 0),
+                    ("dpo-k1", "dpo", 1),
+                    ("dpo-k2", "dpo", 2),
+                ]
                 for suffix, stage, k in stages:
                     labels = {"task": task, "param": param, "seed": seed, "stage": stage, "k": k}
                     if task == "paraphrase":
                         final = {"eval/accuracy": 0.6 + rng.gauss(0, 0.02), "eval/macro_f1": 0.5 + rng.gauss(0, 0.02)}
                     else:
-                        final = {"eval/chrf": 24 + rng.gauss(0, 1) if (param, seed) != ("lora-4", 1) else None,
-                                 "eval/nll_per_char": 2.3 + rng.gauss(0, 0.01)}
+                        final = {
+                            "eval/chrf": 24 + rng.gauss(0, 1) if (param, seed) != ("lora-4", 1) else None,
+                            "eval/nll_per_char": 2.3 + rng.gauss(0, 0.01),
+                        }
                     wall = 7.5 + (lora_slower if param != "full" else 0.0) + rng.gauss(0, 0.05)
                     spec = RunSpec(f"{prefix}/{suffix}", {"model": model}, labels)
-                    results[spec.run_id] = _result(spec, final, wall_clock_s=wall, train_examples=16, peak_memory_mb=900.0)
+                    results[spec.run_id] = _result(
+                        spec, final, wall_clock_s=wall, train_examples=16, peak_memory_mb=900.0
+                    )
     return results
 
 
@@ -238,7 +282,9 @@ def test_s1_checks_each_model_against_the_majority_label(tmp_path, monkeypatch):
     results = _s1_results(lora_slower=1.0)
     for rid, r in results.items():  # full fine-tuning 70.0 / 70.5 / 71.0 % by seed, LoRA 55 % and up
         if rid.startswith("paraphrase/"):
-            r.summary["final_eval"]["eval/accuracy"] = (0.70 if "/full/" in rid else 0.55) + 0.005 * r.spec.labels["seed"]
+            r.summary["final_eval"]["eval/accuracy"] = (0.70 if "/full/" in rid else 0.55) + 0.005 * r.spec.labels[
+                "seed"
+            ]
     text = "\n".join(sft_dpo.STUDY.report(results, tmp_path, "cpu"))
     check = text.split("**Check: the models use the questions**")[1].split("### paraphrase")[0]
     assert assert_verdicts_match_numbers(check) == 8  # 4 schedules x 2 parameterisations
@@ -248,7 +294,11 @@ def test_s1_checks_each_model_against_the_majority_label(tmp_path, monkeypatch):
     for rid, r in results.items():
         if rid.startswith("paraphrase/lora-4/"):
             r.summary["final_eval"]["eval/accuracy"] += 0.15
-    check = "\n".join(sft_dpo.STUDY.report(results, tmp_path, "cpu")).split("**Check: the models use")[1].split("### paraphrase")[0]
+    check = (
+        "\n".join(sft_dpo.STUDY.report(results, tmp_path, "cpu"))
+        .split("**Check: the models use")[1]
+        .split("### paraphrase")[0]
+    )
     assert "Every (schedule, parameterisation) scored above the majority label: all 8 paired" in check
     assert "In all: 24 paired comparisons" in text  # the check is a precondition, not one of the paper's claims
     monkeypatch.setattr(sft_dpo, "_majority", lambda results: (_ for _ in ()).throw(FileNotFoundError("quora-dev.csv")))
@@ -300,8 +350,13 @@ def test_provenance_says_whether_the_package_differs_between_commits(tmp_path):
     import subprocess
 
     def git(*args):
-        return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=tmp_path,
-                              check=True, capture_output=True, text=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args],
+            cwd=tmp_path,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
 
     (tmp_path / "pkg").mkdir()
     (tmp_path / "docs").mkdir()
@@ -364,8 +419,15 @@ def test_s4_report_without_sweep_runs_says_so_instead_of_an_empty_table(tmp_path
         m = spec.labels.get("method")
         if "alpha" in spec.labels or (m and m not in S4_VALUES):
             continue  # a size that cuts the gate sweep (small) has no sweep runs
-        final = ({"probe/delta/chosen": S4_VALUES[m][0][spec.labels["seed"]] or 0.0, "probe/delta/others": -1.0,
-                  "probe/margin": 1.0} if m else {"eval/answer_accuracy": 0.7})
+        final = (
+            {
+                "probe/delta/chosen": S4_VALUES[m][0][spec.labels["seed"]] or 0.0,
+                "probe/delta/others": -1.0,
+                "probe/margin": 1.0,
+            }
+            if m
+            else {"eval/answer_accuracy": 0.7}
+        )
         results[spec.run_id] = _result(spec, final)
     text = "\n".join(squeeze.STUDY.report(results, tmp_path, "cpu"))
     assert "No sweep run was in this grid" in text

@@ -1,6 +1,7 @@
 """TR-DPO (reference.sync_every, reference.mixup_alpha): the live frozen copy moves toward the policy on schedule,
 by exactly ref <- alpha * policy + (1 - alpha) * ref; a precomputed or adapter reference is refused; a resumed run
 restores the moved reference exactly."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,14 +12,21 @@ from dpolab.engine import Trainer, TrainError
 
 
 def _cfg(tmp_path, name, *overrides):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48},
-        "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-2, "seed": 0},
-        "eval": {"batch_size": 4, "at_start": False},
-        "reference": {"mode": "copy", "sync_every": 2, "mixup_alpha": 0.6},
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_every": 2},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "train": {"batch_size": 4, "max_steps": 4, "lr": 1e-2, "seed": 0},
+            "eval": {"batch_size": 4, "at_start": False},
+            "reference": {"mode": "copy", "sync_every": 2, "mixup_alpha": 0.6},
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_every": 2},
+        },
+        list(overrides),
+    )
 
 
 def _params(model):
@@ -46,8 +54,10 @@ def test_hard_sync_copies_the_policy(tmp_path):
     t.close()
 
 
-@pytest.mark.parametrize("over, why", [(["reference.mode=precomputed"], "precomputed"),
-                                       (["lora.enabled=true", "reference.mode=adapter"], "adapter")])
+@pytest.mark.parametrize(
+    "over, why",
+    [(["reference.mode=precomputed"], "precomputed"), (["lora.enabled=true", "reference.mode=adapter"], "adapter")],
+)
 def test_a_reference_that_cannot_follow_is_refused(tmp_path, over, why):
     with pytest.raises(TrainError, match=f"sync_every.*{why}"):
         Trainer(_cfg(tmp_path, "run", *over))

@@ -2,6 +2,7 @@
 reference's per-token log-probs or shared-length sums (LD-DPO); runs train end to end; live and precomputed
 references give the same LD-DPO losses; and on a real model and batch dpolab's loss and gradients equal TRL's
 ``DPOTrainer._compute_loss`` (``use_weighting=True`` / ``ld_alpha``) with TRL's own fused LM head."""
+
 from __future__ import annotations
 
 import contextlib
@@ -25,15 +26,21 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(tmp_path, name, loss, *overrides):
-    return build_config({
-        "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 8, "n_terms": [2, 2], "max_value": 9},
-                 "max_length": 48},
-        "train": {"batch_size": 4, "max_steps": 3, "lr": 5e-3, "schedule": "constant", "seed": 0},
-        "eval": {"batch_size": 8, "every": 0},
-        "loss": loss,
-        "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
-    }, list(overrides))
+    return build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 16, "n_eval": 8, "n_terms": [2, 2], "max_value": 9},
+                "max_length": 48,
+            },
+            "train": {"batch_size": 4, "max_steps": 3, "lr": 5e-3, "schedule": "constant", "seed": 0},
+            "eval": {"batch_size": 8, "every": 0},
+            "loss": loss,
+            "output": {"dir": str(tmp_path / name), "progress": False, "save_final": False},
+        },
+        list(overrides),
+    )
 
 
 def _train_rows(run_dir):
@@ -55,7 +62,9 @@ def test_wpo_trains_end_to_end(tmp_path, spec):
 
 @pytest.mark.parametrize("ref_mode", ["copy", "precomputed"])
 def test_ld_dpo_trains_end_to_end(tmp_path, ref_mode):
-    s = Trainer(_cfg(tmp_path, "run", [{"name": "ld-dpo", "params": {"ld_alpha": 0.3}}], f"reference.mode={ref_mode}")).fit()
+    s = Trainer(
+        _cfg(tmp_path, "run", [{"name": "ld-dpo", "params": {"ld_alpha": 0.3}}], f"reference.mode={ref_mode}")
+    ).fit()
     assert s["steps"] == 3 and s["reference_mode"] == ref_mode
     rows = _train_rows(tmp_path / "run")
     assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # LD-DPO at step 0 is ln 2
@@ -80,7 +89,9 @@ def test_live_and_precomputed_references_give_the_same_ld_losses(tmp_path):
     tails = (batch.loss_mask[:n].sum(-1) != batch.loss_mask[n:].sum(-1)).any()
     assert tails  # some pair has responses of different lengths: the split matters
     a, ma = preference_step(live.policy, live.reference, comp, batch, contextlib.nullcontext)
-    b, mb = preference_step(pre.policy, pre.reference, comp, pre.collate(list(range(8)), pre.train_data), contextlib.nullcontext)
+    b, mb = preference_step(
+        pre.policy, pre.reference, comp, pre.collate(list(range(8)), pre.train_data), contextlib.nullcontext
+    )
     assert a.item() == pytest.approx(b.item(), rel=1e-5, abs=1e-6)
     assert ma["loss/ld-dpo"].item() == pytest.approx(mb["loss/ld-dpo"].item(), rel=1e-5, abs=1e-6)
     assert ma["loss/ipo"].item() == pytest.approx(mb["loss/ipo"].item(), rel=1e-5, abs=1e-6)
@@ -98,8 +109,9 @@ def test_a_table_without_shared_sums_is_refused_for_ld_dpo(tmp_path):
     table = {"chosen": torch.zeros(4), "rejected": torch.zeros(4)}  # what an older dpolab wrote
     ref = PrecomputedTable(table, cache_file=tmp_path / "old.pt")
     ids = torch.zeros(4, 3, dtype=torch.long)
-    chosen, _ = ref.logps(PairBatch(input_ids=ids, attention_mask=ids, loss_mask=ids.bool(), index=torch.arange(2),
-                                    num_pairs=2))
+    chosen, _ = ref.logps(
+        PairBatch(input_ids=ids, attention_mask=ids, loss_mask=ids.bool(), index=torch.arange(2), num_pairs=2)
+    )
     assert chosen.shape == (2,)  # DPO: fine
     from dpolab.models.reference import ReferenceSetupError
 
@@ -111,22 +123,42 @@ def test_a_table_without_shared_sums_is_refused_for_ld_dpo(tmp_path):
 trl_settings = [
     ([{"name": "wpo", "params": {"beta": 0.2}}], dict(loss_types=["sigmoid"], use_weighting=True)),
     ([{"name": "ld-dpo", "params": {"beta": 0.2, "ld_alpha": 0.3}}], dict(loss_types=["sigmoid"], ld_alpha=0.3)),
-    ([{"name": "ipo", "params": {"beta": 0.2}, "ld_alpha": 0.5, "weighting": "wpo"}],
-     dict(loss_types=["ipo"], ld_alpha=0.5, use_weighting=True)),
+    (
+        [{"name": "ipo", "params": {"beta": 0.2}, "ld_alpha": 0.5, "weighting": "wpo"}],
+        dict(loss_types=["ipo"], ld_alpha=0.5, use_weighting=True),
+    ),
 ]
 
 
 def _trl_trainer(model, ref_model, *, beta, **kw):
     from trl import DPOTrainer
 
-    acc = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x,
-                          autocast=contextlib.nullcontext, unwrap_model=lambda m: m)
+    acc = SimpleNamespace(
+        device=torch.device("cpu"),
+        gather=lambda x: x,
+        gather_for_metrics=lambda x: x,
+        autocast=contextlib.nullcontext,
+        unwrap_model=lambda m: m,
+    )
     tr = object.__new__(DPOTrainer)
-    tr.__dict__.update(model=model, ref_model=ref_model, accelerator=acc, aux_loss_enabled=False, ld_alpha=None,
-                       precompute_ref_logps=False, f_divergence_type="reverse_kl", f_alpha_divergence_coef=0.5,
-                       loss_weights=[1.0], beta=beta, label_smoothing=0.0, use_weighting=False,
-                       args=SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
-                       _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    tr.__dict__.update(
+        model=model,
+        ref_model=ref_model,
+        accelerator=acc,
+        aux_loss_enabled=False,
+        ld_alpha=None,
+        precompute_ref_logps=False,
+        f_divergence_type="reverse_kl",
+        f_alpha_divergence_coef=0.5,
+        loss_weights=[1.0],
+        beta=beta,
+        label_smoothing=0.0,
+        use_weighting=False,
+        args=SimpleNamespace(discopop_tau=0.05, gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
+    )
     tr.__dict__.update(kw)
     return tr
 
@@ -152,8 +184,11 @@ def test_engine_matches_trl_dpo_trainer(tmp_path, loss, trl_kw, layout):
     add_fused_lm_head(trl_policy, outputs=("log_probs", "entropy", "mean_logits", "is_top1", "log_sum_sq_probs"))
     add_fused_lm_head(trl_ref)
     tr = _trl_trainer(trl_policy, trl_ref, beta=0.2, **trl_kw)
-    inputs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask,
-              "completion_mask": batch.loss_mask.long()}
+    inputs = {
+        "input_ids": batch.input_ids,
+        "attention_mask": batch.attention_mask,
+        "completion_mask": batch.loss_mask.long(),
+    }
     trl_policy.zero_grad(set_to_none=True)
     theirs = tr._compute_loss(trl_policy, inputs, return_outputs=False)
     theirs.backward()

@@ -1,5 +1,6 @@
 """A write that cannot succeed (file-size limit, full disk, read-only target) is one line naming the path and the
 cause, never a traceback, and never leaves half a JSONL row (issue 32.4)."""
+
 from __future__ import annotations
 
 import errno
@@ -15,9 +16,17 @@ import pytest
 from dpolab.cli import main
 from dpolab.engine.checkpoint import list_checkpoints
 
-TINY = ["model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "data.task=arithmetic",
-        "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}", "data.max_length=48",
-        "train.batch_size=4", "train.lr=1e-3", "eval.batch_size=4", "output.progress=false", "data.cache=false"]
+TINY = [
+    "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+    "data.task=arithmetic",
+    "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}",
+    "data.max_length=48",
+    "train.batch_size=4",
+    "train.lr=1e-3",
+    "eval.batch_size=4",
+    "output.progress=false",
+    "data.cache=false",
+]
 
 LIMITED = textwrap.dedent("""
     import resource, sys
@@ -29,8 +38,13 @@ LIMITED = textwrap.dedent("""
 
 
 def _limited(run: Path, limit: int, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LIMITED, str(run), str(limit), *args], capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return subprocess.run(
+        [sys.executable, "-c", LIMITED, str(run), str(limit), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
 
 
 def _one_error_line(proc) -> str:
@@ -69,8 +83,9 @@ def test_a_file_size_limit_while_logging_is_one_line_and_leaves_whole_rows(tmp_p
 
 def _pairs(tmp_path) -> Path:
     data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps({"prompt": "Q: 1+2\nA: ", "chosen": "1+2=3", "rejected": "1+2=4"}) + "\n"
-                            for _ in range(3)))
+    data.write_text(
+        "".join(json.dumps({"prompt": "Q: 1+2\nA: ", "chosen": "1+2=3", "rejected": "1+2=4"}) + "\n" for _ in range(3))
+    )
     return data
 
 
@@ -98,8 +113,30 @@ def test_compare_out_that_cannot_be_a_folder_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     out = blocker / "cmp"
-    rc = main(["compare", "--out", str(out), "--budget", "2steps", "--seeds", "1", "--task", "arithmetic", "--methods",
-               "dpo", *[f"--set={s}" for s in ["data.task_args.n_train=48", "data.task_args.n_eval=12",
-                                               "model.tiny.n_layer=1", "model.tiny.n_embd=32", "model.tiny.n_head=2"]]])
+    rc = main(
+        [
+            "compare",
+            "--out",
+            str(out),
+            "--budget",
+            "2steps",
+            "--seeds",
+            "1",
+            "--task",
+            "arithmetic",
+            "--methods",
+            "dpo",
+            *[
+                f"--set={s}"
+                for s in [
+                    "data.task_args.n_train=48",
+                    "data.task_args.n_eval=12",
+                    "model.tiny.n_layer=1",
+                    "model.tiny.n_embd=32",
+                    "model.tiny.n_head=2",
+                ]
+            ],
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1] == f"error: could not write {out}: Not a directory", err

@@ -1,15 +1,16 @@
 """The real IMDb CAD paired files (skipped when ../shared/data is absent): every batch is a Positive/Negative
 pair, the texts fit the char tokenizer after cleaning, and the low-distance rows are far closer than the
 high-distance control when measured in char tokens."""
+
 import statistics
 
 import pytest
 
 from dpolab.data.dataset import load_preference_data
-from dpolab.tasks import imdb_cad as C
 from dpolab.data.types import SkipCounter
 from dpolab.diagnostics import bucket_pairs
 from dpolab.models.tokenizer import build_char_tokenizer
+from dpolab.tasks import imdb_cad as C
 
 pytestmark = pytest.mark.realdata
 

@@ -1,14 +1,15 @@
 """Study S1's real data (skipped when ../shared/data is absent): the Quora dev TSV as the paraphrase task
 (20,212 usable pairs, the 2 malformed rows reported, disjoint splits) and the sonnets (131 train, 12 dev)."""
+
 import pytest
 
 from dpolab.config import DataConfig
 from dpolab.data.dataset import load_preference_data
+from dpolab.engine.data_setup import task_rows
+from dpolab.models.tokenizer import build_char_tokenizer, gpt2_tokenizer_offline
 from dpolab.tasks import paraphrase as P
 from dpolab.tasks import pretrain_text as T
 from dpolab.tasks import sonnets as S
-from dpolab.engine.data_setup import task_rows
-from dpolab.models.tokenizer import build_char_tokenizer, gpt2_tokenizer_offline
 
 pytestmark = pytest.mark.realdata
 

@@ -1,5 +1,6 @@
 """The sentiment task on the real IMDb CAD orig/ files (skipped when ../shared/data is absent): review counts,
 prompts and SFT rows, and the VADER oracle's accuracy as SOURCE.md reports it (0.740 on orig/test.tsv)."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,10 @@ def test_reviews_prompts_and_sft_rows(files):
     assert len(S.load_reviews(str(files["dev"]))) == 245 and len(S.load_reviews(str(files["test"]))) == 488
     prompts = S.prompt_rows(train)
     assert len(prompts) >= 1690  # only reviews of < 12 words are dropped
-    assert all(len(p["prompt"].split()) == S.PREFIX_WORDS and p["review"] and len(p["review"]) <= S.REVIEW_CHARS for p in prompts)
+    assert all(
+        len(p["prompt"].split()) == S.PREFIX_WORDS and p["review"] and len(p["review"]) <= S.REVIEW_CHARS
+        for p in prompts
+    )
     sft = S.sft_rows(train)
     assert len(sft) >= 1700 and all(len(r["completion"]) <= S.SFT_MAX_CHARS for r in sft)
 

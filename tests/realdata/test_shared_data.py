@@ -1,5 +1,6 @@
 """Real files from ../shared/data (skipped when absent): the Quora TSV's malformed rows are reported,
 and the IMDb counterfactual pairs read as minimal-edit preference pairs."""
+
 from collections import defaultdict
 
 import pytest
@@ -19,7 +20,12 @@ def quora_pair(rec):
     if label not in ("0.0", "1.0"):
         raise DataError(f"expected label 0.0 or 1.0, got {label!r}", field="is_duplicate")
     yes, no = ("yes", "no") if label == "1.0" else ("no", "yes")
-    return {"prompt": f"Q1: {rec['sentence1']}\nQ2: {rec['sentence2']}\nParaphrase? ", "chosen": yes, "rejected": no, "id": rec["id"]}
+    return {
+        "prompt": f"Q1: {rec['sentence1']}\nQ2: {rec['sentence2']}\nParaphrase? ",
+        "chosen": yes,
+        "rejected": no,
+        "id": rec["id"],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +41,9 @@ def test_quora_is_read_as_tsv_despite_csv_name(quora):
 
 def test_quora_malformed_rows_are_reported_not_crashed_on(quora):
     logs = []
-    pairs, skips = load_preference_data(quora, TOK, transform=quora_pair, on_error="skip", max_length=64, log=logs.append)
+    pairs, skips = load_preference_data(
+        quora, TOK, transform=quora_pair, on_error="skip", max_length=64, log=logs.append
+    )
     assert skips.counts == {"invalid row (field 'is_duplicate')": 2}
     assert len(pairs) == 20212
     assert "row 2576" in logs[0] and "row 14221" in logs[1]

@@ -1,9 +1,10 @@
 """The built-in arithmetic task: determinism, the exact oracle, near vs far misses, label noise."""
+
 import pytest
 
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.tasks import arithmetic as A
 from dpolab.models.tokenizer import build_char_tokenizer
+from dpolab.tasks import arithmetic as A
 
 
 def edit_distance(a, b):
@@ -26,7 +27,9 @@ def test_deterministic_and_valid():
     a, b = A.make_problems(200, seed=7), A.make_problems(200, seed=7)
     assert a == b and a != A.make_problems(200, seed=8)
     assert all(2 <= len(p.terms) <= 4 and min(p.values) >= 0 and max(p.terms) <= 50 for p in a)
-    assert A.preference_rows(a, miss="mixed", label_noise=0.3, seed=1) == A.preference_rows(b, miss="mixed", label_noise=0.3, seed=1)
+    assert A.preference_rows(a, miss="mixed", label_noise=0.3, seed=1) == A.preference_rows(
+        b, miss="mixed", label_noise=0.3, seed=1
+    )
 
 
 def test_oracle():

@@ -1,5 +1,6 @@
 """Failed writes are recognised by exception type and errno and become one line naming the path (issue 32.4);
 appends never leave half a row; temporaries of killed writers are cleared (issue 32.6)."""
+
 from __future__ import annotations
 
 import errno
@@ -71,6 +72,7 @@ def test_a_read_only_target_is_a_write_error_naming_it(tmp_path, monkeypatch):
     assert isinstance(info.value, UserError) and isinstance(info.value, OSError)
     assert str(info.value) == f"could not write {tmp_path / 'out.json'}: Permission denied"
     assert not list(tmp_path.iterdir())
+
     def immutable(*a, **k):
         raise PermissionError(errno.EPERM, "Operation not permitted")
 

@@ -1,4 +1,5 @@
 """BatchPlan: the per-epoch order is computed once per epoch, and the batches are exactly those of the uncached order."""
+
 import random
 
 import pytest
@@ -38,11 +39,13 @@ def test_step_batches_are_the_uncached_order_and_each_epoch_order_is_computed_on
         idx = plan.step_indices(step)
         micros = [plan.micro_batches(step, rank) for rank in range(plan.num_processes)]
         epoch, k = divmod(step, plan.steps_per_epoch)
-        assert idx == fresh.order(epoch)[k * gb: (k + 1) * gb]  # the order before memoisation
+        assert idx == fresh.order(epoch)[k * gb : (k + 1) * gb]  # the order before memoisation
         per_micro = plan.batch_size * plan.num_processes
         for rank, mine in enumerate(micros):
-            want = [idx[a * per_micro: (a + 1) * per_micro][rank * plan.batch_size: (rank + 1) * plan.batch_size]
-                    for a in range(plan.grad_accum)]
+            want = [
+                idx[a * per_micro : (a + 1) * per_micro][rank * plan.batch_size : (rank + 1) * plan.batch_size]
+                for a in range(plan.grad_accum)
+            ]
             assert mine == [m for m in want if m]
     assert calls == list(range(epochs))  # once per epoch, not twice per step
 
@@ -72,8 +75,10 @@ def test_a_set_smaller_than_one_global_batch_gives_every_rank_the_same_micro_bat
     assert two.step_indices(0) == one.step_indices(0) and two.steps_per_epoch == one.steps_per_epoch == 1
 
 
-@pytest.mark.parametrize("n, bs, accum, world", [(10, 4, 2, 2), (9, 4, 2, 2), (7, 2, 3, 3), (5, 8, 1, 4),
-                                                 (3, 1, 4, 3), (37, 3, 2, 2), (30, 2, 4, 3)])
+@pytest.mark.parametrize(
+    "n, bs, accum, world",
+    [(10, 4, 2, 2), (9, 4, 2, 2), (7, 2, 3, 3), (5, 8, 1, 4), (3, 1, 4, 3), (37, 3, 2, 2), (30, 2, 4, 3)],
+)
 def test_every_rank_gets_as_many_micro_batches_of_the_same_sizes(n, bs, accum, world):
     plan = BatchPlan(n, bs, accum, num_processes=world, seed=2)
     for step in range(2 * plan.steps_per_epoch):

@@ -1,6 +1,7 @@
 """The benchmark harness (benchmarks/): the same-math check can fail, ratios are paired by round, loaded rounds are
 left out of the headline, end-to-end figures are computed as stated, and every dpolab arm pins its reference mode.
 Pure Python except the last test (two tiny real dpolab runs, a few seconds)."""
+
 from __future__ import annotations
 
 import math
@@ -27,29 +28,47 @@ def toy_check(beta=0.1, lr=1e-4, steps=5, order=0, n_params=1000):
     hs = [(0.5 + 0.1 * ((i + order) % 4)) * lr_sum / 1e-4 for i in range(8)]
     loss = sum(math.log1p(math.exp(-beta * h)) for h in hs) / len(hs)
     upd = sum(lr * (1 - s / steps) for s in range(steps))
-    return dict(n_tensors=10, n_params=n_params, loss=loss, logps_chosen=-500 + 3 * hs[0], logps_rejected=-480 - 2 * hs[1],
-                margin=sum(hs) / len(hs), weights_abs_sum=20.0 + upd * 37, delta_abs_sum=upd * n_params,
-                delta_l2=upd * math.sqrt(n_params), delta_index_sum=upd * n_params * 0.013)
+    return dict(
+        n_tensors=10,
+        n_params=n_params,
+        loss=loss,
+        logps_chosen=-500 + 3 * hs[0],
+        logps_rejected=-480 - 2 * hs[1],
+        margin=sum(hs) / len(hs),
+        weights_abs_sum=20.0 + upd * 37,
+        delta_abs_sum=upd * n_params,
+        delta_l2=upd * math.sqrt(n_params),
+        delta_index_sum=upd * n_params * 0.013,
+    )
 
 
 def wiggle(check, frac=0.5):
     """Differences within the tolerances (``frac`` of each), as fp32 rounding between implementations gives."""
-    return {q: v if t.exact else v + frac * t.limit(check, q) for q, t in harness.TOLERANCES.items() for v in [check[q]]}
+    return {
+        q: v if t.exact else v + frac * t.limit(check, q) for q, t in harness.TOLERANCES.items() for v in [check[q]]
+    }
 
 
 def test_identical_and_fp32_close_arms_pass():
     c = toy_check()
-    assert harness.same_math({"dpolab-live": c, "trl-default": dict(c), "bare": wiggle(c),
-                              "dpolab-precompute": wiggle(c, -0.9)}) == []
+    assert (
+        harness.same_math(
+            {"dpolab-live": c, "trl-default": dict(c), "bare": wiggle(c), "dpolab-precompute": wiggle(c, -0.9)}
+        )
+        == []
+    )
     assert len(harness.same_math({"dpolab-live": c, "bare": wiggle(c, 1.1)})) == len(harness.TOLERANCES) - 2
 
 
-@pytest.mark.parametrize("what, other, caught", [
-    ("beta", dict(beta=0.2), "loss"),
-    ("learning rate", dict(lr=2e-4), "delta_abs_sum"),
-    ("data order", dict(order=1), "logps_chosen"),
-    ("trainable parameters", dict(n_params=999), "n_params"),
-])
+@pytest.mark.parametrize(
+    "what, other, caught",
+    [
+        ("beta", dict(beta=0.2), "loss"),
+        ("learning rate", dict(lr=2e-4), "delta_abs_sum"),
+        ("data order", dict(order=1), "logps_chosen"),
+        ("trainable parameters", dict(n_params=999), "n_params"),
+    ],
+)
 def test_a_different_arm_is_caught(what, other, caught):
     problems = harness.same_math({"dpolab-live": toy_check(), "odd-arm": toy_check(**other)})
     assert problems, f"another {what} passed the check"
@@ -62,14 +81,18 @@ def test_the_check_fails_when_it_could_not_tell_another_beta():
     step0 = dict(toy_check(), loss=math.log(2), margin=0.0)
     problems = harness.same_math({"dpolab-live": step0, "trl-default": dict(step0, loss=math.log(2))})
     assert any("too weak" in p for p in problems)
-    assert any("too weak" in p and "weights did not change" in p for p in
-               harness.same_math({"a": dict(toy_check(), delta_abs_sum=0.0)}))
+    assert any(
+        "too weak" in p and "weights did not change" in p
+        for p in harness.same_math({"a": dict(toy_check(), delta_abs_sum=0.0)})
+    )
 
 
 def test_missing_values_and_tolerance_factor():
     c = toy_check()
     assert harness.same_math({"a": c, "b": None}) == ["b: reported no same-math values"]
-    assert any("`loss` missing" in p for p in harness.same_math({"a": c, "b": {k: v for k, v in c.items() if k != "loss"}}))
+    assert any(
+        "`loss` missing" in p for p in harness.same_math({"a": c, "b": {k: v for k, v in c.items() if k != "loss"}})
+    )
     assert any("not finite" in p for p in harness.same_math({"a": c, "b": dict(c, loss=float("nan"))}))
     off = dict(c, loss=c["loss"] + 3e-4)
     assert harness.same_math({"a": c, "b": off})  # 3e-4 > 1e-4
@@ -83,10 +106,12 @@ def test_missing_values_and_tolerance_factor():
 
 # -- rounds, load and paired ratios ------------------------------------------------------------------------------
 def test_flag_rounds_compares_during_and_after_with_round_one():
-    loads = [harness.round_load(0.1, [1.8, 2.0, 2.1], 2.1),     # before round 1: idle, not compared
-             harness.round_load(2.1, [2.0, 2.2], 2.2),          # like round 1
-             harness.round_load(2.2, [4.0, 6.0], 6.5),          # another job ran
-             harness.round_load(2.0, [], 2.4)]                  # no samples: the load at its end
+    loads = [
+        harness.round_load(0.1, [1.8, 2.0, 2.1], 2.1),  # before round 1: idle, not compared
+        harness.round_load(2.1, [2.0, 2.2], 2.2),  # like round 1
+        harness.round_load(2.2, [4.0, 6.0], 6.5),  # another job ran
+        harness.round_load(2.0, [], 2.4),
+    ]  # no samples: the load at its end
     assert loads[3]["during"] == pytest.approx(2.4)
     flags = harness.flag_rounds(loads, margin=0.5)
     assert flags[0] is None and flags[1] is None and flags[3] is None
@@ -95,8 +120,18 @@ def test_flag_rounds_compares_during_and_after_with_round_one():
 
 
 def run_(times, warmup=1, batch=8, setup=5.0, scaled=0.0, excluded=0.0, pairs=64, rss=1000.0, reference="live"):
-    return dict(step_times=times, warmup=warmup, batch_size=batch, pairs=pairs, setup_s=setup, scaled_setup_s=scaled,
-                excluded_setup_s=excluded, peak_rss_mb=rss, tokens_per_step=[1000] * len(times), reference=reference)
+    return dict(
+        step_times=times,
+        warmup=warmup,
+        batch_size=batch,
+        pairs=pairs,
+        setup_s=setup,
+        scaled_setup_s=scaled,
+        excluded_setup_s=excluded,
+        peak_rss_mb=rss,
+        tokens_per_step=[1000] * len(times),
+        reference=reference,
+    )
 
 
 def test_ratios_are_paired_by_round_and_loaded_rounds_left_out():
@@ -129,9 +164,11 @@ def test_end_to_end_is_computed_from_setup_and_step_times():
 
 
 def test_summary_table_and_headline():
-    runs = {"dpolab-live": [run_([2, 1.0, 1.0]), run_([2, 1.2, 1.2]), run_([20, 10, 10])],
-            "trl-default": [run_([4, 2.1, 2.1]), run_([4, 2.4, 2.4]), run_([40, 30, 30])],
-            "dpolab-precompute": [run_([2, .7, .7], scaled=3.0, reference="precomputed")] * 3}
+    runs = {
+        "dpolab-live": [run_([2, 1.0, 1.0]), run_([2, 1.2, 1.2]), run_([20, 10, 10])],
+        "trl-default": [run_([4, 2.1, 2.1]), run_([4, 2.4, 2.4]), run_([40, 30, 30])],
+        "dpolab-precompute": [run_([2, 0.7, 0.7], scaled=3.0, reference="precomputed")] * 3,
+    }
     kept = [True, True, False]
     s = harness.summary(runs, "dpolab-live", kept, epoch_pairs=640)
     assert s["trl-default"]["step_ratio"].text() == "2.05 [2.00-2.10]"
@@ -188,7 +225,9 @@ def test_weight_checksum_and_seeded_lora():
     a, b = Wrapped(), Wrapped()
     assert arms.seed_lora_(a) == arms.seed_lora_(b) == 2
     assert set(arms.trainable(a)) == {"q.lora_A.weight", "q.lora_B.weight"}
-    assert torch.equal(a.module.base_model.model.q.lora_A["default"].weight, b.module.base_model.model.q.lora_A["default"].weight)
+    assert torch.equal(
+        a.module.base_model.model.q.lora_A["default"].weight, b.module.base_model.model.q.lora_A["default"].weight
+    )
     assert not a.module.base_model.model.q.lora_B["default"].weight.any()
     start = arms.snapshot(a)
     with torch.no_grad():
@@ -212,8 +251,11 @@ def fake_arms(monkeypatch, odd=None):
         rnd = (state["timed"] - 1) // 3
         state["load"] = 4.0 if rnd == 1 else 1.0  # round 2 overlaps another job
         slow = {"dpolab-live": 1.0, "trl-default": 2.0, "bare": 1.5}[arm] * (5 if rnd == 1 else 1)
-        return dict(run_([3.0] + [slow] * 3, setup=2.0, excluded=1.0 if arm.startswith("trl") else 0.0),
-                    torch_threads=2, steps=3)
+        return dict(
+            run_([3.0] + [slow] * 3, setup=2.0, excluded=1.0 if arm.startswith("trl") else 0.0),
+            torch_threads=2,
+            steps=3,
+        )
 
     monkeypatch.setattr(bench_run, "run_arm", fake)
     return state
@@ -250,8 +292,9 @@ def test_real_dpolab_arms_with_another_beta_are_caught(monkeypatch, tmp_path):
     import random
     import tempfile
 
-    from dpolab.models.tokenizer import build_char_tokenizer
     from workloads import Workload
+
+    from dpolab.models.tokenizer import build_char_tokenizer
 
     vocab = len(build_char_tokenizer())
     rng = random.Random(0)
@@ -259,12 +302,18 @@ def test_real_dpolab_arms_with_another_beta_are_caught(monkeypatch, tmp_path):
     def seq(n):
         return [rng.randrange(4, vocab) for _ in range(n)]
 
-    ids = [dict(prompt_ids=seq(6), chosen_ids=seq(rng.randint(4, 10)), rejected_ids=seq(rng.randint(4, 10)))
-           for _ in range(8)]
+    ids = [
+        dict(prompt_ids=seq(6), chosen_ids=seq(rng.randint(4, 10)), rejected_ids=seq(rng.randint(4, 10)))
+        for _ in range(8)
+    ]
     w = Workload("tiny", "tiny-gpt2", 2)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the arms' run folders
-    checks = {f"beta {b}": arms.run_dpolab(arms.ARMS["dpolab-live"], w, ids, "tiny-gpt2", 4, check=True, beta=b,
-                                           lr=1e-3)["check"] for b in (0.1, 0.2)}
+    checks = {
+        f"beta {b}": arms.run_dpolab(arms.ARMS["dpolab-live"], w, ids, "tiny-gpt2", 4, check=True, beta=b, lr=1e-3)[
+            "check"
+        ]
+        for b in (0.1, 0.2)
+    }
     problems = harness.same_math(checks)
     assert not any("too weak" in p for p in problems), problems
     assert any(p.startswith("beta 0.2: `loss`") for p in problems), problems
@@ -274,11 +323,29 @@ def test_real_dpolab_arms_with_another_beta_are_caught(monkeypatch, tmp_path):
 def test_weights_sum_allows_what_the_update_tolerance_allows_but_not_another_start():
     """sum |w| after training moves with the update: the smollm arms of 2026-12-02 (TRL, bare vs dpolab-live) differ
     there by 3e-7 relative, well inside their update's tolerance, and pass; weights that started elsewhere do not."""
-    live = dict(n_tensors=420, n_params=4884480, loss=0.5231632, logps_chosen=-260.02051, logps_rejected=-284.77731,
-                margin=3.8007317, weights_abs_sum=48102.285, delta_abs_sum=6301.4851, delta_l2=3.3422355,
-                delta_index_sum=-3.0034745)
-    bare = dict(live, loss=0.52315545, logps_chosen=-260.0199, logps_rejected=-284.77698, margin=3.8009377,
-                weights_abs_sum=48102.3, delta_abs_sum=6301.5182, delta_l2=3.3422436, delta_index_sum=-3.0040953)
+    live = dict(
+        n_tensors=420,
+        n_params=4884480,
+        loss=0.5231632,
+        logps_chosen=-260.02051,
+        logps_rejected=-284.77731,
+        margin=3.8007317,
+        weights_abs_sum=48102.285,
+        delta_abs_sum=6301.4851,
+        delta_l2=3.3422355,
+        delta_index_sum=-3.0034745,
+    )
+    bare = dict(
+        live,
+        loss=0.52315545,
+        logps_chosen=-260.0199,
+        logps_rejected=-284.77698,
+        margin=3.8009377,
+        weights_abs_sum=48102.3,
+        delta_abs_sum=6301.5182,
+        delta_l2=3.3422436,
+        delta_index_sum=-3.0040953,
+    )
     assert harness.same_math({"dpolab-live": live, "bare": bare}) == []
     other_start = dict(bare, weights_abs_sum=48102.285 + 18.0)  # another draw of LoRA's A moves sum |w| by ~20
     problems = harness.same_math({"dpolab-live": live, "other-start": other_start})

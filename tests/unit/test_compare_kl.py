@@ -1,5 +1,6 @@
 """The KL estimate of `dpolab compare` (issue 34 item 4): never negative, and exact in expectation against the closed
 form on a small case enumerated in full."""
+
 import itertools
 import math
 
@@ -17,8 +18,11 @@ def test_k3_is_never_negative_and_zero_only_where_the_models_agree():
     assert est.shape == (64,) and bool((est >= 0).all()) and bool((est > 0).all())
     assert bool((pol - ref).sum(-1).lt(0).any())  # the plain log pi - log pi_ref of the same samples goes negative
     assert float(k3_kl(pol, pol, mask).abs().max()) == 0.0  # policy = reference: exactly 0
-    tiny = k3_kl(torch.tensor([-3.0], dtype=torch.float64), torch.tensor([-3.0 + 1e-7], dtype=torch.float64),
-                 torch.tensor([True]))
+    tiny = k3_kl(
+        torch.tensor([-3.0], dtype=torch.float64),
+        torch.tensor([-3.0 + 1e-7], dtype=torch.float64),
+        torch.tensor([True]),
+    )
     assert float(tiny) >= 0 and math.isclose(float(tiny), 0.5e-14, rel_tol=0.05)  # (1e-7)^2 / 2, no cancellation
 
 

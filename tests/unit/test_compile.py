@@ -1,6 +1,7 @@
 """``train.compile``: a model compiled in place (inductor) gives the fast paths' log-probs and gradients equal to the
 plain path's, as ``test_fastpath.py`` checks them eagerly; its state dict and a deep copy (the live reference) are those
 of the plain model. Compiling takes minutes on a small CPU: marked slow."""
+
 from __future__ import annotations
 
 import copy
@@ -8,13 +9,15 @@ import shutil
 
 import pytest
 import torch
+from test_fastpath import TOK, _compare, _model, _pairs
 
 from dpolab.data.collate import collate_preference_fast
 from dpolab.engine.runtime import compile_model
-from test_fastpath import TOK, _compare, _model, _pairs
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not any(shutil.which(c) for c in ("g++", "c++", "clang++")), reason="no C++ compiler"),
+]
 
 
 @pytest.mark.parametrize("layout,logits", [("prefix", "response"), ("padded", "full")])

@@ -1,4 +1,5 @@
 """collate: shapes, padding, and loss_mask covering exactly the response tokens (incl. EOS)."""
+
 import pytest
 import torch
 
@@ -67,8 +68,10 @@ def test_typed_batches_move_count_and_keep_their_kind():
     b = collate_preference_fast(pairs(), PAD, "prefix").with_index(torch.tensor([4, 5]))
     moved = b.to(torch.device("meta"))  # every tensor, also inside packed and extras; the original stays
     assert isinstance(moved, PairBatch) and moved.num_pairs == 2 and moved.meta == b.meta
-    assert all(t.device.type == "meta" for t in (moved.input_ids, moved.index, moved.extras["rm_margin"],
-                                                   *moved.packed.values()))
+    assert all(
+        t.device.type == "meta"
+        for t in (moved.input_ids, moved.index, moved.extras["rm_margin"], *moved.packed.values())
+    )
     assert b.input_ids.device.type == "cpu" and b.tokens() == 5 + 6 + 7 + 4 and b.sequences == 4
     rows = [TokenizedUnpaired([1, 5], [7, 2], True), TokenizedUnpaired([1], [8, 8, 2], False)]
     u = collate_unpaired_fast(rows, PAD, "padded")

@@ -1,4 +1,5 @@
 """dataset loaders: end to end from files and memory, first-error raising, skip mode, one summary line."""
+
 import json
 
 import pytest
@@ -24,8 +25,10 @@ def test_load_from_jsonl_with_extras_and_one_summary(tmp_path):
     pairs, skips = load_preference_data(str(p), TOK, extras=("rm_margin",), log=logs.append)
     assert len(pairs) == 2 and pairs[0].extras == {"rm_margin": 1.5}
     assert skips.counts == {"identical chosen and rejected": 1}
-    assert logs == [f"{p}: 2 pairs loaded; skipped 1 identical chosen and rejected; truncation cut no prompt or response "
-                    "of 2 rows (max_length 512, max_prompt_length 256)"]
+    assert logs == [
+        f"{p}: 2 pairs loaded; skipped 1 identical chosen and rejected; truncation cut no prompt or response "
+        "of 2 rows (max_length 512, max_prompt_length 256)"
+    ]
 
 
 def test_first_bad_row_raises_one_line(tmp_path):
@@ -81,8 +84,9 @@ def test_data_split_reaches_the_loader(tmp_path):
     from dpolab.models.tokenizer import build_char_tokenizer
 
     row = lambda c: {"prompt": "Q: ", "chosen": c, "rejected": "zz"}  # noqa: E731
-    datasets.DatasetDict({"train": datasets.Dataset.from_list([row("a")] * 3),
-                          "other": datasets.Dataset.from_list([row("b")] * 5)}).save_to_disk(str(tmp_path / "ds"))
+    datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list([row("a")] * 3), "other": datasets.Dataset.from_list([row("b")] * 5)}
+    ).save_to_disk(str(tmp_path / "ds"))
     cfg = build_config({"data": {"train": str(tmp_path / "ds"), "split": "other", "eval_fraction": 0}})
     train, _ = prepare_data(cfg.data, build_char_tokenizer(), "preference", 0, log=lambda s: None)
     assert len(train) == 5

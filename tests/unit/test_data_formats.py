@@ -1,4 +1,5 @@
 """formats: normalisation to PreferenceRow / SFTRow, errors naming the field, counted skips."""
+
 import pytest
 
 from dpolab.data.formats import split_common_prefix, to_preference_row, to_sft_row
@@ -66,7 +67,11 @@ def test_implicit_prompt_messages():
 
 def test_column_mapping_and_extras():
     rec = {"question": "q", "good": "a", "bad": "b", "margin": "0.5", "score": 2}
-    row = pref(rec, columns={"prompt": "question", "chosen": "good", "rejected": "bad", "rm_margin": "margin"}, extras=("rm_margin", "score"))
+    row = pref(
+        rec,
+        columns={"prompt": "question", "chosen": "good", "rejected": "bad", "rm_margin": "margin"},
+        extras=("rm_margin", "score"),
+    )
     assert (row.prompt, row.chosen, row.rejected) == ("q", "a", "b")
     assert row.extras == {"rm_margin": 0.5, "score": 2.0} and row.meta == {"row": 17}
     with pytest.raises(DataError, match=r"field 'good': missing"):
@@ -112,6 +117,9 @@ def test_sft_errors_and_skips():
 
 
 def test_a_missing_column_points_at_data_columns():
-    with pytest.raises(DataError, match=r"field 'chosen': missing \(columns present: question, good, bad; map yours "
-                                        r"with data.columns, e.g. data.columns=\{chosen: your_column\}\)"):
+    with pytest.raises(
+        DataError,
+        match=r"field 'chosen': missing \(columns present: question, good, bad; map yours "
+        r"with data.columns, e.g. data.columns=\{chosen: your_column\}\)",
+    ):
         pref({"question": "q", "good": "a", "bad": "b"})

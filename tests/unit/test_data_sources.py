@@ -1,4 +1,5 @@
 """sources.read_records: every format round trip, and one-line errors naming file and row."""
+
 import json
 
 import pytest
@@ -113,5 +114,8 @@ def test_hub_name_failure_is_a_clear_data_error(monkeypatch):
         raise ConnectionError("offline\nmore detail")
 
     monkeypatch.setattr(datasets, "load_dataset", fail)
-    with pytest.raises(DataError, match=r"^someone/prefs: no such local file, and loading it as a Hugging Face hub dataset \(split='test'\) failed: offline$"):
+    with pytest.raises(
+        DataError,
+        match=r"^someone/prefs: no such local file, and loading it as a Hugging Face hub dataset \(split='test'\) failed: offline$",
+    ):
         list(read_records("someone/prefs", split="test"))

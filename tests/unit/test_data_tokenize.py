@@ -1,4 +1,5 @@
 """tokenize: prompt is a token prefix, single BOS, EOS appended, truncation modes, never an empty response."""
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -50,7 +51,11 @@ def test_prompt_is_token_prefix_with_bpe(gpt2):
 
 
 def test_chat_rows_rendered_with_template():
-    row = PreferenceRow([{"role": "user", "content": "hi"}], [{"role": "assistant", "content": "yo"}], [{"role": "assistant", "content": "no"}])
+    row = PreferenceRow(
+        [{"role": "user", "content": "hi"}],
+        [{"role": "assistant", "content": "yo"}],
+        [{"role": "assistant", "content": "no"}],
+    )
     t = tokenize_preference(row, CHAR)
     assert t.prompt_ids == [BOS] + enc("user: hi\nassistant: ")
     assert t.chosen_ids == enc("yo\n") + [EOS] and "template_fallback" not in t.meta
@@ -58,8 +63,14 @@ def test_chat_rows_rendered_with_template():
 
 def test_chat_template_fallback_when_not_prefix_consistent():
     tok = build_char_tokenizer()
-    tok.chat_template = "{% for m in messages|reverse %}{{ m['content'] }};{% endfor %}{% if add_generation_prompt %}>{% endif %}"
-    row = PreferenceRow([{"role": "user", "content": "hi"}], [{"role": "assistant", "content": "yo"}], [{"role": "assistant", "content": "no"}])
+    tok.chat_template = (
+        "{% for m in messages|reverse %}{{ m['content'] }};{% endfor %}{% if add_generation_prompt %}>{% endif %}"
+    )
+    row = PreferenceRow(
+        [{"role": "user", "content": "hi"}],
+        [{"role": "assistant", "content": "yo"}],
+        [{"role": "assistant", "content": "no"}],
+    )
     t = tokenize_preference(row, tok)
     assert t.chosen_ids == enc("yo") + [EOS] and t.meta["template_fallback"] is True
 
@@ -103,7 +114,9 @@ def test_bad_options():
     with pytest.raises(ValueError, match="truncation_mode"):
         tokenize_preference(PreferenceRow("a" * 30, "b", "c"), CHAR, max_length=8, truncation_mode="middle")
     with pytest.raises(ValueError, match="chat template"):
-        tokenize_preference(PreferenceRow([], [{"role": "assistant", "content": "a"}], "b"), build_char_tokenizer(chat_template=False))
+        tokenize_preference(
+            PreferenceRow([], [{"role": "assistant", "content": "a"}], "b"), build_char_tokenizer(chat_template=False)
+        )
 
 
 def test_sft():
@@ -117,12 +130,26 @@ texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_si
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(prompt=texts, chosen=texts, rejected=texts, max_length=st.integers(1, 24), mode=st.sampled_from(["keep_end", "keep_start"]),
-       bos=st.booleans(), eos=st.booleans())
+@given(
+    prompt=texts,
+    chosen=texts,
+    rejected=texts,
+    max_length=st.integers(1, 24),
+    mode=st.sampled_from(["keep_end", "keep_start"]),
+    bos=st.booleans(),
+    eos=st.booleans(),
+)
 def test_property_never_crashes_never_empty(prompt, chosen, rejected, max_length, mode, bos, eos):
     skips = SkipCounter()
-    t = tokenize_preference(PreferenceRow(prompt, chosen, rejected), CHAR, max_length=max_length, truncation_mode=mode,
-                            add_bos=bos, add_eos=eos, skips=skips)
+    t = tokenize_preference(
+        PreferenceRow(prompt, chosen, rejected),
+        CHAR,
+        max_length=max_length,
+        truncation_mode=mode,
+        add_bos=bos,
+        add_eos=eos,
+        skips=skips,
+    )
     if t is None:
         assert skips.total == 1
         return

@@ -1,4 +1,5 @@
 """The demo report's judgement on answer accuracy comes from per-problem paired intervals (dpolab.stats)."""
+
 from __future__ import annotations
 
 from dpolab.demo import AnswerHook, answer_judgement, answer_verdicts

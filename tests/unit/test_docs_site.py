@@ -1,5 +1,6 @@
 """The docs site builds with ``mkdocs build --strict`` (a broken link, a missing page or a bad reference fails it), its
 generated pages cover every command and config section, and the README's links point at files that exist."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -12,11 +13,15 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-MISSING = [m for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
-           if importlib.util.find_spec(m.split(".")[0]) is None
-           or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)]
-needs_mkdocs = pytest.mark.skipif(bool(MISSING), reason=f"the docs extra is not installed (missing {', '.join(MISSING)}): "
-                                                        "pip install -e '.[docs]'")
+MISSING = [
+    m
+    for m in ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers.python")
+    if importlib.util.find_spec(m.split(".")[0]) is None
+    or (m == "mkdocstrings_handlers.python" and importlib.util.find_spec(m) is None)
+]
+needs_mkdocs = pytest.mark.skipif(
+    bool(MISSING), reason=f"the docs extra is not installed (missing {', '.join(MISSING)}): pip install -e '.[docs]'"
+)
 
 
 def _load_docs_pages():
@@ -27,9 +32,14 @@ def _load_docs_pages():
 
 
 def _mkdocs(config: Path, site: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config), "-d", str(site)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
 
 
 @needs_mkdocs
@@ -37,8 +47,15 @@ def test_site_builds_strict(tmp_path):
     res = _mkdocs(ROOT / "mkdocs.yml", tmp_path / "site")
     assert res.returncode == 0, res.stdout + res.stderr
     site = tmp_path / "site"
-    for page in ("index.html", "reference/cli/index.html", "reference/config/index.html", "api/index.html",
-                 "results/SMALL_SIZES/index.html", "results/demo/report/index.html", "ARCHITECTURE/index.html"):
+    for page in (
+        "index.html",
+        "reference/cli/index.html",
+        "reference/config/index.html",
+        "api/index.html",
+        "results/SMALL_SIZES/index.html",
+        "results/demo/report/index.html",
+        "ARCHITECTURE/index.html",
+    ):
         assert (site / page).is_file(), page
     api = (site / "api/index.html").read_text(encoding="utf-8")
     assert "compute_loss" in api and "build_config" in api  # mkdocstrings rendered the docstrings
@@ -60,8 +77,13 @@ def test_site_settings_make_a_broken_link_fatal(tmp_path, link, fails):
     docs.mkdir()
     (docs / "index.md").write_text(f"# Home\n\nSee [the other page]({link}).\n", encoding="utf-8")
     (docs / "good.md").write_text("# Good\n", encoding="utf-8")
-    cfg = {"site_name": "t", "docs_dir": str(docs), "strict": site_cfg["strict"],
-           "validation": site_cfg["validation"], "nav": ["index.md", "good.md"]}
+    cfg = {
+        "site_name": "t",
+        "docs_dir": str(docs),
+        "strict": site_cfg["strict"],
+        "validation": site_cfg["validation"],
+        "nav": ["index.md", "good.md"],
+    }
     (tmp_path / "mkdocs.yml").write_text(yaml.safe_dump(cfg), encoding="utf-8")
     res = _mkdocs(tmp_path / "mkdocs.yml", tmp_path / "site")
     if fails:
@@ -96,8 +118,9 @@ def test_config_reference_has_every_section_and_key():
 
 
 def test_index_page_points_docs_links_inside_the_site():
-    page = _load_docs_pages().index_page("[a](docs/training.md) [b](docs/results/demo/report.md) [c](docs/) "
-                                         "[d](https://x.org/docs/y.md)")
+    page = _load_docs_pages().index_page(
+        "[a](docs/training.md) [b](docs/results/demo/report.md) [c](docs/) [d](https://x.org/docs/y.md)"
+    )
     assert page == "[a](training.md) [b](results/demo/report.md) [c](index.md) [d](https://x.org/docs/y.md)"
 
 

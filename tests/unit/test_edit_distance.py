@@ -1,4 +1,5 @@
 """Token edit distance: hand cases, agreement with a plain DP reference, symmetry; buckets and bucket_pairs."""
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -20,19 +21,22 @@ def reference(a, b):
     return d[len(a)][len(b)]
 
 
-@pytest.mark.parametrize("a,b,d", [
-    ([], [], 0),
-    ([], [1, 2, 3], 3),
-    ([1, 2, 3], [], 3),
-    ([1, 2, 3], [1, 2, 3], 0),
-    ([1, 2, 3], [1, 9, 3], 1),      # one substitution
-    ([1, 2, 3], [1, 2, 9, 3], 1),   # one insertion
-    ([1, 2, 3], [1, 3], 1),         # one deletion
-    ([1, 2, 3], [3, 2, 1], 2),
-    ([5, 5, 5], [5, 5], 1),         # prefix/suffix trimming must not over-trim repeated tokens
-    (list("kitten"), list("sitting"), 3),
-    (list("flaw"), list("lawn"), 2),
-])
+@pytest.mark.parametrize(
+    "a,b,d",
+    [
+        ([], [], 0),
+        ([], [1, 2, 3], 3),
+        ([1, 2, 3], [], 3),
+        ([1, 2, 3], [1, 2, 3], 0),
+        ([1, 2, 3], [1, 9, 3], 1),  # one substitution
+        ([1, 2, 3], [1, 2, 9, 3], 1),  # one insertion
+        ([1, 2, 3], [1, 3], 1),  # one deletion
+        ([1, 2, 3], [3, 2, 1], 2),
+        ([5, 5, 5], [5, 5], 1),  # prefix/suffix trimming must not over-trim repeated tokens
+        (list("kitten"), list("sitting"), 3),
+        (list("flaw"), list("lawn"), 2),
+    ],
+)
 def test_hand_cases(a, b, d):
     assert token_edit_distance(a, b) == d == token_edit_distance(b, a)
 

@@ -1,6 +1,7 @@
 """Every fast path gives the plain path's per-sequence log-probs and gradients (fp32, 1e-5), on tiny GPT-2 and Llama,
 with varied lengths, and through LoRA (Liger-Kernel style: each fast path against a plain reference). Other model
 families, bf16 and the probe's limits: ``test_fastpath_families.py``."""
+
 import random
 import warnings
 
@@ -12,8 +13,8 @@ from dpolab.data.packing import preference_layout
 from dpolab.data.types import TokenizedPair, TokenizedSFT
 from dpolab.engine.batching import BatchPlan
 from dpolab.models.fastpath import batch_logps, fast_path_report
-from dpolab.models.logprobs import response_logps
 from dpolab.models.load import disable_dropout, tiny_config
+from dpolab.models.logprobs import response_logps
 from dpolab.models.tokenizer import build_char_tokenizer
 
 TOK = build_char_tokenizer()
@@ -24,7 +25,9 @@ def _pairs(seed=0, n=5):
     rng = random.Random(seed)
     ids = lambda k: [rng.randrange(4, 60) for _ in range(k)]  # noqa: E731
     lens = [(1, 7, 3), (12, 2, 9), (4, 4, 4), (20, 11, 1), (6, 3, 15), (9, 1, 1)][:n]
-    return [TokenizedPair(prompt_ids=[1] + ids(a), chosen_ids=ids(b) + [2], rejected_ids=ids(c) + [2]) for a, b, c in lens]
+    return [
+        TokenizedPair(prompt_ids=[1] + ids(a), chosen_ids=ids(b) + [2], rejected_ids=ids(c) + [2]) for a, b, c in lens
+    ]
 
 
 def _model(preset, attn="sdpa", lora=False):
@@ -103,9 +106,10 @@ def test_through_lora(preset, layout):
 
 
 def test_lora_on_lm_head_untied():
+    from transformers import AutoModelForCausalLM
+
     from dpolab.config import LoraConfig
     from dpolab.models.load import apply_lora
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     m = AutoModelForCausalLM.from_config(tiny_config("tiny-llama", TOK, {"tie_word_embeddings": False}))
@@ -140,14 +144,23 @@ def test_softcap_falls_back_to_plain():
 
 def test_sft_packed_equals_plain():
     model = _model("tiny-llama")
-    rows = [TokenizedSFT(prompt_ids=[1] + [5] * k, completion_ids=list(range(6, 6 + j)) + [2]) for k, j in [(3, 5), (0, 9), (7, 2)]]
+    rows = [
+        TokenizedSFT(prompt_ids=[1] + [5] * k, completion_ids=list(range(6, 6 + j)) + [2])
+        for k, j in [(3, 5), (0, 9), (7, 2)]
+    ]
     _compare(model, collate_sft_fast(rows, TOK.pad_token_id, "packed", capacity=16), "packed", "response")
 
 
 def test_prefix_layout_structure():
     # token ids that name their pair and part: pair i's prompt 1000 i + k, chosen 1000 i + 100 + k, rejected + 200
-    pairs = [TokenizedPair(prompt_ids=[1000 * i + k for k in range(a)], chosen_ids=[1000 * i + 100 + k for k in range(b)],
-                           rejected_ids=[1000 * i + 200 + k for k in range(c)]) for i, (a, b, c) in enumerate([(3, 4, 2), (5, 1, 3)])]
+    pairs = [
+        TokenizedPair(
+            prompt_ids=[1000 * i + k for k in range(a)],
+            chosen_ids=[1000 * i + 100 + k for k in range(b)],
+            rejected_ids=[1000 * i + 200 + k for k in range(c)],
+        )
+        for i, (a, b, c) in enumerate([(3, 4, 2), (5, 1, 3)])
+    ]
     lay = preference_layout(pairs, 0, "prefix", capacity=1000)
     assert lay["input_ids"].shape[0] == 1  # both pairs share one row
     ids, pos, m = lay["input_ids"][0].tolist(), lay["position_ids"][0].tolist(), lay["attn_mask"][0, 0]
@@ -211,4 +224,3 @@ def test_automatic_row_length_keeps_the_log_probs():
         shapes.add(tuple(batch.packed["input_ids"].shape))
         _compare(model, batch, "prefix", "response")
     assert len(shapes) == 2  # the two widths really chose different rows
-

@@ -4,6 +4,7 @@ and without its window: a full and a windowed layer), Gemma-2 and Gemma-3 (local
 GPT-NeoX, OPT and GPT-2. Then bf16 (autocast and bf16 weights) keeps the fast path and its probe still catches a
 wrong mask; and the probe's limits: a window longer than its sequences, layer types a 4D mask cannot describe, a
 window the model applies by index, out-of-memory."""
+
 import random
 import warnings
 
@@ -29,6 +30,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
+
 FAMILIES = {  # preset, config overrides (the presets' windows are 16 tokens, dpolab.models.load.TINY_WINDOW)
     "llama": ("tiny-llama", {}),
     "mistral-window": ("tiny-mistral", {}),
@@ -49,7 +51,9 @@ def _pairs(seed=0, lens=((20, 17, 5), (3, 30, 12), (25, 2, 18), (9, 9, 9))):
     """Pairs of varied lengths whose sequences (up to 44 tokens) are longer than the 16-token windows."""
     rng = random.Random(seed)
     ids = lambda k: [rng.randrange(4, 90) for _ in range(k)]  # noqa: E731
-    return [TokenizedPair(prompt_ids=[1] + ids(a), chosen_ids=ids(b) + [2], rejected_ids=ids(c) + [2]) for a, b, c in lens]
+    return [
+        TokenizedPair(prompt_ids=[1] + ids(a), chosen_ids=ids(b) + [2], rejected_ids=ids(c) + [2]) for a, b, c in lens
+    ]
 
 
 SHORT = ((1, 7, 3), (4, 2, 5))  # units of at most 14 tokens
@@ -94,8 +98,9 @@ def test_family_fast_paths_equal_plain(family, lora):
     window = getattr(unwrap(model, peft=True).config, "sliding_window", None)
     assert window is None or window < _longest(pairs) - 10  # the window really cuts these sequences
     plain_batch = collate_preference(pairs, TOK.pad_token_id)
-    plain = response_logps(model, plain_batch.input_ids, plain_batch.attention_mask, plain_batch.loss_mask,
-                           with_sq=True)
+    plain = response_logps(
+        model, plain_batch.input_ids, plain_batch.attention_mask, plain_batch.loss_mask, with_sq=True
+    )
     w = torch.linspace(-1.0, 1.5, plain.sums.shape[0])
     g0 = _grads(model, plain, w)
     assert g0
@@ -122,10 +127,15 @@ def test_family_fast_paths_equal_plain(family, lora):
 def test_windows_and_softcap_change_these_log_probs():
     """The matrix above would be weak if its windows or soft-cap did not matter on its sequences: they do."""
     b = collate_preference(_pairs(), TOK.pad_token_id)
-    for family, change in [("mistral-window", {"sliding_window": 4096}), ("qwen2-window", {"sliding_window": 4096}),
-                           ("gemma2", {"sliding_window": 4096}), ("gemma3", {"sliding_window": 4096}),
-                           ("phi3-window", {"sliding_window": None}), ("gemma2-cap2", {"final_logit_softcapping": None}),
-                           ("gemma3-cap2", {"final_logit_softcapping": None})]:
+    for family, change in [
+        ("mistral-window", {"sliding_window": 4096}),
+        ("qwen2-window", {"sliding_window": 4096}),
+        ("gemma2", {"sliding_window": 4096}),
+        ("gemma3", {"sliding_window": 4096}),
+        ("phi3-window", {"sliding_window": None}),
+        ("gemma2-cap2", {"final_logit_softcapping": None}),
+        ("gemma3-cap2", {"final_logit_softcapping": None}),
+    ]:
         with torch.no_grad():
             a = response_logps(_model(family), b.input_ids, b.attention_mask, b.loss_mask).sums
             c = response_logps(_model(family, overrides=change), b.input_ids, b.attention_mask, b.loss_mask).sums
@@ -162,9 +172,18 @@ def test_a_window_the_model_applies_by_index_keeps_the_padded_layout_for_long_un
     from dpolab.models.fastpath import resolve
 
     torch.manual_seed(0)
-    cfg = GPTNeoConfig(vocab_size=len(TOK), hidden_size=32, num_layers=2, num_heads=2, window_size=16,
-                       attention_types=[[["global", "local"], 1]], max_position_embeddings=128,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg = GPTNeoConfig(
+        vocab_size=len(TOK),
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        window_size=16,
+        attention_types=[[["global", "local"], 1]],
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = AutoModelForCausalLM.from_config(cfg)
     disable_dropout(model)
     short = collate_preference_fast(_pairs(lens=SHORT), TOK.pad_token_id, "prefix")
@@ -219,9 +238,9 @@ def test_bf16_keeps_the_fast_path(family, weights):
     key = ("prefix", "response") + (("bfloat16",) if weights != "bf16" else ())
     assert fast_path_report(model) == {key: None}  # the exactness probe (fp32 weights: without autocast) passed
     diff = (fast.token_logps - plain.token_logps).abs().max()
-    assert diff < 8 * 2 ** -8 * (1 + plain.token_logps.abs().max())  # bf16 rounding apart (other shapes)
+    assert diff < 8 * 2**-8 * (1 + plain.token_logps.abs().max())  # bf16 rounding apart (other shapes)
     sq_diff = (fast.token_log_sum_sq - plain.token_log_sum_sq).abs().max()  # WPO's log sum p^2, the same way
-    assert sq_diff < 8 * 2 ** -8 * (1 + plain.token_log_sum_sq.abs().max())
+    assert sq_diff < 8 * 2**-8 * (1 + plain.token_log_sum_sq.abs().max())
 
 
 def test_low_precision_tolerance_still_catches_a_real_error():

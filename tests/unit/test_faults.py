@@ -3,6 +3,7 @@
 Each stops with a clear message (or skips and counts, when asked), keeps the last good checkpoint, and a
 ``--resume`` from it ends exactly where an uninterrupted run ends.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,7 +25,11 @@ pytestmark = pytest.mark.slow
 def cfg(tmp_path, *overrides, name="run"):
     data = {
         "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-        "data": {"task": "arithmetic", "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}, "max_length": 48},
+        "data": {
+            "task": "arithmetic",
+            "task_args": {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9},
+            "max_length": 48,
+        },
         "loss": [{"name": "beta-dpo"}],
         "train": {"batch_size": 4, "max_steps": 6, "lr": 1e-3, "schedule": "linear", "seed": 0},
         "eval": {"batch_size": 8},
@@ -102,9 +107,16 @@ def test_nonfinite_step_skipped_and_counted(tmp_path, monkeypatch):
 def test_full_disk_detected_before_training(tmp_path, monkeypatch, capsys):
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(run_folder_mod.shutil, "disk_usage", lambda p: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
-    rc = main(["train", "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}", "data.task=arithmetic",
-               "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}", "output.progress=false",
-               f"output.dir={tmp_path / 'run'}"])
+    rc = main(
+        [
+            "train",
+            "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+            "data.task=arithmetic",
+            "data.task_args={n_train: 16, n_eval: 4, n_terms: [2, 2], max_value: 9}",
+            "output.progress=false",
+            f"output.dir={tmp_path / 'run'}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err[-1].startswith("error: ") and "MB free but this run needs about" in err[-1]
     assert "output.keep_last" in err[-1] and not any("Traceback" in line for line in err)
@@ -119,12 +131,15 @@ def test_unwritable_output_folder_detected_before_training(tmp_path, capsys):
     assert rc == 2 and err[-1].startswith("error: output folder") and "not writable" in err[-1]
 
 
-@pytest.mark.parametrize("exc", [
-    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes."),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: out of memory"),
-    torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-    MemoryError(),
-])
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8589934592 bytes."),
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: out of memory"),
+        torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        MemoryError(),
+    ],
+)
 def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch, exc):
     t = Trainer(cfg(tmp_path, "output.save_every=0"))  # the first evaluation (at_start) runs out of memory
 
@@ -142,7 +157,9 @@ def test_out_of_memory_names_the_knobs(tmp_path, monkeypatch, exc):
 
 def test_other_runtime_errors_are_not_called_oom(tmp_path, monkeypatch):
     t = Trainer(cfg(tmp_path, "eval.at_start=false"))
-    monkeypatch.setattr(preference_mod, "preference_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch")))
+    monkeypatch.setattr(
+        preference_mod, "preference_step", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    )
     with pytest.raises(RuntimeError, match="shape mismatch"):
         t.fit()
 

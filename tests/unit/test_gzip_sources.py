@@ -1,6 +1,7 @@
 """Gzipped inputs (.jsonl.gz, .json.gz, .csv.gz, .tsv.gz) read like the plain files: same records, same row numbers,
 same one-line errors naming the (.gz) file; a corrupt or truncated gzip file is a one-line DataError naming it.
 (At 58b3a56 every one of them was refused as "unsupported file type '.gz'".)"""
+
 import gzip
 import json
 
@@ -42,12 +43,15 @@ def test_gzip_with_an_upper_case_suffix_and_a_bom(tmp_path):
     assert list(read_records(str(p))) == [(1, ROWS[0])]
 
 
-@pytest.mark.parametrize("name, raw, match", [
-    ("d.jsonl", json.dumps(ROWS[0]).encode() + b"\n{not json\n", r"row 2: invalid JSON"),
-    ("d.jsonl", json.dumps(ROWS[0]).encode() + b'\n{"prompt": "\xff"}\n', r"row 2: invalid UTF-8"),
-    ("d.csv", b"prompt,chosen,rejected\nx,y\n", r"row 1: expected 3 fields, got 2"),
-    ("d.json", b"[1,", r"invalid JSON at line 1"),
-])
+@pytest.mark.parametrize(
+    "name, raw, match",
+    [
+        ("d.jsonl", json.dumps(ROWS[0]).encode() + b"\n{not json\n", r"row 2: invalid JSON"),
+        ("d.jsonl", json.dumps(ROWS[0]).encode() + b'\n{"prompt": "\xff"}\n', r"row 2: invalid UTF-8"),
+        ("d.csv", b"prompt,chosen,rejected\nx,y\n", r"row 1: expected 3 fields, got 2"),
+        ("d.json", b"[1,", r"invalid JSON at line 1"),
+    ],
+)
 def test_row_errors_name_the_gz_file_and_the_same_row(tmp_path, name, raw, match):
     plain, gz = _pair(tmp_path, name, raw)
     for path in (plain, gz):
@@ -93,8 +97,15 @@ def test_load_preference_data_from_gzip(tmp_path):
     _, gz = _pair(tmp_path, "d.jsonl", PLAIN["d.jsonl"])
     logs = []
     pairs, skips = load_preference_data(str(gz), tok, log=logs.append)
-    assert len(pairs) == 2 and skips.total == 0 and logs == [f"{gz}: 2 pairs loaded; no rows skipped; truncation cut no "
-                                                      "prompt or response of 2 rows (max_length 512, max_prompt_length 256)"]
+    assert (
+        len(pairs) == 2
+        and skips.total == 0
+        and logs
+        == [
+            f"{gz}: 2 pairs loaded; no rows skipped; truncation cut no "
+            "prompt or response of 2 rows (max_length 512, max_prompt_length 256)"
+        ]
+    )
 
 
 def test_unsupported_and_missing_gz_files(tmp_path):

@@ -10,6 +10,7 @@ quotes), written as JSONL / JSON / CSV / TSV / Parquet or passed in memory:
 - ``on_error="skip"``: it never raises for a row-level problem, and every record is either loaded or counted;
 - every loaded pair fits ``max_length`` with non-empty responses, and a tiny model + DPO loss on it is finite.
 """
+
 from __future__ import annotations
 
 import csv
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from dpolab.data.dataset import load_preference_data, load_sft_data
 from dpolab.data.types import DataError
@@ -41,15 +43,35 @@ def tok():
 
 # -- strategies ------------------------------------------------------------------------------------
 any_text = st.text(alphabet=st.characters(codec=None, exclude_categories=()), max_size=30)  # incl. lone surrogates
-texts = st.one_of(st.just(""), any_text, st.sampled_from(["same", "Q: 1+2\nA: ", " ", "\x00", "\ufeff"]),
-                  st.builds(lambda n, c: c * n, st.integers(30, 3000), st.sampled_from(["x", "é", "😀 "])))
+texts = st.one_of(
+    st.just(""),
+    any_text,
+    st.sampled_from(["same", "Q: 1+2\nA: ", " ", "\x00", "\ufeff"]),
+    st.builds(lambda n, c: c * n, st.integers(30, 3000), st.sampled_from(["x", "é", "😀 "])),
+)
 roles = st.sampled_from(["system", "user", "assistant", "tool", "robot", "", "USER", 5, None])
-message = st.one_of(st.fixed_dictionaries({"role": roles, "content": st.one_of(texts, st.integers(), st.none())}),
-                    st.fixed_dictionaries({"role": roles}), st.text(max_size=3), st.integers())
+message = st.one_of(
+    st.fixed_dictionaries({"role": roles, "content": st.one_of(texts, st.integers(), st.none())}),
+    st.fixed_dictionaries({"role": roles}),
+    st.text(max_size=3),
+    st.integers(),
+)
 messages = st.lists(message, max_size=3)
-numbers = st.one_of(st.integers(), st.just(10 ** 400), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from(["1.5", "nan", "inf", "x", ""]))
-values = st.one_of(texts, texts, messages, numbers, st.none(), st.booleans(), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+numbers = st.one_of(
+    st.integers(),
+    st.just(10**400),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(["1.5", "nan", "inf", "x", ""]),
+)
+values = st.one_of(
+    texts,
+    texts,
+    messages,
+    numbers,
+    st.none(),
+    st.booleans(),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
 FIELDS = ["prompt", "chosen", "rejected", "rm_margin", "completion", "text", "messages", "extra"]
 
 
@@ -63,10 +85,23 @@ def records(draw):
     return rec
 
 
-junk_lines = st.one_of(st.binary(max_size=40), st.sampled_from([
-    b"{", b"[1, 2]", b'{"prompt": "a", "chosen": "b"', b"\xff\xfe\xfa", b'"just a string"', b"null",
-    b"[" * 5000 + b"]" * 5000, b'{"chosen": "\xc3\x28", "rejected": "x"}', b'a,"unclosed,b', b"\x00\x00",
-]))
+junk_lines = st.one_of(
+    st.binary(max_size=40),
+    st.sampled_from(
+        [
+            b"{",
+            b"[1, 2]",
+            b'{"prompt": "a", "chosen": "b"',
+            b"\xff\xfe\xfa",
+            b'"just a string"',
+            b"null",
+            b"[" * 5000 + b"]" * 5000,
+            b'{"chosen": "\xc3\x28", "rejected": "x"}',
+            b'a,"unclosed,b',
+            b"\x00\x00",
+        ]
+    ),
+)
 
 
 def _str(v) -> str:
@@ -151,8 +186,9 @@ def tiny_model(tok):
     from dpolab.config import LoraConfig, ModelConfig
     from dpolab.models.load import load_policy
 
-    return load_policy(ModelConfig(tiny={"n_layer": 1, "n_embd": 16, "n_head": 2}), LoraConfig(), tok, seed=0,
-                       max_positions=1024)
+    return load_policy(
+        ModelConfig(tiny={"n_layer": 1, "n_embd": 16, "n_head": 2}), LoraConfig(), tok, seed=0, max_positions=1024
+    )
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
@@ -201,8 +237,9 @@ def test_the_bugs_hypothesis_found_stay_fixed(tok, tmp_path):
         (tmp_path / name).write_bytes(raw)
         src = str(tmp_path / name)
         try:
-            out, _ = load_preference_data(src, tok, extras=("rm_margin",) if name.startswith("huge") else (), max_length=64,
-                                          log=lambda s: None)
+            out, _ = load_preference_data(
+                src, tok, extras=("rm_margin",) if name.startswith("huge") else (), max_length=64, log=lambda s: None
+            )
         except DataError as e:
             _check_error(e, src)
             assert ("row 1" in str(e)) is (name != "deep.json"), str(e)
@@ -210,12 +247,24 @@ def test_the_bugs_hypothesis_found_stay_fixed(tok, tmp_path):
             assert name == "bigfield.csv" and len(out) == 1  # a long field is data, not an error
 
 
-@pytest.mark.parametrize("raw, where", [
-    (b'{"prompt": "a", "chosen": "b\xff", "rejected": "c"}\n', "row 1: invalid UTF-8"),
-    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "\\ud800", "rejected": "c"}\n', "row 2: field 'chosen'"),
-    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": ' + b"[" * 50000 + b"\n", "row 3: invalid JSON"),
-    (b'{"prompt": [{"role": "robot", "content": "hi"}], "chosen": "b", "rejected": "c"}\n', "row 1: field 'prompt': message 0: unknown role"),
-])
+@pytest.mark.parametrize(
+    "raw, where",
+    [
+        (b'{"prompt": "a", "chosen": "b\xff", "rejected": "c"}\n', "row 1: invalid UTF-8"),
+        (
+            b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "\\ud800", "rejected": "c"}\n',
+            "row 2: field 'chosen'",
+        ),
+        (
+            b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n\n{"prompt": ' + b"[" * 50000 + b"\n",
+            "row 3: invalid JSON",
+        ),
+        (
+            b'{"prompt": [{"role": "robot", "content": "hi"}], "chosen": "b", "rejected": "c"}\n',
+            "row 1: field 'prompt': message 0: unknown role",
+        ),
+    ],
+)
 def test_cli_bad_file_is_one_error_line_and_exit_2(tmp_path, capsys, raw, where):
     from dpolab.cli import main
 

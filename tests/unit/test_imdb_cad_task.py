@@ -1,20 +1,29 @@
 """The IMDb CAD task on a small synthetic paired TSV: loading and cleaning, low-distance rows (aligned cuts),
 the high-distance control, SFT rows, and the pipeline with the char tokenizer."""
+
 import random
 from collections import Counter
 
 import pytest
 
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.tasks import imdb_cad as C
 from dpolab.data.types import DataError, SkipCounter
 from dpolab.diagnostics import bucket_pairs, token_edit_distance
 from dpolab.models.tokenizer import DEFAULT_ALPHABET, build_char_tokenizer
+from dpolab.tasks import imdb_cad as C
 
 FILLER = "The cinematography was competent and the score did its job without drawing attention to itself. "
 ROWS = [  # (Sentiment, Text, batch_id)
-    ("Negative", "I watched it twice. The plot was slow and the acting was awful; I hated every minute of it. The end.", "1"),
-    ("Positive", "I watched it twice. The plot was slow but the acting was great; I loved every minute of it. The end.", "1"),
+    (
+        "Negative",
+        "I watched it twice. The plot was slow and the acting was awful; I hated every minute of it. The end.",
+        "1",
+    ),
+    (
+        "Positive",
+        "I watched it twice. The plot was slow but the acting was great; I loved every minute of it. The end.",
+        "1",
+    ),
     ("Positive", "Great film.<br /><br />A \u201cmust\u201d \u2013 caf\u00e9 scenes\x97wonderful.", "2"),
     ("Negative", "Awful film.<br /><br />A \u201cmust\u201d \u2013 caf\u00e9 scenes\x97dreadful.", "2"),
     ("Positive", "An orphan row whose partner is missing.", "3"),
@@ -47,13 +56,18 @@ def many_pairs(n=40, seed=0):
     for i in range(n):
         head = " ".join(rng.choice(words) for _ in range(rng.randint(0, 30)))
         tail = " ".join(rng.choice(words) for _ in range(rng.randint(3, 40)))
-        pairs.append(C.CadPair(str(i), f"{head} it was superb and {tail}".strip(), f"{head} it was dull and {tail}".strip()))
+        pairs.append(
+            C.CadPair(str(i), f"{head} it was superb and {tail}".strip(), f"{head} it was dull and {tail}".strip())
+        )
     return pairs
 
 
 def test_clean_text():
     assert C.clean_text("a<br /><br />b <br/>c<BR>d") == "a\nb\nc\nd"
-    assert C.clean_text("  \u201cCaf\u00e9\u201d \u2013 na\u00efve\u2019s \x96 it\u00b4s\x85  \t ok ") == '"Cafe" - naive\'s - it\'s... ok'
+    assert (
+        C.clean_text("  \u201cCaf\u00e9\u201d \u2013 na\u00efve\u2019s \x96 it\u00b4s\x85  \t ok ")
+        == "\"Cafe\" - naive's - it's... ok"
+    )
     assert C.clean_text("Bront\u00eb\u2014\u00a3") == "Bronte--GBP"
     assert C.clean_text("a \n\n b") == "a\nb"
 
@@ -72,8 +86,11 @@ def test_load_pairs_counts_broken_batches(tsv):
 
 def test_load_pairs_bad_rows_are_counted_and_missing_columns_raise(tmp_path):
     path = tmp_path / "x.tsv"
-    path.write_text("Sentiment\tText\tbatch_id\nPositive\tgood\t1\nNegative\tbad\t1\nPositive\tonly two fields\n"
-                    "Positive\tsame\t2\nNegative\tsame\t2\n", encoding="utf-8")
+    path.write_text(
+        "Sentiment\tText\tbatch_id\nPositive\tgood\t1\nNegative\tbad\t1\nPositive\tonly two fields\n"
+        "Positive\tsame\t2\nNegative\tsame\t2\n",
+        encoding="utf-8",
+    )
     skips = SkipCounter()
     assert [p.batch_id for p in C.load_cad_pairs(str(path), skips=skips, log=quiet)] == ["1"]
     assert skips.counts == {C.SKIP_BAD_ROW: 1, C.SKIP_IDENTICAL_TEXTS: 2}
@@ -85,13 +102,23 @@ def test_minimal_edit_rows(tsv):
     rows = C.minimal_edit_rows(tsv, log=quiet)
     assert [r["batch_id"] for r in rows] == ["1", "2", "4"]
     r1, r2, r4 = rows
-    assert r1 == {"prompt": "I watched it twice. The plot was slow ",
-                  "chosen": "but the acting was great; I loved every minute of it. The end.",
-                  "rejected": "and the acting was awful; I hated every minute of it. The end.",
-                  "edit_bucket": "low", "batch_id": "1", "id": "1:low"}
-    assert r2["prompt"] == C.EMPTY_PROMPT and r2["chosen"].startswith("Great film.\n") and r2["rejected"].startswith("Awful film.\n")
+    assert r1 == {
+        "prompt": "I watched it twice. The plot was slow ",
+        "chosen": "but the acting was great; I loved every minute of it. The end.",
+        "rejected": "and the acting was awful; I hated every minute of it. The end.",
+        "edit_bucket": "low",
+        "batch_id": "1",
+        "id": "1:low",
+    }
+    assert (
+        r2["prompt"] == C.EMPTY_PROMPT
+        and r2["chosen"].startswith("Great film.\n")
+        and r2["rejected"].startswith("Awful film.\n")
+    )
     # an edit far into the review: the window follows it, so it is not lost
-    assert r4["prompt"] == "was competent and the score did its job without drawing attention to itself. Overall it is a "
+    assert (
+        r4["prompt"] == "was competent and the score did its job without drawing attention to itself. Overall it is a "
+    )
     assert len(r4["prompt"]) <= C.CONTEXT_CHARS < len(r4["prompt"]) + len("The cinematography ")
     assert (r4["chosen"], r4["rejected"]) == ("lovely movie.", "dreadful movie.")
     for r in rows:
@@ -106,7 +133,7 @@ def test_cut_is_aligned_and_covers_the_same_span():
     assert r["chosen"].startswith("truly wonderful and moving film, w0")
     assert r["rejected"].startswith("bad film, w0")
     assert r["chosen"].split()[-1] == r["rejected"].split()[-1]  # both end at the same word of the review
-    assert r["chosen"].split()[4:] == r["rejected"].split()[1:]   # and differ only by the edit
+    assert r["chosen"].split()[4:] == r["rejected"].split()[1:]  # and differ only by the edit
     # a cut falling inside a multi-word edit is moved to the end of the edit
     p = C.CadPair("b", "x " + "lovely " * 4 + "end of it all", "x " + "awful " * 4 + "end of it all")
     (r,) = C.minimal_edit_rows([p], response_chars=20, log=quiet)  # 3 of the 4 edited words fit in 20 chars
@@ -134,7 +161,9 @@ def test_high_distance_rows_share_prompts_and_chosen():
     pairs = many_pairs(40)
     low = C.minimal_edit_rows(pairs, log=quiet)
     high = C.high_distance_rows(pairs, seed=0, log=quiet)
-    assert [(r["prompt"], r["chosen"], r["batch_id"]) for r in high] == [(r["prompt"], r["chosen"], r["batch_id"]) for r in low]
+    assert [(r["prompt"], r["chosen"], r["batch_id"]) for r in high] == [
+        (r["prompt"], r["chosen"], r["batch_id"]) for r in low
+    ]
     assert all(r["edit_bucket"] == "high" and r["id"] == f"{r['batch_id']}:high" for r in high)
     assert all(r["donor_batch_id"] != r["batch_id"] for r in high)
     by_batch = {r["batch_id"]: r["rejected"] for r in low}
@@ -165,7 +194,10 @@ def test_sft_rows(tsv):
     assert rows[0]["text"] == "I watched it twice. The plot was slow but the" and rows[1]["sentiment"] == "Negative"
     pairs = C.load_cad_pairs(tsv, log=quiet)
     chunks = C.sft_rows(pairs, max_chars=50, chunks=True, log=quiet)
-    assert " ".join(r["text"] for r in chunks if r["batch_id"] == "4" and r["sentiment"] == "Positive") == pairs[2].positive_text
+    assert (
+        " ".join(r["text"] for r in chunks if r["batch_id"] == "4" and r["sentiment"] == "Positive")
+        == pairs[2].positive_text
+    )
     assert all(len(r["text"]) <= 50 for r in chunks) and chunks[0]["id"] == "1:pos:0"
 
 

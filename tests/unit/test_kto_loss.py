@@ -1,5 +1,6 @@
 """KTO's loss as a pure function (dpolab.losses.kto): closed form, gradients, step-0 invariant, extremes, the KL
 estimate, and TRL 1.16's own ``KTOTrainer._compute_loss`` on the same log-probs."""
+
 from __future__ import annotations
 
 import contextlib
@@ -32,8 +33,16 @@ def rows():
 
 def test_closed_form(rows):
     beta, dw, uw = 0.3, 1.5, 0.7
-    out = kto_loss(rows["pol"], rows["ref"], rows["labels"], policy_kl_logps=rows["kl_pol"], ref_kl_logps=rows["kl_ref"],
-                   beta=beta, desirable_weight=dw, undesirable_weight=uw)
+    out = kto_loss(
+        rows["pol"],
+        rows["ref"],
+        rows["labels"],
+        policy_kl_logps=rows["kl_pol"],
+        ref_kl_logps=rows["kl_ref"],
+        beta=beta,
+        desirable_weight=dw,
+        undesirable_weight=uw,
+    )
     z0 = max(0.0, sum(a - b for a, b in zip(rows["kl_pol"].tolist(), rows["kl_ref"].tolist())) / 7)
     assert z0 > 0
     want = []
@@ -41,24 +50,45 @@ def test_closed_form(rows):
         want.append(dw * (1 - _sigmoid(beta * (p - r - z0))) if d else uw * (1 - _sigmoid(beta * (z0 - (p - r)))))
     assert out.losses.tolist() == pytest.approx(want, abs=1e-12)
     assert float(out.kl) == pytest.approx(z0, abs=1e-12)
-    chosen = [beta * (p - r) for p, r, d in zip(rows["pol"].tolist(), rows["ref"].tolist(), rows["labels"].tolist()) if d]
-    rejected = [beta * (p - r) for p, r, d in zip(rows["pol"].tolist(), rows["ref"].tolist(), rows["labels"].tolist()) if not d]
-    assert out.chosen_rewards.tolist() == pytest.approx(chosen) and out.rejected_rewards.tolist() == pytest.approx(rejected)
+    chosen = [
+        beta * (p - r) for p, r, d in zip(rows["pol"].tolist(), rows["ref"].tolist(), rows["labels"].tolist()) if d
+    ]
+    rejected = [
+        beta * (p - r) for p, r, d in zip(rows["pol"].tolist(), rows["ref"].tolist(), rows["labels"].tolist()) if not d
+    ]
+    assert out.chosen_rewards.tolist() == pytest.approx(chosen) and out.rejected_rewards.tolist() == pytest.approx(
+        rejected
+    )
     assert float(out.metrics["rewards/chosen"]) == pytest.approx(sum(chosen) / 4)
     assert float(out.metrics["rewards/rejected"]) == pytest.approx(sum(rejected) / 3)
     assert float(out.metrics["rewards/margin"]) == pytest.approx(sum(chosen) / 4 - sum(rejected) / 3)
     assert float(out.metrics["loss"]) == pytest.approx(sum(want) / 7)
     assert float(out.metrics["kl"]) == pytest.approx(z0)
     # the KL estimate given directly is the same as computing it from the mismatched pairs
-    direct = kto_loss(rows["pol"], rows["ref"], rows["labels"], kl=torch.tensor(z0, dtype=torch.float64), beta=beta,
-                      desirable_weight=dw, undesirable_weight=uw)
+    direct = kto_loss(
+        rows["pol"],
+        rows["ref"],
+        rows["labels"],
+        kl=torch.tensor(z0, dtype=torch.float64),
+        beta=beta,
+        desirable_weight=dw,
+        undesirable_weight=uw,
+    )
     assert torch.allclose(direct.losses, out.losses, atol=1e-15)
 
 
 def test_gradcheck_float64(rows):
     def f(pol):
-        return kto_loss(pol, rows["ref"], rows["labels"], policy_kl_logps=rows["kl_pol"], ref_kl_logps=rows["kl_ref"],
-                        beta=0.5, desirable_weight=1.3, undesirable_weight=0.8).losses
+        return kto_loss(
+            pol,
+            rows["ref"],
+            rows["labels"],
+            policy_kl_logps=rows["kl_pol"],
+            ref_kl_logps=rows["kl_ref"],
+            beta=0.5,
+            desirable_weight=1.3,
+            undesirable_weight=0.8,
+        ).losses
 
     pol = rows["pol"].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(f, (pol,), eps=1e-6, atol=1e-8)
@@ -78,8 +108,15 @@ def test_step0_invariant(dw, uw):
     """Policy == reference: every log-ratio and the KL estimate are 0, so each row's loss is weight * (1 - sigma(0))."""
     logps = torch.tensor([-3.0, -7.5, -1.25, -12.0])
     labels = torch.tensor([True, False, False, True])
-    out = kto_loss(logps, logps.clone(), labels, policy_kl_logps=logps.flip(0), ref_kl_logps=logps.flip(0).clone(),
-                   desirable_weight=dw, undesirable_weight=uw)
+    out = kto_loss(
+        logps,
+        logps.clone(),
+        labels,
+        policy_kl_logps=logps.flip(0),
+        ref_kl_logps=logps.flip(0).clone(),
+        desirable_weight=dw,
+        undesirable_weight=uw,
+    )
     assert float(out.kl) == 0.0
     assert out.losses.tolist() == [dw * 0.5, uw * 0.5, uw * 0.5, dw * 0.5]
     assert float(out.metrics["rewards/chosen"]) == 0.0 and float(out.metrics["rewards/rejected"]) == 0.0
@@ -103,8 +140,16 @@ def test_finite_at_extreme_log_ratios(dtype, scale):
     pol = torch.tensor([scale, scale, -scale, -scale], dtype=dtype, requires_grad=True)
     ref = torch.zeros(4, dtype=dtype)
     for kl_pol in (torch.full((4,), scale, dtype=dtype), torch.full((4,), -scale, dtype=dtype)):
-        out = kto_loss(pol, ref, labels, policy_kl_logps=kl_pol, ref_kl_logps=torch.zeros(4, dtype=dtype), beta=1.0,
-                       desirable_weight=2.0, undesirable_weight=3.0)
+        out = kto_loss(
+            pol,
+            ref,
+            labels,
+            policy_kl_logps=kl_pol,
+            ref_kl_logps=torch.zeros(4, dtype=dtype),
+            beta=1.0,
+            desirable_weight=2.0,
+            undesirable_weight=3.0,
+        )
         (grad,) = torch.autograd.grad(out.losses.sum(), pol)
         assert torch.isfinite(out.losses).all() and torch.isfinite(grad).all() and torch.isfinite(out.kl)
         assert ((out.losses >= 0) & (out.losses <= 3.0)).all()
@@ -130,8 +175,13 @@ def test_bad_settings_are_loss_errors():
 # its one scored token's. The fake tells the KL sequences from the matched ones by their token ids (1 vs 0). If TRL
 # renames those attributes, these tests fail loudly rather than silently passing.
 
-_ACC = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x,
-                       autocast=contextlib.nullcontext, unwrap_model=lambda m: m)
+_ACC = SimpleNamespace(
+    device=torch.device("cpu"),
+    gather=lambda x: x,
+    gather_for_metrics=lambda x: x,
+    autocast=contextlib.nullcontext,
+    unwrap_model=lambda m: m,
+)
 
 
 class _FakeModel:
@@ -153,16 +203,31 @@ def trl_kto(pol, ref, labels, kl_pol, kl_ref, *, beta, dw, uw, live_reference: b
     tr = object.__new__(trl.KTOTrainer)
     policy = _FakeModel(pol, kl_pol)
     tr.__dict__.update(
-        model=policy, ref_model=_FakeModel(ref, kl_ref) if live_reference else None, accelerator=_ACC,
-        aux_loss_enabled=False, precompute_ref_logps=not live_reference, calculate_KL=True, loss_type="kto", beta=beta,
-        desirable_weight=dw, undesirable_weight=uw, args=SimpleNamespace(gradient_checkpointing_kwargs=None),
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+        model=policy,
+        ref_model=_FakeModel(ref, kl_ref) if live_reference else None,
+        accelerator=_ACC,
+        aux_loss_enabled=False,
+        precompute_ref_logps=not live_reference,
+        calculate_KL=True,
+        loss_type="kto",
+        beta=beta,
+        desirable_weight=dw,
+        undesirable_weight=uw,
+        args=SimpleNamespace(gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
     )
     b = pol.shape[0]
-    inputs = {"input_ids": torch.zeros(b, 2, dtype=torch.long), "attention_mask": torch.ones(b, 2, dtype=torch.long),
-              "completion_mask": torch.tensor([[0, 1]] * b), "KL_input_ids": torch.ones(b, 2, dtype=torch.long),
-              "KL_attention_mask": torch.ones(b, 2, dtype=torch.long), "KL_completion_mask": torch.tensor([[0, 1]] * b),
-              "label": labels}
+    inputs = {
+        "input_ids": torch.zeros(b, 2, dtype=torch.long),
+        "attention_mask": torch.ones(b, 2, dtype=torch.long),
+        "completion_mask": torch.tensor([[0, 1]] * b),
+        "KL_input_ids": torch.ones(b, 2, dtype=torch.long),
+        "KL_attention_mask": torch.ones(b, 2, dtype=torch.long),
+        "KL_completion_mask": torch.tensor([[0, 1]] * b),
+        "label": labels,
+    }
     if not live_reference:
         inputs.update(ref_logps=ref, ref_KL_logps=kl_ref)
     loss = tr._compute_loss(policy, inputs, return_outputs=False)
@@ -173,12 +238,29 @@ def trl_kto(pol, ref, labels, kl_pol, kl_ref, *, beta, dw, uw, live_reference: b
 @pytest.mark.parametrize("beta, dw, uw", [(0.1, 1.0, 1.0), (0.5, 1.33, 0.75)])
 def test_matches_trl(rows, beta, dw, uw, live_reference):
     pol_trl = rows["pol"].clone().requires_grad_(True)
-    loss_trl, m = trl_kto(pol_trl, rows["ref"], rows["labels"], rows["kl_pol"], rows["kl_ref"], beta=beta, dw=dw, uw=uw,
-                          live_reference=live_reference)
+    loss_trl, m = trl_kto(
+        pol_trl,
+        rows["ref"],
+        rows["labels"],
+        rows["kl_pol"],
+        rows["kl_ref"],
+        beta=beta,
+        dw=dw,
+        uw=uw,
+        live_reference=live_reference,
+    )
     loss_trl.backward()
     pol = rows["pol"].clone().requires_grad_(True)
-    out = kto_loss(pol, rows["ref"], rows["labels"], policy_kl_logps=rows["kl_pol"], ref_kl_logps=rows["kl_ref"],
-                   beta=beta, desirable_weight=dw, undesirable_weight=uw)
+    out = kto_loss(
+        pol,
+        rows["ref"],
+        rows["labels"],
+        policy_kl_logps=rows["kl_pol"],
+        ref_kl_logps=rows["kl_ref"],
+        beta=beta,
+        desirable_weight=dw,
+        undesirable_weight=uw,
+    )
     out.losses.mean().backward()
     assert float(out.losses.mean()) == pytest.approx(float(loss_trl), abs=1e-12)
     assert torch.allclose(pol.grad, pol_trl.grad, atol=1e-12)
@@ -190,8 +272,19 @@ def test_matches_trl(rows, beta, dw, uw, live_reference):
 def test_matches_trl_with_the_kl_clamped_and_one_sided_batches(rows):
     """Policy below the reference on the mismatched pairs (z0 clamped to 0), and a batch with desirable rows only."""
     for labels in (rows["labels"], torch.ones(7, dtype=torch.bool)):
-        loss_trl, m = trl_kto(rows["pol"], rows["ref"], labels, rows["kl_ref"], rows["kl_pol"], beta=0.2, dw=1.0, uw=1.0,
-                              live_reference=False)
-        out = kto_loss(rows["pol"], rows["ref"], labels, policy_kl_logps=rows["kl_ref"], ref_kl_logps=rows["kl_pol"], beta=0.2)
+        loss_trl, m = trl_kto(
+            rows["pol"],
+            rows["ref"],
+            labels,
+            rows["kl_ref"],
+            rows["kl_pol"],
+            beta=0.2,
+            dw=1.0,
+            uw=1.0,
+            live_reference=False,
+        )
+        out = kto_loss(
+            rows["pol"], rows["ref"], labels, policy_kl_logps=rows["kl_ref"], ref_kl_logps=rows["kl_pol"], beta=0.2
+        )
         assert m["kl"] == 0.0 and float(out.kl) == 0.0
         assert float(out.losses.mean()) == pytest.approx(float(loss_trl), abs=1e-12)

@@ -1,6 +1,7 @@
 """KTO's KL estimate scores mismatched pairs: every pair must put a completion after ANOTHER prompt. Under
 data.unpaired_from_pairs a prompt's chosen and rejected rows sit side by side, so TRL's plain rotation by one row would
 pair half the rows with their own prompt's answer (issue 32, defect 9)."""
+
 from __future__ import annotations
 
 import random
@@ -8,15 +9,20 @@ import random
 import pytest
 
 from dpolab.config import build_config
-from dpolab.data.types import TokenizedPair
 from dpolab.data.collate import collate_unpaired_fast
+from dpolab.data.types import TokenizedPair
 from dpolab.engine.objectives.kto import KTOObjective, crossing_sources, pairs_to_unpaired
 
 
 def _objective():
-    cfg = build_config({"model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
-                        "data": {"task": "arithmetic", "unpaired_from_pairs": True, "max_length": 64},
-                        "train": {"mode": "kto", "batch_size": 8}}, [])
+    cfg = build_config(
+        {
+            "model": {"tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {"task": "arithmetic", "unpaired_from_pairs": True, "max_length": 64},
+            "train": {"mode": "kto", "batch_size": 8},
+        },
+        [],
+    )
     return KTOObjective(cfg)
 
 
@@ -40,7 +46,7 @@ def test_every_step_pair_crosses_prompts_across_micro_batches(split):
     rows = pairs_to_unpaired(_pairs(4))
     batches, at = [], 0
     for n in split:
-        batches.append(collate_unpaired_fast(rows[at:at + n], 0, "padded"))
+        batches.append(collate_unpaired_fast(rows[at : at + n], 0, "padded"))
         at += n
     obj = _objective()
     completions = obj._step_completions(batches)

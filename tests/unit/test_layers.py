@@ -1,5 +1,6 @@
 """The package's layers only point down: ``lint-imports`` checks the contract in pyproject.toml ([tool.importlinter]),
 counting imports inside functions too."""
+
 import os
 import shutil
 import subprocess

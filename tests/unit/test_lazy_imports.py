@@ -1,5 +1,6 @@
 """Commands that need no model start fast: ``dpolab --help`` and ``dpolab config`` import neither torch nor
 transformers (each import costs seconds on a small machine; ``benchmarks/startup_check.py`` measures them)."""
+
 from __future__ import annotations
 
 import subprocess

@@ -2,6 +2,7 @@
 (soft-cap) -> ``log_softmax`` -> ``gather`` with autograd: log-probs, WPO's ``log sum_v p_v^2`` and the gradients of
 h, W and b, in one tile and over several, with each tile's exp kept (``response``) or recomputed in backward
 (``response-recompute``), fp32 and bf16, under autocast."""
+
 import pytest
 import torch
 
@@ -106,7 +107,9 @@ def test_keep_saves_every_tile_and_recompute_saves_none():
 
     def saved_vocab_rows(recompute):
         out, _ = _head_logps(head, h, tgt, 5, recompute=recompute)
-        return sum(t.shape[0] for t in out.grad_fn.saved_tensors if t is not None and t.dim() == 2 and t.shape[1] == vocab)
+        return sum(
+            t.shape[0] for t in out.grad_fn.saved_tensors if t is not None and t.dim() == 2 and t.shape[1] == vocab
+        )
 
     assert saved_vocab_rows(False) == h.shape[0]
     assert saved_vocab_rows(True) == 0

@@ -1,4 +1,5 @@
 """Response log-probs: the selective path equals a plain full log_softmax over the vocabulary."""
+
 import torch
 
 from dpolab.models.logprobs import gather_logps

@@ -1,6 +1,7 @@
 """Every registered loss: closed-form value on hand-made tensors, finite-difference gradients,
 and the step-0 invariant (policy == reference). Expected numbers are computed with ``math`` on floats,
 independently of the implementation."""
+
 from __future__ import annotations
 
 import math
@@ -11,16 +12,16 @@ import torch
 from dpolab.losses import PreferenceOutputs, compute_loss, get_loss, list_losses
 
 # ---- a hand-made batch of 3 pairs -------------------------------------------------------------
-PC = [-10.0, -12.0, -8.0]   # log pi(y_w)
-PR = [-11.0, -9.0, -14.0]   # log pi(y_l)
-RC = [-10.5, -11.0, -9.0]   # log pi_ref(y_w)
+PC = [-10.0, -12.0, -8.0]  # log pi(y_w)
+PR = [-11.0, -9.0, -14.0]  # log pi(y_l)
+RC = [-10.5, -11.0, -9.0]  # log pi_ref(y_w)
 RR = [-10.0, -10.0, -12.0]  # log pi_ref(y_l)
 LC = [5, 4, 6]
 LR = [6, 3, 7]
-RM = [0.0, 1.0, -1.0]       # MADPO reward-model margins
+RM = [0.0, 1.0, -1.0]  # MADPO reward-model margins
 RW = [a - b for a, b in zip(PC, RC)]  # [0.5, -1, 1]
 RL = [a - b for a, b in zip(PR, RR)]  # [-1, 1, -2]
-H = [a - b for a, b in zip(RW, RL)]   # [1.5, -2, 3]
+H = [a - b for a, b in zip(RW, RL)]  # [1.5, -2, 3]
 
 # per-token log-probs (summing to PC, PR, RC, RR), laid out after one prompt column with junk off-mask
 TC = [[-1.0, -2.0, -3.0, -1.5, -2.5], [-4.0, -2.0, -3.0, -3.0], [-0.5, -1.0, -2.0, -1.5, -2.0, -1.0]]
@@ -38,8 +39,8 @@ def padded(rows, grad=False, junk=-99.0):
     t = torch.full((len(rows), T_COLS), junk, dtype=torch.float64)
     m = torch.zeros(len(rows), T_COLS, dtype=torch.bool)
     for i, r in enumerate(rows):
-        t[i, 1:1 + len(r)] = torch.tensor(r, dtype=torch.float64)
-        m[i, 1:1 + len(r)] = True
+        t[i, 1 : 1 + len(r)] = torch.tensor(r, dtype=torch.float64)
+        m[i, 1 : 1 + len(r)] = True
     return t.requires_grad_(grad), m
 
 
@@ -61,15 +62,25 @@ def make(pc=PC, pr=PR, rc=RC, rr=RR, lc=LC, lr=LR, grad=False, rm=RM, tc=TC, tr=
     tok = {}
     if tc is not None:
         (ct, cm), (rt, rm_) = padded(tc), padded(tr)
-        tok.update(policy_chosen_token_logps=ct, chosen_token_mask=cm, policy_rejected_token_logps=rt, rejected_token_mask=rm_,
-                   policy_chosen_token_log_sum_sq_probs=padded(SQC)[0], policy_rejected_token_log_sum_sq_probs=padded(SQR)[0])
+        tok.update(
+            policy_chosen_token_logps=ct,
+            chosen_token_mask=cm,
+            policy_rejected_token_logps=rt,
+            rejected_token_mask=rm_,
+            policy_chosen_token_log_sum_sq_probs=padded(SQC)[0],
+            policy_rejected_token_log_sum_sq_probs=padded(SQR)[0],
+        )
     if trc is not None:
         tok.update(ref_chosen_token_logps=padded(trc)[0], ref_rejected_token_logps=padded(trr)[0])
     return PreferenceOutputs(
-        policy_chosen_logps=t(pc), policy_rejected_logps=t(pr),
-        ref_chosen_logps=torch.tensor(rc, dtype=torch.float64), ref_rejected_logps=torch.tensor(rr, dtype=torch.float64),
-        chosen_lengths=torch.tensor(lc), rejected_lengths=torch.tensor(lr),
-        extras={"rm_margin": torch.tensor(rm, dtype=torch.float64)}, **tok,
+        policy_chosen_logps=t(pc),
+        policy_rejected_logps=t(pr),
+        ref_chosen_logps=torch.tensor(rc, dtype=torch.float64),
+        ref_rejected_logps=torch.tensor(rr, dtype=torch.float64),
+        chosen_lengths=torch.tensor(lc),
+        rejected_lengths=torch.tensor(lr),
+        extras={"rm_margin": torch.tensor(rm, dtype=torch.float64)},
+        **tok,
     )
 
 
@@ -134,7 +145,10 @@ CASES = {
     "dpop": ({}, [-ls(b * (h - 50.0 * max(0.0, -w))) for h, w in zip(H, RW)]),
     "dpop-lam2": ({"lam": 2.0}, [-ls(b * (h - 2.0 * max(0.0, -w))) for h, w in zip(H, RW)]),
     "cal-dpo": ({}, [-ls(h) + (w - 5.0) ** 2 + (l + 5.0) ** 2 for h, w, l in zip(H, RW, RL)]),
-    "cal-dpo-half": ({"calibration_weight": 0.5}, [-ls(h) + 0.5 * ((w - 5.0) ** 2 + (l + 5.0) ** 2) for h, w, l in zip(H, RW, RL)]),
+    "cal-dpo-half": (
+        {"calibration_weight": 0.5},
+        [-ls(h) + 0.5 * ((w - 5.0) ** 2 + (l + 5.0) ** 2) for h, w, l in zip(H, RW, RL)],
+    ),
     "simpo": ({}, [-ls(2.0 * (c / lc - r / lr) - 1.0) for c, r, lc, lr in zip(PC, PR, LC, LR)]),
     "orpo": ({}, [-c / lc - 0.1 * ls(logodds(c / lc) - logodds(r / lr)) for c, r, lc, lr in zip(PC, PR, LC, LR)]),
     "nca-pair": ({}, [-ls(b * w) - 0.5 * ls(-b * w) - 0.5 * ls(-b * l) for w, l in zip(RW, RL)]),
@@ -152,22 +166,41 @@ CASES = {
     "gate-dpo": ({}, [-ls(b * h) for h in H]),  # same value as DPO
     "sigmoid-norm": ({}, [-ls(b * (w / lc - l / lr)) for w, l, lc, lr in zip(RW, RL, LC, LR)]),
     "fdpo": ({}, [-ls(b * h) for h in H]),  # reverse KL by default: DPO
-    "fdpo-forward": ({"divergence": "forward_kl"}, [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)]),
-    "fdpo-js": ({"divergence": "js_divergence", "beta": 0.5},
-                [-ls(0.5 * (f_score(w, "js_divergence") - f_score(l, "js_divergence"))) for w, l in zip(RW, RL)]),
-    "fdpo-alpha": ({"divergence": "alpha_divergence", "alpha": 0.3},
-                   [-ls(b * (f_score(w, "alpha", 0.3) - f_score(l, "alpha", 0.3))) for w, l in zip(RW, RL)]),
+    "fdpo-forward": (
+        {"divergence": "forward_kl"},
+        [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)],
+    ),
+    "fdpo-js": (
+        {"divergence": "js_divergence", "beta": 0.5},
+        [-ls(0.5 * (f_score(w, "js_divergence") - f_score(l, "js_divergence"))) for w, l in zip(RW, RL)],
+    ),
+    "fdpo-alpha": (
+        {"divergence": "alpha_divergence", "alpha": 0.3},
+        [-ls(b * (f_score(w, "alpha", 0.3) - f_score(l, "alpha", 0.3))) for w, l in zip(RW, RL)],
+    ),
     "fdpo-alpha0": ({"divergence": "alpha_divergence", "alpha": 0.0}, [-ls(b * h) for h in H]),  # the reverse-KL limit
-    "fdpo-alpha1": ({"divergence": "alpha_divergence", "alpha": 1.0},  # = forward KL
-                    [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)]),
+    "fdpo-alpha1": (
+        {"divergence": "alpha_divergence", "alpha": 1.0},  # = forward KL
+        [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)],
+    ),
     "ld-dpo": ({}, [-ls(b * h) for h in ld_h(0.5)]),
     "ld-dpo-0": ({"ld_alpha": 0.0, "beta": 0.3}, [-ls(0.3 * h) for h in ld_h(0.0)]),
     "ld-dpo-1": ({"ld_alpha": 1.0}, [-ls(b * h) for h in H]),  # alpha = 1: DPO
     "wpo": ({}, [wpo_weight(i) * -ls(b * h) for i, h in enumerate(H)]),
 }
-ALIASES = {"dpo-smoothed": "dpo", "ipo-summed-param": "ipo", "dpop-lam2": "dpop", "cal-dpo-half": "cal-dpo",
-           "fdpo-forward": "fdpo", "fdpo-js": "fdpo", "fdpo-alpha": "fdpo", "fdpo-alpha0": "fdpo", "fdpo-alpha1": "fdpo",
-           "ld-dpo-0": "ld-dpo", "ld-dpo-1": "ld-dpo"}
+ALIASES = {
+    "dpo-smoothed": "dpo",
+    "ipo-summed-param": "ipo",
+    "dpop-lam2": "dpop",
+    "cal-dpo-half": "cal-dpo",
+    "fdpo-forward": "fdpo",
+    "fdpo-js": "fdpo",
+    "fdpo-alpha": "fdpo",
+    "fdpo-alpha0": "fdpo",
+    "fdpo-alpha1": "fdpo",
+    "ld-dpo-0": "ld-dpo",
+    "ld-dpo-1": "ld-dpo",
+}
 FUNCTIONAL = [i.name for i in list_losses() if not i.stateful]
 
 
@@ -191,12 +224,18 @@ def test_closed_form_value(case):
     assert out.reduced().item() == pytest.approx(sum(expected) / 3, rel=1e-10)
 
 
-GRAD_PARAMS = {"hinge": {"beta": 0.5}, "fdpo-forward": {"divergence": "forward_kl"}, "fdpo-js": {"divergence": "js_divergence"},
-               "fdpo-alpha": {"divergence": "alpha_divergence", "alpha": 0.3}}
+GRAD_PARAMS = {
+    "hinge": {"beta": 0.5},
+    "fdpo-forward": {"divergence": "forward_kl"},
+    "fdpo-js": {"divergence": "js_divergence"},
+    "fdpo-alpha": {"divergence": "alpha_divergence", "alpha": 0.3},
+}
 
 
 # ld-dpo builds its log-probs from the per-token tensors: its gradient is checked in test_gradcheck_ld_dpo_tokens
-@pytest.mark.parametrize("name", [n for n in FUNCTIONAL if n not in ("gate-dpo", "ld-dpo")] + ["fdpo-forward", "fdpo-js", "fdpo-alpha"])
+@pytest.mark.parametrize(
+    "name", [n for n in FUNCTIONAL if n not in ("gate-dpo", "ld-dpo")] + ["fdpo-forward", "fdpo-js", "fdpo-alpha"]
+)
 def test_gradcheck_policy_logps(name):
     params = GRAD_PARAMS.get(name, {})
     name = ALIASES.get(name, name)
@@ -218,7 +257,9 @@ def test_gradcheck_ld_dpo_tokens(ld_alpha):
     fn = get_loss("ld-dpo").fn
 
     def f(ct, rt):
-        return fn(make().replace(policy_chosen_token_logps=ct, policy_rejected_token_logps=rt), ld_alpha=ld_alpha).losses
+        return fn(
+            make().replace(policy_chosen_token_logps=ct, policy_rejected_token_logps=rt), ld_alpha=ld_alpha
+        ).losses
 
     ct, rt = padded(TC, grad=True)[0], padded(TR, grad=True)[0]
     assert torch.autograd.gradcheck(f, (ct, rt), eps=1e-6, atol=1e-6, rtol=1e-5)
@@ -229,20 +270,37 @@ def test_gradcheck_ld_dpo_tokens(ld_alpha):
         m = min(len(TC[i]), len(TR[i]))
         g = -b * sig(-b * h)
         want = [0.0] + [g] * m + [g * ld_alpha] * (len(TC[i]) - m)
-        assert ct.grad[i, :len(want)].tolist() == pytest.approx(want, rel=1e-12, abs=1e-15)
-        assert ct.grad[i, len(want):].abs().sum().item() == 0.0
+        assert ct.grad[i, : len(want)].tolist() == pytest.approx(want, rel=1e-12, abs=1e-15)
+        assert ct.grad[i, len(want) :].abs().sum().item() == 0.0
 
 
 def _step0_value(name, beta=0.1, eps_exo=1e-3):
     ln2 = math.log(2)
     t = 1 / (2 * beta)
     return {
-        "dpo": ln2, "cdpo": ln2, "robust": ln2, "hinge": 1.0, "ipo": t * t, "ipo-sum": t * t, "dpop": ln2,
-        "cal-dpo": ln2 + 2 * t * t, "nca-pair": 2 * ln2, "bco-pair": 2 * ln2, "apo-zero": 1.0, "apo-down": 1.0,
-        "sppo-hard": 2 * t * t, "exo-pair": -ln2 - 0.5 * math.log(eps_exo * (1 - eps_exo)),
-        "discopop": 0.5 * ln2 + 0.5, "aot": ln2, "aot-unpaired": ln2, "gate-dpo": ln2,
-        "sigmoid-norm": ln2, "fdpo": ln2, "ld-dpo": ln2,
-        "madpo": None, "wpo": None,  # w * ln 2, checked below
+        "dpo": ln2,
+        "cdpo": ln2,
+        "robust": ln2,
+        "hinge": 1.0,
+        "ipo": t * t,
+        "ipo-sum": t * t,
+        "dpop": ln2,
+        "cal-dpo": ln2 + 2 * t * t,
+        "nca-pair": 2 * ln2,
+        "bco-pair": 2 * ln2,
+        "apo-zero": 1.0,
+        "apo-down": 1.0,
+        "sppo-hard": 2 * t * t,
+        "exo-pair": -ln2 - 0.5 * math.log(eps_exo * (1 - eps_exo)),
+        "discopop": 0.5 * ln2 + 0.5,
+        "aot": ln2,
+        "aot-unpaired": ln2,
+        "gate-dpo": ln2,
+        "sigmoid-norm": ln2,
+        "fdpo": ln2,
+        "ld-dpo": ln2,
+        "madpo": None,
+        "wpo": None,  # w * ln 2, checked below
     }[name]
 
 
@@ -276,8 +334,16 @@ def test_step0_depends_on_beta_as_documented(beta):
     assert compute_loss("dpo", o, beta=beta).losses[0].item() == pytest.approx(math.log(2))
 
 
-@pytest.mark.parametrize("divergence,alpha", [("forward_kl", 0.5), ("js_divergence", 0.5), ("alpha_divergence", 0.3),
-                                              ("alpha_divergence", 0.0), ("alpha_divergence", 1.0)])
+@pytest.mark.parametrize(
+    "divergence,alpha",
+    [
+        ("forward_kl", 0.5),
+        ("js_divergence", 0.5),
+        ("alpha_divergence", 0.3),
+        ("alpha_divergence", 0.0),
+        ("alpha_divergence", 1.0),
+    ],
+)
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_step0_fdpo_every_divergence(divergence, alpha, beta):
     out = compute_loss("fdpo", make(rc=PC, rr=PR), beta=beta, divergence=divergence, alpha=alpha)
@@ -290,9 +356,13 @@ def test_step0_ld_dpo_every_alpha_and_shared_sums(ld_alpha):
     o = make(rc=PC, rr=PR, trc=TC, trr=TR)
     assert compute_loss("ld-dpo", o, ld_alpha=ld_alpha).losses.tolist() == pytest.approx([math.log(2)] * 3, rel=1e-12)
     # the same from the reference's shared-length sums instead of its per-token log-probs
-    shared = lambda rows, others: torch.tensor([sum(r[:min(len(r), len(o))]) for r, o in zip(rows, others)],  # noqa: E731
-                                               dtype=torch.float64)
-    o2 = make(rc=PC, rr=PR, trc=None).replace(ref_chosen_shared_logps=shared(TC, TR), ref_rejected_shared_logps=shared(TR, TC))
+    shared = lambda rows, others: torch.tensor(
+        [sum(r[: min(len(r), len(o))]) for r, o in zip(rows, others)],
+        dtype=torch.float64,
+    )
+    o2 = make(rc=PC, rr=PR, trc=None).replace(
+        ref_chosen_shared_logps=shared(TC, TR), ref_rejected_shared_logps=shared(TR, TC)
+    )
     assert compute_loss("ld-dpo", o2, ld_alpha=ld_alpha).losses.tolist() == pytest.approx([math.log(2)] * 3, rel=1e-12)
 
 

@@ -1,4 +1,5 @@
 """beta-DPO (stateful), MADPO (extra column), Gate-DPO (gradient transform) and the weighted-list API."""
+
 from __future__ import annotations
 
 import copy
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from dpolab.losses import (
-    CompositeLoss, GateConfig, LossConfigError, LossSpec, PreferenceOutputs, compute_loss, get_loss, madpo_weight,
+    CompositeLoss,
+    GateConfig,
+    LossConfigError,
+    LossSpec,
+    PreferenceOutputs,
+    compute_loss,
+    get_loss,
+    madpo_weight,
 )
 
 
@@ -29,9 +37,12 @@ def batch(h, *, grad=False, rm=None, pr=None, lr=None):
     ref_r = prt.detach().clone()
     extras = {} if rm is None else {"rm_margin": torch.tensor(rm, dtype=torch.float64)}
     return PreferenceOutputs(
-        policy_chosen_logps=pc, policy_rejected_logps=prt,
-        ref_chosen_logps=torch.full((n,), -10.0, dtype=torch.float64), ref_rejected_logps=ref_r,
-        chosen_lengths=torch.full((n,), 5), rejected_lengths=torch.tensor(lr if lr is not None else [5] * n),
+        policy_chosen_logps=pc,
+        policy_rejected_logps=prt,
+        ref_chosen_logps=torch.full((n,), -10.0, dtype=torch.float64),
+        ref_rejected_logps=ref_r,
+        chosen_lengths=torch.full((n,), 5),
+        rejected_lengths=torch.tensor(lr if lr is not None else [5] * n),
         extras=extras,
     )
 
@@ -45,8 +56,8 @@ def test_beta_dpo_first_step_hand_example():
     h = [1.0, 2.0, 4.0, -3.0, 0.5]
     loss = make_beta(seed=3)
     out = loss(batch(h))
-    m0 = 0.1 * statistics.mean(h)               # zero-initialised, momentum 0.9
-    s = 0.1 * statistics.stdev(h)               # unbiased std, as torch.std
+    m0 = 0.1 * statistics.mean(h)  # zero-initialised, momentum 0.9
+    s = 0.1 * statistics.stdev(h)  # unbiased std, as torch.std
     kept = [i for i, v in enumerate(out.mask.tolist()) if v == 1.0]
     assert len(kept) == math.floor(5 * 0.8) == 4
     beta_b = 0.1 * (1 + 0.6 * (statistics.mean(h[i] for i in kept) - m0))
@@ -171,7 +182,9 @@ def test_madpo_worked_values():
     tau = math.log(999)
     for m in [0.3, 2.5, 6.0, 20.0, -0.5, -3.0, -tau + 1e-9]:
         c = 0.5 + 1.5 / (1 + 2.0 * math.exp(abs(m) - tau))
-        assert madpo_weight(torch.tensor(m, dtype=torch.float64)).item() == pytest.approx(sig(c * m) / sig(m), rel=1e-12)
+        assert madpo_weight(torch.tensor(m, dtype=torch.float64)).item() == pytest.approx(
+            sig(c * m) / sig(m), rel=1e-12
+        )
     assert madpo_weight(torch.tensor(-tau + 1e-9, dtype=torch.float64)).item() == pytest.approx(1.0, abs=1e-6)
 
 
@@ -237,8 +250,9 @@ def test_gate_dpo_loss_equals_gated_dpo():
 
 
 def with_tokens(o, tok, mask):
-    return o.replace(policy_rejected_token_logps=torch.tensor(tok, dtype=torch.float64),
-                     rejected_token_mask=torch.tensor(mask))
+    return o.replace(
+        policy_rejected_token_logps=torch.tensor(tok, dtype=torch.float64), rejected_token_mask=torch.tensor(mask)
+    )
 
 
 def test_gate_levels_seq_from_tokens_and_q10():
@@ -324,9 +338,17 @@ def test_gate_forward_value_is_exactly_the_wrapped_value_at_step_0():
     torch.manual_seed(0)
     x = torch.rand(2000, dtype=torch.float64) * -80.0
     n = torch.full((2000,), 7)
-    o = PreferenceOutputs(policy_chosen_logps=x.clone().requires_grad_(), policy_rejected_logps=x.clone().requires_grad_(),
-                          ref_chosen_logps=x.clone(), ref_rejected_logps=x.clone(), chosen_lengths=n, rejected_lengths=n)
+    o = PreferenceOutputs(
+        policy_chosen_logps=x.clone().requires_grad_(),
+        policy_rejected_logps=x.clone().requires_grad_(),
+        ref_chosen_logps=x.clone(),
+        ref_rejected_logps=x.clone(),
+        chosen_lengths=n,
+        rejected_lengths=n,
+    )
     gated, _ = GateConfig.build("seq", alpha=3.0, tau=0.3).apply(o)
     assert torch.equal(gated.policy_rejected_logps, o.policy_rejected_logps)
     out = compute_loss("gate-dpo", o, alpha=3.0, tau=0.3)
-    assert torch.equal(out.rejected_rewards, torch.zeros_like(x)) and torch.equal(out.chosen_rewards, torch.zeros_like(x))
+    assert torch.equal(out.rejected_rewards, torch.zeros_like(x)) and torch.equal(
+        out.chosen_rewards, torch.zeros_like(x)
+    )

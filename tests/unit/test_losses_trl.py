@@ -11,6 +11,7 @@ The per-token methods (LD-DPO, WPO) and the f-divergences go through the same me
 out ourselves (:func:`trl_compute_loss`), including the live-reference path (a fake reference model) and TRL's own
 reference precompute (``compute_ref_log_probs``); gradients are compared per token.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,8 +25,9 @@ trl = pytest.importorskip("trl")
 
 from dpolab.losses import PreferenceOutputs, compute_loss  # noqa: E402
 
-_ACC = SimpleNamespace(device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x,
-                       autocast=contextlib.nullcontext)
+_ACC = SimpleNamespace(
+    device=torch.device("cpu"), gather=lambda x: x, gather_for_metrics=lambda x: x, autocast=contextlib.nullcontext
+)
 
 
 class _FakeModel:
@@ -39,22 +41,50 @@ class _FakeModel:
 
     def __call__(self, **kwargs):
         t = self.per_token
-        return SimpleNamespace(log_probs=t, entropy=torch.zeros_like(t), mean_logits=torch.zeros_like(t),
-                               is_top1=torch.zeros_like(t, dtype=torch.bool), log_sum_sq_probs=self.log_sum_sq)
+        return SimpleNamespace(
+            log_probs=t,
+            entropy=torch.zeros_like(t),
+            mean_logits=torch.zeros_like(t),
+            is_top1=torch.zeros_like(t, dtype=torch.bool),
+            log_sum_sq_probs=self.log_sum_sq,
+        )
 
 
-def _trainer(policy, *, beta, loss_types, loss_weights=None, ref_model=None, ld_alpha=None, f_divergence_type="reverse_kl",
-             f_alpha_divergence_coef=0.5, use_weighting=False, label_smoothing=0.0, discopop_tau=0.05):
+def _trainer(
+    policy,
+    *,
+    beta,
+    loss_types,
+    loss_weights=None,
+    ref_model=None,
+    ld_alpha=None,
+    f_divergence_type="reverse_kl",
+    f_alpha_divergence_coef=0.5,
+    use_weighting=False,
+    label_smoothing=0.0,
+    discopop_tau=0.05,
+):
     from trl import DPOTrainer
 
     tr = object.__new__(DPOTrainer)
     tr.__dict__.update(
-        model=policy, ref_model=ref_model, accelerator=_ACC, aux_loss_enabled=False, ld_alpha=ld_alpha,
-        precompute_ref_logps=ref_model is None, f_divergence_type=f_divergence_type,
-        f_alpha_divergence_coef=f_alpha_divergence_coef, loss_types=list(loss_types),
-        loss_weights=list(loss_weights or [1.0] * len(loss_types)), beta=beta, label_smoothing=label_smoothing,
-        use_weighting=use_weighting, args=SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None),
-        _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1,
+        model=policy,
+        ref_model=ref_model,
+        accelerator=_ACC,
+        aux_loss_enabled=False,
+        ld_alpha=ld_alpha,
+        precompute_ref_logps=ref_model is None,
+        f_divergence_type=f_divergence_type,
+        f_alpha_divergence_coef=f_alpha_divergence_coef,
+        loss_types=list(loss_types),
+        loss_weights=list(loss_weights or [1.0] * len(loss_types)),
+        beta=beta,
+        label_smoothing=label_smoothing,
+        use_weighting=use_weighting,
+        args=SimpleNamespace(discopop_tau=discopop_tau, gradient_checkpointing_kwargs=None),
+        _metrics={"train": defaultdict(list), "eval": defaultdict(list)},
+        _total_train_tokens=0,
+        _tp_size=1,
     )
     return tr
 
@@ -62,8 +92,11 @@ def _trainer(policy, *, beta, loss_types, loss_weights=None, ref_model=None, ld_
 def _inputs(shift_mask):
     n, t = shift_mask.shape
     completion_mask = torch.cat([torch.zeros(n, 1, dtype=torch.long), shift_mask.long()], dim=1)
-    return {"input_ids": torch.zeros(n, t + 1, dtype=torch.long), "attention_mask": torch.ones(n, t + 1, dtype=torch.long),
-            "completion_mask": completion_mask}
+    return {
+        "input_ids": torch.zeros(n, t + 1, dtype=torch.long),
+        "attention_mask": torch.ones(n, t + 1, dtype=torch.long),
+        "completion_mask": completion_mask,
+    }
 
 
 def trl_compute_loss(per_token, shift_mask, *, ref=None, ref_per_token=None, log_sum_sq=None, **settings):
@@ -97,8 +130,15 @@ def trl_dpo_mean_loss(loss_type, d, *, beta, label_smoothing=0.0, discopop_tau=0
     for i, (n, s) in enumerate(zip(lengths, seqs)):
         per_token[i, :n] = s / n
         mask[i, :n] = True
-    loss = trl_compute_loss(per_token, mask, ref=(d["rc"], d["rr"]), beta=beta, loss_types=[loss_type],
-                            label_smoothing=label_smoothing, discopop_tau=discopop_tau)
+    loss = trl_compute_loss(
+        per_token,
+        mask,
+        ref=(d["rc"], d["rr"]),
+        beta=beta,
+        loss_types=[loss_type],
+        label_smoothing=label_smoothing,
+        discopop_tau=discopop_tau,
+    )
     return float(loss)
 
 
@@ -116,8 +156,14 @@ def data():
 
 
 def outputs(d):
-    return PreferenceOutputs(policy_chosen_logps=d["pc"], policy_rejected_logps=d["pr"], ref_chosen_logps=d["rc"],
-                             ref_rejected_logps=d["rr"], chosen_lengths=d["lc"], rejected_lengths=d["lr"])
+    return PreferenceOutputs(
+        policy_chosen_logps=d["pc"],
+        policy_rejected_logps=d["pr"],
+        ref_chosen_logps=d["rc"],
+        ref_rejected_logps=d["rr"],
+        chosen_lengths=d["lc"],
+        rejected_lengths=d["lr"],
+    )
 
 
 # (our name, our params, TRL loss_type, TRL settings)
@@ -216,8 +262,9 @@ def tokens():
     ref = pol + 0.8 * torch.randn(2 * B, t, generator=g, dtype=torch.float64)
     lssp = -(0.1 + 1.5 * torch.rand(2 * B, t, generator=g, dtype=torch.float64))
     zero = torch.zeros((), dtype=torch.float64)
-    return dict(pol=torch.where(mask, pol, zero), ref=torch.where(mask, ref, zero).clamp(max=-1e-3) * mask,
-                lssp=lssp, mask=mask)
+    return dict(
+        pol=torch.where(mask, pol, zero), ref=torch.where(mask, ref, zero).clamp(max=-1e-3) * mask, lssp=lssp, mask=mask
+    )
 
 
 def ours_outputs(tk, pol):
@@ -228,11 +275,20 @@ def ours_outputs(tk, pol):
     lens = m.sum(-1)
     c, r = slice(0, B), slice(B, 2 * B)
     return PreferenceOutputs(
-        policy_chosen_logps=seq[c], policy_rejected_logps=seq[r], ref_chosen_logps=ref_seq[c], ref_rejected_logps=ref_seq[r],
-        chosen_lengths=lens[c], rejected_lengths=lens[r],
-        policy_chosen_token_logps=pol[c], chosen_token_mask=m[c], policy_rejected_token_logps=pol[r], rejected_token_mask=m[r],
-        policy_chosen_token_log_sum_sq_probs=tk["lssp"][c], policy_rejected_token_log_sum_sq_probs=tk["lssp"][r],
-        ref_chosen_token_logps=tk["ref"][c], ref_rejected_token_logps=tk["ref"][r],
+        policy_chosen_logps=seq[c],
+        policy_rejected_logps=seq[r],
+        ref_chosen_logps=ref_seq[c],
+        ref_rejected_logps=ref_seq[r],
+        chosen_lengths=lens[c],
+        rejected_lengths=lens[r],
+        policy_chosen_token_logps=pol[c],
+        chosen_token_mask=m[c],
+        policy_rejected_token_logps=pol[r],
+        rejected_token_mask=m[r],
+        policy_chosen_token_log_sum_sq_probs=tk["lssp"][c],
+        policy_rejected_token_log_sum_sq_probs=tk["lssp"][r],
+        ref_chosen_token_logps=tk["ref"][c],
+        ref_rejected_token_logps=tk["ref"][r],
     )
 
 
@@ -244,8 +300,11 @@ def compare_with_trl(tk, ours_spec, trl_settings, *, live_ref=False, dtype=torch
     ours_total.backward()
     pol_t = tk["pol"].to(dtype).clone().requires_grad_()
     m = tk["mask"]
-    ref_kw = ({"ref_per_token": tk["ref"].to(dtype)} if live_ref else
-              {"ref": tuple((tk["ref"].to(dtype) * m).sum(-1).chunk(2))})
+    ref_kw = (
+        {"ref_per_token": tk["ref"].to(dtype)}
+        if live_ref
+        else {"ref": tuple((tk["ref"].to(dtype) * m).sum(-1).chunk(2))}
+    )
     theirs = trl_compute_loss(pol_t, m, log_sum_sq=tk["lssp"].to(dtype), **ref_kw, **trl_settings)
     assert ours_total.item() == pytest.approx(theirs.item(), rel=rel, abs=1e-12)
     if not grad:
@@ -257,28 +316,46 @@ def compare_with_trl(tk, ours_spec, trl_settings, *, live_ref=False, dtype=torch
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_sigmoid_norm_tokens_match_trl(tokens, beta):
-    compare_with_trl(tokens, [{"name": "sigmoid-norm", "params": {"beta": beta}}], dict(beta=beta, loss_types=["sigmoid_norm"]))
+    compare_with_trl(
+        tokens, [{"name": "sigmoid-norm", "params": {"beta": beta}}], dict(beta=beta, loss_types=["sigmoid_norm"])
+    )
 
 
 @pytest.mark.parametrize("divergence", ["reverse_kl", "forward_kl", "js_divergence"])
 @pytest.mark.parametrize("beta", [0.1, 1.0])
 def test_fdpo_matches_trl(tokens, divergence, beta):
-    compare_with_trl(tokens, [{"name": "fdpo", "params": {"beta": beta, "divergence": divergence}}],
-                     dict(beta=beta, loss_types=["sigmoid"], f_divergence_type=divergence))
+    compare_with_trl(
+        tokens,
+        [{"name": "fdpo", "params": {"beta": beta, "divergence": divergence}}],
+        dict(beta=beta, loss_types=["sigmoid"], f_divergence_type=divergence),
+    )
 
 
 @pytest.mark.parametrize("alpha", [0.5, 0.3, 0.8, 1.0])
 def test_fdpo_alpha_divergence_matches_trl(tokens, alpha):
     """TRL 1.16 computes its alpha-divergence in float32 (it has no float64 cap) and with coefficient c = 1 - alpha:
     (u^(c-1) - 1)/(c-1) = (1 - u^-alpha)/alpha (module docstring of dpolab/losses/fdpo.py)."""
-    compare_with_trl(tokens, [{"name": "fdpo", "params": {"beta": 0.3, "divergence": "alpha_divergence", "alpha": alpha}}],
-                     dict(beta=0.3, loss_types=["sigmoid"], f_divergence_type="alpha_divergence",
-                          f_alpha_divergence_coef=1.0 - alpha), dtype=torch.float32, rel=2e-6)
+    compare_with_trl(
+        tokens,
+        [{"name": "fdpo", "params": {"beta": 0.3, "divergence": "alpha_divergence", "alpha": alpha}}],
+        dict(
+            beta=0.3, loss_types=["sigmoid"], f_divergence_type="alpha_divergence", f_alpha_divergence_coef=1.0 - alpha
+        ),
+        dtype=torch.float32,
+        rel=2e-6,
+    )
 
 
 # TRL applies the f-divergence to every loss type built on the score difference; ours via a spec's divergence key
-DIV_LOSSES = [("dpo", "sigmoid", {}), ("hinge", "hinge", {}), ("ipo", "ipo", {}), ("robust", "robust", {"label_smoothing": 0.1}),
-              ("exo-pair", "exo_pair", {"label_smoothing": 1e-3}), ("discopop", "discopop", {}), ("sigmoid-norm", "sigmoid_norm", {})]
+DIV_LOSSES = [
+    ("dpo", "sigmoid", {}),
+    ("hinge", "hinge", {}),
+    ("ipo", "ipo", {}),
+    ("robust", "robust", {"label_smoothing": 0.1}),
+    ("exo-pair", "exo_pair", {"label_smoothing": 1e-3}),
+    ("discopop", "discopop", {}),
+    ("sigmoid-norm", "sigmoid_norm", {}),
+]
 
 
 @pytest.mark.parametrize("divergence", ["forward_kl", "js_divergence"])
@@ -286,31 +363,55 @@ DIV_LOSSES = [("dpo", "sigmoid", {}), ("hinge", "hinge", {}), ("ipo", "ipo", {})
 def test_divergence_key_matches_trl(tokens, name, trl_type, kw, divergence):
     params = {"beta": 0.2, **kw}
     rel = 1e-6 if name == "exo-pair" else 1e-9  # TRL's EXO eps is a float32 tensor
-    compare_with_trl(tokens, [{"name": name, "params": params, "divergence": divergence}],
-                     dict(beta=0.2, loss_types=[trl_type], f_divergence_type=divergence, **kw), rel=rel)
+    compare_with_trl(
+        tokens,
+        [{"name": name, "params": params, "divergence": divergence}],
+        dict(beta=0.2, loss_types=[trl_type], f_divergence_type=divergence, **kw),
+        rel=rel,
+    )
 
 
 @pytest.mark.parametrize("beta", [0.1, 0.5])
 def test_wpo_matches_trl(tokens, beta):
-    out = compare_with_trl(tokens, [{"name": "wpo", "params": {"beta": beta}}],
-                           dict(beta=beta, loss_types=["sigmoid"], use_weighting=True))
+    out = compare_with_trl(
+        tokens, [{"name": "wpo", "params": {"beta": beta}}], dict(beta=beta, loss_types=["sigmoid"], use_weighting=True)
+    )
     assert 0 < out.metrics["wpo/weight_min"] <= out.metrics["wpo/weight_max"]
 
 
-@pytest.mark.parametrize("name,trl_type", [("ipo", "ipo"), ("hinge", "hinge"), ("sigmoid-norm", "sigmoid_norm"),
-                                           ("apo-zero", "apo_zero"), ("nca-pair", "nca_pair")])
+@pytest.mark.parametrize(
+    "name,trl_type",
+    [
+        ("ipo", "ipo"),
+        ("hinge", "hinge"),
+        ("sigmoid-norm", "sigmoid_norm"),
+        ("apo-zero", "apo_zero"),
+        ("nca-pair", "nca_pair"),
+    ],
+)
 def test_weighting_key_matches_trl(tokens, name, trl_type):
     # TRL 1.16 weights in place (per_sequence_loss *= ...), which overwrites the ReLU output hinge's backward needs:
     # TRL cannot backpropagate hinge with use_weighting, so only hinge's value is compared
-    compare_with_trl(tokens, [{"name": name, "params": {"beta": 0.3}, "weighting": "wpo"}],
-                     dict(beta=0.3, loss_types=[trl_type], use_weighting=True), grad=name != "hinge")
+    compare_with_trl(
+        tokens,
+        [{"name": name, "params": {"beta": 0.3}, "weighting": "wpo"}],
+        dict(beta=0.3, loss_types=[trl_type], use_weighting=True),
+        grad=name != "hinge",
+    )
 
 
 def test_trl_cannot_backpropagate_weighted_hinge(tokens):
     """Documents the TRL 1.16 bug above (if TRL fixes it, drop grad=False for hinge in the test before)."""
     pol = tokens["pol"].clone().requires_grad_()
-    loss = trl_compute_loss(pol, tokens["mask"], ref=tuple((tokens["ref"] * tokens["mask"]).sum(-1).chunk(2)),
-                            log_sum_sq=tokens["lssp"], beta=0.3, loss_types=["hinge"], use_weighting=True)
+    loss = trl_compute_loss(
+        pol,
+        tokens["mask"],
+        ref=tuple((tokens["ref"] * tokens["mask"]).sum(-1).chunk(2)),
+        log_sum_sq=tokens["lssp"],
+        beta=0.3,
+        loss_types=["hinge"],
+        use_weighting=True,
+    )
     with pytest.raises(RuntimeError, match="inplace"):
         loss.backward()
     ours = compute_loss([{"name": "hinge", "params": {"beta": 0.3}, "weighting": "wpo"}], ours_outputs(tokens, pol))
@@ -322,8 +423,12 @@ def test_trl_cannot_backpropagate_weighted_hinge(tokens):
 def test_ld_dpo_matches_trl(tokens, ld_alpha):
     """TRL's live reference path LD-weights the reference's per-token log-probs, as we do from ref_*_token_logps (the
     precomputed path: test_ld_reference_precompute_matches_trl)."""
-    compare_with_trl(tokens, [{"name": "ld-dpo", "params": {"beta": 0.2, "ld_alpha": ld_alpha}}],
-                     dict(beta=0.2, loss_types=["sigmoid"], ld_alpha=ld_alpha), live_ref=True)
+    compare_with_trl(
+        tokens,
+        [{"name": "ld-dpo", "params": {"beta": 0.2, "ld_alpha": ld_alpha}}],
+        dict(beta=0.2, loss_types=["sigmoid"], ld_alpha=ld_alpha),
+        live_ref=True,
+    )
 
 
 @pytest.mark.parametrize("ld_alpha", [0.0, 0.4, 1.0])
@@ -338,8 +443,12 @@ def test_ld_reference_precompute_matches_trl(tokens, ld_alpha):
     shared_c = (ref[:B] * (mc & (pos_c <= shared[:, None]))).sum(-1)
     shared_r = (ref[B:] * (mr & (pos_r <= shared[:, None]))).sum(-1)
     pol = tokens["pol"].clone().requires_grad_()
-    o = ours_outputs(tokens, pol).replace(ref_chosen_token_logps=None, ref_rejected_token_logps=None,
-                                          ref_chosen_shared_logps=shared_c, ref_rejected_shared_logps=shared_r)
+    o = ours_outputs(tokens, pol).replace(
+        ref_chosen_token_logps=None,
+        ref_rejected_token_logps=None,
+        ref_chosen_shared_logps=shared_c,
+        ref_rejected_shared_logps=shared_r,
+    )
     ours = compute_loss("ld-dpo", o, beta=0.2, ld_alpha=ld_alpha).losses.mean()
     pol_t = tokens["pol"].clone().requires_grad_()
     theirs = trl_compute_loss(pol_t, m, ref=(trl_c, trl_r), beta=0.2, loss_types=["sigmoid"], ld_alpha=ld_alpha)
@@ -351,13 +460,44 @@ def test_ld_reference_precompute_matches_trl(tokens, ld_alpha):
 
 @pytest.mark.parametrize("name,trl_type", [("ipo", "ipo"), ("sigmoid-norm", "sigmoid_norm"), ("hinge", "hinge")])
 def test_ld_alpha_key_matches_trl(tokens, name, trl_type):
-    compare_with_trl(tokens, [{"name": name, "params": {"beta": 0.2}, "ld_alpha": 0.3}],
-                     dict(beta=0.2, loss_types=[trl_type], ld_alpha=0.3), live_ref=True)
+    compare_with_trl(
+        tokens,
+        [{"name": name, "params": {"beta": 0.2}, "ld_alpha": 0.3}],
+        dict(beta=0.2, loss_types=[trl_type], ld_alpha=0.3),
+        live_ref=True,
+    )
 
 
 def test_everything_at_once_matches_trl(tokens):
     """LD-DPO, the JS divergence and WPO weighting together, on a weighted list of two losses (TRL's loss_weights)."""
-    spec = [{"name": "dpo", "weight": 0.7, "params": {"beta": 0.3}, "ld_alpha": 0.4, "divergence": "js_divergence", "weighting": "wpo"},
-            {"name": "ipo", "weight": 0.5, "params": {"beta": 0.3}, "ld_alpha": 0.4, "divergence": "js_divergence", "weighting": "wpo"}]
-    compare_with_trl(tokens, spec, dict(beta=0.3, loss_types=["sigmoid", "ipo"], loss_weights=[0.7, 0.5], ld_alpha=0.4,
-                                        f_divergence_type="js_divergence", use_weighting=True), live_ref=True)
+    spec = [
+        {
+            "name": "dpo",
+            "weight": 0.7,
+            "params": {"beta": 0.3},
+            "ld_alpha": 0.4,
+            "divergence": "js_divergence",
+            "weighting": "wpo",
+        },
+        {
+            "name": "ipo",
+            "weight": 0.5,
+            "params": {"beta": 0.3},
+            "ld_alpha": 0.4,
+            "divergence": "js_divergence",
+            "weighting": "wpo",
+        },
+    ]
+    compare_with_trl(
+        tokens,
+        spec,
+        dict(
+            beta=0.3,
+            loss_types=["sigmoid", "ipo"],
+            loss_weights=[0.7, 0.5],
+            ld_alpha=0.4,
+            f_divergence_type="js_divergence",
+            use_weighting=True,
+        ),
+        live_ref=True,
+    )

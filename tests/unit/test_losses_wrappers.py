@@ -1,6 +1,7 @@
 """The spec wrappers (ld_alpha, gate, divergence, weighting) and the losses built on them (ld-dpo, fdpo, wpo):
 how they compose, what they need from the engine, and the errors they raise. Values against TRL are in
 test_losses_trl.py, closed forms in test_losses.py."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from dpolab.losses import (
-    CompositeLoss, FDivergence, GateConfig, LDConfig, LossConfigError, PreferenceOutputs, WPOWeighting, compute_loss,
+    CompositeLoss,
+    FDivergence,
+    GateConfig,
+    LDConfig,
+    LossConfigError,
+    PreferenceOutputs,
+    WPOWeighting,
+    compute_loss,
     get_loss,
 )
 
@@ -22,8 +30,8 @@ def padded(rows, t=8):
     v = torch.zeros(len(rows), t, dtype=torch.float64)
     m = torch.zeros(len(rows), t, dtype=torch.bool)
     for i, r in enumerate(rows):
-        v[i, 2:2 + len(r)] = torch.tensor(r, dtype=torch.float64)
-        m[i, 2:2 + len(r)] = True
+        v[i, 2 : 2 + len(r)] = torch.tensor(r, dtype=torch.float64)
+        m[i, 2 : 2 + len(r)] = True
     return v, m
 
 
@@ -41,15 +49,21 @@ def batch(grad=False, *, tokens=True, lssp=True, ref_tokens=True):
     tc.requires_grad_(grad)
     tr.requires_grad_(grad)
     fields = dict(
-        policy_chosen_logps=(tc * mc).sum(-1), policy_rejected_logps=(tr * mr).sum(-1),
+        policy_chosen_logps=(tc * mc).sum(-1),
+        policy_rejected_logps=(tr * mr).sum(-1),
         ref_chosen_logps=torch.tensor([sum(r) for r in RC], dtype=torch.float64),
         ref_rejected_logps=torch.tensor([sum(r) for r in RR], dtype=torch.float64),
-        chosen_lengths=mc.sum(-1), rejected_lengths=mr.sum(-1),
+        chosen_lengths=mc.sum(-1),
+        rejected_lengths=mr.sum(-1),
     )
     if tokens:
-        fields.update(policy_chosen_token_logps=tc, chosen_token_mask=mc, policy_rejected_token_logps=tr, rejected_token_mask=mr)
+        fields.update(
+            policy_chosen_token_logps=tc, chosen_token_mask=mc, policy_rejected_token_logps=tr, rejected_token_mask=mr
+        )
     if lssp:
-        fields.update(policy_chosen_token_log_sum_sq_probs=padded(SC)[0], policy_rejected_token_log_sum_sq_probs=padded(SR)[0])
+        fields.update(
+            policy_chosen_token_log_sum_sq_probs=padded(SC)[0], policy_rejected_token_log_sum_sq_probs=padded(SR)[0]
+        )
     if ref_tokens:
         fields.update(ref_chosen_token_logps=padded(RC)[0], ref_rejected_token_logps=padded(RR)[0])
     return PreferenceOutputs(**fields)
@@ -82,11 +96,15 @@ def test_needs_flags_tell_the_engine_what_to_produce():
 
 
 def test_missing_inputs_name_the_fields():
-    with pytest.raises(LossConfigError, match="policy_chosen_token_log_sum_sq_probs, .*policy_rejected_token_log_sum_sq_probs"):
+    with pytest.raises(
+        LossConfigError, match="policy_chosen_token_log_sum_sq_probs, .*policy_rejected_token_log_sum_sq_probs"
+    ):
         compute_loss("wpo", batch(lssp=False))
     with pytest.raises(LossConfigError, match=r"loss 'dpo' with weighting 'wpo'.*missing: policy_chosen_token_logps"):
         compute_loss([{"name": "dpo", "weighting": "wpo"}], batch(tokens=False, lssp=False))
-    with pytest.raises(LossConfigError, match=r"ref_chosen_token_logps / ref_rejected_token_logps.*ref_chosen_shared_logps"):
+    with pytest.raises(
+        LossConfigError, match=r"ref_chosen_token_logps / ref_rejected_token_logps.*ref_chosen_shared_logps"
+    ):
         compute_loss("ld-dpo", batch(ref_tokens=False))
     with pytest.raises(LossConfigError, match=r"loss 'ipo' with ld_alpha needs the reference's per-token"):
         compute_loss([{"name": "ipo", "ld_alpha": 0.2}], batch(ref_tokens=False))
@@ -97,40 +115,52 @@ def test_missing_inputs_name_the_fields():
 
 
 # ---- spec validation ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec,match", [
-    ({"name": "dpo", "weighting": "wpx"}, "unknown weighting"),
-    ({"name": "dpo", "weighting": {"name": "wpo", "power": 2}}, "unknown key"),
-    ({"name": "aot", "weighting": "wpo"}, "sorts pairs"),
-    ({"name": "wpo", "weighting": "wpo"}, "already WPO-weighted"),
-    ({"name": "fdpo", "divergence": "js_divergence"}, "in params"),
-    ({"name": "simpo", "divergence": "forward_kl"}, "not to 'simpo'"),
-    ({"name": "aot", "divergence": "forward_kl"}, "not to 'aot'"),
-    ({"name": "dpo", "divergence": "tv"}, "unknown divergence 'tv'; valid: reverse_kl, forward_kl, js_divergence, alpha_divergence"),
-    ({"name": "dpo", "divergence": {"alpha": 0.3}}, "missing 'type'"),
-    ({"name": "dpo", "divergence": {"type": "alpha_divergence", "alpha": 1.5}}, r"alpha must be a number in \[0, 1\]"),
-    ({"name": "dpo", "divergence": {"type": "alpha_divergence", "coef": 0.3}}, "unknown key"),
-    ({"name": "ld-dpo", "ld_alpha": 0.5}, "already applies LD-DPO"),
-    ({"name": "simpo", "ld_alpha": 0.5}, "uses no reference"),
-    ({"name": "aot", "ld_alpha": 0.5}, "batch-level"),
-    ({"name": "dpo", "ld_alpha": 1.5}, r"ld_alpha must be a number in \[0, 1\]"),
-    ({"name": "dpo", "ld_alpha": True}, "ld_alpha must be a number"),
-    ({"name": "dpo", "ld_alpha": "0.5"}, "ld_alpha must be a number"),
-    ({"name": "dpo", "ld_alpha": 0.5, "wieght": 1}, "unknown key"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"name": "dpo", "weighting": "wpx"}, "unknown weighting"),
+        ({"name": "dpo", "weighting": {"name": "wpo", "power": 2}}, "unknown key"),
+        ({"name": "aot", "weighting": "wpo"}, "sorts pairs"),
+        ({"name": "wpo", "weighting": "wpo"}, "already WPO-weighted"),
+        ({"name": "fdpo", "divergence": "js_divergence"}, "in params"),
+        ({"name": "simpo", "divergence": "forward_kl"}, "not to 'simpo'"),
+        ({"name": "aot", "divergence": "forward_kl"}, "not to 'aot'"),
+        (
+            {"name": "dpo", "divergence": "tv"},
+            "unknown divergence 'tv'; valid: reverse_kl, forward_kl, js_divergence, alpha_divergence",
+        ),
+        ({"name": "dpo", "divergence": {"alpha": 0.3}}, "missing 'type'"),
+        (
+            {"name": "dpo", "divergence": {"type": "alpha_divergence", "alpha": 1.5}},
+            r"alpha must be a number in \[0, 1\]",
+        ),
+        ({"name": "dpo", "divergence": {"type": "alpha_divergence", "coef": 0.3}}, "unknown key"),
+        ({"name": "ld-dpo", "ld_alpha": 0.5}, "already applies LD-DPO"),
+        ({"name": "simpo", "ld_alpha": 0.5}, "uses no reference"),
+        ({"name": "aot", "ld_alpha": 0.5}, "batch-level"),
+        ({"name": "dpo", "ld_alpha": 1.5}, r"ld_alpha must be a number in \[0, 1\]"),
+        ({"name": "dpo", "ld_alpha": True}, "ld_alpha must be a number"),
+        ({"name": "dpo", "ld_alpha": "0.5"}, "ld_alpha must be a number"),
+        ({"name": "dpo", "ld_alpha": 0.5, "wieght": 1}, "unknown key"),
+    ],
+)
 def test_bad_wrapper_specs_raise(spec, match):
     with pytest.raises(LossConfigError, match=match):
         CompositeLoss([spec])
 
 
-@pytest.mark.parametrize("name,params,match", [
-    ("fdpo", {"divergence": "kl"}, "unknown divergence"),
-    ("fdpo", {"divergence": "alpha_divergence", "alpha": -0.1}, "alpha must be"),
-    ("fdpo", {"beta": 0.0}, "beta"),
-    ("ld-dpo", {"ld_alpha": -0.5}, "ld_alpha must be"),
-    ("ld-dpo", {"ld_alpha": float("nan")}, "ld_alpha must be"),
-    ("sigmoid-norm", {"beta": -1.0}, "beta"),
-    ("wpo", {"beta": 0.0}, "beta"),
-])
+@pytest.mark.parametrize(
+    "name,params,match",
+    [
+        ("fdpo", {"divergence": "kl"}, "unknown divergence"),
+        ("fdpo", {"divergence": "alpha_divergence", "alpha": -0.1}, "alpha must be"),
+        ("fdpo", {"beta": 0.0}, "beta"),
+        ("ld-dpo", {"ld_alpha": -0.5}, "ld_alpha must be"),
+        ("ld-dpo", {"ld_alpha": float("nan")}, "ld_alpha must be"),
+        ("sigmoid-norm", {"beta": -1.0}, "beta"),
+        ("wpo", {"beta": 0.0}, "beta"),
+    ],
+)
 def test_bad_params_raise(name, params, match):
     with pytest.raises(LossConfigError, match=match):
         compute_loss(name, batch(), **params)
@@ -161,9 +191,13 @@ def test_ld_dpo_equals_dpo_with_ld_alpha_key_and_shared_sums_equal_tokens():
     assert torch.allclose(a[0], b[0], rtol=1e-14) and torch.allclose(a[2], b[2]) and torch.allclose(a[3], b[3])
     assert "ld-dpo/ld/tail_token_frac" in a[1] and "dpo/ld/tail_token_frac" in b[1]
     # the reference from its shared-length sums (what a precomputed reference would cache) gives the same losses
-    shared = lambda rows, others: torch.tensor([sum(r[:min(len(r), len(o))]) for r, o in zip(rows, others)],  # noqa: E731
-                                               dtype=torch.float64)
-    o = batch(ref_tokens=False).replace(ref_chosen_shared_logps=shared(RC, RR), ref_rejected_shared_logps=shared(RR, RC))
+    shared = lambda rows, others: torch.tensor(
+        [sum(r[: min(len(r), len(o))]) for r, o in zip(rows, others)],
+        dtype=torch.float64,
+    )
+    o = batch(ref_tokens=False).replace(
+        ref_chosen_shared_logps=shared(RC, RR), ref_rejected_shared_logps=shared(RR, RC)
+    )
     assert torch.allclose(compute_loss("ld-dpo", o, ld_alpha=0.3).losses, a[0], rtol=1e-14)
 
 
@@ -179,8 +213,10 @@ def test_weighting_key_equals_wpo_loss_and_multiplies_any_loss():
     a = run(["wpo"])
     b = run([{"name": "dpo", "weighting": "wpo"}])
     assert torch.allclose(a[0], b[0], rtol=1e-14) and torch.allclose(a[2], b[2]) and torch.allclose(a[3], b[3])
-    w = [math.exp(sum(x - y for x, y in zip(c, sc)) / len(c) + sum(x - y for x, y in zip(r, sr)) / len(r))
-         for c, sc, r, sr in zip(TC, SC, TR, SR)]
+    w = [
+        math.exp(sum(x - y for x, y in zip(c, sc)) / len(c) + sum(x - y for x, y in zip(r, sr)) / len(r))
+        for c, sc, r, sr in zip(TC, SC, TR, SR)
+    ]
     for name in ("ipo", "sft", "cal-dpo", "simpo", "orpo"):
         plain = compute_loss(name, batch()).losses
         weighted = compute_loss([{"name": name, "weighting": "wpo"}], batch())
@@ -203,18 +239,21 @@ def test_weights_carry_no_gradient():
     # only through DPO's sequence sums: every real token of a row gets the same gradient
     g = o.policy_chosen_token_logps.grad
     for i, row in enumerate(TC):
-        vals = g[i, 2:2 + len(row)]
+        vals = g[i, 2 : 2 + len(row)]
         assert torch.allclose(vals, vals[0].expand_as(vals))
 
 
 # ---- the gate composes -------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("spec", [
-    {"name": "fdpo", "params": {"divergence": "js_divergence"}},
-    {"name": "dpo", "divergence": "forward_kl"},
-    {"name": "ld-dpo", "params": {"ld_alpha": 0.3}},
-    {"name": "ipo", "ld_alpha": 0.3},
-    {"name": "dpo", "ld_alpha": 0.6, "divergence": {"type": "alpha_divergence", "alpha": 0.4}, "weighting": "wpo"},
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"name": "fdpo", "params": {"divergence": "js_divergence"}},
+        {"name": "dpo", "divergence": "forward_kl"},
+        {"name": "ld-dpo", "params": {"ld_alpha": 0.3}},
+        {"name": "ipo", "ld_alpha": 0.3},
+        {"name": "dpo", "ld_alpha": 0.6, "divergence": {"type": "alpha_divergence", "alpha": 0.4}, "weighting": "wpo"},
+    ],
+)
 def test_gate_keeps_value_and_scales_rejected_gradient(spec):
     l0, _, gc0, gr0 = run([spec])
     l1, m1, gc1, gr1 = run([dict(spec, gate="seq")])
@@ -251,7 +290,9 @@ def test_alpha_divergence_scores_limits_and_cap():
     assert s.item() == pytest.approx(-math.expm1(80.0), rel=1e-6)
     s.sum().backward()
     assert far.grad.item() == 0.0
-    assert torch.isfinite(FDivergence("alpha_divergence", 0.5).scores(torch.tensor([-100.0], dtype=torch.float16))).all()
+    assert torch.isfinite(
+        FDivergence("alpha_divergence", 0.5).scores(torch.tensor([-100.0], dtype=torch.float16))
+    ).all()
 
 
 def test_ld_dpo_split_by_hand():

@@ -1,5 +1,6 @@
 """A model name that is a folder not written yet (`dpolab eval --model runs/x/final` before training finished) is
 "model folder not found" at once, not a hub lookup with five retries ending in a network error (issue 32, defect 12)."""
+
 from __future__ import annotations
 
 import socket
@@ -30,8 +31,10 @@ def test_a_name_under_a_local_folder_is_a_missing_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs").mkdir()
     t0 = time.perf_counter()
-    for load_it in (lambda n: load_tokenizer(ModelConfig(name_or_path=n)),
-                    lambda n: load_base_model(ModelConfig(name_or_path=n), build_char_tokenizer())):
+    for load_it in (
+        lambda n: load_tokenizer(ModelConfig(name_or_path=n)),
+        lambda n: load_base_model(ModelConfig(name_or_path=n), build_char_tokenizer()),
+    ):
         with pytest.raises(ModelLoadError, match=r"^model folder not found: runs/x \("):
             load_it("runs/x")
     assert time.perf_counter() - t0 < 5  # no hub round trips
@@ -40,8 +43,11 @@ def test_a_name_under_a_local_folder_is_a_missing_folder(tmp_path, monkeypatch):
 def test_a_hub_shaped_name_when_the_hub_is_unreachable(tmp_path, monkeypatch, no_network):
     monkeypatch.chdir(tmp_path)
     t0 = time.perf_counter()
-    with pytest.raises(ModelLoadError, match=r"^model folder not found: someorg/not-a-model, and it cannot be looked "
-                                             r"up on the hub \(huggingface.co is unreachable: Network is unreachable"):
+    with pytest.raises(
+        ModelLoadError,
+        match=r"^model folder not found: someorg/not-a-model, and it cannot be looked "
+        r"up on the hub \(huggingface.co is unreachable: Network is unreachable",
+    ):
         load_tokenizer(ModelConfig(name_or_path="someorg/not-a-model"))
     assert time.perf_counter() - t0 < 5 and no_network == [("huggingface.co", 443)]
 

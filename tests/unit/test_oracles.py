@@ -1,4 +1,5 @@
 """Oracle rewards: VADER ranks obvious sentences the right way; the registry."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,9 +10,13 @@ pytest.importorskip("vaderSentiment", reason="vadersentiment not installed (pip 
 
 
 def test_vader_orders_obvious_sentences():
-    pos, neg, neutral = O.vader_reward(["What a wonderful, beautiful and moving film. I loved it!",
-                                        "A terrible, boring waste of time. I hated it.",
-                                        "The film is 120 minutes long."])
+    pos, neg, neutral = O.vader_reward(
+        [
+            "What a wonderful, beautiful and moving film. I loved it!",
+            "A terrible, boring waste of time. I hated it.",
+            "The film is 120 minutes long.",
+        ]
+    )
     assert pos > 0.5 and neg < -0.5 and pos > neutral > neg
     assert all(-1.0 <= s <= 1.0 for s in (pos, neg, neutral))
     assert O.vader_reward(["", "great"])[0] == 0.0

@@ -1,5 +1,6 @@
 """One out-of-memory rule (dpolab.errors.is_oom) for the trainer's one-line hint and the fast path's probe, which
 re-raises what it says is out of memory and falls back to the plain path on anything else."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,11 @@ OUT_OF_MEMORY = [
     RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: out of memory"),
     OSError(12, "Cannot allocate memory"),  # ENOMEM from the operating system
 ]
-OTHER = [RuntimeError("shape mismatch"), TypeError("forward() got an unexpected keyword argument 'position_ids'"),
-         ValueError("Expected all tensors to be on the same device")]
+OTHER = [
+    RuntimeError("shape mismatch"),
+    TypeError("forward() got an unexpected keyword argument 'position_ids'"),
+    ValueError("Expected all tensors to be on the same device"),
+]
 
 
 @pytest.mark.parametrize("exc", OUT_OF_MEMORY, ids=lambda e: type(e).__name__ + ":" + str(e)[:24])
@@ -43,9 +47,9 @@ def test_the_trainer_and_the_fast_path_share_the_rule():
 
 @pytest.mark.parametrize("exc", OUT_OF_MEMORY, ids=lambda e: type(e).__name__ + ":" + str(e)[:24])
 def test_the_fast_path_probe_raises_out_of_memory_instead_of_falling_back(monkeypatch, exc):
-    import dpolab.models.fastpath as F
     from test_fastpath_families import SHORT, TOK, _model, _pairs
 
+    import dpolab.models.fastpath as F
     from dpolab.data.collate import collate_preference_fast
 
     def boom(*a, **k):

@@ -1,13 +1,14 @@
 """The paraphrase task on a small synthetic Quora-format TSV: malformed rows reported (not raised), one-token
 labels checked against the tokenizer, rows, the grouped seeded split, macro-F1, and the task_rows wiring."""
+
 import pytest
 
 from dpolab.config import DataConfig
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.tasks import paraphrase as P
 from dpolab.data.types import DataError
 from dpolab.engine.data_setup import task_rows
 from dpolab.models.tokenizer import build_char_tokenizer, gpt2_tokenizer_offline
+from dpolab.tasks import paraphrase as P
 
 CHAR = build_char_tokenizer()
 HEADER = "\tid\tsentence1\tsentence2\tis_duplicate\n"
@@ -33,7 +34,10 @@ def tsv(tmp_path):
 
 
 def synthetic_pairs(n=200):
-    return [P.QuestionPair(f"id{i}", str(i), f"Question number {i // 2}?", f"Another question {i % 7}?", i % 3 == 0) for i in range(n)]
+    return [
+        P.QuestionPair(f"id{i}", str(i), f"Question number {i // 2}?", f"Another question {i % 7}?", i % 3 == 0)
+        for i in range(n)
+    ]
 
 
 def test_malformed_rows_are_counted_and_named_not_raised(tsv):
@@ -75,7 +79,10 @@ def test_rows_and_pipeline_give_one_label_token(tsv):
     pairs = P.load_pairs(tsv, log=quiet).pairs
     labels, prefix = P.resolve_labels(CHAR)
     sft = P.sft_rows(pairs, labels=labels, answer_prefix=prefix)
-    assert sft[0]["prompt"] == "Question 1: How do I learn Python?\nQuestion 2: What is the best way to learn Python?\nAre these two questions paraphrases? Answer: "
+    assert (
+        sft[0]["prompt"]
+        == "Question 1: How do I learn Python?\nQuestion 2: What is the best way to learn Python?\nAre these two questions paraphrases? Answer: "
+    )
     assert [r["completion"] for r in sft] == ["Y", "N", "N", "Y"]
     pref = P.preference_rows(pairs, labels=labels, answer_prefix=prefix)
     assert [(r["chosen"], r["rejected"]) for r in pref] == [("Y", "N"), ("N", "Y"), ("N", "Y"), ("Y", "N")]
@@ -89,7 +96,9 @@ def test_rows_and_pipeline_give_one_label_token(tsv):
 
 def test_split_is_seeded_disjoint_and_keeps_repeats_together(tsv):
     pairs = P.load_pairs(tsv, log=quiet).pairs + synthetic_pairs(200)
-    pairs.append(P.QuestionPair("dup", "", "  how do I LEARN python? ", "What is the best way to learn Python?", 1))  # a repeat of a1
+    pairs.append(
+        P.QuestionPair("dup", "", "  how do I LEARN python? ", "What is the best way to learn Python?", 1)
+    )  # a repeat of a1
     a = P.split_pairs(pairs, seed=3, dev=0.2, test=0.2)
     b = P.split_pairs(pairs, seed=3, dev=0.2, test=0.2)
     c = P.split_pairs(pairs, seed=4, dev=0.2, test=0.2)
@@ -124,9 +133,13 @@ def test_task_rows_wiring(tsv):
     args = {"path": tsv, "dev": 1, "test": 1, "seed": 0}
     tr, ev = task_rows(DataConfig(task="paraphrase", task_args=args), "sft", 0, tokenizer=CHAR)
     assert len(tr) + len(ev) == 3 and all(r["completion"] in ("Y", "N") for r in tr + ev)
-    tr, ev = task_rows(DataConfig(task="paraphrase", task_args=args), "preference", 0, tokenizer=gpt2_tokenizer_offline())
+    tr, ev = task_rows(
+        DataConfig(task="paraphrase", task_args=args), "preference", 0, tokenizer=gpt2_tokenizer_offline()
+    )
     assert all({r["chosen"], r["rejected"]} == {" yes", " no"} for r in tr + ev)
-    tr, ev = task_rows(DataConfig(task="paraphrase", task_args=dict(args, eval_split="test")), "sft", 0)  # no tokenizer: defaults
+    tr, ev = task_rows(
+        DataConfig(task="paraphrase", task_args=dict(args, eval_split="test")), "sft", 0
+    )  # no tokenizer: defaults
     assert tr[0]["completion"] in (" yes", " no")
     with pytest.raises(DataError, match="ONE token"):
         task_rows(DataConfig(task="paraphrase", task_args=dict(args, labels=[" yes", " no"])), "sft", 0, tokenizer=CHAR)

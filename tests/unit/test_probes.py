@@ -1,4 +1,5 @@
 """Likelihood probes on a tiny model."""
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -16,9 +17,15 @@ def setup():
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(tiny_config("tiny-gpt2", tok, {"n_layer": 1, "n_embd": 32, "n_head": 2}))
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
-    pairs = [TokenizedPair([tok.bos_token_id] + enc(f"Q: {i}+1\nA: "), enc(f"{i}+1={i + 1}") + [tok.eos_token_id],
-                           enc(f"{i}+1={i + 2}") + [tok.eos_token_id], meta={"edit_bucket": "near" if i % 2 else "far"})
-             for i in range(5)]
+    pairs = [
+        TokenizedPair(
+            [tok.bos_token_id] + enc(f"Q: {i}+1\nA: "),
+            enc(f"{i}+1={i + 1}") + [tok.eos_token_id],
+            enc(f"{i}+1={i + 2}") + [tok.eos_token_id],
+            meta={"edit_bucket": "near" if i % 2 else "far"},
+        )
+        for i in range(5)
+    ]
     return tok, model, pairs
 
 

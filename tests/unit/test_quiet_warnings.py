@@ -1,4 +1,5 @@
 """The known third-party warnings are silenced narrowly (message, category, module), only inside the block."""
+
 from __future__ import annotations
 
 import warnings
@@ -22,13 +23,19 @@ def test_only_the_known_messages_from_their_modules_are_silenced():
         warnings.simplefilter("always")
         with known_warnings_silenced():
             _raise(PEFT, UserWarning, "peft.utils.save_and_load")
-            _raise("`is_gradient_checkpointing` is deprecated and will be removed in v6.", FutureWarning,
-                   "transformers.modeling_utils")
+            _raise(
+                "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+                FutureWarning,
+                "transformers.modeling_utils",
+            )
             _raise(PEFT, UserWarning, "mypackage.module")  # same text, another module: kept
             _raise("another peft warning", UserWarning, "peft.utils.save_and_load")  # another text: kept
         _raise(PEFT, UserWarning, "peft.utils.save_and_load")  # outside the block: kept
     assert [(str(w.message), w.category) for w in seen] == [
-        (PEFT, UserWarning), ("another peft warning", UserWarning), (PEFT, UserWarning)]
+        (PEFT, UserWarning),
+        ("another peft warning", UserWarning),
+        (PEFT, UserWarning),
+    ]
 
 
 @pytest.mark.slow
@@ -52,8 +59,9 @@ def test_lora_setup_raises_no_deprecation_note(tmp_path):
         load_saved_model(tmp_path / "adapter", tok)
         merged_for_saving(load_reward_model(cfg.model, cfg.lora, tok))
     assert not note(quiet)
-    assert any(type(m).__name__ == "LoraModel" or "Lora" in type(m).__name__ for m in policy.modules()), \
+    assert any(type(m).__name__ == "LoraModel" or "Lora" in type(m).__name__ for m in policy.modules()), (
         "the policy was not wrapped with LoRA: the check above saw no LoRA set-up"
+    )
 
 
 def test_known_log_record_is_dropped_and_others_kept(caplog):
@@ -67,7 +75,10 @@ def test_known_log_record_is_dropped_and_others_kept(caplog):
     logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
     assert sum(type(f).__name__ == "_DropKnown" for f in logger.filters) == 1
     with caplog.at_level(logging.WARNING, logger="bitsandbytes.backends.cpu.ops"):
-        logger.warning("Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...", "No module named 'kernels'")
+        logger.warning(
+            "Failed to load CPU gemm_4bit_forward from kernels-community: %s. Please make sure ...",
+            "No module named 'kernels'",
+        )
         logger.warning("something else went wrong")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["something else went wrong"]

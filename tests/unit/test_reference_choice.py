@@ -1,5 +1,6 @@
 """The one rule that picks a run's kind of reference (``reference.mode``, ``auto`` above all) and its cost figures:
 every branch, so a change in what a run gets shows here."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,10 @@ def test_cost_figures_count_every_example_a_live_reference_scores():
     assert c == ReferenceCost(live_examples=240 + 5, once_examples=55)  # only the final evaluation
 
 
-@pytest.mark.parametrize("lora, separate, live", [(False, False, "copy"), (True, False, "adapter"),
-                                                  (False, True, "separate"), (True, True, "separate")])
+@pytest.mark.parametrize(
+    "lora, separate, live",
+    [(False, False, "copy"), (True, False, "adapter"), (False, True, "separate"), (True, True, "separate")],
+)
 def test_auto_precomputes_when_no_dearer_else_stays_live(lora, separate, live):
     assert _kind("auto", lora=lora, separate=separate, cost=CHEAP_TABLE) == "precomputed"
     assert _kind("auto", lora=lora, separate=separate, cost=DEAR_TABLE) == live
@@ -32,9 +35,11 @@ def test_auto_precomputes_when_no_dearer_else_stays_live(lora, separate, live):
 def test_auto_says_what_it_chose():
     assert choose_reference("auto", separate=False, lora=False, cost=CHEAP_TABLE).note == (
         "reference: log-probs precomputed once (reference.mode=auto; set reference.mode=copy, adapter or precomputed "
-        "to choose)")
+        "to choose)"
+    )
     assert choose_reference("auto", separate=False, lora=True, cost=DEAR_TABLE).note.startswith(
-        "reference: live adapter (reference.mode=auto;")
+        "reference: live adapter (reference.mode=auto;"
+    )
     assert choose_reference("copy", separate=False, lora=False, cost=CHEAP_TABLE).note is None  # an explicit mode
 
 
@@ -51,8 +56,9 @@ def test_auto_with_tr_dpo_and_a_separate_model_is_left_to_the_refusal():
     assert _kind("auto", separate=True, sync_every=2, cost=CHEAP_TABLE) == "precomputed"
 
 
-@pytest.mark.parametrize("lora, separate, live", [(False, False, "copy"), (True, False, "adapter"),
-                                                  (True, True, "separate")])
+@pytest.mark.parametrize(
+    "lora, separate, live", [(False, False, "copy"), (True, False, "adapter"), (True, True, "separate")]
+)
 def test_a_live_only_objective_never_gets_a_table(lora, separate, live):
     """KTO: no cost figures, so ``auto`` is live however long the run."""
     choice = choose_reference("auto", separate=separate, lora=lora, cost=None)
@@ -61,11 +67,18 @@ def test_a_live_only_objective_never_gets_a_table(lora, separate, live):
         _kind("precomputed", lora=lora, separate=separate, cost=None)
 
 
-@pytest.mark.parametrize("mode, lora, separate, kind", [
-    ("copy", False, False, "copy"), ("copy", True, False, "copy"), ("adapter", True, False, "adapter"),
-    ("precomputed", False, False, "precomputed"), ("precomputed", True, True, "precomputed"),
-    ("copy", False, True, "separate"), ("adapter", True, True, "separate"),  # a named model stands in for both
-])
+@pytest.mark.parametrize(
+    "mode, lora, separate, kind",
+    [
+        ("copy", False, False, "copy"),
+        ("copy", True, False, "copy"),
+        ("adapter", True, False, "adapter"),
+        ("precomputed", False, False, "precomputed"),
+        ("precomputed", True, True, "precomputed"),
+        ("copy", False, True, "separate"),
+        ("adapter", True, True, "separate"),  # a named model stands in for both
+    ],
+)
 def test_an_explicit_mode_is_kept(mode, lora, separate, kind):
     for cost in (CHEAP_TABLE, DEAR_TABLE):
         assert _kind(mode, lora=lora, separate=separate, cost=cost) == kind

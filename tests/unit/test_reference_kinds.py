@@ -1,4 +1,5 @@
 """What each kind of reference says about itself: its record, its checkpoint state, whether TR-DPO can move it."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,8 +10,11 @@ from dpolab.models.reference import KINDS, AdapterOff, LiveCopy, PrecomputedTabl
 
 def test_each_kind_names_itself_as_the_log_and_checkpoints_do():
     assert {k: c.description for k, c in KINDS.items()} == {
-        "copy": "live copy", "adapter": "live adapter", "separate": "live separate",
-        "precomputed": "log-probs precomputed once"}
+        "copy": "live copy",
+        "adapter": "live adapter",
+        "separate": "live separate",
+        "precomputed": "log-probs precomputed once",
+    }
     table = PrecomputedTable({"chosen": torch.zeros(2), "rejected": torch.zeros(2)}, cache_file=None, key={"k": "v"})
     assert table.record() == {"mode": "precomputed", "cache_file": None, "key": {"k": "v"}}
     assert SeparateModel(torch.nn.Linear(2, 2)).record() == {"mode": "separate"}

@@ -1,5 +1,6 @@
 """benchmarks/rm_probe.py: the probe finds a direction that orders pairs when one exists, stays at chance when none
 does, and a pair file without oracle scores is refused with its file, row and field."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
-import rm_probe  # noqa: E402
+import rm_probe
 
 
 def _pairs(n, dim, signal, seed):
@@ -38,13 +39,19 @@ def test_probe_stays_near_chance_without_signal():
 
 def test_pairs_without_oracle_scores_are_refused_with_file_row_and_field(tmp_path):
     f = tmp_path / "pairs.jsonl"
-    f.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", "oracle_chosen": 1.0, "oracle_rejected": 0.0})
-                 + "\n" + json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    f.write_text(
+        json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", "oracle_chosen": 1.0, "oracle_rejected": 0.0})
+        + "\n"
+        + json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"})
+        + "\n"
+    )
     with pytest.raises(SystemExit, match=r"pairs.jsonl: row 2: no field 'oracle_chosen'"):
         rm_probe.read_pairs(str(f))
 
 
 def test_an_unknown_label_kind_is_refused_before_any_model_is_loaded(monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["rm_probe.py", "probe", "no-such-model", "a.jsonl", "b.jsonl", "--label", "oracel"])
+    monkeypatch.setattr(
+        sys, "argv", ["rm_probe.py", "probe", "no-such-model", "a.jsonl", "b.jsonl", "--label", "oracel"]
+    )
     with pytest.raises(SystemExit, match="--label: unknown 'oracel'"):
         rm_probe.main()

@@ -1,4 +1,5 @@
 """The run's compute settings: ``train.bf16`` (true / false / auto), ``train.threads``, ``train.compile`` options."""
+
 from __future__ import annotations
 
 import pytest
@@ -58,7 +59,11 @@ def test_compile_and_threads_options_are_checked():
         build_config({}, ["train.compile=fastest"])
     with pytest.raises(ConfigError, match="train.threads: must be >= 1 or null"):
         build_config({}, ["train.threads=0"])
-    assert compile_mode(False) is None and compile_mode(True) == "default" and compile_mode("reduce-overhead") == "reduce-overhead"
+    assert (
+        compile_mode(False) is None
+        and compile_mode(True) == "default"
+        and compile_mode("reduce-overhead") == "reduce-overhead"
+    )
 
 
 @pytest.fixture

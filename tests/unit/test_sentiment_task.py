@@ -1,5 +1,6 @@
 """The sentiment task (S2) without a model: loading reviews, prompts and SFT rows, Bradley-Terry labels from oracle
 scores, and the High / Medium / Low tiers."""
+
 from __future__ import annotations
 
 import math
@@ -7,15 +8,21 @@ import math
 import pytest
 
 from dpolab.config import build_config
-from dpolab.tasks import sentiment as S
 from dpolab.data.types import DataError
 from dpolab.engine.data_setup import task_rows
+from dpolab.tasks import sentiment as S
 
 REVIEWS = [
-    ("Negative", "This film was a total waste of two hours.<br /><br />The acting is wooden and the plot makes no sense at all."),
+    (
+        "Negative",
+        "This film was a total waste of two hours.<br /><br />The acting is wooden and the plot makes no sense at all.",
+    ),
     ("Positive", "I loved every minute of this wonderful movie, the cast is superb and the music stays with you."),
     ("Negative", "Too short."),
-    ("Positive", "A \u201cgem\u201d of a picture: funny, warm, clever and beautifully shot from start to finish, really."),
+    (
+        "Positive",
+        "A \u201cgem\u201d of a picture: funny, warm, clever and beautifully shot from start to finish, really.",
+    ),
 ]
 
 
@@ -56,7 +63,9 @@ def test_prompt_rows_prefix_and_continuation(tsv):
 def test_sft_rows(tsv):
     rows = S.sft_rows(str(tsv), max_chars=30)
     assert [r["id"] for r in rows] == ["train:1", "train:2", "train:4"]  # no continuation after the prefix: dropped
-    assert rows[1]["prompt"] == "I loved every minute of this wonderful movie," and rows[1]["completion"].startswith(" the cast")
+    assert rows[1]["prompt"] == "I loved every minute of this wonderful movie," and rows[1]["completion"].startswith(
+        " the cast"
+    )
     for r in rows:
         assert len(r["completion"]) <= 30 and len(r["prompt"].split()) <= S.PREFIX_WORDS
     assert all(r["completion"] for r in rows)
@@ -122,7 +131,9 @@ def test_tiers_composition_exact():
     assert [r["id"] for r in tiers["medium"]] == [r["id"] for r in high] == [r["id"] for r in tiers["low"]]
     # High: both responses are the two SFT samples
     for r, h in zip(tiers["high"], high):
-        assert r["tier"] == "high" and not r["replaced"] and {r["chosen"], r["rejected"]} == {h["chosen"], h["rejected"]}
+        assert (
+            r["tier"] == "high" and not r["replaced"] and {r["chosen"], r["rejected"]} == {h["chosen"], h["rejected"]}
+        )
     # Medium: exactly half replaced; the rest identical to High (apart from the tier)
     replaced = [r for r in tiers["medium"] if r["replaced"]]
     assert len(replaced) == n // 2 and all(r["tier"] == "medium" for r in tiers["medium"])
@@ -157,7 +168,9 @@ def test_tiers_odd_count_and_seeded():
 
 def test_tiers_use_the_oracle_when_scores_are_missing():
     high = _labelled(4, 0.1, 0.0)
-    tiers = S.make_tiers(high, [f"best{i}" for i in range(4)], ["h"] * 4, seed=0, oracle=lambda xs: [float(len(x)) for x in xs])
+    tiers = S.make_tiers(
+        high, [f"best{i}" for i in range(4)], ["h"] * 4, seed=0, oracle=lambda xs: [float(len(x)) for x in xs]
+    )
     for r in tiers["low"]:
         by_source = {r["chosen_source"]: r["oracle_chosen"], r["rejected_source"]: r["oracle_rejected"]}
         assert by_source == {"sft_best": 5.0, "human": 1.0}

@@ -1,5 +1,6 @@
 """S1's report set-up names each stage's learning-rate schedule from the runs' configs; an unset schedule is the
 TrainConfig default, read from the config class (not a copy of it that could drift)."""
+
 import dataclasses
 from pathlib import Path
 
@@ -16,8 +17,10 @@ def _run(task, stage, train):
 
 def test_unset_schedule_is_the_config_default(monkeypatch):
     results = dict([_run("paraphrase", "sft", {}), _run("paraphrase", "dpo", {"schedule": "constant"})])
-    assert _lr_schedules(results) == ("Learning rate over each run's steps: paraphrase SFT decaying linearly to 0; "
-                                      "paraphrase DPO constant.")
+    assert _lr_schedules(results) == (
+        "Learning rate over each run's steps: paraphrase SFT decaying linearly to 0; paraphrase DPO constant."
+    )
+
     @dataclasses.dataclass
     class Moved(TrainConfig):
         schedule: str = "cosine"
@@ -29,6 +32,8 @@ def test_unset_schedule_is_the_config_default(monkeypatch):
 def test_mixed_schedules_are_listed_and_absent_tasks_left_out():
     results = dict([_run("sonnets", "sft", {"schedule": "linear"}), _run("sonnets", "dpo", {"schedule": "constant"})])
     results.update([("x", _run("sonnets", "dpo", {"schedule": "linear"})[1])])
-    assert _lr_schedules(results) == ("Learning rate over each run's steps: sonnets SFT decaying linearly to 0; "
-                                      "sonnets DPO constant / decaying linearly to 0.")
+    assert _lr_schedules(results) == (
+        "Learning rate over each run's steps: sonnets SFT decaying linearly to 0; "
+        "sonnets DPO constant / decaying linearly to 0."
+    )
     assert _lr_schedules({}) == ""

@@ -1,22 +1,34 @@
 """The sonnet task on synthetic files in the real layout (9-line header, CRLF, a number alone on a line):
 parsing, SFT and dev rows, the model-free rejected constructions, and the task_rows wiring."""
+
 import pytest
 
 from dpolab.config import DataConfig
 from dpolab.data.dataset import load_preference_data, load_sft_data
-from dpolab.tasks import sonnets as S
 from dpolab.data.types import DataError
 from dpolab.engine.data_setup import task_rows
 from dpolab.models.tokenizer import build_char_tokenizer
+from dpolab.tasks import sonnets as S
 
 CHAR = build_char_tokenizer()
-HEADER = ["Sonnets", "by William Shakespeare", "Edited by Barbara A. Mowat and Paul Werstine", "  with Michael Poston and Rebecca Niles",
-          "Folger Shakespeare Library", "https://shakespeare.folger.edu/shakespeares-works/shakespeares-sonnets/",
-          "Created on Jul 31, 2015, from FDT version 0.9.0.1", "", ""]
+HEADER = [
+    "Sonnets",
+    "by William Shakespeare",
+    "Edited by Barbara A. Mowat and Paul Werstine",
+    "  with Michael Poston and Rebecca Niles",
+    "Folger Shakespeare Library",
+    "https://shakespeare.folger.edu/shakespeares-works/shakespeares-sonnets/",
+    "Created on Jul 31, 2015, from FDT version 0.9.0.1",
+    "",
+    "",
+]
 
 
 def sonnet(n, k=14):
-    return [f"Line {i} of sonnet {n}, a verse{',' if i % 2 else '.'}" if i < 13 else f"  Couplet {i} of {n}." for i in range(1, k + 1)]
+    return [
+        f"Line {i} of sonnet {n}, a verse{',' if i % 2 else '.'}" if i < 13 else f"  Couplet {i} of {n}."
+        for i in range(1, k + 1)
+    ]
 
 
 def render(sonnets, eol="\r\n", first_lines=None):
@@ -104,7 +116,9 @@ def test_cut_lines():
 def test_task_rows_wiring(folder):
     tr, ev = task_rows(DataConfig(task="sonnets", task_args={"path": str(folder)}), "sft", 0)
     assert len(tr) == 5 and len(ev) == 3 and "completion" in tr[0]
-    tr, ev = task_rows(DataConfig(task="sonnets", task_args={"path": str(folder), "rejected": "other", "n_train": 3}), "preference", 0)
+    tr, ev = task_rows(
+        DataConfig(task="sonnets", task_args={"path": str(folder), "rejected": "other", "n_train": 3}), "preference", 0
+    )
     assert len(tr) == 3 and all(r["rejected_kind"] == "other" for r in tr + ev)
     with pytest.raises(DataError, match="needs data.task_args.path"):
         task_rows(DataConfig(task="sonnets", task_args={}), "sft", 0)

@@ -1,4 +1,5 @@
 """The verdict helper every study report words its judgements with (dpolab.stats), on synthetic results."""
+
 import math
 import re
 
@@ -10,15 +11,22 @@ CI = re.compile(r"95 % CI ([+-]\d+\.\d+) to ([+-]\d+\.\d+)")
 
 
 def _v(a, b, hib=True, **kw):
-    return compare(a, b, metric=kw.pop("metric", "accuracy"), higher_is_better=hib, label_a=kw.pop("label_a", "A"),
-                   label_b=kw.pop("label_b", "B"), **kw)
+    return compare(
+        a,
+        b,
+        metric=kw.pop("metric", "accuracy"),
+        higher_is_better=hib,
+        label_a=kw.pop("label_a", "A"),
+        label_b=kw.pop("label_b", "B"),
+        **kw,
+    )
 
 
 def test_t_quantiles_and_mean_ci():
     assert t95(1) == 12.706 and t95(2) == 4.303 and t95(13) == 2.160
     assert t95(35) == 2.042 and t95(500) == 1.96 and math.isnan(t95(0))  # between keys: the smaller df's (conservative)
     m, h = mean_ci([1.0, 2.0, 3.0])
-    assert m == 2.0 and h == pytest.approx(4.303 / 3 ** 0.5, rel=1e-6)
+    assert m == 2.0 and h == pytest.approx(4.303 / 3**0.5, rel=1e-6)
     assert mean_ci([1.0, None, float("nan"), 3.0])[0] == 2.0  # missing values are left out, never 0
     assert fmt_ci([1.0]) == "1.00" and fmt_ci([]) == "-" and fmt_ci([None, None]) == "-"
 
@@ -50,8 +58,9 @@ def test_interval_across_zero_is_inconclusive():
     lo, hi = map(float, CI.search(s).groups())
     assert lo <= 0 <= hi
     # the S4 case of the issue: -0.10 ± 0.23 is not "still falls"
-    s4 = compare({0: -0.35, 1: 0.0, 2: 0.05}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="gated Cal-DPO",
-                 label_b="0")
+    s4 = compare(
+        {0: -0.35, 1: 0.0, 2: 0.05}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="gated Cal-DPO", label_b="0"
+    )
     assert s4.word == "inconclusive" and "inconclusive" in s4.sentence() and "lower" not in s4.sentence()
 
 
@@ -70,15 +79,22 @@ def test_missing_seed_is_reported_never_zero():
 
 def test_negative_gains_and_every():
     sft = 0.131
-    gains = {"DPO": {0: 0.30, 1: 0.35, 2: 0.32}, "IPO": {0: 0.05, 1: 0.06, 2: 0.055},  # IPO falls below the SFT model
-             "MADPO": {0: 0.05, 1: 0.30, 2: 0.20}}
-    vs = [compare(v, sft, metric="oracle reward", higher_is_better=True, label_a=m, label_b="the SFT model")
-          for m, v in gains.items()]
+    gains = {
+        "DPO": {0: 0.30, 1: 0.35, 2: 0.32},
+        "IPO": {0: 0.05, 1: 0.06, 2: 0.055},  # IPO falls below the SFT model
+        "MADPO": {0: 0.05, 1: 0.30, 2: 0.20},
+    }
+    vs = [
+        compare(v, sft, metric="oracle reward", higher_is_better=True, label_a=m, label_b="the SFT model")
+        for m, v in gains.items()
+    ]
     assert [v.word for v in vs] == ["better", "worse", "inconclusive"]
     assert vs[1].mean < 0 and "lower than the SFT model (worse)" in vs[1].sentence()
     s = every(vs, "raised the oracle reward over the SFT model", subject="method")
     assert not s.startswith("Every")
-    assert s.startswith("Not every method raised the oracle reward over the SFT model: 1 of 3 did (paired 95 % interval")
+    assert s.startswith(
+        "Not every method raised the oracle reward over the SFT model: 1 of 3 did (paired 95 % interval"
+    )
     assert "1 went the other way (IPO)" in s and "1 is inconclusive (MADPO)" in s
     assert every(vs[:1], "raised it", subject="method").startswith("Every method raised it: all 1 paired")
     assert every([], "raised it", subject="method").startswith("No method was measured")
@@ -139,11 +155,18 @@ def test_proportion_ci():
 
 
 def test_none_of_never_says_more_than_the_intervals():
-    fell = compare({0: -1.0, 1: -1.1, 2: -0.9}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0")
-    flat = compare({0: -0.3, 1: 0.2, 2: 0.0}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPOP", label_b="0")
+    fell = compare(
+        {0: -1.0, 1: -1.1, 2: -0.9}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0"
+    )
+    flat = compare(
+        {0: -0.3, 1: 0.2, 2: 0.0}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPOP", label_b="0"
+    )
     rose = compare({0: 1.0, 1: 1.1, 2: 0.9}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="Cal", label_b="0")
     s = none_of([flat, rose], "lowered Δ chosen", subject="method", expect="lower")
-    assert s == "No method lowered Δ chosen (none of 2 paired 95 % intervals shows it): 1 went the other way, 1 is inconclusive."
+    assert (
+        s
+        == "No method lowered Δ chosen (none of 2 paired 95 % intervals shows it): 1 went the other way, 1 is inconclusive."
+    )
     s = none_of([fell, flat, rose], "lowered Δ chosen", subject="method", expect="lower")
     assert s.startswith("1 of 3 methods lowered Δ chosen (paired 95 % interval excluding 0: DPO); 1 went the other way")
     assert none_of([], "x", subject="method").startswith("No method was measured")
@@ -153,8 +176,17 @@ def test_none_of_never_says_more_than_the_intervals():
 
 
 def _nats(diffs, bound=0.1, **kw):
-    return compare({i: d for i, d in enumerate(diffs)}, 0.0, metric="Δ chosen", higher_is_better=kw.pop("hib", None),
-                   label_a="simpo", label_b="dpo", bound=bound, unit="nats", **kw)
+    return compare(
+        {i: d for i, d in enumerate(diffs)},
+        0.0,
+        metric="Δ chosen",
+        higher_is_better=kw.pop("hib", None),
+        label_a="simpo",
+        label_b="dpo",
+        bound=bound,
+        unit="nats",
+        **kw,
+    )
 
 
 def test_an_interval_inside_the_bound_is_negligible_even_when_it_excludes_zero():
@@ -208,8 +240,15 @@ def test_bounded_quantities_keep_their_intervals_inside_their_range():
     assert text == "0.45 (0.00 to 1.00)"
     m, h = mean_ci([0.1, 0.12, 0.3])
     assert fmt_ci([0.1, 0.12, 0.3], limits=(0.0, 1.0)) == f"{m:.2f} ({max(0.0, m - h):.2f} to {m + h:.2f})"
-    v = compare({0: 0.9, 1: 0.1, 2: 0.5}, {0: 0.0, 1: 0.0, 2: 0.0}, metric="acc", higher_is_better=True, label_a="a",
-                label_b="b", limits=(-1.0, 1.0))
+    v = compare(
+        {0: 0.9, 1: 0.1, 2: 0.5},
+        {0: 0.0, 1: 0.0, 2: 0.0},
+        metric="acc",
+        higher_is_better=True,
+        label_a="a",
+        label_b="b",
+        limits=(-1.0, 1.0),
+    )
     assert v.high == 1.0 and v.low == pytest.approx(v.mean - v.half_width) and v.interval().endswith("to +1.00")
     with pytest.raises(ValueError):
         compare({0: 0.5}, 0.0, metric="acc", higher_is_better=True, label_a="a", label_b="b", limits=(1.0, -1.0))
@@ -217,16 +256,30 @@ def test_bounded_quantities_keep_their_intervals_inside_their_range():
 
 def test_every_and_none_of_name_negligible_and_maybe_negligible_ones():
     vs = [_nats([-1.0, -1.1, -0.9]), _nats([-0.12, -0.13, -0.11]), _nats([-0.001, -0.002, -0.0015])]
-    vs = [compare({i: d for i, d in enumerate(v.diffs)}, 0.0, metric="Δ chosen", higher_is_better=None,
-                  label_a=name, label_b="0", bound=0.1) for v, name in zip(vs, ("dpo", "ipo", "simpo"))]
+    vs = [
+        compare(
+            {i: d for i, d in enumerate(v.diffs)},
+            0.0,
+            metric="Δ chosen",
+            higher_is_better=None,
+            label_a=name,
+            label_b="0",
+            bound=0.1,
+        )
+        for v, name in zip(vs, ("dpo", "ipo", "simpo"))
+    ]
     s = every(vs, "lowered Δ chosen", subject="method", expect="lower")
-    assert s.startswith("Not every method lowered Δ chosen: 1 of 3 did (paired 95 % interval excluding 0 in that "
-                        "direction and beyond the smallest meaningful difference)")
+    assert s.startswith(
+        "Not every method lowered Δ chosen: 1 of 3 did (paired 95 % interval excluding 0 in that "
+        "direction and beyond the smallest meaningful difference)"
+    )
     assert "1 went that way by an amount that may be negligible (ipo)" in s
     assert "1 is negligible (simpo)" in s
     s = none_of(vs[1:], "lowered Δ chosen", subject="method", expect="lower")
     assert s.startswith("No method lowered Δ chosen by a meaningful amount")
     assert "1 did by an amount that may be negligible (ipo)" in s and "1 is negligible" in s
     s = none_of(vs, "lowered Δ chosen", subject="method", expect="lower")
-    assert s.startswith("1 of 3 methods lowered Δ chosen (paired 95 % interval excluding 0 and beyond the smallest "
-                        "meaningful difference: dpo); 1 did by an amount that may be negligible (ipo)")
+    assert s.startswith(
+        "1 of 3 methods lowered Δ chosen (paired 95 % interval excluding 0 and beyond the smallest "
+        "meaningful difference: dpo); 1 did by an amount that may be negligible (ipo)"
+    )

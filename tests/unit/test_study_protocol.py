@@ -1,4 +1,5 @@
 """The study registry and the Study protocol: what `dpolab study` relies on, without training anything."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """Tasks are plugins: a task registered from outside dpolab is found by ``task_rows`` / ``prepare_data`` like a
 built-in one; unknown task names and task_args are one-line DataErrors listing the valid ones."""
+
 import pytest
 
 from dpolab.config import DataConfig
@@ -17,14 +18,23 @@ BUILT_IN = ("arithmetic", "imdb-cad", "paraphrase", "pretrain-text", "sentiment"
 def echo_rows(args, mode, seed, tokenizer=None):
     n, word = int(args.get("n", 3)), args.get("word", "hi")
     if mode == "sft":
-        return ([{"prompt": f"{word} {i} ", "completion": "ok"} for i in range(n)],
-                [{"prompt": f"{word} eval ", "completion": "ok"}])
-    return ([{"prompt": f"{word} {i} ", "chosen": "ok", "rejected": "no"} for i in range(n)],
-            [{"prompt": f"{word} eval ", "chosen": "ok", "rejected": "no"}])
+        return (
+            [{"prompt": f"{word} {i} ", "completion": "ok"} for i in range(n)],
+            [{"prompt": f"{word} eval ", "completion": "ok"}],
+        )
+    return (
+        [{"prompt": f"{word} {i} ", "chosen": "ok", "rejected": "no"} for i in range(n)],
+        [{"prompt": f"{word} eval ", "chosen": "ok", "rejected": "no"}],
+    )
 
 
-ECHO = Task("echo-test", "a throwaway task for the registry test", ("n", "word"), echo_rows,
-            {"count": lambda rows, **kw: (lambda model, tok, step: {"n": float(len(rows))})})
+ECHO = Task(
+    "echo-test",
+    "a throwaway task for the registry test",
+    ("n", "word"),
+    echo_rows,
+    {"count": lambda rows, **kw: lambda model, tok, step: {"n": float(len(rows))}},
+)
 
 
 @pytest.fixture
@@ -48,7 +58,9 @@ def test_registered_task_is_found(echo):
 
 def test_registered_task_trains_through_prepare_data(echo):
     tok = build_char_tokenizer()
-    train, evals = prepare_data(DataConfig(task="echo-test", task_args={"n": 5}), tok, "preference", 0, log=lambda m: None)
+    train, evals = prepare_data(
+        DataConfig(task="echo-test", task_args={"n": 5}), tok, "preference", 0, log=lambda m: None
+    )
     assert len(train) == 5 and len(evals) == 1
 
 
@@ -63,7 +75,9 @@ def test_unknown_task_lists_valid_names(echo):
 def test_unknown_task_args_list_valid_ones(echo):
     with pytest.raises(DataError, match=r"unknown data.task_args \['bogus'\] for task 'echo-test'; valid: n, word"):
         task_rows(DataConfig(task="echo-test", task_args={"n": 1, "bogus": 2}), "sft", 0)
-    with pytest.raises(DataError, match=r"unknown data.task_args \['bogus'\] for task 'arithmetic'; valid: n_train, n_eval, miss"):
+    with pytest.raises(
+        DataError, match=r"unknown data.task_args \['bogus'\] for task 'arithmetic'; valid: n_train, n_eval, miss"
+    ):
         task_rows(DataConfig(task="arithmetic", task_args={"bogus": 1}), "sft", 0)
 
 

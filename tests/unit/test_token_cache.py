@@ -1,6 +1,7 @@
 """The tokenised-data cache: a second run with the same settings skips tokenisation, any changed setting, tokenizer or
 data file misses, entries are written atomically, ``data.cache=false`` turns it off, truncation counts are reported
 on a hit."""
+
 from __future__ import annotations
 
 import json
@@ -20,10 +21,16 @@ TOK = build_char_tokenizer()
 def _data(tmp_path, *over, rows=12):
     f = tmp_path / "pairs.jsonl"
     if not f.exists():
-        f.write_text("".join(json.dumps({"prompt": f"question {i} " * 3, "chosen": f"good answer {i}",
-                                         "rejected": f"bad {i}"}) + "\n" for i in range(rows)))
-    return build_config({"data": {"train": str(f), "max_length": 24, "cache_dir": str(tmp_path / "cache")}},
-                        list(over)).data
+        f.write_text(
+            "".join(
+                json.dumps({"prompt": f"question {i} " * 3, "chosen": f"good answer {i}", "rejected": f"bad {i}"})
+                + "\n"
+                for i in range(rows)
+            )
+        )
+    return build_config(
+        {"data": {"train": str(f), "max_length": 24, "cache_dir": str(tmp_path / "cache")}}, list(over)
+    ).data
 
 
 def _run(data, tok=TOK, mode="preference", seed=0):
@@ -57,9 +64,17 @@ def test_second_run_skips_tokenisation_and_reports_the_same_counts(tmp_path):
     assert len(files) == 1 and files[0].endswith(".json")  # no temporary file left behind
 
 
-@pytest.mark.parametrize("change", ["data.max_length=20", "data.max_prompt_length=5", "data.truncation_mode=keep_start",
-                                    "data.columns={prompt: prompt, chosen: rejected, rejected: chosen}",
-                                    "data.limit=5", "data.eval_fraction=0.25"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        "data.max_length=20",
+        "data.max_prompt_length=5",
+        "data.truncation_mode=keep_start",
+        "data.columns={prompt: prompt, chosen: rejected, rejected: chosen}",
+        "data.limit=5",
+        "data.eval_fraction=0.25",
+    ],
+)
 def test_any_changed_setting_misses(tmp_path, change):
     _run(_data(tmp_path))
     assert _run(_data(tmp_path, change))[3] == 1
@@ -69,7 +84,9 @@ def test_seed_kind_tokenizer_and_chat_template_miss(tmp_path):
     data = _data(tmp_path)
     _run(data)
     assert _run(data, seed=1)[3] == 1
-    assert _run(_data(tmp_path, "data.sft_from_pairs=chosen"), mode="sft")[3] >= 1  # (computed: _prepare recurses once for pairs)
+    assert (
+        _run(_data(tmp_path, "data.sft_from_pairs=chosen"), mode="sft")[3] >= 1
+    )  # (computed: _prepare recurses once for pairs)
     assert _run(data, tok=build_char_tokenizer(alphabet="abcdefghijklmnopqrstuvwxyz0123456789 "))[3] == 1
     assert _run(data, tok=build_char_tokenizer(chat_template=False))[3] == 1
     assert _run(data)[3] == 0  # the first one is still there
@@ -103,8 +120,9 @@ def test_hub_names_and_default_file_tasks_are_not_cached(tmp_path):
     lines = []
     settings = asdict(_data(tmp_path))
     settings["train"] = "someone/some-hub-dataset"
-    out = cached_tokenisation(settings, TOK, "preference", 0, lambda lg: ([1], [2]), log=lines.append,
-                              cache_dir=tmp_path / "c")
+    out = cached_tokenisation(
+        settings, TOK, "preference", 0, lambda lg: ([1], [2]), log=lines.append, cache_dir=tmp_path / "c"
+    )
     assert out == ([1], [2]) and "not a local file" in lines[0] and not (tmp_path / "c").exists()
     settings.update(train=None, task="paraphrase", task_args={})
     cached_tokenisation(settings, TOK, "preference", 0, lambda lg: ([], []), log=lines.append, cache_dir=tmp_path / "c")
@@ -112,8 +130,16 @@ def test_hub_names_and_default_file_tasks_are_not_cached(tmp_path):
 
 
 def test_generated_task_is_cached(tmp_path):
-    data = build_config({"data": {"task": "arithmetic", "task_args": {"n_train": 8, "n_eval": 2}, "max_length": 48,
-                                  "cache_dir": str(tmp_path / "cache")}}).data
+    data = build_config(
+        {
+            "data": {
+                "task": "arithmetic",
+                "task_args": {"n_train": 8, "n_eval": 2},
+                "max_length": 48,
+                "cache_dir": str(tmp_path / "cache"),
+            }
+        }
+    ).data
     assert [_run(data)[3], _run(data)[3]] == [1, 0]
 
 

@@ -10,6 +10,7 @@ the prompt tokenised alone; the response ids are the canonical (joint) tokenisat
 prompt's tokens, or, where the tokenizer merges across the boundary, a continuation that decodes to the same text;
 EOS once at the end; a chat response is exactly what the full conversation's template renders after the prompt.
 """
+
 import json
 import warnings
 
@@ -21,15 +22,25 @@ from dpolab.data.tokenize import BOUNDARY_SEPARATE, BoundaryWarning, boundary_no
 from dpolab.data.types import PreferenceRow, SFTRow
 
 CORPUS = [
-    "Hello world, hello there.", "The answer is yes.", "Question: what is two plus two?\nAnswer: four.",
-    "Sure! Here is a short poem about the sea.", "### Response:\nSure, the world is round.", "yo no hi, it is sunny",
+    "Hello world, hello there.",
+    "The answer is yes.",
+    "Question: what is two plus two?\nAnswer: four.",
+    "Sure! Here is a short poem about the sea.",
+    "### Response:\nSure, the world is round.",
+    "yo no hi, it is sunny",
 ] * 4
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-MISTRAL = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
-           "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}")
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
-          "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+MISTRAL = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n{{ m['content'] }}"
+    "<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +49,12 @@ def sp_parts():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
-    tk.pre_tokenizer = pre_tokenizers.Sequence([  # training only: no merges across newlines or words, like SentencePiece
-        pre_tokenizers.Split("\n", "isolated"), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)])
+    tk.pre_tokenizer = pre_tokenizers.Sequence(
+        [  # training only: no merges across newlines or words, like SentencePiece
+            pre_tokenizers.Split("\n", "isolated"),
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True),
+        ]
+    )
     specials = ["<unk>", "<s>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
     tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=440, special_tokens=specials, show_progress=False))
     model = json.loads(tk.to_str())["model"]
@@ -63,10 +78,24 @@ def bl_parts():
 
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>",
-                "<|end_header_id|>", "<|eot_id|>"]
-    tk.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    specials = [
+        "<|endoftext|>",
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|begin_of_text|>",
+        "<|start_header_id|>",
+        "<|end_header_id|>",
+        "<|eot_id|>",
+    ]
+    tk.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return tk.to_str()
 
 
@@ -79,9 +108,12 @@ def make_bl(parts, *, bos=None, eos="<|im_end|>", chat_template=CHATML):
     tk = Tokenizer.from_str(parts)
     tk.decoder = decoders.ByteLevel()
     if bos:
-        tk.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, tk.token_to_id(bos))])
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token="<|endoftext|>",
-                                  clean_up_tokenization_spaces=False)
+        tk.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", special_tokens=[(bos, tk.token_to_id(bos))]
+        )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token="<|endoftext|>", clean_up_tokenization_spaces=False
+    )
     tok.chat_template = chat_template
     return tok
 
@@ -148,12 +180,15 @@ def test_sp_response_glued_to_prompt_gets_no_dummy_prefix(sp_parts):
 
 
 def test_sp_prompt_ending_in_space_falls_back_once_and_counts(sp_parts):
-    """"Hello " tokenises to ["▁Hello", "▁"] but "Hello world" to ["▁Hello", "▁world"]: the prompt's tokens cannot be a
+    """ "Hello " tokenises to ["▁Hello", "▁"] but "Hello world" to ["▁Hello", "▁world"]: the prompt's tokens cannot be a
     prefix. The prompt keeps its tokens (what generation is fed), the response is tokenised as a continuation (no
     second "▁": "Hello world", not "Hello  world"), the row is flagged, and one warning is issued for all rows."""
     tok = make_sp(sp_parts)
-    rows = [PreferenceRow("Hello ", "world", "there"), PreferenceRow("The answer is ", "yes.", "no."),
-            PreferenceRow("Hello", " world", " there")]
+    rows = [
+        PreferenceRow("Hello ", "world", "there"),
+        PreferenceRow("The answer is ", "yes.", "no."),
+        PreferenceRow("Hello", " world", " there"),
+    ]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         out = [tokenize_preference(r, tok) for r in rows * 3]
@@ -201,8 +236,12 @@ def test_qwen_style_no_bos_and_chatml(bl_parts):
     assert tok.bos_token_id is None
     t = tokenize_preference(PreferenceRow("Hello", " world", " there"), tok)
     assert t.prompt_ids == enc(tok, "Hello") and t.chosen_ids == enc(tok, " world") + [tok.eos_token_id]
-    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
-              {"role": "assistant", "content": "yo"}, {"role": "user", "content": "is it sunny?"}]
+    prompt = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "yo"},
+        {"role": "user", "content": "is it sunny?"},
+    ]
     chosen, rejected = [{"role": "assistant", "content": "yes"}], [{"role": "assistant", "content": "no"}]
     t = tokenize_preference(PreferenceRow(prompt, chosen, rejected), tok)
     assert t.prompt_ids == template_ids(tok, prompt, True)
@@ -249,12 +288,17 @@ _TOKS: dict = {}
 _text = st.text(st.sampled_from(list("Helo wrd,\n!.?yes")), max_size=14)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(kind=st.sampled_from(["sp", "qwen", "llama3"]), prompt=_text, chosen=_text, rejected=_text)
 def test_property_response_is_what_follows_the_prompt(sp_parts, bl_parts, kind, prompt, chosen, rejected):
     if kind not in _TOKS:
-        _TOKS[kind] = {"sp": lambda: make_sp(sp_parts), "qwen": lambda: make_bl(bl_parts),
-                       "llama3": lambda: make_bl(bl_parts, bos="<|begin_of_text|>", eos="<|eot_id|>")}[kind]()
+        _TOKS[kind] = {
+            "sp": lambda: make_sp(sp_parts),
+            "qwen": lambda: make_bl(bl_parts),
+            "llama3": lambda: make_bl(bl_parts, bos="<|begin_of_text|>", eos="<|eot_id|>"),
+        }[kind]()
     tok = _TOKS[kind]
     t = quiet(tokenize_preference, PreferenceRow(prompt, chosen, rejected), tok, max_length=4096)
     if t is None:

@@ -1,6 +1,7 @@
 """One way to reach the model inside its wrappers (dpolab.models.unwrap): distributed wrappers (``.module``) and
 torch.compile's OptimizedModule, however they nest, and peft's PeftModel only when asked; so the reference's table
 key, the fast path and the compile switch all see the same model, wrapped or not."""
+
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,5 @@
 """Training objectives, registered by ``train.mode`` name. A new objective: a new file + one line here."""
+
 from __future__ import annotations
 
 from typing import Dict, Type

@@ -5,6 +5,7 @@ data kind, model, typed batches (:mod:`dpolab.data.batches`), the loss of a micr
 evaluation adds, what the progress bar shows, what is checkpointed and what the final save is. A new objective is
 a new file with a subclass of :class:`Objective` plus one registration line in :mod:`dpolab.engine.objectives`.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -34,7 +35,7 @@ class RunParts:
     run_dir: Path
     total_steps: int
     max_positions: int
-    bf16: bool = False             # bf16 autocast is on (train.bf16, with auto resolved for this hardware)
+    bf16: bool = False  # bf16 autocast is on (train.bf16, with auto resolved for this hardware)
     progress: Callable = partial(progress_bar, enabled=False)  # the run's bars: progress(iterable or None, **tqdm)
     resuming: bool = False
     resumed: Optional[Dict[str, Any]] = None
@@ -47,7 +48,7 @@ class RunContext:
 
     cfg: RunConfig
     accelerator: Any
-    model: Any                     # as prepared (may be wrapped for DDP)
+    model: Any  # as prepared (may be wrapped for DDP)
     train_data: Sequence
     eval_data: Sequence
     parts: RunParts
@@ -73,15 +74,17 @@ class Objective:
     name: str = ""
     data_kind: DataKind = PREFERENCE_PAIRS
     fixed_layout: Optional[str] = None  # a batch layout this objective always uses (else train.layout)
-    autocast: Callable = nullcontext    # the run's mixed-precision context, set by setup()
+    autocast: Callable = nullcontext  # the run's mixed-precision context, set by setup()
 
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cfg.lora.enabled:
             from ...config import ConfigError
 
-            raise ConfigError("model.load_in_4bit / load_in_8bit: quantised weights cannot be trained; set "
-                              "lora.enabled=true (QLoRA trains adapters on the quantised base)")
+            raise ConfigError(
+                "model.load_in_4bit / load_in_8bit: quantised weights cannot be trained; set "
+                "lora.enabled=true (QLoRA trains adapters on the quantised base)"
+            )
 
     # -- data ---------------------------------------------------------------------------------------------------
     def length(self, example) -> int:

@@ -23,6 +23,7 @@ precomputed table is looked up per example, but a mismatched pair exists only in
 (TR-DPO, TRL's ``sync_ref_model``) moves a frozen copy toward the policy, as in preference training
 (``reference.mode=auto`` then takes the copy, under LoRA too). Probes do not apply.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -55,8 +56,10 @@ class UnpairedRows(DataKind):
         return load_unpaired_data(source, tokenizer, **options)
 
     def task_rows(self, data: DataConfig, seed: int, tokenizer=None):
-        raise DataError(f"built-in task '{data.task}' gives preference pairs; set data.unpaired_from_pairs=true to "
-                        f"split each pair into a desirable and an undesirable row")
+        raise DataError(
+            f"built-in task '{data.task}' gives preference pairs; set data.unpaired_from_pairs=true to "
+            f"split each pair into a desirable and an undesirable row"
+        )
 
     def derived_from(self, data: DataConfig) -> Optional[DataKind]:
         return PREFERENCE_PAIRS if data.unpaired_from_pairs else None
@@ -68,8 +71,11 @@ class UnpairedRows(DataKind):
 def pairs_to_unpaired(pairs) -> List[TokenizedUnpaired]:
     """Unpaired (KTO) rows from tokenised pairs: each pair's chosen response (label True), then its rejected one
     (label False), after the same prompt."""
-    return [TokenizedUnpaired(p.prompt_ids, ids, label, dict(p.meta))
-            for p in pairs for ids, label in ((p.chosen_ids, True), (p.rejected_ids, False))]
+    return [
+        TokenizedUnpaired(p.prompt_ids, ids, label, dict(p.meta))
+        for p in pairs
+        for ids, label in ((p.chosen_ids, True), (p.rejected_ids, False))
+    ]
 
 
 class KTOObjective(WithReference, Objective):
@@ -81,11 +87,15 @@ class KTOObjective(WithReference, Objective):
         k = cfg.kto
         problems = []  # refused before any data or model loads
         if cfg.eval.probes:
-            problems.append("eval.probes needs a policy trained on preference pairs; it is not available in train.mode=kto")
+            problems.append(
+                "eval.probes needs a policy trained on preference pairs; it is not available in train.mode=kto"
+            )
         if cfg.reference.mode in ("none", "precomputed"):
-            problems.append(f"reference.mode={cfg.reference.mode} is not available in train.mode=kto: KTO needs a live "
-                            f"reference (its KL estimate scores mismatched pairs that exist only within a step); use auto, "
-                            f"copy, or adapter under LoRA")
+            problems.append(
+                f"reference.mode={cfg.reference.mode} is not available in train.mode=kto: KTO needs a live "
+                f"reference (its KL estimate scores mismatched pairs that exist only within a step); use auto, "
+                f"copy, or adapter under LoRA"
+            )
         if k.desirable_weight == 0 and k.undesirable_weight == 0:
             problems.append("kto.desirable_weight and kto.undesirable_weight are both 0: the run would train nothing")
         if problems:
@@ -144,8 +154,10 @@ class KTOObjective(WithReference, Objective):
         acc = run.accelerator
         t = self.cfg.train
         if t.batch_size * t.grad_accum * acc.num_processes < 2:
-            raise TrainError("train.mode=kto estimates its KL term from mismatched pairs within each optimiser step: it "
-                             "needs train.batch_size * train.grad_accum * processes >= 2")
+            raise TrainError(
+                "train.mode=kto estimates its KL term from mismatched pairs within each optimiser step: it "
+                "needs train.batch_size * train.grad_accum * processes >= 2"
+            )
         self._collate = run.parts.collate
         self._device = acc.device
         self._gather = acc.gather if acc.num_processes > 1 else None
@@ -167,10 +179,12 @@ class KTOObjective(WithReference, Objective):
             return note + f"; with no {'desirable' if not n_d else 'undesirable'} row only one side of the loss trains"
         ratio = k.desirable_weight * n_d / max(1e-12, k.undesirable_weight * n_u)
         if not 1.0 <= ratio <= 4 / 3:  # the range the KTO paper recommends (its Eq. 8)
-            note += (f"; desirable_weight * {n_d} / (undesirable_weight * {n_u}) = {ratio:.2f} is outside the KTO "
-                     f"paper's [1, 4/3]: e.g. kto.desirable_weight in [{k.undesirable_weight * n_u / n_d:.2f}, "
-                     f"{4 / 3 * k.undesirable_weight * n_u / n_d:.2f}] or kto.undesirable_weight in "
-                     f"[{0.75 * k.desirable_weight * n_d / n_u:.2f}, {k.desirable_weight * n_d / n_u:.2f}]")
+            note += (
+                f"; desirable_weight * {n_d} / (undesirable_weight * {n_u}) = {ratio:.2f} is outside the KTO "
+                f"paper's [1, 4/3]: e.g. kto.desirable_weight in [{k.undesirable_weight * n_u / n_d:.2f}, "
+                f"{4 / 3 * k.undesirable_weight * n_u / n_d:.2f}] or kto.undesirable_weight in "
+                f"[{0.75 * k.desirable_weight * n_d / n_u:.2f}, {k.desirable_weight * n_d / n_u:.2f}]"
+            )
         return note
 
     # -- log-probs --------------------------------------------------------------------------------------------------
@@ -205,8 +219,9 @@ class KTOObjective(WithReference, Objective):
         kl = self._score_kl(model, pairs, max(len(b.examples) for b in batches), self._gather)
         return [kl] * len(batches)
 
-    def forward(self, model, batch: LabelledRowBatch, *, training: bool,
-                state: Optional[torch.Tensor] = None) -> MicroResult:
+    def forward(
+        self, model, batch: LabelledRowBatch, *, training: bool, state: Optional[torch.Tensor] = None
+    ) -> MicroResult:
         rows = batch.examples
         if training and state is not None:  # the step's z0 (begin_step)
             kl = state
@@ -221,12 +236,21 @@ class KTOObjective(WithReference, Objective):
         policy = lp.sums
         ref = self._ref_logps(batch).to(policy.dtype)
         k = self.cfg.kto
-        out = kto_loss(policy, ref, batch.label, kl=kl, beta=k.beta, desirable_weight=k.desirable_weight,
-                       undesirable_weight=k.undesirable_weight)
+        out = kto_loss(
+            policy,
+            ref,
+            batch.label,
+            kl=kl,
+            beta=k.beta,
+            desirable_weight=k.desirable_weight,
+            undesirable_weight=k.undesirable_weight,
+        )
         labels = batch.label
-        metrics: Dict[str, Any] = {"loss": out.metrics["loss"], "kl": out.kl,
-                                   "_kto": (out.chosen_rewards, out.rejected_rewards, policy.detach()[labels],
-                                            policy.detach()[~labels])}
+        metrics: Dict[str, Any] = {
+            "loss": out.metrics["loss"],
+            "kl": out.kl,
+            "_kto": (out.chosen_rewards, out.rejected_rewards, policy.detach()[labels], policy.detach()[~labels]),
+        }
         return MicroResult(out.losses.sum(), float(len(rows)), metrics)
 
     def set_statistics(self, rows: List[Dict[str, Any]]) -> Dict[str, float]:
@@ -234,7 +258,9 @@ class KTOObjective(WithReference, Objective):
         process's) or of an evaluation, not over micro-batch means (which would weight them by micro-batch size).
         Every process returns the same keys: the step's metrics are then reduced across processes key by key."""
         rc, rr, lc, lr = (torch.cat([r["_kto"][j].double().cpu() for r in rows if "_kto" in r]) for j in range(4))
-        sums = torch.stack([rc.sum(), rc.new_tensor(rc.numel()), rr.sum(), rr.new_tensor(rr.numel()), lc.sum(), lr.sum()])
+        sums = torch.stack(
+            [rc.sum(), rc.new_tensor(rc.numel()), rr.sum(), rr.new_tensor(rr.numel()), lc.sum(), lr.sum()]
+        )
         if self._gather is not None and self._eval_set is None:  # a training step: over every process's rows
             sums = self._gather(sums.to(self._device)).reshape(-1, 6).sum(0).cpu()
         out: Dict[str, float] = {}

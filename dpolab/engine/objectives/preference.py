@@ -1,4 +1,5 @@
 """Preference optimisation on pairs: the configured loss list (DPO family), a reference policy, probes."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -18,12 +19,27 @@ from .base import MicroResult, Objective, RunContext, accuracy_postfix
 from .with_reference import WithReference
 
 
-def preference_step(policy, reference: Optional[Reference], loss: CompositeLoss, batch: PairBatch, autocast,
-                    dist: DistContext = LOCAL, logits: Optional[str] = None):
+def preference_step(
+    policy,
+    reference: Optional[Reference],
+    loss: CompositeLoss,
+    batch: PairBatch,
+    autocast,
+    dist: DistContext = LOCAL,
+    logits: Optional[str] = None,
+):
     """Objective (mean over the batch's pairs) and metrics of one preference batch (``logits``: ``train.logits``)."""
-    out = preference_outputs(policy, reference, batch, need_tokens=loss.needs_token_logps, extras=loss.needs_extras,
-                             autocast=autocast, need_sq=loss.needs_token_log_sum_sq_probs,
-                             need_ref_split=loss.needs_ref_token_split, logits=logits)
+    out = preference_outputs(
+        policy,
+        reference,
+        batch,
+        need_tokens=loss.needs_token_logps,
+        extras=loss.needs_extras,
+        autocast=autocast,
+        need_sq=loss.needs_token_log_sum_sq_probs,
+        need_ref_split=loss.needs_ref_token_split,
+        logits=logits,
+    )
     objective, metrics, parts = loss(out, dist=dist)
     metrics.update(generic_metrics(out))
     for p in parts:  # the first component with implicit rewards gives rewards/chosen and rewards/rejected
@@ -75,10 +91,17 @@ class PreferenceObjective(WithReference, Objective):
         if cfg.reference.mode == "none":
             raise TrainError("reference.mode is 'none' but the loss needs a reference model")
         per_step = cfg.train.batch_size * cfg.train.grad_accum * run.accelerator.num_processes
-        cost = reference_cost(steps=run.parts.total_steps, examples_per_step=per_step, eval_every=cfg.eval.every,
-                              eval_at_start=cfg.eval.at_start, n_train=len(run.train_data), n_eval=len(run.eval_data))
-        return self.build_reference(run, data=list(run.train_data) + list(run.eval_data), cost=cost,
-                                    batch_starts=(0, len(run.train_data)))  # held-out pairs in eval's own batches
+        cost = reference_cost(
+            steps=run.parts.total_steps,
+            examples_per_step=per_step,
+            eval_every=cfg.eval.every,
+            eval_at_start=cfg.eval.at_start,
+            n_train=len(run.train_data),
+            n_eval=len(run.eval_data),
+        )
+        return self.build_reference(
+            run, data=list(run.train_data) + list(run.eval_data), cost=cost, batch_starts=(0, len(run.train_data))
+        )  # held-out pairs in eval's own batches
 
     def _build_probes(self, run: RunContext):
         """The probe set and its scores under the starting policy, saved so a resumed run reuses both."""
@@ -93,11 +116,19 @@ class PreferenceObjective(WithReference, Objective):
             raise TrainError(f"resuming a run with eval.probes needs {path}, which is gone")
         cfg = self.cfg
         model = run.accelerator.unwrap_model(run.model)
-        probes = build_probe_set(run.eval_data or run.train_data, parts.tokenizer, n=cfg.eval.probe_examples,
-                                 seed=cfg.train.seed, model=model, greedy_tokens=cfg.eval.probe_greedy_tokens,
-                                 batch_size=cfg.eval.batch_size, edges=cfg.eval.edit_buckets)
-        baseline = score_probes(model, probes, parts.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size,
-                                autocast=self.autocast)
+        probes = build_probe_set(
+            run.eval_data or run.train_data,
+            parts.tokenizer,
+            n=cfg.eval.probe_examples,
+            seed=cfg.train.seed,
+            model=model,
+            greedy_tokens=cfg.eval.probe_greedy_tokens,
+            batch_size=cfg.eval.batch_size,
+            edges=cfg.eval.edit_buckets,
+        )
+        baseline = score_probes(
+            model, probes, parts.tokenizer.pad_token_id, batch_size=cfg.eval.batch_size, autocast=self.autocast
+        )
         if run.is_main:
             atomic.torch_save({"probes": probes, "baseline": baseline}, path)
         return probes, baseline
@@ -113,15 +144,26 @@ class PreferenceObjective(WithReference, Objective):
         if len(batches) == 1 and world == 1:
             return [replace(self.dist, step=step)]
         with torch.no_grad():
-            parts = [preference_outputs(model, self.reference, b, need_tokens=False, extras=self.loss.needs_extras,
-                                        autocast=self.autocast, logits=self.cfg.train.logits) for b in batches]
+            parts = [
+                preference_outputs(
+                    model,
+                    self.reference,
+                    b,
+                    need_tokens=False,
+                    extras=self.loss.needs_extras,
+                    autocast=self.autocast,
+                    logits=self.cfg.train.logits,
+                )
+                for b in batches
+            ]
         # the step's order: micro-batch by micro-batch, each one's processes in rank order (dpolab/engine/batching.py)
         gathered = [_gather_outputs(p, self._gather) for p in parts]
         step_outputs = _concat_outputs(gathered)
         contexts, start = [], 0
         for b, g in zip(batches, gathered):
-            contexts.append(replace(self.dist, step_outputs=step_outputs, offset=start + self.dist.rank * b.num_pairs,
-                                    step=step))
+            contexts.append(
+                replace(self.dist, step_outputs=step_outputs, offset=start + self.dist.rank * b.num_pairs, step=step)
+            )
             start += g.batch_size
         return contexts
 
@@ -131,8 +173,9 @@ class PreferenceObjective(WithReference, Objective):
         if not training and self._eval_state is not None:
             self.loss.load_state_dict(self._eval_state)
         dist = (state or self.dist) if training else LOCAL  # no state: a batch scored on its own, outside the loop
-        objective, metrics = preference_step(model, self.reference, self.loss, batch, self.autocast, dist=dist,
-                                             logits=self.cfg.train.logits)
+        objective, metrics = preference_step(
+            model, self.reference, self.loss, batch, self.autocast, dist=dist, logits=self.cfg.train.logits
+        )
         n = batch.num_pairs
         return MicroResult(objective * n, float(n), metrics)
 
@@ -142,8 +185,10 @@ class PreferenceObjective(WithReference, Objective):
     @contextmanager
     def evaluation(self, eval_data: Sequence) -> Iterator[None]:
         if self.reference is not None and self.reference.mode == "precomputed" and eval_data is not self._eval_data:
-            raise TrainError("eval_data was replaced after the reference log-probs were precomputed; pass it to "
-                             "Trainer(..., eval_data=...) or set reference.mode=copy (or adapter under LoRA)")
+            raise TrainError(
+                "eval_data was replaced after the reference log-probs were precomputed; pass it to "
+                "Trainer(..., eval_data=...) or set reference.mode=copy (or adapter under LoRA)"
+            )
         state = self._eval_state = self.loss.state_dict()
         try:
             yield
@@ -156,8 +201,13 @@ class PreferenceObjective(WithReference, Objective):
             return {}
         from ...diagnostics.probes import probe_metrics, score_probes
 
-        scores = score_probes(model, self.probes, self._tokenizer.pad_token_id, batch_size=self.cfg.eval.batch_size,
-                              autocast=self.autocast)
+        scores = score_probes(
+            model,
+            self.probes,
+            self._tokenizer.pad_token_id,
+            batch_size=self.cfg.eval.batch_size,
+            autocast=self.autocast,
+        )
         return probe_metrics(scores, self.probe_baseline, self.probes.buckets)
 
     # -- state ----------------------------------------------------------------------------------------------------
@@ -176,6 +226,7 @@ def _gather_outputs(out: PreferenceOutputs, gather) -> PreferenceOutputs:
 
 
 def _concat_outputs(parts: List[PreferenceOutputs]) -> PreferenceOutputs:
-    fields = {k: torch.cat([getattr(p, k) for p in parts]) for k, v in vars(parts[0]).items() if isinstance(v, torch.Tensor)}
+    fields = {
+        k: torch.cat([getattr(p, k) for p in parts]) for k, v in vars(parts[0]).items() if isinstance(v, torch.Tensor)
+    }
     return PreferenceOutputs(**fields, extras={k: torch.cat([p.extras[k] for p in parts]) for k in parts[0].extras})
-

@@ -3,6 +3,7 @@
 ``-log sigma(r_w - r_l)`` plus ``rm.center_weight * (r_w + r_l)^2`` (TRL's ``center_rewards_coefficient``). The final
 save is a plain ``*ForSequenceClassification`` model (LoRA adapters merged); see :mod:`dpolab.rewards.model`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
@@ -35,7 +36,9 @@ class RewardModelObjective(Objective):
         if run.cfg.eval.probes:
             from ..errors import TrainError
 
-            raise TrainError("eval.probes needs a policy trained on preference pairs; it is not available in train.mode=rm")
+            raise TrainError(
+                "eval.probes needs a policy trained on preference pairs; it is not available in train.mode=rm"
+            )
 
     def forward(self, model, batch: PairBatch, *, training: bool, state: Any = None) -> MicroResult:
         n = batch.num_pairs

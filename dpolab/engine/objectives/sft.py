@@ -1,4 +1,5 @@
 """Supervised fine-tuning: token-mean negative log-likelihood of the completions."""
+
 from __future__ import annotations
 
 from typing import Any, List, Optional
@@ -56,7 +57,9 @@ class SFTObjective(Objective):
     def setup(self, run: RunContext) -> None:
         super().setup(run)
         if run.cfg.eval.probes:
-            raise TrainError("eval.probes needs a policy trained on preference pairs; it is not available in train.mode=sft")
+            raise TrainError(
+                "eval.probes needs a policy trained on preference pairs; it is not available in train.mode=sft"
+            )
 
     def forward(self, model, batch: RowBatch, *, training: bool, state: Any = None) -> MicroResult:
         with self.autocast():

@@ -17,6 +17,7 @@ a resumed run gets exactly the same reference back), :meth:`Reference.state_dict
 :meth:`Reference.describe`. :func:`build_reference` is called after the policy has been placed on its device
 (``accelerator.prepare``) and places every model it holds, and every batch it scores, on that ``device``.
 """
+
 from .base import Reference, ReferenceSetupError
 from .build import ReferenceRequest, ReferenceTools, build_reference
 from .choice import KINDS, Choice, ReferenceCost, choose_reference, reference_cost
@@ -25,8 +26,26 @@ from .live import AdapterOff, LiveCopy, LiveReference, SeparateModel
 from .table import PrecomputedTable, table_batches
 
 __all__ = [
-    "AdapterOff", "CACHE_FORMAT", "Choice", "FULL_HASH_BYTES", "KINDS", "LiveCopy", "LiveReference", "PrecomputedTable",
-    "Reference", "ReferenceCost", "ReferenceRequest", "ReferenceSetupError", "ReferenceTools", "SeparateModel",
-    "TABLE_COLUMNS", "build_reference", "choose_reference", "data_fingerprint", "reference_cost", "table_batches",
-    "table_key", "weights_fingerprint",
+    "AdapterOff",
+    "CACHE_FORMAT",
+    "Choice",
+    "FULL_HASH_BYTES",
+    "KINDS",
+    "LiveCopy",
+    "LiveReference",
+    "PrecomputedTable",
+    "Reference",
+    "ReferenceCost",
+    "ReferenceRequest",
+    "ReferenceSetupError",
+    "ReferenceTools",
+    "SeparateModel",
+    "TABLE_COLUMNS",
+    "build_reference",
+    "choose_reference",
+    "data_fingerprint",
+    "reference_cost",
+    "table_batches",
+    "table_key",
+    "weights_fingerprint",
 ]

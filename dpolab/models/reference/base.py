@@ -1,4 +1,5 @@
 """What every kind of reference offers the objectives: :class:`Reference`, the interface, and its setup error."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -51,10 +52,14 @@ class Reference:
 
     def load_state_dict(self, state: Dict[str, Tensor]) -> None:
         if state:
-            raise ReferenceSetupError(f"a checkpoint holds moved reference weights, but this run's reference is "
-                                      f"'{self.mode}', which cannot move")
+            raise ReferenceSetupError(
+                f"a checkpoint holds moved reference weights, but this run's reference is "
+                f"'{self.mode}', which cannot move"
+            )
 
     def mix_toward(self, policy, alpha: float) -> None:
         """TR-DPO's update of the reference toward the policy: only a live frozen copy can follow it."""
-        raise ReferenceSetupError(f"reference.sync_every (TR-DPO) needs a live frozen copy (reference.mode=copy); "
-                                  f"this run's reference is '{self.mode}'")
+        raise ReferenceSetupError(
+            f"reference.sync_every (TR-DPO) needs a live frozen copy (reference.mode=copy); "
+            f"this run's reference is '{self.mode}'"
+        )

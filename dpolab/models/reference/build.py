@@ -1,4 +1,5 @@
 """Building the chosen kind of reference (:func:`build_reference`), and what it needs of the run."""
+
 from __future__ import annotations
 
 import copy
@@ -65,8 +66,16 @@ class ReferenceTools:
     logits: str = "response"
 
 
-def build_reference(choice: Choice, req: ReferenceRequest, policy, data: Sequence, tools: ReferenceTools, *,
-                    resuming: bool = False, record: Optional[Dict[str, Any]] = None) -> Reference:
+def build_reference(
+    choice: Choice,
+    req: ReferenceRequest,
+    policy,
+    data: Sequence,
+    tools: ReferenceTools,
+    *,
+    resuming: bool = False,
+    record: Optional[Dict[str, Any]] = None,
+) -> Reference:
     """The run's reference of the kind :func:`~.choice.choose_reference` chose, every model of it on
     ``tools.device``; its ``note`` (how ``auto`` decided) goes to ``tools.log``.
 
@@ -101,23 +110,28 @@ def _source(req: ReferenceRequest, policy, tools: ReferenceTools, resuming: bool
     return "copy", policy, False
 
 
-def _precomputed(req: ReferenceRequest, policy, data: Sequence, tools: ReferenceTools, resuming: bool,
-                 record: Dict[str, Any]) -> PrecomputedTable:
+def _precomputed(
+    req: ReferenceRequest, policy, data: Sequence, tools: ReferenceTools, resuming: bool, record: Dict[str, Any]
+) -> PrecomputedTable:
     recorded_file, recorded_key = record.get("cache_file"), record.get("key")
     if recorded_file and recorded_key:
         table = tables.load_table(Path(recorded_file), recorded_key, tools.log)
         if table is not None:
             return PrecomputedTable(table, cache_file=Path(recorded_file), key=recorded_key)
         if not Path(recorded_file).exists():
-            tools.log(f"reference: the table recorded in the checkpoint ({recorded_file}) is gone; recomputing it "
-                      f"from the starting weights")
+            tools.log(
+                f"reference: the table recorded in the checkpoint ({recorded_file}) is gone; recomputing it "
+                f"from the starting weights"
+            )
     name, model, adapter_off = _source(req, policy, tools, resuming)
     key = table_key(name, model, data, bf16=req.bf16)
     if recorded_key and key != recorded_key:
         changed = sorted(k for k in key if key[k] != recorded_key.get(k))
-        raise ReferenceSetupError(f"cannot resume: the reference has changed since the run started "
-                                  f"({', '.join(changed)} differ from the checkpoint's record); start a new run or "
-                                  f"restore the original files")
+        raise ReferenceSetupError(
+            f"cannot resume: the reference has changed since the run started "
+            f"({', '.join(changed)} differ from the checkpoint's record); start a new run or "
+            f"restore the original files"
+        )
     cache_file = Path(recorded_file) if recorded_file else req.cache_dir / f"ref-{key_digest(key)}.pt"
     with tools.main_first():  # the main process computes and writes the table; the others then read it
         table = tables.load_table(cache_file, key, tools.log if not recorded_file else (lambda m: None))  # said above

@@ -3,6 +3,7 @@
 Every objective with a reference goes through :func:`choose_reference`: preference training (a table when it is no
 dearer than a live reference), KTO (live only: its mismatched pairs exist only within a step) and TR-DPO
 (``reference.sync_every``: a frozen copy, the only kind that can follow the policy)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ class ReferenceCost:
     once_examples: int
 
 
-def reference_cost(*, steps: int, examples_per_step: int, eval_every: int, eval_at_start: bool, n_train: int,
-                   n_eval: int) -> ReferenceCost:
+def reference_cost(
+    *, steps: int, examples_per_step: int, eval_every: int, eval_at_start: bool, n_train: int, n_eval: int
+) -> ReferenceCost:
     """The cost figures of a run of ``steps`` optimiser steps of ``examples_per_step`` examples (batch size x
     gradient accumulation x processes) that evaluates its ``n_eval`` held-out examples every ``eval_every`` steps
     (0: never), at the start if ``eval_at_start``, and once at the end; a table covers ``n_train + n_eval``."""
@@ -42,8 +44,15 @@ class Choice:
     note: Optional[str] = None
 
 
-def choose_reference(mode: str, *, separate: bool, lora: bool, sync_every: int = 0,
-                     cost: Optional[ReferenceCost] = None, record: Optional[Dict[str, Any]] = None) -> Choice:
+def choose_reference(
+    mode: str,
+    *,
+    separate: bool,
+    lora: bool,
+    sync_every: int = 0,
+    cost: Optional[ReferenceCost] = None,
+    record: Optional[Dict[str, Any]] = None,
+) -> Choice:
     """The kind of reference for ``reference.mode`` = ``mode``.
 
     ``separate``: ``reference.name_or_path`` is set; ``lora``: the policy has LoRA adapters; ``sync_every``:
@@ -59,18 +68,28 @@ def choose_reference(mode: str, *, separate: bool, lora: bool, sync_every: int =
     if record:
         kind = record["mode"]
     elif mode == "auto" and sync_every and not separate:
-        return Choice("copy", "reference: live copy (reference.mode=auto with reference.sync_every: TR-DPO moves a "
-                              "frozen copy of the policy toward it)")
+        return Choice(
+            "copy",
+            "reference: live copy (reference.mode=auto with reference.sync_every: TR-DPO moves a "
+            "frozen copy of the policy toward it)",
+        )
     elif mode == "auto" and cost is None:
-        return Choice(live, f"reference: live {live} (reference.mode=auto; this objective needs a live reference: "
-                            f"set reference.mode=copy or adapter to choose)")
+        return Choice(
+            live,
+            f"reference: live {live} (reference.mode=auto; this objective needs a live reference: "
+            f"set reference.mode=copy or adapter to choose)",
+        )
     elif mode == "auto":
         kind = "precomputed" if cost.live_examples >= cost.once_examples else live
-        return Choice(kind, f"reference: {KINDS[kind].description} (reference.mode=auto; set reference.mode=copy, "
-                            f"adapter or precomputed to choose)")
+        return Choice(
+            kind,
+            f"reference: {KINDS[kind].description} (reference.mode=auto; set reference.mode=copy, "
+            f"adapter or precomputed to choose)",
+        )
     elif mode == "adapter" and not lora:
-        raise ReferenceSetupError("reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or "
-                                  "precomputed")
+        raise ReferenceSetupError(
+            "reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or precomputed"
+        )
     else:
         kind = mode if mode == "precomputed" else ("separate" if separate else mode)
     if kind not in KINDS:

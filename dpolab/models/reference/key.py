@@ -1,4 +1,5 @@
 """The key of a precomputed table: everything its log-probs depend on, so a cached table is never reused wrongly."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """The live kinds: a model scores each batch as it comes (a frozen copy, another model, the adapter-disabled policy)."""
+
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -88,8 +89,9 @@ class AdapterOff(LiveReference):
 
     def __init__(self, policy, *, logits: str = "response"):
         if not hasattr(unwrap(policy), "disable_adapter"):
-            raise ReferenceSetupError("reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or "
-                                      "precomputed")
+            raise ReferenceSetupError(
+                "reference.mode=adapter needs a LoRA policy (lora.enabled=true); use copy or precomputed"
+            )
         self.policy, self.logits = policy, logits
 
     def _forward(self, batch: Any) -> SequenceLogps:

@@ -4,6 +4,7 @@
 LD-DPO (:mod:`dpolab.losses.length`) needs more than each response's sum: the table stores, for each response, the sum
 over the pair's first ``min(|y_w|, |y_l|)`` response tokens (``chosen_shared`` / ``rejected_shared``; the rest is the
 sum minus it)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,8 +31,9 @@ class PrecomputedTable(Reference):
     mode = "precomputed"
     description = "log-probs precomputed once"
 
-    def __init__(self, table: Dict[str, Tensor], *, cache_file: Optional[Path] = None,
-                 key: Optional[Dict[str, str]] = None):
+    def __init__(
+        self, table: Dict[str, Tensor], *, cache_file: Optional[Path] = None, key: Optional[Dict[str, str]] = None
+    ):
         self.table = table
         self.cache_file = cache_file
         self.key = key
@@ -41,15 +43,20 @@ class PrecomputedTable(Reference):
 
     def split_logps(self, batch: Any, autocast: Callable = nullcontext) -> Dict[str, Tensor]:
         self.check_split()
-        return dict(ref_chosen_logps=self._lookup(batch, "chosen"), ref_rejected_logps=self._lookup(batch, "rejected"),
-                    ref_chosen_shared_logps=self._lookup(batch, "chosen_shared"),
-                    ref_rejected_shared_logps=self._lookup(batch, "rejected_shared"))
+        return dict(
+            ref_chosen_logps=self._lookup(batch, "chosen"),
+            ref_rejected_logps=self._lookup(batch, "rejected"),
+            ref_chosen_shared_logps=self._lookup(batch, "chosen_shared"),
+            ref_rejected_shared_logps=self._lookup(batch, "rejected_shared"),
+        )
 
     def check_split(self) -> None:
         missing = [c for c in TABLE_COLUMNS if c not in self.table]
         if missing:
-            raise ReferenceSetupError(f"the precomputed reference table {self.cache_file} has no {', '.join(missing)} "
-                                      f"column (written by an older dpolab), which LD-DPO needs; start a new run")
+            raise ReferenceSetupError(
+                f"the precomputed reference table {self.cache_file} has no {', '.join(missing)} "
+                f"column (written by an older dpolab), which LD-DPO needs; start a new run"
+            )
 
     def record(self) -> Dict[str, Any]:
         return {"mode": self.mode, "cache_file": str(self.cache_file) if self.cache_file else None, "key": self.key}
@@ -71,8 +78,9 @@ def save_table(path: Path, key: Dict[str, str], table: Dict[str, Tensor]) -> Non
     atomic.torch_save({"key": key, "sha256": _table_digest(table), **table}, path)
 
 
-def load_table(path: Path, key: Dict[str, str],
-               log: Callable[[str], None] = lambda s: None) -> Optional[Dict[str, Tensor]]:
+def load_table(
+    path: Path, key: Dict[str, str], log: Callable[[str], None] = lambda s: None
+) -> Optional[Dict[str, Tensor]]:
     """The table in ``path`` if it was written under exactly ``key`` and its values match the checksum stored with
     them; None (with a notice for a file that is there but unusable) otherwise."""
     if not path.exists():
@@ -81,8 +89,13 @@ def load_table(path: Path, key: Dict[str, str],
         saved = torch.load(path, weights_only=True)
         table = {"chosen": saved["chosen"], "rejected": saved["rejected"]}
         table.update({c: saved[c] for c in TABLE_COLUMNS[2:] if c in saved})  # absent in a resumed older run's table
-        problem = ("it was written for other weights, dtype, data or settings" if saved.get("key") != key else
-                   "its values do not match their checksum" if saved.get("sha256") != _table_digest(table) else None)
+        problem = (
+            "it was written for other weights, dtype, data or settings"
+            if saved.get("key") != key
+            else "its values do not match their checksum"
+            if saved.get("sha256") != _table_digest(table)
+            else None
+        )
     except Exception as e:  # noqa: BLE001 - a truncated or foreign file is recomputed, not trusted
         problem = f"it cannot be read ({type(e).__name__})"
     if problem:
@@ -124,13 +137,20 @@ def table_batches(n: int, batch_size: int, starts: Sequence[int] = (0,)) -> List
     """The index batches a table is scored in: consecutive runs of ``batch_size`` that start afresh at each of
     ``starts`` (a segment [start, next start) is batched like a dataset of its own, as evaluation batches it)."""
     edges = sorted({0, n, *(s for s in starts if 0 < s < n)})
-    return [list(range(i, min(i + batch_size, end))) for start, end in zip(edges, edges[1:])
-            for i in range(start, end, batch_size)]
+    return [
+        list(range(i, min(i + batch_size, end)))
+        for start, end in zip(edges, edges[1:])
+        for i in range(start, end, batch_size)
+    ]
 
 
 def _table_rows(lp: SequenceLogps, n: int) -> Dict[str, Tensor]:
     """A batch's table columns: each response's sum, and its sum over the pair's shared length min(|y_w|, |y_l|)."""
     (c, r), (tc, tr), (mc, mr) = split_pairs(lp.sums, n), split_pairs(lp.token_logps, n), split_pairs(lp.token_mask, n)
     shared = torch.minimum(mc.sum(-1), mr.sum(-1))
-    return {"chosen": c, "rejected": r, "chosen_shared": shared_tail(tc, mc, shared)[0],
-            "rejected_shared": shared_tail(tr, mr, shared)[0]}
+    return {
+        "chosen": c,
+        "rejected": r,
+        "chosen_shared": shared_tail(tc, mc, shared)[0],
+        "rejected_shared": shared_tail(tr, mr, shared)[0],
+    }
