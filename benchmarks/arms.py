@@ -2,9 +2,9 @@
 
 Every arm trains the same model (loaded from the same saved folder) on the same pairs in the same order
 (no shuffling), batch size, AdamW lr 1e-5 (no weight decay), linear schedule to 0 over the run, no warm-up, gradient
-clipping 1.0, DPO (sigmoid, beta 0.1), fp32 (unless the arm says bf16), dropout off, seed 0. With LoRA (r=16, alpha 32, all
-linear layers) every arm's adapters start from the same seeded weights (:func:`seed_lora_`). The reference is in each
-arm's name: ``live`` = a reference forward inside every step (dpolab ``reference.mode=copy``, or ``adapter`` under
+clipping 1.0, DPO (sigmoid, beta 0.1), fp32 (unless the arm says bf16), dropout off, seed 0. With LoRA (r=16, alpha 32,
+all linear layers) every arm's adapters start from the same seeded weights (:func:`seed_lora_`). The reference is in
+each arm's name: ``live`` = a reference forward inside every step (dpolab ``reference.mode=copy``, or ``adapter`` under
 LoRA; TRL's default; the bare loop), ``precompute`` = dpolab ``reference.mode=precomputed``: the reference log-probs
 are computed once before the first step (timed as setup), none in the step. No dpolab arm uses ``reference.mode=auto``.
 

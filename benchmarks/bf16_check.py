@@ -1,4 +1,5 @@
-"""fp32 vs bf16 autocast on the same run (issue 18, lever 1): loss curves, their largest smoothed difference, step times.
+"""fp32 vs bf16 autocast on the same run (issue 18, lever 1): loss curves, their largest smoothed difference,
+step times.
 
     python benchmarks/bf16_check.py [--steps 300] [--model 6x384] [--data-dir ../shared/data] [--task arithmetic]
                                     [--out benchmarks/results/bf16_check.json]
@@ -132,9 +133,11 @@ def main() -> None:
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     para = (
         f"bf16 check ({result['when']}, GPT-2 {a.model} from config, {a.task}, {a.steps} steps, batch 8, "
-        f"lr {a.lr:g}, {a.threads} threads, load {load0:.1f}->{os.getloadavg()[0]:.1f}): the EMA-smoothed (alpha {a.ema}) training "
+        f"lr {a.lr:g}, {a.threads} threads, load {load0:.1f}->{os.getloadavg()[0]:.1f}): "
+        f"the EMA-smoothed (alpha {a.ema}) training "
         f"loss curves of fp32 and bf16 autocast differ by at most {max(diffs):.2e} nats (step "
-        f"{result['max_abs_diff_smoothed_at_step']}); final smoothed loss {s32[-1]:.4f} (fp32) vs {s16[-1]:.4f} (bf16); "
+        f"{result['max_abs_diff_smoothed_at_step']}); "
+        f"final smoothed loss {s32[-1]:.4f} (fp32) vs {s16[-1]:.4f} (bf16); "
         f"held-out loss {arms['fp32']['final_eval_loss']:.4f} vs {arms['bf16']['final_eval_loss']:.4f}. Median step "
         f"{med['fp32']:.3f} s (fp32) vs {med['bf16']:.3f} s (bf16): x{med['fp32'] / med['bf16']:.2f}. This CPU "
         f"({result['cpu']['torch_capability']}, bf16 flags: {', '.join(result['cpu']['bf16_flags']) or 'none'}) -> "

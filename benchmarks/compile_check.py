@@ -1,7 +1,8 @@
 """torch.compile (inductor) vs eager on the same dpolab run (issue 18, lever 2): warm-up cost, gain per step, and
 whether the numbers stay the same.
 
-    python benchmarks/compile_check.py [--size tiny|imdb|both] [--steps 20] [--out benchmarks/results/compile_check.json]
+    python benchmarks/compile_check.py [--size tiny|imdb|both] [--steps 20]
+                                       [--out benchmarks/results/compile_check.json]
 
 Each arm is the same ``dpolab train`` run (weights from config, data, order, optimiser, seed) with
 ``train.compile=false`` or ``true``, in its own Python process (inductor's in-process caches would favour a second

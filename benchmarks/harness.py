@@ -147,7 +147,8 @@ def check_table(checks: Mapping[str, Mapping[str, float]], tolerances: Mapping[s
 
 # -- rounds and load ---------------------------------------------------------------------------------------------
 def round_load(before: float, samples: Sequence[float], after: float) -> Dict[str, float]:
-    """The 1-min load average before a round, the mean of the samples taken while it ran (and at its end), and after it."""
+    """The 1-min load average before a round, the mean of the samples taken while it ran (and at its end), and after
+    it."""
     during = statistics.mean(list(samples) + [after])  # not before: it reflects what ran before the round
     return {"before": before, "during": during, "after": after}
 

@@ -3,7 +3,7 @@ tile's float32 softmax saved until backward, 1024-row tiles) against the two-pas
 ``dpolab.models.fastpath._FusedHeadLogp`` (only h, targets and per-row logsumexp saved; tiles from
 ``head_chunk_rows``).
 
-    .venv/bin/python benchmarks/lm_head.py                       # all shapes, 2 rounds, -> benchmarks/results/lm_head.json
+    .venv/bin/python benchmarks/lm_head.py         # all shapes, 2 rounds, -> benchmarks/results/lm_head.json
     .venv/bin/python benchmarks/lm_head.py --tokens 2048 --rounds 1 --out /tmp/x.json   # a quick look
 
 Each measurement runs in a fresh subprocess (so one arm's high-water mark cannot hide another's); old and new

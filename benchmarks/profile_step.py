@@ -1,4 +1,5 @@
-"""Where a benchmark arm's step time goes: ``python benchmarks/profile_step.py --workload imdb --arms dpolab-live,bare``.
+"""Where a benchmark arm's step time goes:
+``python benchmarks/profile_step.py --workload imdb --arms dpolab-live,bare``.
 
 Runs an arm of ``benchmarks/arms.py`` (the same model, pairs, order and settings as the timed benchmark) under
 ``torch.profiler`` (CPU activities only), skipping the set-up and the first ``--skip`` optimiser steps, recording the
@@ -205,7 +206,8 @@ def main():
             print(f"    {cat:36s} {v['s_per_step']:7.2f} s/step  {100 * v['share']:5.1f} %")
         for t in r["top_ops"][: a.top]:
             print(
-                f"      {t['op'][:60]:60s} {t['s_per_step']:7.3f} s/step  {t['calls_per_step']:6d} calls/step  ({t['category']})"
+                f"      {t['op'][:60]:60s} {t['s_per_step']:7.3f} s/step  "
+                f"{t['calls_per_step']:6d} calls/step  ({t['category']})"
             )
     out = dict(
         date=time.strftime("%Y-%m-%d %H:%M"),

@@ -1,14 +1,16 @@
 """How well can a reward model on a given backbone rank a study's preference pairs? A linear-probe ceiling.
 
-    .venv/bin/python benchmarks/rm_probe.py probe MODEL TRAIN.jsonl EVAL.jsonl [--pairs 160,320,640] [--label study,oracle]
-    .venv/bin/python benchmarks/rm_probe.py sample MODEL IMDB_DIR OUT_DIR --prompts 640 [--split train] [--temperature 1]
+    .venv/bin/python benchmarks/rm_probe.py probe MODEL TRAIN.jsonl EVAL.jsonl [--pairs 160,320,640]
+                                            [--label study,oracle]
+    .venv/bin/python benchmarks/rm_probe.py sample MODEL IMDB_DIR OUT_DIR --prompts 640 [--split train]
+                                            [--temperature 1]
 
 ``sample`` builds more S2 pairs than a study size holds, with the study's own code (two sampled continuations per IMDb
 prompt, VADER scores, the Bradley-Terry label draw, the tiers) into OUT_DIR/{high,medium,low}.jsonl.
 
-MODEL is a saved policy folder (e.g. ``runs/study-madpo-small/runs/sft/final``) or a model preset (``smollm2-135m``); TRAIN and
-EVAL are pair files with ``prompt``, ``chosen``, ``rejected`` and the oracle's ``oracle_chosen`` / ``oracle_rejected``
-scores (the S2 tiers ``data/<tier>.jsonl`` and ``data/eval/<tier>.jsonl``).
+MODEL is a saved policy folder (e.g. ``runs/study-madpo-small/runs/sft/final``) or a model preset (``smollm2-135m``);
+TRAIN and EVAL are pair files with ``prompt``, ``chosen``, ``rejected`` and the oracle's ``oracle_chosen`` /
+``oracle_rejected`` scores (the S2 tiers ``data/<tier>.jsonl`` and ``data/eval/<tier>.jsonl``).
 
 The backbone is frozen; each text (prompt + response) becomes two feature vectors: the final hidden state at the last
 token (what a ``*ForSequenceClassification`` head reads) and the mean over tokens. An L2-regularised logistic

@@ -1,11 +1,13 @@
-"""Seconds per step of each stage of the studies' ``small`` size on SmolLM2-135M-Instruct (preset smollm2-135m, LoRA r=16
-unless the stage says full): the numbers behind ``dpolab.studies.budget.MEASURED`` and docs/results/SMALL_SIZES.md.
+"""Seconds per step of each stage of the studies' ``small`` size on SmolLM2-135M-Instruct (preset smollm2-135m,
+LoRA r=16 unless the stage says full): the numbers behind ``dpolab.studies.budget.MEASURED`` and
+docs/results/SMALL_SIZES.md.
 
     THREADS=1 .venv/bin/python benchmarks/small_sizes.py s2-dpo s2-gen ...     # stages by name (see STAGES below)
     .venv/bin/python benchmarks/small_sizes.py --list
 
 Per stage: real dpolab training (``dpolab.engine.train``) for $STEPS (default 2) optimiser steps at a reduced batch
-(the first is warm-up); recorded, as the mean over the steps after the first: wall seconds, its process CPU seconds (all threads) and the machine's load;
+(the first is warm-up); recorded, as the mean over the steps after the first: wall seconds, its process CPU seconds
+(all threads) and the machine's load;
 ``cpu_s_per_step`` scales the CPU seconds linearly to the study's batch. Generation stages time sampling of review
 continuations the same way. Run with THREADS=1 on a shared machine: the CPU time of one thread does not depend on the
 load, while wall time and multi-thread CPU time (spinning threads) do. Appends one JSON line per stage to

@@ -1,7 +1,8 @@
 """Where a short dpolab run's start-up time goes (issue 18, lever 4): imports, tokenizer, tokenisation (cold and
 with the tokenised-data cache), model build, set-up, and the steps themselves.
 
-    python benchmarks/startup_check.py [--data-dir ../shared/data] [--steps 2] [--out benchmarks/results/startup_check.json]
+    python benchmarks/startup_check.py [--data-dir ../shared/data] [--steps 2]
+                                       [--out benchmarks/results/startup_check.json]
 
 Each measurement runs in a fresh Python process: ``python -X importtime`` of the CLI commands and of
 ``dpolab.engine``, then the same short training run twice with a fresh tokenised-data cache folder (first run: cold,
@@ -59,7 +60,9 @@ t_fit = time.perf_counter() - s
 out = {"import_torch_s": t_torch - t0, "import_dpolab_engine_s": t_import - t_torch, "trainer_init_s": t_init,
        "fit_s": t_fit, "steps_s": summary["wall_clock_s"], **{k + "_s": v for k, v in timers.items()},
        "total_s": time.perf_counter() - t0}
-out["setup_other_s"] = t_init - sum(timers.get(k, 0) for k in ("tokenizer_load", "data_prepare (read + tokenise, or cache)", "model_build"))
+out["setup_other_s"] = t_init - sum(
+    timers.get(k, 0) for k in ("tokenizer_load", "data_prepare (read + tokenise, or cache)", "model_build")
+)
 out["outside_steps_s"] = out["total_s"] - out["steps_s"]
 print("RESULT " + json.dumps(out))
 """

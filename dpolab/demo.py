@@ -415,11 +415,16 @@ def write_report(
     lines = [
         "# dpolab demo report",
         "",
-        "Built-in arithmetic task (`17+25-8` -> `17+25=42; 42-8=34`), a tiny GPT-2 trained from scratch with a character "
-        "tokenizer: SFT first, then DPO, DPOP (lambda 50) and Gate-DPO (seq gate) from the SFT checkpoint on pairs whose "
-        "rejected answer is a near miss (one corrupted value) or a far miss. Δ log p is the mean change of the response "
-        "log-probability against the reference (the SFT model) on held-out pairs after training; the log-ratio margin is "
-        "Δ log p(chosen) - Δ log p(rejected) (the implicit reward margin is beta = 0.1 times it); reward accuracy counts "
+        "Built-in arithmetic task (`17+25-8` -> `17+25=42; 42-8=34`), a tiny GPT-2 trained from scratch with a "
+        "character "
+        "tokenizer: SFT first, then DPO, DPOP (lambda 50) and Gate-DPO (seq gate) from the SFT checkpoint on pairs "
+        "whose "
+        "rejected answer is a near miss (one corrupted value) or a far miss. Δ log p is the mean change of the "
+        "response "
+        "log-probability against the reference (the SFT model) on held-out pairs after training; the log-ratio margin "
+        "is "
+        "Δ log p(chosen) - Δ log p(rejected) (the implicit reward margin is beta = 0.1 times it); reward accuracy "
+        "counts "
         "strict wins (ties apart)."
         + (" **Quick mode: numbers are from a smoke-sized run and mean nothing.**" if quick else ""),
         "",

@@ -495,7 +495,8 @@ def every(
     if len(did) == n:
         return (
             f"Every {subject} {claim}: all {n} paired {LEVEL} intervals exclude 0 in that direction{beyond} "
-            f"(differences {min(v.mean for v in did):+.{did[0].digits}f} to {max(v.mean for v in did):+.{did[0].digits}f})."
+            f"(differences {min(v.mean for v in did):+.{did[0].digits}f} to "
+            f"{max(v.mean for v in did):+.{did[0].digits}f})."
         )
     parts = [f"{len(did)} of {n} did (paired {LEVEL} interval excluding 0 in that direction{beyond})"]
     texts = {

@@ -61,7 +61,8 @@ def _extras(pairs: Sequence[TokenizedPair]) -> Dict[str, torch.Tensor]:
     for i, p in enumerate(pairs):
         if set(p.extras) != keys:
             raise ValueError(
-                f"pair {i} has extras {sorted(p.extras)} but pair 0 has {sorted(keys)}: every pair needs the same extras"
+                f"pair {i} has extras {sorted(p.extras)} but pair 0 has {sorted(keys)}: every pair needs the same "
+                f"extras"
             )
     return {k: torch.tensor([float(p.extras[k]) for p in pairs], dtype=torch.float32) for k in sorted(keys)}
 

@@ -160,7 +160,7 @@ def load_preference_data(
     extras = tuple(extras)
     _check_options(max_length, max_prompt_length, truncation_mode)
     chat = _chat_rows(tokenizer, data_format, source_name(source), log)
-    convert = lambda rec, **kw: to_preference_row(
+    convert = lambda rec, **kw: to_preference_row(  # noqa: E731
         rec,
         columns=columns,
         extras=extras,

@@ -338,7 +338,8 @@ def to_sft_row(
         used = ("text",)
     else:
         raise DataError(
-            f"no SFT fields: expected 'prompt'+'completion', 'text' or 'messages' (columns present: {', '.join(map(str, record))})",
+            "no SFT fields: expected 'prompt'+'completion', 'text' or 'messages' "
+            f"(columns present: {', '.join(map(str, record))})",
             source=source,
             row=row,
             field=ctx.col("completion"),

@@ -305,7 +305,8 @@ def _load_hub(name: str, split: Optional[str]) -> Any:
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(
-            f"no such local file, and loading it as a Hugging Face hub dataset (split={split or 'train'!r}) failed: {msg}",
+            f"no such local file, and loading it as a Hugging Face hub dataset (split={split or 'train'!r}) failed: "
+            f"{msg}",
             source=name,
         ) from e
 

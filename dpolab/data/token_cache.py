@@ -17,8 +17,9 @@ a pickle (a shared cache folder must not run code on load): a header line with t
 (each example's fields and type). An entry whose body does not match its checksum (edited, swapped, a flipped bit)
 or that cannot be read is recomputed with a notice, and rewritten; entries are written atomically
 (``dpolab.atomic``). ``.pkl`` entries of earlier dpolab versions are never read. Default folder:
-``$DPOLAB_CACHE/tokens`` or ``~/.cache/dpolab/tokens`` (beside ``dpolab pretrain``'s ``pretrained/``); ``data.cache_dir`` moves it and
-``data.cache=false`` turns the cache off. Nothing is evicted: delete the folder to reclaim its space.
+``$DPOLAB_CACHE/tokens`` or ``~/.cache/dpolab/tokens`` (beside ``dpolab pretrain``'s ``pretrained/``);
+``data.cache_dir`` moves it and ``data.cache=false`` turns the cache off. Nothing is evicted: delete the folder to
+reclaim its space.
 """
 
 from __future__ import annotations

@@ -174,9 +174,12 @@ def _warn_separate(tokenizer: Any) -> None:
         pass
     warnings.warn(
         f"{type(tokenizer).__name__}: for some rows the prompt's tokens are not a prefix of prompt+response tokenised "
-        "together (the tokenizer merges across the boundary, e.g. a prompt ending in a space); the prompt keeps its own "
-        "tokens and those responses are tokenised as a continuation (meta['boundary'] = 'separate'; `dpolab inspect-data` "
-        "shows them). This warning is issued once per tokenizer; ending prompts without a trailing space usually avoids it.",
+        "together (the tokenizer merges across the boundary, e.g. a prompt ending in a space); the prompt keeps its "
+        "own "
+        "tokens and those responses are tokenised as a continuation (meta['boundary'] = 'separate'; `dpolab "
+        "inspect-data` "
+        "shows them). This warning is issued once per tokenizer; ending prompts without a trailing space usually "
+        "avoids it.",
         BoundaryWarning,
         stacklevel=4,
     )

@@ -93,7 +93,8 @@ def _prepare(data: DataConfig, tokenizer, kind: DataKind, seed: int, log: Callab
         evals = [train[i] for i in sorted(held)]
         train = [t for i, t in enumerate(train) if i not in held]
         log(
-            f"held out {len(evals)} of {len(train) + len(evals)} training rows for evaluation (data.eval_fraction={data.eval_fraction})"
+            f"held out {len(evals)} of {len(train) + len(evals)} training rows for evaluation "
+            f"(data.eval_fraction={data.eval_fraction})"
         )
         from ..data.truncation_report import truncation_line, truncation_stats
 
@@ -111,7 +112,8 @@ def cap_eval_data(evals: Sequence, max_examples: Optional[int], log: Callable[[s
         return evals
     if max_examples is not None and max_examples < len(evals):
         log(
-            f"evaluation scores {max_examples} of {len(evals)} eval examples (eval.max_examples={max_examples}; null = all)"
+            f"evaluation scores {max_examples} of {len(evals)} eval examples (eval.max_examples={max_examples}; null "
+            f"= all)"
         )
         return evals[:max_examples]
     log(f"evaluation scores all {len(evals)} eval examples")

@@ -96,7 +96,7 @@ class MetricsLogger:
                 continue  # a half-written last line from a kill
             if row.get("step", 0) <= step:
                 keep.append(line)
-        write_text(self.path, "".join(l + "\n" for l in keep))
+        write_text(self.path, "".join(line + "\n" for line in keep))
 
     def log(self, row: Mapping[str, Any]) -> Dict[str, Any]:
         row = clean(row)

@@ -1,4 +1,5 @@
-"""The run folder: one writer at a time, never clobber an earlier run unasked, writable with room, cleared on request."""
+"""The run folder: one writer at a time, never clobber an earlier run unasked, writable with room, cleared on
+request."""
 
 from __future__ import annotations
 

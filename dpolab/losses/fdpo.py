@@ -127,7 +127,8 @@ class FDivergence:
         return -torch.expm1((-a * r).clamp(max=_exp_cap(r.dtype, a))) / a
 
     def apply(self, outputs: PreferenceOutputs, who: str = "divergence") -> PreferenceOutputs:
-        """``outputs`` whose log-ratios are the scores: policy log-probs := s(r), reference := 0 (exact, no rounding)."""
+        """``outputs`` whose log-ratios are the scores: policy log-probs := s(r), reference := 0 (exact, no
+        rounding)."""
         r_w, r_l = outputs.logratios(who)
         zero = torch.zeros_like(r_w.detach())
         return outputs.replace(

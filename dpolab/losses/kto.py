@@ -80,7 +80,8 @@ def kto_loss(
     check(
         labels.dtype == torch.bool and labels.shape == policy_logps.shape,
         "kto",
-        f"labels must be a bool tensor shaped like the log-probs {tuple(policy_logps.shape)}, got {labels.dtype} {tuple(labels.shape)}",
+        f"labels must be a bool tensor shaped like the log-probs {tuple(policy_logps.shape)}, got {labels.dtype} "
+        f"{tuple(labels.shape)}",
     )
     if kl is None:
         check(

@@ -207,7 +207,8 @@ class CompositeLoss:
 
     @property
     def needs_token_log_sum_sq_probs(self) -> bool:
-        """WPO: per-token ``log sum_v p_v^2`` of the policy (``policy_*_token_log_sum_sq_probs``), with the token log-probs."""
+        """WPO: per-token ``log sum_v p_v^2`` of the policy (``policy_*_token_log_sum_sq_probs``), with the token
+        log-probs."""
         return any(
             info.needs_token_log_sum_sq_probs or w.weighting is not None
             for (_, _, info, _, _), w in zip(self.components, self.wrappers)
@@ -215,7 +216,8 @@ class CompositeLoss:
 
     @property
     def needs_ref_token_split(self) -> bool:
-        """LD-DPO: the reference per token (``ref_*_token_logps``) or over each pair's shared length (``ref_*_shared_logps``)."""
+        """LD-DPO: the reference per token (``ref_*_token_logps``) or over each pair's shared length
+        (``ref_*_shared_logps``)."""
         return any(
             info.needs_ref_token_split or w.ld is not None
             for (_, _, info, _, _), w in zip(self.components, self.wrappers)

@@ -105,7 +105,8 @@ class WPOWeighting:
 @register(
     "wpo",
     paper="https://arxiv.org/abs/2406.11827",
-    summary="DPO with each pair weighted by the policy's aligned length-normalised probability of y_w and y_l (detached)",
+    summary="DPO with each pair weighted by the policy's aligned length-normalised probability of y_w and y_l "
+    "(detached)",
     needs_token_logps=True,
     needs_token_log_sum_sq_probs=True,
 )

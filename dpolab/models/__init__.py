@@ -1,4 +1,5 @@
-"""Models: loading (tiny presets, LoRA), log-probs (plain and fast paths), reference, generation primitive, tokenizers."""
+"""Models: loading (tiny presets, LoRA), log-probs (plain and fast paths), reference, generation primitive,
+tokenizers."""
 
 from .quiet import drop_known_log_records
 

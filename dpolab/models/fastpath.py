@@ -537,7 +537,8 @@ def _mismatch(got: Tensor, want: Tensor, dtype: torch.dtype, logit_scale: float 
     worst = int((d - tol).nan_to_num(float("inf")).argmax())
     return (
         f"probe mismatch (max |diff| {d.nan_to_num(float('inf')).max().item():.2e}; worst token "
-        f"{got.flatten()[worst].item():.4f} vs {want.flatten()[worst].item():.4f}, tolerance {tol.flatten()[worst].item():.1e} "
+        f"{got.flatten()[worst].item():.4f} vs {want.flatten()[worst].item():.4f}, tolerance "
+        f"{tol.flatten()[worst].item():.1e} "
         f"in {str(dtype).replace('torch.', '')})"
     )
 

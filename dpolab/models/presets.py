@@ -277,9 +277,8 @@ def convert_gguf(gguf: Path, out: Path, progress: bool = False) -> None:
             tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
             model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except Exception as e:
-        raise PresetError(
-            f"could not read GGUF file {gguf}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__}"
-        ) from e
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise PresetError(f"could not read GGUF file {gguf}: {why}") from e
     model = model.to(torch.float32)
     _drop_gguf_quantizer(model)
     if tok.pad_token is None:

@@ -62,7 +62,8 @@ class _DropKnown(logging.Filter):
 
 
 def drop_known_log_records() -> None:
-    """Install the filters of :data:`KNOWN_LOGS` on their loggers (idempotent; a logger may be created before its module)."""
+    """Install the filters of :data:`KNOWN_LOGS` on their loggers (idempotent; a logger may be created before its
+    module)."""
     for name, pattern in KNOWN_LOGS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropKnown) and f.pattern is pattern for f in logger.filters):

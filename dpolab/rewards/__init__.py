@@ -1,7 +1,8 @@
 """Reward models for two-step methods such as MADPO.
 
     dpolab rm train --config rm.yaml                      # Bradley-Terry reward model -> RUN/final (HF format)
-    dpolab rm score --model RUN/final --data pairs.jsonl --out scored.jsonl   # + reward_chosen, reward_rejected, rm_margin
+    dpolab rm score --model RUN/final --data pairs.jsonl --out scored.jsonl
+    # scored.jsonl: each row + reward_chosen, reward_rejected, rm_margin
     dpolab train loss='[{name: madpo}]' data.train=scored.jsonl data.extras=[rm_margin]
 
 Training is the engine's ``train.mode=rm`` (:mod:`dpolab.engine.objectives.reward_model`); this package holds the model

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence
 
 # Seconds per unit on SmolLM2-135M-Instruct (preset smollm2-135m, float32, LoRA r=16 unless the key says full),
-# measured by benchmarks/small_sizes.py: a few real dpolab steps of each stage at a reduced batch (the first is warm-up),
+# measured by benchmarks/small_sizes.py: a few real dpolab steps of each stage at a reduced batch (the first is
+# warm-up),
 # timed as the process CPU seconds of one step with ONE torch thread, divided by the batch. On the shared machine the
 # measurement ran under a load of 14-20 on 2 cores, so wall-clock was meaningless (5-10x inflated) and 2-thread CPU time
 # was inflated too (waiting threads spin: 5x the 1-thread CPU time for the same step); 1-thread CPU time is not. The
 # budget uses it as the wall-clock of a step on 2 cores, i.e. it assumes no gain from the second core: that is the
-# margin (a second core typically saves 30-45 %). The raw records: benchmarks/results/small_sizes.jsonl; the tables: docs/results/SMALL_SIZES.md.
+# margin (a second core typically saves 30-45 %). The raw records: benchmarks/results/small_sizes.jsonl; the tables:
+# docs/results/SMALL_SIZES.md.
 MEASURED: Dict[str, Any] = {
     # sampling (temperature 1, a batch of 16 review prompts, 48 new tokens): seconds per generated token of one sample
     "gen_token": 1.256 / 48,

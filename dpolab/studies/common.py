@@ -326,7 +326,10 @@ def _describe_base(model: Mapping[str, Any]) -> str:
                     "char" if str(origin.get("name_or_path", "")).startswith("tiny-") else None
                 )
             dims = _dims(cfg)
-            return f"a {cfg.get('model_type', 'transformer')} model ({dims + '; ' if dims else ''}saved at `{name}`), with {_tokenizer(tok)}"
+            return (
+                f"a {cfg.get('model_type', 'transformer')} model ({dims + '; ' if dims else ''}saved at `{name}`), "
+                f"with {_tokenizer(tok)}"
+            )
         from ..models.load import TINY_PRESETS
 
         if name in TINY_PRESETS:
@@ -336,7 +339,10 @@ def _describe_base(model: Mapping[str, Any]) -> str:
             tokenizer = load_tokenizer(ModelConfig(name_or_path=name, tokenizer=tok))
             cfg = tiny_config(name, tokenizer, dict(model.get("tiny") or {})).to_dict()
             dims = _dims(cfg)
-            return f"a tiny {cfg.get('model_type', name)} built from scratch (`{name}`{': ' + dims if dims else ''}), with {_tokenizer(tok or 'char')}"
+            return (
+                f"a tiny {cfg.get('model_type', name)} built from scratch (`{name}`{': ' + dims if dims else ''}), "
+                f"with {_tokenizer(tok or 'char')}"
+            )
     except Exception:  # noqa: BLE001 - a description must never stop a report
         pass
     if name.startswith(("/", "./", "../", "~")):

@@ -597,7 +597,8 @@ def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> 
     write_start_model(opts, cfg, prep, log=log)
     write_text(out / "compare.yaml", yaml.safe_dump(asdict(opts), sort_keys=False))
     log(
-        f"compare: {len(methods)} method(s) x {opts.seeds} seed(s) = {len(grid)} runs on {prep.n_train} training pairs, "
+        f"compare: {len(methods)} method(s) x {opts.seeds} seed(s) = {len(grid)} runs on {prep.n_train} "
+        "training pairs, "
         f"{prep.n_eval} held-out; executor {executor.describe()} -> {out}"
     )
     t0 = time.perf_counter()

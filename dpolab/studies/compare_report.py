@@ -144,7 +144,10 @@ def _setting(opts, prep, methods: Dict[str, Any], baseline: str, groups: Dict[st
         if opts.eval_data
         else "the task's own held-out problems"
         if opts.task
-        else f"a held-out split of {opts.eval_fraction:g} of the rows (split seed {opts.split_seed}, the same for every run)"
+        else (
+            f"a held-out split of {opts.eval_fraction:g} of the rows (split seed {opts.split_seed}, "
+            "the same for every run)"
+        )
     )
     return (
         f"Setting: {describe_model(model)}"

@@ -274,22 +274,23 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
     )
     lams = sorted(
         {
-            float(l["params"]["lam"])
+            float(loss["params"]["lam"])
             for groups in by.values()
             for m, rs in groups.items()
             for r in rs[:1]
-            for l in r.spec.config.get("loss", [])
-            if l.get("name") == "dpop"
+            for loss in r.spec.config.get("loss", [])
+            if loss.get("name") == "dpop"
         }
     )
     text += "; then DPO and DPOP (λ in " + (", ".join(f"{x:g}" for x in lams) or "-") + ") on each pair set"
     if pref is not None:
         c = pref.spec.config
         train = c.get("train", {})
-        beta = next((l.get("params", {}).get("beta") for l in c.get("loss", [])), None)
+        beta = next((loss.get("params", {}).get("beta") for loss in c.get("loss", [])), None)
         text += (
             f": {c.get('data', {}).get('task_args', {}).get('n_train', '?')} training pairs per set, "
-            f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr {train.get('lr', '?')}, "
+            f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} "
+            f"at lr {train.get('lr', '?')}, "
             f"β = {beta}, probes on {c.get('eval', {}).get('probe_examples', '?')} held-out pairs"
         )
     return (
@@ -376,8 +377,10 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
     by = group_runs(results, "data", "method")
     dist = _edit_distances(results)
     lines = [
-        "Paper's claim (DPOP / Smaug, arXiv 2402.13228): on pairs whose responses differ by few tokens, DPO can lower the "
-        "likelihood of the preferred response while the margin grows; DPOP, which penalises log π(y_w) falling below the "
+        "Paper's claim (DPOP / Smaug, arXiv 2402.13228): on pairs whose responses differ by few tokens, DPO can "
+        "lower the "
+        "likelihood of the preferred response while the margin grows; DPOP, which penalises log π(y_w) falling "
+        "below the "
         "reference, does not.",
         "",
         _setting(results, by, size),

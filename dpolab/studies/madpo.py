@@ -120,7 +120,8 @@ SIZES = {
     ),
 }
 # small size: the real pretrained SmolLM2-135M-Instruct (preset smollm2-135m) with LoRA r=16, sized by the budget in
-# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores; `dpolab study madpo --size small --dry-run`).
+# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores;
+# `dpolab study madpo --size small --dry-run`).
 # Cut against the paper size: the Medium tier (High and Low kept, the two ends of data quality), pairs per tier,
 # policy steps (about one pass over part of the pairs), one oracle evaluation per policy (at its end), shorter
 # continuations. The instruct model continues the review prefixes as plain text (no chat template; see SMALL_SIZES.md)
@@ -628,14 +629,16 @@ def _stage_table(out: Path, results: Dict[str, RunResult]) -> List[List[Any]]:
 
 
 def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResult]]], size: str) -> str:
-    """The setting as run (model, SFT data, pairs, policies, oracle evaluation), from the runs' configs and summaries."""
+    """The setting as run (model, SFT data, pairs, policies, oracle evaluation), from the runs' configs and
+    summaries."""
     sft = results.get("sft")
     text = f"Setting ({size}): "
     if sft is not None:
         c = sft.spec.config
         n = sft.summary.get("train_examples")
         text += (
-            f"{describe_model(c.get('model', {}), c.get('lora'))}, SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
+            f"{describe_model(c.get('model', {}), c.get('lora'))}, "
+            f"SFT on {f'{n:,}' if isinstance(n, int) else '?'} IMDb CAD training "
             f"reviews for {c.get('train', {}).get('max_steps', '?')} steps; "
         )
     pref = next((rs[0] for ms in by.values() for rs in ms.values() if rs), None)
@@ -645,10 +648,11 @@ def _setting(results: Dict[str, RunResult], by: Dict[str, Dict[str, List[RunResu
     )
     if pref is not None:
         train = pref.spec.config.get("train", {})
-        beta = next((l.get("params", {}).get("beta") for l in pref.spec.config.get("loss", [])), None)
+        beta = next((loss.get("params", {}).get("beta") for loss in pref.spec.config.get("loss", [])), None)
         text += (
             f"(β = {beta}, MADPO's paper weights; {pref.summary.get('train_examples', '?')} training pairs per tier, "
-            f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr {train.get('lr', '?')}) "
+            f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} "
+            f"at lr {train.get('lr', '?')}) "
         )
     text += "from the SFT model. Oracle reward = mean VADER compound score (in [-1, 1]) of sampled continuations of "
     o = (sft.spec.labels.get("oracle_eval") if sft is not None else None) or {}

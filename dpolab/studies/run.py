@@ -48,7 +48,8 @@ def runs_sections(results: Dict[str, RunResult], wall: float) -> List[str]:
         "## Runs",
         "",
         f"{len(results)} runs; total training time {total_train:.0f} s; wall-clock of this invocation {wall:.0f} s "
-        f"({sum(r.skipped for r in results.values())} runs were finished earlier and reused). Peak RSS is sampled per run.",
+        f"({sum(r.skipped for r in results.values())} runs were finished earlier and reused). "
+        "Peak RSS is sampled per run.",
         "",
         markdown_table(RUNS_HEADERS, runs_table(results)),
         "",

@@ -4,7 +4,8 @@ A study is a list of :class:`RunSpec` built for a size (``cpu`` or ``paper``). E
 ``dpolab train`` run in ``<out>/runs/<run_id>``; a run whose folder holds a finished run with the same
 config is skipped, an unfinished one resumes from its newest checkpoint. A run may start from another
 run's final model (``init_from``), e.g. DPO from an SFT warm-up; such a run is trained again from the start when
-the run it starts from was trained again after it began (:func:`parent_retrained`). Each run it trains gets a ``provenance.json``
+the run it starts from was trained again after it began (:func:`parent_retrained`). Each run it trains gets a
+``provenance.json``
 (the dpolab commit and library versions that trained it, :mod:`dpolab.studies.provenance`). After the grid, the
 study's ``report`` (:class:`dpolab.studies.study.Study`) turns the runs' summaries and metrics into markdown + PNG.
 """
@@ -224,7 +225,8 @@ class RunJob:
 
     @staticmethod
     def data_of(cfg, data_seed: int) -> Dict[str, Any]:
-        """``train_data`` / ``eval_data`` of a run, split with ``data_seed`` (the same held-out pairs for every seed)."""
+        """``train_data`` / ``eval_data`` of a run, split with ``data_seed`` (the same held-out pairs for every
+        seed)."""
         from ..engine.data_setup import prepare_data
         from ..engine.objectives import get_objective
         from ..models.load import load_tokenizer

@@ -22,7 +22,8 @@ LoRA r = 16, SFT only and SFT -> DPO (docs/results/SMALL_SIZES.md); ``paper``: `
 Preference pairs: paraphrase, chosen = the correct label token, rejected = the other; sonnets, chosen = the true
 continuation, rejected = a continuation **sampled from the base model** (temperature 1, top-p 0.9, seeded; one
 sample per training sonnet, drawn once and shared by all DPO runs; cut to the true continuation's number of lines
-and number of characters: a sample is never longer than the truth, though it may be shorter). The paper samples from the current model;
+and number of characters: a sample is never longer than the truth, though it may be shorter). The paper samples
+from the current model;
 sampling once from the base keeps the budget (a sampling stage per SFT run would double the sonnet cost) at the
 price of being off-policy for the SFT-started DPO runs. Documented in the report.
 
@@ -436,7 +437,10 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], o
                 "max_length": t["max_length"],
                 "max_prompt_length": t["max_prompt"],
             }
-            prepare = lambda t=t: (ensure_base(), build_sonnet_pairs(out, paths["sonnets"], model, t))
+
+            def prepare(t=t):
+                return (ensure_base(), build_sonnet_pairs(out, paths["sonnets"], model, t))
+
         hook = paraphrase_hook(paths["quora"], t) if task == "paraphrase" else None
         for pname in s["params"]:
             lora = PARAMS[pname]
@@ -688,7 +692,8 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         + _lr_schedules(results)
         + " Parameterisations: full fine-tuning and "
         "LoRA (alpha = 2 r), the LoRA learning rate "
-        f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning's; a chained LoRA run merges the SFT adapter and trains a "
+        f"x{SIZES.get(size, SMOKE)['lora_lr_factor']:g} of full fine-tuning's; a chained LoRA run merges the SFT "
+        "adapter and trains a "
         "fresh one. Sonnet preference pairs: chosen = the true continuation, rejected = one continuation sampled "
         "from the **base** model (temperature 1, top-p 0.9), drawn once and shared by every DPO run, cut to the "
         "true continuation's line count and length in characters, so never longer than the truth (the paper "
@@ -696,7 +701,8 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         "the correct label token, rejected = the other. Metrics are at the end of each schedule; ± is the 95 % "
         "CI over seeds (t distribution; 'n=k of m' when a run did not report a value). Wall-clock is training "
         "steps only (evaluation excluded); s/epoch is of the schedule's last stage; total s includes the SFT "
-        "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end of each run (it is slow), so the curves show the "
+        "stage of a chained schedule. chrF samples every dev sonnet once (seeded) and is computed only at the end "
+        "of each run (it is slow), so the curves show the "
         "held-out NLL and the base model's chrF is not measured. In the plots, the SFT-only curve is hidden under "
         "the first part of the SFT k2 -> DPO curve (the same run).",
         "",
@@ -927,26 +933,27 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
     out = [
         f"### {task}",
         "",
-        f"**Claim 1: DPO gives a small, task-dependent gain over a strong SFT** (paper, {paper[0]}: {paper[1]} -> {paper[2]}).",
+        "**Claim 1: DPO gives a small, task-dependent gain over a strong SFT** "
+        f"(paper, {paper[0]}: {paper[1]} -> {paper[2]}).",
         "",
     ]
     t1 = VerdictTable(("params", "metric"))
     for p in params:
-        for k, l, h, s in mets:
+        for k, metric_label, h, s in mets:
             late = _seed_values(_config_runs(results, task, p, late_suf, late_par), k, s)
             sft = _seed_values(_config_runs(results, task, p, sft_suf, None), k, s)
             t1.add(
                 compare(
                     late,
                     sft,
-                    metric=l,
+                    metric=metric_label,
                     higher_is_better=h,
                     label_a=f"{late_name} ({p})",
                     label_b=f"{sft_name} ({p})",
-                    bound=BOUNDS.get(l),
+                    bound=BOUNDS.get(metric_label),
                 ),
                 p,
-                l,
+                metric_label,
             )
     c = t1.counts()
     said = ("better", "worse", "better" + SMALL, "worse" + SMALL, "negligible")

@@ -275,14 +275,15 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
             else f"{args.get('n_train', '?')} arithmetic chains"
         )
         text += (
-            f"{describe_model(sft.spec.config.get('model', {}), sft.spec.config.get('lora'))}; one SFT warm-up on {what} "
+            f"{describe_model(sft.spec.config.get('model', {}), sft.spec.config.get('lora'))}; "
+            f"one SFT warm-up on {what} "
             f"for {sft.spec.config.get('train', {}).get('max_steps', '?')} steps"
             + ("" if imdb else f" (answer accuracy {'-' if sft_acc is None else f'{sft_acc:.3f}'})")
         )
     if any_pref is not None:
         c = any_pref.spec.config
         args, train = c.get("data", {}).get("task_args", {}), c.get("train", {})
-        beta = next((l.get("params", {}).get("beta") for l in c.get("loss", []) if "params" in l), None)
+        beta = next((loss.get("params", {}).get("beta") for loss in c.get("loss", []) if "params" in loss), None)
         pairs = (
             (
                 "IMDb counterfactual pairs ("
@@ -293,7 +294,8 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
             else "preference pairs (rejected = a near or far miss, mixed)"
         )
         text += (
-            f"; then each method from it on {args.get('n_train', '?')} {pairs}, {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
+            f"; then each method from it on {args.get('n_train', '?')} {pairs}, "
+            f"{train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
             f"{train.get('lr', '?')}, β = {beta}; probes on {c.get('eval', {}).get('probe_examples', '?')} held-out "
             f"pairs"
         )
@@ -389,8 +391,10 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
     ]
     table, findings = verdicts(groups)
     lines = [
-        "Paper's claim (Gate-DPO, arXiv 2605.02626; Pythia-410M on Anthropic-HH): gated training keeps Δ chosen ≥ 0 and "
-        "shrinks the fall of unrelated responses compared with DPO — DPO Δ chosen / Δ rejected / Δ others = -11.90 / -26.35 / "
+        "Paper's claim (Gate-DPO, arXiv 2605.02626; Pythia-410M on Anthropic-HH): gated training keeps "
+        "Δ chosen ≥ 0 and "
+        "shrinks the fall of unrelated responses compared with DPO — DPO Δ chosen / Δ rejected / Δ others "
+        "= -11.90 / -26.35 / "
         "-27.55; Gate-DPO (seq) +1.17 / -7.31 / -1.42.",
         "",
         _setting(results, groups, size),

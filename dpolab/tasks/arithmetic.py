@@ -229,7 +229,8 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
 
 
 def answer_accuracy_hook(rows: Sequence[dict], *, max_new_tokens: int = 24, limit: int = 128):
-    """Greedy answer accuracy (``eval/answer_accuracy``, ``eval/answer_parsed``) on rows with ``prompt`` and ``answer``."""
+    """Greedy answer accuracy (``eval/answer_accuracy``, ``eval/answer_parsed``) on rows with ``prompt`` and
+    ``answer``."""
     from dpolab.evaluation.oracle import answer_accuracy_hook as hook
 
     return hook(rows, parse_answer, max_new_tokens=max_new_tokens, limit=limit)

@@ -412,7 +412,8 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
 
     if "path" not in args:
         raise DataError(
-            "task 'imdb-cad' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment)"
+            "task 'imdb-cad' needs data.task_args.path: the imdb-cad-sentiment folder "
+            "(e.g. ../shared/data/imdb-cad-sentiment)"
         )
     root = Path(args["path"]).expanduser()
     files = {split: root / "paired" / f"{split}_paired.tsv" for split in ("train", "dev")}

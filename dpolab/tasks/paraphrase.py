@@ -147,7 +147,8 @@ def load_pairs(
         missing = [c for c in ("sentence1", "sentence2", LABEL_FIELD) if c not in rec]
         if missing:
             raise DataError(
-                f"missing column(s) {missing} (expected sentence1, sentence2, is_duplicate; got {', '.join(map(str, rec))})",
+                f"missing column(s) {missing} (expected sentence1, sentence2, is_duplicate; "
+                f"got {', '.join(map(str, rec))})",
                 source=name,
                 row=row,
             )
@@ -262,8 +263,10 @@ def label_token_ids(tokenizer, labels: Sequence[str] = DEFAULT_LABELS) -> Tuple[
         toks = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(toks) != 1:
             raise DataError(
-                f"label {text!r} is {len(toks)} tokens {toks} under this tokenizer; the paraphrase task needs ONE token "
-                f"per label (e.g. {DEFAULT_LABELS} for GPT-2 BPE, {CHAR_LABELS} with answer_prefix {CHAR_PREFIX!r} for the "
+                f"label {text!r} is {len(toks)} tokens {toks} under this tokenizer; "
+                "the paraphrase task needs ONE token "
+                f"per label (e.g. {DEFAULT_LABELS} for GPT-2 BPE, {CHAR_LABELS} with answer_prefix {CHAR_PREFIX!r} "
+                "for the "
                 "character tokenizer)",
                 field="labels",
             )
@@ -284,7 +287,8 @@ def check_labels(tokenizer, labels: Sequence[str] = DEFAULT_LABELS, answer_prefi
         joint = tokenizer(prompt + text, add_special_tokens=False)["input_ids"]
         if joint != p_ids + [tid]:
             raise DataError(
-                f"label {text!r} after the prompt ending {prompt[-12:]!r} does not tokenise as prompt + one label token "
+                f"label {text!r} after the prompt ending {prompt[-12:]!r} does not tokenise as prompt + one label "
+                "token "
                 f"({joint[-4:]} vs {(p_ids + [tid])[-4:]}); change labels or answer_prefix",
                 field="labels",
             )

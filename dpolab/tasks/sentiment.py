@@ -38,7 +38,8 @@ Pipeline (what the study calls, in order):
 
 :func:`build_preference_tiers` runs steps 4-7 for a model and writes ``high.jsonl``, ``medium.jsonl`` and
 ``low.jsonl``; train on them with ``data.train=<dir>/high.jsonl`` (the built-in task
-``data.task=sentiment``, :func:`task_rows`, serves only the SFT stage, since the pairs need a model). Every preference row carries
+``data.task=sentiment``, :func:`task_rows`, serves only the SFT stage, since the pairs need a model). Every
+preference row carries
 ``prompt, chosen, rejected, oracle_chosen, oracle_rejected, oracle_margin, bt_p, tier, replaced,
 chosen_source, rejected_source, id`` (``bt_p`` = the Bradley-Terry probability of the label drawn).
 """
@@ -437,7 +438,8 @@ def task_rows(args: Dict[str, Any], mode: str, seed: int, tokenizer: Any = None)
         )
     if "path" not in args:
         raise DataError(
-            "task 'sentiment' needs data.task_args.path: the imdb-cad-sentiment folder (e.g. ../shared/data/imdb-cad-sentiment) or 'imdb'"
+            "task 'sentiment' needs data.task_args.path: the imdb-cad-sentiment folder "
+            "(e.g. ../shared/data/imdb-cad-sentiment) or 'imdb'"
         )
     n_train, n_eval = args.get("n_train"), int(args.get("n_eval", 64))
     knobs = dict(

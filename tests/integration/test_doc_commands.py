@@ -42,12 +42,14 @@ SHORTENED = {
     "make demo": "dpolab demo --quick",
     "dpolab compare --task arithmetic --methods dpo,dpop:lam=50,simpo --seeds 3 --budget 16steps --evals 4 --samples 8 "
     "--max-new-tokens 12 --cpus 1 --set data.task_args.n_train=64 --set data.task_args.n_eval=16 "
-    "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith": "dpolab compare --task arithmetic --methods dpo,simpo --seeds 2 --budget 2steps --evals 1 --samples 2 "
+    "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith": "dpolab compare --task arithmetic "
+    "--methods dpo,simpo --seeds 2 --budget 2steps --evals 1 --samples 2 "
     "--max-new-tokens 4 --cpus 1 --set data.task_args.n_train=16 --set data.task_args.n_eval=8 "
     "--set data.max_length=96 --set train.lr=1e-3 --out runs/compare-arith",
     "dpolab train model.name_or_path=smollm2-135m lora.enabled=true data.train=examples/chat_pairs.jsonl "
     "data.eval=examples/chat_pairs_heldout.jsonl data.max_length=256 train.batch_size=8 train.max_steps=10 "
-    "train.lr=5e-5 output.dir=runs/smol-dpo": "dpolab train model.name_or_path=smollm2-135m lora.enabled=true data.train=examples/chat_pairs.jsonl "
+    "train.lr=5e-5 output.dir=runs/smol-dpo": "dpolab train model.name_or_path=smollm2-135m lora.enabled=true "
+    "data.train=examples/chat_pairs.jsonl "
     "data.eval=examples/chat_pairs_heldout.jsonl data.max_length=64 train.batch_size=2 train.max_steps=1 "
     "train.lr=5e-5 eval.max_examples=2 output.dir=runs/smol-dpo",
 }
@@ -57,15 +59,21 @@ NOT_SHORTENED = {
     "make test-fast": "the test suite without the slow tests (this test is one of them)",
     "make test-small-studies": "tests/integration/test_studies_small.py, run by `make test-small-studies`",
     "dpolab compare --model tiny-gpt2 --data examples/text_pairs.jsonl --eval-data examples/text_pairs_heldout.jsonl "
-    "--methods dpo,ipo,dpop:lam=50,cal-dpo,gate-dpo,simpo --seeds 3 --budget 200steps --out runs/compare-mine": "its grid is the --dry-run command next to it, which runs",
+    "--methods dpo,ipo,dpop:lam=50,cal-dpo,gate-dpo,simpo --seeds 3 --budget 200steps --out runs/compare-mine": (
+        "its grid is the --dry-run command next to it, which runs"
+    ),
     "dpolab compare --config examples/compare.yaml": "test_compare_yaml_loads checks the file; the --dry-run runs",
-    "dpolab compare --config examples/compare.yaml --executor local --parallel 4": "test_compare_yaml_loads checks the file; executors: tests/integration/test_executors*.py",
+    "dpolab compare --config examples/compare.yaml --executor local --parallel 4": (
+        "test_compare_yaml_loads checks the file; executors: tests/integration/test_executors*.py"
+    ),
     "python benchmarks/run.py --workload imdb": "tests/unit/test_bench_harness.py checks the harness",
     "dpolab study squeeze": "the studies' smoke sizes: tests/integration/test_studies*.py",
     "dpolab study dpop": "the studies' smoke sizes: tests/integration/test_studies*.py",
     "dpolab study dpop --smoke": "the studies' smoke sizes: tests/integration/test_studies*.py",
     "dpolab study squeeze --executor local --parallel 4": "executors: tests/integration/test_executors*.py",
-    "accelerate launch --multi_gpu --num_processes 2 -m dpolab.cli train --config examples/tiny_dpo.yaml": "tests/integration/test_multiprocess.py trains two processes",
+    "accelerate launch --multi_gpu --num_processes 2 -m dpolab.cli train --config examples/tiny_dpo.yaml": (
+        "tests/integration/test_multiprocess.py trains two processes"
+    ),
 }
 # commands an existing test already runs exactly: (test file, text that must be in it)
 COVERED = {"dpolab demo --quick": ("tests/integration/test_cli_and_tools.py", '["demo", "--quick"')}

@@ -1,4 +1,5 @@
-"""`dpolab eval`: ties apart from wins, intervals, the length-bias warning and its normalised variant, per-pair output."""
+"""`dpolab eval`: ties apart from wins, intervals, the length-bias warning and its normalised variant, per-pair
+output."""
 
 from __future__ import annotations
 

@@ -103,7 +103,8 @@ def test_windowed_families_fast_path_equals_plain_on_a_step(tmp_path, model):
 
 
 def test_mistral_folder_with_window_through_the_trainer(tmp_path):
-    """What ``dpolab train`` does with a real checkpoint: from_pretrained on a folder (config with a 16-token window)."""
+    """What ``dpolab train`` does with a real checkpoint: from_pretrained on a folder (config with a 16-token
+    window)."""
     from transformers import AutoModelForCausalLM
 
     from dpolab.models.fastpath import fast_path_report

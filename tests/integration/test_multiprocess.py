@@ -3,8 +3,9 @@
 One process runs train.batch_size=8; two run batch_size=4 each (global batch = batch_size * grad_accum *
 num_processes = 8 in both). Tolerance: per-step training loss, final eval loss and final weights within
 1e-5 absolute (observed ~1e-7: only the order of float additions differs, in the all-reduce of gradients).
-Also checked: beta-DPO's statistics (beta, kept) and AOT's sorting are global (over processes and micro-batches), MADPO's per-pair margins follow their pairs, the
-precomputed reference cache is written once, and metrics, checkpoints and the summary are written once.
+Also checked: beta-DPO's statistics (beta, kept) and AOT's sorting are global (over processes and micro-batches),
+MADPO's per-pair margins follow their pairs, the precomputed reference cache is written once, and metrics, checkpoints
+and the summary are written once.
 """
 
 from __future__ import annotations

@@ -165,7 +165,7 @@ def test_a_file_size_limit_while_checkpointing_is_one_line_and_keeps_nothing_hal
         timeout=300,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    err = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    err = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(err) == 1 and "could not write the step-2 checkpoint" in err[0], proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr

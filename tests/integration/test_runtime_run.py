@@ -44,7 +44,8 @@ def test_bf16_auto_and_threads_are_logged_and_recorded(tmp_path):
 
 
 def test_precomputed_reference_is_keyed_by_the_resolved_bf16_choice(tmp_path, monkeypatch):
-    """``auto`` resolved to fp32 shares the fp32 table; resolved to bf16 it gets the bf16 one (not the string 'auto')."""
+    """``auto`` resolved to fp32 shares the fp32 table; resolved to bf16 it gets the bf16 one (not the string
+    'auto')."""
     import dpolab.engine.precision as precision
     from dpolab.engine import Trainer
 

@@ -1,4 +1,5 @@
-"""Smoke slice of study S1 (sft-dpo): pretrain, SFT, DPO and chained runs, full and LoRA; report and plots; re-run reuses."""
+"""Smoke slice of study S1 (sft-dpo): pretrain, SFT, DPO and chained runs, full and LoRA; report and plots; re-run
+reuses."""
 
 import pytest
 from test_study_verdicts import assert_verdicts_match_numbers

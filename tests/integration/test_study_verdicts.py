@@ -1,6 +1,6 @@
 """Every judgement a study report makes matches its numbers: reports built from synthetic run results (no training)
-word 'better/worse/higher/lower' only with an interval that excludes 0 and 'inconclusive' only with one that contains it,
-list missing values as missing, and say "every X" only when each interval says so. Plus the runs' provenance."""
+word 'better/worse/higher/lower' only with an interval that excludes 0 and 'inconclusive' only with one that contains
+it, list missing values as missing, and say "every X" only when each interval says so. Plus the runs' provenance."""
 
 from __future__ import annotations
 
@@ -151,9 +151,9 @@ def test_s3_answers_its_question_and_keeps_missing_values_missing(tmp_path):
     assert assert_verdicts_match_numbers(text) >= 17
     assert "**Is DPO's fall of the chosen log-prob specific to low edit-distance pairs?**" in text
     assert (
-        "- **arithmetic** (arith-near vs arith-far; paired by training seed): No: DPO lowered the chosen log-prob on both"
-        in text
-    )
+        "- **arithmetic** (arith-near vs arith-far; paired by training seed): "
+        "No: DPO lowered the chosen log-prob on both"
+    ) in text
     assert re.search(r"arith-near \(low\): DPO Δ chosen (against|higher than|lower than) arith-far \(high\)", text)
     assert "missing: DPOP λ=500 on arith-far seed 1" in text and "(n=2 of 3)" in text
     assert "a tiny GPT-2 with a character tokenizer" not in text and "1 layer, width 32" in text

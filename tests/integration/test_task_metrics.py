@@ -107,7 +107,8 @@ def test_label_logps_equal_a_full_forward_per_prompt_on_windowed_and_capped_fami
             ]
         )
     assert max(len(P._prompt_ids(CHAR, p, 70)) for p in prompts) == 70 > 16
-    # fp32: the same numbers; bf16 weights: within bf16 rounding of the logits (a wrong window or cap is off by far more)
+    # fp32: the same numbers; bf16 weights: within bf16 rounding of the logits (a wrong window or cap is off by far
+    # more)
     assert torch.allclose(lp, want, atol=1e-5 if dtype == torch.float32 else 3e-2), (lp - want).abs().max()
     assert (lp[:, 0] - lp[:, 1]).abs().max() > 1e-3  # the scores are not degenerate
     report = fast_path_report(model)

@@ -1,4 +1,5 @@
-"""BatchPlan: the per-epoch order is computed once per epoch, and the batches are exactly those of the uncached order."""
+"""BatchPlan: the per-epoch order is computed once per epoch, and the batches are exactly those of the uncached
+order."""
 
 import random
 

@@ -116,6 +116,7 @@ def test_hub_name_failure_is_a_clear_data_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", fail)
     with pytest.raises(
         DataError,
-        match=r"^someone/prefs: no such local file, and loading it as a Hugging Face hub dataset \(split='test'\) failed: offline$",
+        match=r"^someone/prefs: no such local file, and loading it as a Hugging Face hub dataset "
+        r"\(split='test'\) failed: offline$",
     ):
         list(read_records("someone/prefs", split="test"))

@@ -58,7 +58,10 @@ def logodds(a):
 
 def make(pc=PC, pr=PR, rc=RC, rr=RR, lc=LC, lr=LR, grad=False, rm=RM, tc=TC, tr=TR, trc=TRC, trr=TRR):
     """The hand-made batch, with per-token tensors (``tc``/``tr`` etc. None to leave them out)."""
-    t = lambda v: torch.tensor(v, dtype=torch.float64, requires_grad=grad)
+
+    def t(v):
+        return torch.tensor(v, dtype=torch.float64, requires_grad=grad)
+
     tok = {}
     if tc is not None:
         (ct, cm), (rt, rm_) = padded(tc), padded(tr)
@@ -138,24 +141,24 @@ CASES = {
     "cdpo": ({}, [-0.9 * ls(b * h) - 0.1 * ls(-b * h) for h in H]),
     "robust": ({}, [(-0.9 * ls(b * h) + 0.1 * ls(-b * h)) / 0.8 for h in H]),
     "hinge": ({"beta": 0.5}, [0.25, 2.0, 0.0]),
-    "ipo": ({}, [(w / lc - l / lr - 5.0) ** 2 for w, l, lc, lr in zip(RW, RL, LC, LR)]),
+    "ipo": ({}, [(w / lc - rej / lr - 5.0) ** 2 for w, rej, lc, lr in zip(RW, RL, LC, LR)]),
     "ipo-summed-param": ({"length_normalized": False}, [(h - 5.0) ** 2 for h in H]),
     "ipo-sum": ({}, [(h - 5.0) ** 2 for h in H]),
     "sft": ({}, [2.0, 3.0, 8.0 / 6.0]),
     "dpop": ({}, [-ls(b * (h - 50.0 * max(0.0, -w))) for h, w in zip(H, RW)]),
     "dpop-lam2": ({"lam": 2.0}, [-ls(b * (h - 2.0 * max(0.0, -w))) for h, w in zip(H, RW)]),
-    "cal-dpo": ({}, [-ls(h) + (w - 5.0) ** 2 + (l + 5.0) ** 2 for h, w, l in zip(H, RW, RL)]),
+    "cal-dpo": ({}, [-ls(h) + (w - 5.0) ** 2 + (rej + 5.0) ** 2 for h, w, rej in zip(H, RW, RL)]),
     "cal-dpo-half": (
         {"calibration_weight": 0.5},
-        [-ls(h) + 0.5 * ((w - 5.0) ** 2 + (l + 5.0) ** 2) for h, w, l in zip(H, RW, RL)],
+        [-ls(h) + 0.5 * ((w - 5.0) ** 2 + (rej + 5.0) ** 2) for h, w, rej in zip(H, RW, RL)],
     ),
     "simpo": ({}, [-ls(2.0 * (c / lc - r / lr) - 1.0) for c, r, lc, lr in zip(PC, PR, LC, LR)]),
     "orpo": ({}, [-c / lc - 0.1 * ls(logodds(c / lc) - logodds(r / lr)) for c, r, lc, lr in zip(PC, PR, LC, LR)]),
-    "nca-pair": ({}, [-ls(b * w) - 0.5 * ls(-b * w) - 0.5 * ls(-b * l) for w, l in zip(RW, RL)]),
-    "bco-pair": ({}, [-ls(b * w) - ls(-b * l) for w, l in zip(RW, RL)]),
-    "apo-zero": ({}, [(1 - sig(b * w)) + sig(b * l) for w, l in zip(RW, RL)]),
-    "apo-down": ({}, [sig(b * w) + (1 - sig(b * (w - l))) for w, l in zip(RW, RL)]),
-    "sppo-hard": ({}, [(w - 5.0) ** 2 + (l + 5.0) ** 2 for w, l in zip(RW, RL)]),
+    "nca-pair": ({}, [-ls(b * w) - 0.5 * ls(-b * w) - 0.5 * ls(-b * rej) for w, rej in zip(RW, RL)]),
+    "bco-pair": ({}, [-ls(b * w) - ls(-b * rej) for w, rej in zip(RW, RL)]),
+    "apo-zero": ({}, [(1 - sig(b * w)) + sig(b * rej) for w, rej in zip(RW, RL)]),
+    "apo-down": ({}, [sig(b * w) + (1 - sig(b * (w - rej))) for w, rej in zip(RW, RL)]),
+    "sppo-hard": ({}, [(w - 5.0) ** 2 + (rej + 5.0) ** 2 for w, rej in zip(RW, RL)]),
     "exo-pair": ({}, [expected_exo(b * h, 1e-3) for h in H]),
     "discopop": ({}, [expected_disco(b * h) for h in H]),
     # AOT: sorted (pc - pr) = [-3, 1, 6], sorted (rc - rr) = [-1, -0.5, 3] -> deltas [-2, 1.5, 3]
@@ -164,24 +167,24 @@ CASES = {
     "aot-unpaired": ({}, [-ls(b * d) for d in (1.0, 1.5, 0.0)]),
     "madpo": ({}, [madpo_w(m) * -ls(b * h) for m, h in zip(RM, H)]),
     "gate-dpo": ({}, [-ls(b * h) for h in H]),  # same value as DPO
-    "sigmoid-norm": ({}, [-ls(b * (w / lc - l / lr)) for w, l, lc, lr in zip(RW, RL, LC, LR)]),
+    "sigmoid-norm": ({}, [-ls(b * (w / lc - rej / lr)) for w, rej, lc, lr in zip(RW, RL, LC, LR)]),
     "fdpo": ({}, [-ls(b * h) for h in H]),  # reverse KL by default: DPO
     "fdpo-forward": (
         {"divergence": "forward_kl"},
-        [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)],
+        [-ls(b * (f_score(w, "forward_kl") - f_score(rej, "forward_kl"))) for w, rej in zip(RW, RL)],
     ),
     "fdpo-js": (
         {"divergence": "js_divergence", "beta": 0.5},
-        [-ls(0.5 * (f_score(w, "js_divergence") - f_score(l, "js_divergence"))) for w, l in zip(RW, RL)],
+        [-ls(0.5 * (f_score(w, "js_divergence") - f_score(rej, "js_divergence"))) for w, rej in zip(RW, RL)],
     ),
     "fdpo-alpha": (
         {"divergence": "alpha_divergence", "alpha": 0.3},
-        [-ls(b * (f_score(w, "alpha", 0.3) - f_score(l, "alpha", 0.3))) for w, l in zip(RW, RL)],
+        [-ls(b * (f_score(w, "alpha", 0.3) - f_score(rej, "alpha", 0.3))) for w, rej in zip(RW, RL)],
     ),
     "fdpo-alpha0": ({"divergence": "alpha_divergence", "alpha": 0.0}, [-ls(b * h) for h in H]),  # the reverse-KL limit
     "fdpo-alpha1": (
         {"divergence": "alpha_divergence", "alpha": 1.0},  # = forward KL
-        [-ls(b * (f_score(w, "forward_kl") - f_score(l, "forward_kl"))) for w, l in zip(RW, RL)],
+        [-ls(b * (f_score(w, "forward_kl") - f_score(rej, "forward_kl"))) for w, rej in zip(RW, RL)],
     ),
     "ld-dpo": ({}, [-ls(b * h) for h in ld_h(0.5)]),
     "ld-dpo-0": ({"ld_alpha": 0.0, "beta": 0.3}, [-ls(0.3 * h) for h in ld_h(0.0)]),
@@ -355,11 +358,14 @@ def test_step0_fdpo_every_divergence(divergence, alpha, beta):
 def test_step0_ld_dpo_every_alpha_and_shared_sums(ld_alpha):
     o = make(rc=PC, rr=PR, trc=TC, trr=TR)
     assert compute_loss("ld-dpo", o, ld_alpha=ld_alpha).losses.tolist() == pytest.approx([math.log(2)] * 3, rel=1e-12)
+
     # the same from the reference's shared-length sums instead of its per-token log-probs
-    shared = lambda rows, others: torch.tensor(
-        [sum(r[: min(len(r), len(o))]) for r, o in zip(rows, others)],
-        dtype=torch.float64,
-    )
+    def shared(rows, others):
+        return torch.tensor(
+            [sum(r[: min(len(r), len(o))]) for r, o in zip(rows, others)],
+            dtype=torch.float64,
+        )
+
     o2 = make(rc=PC, rr=PR, trc=None).replace(
         ref_chosen_shared_logps=shared(TC, TR), ref_rejected_shared_logps=shared(TR, TC)
     )
@@ -369,7 +375,7 @@ def test_step0_ld_dpo_every_alpha_and_shared_sums(ld_alpha):
 def test_rewards_and_metrics():
     out = compute_loss("dpo", make(grad=True), beta=0.1)
     assert out.chosen_rewards.tolist() == pytest.approx([0.1 * w for w in RW])
-    assert out.rejected_rewards.tolist() == pytest.approx([0.1 * l for l in RL])
+    assert out.rejected_rewards.tolist() == pytest.approx([0.1 * rej for rej in RL])
     assert not out.chosen_rewards.requires_grad
     assert out.metrics["rewards/margin"].item() == pytest.approx(0.1 * sum(H) / 3)
     assert out.metrics["rewards/accuracy"].item() == pytest.approx(2 / 3)

@@ -334,7 +334,8 @@ def test_compute_loss_single_and_list_forms():
 
 
 def test_gate_forward_value_is_exactly_the_wrapped_value_at_step_0():
-    """sg(x) + g (x - sg(x)) is x to the last bit; g x + (1 - g) sg(x) is not (METHODS.md: rejected reward 0 at step 0)."""
+    """sg(x) + g (x - sg(x)) is x to the last bit; g x + (1 - g) sg(x) is not (METHODS.md: rejected reward 0 at
+    step 0)."""
     torch.manual_seed(0)
     x = torch.rand(2000, dtype=torch.float64) * -80.0
     n = torch.full((2000,), 7)

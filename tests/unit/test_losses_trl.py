@@ -433,8 +433,8 @@ def test_ld_dpo_matches_trl(tokens, ld_alpha):
 
 @pytest.mark.parametrize("ld_alpha", [0.0, 0.4, 1.0])
 def test_ld_reference_precompute_matches_trl(tokens, ld_alpha):
-    """TRL's precompute gives LD-weighted reference sums; ours are shared + alpha (total - shared) from the shared-length
-    sums the engine would cache. Then the losses agree with TRL fed its own precomputed sums."""
+    """TRL's precompute gives LD-weighted reference sums; ours are shared + alpha (total - shared) from the
+    shared-length sums the engine would cache. Then the losses agree with TRL fed its own precomputed sums."""
     m, ref = tokens["mask"], tokens["ref"]
     trl_c, trl_r = trl_precomputed_ref(ref, m, ld_alpha)
     mc, mr = m[:B], m[B:]

@@ -190,11 +190,14 @@ def test_ld_dpo_equals_dpo_with_ld_alpha_key_and_shared_sums_equal_tokens():
     b = run([{"name": "dpo", "ld_alpha": 0.3}])
     assert torch.allclose(a[0], b[0], rtol=1e-14) and torch.allclose(a[2], b[2]) and torch.allclose(a[3], b[3])
     assert "ld-dpo/ld/tail_token_frac" in a[1] and "dpo/ld/tail_token_frac" in b[1]
+
     # the reference from its shared-length sums (what a precomputed reference would cache) gives the same losses
-    shared = lambda rows, others: torch.tensor(
-        [sum(r[: min(len(r), len(o))]) for r, o in zip(rows, others)],
-        dtype=torch.float64,
-    )
+    def shared(rows, others):
+        return torch.tensor(
+            [sum(r[: min(len(r), len(o))]) for r, o in zip(rows, others)],
+            dtype=torch.float64,
+        )
+
     o = batch(ref_tokens=False).replace(
         ref_chosen_shared_logps=shared(RC, RR), ref_rejected_shared_logps=shared(RR, RC)
     )

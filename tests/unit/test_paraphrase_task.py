@@ -15,7 +15,8 @@ HEADER = "\tid\tsentence1\tsentence2\tis_duplicate\n"
 ROWS = [
     "1\ta1\tHow do I learn Python?\tWhat is the best way to learn Python?\t1.0\n",
     "2\ta2\tWhat is love?\tWhy is the sky blue?\t0.0\n",
-    '3\ta3\tWhere is it?\t"""Where can I find a dress I saw?"\t\n',  # malformed like the real file: the quote eats the tab
+    # malformed like the real file: the quote eats the tab
+    '3\ta3\tWhere is it?\t"""Where can I find a dress I saw?"\t\n',
     "4\ta4\tWhy is the sky blue?\tWhat is love?\t0.0\n",  # the pair of row 2 with the questions swapped
     "5\ta5\tHow tall is Everest?\tWhat is the height of Mount Everest?\t1.0\n",
     "6\ta6\tOnly three fields\t0.0\n",  # malformed: wrong number of fields
@@ -79,9 +80,9 @@ def test_rows_and_pipeline_give_one_label_token(tsv):
     pairs = P.load_pairs(tsv, log=quiet).pairs
     labels, prefix = P.resolve_labels(CHAR)
     sft = P.sft_rows(pairs, labels=labels, answer_prefix=prefix)
-    assert (
-        sft[0]["prompt"]
-        == "Question 1: How do I learn Python?\nQuestion 2: What is the best way to learn Python?\nAre these two questions paraphrases? Answer: "
+    assert sft[0]["prompt"] == (
+        "Question 1: How do I learn Python?\nQuestion 2: What is the best way to learn Python?\n"
+        "Are these two questions paraphrases? Answer: "
     )
     assert [r["completion"] for r in sft] == ["Y", "N", "N", "Y"]
     pref = P.preference_rows(pairs, labels=labels, answer_prefix=prefix)

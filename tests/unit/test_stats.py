@@ -163,9 +163,9 @@ def test_none_of_never_says_more_than_the_intervals():
     )
     rose = compare({0: 1.0, 1: 1.1, 2: 0.9}, 0.0, metric="Δ chosen", higher_is_better=None, label_a="Cal", label_b="0")
     s = none_of([flat, rose], "lowered Δ chosen", subject="method", expect="lower")
-    assert (
-        s
-        == "No method lowered Δ chosen (none of 2 paired 95 % intervals shows it): 1 went the other way, 1 is inconclusive."
+    assert s == (
+        "No method lowered Δ chosen (none of 2 paired 95 % intervals shows it): "
+        "1 went the other way, 1 is inconclusive."
     )
     s = none_of([fell, flat, rose], "lowered Δ chosen", subject="method", expect="lower")
     assert s.startswith("1 of 3 methods lowered Δ chosen (paired 95 % interval excluding 0: DPO); 1 went the other way")

@@ -45,7 +45,8 @@ LLAMA3 = (
 
 @pytest.fixture(scope="module")
 def sp_parts():
-    """Vocabulary and merges of a small SentencePiece-style BPE (trained once; each tokenizer built from them is fresh)."""
+    """Vocabulary and merges of a small SentencePiece-style BPE (trained once; each tokenizer built from them is
+    fresh)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tk = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
