@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import ast
 import inspect
+import io
 import json
 import re
+import tokenize
 from dataclasses import dataclass
 from typing import List
 
@@ -154,8 +156,16 @@ def test_the_engine_names_no_objective_data_kind_or_objective_metric(module):
     assert not re.search(r"\b(sft|kto|dpo)_", src), "names an objective's helper"
 
 
+def _logical_lines(src: str) -> int:
+    """Statements, as Python's tokenizer ends them: a formatter that wraps a call over five lines leaves it one."""
+    return sum(tok.type == tokenize.NEWLINE for tok in tokenize.generate_tokens(io.StringIO(src).readline))
+
+
 def test_the_loop_stays_short():
-    assert len(inspect.getsource(trainer_module).splitlines()) < 300
+    """At most 230 logical lines. The limit used to be 300 physical lines, which stood at 296 when ruff format wrapped
+    the file to 402 without adding a statement (226 logical lines before and after)."""
+    assert _logical_lines("x = f(\n    1,\n    2,\n)\n# note\n\ny = 2\n") == 2
+    assert _logical_lines(inspect.getsource(trainer_module)) <= 230
 
 
 def test_the_cli_asks_the_objective_for_its_data_kind():
