@@ -53,10 +53,11 @@ METHODS: Dict[str, List[Dict[str, Any]]] = {
 }
 
 
-# The time of a FULL demo on 2 quiet CPU cores: `make demo` on a fresh clone took 2 min 43 s (commit 6be185c, these
-# sizes; SFT 104 s of training, each preference stage about 13 s). Cores shared with other jobs take many times
-# longer: a `make demo` on 2 shared cores took 29 min, the run of the committed report (docs/results/demo/) 52 min.
-QUIET_2_CORES_S = 163
+# The time of a FULL demo on 2 quiet CPU cores: `dpolab demo` took 3 min 05 s on 2026-12-07 on a 2-core AMD EPYC
+# (AVX512-BF16, no AMX; load average 0.1 at the start; SFT 120 s of training, each preference stage about 18 s with its
+# evaluations): the run of the committed report (docs/results/demo/). Earlier: 2 min 43 s at commit 6be185c. Cores
+# shared with other jobs take many times longer: a `make demo` on 2 shared cores took 29 min, an earlier report's 52.
+QUIET_2_CORES_S = 185
 # a preference step (policy forward and backward and the reference's forward, 16 pairs) against an SFT step (forward
 # and backward, 32 sequences of the same length): 0.087 s / 0.069 s in that run
 PREF_STEP_COST = 1.3
