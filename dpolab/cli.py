@@ -109,6 +109,8 @@ def _cmd_eval(args) -> int:
         log=lambda m: print(m, file=sys.stderr),
         device=args.device,
         progress=not args.no_progress,
+        bf16=args.bf16,
+        threads=args.threads,
     )
     text = json.dumps(_finite_or_null(result), indent=1, allow_nan=False)  # NaN is not JSON: null (no value) instead
     if args.out:
@@ -179,6 +181,20 @@ def _device_help() -> str:  # dpolab.models.device.resolve_device reads it (not 
     )
 
 
+def _add_compute_args(p) -> None:
+    """``--bf16`` and ``--threads`` of the scoring commands, decided as train.bf16 / train.threads decide."""
+    p.add_argument(
+        "--bf16",
+        choices=["auto", "true", "false"],
+        default=None,
+        help="bf16 autocast: true, false or auto (as train.bf16=auto: a GPU with bf16, or a CPU with amx_bf16 or "
+        "avx512_bf16); default: bf16 on a GPU that supports it, else fp32",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (as train.threads; default: OMP_NUM_THREADS or all)"
+    )
+
+
 def _parse_columns(items: Optional[List[str]]) -> Optional[dict]:
     if not items:
         return None
@@ -232,6 +248,8 @@ def _cmd_rm_score(args) -> int:
         progress=not args.no_progress,
         log=lambda m: print(m, file=sys.stderr),
         device=args.device,
+        bf16=args.bf16,
+        threads=args.threads,
     )
     print(json.dumps(summary))
     return 0
@@ -530,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--out", help="also write the JSON result here")
     e.add_argument("--device", default="auto", help=_device_help())
+    _add_compute_args(e)
     e.add_argument("--no-progress", action="store_true", help="no progress bar (it goes to stderr, counting pairs)")
     e.set_defaults(func=_cmd_eval)
 
@@ -561,6 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rs.add_argument("--no-progress", action="store_true", help="no progress bar")
     rs.add_argument("--device", default="auto", help=_device_help())
+    _add_compute_args(rs)
     rs.set_defaults(func=_cmd_rm_score)
 
     pt = sub.add_parser(

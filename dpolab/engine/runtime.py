@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Optional, Union
 import torch
 
 from ..config import COMPILE_MODES, TrainConfig
+from ..models.device import set_threads as apply_threads
 from .errors import TrainError
 from .precision import autocast_factory, resolve_bf16
 
@@ -42,22 +43,7 @@ class Runtime:
 def set_threads(threads: Optional[int]) -> tuple:
     """Apply ``train.threads`` (None: leave torch's setting, which honours OMP_NUM_THREADS); returns
     (intra-op threads, inter-op threads, where the number came from, a note or None)."""
-    note = None
-    if threads is None:
-        env = os.environ.get("OMP_NUM_THREADS")
-        source = f"OMP_NUM_THREADS={env}" if env else "torch default (the cores torch sees)"
-    else:
-        source = f"train.threads={threads}"
-        torch.set_num_threads(threads)
-        if torch.get_num_interop_threads() != threads:
-            try:
-                torch.set_num_interop_threads(threads)
-            except RuntimeError:  # torch allows it once per process, before any inter-op work (e.g. an earlier run)
-                note = (
-                    f"inter-op threads stay at {torch.get_num_interop_threads()} (torch sets them once per process, "
-                    f"before parallel work starts)"
-                )
-    return torch.get_num_threads(), torch.get_num_interop_threads(), source, note
+    return apply_threads(threads, name="train.threads")
 
 
 def compile_mode(setting: Union[bool, str]) -> Optional[str]:

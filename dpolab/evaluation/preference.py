@@ -23,15 +23,16 @@ import json
 import math
 import sys
 from contextlib import nullcontext
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from ..config import ModelConfig
-from ..models.device import describe, inference_autocast, resolve_device
+from ..models.device import describe, inference_autocast, resolve_bf16, resolve_device, set_threads, uses_bf16
 from ..models.load import load_saved_model, load_tokenizer
 from ..models.preference_logps import TIE_ULPS, generic_metrics, pair_tolerance, preference_outputs
 from ..models.reference import SeparateModel
+from ..models.unwrap import unwrap
 from ..progress import pair_bar
 
 LENGTH_BIAS_WARNING = (
@@ -104,6 +105,8 @@ def evaluate_preference_file(
     log: Callable[[str], Any] = _stderr,
     device: str = "auto",
     progress: bool = True,
+    bf16: Union[bool, str, None] = None,
+    threads: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Mean log-probs of chosen and rejected, reward accuracy and ties, margin (with ``reference``: implicit rewards
     beta * log-ratio; without: plain log-prob differences, plus the length-normalised variant), with 95 % intervals,
@@ -111,10 +114,14 @@ def evaluate_preference_file(
 
     ``per_pair``: a .jsonl file that gets one line per scored pair (index, source row, log-probs, token counts,
     margin, its tie tolerance, win / tie / loss). ``probes`` > 0 also scores that many pairs as a probe set (see
-    :mod:`dpolab.diagnostics.probes`); with a reference, the probe deltas are model minus reference (greedy responses
-    come from the reference). ``device``: where the models run (:func:`dpolab.models.device.resolve_device`; bf16
-    autocast on a GPU that supports it). ``progress``: a bar on stderr counting the pairs scored (pairs/s)."""
-    from ..data.collate import collate_preference
+    :mod:`dpolab.diagnostics.probes`); with a reference, the probe deltas are model minus reference (greedy
+    responses come from the reference). ``device``: where the models run (:func:`dpolab.models.device.
+    resolve_device`). ``bf16``: true, false or auto, as ``train.bf16`` (:func:`dpolab.models.device.resolve_bf16`);
+    None: bf16 autocast on a GPU that supports it, else float32. ``threads``: torch's threads, as ``train.threads``
+    (None: torch's default). ``progress``: a bar on stderr counting the pairs scored (pairs/s).
+
+    Pairs are scored as training scores them (:func:`score_preference_pairs`: longest first, each prompt computed
+    once for both responses, the LM head only at response positions); every output stays in file order."""
     from ..data.dataset import load_preference_data
     from ..data.types import DataError
     from ..errors import ConfigError
@@ -122,8 +129,10 @@ def evaluate_preference_file(
     if not (math.isfinite(beta) and beta > 0):
         raise ConfigError(f"beta must be a finite number > 0, got {beta}")
     dev = resolve_device(device)
-    autocast = inference_autocast(dev)
-    log(f"device: {describe(dev)}")
+    use_bf16, why = resolve_bf16(bf16, dev) if bf16 is not None else (uses_bf16(dev), None)
+    intra, _, source, _ = set_threads(threads)
+    autocast = inference_autocast(dev, use_bf16)
+    log(f"device: {describe(dev, use_bf16)}" + (f" ({why})" if why else "") + f"; torch threads {intra} ({source})")
     policy, tok = _load(model, tokenizer, dev)
     ref = None
     if reference:
@@ -138,16 +147,14 @@ def evaluate_preference_file(
             source=data if isinstance(data, str) else None,
         )
     totals: Dict[str, float] = {}
-    records: List[Dict[str, Any]] = []
+    records: List[Optional[Dict[str, Any]]] = [None] * len(pairs)
     with pair_bar(len(pairs), "eval", enabled=progress) as bar:
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            batch = collate_preference(chunk, tok.pad_token_id).to(dev)
-            out = preference_outputs(policy, ref, batch, need_tokens=False, autocast=autocast)
+        for idx, out in score_preference_pairs(policy, ref, pairs, tok.pad_token_id, batch_size, dev, autocast):
             for k, v in generic_metrics(out).items():
-                totals[k] = totals.get(k, 0.0) + float(v) * len(chunk)
-            records += _pair_records(out, chunk, start)
-            bar.update(len(chunk))
+                totals[k] = totals.get(k, 0.0) + float(v) * len(idx)
+            for i, rec in zip(idx, _pair_records(out, [pairs[i] for i in idx], idx)):
+                records[i] = rec
+            bar.update(len(idx))
     n = max(1, len(pairs))
     result: Dict[str, Any] = {k: v / n for k, v in totals.items()}
     scored = f"{len(pairs)} of {len(pairs) + skips.total} rows read scored" + (
@@ -196,7 +203,33 @@ def evaluate_preference_file(
     return result
 
 
-def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
+def _hidden_size(model) -> Optional[int]:
+    """The model's width (sets the packed rows' length; any length gives the same log-probs)."""
+    cfg = getattr(unwrap(model, peft=True), "config", None)
+    text = cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+    return getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+
+
+def score_preference_pairs(
+    policy, reference, pairs: Sequence, pad_id: int, batch_size: int, device, autocast=nullcontext
+) -> Iterator[Tuple[List[int], Any]]:
+    """(indices into ``pairs``, :class:`~dpolab.losses.PreferenceOutputs` of those pairs) for every batch, as
+    training scores them: longest pairs first (the padding of a batch is that of pairs of similar length), in the
+    prompt-prefix layout (each prompt computed once for both responses) through the fast path of
+    :func:`dpolab.models.fastpath.logps_for_batch` (the LM head only where a response token is predicted); the
+    same log-probs as a plain padded forward, to float rounding. ``reference``: a
+    :class:`~dpolab.models.reference.Reference` or None."""
+    from ..data.collate import collate_preference_fast, pair_length
+
+    order = sorted(range(len(pairs)), key=lambda i: (-pair_length(pairs[i]), i))
+    width = _hidden_size(policy)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = collate_preference_fast([pairs[i] for i in idx], pad_id, "prefix", hidden_size=width).to(device)
+        yield idx, preference_outputs(policy, reference, batch, need_tokens=False, autocast=autocast)
+
+
+def _pair_records(out, chunk, indices: Sequence[int]) -> List[Dict[str, Any]]:
     """One record per pair of a scored batch (plain floats, for JSON); margins in the tensors' own arithmetic, so a
     pair's win / tie is exactly what :func:`generic_metrics` counted."""
     has_ref = out.ref_chosen_logps is not None
@@ -215,7 +248,7 @@ def _pair_records(out, chunk, start: int) -> List[Dict[str, Any]]:
     recs = []
     for i, pair in enumerate(chunk):
         rec: Dict[str, Any] = {
-            "index": start + i,
+            "index": indices[i],
             "row": pair.meta.get("row"),
             "logp_chosen": pc[i],
             "logp_rejected": pr[i],
