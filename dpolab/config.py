@@ -165,7 +165,8 @@ class TrainConfig:
         "preference",
         "the training objective (dpolab/engine/objectives): sft trains on completions; preference trains with the "
         "loss list; rm trains a reward model (Bradley-Terry, `dpolab rm train`); kto trains on unpaired rows with a "
-        "boolean label (KTO)",
+        "boolean label (KTO); online samples completions of prompts each step, judges them and trains the loss list "
+        "on the pairs (online.*)",
     )
     epochs: float = _f(1.0, "passes over the training data")
     max_steps: Optional[int] = _f(None, "stop after this many optimiser steps (overrides epochs)")
@@ -293,6 +294,27 @@ class KTOConfig:
     )
 
 
+@dataclass
+class OnlineConfig:
+    samples_per_prompt: int = _f(
+        2, "train.mode=online: completions sampled per prompt from the current policy each step (k >= 2)"
+    )
+    pairs: Literal["best-worst", "all"] = _f(
+        "best-worst",
+        "train.mode=online: pairs per prompt from the judged samples: the best against the worst, or every pair with "
+        "different scores (ties, exactly equal scores, are skipped and counted)",
+    )
+    temperature: float = _f(1.0, "train.mode=online: sampling temperature (> 0)")
+    top_p: float = _f(1.0, "train.mode=online: nucleus sampling mass, in (0, 1]")
+    max_new_tokens: int = _f(32, "train.mode=online: tokens sampled at most per completion")
+    judge: str = _f(
+        "",
+        "train.mode=online: what scores the samples: rm:PATH (a reward model folder), module:function "
+        "(function(prompt, response) -> float, as compare --oracle), task:arithmetic (exact answer) or "
+        "task:sentiment (VADER)",
+    )
+
+
 def _default_loss() -> List[Dict[str, Any]]:
     return [{"name": "dpo", "weight": 1.0}]
 
@@ -314,6 +336,7 @@ class RunConfig:
     output: OutputConfig = _f(OutputConfig, "outputs")
     rm: RewardModelConfig = _f(RewardModelConfig, "reward-model training (train.mode=rm)")
     kto: KTOConfig = _f(KTOConfig, "KTO on unpaired data (train.mode=kto)")
+    online: OnlineConfig = _f(OnlineConfig, "on-policy preference optimisation (train.mode=online)")
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -484,6 +507,10 @@ _RANGES: Dict[tuple, _Range] = {
     ("KTOConfig", "desirable_weight"): _Range(0.0),
     ("KTOConfig", "undesirable_weight"): _Range(0.0),
     ("ReferenceConfig", "sync_every"): _AT_LEAST_0,
+    ("OnlineConfig", "samples_per_prompt"): _Range(2),
+    ("OnlineConfig", "temperature"): _POSITIVE,
+    ("OnlineConfig", "top_p"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
+    ("OnlineConfig", "max_new_tokens"): _AT_LEAST_1,
     ("ReferenceConfig", "mixup_alpha"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
 }
 _PATHS = {
@@ -659,8 +686,10 @@ def load_config(path: Optional[Union[str, Path]] = None, overrides: Sequence[str
 def _check_loss_list(cfg: RunConfig) -> None:
     from .losses import CompositeLoss, LossConfigError
 
-    if cfg.train.mode != "preference":
+    if cfg.train.mode not in ("preference", "online"):
         return
+    if cfg.train.mode == "online" and not cfg.online.judge.strip():
+        raise ConfigError("online.judge: train.mode=online needs a judge (rm:PATH, module:function or task:NAME)")
     try:
         comp = CompositeLoss(cfg.loss)
     except LossConfigError as e:

@@ -15,19 +15,40 @@ import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 
 from ..atomic import atomic_path
 from ..config import ConfigError
 from ..data.types import DataError, SkipCounter
-from ..models.device import describe, inference_autocast, resolve_device
+from ..models.device import describe, inference_autocast, resolve_bf16, resolve_device, set_threads, uses_bf16
 from ..progress import pair_bar
 
 COLUMNS = ("reward_chosen", "reward_rejected", "rm_margin")
 OUT_SUFFIXES = (".jsonl", ".parquet")
 MAX_LOGGED = 3
+
+
+def score_texts(model, tokenizer, texts: List[tuple], device, batch_size: int = 16) -> List[float]:
+    """The reward of each (prompt, response) as ``dpolab rm score`` scores a response: the reward model's own tokenizer
+    on prompt + response (the last 1023 tokens), its BOS first, the last token's score; no grad."""
+    from .model import sequence_rewards
+
+    rewards: List[float] = []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for start in range(0, len(texts), batch_size):
+        rows = [
+            bos + tokenizer(prompt + response, add_special_tokens=False)["input_ids"][-1023:]
+            for prompt, response in texts[start : start + batch_size]
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
+        with torch.no_grad():
+            rewards += sequence_rewards(model, ids, mask).cpu().tolist()
+    return rewards
 
 
 def write_rows(rows: List[dict], out: os.PathLike) -> None:
@@ -92,12 +113,16 @@ def score_file(
     progress: bool = True,
     log: Callable[[str], Any] = print,
     device: str = "auto",
+    bf16: Union[bool, str, None] = None,
+    threads: Optional[int] = None,
 ) -> Dict[str, Any]:
     """Add ``reward_chosen``, ``reward_rejected`` and ``rm_margin`` to every row of ``data`` and write ``out``.
 
     ``model`` is a reward model folder (``dpolab rm train``'s ``final/``, or any HF sequence-classification model with
-    one label), run on ``device`` (:func:`dpolab.models.device.resolve_device`; bf16 autocast on a GPU that supports
-    it). Returns a summary: rows, scored, skipped (by reason), pairwise accuracy and margin statistics."""
+    one label), run on ``device`` (:func:`dpolab.models.device.resolve_device`). ``bf16``: true, false or auto, as
+    ``train.bf16`` (:func:`dpolab.models.device.resolve_bf16`); None: bf16 autocast on a GPU that supports it, else
+    float32. ``threads``: torch's threads, as ``train.threads`` (None: torch's default). Returns a summary: rows,
+    scored, skipped (by reason), pairwise accuracy and margin statistics."""
     from ..data.formats import to_preference_row
     from ..data.sources import iter_records, source_name
     from ..data.tokenize import tokenize_preference
@@ -110,9 +135,11 @@ def score_file(
             f"unsupported output type '{Path(out).suffix}' (expected one of {', '.join(OUT_SUFFIXES)})", source=str(out)
         )
     dev = resolve_device(device)
+    use_bf16, why = resolve_bf16(bf16, dev) if bf16 is not None else (uses_bf16(dev), None)
+    intra, _, source, _ = set_threads(threads)
     rm, tok = load_trained_reward_model(model, tokenizer=tokenizer)
     rm.to(dev)
-    log(f"device: {describe(dev)}")
+    log(f"device: {describe(dev, use_bf16)}" + (f" ({why})" if why else "") + f"; torch threads {intra} ({source})")
     name = source_name(data)
     rows: List[dict] = []
     pairs, where = [], []  # tokenised pairs and the index of their row
@@ -150,7 +177,12 @@ def score_file(
     if clobbered:
         log(f"{name}: replacing the existing column(s) {clobbered}")
     scores = score_pairs(
-        rm, pairs, tok.pad_token_id, batch_size=batch_size, progress=progress, autocast=inference_autocast(dev)
+        rm,
+        pairs,
+        tok.pad_token_id,
+        batch_size=batch_size,
+        progress=progress,
+        autocast=inference_autocast(dev, use_bf16),
     )
     for r in rows:
         r.update({c: None for c in COLUMNS})

@@ -20,56 +20,14 @@ held-out pairs (``bind``).
 
 from __future__ import annotations
 
-import importlib
-import math
 import os
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
-from ..errors import ConfigError, UserError
-
-
-class OracleError(UserError):
-    """A user's oracle cannot be loaded, raises, or returns something other than a finite number."""
-
-
-def load_oracle(spec: str, search_dir: Optional[str] = None) -> Callable[[str, str], float]:
-    """``module:function`` -> the callable (``search_dir``, default the current folder, is tried for the module too)."""
-    if ":" not in spec:
-        raise OracleError(f"--oracle must look like module:function, got '{spec}'")
-    module, _, name = spec.partition(":")
-    folder = search_dir or os.getcwd()
-    if folder not in sys.path:
-        sys.path.append(folder)
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except ImportError as e:
-        raise OracleError(f"--oracle {spec}: cannot import module '{module}' ({e})") from e
-    except AttributeError:
-        raise OracleError(f"--oracle {spec}: module '{module}' has no '{name}'") from None
-    if not callable(fn):
-        raise OracleError(f"--oracle {spec}: '{name}' is not callable")
-    return fn
-
-
-def call_oracle(fn: Callable[[str, str], float], spec: str, prompt: str, response: str) -> float:
-    """One oracle score, or an :class:`OracleError` naming the oracle when it raises or is not a finite number."""
-    try:
-        value = fn(prompt, response)
-    except Exception as e:
-        raise OracleError(
-            f"--oracle {spec} raised {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            f" (on prompt {prompt[:40]!r})"
-        ) from e
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        raise OracleError(f"--oracle {spec} returned {value!r}, not a number (on prompt {prompt[:40]!r})") from None
-    if not math.isfinite(out):
-        raise OracleError(f"--oracle {spec} returned {out}, not a finite number (on prompt {prompt[:40]!r})")
-    return out
+from ..errors import ConfigError
+from ..rewards.user_oracle import OracleError, call_oracle, load_oracle  # noqa: F401 - compare imports them here
 
 
 @dataclass
@@ -184,26 +142,14 @@ class HeldOutMeasures:
         return out
 
     def _rm_reward(self, texts, device) -> float:
-        import torch
-
-        from ..rewards.model import load_trained_reward_model, sequence_rewards
+        from ..rewards.model import load_trained_reward_model
+        from ..rewards.score import score_texts
 
         if "rm" not in self._cache:
             rm, tok = load_trained_reward_model(self.reward_model)
             self._cache["rm"] = (rm.to(device).eval(), tok)
         rm, tok = self._cache["rm"]
-        rewards: List[float] = []
-        for start in range(0, len(texts), self.batch_size):
-            rows = []
-            for prompt, response in texts[start : start + self.batch_size]:
-                ids = tok(prompt + response, add_special_tokens=False)["input_ids"][-1023:]
-                rows.append(([tok.bos_token_id] if tok.bos_token_id is not None else []) + ids)
-            width = max(len(r) for r in rows)
-            pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-            with torch.no_grad():
-                rewards += sequence_rewards(rm, ids, mask).cpu().tolist()
+        rewards = score_texts(rm, tok, texts, device, self.batch_size)
         return sum(rewards) / len(rewards)
 
 

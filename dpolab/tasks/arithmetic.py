@@ -199,6 +199,18 @@ def is_correct(problem: Problem, text: str, *, strict: bool = False) -> bool:
     return parse_answer(text) == problem.value
 
 
+_PROMPT = re.compile(r"Q: (\d+)((?:[+-]\d+)+)\nA:")
+
+
+def problem_of_prompt(prompt: str) -> Optional[Problem]:
+    """The problem a task prompt (``"Q: 3+4-2\\nA: "``) asks, read back from its text; None for another text."""
+    m = _PROMPT.fullmatch(prompt.strip()) if isinstance(prompt, str) else None
+    if m is None:
+        return None
+    parts = re.findall(r"([+-])(\d+)", m.group(2))
+    return Problem((int(m.group(1)), *(int(t) for _, t in parts)), tuple(op for op, _ in parts))
+
+
 # -- the task: ``data.task=arithmetic`` ----------------------------------------------------------------
 
 
