@@ -118,3 +118,28 @@ def test_bf16_auto_is_trains_rule():
     assert resolve_bf16("auto", cpu, flags={"avx2", "avx512_bf16"})[0] is True
     assert resolve_bf16("auto", cpu, flags={"avx2"})[0] is False
     assert resolve_bf16("false", cpu) == (False, "--bf16=false")
+
+
+def test_rm_score_takes_bf16_and_threads(tmp_path, capsys):
+    from tests.integration.test_reward_model import TINY_ARGS, write_pairs
+
+    train = write_pairs(tmp_path / "tr.jsonl", 16, seed=0)
+    assert (
+        main(["rm", "train", *TINY_ARGS, f"data.train={train}", "train.max_steps=1", f"output.dir={tmp_path}/rm"]) == 0
+    )
+    data, model = write_pairs(tmp_path / "pairs.jsonl", 6, seed=3), str(tmp_path / "rm" / "final")
+    before = torch.get_num_threads()
+    outs = {}
+    try:
+        for bf16 in ("false", "true"):
+            outs[bf16] = tmp_path / f"scored-{bf16}.jsonl"
+            argv = ["rm", "score", "--model", model, "--data", str(data), "--out", str(outs[bf16]), "--no-progress"]
+            assert main(argv + ["--bf16", bf16, "--threads", "1"]) == 0
+            err = capsys.readouterr().err
+            assert f"(--bf16={bf16}); torch threads 1 (--threads=1)" in err
+    finally:
+        torch.set_num_threads(before)
+    fp32, bf = ([json.loads(x)["reward_chosen"] for x in outs[k].read_text().splitlines()] for k in ("false", "true"))
+    assert fp32 != bf and bf == pytest.approx(fp32, abs=0.1)  # bf16 really ran, and rounds only
+    argv = ["rm", "score", "--model", model, "--data", str(data), "--out", str(tmp_path / "x.jsonl"), "--threads", "0"]
+    assert main(argv) == 2 and "--threads must be >= 1, got 0" in capsys.readouterr().err
