@@ -331,17 +331,23 @@ MIN_KEPT = 3  # kept rounds a headline needs before it is quoted
 
 
 def headline(
-    s: Mapping[str, dict], base: str, live: Sequence[str], n_kept: int, n_rounds: int, epochs: Sequence[float] = (1, 3)
+    s: Mapping[str, dict],
+    base: str,
+    live: Sequence[str],
+    n_kept: int,
+    n_rounds: int,
+    epochs: Sequence[float] = (1, 3),
+    cpu: str = "an unrecorded CPU",
 ) -> str:
     """One paragraph: the like-for-like step-time ratios (arms in ``live``: a reference forward in every step, as in
-    ``base``), then every other arm's end-to-end ratios."""
+    ``base``), then every other arm's end-to-end ratios; it names ``cpu`` (:func:`cpu_text`), the CPU measured on."""
 
     def e2e(arm):
         return ", ".join(f"{e:g} epoch{'s' if e != 1 else ''} {s[arm]['e2e_ratio'][e].text()}" for e in epochs)
 
     txt = [
-        f"**Headline** ({n_kept} of {n_rounds} rounds; ratio = the arm's time / {base}'s within a round, median "
-        f"[min-max] over the kept rounds; above 1: {base} is faster)."
+        f"**Headline** (on {cpu}; {n_kept} of {n_rounds} rounds; ratio = the arm's time / {base}'s within a round, "
+        f"median [min-max] over the kept rounds; above 1: {base} is faster)."
         + (
             f" Only {n_kept} round{'s' if n_kept != 1 else ''} kept: too few to quote; rerun."
             if n_kept < MIN_KEPT
@@ -363,3 +369,26 @@ def headline(
             "end to end (computed): " + "; ".join(f"{a} {e2e(a)}" for a in rest) + "."
         )
     return " ".join(txt)
+
+
+# -- the CPU a section was measured on ---------------------------------------------------------------------------
+CPU_FLAGS = ("amx_bf16", "avx512_bf16", "avx2")  # bf16 speed (AMX, AVX-512 BF16) and the fp32 baseline (AVX2)
+
+
+def cpu_record(cpuinfo: str) -> Dict[str, object]:
+    """The CPU from the text of /proc/cpuinfo: ``model`` (its first ``model name``; None if absent) and, for each
+    of :data:`CPU_FLAGS`, whether the first ``flags`` line has it (None each where there is no flags line)."""
+    model, flags = None, None
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+            model = value.strip()
+        elif key.strip() in ("flags", "Features") and flags is None:
+            flags = set(value.split())
+    return {"model": model, **{f: (f in flags if flags is not None else None) for f in CPU_FLAGS}}
+
+
+def cpu_text(rec: Mapping[str, object]) -> str:
+    """``AMD EPYC (amx_bf16 no, avx512_bf16 yes, avx2 yes)``, for every section and headline."""
+    word = {True: "yes", False: "no", None: "unknown"}
+    return f"{rec.get('model') or 'unknown CPU'} (" + ", ".join(f"{f} {word[rec.get(f)]}" for f in CPU_FLAGS) + ")"

@@ -39,16 +39,19 @@ BASE = "dpolab-live"
 EPOCHS = (1, 3)
 
 
-def machine() -> str:
-    cpu = platform.processor() or ""
+def cpu() -> str:
+    """This machine's CPU: model name and the bf16 / AVX2 flags (:func:`harness.cpu_text`)."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        pass
-    return f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} logical CPUs"
+        text = ""
+    rec = harness.cpu_record(text)
+    rec["model"] = rec["model"] or platform.processor() or None
+    return harness.cpu_text(rec)
+
+
+def machine() -> str:
+    return f"{platform.system()} {platform.release()}, {cpu()}, {os.cpu_count()} logical CPUs"
 
 
 def versions() -> str:
@@ -186,11 +189,12 @@ def run_workload(wl: str, arms: list, a, env: dict) -> str:
         f"{r0['warmup']} warm-up + {r0['steps']} measured steps per run x {a.rounds} rounds, fp32 unless the arm "
         f"says bf16, {r0['torch_threads']} torch threads"
     )
+    where = f"CPU: {cpu()}"  # in every section: a later section is appended without the run's header
     txt = (
-        [title]
+        [title, where]
         + parts
         + [
-            harness.headline(s, base, live, sum(kept), a.rounds, EPOCHS),
+            harness.headline(s, base, live, sum(kept), a.rounds, EPOCHS, cpu=cpu()),
             harness.main_table(s, base, EPOCHS),
             notes(s, arms, base, epoch_pairs, spe, r0["pairs"]),
             "Rounds (median measured step time of each arm in each round):\n\n"

@@ -366,3 +366,37 @@ def test_profile_categories_put_each_op_in_its_bucket():
     assert profile_step.category("aten::copy_") == "copies, indexing, layout"
     assert profile_step.category("aten::mul") == "elementwise arithmetic"
     assert profile_step.category("Optimizer.step#AdamW.step") == "other"  # a profiler range, not an operator
+
+
+# -- the CPU every section and headline names (issue 33 item 4) ----------------------------------------------------
+FAKE_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 amx_tile amx_bf16
+processor\t: 1
+model name\t: something else
+flags\t\t: fpu
+"""
+
+
+def test_cpu_record_reads_the_model_and_flags_from_cpuinfo_text():
+    rec = harness.cpu_record(FAKE_CPUINFO)
+    assert rec == {"model": "Intel(R) Xeon(R) Platinum 8480+", "amx_bf16": True, "avx512_bf16": True, "avx2": True}
+    amd = harness.cpu_record("model name\t: AMD EPYC\nflags\t: fpu avx2 avx512_bf16\n")
+    assert harness.cpu_text(amd) == "AMD EPYC (amx_bf16 no, avx512_bf16 yes, avx2 yes)"
+    assert (
+        harness.cpu_text(harness.cpu_record("")) == "unknown CPU (amx_bf16 unknown, avx512_bf16 unknown, avx2 unknown)"
+    )
+
+
+def test_every_section_and_headline_name_the_cpu(monkeypatch, tmp_path):
+    monkeypatch.setattr(bench_run, "HERE", tmp_path)
+    monkeypatch.setattr(bench_run, "cpu", lambda: "Fake CPU 9000 (amx_bf16 no, avx512_bf16 no, avx2 yes)")
+    fake_arms(monkeypatch)
+    bench_run.main(["--workload", "imdb,longprompt"] + ARGS[2:])  # the second section comes without the run's header
+    out = (tmp_path / "RESULTS.md").read_text()
+    sections = out.split("### workload")[1:]
+    assert len(sections) == 2 and all(
+        "CPU: Fake CPU 9000 (amx_bf16 no, avx512_bf16 no, avx2 yes)" in s for s in sections
+    )
+    assert out.count("**Headline** (on Fake CPU 9000 (amx_bf16 no, avx512_bf16 no, avx2 yes);") == 2
