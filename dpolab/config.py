@@ -104,7 +104,7 @@ class DataConfig:
     truncation_mode: Literal["keep_end", "keep_start"] = _f("keep_end", "which end of a long prompt to keep")
     format: Literal["auto", "hh"] = _f(
         "auto",
-        "preference rows: auto = text or chat messages as given (see README); hh = "
+        "preference rows: auto = text or chat messages as given (see docs/data-formats.md); hh = "
         "parse Anthropic-HH text ('\\n\\nHuman: ...\\n\\nAssistant: ...') into chat "
         "messages rendered with the tokenizer's chat template (text kept if it has none)",
     )
@@ -707,7 +707,7 @@ def _check_loss_list(cfg: RunConfig) -> None:
 
 
 def describe_config() -> str:
-    """Every option with its default and help text, for ``dpolab config`` and the README."""
+    """Every option with its default and help text, for ``dpolab config`` and the docs site's config reference."""
     lines: List[str] = []
 
     def walk(cls: Any, prefix: str) -> None:
