@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -48,6 +50,81 @@ def generate_ids(
         outs.extend(_until_eos(row.tolist(), eos_id) for row in out[:, width:])
     model.train(was_training)
     return outs
+
+
+@dataclass
+class Sampled:
+    """One sampled completion: ``ids`` stop before EOS; ``logps`` is the sampling distribution's log-prob of each of
+    ``ids`` and, when ``ended`` (it stopped at EOS), of that EOS last."""
+
+    ids: List[int]
+    logps: List[float]
+    ended: bool
+
+    @property
+    def logp(self) -> float:
+        return float(sum(self.logps))
+
+
+@torch.no_grad()
+def sample_ids(
+    model,
+    prompts: Sequence[List[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 32,
+    pad_id: Optional[int] = None,
+    eos_id: Optional[int] = None,
+    autocast: Callable = nullcontext,
+) -> List[Sampled]:
+    """One sampled completion per prompt, seeded as :func:`generate_ids`, with each token's log-prob under the
+    distribution it was drawn from: ``log_softmax`` of ``generate``'s processed scores (the logits after temperature
+    and top-p), so at temperature 1 and top-p 1 they are the policy's own log-probs of the sampled tokens."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    pad = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    outs: List[Sampled] = []
+    for start in range(0, len(prompts), batch_size):
+        input_ids, attn, width = _left_padded(prompts[start : start + batch_size], pad)
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        with autocast():
+            out = model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attn.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=True,
+                temperature=temperature,
+                top_p=top_p,
+                top_k=0,
+                pad_token_id=pad,
+                eos_token_id=eos_id,
+                output_scores=True,
+                return_dict_in_generate=True,
+            )
+        new = out.sequences[:, width:]
+        scores = torch.stack([s.float() for s in out.scores], dim=1).log_softmax(-1)  # [B, new, V]
+        token_logps = scores.gather(-1, new[:, : scores.shape[1], None]).squeeze(-1)
+        for row, lp in zip(new.tolist(), token_logps.tolist()):
+            ids = _until_eos(row, eos_id)
+            ended = eos_id is not None and eos_id in row
+            outs.append(Sampled(ids, lp[: len(ids) + int(ended)], ended))
+    model.train(was_training)
+    return outs
+
+
+def _left_padded(chunk: Sequence[List[int]], pad: int):
+    width = max(len(c) for c in chunk)
+    input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+    attn = torch.zeros((len(chunk), width), dtype=torch.long)
+    for i, c in enumerate(chunk):
+        input_ids[i, width - len(c) :] = torch.tensor(list(c), dtype=torch.long)
+        attn[i, width - len(c) :] = 1
+    return input_ids, attn, width
 
 
 def _until_eos(ids: List[int], eos: Optional[int]) -> List[int]:

@@ -8,6 +8,7 @@ from ...config import ConfigError
 from ..data_kinds import register_kind
 from .base import MicroResult, Objective, RunContext, RunParts
 from .kto import KTOObjective
+from .online import OnlineObjective
 from .preference import PreferenceObjective
 from .reward_model import RewardModelObjective
 from .sft import SFTObjective
@@ -26,6 +27,7 @@ register(SFTObjective)
 register(PreferenceObjective)
 register(RewardModelObjective)
 register(KTOObjective)
+register(OnlineObjective)
 
 
 def get_objective(name: str) -> Type[Objective]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 
@@ -27,8 +27,10 @@ def preference_step(
     autocast,
     dist: DistContext = LOCAL,
     logits: Optional[str] = None,
+    on_outputs: Optional[Callable[[PreferenceOutputs], Any]] = None,
 ):
-    """Objective (mean over the batch's pairs) and metrics of one preference batch (``logits``: ``train.logits``)."""
+    """Objective (mean over the batch's pairs) and metrics of one preference batch (``logits``: ``train.logits``;
+    ``on_outputs``: called with the batch's log-probs, e.g. for an objective's own statistics)."""
     out = preference_outputs(
         policy,
         reference,
@@ -40,6 +42,8 @@ def preference_step(
         need_ref_split=loss.needs_ref_token_split,
         logits=logits,
     )
+    if on_outputs is not None:
+        on_outputs(out)
     objective, metrics, parts = loss(out, dist=dist)
     metrics.update(generic_metrics(out))
     for p in parts:  # the first component with implicit rewards gives rewards/chosen and rewards/rejected

@@ -1,0 +1,325 @@
+"""On-policy preference optimisation (``train.mode=online``): each step samples, judges, pairs and trains.
+
+Data: prompts. Here they are the prompts of preference pairs (a preference file, or a built-in task's pairs): the
+:class:`OnlinePrompts` kind reads pairs and keeps their prompts (a pair's responses are never trained on). Each
+optimiser step, for each prompt of each micro-batch:
+
+1. sample ``online.samples_per_prompt`` completions from the current policy (:func:`dpolab.models.generation.
+   sample_ids`: batched, ``online.temperature`` / ``top_p`` / ``max_new_tokens``), seeded from (train.seed, step,
+   process, micro-batch): a resumed run samples exactly what the uninterrupted run sampled, with no RNG state kept;
+2. score them with the judge (``online.judge``, :mod:`dpolab.engine.judges`);
+3. pair them: the best against the worst (``online.pairs=best-worst``) or every two with different scores (``all``);
+   pairs whose scores are exactly equal are ties, skipped and counted;
+4. collate the pairs as preference pairs (each completion followed by EOS when it stopped there; the judge's score
+   difference as the pair's ``rm_margin`` extra, which MADPO reads as its margin) and train the loss list against a
+   live reference (a frozen copy, or the adapter-disabled policy under LoRA; a precomputed table is refused).
+
+The objective of a step is the sum of its pairs' losses over its prompts (a prompt whose samples all tie adds 0).
+Logged per step (``online/``): the judge's mean score of the samples and the half-width of its 95 % interval
+(``judge_mean``, ``judge_ci``), the tie rate (tied pairs over the pairs considered), pairs per prompt, the mean sample
+length in tokens and the EOS rate, a KL estimate to the reference (the mean of log pi - log pi_ref over the paired
+samples: an unbiased estimate of KL(pi || pi_ref) at temperature 1 and top-p 1, when every sample is in a pair, as
+with k = 2), the time split of the step (``time_sample_s``, ``time_judge_s``, ``time_train_s``: the forwards and
+backwards of the previous step's pairs) and, at temperature 1 and top-p 1, ``logp_gap``: the largest difference
+between the policy's log-prob of a paired sample and the sampler's own (0 up to rounding: the pairs are on-policy).
+The main process appends every sample (step, prompt, completion, score, ended) to ``samples.jsonl`` in the run folder.
+Evaluation samples the eval prompts with a fixed seed and reports the same loss and statistics.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+
+from ... import atomic
+from ...config import ConfigError, DataConfig
+from ...data.batches import Batch, PairBatch
+from ...data.collate import collate_preference_fast
+from ...data.types import TokenizedPair
+from ...losses import LOCAL, CompositeLoss
+from ...models.generation import Sampled, sample_ids
+from ...stats import mean_ci
+from ..data_kinds import PREFERENCE_PAIRS, DataKind
+from ..errors import TrainError
+from ..judges import build_judge
+from .base import MicroResult, Objective, RunContext
+from .preference import preference_step
+from .with_reference import WithReference
+
+MARGIN = "rm_margin"  # the extra MADPO reads; every online pair carries the judge's score difference under it
+
+
+@dataclass
+class TokenizedPrompt:
+    """A prompt to sample from (token ids, as the pair it came from had them)."""
+
+    prompt_ids: List[int]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(kw_only=True)
+class PromptBatch(Batch):
+    """Prompts (right-padded in ``input_ids``; ``prompts`` keeps each one's ids)."""
+
+    prompts: List[List[int]]
+
+
+class OnlinePrompts(DataKind):
+    """The prompts of preference pairs (files or a built-in task's pairs)."""
+
+    name = "online"
+    inspect_as = "preference"
+
+    def derived_from(self, data: DataConfig) -> Optional[DataKind]:
+        return PREFERENCE_PAIRS
+
+    def convert(self, items: List[Any], data: DataConfig, split: str) -> List[TokenizedPrompt]:
+        return [TokenizedPrompt(list(p.prompt_ids), dict(p.meta)) for p in items]
+
+
+def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
+    """The sampling seed of one micro-batch of one step (eval batches use negative steps)."""
+    return ((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro & 0x7FFFFFFF
+
+
+def make_pairs(scores: List[float], how: str) -> Tuple[List[Tuple[int, int]], int, int]:
+    """(winner, loser) indices into one prompt's samples, the ties skipped and the pairs considered."""
+    if how == "best-worst":
+        best = max(range(len(scores)), key=lambda i: (scores[i], -i))
+        worst = min(range(len(scores)), key=lambda i: (scores[i], i))
+        return ([], 1, 1) if scores[best] == scores[worst] else ([(best, worst)], 0, 1)
+    pairs, ties = [], 0
+    for i, j in itertools.combinations(range(len(scores)), 2):
+        if scores[i] == scores[j]:
+            ties += 1
+        else:
+            pairs.append((i, j) if scores[i] > scores[j] else (j, i))
+    return pairs, ties, len(scores) * (len(scores) - 1) // 2
+
+
+class OnlineObjective(WithReference, Objective):
+    name = "online"
+    data_kind = OnlinePrompts()
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if cfg.reference.mode == "precomputed":
+            raise ConfigError(
+                "reference.mode=precomputed is not available in train.mode=online: the pairs are sampled during "
+                "training, so no table can hold their reference log-probs; use auto, copy, or adapter under LoRA"
+            )
+        if cfg.eval.probes:
+            raise ConfigError("eval.probes is not available in train.mode=online (its pairs are sampled, not fixed)")
+        self.loss = CompositeLoss(cfg.loss)
+        self.judge = None
+        self.reference = None
+        self._collate_args: Tuple[int, str, Optional[int]] = (0, "padded", None)
+        self._stats: Dict[str, float] = {}
+        self._train_started: Optional[float] = None
+        self._train_time = 0.0
+        self.last_pairs: List[TokenizedPair] = []  # the latest step's pairs, in this process's step order
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def length(self, example) -> int:
+        return len(example.prompt_ids) + self.cfg.online.max_new_tokens + 1
+
+    def collate(self, items, pad_id: int, layout: str, hidden_size: Optional[int]) -> PromptBatch:
+        self._collate_args = (pad_id, layout, hidden_size)
+        width = max(len(x.prompt_ids) for x in items)
+        ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, x in enumerate(items):
+            ids[i, : len(x.prompt_ids)] = torch.tensor(x.prompt_ids, dtype=torch.long)
+            mask[i, : len(x.prompt_ids)] = 1
+        return PromptBatch(
+            input_ids=ids,
+            attention_mask=mask,
+            loss_mask=torch.zeros_like(mask),
+            meta=[x.meta for x in items],
+            prompts=[list(x.prompt_ids) for x in items],
+        )
+
+    # -- set-up -----------------------------------------------------------------------------------------------
+    def setup(self, run: RunContext) -> None:
+        super().setup(run)
+        self._run = run
+        self._tokenizer = run.parts.tokenizer
+        self._rank = run.accelerator.process_index
+        self._device = run.accelerator.device
+        self.judge = build_judge(self.cfg.online.judge, device=run.accelerator.device)
+        if self.loss.needs_reference:
+            if self.cfg.reference.mode == "none":
+                raise TrainError("reference.mode is 'none' but the loss needs a reference model")
+            self.reference = self.build_reference(run)  # cost None: a live reference
+
+    # -- sampling, judging, pairing ---------------------------------------------------------------------------
+    def _sample_pairs(self, model, batch: PromptBatch, seed: int, step: int) -> Tuple[Optional[PairBatch], dict]:
+        o, tok = self.cfg.online, self._tokenizer
+        policy = self._run.accelerator.unwrap_model(model)
+        t0 = time.perf_counter()
+        prompts = [p for p in batch.prompts for _ in range(o.samples_per_prompt)]
+        samples: List[Sampled] = sample_ids(
+            policy,
+            prompts,
+            max_new_tokens=o.max_new_tokens,
+            temperature=o.temperature,
+            top_p=o.top_p,
+            seed=seed,
+            batch_size=self.cfg.eval.batch_size,
+            pad_id=tok.pad_token_id,
+            eos_id=tok.eos_token_id,
+            autocast=self.autocast,
+        )
+        t1 = time.perf_counter()
+        prompt_texts = [tok.decode(p, skip_special_tokens=True) for p in prompts]
+        texts = [tok.decode(s.ids, skip_special_tokens=True) for s in samples]
+        scores = self.judge.score(prompt_texts, texts)
+        t2 = time.perf_counter()
+        k, pairs, ties, considered = o.samples_per_prompt, [], 0, 0
+        for n, prompt in enumerate(batch.prompts):
+            group = list(range(n * k, (n + 1) * k))
+            chosen, tied, total = make_pairs([scores[i] for i in group], o.pairs)
+            ties, considered = ties + tied, considered + total
+            for w, lo in chosen:
+                sw, sl = samples[group[w]], samples[group[lo]]
+                pairs.append(
+                    TokenizedPair(
+                        list(prompt),
+                        sw.ids + [tok.eos_token_id] * sw.ended,
+                        sl.ids + [tok.eos_token_id] * sl.ended,
+                        {
+                            MARGIN: scores[group[w]] - scores[group[lo]],
+                            "sample_logp_chosen": sw.logp,
+                            "sample_logp_rejected": sl.logp,
+                        },
+                        dict(batch.meta[n]) if n < len(batch.meta) else {},
+                    )
+                )
+        if self._run.is_main and step >= 0:
+            rows = [
+                json.dumps({"step": step + 1, "prompt": p, "completion": c, "score": s, "ended": x.ended})
+                for p, c, s, x in zip(prompt_texts, texts, scores, samples)
+            ]
+            atomic.append_text(self._run.parts.run_dir / "samples.jsonl", "\n".join(rows) + "\n")
+        stats = dict(
+            scores=scores,
+            lengths=[len(s.ids) for s in samples],
+            ended=[s.ended for s in samples],
+            ties=ties,
+            considered=considered,
+            prompts=len(batch.prompts),
+            pairs=len(pairs),
+            time_sample_s=t1 - t0,
+            time_judge_s=t2 - t1,
+            items=pairs,
+        )
+        if not pairs:
+            return None, stats
+        pad, layout, width = self._collate_args
+        return collate_preference_fast(pairs, pad, layout, hidden_size=width).to(self._device), stats
+
+    def _summarise(self, parts: List[dict]) -> Dict[str, float]:
+        scores = [s for p in parts for s in p["scores"]]
+        lengths = [n for p in parts for n in p["lengths"]]
+        ended = [e for p in parts for e in p["ended"]]
+        considered = sum(p["considered"] for p in parts)
+        mean, half = mean_ci(scores)
+        out = {
+            "online/judge_mean": mean,
+            "online/tie_rate": sum(p["ties"] for p in parts) / max(1, considered),
+            "online/pairs_per_prompt": sum(p["pairs"] for p in parts) / max(1, sum(p["prompts"] for p in parts)),
+            "online/sample_tokens": sum(lengths) / max(1, len(lengths)),
+            "online/eos_rate": sum(ended) / max(1, len(ended)),
+            "online/time_sample_s": sum(p["time_sample_s"] for p in parts),
+            "online/time_judge_s": sum(p["time_judge_s"] for p in parts),
+        }
+        if half == half:  # nan for a single sample
+            out["online/judge_ci"] = half
+        return out
+
+    # -- a step -----------------------------------------------------------------------------------------------
+    def begin_step(self, model, batches: List[PromptBatch], step: int) -> List[Optional[PairBatch]]:
+        if self._train_started is not None:  # the previous step's forwards, backwards and optimiser step
+            self._train_time = time.perf_counter() - self._train_started
+        states, parts = [], []
+        for j, b in enumerate(batches):
+            pb, stats = self._sample_pairs(model, b, step_seed(self.cfg.train.seed, step, self._rank, j), step)
+            states.append(pb)
+            parts.append(stats)
+        self._stats = {**self._summarise(parts), "online/time_train_s": self._train_time}
+        self.last_pairs = [p for stats in parts for p in stats["items"]]
+        self._train_started = time.perf_counter()
+        return states
+
+    def forward(self, model, batch: Batch, *, training: bool, state: Any = None) -> MicroResult:
+        if isinstance(batch, PromptBatch) and state is None and not training:  # evaluation: sample with a fixed seed
+            first = int(batch.index[0]) if batch.index is not None else 0
+            state, stats = self._sample_pairs(
+                model, batch, step_seed(self.cfg.train.seed, -1 - first, self._rank, 0), -1
+            )
+            self._eval_parts.append(stats)
+        if state is None:  # every sample of these prompts tied: nothing to train on
+            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
+            return MicroResult(zero, 0.0, {"loss": 0.0})
+        seen = []
+        objective, metrics = preference_step(
+            model,
+            self.reference,
+            self.loss,
+            state,
+            self.autocast,
+            dist=LOCAL,
+            logits=self.cfg.train.logits,
+            on_outputs=seen.append,
+        )
+        out = seen[0]
+        if out.ref_chosen_logps is not None:
+            logratios = torch.cat(
+                [out.policy_chosen_logps - out.ref_chosen_logps, out.policy_rejected_logps - out.ref_rejected_logps]
+            )
+            metrics["online/kl"] = logratios.detach().mean()
+        o = self.cfg.online
+        if o.temperature == 1.0 and o.top_p == 1.0:  # the sampler's log-probs are the policy's own: they must agree
+            sampled = torch.stack([state.extras["sample_logp_chosen"], state.extras["sample_logp_rejected"]])
+            policy = torch.stack([out.policy_chosen_logps, out.policy_rejected_logps]).detach()
+            metrics["online/logp_gap/max"] = (policy.double() - sampled.double()).abs().max()
+        n = state.num_pairs
+        return MicroResult(objective * n, float(n), metrics)
+
+    def postfix(self, row: Dict[str, Any]) -> Dict[str, str]:
+        return {
+            "loss": f"{row['loss']:.4f}",
+            "judge": f"{row.get('online/judge_mean', float('nan')):.3f}",
+            "ties": f"{row.get('online/tie_rate', float('nan')):.2f}",
+        }
+
+    _eval_parts: List[dict] = []
+
+    @contextmanager
+    def evaluation(self, eval_data) -> Iterator[None]:
+        self._eval_parts, saved = [], self._stats
+        try:
+            yield
+        finally:
+            self._stats, self._eval_parts = saved, []
+
+    def set_statistics(self, rows: List[Dict[str, Any]]) -> Dict[str, float]:
+        if self._eval_parts:
+            out, self._eval_parts = self._summarise(self._eval_parts), []
+            return out
+        out, self._stats = self._stats, {}
+        return out
+
+    # -- state ------------------------------------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        return {"loss": self.loss.state_dict(), **self.reference_state()}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.loss.load_state_dict(state.get("loss", {}))
+        self.load_reference_state(state)
