@@ -161,3 +161,11 @@ def test_online_madpo_equals_madpo_on_the_same_margins(tmp_path, judges):
     assert all(torch.equal(a[k], same[k]) for k in a)
     other = offline("other", [(p, -3.0) for p in pairs])
     assert not all(torch.equal(a[k], other[k]) for k in a)
+
+
+def test_lora_trains_against_the_adapter_disabled_policy_on_policy(tmp_path, judges):
+    s = Trainer(cfg(tmp_path, "lora.enabled=true", "lora.target_modules=all-linear", "train.max_steps=2")).fit()
+    assert s["reference_mode"] == "adapter"
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "online/judge_mean" in r]
+    assert len(rows) == 2 and all(r["online/logp_gap/max"] < 1e-4 for r in rows)
+    assert rows[0]["online/kl"] == 0.0 and rows[1]["online/kl"] != 0.0
