@@ -114,20 +114,32 @@ def _reward_model(path: str, device) -> Callable[[Sequence[str], Sequence[str]],
     return fn
 
 
-def build_judge(spec: str, *, device=None, search_dir: Optional[str] = None) -> Judge:
-    """The judge ``spec`` names (see the module docstring); a spec that names none is a one-line ConfigError."""
+def check_judge_spec(spec: str) -> str:
+    """``spec``'s kind ('rm', 'task' or 'function') without loading anything (a run refuses a bad spec before it loads
+    data or a model); a spec that names no judge is a one-line ConfigError."""
     spec = (spec or "").strip()
-    if spec.startswith("rm:"):
-        return Judge(spec, _reward_model(spec[3:], device))
+    if spec.startswith("rm:") and spec[3:]:
+        return "rm"
     if spec.startswith("task:") or spec == "vader":
-        task = "sentiment" if spec == "vader" else spec[5:]
-        if task not in TASK_JUDGES:
+        if spec != "vader" and spec[5:] not in TASK_JUDGES:
             raise ConfigError(f"online.judge: unknown task judge '{spec}'; valid: task:arithmetic, task:sentiment")
-        return Judge(spec, _pointwise(_arithmetic) if task == "arithmetic" else _sentiment)
-    if ":" in spec:
-        from ..rewards.user_oracle import load_oracle
-
-        return Judge(spec, _pointwise(load_oracle(spec, search_dir, option="online.judge")))
+        return "task"
+    module, _, name = spec.partition(":")
+    if module and name:
+        return "function"
     raise ConfigError(
         f"online.judge: '{spec}' names no judge; use rm:PATH, module:function, task:arithmetic or task:sentiment"
     )
+
+
+def build_judge(spec: str, *, device=None, search_dir: Optional[str] = None) -> Judge:
+    """The judge ``spec`` names (see the module docstring); a spec that names none is a one-line ConfigError."""
+    spec = (spec or "").strip()
+    kind = check_judge_spec(spec)
+    if kind == "rm":
+        return Judge(spec, _reward_model(spec[3:], device))
+    if kind == "task":
+        return Judge(spec, _pointwise(_arithmetic) if spec == "task:arithmetic" else _sentiment)
+    from ..rewards.user_oracle import load_oracle
+
+    return Judge(spec, _pointwise(load_oracle(spec, search_dir, option="online.judge")))

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from dpolab.config import ConfigError
 from dpolab.engine.judges import JudgeError, build_judge
 from dpolab.errors import UserError
 from dpolab.tasks.arithmetic import make_problems
@@ -61,8 +62,17 @@ def test_sentiment_judge_and_bad_specs():
     assert scores[0] > 0 > scores[1] and all(math.isfinite(s) for s in scores)
 
 
-@pytest.mark.parametrize("spec", ["nonsense", "task:chess", "no_such_module_xyz:fn"])
+@pytest.mark.parametrize("spec", ["nonsense", "task:chess", "no_such_module_xyz:fn", "rm:", ":fn", "mod:"])
 def test_bad_specs_are_one_line(spec):
     with pytest.raises(UserError) as e:
         build_judge(spec)
     assert "online.judge" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("spec", ["nonsense", "task:chess", "rm:", "mod:"])
+def test_a_bad_spec_stops_before_data_and_model_load(spec):
+    from dpolab.config import build_config
+    from dpolab.engine.objectives.online import OnlineObjective
+
+    with pytest.raises(ConfigError, match="online.judge"):
+        OnlineObjective(build_config({"online": {"judge": spec}}, ["train.mode=online"]))

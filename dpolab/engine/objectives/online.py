@@ -47,7 +47,7 @@ from ...models.generation import Sampled, sample_ids
 from ...stats import mean_ci
 from ..data_kinds import PREFERENCE_PAIRS, DataKind
 from ..errors import TrainError
-from ..judges import build_judge
+from ..judges import build_judge, check_judge_spec
 from .base import MicroResult, Objective, RunContext
 from .preference import preference_step
 from .with_reference import WithReference
@@ -116,6 +116,7 @@ class OnlineObjective(WithReference, Objective):
             )
         if cfg.eval.probes:
             raise ConfigError("eval.probes is not available in train.mode=online (its pairs are sampled, not fixed)")
+        check_judge_spec(cfg.online.judge)  # a bad spec stops the run before data and model load
         self.loss = CompositeLoss(cfg.loss)
         self.judge = None
         self.reference = None
