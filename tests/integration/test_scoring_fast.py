@@ -143,3 +143,12 @@ def test_rm_score_takes_bf16_and_threads(tmp_path, capsys):
     assert fp32 != bf and bf == pytest.approx(fp32, abs=0.1)  # bf16 really ran, and rounds only
     argv = ["rm", "score", "--model", model, "--data", str(data), "--out", str(tmp_path / "x.jsonl"), "--threads", "0"]
     assert main(argv) == 2 and "--threads must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_reference_table_scores_training_pairs_longest_first_and_held_out_as_evaluation():
+    from dpolab.models.reference import table_batches
+
+    lengths = [1, 5, 3, 4, 9, 9, 2]
+    assert table_batches(7, 2, (0, 4), lengths) == [[1, 3], [2, 0], [4, 5], [6]]  # held-out [4, 7): consecutive
+    assert table_batches(7, 2, (0, 4)) == [[0, 1], [2, 3], [4, 5], [6]]
+    assert table_batches(3, 2, (0,), [1, 5, 3]) == [[0, 1], [2]]  # one segment: evaluation's own batches

@@ -16,6 +16,8 @@ import torch
 from torch import Tensor
 
 from ... import atomic
+from ...data.collate import pair_length
+from ...data.types import TokenizedPair
 from ...losses.length import shared_tail
 from ..fastpath import logps_for_batch
 from ..logprobs import SequenceLogps, split_pairs
@@ -114,7 +116,9 @@ def score_table(model, adapter_off: bool, data: Sequence, tools) -> Dict[str, Te
     was_training = pol.training
     pol.eval()
     off = pol.disable_adapter if adapter_off else nullcontext
-    batches: Iterable = (tools.collate(idx, data) for idx in table_batches(n, tools.batch_size, tools.batch_starts))
+    lengths = [pair_length(d) for d in data] if all(isinstance(d, TokenizedPair) for d in data) else None
+    order = table_batches(n, tools.batch_size, tools.batch_starts, lengths)
+    batches: Iterable = (tools.collate(idx, data) for idx in order)
     bar = tools.progress(None, desc="reference log-probs", total=n, unit=" pairs", dynamic_ncols=True)  # pairs/s
     try:
         with torch.no_grad(), off():
@@ -133,15 +137,18 @@ def score_table(model, adapter_off: bool, data: Sequence, tools) -> Dict[str, Te
     return table
 
 
-def table_batches(n: int, batch_size: int, starts: Sequence[int] = (0,)) -> List[List[int]]:
-    """The index batches a table is scored in: consecutive runs of ``batch_size`` that start afresh at each of
-    ``starts`` (a segment [start, next start) is batched like a dataset of its own, as evaluation batches it)."""
+def table_batches(
+    n: int, batch_size: int, starts: Sequence[int] = (0,), lengths: Optional[Sequence[int]] = None
+) -> List[List[int]]:
+    """The index batches a table is scored in: runs of ``batch_size`` that start afresh at each of ``starts`` (a
+    segment [start, next start) is batched like a dataset of its own, as evaluation batches it: consecutive). With
+    ``lengths`` and more than one segment, the first (the training examples, which no evaluation batch reproduces)
+    is scored longest first, as ``dpolab eval`` scores, so that a batch pads to pairs of similar length."""
     edges = sorted({0, n, *(s for s in starts if 0 < s < n)})
-    return [
-        list(range(i, min(i + batch_size, end)))
-        for start, end in zip(edges, edges[1:])
-        for i in range(start, end, batch_size)
-    ]
+    segments = [list(range(start, end)) for start, end in zip(edges, edges[1:])]
+    if lengths is not None and len(segments) > 1:
+        segments[0].sort(key=lambda i: (-lengths[i], i))
+    return [seg[i : i + batch_size] for seg in segments for i in range(0, len(seg), batch_size)]
 
 
 def _table_rows(lp: SequenceLogps, n: int) -> Dict[str, Tensor]:
