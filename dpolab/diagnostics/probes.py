@@ -137,23 +137,47 @@ def _batch(prompts: List[List[int]], responses: List[List[int]], pad_id: int, de
 def score_probes(
     model, probes: ProbeSet, pad_id: int, *, batch_size: int = 32, autocast=nullcontext
 ) -> Dict[str, Tensor]:
-    """Per-probe summed log-probs [n] for each category, plus ``argmax_mass`` along the chosen response."""
+    """Per-probe summed log-probs [n] for each category (in probe order), plus ``argmax_mass`` along the chosen
+    response. Each category is scored longest first; every category but ``chosen`` (whose argmax mass needs every
+    logit) goes through the packed layout and response-only head of :func:`dpolab.models.fastpath.logps_for_batch`,
+    as training scores (the plain forward's log-probs to float rounding)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out: Dict[str, List[Tensor]] = {}
+    out: Dict[str, Tensor] = {}
     for cat, resp in probes.responses.items():
-        for start in range(0, len(probes), batch_size):
-            b = _batch(probes.prompts[start : start + batch_size], resp[start : start + batch_size], pad_id, device)
+        order = sorted(range(len(probes)), key=lambda i: (-(len(probes.prompts[i]) + len(resp[i])), i))
+        sums = torch.zeros(len(probes))
+        mass = torch.zeros(len(probes)) if cat == "chosen" else None
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            prompts, responses = [probes.prompts[i] for i in idx], [resp[i] for i in idx]
+            if mass is None:
+                sums[idx] = _fast_sums(model, prompts, responses, pad_id, device, autocast)
+                continue
+            b = _batch(prompts, responses, pad_id, device)
             with autocast():
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], use_cache=False).logits
-            lp = gather_logps(logits, b["input_ids"], b["loss_mask"])
-            out.setdefault(cat, []).append(lp.sums.float().cpu())
-            if cat == "chosen":
-                top = logits[:, :-1].float().log_softmax(-1).max(-1).values
-                out.setdefault("argmax_mass", []).append((top * b["loss_mask"][:, 1:]).sum(-1).cpu())
+            sums[idx] = gather_logps(logits, b["input_ids"], b["loss_mask"]).sums.float().cpu()
+            top = logits[:, :-1].float().log_softmax(-1).max(-1).values
+            mass[idx] = (top * b["loss_mask"][:, 1:]).sum(-1).float().cpu()
+        out[cat] = sums
+        if mass is not None:
+            out["argmax_mass"] = mass
     model.train(was_training)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return out
+
+
+def _fast_sums(model, prompts, responses, pad_id: int, device, autocast) -> Tensor:
+    """Summed response log-probs of prompt + response rows, packed, through the response-only head."""
+    from ..data.collate import collate_sft_fast
+    from ..data.types import TokenizedSFT
+    from ..models.fastpath import logps_for_batch
+
+    rows = [TokenizedSFT(prompt_ids=list(p), completion_ids=list(r)) for p, r in zip(prompts, responses)]
+    batch = collate_sft_fast(rows, pad_id, "packed").to(device)
+    with autocast():
+        return logps_for_batch(model, batch).sums.float().cpu()
 
 
 def probe_metrics(

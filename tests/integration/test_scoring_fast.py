@@ -152,3 +152,29 @@ def test_reference_table_scores_training_pairs_longest_first_and_held_out_as_eva
     assert table_batches(7, 2, (0, 4), lengths) == [[1, 3], [2, 0], [4, 5], [6]]  # held-out [4, 7): consecutive
     assert table_batches(7, 2, (0, 4)) == [[0, 1], [2, 3], [4, 5], [6]]
     assert table_batches(3, 2, (0,), [1, 5, 3]) == [[0, 1], [2]]  # one segment: evaluation's own batches
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_probes_score_through_the_fast_path_in_probe_order(family, monkeypatch):
+    import dpolab.models.fastpath as fastpath
+    from dpolab.diagnostics import probes as pr
+    from dpolab.models.logprobs import response_logps
+
+    tok = build_char_tokenizer()
+    model = load_policy(ModelConfig(name_or_path=family), LoraConfig(), tok, seed=0).eval()
+    enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    prompts = [enc("Q: " + "y" * (2 + 5 * (i % 3)) + "?\\nA: ") for i in range(5)]
+    responses = {"chosen": [enc("ok" * (1 + i)) for i in range(5)], "random": [enc("z" * (7 - i)) for i in range(5)]}
+    probe_set = pr.ProbeSet(prompts=prompts, responses=responses, buckets=["all"] * 5)
+    calls = []
+    real = fastpath.logps_for_batch
+    monkeypatch.setattr(
+        fastpath, "logps_for_batch", lambda m, b, **kw: calls.append(b.packed is not None) or real(m, b, **kw)
+    )
+    got = pr.score_probes(model, probe_set, tok.pad_token_id, batch_size=2)
+    assert calls and all(calls)  # the packed layout, response-only head
+    for cat, resp in responses.items():
+        b = pr._batch(prompts, resp, tok.pad_token_id, "cpu")
+        with torch.no_grad():
+            want = response_logps(model, b["input_ids"], b["attention_mask"], b["loss_mask"]).sums
+        assert torch.allclose(got[cat], want, atol=1e-4), cat
