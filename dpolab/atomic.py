@@ -102,7 +102,10 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     tmp = _tmp_name(path)
     try:
         with reported_as(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except FileExistsError as e:  # a folder above the target is a regular file
+                raise WriteError(path, OSError(errno.ENOTDIR, f"{e.filename} is a file, not a folder")) from e
             yield tmp
             _fsync_file(tmp)
             os.replace(tmp, path)

@@ -835,6 +835,8 @@ def _resume_hint(args, argv: List[str], terminated: bool) -> str:
         ckpt = latest_checkpoint(run_dir)
     except Exception:  # noqa: BLE001  (the hint must never hide the interruption itself)
         return what
+    if (run_dir / "DONE").exists():  # the signal came after the run had finished: nothing to continue
+        return f"{what} after the run had finished (DONE in {run_dir}); final/ is complete, nothing to resume"
     where = (
         f"last complete checkpoint: {ckpt}"
         if ckpt is not None

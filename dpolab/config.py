@@ -572,6 +572,9 @@ def _check_path(key: str, value: str) -> None:
         os.fsencode(str(path))
     except UnicodeError:
         raise ConfigError(f"{key}: {value!r} cannot be encoded as a file name on this system") from None
+    bad = next((c for c in value if "\udc80" <= c <= "\udcff"), None)  # a non-UTF-8 byte of argv or YAML
+    if bad is not None:  # the tokenizer library (Rust) cannot write under such a path: refuse before training
+        raise ConfigError(f"{key}: {value!r} is not UTF-8 text (byte 0x{ord(bad) - 0xDC00:02x}); give a UTF-8 path")
     home = os.path.expanduser("~")
     what = "the filesystem root" if path == Path(path.anchor) else "your home folder" if str(path) == home else ""
     if what:  # dpolab needs a folder of its own: output.overwrite would clear everything in it
