@@ -883,6 +883,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     finally:
         undo_sigterm()
+        if argv is None:  # the `dpolab` program, not a caller's main([...]): the work is done or refused
+            _ignore_interrupts_while_exiting()
+
+
+def _ignore_interrupts_while_exiting() -> None:
+    """Ctrl-C after the command has finished (a run is already complete and intact) would land in an exit hook of a
+    library (torch's) and print a traceback for nothing; from here to the exit of the process it is ignored."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover
