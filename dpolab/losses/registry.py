@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
@@ -97,6 +98,13 @@ def _check_params(info: LossInfo, params: Mapping[str, Any]) -> None:
     if unknown:
         valid = ", ".join(sorted(info.defaults)) or "(none)"
         raise LossConfigError(f"loss '{info.name}' has no parameter {', '.join(map(repr, unknown))}; valid: {valid}")
+    # a numeric hyper-parameter is a finite number: NaN or inf is refused here, when the config is built, instead of at
+    # the first training step (after the run folder was made); each loss checks its own ranges (beta > 0, ...) itself
+    for k, v in params.items():
+        default = info.defaults[k]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and default is not None:
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise LossConfigError(f"loss '{info.name}': {k} must be a finite number, got {v!r}")
 
 
 @dataclass

@@ -167,3 +167,10 @@ def test_cli_refuses_before_loading_data(tmp_path, capsys, bad, first_words):
 def test_cli_refuses_a_too_long_output_dir(tmp_path, capsys):
     rc, err = _cli(["train", *C, f"output.dir={tmp_path / ('d' * 300)}"], capsys)
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: output.dir: the folder name"), err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_non_finite_loss_parameter_is_refused_when_the_config_is_built(value):
+    """The attack harness's loss-beta-nan: refused at the first step before, after the run folder had been made."""
+    with pytest.raises(ConfigError, match=r"loss: loss 'dpo': beta must be a finite number"):
+        build_config({"loss": [{"name": "dpo", "params": {"beta": float(value)}}]})
