@@ -882,9 +882,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        undo_sigterm()
         if argv is None:  # the `dpolab` program, not a caller's main([...]): the work is done or refused
             _ignore_interrupts_while_exiting()
+        undo_sigterm()
 
 
 def _ignore_interrupts_while_exiting() -> None:
