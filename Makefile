@@ -51,7 +51,7 @@ test-latest:
 lock:
 	test -x $(LATEST)/bin/python || { echo "run 'make test-latest' first"; exit 2; }
 	{ echo "# The versions 'make test' installs (written by 'make lock' from 'make test-latest' on $$(date -u +%F))."; \
-	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -viE '^(torch|nvidia-|triton|pip|setuptools|wheel)([=_-]|$$)'; \
+	  $(LATEST)/bin/python -m pip freeze --exclude-editable | grep -viE '^(nvidia-|(torch|triton|pip|setuptools|wheel)( @|==|$$))'; \
 	} > constraints.txt
 
 # the documentation site (mkdocs.yml), served with live reload at http://127.0.0.1:8000; `make test` builds it with --strict
