@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Union
 
 from .errors import UserError
+from .interrupts import deferred_interrupts
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -101,7 +102,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     path = Path(path)
     tmp = _tmp_name(path)
     try:
-        with reported_as(path):
+        with deferred_interrupts(f"writing {path}"), reported_as(path):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except FileExistsError as e:  # a folder above the target is a regular file
@@ -165,6 +166,7 @@ def append_text(path: PathLike, text: str) -> None:
 @contextlib.contextmanager
 def atomic_dir(path: PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder beside ``path``; when the block ends without error, it replaces ``path``.
+    A Ctrl-C or SIGTERM meanwhile waits until the folder is in place (:func:`dpolab.interrupts.deferred_interrupts`).
 
     An existing ``path`` is first renamed aside and removed only once the new folder is in place, so a kill at any
     moment leaves a complete folder under ``path`` or under its aside name (never a half-written one under ``path``).
@@ -177,7 +179,7 @@ def atomic_dir(path: PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
         tmp.mkdir()
     try:
-        with reported_as(path):
+        with deferred_interrupts(f"writing {path}"), reported_as(path):
             yield tmp
             for f in tmp.rglob("*"):
                 if f.is_file():

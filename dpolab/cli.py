@@ -855,6 +855,16 @@ def _resume_hint(args, argv: List[str], terminated: bool) -> str:
     return f"{what}; {where}\nto continue: {cmd} {shlex.join(rest)}"
 
 
+def _interrupted(args, argv: Optional[List[str]], run_command: bool, e: KeyboardInterrupt) -> int:
+    """Report an interruption (with the resume hint for a training command); the exit status 130 or 143."""
+    terminated = isinstance(e, Terminated)
+    if not run_command:
+        print("interrupted", file=sys.stderr)
+    elif int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`: one message, not one per process
+        print(_resume_hint(args, sys.argv[1:] if argv is None else argv, terminated), file=sys.stderr)
+    return 143 if terminated else 130
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -866,13 +876,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as e:  # Ctrl-C (SIGINT), or SIGTERM for a training command
-        terminated = isinstance(e, Terminated)
-        if not run_command:
-            print("interrupted", file=sys.stderr)
-        elif int(os.environ.get("RANK", "0")) == 0:  # under `accelerate launch`: one message, not one per process
-            print(_resume_hint(args, sys.argv[1:] if argv is None else argv, terminated), file=sys.stderr)
-        return 143 if terminated else 130
+        return _interrupted(args, argv, run_command, e)
     except Exception as e:
+        from .interrupts import interrupt_behind
+
+        if interrupt_behind(e) is not None:  # a library's clean-up failed after the interrupt and replaced it
+            return _interrupted(args, argv, run_command, interrupt_behind(e))
         if not isinstance(e, _expected_errors()):
             raise  # a bug or an environment failure: the traceback is the report
         if args.traceback:  # the whole chain of causes (e.g. the OSError behind a DataError), same exit code

@@ -125,3 +125,33 @@ def test_sigterm_after_the_first_checkpoint(tmp_path):
     assert err[-2] == f"interrupted (SIGTERM); last complete checkpoint: {ckpt}", err[-5:]
     assert err[-1] == f"to continue: python -m dpolab.cli {shlex.join([*cmd[3:], '--resume'])}", err[-1]
     assert not (run / "DONE").exists() and not any("Traceback" in line for line in err)
+
+
+@pytest.mark.slow
+def test_sigterm_while_a_checkpoint_is_being_written(tmp_path):
+    """SIGTERM that lands inside a checkpoint's save (its temporary folder exists) waits for the folder to be complete,
+    then stops the run as usual: exit 143 and the resume hint naming that very checkpoint (an interrupt inside
+    torch.save once ended in torch's 'unexpected pos' traceback and exit 1)."""
+    run = tmp_path / "run"
+    proc, cmd = _start(run)
+    try:
+        t0, writing = time.monotonic(), None
+        while writing is None:
+            if proc.poll() is not None:
+                pytest.fail(f"training ended (rc {proc.returncode}) before a checkpoint: {proc.stderr.read()[-2000:]}")
+            assert time.monotonic() - t0 < 180, "no checkpoint being written within 180 s"
+            ckpts = run / "checkpoints"
+            writing = next((p for p in ckpts.glob(".step-*.tmp-*")), None) if ckpts.is_dir() else None
+            time.sleep(0.0005)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=60)
+        err = proc.stderr.read().strip().splitlines()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert rc == 143, (rc, err[-5:])
+    ckpt = latest_checkpoint(run)
+    assert ckpt is not None and ckpt.name >= writing.name.split(".")[1], (ckpt, writing)  # that one, or a later one
+    assert err[-2] == f"interrupted (SIGTERM); last complete checkpoint: {ckpt}", err[-5:]
+    assert not any("Traceback" in line for line in err), err
