@@ -266,6 +266,14 @@ def _cmd_study(args) -> int:
     from .studies.run import run_study
 
     _check_at_least(1, seeds=args.seeds)
+    if args.name == "evidence":  # not a study: the table of every study's claims (docs/results/EVIDENCE.md)
+        from pathlib import Path
+
+        from .studies.evidence import build_evidence
+
+        print(build_evidence(Path(args.results), size=args.size or "small"))
+        return 0
+    args.size = args.size or "cpu"
     if args.dry_run:
         from .studies.budget import dry_run
 
@@ -632,14 +640,22 @@ def build_parser() -> argparse.ArgumentParser:
         + "\n".join(f"  {n:{width}s}  {summary}" for n, summary in studies),
     )
     st.add_argument(
-        "name", choices=[n for n, _ in studies], metavar="NAME", help="study name: " + " | ".join(n for n, _ in studies)
+        "name",
+        choices=[n for n, _ in studies] + ["evidence"],
+        metavar="NAME",
+        help="study name: "
+        + " | ".join(n for n, _ in studies)
+        + "; or 'evidence': write RESULTS/EVIDENCE.md from the studies' claims.json (--size, default small)",
+    )
+    st.add_argument(
+        "--results", default="docs/results", help="evidence: the folder holding STUDY-SIZE/ reports (docs/results)"
     )
     st.add_argument(
         "--size",
-        default="cpu",
         choices=["cpu", "small", "paper"],
-        help="cpu: tiny models, minutes on a CPU; small: the pretrained SmolLM2-135M-Instruct with LoRA, "
-        "about 100 minutes on 2 CPU cores (needs the smollm2-135m preset); paper: the paper's scale (GPU, hub)",
+        help="(default cpu; evidence: small) cpu: tiny models, minutes on a CPU; small: the pretrained "
+        "SmolLM2-135M-Instruct with LoRA, about 100 minutes on 2 CPU cores (needs the smollm2-135m preset); "
+        "paper: the paper's scale (GPU, hub)",
     )
     st.add_argument(
         "--dry-run",
