@@ -169,3 +169,11 @@ def test_lora_trains_against_the_adapter_disabled_policy_on_policy(tmp_path, jud
     rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "online/judge_mean" in r]
     assert len(rows) == 2 and all(r["online/logp_gap/max"] < 1e-4 for r in rows)
     assert rows[0]["online/kl"] == 0.0 and rows[1]["online/kl"] != 0.0
+
+
+def test_a_run_over_an_earlier_one_starts_its_own_samples_file(tmp_path, judges):
+    """output.overwrite=true replaces an earlier run: its samples.jsonl holds this run's samples only."""
+    Trainer(cfg(tmp_path, "train.max_steps=2")).fit()
+    Trainer(cfg(tmp_path, "train.max_steps=1", "output.overwrite=true")).fit()
+    samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 4 * 3 and {x["step"] for x in samples} == {1}

@@ -22,7 +22,8 @@ samples: an unbiased estimate of KL(pi || pi_ref) at temperature 1 and top-p 1, 
 with k = 2), the time split of the step (``time_sample_s``, ``time_judge_s``, ``time_train_s``: the forwards and
 backwards of the previous step's pairs) and, at temperature 1 and top-p 1, ``logp_gap``: the largest difference
 between the policy's log-prob of a paired sample and the sampler's own (0 up to rounding: the pairs are on-policy).
-The main process appends every sample (step, prompt, completion, score, ended) to ``samples.jsonl`` in the run folder.
+The main process appends every sample (step, prompt, completion, score, ended) to ``samples.jsonl`` in the run folder
+(a resumed run first drops the rows of steps after its checkpoint).
 Evaluation samples the eval prompts with a fixed seed and reports the same loss and statistics.
 """
 
@@ -124,6 +125,7 @@ class OnlineObjective(WithReference, Objective):
         self._stats: Dict[str, float] = {}
         self._train_started: Optional[float] = None
         self._train_time = 0.0
+        self._samples_started = False  # samples.jsonl pruned for this run (see _start_samples)
         self.last_pairs: List[TokenizedPair] = []  # the latest step's pairs, in this process's step order
 
     # -- data -------------------------------------------------------------------------------------------------
@@ -203,6 +205,7 @@ class OnlineObjective(WithReference, Objective):
                     )
                 )
         if self._run.is_main and step >= 0:
+            self._start_samples(step)
             rows = [
                 json.dumps({"step": step + 1, "prompt": p, "completion": c, "score": s, "ended": x.ended})
                 for p, c, s, x in zip(prompt_texts, texts, scores, samples)
@@ -224,6 +227,27 @@ class OnlineObjective(WithReference, Objective):
             return None, stats
         pad, layout, width = self._collate_args
         return collate_preference_fast(pairs, pad, layout, hidden_size=width).to(self._device), stats
+
+    def _start_samples(self, step: int) -> None:
+        """Before this process first writes ``samples.jsonl``: a fresh run starts it empty; a resumed run drops the rows
+        of steps after ``step`` (sampled by a killed run after its last checkpoint: resampled now, never kept twice)."""
+        if self._samples_started:
+            return
+        self._samples_started = True
+        path = self._run.parts.run_dir / "samples.jsonl"
+        if not path.exists():
+            return
+        if not self._run.parts.resuming:
+            path.unlink()
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line + "\n")
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a half-written last row from a kill
+        atomic.write_text(path, "".join(keep))
 
     def _summarise(self, parts: List[dict]) -> Dict[str, float]:
         scores = [s for p in parts for s in p["scores"]]
