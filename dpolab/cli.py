@@ -327,6 +327,7 @@ def _cmd_compare(args) -> int:
             "max_new_tokens",
             "reward_model",
             "oracle",
+            "judge",
             "split_seed",
             "model_seed",
             "out",
@@ -693,7 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument(
         "--methods",
         help="comma-separated: loss names with parameters and weights, e.g. "
-        "dpo,ipo,dpop:lam=50,dpo+0.1*sft (default dpo,ipo,dpop)",
+        "dpo,ipo,dpop:lam=50,dpo+0.1*sft (default dpo,ipo,dpop); online:METHOD is its on-policy twin "
+        "(train.mode=online, needs --judge; other online.* settings through --set)",
     )
     cp.add_argument("--baseline", help="the method the others are judged against (default: the first)")
     cp.add_argument("--seeds", type=int, help="seeds per method (default 3)")
@@ -712,6 +714,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--reward-model", help="a reward model (dpolab rm train's final/) that scores the sampled responses"
     )
     cp.add_argument("--oracle", help="module:function(prompt, response) -> float that scores the sampled responses")
+    cp.add_argument(
+        "--judge",
+        help="what scores the samples of online:METHOD arms (online.judge: rm:PATH, module:function, "
+        "task:arithmetic, task:sentiment); it also scores every arm's held-out samples",
+    )
     cp.add_argument("--split-seed", type=int, help="seed of the held-out split (default 0)")
     cp.add_argument("--model-seed", type=int, help="seed of a tiny preset's starting weights (default 0)")
     cp.add_argument("--out", help="output folder (default runs/compare)")

@@ -11,7 +11,8 @@ study runs (:mod:`dpolab.studies.runner`).
 
 Methods are loss-registry names with optional parameters and weights: ``dpo``, ``dpop:lam=50``,
 ``dpo:beta=0.2:gate={mode: q10}`` (parameters, or the wrappers gate / weighting / divergence / ld_alpha, values in
-YAML), and weighted lists ``dpo+0.1*sft``.
+YAML), and weighted lists ``dpo+0.1*sft``. ``online:<method>`` is that method's on-policy twin (``train.mode=online``,
+judged by ``--judge``; :mod:`dpolab.studies.compare_online`), trained and measured beside the offline arms.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ import yaml
 
 from ..config import ConfigError, build_config, load_yaml, merge_overrides
 from .common import deep_merge
-from .compare_measures import HeldOutMeasures, call_oracle, load_oracle, oracle_dir_for
+from .compare_measures import HeldOutMeasures, HeldOutProbes, call_oracle, load_oracle, oracle_dir_for
+from .compare_online import as_offline_measures, check_judge, is_online, offline_method, online_config
 from .runner import RunSpec
 
 WRAPPERS = ("gate", "weighting", "divergence", "ld_alpha")
@@ -55,6 +57,8 @@ class CompareOptions:
     max_new_tokens: int = 48
     reward_model: Optional[str] = None
     oracle: Optional[str] = None
+    # what scores an on-policy arm's samples (online.judge), and every arm's held-out samples
+    judge: Optional[str] = None
     split_seed: int = 0
     model_seed: int = 0
     out: str = "runs/compare"
@@ -117,6 +121,10 @@ class CompareOptions:
             key = s.split("=", 1)[0].strip()
             if any(key == r or key.startswith(r + ".") for r in RESERVED):
                 raise ConfigError(f"--set {s}: '{key}' is set by the comparison for each run (use --methods, --seeds)")
+            if key == "online.judge":
+                raise ConfigError(f"--set {s}: give the judge as --judge SPEC (it also scores every arm's samples)")
+        if self.judge is not None:
+            self.judge = check_judge(self.judge)
         return self
 
 
@@ -173,7 +181,15 @@ def methods_of(opts: CompareOptions) -> Dict[str, List[Dict[str, Any]]]:
     """label -> loss list, each checked against the loss registry (a one-line error naming the method)."""
     out: Dict[str, List[Dict[str, Any]]] = {}
     for text in opts.methods:
-        label, loss = parse_method(text)
+        if isinstance(text, str) and is_online(text.strip()):
+            label, loss = text.strip(), parse_method(offline_method(text.strip()))[1]
+        else:
+            label, loss = parse_method(text)
+        if is_online(label) and not opts.judge:
+            raise ConfigError(
+                f"--methods '{label}' trains on-policy and needs a judge of its samples: give --judge SPEC "
+                "(rm:PATH, module:function, task:arithmetic or task:sentiment)"
+            )
         if label in out:
             raise ConfigError(f"--methods: '{label}' is listed twice")
         try:
@@ -250,6 +266,7 @@ class Prepared:
     steps: int
     max_positions: int
     start_model: Optional[str]  # the materialised starting weights of a tiny preset (None: the model itself)
+    probe_pairs: List[Any] = field(default_factory=list, repr=False)  # the held-out pairs the probes are built from
 
 
 def prepare(opts: CompareOptions, out: Path, cfg: Dict[str, Any]) -> Prepared:
@@ -282,6 +299,14 @@ def prepare(opts: CompareOptions, out: Path, cfg: Dict[str, Any]) -> Prepared:
             tok.decode(first.prompt_ids, skip_special_tokens=True),
             tok.decode(first.chosen_ids, skip_special_tokens=True),
         )
+    if opts.judge:  # a judge that cannot load or score fails here, before anything is trained
+        from ..engine.judges import build_judge
+
+        first = evals[0]
+        build_judge(opts.judge, search_dir=None).score(
+            [tok.decode(first.prompt_ids, skip_special_tokens=True)],
+            [tok.decode(first.chosen_ids, skip_special_tokens=True)],
+        )
     if opts.reward_model and not Path(opts.reward_model).exists():
         raise ConfigError(f"--reward-model: folder not found: {opts.reward_model}")
     t = run.train
@@ -292,7 +317,7 @@ def prepare(opts: CompareOptions, out: Path, cfg: Dict[str, Any]) -> Prepared:
     start = None
     if run.model.name_or_path in TINY_PRESETS and not run.model.init_from:
         start = str(out / "start-model")
-    return Prepared(len(train), len(evals), steps, max_positions, start)
+    return Prepared(len(train), len(evals), steps, max_positions, start, list(evals))
 
 
 def write_start_model(
@@ -324,8 +349,11 @@ def specs(
         reward_model=opts.reward_model,
         oracle=opts.oracle,
         oracle_dir=oracle_dir_for(opts.oracle),
+        judge=opts.judge,
+        judge_dir=oracle_dir_for(opts.judge) if opts.judge and _judge_kind(opts.judge) == "function" else None,
     )
     user_eval = build_config(cfg).eval
+    probes = [HeldOutProbes(pairs=prep.probe_pairs)] if user_eval.probes else []
     shared = deep_merge(
         cfg,
         {
@@ -336,20 +364,31 @@ def specs(
     )
     if prep.start_model:
         shared = deep_merge(shared, {"model": {"init_from": prep.start_model}})
+    online_settings = shared.pop("online", None)  # --set online.*: the on-policy arms' alone
     out_specs = []
     for seed in range(opts.seeds):
         for label, loss in methods.items():
             run_cfg = deep_merge(shared, {"loss": loss, "train": {"seed": seed}})
+            hooks: List[Any] = [hook]
+            if is_online(label):
+                run_cfg = online_config(run_cfg, str(opts.judge), online_settings)
+                hooks += probes
             out_specs.append(
                 RunSpec(
                     f"{slug(label)}/seed{seed}",
                     run_cfg,
                     {"method": label, "seed": seed},
-                    hooks=[hook],
+                    hooks=hooks,
                     data_seed=opts.split_seed,
                 )
             )
     return out_specs
+
+
+def _judge_kind(spec: str) -> str:
+    from ..engine.judges import check_judge_spec
+
+    return check_judge_spec(spec)
 
 
 def refuse_retraining(grid: Sequence[RunSpec], out: Path) -> None:
@@ -505,7 +544,11 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
             f"{'LoRA' if _uses_lora(opts) else 'full fine-tuning'}; baseline {baseline_of(opts, methods)}"
         )
         for spec in grid:
-            log(f"  {spec.run_id}: loss {json.dumps(spec.config['loss'])}")
+            on = spec.config["train"].get("mode") == "online"
+            log(
+                f"  {spec.run_id}: loss {json.dumps(spec.config['loss'])}"
+                + (f", on-policy (train.mode=online, judge {opts.judge})" if on else "")
+            )
         probe = grid[0]
         probe_cfg = build_config(
             deep_merge(
@@ -604,11 +647,13 @@ def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> 
     t0 = time.perf_counter()
     from ..losses import CompositeLoss
 
-    needs_ref = [s for s in grid if CompositeLoss(s.config["loss"]).needs_reference]
+    needs_ref = [  # the offline runs that load the shared table (an on-policy run's reference is live)
+        s for s in grid if CompositeLoss(s.config["loss"]).needs_reference and s.config["train"]["mode"] != "online"
+    ]
     reference = (
         executor.map(SharedReference(out, needs_ref[0]), [None], names=["reference"], log=log)[0] if needs_ref else {}
     )
-    results = run_grid(grid, out, log=log, executor=executor)
+    results = {k: as_offline_measures(r) for k, r in run_grid(grid, out, log=log, executor=executor).items()}
     wall = time.perf_counter() - t0
     report = write_report(
         results,

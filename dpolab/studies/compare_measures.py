@@ -12,9 +12,16 @@ At every evaluation, for the first ``n_prompts`` held-out prompts it samples one
 - ``compare/sample_tokens``: the mean length of the sampled responses in tokens (EOS not counted);
 - ``compare/rm_reward`` (with a reward model, ``dpolab rm train``): its mean reward of prompt + sampled response,
   scored like ``dpolab rm score`` (the reward model's own tokenizer, its BOS first, the last token's score);
-- ``compare/oracle`` (with ``module:function``): the mean of the user's ``function(prompt, response) -> float``.
+- ``compare/oracle`` (with ``module:function``): the mean of the user's ``function(prompt, response) -> float``;
+- ``compare/judge`` (with ``--judge``, the spec on-policy arms train with): the judge's mean score
+  (:mod:`dpolab.engine.judges`; ``task:arithmetic``: the share of responses whose final value is right).
 
-The hook is a picklable object (any executor can send it to another process); the runner binds it to the run's
+:class:`HeldOutProbes` is the likelihood probes of a preference run (:mod:`dpolab.diagnostics.probes`) as an eval
+hook, for an arm whose objective has none (``train.mode=online``): the same probe set from the same held-out pairs,
+scored against the starting model, logged as ``eval/probe/...`` (:mod:`dpolab.studies.compare_online` reads them back
+as ``probe/...``).
+
+The hooks are picklable objects (any executor can send them to another process); the runner binds them to the run's
 held-out pairs (``bind``).
 """
 
@@ -41,6 +48,8 @@ class HeldOutMeasures:
     reward_model: Optional[str] = None
     oracle: Optional[str] = None
     oracle_dir: Optional[str] = None
+    judge: Optional[str] = None
+    judge_dir: Optional[str] = None
     prompts: List[List[int]] = field(default_factory=list)
     model_cfg: Any = None  # the run's ModelConfig (to load the starting weights as the reference)
     train_seed: int = 0
@@ -61,18 +70,8 @@ class HeldOutMeasures:
         return {**self.__dict__, "_cache": {}}
 
     def _reference(self, model, tokenizer):
-        """(the model that scores pi_ref, the context to score it in): LoRA: the policy with its adapters off; else
-        the starting weights, loaded once."""
-        from contextlib import nullcontext
-
-        if hasattr(model, "disable_adapter"):
-            return model, model.disable_adapter
-        if "reference" not in self._cache:
-            from ..models.load import load_base_model
-
-            ref = load_base_model(self.model_cfg, tokenizer, seed=self.train_seed, max_positions=_positions(model))
-            self._cache["reference"] = ref.to(next(model.parameters()).device).eval()
-        return self._cache["reference"], nullcontext
+        """(the model that scores pi_ref, the context to score it in): see :func:`starting_model`."""
+        return starting_model(model, tokenizer, self.model_cfg, self.train_seed, self._cache)
 
     def _token_logps(self, model, prompts, responses, pad: int):
         """Per-token log-probs [n, T-1] of each response after its prompt, and their mask."""
@@ -139,7 +138,17 @@ class HeldOutMeasures:
             fn = self._cache.get("oracle") or load_oracle(self.oracle, self.oracle_dir)
             self._cache["oracle"] = fn
             out["compare/oracle"] = sum(call_oracle(fn, self.oracle, p, r) for p, r in texts) / len(texts)
+        if self.judge:
+            out["compare/judge"] = self._judge_mean(texts, next(model.parameters()).device)
         return out
+
+    def _judge_mean(self, texts, device) -> float:
+        from ..engine.judges import build_judge
+
+        if "judge" not in self._cache:
+            self._cache["judge"] = build_judge(self.judge, device=device, search_dir=self.judge_dir)
+        scores = self._cache["judge"].score([p for p, _ in texts], [r for _, r in texts])
+        return sum(scores) / len(scores)
 
     def _rm_reward(self, texts, device) -> float:
         from ..rewards.model import load_trained_reward_model
@@ -151,6 +160,86 @@ class HeldOutMeasures:
         rm, tok = self._cache["rm"]
         rewards = score_texts(rm, tok, texts, device, self.batch_size)
         return sum(rewards) / len(rewards)
+
+
+def starting_model(model, tokenizer, model_cfg, seed: int, cache: Dict[str, Any]):
+    """(the starting model, the context to use it in): under LoRA the policy with its adapters off; else the starting
+    weights, loaded once into ``cache`` on the policy's device."""
+    from contextlib import nullcontext
+
+    if hasattr(model, "disable_adapter"):
+        return model, model.disable_adapter
+    if "reference" not in cache:
+        from ..models.load import load_base_model
+
+        ref = load_base_model(model_cfg, tokenizer, seed=seed, max_positions=_positions(model))
+        cache["reference"] = ref.to(next(model.parameters()).device).eval()
+    return cache["reference"], nullcontext
+
+
+@dataclass
+class HeldOutProbes:
+    """The likelihood probes of a preference run as an eval hook (see the module docstring): the probe set is built
+    as :class:`dpolab.engine.objectives.preference.PreferenceObjective` builds it (the first ``eval.probe_examples``
+    held-out pairs, ``train.seed``, the starting model's greedy responses, ``eval.edit_buckets``), and its baseline
+    is the starting model's scores, so a resumed run gets the same deltas. ``pairs``: the held-out pairs (tokenised
+    as preference pairs); empty: read at ``bind`` from the run's data, split with ``split_seed`` (None: its
+    ``train.seed``)."""
+
+    pairs: List[Any] = field(default_factory=list)
+    split_seed: Optional[int] = None
+    cfg: Any = None
+    _cache: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def bind(self, cfg, eval_data) -> "HeldOutProbes":
+        pairs = self.pairs
+        if not pairs:
+            from ..engine.data_setup import prepare_data
+            from ..models.load import load_tokenizer
+
+            seed = cfg.train.seed if self.split_seed is None else self.split_seed
+            train, evals = prepare_data(cfg.data, load_tokenizer(cfg.model), "preference", seed, log=lambda s: None)
+            pairs = evals or train
+        if not pairs:
+            raise ConfigError("held-out probes: the run has no preference pairs to build probes from")
+        return replace(self, pairs=list(pairs)[: cfg.eval.probe_examples], cfg=cfg, _cache={})
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": {}}
+
+    def _autocast(self, device):
+        from ..engine.precision import autocast_factory, resolve_bf16
+
+        return autocast_factory(resolve_bf16(self.cfg.train.bf16, device)[0], device)
+
+    def __call__(self, model, tokenizer, step: int) -> Dict[str, float]:
+        from ..diagnostics.probes import build_probe_set, probe_metrics, score_probes
+
+        cfg, device = self.cfg, next(model.parameters()).device
+        pad, batch = tokenizer.pad_token_id, cfg.eval.batch_size
+        if "probes" not in self._cache:
+            autocast = self._autocast(device)
+            start, context = starting_model(model, tokenizer, cfg.model, cfg.train.seed, self._cache)
+            was_training = start.training
+            with context():
+                start.eval()
+                probes = build_probe_set(
+                    self.pairs,
+                    tokenizer,
+                    n=cfg.eval.probe_examples,
+                    seed=cfg.train.seed,
+                    model=start,
+                    greedy_tokens=cfg.eval.probe_greedy_tokens,
+                    batch_size=batch,
+                    edges=cfg.eval.edit_buckets,
+                )
+                baseline = score_probes(start, probes, pad, batch_size=batch, autocast=autocast)
+            start.train(was_training)
+            self._cache.update(probes=probes, baseline=baseline, autocast=autocast)
+            self._cache.pop("reference", None)  # the starting weights are needed only for the baseline
+        probes = self._cache["probes"]
+        scores = score_probes(model, probes, pad, batch_size=batch, autocast=self._cache["autocast"])
+        return probe_metrics(scores, self._cache["baseline"], probes.buckets)
 
 
 def k3_kl(policy_logps, ref_logps, mask):

@@ -32,6 +32,7 @@ METRICS = [
     ("eval/compare/sample_tokens", "sample length", None),
     ("eval/compare/rm_reward", "RM reward", True),
     ("eval/compare/oracle", "oracle", True),
+    ("eval/compare/judge", "judge score", True),
 ]
 # the smallest difference worth a word, per measure: (size, unit); a measure not here has none stated (the report
 # says so): a reward model's or an oracle's scale is its own
@@ -63,6 +64,7 @@ SUMMARY_KEYS = (
     "eval/compare/kl",
     "eval/compare/rm_reward",
     "eval/compare/oracle",
+    "eval/compare/judge",
 )
 EXPLAIN = {
     "probe/reward_accuracy": "share of held-out pairs whose chosen response gained more log-prob than the rejected one "
@@ -81,6 +83,8 @@ EXPLAIN = {
     "eval/compare/sample_tokens": "mean length of the sampled responses, tokens",
     "eval/compare/rm_reward": "mean reward-model score of the sampled responses",
     "eval/compare/oracle": "mean of the oracle's score of the sampled responses",
+    "eval/compare/judge": "mean of the judge's (--judge) score of the sampled responses (task:arithmetic: the share "
+    "whose final value is right)",
 }
 
 
@@ -160,6 +164,29 @@ def _setting(opts, prep, methods: Dict[str, Any], baseline: str, groups: Dict[st
         "training; mean ± 95 % CI over seeds, or for measures with a bounded range (shares, the KL, lengths) "
         "mean (low to high), the t-interval clipped to that range ('n=k of m' when a run did not report a value)."
     )
+
+
+def _online_lines(opts, groups: Dict[str, List[RunResult]]) -> List[str]:
+    """What the on-policy arms (``online:<method>``) are, and what judged them: a paragraph, or nothing."""
+    from ..config import build_config
+
+    online = [m for m, rs in groups.items() if rs and rs[0].spec.config.get("train", {}).get("mode") == "online"]
+    if not online:
+        return []
+    o = build_config(groups[online[0]][0].spec.config).online
+    arms = ", ".join(f"**{m}**" for m in online)
+    return [
+        f"On-policy arms: {arms} (`train.mode=online`). Each optimiser step takes as many prompts as an offline arm "
+        "takes pairs (the prompts of the same training pairs, in the same seeded order), samples "
+        f"{o.samples_per_prompt} completions per prompt from the current policy (temperature {o.temperature:g}, "
+        f"top-p {o.top_p:g}, at most {o.max_new_tokens} tokens), scores them with the judge `{o.judge}`, pairs them "
+        f"({o.pairs}; exact ties skipped) and trains the method's loss on those pairs against a live reference (the "
+        "starting model); the same starting model, seeds, steps, learning rate and schedule as the offline arms. "
+        "They are measured like every arm on the same held-out pairs: their probes (reward accuracy, margin, Δ) "
+        "come from the same probe set, scored by compare's hook instead of the objective; 'ties' is not reported "
+        "for them (their own counts the sampled pairs' ties).",
+        "",
+    ]
 
 
 def _reference_lines(reference: Dict[str, Any], n_ref_runs: int, results: Dict[str, RunResult]) -> List[str]:
@@ -302,6 +329,7 @@ def write_report(
             ("eval/compare/sample_tokens", "sample length"),
             ("eval/compare/rm_reward", "RM reward"),
             ("eval/compare/oracle", "oracle"),
+            ("eval/compare/judge", "judge score"),
         )
         if any(k == p[0] for p in present)
     ]
@@ -321,6 +349,7 @@ def write_report(
         "",
         _setting(opts, prep, methods, baseline, groups),
         "",
+        *_online_lines(opts, groups),
         "## Summary",
         "",
         *_summary(against, zero, baseline, present),
