@@ -79,10 +79,17 @@ def sample_ids(
     pad_id: Optional[int] = None,
     eos_id: Optional[int] = None,
     autocast: Callable = nullcontext,
+    row_seeds: Optional[Sequence[int]] = None,
 ) -> List[Sampled]:
     """One sampled completion per prompt, seeded as :func:`generate_ids`, with each token's log-prob under the
     distribution it was drawn from: ``log_softmax`` of ``generate``'s processed scores (the logits after temperature
-    and top-p), so at temperature 1 and top-p 1 they are the policy's own log-probs of the sampled tokens."""
+    and top-p), so at temperature 1 and top-p 1 they are the policy's own log-probs of the sampled tokens.
+
+    ``row_seeds`` (one per prompt) instead gives every row a generator of its own (:class:`_RowSampler`): a completion
+    then depends on its prompt, its seed and the weights only, not on the rows it is batched with (so processes that
+    share out the prompts draw what one process would)."""
+    if row_seeds is not None and len(row_seeds) != len(prompts):
+        raise ValueError(f"sample_ids: {len(row_seeds)} row seeds for {len(prompts)} prompts")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -92,29 +99,56 @@ def sample_ids(
     for start in range(0, len(prompts), batch_size):
         input_ids, attn, width = _left_padded(prompts[start : start + batch_size], pad)
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        rows = None if row_seeds is None else _RowSampler(row_seeds[start : start + batch_size], temperature, top_p)
         with autocast():
             out = model.generate(
                 input_ids=input_ids.to(device),
                 attention_mask=attn.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=True,
-                temperature=temperature,
-                top_p=top_p,
+                temperature=temperature if rows is None else 1.0,  # the row sampler warps, then draws
+                top_p=top_p if rows is None else 1.0,
                 top_k=0,
                 pad_token_id=pad,
                 eos_token_id=eos_id,
                 output_scores=True,
                 return_dict_in_generate=True,
+                **({} if rows is None else {"logits_processor": [rows]}),
             )
         new = out.sequences[:, width:]
-        scores = torch.stack([s.float() for s in out.scores], dim=1).log_softmax(-1)  # [B, new, V]
-        token_logps = scores.gather(-1, new[:, : scores.shape[1], None]).squeeze(-1)
+        if rows is not None:
+            token_logps = torch.stack(rows.logps, dim=1)
+        else:
+            scores = torch.stack([s.float() for s in out.scores], dim=1).log_softmax(-1)  # [B, new, V]
+            token_logps = scores.gather(-1, new[:, : scores.shape[1], None]).squeeze(-1)
         for row, lp in zip(new.tolist(), token_logps.tolist()):
             ids = _until_eos(row, eos_id)
             ended = eos_id is not None and eos_id in row
             outs.append(Sampled(ids, lp[: len(ids) + int(ended)], ended))
     model.train(was_training)
     return outs
+
+
+class _RowSampler:
+    """A logits processor that draws each row's next token itself, from the row's own generator (inverse CDF of the
+    distribution after temperature and top-p, one uniform per row and token), and leaves ``generate`` only that token
+    (every other score -inf); ``logps`` collects the drawn tokens' log-probs under that distribution, step by step."""
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.gens = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+        warp = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+        self.warp = LogitsProcessorList(warp + ([TopPLogitsWarper(top_p)] if top_p < 1.0 else []))
+        self.logps: List[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        logp = self.warp(input_ids, scores.float()).log_softmax(-1)
+        u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in self.gens]).to(scores.device)
+        cdf = logp.double().exp().cumsum(-1)
+        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).clamp_max(cdf.shape[-1] - 1)
+        self.logps.append(logp.gather(-1, token).squeeze(-1))
+        return torch.full_like(scores, float("-inf")).scatter_(-1, token, 0.0)
 
 
 def _left_padded(chunk: Sequence[List[int]], pad: int):
