@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 
 from ..stats import SMALL, Verdict, VerdictTable, compare, none_of
 from .budget import MEASURED
+from .claims import SEED_CLAIMS, Claim, claim_from_verdict, write_claims
 from .common import (
     CELLS_TEXT,
     CPU_MODEL,
@@ -37,10 +38,23 @@ from .common import (
     probed_preference,
     with_beta,
 )
+from .pilot import (
+    PilotPlan,
+    dpo_cell_specs,
+    draw_slices,
+    lr_epochs_pilot,
+    pilot_section,
+    pilot_stages,
+    read_choice,
+    regime,
+    slice_paths,
+)
 from .runner import RunResult, RunSpec
 from .study import Study
 
 LAMBDAS = (5.0, 50.0, 500.0)
+# why the pilot's fallback cell (used when no cell meets the rule) is the one it is
+FALLBACK_WHY = "the grid's strongest push (largest lr, most epochs), where a fall of the chosen log-prob had most room."
 
 SIZES = {
     "cpu": dict(
@@ -55,6 +69,13 @@ SIZES = {
         batch=16,
         eval_every=16,
         beta=0.1,
+        pilot=dict(
+            lrs=(1e-4, 1e-3),
+            epochs=(1, 3),
+            seeds=(100, 101),
+            fallback=(1e-3, 3),
+            fallback_why=FALLBACK_WHY,
+        ),
     ),
     "paper": dict(
         model=PAPER_MODEL,
@@ -82,26 +103,41 @@ SMOKE = dict(
     batch=8,
     eval_every=1,
     beta=0.1,
+    pilot=dict(
+        lrs=(1e-4, 1e-3),
+        epochs=(1,),
+        seeds=(100, 101),
+        fallback=(1e-3, 1),
+        fallback_why=FALLBACK_WHY,
+    ),
 )
-# small: the real SmolLM2-135M-Instruct with LoRA r=16 on the IMDb counterfactual pairs only, sized by the budget of
-# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores)
+# small: the real SmolLM2-135M-Instruct with LoRA r=16 on the IMDb counterfactual pairs only; lr and epochs are chosen
+# by the pilot (pref_lr / pref_epochs below are its fallback cell); the budget: `dpolab study dpop --size small
+# --dry-run` and docs/compare-and-studies.md
 SIZES["small"] = dict(
     model={"name_or_path": "smollm2-135m"},
     lora={"enabled": True, "r": 16, "alpha": 32.0},
     arithmetic=False,
-    lambdas=(50.0,),
+    lambdas=LAMBDAS,
     sft_steps=0,
     imdb_sft_steps=16,
     sft_lr=2e-4,
     sft_batch=8,
     imdb_max_length=96,
-    n_pairs=128,
+    n_pairs=96,
     n_eval=24,
-    pref_epochs=1,
-    pref_lr=1e-4,
+    pref_epochs=2,
+    pref_lr=1e-3,
     batch=8,
-    eval_every=8,
+    eval_every=16,
     beta=0.1,
+    pilot=dict(
+        lrs=(1e-4, 3e-4, 1e-3),
+        epochs=(1, 2),
+        seeds=(100, 101),
+        fallback=(1e-3, 2),
+        fallback_why=FALLBACK_WHY,
+    ),
 )
 SMOKE_SMALL = dict(
     SIZES["small"],
@@ -114,11 +150,12 @@ SMOKE_SMALL = dict(
     batch=2,
     eval_every=1,
     imdb_n_train_sft=4,
+    pilot=dict(SIZES["small"]["pilot"], lrs=(1e-4, 1e-3), epochs=(1,), fallback=(1e-3, 1)),
 )
 SMALL_CUTS = (
     "Cut at this size against `--size paper`: the arithmetic pair sets (whether SmolLM2 learns the chains within "
-    "this budget was not established; `--size cpu` runs them), DPOP λ = 5 and 500 (λ = 50, the paper's value, "
-    "kept), {n_pairs} training pairs per set instead of 1,700 and one epoch instead of three, a {imdb_sft_steps}-step "
+    "this budget was not established; `--size cpu` runs them), {n_pairs} training pairs per set instead of 1,700, "
+    "lr and epochs chosen by the pilot instead of the paper's, a {imdb_sft_steps}-step "
     "SFT warm-up, sequences cut to {imdb_max_length} tokens, probes on {n_eval} held-out pairs instead of 245."
 )
 
@@ -143,7 +180,8 @@ def _imdb_dir(data_dir: Optional[str]) -> Optional[Path]:
     return root if (root / "paired" / "train_paired.tsv").exists() else None
 
 
-def _plan(s: Dict[str, Any], size: str, seeds: int, smoke: bool, data_dir: Optional[str]) -> List[RunSpec]:
+def _stages(s: Dict[str, Any], size: str, smoke: bool, data_dir: Optional[str]):
+    """(base config, pair set -> data config, pair set -> hooks, the SFT warm-up specs) of the settings ``s``."""
     base = base_config(s, s["n_eval"])
     data: Dict[str, Dict[str, Any]] = {}
     hooks: Dict[str, list] = {}
@@ -193,9 +231,41 @@ def _plan(s: Dict[str, Any], size: str, seeds: int, smoke: bool, data_dir: Optio
                 {"stage": "sft"},
             )
         )
-        for kind in ("low", "high"):
-            data[f"imdb-{kind}"] = deep_merge(task, {"task_args": {"kind": kind, "n_train": s["n_pairs"]}})
+        for kind in ("low", "high"):  # task seed 0: every seed trains and is probed on the same pairs
+            data[f"imdb-{kind}"] = deep_merge(task, {"task_args": {"kind": kind, "n_train": s["n_pairs"], "seed": 0}})
             hooks[f"imdb-{kind}"] = []
+    for spec in out:
+        spec.labels["smoke"] = smoke
+    return base, data, hooks, out
+
+
+def _pilot(s: Dict[str, Any], size: str, smoke: bool, data_dir: Optional[str], out: Optional[Path]):
+    """The size's pilot: DPO on the low edit-distance set (IMDb when present, else arithmetic) over lr x epochs, on
+    pairs disjoint from every confirmation pair set's."""
+    if "pilot" not in s:
+        return None
+    base, data, _, sfts = _stages(s, size, smoke, data_dir)
+    low = "imdb-low" if "imdb-low" in data else "arith-near"
+    args = data[low]["task_args"]
+    if low == "imdb-low":
+        candidates = deep_merge(data[low], {"task_args": {"n_train": None, "n_eval": 10**6}})
+        words = f"{args['n_train']} IMDb minimal-edit training pairs and {args['n_eval']} held-out pairs"
+    else:
+        candidates = arithmetic_data(4 * args["n_train"], 4 * args["n_eval"], "near", seed=1)
+        words = f"{args['n_train']} arithmetic near-miss training pairs and {args['n_eval']} held-out pairs"
+    pilot = lr_epochs_pilot(s["pilot"], f"DPO on the low edit-distance pairs ({low}) from its SFT warm-up", words)
+    folder = Path(out or "runs/study-dpop") / "pilot" / "data"
+    pdata = {**slice_paths(folder), "max_length": data[low]["max_length"]}
+    parent = [x for x in sfts if x.run_id == ("sft-imdb" if low == "imdb-low" else "sft-arithmetic")]
+    return PilotPlan(
+        pilot,
+        lambda cell: dpo_cell_specs(pilot, cell, s, base, pdata, parent),
+        lambda: draw_slices(folder, list(data.values()), candidates, args["n_train"], args["n_eval"]),
+    )
+
+
+def _plan(s: Dict[str, Any], size: str, seeds: int, smoke: bool, data_dir: Optional[str]) -> List[RunSpec]:
+    base, data, hooks, out = _stages(s, size, smoke, data_dir)
     pref = probed_preference(s, pref_steps(s))
     for seed in range(seeds):
         for dname, dcfg in data.items():
@@ -208,7 +278,7 @@ def _plan(s: Dict[str, Any], size: str, seeds: int, smoke: bool, data_dir: Optio
                     RunSpec(
                         f"{dname}/{method.replace(' ', '').replace('λ=', 'lam')}/seed{seed}",
                         cfg,
-                        {"data": dname, "method": method, "seed": seed},
+                        {"data": dname, "method": method, "seed": seed, "smoke": smoke},
                         init_from=start,
                         hooks=hooks[dname],
                     )
@@ -373,8 +443,40 @@ def _specificity(family: str, low: str, high: str, by, dist) -> tuple[List[str],
     return lines, [v_lo, v_hi, v_d]
 
 
-def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
+def claims(measured: Dict[str, Verdict], setting: str, low: str) -> List[Claim]:
+    """S3's seed claims (:data:`dpolab.studies.claims.SEED_CLAIMS`) from the report's verdicts on the low
+    edit-distance set ``low``; one not measured is written as such."""
+    out = []
+    for cid in ("S3.dpo-chosen-low-ed", "S3.dpop-chosen"):
+        if cid in measured:
+            out.append(claim_from_verdict(cid, measured[cid], setting=setting, figure=f"dpop_{low}.png", unit="nats"))
+        else:
+            study, text, paper = SEED_CLAIMS[cid]
+            why = f"no DPO runs on {low}" if cid.endswith("low-ed") else f"no DPOP λ=50 and DPO runs on {low}"
+            out.append(Claim(cid, study, text, paper, setting, None, None, None, f"not measured ({why})"))
+    return out
+
+
+def _claim_setting(runs: List[RunResult]) -> str:
+    """One line: model, data, steps, lr of the runs as run."""
+    if not runs:
+        return "no runs"
+    c = runs[0].spec.config
+    args, train = c.get("data", {}).get("task_args", {}), c.get("train", {})
+    lora = " + LoRA" if (c.get("lora") or {}).get("enabled") else ""
+    return (
+        f"{c.get('model', {}).get('name_or_path', '?')}{lora}; {args.get('n_train', '?')} "
+        f"{runs[0].spec.labels.get('data', '?')} pairs; {train.get('max_steps', '?')} steps of batch "
+        f"{train.get('batch_size', '?')} at lr {train.get('lr', '?')}; {len(runs)} seeds"
+    )
+
+
+def _report(
+    results: Dict[str, RunResult], out: Path, size: str, cuts: List[str], pilot: List[str], smoke: bool
+) -> List[str]:
     by = group_runs(results, "data", "method")
+    low = "imdb-low" if "imdb-low" in by else "arith-near"
+    measured: Dict[str, Verdict] = {}
     dist = _edit_distances(results)
     lines = [
         "Paper's claim (DPOP / Smaug, arXiv 2402.13228): on pairs whose responses differ by few tokens, DPO can "
@@ -386,6 +488,7 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         _setting(results, by, size),
         "",
         *cuts,
+        *pilot,
     ]
     if not any(d.startswith("imdb") for d in by):
         lines += [
@@ -433,6 +536,8 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
             "does the margin move from 0?",
         )
         dpo_lines.append(_dpo_sentence(dname, bucket, vc, vm))
+        if dname == low:
+            measured["S3.dpo-chosen-low-ed"] = vc
         for m, rs in groups.items():
             if m == "DPO":
                 continue
@@ -454,6 +559,8 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
                 "Δ chosen against DPO",
             )
             dpop_lines.append(f"- {v0.sentence()} {vd.sentence()}")
+            if dname == low and m == "DPOP λ=50":
+                measured["S3.dpop-chosen"] = vd
             dpop_vs0.append(v0)
     spec_lines: List[str] = []
     for family, (low, high) in FAMILIES.items():
@@ -483,6 +590,8 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         "",
         *table.lines(),
     ]
+    setting = _claim_setting(by.get(low, {}).get("DPO", []))
+    write_claims(out, "dpop", size, claims(measured, setting, low), smoke=smoke)
     return lines
 
 
@@ -492,20 +601,32 @@ class DpopStudy(Study):
     summary = "S3: DPOP vs DPO on low and high edit-distance pairs (arXiv 2402.13228)"
     sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
 
+    def pilot(
+        self, size: str, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
+    ) -> Optional[PilotPlan]:
+        return _pilot(self.settings(size, smoke), size, smoke, data_dir, out)
+
     def plan(
         self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
     ) -> List[RunSpec]:
-        return _plan(self.settings(size, smoke), size, seeds, smoke, data_dir)
+        s = self.settings(size, smoke)
+        chosen = regime(_pilot(s, size, smoke, data_dir, out), out)  # the recorded choice, else the fallback cell
+        return _plan({**s, **chosen}, size, seeds, smoke, data_dir)
 
     def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
-        return _report(results, out, size, self.cuts_lines(size))
+        smoke = any(r.spec.labels.get("smoke") for r in results.values())
+        declared = "pilot" in self.settings(size, smoke)
+        return _report(results, out, size, self.cuts_lines(size), pilot_section(read_choice(out), declared), smoke)
 
     def small_budget(self, s: Dict[str, Any], seeds: int) -> list:
-        return probed_budget(
-            s,
+        p = s["pilot"]
+        longest = {**s, "pref_lr": max(p["lrs"]), "pref_epochs": max(p["epochs"])}
+        return pilot_stages(s, MEASURED["dpop"]) + probed_budget(
+            longest,
             MEASURED["dpop"],
             2 * len(methods(s["lambdas"])) * seeds,
-            f"DPO / DPOP on imdb-low and imdb-high x {seeds} seeds",
+            f"DPO / DPOP on imdb-low and imdb-high x {seeds} seeds, at the grid's longest cell "
+            f"({max(p['epochs'])} epochs)",
             s["imdb_sft_steps"],
             s["imdb_max_length"],
         )

@@ -77,12 +77,18 @@ def run_study(
     seeds, out_dir = study.resolve(size, seeds, smoke, out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    specs = study.plan(size, seeds, smoke, data_dir=data_dir, out=out_dir)
-    log(f"study {name} ({size}{', smoke' if smoke else ''}): {len(specs)} runs -> {out_dir}")
     if isinstance(executor, dict):  # make_executor's options (the slurm executor keeps its logs in the out folder)
         from .executors import make_executor
 
         executor = make_executor(out=out_dir, **executor)
+    pilot = study.pilot(size, smoke, data_dir=data_dir, out=out_dir)
+    pilot_runs: Dict[str, RunResult] = {}
+    if pilot is not None:  # the regime is chosen (or its recorded choice read) before the confirmation is planned
+        from .pilot import run_pilot
+
+        _, pilot_runs = run_pilot(pilot, out_dir, confirmation_seeds=range(seeds), log=log, executor=executor)
+    specs = study.plan(size, seeds, smoke, data_dir=data_dir, out=out_dir)
+    log(f"study {name} ({size}{', smoke' if smoke else ''}): {len(specs)} runs -> {out_dir}")
     results = run_grid(specs, out_dir, log=log, executor=executor)
     wall = time.perf_counter() - t0
     body = study.report(results, out_dir, size)
@@ -98,7 +104,7 @@ def run_study(
         "",
         *body,
         "",
-        *runs_sections(results, wall),
+        *runs_sections({**pilot_runs, **results}, wall),
     ]
     from ..atomic import write_text
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..stats import VerdictTable, compare, every, fmt_ci, none_of
+from ..stats import Verdict, VerdictTable, compare, every, fmt_ci, none_of
 from .budget import MEASURED
+from .claims import SEED_CLAIMS, Claim, claim_from_verdict, write_claims
 from .common import (
     CELLS_TEXT,
     CPU_MODEL,
@@ -41,6 +42,17 @@ from .common import (
     probed_preference,
     with_beta,
 )
+from .pilot import (
+    PilotPlan,
+    dpo_cell_specs,
+    draw_slices,
+    lr_epochs_pilot,
+    pilot_section,
+    pilot_stages,
+    read_choice,
+    regime,
+    slice_paths,
+)
 from .report import markdown_table
 from .runner import RunResult, RunSpec
 from .study import Study
@@ -54,9 +66,13 @@ METHODS: Dict[str, List[Dict[str, Any]]] = {
     "gated IPO": [{"name": "ipo", "gate": {"mode": "seq"}}],
     "gated Cal-DPO": [{"name": "cal-dpo", "gate": {"mode": "seq"}}],
     "ext-SFT -> DPO": [{"name": "dpo"}],
+    "DPOP": [{"name": "dpop", "params": {"lam": 50.0}}],
 }
 SWEEP_ALPHA = (10.0, 30.0, 100.0)
 SWEEP_TAU = (0.05, 0.1, 0.2)
+# the small size's gate sweep: 2 x 2 around the seq gate's default (alpha 30, tau 0.1), at the chosen regime, one seed
+SMALL_SWEEP = ((10.0, 0.05), (10.0, 0.2), (100.0, 0.05), (100.0, 0.2))
+ON_POLICY = "on-policy arm: missing (not yet wired: `dpolab compare`'s online:<method> arms are not a study arm yet)"
 
 SIZES = {
     # steps are optimiser steps; pref_epochs passes over n_pairs pairs at batch 16
@@ -72,6 +88,13 @@ SIZES = {
         eval_every=16,
         ext_sft_epochs=1,
         beta=0.1,
+        pilot=dict(
+            lrs=(1e-4, 1e-3),
+            epochs=(2, 4),
+            seeds=(100, 101),
+            fallback=(1e-3, 4),
+            fallback_why="the grid's strongest push (largest lr, most epochs), where squeezing had the most room.",
+        ),
     ),
     "paper": dict(
         model=PAPER_MODEL,
@@ -99,28 +122,43 @@ SMOKE = dict(
     eval_every=1,
     ext_sft_epochs=1,
     beta=0.1,
+    pilot=dict(
+        lrs=(1e-4, 1e-3),
+        epochs=(1,),
+        seeds=(100, 101),
+        fallback=(1e-3, 1),
+        fallback_why="the grid's strongest push (largest lr, most epochs), where squeezing had the most room.",
+    ),
 )
 # small: the real SmolLM2-135M-Instruct with LoRA r=16 on real text pairs (the IMDb counterfactual minimal edits,
-# imdb-cad kind=low, where DPO's fall of the chosen likelihood is expected), sized by the budget of
-# docs/results/SMALL_SIZES.md (about 100 minutes of training on 2 CPU cores)
+# imdb-cad kind=low, where DPO's fall of the chosen likelihood is expected); lr and epochs are chosen by the pilot
+# (pref_lr / pref_epochs below are its fallback cell); the budget: `dpolab study squeeze --size small --dry-run` and
+# docs/compare-and-studies.md
 SIZES["small"] = dict(
     model={"name_or_path": "smollm2-135m"},
     lora={"enabled": True, "r": 16, "alpha": 32.0},
     pairs="imdb-low",
-    methods=("DPO", "Gate-DPO seq", "Gate-DPO q10"),
-    sweep=False,
+    methods=("DPO", "Gate-DPO seq", "Gate-DPO q10", "Cal-DPO", "IPO", "DPOP", "ext-SFT -> DPO"),
+    sweep="small",
     sft_steps=16,
     sft_lr=2e-4,
     sft_batch=8,
     max_length=96,
-    n_pairs=192,
+    n_pairs=96,
     n_eval=24,
-    pref_epochs=1,
-    pref_lr=1e-4,
+    pref_epochs=2,
+    pref_lr=1e-3,
     batch=8,
-    eval_every=12,
+    eval_every=16,
     ext_sft_epochs=1,
     beta=0.1,
+    pilot=dict(
+        lrs=(1e-4, 3e-4, 1e-3),
+        epochs=(1, 2),
+        seeds=(100, 101),
+        fallback=(1e-3, 2),
+        fallback_why="the grid's strongest push (largest lr, most epochs), where squeezing had the most room.",
+    ),
 )
 SMOKE_SMALL = dict(
     SIZES["small"],
@@ -133,11 +171,13 @@ SMOKE_SMALL = dict(
     batch=2,
     eval_every=1,
     n_train_sft=4,
+    pilot=dict(SIZES["small"]["pilot"], lrs=(1e-4, 1e-3), epochs=(1,), fallback=(1e-3, 1)),
 )
 SMALL_CUTS = (
-    "Cut at this size against `--size paper`: IPO, Cal-DPO, their gated versions and extended SFT -> DPO "
-    "(DPO against the two Gate-DPO gates kept), the gate sweep, {n_pairs} IMDb counterfactual training pairs "
-    "(minimal human edits) instead of 4,096 and one epoch instead of three, a {sft_steps}-step SFT warm-up on "
+    "Cut at this size against `--size paper`: gated IPO and gated Cal-DPO, the full 3 x 3 gate sweep (a 2 x 2 "
+    "sweep around the default at one seed kept), {n_pairs} IMDb counterfactual training pairs "
+    "(minimal human edits) instead of 4,096, lr and epochs chosen by the pilot instead of the paper's, a "
+    "{sft_steps}-step SFT warm-up on "
     "the review text, sequences cut to {max_length} tokens, probes on {n_eval} held-out pairs instead of 256."
 )
 
@@ -158,13 +198,15 @@ def _imdb_pairs(s: Dict[str, Any], data_dir: Optional[str]) -> tuple[Dict[str, A
         "max_length": s["max_length"],
         "task_args": {"path": str(root.resolve()), "n_eval": s["n_eval"]},
     }
-    pref = deep_merge(task, {"task_args": {"kind": s["pairs"].split("-")[1], "n_train": s["n_pairs"]}})
+    # every seed trains on the same pairs and is probed on the same held-out pairs (task seed 0): seeds vary the
+    # order and the adapters' start, and the pilot's slice is drawn disjoint from exactly these
+    pref = deep_merge(task, {"task_args": {"kind": s["pairs"].split("-")[1], "n_train": s["n_pairs"], "seed": 0}})
     return pref, deep_merge(task, {"task_args": {"n_train": s.get("n_train_sft")}})
 
 
-def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -> List[RunSpec]:
+def _stages(s: Dict[str, Any], smoke: bool, data_dir: Optional[str]):
+    """(base config, preference data, hooks, the SFT warm-up spec) of a size's settings ``s``."""
     base = base_config(s, s["n_eval"])
-    methods = {m: METHODS[m] for m in s.get("methods", METHODS)}
     if s.get("pairs"):  # real text pairs: no exact answer to score, so no accuracy hook
         pref_data, sft_data = _imdb_pairs(s, data_dir)
         hooks: list = []
@@ -192,6 +234,38 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -
         pref_data = arithmetic_data(s["n_pairs"], s["n_eval"], "mixed")
         hooks = [arithmetic_accuracy_hook(pref_data, limit=s["n_eval"])]
         out = [arithmetic_sft_spec("sft", base, s, smoke, hooks[0])]
+    for spec in out:
+        spec.labels["smoke"] = smoke
+    return base, pref_data, hooks, out[0]
+
+
+def _pilot(s: Dict[str, Any], smoke: bool, data_dir: Optional[str], out: Optional[Path]) -> Optional[PilotPlan]:
+    """The size's pilot: DPO from the SFT warm-up over lr x epochs, on pairs disjoint from the confirmation's."""
+    if "pilot" not in s:
+        return None
+    base, pref_data, _, sft = _stages(s, smoke, data_dir)
+    folder = Path(out or f"runs/study-squeeze-{s.get('pairs', 'arithmetic')}") / "pilot" / "data"
+    if s.get("pairs"):
+        args = pref_data["task_args"]
+        candidates = deep_merge(pref_data, {"task_args": {"n_train": None, "n_eval": 10**6}})
+        words = f"{args['n_train']} IMDb counterfactual training pairs and {args['n_eval']} held-out pairs"
+    else:
+        args = pref_data["task_args"]
+        candidates = arithmetic_data(4 * args["n_train"], 4 * args["n_eval"], args["miss"], seed=1)
+        words = f"{args['n_train']} arithmetic training pairs and {args['n_eval']} held-out pairs"
+    pilot = lr_epochs_pilot(s["pilot"], "DPO from the SFT warm-up", words)
+    data = {**slice_paths(folder), "max_length": pref_data["max_length"]}
+    return PilotPlan(
+        pilot,
+        lambda cell: dpo_cell_specs(pilot, cell, s, base, data, [sft]),
+        lambda: draw_slices(folder, [pref_data], candidates, args["n_train"], args["n_eval"]),
+    )
+
+
+def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -> List[RunSpec]:
+    methods = {m: METHODS[m] for m in s.get("methods", METHODS)}
+    base, pref_data, hooks, sft = _stages(s, smoke, data_dir)
+    out = [sft]
     if "ext-SFT -> DPO" in methods:
         ext_steps = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
         out.append(
@@ -221,11 +295,17 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -
             cfg = deep_merge(pref, {"loss": with_beta(loss, s["beta"]), "train": {"seed": seed}})
             out.append(
                 RunSpec(
-                    f"{_slug(method)}/seed{seed}", cfg, {"method": method, "seed": seed}, init_from=start, hooks=hooks
+                    f"{_slug(method)}/seed{seed}",
+                    cfg,
+                    {"method": method, "seed": seed, "smoke": smoke},
+                    init_from=start,
+                    hooks=hooks,
                 )
             )
     sweep = (
-        []
+        list(SMALL_SWEEP)
+        if s.get("sweep", True) == "small"
+        else []
         if not s.get("sweep", True)
         else ([(a, t) for a in SWEEP_ALPHA for t in SWEEP_TAU] if not smoke else [(SWEEP_ALPHA[0], SWEEP_TAU[0])])
     )
@@ -248,6 +328,7 @@ KEYS = (
     "probe/delta/chosen",
     "probe/delta/rejected",
     "probe/margin",
+    "probe/reward_accuracy",
     "probe/delta/others",
     "probe/delta/random",
     "probe/delta/argmax_mass",
@@ -255,8 +336,10 @@ KEYS = (
 )
 
 
+SWEEP_KEYS = ("probe/delta/chosen", "probe/delta/rejected", "probe/margin", "probe/delta/others")
 GATED = ("Gate-DPO seq", "Gate-DPO q10", "gated IPO", "gated Cal-DPO")
-CHOSEN, OTHERS = "probe/delta/chosen", "probe/delta/others"
+CHOSEN, OTHERS, ARGMAX = "probe/delta/chosen", "probe/delta/others", "probe/delta/argmax_mass"
+ACC = "probe/reward_accuracy"
 
 
 def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], size: str) -> str:
@@ -309,10 +392,16 @@ def _setting(results: Dict[str, RunResult], groups: Dict[str, List[RunResult]], 
 
 def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str]]:
     """The paired comparisons of the claim and the sentences that read them."""
+    table, text, _ = _verdicts(groups)
+    return table, text
+
+
+def _verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str], Dict[str, Verdict]]:
+    """The verdict table, its sentences and the verdicts the claims file reads (by claim id)."""
     table = VerdictTable(("method", "question"))
     text: List[str] = []
     if "DPO" not in groups:
-        return table, ["No DPO runs: nothing to compare the gated methods with."]
+        return table, ["No DPO runs: nothing to compare the gated methods with."], {}
     dpo_c, dpo_o = by_seed(groups["DPO"], CHOSEN), by_seed(groups["DPO"], OTHERS)
     base = table.add(
         compare(dpo_c, 0.0, metric="Δ chosen", higher_is_better=None, label_a="DPO", label_b="0", **NATS),
@@ -320,8 +409,9 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
         "does Δ chosen move from 0?",
     )
     text.append(f"- {base.sentence()} (DPO's squeezing, which the gates should prevent.)")
-    above0, others = [], []
-    for m in (*GATED, "ext-SFT -> DPO"):
+    claims = {"S4.dpo-chosen": base}
+    above0, others, keeps = [], [], []
+    for m in (*GATED, "ext-SFT -> DPO", "DPOP"):
         if m not in groups:
             continue
         c, o = by_seed(groups[m], CHOSEN), by_seed(groups[m], OTHERS)
@@ -340,10 +430,33 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
             m,
             "Δ others against DPO",
         )
+        if m == "Gate-DPO seq":
+            claims.update({"S4.gate-chosen": v0, "S4.gate-others": vo})
         if m in GATED:
             above0.append(v0)
             others.append(vo)
+            for key, limits, name in (
+                (ACC, (-1.0, 1.0), "reward accuracy"),
+                ("probe/margin", None, "margin"),
+            ):
+                bound = {} if limits else NATS
+                v = compare(
+                    by_seed(groups[m], key),
+                    by_seed(groups["DPO"], key),
+                    metric=name,
+                    higher_is_better=True,
+                    label_a=m,
+                    label_b="DPO",
+                    limits=limits,
+                    **bound,
+                )
+                keeps.append(table.add(v, m, f"{name} against DPO"))
         text.append(f"- {v0.sentence()} {vc.sentence()} {vo.sentence()}")
+    squeezing = []
+    for m, rs in groups.items():
+        for key, name in ((OTHERS, "Δ others"), (ARGMAX, "Δ argmax mass")):
+            v = compare(by_seed(rs, key), 0.0, metric=name, higher_is_better=None, label_a=m, label_b="0", **NATS)
+            squeezing.append(f"- {table.add(v, m, f'does {name} move from 0?').sentence()}")
     text += [
         "",
         "The claim, tested run by run (each part true only where every paired interval says so):",
@@ -352,11 +465,59 @@ def verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[str
         + none_of(above0, "lowered Δ chosen below 0", subject="gated method", expect="lower")
         + " (The paper's 'Δ chosen ≥ 0' is contradicted where an interval lies below 0.)",
         "- " + every(others, "shrank the fall of Δ others compared with DPO", subject="gated method", expect="better"),
+        "- "
+        + none_of(
+            keeps,
+            "lost preference against DPO",
+            subject="gated comparison (reward accuracy or margin)",
+            expect="worse",
+        )
+        + " (A gate keeps the preference where neither its reward accuracy nor its margin is worse than DPO's.)",
+        "",
+        "Squeezing, method by method (Δ others and Δ argmax mass against 0; the argmax mass falls when the "
+        "probability of the most likely token is pushed away from the chosen response's positions):",
+        "",
+        *squeezing,
     ]
-    return table, text
+    return table, text, claims
 
 
-def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]) -> List[str]:
+def claims(measured: Dict[str, Verdict], setting: str) -> List[Claim]:
+    """S4's seed claims (:data:`dpolab.studies.claims.SEED_CLAIMS`) from the report's verdicts; one not measured is
+    written as such. The evidence table reads them from claims.json (:func:`dpolab.studies.claims.read_claims`)."""
+    out = []
+    for cid in ("S4.dpo-chosen", "S4.gate-chosen", "S4.gate-others"):
+        if cid in measured:
+            out.append(
+                claim_from_verdict(cid, measured[cid], setting=setting, figure="squeeze_deltas.png", unit="nats")
+            )
+        else:
+            study, text, paper = SEED_CLAIMS[cid]
+            why = "no DPO runs" if not measured else "no Gate-DPO seq runs"
+            out.append(Claim(cid, study, text, paper, setting, None, None, None, f"not measured ({why})"))
+    return out
+
+
+def _claim_setting(groups: Dict[str, List[RunResult]]) -> str:
+    """One line: model, data, steps, lr of the DPO runs as run."""
+    runs = groups.get("DPO") or next(iter(groups.values()), [])
+    if not runs:
+        return "no runs"
+    c = runs[0].spec.config
+    args, train = c.get("data", {}).get("task_args", {}), c.get("train", {})
+    data = f"{args.get('n_train', '?')} {c.get('data', {}).get('task', 'file')} pairs" + (
+        f" (kind {args['kind']})" if "kind" in args else ""
+    )
+    return (
+        f"{c.get('model', {}).get('name_or_path', '?')}{' + LoRA' if (c.get('lora') or {}).get('enabled') else ''}; "
+        f"{data}; {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
+        f"{train.get('lr', '?')}; {len(runs)} seeds"
+    )
+
+
+def _report(
+    results: Dict[str, RunResult], out: Path, size: str, cuts: List[str], pilot: List[str], smoke: bool
+) -> List[str]:
     groups = group_runs(results, "method")
     plot1 = curves(
         out / "squeeze_deltas.png",
@@ -385,11 +546,12 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
 
     sweep_rows = [
         [f"{r.spec.labels['alpha']:g}", f"{r.spec.labels['tau']:g}"]
-        + [fmt_ci([r.final(k)]) for k in KEYS[:4]]
+        + [fmt_ci([r.final(k)]) for k in SWEEP_KEYS]
         + [fmt_ci([gate_mean(r)])]
         for r in sweep
     ]
-    table, findings = verdicts(groups)
+    table, findings, measured = _verdicts(groups)
+    write_claims(out, "squeeze", size, claims(measured, _claim_setting(groups)), smoke=smoke)
     lines = [
         "Paper's claim (Gate-DPO, arXiv 2605.02626; Pythia-410M on Anthropic-HH): gated training keeps "
         "Δ chosen ≥ 0 and "
@@ -400,6 +562,9 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         _setting(results, groups, size),
         "",
         *cuts,
+        *pilot,
+        f"Arms: {', '.join(groups) or 'none ran'}; {ON_POLICY}.",
+        "",
         method_table(groups, KEYS),
         "",
         "### What the measurement says against the claim",
@@ -416,11 +581,40 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         "",
         "### Gate sweep (Gate-DPO seq, one seed: no intervals, no verdicts)",
         "",
-        markdown_table(["alpha", "tau"] + [HEADERS[k] for k in KEYS[:4]] + ["gate mean"], sweep_rows)
+        "The seq gate's default is alpha 30, tau 0.1. Read against the Gate-DPO seq row above: where no swept gate "
+        "keeps Δ chosen ≥ 0 either, a failure is the method's at this regime rather than the default's (one seed: a "
+        "reading, not a verdict)."
+        if sweep_rows
+        else "",
+        "",
+        markdown_table(["alpha", "tau"] + [HEADERS[k] for k in SWEEP_KEYS] + ["gate mean"], sweep_rows)
         if sweep_rows
         else "No sweep run was in this grid (the size cuts it, or it has not run yet).",
     ]
     return lines
+
+
+def study_budget(s: Dict[str, Any], seeds: int, measured: Dict[str, float]) -> list:
+    """The small size's stages: the pilot (every cell: its worst case), the SFT warm-up, extended SFT, the arms and
+    the gate sweep at the grid's longest cell (the confirmation's worst case), and their probe evaluations."""
+    from .budget import Stage
+
+    p = s["pilot"]
+    longest = {**s, "pref_lr": max(p["lrs"]), "pref_epochs": max(p["epochs"])}
+    stages = pilot_stages(s, measured)
+    methods = [m for m in s["methods"]]
+    runs = len(methods) * seeds + len(SMALL_SWEEP if s.get("sweep") == "small" else ())
+    what = (
+        f"{len(methods)} arms x {seeds} seeds + {runs - len(methods) * seeds} gate-sweep runs on {s['pairs']}, at the "
+        f"grid's longest cell ({max(p['epochs'])} epochs)"
+    )
+    rows = probed_budget(longest, measured, runs, what, s["sft_steps"], s["max_length"])
+    if "ext-SFT -> DPO" in methods:
+        ext = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
+        rows.insert(
+            1, Stage(f"extended SFT on chosen and rejected (batch {s['batch']})", 1, ext, measured["sft"] * s["batch"])
+        )
+    return stages + rows
 
 
 class SqueezeStudy(Study):
@@ -429,17 +623,25 @@ class SqueezeStudy(Study):
     summary = "S4: squeezing and Gate-DPO, with likelihood probes (arXiv 2605.02626)"
     sizes, smoke, smoke_small, small_cuts = SIZES, SMOKE, SMOKE_SMALL, SMALL_CUTS
 
+    def pilot(
+        self, size: str, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
+    ) -> Optional[PilotPlan]:
+        return _pilot(self.settings(size, smoke), smoke, data_dir, out)
+
     def plan(
         self, size: str, seeds: int, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None
     ) -> List[RunSpec]:
-        return _plan(self.settings(size, smoke), seeds, smoke, data_dir)
+        s = self.settings(size, smoke)
+        chosen = regime(_pilot(s, smoke, data_dir, out), out)  # the recorded choice, else the fallback cell
+        return _plan({**s, **chosen}, seeds, smoke, data_dir)
 
     def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
-        return _report(results, out, size, self.cuts_lines(size))
+        smoke = any(r.spec.labels.get("smoke") for r in results.values())
+        declared = "pilot" in self.settings(size, smoke)
+        return _report(results, out, size, self.cuts_lines(size), pilot_section(read_choice(out), declared), smoke)
 
     def small_budget(self, s: Dict[str, Any], seeds: int) -> list:
-        what = f"{', '.join(s['methods'])} x {seeds} seeds on {s['pairs']}"
-        return probed_budget(s, MEASURED["squeeze"], len(s["methods"]) * seeds, what, s["sft_steps"], s["max_length"])
+        return study_budget(s, seeds, MEASURED["squeeze"])
 
 
 STUDY = SqueezeStudy()

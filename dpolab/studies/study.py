@@ -44,6 +44,12 @@ class Study:
         """The grid of runs of ``size`` for ``seeds`` seeds (``out``: the study folder, where stages cache data)."""
         raise NotImplementedError
 
+    def pilot(self, size: str, smoke: bool = False, data_dir: Optional[str] = None, out: Optional[Path] = None):
+        """The size's pre-registered regime choice (:class:`dpolab.studies.pilot.PilotPlan`), which the runner runs
+        (:func:`dpolab.studies.pilot.run_pilot`) before :meth:`plan`, so that :meth:`plan` reads the recorded regime;
+        None: no pilot."""
+        return None
+
     def report(self, results: Dict[str, RunResult], out: Path, size: str) -> List[str]:
         """The report's body (markdown lines) from the finished runs; plots are written into ``out``."""
         raise NotImplementedError
