@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..data.types import DataError
-from ..stats import VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
+from ..stats import Verdict, VerdictTable, compare, every, fmt_ci, mean_ci, proportion_ci
+from . import margin_arms as MA
 from .budget import MEASURED, Stage
+from .claims import claim_from_verdict, write_claims
 from .common import (
     CELLS_TEXT,
     RANGES,
@@ -68,6 +70,10 @@ PAPER = {
     "IPO": (0.35, 0.31, 0.10),
 }
 
+# the addendum's arms: MADPO with the oracle's margin and with it plus noise calibrated to these pairwise accuracies
+# (dpolab/studies/margin_arms.py), on the tiers of a size's ``margin_tiers``, beside the learned reward model's margin
+MARGIN_ACCURACIES = (0.95, 0.80, 0.65)
+
 # cpu size: a tiny GPT-2 with the real GPT-2 tokenizer (whole words, which the VADER lexicon needs; a character
 # model's samples are mostly non-words that VADER scores 0), trained from scratch on the reviews
 CPU_MODEL = {
@@ -96,6 +102,8 @@ SIZES = {
         beta=0.1,
         eval_every=16,
         max_length=128,
+        margin_tiers=("high",),
+        margin_accuracies=MARGIN_ACCURACIES,
     ),
     "paper": dict(
         model={"name_or_path": "gpt2"},
@@ -117,6 +125,8 @@ SIZES = {
         beta=0.1,
         eval_every=25,
         max_length=128,
+        margin_tiers=("high",),
+        margin_accuracies=MARGIN_ACCURACIES,
     ),
 }
 # small size: the real pretrained SmolLM2-135M-Instruct (preset smollm2-135m) with LoRA r=16, sized by the budget in
@@ -155,6 +165,8 @@ SIZES["small"] = dict(
     policy_evals=1,
     policy_eval_pairs=8,
     policy_at_start=False,
+    margin_tiers=("high",),
+    margin_accuracies=MARGIN_ACCURACIES,
 )
 # what the small size leaves out or shortens against the paper size (the report says it)
 SMALL_CUTS = (
@@ -184,6 +196,8 @@ SMOKE = dict(
     beta=0.1,
     eval_every=1,
     max_length=64,
+    margin_tiers=("high",),
+    margin_accuracies=(0.80,),
 )
 # the small size's code path (its model, LoRA, tiers, evaluation schedule) at smoke scale: `--size small --smoke`
 SMOKE_SMALL = dict(
@@ -423,7 +437,54 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], o
                         prepare=lambda tier=tier: _score_tier(out, tier, s["max_length"]),
                     )
                 )
+                if method == "MADPO" and tier in s.get("margin_tiers", ()):
+                    specs_ += _margin_specs(cfg, out, root, s, tier, seed, policy_hook)
     return specs_
+
+
+def _margin_specs(cfg: Dict[str, Any], out: Path, root: Path, s: Dict[str, Any], tier: str, seed: int, hook):
+    """The addendum's arms of one tier and seed: MADPO as ``cfg`` trains it, its margin from the oracle (and noise)
+    instead of the learned reward model; no "method" label, so the paper's tables leave them out."""
+    specs = []
+    for source in MA.sources(s.get("margin_accuracies", ())):
+        train_f, eval_f = _margin_files(out, tier, source)
+        specs.append(
+            RunSpec(
+                f"{tier}/MADPO-{MA.slug(source)}/seed{seed}",
+                deep_merge(cfg, {"data": {"train": str(train_f), "eval": str(eval_f)}}),
+                {"tier": tier, "arm": "MADPO", "margin": source, "seed": seed},
+                init_from="sft",
+                hooks=[hook],
+                prepare=lambda: _margin_stage(out, root, s, tier),
+            )
+        )
+    return specs
+
+
+def _margin_files(out: Path, tier: str, source: str) -> tuple[Path, Path]:
+    name = f"{tier}.{MA.slug(source)}.jsonl"
+    return out / "data" / name, out / "data" / "eval" / name
+
+
+def _margin_stage(out: Path, root: Path, s: Dict[str, Any], tier: str) -> None:
+    """Stage 4b (cached): the tier's pairs with the margin of each addendum arm; calibration and measured accuracy
+    recorded in ``<out>/data/margins.json``."""
+    from ..atomic import write_text
+    from ..tasks.sentiment import BT_TEMPERATURE
+
+    _build_tiers(out, root, s)
+    record_path = out / "data" / MA.MARGINS_FILE
+    records = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else {}
+    sources_ = MA.sources(s.get("margin_accuracies", ()))
+    inputs = list(_tier_files(out, tier))
+    for source in sources_:
+        outputs = list(_margin_files(out, tier, source))
+        key = f"{tier}/{source}"
+        if key in records and stage_is_current(outputs, inputs, {"source": source, "T": BT_TEMPERATURE}):
+            continue
+        records[key] = {"tier": tier, **MA.write_margin_files(*inputs, *outputs, source, BT_TEMPERATURE)}
+        mark_stage(outputs, inputs, {"source": source, "T": BT_TEMPERATURE})
+        write_text(record_path, json.dumps(records, indent=1))
 
 
 def _pref_steps(s: Dict[str, Any]) -> int:
@@ -440,6 +501,7 @@ def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
     m["sample"] = MEASURED["gen_token"] * s["max_new_tokens"]  # one sampled continuation
     tiers, pref = s.get("tiers", TIERS), _pref_steps(s)
     samples = 2 * (s["n_prompts"] + s["n_pair_eval"])
+    arms = len(MA.sources(s.get("margin_accuracies", ()))) * len(s.get("margin_tiers", ())) * seeds
     return [
         Stage(
             f"SFT on reviews (batch {s['sft_batch']}, <= {s['sft_max_length']} tokens)",
@@ -490,6 +552,24 @@ def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
         Stage(
             f"oracle evaluation of each policy ({s['n_eval']} prompts x {s['eval_samples']}, end only)",
             4 * len(tiers) * seeds,
+            s["n_eval"] * s["eval_samples"] * s.get("policy_evals", 2),
+            m["sample"],
+            "samples",
+        ),
+    ] + _arm_stages(s, arms, pref, m)
+
+
+def _arm_stages(s: Dict[str, Any], arms: int, pref: int, m: Dict[str, float]) -> List[Stage]:
+    """The addendum's MADPO arms (oracle margins): their training, held-out loss and oracle evaluation."""
+    if not arms:
+        return []
+    label = f"addendum: MADPO with oracle (+ noise) margins, {arms} runs"
+    return [
+        Stage(f"{label} (batch {s['batch']} pairs)", arms, pref, m["pref"] * s["batch"]),
+        Stage(f"{label}: held-out loss", arms, s.get("policy_eval_pairs", s["n_pair_eval"]), m["pref"] / 2, "pairs"),
+        Stage(
+            f"{label}: oracle evaluation",
+            arms,
             s["n_eval"] * s["eval_samples"] * s.get("policy_evals", 2),
             m["sample"],
             "samples",
@@ -721,7 +801,11 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
             title="Oracle reward over training (mean over seeds; step 0 = the SFT model)",
         )
         lines += [f"![oracle reward over training]({png.name})", ""]
-    lines += ["### Reading against the paper", "", *_reading(by, results, key, sft_reward), ""]
+    headline: Dict[str, Verdict] = {}
+    lines += ["### Reading against the paper", "", *_reading(by, results, key, sft_reward, headline), ""]
+    margin_lines, arm_verdicts = _margin_section(by, results, out, key)
+    lines += margin_lines
+    _write_claims(results, out, size, headline, arm_verdicts)
     lines += [
         "### Preference data by tier",
         "",
@@ -836,9 +920,14 @@ ORACLE_BOUND = 0.02  # the smallest oracle-reward (VADER compound, in [-1, 1]) d
 
 
 def _reading(
-    by: Dict[str, Dict[str, List[RunResult]]], results: Dict[str, RunResult], key: str, sft_reward: Optional[float]
+    by: Dict[str, Dict[str, List[RunResult]]],
+    results: Dict[str, RunResult],
+    key: str,
+    sft_reward: Optional[float],
+    headline: Optional[Dict[str, Verdict]] = None,
 ) -> List[str]:
-    """What the measurement says about the paper's claim: every sentence from a paired verdict (dpolab.stats)."""
+    """What the measurement says about the paper's claim: every sentence from a paired verdict (dpolab.stats);
+    ``headline`` receives each tier's MADPO - DPO verdict."""
     out: List[str] = [
         verdict_rules(
             f"the smallest meaningful difference of the oracle reward, ±{ORACLE_BOUND:g} "
@@ -871,6 +960,8 @@ def _reading(
                 )
                 if (a, b) != ("MADPO", "DPO"):
                     links.append(v)
+                elif headline is not None:
+                    headline[t] = v
                 out.append(f"- {v.sentence()}")
         if links:
             out.append(
@@ -948,6 +1039,195 @@ def _reading(
     )
     out += ["", *table.lines()]
     return out
+
+
+def _arms(results: Dict[str, RunResult]) -> Dict[str, Dict[str, List[RunResult]]]:
+    """tier -> margin source -> the addendum's MADPO runs (one per seed)."""
+    out: Dict[str, Dict[str, List[RunResult]]] = {}
+    for r in results.values():
+        if r.spec.labels.get("arm") == "MADPO":
+            out.setdefault(r.spec.labels["tier"], {}).setdefault(r.spec.labels["margin"], []).append(r)
+    return out
+
+
+def _wilson(acc: Optional[float], n: int) -> tuple:
+    if acc is None or not n:
+        return None, None
+    _, lo, hi = proportion_ci(round(acc * n), n)
+    return lo, hi
+
+
+def _margin_section(by, results, out: Path, key: str) -> tuple[List[str], Dict[str, Verdict]]:
+    """The addendum: MADPO's gain over DPO (paired by seed) against the margin's measured pairwise accuracy on the
+    held-out pairs, for the learned reward model and the oracle arms. Returns the lines and the verdicts by
+    (tier/source)."""
+    arms = _arms(results)
+    if not arms:
+        return [], {}
+    path = out / "data" / MA.MARGINS_FILE
+    records = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    table = VerdictTable(("tier", "margin source", "target acc.", "noise σ", "held-out acc. (95 % CI, pairs)"))
+    points, verdicts = [], {}
+    for tier, sources_ in arms.items():
+        dpo = by_seed(by.get(tier, {}).get("DPO", []), key)
+        held = [x for x in _read_jsonl(_tier_files(out, tier, scored=True)[1]) if x.get("rm_margin") is not None]
+        rm_acc = MA.accuracy(x["rm_margin"] for x in held) if held else None
+        rows = [("learned reward model", by.get(tier, {}).get("MADPO", []), rm_acc, len(held), None)]
+        for source in sorted(sources_, key=lambda x: -(MA.target_of(x) or 1.0)):
+            rec = records.get(f"{tier}/{source}", {})
+            rows.append((source, sources_[source], rec.get("heldout_accuracy"), rec.get("heldout_pairs", 0), rec))
+        for source, runs, acc, n, rec in rows:
+            v = compare(
+                by_seed(runs, key),
+                dpo,
+                metric="oracle reward",
+                higher_is_better=True,
+                label_a=f"MADPO with {source} margins ({tier})",
+                label_b="DPO",
+                digits=3,
+                bound=ORACLE_BOUND,
+                limits=(-2.0, 2.0),
+            )
+            lo, hi = _wilson(acc, n)
+            target = "-" if not rec or rec.get("target") is None else f"{rec['target']:.2f}"
+            if rec and rec.get("target") is not None and not rec.get("reachable", True):
+                target += " (unreachable: the oracle's own is lower; no noise)"
+            sigma = f"{rec['sigma']:.3f}" if rec and rec.get("sigma") is not None else "-"
+            acc_text = f"{acc:.3f} ({lo:.3f} to {hi:.3f}, {n})" if acc is not None and n else "not measured"
+            table.add(v, tier, source, target, sigma, acc_text)
+            verdicts[f"{tier}/{source}"] = v
+            points.append((tier, source, acc, lo, hi, v))
+    lines = [
+        "### MADPO's gain over DPO against reward-model accuracy (addendum)",
+        "",
+        "MADPO's weights are only as good as its margins. Besides the learned reward model, MADPO ran with the "
+        "oracle's score difference on the labels' Bradley-Terry scale, (VADER(chosen) − VADER(rejected)) / T with "
+        "T = 0.25 (a perfect reward model: the labels' own log-odds), and with that margin plus Gaussian noise "
+        "whose scale was calibrated by bisection on the training pairs to a target pairwise accuracy against the "
+        "labels (dpolab/studies/margin_arms.py). The accuracy shown is the one **measured** on the held-out pairs "
+        "(with their own noise draw; Wilson 95 % interval), never the target; the oracle's own accuracy is below 1 "
+        "because the labels are Bradley-Terry draws. The gain is MADPO − DPO in oracle reward, paired by seed.",
+        "",
+        *table.lines(),
+        "",
+    ]
+    png = _gain_plot(out / "madpo_gain_vs_accuracy.png", points)
+    if png is not None:
+        lines += [f"![MADPO's gain over DPO against margin accuracy]({png.name})", ""]
+    helped = sorted(
+        ((acc, f"{src} ({t})") for t, src, acc, _, _, v in points if acc is not None and v.word == "better"),
+    )
+    tested = [p for p in points if p[2] is not None and p[5].has_interval]
+    if not tested:
+        lines.append("No margin source has two paired seeds yet: no reading.")
+    elif helped:
+        lines.append(
+            f"The lowest measured margin accuracy at which MADPO beat DPO by more than ±{ORACLE_BOUND:g} (paired "
+            f"interval wholly beyond it): {helped[0][0]:.3f} ({helped[0][1]}); every source where it did: "
+            + ", ".join(f"{name} at {a:.3f}" for a, name in helped)
+            + "."
+        )
+    else:
+        lines.append(
+            "At no measured margin accuracy (up to "
+            f"{max(p[2] for p in tested):.3f}) did MADPO beat DPO by more than ±{ORACLE_BOUND:g} with a paired "
+            "interval wholly beyond it: the weighting did not start to help in this range."
+        )
+    return lines + [""], verdicts
+
+
+def _gain_plot(path: Path, points) -> Optional[Path]:
+    pts = [p for p in points if p[2] is not None and p[5].n > 0]
+    if not pts:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for tier, source, acc, lo, hi, v in pts:
+        learned = source == "learned reward model"
+        yerr = [[v.mean - v.low], [v.high - v.mean]] if v.has_interval else None
+        xerr = [[acc - lo], [hi - acc]] if lo is not None else None
+        ax.errorbar(
+            [acc],
+            [v.mean],
+            xerr=xerr,
+            yerr=yerr,
+            fmt="s" if learned else "o",
+            color="tab:red" if learned else "tab:blue",
+            capsize=3,
+            label="learned reward model" if learned else None,
+        )
+        ax.annotate(
+            source.replace("oracle+noise@", "noise@"),
+            (acc, v.mean),
+            fontsize=7,
+            xytext=(4, 4),
+            textcoords="offset points",
+        )
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    for b in (ORACLE_BOUND, -ORACLE_BOUND):
+        ax.axhline(b, color="grey", linewidth=0.5, linestyle=":")
+    ax.set_xlabel("margin's pairwise accuracy on held-out pairs (measured)")
+    ax.set_ylabel("MADPO − DPO, oracle reward")
+    ax.set_title("MADPO's gain over DPO (paired 95 % CI) against margin accuracy", fontsize=9)
+    if any(p[1] == "learned reward model" for p in pts):
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _setting_line(results: Dict[str, RunResult], size: str) -> str:
+    """One line for the evidence table: model, pairs, policy steps and lr, as run."""
+    pref = next((r for r in results.values() if r.spec.labels.get("method") == "DPO"), None)
+    sft = results.get("sft")
+    model = (
+        describe_model((sft or pref).spec.config.get("model", {}), (sft or pref).spec.config.get("lora"))
+        if (sft or pref)
+        else "?"
+    )
+    if pref is None:
+        return f"{size}: {model}"
+    t = pref.spec.config.get("train", {})
+    return (
+        f"{size}: {model}; IMDb CAD prefixes, {pref.summary.get('train_examples', '?')} pairs per tier; "
+        f"{t.get('max_steps', '?')} steps of batch {t.get('batch_size', '?')}, lr {t.get('lr', '?')}"
+    )
+
+
+def _write_claims(results, out: Path, size: str, main: Dict[str, Verdict], arms: Dict[str, Verdict]) -> None:
+    setting = _setting_line(results, size)
+    claims = []
+    head = next((main[t] for t in TIERS if t in main), None)
+    if head is not None:
+        t = next(t for t in TIERS if t in main)
+        claims.append(
+            claim_from_verdict(
+                "S2.madpo-vs-dpo",
+                head,
+                setting=setting,
+                figure="madpo_oracle_reward.png",
+                unit="oracle reward (VADER)",
+                claim=f"MADPO > DPO on every data-quality tier ({t} shown)",
+            )
+        )
+    oracle = next((arms[k] for k in arms if k.endswith(f"/{MA.ORACLE}")), None)
+    if oracle is not None:
+        claims.append(
+            claim_from_verdict(
+                "S2.madpo-oracle-margin",
+                oracle,
+                setting=setting,
+                figure="madpo_gain_vs_accuracy.png",
+                unit="oracle reward (VADER)",
+            )
+        )
+    write_claims(out, "madpo", size, claims)
 
 
 class MadpoStudy(Study):

@@ -80,7 +80,7 @@ def test_madpo_smoke(tmp_path, shared_data):
         assert {r["tier"] for r in rows} == {tier}
     msgs = []
     run_study("madpo", smoke=True, out=str(out), data_dir=str(shared_data), log=msgs.append)
-    assert sum("finished earlier, skipped" in m for m in msgs) == 16
+    assert sum("finished earlier, skipped" in m for m in msgs) == 18  # 16 + the addendum arms (oracle, noise@0.80)
 
 
 def test_madpo_needs_the_reviews(tmp_path):
