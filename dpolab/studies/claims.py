@@ -36,7 +36,7 @@ class Claim:
     verdict: str
     report_link: str = "report.md"
     figure: Optional[str] = None
-    unit: str = ""  # of ours / low / high (e.g. "oracle reward", "x (LoRA / full)")
+    unit: str = ""  # of ours / low / high, e.g. "oracle reward"; "x ..." marks a ratio (read against 1)
     measured: str = ""  # what ours is, e.g. "MADPO - DPO, paired by seed, High tier"
     seeds: int = 0  # paired seeds behind the interval
 

@@ -43,7 +43,7 @@ def _link(target: Path, base: Path) -> str:
 
 
 def claim_figure(c: Claim, path: Path) -> Path:
-    """A small PNG: the claim's paired difference and its 95 % interval against 0."""
+    """A small PNG: the claim's paired difference and its 95 % interval against 0 (a ratio: against 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,9 +52,10 @@ def claim_figure(c: Claim, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(4.2, 1.5))
     has = c.low is not None and c.high is not None
     err = [[c.ours - c.low], [c.high - c.ours]] if has else None
+    ref = 1.0 if c.unit.startswith("x ") else 0.0  # a ratio (unit "x ...") is read against 1
     ax.errorbar([c.ours], [0], xerr=err, fmt="o", color="tab:blue", capsize=4)
-    ax.axvline(0.0, color="grey", linewidth=0.8)
-    lo, hi = (min(c.low, 0.0), max(c.high, 0.0)) if has else (min(c.ours, 0.0), max(c.ours, 0.0))
+    ax.axvline(ref, color="grey", linewidth=0.8)
+    lo, hi = (min(c.low, ref), max(c.high, ref)) if has else (min(c.ours, ref), max(c.ours, ref))
     pad = 0.15 * (hi - lo) or 0.1 * (abs(c.ours) or 1.0)
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_yticks([])
@@ -77,7 +78,7 @@ def _rows_of(study: str, folder: Path, size: str, base: Path, figures: Path) -> 
             for i in ids
         ]
     doc = read_claims(path)
-    smoke = " (smoke run: numbers mean nothing)" if doc["smoke"] else ""
+    smoke = " (smoke run: numbers mean nothing)" if doc["smoke"] or _smoke_report(folder) else ""
     by_id: Dict[str, Claim] = {c.id: c for c in doc["claims"]}
     order = ids + [c.id for c in doc["claims"] if c.id not in ids]
     rows = []
@@ -115,6 +116,16 @@ def _rows_of(study: str, folder: Path, size: str, base: Path, figures: Path) -> 
             ]
         )
     return rows
+
+
+def _smoke_report(folder: Path) -> bool:
+    """Whether the study's report.md says it came from a smoke run (``dpolab study ... --smoke`` writes it in the
+    line under its heading)."""
+    report = folder / "report.md"
+    if not report.exists():
+        return False
+    head = report.read_text(encoding="utf-8", errors="replace")[:2000]
+    return "(smoke run: a few steps, numbers mean nothing)" in head
 
 
 def _report(folder: Path, base: Path) -> str:

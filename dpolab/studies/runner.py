@@ -41,6 +41,9 @@ class RunSpec:
     # runs that must be finished before this one's ``prepare`` (e.g. the reward model whose scores its data needs)
     # besides ``init_from``
     after: Sequence[str] = ()
+    # a timing run: trained with no other run of the grid beside it (after its wave's other runs, one at a time, in
+    # grid order, whatever the executor's parallelism); its folder gets ALONE_FILE (executor, CPU) when it is done
+    alone: bool = False
 
 
 @dataclass
@@ -136,20 +139,54 @@ def run_grid(
                 spec.prepare()
             skipped[spec.run_id] = False
             todo.append(replace(spec, prepare=None))  # what travels to a worker: no driver-side callables
-        if todo:
-            executor.map(
-                RunJob(
-                    out,
-                    len(specs),
-                    {s.run_id: index[s.run_id] for s in todo},
-                    executor.threads,
-                    log if executor.in_process else None,
-                ),
-                todo,
-                names=[s.run_id for s in todo],
-                log=log,
-            )
+        positions = {s.run_id: index[s.run_id] for s in todo}
+        job = RunJob(out, len(specs), positions, executor.threads, log if executor.in_process else None)
+        shared = [s for s in todo if not s.alone]
+        if shared:
+            executor.map(job, shared, names=[s.run_id for s in shared], log=log)
+        for spec in (s for s in todo if s.alone):  # timing runs: one at a time, nothing else of the grid beside them
+            executor.map(job, [spec], names=[spec.run_id], log=log)
+            _record_alone(out / "runs" / spec.run_id, executor)
     return {spec.run_id: collect(spec, out, skipped[spec.run_id]) for spec in specs}
+
+
+ALONE_FILE = "alone.json"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo's first ``model name``; else what ``platform`` says)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def _record_alone(run_dir: Path, executor) -> None:
+    import os
+    from datetime import datetime, timezone
+
+    from ..atomic import write_text
+
+    rec = {
+        "executor": executor.describe(),
+        "threads": executor.threads,
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_text(run_dir / ALONE_FILE, json.dumps(rec, indent=1))
+
+
+def read_alone(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The record of a timing run that ran alone (:data:`ALONE_FILE`), or None."""
+    path = Path(run_dir) / ALONE_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def waves(specs: Sequence[RunSpec]) -> List[List[RunSpec]]:

@@ -191,6 +191,9 @@ _TASK_SMOKE_SMALL = {
     ),
 }
 _OPT = dict(lora_lr_factor=10.0, beta=0.1)
+# claim 3's timing runs (measured alone: RunSpec.alone): SFT from the base for `steps` steps per task, parameterisation
+# and seed, LoRA and full alternated by seed (L, F, F, L, ...), no evaluation hooks; seconds per step after the first
+TIMING_CPU = dict(tasks=TASKS, steps=12)
 SIZES = {
     # pretrain = the dpolab pretrain settings of the base (those of `dpolab pretrain --text .../input.txt`, so both
     # share one cached model); paper: gpt2 from the hub instead
@@ -201,6 +204,7 @@ SIZES = {
         sft_lr=1e-3,
         dpo_lr=3e-4,
         params=tuple(PARAMS),
+        timing=TIMING_CPU,
         **_OPT,
     ),
     "paper": dict(
@@ -210,6 +214,7 @@ SIZES = {
         sft_lr=2e-5,
         dpo_lr=1e-6,
         params=tuple(PARAMS),
+        timing=dict(tasks=TASKS, steps=50),
         **_OPT,
     ),
 }
@@ -220,6 +225,7 @@ SMOKE = dict(
     sft_lr=1e-3,
     dpo_lr=1e-4,
     params=("full", "lora-4"),
+    timing=dict(tasks=("paraphrase",), steps=3),
     **_OPT,
 )
 SIZES["small"] = dict(
@@ -229,9 +235,10 @@ SIZES["small"] = dict(
     sft_lr=2e-5,
     dpo_lr=5e-6,
     params=("full", "lora-16"),
+    timing=dict(tasks=TASKS, steps=12),
     **_OPT,
 )
-SMOKE_SMALL = dict(SIZES["small"], tasks=_TASK_SMOKE_SMALL)
+SMOKE_SMALL = dict(SIZES["small"], tasks=_TASK_SMOKE_SMALL, timing=dict(tasks=("paraphrase",), steps=3))
 SMALL_CUTS = (
     "Cut at this size against `--size paper`: LoRA ranks 4 and 8 (full fine-tuning against LoRA r = 16 kept), "
     "the DPO-only schedule and the early hand-over (SFT only and SFT -> DPO kept: the paper's three claims need "
@@ -510,7 +517,40 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str], o
                             prepare=prepare,
                         )
                     )
+        if task in (s.get("timing") or {}).get("tasks", ()):
+            result += _timing_specs(s, task, t, model, sft_data, seeds, ensure_base)
     return result
+
+
+def _timing_specs(s, task: str, t: Dict[str, Any], model, sft_data, seeds: int, ensure_base) -> List[RunSpec]:
+    """Claim 3's timing runs of one task: SFT from the base for ``timing.steps`` steps, every parameterisation and
+    seed, each run alone (no other run of the grid beside it), LoRA and full alternated by seed (seed 0: LoRA first,
+    seed 1: full first, ...) so that a drift of the machine's speed over the phase falls on both alike."""
+    steps = s["timing"]["steps"]
+    loras = [p for p in s["params"] if p != "full"]
+    out = []
+    for seed in range(seeds):
+        for pname in loras + ["full"] if seed % 2 == 0 else ["full"] + loras:
+            lora = PARAMS[pname]
+            cfg = {
+                "model": model,
+                "lora": lora,
+                "data": sft_data,
+                "train": {
+                    "mode": "sft",
+                    "batch_size": t["batch"],
+                    "seed": seed,
+                    "log_every": 1,
+                    "schedule": "constant",
+                    "max_steps": steps,
+                    "lr": s["sft_lr"] * (s["lora_lr_factor"] if lora["enabled"] else 1.0),
+                },
+                "eval": {"batch_size": 32, "max_examples": 8, "at_start": False},
+                "output": {"progress": False},
+            }
+            labels = {"task": task, "param": pname, "seed": seed, "stage": "timing"}
+            out.append(RunSpec(f"timing/{task}/{pname}/seed{seed}", cfg, labels, prepare=ensure_base, alone=True))
+    return out
 
 
 def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
@@ -709,11 +749,16 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
     ]
     lines += cuts
     claims: List[str] = []
+    found: Dict[str, Any] = {}
     total = VerdictTable()
     majority: Optional[float] = None
     for task in TASKS:
         scheds = _schedules(results, task)
         if not scheds:
+            if _timing_runs(results, task):  # only the timing runs of this task (e.g. a filtered grid): claim 3 alone
+                timing_lines, t3 = _timing_claim(results, task, found)
+                claims += [f"### {task}", "", *timing_lines]
+                total.extend(t3)
             continue
         mets = METRICS[task]
         lines += [f"## {task}", ""]
@@ -789,7 +834,7 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
         lines += [f"![{task}: {lbl} against wall-clock]({png.name})", ""]
         if task == "paraphrase":
             claims += ["### paraphrase: before the claims", "", *_majority_check(results, scheds, params, majority)]
-        claims += _claims(results, task, scheds, params, mets, total)
+        claims += _claims(results, task, scheds, params, mets, total, found)
     lines += [
         "## The paper's claims beside what we measured",
         "",
@@ -805,7 +850,164 @@ def _report(results: Dict[str, RunResult], out: Path, size: str, cuts: List[str]
     ]
     if len(total):
         lines += ["### All claims together", "", "In all: " + total.chance_line()]
+    _write_claims(results, out, size, found)
     return lines
+
+
+# the smallest speed difference claim 3's verdict words as one: 5 % either way (a ratio outside 1/1.05 to 1.05)
+TIME_BOUND = math.log(1.05)
+
+
+def _steady_s_per_step(r: RunResult) -> Optional[float]:
+    """Mean seconds per optimiser step after the first (which pays for warm-up), from the run's per-step log."""
+    rows = sorted((x["step"], x["time/step_s"]) for x in r.metrics if isinstance(x.get("time/step_s"), (int, float)))
+    rows = rows[1:] if len(rows) > 1 else rows
+    return sum(v for _, v in rows) / len(rows) if rows else None
+
+
+def _timing_runs(results: Dict[str, RunResult], task: str) -> Dict[str, Dict[Any, RunResult]]:
+    """param -> seed -> the task's timing run (stage ``timing``)."""
+    out: Dict[str, Dict[Any, RunResult]] = {}
+    for r in results.values():
+        lab = r.spec.labels
+        if lab.get("stage") == "timing" and lab.get("task") == task:
+            out.setdefault(lab["param"], {})[lab["seed"]] = r
+    return out
+
+
+def _timing_claim(results: Dict[str, RunResult], task: str, found: Dict[str, Any]) -> Tuple[List[str], VerdictTable]:
+    """Claim 3 from the timing runs measured alone: LoRA / full seconds per step, paired by seed (the interval of the
+    mean log-ratio, shown as a ratio)."""
+    from .runner import read_alone
+
+    runs = _timing_runs(results, task)
+    head = [
+        "**Claim 3: LoRA does not cut wall-clock for a small model** (seconds per SFT step after the first, from "
+        "timing runs measured alone; LoRA / full, paired by seed; below 1 is faster).",
+        "",
+    ]
+    t3 = VerdictTable(("LoRA", "full s/step", "LoRA s/step", "ratio LoRA / full (95 % CI)"))
+    if "full" not in runs:
+        return head + ["No timing runs of this task: not measured.", ""], t3
+    alone = {rid: read_alone(r.dir) for ps in runs.values() for rid, r in ((x.spec.run_id, x) for x in ps.values())}
+    not_alone = sorted(rid for rid, rec in alone.items() if rec is None)
+    recs = [rec for rec in alone.values() if rec]
+
+    def steady(seed_runs: Dict[Any, RunResult]) -> Dict[Any, Optional[float]]:
+        return {s: _steady_s_per_step(r) if alone[r.spec.run_id] else None for s, r in seed_runs.items()}
+
+    full = steady(runs["full"])
+    for p in (x for x in PARAMS if x in runs and x != "full"):
+        lora = steady(runs[p])
+        log = lambda d: {s: (math.log(v) if v else None) for s, v in d.items()}  # noqa: E731
+        v = compare(
+            log(lora),
+            log(full),
+            metric="log s/step",
+            higher_is_better=False,
+            label_a=f"{p} ({task})",
+            label_b="full",
+            digits=3,
+            bound=TIME_BOUND,
+        )
+        ratio = (
+            f"{math.exp(v.mean):.3f} ({math.exp(v.low):.3f} to {math.exp(v.high):.3f})"
+            if v.has_interval
+            else (f"{math.exp(v.mean):.3f} (no interval)" if v.n else "-")
+        )
+        t3.add(v, p, fmt_cell(list(full.values()), 3), fmt_cell(list(lora.values()), 3), ratio)
+        found[f"lora-time-{task}"] = v  # the largest rank last
+    cpus = sorted({f"{r['cpu']} ({r['cores']} cores, torch threads: {r['threads'] or 'default'})" for r in recs})
+    execs = sorted({r["executor"] for r in recs})
+    steps = {r.summary.get("steps") for ps in runs.values() for r in ps.values()}
+    faster = [v for v in t3.verdicts if v.word == "better"]
+    reading = none_of(
+        t3.verdicts, "cut the seconds per step below full fine-tuning's", subject="LoRA rank", expect="better"
+    ) + (
+        " No comparison contradicts the claim; an inconclusive one cannot rule out a small cut."
+        if not faster
+        else " Where LoRA was faster the claim does not hold."
+    )
+    return head + [
+        f"Measured alone: each timing run trained with no other run of the study beside it (the runner runs them one "
+        f"at a time after the other runs of their wave), LoRA and full alternated by seed (seed 0 LoRA first, seed 1 "
+        f"full first, ...), {'/'.join(str(x) for x in sorted(steps, key=str))} SFT steps from the base model each, "
+        f"no evaluation hooks. CPU: {'; '.join(cpus) or 'not recorded'}; executor: {'; '.join(execs) or '-'}. "
+        "The verdict is on the log of the ratio (difference of logs; ratio = exp), against a smallest meaningful "
+        f"speed difference of 5 % (±{TIME_BOUND:.4f} in logs)."
+        + (f" Left out (no record of running alone): {', '.join(not_alone)}." if not_alone else ""),
+        "",
+        *t3.lines(),
+        "",
+        reading,
+        "",
+    ], t3
+
+
+def _setting_line(results: Dict[str, RunResult], size: str, task: str) -> str:
+    """Model, data, steps and lr of the task's runs, for the evidence table."""
+    runs = [r for r in results.values() if r.spec.labels.get("task") == task and r.spec.labels.get("stage") == "sft"]
+    if not runs:
+        return f"{size}: not run"
+    r = max(runs, key=lambda x: x.spec.config.get("train", {}).get("max_steps", 0))
+    t = r.spec.config.get("train", {})
+    dpo = next(
+        (x for x in results.values() if x.spec.labels.get("task") == task and x.spec.labels.get("stage") == "dpo"), None
+    )
+    dpo_t = dpo.spec.config.get("train", {}) if dpo else {}
+    return (
+        f"{size}: {describe_model(r.spec.config.get('model', {}))}, {task} ({r.summary.get('train_examples', '?')} "
+        f"rows); SFT {t.get('max_steps', '?')} steps lr {t.get('lr', '?')} (full)"
+        + (f", DPO {dpo_t.get('max_steps', '?')} steps lr {dpo_t.get('lr', '?')}" if dpo else "")
+    )
+
+
+def _write_claims(results: Dict[str, RunResult], out: Path, size: str, found: Dict[str, Any]) -> None:
+    from .claims import Claim, claim_from_verdict, write_claims
+
+    claims = []
+    for task in TASKS:
+        v = found.get(f"dpo-gain-{task}")
+        if v is not None:
+            unit = METRICS[task][0][1]
+            claims.append(
+                claim_from_verdict(
+                    f"S1.dpo-gain-{task}",
+                    v,
+                    setting=_setting_line(results, size, task),
+                    figure=f"sft_dpo_{task}.png",
+                    unit=unit,
+                )
+            )
+    v = found.get("full-vs-lora-paraphrase")
+    if v is not None:
+        claims.append(
+            claim_from_verdict(
+                "S1.full-vs-lora",
+                v,
+                setting=_setting_line(results, size, "paraphrase"),
+                unit="accuracy %",
+                figure="sft_dpo_paraphrase.png",
+            )
+        )
+    v = found.get("lora-time-paraphrase") or found.get("lora-time-sonnets")
+    if v is not None:
+        base = claim_from_verdict("S1.lora-time", v, setting=_setting_line(results, size, "paraphrase"))
+        ratio = lambda x: None if x is None else math.exp(x)  # noqa: E731
+        claims.append(
+            Claim(
+                **{
+                    **base.__dict__,
+                    "ours": ratio(base.ours),
+                    "low": ratio(base.low),
+                    "high": ratio(base.high),
+                    "unit": "x (LoRA / full s per step, measured alone)",
+                    "measured": f"{v.label_a} / {v.label_b} seconds per SFT step, paired by seed "
+                    "('better': LoRA faster)",
+                }
+            )
+        )
+    write_claims(out, "sft-dpo", size, claims)
 
 
 def _schedule_words(results: Dict[str, RunResult]) -> str:
@@ -926,7 +1128,8 @@ def _majority_check(results, scheds, params, majority: Optional[float]) -> List[
     ]
 
 
-def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[str]:
+def _claims(results, task, scheds, params, mets, total: VerdictTable, found: Dict[str, Any]) -> List[str]:
+    """The paper's three claims for ``task``; ``found`` receives the verdicts the evidence table reads."""
     key, lbl, hb, sc = mets[0]
     (sft_name, sft_suf, _), (late_name, late_suf, late_par) = scheds[0], scheds[-1]
     paper = PAPER[task]
@@ -942,7 +1145,7 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
         for k, metric_label, h, s in mets:
             late = _seed_values(_config_runs(results, task, p, late_suf, late_par), k, s)
             sft = _seed_values(_config_runs(results, task, p, sft_suf, None), k, s)
-            t1.add(
+            v = t1.add(
                 compare(
                     late,
                     sft,
@@ -955,6 +1158,8 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
                 p,
                 metric_label,
             )
+            if p == "full" and k == key:  # the paper's numbers are full fine-tuning's
+                found[f"dpo-gain-{task}"] = v
     c = t1.counts()
     said = ("better", "worse", "better" + SMALL, "worse" + SMALL, "negligible")
     others = "".join(f", {w} in {c[w]}" for w in said[2:] if c[w])
@@ -975,7 +1180,7 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
         for p in params:
             if p != "full":
                 lora = _seed_values(_config_runs(results, task, p, suf, par), key, sc)
-                t2.add(
+                v = t2.add(
                     compare(
                         full,
                         lora,
@@ -988,6 +1193,8 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
                     name,
                     p,
                 )
+                if name == sft_name:  # SFT only, the largest rank last (the closest to full)
+                    found[f"full-vs-lora-{task}"] = v
     out += [
         "Difference full − LoRA:",
         "",
@@ -1001,35 +1208,8 @@ def _claims(results, task, scheds, params, mets, total: VerdictTable) -> List[st
         ),
         "",
     ]
-    out += [
-        "**Claim 3: LoRA does not cut wall-clock for a small model** (seconds per training epoch of the schedule's "
-        "last stage, LoRA − full, paired by seed; lower is faster).",
-        "",
-    ]
-    t3 = VerdictTable(("schedule", "LoRA", "full s/epoch", "LoRA s/epoch"))
-    for name, suf, par in scheds:
-        full = _seed_timings(_config_runs(results, task, "full", suf, par))
-        for p in params:
-            if p != "full":
-                lora = _seed_timings(_config_runs(results, task, p, suf, par))
-                t3.add(
-                    compare(
-                        lora, full, metric="s / epoch", higher_is_better=False, label_a=f"{p} ({name})", label_b="full"
-                    ),
-                    name,
-                    p,
-                    fmt_cell(list(full.values())),
-                    fmt_cell(list(lora.values())),
-                )
-    faster = [v for v in t3.verdicts if v.word == "better"]
-    reading = none_of(
-        t3.verdicts, "cut the seconds per epoch below full fine-tuning's", subject="LoRA run set", expect="better"
-    ) + (
-        " No comparison contradicts the claim; an inconclusive one cannot rule out a small cut."
-        if not faster
-        else " Where LoRA was faster the claim does not hold."
-    )
-    out += [*t3.lines(), "", reading + " (Timings are of one process on a shared CPU; see the runs table.)", ""]
+    timing_lines, t3 = _timing_claim(results, task, found)
+    out += timing_lines
     for t in (t1, t2, t3):
         total.extend(t)
     return out
