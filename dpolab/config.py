@@ -313,6 +313,25 @@ class OnlineConfig:
         "(function(prompt, response) -> float, as compare --oracle), task:arithmetic (exact answer) or "
         "task:sentiment (VADER)",
     )
+    rounds: int = _f(
+        0,
+        "train.mode=online: 0 samples, judges and trains every step; N >= 1 is iterative: N rounds, each sampling "
+        "its prompts' pairs with the policy as the round starts (rounds/round-NNN/pairs.jsonl), then training on "
+        "them offline as train.mode=preference does (docs/training.md)",
+    )
+    prompts_per_round: Optional[int] = _f(
+        None,
+        "online.rounds >= 1: prompts each round samples (consecutive prompts of one seeded order of the training "
+        "prompts, wrapping around); null = every training prompt",
+    )
+    epochs_per_round: float = _f(
+        1.0, "online.rounds >= 1: passes over the round's pairs (train.max_steps, if set, caps each round's steps)"
+    )
+    sync_reference: bool = _f(
+        False,
+        "online.rounds >= 1: the reference is the policy as each round starts (true) or the starting model in every "
+        "round (false)",
+    )
 
 
 def _default_loss() -> List[Dict[str, Any]]:
@@ -511,6 +530,9 @@ _RANGES: Dict[tuple, _Range] = {
     ("OnlineConfig", "temperature"): _POSITIVE,
     ("OnlineConfig", "top_p"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
     ("OnlineConfig", "max_new_tokens"): _AT_LEAST_1,
+    ("OnlineConfig", "rounds"): _AT_LEAST_0,
+    ("OnlineConfig", "prompts_per_round"): _Range(1, nullable=True),
+    ("OnlineConfig", "epochs_per_round"): _POSITIVE,
     ("ReferenceConfig", "mixup_alpha"): _Range(0.0, hi=1.0, lo_open=True, hi_open=False),
 }
 _PATHS = {
@@ -693,6 +715,8 @@ def _check_loss_list(cfg: RunConfig) -> None:
         return
     if cfg.train.mode == "online" and not cfg.online.judge.strip():
         raise ConfigError("online.judge: train.mode=online needs a judge (rm:PATH, module:function or task:NAME)")
+    if cfg.train.mode == "online" and cfg.online.rounds:
+        _check_rounds(cfg)
     try:
         comp = CompositeLoss(cfg.loss)
     except LossConfigError as e:
@@ -707,6 +731,27 @@ def _check_loss_list(cfg: RunConfig) -> None:
             f"loss: at least one weight must be > 0 (got {', '.join(f'{s.name}: {s.weight:g}' for s in comp.specs)}); "
             "a run with every weight 0 trains nothing"
         )
+
+
+def _check_rounds(cfg: RunConfig) -> None:
+    """Settings iterative online training (online.rounds >= 1) cannot honour, refused in one line."""
+    if cfg.train.epochs != 1.0:
+        raise ConfigError(
+            f"train.epochs: iterative online training (online.rounds={cfg.online.rounds}) trains "
+            f"online.epochs_per_round epochs on each round's pairs; set that instead of train.epochs"
+        )
+    if cfg.online.sync_reference and cfg.reference.name_or_path:
+        raise ConfigError(
+            "online.sync_reference: the reference is a separate model (reference.name_or_path), which cannot move "
+            "to the policy; drop one of them"
+        )
+    if cfg.reference.sync_every:
+        raise ConfigError(
+            "reference.sync_every (TR-DPO) is not available with online.rounds; online.sync_reference=true moves "
+            "the reference to the policy at each round"
+        )
+    if cfg.eval.probes:
+        raise ConfigError("eval.probes is not available in train.mode=online (its pairs are sampled, not fixed)")
 
 
 def describe_config() -> str:

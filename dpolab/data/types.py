@@ -87,6 +87,14 @@ class TokenizedUnpaired:
 
 
 @dataclass
+class TokenizedPrompt:
+    """A prompt to sample completions from (``train.mode=online``): its token ids, as generation is fed them."""
+
+    prompt_ids: List[int]
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class SkipCounter:
     """Rows skipped by design, by reason; reported in the log, never silent. ``notes`` counts rows kept but read in
     a way worth saying (e.g. HH rows whose earlier turns differ), by what was done."""

@@ -398,5 +398,7 @@ class Trainer:
 
 
 def train(cfg: RunConfig, **kwargs: Any) -> Dict[str, Any]:
-    """Build a :class:`Trainer` and run it."""
-    return Trainer(cfg, **kwargs).fit()
+    """Build a :class:`Trainer` and run it, or run the objective's own driver of several trainer phases
+    (:meth:`~dpolab.engine.objectives.base.Objective.driver`, e.g. iterative online training)."""
+    driver = get_objective(cfg.train.mode).driver(cfg)
+    return driver(cfg, **kwargs) if driver is not None else Trainer(cfg, **kwargs).fit()

@@ -76,6 +76,13 @@ class Objective:
     fixed_layout: Optional[str] = None  # a batch layout this objective always uses (else train.layout)
     autocast: Callable = nullcontext  # the run's mixed-precision context, set by setup()
 
+    @classmethod
+    def driver(cls, cfg: RunConfig) -> Optional[Callable[..., Dict[str, Any]]]:
+        """A function ``driver(cfg, **trainer_kwargs) -> summary`` that runs this objective's training as several
+        trainer phases (``dpolab.engine.train`` calls it instead of one :class:`~dpolab.engine.Trainer`); None (the
+        default): one trainer run."""
+        return None
+
     def __init__(self, cfg: RunConfig):
         self.cfg = cfg
         if (cfg.model.load_in_4bit or cfg.model.load_in_8bit) and not cfg.lora.enabled:

@@ -1,7 +1,9 @@
 """On-policy preference optimisation (``train.mode=online``): each step samples, judges, pairs and trains.
 
-Data: prompts. Here they are the prompts of preference pairs (a preference file, or a built-in task's pairs): the
-:class:`OnlinePrompts` kind reads pairs and keeps their prompts (a pair's responses are never trained on). Each
+Data: prompts (:class:`OnlinePrompts`, :mod:`dpolab.data.prompts`): a prompt-only file's ``prompt`` column (text or
+chat messages), or the prompts of preference pairs (a preference file, or a built-in task's pairs; a pair's responses
+are never trained on). With ``online.rounds`` >= 1 the run is iterative instead (:mod:`dpolab.engine.online_rounds`,
+reached through :meth:`OnlineObjective.driver`: rounds of sampling, then offline preference training). Each
 optimiser step, for each prompt of each micro-batch:
 
 1. sample ``online.samples_per_prompt`` completions from the current policy (:func:`dpolab.models.generation.
@@ -32,8 +34,8 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
@@ -42,7 +44,7 @@ from ... import atomic
 from ...config import ConfigError, DataConfig
 from ...data.batches import Batch, PairBatch
 from ...data.collate import collate_preference_fast
-from ...data.types import TokenizedPair
+from ...data.types import TokenizedPair, TokenizedPrompt  # noqa: F401  (the kind's examples; re-exported)
 from ...losses import LOCAL, CompositeLoss
 from ...models.generation import Sampled, sample_ids
 from ...stats import mean_ci
@@ -56,14 +58,6 @@ from .with_reference import WithReference
 MARGIN = "rm_margin"  # the extra MADPO reads; every online pair carries the judge's score difference under it
 
 
-@dataclass
-class TokenizedPrompt:
-    """A prompt to sample from (token ids, as the pair it came from had them)."""
-
-    prompt_ids: List[int]
-    meta: Dict[str, Any] = field(default_factory=dict)
-
-
 @dataclass(kw_only=True)
 class PromptBatch(Batch):
     """Prompts (right-padded in ``input_ids``; ``prompts`` keeps each one's ids)."""
@@ -72,16 +66,22 @@ class PromptBatch(Batch):
 
 
 class OnlinePrompts(DataKind):
-    """The prompts of preference pairs (files or a built-in task's pairs)."""
+    """Prompts: a ``prompt`` column alone (text or chat messages) or the prompts of preference pairs, from files or a
+    built-in task's pairs (:mod:`dpolab.data.prompts`)."""
 
     name = "online"
     inspect_as = "preference"
 
-    def derived_from(self, data: DataConfig) -> Optional[DataKind]:
-        return PREFERENCE_PAIRS
+    def load(self, source, tokenizer, **options):
+        from ...data.prompts import load_prompt_data
 
-    def convert(self, items: List[Any], data: DataConfig, split: str) -> List[TokenizedPrompt]:
-        return [TokenizedPrompt(list(p.prompt_ids), dict(p.meta)) for p in items]
+        return load_prompt_data(source, tokenizer, **options)
+
+    def options(self, data: DataConfig) -> Dict[str, Any]:
+        return dict(data_format=data.format)
+
+    def task_rows(self, data: DataConfig, seed: int, tokenizer: Any = None):
+        return PREFERENCE_PAIRS.task_rows(data, seed, tokenizer)  # a task's pairs: their prompts are read
 
 
 def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
@@ -104,12 +104,130 @@ def make_pairs(scores: List[float], how: str) -> Tuple[List[Tuple[int, int]], in
     return pairs, ties, len(scores) * (len(scores) - 1) // 2
 
 
+def sample_judge_pair(
+    policy,
+    prompts: List[List[int]],
+    metas: List[Dict[str, Any]],
+    *,
+    online,
+    judge,
+    tokenizer,
+    seed: int,
+    batch_size: int,
+    autocast=nullcontext,
+) -> Dict[str, Any]:
+    """Sample ``online.samples_per_prompt`` completions of each prompt (token ids) from ``policy`` (seeded by
+    ``seed``), score them with ``judge`` and pair them (:func:`make_pairs`). Returns the statistics
+    :func:`summarise` reads, the pairs (``items``: :class:`TokenizedPair` with the judge's score difference as
+    ``rm_margin``), ``pair_rows`` (each pair's texts and scores, as ``pairs.jsonl`` of iterative mode holds them) and,
+    for a caller that writes them, the prompt texts, completion texts, scores and :class:`Sampled` of every sample."""
+    o, tok = online, tokenizer
+    t0 = time.perf_counter()
+    flat = [p for p in prompts for _ in range(o.samples_per_prompt)]
+    samples: List[Sampled] = sample_ids(
+        policy,
+        flat,
+        max_new_tokens=o.max_new_tokens,
+        temperature=o.temperature,
+        top_p=o.top_p,
+        seed=seed,
+        batch_size=batch_size,
+        pad_id=tok.pad_token_id,
+        eos_id=tok.eos_token_id,
+        autocast=autocast,
+    )
+    t1 = time.perf_counter()
+    prompt_texts = [tok.decode(p, skip_special_tokens=True) for p in flat]
+    texts = [tok.decode(s.ids, skip_special_tokens=True) for s in samples]
+    scores = judge.score(prompt_texts, texts)
+    t2 = time.perf_counter()
+    k, pairs, rows, ties, considered = o.samples_per_prompt, [], [], 0, 0
+    for n, prompt in enumerate(prompts):
+        group = list(range(n * k, (n + 1) * k))
+        chosen, tied, total = make_pairs([scores[i] for i in group], o.pairs)
+        ties, considered = ties + tied, considered + total
+        for w, lo in chosen:
+            (iw, sw), (il, sl) = (group[w], samples[group[w]]), (group[lo], samples[group[lo]])
+            pairs.append(
+                TokenizedPair(
+                    list(prompt),
+                    sw.ids + [tok.eos_token_id] * sw.ended,
+                    sl.ids + [tok.eos_token_id] * sl.ended,
+                    {MARGIN: scores[iw] - scores[il], "sample_logp_chosen": sw.logp, "sample_logp_rejected": sl.logp},
+                    dict(metas[n]) if n < len(metas) else {},
+                )
+            )
+            rows.append(
+                {
+                    "prompt": prompt_texts[iw],
+                    "chosen": texts[iw],
+                    "rejected": texts[il],
+                    "chosen_score": scores[iw],
+                    "rejected_score": scores[il],
+                    MARGIN: scores[iw] - scores[il],
+                }
+            )
+    return dict(
+        scores=scores,
+        lengths=[len(s.ids) for s in samples],
+        ended=[s.ended for s in samples],
+        ties=ties,
+        considered=considered,
+        prompts=len(prompts),
+        pairs=len(pairs),
+        time_sample_s=t1 - t0,
+        time_judge_s=t2 - t1,
+        items=pairs,
+        pair_rows=rows,
+        prompt_texts=prompt_texts,
+        texts=texts,
+        samples=samples,
+    )
+
+
+def summarise(parts: List[dict]) -> Dict[str, float]:
+    """The ``online/`` statistics of one or more :func:`sample_judge_pair` results: the judge's mean score of the
+    samples and its 95 % interval half-width, tie rate, pairs per prompt, sample length, EOS rate, sample and judge
+    time."""
+    scores = [s for p in parts for s in p["scores"]]
+    lengths = [n for p in parts for n in p["lengths"]]
+    ended = [e for p in parts for e in p["ended"]]
+    considered = sum(p["considered"] for p in parts)
+    mean, half = mean_ci(scores)
+    out = {
+        "online/judge_mean": mean,
+        "online/tie_rate": sum(p["ties"] for p in parts) / max(1, considered),
+        "online/pairs_per_prompt": sum(p["pairs"] for p in parts) / max(1, sum(p["prompts"] for p in parts)),
+        "online/sample_tokens": sum(lengths) / max(1, len(lengths)),
+        "online/eos_rate": sum(ended) / max(1, len(ended)),
+        "online/time_sample_s": sum(p["time_sample_s"] for p in parts),
+        "online/time_judge_s": sum(p["time_judge_s"] for p in parts),
+    }
+    if half == half:  # nan for a single sample
+        out["online/judge_ci"] = half
+    return out
+
+
 class OnlineObjective(WithReference, Objective):
     name = "online"
     data_kind = OnlinePrompts()
 
+    @classmethod
+    def driver(cls, cfg):
+        """Iterative mode (online.rounds >= 1): rounds of sampling then offline training, :mod:`..online_rounds`."""
+        if not cfg.online.rounds:
+            return None
+        from ..online_rounds import train_rounds
+
+        return train_rounds
+
     def __init__(self, cfg):
         super().__init__(cfg)
+        if cfg.online.rounds:
+            raise ConfigError(
+                f"online.rounds={cfg.online.rounds} (iterative mode) runs as successive trainer phases: start it with "
+                f"dpolab train or dpolab.engine.train, not a Trainer (or set online.rounds=0)"
+            )
         if cfg.reference.mode == "precomputed":
             raise ConfigError(
                 "reference.mode=precomputed is not available in train.mode=online: the pairs are sampled during "
@@ -163,47 +281,21 @@ class OnlineObjective(WithReference, Objective):
 
     # -- sampling, judging, pairing ---------------------------------------------------------------------------
     def _sample_pairs(self, model, batch: PromptBatch, seed: int, step: int) -> Tuple[Optional[PairBatch], dict]:
-        o, tok = self.cfg.online, self._tokenizer
+        tok = self._tokenizer
         policy = self._run.accelerator.unwrap_model(model)
-        t0 = time.perf_counter()
-        prompts = [p for p in batch.prompts for _ in range(o.samples_per_prompt)]
-        samples: List[Sampled] = sample_ids(
+        stats = sample_judge_pair(
             policy,
-            prompts,
-            max_new_tokens=o.max_new_tokens,
-            temperature=o.temperature,
-            top_p=o.top_p,
+            batch.prompts,
+            batch.meta,
+            online=self.cfg.online,
+            judge=self.judge,
+            tokenizer=tok,
             seed=seed,
             batch_size=self.cfg.eval.batch_size,
-            pad_id=tok.pad_token_id,
-            eos_id=tok.eos_token_id,
             autocast=self.autocast,
         )
-        t1 = time.perf_counter()
-        prompt_texts = [tok.decode(p, skip_special_tokens=True) for p in prompts]
-        texts = [tok.decode(s.ids, skip_special_tokens=True) for s in samples]
-        scores = self.judge.score(prompt_texts, texts)
-        t2 = time.perf_counter()
-        k, pairs, ties, considered = o.samples_per_prompt, [], 0, 0
-        for n, prompt in enumerate(batch.prompts):
-            group = list(range(n * k, (n + 1) * k))
-            chosen, tied, total = make_pairs([scores[i] for i in group], o.pairs)
-            ties, considered = ties + tied, considered + total
-            for w, lo in chosen:
-                sw, sl = samples[group[w]], samples[group[lo]]
-                pairs.append(
-                    TokenizedPair(
-                        list(prompt),
-                        sw.ids + [tok.eos_token_id] * sw.ended,
-                        sl.ids + [tok.eos_token_id] * sl.ended,
-                        {
-                            MARGIN: scores[group[w]] - scores[group[lo]],
-                            "sample_logp_chosen": sw.logp,
-                            "sample_logp_rejected": sl.logp,
-                        },
-                        dict(batch.meta[n]) if n < len(batch.meta) else {},
-                    )
-                )
+        prompt_texts, texts, samples = (stats.pop(k) for k in ("prompt_texts", "texts", "samples"))
+        scores, pairs = stats["scores"], stats["items"]
         if self._run.is_main and step >= 0:
             self._start_samples(step)
             rows = [
@@ -211,18 +303,6 @@ class OnlineObjective(WithReference, Objective):
                 for p, c, s, x in zip(prompt_texts, texts, scores, samples)
             ]
             atomic.append_text(self._run.parts.run_dir / "samples.jsonl", "\n".join(rows) + "\n")
-        stats = dict(
-            scores=scores,
-            lengths=[len(s.ids) for s in samples],
-            ended=[s.ended for s in samples],
-            ties=ties,
-            considered=considered,
-            prompts=len(batch.prompts),
-            pairs=len(pairs),
-            time_sample_s=t1 - t0,
-            time_judge_s=t2 - t1,
-            items=pairs,
-        )
         if not pairs:
             return None, stats
         pad, layout, width = self._collate_args
@@ -250,23 +330,7 @@ class OnlineObjective(WithReference, Objective):
         atomic.write_text(path, "".join(keep))
 
     def _summarise(self, parts: List[dict]) -> Dict[str, float]:
-        scores = [s for p in parts for s in p["scores"]]
-        lengths = [n for p in parts for n in p["lengths"]]
-        ended = [e for p in parts for e in p["ended"]]
-        considered = sum(p["considered"] for p in parts)
-        mean, half = mean_ci(scores)
-        out = {
-            "online/judge_mean": mean,
-            "online/tie_rate": sum(p["ties"] for p in parts) / max(1, considered),
-            "online/pairs_per_prompt": sum(p["pairs"] for p in parts) / max(1, sum(p["prompts"] for p in parts)),
-            "online/sample_tokens": sum(lengths) / max(1, len(lengths)),
-            "online/eos_rate": sum(ended) / max(1, len(ended)),
-            "online/time_sample_s": sum(p["time_sample_s"] for p in parts),
-            "online/time_judge_s": sum(p["time_judge_s"] for p in parts),
-        }
-        if half == half:  # nan for a single sample
-            out["online/judge_ci"] = half
-        return out
+        return summarise(parts)
 
     # -- a step -----------------------------------------------------------------------------------------------
     def begin_step(self, model, batches: List[PromptBatch], step: int) -> List[Optional[PairBatch]]:

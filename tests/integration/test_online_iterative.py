@@ -1,0 +1,247 @@
+"""Iterative online training (online.rounds >= 1) and prompt-only data files for train.mode=online: prompts read from
+prompt-only rows (text, chat) and from preference pairs, one-line errors for a row without a usable prompt, each
+round's pairs.jsonl trainable by plain `dpolab train`, resume after a stop mid-round bitwise equal to an uninterrupted
+run (no round sampled twice), and online.sync_reference moving the reference to the policy at each round's start."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dpolab.cli import main
+from dpolab.config import ConfigError, build_config
+from dpolab.data.prompts import load_prompt_data
+from dpolab.data.tokenize import render_texts, tokenize_preference
+from dpolab.data.types import DataError, PreferenceRow
+from dpolab.engine import Trainer, train
+from dpolab.engine import online_rounds as rounds_module
+from dpolab.engine.logging import read_metrics
+from dpolab.engine.online_rounds import OnlineRounds
+from dpolab.models.load import load_saved_model, load_tokenizer
+from dpolab.models.preference_logps import preference_outputs
+
+TINY = {"n_layer": 1, "n_embd": 32, "n_head": 2}
+ARITH = {"n_train": 16, "n_eval": 4, "n_terms": [2, 2], "max_value": 9}
+
+
+@pytest.fixture
+def judges(tmp_path, monkeypatch):
+    """A user judge: the number of digits in the response (few ties on a random model)."""
+    (tmp_path / "iter_judges.py").write_text(
+        "def digits(prompt, response):\n    return float(sum(c.isdigit() for c in response))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield "iter_judges:digits"
+    sys.modules.pop("iter_judges", None)
+
+
+def cfg(tmp_path, *overrides, name="run"):
+    base = {
+        "model": {"tiny": TINY},
+        "data": {"task": "arithmetic", "task_args": ARITH, "max_length": 48},
+        "train": {"mode": "online", "batch_size": 2, "lr": 5e-3, "schedule": "constant", "seed": 0},
+        "online": {
+            "judge": "iter_judges:digits",
+            "samples_per_prompt": 3,
+            "max_new_tokens": 8,
+            "rounds": 2,
+            "prompts_per_round": 6,
+        },
+        "eval": {"batch_size": 16, "at_start": False},
+        "output": {"dir": str(tmp_path / name), "progress": False},
+    }
+    return build_config(base, list(overrides))
+
+
+def weights(run):
+    return load_file(str(run / "final" / "model.safetensors"))
+
+
+# -- prompt-only files --------------------------------------------------------------------------------------------
+
+
+def _tok():
+    return load_tokenizer(build_config({"model": {"tiny": TINY}}).model)
+
+
+def test_prompt_only_rows_text_chat_and_pairs_give_prompts(tmp_path):
+    tok = _tok()
+    chat = [{"role": "user", "content": "Q: 4+4"}]
+    rows = [
+        {"prompt": "Q: 1+2\nA:", "id": 7},
+        {"prompt": chat},
+        {"prompt": "Q: 3+3\nA:", "chosen": " 6", "rejected": " 5"},
+    ]
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got, skips = load_prompt_data(str(path), tok, max_length=96, log=lambda m: None)
+    assert len(got) == 3 and skips.total == 0 and not any("truncated_tokens" in g.meta for g in got)
+    text_ids = [tok.bos_token_id] + tok("Q: 1+2\nA:", add_special_tokens=False)["input_ids"]
+    assert got[0].prompt_ids == text_ids and got[0].meta["id"] == 7 and got[0].meta["row"] == 1
+    rendered, _, _ = render_texts(tok, chat, [])  # the chat template with the generation prompt
+    assert (
+        rendered != "Q: 4+4"
+        and got[1].prompt_ids == [tok.bos_token_id] + tok(rendered, add_special_tokens=False)["input_ids"]
+    )
+    pair = tokenize_preference(PreferenceRow("Q: 3+3\nA:", " 6", " 5"), tok, max_length=96)
+    assert got[2].prompt_ids == pair.prompt_ids  # a pair's prompt exactly as preference training has it
+    csv = tmp_path / "prompts.csv"  # any reader: CSV with only a (renamed) prompt column
+    csv.write_text("question\nQ: 5+5\n")
+    got, _ = load_prompt_data(str(csv), tok, columns={"prompt": "question"}, max_length=48, log=lambda m: None)
+    assert [g.prompt_ids for g in got] == [[tok.bos_token_id] + tok("Q: 5+5", add_special_tokens=False)["input_ids"]]
+
+
+def test_a_long_prompt_is_cut_to_max_prompt_length_and_recorded(tmp_path):
+    tok = _tok()
+    path = tmp_path / "p.jsonl"
+    path.write_text(json.dumps({"prompt": "x" * 40}) + "\n")
+    (got,), _ = load_prompt_data(str(path), tok, max_length=32, max_prompt_length=10, log=lambda m: None)
+    assert len(got.prompt_ids) == 10 and got.prompt_ids[0] == tok.bos_token_id  # keep_end keeps BOS in front
+    assert got.meta["truncated_tokens"] == {"prompt": 31}
+
+
+@pytest.mark.parametrize(
+    "row, words",
+    [
+        ({"question": "hi"}, "row 2: field 'prompt': missing: a prompt row needs 'prompt'"),
+        ({"prompt": 3}, "row 2: field 'prompt': expected text or chat messages, got int"),
+        ({"prompt": ""}, "row 2: field 'prompt': empty prompt"),
+        ({"prompt": [{"role": "user"}]}, "row 2: field 'prompt': message 0: expected a dict with 'role' and 'content'"),
+    ],
+)
+def test_a_row_without_a_usable_prompt_is_one_line_naming_file_row_and_field(tmp_path, row, words):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps(row) + "\n")
+    with pytest.raises(DataError) as e:
+        load_prompt_data(str(path), _tok(), max_length=48, log=lambda m: None)
+    assert str(e.value).startswith(f"{path}: {words}") and "\n" not in str(e.value)
+    got, skips = load_prompt_data(str(path), _tok(), max_length=48, on_error="skip", log=lambda m: None)
+    assert len(got) == 1 and skips.total == 1
+
+
+@pytest.mark.slow
+def test_per_step_online_trains_on_a_prompt_only_file(tmp_path, judges):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Q: {i}+1\nA:"}) + "\n" for i in range(6)))
+    c = cfg(tmp_path, "online.rounds=0", "data.task=null", f"data.train={path}", "train.max_steps=2")
+    s = Trainer(c).fit()
+    assert s["steps"] == 2 and s["train_examples"] + s["eval_examples"] == 6
+
+
+# -- iterative mode -----------------------------------------------------------------------------------------------
+
+
+def test_iterative_settings_it_cannot_honour_are_refused_in_one_line(tmp_path):
+    for over, words in [
+        ("train.epochs=2", "train.epochs: iterative online training"),
+        ("reference.sync_every=2", "reference.sync_every (TR-DPO) is not available with online.rounds"),
+        ("reference.name_or_path=x", "online.sync_reference: the reference is a separate model"),
+    ]:
+        extra = ["online.sync_reference=true"] if "name_or_path" in over else []
+        with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            cfg(tmp_path, over, *extra)
+    with pytest.raises(ConfigError, match="runs as successive trainer phases"):
+        Trainer(cfg(tmp_path))  # a Trainer would ignore the rounds
+
+
+@pytest.mark.slow
+def test_rounds_write_pairs_that_plain_dpolab_train_trains_on(tmp_path, judges):
+    s = train(cfg(tmp_path, "online.rounds=1", "eval.at_start=true"))
+    run = tmp_path / "run"
+    pairs = run / "rounds" / "round-001" / "pairs.jsonl"
+    rows = [json.loads(x) for x in pairs.read_text().splitlines()]
+    assert rows and all(r["chosen_score"] > r["rejected_score"] for r in rows)
+    assert all(r["rm_margin"] == r["chosen_score"] - r["rejected_score"] for r in rows)
+    assert all(sum(c.isdigit() for c in r["chosen"]) == r["chosen_score"] for r in rows)
+    metrics = read_metrics(run / "metrics.jsonl")
+    assert [m["round"] for m in metrics] == [0, 1] and "eval/online/judge_mean" in metrics[0]
+    one = metrics[1]
+    assert one["online/pairs"] == len(rows) and one["online/prompts"] == 6 and one["step"] == s["steps"] > 0
+    for key in ("online/judge_mean", "online/judge_ci", "online/tie_rate", "online/time_sample_s"):
+        assert key in one
+    assert one["online/time_judge_s"] >= 0 and one["online/time_train_s"] > 0 and "eval/online/judge_mean" in one
+    assert (run / "DONE").exists() and (run / "final" / "model.safetensors").exists()
+    plain = [
+        "train",
+        f"data.train={pairs}",
+        "data.eval_fraction=0",
+        "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+        "train.max_steps=2",
+        "output.progress=false",
+        f"output.dir={tmp_path / 'plain'}",
+    ]
+    assert main(plain) == 0
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["train_examples"] == len(rows)
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_after_a_stop_mid_round_is_bitwise_equal_and_samples_no_round_twice(tmp_path, judges, monkeypatch):
+    over = ("online.rounds=3", "output.save_every=1", "model.dropout=true", "train.schedule=linear")
+    train(cfg(tmp_path, *over, name="straight"))
+
+    real_checkpoint = Trainer._checkpoint
+
+    def stop_in_round_two(self):
+        real_checkpoint(self)
+        if "round-002" in str(self.run_dir) and self.step == 1:
+            raise Stop
+
+    monkeypatch.setattr(Trainer, "_checkpoint", stop_in_round_two)
+    with pytest.raises(Stop):
+        train(cfg(tmp_path, *over, name="stopped"))
+    run = tmp_path / "stopped"
+    assert (run / "rounds" / "round-002" / "pairs.jsonl").exists() and not (run / "rounds" / "round-003").exists()
+    assert [m["round"] for m in read_metrics(run / "metrics.jsonl")] == [1]
+    monkeypatch.setattr(Trainer, "_checkpoint", real_checkpoint)
+
+    sampled = []
+    real_sample = rounds_module.sample_judge_pair
+    monkeypatch.setattr(rounds_module, "sample_judge_pair", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
+    with pytest.raises(Exception, match="--resume"):  # a plain rerun refuses the unfinished run
+        train(cfg(tmp_path, *over, name="stopped"))
+    s = train(cfg(tmp_path, *over, name="stopped"), resume=True)
+    a, b = weights(tmp_path / "straight"), weights(run)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    resumed = read_metrics(run / "metrics.jsonl")
+    assert [m["round"] for m in resumed] == [1, 2, 3]
+    keys = ("online/judge_mean", "online/pairs", "step", "loss", "eval/online/judge_mean")
+    assert [[m.get(k) for k in keys] for m in straight] == [[m.get(k) for k in keys] for m in resumed]
+    # round 3's prompts and the final evaluation's eval prompts were sampled; rounds 1 and 2 were not
+    assert len(sampled) == 2 and s["rounds"] == 3
+
+
+def _logps_against(run, trainer, policy_folder):
+    """(reference, policy) log-probs of the latest round's pairs: its reference, and the policy saved in a folder."""
+    policy = load_saved_model(policy_folder)
+    batch = trainer.collate(list(range(len(trainer.train_data))), trainer.train_data)
+    with torch.no_grad():
+        out = preference_outputs(policy, trainer.reference, batch, need_tokens=False, extras=())
+    return (
+        torch.cat([out.ref_chosen_logps, out.ref_rejected_logps]),
+        torch.cat([out.policy_chosen_logps, out.policy_rejected_logps]),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sync", [True, False])
+def test_sync_reference_moves_the_reference_to_the_policy_at_each_round_start(tmp_path, judges, sync):
+    runner = OnlineRounds(cfg(tmp_path, f"online.sync_reference={str(sync).lower()}", "reference.mode=copy"))
+    runner.fit()
+    run, t = tmp_path / "run", runner.trainer
+    assert "round-002" in str(t.run_dir)
+    ref, round_start = _logps_against(run, t, run / "rounds" / "round-001" / "train" / "final")
+    _, start = _logps_against(run, t, run / "rounds" / "start")
+    assert not torch.allclose(round_start, start, atol=1e-4)  # round 1 moved the policy
+    if sync:  # the reference after round 2 is the policy as round 2 started
+        torch.testing.assert_close(ref, round_start, atol=1e-5, rtol=0)
+    else:  # the starting model in every round
+        torch.testing.assert_close(ref, start, atol=1e-5, rtol=0)
