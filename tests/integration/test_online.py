@@ -4,6 +4,7 @@ refused, resume bitwise equal to an uninterrupted run, and online MADPO equal to
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 
@@ -177,3 +178,17 @@ def test_a_run_over_an_earlier_one_starts_its_own_samples_file(tmp_path, judges)
     Trainer(cfg(tmp_path, "train.max_steps=1", "output.overwrite=true")).fit()
     samples = [json.loads(x) for x in (tmp_path / "run" / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 4 * 3 and {x["step"] for x in samples} == {1}
+
+
+@pytest.mark.parametrize("tuning", [[], ["lora.enabled=true", "lora.target_modules=all-linear"]], ids=["full", "lora"])
+def test_bf16_online_runs_finish_with_finite_losses(tmp_path, judges, tuning):
+    """train.bf16=true (CPU autocast): sampling, judging and training run under bf16 and every logged loss, KL and
+    judge mean is finite; the sampler's log-probs stay close to the policy's (bf16 rounding only)."""
+    s = Trainer(cfg(tmp_path, "train.bf16=true", "train.max_steps=2", "online.pairs=all", *tuning)).fit()
+    assert s["runtime"]["bf16"] is True
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "online/judge_mean" in r]
+    assert len(rows) == 2
+    for r in rows:
+        for k in ("loss", "online/kl", "online/judge_mean", "grad_norm"):
+            assert isinstance(r[k], float) and math.isfinite(r[k]), (k, r[k])
+        assert r["online/logp_gap/max"] < 0.5
