@@ -467,7 +467,7 @@ def _claim_setting(runs: List[RunResult]) -> str:
     return (
         f"{c.get('model', {}).get('name_or_path', '?')}{lora}; {args.get('n_train', '?')} "
         f"{runs[0].spec.labels.get('data', '?')} pairs; {train.get('max_steps', '?')} steps of batch "
-        f"{train.get('batch_size', '?')} at lr {train.get('lr', '?')}; {len(runs)} seeds"
+        f"{train.get('batch_size', '?')} at lr {train.get('lr', '?')}; {len(runs)} seed(s)"
     )
 
 

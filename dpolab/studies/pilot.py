@@ -214,6 +214,17 @@ def regime(plan: Optional[PilotPlan], out: Optional[Path]) -> Dict[str, Any]:
     return dict(plan.pilot.fallback)
 
 
+def choice_line(out: Path) -> str:
+    """One line on the regime of the study folder ``out``, for tables that summarise studies (EVIDENCE.md)."""
+    choice = read_choice(out)
+    if choice is None:
+        return "no pilot choice recorded"
+    pilot = Pilot.of(choice["definition"])
+    if choice["chosen"] is not None:
+        return f"regime chosen by the pilot: {pilot.describe(choice['chosen'])}"
+    return f"no pilot cell showed the effect (the finding); fallback {pilot.describe(choice['regime'])}"
+
+
 def _cell_record(pilot: Pilot, cell: Mapping[str, Any], v: Verdict, values: Mapping[Any, Optional[float]]):
     return {
         "cell": dict(cell),

@@ -511,7 +511,7 @@ def _claim_setting(groups: Dict[str, List[RunResult]]) -> str:
     return (
         f"{c.get('model', {}).get('name_or_path', '?')}{' + LoRA' if (c.get('lora') or {}).get('enabled') else ''}; "
         f"{data}; {train.get('max_steps', '?')} steps of batch {train.get('batch_size', '?')} at lr "
-        f"{train.get('lr', '?')}; {len(runs)} seeds"
+        f"{train.get('lr', '?')}; {len(runs)} seed(s)"
     )
 
 

@@ -132,6 +132,7 @@ def test_run_pilot_stops_at_the_first_cell_that_meets_the_rule_and_records_it(tm
     assert "| 0.0003 | 1 | 100: -1.00, 101: -1.30, 102: -0.80 | -1.03 |" in text
     assert "| 0.001 | 3 | not run (an earlier cell met the rule) |" in text
     assert "**Choice: lr = 0.0003, epochs = 1.**" in text and "that is the finding" not in text
+    assert P.choice_line(tmp_path) == "regime chosen by the pilot: lr = 0.0003, epochs = 1"
 
 
 def test_a_recorded_choice_is_reused_never_chosen_again(tmp_path, monkeypatch):
@@ -163,5 +164,7 @@ def test_no_cell_shows_the_effect_the_fallback_runs_and_the_report_says_so(tmp_p
     text = "\n".join(P.pilot_section(choice))
     assert "**No cell shows the effect: that is the finding.**" in text
     assert "declared fallback cell (lr = 0.001, epochs = 3): why." in text
+    assert P.choice_line(tmp_path).startswith("no pilot cell showed the effect (the finding); fallback lr = 0.001")
+    assert P.choice_line(tmp_path / "elsewhere") == "no pilot choice recorded"
     assert "No pilot at this size" in "\n".join(P.pilot_section(None, declared=False))
     assert "has not chosen yet" in "\n".join(P.pilot_section(None))
