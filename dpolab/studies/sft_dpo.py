@@ -235,7 +235,7 @@ SIZES["small"] = dict(
     sft_lr=2e-5,
     dpo_lr=5e-6,
     params=("full", "lora-16"),
-    timing=dict(tasks=TASKS, steps=12),
+    timing=dict(tasks=("paraphrase",), steps=8),  # ~8 minutes alone on 2 cores (dry run); sonnets' steps cost 2x
     **_OPT,
 )
 SMOKE_SMALL = dict(SIZES["small"], tasks=_TASK_SMOKE_SMALL, timing=dict(tasks=("paraphrase",), steps=3))
@@ -572,6 +572,16 @@ def _small_budget(s: Dict[str, Any], seeds: int) -> List[Stage]:
                     dpo,
                     m[f"dpo-{kind}"] * t["batch"],
                 ),
+            ]
+        if task in (s.get("timing") or {}).get("tasks", ()):
+            out += [
+                Stage(
+                    f"{task} {p}: timing run alone, SFT {s['timing']['steps']} steps (batch {t['batch']})",
+                    seeds,
+                    s["timing"]["steps"],
+                    m[f"sft-{'full' if not PARAMS[p]['enabled'] else 'lora'}"] * t["batch"],
+                )
+                for p in s["params"]
             ]
         ends = 2 * len(s["params"]) * seeds  # runs (SFT and SFT -> DPO per parameterisation and seed), each evaluated
         evals = ends * t["evals_per_run"]  # evals_per_run times (the last at its end)
