@@ -56,3 +56,37 @@ def test_squeeze_smoke_pilot_chooses_once_and_the_confirmation_uses_it(tmp_path)
     assert again == record and not any("training" in m for m in msgs)
     assert set(results2) >= runs
     assert squeeze.STUDY.plan("cpu", 3, smoke=True, out=out)[2].config["train"]["lr"] == pilot.cells()[0]["pref_lr"]
+
+
+def test_s3_report_prints_the_pilot_before_any_verdict_and_writes_its_claims(tmp_path):
+    from test_study_verdicts import _s3_results
+
+    from dpolab.studies import dpop
+
+    plan = dpop.STUDY.pilot("cpu", smoke=True, data_dir="/nowhere", out=tmp_path)
+    cell = plan.pilot.cells()[1]
+    record = {
+        "definition": plan.pilot.definition(),
+        "cells": [
+            {"cell": c, "values": {"100": v, "101": v - 0.1}, "mean": v, "low": v - 0.5, "high": v + 0.5, "n": 2}
+            | {"meets": c == cell}
+            for c, v in zip(plan.pilot.cells()[:2], (0.2, -2.0))
+        ],
+        "chosen": cell,
+        "regime": cell,
+    }
+    (tmp_path / "pilot").mkdir()
+    (tmp_path / CHOICE_FILE).write_text(json.dumps(record))
+    assert all(  # the confirmation is planned at the recorded regime
+        s.config["train"]["lr"] == cell["pref_lr"]
+        for s in dpop.STUDY.plan("cpu", 3, smoke=True, data_dir="/nowhere", out=tmp_path)
+        if "method" in s.labels
+    )
+    near = {"DPO": -1.5, "DPOP λ=5": -0.1, "DPOP λ=50": 0.1, "DPOP λ=500": 0.06}
+    text = "\n".join(dpop.STUDY.report(_s3_results({"arith-near": near, "arith-far": near}), tmp_path, "cpu"))
+    assert text.index("### Regime choice (pilot") < text.index("### What the measurement says")
+    assert "**Choice: lr = 0.001, epochs = 1.**" in text and "| 0.0001 | 1 | 100: +0.20, 101: +0.10 |" in text
+    claims = json.loads((tmp_path / "claims.json").read_text())
+    assert [c["id"] for c in claims["claims"]] == ["S3.dpo-chosen-low-ed", "S3.dpop-chosen"]
+    assert claims["claims"][0]["verdict"] == "lower" and claims["claims"][0]["seeds"] == 3
+    assert claims["claims"][1]["measured"].startswith("DPOP λ=50 on arith-near - DPO")
