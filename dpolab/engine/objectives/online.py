@@ -7,8 +7,10 @@ reached through :meth:`OnlineObjective.driver`: rounds of sampling, then offline
 optimiser step, for each prompt of each micro-batch:
 
 1. sample ``online.samples_per_prompt`` completions from the current policy (:func:`dpolab.models.generation.
-   sample_ids`: batched, ``online.temperature`` / ``top_p`` / ``max_new_tokens``), seeded from (train.seed, step,
-   process, micro-batch): a resumed run samples exactly what the uninterrupted run sampled, with no RNG state kept;
+   sample_ids`: batched, ``online.temperature`` / ``top_p`` / ``max_new_tokens``), each prompt's samples seeded from
+   (train.seed, step, the prompt's example index) and drawn by generators of their own (:func:`prompt_seed`): a
+   resumed run samples exactly what the uninterrupted run sampled, with no RNG state kept, and processes that share
+   out a step's prompts sample what one process would;
 2. score them with the judge (``online.judge``, :mod:`dpolab.engine.judges`);
 3. pair them: the best against the worst (``online.pairs=best-worst``) or every two with different scores (``all``);
    pairs whose scores are exactly equal are ties, skipped and counted;
@@ -24,8 +26,10 @@ samples: an unbiased estimate of KL(pi || pi_ref) at temperature 1 and top-p 1, 
 with k = 2), the time split of the step (``time_sample_s``, ``time_judge_s``, ``time_train_s``: the forwards and
 backwards of the previous step's pairs) and, at temperature 1 and top-p 1, ``logp_gap``: the largest difference
 between the policy's log-prob of a paired sample and the sampler's own (0 up to rounding: the pairs are on-policy).
-The main process appends every sample (step, prompt, completion, score, ended) to ``samples.jsonl`` in the run folder
-(a resumed run first drops the rows of steps after its checkpoint).
+Over several processes these are the statistics of all their samples (gathered each step), the time split the slowest
+process's. The main process appends every process's samples (step, prompt, completion, score, ended; by example
+within a step) to ``samples.jsonl`` in the run folder (a resumed run first drops the rows of steps after its
+checkpoint).
 Evaluation samples the eval prompts with a fixed seed and reports the same loss and statistics.
 """
 
@@ -36,7 +40,7 @@ import json
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -89,6 +93,12 @@ def step_seed(seed: int, step: int, rank: int, micro: int) -> int:
     return ((seed * 1_000_003 + step) * 1_009 + rank) * 101 + micro & 0x7FFFFFFF
 
 
+def prompt_seed(seed: int, step: int, example: int) -> int:
+    """The sampling seed of one prompt (its example's index) at one step (evaluation: step -1): the same whichever
+    process and micro-batch sample it, so two processes sample what one does."""
+    return ((seed * 1_000_003 + step) * 1_000_033 + example) & 0x7FFFFFFF
+
+
 def make_pairs(scores: List[float], how: str) -> Tuple[List[Tuple[int, int]], int, int]:
     """(winner, loser) indices into one prompt's samples, the ties skipped and the pairs considered."""
     if how == "best-worst":
@@ -115,15 +125,21 @@ def sample_judge_pair(
     seed: int,
     batch_size: int,
     autocast=nullcontext,
+    prompt_seeds: Optional[Sequence[int]] = None,
 ) -> Dict[str, Any]:
     """Sample ``online.samples_per_prompt`` completions of each prompt (token ids) from ``policy`` (seeded by
-    ``seed``), score them with ``judge`` and pair them (:func:`make_pairs`). Returns the statistics
-    :func:`summarise` reads, the pairs (``items``: :class:`TokenizedPair` with the judge's score difference as
-    ``rm_margin``), ``pair_rows`` (each pair's texts and scores, as ``pairs.jsonl`` of iterative mode holds them) and,
-    for a caller that writes them, the prompt texts, completion texts, scores and :class:`Sampled` of every sample."""
+    ``seed``; with ``prompt_seeds``, one per prompt, each completion by its own generator, whatever it is batched
+    with: :func:`dpolab.models.generation.sample_ids`' ``row_seeds``), score them with ``judge`` and pair them
+    (:func:`make_pairs`). Returns the statistics :func:`summarise` reads, the pairs (``items``: :class:`TokenizedPair`
+    with the judge's score difference as ``rm_margin``), ``pair_rows`` (each pair's texts and scores, as
+    ``pairs.jsonl`` of iterative mode holds them) and, for a caller that writes them, the prompt texts, completion
+    texts, scores and :class:`Sampled` of every sample."""
     o, tok = online, tokenizer
     t0 = time.perf_counter()
     flat = [p for p in prompts for _ in range(o.samples_per_prompt)]
+    rows_seeds = None
+    if prompt_seeds is not None:
+        rows_seeds = [(s * 1_009 + j) & 0x7FFFFFFF for s in prompt_seeds for j in range(o.samples_per_prompt)]
     samples: List[Sampled] = sample_ids(
         policy,
         flat,
@@ -135,6 +151,7 @@ def sample_judge_pair(
         pad_id=tok.pad_token_id,
         eos_id=tok.eos_token_id,
         autocast=autocast,
+        row_seeds=rows_seeds,
     )
     t1 = time.perf_counter()
     prompt_texts = [tok.decode(p, skip_special_tokens=True) for p in flat]
@@ -280,9 +297,12 @@ class OnlineObjective(WithReference, Objective):
             self.reference = self.build_reference(run)  # cost None: a live reference
 
     # -- sampling, judging, pairing ---------------------------------------------------------------------------
-    def _sample_pairs(self, model, batch: PromptBatch, seed: int, step: int) -> Tuple[Optional[PairBatch], dict]:
+    def _sample_pairs(self, model, batch: PromptBatch, step: int) -> Tuple[Optional[PairBatch], dict]:
+        """Sample, judge and pair the prompts of ``batch`` at ``step`` (-1: evaluation), each prompt seeded by its
+        example index (:func:`prompt_seed`); ``sample_rows`` in the statistics: (example, sample, samples.jsonl row)."""
         tok = self._tokenizer
         policy = self._run.accelerator.unwrap_model(model)
+        examples = [int(i) for i in batch.index]
         stats = sample_judge_pair(
             policy,
             batch.prompts,
@@ -290,19 +310,17 @@ class OnlineObjective(WithReference, Objective):
             online=self.cfg.online,
             judge=self.judge,
             tokenizer=tok,
-            seed=seed,
+            seed=0,
             batch_size=self.cfg.eval.batch_size,
             autocast=self.autocast,
+            prompt_seeds=[prompt_seed(self.cfg.train.seed, step, i) for i in examples],
         )
         prompt_texts, texts, samples = (stats.pop(k) for k in ("prompt_texts", "texts", "samples"))
-        scores, pairs = stats["scores"], stats["items"]
-        if self._run.is_main and step >= 0:
-            self._start_samples(step)
-            rows = [
-                json.dumps({"step": step + 1, "prompt": p, "completion": c, "score": s, "ended": x.ended})
-                for p, c, s, x in zip(prompt_texts, texts, scores, samples)
-            ]
-            atomic.append_text(self._run.parts.run_dir / "samples.jsonl", "\n".join(rows) + "\n")
+        scores, pairs, k = stats["scores"], stats["items"], self.cfg.online.samples_per_prompt
+        stats["sample_rows"] = [
+            (examples[n // k], n % k, {"step": step + 1, "prompt": p, "completion": c, "score": s, "ended": x.ended})
+            for n, (p, c, s, x) in enumerate(zip(prompt_texts, texts, scores, samples))
+        ]
         if not pairs:
             return None, stats
         pad, layout, width = self._collate_args
@@ -332,26 +350,46 @@ class OnlineObjective(WithReference, Objective):
     def _summarise(self, parts: List[dict]) -> Dict[str, float]:
         return summarise(parts)
 
+    def _gathered(self, parts: List[dict]) -> List[List[dict]]:
+        """Every process's statistics of its micro-batches (one list per process; the pairs themselves stay here)."""
+        local = [{k: v for k, v in p.items() if k not in ("items", "pair_rows")} for p in parts]
+        if self._run.accelerator.num_processes == 1:
+            return [local]
+        from accelerate.utils import gather_object
+
+        return gather_object([local])
+
+    def _summarise_all(self, everyone: List[List[dict]]) -> Dict[str, float]:
+        """The statistics of all processes' samples, as one process would compute them; the time split is the
+        slowest process's (the processes sample and judge side by side)."""
+        out = self._summarise([p for ps in everyone for p in ps])
+        for key in ("time_sample_s", "time_judge_s"):
+            out[f"online/{key}"] = max(sum(p[key] for p in ps) for ps in everyone)
+        return out
+
     # -- a step -----------------------------------------------------------------------------------------------
     def begin_step(self, model, batches: List[PromptBatch], step: int) -> List[Optional[PairBatch]]:
         if self._train_started is not None:  # the previous step's forwards, backwards and optimiser step
             self._train_time = time.perf_counter() - self._train_started
         states, parts = [], []
-        for j, b in enumerate(batches):
-            pb, stats = self._sample_pairs(model, b, step_seed(self.cfg.train.seed, step, self._rank, j), step)
+        for b in batches:
+            pb, stats = self._sample_pairs(model, b, step)
             states.append(pb)
             parts.append(stats)
-        self._stats = {**self._summarise(parts), "online/time_train_s": self._train_time}
+        everyone = self._gathered(parts)
+        if self._run.is_main:
+            self._start_samples(step)
+            rows = sorted((r for ps in everyone for p in ps for r in p["sample_rows"]), key=lambda r: r[:2])
+            text = "".join(json.dumps(row) + "\n" for _, _, row in rows)
+            atomic.append_text(self._run.parts.run_dir / "samples.jsonl", text)
+        self._stats = {**self._summarise_all(everyone), "online/time_train_s": self._train_time}
         self.last_pairs = [p for stats in parts for p in stats["items"]]
         self._train_started = time.perf_counter()
         return states
 
     def forward(self, model, batch: Batch, *, training: bool, state: Any = None) -> MicroResult:
         if isinstance(batch, PromptBatch) and state is None and not training:  # evaluation: sample with a fixed seed
-            first = int(batch.index[0]) if batch.index is not None else 0
-            state, stats = self._sample_pairs(
-                model, batch, step_seed(self.cfg.train.seed, -1 - first, self._rank, 0), -1
-            )
+            state, stats = self._sample_pairs(model, batch, -1)
             self._eval_parts.append(stats)
         if state is None:  # every sample of these prompts tied: nothing to train on
             zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
@@ -388,7 +426,7 @@ class OnlineObjective(WithReference, Objective):
             "ties": f"{row.get('online/tie_rate', float('nan')):.2f}",
         }
 
-    _eval_parts: List[dict] = []
+    _eval_parts: Optional[List[dict]] = None  # a list while an evaluation runs
 
     @contextmanager
     def evaluation(self, eval_data) -> Iterator[None]:
@@ -396,11 +434,11 @@ class OnlineObjective(WithReference, Objective):
         try:
             yield
         finally:
-            self._stats, self._eval_parts = saved, []
+            self._stats, self._eval_parts = saved, None
 
     def set_statistics(self, rows: List[Dict[str, Any]]) -> Dict[str, float]:
-        if self._eval_parts:
-            out, self._eval_parts = self._summarise(self._eval_parts), []
+        if self._eval_parts is not None:  # every process calls this at the end of an evaluation, batches or none
+            out, self._eval_parts = self._summarise_all(self._gathered(self._eval_parts)), []
             return out
         out, self._stats = self._stats, {}
         return out

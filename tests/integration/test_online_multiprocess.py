@@ -1,0 +1,104 @@
+"""train.mode=online in two processes (``accelerate launch``, CPU, gloo) against one process with the same global
+batch: each process samples the completions of its own share of the step's prompts, and the run equals one
+process's: per-step loss and ``online/`` statistics, final weights (within 1e-5 absolute, as tests/integration/
+test_multiprocess.py: only the order of float additions differs) and ``samples.jsonl`` (every process's samples,
+once). The samples of a prompt are seeded by (train.seed, step, the prompt's example index), not by the process
+or micro-batch that draws them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dpolab.cli import main
+from dpolab.engine.logging import read_metrics
+
+pytestmark = pytest.mark.slow
+
+TOL = 1e-5
+JUDGE = "def spread(prompt, response):\n    return float(sum(map(ord, response)) % 997) / 200\n"
+ARGS = [
+    "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
+    "data.task=arithmetic",
+    "data.task_args={n_train: 16, n_eval: 6, n_terms: [2, 2], max_value: 9}",
+    "data.max_length=48",
+    "train.mode=online",
+    "train.lr=5e-3",
+    "train.schedule=constant",
+    "train.max_steps=3",
+    "online.judge=mp_judges:spread",
+    "online.samples_per_prompt=3",
+    "online.max_new_tokens=8",
+    "eval.batch_size=4",
+    "output.progress=false",
+]
+STATS = ("loss", "online/judge_mean", "online/judge_ci", "online/tie_rate", "online/kl", "online/eos_rate")
+STATS += ("online/sample_tokens", "online/pairs_per_prompt", "online/logp_gap/max")
+
+
+@pytest.fixture
+def judge_module(tmp_path, monkeypatch):
+    folder = tmp_path / "judges"
+    folder.mkdir()
+    (folder / "mp_judges.py").write_text(JUDGE)
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder
+    sys.modules.pop("mp_judges", None)
+
+
+def _launch(args, folder: Path) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    cmd += ["--main_process_port", str(port), "-m", "dpolab.cli", "train", *args]
+    env = dict(
+        os.environ,
+        ACCELERATE_USE_CPU="1",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+        CUDA_VISIBLE_DEVICES="",
+        PYTHONPATH=os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")]),
+    )
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _samples(run: Path) -> list:
+    return [json.loads(x) for x in (run / "samples.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_with_accumulation_equal_one(tmp_path, judge_module):
+    """One process of batch 8 against two processes of two micro-batches of 2 prompts each: each prompt's samples
+    come out the same whichever process and micro-batch draw them."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert main(["train", *ARGS, "train.batch_size=8", f"output.dir={one}"]) == 0
+    proc = _launch([*ARGS, "train.batch_size=2", "train.grad_accum=2", f"output.dir={two}"], judge_module)
+    assert proc.stdout.count("done:") == 1
+    a = [r for r in read_metrics(one) if "grad_norm" in r]
+    b = [r for r in read_metrics(two) if "grad_norm" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for k in STATS:
+            assert rb[k] == pytest.approx(ra[k], abs=TOL), (k, ra["step"], ra[k], rb[k])
+    assert a[-1]["online/kl"] != 0.0  # the policy moved: the comparison means something
+    ea = [r for r in read_metrics(one) if "eval/loss" in r][-1]
+    eb = [r for r in read_metrics(two) if "eval/loss" in r][-1]
+    for k in ("eval/loss", "eval/online/judge_mean", "eval/online/tie_rate"):
+        assert eb[k] == pytest.approx(ea[k], abs=TOL), k
+    wa, wb = load_file(str(one / "final" / "model.safetensors")), load_file(str(two / "final" / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=TOL, rtol=0) for k in wa)
+    sa, sb = _samples(one), _samples(two)
+    assert len(sa) == 3 * 8 * 3
+    key = ("step", "prompt", "completion", "ended")
+    assert sorted(tuple(x[k] for k in key) for x in sa) == sorted(tuple(x[k] for k in key) for x in sb)
