@@ -317,7 +317,7 @@ class OnlineConfig:
         0,
         "train.mode=online: 0 samples, judges and trains every step; N >= 1 is iterative: N rounds, each sampling "
         "its prompts' pairs with the policy as the round starts (rounds/round-NNN/pairs.jsonl), then training on "
-        "them offline as train.mode=preference does (docs/training.md)",
+        "them offline as train.mode=preference does; eval.every then counts rounds (docs/training.md)",
     )
     prompts_per_round: Optional[int] = _f(
         None,
@@ -325,7 +325,8 @@ class OnlineConfig:
         "prompts, wrapping around); null = every training prompt",
     )
     epochs_per_round: float = _f(
-        1.0, "online.rounds >= 1: passes over the round's pairs (train.max_steps, if set, caps each round's steps)"
+        1.0,
+        "online.rounds >= 1: passes over each round's pairs (train.max_steps, if set, overrides it: steps per round)",
     )
     sync_reference: bool = _f(
         False,
@@ -717,6 +718,16 @@ def _check_loss_list(cfg: RunConfig) -> None:
         raise ConfigError("online.judge: train.mode=online needs a judge (rm:PATH, module:function or task:NAME)")
     if cfg.train.mode == "online" and cfg.online.rounds:
         _check_rounds(cfg)
+    elif cfg.train.mode == "online":
+        o = cfg.online
+        changed = {
+            "prompts_per_round": o.prompts_per_round is not None,
+            "epochs_per_round": o.epochs_per_round != 1.0,
+            "sync_reference": o.sync_reference,
+        }
+        used = [key for key, on in changed.items() if on]
+        if used:
+            raise ConfigError(f"online.{used[0]} applies to iterative mode only; set online.rounds >= 1 (or drop it)")
     try:
         comp = CompositeLoss(cfg.loss)
     except LossConfigError as e:

@@ -51,7 +51,7 @@ def cfg(tmp_path, *overrides, name="run"):
             "rounds": 2,
             "prompts_per_round": 6,
         },
-        "eval": {"batch_size": 16, "at_start": False},
+        "eval": {"batch_size": 32, "at_start": False},  # one generate call per round's samples
         "output": {"dir": str(tmp_path / name), "progress": False},
     }
     return build_config(base, list(overrides))
@@ -127,7 +127,8 @@ def test_a_row_without_a_usable_prompt_is_one_line_naming_file_row_and_field(tmp
 def test_per_step_online_trains_on_a_prompt_only_file(tmp_path, judges):
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Q: {i}+1\nA:"}) + "\n" for i in range(6)))
-    c = cfg(tmp_path, "online.rounds=0", "data.task=null", f"data.train={path}", "train.max_steps=2")
+    over = ("online.rounds=0", "online.prompts_per_round=null", "train.max_steps=2", "data.task=null")
+    c = cfg(tmp_path, *over, f"data.train={path}")
     s = Trainer(c).fit()
     assert s["steps"] == 2 and s["train_examples"] + s["eval_examples"] == 6
 
@@ -144,13 +145,19 @@ def test_iterative_settings_it_cannot_honour_are_refused_in_one_line(tmp_path):
         extra = ["online.sync_reference=true"] if "name_or_path" in over else []
         with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
             cfg(tmp_path, over, *extra)
+    for over in ("online.prompts_per_round=4", "online.epochs_per_round=2", "online.sync_reference=true"):
+        with pytest.raises(ConfigError, match=f"online.{over.split('.')[1].split('=')[0]} applies to iterative mode"):
+            cfg(tmp_path, "online.rounds=0", "online.prompts_per_round=null", over)
     with pytest.raises(ConfigError, match="runs as successive trainer phases"):
         Trainer(cfg(tmp_path))  # a Trainer would ignore the rounds
 
 
 @pytest.mark.slow
-def test_rounds_write_pairs_that_plain_dpolab_train_trains_on(tmp_path, judges):
-    s = train(cfg(tmp_path, "online.rounds=1", "eval.at_start=true"))
+def test_rounds_write_pairs_that_plain_dpolab_train_trains_on_against_the_starting_reference(tmp_path, judges):
+    """Two rounds, the reference the starting model in both (online.sync_reference=false): round 1's pairs.jsonl
+    and the per-round metrics, plain `dpolab train` on that file, and round 2's reference log-probs."""
+    runner = OnlineRounds(cfg(tmp_path, "eval.at_start=true", "reference.mode=copy"))
+    s = runner.fit()
     run = tmp_path / "run"
     pairs = run / "rounds" / "round-001" / "pairs.jsonl"
     rows = [json.loads(x) for x in pairs.read_text().splitlines()]
@@ -158,24 +165,29 @@ def test_rounds_write_pairs_that_plain_dpolab_train_trains_on(tmp_path, judges):
     assert all(r["rm_margin"] == r["chosen_score"] - r["rejected_score"] for r in rows)
     assert all(sum(c.isdigit() for c in r["chosen"]) == r["chosen_score"] for r in rows)
     metrics = read_metrics(run / "metrics.jsonl")
-    assert [m["round"] for m in metrics] == [0, 1] and "eval/online/judge_mean" in metrics[0]
+    assert [m["round"] for m in metrics] == [0, 1, 2] and "eval/online/judge_mean" in metrics[0]
     one = metrics[1]
-    assert one["online/pairs"] == len(rows) and one["online/prompts"] == 6 and one["step"] == s["steps"] > 0
+    assert one["online/pairs"] == len(rows) and one["online/prompts"] == 6 and 0 < one["step"] < s["steps"]
     for key in ("online/judge_mean", "online/judge_ci", "online/tie_rate", "online/time_sample_s"):
         assert key in one
-    assert one["online/time_judge_s"] >= 0 and one["online/time_train_s"] > 0 and "eval/online/judge_mean" in one
+    assert one["online/time_judge_s"] >= 0 and one["online/time_train_s"] > 0 and "eval/online/judge_mean" not in one
+    assert "eval/online/judge_mean" in metrics[2] and s["final_eval"]["round"] == 2  # eval.every=0: the last round
     assert (run / "DONE").exists() and (run / "final" / "model.safetensors").exists()
     plain = [
         "train",
         f"data.train={pairs}",
         "data.eval_fraction=0",
         "model.tiny={n_layer: 1, n_embd: 32, n_head: 2}",
-        "train.max_steps=2",
+        "train.max_steps=1",
         "output.progress=false",
         f"output.dir={tmp_path / 'plain'}",
     ]
     assert main(plain) == 0
     assert json.loads((tmp_path / "plain" / "summary.json").read_text())["train_examples"] == len(rows)
+    ref, start = _logps_against(runner.trainer, run / "rounds" / "start")
+    _, round_start = _logps_against(runner.trainer, run / "rounds" / "round-001" / "train" / "final")
+    assert not torch.allclose(round_start, start, atol=1e-4)  # round 1 moved the policy
+    torch.testing.assert_close(ref, start, atol=1e-5, rtol=0)  # round 2's reference: the starting model
 
 
 class Stop(Exception):
@@ -184,7 +196,7 @@ class Stop(Exception):
 
 @pytest.mark.slow
 def test_resume_after_a_stop_mid_round_is_bitwise_equal_and_samples_no_round_twice(tmp_path, judges, monkeypatch):
-    over = ("online.rounds=3", "output.save_every=1", "model.dropout=true", "train.schedule=linear")
+    over = ("output.save_every=1", "model.dropout=true", "train.schedule=linear")
     train(cfg(tmp_path, *over, name="straight"))
 
     real_checkpoint = Trainer._checkpoint
@@ -198,7 +210,7 @@ def test_resume_after_a_stop_mid_round_is_bitwise_equal_and_samples_no_round_twi
     with pytest.raises(Stop):
         train(cfg(tmp_path, *over, name="stopped"))
     run = tmp_path / "stopped"
-    assert (run / "rounds" / "round-002" / "pairs.jsonl").exists() and not (run / "rounds" / "round-003").exists()
+    assert (run / "rounds" / "round-002" / "pairs.jsonl").exists() and not (run / "DONE").exists()
     assert [m["round"] for m in read_metrics(run / "metrics.jsonl")] == [1]
     monkeypatch.setattr(Trainer, "_checkpoint", real_checkpoint)
 
@@ -212,14 +224,14 @@ def test_resume_after_a_stop_mid_round_is_bitwise_equal_and_samples_no_round_twi
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
     resumed = read_metrics(run / "metrics.jsonl")
-    assert [m["round"] for m in resumed] == [1, 2, 3]
+    assert [m["round"] for m in resumed] == [1, 2]
     keys = ("online/judge_mean", "online/pairs", "step", "loss", "eval/online/judge_mean")
     assert [[m.get(k) for k in keys] for m in straight] == [[m.get(k) for k in keys] for m in resumed]
-    # round 3's prompts and the final evaluation's eval prompts were sampled; rounds 1 and 2 were not
-    assert len(sampled) == 2 and s["rounds"] == 3
+    # only the final evaluation's eval prompts were sampled: rounds 1 and 2 were not sampled again
+    assert len(sampled) == 1 and s["rounds"] == 2
 
 
-def _logps_against(run, trainer, policy_folder):
+def _logps_against(trainer, policy_folder):
     """(reference, policy) log-probs of the latest round's pairs: its reference, and the policy saved in a folder."""
     policy = load_saved_model(policy_folder)
     batch = trainer.collate(list(range(len(trainer.train_data))), trainer.train_data)
@@ -232,16 +244,12 @@ def _logps_against(run, trainer, policy_folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sync", [True, False])
-def test_sync_reference_moves_the_reference_to_the_policy_at_each_round_start(tmp_path, judges, sync):
-    runner = OnlineRounds(cfg(tmp_path, f"online.sync_reference={str(sync).lower()}", "reference.mode=copy"))
+def test_sync_reference_moves_the_reference_to_the_policy_at_each_round_start(tmp_path, judges):
+    runner = OnlineRounds(cfg(tmp_path, "online.sync_reference=true", "reference.mode=copy"))
     runner.fit()
     run, t = tmp_path / "run", runner.trainer
     assert "round-002" in str(t.run_dir)
-    ref, round_start = _logps_against(run, t, run / "rounds" / "round-001" / "train" / "final")
-    _, start = _logps_against(run, t, run / "rounds" / "start")
+    ref, round_start = _logps_against(t, run / "rounds" / "round-001" / "train" / "final")
+    _, start = _logps_against(t, run / "rounds" / "start")
     assert not torch.allclose(round_start, start, atol=1e-4)  # round 1 moved the policy
-    if sync:  # the reference after round 2 is the policy as round 2 started
-        torch.testing.assert_close(ref, round_start, atol=1e-5, rtol=0)
-    else:  # the starting model in every round
-        torch.testing.assert_close(ref, start, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ref, round_start, atol=1e-5, rtol=0)  # round 2's reference: the policy it started as
