@@ -3,6 +3,7 @@ twin's config, the held-out probes hook against the objective's own probes, and 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,9 @@ def test_online_arm_is_the_offline_run_in_train_mode_online(tmp_path):
     assert [type(h) for h in online.hooks] == [HeldOutMeasures, HeldOutProbes]
     assert [type(h) for h in offline.hooks] == [HeldOutMeasures]
     assert online.hooks[0].judge == JUDGE and len(online.hooks[1].pairs) == prep.n_eval
+    # executors (worker processes, Ray, Slurm) get the arm like any other: a picklable spec
+    sent = pickle.loads(pickle.dumps(online))
+    assert sent.config == online.config and sent.hooks[1].pairs == online.hooks[1].pairs
 
 
 def test_online_spec_for_a_study():
