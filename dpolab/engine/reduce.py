@@ -17,7 +17,8 @@ from .logging import to_float
 def weighted_means(rows: List[Dict[str, Any]]) -> Dict[str, float]:
     """Weighted mean of every numeric public metric; extremes for ``/min`` and ``/max``."""
     out: Dict[str, float] = {}
-    for k in [k for k in rows[0] if not k.startswith("_")]:
+    keys = dict.fromkeys(k for r in rows for k in r if not k.startswith("_"))  # every row's, in order of appearance
+    for k in keys:
         vals = [(to_float(r[k]), r["_weight"]) for r in rows if k in r]
         if all(isinstance(v, (int, float)) for v, _ in vals):
             out[k] = sum(v * w for v, w in vals) / max(1e-12, sum(w for _, w in vals))
@@ -30,19 +31,33 @@ def across_processes(
     out: Dict[str, float], weight: float, tokens: float, accelerator
 ) -> tuple[Dict[str, float], float]:
     """Combine each process's step metrics as one process would have computed them (weighted by each process's
-    pairs or tokens; extremes over processes). Returns (metrics, total tokens)."""
+    pairs or tokens; extremes over processes). Returns (metrics, total tokens).
+
+    The names are every process's (a process may lack some: online training's process whose samples all tied has
+    no pair and no pair metric); a metric averages over the processes that have it, and where their weights are all
+    0, it is their plain mean."""
     if accelerator.num_processes == 1:
         return out, tokens
-    names = sorted(out)
+    from accelerate.utils import gather_object
+
+    names = sorted(set().union(*gather_object([sorted(out)])))
     extremes = [k for k in names if k.endswith(("/min", "/max"))]
     dev = accelerator.device
-    t = torch.tensor([out[n] * weight for n in names] + [weight, float(tokens)], dtype=torch.float64)
-    t = accelerator.reduce(t.to(dev), reduction="sum").cpu()
-    merged = {n: float(v) / max(1e-12, float(t[-2])) for n, v in zip(names, t[:-2].tolist())}
+    has = [float(n in out) for n in names]
+    values = [out.get(n, 0.0) for n in names]
+    row = [v * weight for v in values] + [h * weight for h in has] + values + has + [weight, float(tokens)]
+    t = accelerator.reduce(torch.tensor(row, dtype=torch.float64).to(dev), reduction="sum").cpu().tolist()
+    k = len(names)
+    merged = {}
+    for j, n in enumerate(names):
+        total, weights, plain, count = t[j], t[k + j], t[2 * k + j], t[3 * k + j]
+        merged[n] = total / weights if weights > 0 else plain / max(1.0, count)
     if extremes:
-        ext = accelerator.gather(torch.tensor([[out[k] for k in extremes]], dtype=torch.float64).to(dev)).cpu()
-        for j, k in enumerate(extremes):
-            merged[k] = float(ext[:, j].min() if k.endswith("/min") else ext[:, j].max())
+        none = [float("inf") if n.endswith("/min") else float("-inf") for n in extremes]
+        mine = [[out.get(n, x) for n, x in zip(extremes, none)]]
+        ext = accelerator.gather(torch.tensor(mine, dtype=torch.float64).to(dev)).cpu()
+        for j, n in enumerate(extremes):
+            merged[n] = float(ext[:, j].min() if n.endswith("/min") else ext[:, j].max())
     return merged, float(t[-1])
 
 

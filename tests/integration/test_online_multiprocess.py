@@ -102,3 +102,22 @@ def test_two_processes_with_accumulation_equal_one(tmp_path, judge_module):
     assert len(sa) == 3 * 8 * 3
     key = ("step", "prompt", "completion", "ended")
     assert sorted(tuple(x[k] for k in key) for x in sa) == sorted(tuple(x[k] for k in key) for x in sb)
+
+
+def test_a_process_whose_samples_all_tie_does_not_stop_the_others(tmp_path, judge_module):
+    """The judge ties every sample of process 1 (it scores 0 there) and never those of process 0: process 1 has no
+    pair to train on in any step, yet the step's metrics combine (the same names on both processes) and the run
+    ends; the loss and the KL are process 0's pairs' alone, each step."""
+    (judge_module / "mp_judges.py").write_text(
+        JUDGE + "import os\n"
+        "def rank_ties(prompt, response):\n"
+        "    return 0.0 if os.environ.get('RANK') == '1' else spread(prompt, response)\n"
+    )
+    args = [a.replace("mp_judges:spread", "mp_judges:rank_ties") for a in ARGS]
+    two = tmp_path / "two"
+    _launch([*args, "train.batch_size=2", "train.grad_accum=2", f"output.dir={two}"], judge_module)
+    rows = [r for r in read_metrics(two) if "grad_norm" in r]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["online/pairs_per_prompt"] == 0.5 and r["online/tie_rate"] == 0.5  # half the prompts tie
+        assert r["loss"] > 0 and "online/kl" in r and "online/logp_gap/max" in r

@@ -392,8 +392,13 @@ class OnlineObjective(WithReference, Objective):
             state, stats = self._sample_pairs(model, batch, -1)
             self._eval_parts.append(stats)
         if state is None:  # every sample of these prompts tied: nothing to train on
-            zero = sum(p.sum() for p in model.parameters() if p.requires_grad) * 0.0
-            return MicroResult(zero, 0.0, {"loss": 0.0})
+            if not training:
+                return MicroResult(torch.zeros((), device=self._device), 0.0, {"loss": 0.0})
+            # a forward through the (possibly distributed) model all the same, so that its gradient all-reduce
+            # runs as on the processes that have pairs; every gradient is 0
+            first = model(input_ids=batch.input_ids[:, :1], attention_mask=batch.attention_mask[:, :1])
+            zero = first.logits.float().sum() + sum(p.sum() for p in model.parameters() if p.requires_grad)
+            return MicroResult(zero * 0.0, 0.0, {"loss": 0.0})
         seen = []
         objective, metrics = preference_step(
             model,
