@@ -15,6 +15,10 @@ study reuses them):
 5. ``<tier>/<method>/seed<k>``: DPO, IPO, beta-DPO and MADPO policies from the SFT model on the scored pairs.
    The seed varies the policy's data order and sampling; the tiers and reward models are shared by the seeds
    (one reward model per tier, as in the paper).
+6. the addendum (the tiers of ``margin_tiers``): ``<tier>/MADPO-oracle[-noise-A]/seed<k>``, MADPO as in 5 with its
+   margin from the oracle, or from the oracle plus noise calibrated to pairwise accuracy A
+   (:mod:`dpolab.studies.margin_arms`; files ``<out>/data/{tier}.oracle*.jsonl``, records in ``data/margins.json``);
+   the report plots MADPO's gain over DPO against each margin's measured accuracy.
 
 Metric: mean VADER reward of sampled continuations (temperature 1, top-p 1) of held-out prompts
 (``orig/test.tsv``), the same prompts and sampling seed for every policy.
