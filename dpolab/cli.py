@@ -57,6 +57,7 @@ def _print_summary(summary: dict, run_dir: str) -> None:
             "eval/logratio_margin",
             "eval/logratio/chosen",
             "eval/logratio/rejected",
+            "eval/online/judge_mean",
         )
         if k in final
     ]

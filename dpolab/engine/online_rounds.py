@@ -40,6 +40,7 @@ from .data_setup import cap_eval_data, prepare_data
 from .errors import TrainError
 from .judges import build_judge, check_judge_spec
 from .logging import MetricsLogger, read_metrics
+from .memory import PeakMemory
 from .objectives.online import MARGIN, OnlineObjective, sample_judge_pair, step_seed, summarise
 from .resume_guard import ALLOWED, _show, config_changes
 from .run_folder import DONE_MARKER, RESUME_CHANGES, check_output_dir, claim_run_folder, publish
@@ -100,6 +101,7 @@ class OnlineRounds:
         self.cfg, self.acc, self.resume, self.eval_hooks = cfg, accelerator, resume, list(eval_hooks)
         self.is_main = accelerator.is_main_process
         self.trainer: Optional[Trainer] = None  # the latest round's (its reference, for a caller's checks)
+        self.memory = PeakMemory()
         self._log = log or (lambda s: print(s, file=sys.stderr))
         self.run_dir = Path(cfg.output.dir)
         self.lock = claim_run_folder(self.run_dir, owner=self) if self.is_main else None
@@ -314,6 +316,7 @@ class OnlineRounds:
             trained = [x for x in read_metrics(folder / "train") if "loss" in x]
             step += summary["steps"]
             row.update({"online/time_train_s": summary["wall_clock_s"], "round_steps": summary["steps"]})
+            row["mem/peak_mb"] = summary["peak_memory_mb"]
             if trained:
                 row["loss"] = trained[-1]["loss"]
         else:
@@ -361,6 +364,8 @@ class OnlineRounds:
                 "train_examples": len(self.prompts),
                 "eval_examples": len(self.eval_prompts),
                 "wall_clock_s": round(sum(x.get(k, 0.0) for x in rows for k in times), 3),
+                "peak_memory_mb": round(max([self.memory.sample(), *(x.get("mem/peak_mb", 0.0) for x in rows)]), 1),
+                "parameters": self.trainer.params if self.trainer else None,
                 "first_eval": first_eval,
                 "final_eval": evals[-1] if evals else None,
                 "per_round": rows,

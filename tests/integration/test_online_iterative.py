@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from dpolab.cli import main
-from dpolab.config import ConfigError, build_config
+from dpolab.config import ConfigError, build_config, save_config
 from dpolab.data.prompts import load_prompt_data
 from dpolab.data.tokenize import render_texts, tokenize_preference
 from dpolab.data.types import DataError, PreferenceRow
@@ -219,7 +219,10 @@ def test_resume_after_a_stop_mid_round_is_bitwise_equal_and_samples_no_round_twi
     monkeypatch.setattr(rounds_module, "sample_judge_pair", lambda *a, **k: sampled.append(1) or real_sample(*a, **k))
     with pytest.raises(Exception, match="--resume"):  # a plain rerun refuses the unfinished run
         train(cfg(tmp_path, *over, name="stopped"))
-    s = train(cfg(tmp_path, *over, name="stopped"), resume=True)
+    saved = tmp_path / "stopped.yaml"  # resumed through the command line, which prints the run's summary
+    save_config(cfg(tmp_path, *over, name="stopped"), saved)
+    assert main(["train", "--resume", "--config", str(saved)]) == 0
+    s = json.loads((run / "summary.json").read_text())
     a, b = weights(tmp_path / "straight"), weights(run)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     straight = read_metrics(tmp_path / "straight" / "metrics.jsonl")
