@@ -95,6 +95,27 @@ def test_prompt_only_rows_text_chat_and_pairs_give_prompts(tmp_path):
     assert [g.prompt_ids for g in got] == [[tok.bos_token_id] + tok("Q: 5+5", add_special_tokens=False)["input_ids"]]
 
 
+def test_prompt_only_parquet_and_hh_text(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+
+    tok = _tok()
+    path = tmp_path / "prompts.parquet"
+    pq.write_table(pa.table({"prompt": ["\n\nHuman: hi there\n\nAssistant:"]}), str(path))
+    (plain,), _ = load_prompt_data(str(path), tok, max_length=96, log=lambda m: None)
+    assert (
+        plain.prompt_ids
+        == [tok.bos_token_id] + tok("\n\nHuman: hi there\n\nAssistant:", add_special_tokens=False)["input_ids"]
+    )
+    (hh,), _ = load_prompt_data(str(path), tok, max_length=96, data_format="hh", log=lambda m: None)
+    rendered, _, _ = render_texts(tok, [{"role": "user", "content": "hi there"}], [])  # the empty last turn dropped
+    assert hh.prompt_ids == [tok.bos_token_id] + tok(rendered, add_special_tokens=False)["input_ids"]
+    path.unlink()
+    pq.write_table(pa.table({"prompt": ["no turns here"]}), str(path))
+    with pytest.raises(DataError, match=r"row 1: field 'prompt': no '\\n\\nHuman:'"):
+        load_prompt_data(str(path), tok, max_length=96, data_format="hh", log=lambda m: None)
+
+
 def test_a_long_prompt_is_cut_to_max_prompt_length_and_recorded(tmp_path):
     tok = _tok()
     path = tmp_path / "p.jsonl"
