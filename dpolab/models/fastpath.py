@@ -16,7 +16,11 @@ computed with less work:
   a fused head (:class:`_FusedHeadLogp`): under ``response`` it keeps each tile's float32 exp for backward (the
   fastest: [N, V] float32 in all); under ``response-recompute`` it keeps only the hidden states, targets and per-row
   logsumexp and recomputes each tile's logits in backward, so one [rows, V] tile is alive at a time (one more head
-  matmul per tile). Any other head (LoRA on the head) is called as a module per tile; ``response-recompute``
+  matmul per tile). Under bf16 compute (``train.bf16``) the fused head of ``response`` (and any forward without
+  gradients) takes each tile's softmax in bf16 instead, with no float32 [rows, V] tile (:func:`_bf16_tile`:
+  log-probs within 2^-8 nats of the float32 tile's; ``BF16_SOFTMAX`` switches it off), and casts the head's weight
+  once per step (kept from forward for backward; a frozen head's cast is kept across steps, :mod:`.lowp`).
+  Any other head (LoRA on the head) is called as a module per tile; ``response-recompute``
   checkpoints those tiles too (autograd keeps only the tile's hidden states; one more head matmul).
 
 With ``with_sq=True`` every path also returns, per scored token, ``log sum_v p_v^2`` of the next-token distribution
@@ -56,6 +60,7 @@ from torch.utils.checkpoint import checkpoint
 from ..data.batches import Batch, PairBatch
 from ..errors import is_oom
 from .logprobs import SequenceLogps, gather_logps, log_sum_sq, response_logps, scatter_tokens
+from .lowp import head_weight
 from .unwrap import unwrap
 
 LOGITS_MODES = ("response", "response-recompute", "full")
@@ -209,6 +214,45 @@ def _accumulate(acc: Optional[Tensor], a: Tensor, b: Tensor) -> Tensor:
     return acc.add_((a @ b).float())
 
 
+BF16_SOFTMAX = True  # the fused head's bf16 softmax under bf16 autocast (False: float32 tiles, as before issue 33)
+
+
+def _bf16_softmax(cd: torch.dtype, softcap: Optional[float], with_sq: bool) -> bool:
+    """Whether the fused head takes its softmax in bf16 (:func:`_bf16_tile`): under bf16 compute, without a soft-cap
+    or WPO's ``log sum p^2`` (those keep the float32 tile), unless ``BF16_SOFTMAX`` is off."""
+    return BF16_SOFTMAX and cd == torch.bfloat16 and softcap is None and not with_sq
+
+
+def _bf16_tile(hc: Tensor, w: Tensor, b: Optional[Tensor], tc: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """(softmax in bf16, logsumexp, log-prob of the target) of one tile, without a float32 [rows, V] tile.
+
+    The logits ``z`` are bf16 either way (the plain path's too). ``softmax`` reads them once, computing in float32
+    and rounding each probability once to bf16; the logsumexp is ``max z - log p_max`` (``p_max`` >= 1/V, so it
+    never underflows): exact but for ``p_max``'s rounding, at most 2^-8 relative, i.e. at most 0.004 nats per token
+    (the family matrix's bf16 tolerance is 8 * 2^-8 * (1 + |log p|) >= 0.03). The target's log-prob is
+    ``z_target - logsumexp`` in float32."""
+    z = torch.nn.functional.linear(hc, w, b)
+    p = torch.softmax(z, -1)
+    lse = z.amax(-1).float() - p.amax(-1).float().log()
+    return p, lse, z.gather(1, tc[:, None]).squeeze(1).float() - lse
+
+
+def _bf16_backward(g, h, w, tgt, kept, rows, needs, weight, bias) -> tuple:
+    """(grad h, grad W, grad b) from the kept bf16 softmax tiles: ``g * (onehot - p)`` in bf16 (one rounding
+    more than a float32 tile cast to bf16 for the matmuls), all tiles in one [N, V] buffer, so each gradient is
+    one matrix product, accumulated in float32 inside it (the tiles' weight gradients are not rounded apart)."""
+    need_h, need_w, need_b = needs
+    cd = w.dtype
+    buf = torch.empty(h.shape[0], w.shape[0], dtype=cd, device=h.device)
+    for i, s in enumerate(range(0, h.shape[0], rows)):
+        gc, tc = g[s : s + rows].to(cd)[:, None], tgt[s : s + rows, None]
+        torch.mul(kept[i], gc.neg(), out=buf[s : s + rows]).scatter_add_(1, tc, gc)
+    gh = (buf @ w).to(h.dtype) if need_h else None
+    gw = (buf.t() @ h.to(cd)).to(weight.dtype) if need_w else None
+    gb = (buf.new_ones(1, buf.shape[0]) @ buf).squeeze(0).to(bias.dtype) if need_b else None  # no float32 copy
+    return gh, gw, gb
+
+
 class _FusedHeadLogp(torch.autograd.Function):
     """``log_softmax(cap(h @ W.T + b))[target]`` for every row of ``h``, tile by tile (``chunk_rows`` rows), and with
     ``with_sq`` the detached ``log sum_v p_v^2`` of each row from the same tile; the same math as ``F.linear`` ->
@@ -224,7 +268,7 @@ class _FusedHeadLogp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, tgt, chunk_rows, softcap, with_sq, keep_all=False):
         cd = _compute_dtype_of(h)
-        w = weight.to(cd)
+        w = head_weight(weight, cd)
         b = bias.to(cd) if bias is not None else None
         n = h.shape[0]
         out = torch.empty(n, dtype=torch.float32, device=h.device)
@@ -232,8 +276,14 @@ class _FusedHeadLogp(torch.autograd.Function):
         sq = torch.empty(n, dtype=torch.float32, device=h.device) if with_sq else None
         kept = []
         keep = keep_all or n <= chunk_rows
+        grad = any(ctx.needs_input_grad[:3])
+        ctx.lowp = _bf16_softmax(cd, softcap, with_sq) and (keep or not grad)
         for s in range(0, n, chunk_rows):
             hc, tc = h[s : s + chunk_rows].to(cd), tgt[s : s + chunk_rows]
+            if ctx.lowp:  # the tile's softmax in bf16 (no float32 [rows, V] tile), kept for backward
+                p, lse[s : s + chunk_rows], out[s : s + chunk_rows] = _bf16_tile(hc, w, b, tc)
+                kept += [p] if grad else []
+                continue
             z, t = _tile_logits(hc, w, b, softcap)
             zt = z.gather(1, tc[:, None]).squeeze(1)
             m = z.amax(-1, keepdim=True)
@@ -245,8 +295,8 @@ class _FusedHeadLogp(torch.autograd.Function):
                 kept += [e, tot, t]
             if sq is not None:  # log sum_v (e_v / tot)^2, from the same tile, no gradient
                 sq[s : s + chunk_rows] = torch.linalg.vector_norm(e, dim=-1).log() * 2 - 2 * tot.squeeze(1).log()
-        if any(ctx.needs_input_grad[:3]):
-            ctx.save_for_backward(h, weight, bias, tgt, lse, *kept)
+        if grad:  # keep: the cast weight too (one cast per step, not two)
+            ctx.save_for_backward(h, weight, bias, tgt, lse, w if keep and w is not weight else None, *kept)
         ctx.chunk_rows, ctx.softcap, ctx.cd = chunk_rows, softcap, cd
         if sq is None:
             return out
@@ -255,11 +305,13 @@ class _FusedHeadLogp(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g, *_):
-        h, weight, bias, tgt, lse, *kept = ctx.saved_tensors
+        h, weight, bias, tgt, lse, w, *kept = ctx.saved_tensors
         cd, rows, cap = ctx.cd, ctx.chunk_rows, ctx.softcap
-        w = weight.to(cd)
+        w = head_weight(weight, cd) if w is None else w
         b = bias.to(cd) if bias is not None else None
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if ctx.lowp:
+            return _bf16_backward(g, h, w, tgt, kept, rows, ctx.needs_input_grad[:3], weight, bias) + (None,) * 5
         gh = torch.empty_like(h) if need_h else None
         gw = gb = None
         for i, s in enumerate(range(0, h.shape[0], rows)):

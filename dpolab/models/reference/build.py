@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ...progress import progress_bar
+from ..lowp import keep_frozen_casts
 from ..unwrap import unwrap
 from . import table as tables
 from .base import Reference, ReferenceSetupError
@@ -86,16 +87,25 @@ def build_reference(
     starting weights, with a notice, if that file is gone or does not match its key)."""
     if choice.note:
         tools.log(choice.note)
+    _frozen(policy, req)  # its frozen weights (LoRA's base layers, which the adapter-off reference runs through too)
     if choice.kind == "adapter":
         return AdapterOff(policy, logits=tools.logits)
     if choice.kind == "separate":
-        return SeparateModel(tools.load_separate().to(tools.device), logits=tools.logits)
+        return SeparateModel(_frozen(tools.load_separate().to(tools.device), req), logits=tools.logits)
     if choice.kind == "copy":  # a resumed run's policy holds trained weights: rebuild the starting ones
         start = tools.load_start() if resuming else copy.deepcopy(unwrap(policy))
-        return LiveCopy(start.to(tools.device), logits=tools.logits)
+        return LiveCopy(_frozen(start.to(tools.device), req), logits=tools.logits)
     if choice.kind != "precomputed":
         raise ReferenceSetupError(f"unknown reference mode '{choice.kind}'")
     return _precomputed(req, policy, data, tools, resuming, record or {})
+
+
+def _frozen(model, req: ReferenceRequest):
+    """``model`` with, under bf16 autocast, its frozen matrix weights cast once and kept, not in every forward (the
+    same bits: :mod:`dpolab.models.lowp`)."""
+    if req.bf16:
+        keep_frozen_casts(model)
+    return model
 
 
 def _source(req: ReferenceRequest, policy, tools: ReferenceTools, resuming: bool):
