@@ -84,6 +84,14 @@ _ARM_LIST = [
         what="as dpolab-live, activations recomputed in backward (gradient checkpointing)",
     ),
     Arm("dpolab-live-bf16", "dpolab", "live", ("train.bf16=true",), fp32=False),
+    Arm(
+        "dpolab-live-bf16-f32head",
+        "dpolab",
+        "live",
+        ("train.bf16=true",),
+        fp32=False,
+        what="as dpolab-live-bf16, the LM head's softmax in float32 tiles (fastpath.BF16_SOFTMAX off, as before)",
+    ),
     Arm("trl-default", "trl", "live", what="DPOConfig defaults on CPU (use_cpu, no bf16; gradient checkpointing on)"),
     Arm("trl-tuned", "trl", "live", what="as trl-default, gradient checkpointing off"),
     Arm("bare", "bare", "live", what="plain loop: concatenated chosen+rejected forward, right-padded, full logits"),
@@ -224,6 +232,10 @@ def run_dpolab(
     from dpolab.engine.trainer import Trainer
 
     pairs = [TokenizedPair(**r) for r in ids]
+    if arm.name.endswith("-f32head"):  # the lever's A/B: this process only (each arm runs in its own)
+        import dpolab.models.fastpath as fastpath
+
+        fastpath.BF16_SOFTMAX = False
     out = tempfile.mkdtemp(prefix=f"bench-{arm.name}-")
     mode = dpolab_reference_mode(arm, w.lora)
     over = [

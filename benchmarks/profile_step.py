@@ -4,8 +4,9 @@
 Runs an arm of ``benchmarks/arms.py`` (the same model, pairs, order and settings as the timed benchmark) under
 ``torch.profiler`` (CPU activities only), skipping the set-up and the first ``--skip`` optimiser steps, recording the
 next ``--steps``. Every profiled operator's *self* CPU time is put in one category (matrix products, attention, the
-LM head's softmax work, optimiser, normalisation/activations, copies and layout, other) and the table gives each
-category's share of the recorded steps and its seconds per step, plus the model's matrix-product FLOP per step (from
+LM head's softmax work, optimiser, normalisation/activations, dtype casts, other copies and layout, other) and the
+table gives each category's share of the recorded steps and its seconds per step, plus the model's matrix-product
+FLOP per step (from
 the profiler's shapes) and the rate they ran at, next to the rate of bare fp32 matrix products of a few shapes on the
 same threads (the machine's practical peak). Results: printed and written as JSON (``--out``).
 
@@ -72,7 +73,13 @@ CATEGORIES = [  # (category, substrings of aten op names), first match wins
 ]
 
 
-def category(name: str) -> str:
+CASTS = "dtype casts (aten::to)"  # a copy_ made by aten::_to_copy: fp32 <-> bf16 of weights, activations, tiles
+
+
+def category(name: str, parent: str = "") -> str:
+    """The operator's kind; a ``copy_`` under ``aten::_to_copy`` (``.to(dtype)``, autocast's casts) is a cast."""
+    if name == "aten::copy_" and parent == "aten::_to_copy":
+        return CASTS
     for cat, keys in CATEGORIES:
         if any(k in name for k in keys):
             return cat
@@ -138,10 +145,10 @@ def profile_arm(arm_name: str, workload: str, skip: int, steps: int) -> dict:
     by_cat: dict = {}
     flops = 0.0
     mm_s = 0.0
-    for ev in prof.key_averages():
+    for ev in prof.events():  # one by one: a copy's parent tells a cast from another copy
         if ev.self_cpu_time_total <= 0:
             continue
-        cat = category(ev.key)
+        cat = category(ev.name, ev.cpu_parent.name if ev.cpu_parent is not None else "")
         by_cat[cat] = by_cat.get(cat, 0.0) + ev.self_cpu_time_total / 1e6
         if cat == "matrix products":
             flops += float(getattr(ev, "flops", 0) or 0)

@@ -190,6 +190,10 @@ def run_workload(wl: str, arms: list, a, env: dict) -> str:
         f"says bf16, {r0['torch_threads']} torch threads"
     )
     where = f"CPU: {cpu()}"  # in every section: a later section is appended without the run's header
+    if a.json:
+        raw = dict(workload=wl, cpu=cpu(), loads=loads, flags=flags, orders=orders, runs=runs, summary=s)
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(raw, indent=1, default=str))
     txt = (
         [title, where]
         + parts
@@ -245,6 +249,7 @@ def main(argv=None):
         help="pairs in one epoch for the end-to-end columns (default: every pair of the data file)",
     )
     ap.add_argument("--no-write", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    ap.add_argument("--json", default=None, help="also write every round's raw results and the summary to this file")
     a = ap.parse_args(argv)
     wls = ["imdb", "longprompt", "smollm"] if a.workload == "all" else a.workload.split(",")
     for wl in wls:
