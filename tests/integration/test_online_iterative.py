@@ -33,6 +33,7 @@ def judges(tmp_path, monkeypatch):
     """A user judge: the number of digits in the response (few ties on a random model)."""
     (tmp_path / "iter_judges.py").write_text(
         "def digits(prompt, response):\n    return float(sum(c.isdigit() for c in response))\n"
+        "def same(prompt, response):\n    return 1.0\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "iter_judges:digits"
@@ -148,10 +149,16 @@ def test_a_row_without_a_usable_prompt_is_one_line_naming_file_row_and_field(tmp
 def test_per_step_online_trains_on_a_prompt_only_file(tmp_path, judges):
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": f"Q: {i}+1\nA:"}) + "\n" for i in range(6)))
-    over = ("online.rounds=0", "online.prompts_per_round=null", "train.max_steps=2", "data.task=null")
+    over = (
+        "online.rounds=0",
+        "online.prompts_per_round=null",
+        "train.max_steps=1",
+        "data.task=null",
+        "data.eval_fraction=0",
+    )
     c = cfg(tmp_path, *over, f"data.train={path}")
     s = Trainer(c).fit()
-    assert s["steps"] == 2 and s["train_examples"] + s["eval_examples"] == 6
+    assert s["steps"] == 1 and s["train_examples"] == 6
 
 
 # -- iterative mode -----------------------------------------------------------------------------------------------
@@ -209,6 +216,22 @@ def test_rounds_write_pairs_that_plain_dpolab_train_trains_on_against_the_starti
     _, round_start = _logps_against(runner.trainer, run / "rounds" / "round-001" / "train" / "final")
     assert not torch.allclose(round_start, start, atol=1e-4)  # round 1 moved the policy
     torch.testing.assert_close(ref, start, atol=1e-5, rtol=0)  # round 2's reference: the starting model
+
+
+@pytest.mark.slow
+def test_a_round_whose_samples_all_tie_trains_nothing_and_keeps_the_policy(tmp_path, judges):
+    s = train(cfg(tmp_path, "online.judge=iter_judges:same", "online.rounds=2"))
+    run = tmp_path / "run"
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [(m["round"], m["online/pairs"], m["online/tie_rate"], m["step"]) for m in rows] == [
+        (1, 0, 1.0, 0),
+        (2, 0, 1.0, 0),
+    ]
+    assert (run / "rounds" / "round-001" / "pairs.jsonl").read_text() == "" and not (
+        run / "rounds" / "round-001" / "train"
+    ).exists()
+    a, b = weights(run), load_file(str(run / "rounds" / "start" / "model.safetensors"))
+    assert s["steps"] == 0 and all(torch.equal(a[k], b[k]) for k in b)
 
 
 class Stop(Exception):
