@@ -13,6 +13,7 @@ start of the preference stage, which is also the reference model.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -42,6 +43,7 @@ from .common import (
     probed_preference,
     with_beta,
 )
+from .compare_online import as_offline_measures, online_spec
 from .pilot import (
     PilotPlan,
     dpo_cell_specs,
@@ -72,7 +74,10 @@ SWEEP_ALPHA = (10.0, 30.0, 100.0)
 SWEEP_TAU = (0.05, 0.1, 0.2)
 # the small size's gate sweep: 2 x 2 around the seq gate's default (alpha 30, tau 0.1), at the chosen regime, one seed
 SMALL_SWEEP = ((10.0, 0.05), (10.0, 0.2), (100.0, 0.05), (100.0, 0.2))
-ON_POLICY = "on-policy arm: missing (not yet wired: `dpolab compare`'s online:<method> arms are not a study arm yet)"
+# the on-policy arm: DPO's twin (dpolab.studies.compare_online.online_spec) sampling its pairs from the current policy,
+# judged by the size's ``on_policy`` judge; its sampling settings
+ON_POLICY_ARM = "on-policy DPO"
+ON_POLICY_SETTINGS = {"samples_per_prompt": 2, "max_new_tokens": 24}
 
 SIZES = {
     # steps are optimiser steps; pref_epochs passes over n_pairs pairs at batch 16
@@ -88,6 +93,7 @@ SIZES = {
         eval_every=16,
         ext_sft_epochs=1,
         beta=0.1,
+        on_policy="task:arithmetic",
         pilot=dict(
             lrs=(1e-4, 1e-3),
             epochs=(2, 4),
@@ -122,6 +128,7 @@ SMOKE = dict(
     eval_every=1,
     ext_sft_epochs=1,
     beta=0.1,
+    on_policy="task:arithmetic",
     pilot=dict(
         lrs=(1e-4, 1e-3),
         epochs=(1,),
@@ -152,6 +159,7 @@ SIZES["small"] = dict(
     eval_every=16,
     ext_sft_epochs=1,
     beta=0.1,
+    on_policy="task:sentiment",  # the minimal edits' chosen side is the positive one: VADER judges the samples
     pilot=dict(
         lrs=(1e-4, 3e-4, 1e-3),
         epochs=(1, 2),
@@ -302,6 +310,9 @@ def _plan(s: Dict[str, Any], seeds: int, smoke: bool, data_dir: Optional[str]) -
                     hooks=hooks,
                 )
             )
+            if method == "DPO" and s.get("on_policy"):  # its on-policy twin: same start, seed, steps and probes
+                twin = online_spec(out[-1], s["on_policy"], run_id=f"on-policy-dpo/seed{seed}", label=ON_POLICY_ARM)
+                out.append(replace(twin, config=deep_merge(twin.config, {"online": ON_POLICY_SETTINGS})))
     sweep = (
         list(SMALL_SWEEP)
         if s.get("sweep", True) == "small"
@@ -411,7 +422,7 @@ def _verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[st
     text.append(f"- {base.sentence()} (DPO's squeezing, which the gates should prevent.)")
     claims = {"S4.dpo-chosen": base}
     above0, others, keeps = [], [], []
-    for m in (*GATED, "ext-SFT -> DPO", "DPOP"):
+    for m in (*GATED, "ext-SFT -> DPO", "DPOP", ON_POLICY_ARM):
         if m not in groups:
             continue
         c, o = by_seed(groups[m], CHOSEN), by_seed(groups[m], OTHERS)
@@ -515,9 +526,24 @@ def _claim_setting(groups: Dict[str, List[RunResult]]) -> str:
     )
 
 
+def _on_policy_text(groups: Dict[str, List[RunResult]]) -> str:
+    runs = groups.get(ON_POLICY_ARM)
+    if not runs:
+        return "on-policy arm: missing (not in this grid)"
+    judge = (runs[0].spec.config.get("online") or {}).get("judge", "?")
+    return (
+        f"the on-policy arm ({ON_POLICY_ARM}) is DPO's twin: the same start, seed, steps and lr, its pairs sampled "
+        f"from the current policy ({ON_POLICY_SETTINGS['samples_per_prompt']} samples per prompt, best against "
+        f"worst) and judged by `{judge}`, probed on the same held-out pairs; at its last evaluation the judge tied "
+        f"on a share {fmt_ci([r.final('eval/online/tie_rate') for r in runs])} of the prompts' samples (pairs per "
+        f"prompt {fmt_ci([r.final('eval/online/pairs_per_prompt') for r in runs])}; a tie trains nothing)"
+    )
+
+
 def _report(
     results: Dict[str, RunResult], out: Path, size: str, cuts: List[str], pilot: List[str], smoke: bool
 ) -> List[str]:
+    results = {rid: as_offline_measures(r) for rid, r in results.items()}  # the on-policy arm's probes as the others'
     groups = group_runs(results, "method")
     plot1 = curves(
         out / "squeeze_deltas.png",
@@ -563,7 +589,7 @@ def _report(
         "",
         *cuts,
         *pilot,
-        f"Arms: {', '.join(groups) or 'none ran'}; {ON_POLICY}.",
+        f"Arms: {', '.join(groups) or 'none ran'}; " + _on_policy_text(groups) + ".",
         "",
         method_table(groups, KEYS),
         "",
@@ -602,13 +628,25 @@ def study_budget(s: Dict[str, Any], seeds: int, measured: Dict[str, float]) -> l
     p = s["pilot"]
     longest = {**s, "pref_lr": max(p["lrs"]), "pref_epochs": max(p["epochs"])}
     stages = pilot_stages(s, measured)
-    methods = [m for m in s["methods"]]
-    runs = len(methods) * seeds + len(SMALL_SWEEP if s.get("sweep") == "small" else ())
+    methods = [m for m in s["methods"]] + ([ON_POLICY_ARM] if s.get("on_policy") else [])
+    sweep = len(SMALL_SWEEP if s.get("sweep") == "small" else ())
+    runs = len(methods) * seeds + sweep
     what = (
-        f"{len(methods)} arms x {seeds} seeds + {runs - len(methods) * seeds} gate-sweep runs on {s['pairs']}, at the "
+        f"{len(methods)} arms x {seeds} seeds + {sweep} gate-sweep runs on {s['pairs']}, at the "
         f"grid's longest cell ({max(p['epochs'])} epochs)"
     )
     rows = probed_budget(longest, measured, runs, what, s["sft_steps"], s["max_length"])
+    if s.get("on_policy"):  # the on-policy arm also samples (and judges) every step
+        k, tokens = ON_POLICY_SETTINGS["samples_per_prompt"], ON_POLICY_SETTINGS["max_new_tokens"]
+        rows.append(
+            Stage(
+                f"{ON_POLICY_ARM}: sampling {k} x {tokens} tokens per prompt, {s['batch']} prompts per step",
+                seeds,
+                pref_steps(longest) * s["batch"] * k,
+                tokens * MEASURED["gen_token"],
+                "samples",
+            )
+        )
     if "ext-SFT -> DPO" in methods:
         ext = max(1, s["ext_sft_epochs"] * 2 * s["n_pairs"] // s["batch"])
         rows.insert(

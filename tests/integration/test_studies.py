@@ -35,16 +35,16 @@ def test_squeeze_smoke(tmp_path):
     # the pilot (2 cells x 2 seeds) ran first and its section comes before any verdict; claims.json is written
     assert (tmp_path / "s4" / "pilot" / "choice.json").exists()
     assert text.index("### Regime choice (pilot") < text.index("### What the measurement says")
-    assert "on-policy arm: missing (not yet wired" in text
+    assert "the on-policy arm (on-policy DPO) is DPO's twin" in text
     claims = json.loads((tmp_path / "s4" / "claims.json").read_text())
     assert [c["id"] for c in claims["claims"]] == ["S4.dpo-chosen", "S4.gate-chosen", "S4.gate-others"]
     assert claims["smoke"] is True and claims["size"] == "cpu"
-    assert "## Provenance" in text and "dpolab commit of the runs:" in text and "(16 runs)" in text
+    assert "## Provenance" in text and "dpolab commit of the runs:" in text and "(17 runs)" in text
     msgs = []
     report = run_study("squeeze", smoke=True, out=str(tmp_path / "s4"), log=msgs.append)
-    assert sum("finished earlier, skipped" in m for m in msgs) == 12  # the confirmation's; the pilot is not rerun
+    assert sum("finished earlier, skipped" in m for m in msgs) == 13  # the confirmation's; the pilot is not rerun
     assert any("recorded choice" in m for m in msgs)
-    assert "(16 runs)" in report.read_text()  # reused runs keep their provenance
+    assert "(17 runs)" in report.read_text()  # reused runs keep their provenance
 
 
 def test_dpop_smoke_without_real_data(tmp_path):

@@ -90,6 +90,7 @@ S4_VALUES = {  # method -> (Δ chosen per seed, Δ others per seed)
     "gated Cal-DPO": ([-0.35, 0.0, 0.05], [-4.7, -4.9, -4.5]),  # -0.10 ± 0.54: not "still falls"
     "ext-SFT -> DPO": ([-0.9, -1.0, -0.8], [-35.0, -36.0, -35.5]),
     "DPOP": ([0.5, 0.6, 0.4], [-20.0, -21.0, -20.5]),
+    "on-policy DPO": ([0.1, 0.3, 0.2], [-3.0, -3.5, -3.2]),
 }
 
 
@@ -120,7 +121,11 @@ def test_s4_report_words_follow_the_intervals(tmp_path):
     ) in text
     assert "worded against the smallest meaningful change of a log-prob, ±0.1 nats" in text
     assert "Every gated method shrank the fall of Δ others compared with DPO" in text
-    assert "32 paired comparisons; at 95 % each, about 1.6 would look significant by chance" in text
+    assert "36 paired comparisons; at 95 % each, about 1.8 would look significant by chance" in text
+    assert "on-policy DPO: Δ chosen higher than DPO (better), +2.57" in text  # the on-policy arm, judged as the others
+    assert "the on-policy arm (on-policy DPO) is DPO's twin" in text and "judged by `task:arithmetic`" in text
+    offline = {k: v for k, v in results.items() if not k.startswith("on-policy")}
+    assert "on-policy arm: missing (not in this grid)" in "\n".join(squeeze.STUDY.report(offline, tmp_path, "cpu"))
     assert "No gated comparison (reward accuracy or margin) lost preference against DPO" in text
     assert "- DPO: Δ others lower than 0, -24.50" in text  # squeezing, method by method
     assert "1 layer, width 32" in text  # the setting as run (the smoke model), not a fixed text
