@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .claims import CLAIMS_FILE, SEED_CLAIMS, STUDY_ORDER, Claim, read_claims
+from .claims import CLAIMS_FILE, SEED_CLAIMS, STUDY_ORDER, Claim, ClaimsError, read_claims
 from .report import markdown_table
 
 EVIDENCE_FILE = "EVIDENCE.md"
@@ -140,6 +140,8 @@ def build_evidence(results: Path, size: str = "small", out: Optional[Path] = Non
     from ..atomic import write_text
 
     results = Path(results)
+    if not results.is_dir():
+        raise ClaimsError(f"{results}: no such folder (the results folder holds each study's NAME-SIZE/ reports)")
     out = Path(out) if out is not None else results / EVIDENCE_FILE
     base = out.parent
     figures = base / FIGURES

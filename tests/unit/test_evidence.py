@@ -98,3 +98,6 @@ def test_cli_writes_evidence(tmp_path, capsys):
     text = (tmp_path / "EVIDENCE.md").read_text()
     assert "# Evidence: the seed claims at size small" in text
     assert text.count("not run yet at size small") == len(SEED_CLAIMS)
+    assert main(["study", "evidence", "--results", str(tmp_path / "typo")]) == 2  # one line, nothing written
+    err = capsys.readouterr().err.strip()
+    assert "typo: no such folder" in err and len(err.splitlines()) == 1 and not (tmp_path / "typo").exists()
