@@ -132,5 +132,19 @@ def write_margin_files(
         m_held = add_noise(m_held, cal.sigma, f"{source}/eval")
     for rows, ms, dst in ((train, m_train, train_dst), (held, m_held, eval_dst)):
         write_text(dst, "".join(json.dumps({**r, "rm_margin": m}) + "\n" for r, m in zip(rows, ms)))
-    record.update(heldout_accuracy=accuracy(m_held), heldout_pairs=len(m_held), train_accuracy=accuracy(m_train))
+    record.update(
+        heldout_accuracy=accuracy(m_held),
+        heldout_pairs=len(m_held),
+        train_accuracy=accuracy(m_train),
+        heldout_oracle_agreement=oracle_agreement([{**r, "rm_margin": m} for r, m in zip(held, m_held)]),
+    )
     return record
+
+
+def oracle_agreement(rows: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """Share of pairs (oracle ties left out) whose ``rm_margin`` sign matches the oracle difference's sign."""
+    usable = [r for r in rows if r.get("rm_margin") is not None and r["oracle_chosen"] != r["oracle_rejected"]]
+    if not usable:
+        return None
+    hits = sum((r["rm_margin"] > 0) == (r["oracle_chosen"] > r["oracle_rejected"]) for r in usable)
+    return hits / len(usable)

@@ -51,9 +51,11 @@ def test_margin_files_carry_the_arm_and_record_measured_accuracy(tmp_path):
     out = M.read_jsonl(dst)
     assert [r["rm_margin"] for r in out] == pytest.approx([r["oracle_chosen"] / 0.25 for r in rows])
     assert rec["heldout_accuracy"] == M.accuracy(r["rm_margin"] for r in M.read_jsonl(dst_eval))
+    assert rec["heldout_oracle_agreement"] == 1.0  # the oracle's own margin agrees with the oracle on every pair
     rec = M.write_margin_files(src, src, dst, dst_eval, M.noisy(0.8), 0.25)
     assert rec["target"] == 0.8 and rec["reachable"] and rec["sigma"] > 0
     assert abs(rec["heldout_accuracy"] - 0.8) < 0.08  # 400 pairs, another noise draw than the calibration's
+    assert rec["heldout_oracle_agreement"] < 1.0
     assert M.sources([0.95, 0.8]) == ["oracle", "oracle+noise@0.95", "oracle+noise@0.80"]
     assert M.slug("oracle+noise@0.80") == "oracle-noise-0.80" and M.target_of("oracle+noise@0.65") == 0.65
 
@@ -66,7 +68,7 @@ def test_arms_plan_at_size_cpu(tmp_path, shared_data):
     for seed in range(2):
         ref = specs[f"high/MADPO/seed{seed}"]
         arms = [s for s in specs.values() if s.labels.get("arm") == "MADPO" and s.labels["seed"] == seed]
-        assert [s.labels["margin"] for s in arms] == M.sources((0.95, 0.80, 0.65))
+        assert [s.labels["margin"] for s in arms] == M.sources((0.75, 0.65, 0.55))
         for s in arms:
             assert "method" not in s.labels and s.labels["tier"] == "high" and s.init_from == "sft"
             name = f"high.{M.slug(s.labels['margin'])}.jsonl"
@@ -109,6 +111,7 @@ def test_report_gain_against_measured_accuracy(tmp_path):
             "reachable": True,
             "heldout_accuracy": 0.78,
             "heldout_pairs": 64,
+            "heldout_oracle_agreement": 0.8125,
         },
     }
     (data / "margins.json").write_text(json.dumps(records))
@@ -127,8 +130,8 @@ def test_report_gain_against_measured_accuracy(tmp_path):
             results[rid] = _run(rid, labels, 0.2 + 0.01 * seed + g + 0.002 * seed, tmp_path)
     text = "\n".join(madpo.STUDY.report(results, tmp_path, "cpu"))
     section = text.split("### MADPO's gain over DPO against reward-model accuracy")[1].split("### Preference")[0]
-    assert "| high | learned reward model | - | - | 0.750 (" in section
-    assert "| high | oracle+noise@0.80 | 0.80 | 1.200 | 0.780 (" in section
+    assert "| high | learned reward model | - | - | 0.750 (0.301 to 0.954, 4) | 0.750 |" in section
+    assert "| high | oracle+noise@0.80 | 0.80 | 1.200 | 0.780 (" in section and "64) | 0.812 |" in section
     assert "0.95 (unreachable: the oracle's own is lower; no noise)" in section
     assert "The lowest measured margin accuracy at which MADPO beat DPO by more than ±0.02" in section
     assert ": 0.780 (oracle+noise@0.80 (high))" in section
