@@ -113,7 +113,7 @@ SMOKE = dict(
 )
 # small: the real SmolLM2-135M-Instruct with LoRA r=16 on the IMDb counterfactual pairs only; lr and epochs are chosen
 # by the pilot (pref_lr / pref_epochs below are its fallback cell); the budget: `dpolab study dpop --size small
-# --dry-run` and docs/compare-and-studies.md
+# --dry-run` and docs/studies-pilot.md
 SIZES["small"] = dict(
     model={"name_or_path": "smollm2-135m"},
     lora={"enabled": True, "r": 16, "alpha": 32.0},

@@ -140,7 +140,7 @@ SMOKE = dict(
 # small: the real SmolLM2-135M-Instruct with LoRA r=16 on real text pairs (the IMDb counterfactual minimal edits,
 # imdb-cad kind=low, where DPO's fall of the chosen likelihood is expected); lr and epochs are chosen by the pilot
 # (pref_lr / pref_epochs below are its fallback cell); the budget: `dpolab study squeeze --size small --dry-run` and
-# docs/compare-and-studies.md
+# docs/studies-pilot.md
 SIZES["small"] = dict(
     model={"name_or_path": "smollm2-135m"},
     lora={"enabled": True, "r": 16, "alpha": 32.0},
@@ -450,7 +450,7 @@ def _verdicts(groups: Dict[str, List[RunResult]]) -> tuple[VerdictTable, List[st
                 (ACC, (-1.0, 1.0), "reward accuracy"),
                 ("probe/margin", None, "margin"),
             ):
-                bound = {} if limits else NATS
+                bound = {"bound": 0.02} if limits else NATS  # a share of the pairs, as dpolab compare words it
                 v = compare(
                     by_seed(groups[m], key),
                     by_seed(groups["DPO"], key),
