@@ -177,3 +177,32 @@ def test_fused_head_casts_its_weight_once_per_step():
         out, _ = _head_logps(head, h, tgt, 16, recompute=True)
     out.sum().backward()
     assert torch.equal(keep[0], h.grad) and torch.equal(keep[1], head.weight.grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("lora", [False, True], ids=["copy", "lora-adapter"])
+def test_trainer_bf16_reference_uses_kept_casts(tmp_path, lora):
+    """Through the trainer (train.bf16=true): the live reference (a frozen copy; under LoRA the adapter-off policy)
+    runs on kept casts, and at step 0 policy and reference give the same bits (log-ratios exactly 0)."""
+    from dpolab.config import build_config
+    from dpolab.engine import Trainer
+    from dpolab.models.lowp import _HOOKED
+    from dpolab.models.unwrap import unwrap
+
+    cfg = build_config(
+        {
+            "model": {"name_or_path": "tiny-gpt2", "tiny": {"n_layer": 1, "n_embd": 32, "n_head": 2}},
+            "data": {"task": "arithmetic", "task_args": {"n_train": 12, "n_eval": 4, "max_value": 20}},
+            "train": {"batch_size": 4, "max_steps": 1, "bf16": True, "seed": 0},
+            "reference": {"mode": "adapter" if lora else "copy"},
+            "lora": {"enabled": lora, "r": 4},
+            "eval": {"every": 0, "at_start": False},
+            "output": {"dir": str(tmp_path / "run"), "progress": False, "save_final": False},
+        }
+    )
+    t = Trainer(cfg, log=lambda s: None)
+    ref_model = t.reference.policy if lora else t.reference.model
+    hooked = [m for m in unwrap(ref_model, peft=True).modules() if m.__dict__.get(_HOOKED)]
+    assert hooked
+    row = t._accumulate()[0]
+    assert float(row["logratio/chosen"]) == 0.0 and float(row["logratio/rejected"]) == 0.0
