@@ -1,5 +1,7 @@
 """Smoke slices of the packaged studies: every stage runs, the report and plots are written, a re-run reuses runs."""
 
+import json
+
 import pytest
 from test_study_verdicts import assert_verdicts_match_numbers
 
@@ -80,15 +82,17 @@ def test_madpo_smoke(tmp_path, shared_data):
     assert "Every method raised the oracle reward" not in text and assert_verdicts_match_numbers(text) >= 24
     for name in ("madpo_oracle_reward.png", "madpo_weights.png", "beta_dpo_trajectory.png"):
         assert (out / name).exists()
+    assert "### MADPO's gain over DPO against reward-model accuracy (addendum)" in text  # issue 31 item 4
+    rec = json.loads((out / "data" / "margins.json").read_text())["high/oracle+noise@0.55"]
+    assert rec["heldout_pairs"] == 8 and 0 <= rec["heldout_accuracy"] <= 1 and rec["target"] == 0.55
+    assert (out / "claims.json").exists() and (out / "madpo_gain_vs_accuracy.png").exists()
     for tier in ("high", "medium", "low"):  # every stage's output, and MADPO's margin column, is on disk
-        import json
-
         rows = [json.loads(x) for x in (out / "data" / f"{tier}.scored.jsonl").read_text().splitlines()]
         assert rows and all(isinstance(r["rm_margin"], float) for r in rows)
         assert {r["tier"] for r in rows} == {tier}
     msgs = []
     run_study("madpo", smoke=True, out=str(out), data_dir=str(shared_data), log=msgs.append)
-    assert sum("finished earlier, skipped" in m for m in msgs) == 18  # 16 + the addendum arms (oracle, noise@0.80)
+    assert sum("finished earlier, skipped" in m for m in msgs) == 18  # 16 + the addendum arms (oracle, noise@0.55)
 
 
 def test_madpo_needs_the_reviews(tmp_path):
