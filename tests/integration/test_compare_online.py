@@ -36,16 +36,18 @@ def _opts(tmp_path, **kw) -> CompareOptions:
 
 def test_online_methods_parse_as_the_offline_loss():
     opts = CompareOptions.from_sources(
-        None, {"task": "arithmetic", "methods": "dpo,online:dpo,online:dpo:beta=0.2+0.1*sft", "judge": JUDGE}
+        None,
+        {"task": "arithmetic", "methods": "dpo,online:dpo,online:dpo:beta=0.2+0.1*sft,online:gate-dpo", "judge": JUDGE},
     )
     methods = methods_of(opts)
-    assert list(methods) == ["dpo", "online:dpo", "online:dpo:beta=0.2+0.1*sft"]
+    assert list(methods) == ["dpo", "online:dpo", "online:dpo:beta=0.2+0.1*sft", "online:gate-dpo"]
+    assert methods["online:gate-dpo"] == [{"name": "gate-dpo", "weight": 1.0}]
     assert methods["online:dpo"] == methods["dpo"] == [{"name": "dpo", "weight": 1.0}]
     assert methods["online:dpo:beta=0.2+0.1*sft"] == [
         {"name": "dpo", "weight": 1.0, "params": {"beta": 0.2}},
         {"name": "sft", "weight": 0.1},
     ]
-    assert [is_online(m) for m in methods] == [False, True, True]
+    assert [is_online(m) for m in methods] == [False, True, True, True]
 
 
 def test_online_method_errors_are_one_line(tmp_path):
