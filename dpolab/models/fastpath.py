@@ -245,8 +245,10 @@ def _bf16_backward(g, h, w, tgt, kept, rows, needs, weight, bias) -> tuple:
     cd = w.dtype
     buf = torch.empty(h.shape[0], w.shape[0], dtype=cd, device=h.device)
     for i, s in enumerate(range(0, h.shape[0], rows)):
-        gc, tc = g[s : s + rows].to(cd)[:, None], tgt[s : s + rows, None]
-        torch.mul(kept[i], gc.neg(), out=buf[s : s + rows]).scatter_add_(1, tc, gc)
+        gc, tc = g[s : s + rows].to(cd), tgt[s : s + rows]
+        tile = torch.mul(kept[i], gc.neg()[:, None], out=buf[s : s + rows])
+        at = (torch.arange(tc.shape[0], device=tc.device), tc)  # the target of each row (scatter_add_ on bf16
+        tile[at] = tile[at] + gc  # copies the whole tile to float32 and back on CPU)
     gh = (buf @ w).to(h.dtype) if need_h else None
     gw = (buf.t() @ h.to(cd)).to(weight.dtype) if need_w else None
     gb = (buf.new_ones(1, buf.shape[0]) @ buf).squeeze(0).to(bias.dtype) if need_b else None  # no float32 copy
