@@ -520,13 +520,58 @@ def command_line(opts: CompareOptions) -> str:
     return " ".join(p for p in parts if p)
 
 
-def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_steps: int = 3) -> Dict[str, Any]:
-    """Print the grid, the number of runs and a time estimate from a few real timed steps of the first method."""
-    import shutil
-    import tempfile
-
+def _time_probe(probe: RunSpec, scratch: Path, probe_steps: int) -> Dict[str, Any]:
+    """A few real timed steps of one run of the grid (set-up, seconds per step, one evaluation) on the pairs of its
+    steps and a slice of the held-out pairs; the sizes it saw and the full ones, to scale by."""
     from ..engine.trainer import Trainer
     from .runner import RunJob
+
+    probe_cfg = build_config(
+        deep_merge(
+            probe.config,
+            {
+                "train": {"max_steps": probe_steps},
+                "eval": {"every": 0, "at_start": False},
+                "output": {"save_every": 0, "save_final": False},
+            },
+        ),
+        [f"output.dir={scratch / 'probe'}"],
+    )
+    data = RunJob.data_of(probe_cfg, probe.data_seed)
+    # Time only what the probe needs: the pairs of its steps (so a reference table covers those alone) and a
+    # slice of the held-out pairs; the full costs are extrapolated per pair by the caller.
+    n_train_all, n_eval_all = len(data["train_data"]), len(data["eval_data"] or [])
+    per_step = probe_cfg.train.batch_size * probe_cfg.train.grad_accum
+    data["train_data"] = data["train_data"][: probe_steps * per_step]
+    if data["eval_data"]:
+        data["eval_data"] = data["eval_data"][: max(1, min(n_eval_all, probe_cfg.eval.batch_size))]
+    t0 = time.perf_counter()
+    trainer = Trainer(
+        probe_cfg,
+        log=lambda s: None,
+        eval_hooks=[h.bind(probe_cfg, data["eval_data"]) for h in probe.hooks],
+        **data,
+    )
+    setup = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    trainer.evaluate()
+    evaluation = time.perf_counter() - t1
+    summary = trainer.fit()  # probe_steps real steps (and one more evaluation)
+    return {
+        "setup": setup,
+        "evaluation": evaluation,
+        "step_s": summary["wall_clock_s"] / max(1, summary["steps"]),
+        "per_step": per_step,
+        "n_train": (len(data["train_data"]), n_train_all),
+        "n_eval": (len(data["eval_data"] or []), n_eval_all),
+    }
+
+
+def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_steps: int = 3) -> Dict[str, Any]:
+    """Print the grid, the number of runs and a time estimate from a few real timed steps of the first method (and of
+    the first on-policy arm, whose steps also sample and judge, when the grid has both kinds)."""
+    import shutil
+    import tempfile
 
     methods = methods_of(opts)
     out = Path(opts.out)
@@ -549,67 +594,50 @@ def dry_run(opts: CompareOptions, *, log: Callable[[str], None] = print, probe_s
                 f"  {spec.run_id}: loss {json.dumps(spec.config['loss'])}"
                 + (f", on-policy (train.mode=online, judge {opts.judge})" if on else "")
             )
-        probe = grid[0]
-        probe_cfg = build_config(
-            deep_merge(
-                probe.config,
-                {
-                    "train": {"max_steps": probe_steps},
-                    "eval": {"every": 0, "at_start": False},
-                    "output": {"save_every": 0, "save_final": False},
-                },
-            ),
-            [f"output.dir={scratch / 'probe'}"],
-        )
-        data = RunJob.data_of(probe_cfg, probe.data_seed)
-        # Time only what the probe needs: the pairs of its steps (so a reference table covers those alone) and a
-        # slice of the held-out pairs; the full costs are extrapolated per pair below.
-        n_train_all, n_eval_all = len(data["train_data"]), len(data["eval_data"] or [])
-        per_step = probe_cfg.train.batch_size * probe_cfg.train.grad_accum
-        data["train_data"] = data["train_data"][: probe_steps * per_step]
-        if data["eval_data"]:
-            data["eval_data"] = data["eval_data"][: max(1, min(n_eval_all, probe_cfg.eval.batch_size))]
-        n_train_probe, n_eval_probe = len(data["train_data"]), len(data["eval_data"] or [])
-        t0 = time.perf_counter()
-        trainer = Trainer(
-            probe_cfg,
-            log=lambda s: None,
-            eval_hooks=[h.bind(probe_cfg, data["eval_data"]) for h in probe.hooks],
-            **data,
-        )
-        setup = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        trainer.evaluate()
-        evaluation = time.perf_counter() - t1
-        summary = trainer.fit()  # probe_steps real steps (and one more evaluation)
-        step_s = summary["wall_clock_s"] / max(1, summary["steps"])
+        probes: Dict[str, RunSpec] = {}  # train.mode -> the first run of that kind
+        for spec in grid:
+            probes.setdefault(spec.config["train"]["mode"], spec)
+        timed = {mode: _time_probe(spec, scratch / mode, probe_steps) for mode, spec in probes.items()}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     # Scale what grows with the pairs it touches: the probes of the set-up and every evaluation grow with the held-out
     # pairs; the shared reference table is one forward pass over the training pairs, about a third of a training
     # step's work per pair. Over-estimates where model loading and sampling (which do not grow) dominate.
-    eval_scale = max(1.0, n_eval_all / max(1, n_eval_probe))
-    table = step_s / 3 * math.ceil(n_train_all / max(1, per_step))
     n_evals = prep.steps // max(1, prep.steps // opts.evals) + 2
-    per_run = setup * eval_scale + prep.steps * step_s + n_evals * evaluation * eval_scale
-    total = table + per_run * len(grid)
-    log(
-        f"timed probe ({probe_steps} real steps of '{probe.labels['method']}' on {n_train_probe} pairs, evaluation on "
-        f"{n_eval_probe} of {n_eval_all} held-out pairs): set-up {setup:.1f} s, {step_s:.2f} s/step, "
-        f"{evaluation:.1f} s per evaluation (probes and samples)"
+    per_run: Dict[str, float] = {}
+    for mode, t in timed.items():
+        eval_scale = max(1.0, t["n_eval"][1] / max(1, t["n_eval"][0]))
+        per_run[mode] = t["setup"] * eval_scale + prep.steps * t["step_s"] + n_evals * t["evaluation"] * eval_scale
+        log(
+            f"timed probe ({probe_steps} real steps of '{probes[mode].labels['method']}' on {t['n_train'][0]} pairs, "
+            f"evaluation on {t['n_eval'][0]} of {t['n_eval'][1]} held-out pairs): set-up {t['setup']:.1f} s, "
+            f"{t['step_s']:.2f} s/step, {t['evaluation']:.1f} s per evaluation (probes and samples)"
+        )
+    offline = timed.get("preference") or next(iter(timed.values()))
+    table = offline["step_s"] / 3 * math.ceil(offline["n_train"][1] / max(1, offline["per_step"]))
+    runs_s = sum(per_run[s.config["train"]["mode"]] for s in grid)
+    total = table + runs_s
+    each = f"about {per_run[next(iter(probes))]:.0f} s per run" + "".join(
+        f" ({per_run[m]:.0f} s per {'on-policy' if m == 'online' else m} run)" for m in list(probes)[1:]
     )
     log(
-        f"estimate (scaled to {n_train_all} training and {n_eval_all} held-out pairs; rough): the shared reference "
-        f"table about {table:.0f} s once, then about {per_run:.0f} s per run ({n_evals} evaluations): "
+        f"estimate (scaled to {offline['n_train'][1]} training and {offline['n_eval'][1]} held-out pairs; rough): the "
+        f"shared reference table about {table:.0f} s once, then {each} ({n_evals} evaluations): "
         f"{total / 60:.1f} min for {len(grid)} runs one after another"
         + (
-            f" (about {(table + per_run * math.ceil(len(grid) / opts.parallel)) / 60:.1f} min with --parallel "
-            f"{opts.parallel}, if the machine has the cores)"
+            f" (about {(table + runs_s / len(grid) * math.ceil(len(grid) / opts.parallel)) / 60:.1f} min with "
+            f"--parallel {opts.parallel}, if the machine has the cores)"
             if opts.parallel > 1
             else ""
         )
     )
-    return {"runs": len(grid), "per_run_s": per_run, "total_s": total, "steps": prep.steps}
+    return {
+        "runs": len(grid),
+        "per_run_s": per_run[next(iter(probes))],
+        "per_run_by_mode_s": per_run,
+        "total_s": total,
+        "steps": prep.steps,
+    }
 
 
 def run_compare(opts: CompareOptions, *, log: Callable[[str], None] = print) -> Path:

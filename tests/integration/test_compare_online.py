@@ -185,3 +185,22 @@ def test_tiny_compare_of_dpo_and_online_dpo(tmp_path):
         )
         assert "eval/probe/reward_accuracy" in on["final_eval"] and "eval/compare/judge" in on["final_eval"]
         assert "eval/compare/judge" in off["final_eval"]
+
+
+@pytest.mark.slow
+def test_dry_run_times_an_on_policy_arm_too(tmp_path):
+    """An on-policy step also samples and judges: the dry run times one of each kind and adds them up per run."""
+    from dpolab.studies.compare import dry_run
+
+    lines = []
+    opts = _opts(tmp_path, set=TINY + ["online.max_new_tokens=6"], budget="8steps")
+    est = dry_run(opts, log=lines.append, probe_steps=2)
+    text = "\n".join(lines)
+    assert "timed probe (2 real steps of 'dpo' on " in text and "timed probe (2 real steps of 'online:dpo' on " in text
+    assert (
+        "s per on-policy run)" in text and "online-dpo/seed1: loss" in text and "on-policy (train.mode=online" in text
+    )
+    by_mode = est["per_run_by_mode_s"]
+    assert set(by_mode) == {"preference", "online"} and est["per_run_s"] == by_mode["preference"]
+    assert est["total_s"] > opts.seeds * (by_mode["preference"] + by_mode["online"])  # the table comes on top
+    assert not Path(opts.out).exists()  # nothing written
