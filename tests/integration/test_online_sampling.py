@@ -54,3 +54,13 @@ def test_top_p_keeps_only_the_nucleus(model):
     greedy = model.generate(torch.tensor([PROMPTS[0]]), max_new_tokens=6, do_sample=False, pad_token_id=0)
     s = sample_ids(model, PROMPTS[:1], max_new_tokens=6, eos_id=None, pad_id=0, row_seeds=[9], top_p=1e-6)[0]
     assert s.ids == greedy[0, len(PROMPTS[0]) :].tolist() and s.logp == pytest.approx(0.0, abs=1e-6)
+
+
+def test_row_seeds_draw_the_same_in_dpolab_s_loop_and_in_generate(model):
+    """dpolab's own decoding loop (drop_finished, sorted by length) and model.generate draw the same tokens for the
+    same row seeds, with the same log-probs."""
+    kw = dict(max_new_tokens=10, eos_id=EOS, pad_id=0, row_seeds=[1, 2, 3, 4], temperature=0.8, top_p=0.9)
+    plain = sample_ids(model, PROMPTS, **kw)
+    loop = sample_ids(model, PROMPTS, drop_finished=True, sort_by_length=True, batch_size=3, **kw)
+    assert _ids(loop) == _ids(plain)
+    assert [s.logp for s in loop] == pytest.approx([s.logp for s in plain], abs=1e-4)
