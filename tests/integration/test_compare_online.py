@@ -133,9 +133,10 @@ def test_online_results_read_as_offline_measures():
 
 
 @pytest.mark.slow
-def test_probes_hook_equals_the_objectives_probes(tmp_path):
+@pytest.mark.parametrize("lora", [False, True])
+def test_probes_hook_equals_the_objectives_probes(tmp_path, lora):
     """The hook's probe metrics of a preference run equal those its objective logs, at every evaluation (the same
-    measure for online arms, whose objective has none)."""
+    measure for online arms, whose objective has none); under LoRA its start is the adapter-disabled policy."""
     from dpolab.engine import train
     from dpolab.engine.logging import read_metrics
     from dpolab.studies.runner import RunJob
@@ -147,6 +148,7 @@ def test_probes_hook_equals_the_objectives_probes(tmp_path):
             "train": {"max_steps": 3, "batch_size": 4, "lr": 1e-2, "seed": 1},
             "eval": {"every": 1, "probes": True, "probe_examples": 8, "probe_greedy_tokens": 6},
             "output": {"dir": str(tmp_path / "run"), "progress": False},
+            "lora": {"enabled": lora},
         }
     )
     data = RunJob.data_of(cfg, 0)
