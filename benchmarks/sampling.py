@@ -6,7 +6,9 @@
 
 Workload: ``--prompts`` prompts of mixed lengths in the model's chat template (when its tokenizer has one): the
 Human turns of HH-sized chat transcripts (``scoring.hh_rows``; or of an Anthropic-HH ``.jsonl`` given as ``--data``),
-or, from an IMDb ``.tsv`` (``Text`` column), "Continue this review" with the first 5 to 80 words of a review.
+or, from an IMDb ``.tsv`` (``Text`` column), the first 5 to 80 words of a review, every other prompt asking to
+continue it (long answers) and the others whether it is positive or negative in one word (short answers: rows that
+finish early).
 Greedy decoding, ``--new-tokens`` new tokens at most, stopped at the tokenizer's EOS. Arms, each over every prompt:
 
 - ``bare``: ``model.generate`` one prompt at a time (batch 1, no padding): the baseline every ratio is against,
@@ -22,9 +24,10 @@ Greedy decoding, ``--new-tokens`` new tokens at most, stopped at the tokenizer's
 Same-outputs check: every fp32 arm's tokens must equal ``bare``'s, prompt by prompt, or the run stops and writes
 nothing; bf16's agreement (prompts with identical outputs) is reported, not checked. Each round runs every arm once
 (order rotated); tokens/s counts the tokens produced (EOS included); speed-up = ``bare``'s time / the arm's within a
-round, median (min-max) over rounds. The 1-min load average is recorded before and after each round. The result goes
-to ``benchmarks/results/sampling[-SUFFIX].json``; a section is appended to ``benchmarks/RESULTS.md`` only with
-``--results-md``. The section names the CPU (model, amx_bf16 / avx512_bf16 / avx2).
+round, median (min-max) over rounds; the same for the process's CPU time (with ``--threads 1`` on a loaded machine a
+steadier measure of the work than the wall clock). The 1-min load average is recorded before and after each round.
+The result goes to ``benchmarks/results/sampling[-SUFFIX].json``; a section is appended to ``benchmarks/RESULTS.md``
+only with ``--results-md``. The section names the CPU (model, amx_bf16 / avx512_bf16 / avx2).
 """
 
 from __future__ import annotations
@@ -68,10 +71,11 @@ def prompt_messages(data: str, n: int, seed: int = 0) -> list:
     if data.endswith(".tsv"):
         with open(data, newline="", encoding="utf-8") as f:
             texts = [" ".join(r["Text"].replace("<br />", " ").split()) for r in csv.DictReader(f, delimiter="\t")]
+        asks = ("Continue this movie review: ", "Is this movie review positive or negative? Answer in one word: ")
         out = []
-        for text in texts[:n]:
+        for i, text in enumerate(texts[:n]):
             words = text.split()[: rng.randint(5, 80)]
-            out.append([{"role": "user", "content": "Continue this movie review: " + " ".join(words)}])
+            out.append([{"role": "user", "content": asks[i % 2] + " ".join(words)}])
         return out
     rows = [json.loads(line) for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip()][:n]
     return [_turns(r["chosen"].rsplit("\n\nAssistant:", 1)[0]) for r in rows]
@@ -152,15 +156,17 @@ def main(argv=None) -> int:
     if a.bf16:
         arms["dpolab-bf16"] = dp(bf16=True)
     times = {k: [] for k in arms}
+    cpu_times = {k: [] for k in arms}
     outs, loads = {}, []
     for r in range(a.rounds):
         names = list(arms)
         before = os.getloadavg()[0]
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             outs[name] = arms[name]()
             times[name].append(time.perf_counter() - t0)
-            print(f"round {r + 1}: {name} {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
+            cpu_times[name].append(time.process_time() - c0)
+            print(f"round {r + 1}: {name} {times[name][-1]:.2f} s ({cpu_times[name][-1]:.2f} s CPU)", file=sys.stderr)
         loads.append({"before": before, "after": os.getloadavg()[0]})
     ref = outs["bare"]
     same = {k: sum(o == b for o, b in zip(outs[k], ref)) for k in arms}
@@ -173,6 +179,7 @@ def main(argv=None) -> int:
         )
     tokens = {k: produced(outs[k], new) for k in arms}
     ratios = {k: [b / t for b, t in zip(times["bare"], times[k])] for k in arms}
+    cpu_ratios = {k: [b / t for b, t in zip(cpu_times["bare"], cpu_times[k])] for k in arms}
     rec = {
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "command": "python benchmarks/sampling.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:])),
@@ -204,6 +211,8 @@ def main(argv=None) -> int:
                     "max": max(ratios[k]),
                     "per_round": ratios[k],
                 },  # fmt: skip
+                "cpu_s": cpu_times[k],
+                "cpu_speedup_vs_bare": {"median": statistics.median(cpu_ratios[k]), "per_round": cpu_ratios[k]},
                 "same_outputs_as_bare": f"{same[k]}/{len(prompts)}",
             }
             for k in arms
@@ -224,18 +233,21 @@ def section(rec: dict) -> str:
     arms = rec["arms"]
     rows = "\n".join(
         f"| {k} | {v['median_s']:.2f} | {v['tokens_per_s']:.1f} | {v['speedup_vs_bare']['median']:.2f} "
-        f"({v['speedup_vs_bare']['min']:.2f}-{v['speedup_vs_bare']['max']:.2f}) | {v['same_outputs_as_bare']} |"
+        f"({v['speedup_vs_bare']['min']:.2f}-{v['speedup_vs_bare']['max']:.2f}) | "
+        f"{statistics.median(v['cpu_s']):.2f} | {v['cpu_speedup_vs_bare']['median']:.2f} | "
+        f"{v['same_outputs_as_bare']} |"
         for k, v in arms.items()
     )
     best = "; ".join(f"{k} {v['speedup_vs_bare']['median']:.2f}x" for k, v in arms.items() if k != "bare")
     pt, loads = rec["prompt_tokens"], rec["loads"]
+    ends = sum(n < rec["new_tokens"] for n in rec["output_tokens"])
     return "\n\n".join(
         [
             f"\n## {rec['date'][:16].replace('T', ' ')} — `{rec['command']}`",
             f"### workload `sampling` — model {rec['model']}, {rec['prompts']} prompts ({rec['data']}; "
             f"{pt['min']}-{pt['max']} tokens, median {pt['median']:.0f}), greedy, at most {rec['new_tokens']} new "
-            f"tokens (outputs {rec['output_tokens'][0]}-{rec['output_tokens'][-1]} tokens before EOS), batch "
-            f"{rec['batch_size']}, {rec['rounds']} rounds, {rec['threads']} torch threads",
+            f"tokens (outputs {rec['output_tokens'][0]}-{rec['output_tokens'][-1]} tokens; {ends} stopped at EOS), "
+            f"batch {rec['batch_size']}, {rec['rounds']} rounds, {rec['threads']} torch threads",
             f"CPU: {rec['cpu']}; load average (1 min) before/after each round: "
             + ", ".join(f"{x['before']:.2f}/{x['after']:.2f}" for x in loads)
             + f"; versions: {rec['versions']}",
@@ -243,7 +255,8 @@ def section(rec: dict) -> str:
             "otherwise); bf16's are counted, not checked.",
             f"**Headline** (on {rec['cpu']}): tokens/s against the bare `model.generate` loop (batch 1), median "
             f"over rounds: {best}.",
-            "| arm | time (s) | tokens/s | speed-up (min-max) | same outputs as bare |\n|---|---|---|---|---|\n" + rows,
+            "| arm | time (s) | tokens/s | speed-up (min-max) | CPU time (s) | CPU-time speed-up | same outputs "
+            "as bare |\n|---|---|---|---|---|---|---|\n" + rows,
         ]
     )
 
