@@ -34,7 +34,9 @@ def _deliver(signum: int, frame, handler) -> None:
 def deferred_interrupts(what: str = "the files being written") -> Iterator[None]:
     """Inside the block, the first SIGINT / SIGTERM waits until the block ends; ``what`` names the work in the
     notice. Outside the main thread (where Python cannot set handlers) the block runs unchanged."""
-    if threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread() or any(
+        getattr(signal.getsignal(sig), "_dpolab_hold", False) for sig in _SIGNALS
+    ):  # no handlers off the main thread; inside an outer block its hold already covers this one
         yield
         return
     previous: Dict[int, object] = {}
@@ -57,6 +59,7 @@ def deferred_interrupts(what: str = "the files being written") -> Iterator[None]
         name = signal.Signals(signum).name
         print(f"{name}: finishing {what} first (send it again to stop at once)", file=sys.stderr, flush=True)
 
+    hold._dpolab_hold = True  # type: ignore[attr-defined]
     for sig in previous:
         signal.signal(sig, hold)
     try:

@@ -56,6 +56,21 @@ def test_a_second_signal_is_delivered_at_once(tmp_path, sigterm_raises):
     assert signal.getsignal(signal.SIGTERM) is sigterm_raises
 
 
+def test_nested_writes_keep_one_hold_and_a_second_signal_still_stops_at_once(tmp_path, sigterm_raises, capsys):
+    reached = []
+    with pytest.raises(_Stop):
+        with atomic.atomic_dir(tmp_path / "outer") as tmp:
+            atomic.write_text(tmp / "inner.txt", "x")  # an atomic write inside the folder's write
+            os.kill(os.getpid(), signal.SIGTERM)
+            with atomic.atomic_path(tmp / "f") as inner:
+                inner.write_text("y")
+                os.kill(os.getpid(), signal.SIGTERM)
+                inner.write_text("z")
+                reached.append(True)
+    assert not reached and signal.getsignal(signal.SIGTERM) is sigterm_raises
+    assert capsys.readouterr().err.count("finishing") == 1
+
+
 def test_ctrl_c_waits_then_raises_keyboard_interrupt(tmp_path):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with pytest.raises(KeyboardInterrupt):
