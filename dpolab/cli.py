@@ -471,6 +471,7 @@ def _cmd_inspect_data(args) -> int:
         max_prompt_length=pick(args.max_prompt_length, "max_prompt_length", None),
         truncation_mode=pick(args.truncation, "truncation_mode", "keep_end"),
         split=pick(args.split, "split", None),
+        data_format=data.format if data is not None else "auto",
     )
     try:  # token pieces are not ASCII (▁, Ġ): never fail on a console or pipe with a narrow encoding
         sys.stdout.reconfigure(errors="backslashreplace")
@@ -740,11 +741,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser(
         "inspect-data",
         help="show how the first rows of a data file are tokenised, token by token, prompt | responses",
-        description="Tokenise the first rows of a preference or SFT data file exactly as training does and "
+        description="Tokenise the first rows of a preference, SFT or prompt data file exactly as training does and "
         "print each token as its vocabulary piece: the prompt, a boundary marker (after "
         "the prompt's last tokens), then the chosen and rejected (or completion) tokens, with "
-        "lengths and what truncation cut. --config takes the tokenizer and the data options "
-        "from a training config; the flags override it.",
+        "lengths and what truncation cut (--mode prompt, train.mode=online: the prompt alone, as it is sampled "
+        "from). --config takes the tokenizer and the data options from a training config; the flags override it.",
     )
     ins.add_argument("--data", help="data file or dataset (default: data.train of --config)")
     ins.add_argument("--model", help="model name/path whose tokenizer to use (tiny presets: the char tokenizer)")
@@ -754,8 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument(
         "--mode",
         default="auto",
-        choices=["auto", "preference", "sft"],
-        help="row kind (default auto: preference if the rows have 'chosen', else sft)",
+        choices=["auto", "preference", "sft", "prompt"],
+        help="row kind (default auto: a config's training mode decides; else preference if the rows have 'chosen', "
+        "sft if 'completion', 'messages' or 'text', prompt if 'prompt' alone)",
     )
     ins.add_argument(
         "--column",

@@ -3,6 +3,11 @@ each response, every token as its vocabulary piece (``[▁Hello][,]``, ``[Ġworl
 
 The rows go through exactly the code training uses (:mod:`dpolab.data.formats` then :mod:`dpolab.data.tokenize`),
 with the same options; each is tokenised a second time without a length limit to tell whether truncation cut it.
+Mode ``prompt`` (``train.mode=online``) shows each row's prompt alone, exactly as the online objective samples from
+it: :func:`dpolab.data.prompts.to_prompt` then :func:`~dpolab.data.prompts.tokenize_prompt` (a prompt-only row, text
+or chat messages with the template's generation prompt, cut to ``max_prompt_length``; or a preference pair's prompt,
+as preference training tokenises it). A bad row's line, in every mode, is the one the loader raises
+(:mod:`dpolab.data.dataset`).
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from dpolab.data.dataset import _chat_rows, _located, _one_line, invalid_reason
 from dpolab.data.formats import to_preference_row, to_sft_row
+from dpolab.data.prompts import to_prompt, tokenize_prompt
 from dpolab.data.sources import Source, iter_records, source_name
 from dpolab.data.tokenize import (
     BOUNDARY_SEPARATE,
@@ -24,7 +31,7 @@ from dpolab.data.tokenize import (
 from dpolab.data.types import DataError, SkipCounter
 from dpolab.errors import ConfigError, first_sentence
 
-MODES = ("auto", "preference", "sft")
+MODES = ("auto", "preference", "sft", "prompt")
 BOUNDARY = "‖"
 _UNLIMITED = 1 << 40
 _SFT_FIELDS = ("completion", "messages", "text")
@@ -57,11 +64,15 @@ class Inspection:
 
 
 def detect_mode(record: Any, columns: Optional[Mapping[str, str]] = None) -> str:
-    """'preference' if the record has a chosen column, 'sft' if it has completion / messages / text, else preference."""
+    """'preference' if the record has a chosen column, 'sft' if it has completion / messages / text, 'prompt' if it
+    has a prompt and no response column at all, else preference."""
     columns = dict(columns or {})
-    if not isinstance(record, Mapping) or columns.get("chosen", "chosen") in record:
+    col = lambda f: columns.get(f, f)  # noqa: E731
+    if not isinstance(record, Mapping) or col("chosen") in record:
         return "preference"
-    return "sft" if any(columns.get(f, f) in record for f in _SFT_FIELDS) else "preference"
+    if any(col(f) in record for f in _SFT_FIELDS):
+        return "sft"
+    return "prompt" if col("prompt") in record and col("rejected") not in record else "preference"
 
 
 def inspect_data(
@@ -78,8 +89,10 @@ def inspect_data(
     add_bos: bool = True,
     add_eos: bool = True,
     max_errors: int = 3,
+    data_format: str = "auto",
 ) -> Inspection:
-    """Tokenise the first ``rows`` usable rows of ``source`` as training would; bad rows are counted, not raised."""
+    """Tokenise the first ``rows`` usable rows of ``source`` as training would; bad rows are counted, not raised.
+    ``data_format`` (``data.format``) applies to preference and prompt rows, as their loaders apply it."""
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
     if rows < 1:
@@ -88,6 +101,8 @@ def inspect_data(
     if truncation_mode not in TRUNCATION_MODES:
         raise ConfigError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
     name, skips, out, errors, read = source_name(source), SkipCounter(), [], [], 0
+    chat = _chat_rows(tokenizer, data_format, name, log=lambda _: None)  # checks data_format too
+    fmt = dict(data_format=data_format, chat=chat)
     opts = dict(max_prompt_length=max_prompt_length, truncation_mode=truncation_mode, add_bos=add_bos, add_eos=add_eos)
     for row, rec in iter_records(source, split=split):
         if len(out) >= rows:
@@ -100,25 +115,30 @@ def inspect_data(
                 raise rec
             if mode == "sft":
                 item = to_sft_row(rec, source=name, row=row, columns=columns, skips=skips)
-                tok, parts = tokenize_sft, ("completion_ids",)
+                tok, parts, uncut = tokenize_sft, ("completion_ids",), opts
+            elif mode == "prompt":
+                item = to_prompt(rec, source=name, row=row, columns=columns, skips=skips, **fmt)
+                tok, parts = tokenize_prompt, ()
+                uncut = dict(opts, max_prompt_length=None)  # a prompt alone is cut to max_prompt_length in any case
             else:
-                item = to_preference_row(rec, source=name, row=row, columns=columns, skips=skips)
-                tok, parts = tokenize_preference, ("chosen_ids", "rejected_ids")
+                item = to_preference_row(rec, source=name, row=row, columns=columns, skips=skips, **fmt)
+                tok, parts, uncut = tokenize_preference, ("chosen_ids", "rejected_ids"), opts
             if item is None:
                 continue
             try:
                 with warnings.catch_warnings():  # the report flags each such row itself
                     warnings.simplefilter("ignore", BoundaryWarning)
                     t = tok(item, tokenizer, max_length=max_length, skips=skips, **opts)
-                    full = tok(item, tokenizer, max_length=_UNLIMITED, **opts) if t is not None else None
+                    full = tok(item, tokenizer, max_length=_UNLIMITED, **uncut) if t is not None else None
             except (ValueError, TypeError) as e:
                 raise DataError(
                     f"cannot tokenise: {type(e).__name__}: {first_sentence(e)}", source=name, row=row
                 ) from e
         except DataError as e:
-            skips.add(f"invalid row (field '{e.field}')" if e.field else "invalid row")
+            err = _one_line(_located(e, name, row))  # the loaders' one line
+            skips.add(invalid_reason(err))
             if len(errors) < max_errors:
-                errors.append(str(e))
+                errors.append(str(err))
             continue
         if t is None:
             continue

@@ -22,7 +22,7 @@ class DataKind:
     :meth:`derived_from` and :meth:`convert`."""
 
     name: str = ""
-    inspect_as: str = "sft"  # how `dpolab inspect-data` reads a file of this kind: 'preference' or 'sft'
+    inspect_as: str = "sft"  # how `dpolab inspect-data` reads a file of this kind: 'preference', 'sft' or 'prompt'
     reads_pairs: bool = False  # its files are preference pairs: data.extras and data.format apply
     pairs_setting: str = ""  # the data setting that reads preference pairs as this kind (for error messages)
 

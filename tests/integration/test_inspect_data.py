@@ -163,3 +163,98 @@ def test_sentencepiece_tokenizer_from_a_folder(capsys, tmp_path):
     assert "prompt:     [<s>][▁Hello,][▁world!][\\n]" in out
     completion = out.split("‖ ")[1].splitlines()[0]
     assert not completion.startswith("[▁") and completion.endswith("[</s>]")
+
+
+# -- prompt rows (train.mode=online): each prompt exactly as the online objective tokenises it for sampling ----------
+
+
+def _loaded_prompts(path, **options):
+    """The prompt ids the online objective samples from (its data kind's loader), for comparison."""
+    from dpolab.data.prompts import load_prompt_data
+    from dpolab.models.tokenizer import build_char_tokenizer
+
+    items, _ = load_prompt_data(path, build_char_tokenizer(), log=lambda _: None, **options)
+    return [x.prompt_ids for x in items]
+
+
+def _shown_prompts(path, **options):
+    from dpolab.data.inspection import inspect_data
+    from dpolab.models.tokenizer import build_char_tokenizer
+
+    ins = inspect_data(path, build_char_tokenizer(), mode="prompt", rows=10, **options)
+    assert ins.mode == "prompt" and all([n for n, _ in r.parts] == ["prompt"] for r in ins.rows)
+    return [r.parts[0][1] for r in ins.rows], ins
+
+
+def test_prompt_rows_text_shown_as_sampled_with_truncation_marked(capsys, tmp_path):
+    data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "Q: 2+2?\nA:"}, {"prompt": "Hello "}])
+    code, out, _ = run(capsys, "--data", data, "--tokenizer", "char", "--mode", "prompt")
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[0] == "row 1: prompt 11 tokens; not truncated"
+    assert lines[1].split() == ["prompt:", "[<bos>][Q][:][", "][2][+][2][?][\\n][A][:]"]
+    assert "‖" not in out and "chosen" not in out  # a prompt alone: no responses
+    assert out.rstrip().splitlines()[-1].startswith("2 prompt row(s) shown of 2 read; 0 truncated")
+    code, out, _ = run(capsys, "--data", data, "--tokenizer", "char")  # auto: a 'prompt' column alone is a prompt row
+    assert code == 0 and "2 prompt row(s) shown" in out
+    # max_prompt_length cuts a prompt-only row even when it fits max_length (as the sampler gets it), end kept
+    code, out, _ = run(capsys, "--data", data, "--tokenizer", "char", "--mode", "prompt", "--max-prompt-length", "4")
+    assert code == 0 and "row 1: prompt 4 tokens; truncated: prompt 11->4" in out
+    assert "prompt: [\\n][A][:]" not in out and "[<bos>][\\n][A][:]" in out  # keep_end keeps the BOS and the end
+    assert "2 truncated" in out
+    for opts in ({}, dict(max_prompt_length=4), dict(max_prompt_length=4, truncation_mode="keep_start")):
+        shown, _ = _shown_prompts(data, **opts)
+        assert shown == _loaded_prompts(data, **opts)
+
+
+def test_prompt_rows_chat_get_the_template_with_the_generation_prompt(capsys, tmp_path):
+    from dpolab.models.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer()
+    messages = [{"role": "user", "content": "hi"}]
+    data = write_jsonl(tmp_path / "chat.jsonl", [{"prompt": messages}])
+    shown, ins = _shown_prompts(data)
+    assert shown == _loaded_prompts(data)
+    rendered = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert rendered != tok.apply_chat_template(messages, tokenize=False)  # the check below can tell them apart
+    assert tok.decode(shown[0], skip_special_tokens=True) == rendered
+    code, out, _ = run(capsys, "--data", data, "--tokenizer", "char", "--mode", "prompt")
+    assert code == 0 and "1 prompt row(s) shown of 1 read" in out
+
+
+def test_online_config_shows_a_preference_files_prompts(capsys, tmp_path, pairs):
+    cfg = tmp_path / "online.yaml"
+    cfg.write_text(
+        f"model: {{name_or_path: tiny-gpt2}}\ndata: {{train: {pairs}, max_length: 8, max_prompt_length: 4}}\n"
+        "train: {mode: online}\nonline: {judge: 'task:arithmetic'}\n"
+    )
+    code, out, _ = run(capsys, "--config", str(cfg), "--rows", "5")
+    assert code == 0, out
+    assert "chosen:" not in out and "rejected:" not in out and "‖" not in out  # the pairs' prompts only
+    assert "row 1: prompt 4 tokens; truncated: prompt 11->4" in out
+    assert "3 prompt row(s) shown of 4 read" in out
+    assert "bad row: " in out and "row 4: field 'chosen'" in out
+    shown, _ = _shown_prompts(pairs, max_length=8, max_prompt_length=4)
+    assert shown == _loaded_prompts(pairs, max_length=8, max_prompt_length=4, on_error="skip")
+
+
+def test_prompt_row_without_a_prompt_is_the_loaders_one_line_error(capsys, tmp_path):
+    from dpolab.data.prompts import load_prompt_data
+    from dpolab.data.types import DataError
+    from dpolab.models.tokenizer import build_char_tokenizer
+
+    data = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, {"question": "x"}, {"prompt": 3}, {"prompt": ""}])
+    code, out, _ = run(capsys, "--data", data, "--tokenizer", "char", "--mode", "prompt", "--rows", "5")
+    assert code == 0, out
+    assert "1 prompt row(s) shown of 4 read" in out
+    bad = [line[len("bad row: ") :] for line in out.splitlines() if line.startswith("bad row: ")]
+    logged = []
+    load_prompt_data(data, build_char_tokenizer(), on_error="skip", log=logged.append)
+    assert bad == [m[len("skipping bad row: ") :] for m in logged if m.startswith("skipping bad row: ")]
+    assert len(bad) == 3 and all(
+        line.startswith(f"{data}: row {n}: field 'prompt': ") for n, line in zip((2, 3, 4), bad)
+    )
+    with pytest.raises(DataError) as e:  # and the line that stops a training run's load (on_error=raise)
+        load_prompt_data(data, build_char_tokenizer(), log=lambda _: None)
+    assert str(e.value) == bad[0]
+    assert "row 2: field 'prompt': missing" in bad[0] and "data.columns" in bad[0]

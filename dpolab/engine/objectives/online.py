@@ -74,7 +74,7 @@ class OnlinePrompts(DataKind):
     built-in task's pairs (:mod:`dpolab.data.prompts`)."""
 
     name = "online"
-    inspect_as = "preference"
+    inspect_as = "prompt"  # `dpolab inspect-data`: each prompt as it is sampled from
 
     def load(self, source, tokenizer, **options):
         from ...data.prompts import load_prompt_data
