@@ -6,6 +6,7 @@ run (no round sampled twice), and online.sync_reference moving the reference to 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -300,3 +301,56 @@ def test_sync_reference_moves_the_reference_to_the_policy_at_each_round_start(tm
     _, start = _logps_against(t, run / "rounds" / "start")
     assert not torch.allclose(round_start, start, atol=1e-4)  # round 1 moved the policy
     torch.testing.assert_close(ref, round_start, atol=1e-5, rtol=0)  # round 2's reference: the policy it started as
+
+
+LORA = ("lora.enabled=true", "lora.target_modules=all-linear")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "sync, mode, kind",
+    [(True, "adapter", "adapter"), (True, "auto", "precomputed"), (False, "adapter", "separate")],
+    ids=["sync-adapter", "sync-auto", "start-adapter"],
+)
+def test_lora_rounds_train_each_round_against_the_right_reference(tmp_path, judges, sync, mode, kind):
+    """Under LoRA each round trains a fresh adapter on the previous round's merged policy. Its reference: with
+    online.sync_reference the adapter-disabled policy, i.e. the policy as the round started (live, or the table
+    reference.mode=auto scores once from it); without, the starting model, a separate copy standing in for
+    reference.mode=adapter (after round 1 the adapter-disabled policy is no longer the start). The run's final/ is the
+    last round's policy, reloadable on its own (its adapter merged into the chain of rounds it starts from)."""
+    over = (*LORA, f"online.sync_reference={str(sync).lower()}", f"reference.mode={mode}", "train.lr=2e-2")
+    runner = OnlineRounds(cfg(tmp_path, *over))
+    s = runner.fit()
+    run, t = tmp_path / "run", runner.trainer
+    assert "round-002" in str(t.run_dir) and s["rounds"] == 2
+    assert t.params["trainable"] < t.params["total"]  # the round trained adapters, not the full model
+    assert s["reference_mode"] == kind
+    ref, round_start = _logps_against(t, run / "rounds" / "round-001" / "train" / "final")
+    _, start = _logps_against(t, run / "rounds" / "start")
+    assert not torch.allclose(round_start, start, atol=1e-4)  # round 1 moved the policy
+    torch.testing.assert_close(ref, round_start if sync else start, atol=1e-5, rtol=0)
+    _, final = _logps_against(t, run / "final")
+    _, trained = _logps_against(t, run / "rounds" / "round-002" / "train" / "final")
+    assert not torch.allclose(final, round_start, atol=1e-4)  # round 2 moved it again
+    torch.testing.assert_close(final, trained, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuning", [(), LORA], ids=["full", "lora"])
+def test_bf16_rounds_finish_with_finite_losses(tmp_path, judges, tuning):
+    """train.bf16=true (CPU autocast): each round samples, judges and trains under bf16; every round's training
+    losses and the per-round judge statistics are finite."""
+    s = train(cfg(tmp_path, "train.bf16=true", "online.pairs=all", *tuning))
+    run = tmp_path / "run"
+    rows = read_metrics(run / "metrics.jsonl")
+    assert [m["round"] for m in rows] == [1, 2] and s["steps"] > 0
+    for r in rows:
+        for k in ("loss", "online/judge_mean", "online/judge_ci", "eval/online/judge_mean"):
+            if k in r:
+                assert isinstance(r[k], float) and math.isfinite(r[k]), (k, r[k])
+        assert "loss" in r and r["online/pairs"] > 0
+    for r in (1, 2):
+        train_run = run / "rounds" / f"round-00{r}" / "train"
+        assert json.loads((train_run / "summary.json").read_text())["runtime"]["bf16"] is True
+        losses = [m["loss"] for m in read_metrics(train_run) if "loss" in m]
+        assert losses and all(math.isfinite(x) for x in losses)
