@@ -416,15 +416,34 @@ def save_model(model, tokenizer, path: os.PathLike, model_cfg: Optional[ModelCon
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     if model_cfg is not None:
-        meta = {
-            "model": {
-                k: getattr(model_cfg, k)
-                for k in ("name_or_path", "tokenizer", "dtype", "gguf_file", "tiny", "init_from")
-            },
-            "seed": seed,
-            "max_positions": _max_positions(model),
+        fields = {
+            k: getattr(model_cfg, k) for k in ("name_or_path", "tokenizer", "dtype", "gguf_file", "tiny", "init_from")
         }
+        # a base named by a local folder is written absolute (a relative one would be read against whatever folder
+        # the reader runs in) and, under "relative", also from this folder (found again after the tree is moved)
+        relative = {}
+        for k in _PATH_FIELDS:
+            v = fields.get(k)
+            if isinstance(v, str) and v and Path(v).exists():
+                fields[k] = os.path.abspath(v)
+                relative[k] = os.path.relpath(fields[k], path.resolve())
+        meta = {"model": fields, "seed": seed, "max_positions": _max_positions(model)}
+        if relative:
+            meta["relative"] = relative
         (path / MODEL_META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+
+
+_PATH_FIELDS = ("name_or_path", "tokenizer", "init_from")  # the fields of a saved model's base that may be folders
+
+
+def saved_base_fields(meta: Dict[str, Any], folder: Path) -> Dict[str, Any]:
+    """The base a saved adapter names: each folder as written, or, when that is gone (the run tree was moved or the
+    path was relative to another working folder), the same folder found from ``folder`` (the adapter's own)."""
+    fields = dict(meta["model"])
+    for k, rel in (meta.get("relative") or {}).items():
+        if isinstance(fields.get(k), str) and not Path(fields[k]).exists() and (folder / rel).exists():
+            fields[k] = str(folder / rel)
+    return fields
 
 
 def _max_positions(model) -> Optional[int]:
@@ -446,7 +465,7 @@ def load_saved_model(path: os.PathLike, tokenizer=None, dtype: str = "float32"):
             raise ModelLoadError(f"{path} holds a LoRA adapter but no {MODEL_META} naming its base model")
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         # the adapter merges into full-precision base weights (a QLoRA run's base is reloaded unquantised)
-        base_cfg = ModelConfig(**{**meta["model"], "load_in_4bit": False, "load_in_8bit": False})
+        base_cfg = ModelConfig(**{**saved_base_fields(meta, path), "load_in_4bit": False, "load_in_8bit": False})
         tok = tokenizer if tokenizer is not None else load_tokenizer(base_cfg)
         base = load_base_model(base_cfg, tok, seed=meta.get("seed", 0), max_positions=meta.get("max_positions") or 1024)
         with known_warnings_silenced():

@@ -32,6 +32,7 @@ from ..models.load import (
     is_gpt2_like,
     load_base_model,
     load_tokenizer,
+    saved_base_fields,
 )
 from ..models.quiet import known_warnings_silenced
 
@@ -164,7 +165,7 @@ def load_trained_reward_model(path, *, tokenizer: Optional[str] = None, dtype: s
             raise ModelLoadError(f"{path} holds a LoRA adapter but no {MODEL_META} naming its base model")
         meta = json.loads(meta_file.read_text(encoding="utf-8"))
         base = load_reward_model(
-            ModelConfig(**meta["model"]),
+            ModelConfig(**saved_base_fields(meta, path)),
             LoraConfig(enabled=False),
             tok,
             seed=meta.get("seed", 0),
