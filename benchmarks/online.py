@@ -16,12 +16,13 @@ Measured, from the run's ``metrics.jsonl``: per step the time split sample / jud
 ``online/time_judge_s``; train = the next step's ``online/time_train_s``, which times the previous step's forwards,
 backwards and optimiser step; for the last step the step time ``time/step_s`` less sample and judge), the judge's mean
 score of the step's samples with its 95 % interval (``online/judge_mean``, ``online/judge_ci``), the tie rate and the
-largest on-policy gap (``online/logp_gap/max``). The judge mean of the first and the last ``--window`` steps is
-compared (unpaired: other prompts, other samples). Held-out answer accuracy: each held-out problem's share of right
-answers among ``--draws`` completions sampled at temperature 1 with fixed row seeds, from the start (the SFT model)
-and from the online run's final model (the same seeds: paired draw by draw), compared paired over problems with
-:func:`dpolab.stats.compare`. ``--rounds`` repeats the online run (same seed, own folder) for the timings: per-step
-times are medians over rounds; the accuracy is measured on the first round's model.
+largest on-policy gap (``online/logp_gap/max``). The judge's mean over the samples of the first and of the last
+``--window`` steps (``samples.jsonl``), each with its 95 % interval (unpaired: other prompts, other samples).
+Held-out answer accuracy: each held-out problem's share of right answers among ``--draws`` completions sampled at
+temperature 1 with fixed row seeds, from the start (the SFT model) and from the online run's final model (the same
+seeds: paired draw by draw), compared paired over problems with :func:`dpolab.stats.compare`. ``--rounds`` repeats
+the online run (same seed, own folder) for the timings: per-step times are medians over rounds; the accuracy is
+measured on the first round's model.
 
 The result goes to ``benchmarks/results/online[-SUFFIX].json``; a section is appended to ``benchmarks/RESULTS.md``
 only with ``--results-md``. The section names the CPU (model, amx_bf16 / avx512_bf16 / avx2).
@@ -122,13 +123,16 @@ def median_steps(rounds: list) -> list:
     return out
 
 
-def judge_change(steps: list, window: int) -> dict:
-    """The judge mean of the first and the last ``window`` steps' means, each with its 95 % half-width over steps."""
+def judge_change(samples: list, steps: int, window: int) -> dict:
+    """The judge's mean score of every sample of the first and of the last ``window`` steps (``samples.jsonl`` rows),
+    each with the half-width of its 95 % interval over those samples (windows never overlap: at most half the
+    steps)."""
     from dpolab.stats import mean_ci
 
-    w = max(1, min(window, len(steps) // 2 or 1))
-    first, last = mean_ci([s["judge_mean"] for s in steps[:w]]), mean_ci([s["judge_mean"] for s in steps[-w:]])
-    return {"window": w, "first": list(first), "last": list(last)}
+    w = max(1, min(window, steps // 2 or 1))
+    first = [r["score"] for r in samples if r["step"] <= w]
+    last = [r["score"] for r in samples if r["step"] > steps - w]
+    return {"window": w, "first": list(mean_ci(first)), "last": list(mean_ci(last)), "n": [len(first), len(last)]}
 
 
 def accuracy(model, tok, prompts: list, problems: list, draws: int, new_tokens: int) -> dict:
@@ -223,6 +227,9 @@ def main(argv=None) -> int:
             loads.append({"before": before, "after": os.getloadavg()[0]})
             text = (work / f"online-{r}" / "metrics.jsonl").read_text(encoding="utf-8")
             rounds.append(step_rows([json.loads(x) for x in text.splitlines() if x.strip()]))
+            if r == 1:
+                text = (work / "online-1" / "samples.jsonl").read_text(encoding="utf-8")
+                samples = [json.loads(x) for x in text.splitlines() if x.strip()]
         acc = heldout(a, work)
     finally:
         if tmp is not None:
@@ -246,7 +253,7 @@ def main(argv=None) -> int:
         "rounds_steps": rounds,
         "time_total_s": total,
         "time_share": {k: v / (sum(total.values()) or 1.0) for k, v in total.items()},
-        "judge": judge_change(steps, a.window),
+        "judge": judge_change(samples, len(steps), a.window),
         "tie_rate_mean": statistics.mean(s["tie_rate"] for s in steps),
         "logp_gap_max": max(gaps) if gaps else None,
         "heldout": acc,
@@ -286,14 +293,14 @@ def section(rec: dict) -> str:
             + f"; versions: {rec['versions']}",
             f"The online run: `{rec['online_command']} output.dir=...`",
             f"**Headline** (on {rec['cpu']}): of a step's time, sampling {share['sample_s']:.0%}, judging "
-            f"{share['judge_s']:.1%}, training {share['train_s']:.0%} ({t['sample_s']:.1f} / {t['judge_s']:.3f} / "
-            f"{t['train_s']:.1f} s over {len(rec['steps'])} steps). Judge mean (share of exact answers) over the "
-            f"first {j['window']} steps {j['first'][0]:.3f} ± {j['first'][1]:.3f}, over the last {j['window']} "
-            f"{j['last'][0]:.3f} ± {j['last'][1]:.3f}; mean tie rate {rec['tie_rate_mean']:.2f}; largest on-policy "
-            f"log-prob gap {'n/a' if gap is None else f'{gap:.2g}'}. Held-out answer accuracy ({h['n']} problems x "
-            f"{s['draws']} sampled answers, the same seeds before and after): start {h['start']:.3f}, after "
-            f"{h['online']:.3f}, gain {gain[0]:+.3f} (95 % interval {gain[1]:+.3f} to {gain[2]:+.3f}, paired over "
-            f"problems).",
+            f"{share['judge_s']:.2%}, training {share['train_s']:.0%} ({t['sample_s']:.1f} / {t['judge_s']:.3f} / "
+            f"{t['train_s']:.1f} s over {len(rec['steps'])} steps). Judge mean (share of exact answers among the "
+            f"samples) over the first {j['window']} steps {j['first'][0]:.3f} ± {j['first'][1]:.3f}, over the last "
+            f"{j['window']} {j['last'][0]:.3f} ± {j['last'][1]:.3f}; mean tie rate {rec['tie_rate_mean']:.2f}; "
+            f"largest on-policy log-prob gap {'n/a' if gap is None else f'{gap:.2g}'}. Held-out answer accuracy "
+            f"({h['n']} problems x {s['draws']} sampled answers, the same seeds before and after): start "
+            f"{h['start']:.3f}, after {h['online']:.3f}, gain {gain[0]:+.3f} (95 % interval {gain[1]:+.3f} to "
+            f"{gain[2]:+.3f}, paired over problems).",
             "| step | sample (s) | judge (s) | train (s) | step (s) | judge mean ± 95 % | tie rate |\n"
             "|---|---|---|---|---|---|---|\n" + rows,
             "Train (s) = the next step's `online/time_train_s` (the forwards, backwards and optimiser step of this "

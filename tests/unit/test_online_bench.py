@@ -49,13 +49,15 @@ def test_each_steps_training_is_the_next_rows_and_the_last_one_is_what_the_step_
     assert rows[1]["train_s"] == pytest.approx(5.0 - 3.0 - 0.1)
 
 
-def test_rounds_are_combined_by_their_median_and_the_judge_windows_by_mean():
+def test_rounds_are_combined_by_their_median_and_the_judge_windows_pool_their_samples():
     rounds = [B.step_rows([_row(1, t, 0.0, 0.0, t + 1)]) for t in (1.0, 5.0, 2.0)]
     assert B.median_steps(rounds)[0]["sample_s"] == 2.0
-    steps = [{"judge_mean": m} for m in (0.1, 0.3, 0.5, 0.6, 0.8, 1.0)]
-    j = B.judge_change(steps, 2)
-    assert j["window"] == 2 and j["first"][0] == pytest.approx(0.2) and j["last"][0] == pytest.approx(0.9)
-    assert B.judge_change(steps, 10)["window"] == 3  # never overlapping: at most half the steps
+    samples = [{"step": st, "score": sc} for st, sc in [(1, 0.0), (1, 1.0), (2, 0.0), (3, 1.0), (4, 1.0), (4, 0.0),
+                                                         (5, 1.0), (6, 1.0), (6, 1.0)]]  # fmt: skip
+    j = B.judge_change(samples, 6, 2)
+    assert j["window"] == 2 and j["n"] == [3, 3]  # pooled over the window's samples, not its step means
+    assert j["first"][0] == pytest.approx(1 / 3) and j["last"][0] == pytest.approx(1.0) and j["last"][1] == 0.0
+    assert B.judge_change(samples, 6, 10)["window"] == 3  # never overlapping: at most half the steps
 
 
 @pytest.mark.slow
