@@ -52,8 +52,26 @@ SHORTENED = {
     "data.train=examples/chat_pairs.jsonl "
     "data.eval=examples/chat_pairs_heldout.jsonl data.max_length=64 train.batch_size=2 train.max_steps=1 "
     "train.lr=5e-5 eval.max_examples=2 output.dir=runs/smol-dpo",
+    "dpolab train model.name_or_path=smollm2-135m lora.enabled=true train.mode=sft data.task=arithmetic "
+    "'data.task_args={n_train: 32, n_eval: 32, n_terms: [2, 2], max_value: 9}' data.max_length=64 "
+    "train.batch_size=8 train.max_steps=2 train.lr=1e-3 output.dir=runs/arith-sft": "dpolab train "
+    "model.name_or_path=smollm2-135m lora.enabled=true train.mode=sft data.task=arithmetic "
+    "'data.task_args={n_train: 8, n_eval: 4, n_terms: [2, 2], max_value: 9}' data.max_length=64 "
+    "train.batch_size=4 train.max_steps=1 train.lr=1e-3 output.dir=runs/arith-sft",
+    "dpolab train model.name_or_path=smollm2-135m lora.enabled=true train.mode=online "
+    "model.init_from=runs/arith-sft/final online.judge=task:arithmetic online.samples_per_prompt=4 "
+    "online.max_new_tokens=16 data.task=arithmetic "
+    "'data.task_args={n_train: 32, n_eval: 32, n_terms: [2, 2], max_value: 9}' data.max_length=64 "
+    "train.batch_size=8 train.max_steps=10 train.lr=5e-4 train.schedule=constant "
+    "'loss=[{name: dpo, params: {beta: 0.1}}]' output.dir=runs/arith-online": "dpolab train "
+    "model.name_or_path=smollm2-135m lora.enabled=true train.mode=online "
+    "model.init_from=runs/arith-sft/final online.judge=task:arithmetic online.samples_per_prompt=2 "
+    "online.max_new_tokens=4 data.task=arithmetic "
+    "'data.task_args={n_train: 8, n_eval: 4, n_terms: [2, 2], max_value: 9}' data.max_length=64 "
+    "train.batch_size=2 train.max_steps=1 train.lr=5e-4 train.schedule=constant "
+    "'loss=[{name: dpo, params: {beta: 0.1}}]' output.dir=runs/arith-online",
 }
-# long commands with no short form of their own, and what runs instead
+
 NOT_SHORTENED = {
     "make test": "the test suite itself (this test is part of it)",
     "make test-fast": "the test suite without the slow tests (this test is one of them)",

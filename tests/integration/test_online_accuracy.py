@@ -4,9 +4,10 @@ temperature 1, the same row seeds before and after, so the comparison is paired 
 problems with :func:`dpolab.stats.compare`, and the 95 % interval of the gain excludes 0. The check can fail: the
 same run with ``train.lr=1e-12`` (0 is refused) gives a gain of exactly 0 on every problem.
 
-Held-out problems are not asserted: on tiny models within this test's budget the gain does not carry over to
-problems the policy never trained on (measured while writing this test: held-out accuracy moved by -0.13 to +0.21
-depending on learning rate and steps, never reliably; see the issue 30 report).
+Held-out problems are not asserted here: on tiny models within this test's budget the gain does not carry over to
+problems the policy never trained on (held-out accuracy moved by -0.13 to +0.21 depending on learning rate and steps,
+never reliably). On the pretrained SmolLM2-135M-Instruct it does, and
+``tests/integration/test_online_heldout_smollm.py`` asserts the held-out gain.
 
 The start: 3-term chains with operands in 1..3 (``data.task_args``), a 2-layer 64-wide GPT-2 trained 100 SFT steps
 (about 30 % of sampled answers right), built once per test session.
