@@ -60,7 +60,7 @@ def claim_figure(c: Claim, path: Path) -> Path:
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_yticks([])
     ax.set_xlabel(c.unit or "difference", fontsize=8)
-    ax.set_title(f"{c.id}: {c.verdict}", fontsize=8)
+    ax.set_title(f"{c.id}: {c.verdict.split(';')[0]}", fontsize=8)  # the word; a qualifier is in the table
     ax.tick_params(labelsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
