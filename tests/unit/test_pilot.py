@@ -113,7 +113,7 @@ def _fake_grid(values, calls):
 
 
 FLAT = [0.1, -0.2, 0.05]  # no interval below 0
-FALLS = [-1.0, -1.3, -0.8]
+FALLS = [-1.0, -1.2, -0.9]  # an interval wholly below -0.5
 
 
 def test_run_pilot_stops_at_the_first_cell_that_meets_the_rule_and_records_it(tmp_path, monkeypatch):
@@ -129,7 +129,7 @@ def test_run_pilot_stops_at_the_first_cell_that_meets_the_rule_and_records_it(tm
     assert P.regime(plan, tmp_path) == {"pref_lr": 3e-4, "pref_epochs": 1}
     text = "\n".join(P.pilot_section(choice))
     assert "> " + P.LR_EPOCHS_RULE in text  # the rule, verbatim
-    assert "| 0.0003 | 1 | 100: -1.00, 101: -1.30, 102: -0.80 | -1.03 |" in text
+    assert "| 0.0003 | 1 | 100: -1.00, 101: -1.20, 102: -0.90 | -1.03 |" in text
     assert "| 0.001 | 3 | not run (an earlier cell met the rule) |" in text
     assert "**Choice: lr = 0.0003, epochs = 1.**" in text and "that is the finding" not in text
     assert P.choice_line(tmp_path) == "regime chosen by the pilot: lr = 0.0003, epochs = 1"
@@ -168,3 +168,14 @@ def test_no_cell_shows_the_effect_the_fallback_runs_and_the_report_says_so(tmp_p
     assert P.choice_line(tmp_path / "elsewhere") == "no pilot choice recorded"
     assert "No pilot at this size" in "\n".join(P.pilot_section(None, declared=False))
     assert "has not chosen yet" in "\n".join(P.pilot_section(None))
+
+
+def test_the_declared_rule_asks_for_a_fall_beyond_half_a_nat_not_just_below_0():
+    """The first small S4 pilot met a 'below 0' rule at -0.19 (-0.27 to -0.11) and the effect did not carry over to
+    the confirmation: the declared rule now needs the whole interval below -0.5 nats."""
+    rule = _pilot().rule
+    edge, clear = _v([-0.1855, -0.1985]), _v([-1.0, -1.2, -0.9])
+    assert edge.high < 0 and not rule.meets(edge) and rule.meets(clear)
+    assert P.Rule("text", ("pref_lr", "pref_epochs")).meets(edge)  # margin 0: below 0 is enough
+    assert P.Pilot.of(_pilot().definition()).rule == rule  # the margin is recorded and read back
+    assert "wholly below -0.5 nats" in P.LR_EPOCHS_RULE
