@@ -3,6 +3,7 @@ config (tests and the demo), a checkpoint of an earlier dpolab run, and LoRA ada
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -426,7 +427,8 @@ def save_model(model, tokenizer, path: os.PathLike, model_cfg: Optional[ModelCon
             v = fields.get(k)
             if isinstance(v, str) and v and Path(v).exists():
                 fields[k] = os.path.abspath(v)
-                relative[k] = os.path.relpath(fields[k], path.resolve())
+                with contextlib.suppress(ValueError):  # no relative path between two drives (Windows)
+                    relative[k] = os.path.relpath(fields[k], path.resolve())
         meta = {"model": fields, "seed": seed, "max_positions": _max_positions(model)}
         if relative:
             meta["relative"] = relative
