@@ -44,7 +44,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import cpu, versions  # noqa: E402
+from run import cpu, publish, versions  # noqa: E402
 
 SMOKE = dict(model="tiny-gpt2", sft_steps=2, steps=2, prompts=4, heldout=4, draws=2, k=2, new_tokens=8, batch_size=4)
 
@@ -259,14 +259,7 @@ def main(argv=None) -> int:
         "heldout": acc,
     }
     name = "online" + (f"-{a.suffix}" if a.suffix else "") + ("-smoke" if a.smoke else "") + ".json"
-    out = Path(a.json) if a.json else HERE / "results" / name
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
-    text = section(rec)
-    print(text)
-    if a.results_md:
-        with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+    publish(rec, Path(a.json) if a.json else HERE / "results" / name, section(rec), a.results_md)
     return 0
 
 

@@ -66,6 +66,16 @@ def versions() -> str:
     return ", ".join(out)
 
 
+def publish(rec: dict, out: Path, text: str, results_md: bool) -> None:
+    """Write ``rec`` as JSON to ``out``, print the section ``text``; with ``results_md``, append it to RESULTS.md."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
+    print(text)
+    if results_md:
+        with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
+            f.write(text + "\n")
+
+
 def run_arm(arm: str, workload: str, env: dict) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = f.name

@@ -46,7 +46,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import cpu, versions  # noqa: E402
+from run import cpu, publish, versions  # noqa: E402
 from scoring import hh_rows  # noqa: E402
 
 
@@ -227,13 +227,7 @@ def main(argv=None) -> int:
         },
     }
     name = "sampling" + (f"-{a.suffix}" if a.suffix else "") + ".json"
-    (HERE / "results").mkdir(exist_ok=True)
-    (HERE / "results" / name).write_text(json.dumps(rec, indent=1) + "\n", encoding="utf-8")
-    text = section(rec)
-    print(text)
-    if a.results_md:
-        with open(HERE / "RESULTS.md", "a", encoding="utf-8") as f:
-            f.write(text + "\n")
+    publish(rec, HERE / "results" / name, section(rec), a.results_md)
     return 0
 
 
